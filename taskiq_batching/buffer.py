@@ -1,0 +1,100 @@
+"""Buffers of waiting messages, and what a batch function sees of its batch."""
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from taskiq import Context, TaskiqMessage
+
+from taskiq_batching.config import FlushReason
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What a batch gave one message: a value, or an error."""
+
+    value: Any = None
+    error: BaseException | None = None
+
+
+@dataclass(slots=True)
+class PendingItem:
+    """One message waiting in a buffer.
+
+    :param item: the validated item (the message's first argument).
+    :param context: the message's taskiq context (message, ack control).
+    :param outcome: resolved when the batch that holds the item finishes.
+    """
+
+    item: Any
+    context: Context
+    outcome: "asyncio.Future[Outcome]"
+
+
+@dataclass(slots=True)
+class Buffer:
+    """Messages of one task, with equal extra arguments, waiting to run together.
+
+    :param task_name: the batched task.
+    :param args: positional arguments after the item, shared by every message.
+    :param kwargs: keyword arguments, shared by every message.
+    :param opened_at: event-loop time of the first item, in seconds.
+    """
+
+    task_name: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    opened_at: float
+    items: list[PendingItem] = field(default_factory=list)
+    timer: asyncio.TimerHandle | None = None
+
+    def close(self) -> None:
+        """Stop the buffer's timer: it is being flushed."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+@dataclass(slots=True)
+class BatchInfo:
+    """The batch being run, as a dependency of the batch function.
+
+    Ask for it with ``batch: BatchInfo = TaskiqDepends()``. ``Context``
+    in a batch function describes the batch's first message; this
+    describes all of them.
+
+    :param task_name: the batched task.
+    :param flush_reason: why the batch was flushed.
+    :param waited: seconds between the first item's arrival and the flush.
+    :param contexts: one taskiq context per message, in item order.
+    """
+
+    task_name: str
+    flush_reason: FlushReason
+    waited: float
+    contexts: list[Context]
+
+    @property
+    def size(self) -> int:
+        """Number of messages (items) in the batch."""
+        return len(self.contexts)
+
+    @property
+    def messages(self) -> list[TaskiqMessage]:
+        """The taskiq message of every item, in item order."""
+        return [ctx.message for ctx in self.contexts]
+
+    @property
+    def task_ids(self) -> list[str]:
+        """The task_id of every item, in item order."""
+        return [ctx.message.task_id for ctx in self.contexts]
+
+    async def ack(self) -> None:
+        """Acknowledge every message of the batch now.
+
+        Meant for tasks with ``ack_type=AcknowledgeType.MANUAL``; messages
+        that cannot be acknowledged (no broker support) are skipped.
+        """
+        for ctx in self.contexts:
+            if ctx.is_ackable:
+                await ctx.ack()

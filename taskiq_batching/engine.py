@@ -1,0 +1,340 @@
+"""The batcher: buffers per task, flush rules, running a batch.
+
+One ``Batcher`` per broker. It knows nothing of how messages arrive:
+every message of a batched task reaches ``submit`` from taskiq's own
+per-message callback, which keeps acks, results and middlewares per
+message, and waits there for its batch's outcome.
+"""
+
+import asyncio
+import contextvars
+import functools
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from taskiq import AsyncBroker, Context, TaskiqState
+
+from taskiq_batching.buffer import BatchInfo, Buffer, Outcome, PendingItem
+from taskiq_batching.config import BatchConfig, FlushReason
+from taskiq_batching.errors import BatchItemError, BatchTimeoutError
+from taskiq_batching.signature import ArgumentError, BatchSignature
+
+logger = logging.getLogger("taskiq_batching")
+
+_BufferKey = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSpec:
+    """Everything the worker needs to batch one task.
+
+    :param task_name: the task's name.
+    :param config: flush settings.
+    :param signature: the batch function and how to call it.
+    :param timeout: the task's ``timeout`` label, in seconds: limits the
+        batch call, not each message's wait.
+    """
+
+    task_name: str
+    config: BatchConfig
+    signature: BatchSignature
+    timeout: float | None
+
+
+class Batcher:
+    """Holds the buffers of every batched task of one broker.
+
+    :param broker: the broker whose batched tasks this serves.
+    """
+
+    def __init__(self, broker: AsyncBroker) -> None:
+        self.broker = broker
+        self.specs: dict[str, BatchSpec] = {}
+        #: Runs sync batch functions; set from the worker's Receiver.
+        self.executor: Executor | None = getattr(broker, "executor", None)
+        #: Validate items against the list's element type (``--no-parse`` off).
+        self.validate = True
+        self._buffers: dict[_BufferKey, Buffer] = {}
+        self._running: set[asyncio.Task[None]] = set()
+        self._in_flight: defaultdict[str, int] = defaultdict(int)
+        self._changed: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        # Flush on the next loop turn instead of waiting for size or timer:
+        # while shutting down, and when the sender awaits each result.
+        self._closing = False
+        self._linger_scheduled = False
+
+    @property
+    def _inplace(self) -> bool:
+        return bool(getattr(self.broker, "await_inplace", False))
+
+    def register(self, spec: BatchSpec) -> None:
+        """Start batching a task.
+
+        :param spec: the task's batch settings.
+        """
+        self.specs[spec.task_name] = spec
+
+    async def submit(
+        self,
+        task_name: str,
+        context: Context,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """Buffer one message and wait for the outcome of its batch.
+
+        :param task_name: the batched task.
+        :param context: the message's taskiq context.
+        :param args: the message's positional arguments, the item first.
+        :param kwargs: the message's keyword arguments.
+        :raises BatchItemError: when this message's arguments are invalid.
+        :return: the batch function's return value.
+        """
+        spec = self.specs[task_name]
+        item, extra_args, extra_kwargs = self._prepare(spec, context, args, kwargs)
+        loop = asyncio.get_running_loop()
+        key = (task_name, _group_key(extra_args, extra_kwargs))
+        buffer = self._buffers.get(key)
+        if buffer is None:
+            buffer = Buffer(task_name, extra_args, extra_kwargs, loop.time())
+            self._buffers[key] = buffer
+            timeout = spec.config.batch_timeout
+            if timeout is not None:
+                buffer.timer = loop.call_later(
+                    timeout,
+                    self._flush_key,
+                    key,
+                    FlushReason.TIMEOUT,
+                )
+        pending = PendingItem(item, context, loop.create_future())
+        buffer.items.append(pending)
+        if len(buffer.items) >= spec.config.batch_size:
+            self._flush_key(key, FlushReason.SIZE)
+        elif self._closing or self._inplace:
+            self._schedule_linger(loop)
+        self._changed[task_name].set()
+        outcome = await pending.outcome
+        if outcome.error is not None:
+            # Every message of a failed batch raises the same error object:
+            # reset its traceback so it does not grow with each raise.
+            raise outcome.error.with_traceback(outcome.error.__traceback__)
+        return outcome.value
+
+    def _prepare(
+        self,
+        spec: BatchSpec,
+        context: Context,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+    ) -> tuple[Any, list[Any], dict[str, Any]]:
+        task_id = context.message.task_id
+        if not args:
+            raise BatchItemError(
+                spec.task_name,
+                task_id,
+                "no item: send one item per message, as `await task.kiq(item)`",
+            )
+        if not self.validate:
+            return args[0], list(args[1:]), kwargs
+        try:
+            item = spec.signature.coerce_item(args[0])
+            extra_args, extra_kwargs = spec.signature.coerce_extras(args[1:], kwargs)
+        except ArgumentError as exc:
+            raise BatchItemError(spec.task_name, task_id, str(exc)) from None
+        return item, extra_args, extra_kwargs
+
+    def _schedule_linger(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self._linger_scheduled:
+            self._linger_scheduled = True
+            loop.call_soon(self._linger)
+
+    def _linger(self) -> None:
+        self._linger_scheduled = False
+        self.flush_all(FlushReason.SHUTDOWN if self._closing else FlushReason.INPLACE)
+
+    def flush_all(self, reason: FlushReason, task_name: str | None = None) -> int:
+        """Turn every buffer (of one task, or of all) into a running batch.
+
+        :param reason: recorded as the batches' flush reason.
+        :param task_name: only this task's buffers, when given.
+        :return: number of batches started.
+        """
+        keys = [key for key in self._buffers if task_name in (None, key[0])]
+        for key in keys:
+            self._flush_key(key, reason)
+        return len(keys)
+
+    def _flush_key(self, key: _BufferKey, reason: FlushReason) -> None:
+        buffer = self._buffers.pop(key, None)
+        if buffer is None:
+            return
+        buffer.close()
+        task = asyncio.get_running_loop().create_task(self._run(buffer, reason))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _run(self, buffer: Buffer, reason: FlushReason) -> None:
+        spec = self.specs[buffer.task_name]
+        loop = asyncio.get_running_loop()
+        info = BatchInfo(
+            task_name=buffer.task_name,
+            flush_reason=reason,
+            waited=loop.time() - buffer.opened_at,
+            contexts=[pending.context for pending in buffer.items],
+        )
+        logger.debug(
+            "Running batch of %d for %s (%s)",
+            info.size,
+            buffer.task_name,
+            reason.value,
+        )
+        try:
+            outcome = Outcome(value=await self._call(spec, buffer, info))
+        except Exception as exc:
+            logger.warning(
+                "Batch of %d for %s failed: %r",
+                info.size,
+                buffer.task_name,
+                exc,
+            )
+            outcome = Outcome(error=exc)
+        except BaseException as exc:
+            # Cancelled or interrupted: its messages fail, the batch stops.
+            _resolve(buffer, Outcome(error=exc))
+            raise
+        _resolve(buffer, outcome)
+
+    async def _call(self, spec: BatchSpec, buffer: Buffer, info: BatchInfo) -> Any:
+        signature = spec.signature
+        kwargs: dict[str, Any] = {}
+        resolver = None
+        if signature.dependencies is not None:
+            initial = {
+                **self.broker.custom_dependency_context,
+                Context: buffer.items[0].context,
+                TaskiqState: self.broker.state,
+                BatchInfo: info,
+            }
+            resolver = signature.dependencies.async_ctx(
+                initial,
+                self.broker.dependency_overrides or None,
+            )
+        items = [pending.item for pending in buffer.items]
+        error: BaseException | None = None
+        try:
+            if resolver is not None:
+                kwargs = await resolver.resolve_kwargs()
+            kwargs.update(buffer.kwargs)
+            call = self._start(signature, items, buffer.args, kwargs)
+            if spec.timeout is None:
+                return await call
+            try:
+                return await asyncio.wait_for(call, spec.timeout)
+            except asyncio.TimeoutError:
+                raise BatchTimeoutError(
+                    spec.task_name, info.size, spec.timeout
+                ) from None
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if resolver is not None:
+                exc_info = (type(error), error, error.__traceback__) if error else None
+                await resolver.close(*(exc_info or (None, None, None)))
+
+    def _start(
+        self,
+        signature: BatchSignature,
+        items: list[Any],
+        args: list[Any],
+        kwargs: dict[str, Any],
+    ) -> "asyncio.Future[Any]":
+        if signature.is_coroutine:
+            coroutine: Awaitable[Any] = signature.func(items, *args, **kwargs)
+            return asyncio.ensure_future(coroutine)
+        loop = asyncio.get_running_loop()
+        call = functools.partial(signature.func, items, *args, **kwargs)
+        if isinstance(self.executor, ProcessPoolExecutor):
+            # A process pool cannot pickle a contextvars.Context.
+            return loop.run_in_executor(self.executor, call)
+        return loop.run_in_executor(
+            self.executor,
+            contextvars.copy_context().run,
+            call,
+        )
+
+    async def admit(self, task_name: str) -> None:
+        """Wait until the worker may take one more message of a task.
+
+        A worker holds at most ``2 * batch_size`` messages of a task
+        (one batch running, one filling). While at that limit, whatever
+        is buffered is flushed, so waiting always ends: buffers of
+        different extra arguments, or a size-only task, cannot wedge it.
+
+        :param task_name: a batched task.
+        """
+        limit = self.specs[task_name].config.max_in_flight
+        changed = self._changed[task_name]
+        while self._in_flight[task_name] >= limit:
+            changed.clear()
+            self.flush_all(FlushReason.PRESSURE, task_name)
+            await changed.wait()
+        self._in_flight[task_name] += 1
+
+    def release(self, task_name: str) -> None:
+        """Count one admitted message of a task as finished.
+
+        :param task_name: a batched task.
+        """
+        self._in_flight[task_name] -= 1
+        self._changed[task_name].set()
+
+    async def drain(self) -> None:
+        """Flush every buffer now and wait for every batch to finish.
+
+        From here on, messages that still arrive are flushed on the next
+        loop turn rather than waiting for size or timer.
+        """
+        self._closing = True
+        while self._buffers or self._running:
+            self.flush_all(FlushReason.SHUTDOWN)
+            if self._running:
+                await asyncio.wait(set(self._running))
+
+    def reopen(self) -> None:
+        """Leave shutdown mode (after ``drain``), for a broker started again."""
+        self._closing = False
+
+
+def _resolve(buffer: Buffer, outcome: Outcome) -> None:
+    for pending in buffer.items:
+        if not pending.outcome.done():
+            pending.outcome.set_result(outcome)
+
+
+def _group_key(args: list[Any], kwargs: dict[str, Any]) -> str:
+    """Messages share a batch only when their extra arguments are equal."""
+    if not args and not kwargs:
+        return ""
+    try:
+        return json.dumps([args, kwargs], sort_keys=True, default=repr)
+    except (TypeError, ValueError):
+        return repr((args, sorted(kwargs.items(), key=lambda kv: kv[0])))
+
+
+def batcher_of(broker: AsyncBroker) -> Batcher | None:
+    """The batcher that ``BatchingMiddleware`` attached to a broker, if any.
+
+    :param broker: any taskiq broker.
+    :return: its batcher, or None without ``BatchingMiddleware``.
+    """
+    for middleware in broker.middlewares:
+        batcher = getattr(middleware, "batcher", None)
+        if isinstance(batcher, Batcher):
+            return batcher
+    return None

@@ -1,0 +1,191 @@
+"""What a batch function accepts: its item type, extra arguments and dependencies.
+
+Analysed once, at registration, so that a function that cannot take a
+list fails there, and so that the worker never inspects it again.
+"""
+
+import collections.abc
+import inspect
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+from taskiq_dependencies import DependencyGraph
+from taskiq_dependencies.dependency import Dependency
+
+from taskiq_batching.errors import BatchConfigError
+
+_LIST_ORIGINS = (list, collections.abc.Sequence, collections.abc.MutableSequence)
+_POSITIONAL = (
+    inspect.Parameter.POSITIONAL_ONLY,
+    inspect.Parameter.POSITIONAL_OR_KEYWORD,
+)
+
+
+class ArgumentError(ValueError):
+    """An argument of one message does not fit the batch function."""
+
+
+@dataclass(slots=True)
+class BatchSignature:
+    """The parts of a batch function's signature the worker needs.
+
+    :param func: the user's batch function.
+    :param items_name: name of its first (list) parameter.
+    :param item_adapter: validates one item, or None for untyped items.
+    :param arg_adapters: validators of the extra parameters, by position
+        after the list (``None`` where untyped).
+    :param kwarg_adapters: validators of the extra parameters, by name.
+    :param dependencies: taskiq dependency graph, None when it has no
+        dependencies.
+    """
+
+    func: Callable[..., Any]
+    items_name: str
+    item_adapter: TypeAdapter[Any] | None
+    arg_adapters: list[TypeAdapter[Any] | None] = field(default_factory=list)
+    kwarg_adapters: dict[str, TypeAdapter[Any]] = field(default_factory=dict)
+    dependencies: DependencyGraph | None = None
+    is_coroutine: bool = True
+
+    def coerce_item(self, item: Any) -> Any:
+        """Validate and convert one item, as taskiq does for an argument.
+
+        :param item: the item as decoded from the message.
+        :raises ArgumentError: when the item does not fit the element type.
+        :return: the converted item.
+        """
+        if self.item_adapter is None:
+            return item
+        try:
+            return self.item_adapter.validate_python(item)
+        except ValidationError as exc:
+            raise ArgumentError(
+                f"item {_short(item)} does not fit {self.items_name}: "
+                f"{exc.error_count()} error(s): {_first_error(exc)}",
+            ) from None
+
+    def coerce_extras(
+        self,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+    ) -> tuple[list[Any], dict[str, Any]]:
+        """Validate the arguments that follow the item.
+
+        :param args: positional arguments after the item.
+        :param kwargs: keyword arguments of the message.
+        :raises ArgumentError: when one does not fit its parameter.
+        :return: the converted arguments.
+        """
+        new_args = list(args)
+        for index, value in enumerate(new_args):
+            if index < len(self.arg_adapters):
+                adapter = self.arg_adapters[index]
+                if adapter is not None:
+                    new_args[index] = _validate(adapter, value, f"argument {index + 2}")
+        new_kwargs = dict(kwargs)
+        for name, value in new_kwargs.items():
+            adapter = self.kwarg_adapters.get(name)
+            if adapter is not None:
+                new_kwargs[name] = _validate(adapter, value, f"argument {name!r}")
+        return new_args, new_kwargs
+
+
+def analyse(task_name: str, func: Callable[..., Any]) -> BatchSignature:
+    """Check that ``func`` can be a batch function and describe it.
+
+    :param task_name: used in error messages.
+    :param func: the function given to ``@broker.task(batch=True)``.
+    :raises BatchConfigError: when its first parameter cannot be a list.
+    :return: its batch signature.
+    """
+    where = f"batched task {task_name!r}"
+    try:
+        signature = inspect.signature(func)
+        hints = typing.get_type_hints(func, include_extras=True)
+    except (TypeError, ValueError, NameError) as exc:
+        raise BatchConfigError(f"{where}: cannot read its signature: {exc}") from exc
+    params = list(signature.parameters.values())
+    if not params or params[0].kind not in _POSITIONAL:
+        raise BatchConfigError(
+            f"{where}: the function's first parameter must be a positional "
+            "parameter that takes the list of items, e.g. "
+            "`async def f(items: list[int]) -> ...`.",
+        )
+    first = params[0]
+    item_adapter = _item_adapter(where, first.name, hints.get(first.name))
+    dependency_names = {p.name for p in params if _is_dependency(p)}
+    arg_adapters: list[TypeAdapter[Any] | None] = []
+    kwarg_adapters: dict[str, TypeAdapter[Any]] = {}
+    for param in params[1:]:
+        if param.name in dependency_names or param.kind in (
+            inspect.Parameter.VAR_POSITIONAL,
+            inspect.Parameter.VAR_KEYWORD,
+        ):
+            continue
+        hint = hints.get(param.name)
+        adapter = None if hint in (None, Any) else TypeAdapter(hint)
+        if param.kind in _POSITIONAL:
+            arg_adapters.append(adapter)
+        if adapter is not None and param.kind != inspect.Parameter.POSITIONAL_ONLY:
+            kwarg_adapters[param.name] = adapter
+    graph = DependencyGraph(func) if dependency_names else None
+    return BatchSignature(
+        func=func,
+        items_name=first.name,
+        item_adapter=item_adapter,
+        arg_adapters=arg_adapters,
+        kwarg_adapters=kwarg_adapters,
+        dependencies=graph,
+        is_coroutine=inspect.iscoroutinefunction(func),
+    )
+
+
+def _item_adapter(where: str, name: str, hint: Any) -> TypeAdapter[Any] | None:
+    if hint is None or hint is Any:
+        return None
+    bare = (
+        typing.get_args(hint)[0]
+        if typing.get_origin(hint) is typing.Annotated
+        else hint
+    )
+    origin = typing.get_origin(bare) or bare
+    if origin not in _LIST_ORIGINS:
+        raise BatchConfigError(
+            f"{where}: its first parameter {name!r} is annotated {hint!r}, "
+            "but a batch function receives a list of items: annotate it "
+            "list[T] (or Sequence[T]).",
+        )
+    element = typing.get_args(bare)
+    if not element or element[0] is Any:
+        return None
+    return TypeAdapter(element[0])
+
+
+def _is_dependency(param: inspect.Parameter) -> bool:
+    if isinstance(param.default, Dependency):
+        return True
+    metadata = getattr(param.annotation, "__metadata__", ())
+    return any(isinstance(meta, Dependency) for meta in metadata)
+
+
+def _validate(adapter: TypeAdapter[Any], value: Any, what: str) -> Any:
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as exc:
+        raise ArgumentError(
+            f"{what} {_short(value)} is invalid: {_first_error(exc)}",
+        ) from None
+
+
+def _first_error(exc: ValidationError) -> str:
+    first = exc.errors(include_url=False)[0]
+    location = ".".join(str(part) for part in first["loc"])
+    return f"{location}: {first['msg']}" if location else first["msg"]
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
