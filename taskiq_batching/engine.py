@@ -67,6 +67,7 @@ class Batcher:
         # while shutting down, and when the sender awaits each result.
         self._closing = False
         self._linger_scheduled = False
+        self._arrived = asyncio.Event()
 
     @property
     def _inplace(self) -> bool:
@@ -118,6 +119,7 @@ class Batcher:
         elif self._closing or self._inplace:
             self._schedule_linger(loop)
         self._changed[task_name].set()
+        self._arrived.set()
         outcome = await pending.outcome
         if outcome.error is not None:
             # Every message of a failed batch raises the same error object:
@@ -272,9 +274,11 @@ class Batcher:
         """Wait until the worker may take one more message of a task.
 
         A worker holds at most ``2 * batch_size`` messages of a task
-        (one batch running, one filling). While at that limit, whatever
-        is buffered is flushed, so waiting always ends: buffers of
-        different extra arguments, or a size-only task, cannot wedge it.
+        (one batch running, one filling). At that limit it waits for
+        messages to finish; only when every held message sits in a
+        buffer, so that nothing else could ever free room (buffers of
+        different extra arguments, a size-only task), are those buffers
+        flushed. Waiting therefore always ends.
 
         :param task_name: a batched task.
         """
@@ -282,9 +286,32 @@ class Batcher:
         changed = self._changed[task_name]
         while self._in_flight[task_name] >= limit:
             changed.clear()
-            self.flush_all(FlushReason.PRESSURE, task_name)
+            if self.buffered(task_name) >= self._in_flight[task_name]:
+                self.flush_all(FlushReason.PRESSURE, task_name)
             await changed.wait()
         self._in_flight[task_name] += 1
+
+    def buffered(self, task_name: str | None = None) -> int:
+        """Messages waiting in buffers (of one task, or of all).
+
+        :param task_name: count only this task's messages, when given.
+        :return: the number of buffered messages.
+        """
+        return sum(
+            len(buffer.items)
+            for (name, _), buffer in self._buffers.items()
+            if task_name in (None, name)
+        )
+
+    async def wait_buffered(self, count: int, task_name: str | None = None) -> None:
+        """Wait until at least ``count`` messages wait in buffers.
+
+        :param count: the number of messages.
+        :param task_name: count only this task's messages, when given.
+        """
+        while self.buffered(task_name) < count:
+            self._arrived.clear()
+            await self._arrived.wait()
 
     def release(self, task_name: str) -> None:
         """Count one admitted message of a task as finished.

@@ -110,6 +110,24 @@ class BatchingMiddleware(TaskiqMiddleware):
         return self.batcher.flush_all(FlushReason.MANUAL)
 
 
+    def buffered(self, task_name: str | None = None) -> int:
+        """Messages waiting in this process's buffers.
+
+        :param task_name: count only this task's messages, when given.
+        :return: the number of buffered messages.
+        """
+        return 0 if self.batcher is None else self.batcher.buffered(task_name)
+
+    async def wait_buffered(self, count: int, task_name: str | None = None) -> None:
+        """Wait until at least ``count`` messages wait in buffers (for tests).
+
+        :param count: the number of messages.
+        :param task_name: count only this task's messages, when given.
+        """
+        if self.batcher is not None:
+            await self.batcher.wait_buffered(count, task_name)
+
+
 def _batching_class(base: type[Any]) -> type[BatchingDecoratedTask]:
     """The broker's task class, with batching mixed in."""
     if issubclass(base, BatchingDecoratedTask):

@@ -35,9 +35,9 @@ class BatchSignature:
     :param func: the user's batch function.
     :param items_name: name of its first (list) parameter.
     :param item_adapter: validates one item, or None for untyped items.
-    :param arg_adapters: validators of the extra parameters, by position
-        after the list (``None`` where untyped).
-    :param kwarg_adapters: validators of the extra parameters, by name.
+    :param positional: the parameters after the list that take positions.
+    :param keywords: the parameters after the list that take names.
+    :param adapters: validators of the typed extra parameters, by name.
     :param dependencies: taskiq dependency graph, None when it has no
         dependencies.
     """
@@ -45,8 +45,9 @@ class BatchSignature:
     func: Callable[..., Any]
     items_name: str
     item_adapter: TypeAdapter[Any] | None
-    arg_adapters: list[TypeAdapter[Any] | None] = field(default_factory=list)
-    kwarg_adapters: dict[str, TypeAdapter[Any]] = field(default_factory=dict)
+    positional: list[inspect.Parameter] = field(default_factory=list)
+    keywords: list[inspect.Parameter] = field(default_factory=list)
+    adapters: dict[str, TypeAdapter[Any]] = field(default_factory=dict)
     dependencies: DependencyGraph | None = None
     is_coroutine: bool = True
 
@@ -72,25 +73,47 @@ class BatchSignature:
         args: Sequence[Any],
         kwargs: Mapping[str, Any],
     ) -> tuple[list[Any], dict[str, Any]]:
-        """Validate the arguments that follow the item.
+        """Validate the arguments that follow the item, in a canonical form.
+
+        Arguments given by position are moved to their names and unset
+        parameters take their defaults, so that ``kiq(x, "a")`` and
+        ``kiq(y, tenant="a")`` are seen as the same arguments.
 
         :param args: positional arguments after the item.
         :param kwargs: keyword arguments of the message.
         :raises ArgumentError: when one does not fit its parameter.
-        :return: the converted arguments.
+        :return: the converted positional and keyword arguments.
         """
-        new_args = list(args)
-        for index, value in enumerate(new_args):
-            if index < len(self.arg_adapters):
-                adapter = self.arg_adapters[index]
-                if adapter is not None:
-                    new_args[index] = _validate(adapter, value, f"argument {index + 2}")
+        new_args: list[Any] = []
         new_kwargs = dict(kwargs)
+        for index, value in enumerate(args):
+            if index >= len(self.positional):
+                new_args.append(value)  # taken by *args
+                continue
+            param = self.positional[index]
+            if param.kind == inspect.Parameter.POSITIONAL_ONLY:
+                new_args.append(self._coerce(param.name, value))
+            elif param.name in new_kwargs:
+                raise ArgumentError(f"got multiple values for {param.name!r}")
+            else:
+                new_kwargs[param.name] = value
+        for param in self.keywords:
+            if param.name not in new_kwargs and param.default is not param.empty:
+                new_kwargs[param.name] = param.default
         for name, value in new_kwargs.items():
-            adapter = self.kwarg_adapters.get(name)
-            if adapter is not None:
-                new_kwargs[name] = _validate(adapter, value, f"argument {name!r}")
+            new_kwargs[name] = self._coerce(name, value)
         return new_args, new_kwargs
+
+    def _coerce(self, name: str, value: Any) -> Any:
+        adapter = self.adapters.get(name)
+        if adapter is None:
+            return value
+        try:
+            return adapter.validate_python(value)
+        except ValidationError as exc:
+            raise ArgumentError(
+                f"argument {name!r}={_short(value)} is invalid: {_first_error(exc)}",
+            ) from None
 
 
 def analyse(task_name: str, func: Callable[..., Any]) -> BatchSignature:
@@ -117,27 +140,25 @@ def analyse(task_name: str, func: Callable[..., Any]) -> BatchSignature:
     first = params[0]
     item_adapter = _item_adapter(where, first.name, hints.get(first.name))
     dependency_names = {p.name for p in params if _is_dependency(p)}
-    arg_adapters: list[TypeAdapter[Any] | None] = []
-    kwarg_adapters: dict[str, TypeAdapter[Any]] = {}
-    for param in params[1:]:
-        if param.name in dependency_names or param.kind in (
-            inspect.Parameter.VAR_POSITIONAL,
-            inspect.Parameter.VAR_KEYWORD,
-        ):
-            continue
-        hint = hints.get(param.name)
-        adapter = None if hint in (None, Any) else TypeAdapter(hint)
-        if param.kind in _POSITIONAL:
-            arg_adapters.append(adapter)
-        if adapter is not None and param.kind != inspect.Parameter.POSITIONAL_ONLY:
-            kwarg_adapters[param.name] = adapter
+    extras = [
+        param
+        for param in params[1:]
+        if param.name not in dependency_names
+        and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD)
+    ]
+    adapters = {
+        param.name: TypeAdapter(hints[param.name])
+        for param in extras
+        if hints.get(param.name, Any) is not Any
+    }
     graph = DependencyGraph(func) if dependency_names else None
     return BatchSignature(
         func=func,
         items_name=first.name,
         item_adapter=item_adapter,
-        arg_adapters=arg_adapters,
-        kwarg_adapters=kwarg_adapters,
+        positional=[p for p in extras if p.kind in _POSITIONAL],
+        keywords=[p for p in extras if p.kind != p.POSITIONAL_ONLY],
+        adapters=adapters,
         dependencies=graph,
         is_coroutine=inspect.iscoroutinefunction(func),
     )
@@ -169,15 +190,6 @@ def _is_dependency(param: inspect.Parameter) -> bool:
         return True
     metadata = getattr(param.annotation, "__metadata__", ())
     return any(isinstance(meta, Dependency) for meta in metadata)
-
-
-def _validate(adapter: TypeAdapter[Any], value: Any, what: str) -> Any:
-    try:
-        return adapter.validate_python(value)
-    except ValidationError as exc:
-        raise ArgumentError(
-            f"{what} {_short(value)} is invalid: {_first_error(exc)}",
-        ) from None
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -1,0 +1,106 @@
+"""Test doubles and helpers shared by the unit tests."""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from taskiq import AckableMessage, AsyncBroker, BrokerMessage, InMemoryBroker
+from taskiq.acks import AcknowledgeType
+from taskiq.brokers.inmemory_broker import InmemoryResultBackend
+from taskiq.receiver import Receiver
+
+from taskiq_batching import BatchingMiddleware, BatchInfo
+
+
+class QueueBroker(AsyncBroker):
+    """An in-process broker with acks, so tests can drive taskiq's Receiver.
+
+    Records when each message is acked, and lets a test wait for a number
+    of acks instead of sleeping.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queue: asyncio.Queue[BrokerMessage] = asyncio.Queue()
+        self.acked: list[str] = []
+        self._ack_changed = asyncio.Condition()
+
+    async def kick(self, message: BrokerMessage) -> None:
+        await self.queue.put(message)
+
+    async def listen(self) -> AsyncGenerator[bytes | AckableMessage, None]:
+        while True:
+            message = await self.queue.get()
+            yield AckableMessage(
+                data=message.message,
+                ack=partial(self._ack, message.task_id),
+            )
+
+    async def _ack(self, task_id: str) -> None:
+        async with self._ack_changed:
+            self.acked.append(task_id)
+            self._ack_changed.notify_all()
+
+    async def wait_acked(self, count: int) -> None:
+        async with self._ack_changed:
+            await self._ack_changed.wait_for(lambda: len(self.acked) >= count)
+
+
+def queue_broker() -> QueueBroker:
+    broker = QueueBroker().with_middlewares(BatchingMiddleware())
+    broker.with_result_backend(InmemoryResultBackend(max_stored_results=-1))
+    return broker
+
+
+def memory_broker(**kwargs: Any) -> InMemoryBroker:
+    kwargs.setdefault("max_stored_results", -1)
+    return InMemoryBroker(**kwargs).with_middlewares(BatchingMiddleware())
+
+
+@dataclass
+class Recorder:
+    """What a batch function saw: one entry per call."""
+
+    batches: list[list[Any]] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    calls: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def record(self, items: list[Any], info: BatchInfo | None = None) -> None:
+        self.batches.append(list(items))
+        if info is not None:
+            self.reasons.append(info.flush_reason.value)
+        self.calls.set()
+
+    @property
+    def sizes(self) -> list[int]:
+        return [len(batch) for batch in self.batches]
+
+
+@contextlib.asynccontextmanager
+async def running_worker(
+    broker: AsyncBroker,
+    *,
+    max_async_tasks: int = 100,
+    ack_type: AcknowledgeType | None = None,
+    stop_timeout: float = 10,
+) -> AsyncIterator[Receiver]:
+    """Run taskiq's own Receiver on the broker, as ``taskiq worker`` does."""
+    receiver = Receiver(broker, max_async_tasks=max_async_tasks, ack_type=ack_type)
+    finish = asyncio.Event()
+    listening = asyncio.create_task(receiver.listen(finish))
+    try:
+        yield receiver
+    finally:
+        finish.set()
+        await asyncio.wait_for(listening, stop_timeout)
+        await broker.shutdown()
+
+
+async def push_raw(broker: QueueBroker, data: bytes, task_id: str) -> None:
+    """Put bytes that are not a taskiq message on the queue."""
+    await broker.queue.put(
+        BrokerMessage(task_id=task_id, task_name="?", message=data, labels={}),
+    )

@@ -1,0 +1,208 @@
+"""Batched tasks under taskiq's own Receiver, as ``taskiq worker`` runs it."""
+
+import asyncio
+from typing import Any
+
+import pytest
+from taskiq import SimpleRetryMiddleware, SmartRetryMiddleware, TaskiqDepends
+from taskiq.acks import AcknowledgeType
+
+from taskiq_batching import BatchInfo
+from tests.helpers import Recorder, push_raw, queue_broker, running_worker
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def test_batches_are_not_capped_by_max_async_tasks() -> None:
+    broker = queue_broker()
+    seen = Recorder()
+
+    @broker.task(batch=True, batch_size=60, batch_timeout=3600)
+    async def handler(items: list[int], info: BatchInfo = TaskiqDepends()) -> None:
+        seen.record(items, info)
+
+    async with running_worker(broker, max_async_tasks=10):
+        for i in range(120):
+            await handler.kiq(i)
+        await broker.wait_acked(120)
+    assert seen.sizes == [60, 60]
+    assert seen.reasons == ["size", "size"]
+    assert [item for batch in seen.batches for item in batch] == list(range(120))
+
+
+async def test_size_only_batching_cannot_deadlock_on_small_capacity() -> None:
+    broker = queue_broker()
+    seen = Recorder()
+
+    @broker.task(batch=True, batch_size=50)
+    async def handler(items: list[int]) -> None:
+        seen.record(items)
+
+    async with running_worker(broker, max_async_tasks=5):
+        for i in range(100):
+            await handler.kiq(i)
+        await broker.wait_acked(100)
+    assert seen.sizes == [50, 50]
+
+
+async def test_several_batched_tasks_each_progress() -> None:
+    broker = queue_broker()
+    first, second = Recorder(), Recorder()
+
+    @broker.task(batch=True, batch_size=30)
+    async def task_a(items: list[int]) -> None:
+        first.record(items)
+
+    @broker.task(batch=True, batch_size=30)
+    async def task_b(items: list[int]) -> None:
+        second.record(items)
+
+    async with running_worker(broker, max_async_tasks=4):
+        for i in range(60):
+            await task_a.kiq(i)
+            await task_b.kiq(i)
+        await broker.wait_acked(120)
+    assert first.sizes == [30, 30]
+    assert second.sizes == [30, 30]
+
+
+async def test_keyed_buffers_under_pressure_flush_instead_of_wedging() -> None:
+    broker = queue_broker()
+    seen = Recorder()
+
+    # Size-only, and every message has its own tenant: no buffer ever
+    # fills, so only the in-flight limit (2 * batch_size) can flush them.
+    @broker.task(batch=True, batch_size=3)
+    async def handler(items: list[int], tenant: int, info: BatchInfo = TaskiqDepends()) -> None:
+        seen.record(items, info)
+
+    async with running_worker(broker):
+        for i in range(12):
+            await handler.kiq(i, tenant=i)
+        await broker.wait_acked(6)
+        assert set(seen.reasons) == {"pressure"}
+    assert sum(seen.sizes) == 12
+
+
+@pytest.mark.parametrize(
+    ("worker_ack", "label", "acked_inside_batch"),
+    [
+        (AcknowledgeType.WHEN_SAVED, None, False),
+        (AcknowledgeType.WHEN_EXECUTED, None, False),
+        (AcknowledgeType.WHEN_RECEIVED, None, True),
+        (AcknowledgeType.WHEN_SAVED, "when_received", True),
+        (AcknowledgeType.WHEN_RECEIVED, "when_saved", False),
+    ],
+)
+async def test_each_message_is_acked_per_its_ack_type(
+    worker_ack: AcknowledgeType,
+    label: str | None,
+    acked_inside_batch: bool,
+) -> None:
+    broker = queue_broker()
+    acked_during: list[list[str]] = []
+    labels: dict[str, Any] = {} if label is None else {"ack_type": label}
+
+    @broker.task(batch=True, batch_size=4, **labels)
+    async def handler(items: list[int], info: BatchInfo = TaskiqDepends()) -> int:
+        acked_during.append([t for t in info.task_ids if t in broker.acked])
+        return len(items)
+
+    async with running_worker(broker, ack_type=worker_ack):
+        sent = [await handler.kiq(i) for i in range(4)]
+        await broker.wait_acked(4)
+    ids = [task.task_id for task in sent]
+    assert acked_during == [ids if acked_inside_batch else []]
+    assert sorted(broker.acked) == sorted(ids)
+    for task in sent:
+        assert (await task.wait_result(timeout=1)).return_value == 4
+
+
+async def test_manual_ack_through_batch_info() -> None:
+    broker = queue_broker()
+
+    @broker.task(batch=True, batch_size=3, ack_type="manual")
+    async def handler(items: list[int], info: BatchInfo = TaskiqDepends()) -> None:
+        assert broker.acked == []
+        await info.ack()
+
+    async with running_worker(broker):
+        sent = [await handler.kiq(i) for i in range(3)]
+        await broker.wait_acked(3)
+    assert sorted(broker.acked) == sorted(t.task_id for t in sent)
+
+
+async def test_stop_flushes_buffers_and_acks_everything() -> None:
+    broker = queue_broker()
+    seen = Recorder()
+
+    @broker.task(batch=True, batch_size=100, batch_timeout=3600)
+    async def handler(items: list[int], info: BatchInfo = TaskiqDepends()) -> int:
+        seen.record(items, info)
+        return sum(items)
+
+    (middleware,) = broker.middlewares
+    async with running_worker(broker, stop_timeout=5):
+        sent = [await handler.kiq(i) for i in range(7)]
+        await middleware.wait_buffered(7)  # type: ignore[attr-defined]
+        assert seen.batches == []
+    assert seen.batches == [list(range(7))]
+    assert seen.reasons == ["shutdown"]
+    assert sorted(broker.acked) == sorted(t.task_id for t in sent)
+    for task in sent:
+        assert (await task.wait_result(timeout=1)).return_value == 21
+
+
+async def test_plain_tasks_and_garbage_pass_through_to_taskiq() -> None:
+    broker = queue_broker()
+    seen = Recorder()
+
+    @broker.task
+    async def plain(x: int) -> int:
+        return x * 2
+
+    @broker.task(batch=True, batch_size=4)
+    async def handler(items: list[int]) -> int:
+        seen.record(items)
+        return sum(items)
+
+    async with running_worker(broker):
+        batched = [await handler.kiq(1), await handler.kiq(2)]
+        await push_raw(broker, b"\x00 not a message", "garbage")
+        single = await plain.kiq(21)
+        batched += [await handler.kiq(3), await handler.kiq(4)]
+        await broker.wait_acked(6)
+    assert "garbage" in broker.acked
+    assert seen.batches == [[1, 2, 3, 4]]
+    assert (await single.wait_result(timeout=1)).return_value == 42
+    for task in batched:
+        assert (await task.wait_result(timeout=1)).return_value == 10
+
+
+@pytest.mark.parametrize(
+    "retry",
+    [
+        SimpleRetryMiddleware(default_retry_count=3),
+        SmartRetryMiddleware(default_retry_count=3, default_delay=0),
+    ],
+    ids=["simple", "smart"],
+)
+async def test_failed_batch_is_retried_and_batched_again(retry: Any) -> None:
+    broker = queue_broker().with_middlewares(retry)
+    seen = Recorder()
+
+    @broker.task(batch=True, batch_size=5, batch_timeout=0.2, retry_on_error=True)
+    async def handler(items: list[int]) -> int:
+        seen.record(items)
+        if len(seen.batches) == 1:
+            raise ConnectionError("database went away")
+        return sum(items)
+
+    async with running_worker(broker):
+        sent = [await handler.kiq(i) for i in range(5)]
+        await broker.wait_acked(10)  # 5 failed attempts + 5 retries
+    assert seen.batches == [list(range(5)), list(range(5))]
+    for task in sent:
+        result = await task.wait_result(timeout=1)
+        assert not result.is_err
+        assert result.return_value == 10
