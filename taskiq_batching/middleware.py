@@ -109,7 +109,6 @@ class BatchingMiddleware(TaskiqMiddleware):
             return 0
         return self.batcher.flush_all(FlushReason.MANUAL)
 
-
     def buffered(self, task_name: str | None = None) -> int:
         """Messages waiting in this process's buffers.
 

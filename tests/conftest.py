@@ -9,7 +9,7 @@ def _service_url(variable: str, default: str) -> str:
     url = os.environ.get(variable, default)
     parsed = urlparse(url)
     try:
-        with socket.create_connection((parsed.hostname, parsed.port), timeout=2):
+        with socket.create_connection((parsed.hostname, parsed.port or 0), timeout=2):
             pass
     except OSError as exc:
         reason = f"{variable}={url} is unreachable ({exc})"

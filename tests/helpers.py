@@ -12,7 +12,7 @@ from taskiq.acks import AcknowledgeType
 from taskiq.brokers.inmemory_broker import InmemoryResultBackend
 from taskiq.receiver import Receiver
 
-from taskiq_batching import BatchingMiddleware, BatchInfo
+from taskiq_batching import BatchInfo, BatchingMiddleware
 
 
 class QueueBroker(AsyncBroker):

@@ -19,7 +19,9 @@ from tests.helpers import memory_broker
 
 
 def test_both_settings() -> None:
-    config = parse_batch_labels("t", {"batch": True, "batch_size": 7, "batch_timeout": 2})
+    config = parse_batch_labels(
+        "t", {"batch": True, "batch_size": 7, "batch_timeout": 2}
+    )
     assert config == BatchConfig(batch_size=7, batch_timeout=2.0)
     assert config.max_in_flight == 14
 
@@ -48,7 +50,10 @@ def test_size_only_has_no_timeout() -> None:
         ({"batch": True, "batch_timeout": math.inf}, "batch_timeout must be"),
         ({"batch": True, "batch_timeout": math.nan}, "batch_timeout must be"),
         ({"batch": True, "batch_timeout": "3"}, "batch_timeout must be"),
-        ({"batch": True, "batch_size": 5, "batch_sise": 5}, "unknown label(s) batch_sise"),
+        (
+            {"batch": True, "batch_size": 5, "batch_sise": 5},
+            "unknown label(s) batch_sise",
+        ),
         ({"batch_size": 5}, "need batch=True"),
         ({"batch": False, "batch_size": 5}, "need batch=True"),
         ({"batch": "yes", "batch_size": 5}, "need batch=True"),
@@ -77,7 +82,7 @@ def test_decorator_fails_at_registration(labels: dict[str, Any]) -> None:
 
     with pytest.raises(BatchConfigError):
 
-        @broker.task(**labels)
+        @broker.task(**labels)  # type: ignore[untyped-decorator]
         async def handler(items: list[int]) -> None: ...
 
     assert not any(name.endswith(":handler") for name in broker.local_task_registry)

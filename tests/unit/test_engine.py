@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from taskiq import Context, TaskiqDepends, TaskiqMessage, TaskiqMiddleware, TaskiqResult
+from taskiq.kicker import AsyncKicker
 from taskiq.state import TaskiqState
 
 from taskiq_batching import (
@@ -13,6 +14,7 @@ from taskiq_batching import (
     BatchingMiddleware,
     BatchItemError,
     BatchTimeoutError,
+    batch_task,
 )
 from tests.helpers import Recorder, memory_broker
 
@@ -21,7 +23,7 @@ async def test_size_then_remainder_on_timeout() -> None:
     broker = memory_broker()
     seen = Recorder()
 
-    @broker.task(batch=True, batch_size=60, batch_timeout=0.2)
+    @batch_task(broker, batch_size=60, batch_timeout=0.2)
     async def total(items: list[int], info: BatchInfo = TaskiqDepends()) -> int:
         seen.record(items, info)
         return sum(items)
@@ -45,7 +47,7 @@ async def test_timeout_counts_from_first_item_not_last() -> None:
     flushed_at: list[float] = []
     loop = asyncio.get_running_loop()
 
-    @broker.task(batch=True, batch_size=100, batch_timeout=0.5)
+    @batch_task(broker, batch_size=100, batch_timeout=0.5)
     async def handler(items: list[int], info: BatchInfo = TaskiqDepends()) -> None:
         flushed_at.append(loop.time())
         seen.record(items, info)
@@ -67,7 +69,7 @@ async def test_shutdown_flushes_without_waiting_for_the_timer() -> None:
     broker = memory_broker()
     seen = Recorder()
 
-    @broker.task(batch=True, batch_size=100, batch_timeout=3600)
+    @batch_task(broker, batch_size=100, batch_timeout=3600)
     async def handler(items: list[int], info: BatchInfo = TaskiqDepends()) -> int:
         seen.record(items, info)
         return len(items)
@@ -85,7 +87,7 @@ async def test_size_only_task_flushes_on_shutdown() -> None:
     broker = memory_broker()
     seen = Recorder()
 
-    @broker.task(batch=True, batch_size=10)
+    @batch_task(broker, batch_size=10)
     async def handler(items: list[int]) -> None:
         seen.record(items)
 
@@ -102,7 +104,7 @@ async def test_manual_flush() -> None:
     broker = memory_broker()
     seen = Recorder()
 
-    @broker.task(batch=True, batch_size=10)
+    @batch_task(broker, batch_size=10)
     async def handler(items: list[int], info: BatchInfo = TaskiqDepends()) -> None:
         seen.record(items, info)
 
@@ -124,7 +126,7 @@ async def test_await_inplace_returns_promptly_and_batches_concurrent_sends() -> 
     broker = memory_broker(await_inplace=True)
     seen = Recorder()
 
-    @broker.task(batch=True, batch_size=50, batch_timeout=3600)
+    @batch_task(broker, batch_size=50, batch_timeout=3600)
     async def handler(items: list[int], info: BatchInfo = TaskiqDepends()) -> int:
         seen.record(items, info)
         return sum(items)
@@ -146,7 +148,7 @@ async def test_await_inplace_returns_promptly_and_batches_concurrent_sends() -> 
 async def test_error_is_stored_for_every_message() -> None:
     broker = memory_broker()
 
-    @broker.task(batch=True, batch_size=3)
+    @batch_task(broker, batch_size=3)
     async def handler(items: list[int]) -> None:
         raise RuntimeError(f"boom on {items}")
 
@@ -193,7 +195,7 @@ async def test_middlewares_run_once_per_message() -> None:
     broker = memory_broker().with_middlewares(counting)
     fail = {"now": False}
 
-    @broker.task(batch=True, batch_size=4)
+    @batch_task(broker, batch_size=4)
     async def handler(items: list[int]) -> int:
         if fail["now"]:
             raise ValueError("bad batch")
@@ -217,7 +219,7 @@ async def test_timeout_label_limits_the_batch_call() -> None:
     release = asyncio.Event()
     calls = 0
 
-    @broker.task(batch=True, batch_size=3, timeout=0.2)
+    @batch_task(broker, batch_size=3, timeout=0.2)
     async def slow(items: list[int]) -> None:
         nonlocal calls
         calls += 1
@@ -240,7 +242,7 @@ async def test_sync_function_runs_off_the_event_loop() -> None:
     loop_thread = threading.get_ident()
     threads: list[int] = []
 
-    @broker.task(batch=True, batch_size=2)
+    @batch_task(broker, batch_size=2)
     def handler(items: list[int]) -> int:
         threads.append(threading.get_ident())
         return sum(items)
@@ -248,7 +250,8 @@ async def test_sync_function_runs_off_the_event_loop() -> None:
     await broker.startup()
     tasks = [await handler.kiq(i) for i in (3, 4)]
     await broker.wait_all()
-    assert threads and threads[0] != loop_thread
+    assert threads
+    assert threads[0] != loop_thread
     assert [(await t.wait_result(timeout=1)).return_value for t in tasks] == [7, 7]
     await broker.shutdown()
 
@@ -257,7 +260,7 @@ async def test_extra_arguments_split_batches() -> None:
     broker = memory_broker()
     calls: list[tuple[list[int], str, int]] = []
 
-    @broker.task(batch=True, batch_size=2)
+    @batch_task(broker, batch_size=2)
     async def handler(items: list[int], tenant: str, weight: int = 1) -> str:
         calls.append((items, tenant, weight))
         return tenant
@@ -268,7 +271,7 @@ async def test_extra_arguments_split_batches() -> None:
         await handler.kiq(2, tenant="b"),
         await handler.kiq(3, "a"),
         await handler.kiq(4, tenant="b"),
-        await handler.kiq(5, tenant="a", weight="2"),  # type: ignore[arg-type]
+        await handler.kiq(5, tenant="a", weight="2"),  # type: ignore[call-overload]
         await handler.kiq(6, tenant="a", weight=2),
     ]
     await broker.wait_all()
@@ -282,16 +285,16 @@ async def test_items_are_coerced_and_a_bad_item_fails_alone() -> None:
     broker = memory_broker()
     seen = Recorder()
 
-    @broker.task(batch=True, batch_size=3, batch_timeout=0.2)
+    @batch_task(broker, batch_size=3, batch_timeout=0.2)
     async def handler(items: list[int]) -> int:
         seen.record(items)
         return sum(items)
 
     await broker.startup()
-    good1 = await handler.kiq("1")  # type: ignore[arg-type]
-    bad = await handler.kiq("not a number")  # type: ignore[arg-type]
+    good1 = await handler.kiq("1")  # type: ignore[call-overload]
+    bad = await handler.kiq("not a number")  # type: ignore[call-overload]
     good2 = await handler.kiq(2)
-    good3 = await handler.kiq(3.0)  # type: ignore[arg-type]
+    good3 = await handler.kiq(3.0)  # type: ignore[call-overload]
     await broker.wait_all()
     assert seen.batches == [[1, 2, 3]]
     error = (await bad.wait_result(timeout=1)).error
@@ -315,7 +318,7 @@ async def test_dependencies_are_resolved_once_per_batch() -> None:
 
     seen: dict[str, Any] = {}
 
-    @broker.task(batch=True, batch_size=3)
+    @batch_task(broker, batch_size=3)
     async def handler(
         items: list[int],
         context: Context = TaskiqDepends(),
@@ -348,7 +351,7 @@ async def test_dependencies_are_resolved_once_per_batch() -> None:
 async def test_calling_the_task_directly_calls_the_batch_function() -> None:
     broker = memory_broker()
 
-    @broker.task(batch=True, batch_size=3)
+    @batch_task(broker, batch_size=3)
     def handler(items: list[int]) -> int:
         return sum(items)
 
@@ -373,12 +376,14 @@ async def test_plain_tasks_on_the_same_broker_are_untouched() -> None:
 async def test_message_without_an_item_fails_clearly(args: tuple[int, ...]) -> None:
     broker = memory_broker()
 
-    @broker.task(batch=True, batch_size=1)
+    @batch_task(broker, batch_size=1)
     async def handler(items: list[int]) -> int:
         return len(items)
 
     await broker.startup()
-    task = await handler.kiq(*args)
+    # What a producer that does not use the typed API may send.
+    kicker: AsyncKicker[Any, Any] = AsyncKicker(handler.task_name, broker, {})
+    task = await kicker.kiq(*args)
     await broker.wait_all()
     result = await task.wait_result(timeout=1)
     if args:

@@ -1,13 +1,12 @@
 """Batched tasks under taskiq's own Receiver, as ``taskiq worker`` runs it."""
 
-import asyncio
 from typing import Any
 
 import pytest
 from taskiq import SimpleRetryMiddleware, SmartRetryMiddleware, TaskiqDepends
 from taskiq.acks import AcknowledgeType
 
-from taskiq_batching import BatchInfo
+from taskiq_batching import BatchInfo, batch_task
 from tests.helpers import Recorder, push_raw, queue_broker, running_worker
 
 pytestmark = pytest.mark.timeout(30)
@@ -17,7 +16,7 @@ async def test_batches_are_not_capped_by_max_async_tasks() -> None:
     broker = queue_broker()
     seen = Recorder()
 
-    @broker.task(batch=True, batch_size=60, batch_timeout=3600)
+    @batch_task(broker, batch_size=60, batch_timeout=3600)
     async def handler(items: list[int], info: BatchInfo = TaskiqDepends()) -> None:
         seen.record(items, info)
 
@@ -34,7 +33,7 @@ async def test_size_only_batching_cannot_deadlock_on_small_capacity() -> None:
     broker = queue_broker()
     seen = Recorder()
 
-    @broker.task(batch=True, batch_size=50)
+    @batch_task(broker, batch_size=50)
     async def handler(items: list[int]) -> None:
         seen.record(items)
 
@@ -49,11 +48,11 @@ async def test_several_batched_tasks_each_progress() -> None:
     broker = queue_broker()
     first, second = Recorder(), Recorder()
 
-    @broker.task(batch=True, batch_size=30)
+    @batch_task(broker, batch_size=30)
     async def task_a(items: list[int]) -> None:
         first.record(items)
 
-    @broker.task(batch=True, batch_size=30)
+    @batch_task(broker, batch_size=30)
     async def task_b(items: list[int]) -> None:
         second.record(items)
 
@@ -72,8 +71,10 @@ async def test_keyed_buffers_under_pressure_flush_instead_of_wedging() -> None:
 
     # Size-only, and every message has its own tenant: no buffer ever
     # fills, so only the in-flight limit (2 * batch_size) can flush them.
-    @broker.task(batch=True, batch_size=3)
-    async def handler(items: list[int], tenant: int, info: BatchInfo = TaskiqDepends()) -> None:
+    @batch_task(broker, batch_size=3)
+    async def handler(
+        items: list[int], tenant: int, info: BatchInfo = TaskiqDepends()
+    ) -> None:
         seen.record(items, info)
 
     async with running_worker(broker):
@@ -103,7 +104,7 @@ async def test_each_message_is_acked_per_its_ack_type(
     acked_during: list[list[str]] = []
     labels: dict[str, Any] = {} if label is None else {"ack_type": label}
 
-    @broker.task(batch=True, batch_size=4, **labels)
+    @batch_task(broker, batch_size=4, **labels)
     async def handler(items: list[int], info: BatchInfo = TaskiqDepends()) -> int:
         acked_during.append([t for t in info.task_ids if t in broker.acked])
         return len(items)
@@ -121,7 +122,7 @@ async def test_each_message_is_acked_per_its_ack_type(
 async def test_manual_ack_through_batch_info() -> None:
     broker = queue_broker()
 
-    @broker.task(batch=True, batch_size=3, ack_type="manual")
+    @batch_task(broker, batch_size=3, ack_type="manual")
     async def handler(items: list[int], info: BatchInfo = TaskiqDepends()) -> None:
         assert broker.acked == []
         await info.ack()
@@ -136,7 +137,7 @@ async def test_stop_flushes_buffers_and_acks_everything() -> None:
     broker = queue_broker()
     seen = Recorder()
 
-    @broker.task(batch=True, batch_size=100, batch_timeout=3600)
+    @batch_task(broker, batch_size=100, batch_timeout=3600)
     async def handler(items: list[int], info: BatchInfo = TaskiqDepends()) -> int:
         seen.record(items, info)
         return sum(items)
@@ -161,7 +162,7 @@ async def test_plain_tasks_and_garbage_pass_through_to_taskiq() -> None:
     async def plain(x: int) -> int:
         return x * 2
 
-    @broker.task(batch=True, batch_size=4)
+    @batch_task(broker, batch_size=4)
     async def handler(items: list[int]) -> int:
         seen.record(items)
         return sum(items)
@@ -191,7 +192,7 @@ async def test_failed_batch_is_retried_and_batched_again(retry: Any) -> None:
     broker = queue_broker().with_middlewares(retry)
     seen = Recorder()
 
-    @broker.task(batch=True, batch_size=5, batch_timeout=0.2, retry_on_error=True)
+    @batch_task(broker, batch_size=5, batch_timeout=0.2, retry_on_error=True)
     async def handler(items: list[int]) -> int:
         seen.record(items)
         if len(seen.batches) == 1:
