@@ -321,13 +321,17 @@ class Batcher:
         self._in_flight[task_name] -= 1
         self._changed[task_name].set()
 
-    async def drain(self) -> None:
-        """Flush every buffer now and wait for every batch to finish.
+    def close(self) -> None:
+        """Flush every buffer now, and from now on flush on the next loop turn.
 
-        From here on, messages that still arrive are flushed on the next
-        loop turn rather than waiting for size or timer.
+        Messages that still arrive no longer wait for size or timer.
         """
         self._closing = True
+        self.flush_all(FlushReason.SHUTDOWN)
+
+    async def drain(self) -> None:
+        """Close (see ``close``) and wait for every batch to finish."""
+        self.close()
         while self._buffers or self._running:
             self.flush_all(FlushReason.SHUTDOWN)
             if self._running:

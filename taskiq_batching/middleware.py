@@ -14,7 +14,7 @@ from taskiq import (
 from taskiq_batching import worker
 from taskiq_batching.config import FlushReason, is_batched
 from taskiq_batching.engine import Batcher
-from taskiq_batching.errors import BatchConfigError
+from taskiq_batching.errors import BatchConfigError, MiddlewareMissingError
 from taskiq_batching.task import BatchingDecoratedTask
 
 logger = logging.getLogger("taskiq_batching")
@@ -40,6 +40,22 @@ class BatchingMiddleware(TaskiqMiddleware):
     def __init__(self) -> None:
         super().__init__()
         self.batcher: Batcher | None = None
+
+    @classmethod
+    def of(cls, broker: AsyncBroker) -> "BatchingMiddleware":
+        """The ``BatchingMiddleware`` of a broker.
+
+        :param broker: a broker set up with ``BatchingMiddleware()``.
+        :raises MiddlewareMissingError: when it has none.
+        :return: its middleware.
+        """
+        for middleware in broker.middlewares:
+            if isinstance(middleware, cls):
+                return middleware
+        raise MiddlewareMissingError(
+            f"{type(broker).__name__} has no BatchingMiddleware: create it with "
+            "`.with_middlewares(BatchingMiddleware())`.",
+        )
 
     def set_broker(self, broker: AsyncBroker) -> None:
         """Attach to a broker: called by ``with_middlewares``.

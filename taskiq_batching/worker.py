@@ -15,12 +15,14 @@ Two things cannot be done through taskiq's public hooks:
 * **Shutdown.** The CLI's signal handler sets an asyncio event from a
   signal handler without waking the event loop, so a worker idling in a
   blocking read may not notice SIGTERM. The handler is chained so it
-  also wakes the loop.
+  also wakes the loop. And taskiq-redis's stream listener can swallow a
+  cancellation (in its reclaim step), so stopping it repeats the cancel.
 
 Tested against the supported taskiq versions (see ``pyproject.toml``).
 """
 
 import asyncio
+import functools
 import logging
 import signal
 import sys
@@ -39,6 +41,8 @@ Delivery = bytes | AckableMessage
 
 #: Seconds to wait for the broker's own listener to stop on shutdown.
 STOP_LISTENER_TIMEOUT = 2.0
+#: Seconds between repeated cancellations of the broker's listener.
+CANCEL_RETRY_INTERVAL = 0.1
 
 
 def install_listen_hook(broker: AsyncBroker, batcher: Batcher) -> None:
@@ -96,6 +100,7 @@ class _Router:
         # One slot: ordinary messages are fetched at the Receiver's pace.
         self.plain: asyncio.Queue[Delivery] = asyncio.Queue(maxsize=1)
         self.callbacks: set[asyncio.Task[None]] = set()
+        self.stopping = asyncio.Event()
 
     async def run(self) -> AsyncGenerator[Delivery, None]:
         pump = asyncio.create_task(self._pump())
@@ -118,6 +123,48 @@ class _Router:
         finally:
             await self._close(pump)
 
+    async def _pump(self) -> None:
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            while (delivery := await self._next(stop)) is not None:
+                await self._route(delivery, stop)
+        finally:
+            stop.cancel()
+
+    async def _next(self, stop: "asyncio.Future[Any]") -> Delivery | None:
+        """The listener's next delivery; None once it ended or we stop."""
+        fetch = asyncio.ensure_future(anext(self.inner))
+        if not self.stopping.is_set():
+            await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if not fetch.done():
+            # Stopping: one loop turn lets the listener hand over what it
+            # already holds (a stream read returns many entries); a read
+            # that needs the network is left to the broker (redelivery).
+            await asyncio.sleep(0)
+        if not fetch.done():
+            await _cancel(fetch, STOP_LISTENER_TIMEOUT)
+            return None
+        if fetch.cancelled() or isinstance(fetch.exception(), StopAsyncIteration):
+            return None
+        return fetch.result()
+
+    async def _route(self, delivery: Delivery, stop: "asyncio.Future[Any]") -> None:
+        name = self._task_name(delivery)
+        if name is not None and name in self.batcher.specs:
+            await self.batcher.admit(name)
+            self._dispatch(delivery, name)
+            return
+        if not self.stopping.is_set():
+            put = asyncio.ensure_future(self.plain.put(delivery))
+            await asyncio.wait({put, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not put.done():
+                put.cancel()
+                await asyncio.wait({put})
+            if not put.cancelled():
+                return
+        # The Receiver takes no more: run it here rather than drop it.
+        self._dispatch(delivery, None)
+
     def _task_name(self, delivery: Delivery) -> str | None:
         data = delivery.data if isinstance(delivery, AckableMessage) else delivery
         try:
@@ -125,60 +172,63 @@ class _Router:
         except Exception:
             return None
 
-    async def _pump(self) -> None:
-        async for delivery in self.inner:
-            name = self._task_name(delivery)
-            if name is None or name not in self.batcher.specs:
-                await self.plain.put(delivery)
-                continue
-            await self.batcher.admit(name)
-            task = asyncio.create_task(self.receiver.callback(delivery))
-            self.callbacks.add(task)
-            task.add_done_callback(self._callback_done(name))
+    def _dispatch(self, delivery: Delivery, batched_task: str | None) -> None:
+        # Straight to the Receiver's per-message callback, outside its
+        # execution slots (as InMemoryBroker.kick does).
+        task = asyncio.create_task(self.receiver.callback(delivery))
+        self.callbacks.add(task)
+        task.add_done_callback(functools.partial(self._done, batched_task))
 
-    def _callback_done(self, name: str) -> Callable[["asyncio.Task[None]"], None]:
-        def done(task: "asyncio.Task[None]") -> None:
-            self.callbacks.discard(task)
-            self.batcher.release(name)
-            if not task.cancelled() and task.exception() is not None:
-                logger.error(
-                    "taskiq_batching: callback of %s failed",
-                    name,
-                    exc_info=task.exception(),
-                )
-
-        return done
+    def _done(self, batched_task: str | None, task: "asyncio.Task[None]") -> None:
+        self.callbacks.discard(task)
+        if batched_task is not None:
+            self.batcher.release(batched_task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error(
+                "taskiq_batching: a message callback failed",
+                exc_info=task.exception(),
+            )
 
     async def _close(self, pump: "asyncio.Task[None]") -> None:
-        """Stop fetching, flush every buffer, finish every admitted message."""
-        pump.cancel()
-        await _settle(pump, STOP_LISTENER_TIMEOUT)
-        await _settle(asyncio.ensure_future(self.inner.aclose()), STOP_LISTENER_TIMEOUT)
-        # Ordinary messages already fetched: run them rather than drop them.
+        """Stop fetching, flush every buffer, finish every message taken."""
+        self.stopping.set()
+        # From now on buffers flush at once, which also frees the pump if
+        # it waits for room.
+        self.batcher.close()
+        await asyncio.wait({pump})
+        closing = asyncio.ensure_future(self.inner.aclose())
+        await asyncio.wait({closing}, timeout=STOP_LISTENER_TIMEOUT)
+        if not closing.done():
+            await _cancel(closing, STOP_LISTENER_TIMEOUT)
         while not self.plain.empty():
-            delivery = self.plain.get_nowait()
-            task = asyncio.create_task(self.receiver.callback(delivery))
-            self.callbacks.add(task)
-            task.add_done_callback(self.callbacks.discard)
+            self._dispatch(self.plain.get_nowait(), None)
         logger.info(
             "taskiq_batching: flushing buffers, %d message(s) in flight",
             len(self.callbacks),
         )
-        await self.batcher.drain()
         while self.callbacks:
-            await asyncio.wait(set(self.callbacks))
             await self.batcher.drain()
+            await asyncio.wait(set(self.callbacks))
+        await self.batcher.drain()
 
 
-async def _settle(task: "asyncio.Future[Any]", timeout: float) -> None:
-    """Wait a bounded time for a task to end, whatever its outcome."""
-    done, _ = await asyncio.wait({task}, timeout=timeout)
-    if not done:
-        logger.warning(
-            "taskiq_batching: the broker's listener did not stop within %g s",
-            timeout,
-        )
-        return
+async def _cancel(task: "asyncio.Future[Any]", timeout: float) -> None:
+    """Cancel a task of the broker's listener and wait a bounded time for it.
+
+    The cancellation is repeated: taskiq-redis's stream listener swallows
+    one that lands in its reclaim step and goes on to a blocking read.
+    """
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not task.done():
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            logger.warning(
+                "taskiq_batching: the broker's listener did not stop within %g s",
+                timeout,
+            )
+            return
+        task.cancel()
+        await asyncio.wait({task}, timeout=min(CANCEL_RETRY_INTERVAL, remaining))
     if not task.cancelled() and task.exception() is not None:
         logger.warning(
             "taskiq_batching: the broker's listener failed while stopping: %r",

@@ -149,3 +149,10 @@ def test_one_middleware_per_broker() -> None:
     broker = memory_broker()
     with pytest.raises(BatchConfigError, match="already has"):
         broker.with_middlewares(BatchingMiddleware())
+
+
+def test_finding_the_middleware_of_a_broker() -> None:
+    broker = memory_broker()
+    assert BatchingMiddleware.of(broker) is broker.middlewares[0]
+    with pytest.raises(MiddlewareMissingError, match="InMemoryBroker has no"):
+        BatchingMiddleware.of(InMemoryBroker())

@@ -111,8 +111,7 @@ async def test_manual_flush() -> None:
     await broker.startup()
     for i in range(3):
         await handler.kiq(i)
-    (middleware,) = broker.middlewares
-    assert isinstance(middleware, BatchingMiddleware)
+    middleware = BatchingMiddleware.of(broker)
     await asyncio.wait_for(middleware.wait_buffered(3), 2)
     assert middleware.buffered() == middleware.buffered(handler.task_name) == 3
     assert middleware.flush() == 1

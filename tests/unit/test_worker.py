@@ -6,7 +6,7 @@ import pytest
 from taskiq import SimpleRetryMiddleware, SmartRetryMiddleware, TaskiqDepends
 from taskiq.acks import AcknowledgeType
 
-from taskiq_batching import BatchInfo, batch_task
+from taskiq_batching import BatchInfo, BatchingMiddleware, batch_task
 from tests.helpers import Recorder, push_raw, queue_broker, running_worker
 
 pytestmark = pytest.mark.timeout(30)
@@ -142,10 +142,9 @@ async def test_stop_flushes_buffers_and_acks_everything() -> None:
         seen.record(items, info)
         return sum(items)
 
-    (middleware,) = broker.middlewares
     async with running_worker(broker, stop_timeout=5):
         sent = [await handler.kiq(i) for i in range(7)]
-        await middleware.wait_buffered(7)  # type: ignore[attr-defined]
+        await BatchingMiddleware.of(broker).wait_buffered(7)
         assert seen.batches == []
     assert seen.batches == [list(range(7))]
     assert seen.reasons == ["shutdown"]

@@ -1,0 +1,44 @@
+"""The examples run as the README says."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_demo(*args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "examples.demo", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def check_demo_output(output: str) -> None:
+    batches = [line for line in output.splitlines() if " batch of " in line]
+    assert len(batches) == 4, output
+    assert "batch of 100 rows (#0..#99), flushed by size" in batches[0]
+    assert "batch of 100 rows (#100..#199), flushed by size" in batches[1]
+    assert "batch of  50 rows (#200..#249), flushed by timeout" in batches[2]
+    assert "batch of   7 rows (#250..#256), flushed by shutdown" in batches[3]
+    assert "results: {100: 200, 50: 50}" in output
+    assert "results: {7: 7}" in output
+
+
+@pytest.mark.timeout(90)
+def test_demo_in_memory() -> None:
+    check_demo_output(run_demo())
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(90)
+def test_demo_on_redis(redis_url: str) -> None:
+    check_demo_output(run_demo(redis_url))
