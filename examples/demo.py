@@ -48,7 +48,7 @@ async def run(redis_url: str | None) -> None:
     print("\n2. 7 rows, then shutdown: flushed at once, not after 1 s.")
     tail = [await insert_rows.kiq(Row(id=i, name=f"row-{i}")) for i in range(250, 257)]
     await BatchingMiddleware.of(broker).wait_buffered(len(tail))
-    if worker is not None:
+    if worker is not None and redis_url is not None:
         finish.set()  # what SIGTERM does to `taskiq worker`
         await worker
         counts = await results(tail)
