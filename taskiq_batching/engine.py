@@ -59,6 +59,8 @@ class Batcher:
         self.executor: Executor | None = getattr(broker, "executor", None)
         #: Validate items against the list's element type (``--no-parse`` off).
         self.validate = True
+        #: Unacked messages the broker delivers at most (its prefetch), if known.
+        self.prefetch_limit: int | None = None
         self._buffers: dict[_BufferKey, Buffer] = {}
         self._running: set[asyncio.Task[None]] = set()
         self._in_flight: defaultdict[str, int] = defaultdict(int)
@@ -274,15 +276,19 @@ class Batcher:
         """Wait until the worker may take one more message of a task.
 
         A worker holds at most ``2 * batch_size`` messages of a task
-        (one batch running, one filling). At that limit it waits for
-        messages to finish; only when every held message sits in a
-        buffer, so that nothing else could ever free room (buffers of
+        (one batch running, one filling), and never more than the broker's
+        prefetch, when known: the broker sends no more until some are
+        acked. At that limit it waits for messages to finish; only when
+        every held message sits in a buffer, so that nothing else could
+        ever free room (buffers of
         different extra arguments, a size-only task), are those buffers
         flushed. Waiting therefore always ends.
 
         :param task_name: a batched task.
         """
         limit = self.specs[task_name].config.max_in_flight
+        if self.prefetch_limit is not None:
+            limit = min(limit, self.prefetch_limit)
         changed = self._changed[task_name]
         while self._in_flight[task_name] >= limit:
             changed.clear()

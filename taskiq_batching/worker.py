@@ -66,10 +66,47 @@ def install_listen_hook(broker: AsyncBroker, batcher: Batcher) -> None:
             return original()
         batcher.executor = receiver.executor
         batcher.validate = receiver.validate_params
+        batcher.prefetch_limit = broker_prefetch(broker)
+        _warn_about_prefetch(batcher)
         return _Router(broker, batcher, receiver, original()).run()
 
     # An instance attribute shadows the method for this broker only.
     broker.listen = listen  # type: ignore[method-assign]
+
+
+def broker_prefetch(broker: AsyncBroker) -> int | None:
+    """How many unacked messages the broker delivers at most, if known.
+
+    taskiq-aio-pika's ``qos`` (AMQP prefetch count) is the one known today.
+
+    :param broker: the broker.
+    :return: the prefetch limit, or None when unknown or unlimited.
+    """
+    qos = getattr(broker, "_qos", None)
+    if isinstance(qos, int) and not isinstance(qos, bool) and qos > 0:
+        return qos
+    return None
+
+
+def _warn_about_prefetch(batcher: Batcher) -> None:
+    prefetch = batcher.prefetch_limit
+    if prefetch is None:
+        return
+    for spec in batcher.specs.values():
+        size = spec.config.batch_size
+        if size > prefetch:
+            logger.warning(
+                "taskiq_batching: task %s has batch_size=%d but the broker "
+                "delivers at most %d unacked messages (prefetch/qos=%d): its "
+                "batches will hold at most %d messages. Set the broker's "
+                "prefetch to at least %d (2 x batch_size).",
+                spec.task_name,
+                size,
+                prefetch,
+                prefetch,
+                prefetch,
+                2 * size,
+            )
 
 
 def _calling_receiver(frame: FrameType | None) -> Receiver | None:
