@@ -23,3 +23,9 @@ def _service_url(variable: str, default: str) -> str:
 def redis_url() -> str:
     """The real Redis for integration tests (``REDIS_URL``)."""
     return _service_url("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> str:
+    """The real RabbitMQ for integration tests (``RABBITMQ_URL``)."""
+    return _service_url("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
