@@ -7,14 +7,7 @@ from typing import Any
 from taskiq import Context, TaskiqMessage
 
 from taskiq_batching.config import FlushReason
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What a batch gave one message: a value, or an error."""
-
-    value: Any = None
-    error: BaseException | None = None
+from taskiq_batching.results import Outcome
 
 
 @dataclass(slots=True)
@@ -67,12 +60,15 @@ class BatchInfo:
     :param flush_reason: why the batch was flushed.
     :param waited: seconds between the first item's arrival and the flush.
     :param contexts: one taskiq context per message, in item order.
+    :param isolating: True when this call re-runs part of a failed batch
+        to find its failing items (``batch_isolate=True``).
     """
 
     task_name: str
     flush_reason: FlushReason
     waited: float
     contexts: list[Context]
+    isolating: bool = False
 
     @property
     def size(self) -> int:

@@ -15,8 +15,13 @@ BATCH_SIZE_LABEL = "batch_size"
 #: Label with the flush timeout, in seconds since a buffer's first item.
 BATCH_TIMEOUT_LABEL = "batch_timeout"
 
+#: Label that turns on isolation of failing items by bisection.
+BATCH_ISOLATE_LABEL = "batch_isolate"
+
 #: Every ``batch*`` label this version understands.
-KNOWN_LABELS = frozenset({BATCH_LABEL, BATCH_SIZE_LABEL, BATCH_TIMEOUT_LABEL})
+KNOWN_LABELS = frozenset(
+    {BATCH_LABEL, BATCH_SIZE_LABEL, BATCH_TIMEOUT_LABEL, BATCH_ISOLATE_LABEL},
+)
 
 #: ``batch_size`` used when a task only sets ``batch_timeout``.
 DEFAULT_BATCH_SIZE = 100
@@ -46,10 +51,13 @@ class BatchConfig:
     :param batch_size: flush when a buffer holds this many messages.
     :param batch_timeout: flush this many seconds after a buffer's first
         message arrived, or never when ``None`` (size-only batching).
+    :param isolate: when a batch raises, re-run halves of it to find the
+        failing items and fail only those.
     """
 
     batch_size: int
     batch_timeout: float | None
+    isolate: bool = False
 
     @property
     def max_in_flight(self) -> int:
@@ -100,9 +108,15 @@ def parse_batch_labels(task_name: str, labels: Mapping[str, Any]) -> BatchConfig
             f"{where}: batch=True needs batch_size (messages, an int >= 1), "
             "batch_timeout (seconds, a number > 0), or both.",
         )
+    isolate = labels.get(BATCH_ISOLATE_LABEL, False)
+    if not isinstance(isolate, bool):
+        raise BatchConfigError(
+            f"{where}: batch_isolate must be True or False, got {isolate!r}.",
+        )
     return BatchConfig(
         batch_size=_parse_size(where, raw_size),
         batch_timeout=_parse_timeout(where, raw_timeout),
+        isolate=isolate,
     )
 
 

@@ -7,43 +7,25 @@ message, and waits there for its batch's outcome.
 """
 
 import asyncio
-import contextvars
-import functools
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Sequence
+from concurrent.futures import Executor
 from typing import Any
 
-from taskiq import AsyncBroker, Context, TaskiqState
+from taskiq import AsyncBroker, Context
 
-from taskiq_batching.buffer import BatchInfo, Buffer, Outcome, PendingItem
-from taskiq_batching.config import BatchConfig, FlushReason
-from taskiq_batching.errors import BatchItemError, BatchTimeoutError
-from taskiq_batching.signature import ArgumentError, BatchSignature
+from taskiq_batching.buffer import Buffer, PendingItem
+from taskiq_batching.config import FlushReason
+from taskiq_batching.errors import BatchItemError
+from taskiq_batching.results import Outcome
+from taskiq_batching.runner import BatchRun, BatchSpec
+from taskiq_batching.signature import ArgumentError
 
 logger = logging.getLogger("taskiq_batching")
 
 _BufferKey = tuple[str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class BatchSpec:
-    """Everything the worker needs to batch one task.
-
-    :param task_name: the task's name.
-    :param config: flush settings.
-    :param signature: the batch function and how to call it.
-    :param timeout: the task's ``timeout`` label, in seconds: limits the
-        batch call, not each message's wait.
-    """
-
-    task_name: str
-    config: BatchConfig
-    signature: BatchSignature
-    timeout: float | None
 
 
 class Batcher:
@@ -183,94 +165,28 @@ class Batcher:
         task.add_done_callback(self._running.discard)
 
     async def _run(self, buffer: Buffer, reason: FlushReason) -> None:
-        spec = self.specs[buffer.task_name]
         loop = asyncio.get_running_loop()
-        info = BatchInfo(
-            task_name=buffer.task_name,
-            flush_reason=reason,
+        run = BatchRun(
+            broker=self.broker,
+            executor=self.executor,
+            spec=self.specs[buffer.task_name],
+            buffer=buffer,
+            reason=reason,
             waited=loop.time() - buffer.opened_at,
-            contexts=[pending.context for pending in buffer.items],
         )
         logger.debug(
             "Running batch of %d for %s (%s)",
-            info.size,
+            len(buffer.items),
             buffer.task_name,
             reason.value,
         )
         try:
-            outcome = Outcome(value=await self._call(spec, buffer, info))
-        except Exception as exc:
-            logger.warning(
-                "Batch of %d for %s failed: %r",
-                info.size,
-                buffer.task_name,
-                exc,
-            )
-            outcome = Outcome(error=exc)
+            outcomes = await run.outcomes()
         except BaseException as exc:
             # Cancelled or interrupted: its messages fail, the batch stops.
-            _resolve(buffer, Outcome(error=exc))
+            _resolve(buffer, [Outcome(error=exc)] * len(buffer.items))
             raise
-        _resolve(buffer, outcome)
-
-    async def _call(self, spec: BatchSpec, buffer: Buffer, info: BatchInfo) -> Any:
-        signature = spec.signature
-        kwargs: dict[str, Any] = {}
-        resolver = None
-        if signature.dependencies is not None:
-            initial = {
-                **self.broker.custom_dependency_context,
-                Context: buffer.items[0].context,
-                TaskiqState: self.broker.state,
-                BatchInfo: info,
-            }
-            resolver = signature.dependencies.async_ctx(
-                initial,
-                self.broker.dependency_overrides or None,
-            )
-        items = [pending.item for pending in buffer.items]
-        error: BaseException | None = None
-        try:
-            if resolver is not None:
-                kwargs = await resolver.resolve_kwargs()
-            kwargs.update(buffer.kwargs)
-            call = self._start(signature, items, buffer.args, kwargs)
-            if spec.timeout is None:
-                return await call
-            try:
-                return await asyncio.wait_for(call, spec.timeout)
-            except asyncio.TimeoutError:
-                raise BatchTimeoutError(
-                    spec.task_name, info.size, spec.timeout
-                ) from None
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            if resolver is not None:
-                exc_info = (type(error), error, error.__traceback__) if error else None
-                await resolver.close(*(exc_info or (None, None, None)))
-
-    def _start(
-        self,
-        signature: BatchSignature,
-        items: list[Any],
-        args: list[Any],
-        kwargs: dict[str, Any],
-    ) -> "asyncio.Future[Any]":
-        if signature.is_coroutine:
-            coroutine: Awaitable[Any] = signature.func(items, *args, **kwargs)
-            return asyncio.ensure_future(coroutine)
-        loop = asyncio.get_running_loop()
-        call = functools.partial(signature.func, items, *args, **kwargs)
-        if isinstance(self.executor, ProcessPoolExecutor):
-            # A process pool cannot pickle a contextvars.Context.
-            return loop.run_in_executor(self.executor, call)
-        return loop.run_in_executor(
-            self.executor,
-            contextvars.copy_context().run,
-            call,
-        )
+        _resolve(buffer, outcomes)
 
     async def admit(self, task_name: str) -> None:
         """Wait until the worker may take one more message of a task.
@@ -348,8 +264,8 @@ class Batcher:
         self._closing = False
 
 
-def _resolve(buffer: Buffer, outcome: Outcome) -> None:
-    for pending in buffer.items:
+def _resolve(buffer: Buffer, outcomes: list[Outcome]) -> None:
+    for pending, outcome in zip(buffer.items, outcomes, strict=True):
         if not pending.outcome.done():
             pending.outcome.set_result(outcome)
 

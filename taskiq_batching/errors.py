@@ -51,5 +51,25 @@ class BatchTimeoutError(BatchingError, TimeoutError):
         return (type(self), (self.task_name, self.size, self.timeout))
 
 
+class BatchResultError(BatchingError):
+    """A batch function returned ``per_item(...)`` of the wrong length.
+
+    Every message of that batch fails with this error: results are never
+    matched to items by guesswork.
+    """
+
+    def __init__(self, task_name: str, items: int, results: int) -> None:
+        self.task_name = task_name
+        self.items = items
+        self.results = results
+        super().__init__(
+            f"Batch of task {task_name!r} returned {results} per-item result(s) "
+            f"for {items} item(s)",
+        )
+
+    def __reduce__(self) -> tuple[type["BatchResultError"], tuple[str, int, int]]:
+        return (type(self), (self.task_name, self.items, self.results))
+
+
 class MiddlewareMissingError(BatchConfigError):
     """A batched task was declared on a broker without ``BatchingMiddleware``."""

@@ -9,14 +9,17 @@ from taskiq.kicker import AsyncKicker
 from taskiq_dependencies import Depends
 
 from taskiq_batching.config import (
+    BATCH_ISOLATE_LABEL,
     BATCH_LABEL,
     BATCH_SIZE_LABEL,
     BATCH_TIMEOUT_LABEL,
     is_batched,
     parse_batch_labels,
 )
-from taskiq_batching.engine import Batcher, BatchSpec, batcher_of
+from taskiq_batching.engine import Batcher, batcher_of
 from taskiq_batching.errors import BatchConfigError, MiddlewareMissingError
+from taskiq_batching.results import PerItem, item_result_type
+from taskiq_batching.runner import BatchSpec
 from taskiq_batching.signature import analyse
 
 _Item = TypeVar("_Item")
@@ -45,6 +48,9 @@ class BatchingDecoratedTask(AsyncTaskiqDecoratedTask[Any, Any]):
         labels: dict[str, Any],
         return_type: type[Any] | None = None,
     ) -> None:
+        if is_batched(labels):
+            # A message's result is one element of a per-item result.
+            return_type = item_result_type(return_type)
         super().__init__(
             broker=broker,
             task_name=task_name,
@@ -126,6 +132,8 @@ class BatchedTask(Generic[_Item, _P, _R]):
 
     Made by :func:`batch_task`. ``_Item`` is the element type of the batch
     function's list, ``_P`` its other parameters, ``_R`` its return type.
+    A message's result is ``_R``, or ``T`` when the function returns
+    ``PerItem[T]`` (see :func:`per_item`).
 
     :param task: the task registered on the broker.
     """
@@ -146,6 +154,30 @@ class BatchedTask(Generic[_Item, _P, _R]):
     def __call__(self, items: list[_Item], *args: _P.args, **kwargs: _P.kwargs) -> _R:
         """Call the batch function directly, in this process, with a list."""
         return self.task(items, *args, **kwargs)  # type: ignore[no-any-return]
+
+    @overload
+    async def kiq(
+        self: "BatchedTask[_Item, _P, CoroutineType[Any, Any, PerItem[_T]]]",
+        item: _Item,
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> AsyncTaskiqTask[_T]: ...
+
+    @overload
+    async def kiq(
+        self: "BatchedTask[_Item, _P, Coroutine[Any, Any, PerItem[_T]]]",
+        item: _Item,
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> AsyncTaskiqTask[_T]: ...
+
+    @overload
+    async def kiq(
+        self: "BatchedTask[_Item, _P, PerItem[_T]]",
+        item: _Item,
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> AsyncTaskiqTask[_T]: ...
 
     @overload
     async def kiq(
@@ -194,6 +226,7 @@ def batch_task(
     *,
     batch_size: int | None = None,
     batch_timeout: float | None = None,
+    batch_isolate: bool = False,
     task_name: str | None = None,
     **labels: Any,
 ) -> Callable[[Callable[Concatenate[list[_Item], _P], _R]], BatchedTask[_Item, _P, _R]]:
@@ -207,6 +240,8 @@ def batch_task(
         when only ``batch_timeout`` is given).
     :param batch_timeout: flush a buffer this many seconds after its first
         message (default: never, size-only batching).
+    :param batch_isolate: when a batch raises, find and fail only the
+        failing items by re-running halves of it (extra calls).
     :param task_name: the task's name (default: module and function name).
     :param labels: other taskiq labels (``timeout``, ``ack_type``, ...).
     :raises MiddlewareMissingError: when the broker has no BatchingMiddleware.
@@ -219,6 +254,8 @@ def batch_task(
         labels[BATCH_SIZE_LABEL] = batch_size
     if batch_timeout is not None:
         labels[BATCH_TIMEOUT_LABEL] = batch_timeout
+    if batch_isolate:
+        labels[BATCH_ISOLATE_LABEL] = True
 
     def decorate(
         func: Callable[Concatenate[list[_Item], _P], _R],

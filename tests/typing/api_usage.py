@@ -11,7 +11,13 @@ from taskiq import AsyncTaskiqTask, InMemoryBroker, TaskiqResult
 from taskiq.kicker import AsyncKicker
 from typing_extensions import assert_type
 
-from taskiq_batching import BatchedTask, BatchingMiddleware, batch_task
+from taskiq_batching import (
+    BatchedTask,
+    BatchingMiddleware,
+    PerItem,
+    batch_task,
+    per_item,
+)
 
 broker = InMemoryBroker().with_middlewares(BatchingMiddleware())
 
@@ -26,6 +32,11 @@ def tag(names: list[str], tenant: str, *, weight: float = 1.0) -> list[str]:
     return [f"{tenant}:{name}" for name in names]
 
 
+@batch_task(broker, batch_size=10, batch_isolate=True)
+async def lookup(keys: list[str]) -> PerItem[int]:
+    return per_item(len(key) for key in keys)
+
+
 async def usage() -> None:
     assert_type(insert_rows, BatchedTask[int, [], Coroutine[Any, Any, int]])
     task = await insert_rows.kiq(5)
@@ -35,5 +46,6 @@ async def usage() -> None:
     assert_type(await tag.kiq("a", "tenant-1"), AsyncTaskiqTask[list[str]])
     assert_type(await tag.kiq("a", tenant="t", weight=2.0), AsyncTaskiqTask[list[str]])
     assert_type(tag(["a"], "t"), list[str])
+    assert_type(await lookup.kiq("key"), AsyncTaskiqTask[int])
     kicker = insert_rows.kicker()
     assert_type(kicker, AsyncKicker[Concatenate[int, []], Coroutine[Any, Any, int]])
