@@ -81,7 +81,11 @@ class Batcher:
         :return: the batch function's return value.
         """
         spec = self.specs[task_name]
-        item, extra_args, extra_kwargs = self._prepare(spec, context, args, kwargs)
+        try:
+            item, extra_args, extra_kwargs = self._prepare(spec, context, args, kwargs)
+        except BatchItemError as exc:
+            logger.warning("taskiq_batching: %s", exc)
+            raise
         loop = asyncio.get_running_loop()
         key = (task_name, _group_key(extra_args, extra_kwargs))
         buffer = self._buffers.get(key)

@@ -34,6 +34,7 @@ from taskiq import AckableMessage, AsyncBroker
 from taskiq.receiver import Receiver
 
 from taskiq_batching.engine import Batcher
+from taskiq_batching.reclaim import StreamReclaimer, reclaimer_for
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -43,6 +44,16 @@ Delivery = bytes | AckableMessage
 STOP_LISTENER_TIMEOUT = 2.0
 #: Seconds between repeated cancellations of the broker's listener.
 CANCEL_RETRY_INTERVAL = 0.1
+#: Brokers known to deliver messages without acks.
+UNACKED_BROKERS = frozenset(
+    {
+        "ListQueueBroker",
+        "ListQueueClusterBroker",
+        "ListQueueSentinelBroker",
+        "PubSubBroker",
+        "PubSubSentinelBroker",
+    },
+)
 
 
 def install_listen_hook(broker: AsyncBroker, batcher: Batcher) -> None:
@@ -68,7 +79,16 @@ def install_listen_hook(broker: AsyncBroker, batcher: Batcher) -> None:
         batcher.validate = receiver.validate_params
         batcher.prefetch_limit = broker_prefetch(broker)
         _warn_about_prefetch(batcher)
-        return _Router(broker, batcher, receiver, original()).run()
+        reclaimer = reclaimer_for(broker)
+        if reclaimer is not None:
+            reclaimer.check(list(batcher.specs.values()))
+        lossy = type(broker).__name__ in UNACKED_BROKERS
+        if lossy:
+            _warn_no_acks(broker)
+        router = _Router(broker, batcher, receiver, original(), reclaimer)
+        # Other brokers are judged by their first delivery.
+        router.unacked_warned = lossy or reclaimer is not None
+        return router.run()
 
     # An instance attribute shadows the method for this broker only.
     broker.listen = listen  # type: ignore[method-assign]
@@ -109,6 +129,15 @@ def _warn_about_prefetch(batcher: Batcher) -> None:
             )
 
 
+def _warn_no_acks(broker: AsyncBroker) -> None:
+    logger.warning(
+        "taskiq_batching: %s does not acknowledge messages: whatever a worker "
+        "holds (buffered or running batches) is lost if it crashes; a graceful "
+        "shutdown (SIGTERM/SIGINT) still flushes and finishes it.",
+        type(broker).__name__,
+    )
+
+
 def _calling_receiver(frame: FrameType | None) -> Receiver | None:
     for _ in range(3):
         if frame is None:
@@ -129,8 +158,11 @@ class _Router:
         batcher: Batcher,
         receiver: Receiver,
         inner: AsyncGenerator[Delivery, None],
+        reclaimer: StreamReclaimer | None = None,
     ) -> None:
         self.broker = broker
+        self.reclaimer = reclaimer
+        self.unacked_warned = False
         self.batcher = batcher
         self.receiver = receiver
         self.inner = inner
@@ -162,11 +194,34 @@ class _Router:
 
     async def _pump(self) -> None:
         stop = asyncio.ensure_future(self.stopping.wait())
+        reclaiming = None
+        if self.reclaimer is not None:
+            reclaiming = asyncio.create_task(self._reclaim(self.reclaimer, stop))
         try:
             while (delivery := await self._next(stop)) is not None:
                 await self._route(delivery, stop)
         finally:
             stop.cancel()
+            if reclaiming is not None:
+                await asyncio.wait({reclaiming})
+
+    async def _reclaim(
+        self,
+        reclaimer: StreamReclaimer,
+        stop: "asyncio.Future[Any]",
+    ) -> None:
+        """Claim idle entries of dead workers on a timer, until we stop."""
+        while True:
+            await asyncio.wait({stop}, timeout=reclaimer.interval)
+            if self.stopping.is_set():
+                return
+            try:
+                claimed = await reclaimer.claim()
+            except Exception as exc:
+                logger.warning("taskiq_batching: reclaiming failed: %r", exc)
+                continue
+            for delivery in claimed:
+                await self._route(delivery, stop)
 
     async def _next(self, stop: "asyncio.Future[Any]") -> Delivery | None:
         """The listener's next delivery; None once it ended or we stop."""
@@ -186,6 +241,9 @@ class _Router:
         return fetch.result()
 
     async def _route(self, delivery: Delivery, stop: "asyncio.Future[Any]") -> None:
+        if not self.unacked_warned and not isinstance(delivery, AckableMessage):
+            self.unacked_warned = True
+            _warn_no_acks(self.broker)
         name = self._task_name(delivery)
         if name is not None and name in self.batcher.specs:
             await self.batcher.admit(name)

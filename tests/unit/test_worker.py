@@ -5,8 +5,9 @@ from typing import Any
 import pytest
 from taskiq import SimpleRetryMiddleware, SmartRetryMiddleware, TaskiqDepends
 from taskiq.acks import AcknowledgeType
+from taskiq.kicker import AsyncKicker
 
-from taskiq_batching import BatchInfo, BatchingMiddleware, batch_task
+from taskiq_batching import BatchInfo, BatchingMiddleware, BatchItemError, batch_task
 from tests.helpers import Recorder, push_raw, queue_broker, running_worker
 
 pytestmark = pytest.mark.timeout(30)
@@ -206,3 +207,36 @@ async def test_failed_batch_is_retried_and_batched_again(retry: Any) -> None:
         result = await task.wait_result(timeout=1)
         assert not result.is_err
         assert result.return_value == 10
+
+
+async def test_bad_messages_never_fail_or_delay_their_batch_mates(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    broker = queue_broker()
+    seen = Recorder()
+
+    @batch_task(broker, batch_size=10, batch_timeout=3600)
+    async def handler(items: list[int], info: BatchInfo = TaskiqDepends()) -> int:
+        seen.record(items, info)
+        return sum(items)
+
+    kicker: AsyncKicker[Any, Any] = AsyncKicker(handler.task_name, broker, {})
+    good, bad = [], []
+    async with running_worker(broker):
+        for i in range(10):
+            good.append(await handler.kiq(i))
+            await push_raw(broker, b"\xff\xfe garbage %d" % i, f"garbage-{i}")
+            bad.append(await kicker.kiq(f"not an int {i}"))
+            bad.append(await kicker.kiq())  # no item at all
+        await broker.wait_acked(40)
+    # The ten good items filled one batch, as if nothing else had been sent.
+    assert seen.batches == [list(range(10))]
+    assert seen.reasons == ["size"]
+    for task in good:
+        assert (await task.wait_result(timeout=1)).return_value == 45
+    for task in bad:
+        error = (await task.wait_result(timeout=1)).error
+        assert isinstance(error, BatchItemError)
+        assert task.task_id in caplog.text
+    assert handler.task_name in caplog.text
+    assert all(f"garbage-{i}" in broker.acked for i in range(10))
