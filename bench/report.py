@@ -1,0 +1,318 @@
+"""Turn a run's figures into Markdown: tables, ratios vs targets, profile."""
+
+import json
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.suite import WORKLOADS, Options, Results
+
+
+@dataclass(frozen=True)
+class Stat:
+    median: float
+    low: float
+    high: float
+    n: int
+
+
+def stat(values: Sequence[float]) -> Stat | None:
+    if not values:
+        return None
+    return Stat(statistics.median(values), min(values), max(values), len(values))
+
+
+def values(results: Results, workload: str, metric: str) -> list[float]:
+    return [
+        run[metric]
+        for run in results.runs.get(workload, [])
+        if run is not None and metric in run
+    ]
+
+
+def paired(results: Results, top: str, bottom: str, metric: str) -> list[float]:
+    """Ratios top/bottom of the runs measured in the same round."""
+    ratios = []
+    for a, b in zip(
+        results.runs.get(top, []), results.runs.get(bottom, []), strict=False
+    ):
+        if a is not None and b is not None and metric in a and b.get(metric):
+            ratios.append(a[metric] / b[metric])
+    return ratios
+
+
+def fmt(value: float, digits: int = 3) -> str:
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}g}"
+
+
+def cell(s: Stat | None, digits: int = 3) -> str:
+    if s is None:
+        return "-"
+    if s.n == 1:
+        return fmt(s.median, digits)
+    return f"{fmt(s.median, digits)} ({fmt(s.low, digits)}\u2013{fmt(s.high, digits)})"
+
+
+@dataclass(frozen=True)
+class Target:
+    label: str
+    top: str
+    bottom: str | None  # None: a plain figure, not a ratio
+    metric: str
+    op: str
+    bound: float
+
+    def measure(self, results: Results) -> Stat | None:
+        if self.bottom is None:
+            return stat(values(results, self.top, self.metric))
+        return stat(paired(results, self.top, self.bottom, self.metric))
+
+    def met(self, s: Stat | None) -> str:
+        if s is None:
+            return "not measured"
+        ok = s.median >= self.bound if self.op == ">=" else s.median <= self.bound
+        return "**met**" if ok else "**NOT met**"
+
+
+def targets(opts: Options) -> list[Target]:
+    low_p99 = opts.low_batch_timeout * 1000 + 50
+    return [
+        Target(
+            "batched no-op drain / plain (stream, results on)",
+            "batched-stream",
+            "plain-stream",
+            "rate",
+            ">=",
+            5,
+        ),
+        Target(
+            "batched no-op drain / plain (stream, results off)",
+            "batched-stream-nores",
+            "plain-stream-nores",
+            "rate",
+            ">=",
+            5,
+        ),
+        Target(
+            "batched no-op drain / plain (list broker)",
+            "batched-list",
+            "plain-list",
+            "rate",
+            ">=",
+            5,
+        ),
+        Target(
+            "~2 ms sink: batched / unbatched",
+            "batched-sleep",
+            "plain-sleep",
+            "rate",
+            ">=",
+            20,
+        ),
+        Target(
+            "MSET sink: batched (results on) / celery-batches",
+            "batched-mset",
+            "celery-batches-mset",
+            "rate",
+            ">=",
+            3,
+        ),
+        Target(
+            "MSET sink: batched (results off) / celery-batches",
+            "batched-mset-nores",
+            "celery-batches-mset",
+            "rate",
+            ">=",
+            3,
+        ),
+        Target(
+            f"p99 enqueue-to-result at {opts.low_rate:g} msg/s, ms "
+            f"(batch_timeout {opts.low_batch_timeout:g} s + 50 ms)",
+            "latency-low-batched",
+            None,
+            "p99_ms",
+            "<=",
+            low_p99,
+        ),
+        Target(
+            "average batch fill, pre-loaded queue (saturated)",
+            "batched-stream",
+            None,
+            "fill",
+            ">=",
+            0.9,
+        ),
+        Target(
+            f"average batch fill, paced at {opts.saturation:.0%} of capacity",
+            "latency-sat-batched",
+            None,
+            "fill",
+            ">=",
+            0.9,
+        ),
+        Target(
+            "RSS per buffered message, bytes",
+            "memory-buffered",
+            None,
+            "bytes_per_message",
+            "<=",
+            2048,
+        ),
+        Target(
+            "two worker processes / one (batched no-op)",
+            "batched-stream-2w",
+            "batched-stream",
+            "rate",
+            ">=",
+            1.6,
+        ),
+    ]
+
+
+INFO_RATIOS = [
+    ("MSET sink: batched / plain (results on)", "batched-mset", "plain-mset"),
+    ("PostgreSQL sink: batched COPY / plain INSERT", "batched-pg", "plain-pg"),
+    ("celery-batches / plain taskiq no-op", "celery-batches-mset", "plain-stream"),
+    (
+        "batched MSET (results off) / transport limit",
+        "batched-mset-nores",
+        "transport-mset",
+    ),
+    ("plain taskiq no-op / transport limit", "plain-stream-nores", "transport-mset"),
+    ("plain task with BatchingMiddleware / without", "plain-stream-mw", "plain-stream"),
+    ("stream / list broker, plain", "plain-stream", "plain-list"),
+]
+
+
+def markdown(results: Results, opts: Options, meta: dict[str, Any]) -> str:
+    out: list[str] = []
+    add = out.append
+    add(
+        f"Run `{meta['run_id']}`, {meta['date']}, nproc={meta['nproc']}, "
+        f"{meta['python']}, taskiq {meta['taskiq']}, taskiq-redis "
+        f"{meta['taskiq_redis']}, redis-py {meta['redis_py']}, Redis "
+        f"{meta['redis_server']}, celery {meta.get('celery', '-')}, "
+        f"celery-batches {meta.get('celery_batches', '-')}."
+    )
+    add(
+        f"{opts.rounds} round(s); {opts.messages:,} messages per drain; "
+        f"total wall time {meta['seconds'] / 60:.1f} min. Figures: median "
+        "(min\u2013max) over the rounds."
+    )
+    add("")
+    drains = [w for w in WORKLOADS if w.phase == "drain" and w.name in results.runs]
+    if drains:
+        add("### Drain (pre-loaded queue, one worker process unless noted)")
+        add("")
+        add("| workload | what | msg/s | peak RSS MB | batch fill |")
+        add("|---|---|---|---|---|")
+        for w in drains:
+            add(
+                f"| {w.name} | {w.what} | "
+                f"{cell(stat(values(results, w.name, 'rate')))} | "
+                f"{cell(stat(values(results, w.name, 'peak_rss_mb')))} | "
+                f"{cell(stat(values(results, w.name, 'fill')))} |"
+            )
+        add("")
+    lat = [w for w in WORKLOADS if w.phase == "latency" and w.name in results.runs]
+    if lat:
+        add("### Enqueue-to-result latency (paced producer, stream, results on)")
+        add("")
+        add("| workload | what | sent msg/s | p50 ms | p99 ms | max ms | batch fill |")
+        add("|---|---|---|---|---|---|---|")
+        for w in lat:
+            add(
+                f"| {w.name} | {w.what} | "
+                + " | ".join(
+                    cell(stat(values(results, w.name, metric)))
+                    for metric in ("sent_rate", "p50_ms", "p99_ms", "max_ms", "fill")
+                )
+                + " |"
+            )
+        add("")
+    if "memory-buffered" in results.runs:
+        add("### Memory per buffered message")
+        add("")
+        add(
+            f"{opts.memory_messages:,} messages held in one buffer: "
+            f"{cell(stat(values(results, 'memory-buffered', 'bytes_per_message')))}"
+            " bytes per message (RSS "
+            f"{cell(stat(values(results, 'memory-buffered', 'idle_rss_mb')))} MB "
+            "→ "
+            f"{cell(stat(values(results, 'memory-buffered', 'held_rss_mb')))} MB)."
+        )
+        add("")
+    prods = [w for w in WORKLOADS if w.phase == "producer" and w.name in results.runs]
+    if prods:
+        add("### Producer")
+        add("")
+        add("| workload | what | kiq/s |")
+        add("|---|---|---|")
+        for w in prods:
+            rate = cell(stat(values(results, w.name, "rate")))
+            add(f"| {w.name} | {w.what} | {rate} |")
+        add("")
+    add("### Ratios vs targets (median of per-round ratios, min\u2013max)")
+    add("")
+    add("| ratio / figure | target | measured | |")
+    add("|---|---|---|---|")
+    for target in targets(opts):
+        s = target.measure(results)
+        add(
+            f"| {target.label} | {target.op} {fmt(target.bound)} | {cell(s)} | "
+            f"{target.met(s)} |"
+        )
+    add("")
+    add("Other ratios (same rounds):")
+    add("")
+    add("| ratio | measured |")
+    add("|---|---|")
+    for label, top, bottom in INFO_RATIOS:
+        s = stat(paired(results, top, bottom, "rate"))
+        if s is not None:
+            add(f"| {label} | {cell(s)} |")
+    add("")
+    if results.profile:
+        add(profile_markdown(Path(results.profile["prefix"]), results.profile["rate"]))
+    if results.skipped:
+        add("Skipped: " + "; ".join(f"{k} ({v})" for k, v in results.skipped.items()))
+        add("")
+    if results.errors:
+        add("Failures:")
+        add("")
+        for name, errors in results.errors.items():
+            for error in errors:
+                first = error.strip().splitlines()[0] if error.strip() else "?"
+                add(f"- {name}: {first}")
+        add("")
+    return "\n".join(out)
+
+
+def profile_markdown(prefix: Path, rate: float, top: int = 20) -> str:
+    data = json.loads(prefix.with_suffix(".json").read_text())
+    total = data["total"]
+    lines = [
+        "### Profile of a batched no-op worker (pyinstrument)",
+        "",
+        f"Drain under the profiler: {rate:,.0f} msg/s; {total:.1f} s sampled. "
+        f"Call tree: `{prefix.with_suffix('.txt')}`.",
+        "",
+        "| self time | package |",
+        "|---|---|",
+    ]
+    for name, seconds in sorted(data["packages"].items(), key=lambda kv: -kv[1])[:10]:
+        lines.append(f"| {seconds / total:.1%} | {name} |")
+    lines += ["", "| self time | function |", "|---|---|"]
+    for name, seconds in sorted(data["functions"].items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"| {seconds / total:.1%} | `{name}` |")
+    lines += ["", "| incl. time | function (callees included) |", "|---|---|"]
+    for name, seconds in sorted(data["inclusive"].items(), key=lambda kv: -kv[1])[
+        : top + 10
+    ]:
+        lines.append(f"| {seconds / total:.1%} | `{name}` |")
+    lines.append("")
+    return "\n".join(lines)

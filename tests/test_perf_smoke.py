@@ -1,0 +1,79 @@
+"""Perf smoke check: batched no-op drain vs plain, side by side, real workers.
+
+Not a benchmark (that is ``python -m bench``, docs/benchmarks.md): it only
+fails when the batched path gets several times slower relative to plain
+taskiq. Each side drains 3,000 pre-loaded messages twice, alternating
+(plain, batched, plain, batched), in a real ``taskiq worker`` process
+(``bench/taskiq_worker.py``); the ratio of the best drain rate of each
+side must stay above ``MIN_RATIO``.
+
+``MIN_RATIO`` is about half of the batched/plain ratio measured on a
+2-core machine (results on, stream broker): see docs/benchmarks.md. A
+change that makes batched work 3x slower falls below it; noise does not.
+Raise it when the batched path gets faster.
+"""
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from bench.measure import create_group, delete_prefix, preload, stream_probe
+from bench.measure import watch_drain as watch
+from bench.procs import started, taskiq_worker_argv
+from bench.taskiq_app import AppSettings, build
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+MESSAGES = 3_000
+MIN_RATIO = float(os.environ.get("PERF_SMOKE_MIN_RATIO", "0.5"))
+
+
+async def drain_rate(redis: Redis, settings: AppSettings, log: Path) -> float:
+    """Pre-load MESSAGES, start a worker, return its drain rate (msg/s)."""
+    app = build(settings)
+    kicker = app.task.kicker()
+    payloads = []
+    for item in range(MESSAGES):
+        message = kicker._prepare_message(item)
+        payloads.append(app.broker.formatter.dumps(message).message)
+    try:
+        await create_group(redis, settings.queue)
+        await preload(redis, settings.queue, "stream", payloads)
+        argv = taskiq_worker_argv("bench.taskiq_worker:broker")
+        with started(argv, settings.to_env(), log, settings.queue) as proc:
+            probe = stream_probe(redis, settings.queue)
+            timing = await watch(probe, MESSAGES, 20, proc.alive, start_timeout=20)
+        return timing.rate
+    finally:
+        await delete_prefix(redis, settings.queue)
+        await redis.delete(f"autoclaim:taskiq:{settings.queue}")
+
+
+async def test_batched_drain_keeps_up_with_plain(
+    redis_url: str, tmp_path: Path
+) -> None:
+    redis = Redis.from_url(redis_url)
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    try:
+        for batched in (False, True, False, True):
+            queue = f"tbbench-smoke-{uuid.uuid4().hex[:10]}"
+            settings = AppSettings(
+                redis_url=redis_url,
+                queue=queue,
+                batched=batched,
+                batch_size=100,
+                batch_timeout=1.0,
+            )
+            rate = await drain_rate(redis, settings, tmp_path / f"{queue}.log")
+            rates[batched].append(rate)
+    finally:
+        await redis.aclose()
+    ratio = max(rates[True]) / max(rates[False])
+    print(f"plain {rates[False]}, batched {rates[True]} msg/s: ratio {ratio:.2f}")
+    assert ratio >= MIN_RATIO, (
+        f"batched/plain drain ratio {ratio:.2f} < {MIN_RATIO} "
+        f"(plain {rates[False]}, batched {rates[True]} msg/s)"
+    )
