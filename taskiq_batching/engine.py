@@ -106,6 +106,9 @@ class Batcher:
             self._flush_key(key, FlushReason.SIZE)
         elif self._closing or self._inplace:
             self._schedule_linger(loop)
+        else:
+            # The broker may send no more until something is acked.
+            self._relieve(task_name)
         self._changed[task_name].set()
         self._arrived.set()
         outcome = await pending.outcome
@@ -206,16 +209,24 @@ class Batcher:
 
         :param task_name: a batched task.
         """
+        changed = self._changed[task_name]
+        while self._in_flight[task_name] >= self._limit(task_name):
+            changed.clear()
+            self._relieve(task_name)
+            await changed.wait()
+        self._in_flight[task_name] += 1
+
+    def _limit(self, task_name: str) -> int:
         limit = self.specs[task_name].config.max_in_flight
         if self.prefetch_limit is not None:
             limit = min(limit, self.prefetch_limit)
-        changed = self._changed[task_name]
-        while self._in_flight[task_name] >= limit:
-            changed.clear()
-            if self.buffered(task_name) >= self._in_flight[task_name]:
-                self.flush_all(FlushReason.PRESSURE, task_name)
-            await changed.wait()
-        self._in_flight[task_name] += 1
+        return limit
+
+    def _relieve(self, task_name: str) -> None:
+        """Flush a task's buffers if they hold all it may hold: nothing else would."""
+        held = self._in_flight[task_name]
+        if held >= self._limit(task_name) and self.buffered(task_name) >= held:
+            self.flush_all(FlushReason.PRESSURE, task_name)
 
     def buffered(self, task_name: str | None = None) -> int:
         """Messages waiting in buffers (of one task, or of all).

@@ -16,6 +16,7 @@ duplicate, never a loss). The worker warns at start when it is not.
 import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
+from typing import Any
 
 from redis.asyncio import Redis
 from taskiq import AckableMessage, AsyncBroker
@@ -73,6 +74,43 @@ class StreamReclaimer:
                 self.idle_ms,
             )
         return claimed
+
+    async def own_pending(self, limit: int = 10_000) -> list[AckableMessage]:
+        """The entries delivered to this worker and still unacked.
+
+        Meant for shutdown, once every message this worker handled is
+        acked: what is left was delivered by a read that was cancelled
+        before its reply was handed over, and would otherwise wait for
+        ``idle_timeout`` until another worker claims it.
+
+        :param limit: at most this many entries per stream.
+        :return: those messages, ready to be processed and acked.
+        """
+        broker = self.broker
+        found: list[AckableMessage] = []
+        async with Redis(connection_pool=broker.connection_pool) as redis:
+            for stream in (broker.queue_name, *broker.additional_streams):
+                # redis-py types this reply loosely: [[stream, [(id, fields)]]]
+                reply: Any = await redis.xreadgroup(
+                    broker.consumer_group_name,
+                    broker.consumer_name,
+                    {stream: "0"},
+                    count=limit,
+                )
+                for _, entries in reply or []:
+                    for entry_id, fields in entries:
+                        data = fields.get(b"data") if fields else None
+                        if data is None:
+                            await redis.xack(
+                                stream, broker.consumer_group_name, entry_id
+                            )
+                            continue
+                        found.append(
+                            AckableMessage(
+                                data=data, ack=self._acker(stream, entry_id)
+                            ),
+                        )
+        return found
 
     def _acker(self, stream: str, entry_id: bytes) -> Callable[[], Awaitable[None]]:
         return partial(self._ack, stream, entry_id)

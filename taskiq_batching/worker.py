@@ -203,6 +203,9 @@ class _Router:
         finally:
             stop.cancel()
             if reclaiming is not None:
+                # A claimed message it held stays pending for this consumer:
+                # _close() finds it among our own pending entries.
+                reclaiming.cancel()
                 await asyncio.wait({reclaiming})
 
     async def _reclaim(
@@ -211,9 +214,9 @@ class _Router:
         stop: "asyncio.Future[Any]",
     ) -> None:
         """Claim idle entries of dead workers on a timer, until we stop."""
-        while True:
+        while not stop.done():
             await asyncio.wait({stop}, timeout=reclaimer.interval)
-            if self.stopping.is_set():
+            if stop.done():
                 return
             try:
                 claimed = await reclaimer.claim()
@@ -301,6 +304,20 @@ class _Router:
             "taskiq_batching: flushing buffers, %d message(s) in flight",
             len(self.callbacks),
         )
+        await self._finish()
+        if self.reclaimer is not None:
+            # Entries of a read cancelled mid-flight: delivered, never seen.
+            try:
+                leftovers = await self.reclaimer.own_pending()
+            except Exception as exc:
+                logger.warning("taskiq_batching: cannot read own pending: %r", exc)
+                leftovers = []
+            for delivery in leftovers:
+                self._dispatch(delivery, None)
+            await self._finish()
+
+    async def _finish(self) -> None:
+        """Flush every buffer and wait for every message taken to be done."""
         while self.callbacks:
             await self.batcher.drain()
             await asyncio.wait(set(self.callbacks))

@@ -104,3 +104,26 @@ async def push_raw(broker: QueueBroker, data: bytes, task_id: str) -> None:
     await broker.queue.put(
         BrokerMessage(task_id=task_id, task_name="?", message=data, labels={}),
     )
+
+
+class PrefetchQueueBroker(QueueBroker):
+    """A QueueBroker that, like AMQP with a prefetch count, stops delivering
+    while ``_qos`` messages are unacked (the attribute taskiq-aio-pika uses)."""
+
+    def __init__(self, qos: int) -> None:
+        super().__init__()
+        self._qos = qos
+        self.delivered = 0
+
+    async def listen(self) -> AsyncGenerator[bytes | AckableMessage, None]:
+        while True:
+            async with self._ack_changed:
+                await self._ack_changed.wait_for(
+                    lambda: self.delivered - len(self.acked) < self._qos,
+                )
+            message = await self.queue.get()
+            self.delivered += 1
+            yield AckableMessage(
+                data=message.message,
+                ack=partial(self._ack, message.task_id),
+            )

@@ -1,15 +1,7 @@
 """A real ``taskiq worker`` process against the real Redis."""
 
-import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -17,109 +9,9 @@ from redis.asyncio import Redis
 from taskiq.kicker import AsyncKicker
 
 from tests.integration.worker_app import make_broker
+from tests.integration.workers import Worker, eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float) -> None:
-    """Wait until ``check`` holds, polling the observed state; fail after timeout."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.05)
-
-
-class Worker:
-    """One ``taskiq worker`` process running tests/integration/worker_app.py."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.log = log
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "taskiq",
-                "worker",
-                "tests.integration.worker_app:broker",
-                "--workers",
-                "1",
-                "--log-level",
-                "WARNING",
-            ],
-            cwd=ROOT,
-            env={**os.environ, **env},
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-
-    def stop(self, timeout: float) -> float:
-        """SIGTERM the worker; return the seconds it took to exit."""
-        started = time.monotonic()
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(
-                f"worker still alive {timeout} s after SIGTERM:\n{self.output()}"
-            )
-        return time.monotonic() - started
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-
-@pytest.fixture
-def queue() -> str:
-    return f"tb-it-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-async def redis(redis_url: str, queue: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    keys = [key async for key in client.scan_iter(f"{queue}*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
-
-
-@pytest.fixture
-def start_worker(
-    redis_url: str, queue: str, tmp_path: Path
-) -> Iterator[Callable[..., Worker]]:
-    workers: list[Worker] = []
-
-    def start(
-        kind: str,
-        serializer: str,
-        batch_size: int,
-        batch_timeout: float,
-        xread_block_ms: int = 500,
-    ) -> Worker:
-        env = {
-            "TB_XREAD_BLOCK_MS": str(xread_block_ms),
-            "REDIS_URL": redis_url,
-            "TB_BROKER": kind,
-            "TB_QUEUE": queue,
-            "TB_SERIALIZER": serializer,
-            "TB_BATCH_SIZE": str(batch_size),
-            "TB_BATCH_TIMEOUT": str(batch_timeout),
-        }
-        worker = Worker(env, tmp_path / f"worker-{len(workers)}.log")
-        workers.append(worker)
-        return worker
-
-    yield start
-    for worker in workers:
-        worker.kill()
 
 
 async def batches(redis: Redis, queue: str) -> list[dict[str, Any]]:

@@ -3,9 +3,11 @@
 Configured by environment variables, so one module serves every case:
 ``REDIS_URL``, ``TB_BROKER`` (list or stream), ``TB_QUEUE``,
 ``TB_SERIALIZER`` (json or msgpack), ``TB_BATCH_SIZE``, ``TB_BATCH_TIMEOUT``,
-``TB_XREAD_BLOCK_MS``.
+``TB_XREAD_BLOCK_MS``, ``TB_IDLE_MS`` (stream idle_timeout), ``TB_BATCH_DELAY``
+(seconds each batch takes).
 """
 
+import asyncio
 import json
 import os
 from typing import Any
@@ -24,12 +26,18 @@ def make_broker(
     queue: str,
     serializer: str,
     xread_block_ms: int = 500,
+    idle_timeout_ms: int = 600_000,
 ) -> AsyncBroker:
     """Build the broker both the worker and the test's producer use."""
     chosen = MSGPackSerializer() if serializer == "msgpack" else JSONSerializer()
     broker: AsyncBroker
     if kind == "stream":
-        broker = RedisStreamBroker(url, queue_name=queue, xread_block=xread_block_ms)
+        broker = RedisStreamBroker(
+            url,
+            queue_name=queue,
+            xread_block=xread_block_ms,
+            idle_timeout=idle_timeout_ms,
+        )
     else:
         broker = ListQueueBroker(url, queue_name=queue)
     backend: RedisAsyncResultBackend[Any] = RedisAsyncResultBackend(
@@ -53,7 +61,9 @@ broker = make_broker(
     QUEUE,
     os.environ.get("TB_SERIALIZER", "json"),
     int(os.environ.get("TB_XREAD_BLOCK_MS", "500")),
+    int(os.environ.get("TB_IDLE_MS", "600000")),
 )
+BATCH_DELAY = float(os.environ.get("TB_BATCH_DELAY", "0"))
 _log = Redis.from_url(URL)
 
 
@@ -66,5 +76,11 @@ _log = Redis.from_url(URL)
 async def collect(items: list[int], info: BatchInfo = TaskiqDepends()) -> list[int]:
     """Record the batch in Redis and return its items."""
     record = {"size": info.size, "reason": info.flush_reason.value}
-    await _log.rpush(f"{QUEUE}:batches", json.dumps(record))
+    if BATCH_DELAY:
+        await asyncio.sleep(BATCH_DELAY)  # a batch that takes time, for fault tests
+    async with _log.pipeline(transaction=True) as pipe:
+        pipe.rpush(f"{QUEUE}:batches", json.dumps(record))
+        pipe.sadd(f"{QUEUE}:items", *items)
+        pipe.incrby(f"{QUEUE}:processed", len(items))
+        await pipe.execute()
     return items

@@ -8,7 +8,13 @@ from taskiq.acks import AcknowledgeType
 from taskiq.kicker import AsyncKicker
 
 from taskiq_batching import BatchInfo, BatchingMiddleware, BatchItemError, batch_task
-from tests.helpers import Recorder, push_raw, queue_broker, running_worker
+from tests.helpers import (
+    PrefetchQueueBroker,
+    Recorder,
+    push_raw,
+    queue_broker,
+    running_worker,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -240,3 +246,24 @@ async def test_bad_messages_never_fail_or_delay_their_batch_mates(
         assert task.task_id in caplog.text
     assert handler.task_name in caplog.text
     assert all(f"garbage-{i}" in broker.acked for i in range(10))
+
+
+@pytest.mark.parametrize("batch_timeout", [None, 3600])
+async def test_a_prefetch_below_batch_size_cannot_wedge_the_worker(
+    batch_timeout: float | None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    broker = PrefetchQueueBroker(qos=10).with_middlewares(BatchingMiddleware())
+    seen = Recorder()
+
+    @batch_task(broker, batch_size=100, batch_timeout=batch_timeout)
+    async def handler(items: list[int], info: BatchInfo = TaskiqDepends()) -> None:
+        seen.record(items, info)
+
+    async with running_worker(broker):
+        for i in range(30):
+            await handler.kiq(i)
+        await broker.wait_acked(30)
+    assert seen.sizes == [10, 10, 10]
+    assert set(seen.reasons) == {"pressure"}
+    assert "batch_size=100 but the broker delivers at most 10" in caplog.text

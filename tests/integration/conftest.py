@@ -1,0 +1,58 @@
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from tests.integration.workers import Worker
+
+
+@pytest.fixture
+def queue() -> str:
+    return f"tb-it-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def redis(redis_url: str, queue: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    keys = [key async for key in client.scan_iter(f"{queue}*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+@pytest.fixture
+def start_worker(
+    redis_url: str, queue: str, tmp_path: Path
+) -> Iterator[Callable[..., Worker]]:
+    workers: list[Worker] = []
+
+    def start(
+        kind: str,
+        serializer: str,
+        batch_size: int,
+        batch_timeout: float,
+        xread_block_ms: int = 500,
+        idle_timeout_ms: int = 600_000,
+        batch_delay: float = 0.0,
+    ) -> Worker:
+        env = {
+            "TB_XREAD_BLOCK_MS": str(xread_block_ms),
+            "TB_IDLE_MS": str(idle_timeout_ms),
+            "TB_BATCH_DELAY": str(batch_delay),
+            "REDIS_URL": redis_url,
+            "TB_BROKER": kind,
+            "TB_QUEUE": queue,
+            "TB_SERIALIZER": serializer,
+            "TB_BATCH_SIZE": str(batch_size),
+            "TB_BATCH_TIMEOUT": str(batch_timeout),
+        }
+        worker = Worker(env, tmp_path / f"worker-{len(workers)}.log")
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.kill()
