@@ -30,7 +30,6 @@ import pytest
 from aio_pika.abc import AbstractChannel
 from redis.asyncio import Redis
 from taskiq import AsyncTaskiqTask
-from taskiq.exceptions import TaskiqResultTimeoutError
 from taskiq.kicker import AsyncKicker
 
 from tests.integration.rabbit_app import make_broker
@@ -256,21 +255,7 @@ async def test_qos_twice_batch_size_gives_full_batches(
     "batch_timeout",
     [
         pytest.param(0.3, id="with-timeout"),
-        pytest.param(
-            None,
-            id="size-only",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=TaskiqResultTimeoutError,
-                reason=(
-                    "bug: with qos < batch_size a size-only task wedges. "
-                    "Batcher.admit only flushes under pressure when one more "
-                    "message arrives while the task holds its limit, but the "
-                    "limit is the prefetch: RabbitMQ sends no more message "
-                    "until one is acked, and none ever is."
-                ),
-            ),
-        ),
+        pytest.param(None, id="size-only"),
     ],
 )
 async def test_qos_below_batch_size_warns_caps_batches_and_finishes(
@@ -300,10 +285,9 @@ async def test_qos_below_batch_size_warns_caps_batches_and_finishes(
     recorded = await batches(redis, queue)
     assert all(b["size"] <= 10 for b in recorded), recorded
     assert sorted(i for b in recorded for i in b["items"]) == list(range(100))
-    if batch_timeout is None:
-        assert {b["reason"] for b in recorded} == {"pressure"}
-    # With a timeout, today each batch of 10 flushes by "timeout" (it waits
-    # the whole batch_timeout), never by "pressure": the size-only case's bug.
+    # The prefetch binds: each batch of 10 flushes as soon as it is all the
+    # broker will send, without waiting for the timeout.
+    assert {b["reason"] for b in recorded} == {"pressure"}
     await eventually(
         lambda: _equals(acks(redis, queue), {t.task_id: 1 for t in sent}),
         10,
