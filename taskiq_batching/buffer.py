@@ -1,6 +1,7 @@
 """Buffers of waiting messages, and what a batch function sees of its batch."""
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,12 +17,16 @@ class PendingItem:
 
     :param item: the validated item (the message's first argument).
     :param context: the message's taskiq context (message, ack control).
-    :param outcome: resolved when the batch that holds the item finishes.
+    :param outcome: resolved when the batch that holds the item finishes,
+        for a message whose taskiq callback waits for it; None for one the
+        worker finishes itself, in bulk with its batch (see ``direct.py``).
+    :param ack: that message's ack (None when the broker has none).
     """
 
     item: Any
     context: Context
-    outcome: "asyncio.Future[Outcome]"
+    outcome: "asyncio.Future[Outcome] | None" = None
+    ack: "Callable[[], Awaitable[None] | None] | None" = None
 
 
 @dataclass(slots=True)

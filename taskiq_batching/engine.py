@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
@@ -26,6 +26,8 @@ from taskiq_batching.signature import ArgumentError
 logger = logging.getLogger("taskiq_batching")
 
 _BufferKey = tuple[str, str]
+#: ``finisher(task_name, [(message, outcome)], batch_seconds)``
+Finisher = Callable[[str, list[tuple[PendingItem, Outcome]], float], Awaitable[None]]
 
 
 class Batcher:
@@ -43,6 +45,9 @@ class Batcher:
         self.validate = True
         #: Unacked messages the broker delivers at most (its prefetch), if known.
         self.prefetch_limit: int | None = None
+        #: Finishes, in bulk, the messages of a batch that no callback waits
+        #: for (results, middlewares, acks); set by the worker integration.
+        self.finisher: Finisher | None = None
         self._buffers: dict[_BufferKey, Buffer] = {}
         self._running: set[asyncio.Task[None]] = set()
         self._in_flight: defaultdict[str, int] = defaultdict(int)
@@ -80,6 +85,36 @@ class Batcher:
         :raises BatchItemError: when this message's arguments are invalid.
         :return: the batch function's return value.
         """
+        outcome = asyncio.get_running_loop().create_future()
+        self.enqueue(task_name, context, args, kwargs, outcome=outcome)
+        result: Outcome = await outcome
+        if result.error is not None:
+            # Every message of a failed batch raises the same error object:
+            # reset its traceback so it does not grow with each raise.
+            raise result.error.with_traceback(result.error.__traceback__)
+        return result.value
+
+    def enqueue(
+        self,
+        task_name: str,
+        context: Context,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        *,
+        outcome: "asyncio.Future[Outcome] | None" = None,
+        ack: Callable[[], Awaitable[None] | None] | None = None,
+    ) -> None:
+        """Buffer one message; flush its buffer if that fills it.
+
+        :param task_name: the batched task.
+        :param context: the message's taskiq context.
+        :param args: the message's positional arguments, the item first.
+        :param kwargs: the message's keyword arguments.
+        :param outcome: resolved with the message's outcome, or None when
+            the batcher's ``finisher`` finishes the message.
+        :param ack: the message's ack, for the ``finisher``.
+        :raises BatchItemError: when this message's arguments are invalid.
+        """
         spec = self.specs[task_name]
         try:
             item, extra_args, extra_kwargs = self._prepare(spec, context, args, kwargs)
@@ -100,8 +135,7 @@ class Batcher:
                     key,
                     FlushReason.TIMEOUT,
                 )
-        pending = PendingItem(item, context, loop.create_future())
-        buffer.items.append(pending)
+        buffer.items.append(PendingItem(item, context, outcome, ack))
         if len(buffer.items) >= spec.config.batch_size:
             self._flush_key(key, FlushReason.SIZE)
         elif self._closing or self._inplace:
@@ -111,12 +145,6 @@ class Batcher:
             self._relieve(task_name)
         self._changed[task_name].set()
         self._arrived.set()
-        outcome = await pending.outcome
-        if outcome.error is not None:
-            # Every message of a failed batch raises the same error object:
-            # reset its traceback so it does not grow with each raise.
-            raise outcome.error.with_traceback(outcome.error.__traceback__)
-        return outcome.value
 
     def _prepare(
         self,
@@ -173,13 +201,14 @@ class Batcher:
 
     async def _run(self, buffer: Buffer, reason: FlushReason) -> None:
         loop = asyncio.get_running_loop()
+        started = loop.time()
         run = BatchRun(
             broker=self.broker,
             executor=self.executor,
             spec=self.specs[buffer.task_name],
             buffer=buffer,
             reason=reason,
-            waited=loop.time() - buffer.opened_at,
+            waited=started - buffer.opened_at,
         )
         logger.debug(
             "Running batch of %d for %s (%s)",
@@ -191,9 +220,24 @@ class Batcher:
             outcomes = await run.outcomes()
         except BaseException as exc:
             # Cancelled or interrupted: its messages fail, the batch stops.
-            _resolve(buffer, [Outcome(error=exc)] * len(buffer.items))
+            await self._resolve(buffer, [Outcome(error=exc)] * len(buffer.items), 0.0)
             raise
-        _resolve(buffer, outcomes)
+        await self._resolve(buffer, outcomes, loop.time() - started)
+
+    async def _resolve(
+        self,
+        buffer: Buffer,
+        outcomes: list[Outcome],
+        seconds: float,
+    ) -> None:
+        finished: list[tuple[PendingItem, Outcome]] = []
+        for pending, outcome in zip(buffer.items, outcomes, strict=True):
+            if pending.outcome is None:
+                finished.append((pending, outcome))
+            elif not pending.outcome.done():
+                pending.outcome.set_result(outcome)
+        if finished and self.finisher is not None:
+            await self.finisher(buffer.task_name, finished, seconds)
 
     async def admit(self, task_name: str) -> None:
         """Wait until the worker may take one more message of a task.
@@ -250,12 +294,13 @@ class Batcher:
             self._arrived.clear()
             await self._arrived.wait()
 
-    def release(self, task_name: str) -> None:
-        """Count one admitted message of a task as finished.
+    def release(self, task_name: str, count: int = 1) -> None:
+        """Count admitted messages of a task as finished.
 
         :param task_name: a batched task.
+        :param count: how many.
         """
-        self._in_flight[task_name] -= 1
+        self._in_flight[task_name] -= count
         self._changed[task_name].set()
 
     def close(self) -> None:
@@ -277,12 +322,6 @@ class Batcher:
     def reopen(self) -> None:
         """Leave shutdown mode (after ``drain``), for a broker started again."""
         self._closing = False
-
-
-def _resolve(buffer: Buffer, outcomes: list[Outcome]) -> None:
-    for pending, outcome in zip(buffer.items, outcomes, strict=True):
-        if not pending.outcome.done():
-            pending.outcome.set_result(outcome)
 
 
 def _group_key(args: list[Any], kwargs: dict[str, Any]) -> str:

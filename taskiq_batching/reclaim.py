@@ -14,8 +14,6 @@ duplicate, never a loss). The worker warns at start when it is not.
 """
 
 import logging
-from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Any
 
 from redis.asyncio import Redis
@@ -112,12 +110,8 @@ class StreamReclaimer:
                         )
         return found
 
-    def _acker(self, stream: str, entry_id: bytes) -> Callable[[], Awaitable[None]]:
-        return partial(self._ack, stream, entry_id)
-
-    async def _ack(self, stream: str, entry_id: bytes) -> None:
-        async with Redis(connection_pool=self.broker.connection_pool) as redis:
-            await redis.xack(stream, self.broker.consumer_group_name, entry_id)
+    def _acker(self, stream: str, entry_id: bytes) -> "StreamAck":
+        return StreamAck(self.broker, stream, entry_id)
 
     def check(self, specs: list[BatchSpec]) -> None:
         """Warn when a message could be reclaimed while it is still in use.
@@ -141,6 +135,25 @@ class StreamReclaimer:
                 held,
                 self.idle_ms,
             )
+
+
+class StreamAck:
+    """The ack of a claimed stream entry (``stream_entry`` lets it be bulked).
+
+    :param broker: the stream broker.
+    :param stream: the entry's stream.
+    :param entry_id: the entry's id.
+    """
+
+    def __init__(self, broker: RedisStreamBroker, stream: str, entry_id: bytes) -> None:
+        self.broker = broker
+        self.stream_entry = (stream, entry_id)
+
+    async def __call__(self) -> None:
+        """Acknowledge the entry."""
+        stream, entry_id = self.stream_entry
+        async with Redis(connection_pool=self.broker.connection_pool) as redis:
+            await redis.xack(stream, self.broker.consumer_group_name, entry_id)
 
 
 def reclaimer_for(broker: AsyncBroker) -> StreamReclaimer | None:

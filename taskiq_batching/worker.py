@@ -30,9 +30,10 @@ from collections.abc import AsyncGenerator, Callable
 from types import FrameType
 from typing import Any
 
-from taskiq import AckableMessage, AsyncBroker
+from taskiq import AckableMessage, AsyncBroker, TaskiqMessage
 from taskiq.receiver import Receiver
 
+from taskiq_batching.direct import DirectPath
 from taskiq_batching.engine import Batcher
 from taskiq_batching.reclaim import StreamReclaimer, reclaimer_for
 
@@ -85,7 +86,8 @@ def install_listen_hook(broker: AsyncBroker, batcher: Batcher) -> None:
         lossy = type(broker).__name__ in UNACKED_BROKERS
         if lossy:
             _warn_no_acks(broker)
-        router = _Router(broker, batcher, receiver, original(), reclaimer)
+        direct = DirectPath(broker, batcher, receiver.ack_time)
+        router = _Router(broker, batcher, receiver, original(), direct, reclaimer)
         # Other brokers are judged by their first delivery.
         router.unacked_warned = lossy or reclaimer is not None
         return router.run()
@@ -158,9 +160,11 @@ class _Router:
         batcher: Batcher,
         receiver: Receiver,
         inner: AsyncGenerator[Delivery, None],
+        direct: DirectPath,
         reclaimer: StreamReclaimer | None = None,
     ) -> None:
         self.broker = broker
+        self.direct = direct
         self.reclaimer = reclaimer
         self.unacked_warned = False
         self.batcher = batcher
@@ -247,10 +251,10 @@ class _Router:
         if not self.unacked_warned and not isinstance(delivery, AckableMessage):
             self.unacked_warned = True
             _warn_no_acks(self.broker)
-        name = self._task_name(delivery)
-        if name is not None and name in self.batcher.specs:
-            await self.batcher.admit(name)
-            self._dispatch(delivery, name)
+        message = self._decode(delivery)
+        if message is not None and message.task_name in self.batcher.specs:
+            await self.batcher.admit(message.task_name)
+            await self.direct.accept(delivery, message)
             return
         if not self.stopping.is_set():
             put = asyncio.ensure_future(self.plain.put(delivery))
@@ -263,12 +267,14 @@ class _Router:
         # The Receiver takes no more: run it here rather than drop it.
         self._dispatch(delivery, None)
 
-    def _task_name(self, delivery: Delivery) -> str | None:
+    def _decode(self, delivery: Delivery) -> TaskiqMessage | None:
         data = delivery.data if isinstance(delivery, AckableMessage) else delivery
         try:
-            return self.broker.formatter.loads(data).task_name
-        except Exception:
+            message = self.broker.formatter.loads(data)
+            message.parse_labels()
+        except Exception:  # the Receiver reports and acks it
             return None
+        return message
 
     def _dispatch(self, delivery: Delivery, batched_task: str | None) -> None:
         # Straight to the Receiver's per-message callback, outside its

@@ -7,7 +7,15 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from taskiq import AckableMessage, AsyncBroker, BrokerMessage, InMemoryBroker
+from taskiq import (
+    AckableMessage,
+    AsyncBroker,
+    BrokerMessage,
+    InMemoryBroker,
+    TaskiqMessage,
+    TaskiqMiddleware,
+    TaskiqResult,
+)
 from taskiq.acks import AcknowledgeType
 from taskiq.brokers.inmemory_broker import InmemoryResultBackend
 from taskiq.receiver import Receiver
@@ -127,3 +135,30 @@ class PrefetchQueueBroker(QueueBroker):
                 data=message.message,
                 ack=partial(self._ack, message.task_id),
             )
+
+
+class CountingMiddleware(TaskiqMiddleware):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: dict[str, list[str]] = {}
+
+    def _count(self, hook: str, message: TaskiqMessage) -> None:
+        self.calls.setdefault(hook, []).append(message.task_id)
+
+    def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
+        self._count("pre_execute", message)
+        return message
+
+    def post_execute(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
+        self._count("post_execute", message)
+
+    def on_error(
+        self,
+        message: TaskiqMessage,
+        result: TaskiqResult[Any],
+        exception: BaseException,
+    ) -> None:
+        self._count("on_error", message)
+
+    def post_save(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
+        self._count("post_save", message)

@@ -5,7 +5,7 @@ import threading
 from typing import Any
 
 import pytest
-from taskiq import Context, TaskiqDepends, TaskiqMessage, TaskiqMiddleware, TaskiqResult
+from taskiq import Context, TaskiqDepends
 from taskiq.kicker import AsyncKicker
 from taskiq.state import TaskiqState
 
@@ -16,7 +16,7 @@ from taskiq_batching import (
     BatchTimeoutError,
     batch_task,
 )
-from tests.helpers import Recorder, memory_broker
+from tests.helpers import CountingMiddleware, Recorder, memory_broker
 
 
 async def test_size_then_remainder_on_timeout() -> None:
@@ -160,33 +160,6 @@ async def test_error_is_stored_for_every_message() -> None:
         assert isinstance(result.error, RuntimeError)
         assert str(result.error) == "boom on [0, 1, 2]"
     await broker.shutdown()
-
-
-class CountingMiddleware(TaskiqMiddleware):
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: dict[str, list[str]] = {}
-
-    def _count(self, hook: str, message: TaskiqMessage) -> None:
-        self.calls.setdefault(hook, []).append(message.task_id)
-
-    def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
-        self._count("pre_execute", message)
-        return message
-
-    def post_execute(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
-        self._count("post_execute", message)
-
-    def on_error(
-        self,
-        message: TaskiqMessage,
-        result: TaskiqResult[Any],
-        exception: BaseException,
-    ) -> None:
-        self._count("on_error", message)
-
-    def post_save(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
-        self._count("post_save", message)
 
 
 async def test_middlewares_run_once_per_message() -> None:

@@ -9,6 +9,7 @@ from taskiq.kicker import AsyncKicker
 
 from taskiq_batching import BatchInfo, BatchingMiddleware, BatchItemError, batch_task
 from tests.helpers import (
+    CountingMiddleware,
     PrefetchQueueBroker,
     Recorder,
     push_raw,
@@ -267,3 +268,25 @@ async def test_a_prefetch_below_batch_size_cannot_wedge_the_worker(
     assert seen.sizes == [10, 10, 10]
     assert set(seen.reasons) == {"pressure"}
     assert "batch_size=100 but the broker delivers at most 10" in caplog.text
+
+
+async def test_middlewares_run_once_per_message_on_the_worker() -> None:
+    counting = CountingMiddleware()
+    broker = queue_broker().with_middlewares(counting)
+    fail = {"now": False}
+
+    @batch_task(broker, batch_size=4)
+    async def handler(items: list[int]) -> int:
+        if fail["now"]:
+            raise ValueError("bad batch")
+        return len(items)
+
+    async with running_worker(broker):
+        ok = [(await handler.kiq(i)).task_id for i in range(4)]
+        await broker.wait_acked(4)
+        fail["now"] = True
+        bad = [(await handler.kiq(i)).task_id for i in range(4)]
+        await broker.wait_acked(8)
+    for hook in ("pre_execute", "post_execute", "post_save"):
+        assert sorted(counting.calls[hook]) == sorted(ok + bad), hook
+    assert sorted(counting.calls["on_error"]) == sorted(bad)

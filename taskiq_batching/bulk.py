@@ -1,0 +1,105 @@
+"""Storing many results and acking many messages in few round trips.
+
+For the broker and result backend it knows (taskiq-redis's stream broker
+and Redis result backend) this writes what their own per-message methods
+would write, pipelined; for any other it calls those methods concurrently.
+It relies on attributes of taskiq-redis's classes and on how its stream
+acks are built: ``tests/unit/test_bulk.py`` checks the equivalence
+against the supported taskiq-redis versions, and anything unrecognised
+takes the generic path.
+"""
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from taskiq import AsyncResultBackend, TaskiqResult
+from taskiq.utils import maybe_awaitable
+from taskiq_redis import RedisAsyncResultBackend, RedisStreamBroker
+
+Ack = Callable[[], Awaitable[None] | None]
+
+
+async def store_many(
+    backend: AsyncResultBackend[Any],
+    results: Sequence[tuple[str, TaskiqResult[Any]]],
+) -> None:
+    """Store each result under its task_id, as ``backend.set_result`` would.
+
+    :param backend: the broker's result backend.
+    :param results: ``(task_id, result)`` pairs.
+    """
+    if not results:
+        return
+    if type(backend) is RedisAsyncResultBackend:
+        await _redis_store_many(backend, results)
+        return
+    await asyncio.gather(*(backend.set_result(tid, res) for tid, res in results))
+
+
+async def _redis_store_many(
+    backend: RedisAsyncResultBackend[Any],
+    results: Sequence[tuple[str, TaskiqResult[Any]]],
+) -> None:
+    ex = backend.result_ex_time or None
+    px = None if ex else (backend.result_px_time or None)
+    async with Redis(connection_pool=backend.redis_pool) as redis:
+        pipe = redis.pipeline(transaction=False)
+        for task_id, result in results:
+            value = backend.serializer.dumpb(result.model_dump(mode="json"))
+            pipe.set(backend._task_name(task_id), value, ex=ex, px=px)
+        await pipe.execute()
+
+
+async def ack_many(broker: Any, acks: Sequence[Ack]) -> None:
+    """Run every ack; one XACK per stream for taskiq-redis stream messages.
+
+    :param broker: the broker the messages came from.
+    :param acks: the messages' ack callables.
+    """
+    if not acks:
+        return
+    by_stream: defaultdict[str, list[Any]] = defaultdict(list)
+    others: list[Ack] = []
+    for ack in acks:
+        entry = stream_entry(ack) if isinstance(broker, RedisStreamBroker) else None
+        if entry is None:
+            others.append(ack)
+        else:
+            by_stream[entry[0]].append(entry[1])
+    if by_stream:
+        assert isinstance(broker, RedisStreamBroker)
+        async with Redis(connection_pool=broker.connection_pool) as redis:
+            pipe = redis.pipeline(transaction=False)
+            for stream, ids in by_stream.items():
+                pipe.xack(stream, broker.consumer_group_name, *ids)
+            await pipe.execute()
+    if others:
+        await asyncio.gather(*(maybe_awaitable(ack()) for ack in others))
+
+
+def stream_entry(ack: Ack) -> tuple[str, Any] | None:
+    """The (stream, entry id) a taskiq-redis stream ack acknowledges, if known.
+
+    :param ack: an ack built by ``RedisStreamBroker`` (or by our reclaimer).
+    :return: the stream and the entry id, or None for any other callable.
+    """
+    entry = getattr(ack, "stream_entry", None)  # our reclaimer's acks
+    if isinstance(entry, tuple):
+        return entry
+    code = getattr(ack, "__code__", None)
+    cells = getattr(ack, "__closure__", None)
+    if code is None or cells is None or code.co_name != "_ack":
+        return None
+    try:
+        closed = dict(
+            zip(code.co_freevars, [c.cell_contents for c in cells], strict=True)
+        )
+    except ValueError:  # an empty cell
+        return None
+    stream, entry_id = closed.get("queue_name"), closed.get("id")
+    if isinstance(stream, (str, bytes)) and isinstance(entry_id, (str, bytes)):
+        return (stream.decode() if isinstance(stream, bytes) else stream, entry_id)
+    return None
