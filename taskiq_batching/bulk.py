@@ -1,4 +1,4 @@
-"""Storing many results and acking many messages in few round trips.
+"""Sending, storing and acking many messages in few round trips.
 
 For the broker and result backend it knows (taskiq-redis's stream broker
 and Redis result backend) this writes what their own per-message methods
@@ -15,11 +15,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from taskiq import AsyncResultBackend, TaskiqResult
+from taskiq import AsyncBroker, AsyncResultBackend, BrokerMessage, TaskiqResult
 from taskiq.utils import maybe_awaitable
-from taskiq_redis import RedisAsyncResultBackend, RedisStreamBroker
+from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend, RedisStreamBroker
 
 Ack = Callable[[], Awaitable[None] | None]
+
+#: Messages sent at once by a broker without a pipelined path.
+KICK_CONCURRENCY = 100
 
 
 async def store_many(
@@ -59,8 +62,6 @@ async def ack_many(broker: Any, acks: Sequence[Ack]) -> None:
     :param broker: the broker the messages came from.
     :param acks: the messages' ack callables.
     """
-    if not acks:
-        return
     by_stream: defaultdict[str, list[Any]] = defaultdict(list)
     others: list[Ack] = []
     for ack in acks:
@@ -69,8 +70,7 @@ async def ack_many(broker: Any, acks: Sequence[Ack]) -> None:
             others.append(ack)
         else:
             by_stream[entry[0]].append(entry[1])
-    if by_stream:
-        assert isinstance(broker, RedisStreamBroker)
+    if by_stream and isinstance(broker, RedisStreamBroker):
         async with Redis(connection_pool=broker.connection_pool) as redis:
             pipe = redis.pipeline(transaction=False)
             for stream, ids in by_stream.items():
@@ -103,3 +103,32 @@ def stream_entry(ack: Ack) -> tuple[str, Any] | None:
     if isinstance(stream, (str, bytes)) and isinstance(entry_id, (str, bytes)):
         return (stream.decode() if isinstance(stream, bytes) else stream, entry_id)
     return None
+
+
+async def kick_many(broker: AsyncBroker, messages: Sequence[BrokerMessage]) -> None:
+    """Send messages as ``broker.kick`` would, pipelined where known.
+
+    :param broker: the broker.
+    :param messages: formatted messages, in sending order.
+    """
+    # Exact types: a subclass may send differently.
+    redis_broker = type(broker) in (RedisStreamBroker, ListQueueBroker)
+    if redis_broker and isinstance(broker, (RedisStreamBroker, ListQueueBroker)):
+        async with Redis(connection_pool=broker.connection_pool) as redis:
+            pipe = redis.pipeline(transaction=False)
+            for message in messages:
+                queue = message.labels.get("queue_name") or broker.queue_name
+                if isinstance(broker, RedisStreamBroker):
+                    pipe.xadd(
+                        queue,
+                        {b"data": message.message},
+                        maxlen=broker.maxlen,
+                        approximate=broker.approximate,
+                    )
+                else:
+                    pipe.lpush(queue, message.message)
+            await pipe.execute()
+        return
+    for start in range(0, len(messages), KICK_CONCURRENCY):
+        chunk = messages[start : start + KICK_CONCURRENCY]
+        await asyncio.gather(*(broker.kick(message) for message in chunk))

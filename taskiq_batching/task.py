@@ -1,6 +1,6 @@
 """Batched tasks: registration, the per-message entry point, a typed API."""
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from types import CoroutineType
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
@@ -18,6 +18,7 @@ from taskiq_batching.config import (
 )
 from taskiq_batching.engine import Batcher, batcher_of
 from taskiq_batching.errors import BatchConfigError, MiddlewareMissingError
+from taskiq_batching.producer import send_many
 from taskiq_batching.results import PerItem, item_result_type
 from taskiq_batching.runner import BatchSpec
 from taskiq_batching.signature import analyse
@@ -212,6 +213,56 @@ class BatchedTask(Generic[_Item, _P, _R]):
         :return: the taskiq task of this message.
         """
         return await self.task.kiq(item, *args, **kwargs)
+
+    @overload
+    async def kiq_many(
+        self: "BatchedTask[_Item, _P, CoroutineType[Any, Any, PerItem[_T]]]",
+        items: Iterable[_Item],
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> list[AsyncTaskiqTask[_T]]: ...
+
+    @overload
+    async def kiq_many(
+        self: "BatchedTask[_Item, _P, Coroutine[Any, Any, PerItem[_T]]]",
+        items: Iterable[_Item],
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> list[AsyncTaskiqTask[_T]]: ...
+
+    @overload
+    async def kiq_many(
+        self: "BatchedTask[_Item, _P, CoroutineType[Any, Any, _T]]",
+        items: Iterable[_Item],
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> list[AsyncTaskiqTask[_T]]: ...
+
+    @overload
+    async def kiq_many(
+        self: "BatchedTask[_Item, _P, Coroutine[Any, Any, _T]]",
+        items: Iterable[_Item],
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> list[AsyncTaskiqTask[_T]]: ...
+
+    @overload
+    async def kiq_many(
+        self: "BatchedTask[_Item, _P, _R]",
+        items: Iterable[_Item],
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> list[AsyncTaskiqTask[_R]]: ...
+
+    async def kiq_many(self, items: Iterable[Any], *args: Any, **kwargs: Any) -> Any:
+        """Send many items, one ordinary message each, in few round trips.
+
+        :param items: elements of the batch function's list, one per message.
+        :param args: the batch function's further arguments (for all items).
+        :param kwargs: its further keyword arguments (for all items).
+        :return: one taskiq task per item, in order.
+        """
+        return await send_many(self.task.kicker(), items, args, kwargs)
 
     def kicker(self) -> AsyncKicker[Concatenate[_Item, _P], _R]:
         """A kicker, to set labels or a task_id before sending one item."""

@@ -25,6 +25,8 @@ MISUSE = """
         await insert_rows.kiq(1)  # reject: missing tenant
         await insert_rows.kiq(1, tenant=5)  # reject: wrong extra type
         await insert_rows.kiq(1, "t")  # fine
+        await insert_rows.kiq_many([[1]], "t")  # reject: lists of lists
+        await insert_rows.kiq_many([1, 2], "t")  # fine
 """
 
 
@@ -58,5 +60,5 @@ def test_sending_a_list_or_wrong_arguments_does_not_type_check(tmp_path: Path) -
     flagged = sorted(
         {int(line.split(":")[1]) for line in output.splitlines() if ": error:" in line}
     )
-    assert len(expected) == 3
+    assert len(expected) == 4
     assert flagged == expected, output

@@ -47,5 +47,8 @@ async def usage() -> None:
     assert_type(await tag.kiq("a", tenant="t", weight=2.0), AsyncTaskiqTask[list[str]])
     assert_type(tag(["a"], "t"), list[str])
     assert_type(await lookup.kiq("key"), AsyncTaskiqTask[int])
+    assert_type(await lookup.kiq_many(["a", "b"]), list[AsyncTaskiqTask[int]])
+    assert_type(await insert_rows.kiq_many(range(3)), list[AsyncTaskiqTask[int]])
+    assert_type(await tag.kiq_many(["a"], "t"), list[AsyncTaskiqTask[list[str]]])
     kicker = insert_rows.kicker()
     assert_type(kicker, AsyncKicker[Concatenate[int, []], Coroutine[Any, Any, int]])

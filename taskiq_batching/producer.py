@@ -1,0 +1,62 @@
+"""Sending many items at once: ``await task.kiq_many(items)``.
+
+Each item is still its own ordinary taskiq message (own task_id, labels,
+``pre_send``/``post_send`` middlewares), exactly as ``kiq`` builds it;
+only the sending is pipelined (see ``bulk.kick_many``).
+"""
+
+from collections.abc import Iterable
+from typing import Any
+
+from taskiq import AsyncTaskiqTask, TaskiqMessage, TaskiqMiddleware
+from taskiq.exceptions import SendTaskError
+from taskiq.kicker import AsyncKicker
+from taskiq.utils import maybe_awaitable
+
+from taskiq_batching.bulk import kick_many
+
+
+def _middlewares(kicker: AsyncKicker[Any, Any], hook: str) -> list[TaskiqMiddleware]:
+    base = getattr(TaskiqMiddleware, hook)
+    return [m for m in kicker.broker.middlewares if getattr(type(m), hook) is not base]
+
+
+async def send_many(
+    kicker: AsyncKicker[Any, Any],
+    items: Iterable[Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> list[AsyncTaskiqTask[Any]]:
+    """Send one message per item, pipelined.
+
+    :param kicker: a fresh kicker of the task (labels set as wanted).
+    :param items: the items, one message each.
+    :param args: arguments after the item, the same for every message.
+    :param kwargs: keyword arguments, the same for every message.
+    :raises SendTaskError: when the broker cannot take them.
+    :return: one taskiq task per item, in order.
+    """
+    broker = kicker.broker
+    messages: list[TaskiqMessage] = []
+    for item in items:
+        # The same message ``kicker.kiq(item, ...)`` would build.
+        message = kicker._prepare_message(item, *args, **kwargs)
+        for middleware in _middlewares(kicker, "pre_send"):
+            message = await maybe_awaitable(middleware.pre_send(message))
+        messages.append(message)
+    try:
+        await kick_many(broker, [broker.formatter.dumps(m) for m in messages])
+    except Exception as exc:
+        raise SendTaskError from exc
+    post_send = list(reversed(_middlewares(kicker, "post_send")))
+    for message in messages:
+        for middleware in post_send:
+            await maybe_awaitable(middleware.post_send(message))
+    return [
+        AsyncTaskiqTask(
+            task_id=message.task_id,
+            result_backend=broker.result_backend,
+            return_type=kicker.return_type,
+        )
+        for message in messages
+    ]
