@@ -11,7 +11,7 @@ from taskiq import (
     TaskiqMiddleware,
 )
 
-from taskiq_batching import worker
+from taskiq_batching import signals, worker
 from taskiq_batching.config import FlushReason, is_batched
 from taskiq_batching.engine import Batcher
 from taskiq_batching.errors import BatchConfigError, MiddlewareMissingError
@@ -102,7 +102,7 @@ class BatchingMiddleware(TaskiqMiddleware):
         if self.batcher is not None:
             self.batcher.reopen()
         if self.broker.is_worker_process:
-            worker.install_signal_wakeup()
+            signals.install_signal_wakeup()
 
     async def shutdown(self) -> None:
         """Flush every buffer and wait for those batches to finish."""

@@ -1,38 +1,43 @@
-"""Worker integration: the only module that relies on how taskiq's worker runs.
+"""Worker integration: the module that relies on how taskiq's worker runs.
 
-Two things cannot be done through taskiq's public hooks:
+taskiq's Receiver gives each message an execution slot
+(``--max-async-tasks``) until its callback returns. A message waiting for
+its batch would hold a slot all that time, so batches could never outgrow
+the slots, and size-only batching would deadlock. The broker's
+``listen()`` is therefore wrapped (an attribute of the broker instance):
+messages of batched tasks are taken out of the stream before the
+Receiver's slots and handed to the fast path (``direct.py``) under the
+batcher's own bound (``2 * batch_size`` per task); everything else passes
+through to the Receiver untouched. The Receiver is found as the caller of
+``listen()`` (a frame lookup), to reuse its settings: ``ack_time``
+(``--ack-type``), ``executor``, ``validate_params`` (``--no-parse``) and
+``callback`` (for ordinary messages the Receiver no longer takes while
+stopping). taskiq-redis's stream listener can swallow a cancellation (in
+its reclaim step), so stopping it repeats the cancel.
 
-* **Capacity.** taskiq's Receiver gives each message an execution slot
-  (``--max-async-tasks``) until its callback returns. A message waiting
-  for its batch would hold a slot all that time, so batches could never
-  outgrow the slots, and size-only batching would deadlock. The broker's
-  ``listen()`` is therefore wrapped: messages of batched tasks are taken
-  out of the stream before the Receiver's slots and handed to
-  ``Receiver.callback`` directly (as ``InMemoryBroker.kick`` does), under
-  the batcher's own bound (``2 * batch_size`` per task). Everything else
-  passes through untouched. The Receiver is found as the caller of
-  ``listen()``, to reuse its settings (executor, ``--no-parse``).
-* **Shutdown.** The CLI's signal handler sets an asyncio event from a
-  signal handler without waking the event loop, so a worker idling in a
-  blocking read may not notice SIGTERM. The handler is chained so it
-  also wakes the loop. And taskiq-redis's stream listener can swallow a
-  cancellation (in its reclaim step), so stopping it repeats the cancel.
-
-Tested against the supported taskiq versions (see ``pyproject.toml``).
+The other private touch point is ``signals.py``. Both are tested against
+the supported taskiq versions (``pyproject.toml``) by the unit tests that
+drive taskiq's own Receiver and the integration tests that run
+``taskiq worker``.
 """
 
 import asyncio
 import functools
 import logging
-import signal
 import sys
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from types import FrameType
 from typing import Any
 
 from taskiq import AckableMessage, AsyncBroker, TaskiqMessage
 from taskiq.receiver import Receiver
 
+from taskiq_batching.brokers import (
+    UNACKED_BROKERS,
+    broker_prefetch,
+    warn_about_prefetch,
+    warn_no_acks,
+)
 from taskiq_batching.direct import DirectPath
 from taskiq_batching.engine import Batcher
 from taskiq_batching.reclaim import StreamReclaimer, reclaimer_for
@@ -45,16 +50,6 @@ Delivery = bytes | AckableMessage
 STOP_LISTENER_TIMEOUT = 2.0
 #: Seconds between repeated cancellations of the broker's listener.
 CANCEL_RETRY_INTERVAL = 0.1
-#: Brokers known to deliver messages without acks.
-UNACKED_BROKERS = frozenset(
-    {
-        "ListQueueBroker",
-        "ListQueueClusterBroker",
-        "ListQueueSentinelBroker",
-        "PubSubBroker",
-        "PubSubSentinelBroker",
-    },
-)
 
 
 def install_listen_hook(broker: AsyncBroker, batcher: Batcher) -> None:
@@ -79,13 +74,13 @@ def install_listen_hook(broker: AsyncBroker, batcher: Batcher) -> None:
         batcher.executor = receiver.executor
         batcher.validate = receiver.validate_params
         batcher.prefetch_limit = broker_prefetch(broker)
-        _warn_about_prefetch(batcher)
+        warn_about_prefetch(batcher)
         reclaimer = reclaimer_for(broker)
         if reclaimer is not None:
             reclaimer.check(list(batcher.specs.values()))
         lossy = type(broker).__name__ in UNACKED_BROKERS
         if lossy:
-            _warn_no_acks(broker)
+            warn_no_acks(broker)
         direct = DirectPath(broker, batcher, receiver.ack_time)
         router = _Router(broker, batcher, receiver, original(), direct, reclaimer)
         # Other brokers are judged by their first delivery.
@@ -94,50 +89,6 @@ def install_listen_hook(broker: AsyncBroker, batcher: Batcher) -> None:
 
     # An instance attribute shadows the method for this broker only.
     broker.listen = listen  # type: ignore[method-assign]
-
-
-def broker_prefetch(broker: AsyncBroker) -> int | None:
-    """How many unacked messages the broker delivers at most, if known.
-
-    taskiq-aio-pika's ``qos`` (AMQP prefetch count) is the one known today.
-
-    :param broker: the broker.
-    :return: the prefetch limit, or None when unknown or unlimited.
-    """
-    qos = getattr(broker, "_qos", None)
-    if isinstance(qos, int) and not isinstance(qos, bool) and qos > 0:
-        return qos
-    return None
-
-
-def _warn_about_prefetch(batcher: Batcher) -> None:
-    prefetch = batcher.prefetch_limit
-    if prefetch is None:
-        return
-    for spec in batcher.specs.values():
-        size = spec.config.batch_size
-        if size > prefetch:
-            logger.warning(
-                "taskiq_batching: task %s has batch_size=%d but the broker "
-                "delivers at most %d unacked messages (prefetch/qos=%d): its "
-                "batches will hold at most %d messages. Set the broker's "
-                "prefetch to at least %d (2 x batch_size).",
-                spec.task_name,
-                size,
-                prefetch,
-                prefetch,
-                prefetch,
-                2 * size,
-            )
-
-
-def _warn_no_acks(broker: AsyncBroker) -> None:
-    logger.warning(
-        "taskiq_batching: %s does not acknowledge messages: whatever a worker "
-        "holds (buffered or running batches) is lost if it crashes; a graceful "
-        "shutdown (SIGTERM/SIGINT) still flushes and finishes it.",
-        type(broker).__name__,
-    )
 
 
 def _calling_receiver(frame: FrameType | None) -> Receiver | None:
@@ -250,7 +201,7 @@ class _Router:
     async def _route(self, delivery: Delivery, stop: "asyncio.Future[Any]") -> None:
         if not self.unacked_warned and not isinstance(delivery, AckableMessage):
             self.unacked_warned = True
-            _warn_no_acks(self.broker)
+            warn_no_acks(self.broker)
         message = self._decode(delivery)
         if message is not None and message.task_name in self.batcher.specs:
             await self.batcher.admit(message.task_name)
@@ -352,42 +303,3 @@ async def _cancel(task: "asyncio.Future[Any]", timeout: float) -> None:
             "taskiq_batching: the broker's listener failed while stopping: %r",
             task.exception(),
         )
-
-
-def install_signal_wakeup() -> None:
-    """Make SIGTERM/SIGINT/SIGHUP also wake the event loop.
-
-    Chains whatever handler is installed (the ``taskiq worker`` one), so
-    its shutdown event is seen at once, not after the next blocking read.
-    Does nothing outside the main thread.
-    """
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", None)):
-        if signum is None:
-            continue
-        previous = signal.getsignal(signum)
-        if not callable(previous) or getattr(previous, "_taskiq_batching", False):
-            continue
-        try:
-            signal.signal(signum, _chained(previous, loop))
-        except ValueError:  # not the main thread
-            return
-
-
-def _chained(
-    previous: Callable[[int, FrameType | None], Any],
-    loop: asyncio.AbstractEventLoop,
-) -> Callable[[int, FrameType | None], None]:
-    def handler(signum: int, frame: FrameType | None) -> None:
-        try:
-            previous(signum, frame)
-        finally:
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(_wake)
-
-    handler._taskiq_batching = True  # type: ignore[attr-defined]
-    return handler
-
-
-def _wake() -> None:
-    """Nothing to do: being scheduled is what wakes the loop."""
