@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -25,6 +26,7 @@ from redis.asyncio import Redis
 
 from bench import report, suite
 from bench.measure import delete_prefix
+from bench.procs import ROOT
 from bench.workloads import Env
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
@@ -42,6 +44,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--messages", type=int, help="messages per drain")
     parser.add_argument("--only", help="run the workloads whose name matches")
     parser.add_argument(
+        "--extended",
+        action="store_true",
+        help="also the list-broker and plain-task-with-middleware drains",
+    )
+    parser.add_argument(
         "--profile",
         type=int,
         help="messages of the profiled drain (0: no profile)",
@@ -53,7 +60,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def options(args: argparse.Namespace) -> suite.Options:
     opts = suite.QUICK if args.quick else suite.FULL
-    changes: dict[str, Any] = {"only": args.only}
+    changes: dict[str, Any] = {"only": args.only, "extended": args.extended}
     if args.rounds is not None:
         changes["rounds"] = args.rounds
     if args.messages is not None:
@@ -63,6 +70,30 @@ def options(args: argparse.Namespace) -> suite.Options:
     if args.only is not None and args.profile is None:
         changes["profile_messages"] = 0
     return dataclasses.replace(opts, **changes)
+
+
+def _code_version() -> str:
+    """The commit whose taskiq_batching is measured, and whether it is edited."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        edited = subprocess.run(
+            ["git", "status", "--porcelain", "--", "taskiq_batching"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    return commit + (" with uncommitted changes in taskiq_batching/" if edited else "")
 
 
 def _version(name: str) -> str:
@@ -131,6 +162,7 @@ async def main(args: argparse.Namespace) -> int:
     await redis.aclose()
     meta = {
         "run_id": run_id,
+        "code": _code_version(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "nproc": os.cpu_count(),
         "python": f"Python {platform.python_version()}",

@@ -196,7 +196,8 @@ def markdown(results: Results, opts: Options, meta: dict[str, Any]) -> str:
         f"{meta['python']}, taskiq {meta['taskiq']}, taskiq-redis "
         f"{meta['taskiq_redis']}, redis-py {meta['redis_py']}, Redis "
         f"{meta['redis_server']}, celery {meta.get('celery', '-')}, "
-        f"celery-batches {meta.get('celery_batches', '-')}."
+        f"celery-batches {meta.get('celery_batches', '-')}; taskiq_batching "
+        f"at {meta['code']}."
     )
     add(
         f"{opts.rounds} round(s); {opts.messages:,} messages per drain; "
@@ -292,6 +293,43 @@ def markdown(results: Results, opts: Options, meta: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+#: Where a worker's time goes: (label, function, where its file is).
+COST_CENTRES = [
+    (
+        "per-message result write (taskiq-redis set_result)",
+        "set_result",
+        "taskiq_redis:",
+    ),
+    ("per-message ack (taskiq-redis XACK closure)", "_ack", "taskiq_redis:"),
+    ("(in both: a new redis.asyncio.Redis per command)", "__init__", "redis:client.py"),
+    ("stream read (taskiq-redis listen, XREADGROUP)", "listen", "taskiq_redis:"),
+    ("taskiq run_task (decode args, call entry point)", "run_task", "taskiq:"),
+    ("taskiq_batching pump (route each delivery)", "_pump", "taskiq_batching:"),
+    ("taskiq_batching batch run (_run)", "_run", "taskiq_batching:"),
+    ("message decode (formatter.loads)", "loads", "taskiq:"),
+]
+
+
+def cost_centres(inclusive: dict[str, float]) -> list[tuple[str, float]]:
+    """Inclusive time of the functions that make up a worker's costs.
+
+    Of several functions with that name in that file (nested ``__init__``),
+    the outermost (largest) one.
+    """
+    found = []
+    for label, function, where in COST_CENTRES:
+        seconds = max(
+            (
+                value
+                for name, value in inclusive.items()
+                if name.startswith(function + " (") and f"({where}" in name
+            ),
+            default=0.0,
+        )
+        found.append((label, seconds))
+    return found
+
+
 def profile_markdown(prefix: Path, rate: float, top: int = 20) -> str:
     data = json.loads(prefix.with_suffix(".json").read_text())
     total = data["total"]
@@ -301,9 +339,12 @@ def profile_markdown(prefix: Path, rate: float, top: int = 20) -> str:
         f"Drain under the profiler: {rate:,.0f} msg/s; {total:.1f} s sampled. "
         f"Call tree: `{prefix.with_suffix('.txt')}`.",
         "",
-        "| self time | package |",
+        "| share of worker time | cost centre (callees included) |",
         "|---|---|",
     ]
+    for label, seconds in cost_centres(data["inclusive"]):
+        lines.append(f"| {seconds / total:.1%} | {label} |")
+    lines += ["", "| self time | package |", "|---|---|"]
     for name, seconds in sorted(data["packages"].items(), key=lambda kv: -kv[1])[:10]:
         lines.append(f"| {seconds / total:.1%} | {name} |")
     lines += ["", "| self time | function |", "|---|---|"]

@@ -32,6 +32,8 @@ class Options:
     producer_messages: int
     profile_messages: int
     only: str | None = None
+    #: Also the extra workloads (list broker, plain task with the middleware).
+    extended: bool = False
 
 
 FULL = Options(
@@ -67,6 +69,8 @@ class Workload:
     phase: str = "drain"
     #: Workloads whose figures of the same round this one uses.
     uses: tuple[str, ...] = ()
+    #: Run only with ``--extended`` (or when named by ``--only``).
+    extra: bool = False
 
 
 @dataclass
@@ -177,11 +181,13 @@ WORKLOADS = [
         "plain-list",
         "plain taskiq, no-op, list (ListQueueBroker), results on",
         _drain("pl", broker="list"),
+        extra=True,
     ),
     Workload(
         "plain-stream-mw",
         "plain task on a broker with BatchingMiddleware, no-op, stream",
         _drain("pm", middleware=True),
+        extra=True,
     ),
     Workload(
         "batched-stream",
@@ -197,6 +203,7 @@ WORKLOADS = [
         "batched-list",
         "taskiq_batching batch_size=100, no-op, list, results on",
         _drain("bl", broker="list", **B),
+        extra=True,
     ),
     Workload(
         "batched-stream-2w",
@@ -316,11 +323,10 @@ async def run_all(env: Env, opts: Options, pg_ok: bool, seed: int) -> Results:
     """Every selected workload, ``opts.rounds`` times, interleaved."""
     import re
 
-    names = {
-        workload.name
-        for workload in WORKLOADS
-        if opts.only is None or re.search(opts.only, workload.name)
-    }
+    if opts.only is None:
+        names = {x.name for x in WORKLOADS if opts.extended or not x.extra}
+    else:
+        names = {x.name for x in WORKLOADS if re.search(opts.only, x.name)}
     names |= {used for x in WORKLOADS if x.name in names for used in x.uses}
     selected = [workload for workload in WORKLOADS if workload.name in names]
     results = Results()
