@@ -1,6 +1,7 @@
 """A real ``taskiq worker`` process against the real Redis."""
 
 import json
+import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -55,13 +56,22 @@ async def test_2000_messages_full_batches_every_result(
     await producer.shutdown()
 
 
-@pytest.mark.parametrize("kind", ["stream", "list"])
+@pytest.mark.parametrize(
+    ("kind", "signum"),
+    [
+        ("stream", signal.SIGTERM),
+        ("list", signal.SIGTERM),
+        ("stream", signal.SIGINT),
+    ],
+    ids=["stream-SIGTERM", "list-SIGTERM", "stream-SIGINT"],
+)
 async def test_sigterm_flushes_half_full_buffer_then_exits(
     redis_url: str,
     redis: Redis,
     queue: str,
     start_worker: Callable[..., Worker],
     kind: str,
+    signum: int,
 ) -> None:
     producer = make_broker(redis_url, kind, queue, "json")
     await producer.startup()
@@ -81,7 +91,7 @@ async def test_sigterm_flushes_half_full_buffer_then_exits(
 
     await eventually(rest_buffered, 10)
     assert not await sent[120].is_ready()
-    took = worker.stop(timeout=15)
+    took = worker.stop(timeout=15, signum=signum)
     assert worker.process.returncode == 0, worker.output()
     # Measured: ~0.8 s; ~5 s or more without the plugin's signal wake-up.
     assert took < 3, f"exit took {took:.1f} s"

@@ -48,15 +48,16 @@ class Worker:
             stderr=subprocess.STDOUT,
         )
 
-    def stop(self, timeout: float) -> float:
-        """SIGTERM the worker; return the seconds it took to exit."""
+    def stop(self, timeout: float, signum: int = signal.SIGTERM) -> float:
+        """Signal the worker to stop; return the seconds it took to exit."""
         started = time.monotonic()
-        self.process.send_signal(signal.SIGTERM)
+        self.process.send_signal(signum)
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             pytest.fail(
-                f"worker still alive {timeout} s after SIGTERM:\n{self.output()}"
+                f"worker still alive {timeout} s after signal {signum}:\n"
+                f"{self.output()}"
             )
         return time.monotonic() - started
 
