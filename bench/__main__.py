@@ -73,7 +73,12 @@ def options(args: argparse.Namespace) -> suite.Options:
 
 
 def _code_version() -> str:
-    """The commit whose taskiq_batching is measured, and whether it is edited."""
+    """The commit whose taskiq_batching is measured, and whether it is edited.
+
+    ``BENCH_CODE_VERSION`` overrides it (a run from an exported tree).
+    """
+    if os.environ.get("BENCH_CODE_VERSION"):
+        return os.environ["BENCH_CODE_VERSION"]
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],

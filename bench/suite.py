@@ -160,10 +160,12 @@ async def _memory(env: Env, opts: Options, _: Results) -> Metrics:
     return await w.buffered_memory(env, "memory", opts.memory_messages)
 
 
-def _producer(batched: bool) -> Callable[[Env, Options, Results], Awaitable[Metrics]]:
+def _producer(
+    batched: bool, many: int = 0
+) -> Callable[[Env, Options, Results], Awaitable[Metrics]]:
     async def run(env: Env, opts: Options, _: Results) -> Metrics:
         return await w.producer_rate(
-            env, "producer", opts.producer_messages, batched=batched
+            env, "producer", opts.producer_messages, many=many, batched=batched
         )
 
     return run
@@ -298,6 +300,12 @@ WORKLOADS = [
         "producer-batched",
         "sequential `await task.kiq(i)`, batched task, stream",
         _producer(True),
+        phase="producer",
+    ),
+    Workload(
+        "producer-kiq-many",
+        "`await task.kiq_many(items)`, 100 items per call, batched task, stream",
+        _producer(True, many=100),
         phase="producer",
     ),
 ]

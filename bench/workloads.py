@@ -23,6 +23,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+import taskiq_batching
 from bench import celery_app
 from bench.measure import (
     BenchError,
@@ -391,19 +392,35 @@ async def _len_at_least(env: Env, key: str, count: int) -> bool:
     return int(await env.redis.llen(key)) >= count
 
 
-async def producer_rate(env: Env, label: str, messages: int, **values: Any) -> Metrics:
-    """Sequential ``await task.kiq(i)`` from one coroutine, no worker running."""
+async def producer_rate(
+    env: Env, label: str, messages: int, many: int = 0, **values: Any
+) -> Metrics:
+    """Sequential ``await task.kiq(i)`` from one coroutine, no worker running.
+
+    With ``many``: ``await task.kiq_many(chunk)`` with chunks of ``many``
+    items (taskiq_batching's bulk send), when the task has it.
+    """
     queue = env.queue(label)
     s = env.settings(queue, **values)
     app = build(s)
+    sender = app.task
+    if many:
+        typed = getattr(taskiq_batching, "BatchedTask", None)
+        if typed is None or not hasattr(typed, "kiq_many"):
+            raise BenchError("this taskiq_batching has no kiq_many")
+        sender = typed(app.task)
     try:
         await app.broker.startup()
         try:
             for item in range(min(100, messages)):  # warm-up
                 await app.task.kiq(item)
             began = time.monotonic()
-            for item in range(messages):
-                await app.task.kiq(item)
+            if many:
+                for start in range(0, messages, many):
+                    await sender.kiq_many(range(start, min(messages, start + many)))
+            else:
+                for item in range(messages):
+                    await app.task.kiq(item)
             seconds = time.monotonic() - began
         finally:
             await app.broker.shutdown()

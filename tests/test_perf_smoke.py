@@ -7,9 +7,10 @@ taskiq. Each side drains 3,000 pre-loaded messages twice, alternating
 (``bench/taskiq_worker.py``); the ratio of the best drain rate of each
 side must stay above ``MIN_RATIO``.
 
-``MIN_RATIO`` is about half of the batched/plain ratio measured on a
-2-core machine (results on, stream broker): see docs/benchmarks.md. A
-change that makes batched work 3x slower falls below it; noise does not.
+``MIN_RATIO`` is less than half of the batched/plain ratio this test
+measured on a 2-core machine (5.5-6.0 quiet, 5.9-6.5 with one or two
+CPU-burning processes beside it; see docs/benchmarks.md). A change that
+makes batched work 3x slower (ratio ~2) falls below it; noise does not.
 Raise it when the batched path gets faster.
 """
 
@@ -28,7 +29,7 @@ from bench.taskiq_app import AppSettings, build
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 MESSAGES = 3_000
-MIN_RATIO = float(os.environ.get("PERF_SMOKE_MIN_RATIO", "0.5"))
+MIN_RATIO = float(os.environ.get("PERF_SMOKE_MIN_RATIO", "2.5"))
 
 
 async def drain_rate(redis: Redis, settings: AppSettings, log: Path) -> float:
