@@ -205,7 +205,17 @@ class _Router:
         message = self._decode(delivery)
         if message is not None and message.task_name in self.batcher.specs:
             await self.batcher.admit(message.task_name)
-            await self.direct.accept(delivery, message)
+            try:
+                await self.direct.accept(delivery, message)
+            except Exception:
+                # As when taskiq's callback fails before running a task: the
+                # message stays unacked (redelivered on brokers with acks).
+                logger.exception(
+                    "taskiq_batching: cannot accept message %s of %s",
+                    message.task_id,
+                    message.task_name,
+                )
+                self.batcher.release(message.task_name)
             return
         if not self.stopping.is_set():
             put = asyncio.ensure_future(self.plain.put(delivery))

@@ -3,7 +3,13 @@
 from typing import Any
 
 import pytest
-from taskiq import SimpleRetryMiddleware, SmartRetryMiddleware, TaskiqDepends
+from taskiq import (
+    SimpleRetryMiddleware,
+    SmartRetryMiddleware,
+    TaskiqDepends,
+    TaskiqMessage,
+    TaskiqMiddleware,
+)
 from taskiq.acks import AcknowledgeType
 from taskiq.kicker import AsyncKicker
 
@@ -290,3 +296,28 @@ async def test_middlewares_run_once_per_message_on_the_worker() -> None:
     for hook in ("pre_execute", "post_execute", "post_save"):
         assert sorted(counting.calls[hook]) == sorted(ok + bad), hook
     assert sorted(counting.calls["on_error"]) == sorted(bad)
+
+
+async def test_a_failing_pre_execute_middleware_does_not_stop_the_worker(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Picky(TaskiqMiddleware):
+        def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
+            if message.args == [13]:
+                raise RuntimeError("unlucky")
+            return message
+
+    broker = queue_broker().with_middlewares(Picky())
+    seen = Recorder()
+
+    @batch_task(broker, batch_size=3)
+    async def handler(items: list[int]) -> None:
+        seen.record(items)
+
+    async with running_worker(broker):
+        for item in (1, 13, 2, 3):
+            await handler.kiq(item)
+        await broker.wait_acked(3)
+    assert seen.batches == [[1, 2, 3]]
+    assert "cannot accept message" in caplog.text
+    assert len(broker.acked) == 3  # the failed one stays unacked, for redelivery
