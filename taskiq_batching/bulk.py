@@ -10,6 +10,7 @@ takes the generic path.
 """
 
 import asyncio
+import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -18,6 +19,8 @@ from redis.asyncio import Redis
 from taskiq import AsyncBroker, AsyncResultBackend, BrokerMessage, TaskiqResult
 from taskiq.utils import maybe_awaitable
 from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend, RedisStreamBroker
+
+logger = logging.getLogger("taskiq_batching")
 
 Ack = Callable[[], Awaitable[None] | None]
 
@@ -28,18 +31,39 @@ KICK_CONCURRENCY = 100
 async def store_many(
     backend: AsyncResultBackend[Any],
     results: Sequence[tuple[str, TaskiqResult[Any]]],
-) -> None:
+) -> list[str]:
     """Store each result under its task_id, as ``backend.set_result`` would.
+
+    A pipelined write that fails (a dropped connection, say) is redone one
+    result at a time, so that one failure costs only its own result.
 
     :param backend: the broker's result backend.
     :param results: ``(task_id, result)`` pairs.
+    :return: the task_ids whose result could not be stored.
     """
     if not results:
-        return
+        return []
     if type(backend) is RedisAsyncResultBackend:
-        await _redis_store_many(backend, results)
-        return
-    await asyncio.gather(*(backend.set_result(tid, res) for tid, res in results))
+        try:
+            await _redis_store_many(backend, results)
+        except Exception as exc:
+            logger.warning("taskiq_batching: pipelined result write failed: %r", exc)
+        else:
+            return []
+    stored = await asyncio.gather(
+        *(backend.set_result(task_id, result) for task_id, result in results),
+        return_exceptions=True,
+    )
+    failed = []
+    for (task_id, _), outcome in zip(results, stored, strict=True):
+        if isinstance(outcome, BaseException):
+            logger.error(
+                "taskiq_batching: cannot store the result of %s: %r",
+                task_id,
+                outcome,
+            )
+            failed.append(task_id)
+    return failed
 
 
 async def _redis_store_many(
@@ -71,13 +95,28 @@ async def ack_many(broker: Any, acks: Sequence[Ack]) -> None:
         else:
             by_stream[entry[0]].append(entry[1])
     if by_stream and isinstance(broker, RedisStreamBroker):
-        async with Redis(connection_pool=broker.connection_pool) as redis:
-            pipe = redis.pipeline(transaction=False)
-            for stream, ids in by_stream.items():
-                pipe.xack(stream, broker.consumer_group_name, *ids)
-            await pipe.execute()
+        try:
+            async with Redis(connection_pool=broker.connection_pool) as redis:
+                pipe = redis.pipeline(transaction=False)
+                for stream, ids in by_stream.items():
+                    pipe.xack(stream, broker.consumer_group_name, *ids)
+                await pipe.execute()
+        except Exception as exc:
+            logger.warning("taskiq_batching: pipelined ack failed: %r", exc)
+            others = list(acks)
     if others:
-        await asyncio.gather(*(maybe_awaitable(ack()) for ack in others))
+        acked = await asyncio.gather(
+            *(maybe_awaitable(ack()) for ack in others),
+            return_exceptions=True,
+        )
+        failures = [outcome for outcome in acked if isinstance(outcome, BaseException)]
+        if failures:
+            # Unacked, they will be delivered again: at least once.
+            logger.error(
+                "taskiq_batching: %d ack(s) failed, first: %r",
+                len(failures),
+                failures[0],
+            )
 
 
 def stream_entry(ack: Ack) -> tuple[str, Any] | None:

@@ -164,18 +164,20 @@ class DirectPath:
         stored = [
             entry for entry in done if not isinstance(entry[1].error, NoResultError)
         ]
-        try:
+        failed = set(
             await store_many(
                 self.broker.result_backend,
                 [(message.task_id, result) for message, result, _, _ in stored],
-            )
-            await self._each(
-                "post_save", stored, lambda m, msg, res: m.post_save(msg, res)
-            )
-        except Exception:
-            # As taskiq does for one message: report, and still ack.
-            logger.exception("taskiq_batching: cannot store results of a batch")
-        await self._ack(done, AcknowledgeType.WHEN_SAVED)
+            ),
+        )
+        saved = [entry for entry in stored if entry[0].task_id not in failed]
+        await self._each("post_save", saved, lambda m, msg, res: m.post_save(msg, res))
+        # A message whose result could not be stored stays unacked, so that
+        # it is delivered again rather than leave its task_id without result.
+        await self._ack(
+            [entry for entry in done if entry[0].task_id not in failed],
+            AcknowledgeType.WHEN_SAVED,
+        )
 
     async def _each(
         self,

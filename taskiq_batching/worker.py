@@ -25,7 +25,7 @@ import asyncio
 import functools
 import logging
 import sys
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from types import FrameType
 from typing import Any
 
@@ -48,6 +48,9 @@ Delivery = bytes | AckableMessage
 
 #: Seconds to wait for the broker's own listener to stop on shutdown.
 STOP_LISTENER_TIMEOUT = 2.0
+#: Seconds before starting a failed broker listener again (doubling up to MAX).
+RESTART_DELAY_MIN = 0.1
+RESTART_DELAY_MAX = 5.0
 #: Seconds between repeated cancellations of the broker's listener.
 CANCEL_RETRY_INTERVAL = 0.1
 
@@ -82,7 +85,7 @@ def install_listen_hook(broker: AsyncBroker, batcher: Batcher) -> None:
         if lossy:
             warn_no_acks(broker)
         direct = DirectPath(broker, batcher, receiver.ack_time)
-        router = _Router(broker, batcher, receiver, original(), direct, reclaimer)
+        router = _Router(broker, batcher, receiver, original, direct, reclaimer)
         # Other brokers are judged by their first delivery.
         router.unacked_warned = lossy or reclaimer is not None
         return router.run()
@@ -110,7 +113,7 @@ class _Router:
         broker: AsyncBroker,
         batcher: Batcher,
         receiver: Receiver,
-        inner: AsyncGenerator[Delivery, None],
+        listen: Callable[[], AsyncGenerator[Delivery, None]],
         direct: DirectPath,
         reclaimer: StreamReclaimer | None = None,
     ) -> None:
@@ -120,7 +123,9 @@ class _Router:
         self.unacked_warned = False
         self.batcher = batcher
         self.receiver = receiver
-        self.inner = inner
+        self.listen = listen
+        self.inner = listen()
+        self.restart_delay = RESTART_DELAY_MIN
         # One slot: ordinary messages are fetched at the Receiver's pace.
         self.plain: asyncio.Queue[Delivery] = asyncio.Queue(maxsize=1)
         self.callbacks: set[asyncio.Task[None]] = set()
@@ -182,21 +187,41 @@ class _Router:
                 await self._route(delivery, stop)
 
     async def _next(self, stop: "asyncio.Future[Any]") -> Delivery | None:
-        """The listener's next delivery; None once it ended or we stop."""
-        fetch = asyncio.ensure_future(anext(self.inner))
-        if not self.stopping.is_set():
-            await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
-        if not fetch.done():
-            # Stopping: one loop turn lets the listener hand over what it
-            # already holds (a stream read returns many entries); a read
-            # that needs the network is left to the broker (redelivery).
-            await asyncio.sleep(0)
-        if not fetch.done():
-            await _cancel(fetch, STOP_LISTENER_TIMEOUT)
-            return None
-        if fetch.cancelled() or isinstance(fetch.exception(), StopAsyncIteration):
-            return None
-        return fetch.result()
+        """The listener's next delivery; None once it ended or we stop.
+
+        A listener that fails (a dropped connection, a restarted broker) is
+        started again after a pause, so the worker keeps its buffers and
+        goes on, rather than dying and leaving them to redelivery.
+        """
+        while True:
+            fetch = asyncio.ensure_future(anext(self.inner))
+            if not self.stopping.is_set():
+                await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not fetch.done():
+                # Stopping: one loop turn lets the listener hand over what it
+                # already holds (a stream read returns many entries); a read
+                # that needs the network is left to the broker (redelivery).
+                await asyncio.sleep(0)
+            if not fetch.done():
+                await _cancel(fetch, STOP_LISTENER_TIMEOUT)
+                return None
+            error = None if fetch.cancelled() else fetch.exception()
+            if fetch.cancelled() or isinstance(error, StopAsyncIteration):
+                return None
+            if error is None:
+                self.restart_delay = RESTART_DELAY_MIN
+                return fetch.result()
+            logger.error(
+                "taskiq_batching: the broker's listener failed (%r); "
+                "starting it again in %g s",
+                error,
+                self.restart_delay,
+            )
+            await asyncio.wait({stop}, timeout=self.restart_delay)
+            if stop.done():
+                return None
+            self.restart_delay = min(2 * self.restart_delay, RESTART_DELAY_MAX)
+            self.inner = self.listen()
 
     async def _route(self, delivery: Delivery, stop: "asyncio.Future[Any]") -> None:
         if not self.unacked_warned and not isinstance(delivery, AckableMessage):

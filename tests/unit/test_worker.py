@@ -1,9 +1,11 @@
 """Batched tasks under taskiq's own Receiver, as ``taskiq worker`` runs it."""
 
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
 from taskiq import (
+    AckableMessage,
     SimpleRetryMiddleware,
     SmartRetryMiddleware,
     TaskiqDepends,
@@ -17,6 +19,7 @@ from taskiq_batching import BatchInfo, BatchingMiddleware, BatchItemError, batch
 from tests.helpers import (
     CountingMiddleware,
     PrefetchQueueBroker,
+    QueueBroker,
     Recorder,
     push_raw,
     queue_broker,
@@ -321,3 +324,67 @@ async def test_a_failing_pre_execute_middleware_does_not_stop_the_worker(
     assert seen.batches == [[1, 2, 3]]
     assert "cannot accept message" in caplog.text
     assert len(broker.acked) == 3  # the failed one stays unacked, for redelivery
+
+
+async def test_a_failed_listener_is_started_again_and_buffers_survive(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class FlakyBroker(QueueBroker):
+        """Its first listener dies after three deliveries, as on a lost connection."""
+
+        listens = 0
+
+        async def listen(self) -> AsyncGenerator[bytes | AckableMessage, None]:
+            self.listens += 1
+            delivered = 0
+            async for delivery in super().listen():
+                if self.listens == 1 and delivered == 3:
+                    raise ConnectionError("connection reset by peer")
+                delivered += 1
+                yield delivery
+
+    broker = FlakyBroker().with_middlewares(BatchingMiddleware())
+    seen = Recorder()
+
+    # Five: the sixth message, read by the dead listener, is lost with it
+    # (a broker with acks would deliver it again).
+    @batch_task(broker, batch_size=5)
+    async def handler(items: list[int]) -> None:
+        seen.record(items)
+
+    async with running_worker(broker):
+        for item in range(6):
+            await handler.kiq(item)
+        await broker.wait_acked(5)
+    assert broker.listens == 2
+    assert "starting it again" in caplog.text
+    assert seen.batches == [[0, 1, 2, 4, 5]]
+
+
+async def test_a_result_that_cannot_be_stored_leaves_its_message_unacked(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    broker = queue_broker()
+    backend = broker.result_backend
+    refused = "refused-task-id"
+    store = backend.set_result
+
+    async def flaky_set_result(task_id: str, result: Any) -> None:
+        if task_id == refused:
+            raise ConnectionError("result store unreachable")
+        await store(task_id, result)
+
+    backend.set_result = flaky_set_result  # type: ignore[method-assign]
+
+    @batch_task(broker, batch_size=4)
+    async def handler(items: list[int]) -> int:
+        return len(items)
+
+    async with running_worker(broker):
+        sent = [await handler.kiq(i) for i in range(4)]
+        refused.add(sent[1].task_id)
+        await broker.wait_acked(3)
+    assert sorted(broker.acked) == sorted(
+        t.task_id for t in sent if t.task_id not in refused
+    )
+    assert f"cannot store the result of {sent[1].task_id}" in caplog.text
