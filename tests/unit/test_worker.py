@@ -381,10 +381,14 @@ async def test_a_result_that_cannot_be_stored_leaves_its_message_unacked(
         return len(items)
 
     async with running_worker(broker):
-        sent = [await handler.kiq(i) for i in range(4)]
-        refused.add(sent[1].task_id)
+        sent = [
+            await handler.kiq(0),
+            await handler.kicker().with_task_id(refused).kiq(1),
+            await handler.kiq(2),
+            await handler.kiq(3),
+        ]
         await broker.wait_acked(3)
     assert sorted(broker.acked) == sorted(
-        t.task_id for t in sent if t.task_id not in refused
+        t.task_id for t in sent if t.task_id != refused
     )
-    assert f"cannot store the result of {sent[1].task_id}" in caplog.text
+    assert f"cannot store the result of {refused}" in caplog.text
