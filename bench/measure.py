@@ -60,8 +60,11 @@ async def watch_drain(
     timeout: float,
     alive: Callable[[], bool],
     start_timeout: float = 60.0,
+    on_start: Callable[[], Awaitable[None]] | None = None,
 ) -> DrainTiming:
     """Poll ``probe`` until all ``total`` messages are done.
+
+    ``on_start`` is awaited once, at the first poll that sees a message taken.
 
     :raises BenchError: when the worker dies, or nothing starts within
         ``start_timeout`` seconds, or the drain exceeds ``timeout``.
@@ -74,6 +77,8 @@ async def watch_drain(
         now = time.monotonic()
         if first_taken is None and progress.taken > 0:
             first_taken = now
+            if on_start is not None:
+                await on_start()
         if first_done is None and progress.done > 0:
             first_done = (now, progress.done)
         if progress.done >= total and first_taken is not None:
@@ -97,6 +102,12 @@ async def watch_drain(
         rate=total / seconds,
         rate_from_first_done=(total - first_done[1]) / done_seconds,
     )
+
+
+async def redis_cpu_seconds(redis: Redis) -> float:
+    """CPU time the Redis server has used so far (``INFO cpu``)."""
+    info = await redis.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def stream_probe(redis: Redis, queue: str) -> ProgressProbe:

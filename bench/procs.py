@@ -25,6 +25,17 @@ def _status(pid: int, field: str) -> int | None:
     return None
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/<pid>/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # Fields after the command: state is [0]; utime [11], stime [12].
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _children(pid: int) -> list[int]:
     """Every descendant of a process (from /proc/<pid>/task/*/children)."""
     found: list[int] = []
@@ -91,6 +102,10 @@ class Proc:
     def rss(self) -> int:
         """Current resident set size of the worker processes, summed (bytes)."""
         return sum(_status(pid, "VmRSS") or 0 for pid in self.workers())
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the worker processes, summed."""
+        return sum(_cpu_seconds(pid) for pid in self.workers())
 
     def peak_rss(self) -> int:
         """Largest peak RSS (VmHWM) among the worker processes (bytes)."""

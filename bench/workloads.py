@@ -16,7 +16,7 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from bench.measure import (
     list_probe,
     percentile,
     preload,
+    redis_cpu_seconds,
     stream_probe,
     wait_for,
     watch_drain,
@@ -45,6 +46,8 @@ from bench.taskiq_app import App, AppSettings, build
 
 Metrics = dict[str, float]
 MB = 1024 * 1024
+#: Seconds between two sends of the bulk paced producer.
+BULK_TICK = 0.005
 
 
 @dataclass
@@ -164,7 +167,9 @@ async def taskiq_drain(
             del payloads
             argv = taskiq_worker_argv("bench.taskiq_worker:broker", workers)
             with started(argv, s.to_env(), env.log(queue), label) as proc:
-                timing = await _watch(env, s, proc, messages, task_ids)
+                cpu = CpuMeter(env, proc)
+                timing = await _watch(env, s, proc, messages, task_ids, cpu.start)
+                await cpu.stop()
                 sizes: list[int] = []
                 if s.batched:
                     await wait_for(
@@ -177,15 +182,46 @@ async def taskiq_drain(
             await verify(env, s, messages, task_ids)
     finally:
         await cleanup(env, queue)
-    metrics = _drain_metrics(timing, peak)
+    metrics = _drain_metrics(timing, peak, cpu)
     if sizes:
         metrics["fill"] = statistics.fmean(sizes) / s.batch_size
         metrics["batches"] = len(sizes)
     return metrics
 
 
+class CpuMeter:
+    """CPU used by the worker processes and by Redis during a drain."""
+
+    def __init__(self, env: Env, proc: Proc) -> None:
+        self.env = env
+        self.proc = proc
+        self.began: tuple[float, float, float] | None = None
+        self.worker = 0.0
+        self.redis = 0.0
+
+    async def _now(self) -> tuple[float, float, float]:
+        redis = await redis_cpu_seconds(self.env.redis)
+        return time.monotonic(), self.proc.cpu_seconds(), redis
+
+    async def start(self) -> None:
+        self.began = await self._now()
+
+    async def stop(self) -> None:
+        if self.began is None:
+            return
+        now = await self._now()
+        seconds = max(now[0] - self.began[0], 1e-3)
+        self.worker = (now[1] - self.began[1]) / seconds
+        self.redis = (now[2] - self.began[2]) / seconds
+
+
 async def _watch(
-    env: Env, s: AppSettings, proc: Proc, messages: int, task_ids: Sequence[str]
+    env: Env,
+    s: AppSettings,
+    proc: Proc,
+    messages: int,
+    task_ids: Sequence[str],
+    on_start: Callable[[], Awaitable[None]] | None = None,
 ) -> DrainTiming:
     if s.broker == "stream":
         probe = stream_probe(env.redis, s.queue)
@@ -195,17 +231,21 @@ async def _watch(
         keys = [f"{s.queue}:{task_id}" for task_id in task_ids]
         probe = list_probe(env.redis, s.queue, messages, keys)
     try:
-        return await watch_drain(probe, messages, drain_timeout(messages), proc.alive)
+        return await watch_drain(
+            probe, messages, drain_timeout(messages), proc.alive, on_start=on_start
+        )
     except BenchError as exc:
         raise BenchError(f"{exc}\n--- worker output ---\n{proc.output()}") from None
 
 
-def _drain_metrics(timing: DrainTiming, peak_rss: int) -> Metrics:
+def _drain_metrics(timing: DrainTiming, peak_rss: int, cpu: CpuMeter) -> Metrics:
     return {
         "rate": timing.rate,
         "rate_first_done": timing.rate_from_first_done,
         "seconds": timing.seconds,
         "peak_rss_mb": peak_rss / MB,
+        "worker_cpu": cpu.worker,
+        "redis_cpu": cpu.redis,
     }
 
 
@@ -226,12 +266,14 @@ async def transport_drain(env: Env, label: str, messages: int) -> Metrics:
         argv = [sys.executable, "-m", "bench.transport"]
         environ = {**s.to_env(), "TBB_COUNT": str(messages)}
         with started(argv, environ, env.log(queue), label) as proc:
-            timing = await _watch(env, s, proc, messages, [])
+            cpu = CpuMeter(env, proc)
+            timing = await _watch(env, s, proc, messages, [], cpu.start)
+            await cpu.stop()
             peak = proc.peak_rss()
         await verify(env, s, messages, [])
     finally:
         await cleanup(env, queue)
-    return _drain_metrics(timing, peak)
+    return _drain_metrics(timing, peak, cpu)
 
 
 async def _celery_payloads(
@@ -281,39 +323,66 @@ async def celery_drain(env: Env, label: str, messages: int) -> Metrics:
                 celery_app.unacked_key(queue),
                 messages,
             )
+            cpu = CpuMeter(env, proc)
             try:
                 timing = await watch_drain(
-                    probe, messages, drain_timeout(messages), proc.alive
+                    probe,
+                    messages,
+                    drain_timeout(messages),
+                    proc.alive,
+                    on_start=cpu.start,
                 )
             except BenchError as exc:
                 raise BenchError(f"{exc}\n{proc.output()}") from None
+            await cpu.stop()
             peak = proc.peak_rss()
         s = env.settings(queue, sink="mset", results=False)
         await verify(env, s, messages, [])
     finally:
         app.close()
         await cleanup(env, queue)
-    return _drain_metrics(timing, peak)
+    return _drain_metrics(timing, peak, cpu)
 
 
-async def _paced(task: Any, rate: float, count: int, senders: int) -> dict[str, float]:
-    """Send ``count`` messages at ``rate``/s from ``senders`` coroutines.
+async def _paced(
+    env: Env, app: App, rate: float, count: int, bulk: bool, first: int = 0
+) -> dict[str, float]:
+    """Send ``count`` messages ``work(i)`` at ``rate`` per second.
 
-    Returns each task_id's send time (``time.time()`` just before ``kiq``).
+    ``bulk=False``: one ``await task.kiq(i)`` at a time, each at its slot
+    (one producer coroutine: its own cost caps the rate near 2,000/s here).
+    ``bulk=True``: the messages, encoded beforehand exactly as ``kiq`` does,
+    go out every ``BULK_TICK`` seconds: those due so far, in one XADD
+    pipeline — any rate the worker can take, with a single producer.
+    Returns each task_id's send time (``time.time()`` just before sending).
     """
     sent: dict[str, float] = {}
     start = time.monotonic() + 0.05
-
-    async def sender(offset: int) -> None:
-        for item in range(offset, count, senders):
-            delay = start + item / rate - time.monotonic()
+    if not bulk:
+        for index in range(count):
+            delay = start + index / rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             at = time.time()
-            handle = await task.kiq(item)
+            handle = await app.task.kiq(first + index)
             sent[handle.task_id] = at
-
-    await asyncio.gather(*(sender(offset) for offset in range(senders)))
+        return sent
+    payloads, task_ids = messages_for(app, count, first)
+    queue = app.settings.queue
+    index = 0
+    while index < count:
+        delay = start + index / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(max(delay, BULK_TICK))
+        due = min(count, int((time.monotonic() - start) * rate) + 1)
+        pipe = env.redis.pipeline(transaction=False)
+        for payload in payloads[index:due]:
+            pipe.xadd(queue, {b"data": payload})
+        at = time.time()
+        await pipe.execute()
+        for task_id in task_ids[index:due]:
+            sent[task_id] = at
+        index = due
     return sent
 
 
@@ -330,15 +399,15 @@ async def taskiq_latency(
     label: str,
     rate: float,
     duration: float,
-    senders: int = 1,
+    bulk: bool = False,
     **values: Any,
 ) -> Metrics:
     """Enqueue-to-result latency at a fixed send rate.
 
     The producer (this process) sends ``rate`` messages/s for ``duration``
-    seconds after a one-second warm-up; the worker's ``post_save``
-    middleware records when each result was stored. Latency = stored -
-    sent, per message.
+    seconds after a one-second warm-up (see ``_paced`` for ``bulk``); the
+    worker's ``post_save`` middleware records when each result was stored.
+    Latency = stored - sent, per message.
     """
     queue = env.queue(label)
     s = env.settings(queue, latency=True, **values)
@@ -349,7 +418,7 @@ async def taskiq_latency(
         with started(argv, s.to_env(), env.log(queue), label) as proc:
             await app.broker.startup()
             try:
-                warm = await _paced(app.task, rate, max(5, int(rate)), senders)
+                warm = await _paced(env, app, rate, max(5, int(rate)), bulk)
                 await wait_for(
                     lambda: _len_at_least(env, f"{queue}:saved", len(warm)),
                     60 + s.batch_timeout,
@@ -359,7 +428,7 @@ async def taskiq_latency(
                 sizes_before = int(await env.redis.llen(f"{queue}:sizes"))
                 count = max(1, int(rate * duration))
                 began = time.monotonic()
-                sent = await _paced(app.task, rate, count, senders)
+                sent = await _paced(env, app, rate, count, bulk, first=len(warm))
                 send_seconds = time.monotonic() - began
                 await wait_for(
                     lambda: _len_at_least(env, f"{queue}:saved", len(warm) + len(sent)),
