@@ -5,10 +5,55 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from taskiq import Context, TaskiqMessage
+from taskiq import AsyncBroker, Context, TaskiqMessage
+from taskiq.acks import AckController
 
 from taskiq_batching.config import FlushReason
 from taskiq_batching.results import Outcome
+
+
+@dataclass(slots=True)
+class Envelope:
+    """What a buffered message keeps of its taskiq message.
+
+    A decoded ``TaskiqMessage`` (a pydantic model) costs about 2 KB; these
+    parts about half of that. The model is rebuilt when the batch is done.
+    """
+
+    task_id: str
+    task_name: str
+    labels: dict[str, Any]
+    args: list[Any]
+    kwargs: dict[str, Any]
+
+    @classmethod
+    def of(cls, message: TaskiqMessage) -> "Envelope":
+        """Keep the parts of a message.
+
+        :param message: a decoded message, labels parsed.
+        :return: its envelope.
+        """
+        return cls(
+            message.task_id,
+            message.task_name,
+            message.labels,
+            message.args,
+            message.kwargs,
+        )
+
+    def open(self) -> TaskiqMessage:
+        """Rebuild the message (labels already parsed, not validated again).
+
+        :return: the taskiq message.
+        """
+        return TaskiqMessage.model_construct(
+            task_id=self.task_id,
+            task_name=self.task_name,
+            labels=self.labels,
+            labels_types=None,
+            args=self.args,
+            kwargs=self.kwargs,
+        )
 
 
 @dataclass(slots=True)
@@ -16,7 +61,10 @@ class PendingItem:
     """One message waiting in a buffer.
 
     :param item: the validated item (the message's first argument).
-    :param context: the message's taskiq context (message, ack control).
+    :param message: the taskiq message, or its envelope (see ``Envelope``).
+    :param context: its taskiq context, when taskiq's callback made one;
+        otherwise made on demand (see ``context_for``), which keeps a
+        buffered message small.
     :param outcome: resolved when the batch that holds the item finishes,
         for a message whose taskiq callback waits for it; None for one the
         worker finishes itself, in bulk with its batch (see ``direct.py``).
@@ -24,9 +72,30 @@ class PendingItem:
     """
 
     item: Any
-    context: Context
+    message: TaskiqMessage | Envelope
+    context: Context | None = None
     outcome: "asyncio.Future[Outcome] | None" = None
     ack: "Callable[[], Awaitable[None] | None] | None" = None
+
+    def context_for(self, broker: AsyncBroker) -> Context:
+        """The message's taskiq context (made once, when first needed).
+
+        :param broker: the broker the message came from.
+        :return: the context.
+        """
+        if self.context is None:
+            message = self.taskiq_message()
+            self.context = Context(message, broker, AckController(self.ack))
+        return self.context
+
+    def taskiq_message(self) -> TaskiqMessage:
+        """The taskiq message, rebuilt from its envelope if need be.
+
+        :return: the message.
+        """
+        if isinstance(self.message, Envelope):
+            self.message = self.message.open()
+        return self.message
 
 
 @dataclass(slots=True)

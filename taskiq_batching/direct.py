@@ -15,13 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from taskiq import AckableMessage, AsyncBroker, Context, TaskiqMessage, TaskiqResult
+from taskiq import AckableMessage, AsyncBroker, TaskiqMessage, TaskiqResult
 from taskiq.abc.middleware import TaskiqMiddleware
-from taskiq.acks import AckController, AcknowledgeType, parse_acknowledge_type
+from taskiq.acks import AcknowledgeType, parse_acknowledge_type
 from taskiq.exceptions import NoResultError
 from taskiq.utils import maybe_awaitable
 
-from taskiq_batching.buffer import PendingItem
+from taskiq_batching.buffer import Envelope, PendingItem
 from taskiq_batching.bulk import Ack, ack_many, store_many
 from taskiq_batching.engine import Batcher
 from taskiq_batching.errors import BatchItemError
@@ -81,11 +81,10 @@ class DirectPath:
         if ack_type is AcknowledgeType.WHEN_RECEIVED and ack is not None:
             await maybe_awaitable(ack())
             ack = None
-        context = Context(message, self.broker, AckController(ack))
         try:
             self.batcher.enqueue(
                 message.task_name,
-                context,
+                Envelope.of(message),
                 message.args,
                 message.kwargs,
                 ack=ack,
@@ -93,7 +92,7 @@ class DirectPath:
         except BatchItemError as exc:
             await self.finish(
                 message.task_name,
-                [(PendingItem(None, context, ack=ack), Outcome(error=exc))],
+                [(PendingItem(None, message, ack=ack), Outcome(error=exc))],
                 0.0,
             )
 
@@ -142,7 +141,7 @@ class DirectPath:
             tuple[TaskiqMessage, TaskiqResult[Any], Ack | None, AcknowledgeType]
         ] = []
         for pending, outcome in finished:
-            message = pending.context.message
+            message = pending.taskiq_message()
             result: TaskiqResult[Any] = TaskiqResult(
                 is_err=outcome.error is not None,
                 log=None,

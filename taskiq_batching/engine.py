@@ -14,9 +14,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
-from taskiq import AsyncBroker, Context
+from taskiq import AsyncBroker, Context, TaskiqMessage
 
-from taskiq_batching.buffer import Buffer, PendingItem
+from taskiq_batching.buffer import Buffer, Envelope, PendingItem
 from taskiq_batching.config import FlushReason
 from taskiq_batching.errors import BatchItemError
 from taskiq_batching.results import Outcome
@@ -86,7 +86,14 @@ class Batcher:
         :return: the batch function's return value.
         """
         outcome = asyncio.get_running_loop().create_future()
-        self.enqueue(task_name, context, args, kwargs, outcome=outcome)
+        self.enqueue(
+            task_name,
+            context.message,
+            args,
+            kwargs,
+            context=context,
+            outcome=outcome,
+        )
         result: Outcome = await outcome
         if result.error is not None:
             # Every message of a failed batch raises the same error object:
@@ -97,19 +104,21 @@ class Batcher:
     def enqueue(
         self,
         task_name: str,
-        context: Context,
+        message: TaskiqMessage | Envelope,
         args: Sequence[Any],
         kwargs: dict[str, Any],
         *,
+        context: Context | None = None,
         outcome: "asyncio.Future[Outcome] | None" = None,
         ack: Callable[[], Awaitable[None] | None] | None = None,
     ) -> None:
         """Buffer one message; flush its buffer if that fills it.
 
         :param task_name: the batched task.
-        :param context: the message's taskiq context.
+        :param message: the taskiq message (or its envelope).
         :param args: the message's positional arguments, the item first.
         :param kwargs: the message's keyword arguments.
+        :param context: the message's taskiq context, if one exists already.
         :param outcome: resolved with the message's outcome, or None when
             the batcher's ``finisher`` finishes the message.
         :param ack: the message's ack, for the ``finisher``.
@@ -117,7 +126,7 @@ class Batcher:
         """
         spec = self.specs[task_name]
         try:
-            item, extra_args, extra_kwargs = self._prepare(spec, context, args, kwargs)
+            item, extra_args, extra_kwargs = self._prepare(spec, message, args, kwargs)
         except BatchItemError as exc:
             logger.warning("taskiq_batching: %s", exc)
             raise
@@ -135,7 +144,7 @@ class Batcher:
                     key,
                     FlushReason.TIMEOUT,
                 )
-        buffer.items.append(PendingItem(item, context, outcome, ack))
+        buffer.items.append(PendingItem(item, message, context, outcome, ack))
         if len(buffer.items) >= spec.config.batch_size:
             self._flush_key(key, FlushReason.SIZE)
         elif self._closing or self._inplace:
@@ -149,11 +158,11 @@ class Batcher:
     def _prepare(
         self,
         spec: BatchSpec,
-        context: Context,
+        message: TaskiqMessage | Envelope,
         args: Sequence[Any],
         kwargs: dict[str, Any],
     ) -> tuple[Any, list[Any], dict[str, Any]]:
-        task_id = context.message.task_id
+        task_id = message.task_id
         if not args:
             raise BatchItemError(
                 spec.task_name,

@@ -88,19 +88,20 @@ class BatchRun:
     async def _call(self, indices: Sequence[int], isolating: bool) -> Any:
         self.calls += 1
         pending = [self.buffer.items[index] for index in indices]
-        info = BatchInfo(
-            task_name=self.spec.task_name,
-            flush_reason=self.reason,
-            waited=self.waited,
-            contexts=[item.context for item in pending],
-            isolating=isolating,
-        )
         signature = self.spec.signature
         resolver = None
         if signature.dependencies is not None:
+            contexts = [item.context_for(self.broker) for item in pending]
+            info = BatchInfo(
+                task_name=self.spec.task_name,
+                flush_reason=self.reason,
+                waited=self.waited,
+                contexts=contexts,
+                isolating=isolating,
+            )
             initial = {
                 **self.broker.custom_dependency_context,
-                Context: pending[0].context,
+                Context: contexts[0],
                 TaskiqState: self.broker.state,
                 BatchInfo: info,
             }
