@@ -9,8 +9,14 @@ from tests.integration.workers import Worker
 
 
 @pytest.fixture
-def queue() -> str:
-    return f"tb-it-{uuid.uuid4().hex[:10]}"
+def queue_prefix() -> str:
+    """The start of every queue (and key) name; a test module may override it."""
+    return "tb-it"
+
+
+@pytest.fixture
+def queue(queue_prefix: str) -> str:
+    return f"{queue_prefix}-{uuid.uuid4().hex[:10]}"
 
 
 @pytest.fixture

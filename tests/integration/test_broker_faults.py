@@ -16,7 +16,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -33,7 +32,7 @@ from taskiq.kicker import AsyncKicker
 from taskiq.task import AsyncTaskiqTask
 
 from tests.integration.worker_app import make_broker
-from tests.integration.workers import ROOT, Worker, eventually
+from tests.integration.workers import Worker, eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -130,35 +129,6 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class RetryingWorker(Worker):
-    """A ``taskiq worker`` process running tests/integration/retry_app.py."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.log = log
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "taskiq",
-                "worker",
-                "tests.integration.retry_app:broker",
-                "--workers",
-                "1",
-                "--log-level",
-                "WARNING",
-            ],
-            cwd=ROOT,
-            env={**os.environ, **env},
-            start_new_session=True,  # its own process group, for kill9()
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-
-    def crashes(self) -> int:
-        """How many times its worker child process died and was restarted."""
-        return self.log.read_text(errors="replace").count("Process worker-0:")
-
-
 @pytest.fixture
 async def private_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
     if not HAVE_REDIS_SERVER:
@@ -176,11 +146,11 @@ async def private_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
 
 
 @pytest.fixture
-def worker(
-    private_redis: RedisServer, queue: str, tmp_path: Path
-) -> Iterator[RetryingWorker]:
+def worker(private_redis: RedisServer, queue: str, tmp_path: Path) -> Iterator[Worker]:
     env = {**SETTINGS, "REDIS_URL": private_redis.url, "TB_QUEUE": queue}
-    started = RetryingWorker(env, tmp_path / "worker.log")
+    started = Worker(
+        env, tmp_path / "worker.log", app="tests.integration.retry_app:broker"
+    )
     try:
         yield started
     finally:
@@ -304,7 +274,7 @@ async def test_worker_connections_killed_mid_run(
     inspector: Redis,
     queue: str,
     producer: AsyncKicker[Any, Any],
-    worker: RetryingWorker,
+    worker: Worker,
 ) -> None:
     """Two waves of 1,500 items; CLIENT KILL of every worker connection twice
     under load and once idle per wave. Connections are killed by id: the
@@ -379,7 +349,7 @@ async def test_redis_restarted_mid_run(
     inspector: Redis,
     queue: str,
     producer: AsyncKicker[Any, Any],
-    worker: RetryingWorker,
+    worker: Worker,
 ) -> None:
     """3,000 items, at most 1,000 unprocessed; Redis is stopped (SIGTERM) once
     1,000 are processed, kept down 3 s and started again on the same port

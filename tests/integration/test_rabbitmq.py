@@ -11,15 +11,8 @@ connection is gone, so "no ready message once the worker has left" means
 "nothing was left unacked".
 """
 
-import asyncio
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -33,85 +26,14 @@ from taskiq import AsyncTaskiqTask
 from taskiq.kicker import AsyncKicker
 
 from tests.integration.rabbit_app import make_broker
+from tests.integration.workers import Worker, eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], timeout: float, what: str
-) -> None:
-    """Wait until ``check`` holds, polling observed state; fail after timeout."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.05)
-
-
-class Worker:
-    """One ``taskiq worker`` process tree running rabbit_app.py.
-
-    It gets a session of its own, so that ``kill`` takes the worker child
-    (the process that holds the AMQP connection) down with the manager.
-    """
-
-    def __init__(self, env: dict[str, str], log: Path, ack_type: str) -> None:
-        self.log = log
-        with log.open("wb") as out:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "taskiq",
-                    "worker",
-                    "tests.integration.rabbit_app:broker",
-                    "--workers",
-                    "1",
-                    "--ack-type",
-                    ack_type,
-                    "--log-level",
-                    "WARNING",
-                ],
-                cwd=ROOT,
-                env={**os.environ, **env},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def stop(self, timeout: float) -> None:
-        """SIGTERM the manager (it stops its worker) and wait for its exit."""
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"worker alive {timeout} s after SIGTERM:\n{self.output()}")
-
-    def kill(self) -> None:
-        """SIGKILL the whole process tree: nothing gets to clean up."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
 
 @pytest.fixture
-def queue() -> str:
-    return f"tb-rmq-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-async def redis(redis_url: str, queue: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    keys = [key async for key in client.scan_iter(f"{queue}*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
+def queue_prefix() -> str:
+    return "tb-rmq"
 
 
 @pytest.fixture
@@ -152,13 +74,18 @@ def start_worker(
             "TB_BATCH_SIZE": str(batch_size),
             "TB_BATCH_TIMEOUT": "" if batch_timeout is None else str(batch_timeout),
         }
-        worker = Worker(env, tmp_path / f"worker-{len(workers)}.log", ack_type)
+        worker = Worker(
+            env,
+            tmp_path / f"worker-{len(workers)}.log",
+            app="tests.integration.rabbit_app:broker",
+            args=("--ack-type", ack_type),
+        )
         workers.append(worker)
         return worker
 
     yield start
     for worker in workers:
-        worker.kill()
+        worker.kill9()  # the whole process group, even once the manager exited
 
 
 @pytest.fixture
@@ -320,7 +247,7 @@ async def test_sigkill_with_half_full_buffer_loses_nothing(
     assert not await sent[120].is_ready()
     assert [b["size"] for b in await batches(redis, queue)] == [100]
 
-    first.kill()
+    first.kill9()
 
     async def redelivered() -> bool:
         return await queue_state(channel, queue) == (50, 0)

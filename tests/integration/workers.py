@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -15,38 +15,57 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float) -> None:
-    """Wait until ``check`` holds, polling the observed state; fail after timeout."""
+async def eventually(
+    check: Callable[[], Awaitable[bool]], timeout: float, what: str = ""
+) -> None:
+    """Wait until ``check`` holds, polling the observed state; fail after timeout.
+
+    ``what`` names the condition in the failure message.
+    """
     deadline = time.monotonic() + timeout
     while not await check():
         if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s")
+            detail = f": {what}" if what else ""
+            pytest.fail(f"condition not met within {timeout} s{detail}")
         await asyncio.sleep(0.05)
 
 
 class Worker:
-    """One ``taskiq worker`` process running tests/integration/worker_app.py."""
+    """One ``taskiq worker`` process tree running ``app`` (a ``module:broker``).
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    It gets a session of its own, so that ``kill9`` takes the worker child
+    (the process that holds the broker's connections) down with the manager.
+    ``args`` are extra ``taskiq worker`` options, e.g. ``("--ack-type", ...)``.
+    """
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        log: Path,
+        app: str = "tests.integration.worker_app:broker",
+        args: Sequence[str] = (),
+    ) -> None:
         self.log = log
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "taskiq",
-                "worker",
-                "tests.integration.worker_app:broker",
-                "--workers",
-                "1",
-                "--log-level",
-                "WARNING",
-            ],
-            cwd=ROOT,
-            env={**os.environ, **env},
-            start_new_session=True,  # its own process group, for kill9()
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
+        with log.open("wb") as out:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "taskiq",
+                    "worker",
+                    app,
+                    "--workers",
+                    "1",
+                    *args,
+                    "--log-level",
+                    "WARNING",
+                ],
+                cwd=ROOT,
+                env={**os.environ, **env},
+                start_new_session=True,  # its own process group, for kill9()
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
 
     def stop(self, timeout: float, signum: int = signal.SIGTERM) -> float:
         """Signal the worker to stop; return the seconds it took to exit."""
@@ -73,3 +92,7 @@ class Worker:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]
+
+    def crashes(self) -> int:
+        """How many times its worker child process died and was restarted."""
+        return self.log.read_text(errors="replace").count("Process worker-0:")
