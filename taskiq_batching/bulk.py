@@ -27,6 +27,22 @@ Ack = Callable[[], Awaitable[None] | None]
 #: Messages sent at once by a broker without a pipelined path.
 KICK_CONCURRENCY = 100
 
+#: XADD of every payload in ARGV[3..], as RedisStreamBroker.kick does one
+#: by one (ARGV[1]: maxlen, 0 for none; ARGV[2]: 1 for approximate trim).
+_XADD_MANY = """
+local maxlen = tonumber(ARGV[1])
+for i = 3, #ARGV do
+  if maxlen > 0 and ARGV[2] == '1' then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'data', ARGV[i])
+  elseif maxlen > 0 then
+    redis.call('XADD', KEYS[1], 'MAXLEN', maxlen, '*', 'data', ARGV[i])
+  else
+    redis.call('XADD', KEYS[1], '*', 'data', ARGV[i])
+  end
+end
+return #ARGV - 2
+"""
+
 
 async def store_many(
     backend: AsyncResultBackend[Any],
@@ -153,19 +169,22 @@ async def kick_many(broker: AsyncBroker, messages: Sequence[BrokerMessage]) -> N
     # Exact types: a subclass may send differently.
     redis_broker = type(broker) in (RedisStreamBroker, ListQueueBroker)
     if redis_broker and isinstance(broker, (RedisStreamBroker, ListQueueBroker)):
+        queues: defaultdict[str, list[bytes]] = defaultdict(list)
+        for message in messages:
+            queue = message.labels.get("queue_name") or broker.queue_name
+            queues[str(queue)].append(message.message)
         async with Redis(connection_pool=broker.connection_pool) as redis:
             pipe = redis.pipeline(transaction=False)
-            for message in messages:
-                queue = message.labels.get("queue_name") or broker.queue_name
+            for queue, payloads in queues.items():
                 if isinstance(broker, RedisStreamBroker):
-                    pipe.xadd(
-                        queue,
-                        {b"data": message.message},
-                        maxlen=broker.maxlen,
-                        approximate=broker.approximate,
-                    )
+                    # One command whatever the count: one reply to parse.
+                    maxlen = broker.maxlen or 0
+                    approximate = int(broker.approximate)
+                    xadd_many = redis.register_script(_XADD_MANY)
+                    await xadd_many(keys=[queue], args=[maxlen, approximate, *payloads])
                 else:
-                    pipe.lpush(queue, message.message)
+                    # LPUSH of many values pushes them in order, as one LPUSH each.
+                    pipe.lpush(queue, *payloads)
             await pipe.execute()
         return
     for start in range(0, len(messages), KICK_CONCURRENCY):

@@ -37,11 +37,26 @@ async def send_many(
     :return: one taskiq task per item, in order.
     """
     broker = kicker.broker
+    pre_send = _middlewares(kicker, "pre_send")
     messages: list[TaskiqMessage] = []
+    template: TaskiqMessage | None = None
     for item in items:
-        # The same message ``kicker.kiq(item, ...)`` would build.
-        message = kicker._prepare_message(item, *args, **kwargs)
-        for middleware in _middlewares(kicker, "pre_send"):
+        if template is None:
+            # What ``kicker.kiq(item, ...)`` would build; the others differ
+            # from it only by their task_id and item. Middlewares get copies.
+            template = kicker._prepare_message(item, *args, **kwargs)
+            task_id, arg = template.task_id, template.args[0]
+        else:
+            task_id, arg = broker.id_generator(), kicker._prepare_arg(item)
+        message = template.model_copy(
+            update={
+                "task_id": task_id,
+                "labels": dict(template.labels),
+                "args": [arg, *template.args[1:]],
+                "kwargs": dict(template.kwargs),
+            },
+        )
+        for middleware in pre_send:
             message = await maybe_awaitable(middleware.pre_send(message))
         messages.append(message)
     try:

@@ -4,6 +4,7 @@ from typing import Any
 
 import fakeredis
 import pytest
+from pydantic import BaseModel
 from taskiq import TaskiqMessage, TaskiqMiddleware
 from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend, RedisStreamBroker
 
@@ -13,6 +14,11 @@ from tests.helpers import Recorder, memory_broker, running_worker
 pytestmark = pytest.mark.timeout(30)
 
 URL = "redis://fake:6379/0"
+
+
+class Row(BaseModel):
+    id: int
+    name: str
 
 
 class SendCounter(TaskiqMiddleware):
@@ -80,3 +86,39 @@ async def test_kiq_many_on_other_brokers_kicks_each_message() -> None:
     assert seen.batches == [list(range(10))]
     assert [(await t.wait_result(timeout=1)).return_value for t in sent] == [45] * 10
     await broker.shutdown()
+
+
+class Counted(TaskiqMiddleware):
+    """Mutates each message it sees, so a shared or reused message would show."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[TaskiqMessage] = []
+
+    def pre_send(self, message: TaskiqMessage) -> TaskiqMessage:
+        message.labels["sends"] = int(message.labels.get("sends", 0)) + 1
+        message.kwargs["seen"] = True
+        self.seen.append(message)
+        return message
+
+
+async def test_kiq_many_builds_exactly_what_kiq_builds() -> None:
+    counted = Counted()
+    broker = memory_broker().with_middlewares(counted)
+
+    @batch_task(broker, batch_size=10, timeout=5)
+    async def handler(items: list[Row], tenant: str) -> None: ...
+
+    rows = [Row(id=i, name=f"r{i}") for i in range(3)]
+    await broker.startup()
+    await handler.kiq(rows[0], tenant="t")
+    await handler.kiq_many(rows, tenant="t")
+    await broker.shutdown()
+    single, *many = counted.seen
+    assert len({m.task_id for m in counted.seen}) == 4
+    for index, message in enumerate(many):
+        assert message.labels == single.labels
+        assert message.labels["sends"] == 1
+        assert message.args == [rows[index].model_dump(mode="json")]
+        assert message.kwargs == single.kwargs == {"tenant": "t", "seen": True}
+        assert message.labels_types == single.labels_types
