@@ -27,6 +27,22 @@ Ack = Callable[[], Awaitable[None] | None]
 #: Messages sent at once by a broker without a pipelined path.
 KICK_CONCURRENCY = 100
 
+#: SET of KEYS[i] to ARGV[i + 2], as RedisAsyncResultBackend.set_result does
+#: one by one (ARGV[1]: EX seconds, ARGV[2]: PX milliseconds, 0 for none).
+_SET_MANY = """
+local ex, px = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 1, #KEYS do
+  if ex > 0 then
+    redis.call('SET', KEYS[i], ARGV[i + 2], 'EX', ex)
+  elseif px > 0 then
+    redis.call('SET', KEYS[i], ARGV[i + 2], 'PX', px)
+  else
+    redis.call('SET', KEYS[i], ARGV[i + 2])
+  end
+end
+return #KEYS
+"""
+
 #: XADD of every payload in ARGV[3..], as RedisStreamBroker.kick does one
 #: by one (ARGV[1]: maxlen, 0 for none; ARGV[2]: 1 for approximate trim).
 _XADD_MANY = """
@@ -86,14 +102,14 @@ async def _redis_store_many(
     backend: RedisAsyncResultBackend[Any],
     results: Sequence[tuple[str, TaskiqResult[Any]]],
 ) -> None:
-    ex = backend.result_ex_time or None
-    px = None if ex else (backend.result_px_time or None)
+    ex = backend.result_ex_time or 0
+    px = 0 if ex else (backend.result_px_time or 0)
+    keys = [backend._task_name(task_id) for task_id, _ in results]
+    values = [backend.serializer.dumpb(r.model_dump(mode="json")) for _, r in results]
     async with Redis(connection_pool=backend.redis_pool) as redis:
-        pipe = redis.pipeline(transaction=False)
-        for task_id, result in results:
-            value = backend.serializer.dumpb(result.model_dump(mode="json"))
-            pipe.set(backend._task_name(task_id), value, ex=ex, px=px)
-        await pipe.execute()
+        # One command whatever the count: one reply to parse.
+        set_many = redis.register_script(_SET_MANY)
+        await set_many(keys=keys, args=[ex, px, *values])
 
 
 async def ack_many(broker: Any, acks: Sequence[Ack]) -> None:
