@@ -40,6 +40,7 @@ from taskiq_batching.brokers import (
 )
 from taskiq_batching.direct import DirectPath
 from taskiq_batching.engine import Batcher
+from taskiq_batching.fetch import listener_for
 from taskiq_batching.reclaim import StreamReclaimer, reclaimer_for
 
 logger = logging.getLogger("taskiq_batching")
@@ -85,7 +86,8 @@ def install_listen_hook(broker: AsyncBroker, batcher: Batcher) -> None:
         if lossy:
             warn_no_acks(broker)
         direct = DirectPath(broker, batcher, receiver.ack_time)
-        router = _Router(broker, batcher, receiver, original, direct, reclaimer)
+        listen = listener_for(broker, original)
+        router = _Router(broker, batcher, receiver, listen, direct, reclaimer)
         # Other brokers are judged by their first delivery.
         router.unacked_warned = lossy or reclaimer is not None
         return router.run()
