@@ -1,9 +1,10 @@
-"""The batcher: buffers per task, flush rules, running a batch.
+"""The batcher: buffers per task, flush rules, the in-flight bound.
 
-One ``Batcher`` per broker. It knows nothing of how messages arrive:
-every message of a batched task reaches ``submit`` from taskiq's own
-per-message callback, which keeps acks, results and middlewares per
-message, and waits there for its batch's outcome.
+One ``Batcher`` per broker. Messages reach it two ways: ``submit`` from
+taskiq's own per-message callback, which waits there for its batch's
+outcome (``InMemoryBroker``); or ``enqueue`` from the worker's fast path,
+whose messages are finished per batch by ``finisher`` (``direct.py``).
+Flushing and running a batch (``runner.py``) are the same for both.
 """
 
 import asyncio
