@@ -33,8 +33,13 @@ logger = logging.getLogger("taskiq_batching")
 _Done = tuple[TaskiqMessage, TaskiqResult[Any], Ack | None, AcknowledgeType]
 
 
-def _overriding(broker: AsyncBroker, hook: str) -> list[TaskiqMiddleware]:
-    """The broker's middlewares that implement ``hook``, but not ours."""
+def implementing(broker: AsyncBroker, hook: str) -> list[TaskiqMiddleware]:
+    """The broker's middlewares that implement ``hook`` (ours excepted), in order.
+
+    :param broker: the broker.
+    :param hook: a ``TaskiqMiddleware`` method name.
+    :return: those middlewares.
+    """
     from taskiq_batching.middleware import BatchingMiddleware
 
     return [
@@ -61,7 +66,7 @@ class DirectPath:
 
     def __post_init__(self) -> None:
         self.hooks = {
-            hook: _overriding(self.broker, hook)
+            hook: implementing(self.broker, hook)
             for hook in ("pre_execute", "on_error", "post_execute", "post_save")
         }
         self.batcher.finisher = self.finish
@@ -137,9 +142,7 @@ class DirectPath:
         finished: list[tuple[PendingItem, Outcome]],
         seconds: float,
     ) -> None:
-        done: list[
-            tuple[TaskiqMessage, TaskiqResult[Any], Ack | None, AcknowledgeType]
-        ] = []
+        done: list[_Done] = []
         for pending, outcome in finished:
             message = pending.taskiq_message()
             result: TaskiqResult[Any] = TaskiqResult(
@@ -181,9 +184,7 @@ class DirectPath:
     async def _each(
         self,
         hook: str,
-        done: list[
-            tuple[TaskiqMessage, TaskiqResult[Any], Ack | None, AcknowledgeType]
-        ],
+        done: list[_Done],
         call: Callable[[TaskiqMiddleware, TaskiqMessage, TaskiqResult[Any]], Any],
     ) -> None:
         middlewares = self.hooks[hook]
@@ -193,9 +194,7 @@ class DirectPath:
 
     async def _ack(
         self,
-        done: list[
-            tuple[TaskiqMessage, TaskiqResult[Any], Ack | None, AcknowledgeType]
-        ],
+        done: list[_Done],
         when: AcknowledgeType,
     ) -> None:
         acks = [

@@ -8,17 +8,13 @@ only the sending is pipelined (see ``bulk.kick_many``).
 from collections.abc import Iterable
 from typing import Any
 
-from taskiq import AsyncTaskiqTask, TaskiqMessage, TaskiqMiddleware
+from taskiq import AsyncTaskiqTask, TaskiqMessage
 from taskiq.exceptions import SendTaskError
 from taskiq.kicker import AsyncKicker
 from taskiq.utils import maybe_awaitable
 
 from taskiq_batching.bulk import kick_many
-
-
-def _middlewares(kicker: AsyncKicker[Any, Any], hook: str) -> list[TaskiqMiddleware]:
-    base = getattr(TaskiqMiddleware, hook)
-    return [m for m in kicker.broker.middlewares if getattr(type(m), hook) is not base]
+from taskiq_batching.direct import implementing
 
 
 async def send_many(
@@ -37,7 +33,7 @@ async def send_many(
     :return: one taskiq task per item, in order.
     """
     broker = kicker.broker
-    pre_send = _middlewares(kicker, "pre_send")
+    pre_send = implementing(broker, "pre_send")
     messages: list[TaskiqMessage] = []
     template: TaskiqMessage | None = None
     for item in items:
@@ -63,7 +59,7 @@ async def send_many(
         await kick_many(broker, [broker.formatter.dumps(m) for m in messages])
     except Exception as exc:
         raise SendTaskError from exc
-    post_send = list(reversed(_middlewares(kicker, "post_send")))
+    post_send = list(reversed(implementing(broker, "post_send")))
     for message in messages:
         for middleware in post_send:
             await maybe_awaitable(middleware.post_send(message))

@@ -61,8 +61,6 @@ class BatchRun:
     buffer: Buffer
     reason: FlushReason
     waited: float
-    #: Calls of the batch function so far (more than one when isolating).
-    calls: int = 0
 
     async def outcomes(self) -> list[Outcome]:
         """Run the batch; one outcome per item, in item order."""
@@ -86,7 +84,6 @@ class BatchRun:
         return split(self.spec.task_name, returned, len(indices))
 
     async def _call(self, indices: Sequence[int], isolating: bool) -> Any:
-        self.calls += 1
         pending = [self.buffer.items[index] for index in indices]
         signature = self.spec.signature
         resolver = None

@@ -22,7 +22,6 @@ drive taskiq's own Receiver and the integration tests that run
 """
 
 import asyncio
-import functools
 import logging
 import sys
 from collections.abc import AsyncGenerator, Callable
@@ -253,7 +252,7 @@ class _Router:
             if not put.cancelled():
                 return
         # The Receiver takes no more: run it here rather than drop it.
-        self._dispatch(delivery, None)
+        self._dispatch(delivery)
 
     def _decode(self, delivery: Delivery) -> TaskiqMessage | None:
         data = delivery.data if isinstance(delivery, AckableMessage) else delivery
@@ -264,17 +263,16 @@ class _Router:
             return None
         return message
 
-    def _dispatch(self, delivery: Delivery, batched_task: str | None) -> None:
-        # Straight to the Receiver's per-message callback, outside its
-        # execution slots (as InMemoryBroker.kick does).
+    def _dispatch(self, delivery: Delivery) -> None:
+        # What the Receiver no longer takes (it is stopping): straight to its
+        # per-message callback, outside its execution slots (as
+        # InMemoryBroker.kick does).
         task = asyncio.create_task(self.receiver.callback(delivery))
         self.callbacks.add(task)
-        task.add_done_callback(functools.partial(self._done, batched_task))
+        task.add_done_callback(self._done)
 
-    def _done(self, batched_task: str | None, task: "asyncio.Task[None]") -> None:
+    def _done(self, task: "asyncio.Task[None]") -> None:
         self.callbacks.discard(task)
-        if batched_task is not None:
-            self.batcher.release(batched_task)
         if not task.cancelled() and task.exception() is not None:
             logger.error(
                 "taskiq_batching: a message callback failed",
@@ -293,7 +291,7 @@ class _Router:
         if not closing.done():
             await _cancel(closing, STOP_LISTENER_TIMEOUT)
         while not self.plain.empty():
-            self._dispatch(self.plain.get_nowait(), None)
+            self._dispatch(self.plain.get_nowait())
         logger.info(
             "taskiq_batching: flushing buffers, %d message(s) in flight",
             len(self.callbacks),
@@ -307,7 +305,7 @@ class _Router:
                 logger.warning("taskiq_batching: cannot read own pending: %r", exc)
                 leftovers = []
             for delivery in leftovers:
-                self._dispatch(delivery, None)
+                self._dispatch(delivery)
             await self._finish()
 
     async def _finish(self) -> None:

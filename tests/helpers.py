@@ -162,3 +162,9 @@ class CountingMiddleware(TaskiqMiddleware):
 
     def post_save(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
         self._count("post_save", message)
+
+    def assert_once_per_message(self, ok: list[str], failed: list[str]) -> None:
+        """Each hook ran exactly once for each message, on_error for failures."""
+        for hook in ("pre_execute", "post_execute", "post_save"):
+            assert sorted(self.calls[hook]) == sorted(ok + failed), hook
+        assert sorted(self.calls["on_error"]) == sorted(failed)
