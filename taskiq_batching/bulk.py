@@ -27,17 +27,21 @@ Ack = Callable[[], Awaitable[None] | None]
 #: Messages sent at once by a broker without a pipelined path.
 KICK_CONCURRENCY = 100
 
-#: SET of KEYS[i] to ARGV[i + 2], as RedisAsyncResultBackend.set_result does
-#: one by one (ARGV[1]: EX seconds, ARGV[2]: PX milliseconds, 0 for none).
+#: SET of each of KEYS, as RedisAsyncResultBackend.set_result does one by
+#: one. ARGV[1]: EX seconds, ARGV[2]: PX milliseconds (0 for none), ARGV[3]:
+#: the number n of distinct values, ARGV[4..3+n]: the values; then, when
+#: n > 1, the 1-based index of each key's value.
 _SET_MANY = """
-local ex, px = tonumber(ARGV[1]), tonumber(ARGV[2])
+local ex, px, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 for i = 1, #KEYS do
+  local value = ARGV[4]
+  if n > 1 then value = ARGV[3 + tonumber(ARGV[3 + n + i])] end
   if ex > 0 then
-    redis.call('SET', KEYS[i], ARGV[i + 2], 'EX', ex)
+    redis.call('SET', KEYS[i], value, 'EX', ex)
   elseif px > 0 then
-    redis.call('SET', KEYS[i], ARGV[i + 2], 'PX', px)
+    redis.call('SET', KEYS[i], value, 'PX', px)
   else
-    redis.call('SET', KEYS[i], ARGV[i + 2])
+    redis.call('SET', KEYS[i], value)
   end
 end
 return #KEYS
@@ -105,11 +109,23 @@ async def _redis_store_many(
     ex = backend.result_ex_time or 0
     px = 0 if ex else (backend.result_px_time or 0)
     keys = [backend._task_name(task_id) for task_id, _ in results]
-    values = [backend.serializer.dumpb(r.model_dump(mode="json")) for _, r in results]
+    # Messages of a batch often share one result object: serialize it once.
+    positions: dict[int, int] = {}
+    values: list[bytes] = []
+    chosen: list[int] = []
+    for _, result in results:
+        position = positions.get(id(result))
+        if position is None:
+            position = positions[id(result)] = len(values) + 1
+            values.append(backend.serializer.dumpb(result.model_dump(mode="json")))
+        chosen.append(position)
+    args: list[Any] = [ex, px, len(values), *values]
+    if len(values) > 1:
+        args.extend(chosen)
     async with Redis(connection_pool=backend.redis_pool) as redis:
         # One command whatever the count: one reply to parse.
         set_many = redis.register_script(_SET_MANY)
-        await set_many(keys=keys, args=[ex, px, *values])
+        await set_many(keys=keys, args=args)
 
 
 async def ack_many(broker: Any, acks: Sequence[Ack]) -> None:

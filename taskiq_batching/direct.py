@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from taskiq import AckableMessage, AsyncBroker, TaskiqMessage, TaskiqResult
+from taskiq import AsyncBroker, TaskiqMessage, TaskiqResult
 from taskiq.abc.middleware import TaskiqMiddleware
 from taskiq.acks import AcknowledgeType, parse_acknowledge_type
 from taskiq.exceptions import NoResultError
@@ -30,7 +30,7 @@ from taskiq_batching.results import Outcome
 logger = logging.getLogger("taskiq_batching")
 
 #: A finished message: its result, its ack (if still due) and ack type.
-_Done = tuple[TaskiqMessage, TaskiqResult[Any], Ack | None, AcknowledgeType]
+_Done = tuple[TaskiqMessage | Envelope, TaskiqResult[Any], Ack | None, AcknowledgeType]
 
 
 def implementing(broker: AsyncBroker, hook: str) -> list[TaskiqMiddleware]:
@@ -71,37 +71,38 @@ class DirectPath:
         }
         self.batcher.finisher = self.finish
 
-    async def accept(
-        self, delivery: bytes | AckableMessage, message: TaskiqMessage
-    ) -> None:
+    async def accept(self, envelope: Envelope, ack: Ack | None) -> None:
         """Buffer one decoded message of a batched task (admitted already).
 
-        :param delivery: what the broker delivered.
-        :param message: the decoded message, labels parsed.
+        :param envelope: the decoded message, labels parsed.
+        :param ack: acknowledges it, when the broker can.
         """
-        ack = delivery.ack if isinstance(delivery, AckableMessage) else None
-        for middleware in self.hooks["pre_execute"]:
-            message = await maybe_awaitable(middleware.pre_execute(message))
-        ack_type = self._ack_type(message)
-        if ack_type is AcknowledgeType.WHEN_RECEIVED and ack is not None:
+        pre_execute = self.hooks["pre_execute"]
+        if pre_execute:
+            message = envelope.open()
+            for middleware in pre_execute:
+                message = await maybe_awaitable(middleware.pre_execute(message))
+            envelope = Envelope.of(message)
+        received = AcknowledgeType.WHEN_RECEIVED
+        if ack is not None and self._ack_type(envelope) is received:
             await maybe_awaitable(ack())
             ack = None
         try:
             self.batcher.enqueue(
-                message.task_name,
-                Envelope.of(message),
-                message.args,
-                message.kwargs,
+                envelope.task_name,
+                envelope,
+                envelope.args,
+                envelope.kwargs,
                 ack=ack,
             )
         except BatchItemError as exc:
             await self.finish(
-                message.task_name,
-                [(PendingItem(None, message, ack=ack), Outcome(error=exc))],
+                envelope.task_name,
+                [(PendingItem(None, envelope, ack=ack), Outcome(error=exc))],
                 0.0,
             )
 
-    def _ack_type(self, message: TaskiqMessage) -> AcknowledgeType:
+    def _ack_type(self, message: TaskiqMessage | Envelope) -> AcknowledgeType:
         label = message.labels.get("ack_type")
         if label is None:
             return self.ack_type
@@ -142,22 +143,32 @@ class DirectPath:
         finished: list[tuple[PendingItem, Outcome]],
         seconds: float,
     ) -> None:
+        on_error = self.hooks["on_error"]
+        # Middlewares get a message and a result object each; without them
+        # messages with equal outcomes and labels share one result, which
+        # is then serialized once (see ``bulk.store_many``).
+        detailed = bool(self.hooks["post_execute"] or self.hooks["post_save"])
         done: list[_Done] = []
+        shared: tuple[Outcome, dict[str, Any], TaskiqResult[Any]] | None = None
         for pending, outcome in finished:
-            message = pending.taskiq_message()
-            result: TaskiqResult[Any] = TaskiqResult(
-                is_err=outcome.error is not None,
-                log=None,
-                return_value=outcome.value,
-                execution_time=seconds,
-                error=outcome.error,
-                labels=message.labels,
-            )
-            if outcome.error is not None:
-                for middleware in reversed(self.hooks["on_error"]):
-                    await maybe_awaitable(
-                        middleware.on_error(message, result, outcome.error)
-                    )
+            message: TaskiqMessage | Envelope = pending.message
+            if detailed or (on_error and outcome.error is not None):
+                message = pending.taskiq_message()
+                result = _result(outcome, message.labels, seconds)
+                if outcome.error is not None:
+                    for middleware in reversed(on_error):
+                        await maybe_awaitable(
+                            middleware.on_error(message, result, outcome.error)
+                        )
+            else:
+                if (
+                    shared is None
+                    or shared[0] is not outcome
+                    or shared[1] != message.labels
+                ):
+                    labels = message.labels
+                    shared = (outcome, labels, _result(outcome, labels, seconds))
+                result = shared[2]
             done.append((message, result, pending.ack, self._ack_type(message)))
         await self._ack(done, AcknowledgeType.WHEN_EXECUTED)
         await self._each(
@@ -188,7 +199,11 @@ class DirectPath:
         call: Callable[[TaskiqMiddleware, TaskiqMessage, TaskiqResult[Any]], Any],
     ) -> None:
         middlewares = self.hooks[hook]
+        if not middlewares:
+            return
         for message, result, _, _ in done:
+            if isinstance(message, Envelope):  # for mypy: _finish built models
+                message = message.open()
             for middleware in reversed(middlewares):
                 await maybe_awaitable(call(middleware, message, result))
 
@@ -200,4 +215,19 @@ class DirectPath:
         acks = [
             ack for _, _, ack, ack_type in done if ack is not None and ack_type is when
         ]
-        await ack_many(self.broker, acks)
+        if acks:
+            await ack_many(self.broker, acks)
+
+
+def _result(
+    outcome: Outcome, labels: dict[str, Any], seconds: float
+) -> TaskiqResult[Any]:
+    """The result taskiq would store for a message with this outcome."""
+    return TaskiqResult(
+        is_err=outcome.error is not None,
+        log=None,
+        return_value=outcome.value,
+        execution_time=seconds,
+        error=outcome.error,
+        labels=labels,
+    )

@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from taskiq import AckableMessage, AsyncBroker
 from taskiq_redis import RedisStreamBroker
 
+from taskiq_batching.fetch import StreamAck
 from taskiq_batching.runner import BatchSpec
 
 logger = logging.getLogger("taskiq_batching")
@@ -110,7 +111,7 @@ class StreamReclaimer:
                         )
         return found
 
-    def _acker(self, stream: str, entry_id: bytes) -> "StreamAck":
+    def _acker(self, stream: str, entry_id: bytes) -> StreamAck:
         return StreamAck(self.broker, stream, entry_id)
 
     def check(self, specs: list[BatchSpec]) -> None:
@@ -135,25 +136,6 @@ class StreamReclaimer:
                 held,
                 self.idle_ms,
             )
-
-
-class StreamAck:
-    """The ack of a claimed stream entry (``stream_entry`` lets it be bulked).
-
-    :param broker: the stream broker.
-    :param stream: the entry's stream.
-    :param entry_id: the entry's id.
-    """
-
-    def __init__(self, broker: RedisStreamBroker, stream: str, entry_id: bytes) -> None:
-        self.broker = broker
-        self.stream_entry = (stream, entry_id)
-
-    async def __call__(self) -> None:
-        """Acknowledge the entry."""
-        stream, entry_id = self.stream_entry
-        async with Redis(connection_pool=self.broker.connection_pool) as redis:
-            await redis.xack(stream, self.broker.consumer_group_name, entry_id)
 
 
 def reclaimer_for(broker: AsyncBroker) -> StreamReclaimer | None:

@@ -24,11 +24,11 @@ drive taskiq's own Receiver and the integration tests that run
 import asyncio
 import logging
 import sys
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from types import FrameType
 from typing import Any
 
-from taskiq import AckableMessage, AsyncBroker, TaskiqMessage
+from taskiq import AckableMessage, AsyncBroker
 from taskiq.receiver import Receiver
 
 from taskiq_batching.brokers import (
@@ -37,14 +37,13 @@ from taskiq_batching.brokers import (
     warn_about_prefetch,
     warn_no_acks,
 )
+from taskiq_batching.decode import decode
 from taskiq_batching.direct import DirectPath
 from taskiq_batching.engine import Batcher
-from taskiq_batching.fetch import listener_for
+from taskiq_batching.fetch import Chunks, Delivery, Fetched, listener_for
 from taskiq_batching.reclaim import StreamReclaimer, reclaimer_for
 
 logger = logging.getLogger("taskiq_batching")
-
-Delivery = bytes | AckableMessage
 
 #: Seconds to wait for the broker's own listener to stop on shutdown.
 STOP_LISTENER_TIMEOUT = 2.0
@@ -63,7 +62,7 @@ def install_listen_hook(broker: AsyncBroker, batcher: Batcher) -> None:
     """
     original = broker.listen
 
-    def listen() -> AsyncGenerator[Delivery, None]:
+    def listen() -> AsyncGenerator[bytes | AckableMessage, None]:
         receiver = _calling_receiver(sys._getframe(1))
         if receiver is None or not batcher.specs:
             if batcher.specs:
@@ -114,7 +113,7 @@ class _Router:
         broker: AsyncBroker,
         batcher: Batcher,
         receiver: Receiver,
-        listen: Callable[[], AsyncGenerator[Delivery, None]],
+        listen: Chunks,
         direct: DirectPath,
         reclaimer: StreamReclaimer | None = None,
     ) -> None:
@@ -128,11 +127,11 @@ class _Router:
         self.inner = listen()
         self.restart_delay = RESTART_DELAY_MIN
         # One slot: ordinary messages are fetched at the Receiver's pace.
-        self.plain: asyncio.Queue[Delivery] = asyncio.Queue(maxsize=1)
+        self.plain: asyncio.Queue[bytes | AckableMessage] = asyncio.Queue(maxsize=1)
         self.callbacks: set[asyncio.Task[None]] = set()
         self.stopping = asyncio.Event()
 
-    async def run(self) -> AsyncGenerator[Delivery, None]:
+    async def run(self) -> AsyncGenerator[bytes | AckableMessage, None]:
         pump = asyncio.create_task(self._pump())
         try:
             while True:
@@ -159,8 +158,9 @@ class _Router:
         if self.reclaimer is not None:
             reclaiming = asyncio.create_task(self._reclaim(self.reclaimer, stop))
         try:
-            while (delivery := await self._next(stop)) is not None:
-                await self._route(delivery, stop)
+            while (chunk := await self._next(stop)) is not None:
+                for delivery in chunk:
+                    await self._route(delivery, stop)
         finally:
             stop.cancel()
             if reclaiming is not None:
@@ -187,8 +187,8 @@ class _Router:
             for delivery in claimed:
                 await self._route(delivery, stop)
 
-    async def _next(self, stop: "asyncio.Future[Any]") -> Delivery | None:
-        """The listener's next delivery; None once it ended or we stop.
+    async def _next(self, stop: "asyncio.Future[Any]") -> list[Delivery] | None:
+        """The listener's next chunk of deliveries; None once it ended or we stop.
 
         A listener that fails (a dropped connection, a restarted broker) is
         started again after a pause, so the worker keeps its buffers and
@@ -200,8 +200,8 @@ class _Router:
                 await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
             if not fetch.done():
                 # Stopping: one loop turn lets the listener hand over what it
-                # already holds (a stream read returns many entries); a read
-                # that needs the network is left to the broker (redelivery).
+                # already holds; a read that needs the network is left to the
+                # broker (redelivery, or our own-pending pass on a stream).
                 await asyncio.sleep(0)
             if not fetch.done():
                 await _cancel(fetch, STOP_LISTENER_TIMEOUT)
@@ -225,26 +225,32 @@ class _Router:
             self.inner = self.listen()
 
     async def _route(self, delivery: Delivery, stop: "asyncio.Future[Any]") -> None:
-        if not self.unacked_warned and not isinstance(delivery, AckableMessage):
-            self.unacked_warned = True
-            warn_no_acks(self.broker)
-        message = self._decode(delivery)
-        if message is not None and message.task_name in self.batcher.specs:
-            await self.batcher.admit(message.task_name)
+        if isinstance(delivery, bytes):
+            data, ack = delivery, None
+            if not self.unacked_warned:
+                self.unacked_warned = True
+                warn_no_acks(self.broker)
+        else:
+            data, ack = delivery.data, delivery.ack
+        envelope = decode(self.broker, data)
+        if envelope is not None and envelope.task_name in self.batcher.specs:
+            await self.batcher.admit(envelope.task_name)
             try:
-                await self.direct.accept(delivery, message)
+                await self.direct.accept(envelope, ack)
             except Exception:
                 # As when taskiq's callback fails before running a task: the
                 # message stays unacked (redelivered on brokers with acks).
                 logger.exception(
                     "taskiq_batching: cannot accept message %s of %s",
-                    message.task_id,
-                    message.task_name,
+                    envelope.task_id,
+                    envelope.task_name,
                 )
-                self.batcher.release(message.task_name)
+                self.batcher.release(envelope.task_name)
             return
+        # Anything else, undecodable messages included, is the Receiver's.
+        plain = delivery.delivered() if isinstance(delivery, Fetched) else delivery
         if not self.stopping.is_set():
-            put = asyncio.ensure_future(self.plain.put(delivery))
+            put = asyncio.ensure_future(self.plain.put(plain))
             await asyncio.wait({put, stop}, return_when=asyncio.FIRST_COMPLETED)
             if not put.done():
                 put.cancel()
@@ -252,18 +258,9 @@ class _Router:
             if not put.cancelled():
                 return
         # The Receiver takes no more: run it here rather than drop it.
-        self._dispatch(delivery)
+        self._dispatch(plain)
 
-    def _decode(self, delivery: Delivery) -> TaskiqMessage | None:
-        data = delivery.data if isinstance(delivery, AckableMessage) else delivery
-        try:
-            message = self.broker.formatter.loads(data)
-            message.parse_labels()
-        except Exception:  # the Receiver reports and acks it
-            return None
-        return message
-
-    def _dispatch(self, delivery: Delivery) -> None:
+    def _dispatch(self, delivery: bytes | AckableMessage) -> None:
         # What the Receiver no longer takes (it is stopping): straight to its
         # per-message callback, outside its execution slots (as
         # InMemoryBroker.kick does).

@@ -108,5 +108,45 @@ async def test_sigterm_flushes_half_full_buffer_then_exits(
     await producer.shutdown()
 
 
+@pytest.mark.parametrize("kind", ["stream", "list"])
+async def test_plain_tasks_and_bad_entries_share_the_queue_with_batches(
+    redis_url: str,
+    redis: Redis,
+    queue: str,
+    start_worker: Callable[..., Worker],
+    kind: str,
+) -> None:
+    producer = make_broker(redis_url, kind, queue, "json")
+    await producer.startup()
+    worker = start_worker(kind, "json", batch_size=50, batch_timeout=30)
+    collect: AsyncKicker[Any, Any] = AsyncKicker("collect", producer, {})
+    echo: AsyncKicker[Any, Any] = AsyncKicker("echo", producer, {})
+    batched, plain = [], []
+    for i in range(100):
+        batched.append(await collect.kiq(i))
+        if i % 10 == 0:
+            plain.append(await echo.kiq(i))
+            # Entries taskiq cannot decode, in the middle of the traffic.
+            if kind == "stream":
+                await redis.xadd(queue, {b"data": b"not a message"})
+                await redis.xadd(queue, {b"other": b"no data field"})
+            else:
+                await redis.lpush(queue, b"not a message")
+    for task in batched:
+        result = await task.wait_result(timeout=30, check_interval=0.05)
+        assert len(result.return_value) == 50, worker.output()
+    for index, task in enumerate(plain):
+        result = await task.wait_result(timeout=30, check_interval=0.05)
+        assert result.return_value == index * 10
+    assert [b["size"] for b in await batches(redis, queue)] == [50, 50]
+    if kind == "stream":
+        await eventually(lambda: _is_zero(pending(redis, queue)), 10, "all acked")
+    else:
+        await eventually(lambda: _is_zero(redis.llen(queue)), 10, "list drained")
+    assert worker.stop(timeout=15) < 15
+    assert "Cannot parse message" in worker.output()
+    await producer.shutdown()
+
+
 async def _is_zero(value: Awaitable[int]) -> bool:
     return await value == 0

@@ -84,3 +84,9 @@ async def collect(items: list[int], info: BatchInfo = TaskiqDepends()) -> list[i
         pipe.incrby(f"{QUEUE}:processed", len(items))
         await pipe.execute()
     return items
+
+
+@broker.task(task_name="echo")
+async def echo(value: int) -> int:
+    """A plain task on the same queue as the batched one."""
+    return value

@@ -42,19 +42,29 @@ async def test_store_many_equals_set_result(options: dict[str, Any]) -> None:
         error=ValueError("bad"),
         labels={"x": "1"},
     )
-    await store_many(backend, [("bulk-ok", ok), ("bulk-err", failed)])
+    # Shared result objects are written once per key: one value for all, or
+    # several values, each key with its own.
+    await store_many(backend, [("bulk-ok", ok), ("bulk-err", failed), ("bulk-ok2", ok)])
+    await store_many(backend, [("same-1", ok), ("same-2", ok)])
     await backend.set_result("one-ok", ok)
     await backend.set_result("one-err", failed)
     redis = fakeredis.FakeAsyncRedis(server=server)
     prefix = f"{options['prefix_str']}:" if "prefix_str" in options else ""
-    for bulk, single in (("bulk-ok", "one-ok"), ("bulk-err", "one-err")):
+    pairs = [
+        ("bulk-ok", "one-ok"),
+        ("bulk-err", "one-err"),
+        ("bulk-ok2", "one-ok"),
+        ("same-1", "one-ok"),
+        ("same-2", "one-ok"),
+    ]
+    for bulk, single in pairs:
         assert await redis.get(prefix + bulk) == await redis.get(prefix + single)
         assert (
             await redis.pttl(prefix + bulk) // 1000
             == await redis.pttl(prefix + single) // 1000
         )
         read = await backend.get_result(bulk)
-        assert read.is_err == (bulk == "bulk-err")
+        assert read.is_err == (single == "one-err")
     assert (await backend.get_result("bulk-ok")).return_value == [1, 2]
     await redis.aclose()
     await backend.shutdown()

@@ -390,3 +390,27 @@ async def test_a_result_that_cannot_be_stored_leaves_its_message_unacked(
         t.task_id for t in sent if t.task_id != refused
     )
     assert f"cannot store the result of {refused}" in caplog.text
+
+
+@pytest.mark.parametrize("with_middleware", [False, True])
+async def test_each_result_carries_its_own_messages_labels(
+    with_middleware: bool,
+) -> None:
+    broker = queue_broker()
+    if with_middleware:  # results are then built per message, not shared
+        broker = broker.with_middlewares(CountingMiddleware())
+
+    @batch_task(broker, batch_size=6)
+    async def handler(items: list[int]) -> int:
+        return sum(items)
+
+    async with running_worker(broker):
+        sent = [
+            await handler.kicker().with_labels(tenant=f"t{i % 3}").kiq(i)
+            for i in range(6)
+        ]
+        await broker.wait_acked(6)
+    for index, task in enumerate(sent):
+        result = await task.wait_result(timeout=5)
+        assert result.return_value == 15
+        assert result.labels["tenant"] == f"t{index % 3}"
