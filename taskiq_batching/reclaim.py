@@ -3,9 +3,10 @@
 taskiq-redis's ``RedisStreamBroker`` claims other consumers' idle entries
 (``XAUTOCLAIM``, older than its ``idle_timeout``) only right after a read
 that returned new messages: with no new traffic, a crashed worker's
-entries wait forever. A worker with ``BatchingMiddleware`` also claims
-them on a timer, so they come back within about ``idle_timeout`` whatever
-the traffic.
+entries wait forever. A worker with ``BatchingMiddleware`` reads streams
+with its own reader (``fetch.py``), and claims them on a timer instead,
+every ``idle_timeout / 2`` (at most every 10 s), so they come back within
+about ``idle_timeout`` whatever the traffic.
 
 Entries stay pending while they wait in a buffer or run in a batch, so
 keep the broker's ``idle_timeout`` above ``batch_timeout`` plus the
