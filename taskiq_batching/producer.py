@@ -3,18 +3,32 @@
 Each item is still its own ordinary taskiq message (own task_id, labels,
 ``pre_send``/``post_send`` middlewares), exactly as ``kiq`` builds it;
 only the sending is pipelined (see ``bulk.kick_many``).
+
+When no middleware implements ``pre_send`` or ``post_send`` and the broker
+uses taskiq's default formatter, the messages are encoded without a
+``TaskiqMessage`` each: the first item's message (built by taskiq, as
+``kiq`` does) is dumped once, and each further message is that dump with
+its own task_id and item, the items converted by one pydantic call with
+the message model's own settings. ``tests/unit/test_producer.py`` checks
+that the bytes equal ``formatter.dumps`` of what ``kiq`` builds.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from taskiq import AsyncTaskiqTask, TaskiqMessage
+from pydantic import TypeAdapter
+from taskiq import AsyncBroker, AsyncTaskiqTask, BrokerMessage, TaskiqMessage
 from taskiq.exceptions import SendTaskError
+from taskiq.formatters.proxy_formatter import ProxyFormatter
 from taskiq.kicker import AsyncKicker
 from taskiq.utils import maybe_awaitable
 
 from taskiq_batching.bulk import kick_many
 from taskiq_batching.direct import implementing
+
+#: Turns prepared arguments into what ``TaskiqMessage.model_dump(mode="json")``
+#: gives for them: the same field type, the same model settings.
+_ARGS = TypeAdapter(list[Any], config=TaskiqMessage.model_config)
 
 
 async def send_many(
@@ -33,41 +47,90 @@ async def send_many(
     :return: one taskiq task per item, in order.
     """
     broker = kicker.broker
+    items = list(items)
+    if not items:
+        return []
+    # What ``kicker.kiq(item, ...)`` would build for the first item; the
+    # others differ from it only by their task_id and item.
+    template = kicker._prepare_message(items[0], *args, **kwargs)
     pre_send = implementing(broker, "pre_send")
-    messages: list[TaskiqMessage] = []
-    template: TaskiqMessage | None = None
-    for item in items:
-        if template is None:
-            # What ``kicker.kiq(item, ...)`` would build; the others differ
-            # from it only by their task_id and item. Middlewares get copies.
-            template = kicker._prepare_message(item, *args, **kwargs)
-            task_id, arg = template.task_id, template.args[0]
-        else:
-            task_id, arg = broker.id_generator(), kicker._prepare_arg(item)
-        message = template.model_copy(
-            update={
-                "task_id": task_id,
-                "labels": dict(template.labels),
-                "args": [arg, *template.args[1:]],
-                "kwargs": dict(template.kwargs),
-            },
-        )
-        for middleware in pre_send:
-            message = await maybe_awaitable(middleware.pre_send(message))
-        messages.append(message)
+    post_send = list(reversed(implementing(broker, "post_send")))
+    if pre_send or post_send or type(broker.formatter) is not ProxyFormatter:
+        messages = [
+            await _message(broker, template, index, item, kicker, pre_send)
+            for index, item in enumerate(items)
+        ]
+        task_ids = [message.task_id for message in messages]
+        encoded = [broker.formatter.dumps(message) for message in messages]
+    else:
+        messages = []
+        task_ids, encoded = _encode(broker, template, items[1:], kicker)
     try:
-        await kick_many(broker, [broker.formatter.dumps(m) for m in messages])
+        await kick_many(broker, encoded)
     except Exception as exc:
         raise SendTaskError from exc
-    post_send = list(reversed(implementing(broker, "post_send")))
     for message in messages:
         for middleware in post_send:
             await maybe_awaitable(middleware.post_send(message))
     return [
         AsyncTaskiqTask(
-            task_id=message.task_id,
+            task_id=task_id,
             result_backend=broker.result_backend,
             return_type=kicker.return_type,
         )
-        for message in messages
+        for task_id in task_ids
     ]
+
+
+async def _message(
+    broker: AsyncBroker,
+    template: TaskiqMessage,
+    index: int,
+    item: Any,
+    kicker: AsyncKicker[Any, Any],
+    pre_send: list[Any],
+) -> TaskiqMessage:
+    """The message of one item, a copy of the template (middlewares get copies)."""
+    if index == 0:
+        task_id, arg = template.task_id, template.args[0]
+    else:
+        task_id, arg = broker.id_generator(), kicker._prepare_arg(item)
+    message = template.model_copy(
+        update={
+            "task_id": task_id,
+            "labels": dict(template.labels),
+            "args": [arg, *template.args[1:]],
+            "kwargs": dict(template.kwargs),
+        },
+    )
+    for middleware in pre_send:
+        message = await maybe_awaitable(middleware.pre_send(message))
+    return message
+
+
+def _encode(
+    broker: AsyncBroker,
+    template: TaskiqMessage,
+    rest: Sequence[Any],
+    kicker: AsyncKicker[Any, Any],
+) -> tuple[list[str], list[BrokerMessage]]:
+    """Task ids and encoded messages: the template's, then one per further item."""
+    dumped = template.model_dump(mode="json")
+    dumpb = broker.serializer.dumpb
+    after = dumped["args"][1:]
+    task_ids = [template.task_id]
+    payloads = [dumpb(dumped)]
+    for item in _ARGS.dump_python([kicker._prepare_arg(i) for i in rest], mode="json"):
+        task_id = broker.id_generator()
+        task_ids.append(task_id)
+        payloads.append(dumpb({**dumped, "task_id": task_id, "args": [item, *after]}))
+    encoded = [
+        BrokerMessage.model_construct(
+            task_id=task_id,
+            task_name=template.task_name,
+            message=payload,
+            labels=template.labels,
+        )
+        for task_id, payload in zip(task_ids, payloads, strict=True)
+    ]
+    return task_ids, encoded

@@ -1,14 +1,19 @@
 """kiq_many: many ordinary messages, sent in few round trips."""
 
+import dataclasses
+import datetime
+import decimal
+import uuid
 from typing import Any
 
 import fakeredis
 import pytest
 from pydantic import BaseModel
-from taskiq import TaskiqMessage, TaskiqMiddleware
+from taskiq import BrokerMessage, TaskiqMessage, TaskiqMiddleware
+from taskiq.serializers import JSONSerializer, MSGPackSerializer
 from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend, RedisStreamBroker
 
-from taskiq_batching import BatchingMiddleware, batch_task
+from taskiq_batching import BatchingMiddleware, batch_task, producer
 from tests.helpers import Recorder, memory_broker, running_worker
 
 pytestmark = pytest.mark.timeout(30)
@@ -122,3 +127,57 @@ async def test_kiq_many_builds_exactly_what_kiq_builds() -> None:
         assert message.args == [rows[index].model_dump(mode="json")]
         assert message.kwargs == single.kwargs == {"tenant": "t", "seen": True}
         assert message.labels_types == single.labels_types
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    when: datetime.datetime
+
+
+@pytest.mark.parametrize("serializer", ["json", "msgpack"])
+async def test_kiq_many_without_send_middlewares_encodes_what_kiq_would(
+    serializer: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chosen = JSONSerializer() if serializer == "json" else MSGPackSerializer()
+    broker = memory_broker().with_serializer(chosen)
+
+    @batch_task(broker, batch_size=10, retry_on_error=True)
+    async def handler(items: list[Any], tenant: str) -> None: ...
+
+    when = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
+    items: list[Any] = [
+        1,
+        "text",
+        {"nested": [1, 2.5, None]},
+        Row(id=1, name="r"),
+        Point(3, when),
+        when,
+        uuid.UUID(int=7),
+        decimal.Decimal("1.50"),
+        float("nan"),
+        (1, 2),
+    ]
+    sent: list[BrokerMessage] = []
+
+    async def capture(_: Any, messages: list[BrokerMessage]) -> None:
+        sent.extend(messages)
+
+    encodes = []
+    fast = producer._encode
+
+    def spy(*args: Any) -> Any:
+        encodes.append(1)
+        return fast(*args)
+
+    monkeypatch.setattr(producer, "kick_many", capture)
+    monkeypatch.setattr(producer, "_encode", spy)
+    tasks = await handler.kiq_many(items, tenant="t")
+    assert encodes == [1]  # the path without a TaskiqMessage per item
+    assert [message.task_id for message in sent] == [t.task_id for t in tasks]
+    for item, message in zip(items, sent, strict=True):
+        kicker = handler.kicker().with_task_id(message.task_id)
+        expected = broker.formatter.dumps(kicker._prepare_message(item, tenant="t"))
+        assert message.message == expected.message
+        assert message.labels == expected.labels
+        assert message.task_name == expected.task_name
