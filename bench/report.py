@@ -171,6 +171,14 @@ def targets(opts: Options) -> list[Target]:
             1.6,
         ),
         Target(
+            "two worker processes / one, each process capped at 0.5 core",
+            "batched-stream-2w-cap",
+            "batched-stream-cap",
+            "rate",
+            ">=",
+            1.6,
+        ),
+        Target(
             "(stretch) batched MSET, results off / transport limit",
             "batched-mset-nores",
             "transport-mset",

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import cgroups
 from bench import workloads as w
 from bench.measure import BenchError
 from bench.workloads import Env, Metrics
@@ -143,13 +144,15 @@ def _low_rate(batched: bool) -> Callable[[Env, Options, Results], Awaitable[Metr
 
 
 def _saturated(
-    batched: bool, drain: str
+    batched: bool, drain: str, fraction: float | None = None
 ) -> Callable[[Env, Options, Results], Awaitable[Metrics]]:
+    """Paced at ``fraction`` (default ``opts.saturation``) of a drain rate."""
+
     async def run(env: Env, opts: Options, results: Results) -> Metrics:
         capacity = results.this_round(drain, "rate")
         if capacity is None:
             raise BenchError(f"needs {drain} measured in the same round")
-        rate = capacity * opts.saturation
+        rate = capacity * (opts.saturation if fraction is None else fraction)
         return await w.taskiq_latency(
             env,
             "lat-sat",
@@ -227,6 +230,18 @@ WORKLOADS = [
         _drain_workers(2, FAST_SCALE, **B),
     ),
     Workload(
+        "batched-stream-cap",
+        "as batched-stream, the worker process capped at 0.5 core (cgroup)",
+        _drain("bc", FAST_SCALE, cpu_cap=True, **B),
+        needs=("cgroup",),
+    ),
+    Workload(
+        "batched-stream-2w-cap",
+        "as batched-stream-2w, each worker process capped at 0.5 core (cgroup)",
+        _drain_workers(2, FAST_SCALE, cpu_cap=True, **B),
+        needs=("cgroup",),
+    ),
+    Workload(
         "plain-mset", "plain taskiq, Redis SET per item", _drain("pr", sink="mset")
     ),
     Workload(
@@ -292,6 +307,13 @@ WORKLOADS = [
         uses=("plain-stream",),
     ),
     Workload(
+        "latency-half-batched",
+        "batched (100, 0.5 s), 50% of batched-stream-saved drain rate, bulk sends",
+        _saturated(True, "batched-stream-saved", 0.5),
+        phase="latency",
+        uses=("batched-stream-saved",),
+    ),
+    Workload(
         "latency-sat-batched",
         "batched (100, 0.5 s), 80% of batched-stream-saved drain rate, bulk sends",
         _saturated(True, "batched-stream-saved"),
@@ -332,6 +354,10 @@ def available(workload: Workload, pg_ok: bool) -> str | None:
         if need == "pg":
             if not pg_ok:
                 return "PostgreSQL unreachable"
+        elif need == "cgroup":
+            reason = cgroups.unavailable()
+            if reason:
+                return reason
         elif importlib.util.find_spec(need) is None:
             return f"{need} not installed (pip install -r bench/requirements.txt)"
     return None

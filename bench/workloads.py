@@ -24,7 +24,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 import taskiq_batching
-from bench import celery_app
+from bench import celery_app, cgroups
 from bench.measure import (
     BenchError,
     DrainTiming,
@@ -157,9 +157,18 @@ async def verify(
 
 
 async def taskiq_drain(
-    env: Env, label: str, messages: int, workers: int = 1, **values: Any
+    env: Env,
+    label: str,
+    messages: int,
+    workers: int = 1,
+    cpu_cap: bool = False,
+    **values: Any,
 ) -> Metrics:
-    """Pre-load ``messages``, start ``taskiq worker``, time the drain."""
+    """Pre-load ``messages``, start ``taskiq worker``, time the drain.
+
+    ``cpu_cap``: the worker processes run in a cgroup limited to
+    ``cgroups.CPU_CAP_PER_WORKER`` cores per worker process.
+    """
     queue = env.queue(label)
     s = env.settings(queue, **values)
     app = build(s)
@@ -171,7 +180,13 @@ async def taskiq_drain(
             await preload(env.redis, queue, s.broker, payloads)
             del payloads
             argv = taskiq_worker_argv("bench.taskiq_worker:broker", workers)
-            with started(argv, s.to_env(), env.log(queue), label) as proc:
+            budget = contextlib.ExitStack()
+            if cpu_cap:
+                procs = budget.enter_context(
+                    cgroups.cpu_budget(cgroups.CPU_CAP_PER_WORKER * workers)
+                )
+                argv = cgroups.inside(procs, argv)
+            with budget, started(argv, s.to_env(), env.log(queue), label) as proc:
                 cpu = CpuMeter(env, proc)
                 timing = await _watch(env, s, proc, messages, task_ids, cpu.start)
                 await cpu.stop()

@@ -5,15 +5,17 @@ taskiq's Receiver gives each message an execution slot
 its batch would hold a slot all that time, so batches could never outgrow
 the slots, and size-only batching would deadlock. The broker's
 ``listen()`` is therefore wrapped (an attribute of the broker instance):
-messages of batched tasks are taken out of the stream before the
-Receiver's slots and handed to the fast path (``direct.py``) under the
-batcher's own bound (``2 * batch_size`` per task); everything else passes
-through to the Receiver untouched. The Receiver is found as the caller of
-``listen()`` (a frame lookup), to reuse its settings: ``ack_time``
-(``--ack-type``), ``executor``, ``validate_params`` (``--no-parse``) and
-``callback`` (for ordinary messages the Receiver no longer takes while
-stopping). taskiq-redis's stream listener can swallow a cancellation (in
-its reclaim step), so stopping it repeats the cancel.
+the broker is read in chunks (``fetch.py``), each message decoded once
+(``decode.py``); messages of batched tasks are taken out of the stream
+before the Receiver's slots and handed to the fast path (``direct.py``)
+under the batcher's own bound (``2 * batch_size`` per task); everything
+else passes through to the Receiver untouched. The Receiver is found as
+the caller of ``listen()`` (a frame lookup), to reuse its settings:
+``ack_time`` (``--ack-type``), ``executor``, ``validate_params``
+(``--no-parse``) and ``callback`` (for ordinary messages the Receiver no
+longer takes while stopping). A broker's own listener can swallow a
+cancellation (taskiq-redis's stream listener, in its reclaim step), so
+stopping it repeats the cancel.
 
 The other private touch point is ``signals.py``. Both are tested against
 the supported taskiq versions (``pyproject.toml``) by the unit tests that
