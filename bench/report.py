@@ -171,7 +171,7 @@ def targets(opts: Options) -> list[Target]:
             1.6,
         ),
         Target(
-            "two worker processes / one, each process capped at 0.5 core",
+            "two worker processes / one, with 0.5 core per process (cgroup)",
             "batched-stream-2w-cap",
             "batched-stream-cap",
             "rate",

@@ -237,7 +237,7 @@ WORKLOADS = [
     ),
     Workload(
         "batched-stream-2w-cap",
-        "as batched-stream-2w, each worker process capped at 0.5 core (cgroup)",
+        "as batched-stream-2w, the two worker processes capped at 1 core (cgroup)",
         _drain_workers(2, FAST_SCALE, cpu_cap=True, **B),
         needs=("cgroup",),
     ),
