@@ -163,6 +163,14 @@ def targets(opts: Options) -> list[Target]:
             2048,
         ),
         Target(
+            "kiq_many / sequential kiq (batched task)",
+            "producer-kiq-many",
+            "producer-batched",
+            "rate",
+            ">=",
+            10,
+        ),
+        Target(
             "two worker processes / one (batched no-op)",
             "batched-stream-2w",
             "batched-stream",
