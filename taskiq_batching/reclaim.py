@@ -5,8 +5,8 @@ taskiq-redis's ``RedisStreamBroker`` claims other consumers' idle entries
 that returned new messages: with no new traffic, a crashed worker's
 entries wait forever. A worker with ``BatchingMiddleware`` reads streams
 with its own reader (``fetch.py``), and claims them on a timer instead,
-every ``idle_timeout / 2`` (at most every 10 s), so they come back within
-about ``idle_timeout`` whatever the traffic.
+every ``min(idle_timeout / 2, 10 s)``, so they come back within about
+``idle_timeout`` whatever the traffic.
 
 Entries stay pending while they wait in a buffer or run in a batch, so
 keep the broker's ``idle_timeout`` above ``batch_timeout`` plus the
@@ -63,9 +63,8 @@ class StreamReclaimer:
                     if data is None:  # deleted from the stream meanwhile
                         await redis.xack(stream, broker.consumer_group_name, entry_id)
                         continue
-                    claimed.append(
-                        AckableMessage(data=data, ack=self._acker(stream, entry_id)),
-                    )
+                    ack = StreamAck(broker, stream, entry_id)
+                    claimed.append(AckableMessage(data=data, ack=ack))
         if claimed:
             logger.warning(
                 "taskiq_batching: reclaimed %d message(s) idle for over %d ms "
@@ -107,13 +106,10 @@ class StreamReclaimer:
                             continue
                         found.append(
                             AckableMessage(
-                                data=data, ack=self._acker(stream, entry_id)
+                                data=data, ack=StreamAck(broker, stream, entry_id)
                             ),
                         )
         return found
-
-    def _acker(self, stream: str, entry_id: bytes) -> StreamAck:
-        return StreamAck(self.broker, stream, entry_id)
 
     def check(self, specs: list[BatchSpec]) -> None:
         """Warn when a message could be reclaimed while it is still in use.
