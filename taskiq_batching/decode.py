@@ -19,7 +19,7 @@ from taskiq.labels import parse_label
 from taskiq_batching.buffer import Envelope
 
 #: Parsed label values by (string, label type), shared by messages.
-_parsed_labels: dict[tuple[Any, int], Any] = {}
+_parsed_labels: dict[tuple[str, int], Any] = {}
 #: The cache is emptied when it grows past this many values.
 _PARSED_LABELS_MAX = 4096
 
