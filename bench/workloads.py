@@ -49,9 +49,9 @@ MB = 1024 * 1024
 #: Seconds between two sends of the bulk paced producer.
 BULK_TICK = 0.005
 #: XADD of each ARGV to stream KEYS[1]: the bulk paced producer's one
-#: command per tick (a pipeline of one XADD per message costs the
-#: producer, which shares the machine's cores with the worker, about
-#: twenty times more CPU).
+#: command per tick, rather than a pipeline of one XADD per message, keeps
+#: the producer's own CPU small (it shares the machine's cores with the
+#: worker and Redis).
 XADD_EACH = "for i = 1, #ARGV do redis.call('XADD', KEYS[1], '*', 'data', ARGV[i]) end"
 
 

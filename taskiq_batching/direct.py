@@ -202,8 +202,8 @@ class DirectPath:
         if not middlewares:
             return
         for message, result, _, _ in done:
-            if isinstance(message, Envelope):  # for mypy: _finish built models
-                message = message.open()
+            # _finish builds each message's model when these middlewares exist.
+            assert isinstance(message, TaskiqMessage)
             for middleware in reversed(middlewares):
                 await maybe_awaitable(call(middleware, message, result))
 

@@ -17,7 +17,13 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pydantic import TypeAdapter
-from taskiq import AsyncBroker, AsyncTaskiqTask, BrokerMessage, TaskiqMessage
+from taskiq import (
+    AsyncBroker,
+    AsyncTaskiqTask,
+    BrokerMessage,
+    TaskiqMessage,
+    TaskiqMiddleware,
+)
 from taskiq.exceptions import SendTaskError
 from taskiq.formatters.proxy_formatter import ProxyFormatter
 from taskiq.kicker import AsyncKicker
@@ -57,7 +63,7 @@ async def send_many(
     post_send = list(reversed(implementing(broker, "post_send")))
     if pre_send or post_send or type(broker.formatter) is not ProxyFormatter:
         messages = [
-            await _message(broker, template, index, item, kicker, pre_send)
+            await _message(template, index, item, kicker, pre_send)
             for index, item in enumerate(items)
         ]
         task_ids = [message.task_id for message in messages]
@@ -83,18 +89,17 @@ async def send_many(
 
 
 async def _message(
-    broker: AsyncBroker,
     template: TaskiqMessage,
     index: int,
     item: Any,
     kicker: AsyncKicker[Any, Any],
-    pre_send: list[Any],
+    pre_send: list[TaskiqMiddleware],
 ) -> TaskiqMessage:
     """The message of one item, a copy of the template (middlewares get copies)."""
     if index == 0:
         task_id, arg = template.task_id, template.args[0]
     else:
-        task_id, arg = broker.id_generator(), kicker._prepare_arg(item)
+        task_id, arg = kicker.broker.id_generator(), kicker._prepare_arg(item)
     message = template.model_copy(
         update={
             "task_id": task_id,
