@@ -3,13 +3,6 @@
 Send one item per message; the worker runs the task once per batch.
 """
 
-from taskiq_batching.buffer import BatchInfo
-from taskiq_batching.config import (
-    DEFAULT_BATCH_SIZE,
-    BatchConfig,
-    FlushReason,
-    parse_batch_labels,
-)
 from taskiq_batching.errors import (
     BatchConfigError,
     BatchingError,
@@ -18,26 +11,35 @@ from taskiq_batching.errors import (
     BatchTimeoutError,
     MiddlewareMissingError,
 )
+from taskiq_batching.info import BatchInfo
 from taskiq_batching.middleware import BatchingMiddleware
 from taskiq_batching.results import PerItem, per_item
-from taskiq_batching.task import BatchedTask, BatchingDecoratedTask, batch_task
+from taskiq_batching.settings import (
+    DEFAULT_BATCH_CONCURRENCY,
+    DEFAULT_BATCH_SIZE,
+    BatchSettings,
+    FlushReason,
+    parse_settings,
+)
+from taskiq_batching.tasks import BatchedTask, BatchingDecoratedTask, batch_task
 
 __all__ = [
-    "BatchConfig",
+    "DEFAULT_BATCH_CONCURRENCY",
+    "DEFAULT_BATCH_SIZE",
     "BatchConfigError",
     "BatchInfo",
     "BatchItemError",
     "BatchResultError",
+    "BatchSettings",
     "BatchTimeoutError",
     "BatchedTask",
     "BatchingDecoratedTask",
     "BatchingError",
     "BatchingMiddleware",
-    "DEFAULT_BATCH_SIZE",
     "FlushReason",
     "MiddlewareMissingError",
     "PerItem",
     "batch_task",
-    "parse_batch_labels",
+    "parse_settings",
     "per_item",
 ]

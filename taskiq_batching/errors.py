@@ -1,4 +1,10 @@
-"""Exceptions raised by taskiq-batching."""
+"""Exceptions raised by taskiq-batching.
+
+A result backend stores an error as its class and ``args`` and the
+producer rebuilds it as ``cls(*args)``: every error here keeps its
+constructor's arguments as ``args`` (and formats its message in
+``__str__``), so it reaches the producer with its own type.
+"""
 
 
 class BatchingError(Exception):
@@ -8,68 +14,93 @@ class BatchingError(Exception):
 class BatchConfigError(BatchingError, ValueError):
     """A batched task was declared with invalid settings.
 
-    Raised at decoration (registration) time, never on a worker,
-    so a bad configuration cannot reach production traffic.
+    Raised when the task is declared (or the middleware added), never on
+    a worker, so a bad configuration cannot reach production traffic.
     """
+
+
+class MiddlewareMissingError(BatchConfigError):
+    """A batched task was declared on a broker without ``BatchingMiddleware``."""
 
 
 class BatchItemError(BatchingError, ValueError):
     """One message of a batched task carries an item the task cannot accept.
 
     Only that message fails: its batch-mates are not affected.
+
+    :param task_name: the batched task.
+    :param task_id: the rejected message.
+    :param reason: what is wrong with its item or extra arguments.
     """
 
     def __init__(self, task_name: str, task_id: str, reason: str) -> None:
+        super().__init__(task_name, task_id, reason)
         self.task_name = task_name
         self.task_id = task_id
         self.reason = reason
-        super().__init__(
-            f"Message {task_id} of batched task {task_name!r} was rejected: {reason}",
-        )
 
-    def __reduce__(self) -> tuple[type["BatchItemError"], tuple[str, str, str]]:
-        # Result backends pickle errors; keep the constructor's arguments.
-        return (type(self), (self.task_name, self.task_id, self.reason))
+    def __str__(self) -> str:
+        return (
+            f"Message {self.task_id} of batched task {self.task_name!r} "
+            f"was rejected: {self.reason}"
+        )
 
 
 class BatchTimeoutError(BatchingError, TimeoutError):
     """A batch ran longer than its task's ``timeout`` label allows.
 
     Every message of that batch fails with this one error.
+
+    :param task_name: the batched task.
+    :param size: messages in the batch.
+    :param timeout: the ``timeout`` label, in seconds.
     """
 
     def __init__(self, task_name: str, size: int, timeout: float) -> None:
+        super().__init__(task_name, size, timeout)
+        # OSError (TimeoutError's base) keeps only two of three arguments.
+        self.args = (task_name, size, timeout)
         self.task_name = task_name
         self.size = size
         self.timeout = timeout
-        super().__init__(
-            f"Batch of {size} message(s) of task {task_name!r} "
-            f"exceeded its timeout of {timeout:g} s",
-        )
 
-    def __reduce__(self) -> tuple[type["BatchTimeoutError"], tuple[str, int, float]]:
-        return (type(self), (self.task_name, self.size, self.timeout))
+    def __str__(self) -> str:
+        return (
+            f"Batch of {self.size} message(s) of task {self.task_name!r} "
+            f"exceeded its timeout of {self.timeout:g} s"
+        )
 
 
 class BatchResultError(BatchingError):
-    """A batch function returned ``per_item(...)`` of the wrong length.
+    """A message's share of its batch's result cannot be used.
 
-    Every message of that batch fails with this error: results are never
-    matched to items by guesswork.
+    Either the batch function returned ``per_item(...)`` of the wrong
+    length (every message of the batch fails: results are never matched
+    to items by guesswork), or the result backend could not store this
+    message's result (stored in its place, so the producer is told).
+
+    :param task_name: the batched task.
+    :param reason: what went wrong.
     """
 
-    def __init__(self, task_name: str, items: int, results: int) -> None:
+    def __init__(self, task_name: str, reason: str) -> None:
+        super().__init__(task_name, reason)
         self.task_name = task_name
-        self.items = items
-        self.results = results
-        super().__init__(
-            f"Batch of task {task_name!r} returned {results} per-item result(s) "
-            f"for {items} item(s)",
-        )
+        self.reason = reason
 
-    def __reduce__(self) -> tuple[type["BatchResultError"], tuple[str, int, int]]:
-        return (type(self), (self.task_name, self.items, self.results))
+    def __str__(self) -> str:
+        return f"Batch of task {self.task_name!r}: {self.reason}"
 
 
-class MiddlewareMissingError(BatchConfigError):
-    """A batched task was declared on a broker without ``BatchingMiddleware``."""
+def describe(error: BaseException) -> str:
+    """An error for a log line: its type and its text.
+
+    Some libraries' ``repr`` hides the text (redis-py 8 shows
+    ``server:ResponseError`` for a ``NOGROUP`` error).
+
+    :param error: any exception.
+    :return: ``"Type: text"``, or the type alone when it has no text.
+    """
+    text = str(error)
+    name = type(error).__name__
+    return f"{name}: {text}" if text else name

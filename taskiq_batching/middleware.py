@@ -1,21 +1,17 @@
 """``BatchingMiddleware``: the one object a user adds to a broker."""
 
+import asyncio
 import logging
 from typing import Any
 
-from taskiq import (
-    AsyncBroker,
-    AsyncTaskiqDecoratedTask,
-    InMemoryBroker,
-    TaskiqMessage,
-    TaskiqMiddleware,
-)
+from taskiq import AsyncBroker, AsyncTaskiqDecoratedTask, TaskiqMiddleware
 
-from taskiq_batching import signals, worker
-from taskiq_batching.config import FlushReason, is_batched
-from taskiq_batching.engine import Batcher
+from taskiq_batching._compat import guard_declarations
+from taskiq_batching.core.batcher import DEFAULT_MAX_CONCURRENT_BATCHES, Batcher
 from taskiq_batching.errors import BatchConfigError, MiddlewareMissingError
-from taskiq_batching.task import BatchingDecoratedTask
+from taskiq_batching.settings import BATCH_LABEL, FlushReason, wants_batching
+from taskiq_batching.tasks import BatchingDecoratedTask
+from taskiq_batching.worker import hook, signals
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -33,12 +29,29 @@ class BatchingMiddleware(TaskiqMiddleware):
     messages of a batched task wait in a buffer (one per task and set of
     extra arguments) until it holds ``batch_size`` of them,
     ``batch_timeout`` seconds have passed since the first, or the worker
-    shuts down; then the function runs once with the list, and every
-    message gets the batch's outcome, ack and middlewares of its own.
+    stops; then the function runs once with the list, and every message
+    gets its share of the outcome, its own ack and its own middleware
+    calls. Tasks without ``batch=True`` are left to taskiq, untouched.
+
+    :param max_concurrent_batches: batch calls that may run at once in one
+        worker process, over all batched tasks (each task also has its own
+        ``batch_concurrency``).
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self, max_concurrent_batches: int = DEFAULT_MAX_CONCURRENT_BATCHES
+    ) -> None:
         super().__init__()
+        if (
+            isinstance(max_concurrent_batches, bool)
+            or not isinstance(max_concurrent_batches, int)
+            or max_concurrent_batches < 1
+        ):
+            raise BatchConfigError(
+                "BatchingMiddleware: max_concurrent_batches must be an int >= 1 "
+                f"(batch calls), got {max_concurrent_batches!r}.",
+            )
+        self.max_concurrent_batches = max_concurrent_batches
         self.batcher: Batcher | None = None
 
     @classmethod
@@ -52,10 +65,7 @@ class BatchingMiddleware(TaskiqMiddleware):
         for middleware in broker.middlewares:
             if isinstance(middleware, cls):
                 return middleware
-        raise MiddlewareMissingError(
-            f"{type(broker).__name__} has no BatchingMiddleware: create it with "
-            "`.with_middlewares(BatchingMiddleware())`.",
-        )
+        raise MiddlewareMissingError(_missing(type(broker).__name__))
 
     def set_broker(self, broker: AsyncBroker) -> None:
         """Attach to a broker: called by ``with_middlewares``.
@@ -71,7 +81,7 @@ class BatchingMiddleware(TaskiqMiddleware):
         early = sorted(
             name
             for name, task in broker.local_task_registry.items()
-            if is_batched(task.labels)
+            if task.labels.get(BATCH_LABEL) is True
         )
         if early:
             raise BatchConfigError(
@@ -80,46 +90,34 @@ class BatchingMiddleware(TaskiqMiddleware):
                 "(`.with_middlewares(BatchingMiddleware())`).",
             )
         super().set_broker(broker)
-        self.batcher = Batcher(broker)
+        self.batcher = Batcher(broker, self.max_concurrent_batches)
         broker.decorator_class = _batching_class(broker.decorator_class)
-        worker.install_listen_hook(broker, self.batcher)
-
-    def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
-        """Keep taskiq from timing out a message that waits for its batch.
-
-        The ``timeout`` label of a batched task limits the batch call
-        instead (see ``BatchSpec.timeout``).
-
-        :param message: an incoming message.
-        :return: the same message.
-        """
-        if self.batcher is not None and message.task_name in self.batcher.specs:
-            message.labels.pop("timeout", None)
-        return message
+        hook.attach(broker, self.batcher)
 
     async def startup(self) -> None:
-        """Prepare a worker process: make SIGTERM/SIGINT stop it promptly."""
+        """Prepare the process: a worker also notices SIGTERM/SIGINT at once."""
         if self.batcher is not None:
             self.batcher.reopen()
         if self.broker.is_worker_process:
             signals.install_signal_wakeup()
 
     async def shutdown(self) -> None:
-        """Flush every buffer and wait for those batches to finish."""
-        if self.batcher is None:
-            return
-        await self.batcher.drain()
-        if isinstance(self.broker, InMemoryBroker):
-            # Messages whose batch just finished still store their results.
-            await self.broker.wait_all()
+        """Flush every buffer and wait for those batches to finish.
+
+        On a worker the pump has done it already when the Receiver stopped;
+        on ``InMemoryBroker`` this is where buffered messages are flushed.
+        Plain tasks still running are not waited for, as without the plugin.
+        """
+        if self.batcher is not None:
+            await self.batcher.drain(deadline=None)
 
     def flush(self) -> int:
-        """Start a batch from every non-empty buffer now.
+        """Flush every non-empty buffer now (for tests and manual control).
 
-        Meant for tests and manual control; the batches run in the
-        background (``InMemoryBroker.wait_all()`` waits for them).
+        The batches run in the background (``InMemoryBroker.wait_all()``
+        waits for them).
 
-        :return: number of batches started.
+        :return: the number of batches flushed.
         """
         if self.batcher is None:
             return 0
@@ -133,14 +131,19 @@ class BatchingMiddleware(TaskiqMiddleware):
         """
         return 0 if self.batcher is None else self.batcher.buffered(task_name)
 
-    async def wait_buffered(self, count: int, task_name: str | None = None) -> None:
+    async def wait_buffered(
+        self, count: int, task_name: str | None = None, timeout: float | None = None
+    ) -> None:
         """Wait until at least ``count`` messages wait in buffers (for tests).
 
         :param count: the number of messages.
         :param task_name: count only this task's messages, when given.
+        :param timeout: give up after this many seconds (``TimeoutError``).
         """
         if self.batcher is not None:
-            await self.batcher.wait_buffered(count, task_name)
+            await asyncio.wait_for(
+                self.batcher.wait_buffered(count, task_name), timeout
+            )
 
 
 def _batching_class(base: type[Any]) -> type[BatchingDecoratedTask]:
@@ -156,3 +159,26 @@ def _batching_class(base: type[Any]) -> type[BatchingDecoratedTask]:
             {"__module__": __name__},
         )
     return _subclasses[base]
+
+
+def _missing(where: str) -> str:
+    return (
+        f"{where} has no BatchingMiddleware: create the broker with "
+        "`.with_middlewares(BatchingMiddleware())` before declaring batched tasks."
+    )
+
+
+def _refuse_without_middleware(broker: AsyncBroker, task: Any) -> None:
+    """A ``batch=True`` task on a broker without the middleware fails when declared."""
+    labels = getattr(task, "labels", None) or {}
+    if labels.get(BATCH_LABEL) is not True:
+        return
+    if not any(isinstance(m, BatchingMiddleware) for m in broker.middlewares):
+        name = getattr(task, "task_name", "?")
+        wants_batching(name, labels)
+        raise MiddlewareMissingError(
+            f"batched task {name!r}: " + _missing(type(broker).__name__),
+        )
+
+
+guard_declarations(_refuse_without_middleware)

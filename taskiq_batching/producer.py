@@ -2,7 +2,7 @@
 
 Each item is still its own ordinary taskiq message (own task_id, labels,
 ``pre_send``/``post_send`` middlewares), exactly as ``kiq`` builds it;
-only the sending is pipelined (see ``bulk.kick_many``).
+only the sending is pipelined (the broker's transport's ``send``).
 
 When no middleware implements ``pre_send`` or ``post_send`` and the broker
 uses taskiq's default formatter, the messages are encoded without a
@@ -13,6 +13,7 @@ the message model's own settings. ``tests/unit/test_producer.py`` checks
 that the bytes equal ``formatter.dumps`` of what ``kiq`` builds.
 """
 
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -29,12 +30,33 @@ from taskiq.formatters.proxy_formatter import ProxyFormatter
 from taskiq.kicker import AsyncKicker
 from taskiq.utils import maybe_awaitable
 
-from taskiq_batching.bulk import kick_many
-from taskiq_batching.direct import implementing
+from taskiq_batching._compat import (
+    broker_message,
+    overrides,
+    prepare_arg,
+    prepare_message,
+)
+from taskiq_batching.transports import Transport, transport_for
 
 #: Turns prepared arguments into what ``TaskiqMessage.model_dump(mode="json")``
 #: gives for them: the same field type, the same model settings.
 _ARGS = TypeAdapter(list[Any], config=TaskiqMessage.model_config)
+
+#: The transport each broker sends with (made once per broker).
+_senders: "weakref.WeakKeyDictionary[AsyncBroker, Transport]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _sender(broker: AsyncBroker) -> Transport:
+    sender = _senders.get(broker)
+    if sender is None:
+        sender = _senders[broker] = transport_for(broker)
+    return sender
+
+
+def _implementing(broker: AsyncBroker, hook: str) -> list[TaskiqMiddleware]:
+    return [m for m in broker.middlewares if overrides(m, hook)]
 
 
 async def send_many(
@@ -58,9 +80,9 @@ async def send_many(
         return []
     # What ``kicker.kiq(item, ...)`` would build for the first item; the
     # others differ from it only by their task_id and item.
-    template = kicker._prepare_message(items[0], *args, **kwargs)
-    pre_send = implementing(broker, "pre_send")
-    post_send = list(reversed(implementing(broker, "post_send")))
+    template = prepare_message(kicker, items[0], *args, **kwargs)
+    pre_send = _implementing(broker, "pre_send")
+    post_send = list(reversed(_implementing(broker, "post_send")))
     if pre_send or post_send or type(broker.formatter) is not ProxyFormatter:
         messages = [
             await _message(template, index, item, kicker, pre_send)
@@ -72,7 +94,7 @@ async def send_many(
         messages = []
         task_ids, encoded = _encode(broker, template, items[1:], kicker)
     try:
-        await kick_many(broker, encoded)
+        await _sender(broker).send(encoded)
     except Exception as exc:
         raise SendTaskError from exc
     for message in messages:
@@ -99,7 +121,7 @@ async def _message(
     if index == 0:
         task_id, arg = template.task_id, template.args[0]
     else:
-        task_id, arg = kicker.broker.id_generator(), kicker._prepare_arg(item)
+        task_id, arg = kicker.broker.id_generator(), prepare_arg(kicker, item)
     message = template.model_copy(
         update={
             "task_id": task_id,
@@ -125,17 +147,13 @@ def _encode(
     after = dumped["args"][1:]
     task_ids = [template.task_id]
     payloads = [dumpb(dumped)]
-    for item in _ARGS.dump_python([kicker._prepare_arg(i) for i in rest], mode="json"):
+    prepared = [prepare_arg(kicker, item) for item in rest]
+    for item in _ARGS.dump_python(prepared, mode="json"):
         task_id = broker.id_generator()
         task_ids.append(task_id)
         payloads.append(dumpb({**dumped, "task_id": task_id, "args": [item, *after]}))
     encoded = [
-        BrokerMessage.model_construct(
-            task_id=task_id,
-            task_name=template.task_name,
-            message=payload,
-            labels=template.labels,
-        )
+        broker_message(task_id, template.task_name, payload, template.labels)
         for task_id, payload in zip(task_ids, payloads, strict=True)
     ]
     return task_ids, encoded

@@ -1,21 +1,11 @@
-"""What a batch gives each of its messages: one shared value, or one per item."""
+"""Per-item results: ``return per_item(values)`` gives each message its own."""
 
 import typing
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from taskiq_batching.errors import BatchResultError
-
 _T = TypeVar("_T")
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What one message gets from its batch: a value, or an error."""
-
-    value: Any = None
-    error: BaseException | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,23 +44,3 @@ def item_result_type(return_type: Any) -> Any:
     if return_type is PerItem:
         return None
     return return_type
-
-
-def split(task_name: str, returned: Any, size: int) -> list[Outcome]:
-    """Turn what a batch function returned into one outcome per item.
-
-    :param task_name: used in the error message.
-    :param returned: the function's return value.
-    :param size: the number of items it was called with.
-    :return: the outcomes, in item order.
-    """
-    if not isinstance(returned, PerItem):
-        shared = Outcome(value=returned)
-        return [shared] * size
-    if len(returned.values) != size:
-        error = BatchResultError(task_name, size, len(returned.values))
-        return [Outcome(error=error)] * size
-    return [
-        Outcome(error=value) if isinstance(value, BaseException) else Outcome(value)
-        for value in returned.values
-    ]

@@ -16,7 +16,7 @@ from taskiq import AsyncBroker
 from taskiq.formatters.proxy_formatter import ProxyFormatter
 from taskiq.labels import parse_label
 
-from taskiq_batching.buffer import Envelope
+from taskiq_batching.core.buffer import Envelope
 
 #: Parsed label values by (string, label type), shared by messages.
 _parsed_labels: dict[tuple[str, int], Any] = {}

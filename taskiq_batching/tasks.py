@@ -1,27 +1,30 @@
-"""Batched tasks: registration, the per-message entry point, a typed API."""
+"""Batched tasks: declaration, and the typed API (``batch_task``, ``BatchedTask``)."""
 
+import datetime
 from collections.abc import Callable, Coroutine, Iterable
 from types import CoroutineType
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
-from taskiq import AsyncBroker, AsyncTaskiqDecoratedTask, AsyncTaskiqTask, Context
+from taskiq import AsyncBroker, AsyncTaskiqDecoratedTask, AsyncTaskiqTask
 from taskiq.kicker import AsyncKicker
-from taskiq_dependencies import Depends
 
-from taskiq_batching.config import (
+from taskiq_batching.core.batcher import Batcher
+from taskiq_batching.core.run import BatchSpec
+from taskiq_batching.core.signature import analyse
+from taskiq_batching.errors import BatchingError, MiddlewareMissingError
+from taskiq_batching.producer import send_many
+from taskiq_batching.results import PerItem, item_result_type
+from taskiq_batching.settings import (
+    BATCH_CONCURRENCY_LABEL,
     BATCH_ISOLATE_LABEL,
     BATCH_LABEL,
     BATCH_SIZE_LABEL,
     BATCH_TIMEOUT_LABEL,
-    is_batched,
-    parse_batch_labels,
+    parse_settings,
+    task_ack_type,
+    task_timeout,
+    wants_batching,
 )
-from taskiq_batching.engine import Batcher, batcher_of
-from taskiq_batching.errors import BatchConfigError, MiddlewareMissingError
-from taskiq_batching.producer import send_many
-from taskiq_batching.results import PerItem, item_result_type
-from taskiq_batching.runner import BatchSpec
-from taskiq_batching.signature import analyse
 
 _Item = TypeVar("_Item")
 _P = ParamSpec("_P")
@@ -32,11 +35,10 @@ _T = TypeVar("_T")
 class BatchingDecoratedTask(AsyncTaskiqDecoratedTask[Any, Any]):
     """The task class ``BatchingMiddleware`` makes ``@broker.task`` build.
 
-    Tasks without batch labels behave exactly as taskiq's own. A task
-    with ``batch=True`` is checked here, at decoration time, and its
-    registered function becomes a per-message entry point that hands the
-    item to the batcher; calling the task directly still calls the batch
-    function with a list.
+    A task without ``batch=True`` is taskiq's own, unchanged. A batched
+    task is checked here, when it is declared, and registered with the
+    broker's batcher; calling it directly calls the batch function with a
+    list.
     """
 
     batch_spec: BatchSpec | None = None
@@ -49,7 +51,8 @@ class BatchingDecoratedTask(AsyncTaskiqDecoratedTask[Any, Any]):
         labels: dict[str, Any],
         return_type: type[Any] | None = None,
     ) -> None:
-        if is_batched(labels):
+        batched = wants_batching(task_name, labels)
+        if batched:
             # A message's result is one element of a per-item result.
             return_type = item_result_type(return_type)
         super().__init__(
@@ -59,11 +62,20 @@ class BatchingDecoratedTask(AsyncTaskiqDecoratedTask[Any, Any]):
             labels=labels,
             return_type=return_type,
         )
-        if is_batched(labels):
+        if batched:
             batcher = batcher_of(broker)
             if batcher is None:  # pragma: no cover - the middleware installs us
-                raise MiddlewareMissingError(_missing_middleware(task_name))
-            adopt(self, batcher)
+                raise MiddlewareMissingError(f"batched task {task_name!r}: no batcher")
+            spec = BatchSpec(
+                task_name=task_name,
+                settings=parse_settings(task_name, labels),
+                signature=analyse(task_name, original_func),
+                timeout=task_timeout(task_name, labels),
+            )
+            task_ack_type(task_name, labels)
+            batcher.register(spec)
+            self.batch_spec = spec
+            self.original_func = _unrouted(task_name)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the function in this process (a batch function: with a list)."""
@@ -72,60 +84,32 @@ class BatchingDecoratedTask(AsyncTaskiqDecoratedTask[Any, Any]):
         return super().__call__(*args, **kwargs)
 
 
-def adopt(task: BatchingDecoratedTask, batcher: Batcher) -> None:
-    """Validate a batched task and route its messages to the batcher.
+def batcher_of(broker: AsyncBroker) -> Batcher | None:
+    """The batcher ``BatchingMiddleware`` attached to a broker, if any.
 
-    :param task: a task whose labels ask for batching.
-    :param batcher: the broker's batcher.
-    :raises BatchConfigError: when its settings or its function are invalid.
+    :param broker: any taskiq broker.
+    :return: its batcher, or None without ``BatchingMiddleware``.
     """
-    spec = BatchSpec(
-        task_name=task.task_name,
-        config=parse_batch_labels(task.task_name, task.labels),
-        signature=analyse(task.task_name, task.original_func),
-        timeout=_timeout_label(task.task_name, task.labels.get("timeout")),
-    )
-    batcher.register(spec)
-    task.batch_spec = spec
-    task.original_func = _entry_point(batcher, task.task_name)
+    for middleware in broker.middlewares:
+        batcher = getattr(middleware, "batcher", None)
+        if isinstance(batcher, Batcher):
+            return batcher
+    return None
 
 
-def _entry_point(batcher: Batcher, task_name: str) -> Callable[..., Any]:
-    # taskiq's Receiver calls this once per message, with that message's
-    # arguments and context; its acks, results and middlewares stay per
-    # message because they happen around this call.
-    async def batched_entry(
-        *args: Any,
-        _taskiq_batching_context: Context = Depends(),
-        **kwargs: Any,
-    ) -> Any:
-        return await batcher.submit(task_name, _taskiq_batching_context, args, kwargs)
-
-    batched_entry.__qualname__ = batched_entry.__name__ = f"batched_entry[{task_name}]"
-    return batched_entry
-
-
-def _timeout_label(task_name: str, value: Any) -> float | None:
-    if value is None:
-        return None
-    try:
-        timeout = float(value)
-    except (TypeError, ValueError):
-        timeout = -1.0
-    if not timeout > 0:
-        raise BatchConfigError(
-            f"batched task {task_name!r}: the timeout label must be a number of "
-            f"seconds > 0, got {value!r}.",
+def _unrouted(task_name: str) -> Callable[..., Coroutine[Any, Any, Any]]:
+    # What taskiq's Receiver would run for a batched message the plugin did
+    # not route (a Receiver it never saw): fail that message clearly.
+    async def batched_task(*args: Any, **kwargs: Any) -> Any:
+        raise BatchingError(
+            f"a message of batched task {task_name!r} reached taskiq's "
+            "per-message callback: batched tasks run on a worker started by "
+            "`taskiq worker` (or a taskiq Receiver listening to the broker) "
+            "and on InMemoryBroker",
         )
-    return timeout
 
-
-def _missing_middleware(task_name: str) -> str:
-    return (
-        f"batched task {task_name!r}: the broker has no BatchingMiddleware; "
-        "create it with `.with_middlewares(BatchingMiddleware())` before "
-        "declaring batched tasks."
-    )
+    batched_task.__qualname__ = f"batched_task[{task_name}]"
+    return batched_task
 
 
 class BatchedTask(Generic[_Item, _P, _R]):
@@ -276,8 +260,9 @@ def batch_task(
     broker: AsyncBroker,
     *,
     batch_size: int | None = None,
-    batch_timeout: float | None = None,
+    batch_timeout: float | datetime.timedelta | None = None,
     batch_isolate: bool = False,
+    batch_concurrency: int | None = None,
     task_name: str | None = None,
     **labels: Any,
 ) -> Callable[[Callable[Concatenate[list[_Item], _P], _R]], BatchedTask[_Item, _P, _R]]:
@@ -293,13 +278,19 @@ def batch_task(
         message (default: never, size-only batching).
     :param batch_isolate: when a batch raises, find and fail only the
         failing items by re-running halves of it (extra calls).
+    :param batch_concurrency: batch calls of this task that may run at once
+        in one worker process (default 1).
     :param task_name: the task's name (default: module and function name).
     :param labels: other taskiq labels (``timeout``, ``ack_type``, ...).
     :raises MiddlewareMissingError: when the broker has no BatchingMiddleware.
     :return: a decorator.
     """
     if batcher_of(broker) is None:
-        raise MiddlewareMissingError(_missing_middleware(task_name or "<unnamed>"))
+        raise MiddlewareMissingError(
+            f"batched task {task_name or '<unnamed>'!r}: {type(broker).__name__} "
+            "has no BatchingMiddleware: create the broker with "
+            "`.with_middlewares(BatchingMiddleware())` first.",
+        )
     labels[BATCH_LABEL] = True
     if batch_size is not None:
         labels[BATCH_SIZE_LABEL] = batch_size
@@ -307,6 +298,8 @@ def batch_task(
         labels[BATCH_TIMEOUT_LABEL] = batch_timeout
     if batch_isolate:
         labels[BATCH_ISOLATE_LABEL] = True
+    if batch_concurrency is not None:
+        labels[BATCH_CONCURRENCY_LABEL] = batch_concurrency
 
     def decorate(
         func: Callable[Concatenate[list[_Item], _P], _R],

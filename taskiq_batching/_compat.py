@@ -1,0 +1,184 @@
+"""Every place taskiq-batching relies on internals of taskiq or a broker library.
+
+Nothing else in the package touches a private attribute (ruff's ``SLF``
+rule is on everywhere but here). Each function says what it relies on;
+``tests/test_compat.py`` checks each against the installed versions, and
+``pyproject.toml`` bounds those versions.
+"""
+
+import functools
+import sys
+from collections.abc import Callable, Coroutine
+from types import FrameType
+from typing import Any
+
+from taskiq import AsyncBroker, BrokerMessage, TaskiqMessage
+from taskiq.abc.middleware import TaskiqMiddleware
+from taskiq.kicker import AsyncKicker
+from taskiq.receiver import Receiver
+
+#: What a routed ``Receiver.callback`` returns (taskiq awaits it as a task).
+Callback = Callable[..., Coroutine[Any, Any, None]]
+
+
+def calling_receiver(depth: int = 2) -> Receiver | None:
+    """The taskiq ``Receiver`` that called ``broker.listen()``, if any.
+
+    taskiq 0.13's ``Receiver.prefetcher`` calls ``self.broker.listen()``:
+    the Receiver is ``self`` in one of the frames just above. ``taskiq
+    worker`` builds the Receiver itself and hands it to nobody, so this
+    is the only way to learn its settings (``--ack-type``,
+    ``--max-tasks-per-child``, ``--wait-tasks-timeout``...).
+
+    :param depth: frames between the caller of this function and ``listen``'s caller.
+    :return: the Receiver, or None when ``listen()`` has another caller.
+    """
+    frame: FrameType | None = sys._getframe(depth)
+    for _ in range(3):
+        if frame is None:
+            return None
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, Receiver):
+            return candidate
+        frame = frame.f_back
+    return None
+
+
+def route_callback(
+    receiver: Receiver,
+    route: Callable[[Any], Callable[[], Coroutine[Any, Any, None]] | None],
+) -> None:
+    """Let ``route`` take some deliveries before the Receiver's own callback.
+
+    The Receiver starts ``self.callback(message=..., raise_err=False)`` in a
+    task for every delivery (``InMemoryBroker.kick`` calls it too). An
+    instance attribute shadows the method for this Receiver only. ``route``
+    returns a coroutine factory for the deliveries it takes, None for the
+    others, which reach the original callback exactly as before (a
+    synchronous failure of it still raises synchronously).
+
+    :param receiver: the Receiver.
+    :param route: decides, per delivery.
+    """
+    original = receiver.callback
+
+    @functools.wraps(original)
+    def callback(message: Any, raise_err: bool = False) -> Any:
+        taken = route(message)
+        if taken is not None:
+            return taken()
+        return original(message=message, raise_err=raise_err)
+
+    receiver.callback = callback  # type: ignore[method-assign]
+
+
+def share_stop_budget(receiver: Receiver, seconds: float | None) -> None:
+    """Make the Receiver wait for its own tasks at most ``seconds`` more.
+
+    taskiq 0.13's runner reads ``wait_tasks_timeout`` when the prefetcher
+    has finished, after it closed ``listen()``'s generator. The worker
+    spends part of ``--wait-tasks-timeout`` finishing batches while that
+    generator closes; what is left is the Receiver's, so that a stop
+    takes ``--wait-tasks-timeout`` in all, not twice that.
+
+    :param receiver: the Receiver.
+    :param seconds: the budget left, or None for no bound.
+    """
+    receiver.wait_tasks_timeout = seconds
+
+
+def overrides(middleware: TaskiqMiddleware, hook: str) -> bool:
+    """Whether a middleware implements a hook, by taskiq's own test.
+
+    taskiq calls a hook only when the middleware's class overrides it
+    (``middleware.__class__.pre_execute != TaskiqMiddleware.pre_execute``).
+
+    :param middleware: a middleware.
+    :param hook: a hook name (``pre_execute``, ``post_save``...).
+    :return: whether taskiq would call it.
+    """
+    return bool(getattr(type(middleware), hook) != getattr(TaskiqMiddleware, hook))
+
+
+def prepare_message(
+    kicker: AsyncKicker[Any, Any], *args: Any, **kwargs: Any
+) -> TaskiqMessage:
+    """The message ``kicker.kiq(*args, **kwargs)`` would send.
+
+    :param kicker: a kicker.
+    :param args: positional arguments.
+    :param kwargs: keyword arguments.
+    :return: the message (new task_id, labels, prepared arguments).
+    """
+    return kicker._prepare_message(*args, **kwargs)
+
+
+def prepare_arg(kicker: AsyncKicker[Any, Any], value: Any) -> Any:
+    """An argument as ``kiq`` puts it in a message (pydantic models dumped).
+
+    :param kicker: a kicker.
+    :param value: the argument.
+    :return: the prepared argument.
+    """
+    return kicker._prepare_arg(value)
+
+
+def redis_result_key(backend: Any, task_id: str) -> str:
+    """The key under which taskiq-redis's result backends store a result.
+
+    :param backend: a taskiq-redis result backend.
+    :param task_id: a task_id.
+    :return: its key (with the backend's ``prefix_str``).
+    """
+    return str(backend._task_name(task_id))
+
+
+def amqp_prefetch(broker: Any) -> int | None:
+    """The AMQP prefetch count (``qos``) of a taskiq-aio-pika broker.
+
+    :param broker: an ``AioPikaBroker``.
+    :return: its prefetch count, or None when it has none.
+    """
+    qos = getattr(broker, "_qos", None)
+    if isinstance(qos, int) and not isinstance(qos, bool) and qos > 0:
+        return qos
+    return None
+
+
+def guard_declarations(check: Callable[[AsyncBroker, Any], None]) -> None:
+    """Run ``check(broker, task)`` on every task any broker registers.
+
+    ``AsyncBroker.task`` and ``register_task`` both register through
+    ``AsyncBroker._register_task``: wrapping it once is how a batched task
+    declared on a broker without ``BatchingMiddleware`` fails when it is
+    declared instead of at run time. Installed once per process.
+
+    :param check: raises to refuse a declaration.
+    """
+    registered = AsyncBroker._register_task
+    if getattr(registered, "_taskiq_batching_guard", False):
+        return
+
+    @functools.wraps(registered)
+    def register(self: AsyncBroker, task_name: str, task: Any) -> None:
+        check(self, task)
+        registered(self, task_name, task)
+
+    register._taskiq_batching_guard = True  # type: ignore[attr-defined]
+    AsyncBroker._register_task = register  # type: ignore[method-assign]
+
+
+def broker_message(
+    task_id: str, task_name: str, payload: bytes, labels: dict[str, Any]
+) -> BrokerMessage:
+    """A ``BrokerMessage`` without validating its fields again.
+
+    :param task_id: its task_id.
+    :param task_name: its task name.
+    :param payload: the encoded message.
+    :param labels: its labels.
+    :return: the message.
+    """
+    return BrokerMessage.model_construct(
+        task_id=task_id, task_name=task_name, message=payload, labels=labels
+    )

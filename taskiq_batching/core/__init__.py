@@ -1,0 +1,1 @@
+"""The batching core: buffers, flush rules, bounds and running a batch."""

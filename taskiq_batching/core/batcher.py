@@ -1,0 +1,336 @@
+"""The batcher: buffers, the flush rules, the bounds, and running batches.
+
+One ``Batcher`` per broker holds every buffer of the process. Messages
+come in through ``add`` (the worker's pump, or a sender on
+``InMemoryBroker``, both via the one lifecycle in ``worker/``); a buffer
+is flushed (``flush.py`` says when) into the ready queue; ready batches
+start while the task's ``batch_concurrency`` and the process's
+``max_concurrent_batches`` allow; a finished batch goes to the
+``finisher`` (the lifecycle), which stores results, runs middlewares and
+acks, then ``release``s its messages.
+
+Bounds: a process holds at most ``BatchSettings.max_held`` messages of a
+task (buffered, waiting to run, running or being finished). ``try_admit``
+says whether one more fits; ``admit`` waits for room.
+"""
+
+import asyncio
+import logging
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any
+
+from taskiq import AsyncBroker
+
+from taskiq_batching.core.buffer import Buffer, Held
+from taskiq_batching.core.flush import FlushRules
+from taskiq_batching.core.keys import batch_key
+from taskiq_batching.core.run import BatchSpec, Outcome, RunOptions, run_batch
+from taskiq_batching.core.signature import ArgumentError
+from taskiq_batching.errors import BatchItemError
+from taskiq_batching.settings import FlushReason
+
+logger = logging.getLogger("taskiq_batching")
+
+#: ``finisher(spec, [(message, outcome)], seconds the batch ran)``
+Finisher = Callable[[BatchSpec, list[tuple[Held, Outcome]], float], Awaitable[None]]
+_Key = tuple[str, Hashable]
+
+#: Batch calls that may run at once in one worker process, by default.
+DEFAULT_MAX_CONCURRENT_BATCHES = 16
+
+
+class Batcher:
+    """Holds the buffers and batches of every batched task of one broker.
+
+    :param broker: the broker whose batched tasks this serves.
+    :param max_concurrent_batches: batch calls that may run at once.
+    """
+
+    def __init__(
+        self,
+        broker: AsyncBroker,
+        max_concurrent_batches: int = DEFAULT_MAX_CONCURRENT_BATCHES,
+    ) -> None:
+        self.broker = broker
+        self.max_concurrent_batches = max_concurrent_batches
+        self.specs: dict[str, BatchSpec] = {}
+        self.options = RunOptions()
+        #: Validate items against the list's element type (``--no-parse`` off).
+        self.validate = True
+        #: Finishes the messages of a batch; set by the worker integration.
+        self.finisher: Finisher | None = None
+        self.rules = FlushRules(self)
+        self.buffers: dict[_Key, Buffer] = {}
+        self.held: defaultdict[str, int] = defaultdict(int)
+        self.running: defaultdict[str, int] = defaultdict(int)
+        self._ready: deque[tuple[Buffer, FlushReason]] = deque()
+        #: Running batches and their buffers.
+        self._running: dict[asyncio.Task[None], Buffer] = {}
+        self._waiters: list[asyncio.Future[None]] = []
+        self._admitting = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def configure(self, validate: bool, run: RunOptions | None) -> None:
+        """Take the worker's settings.
+
+        :param validate: validate items (taskiq's ``--no-parse`` turns it off).
+        :param run: how batch functions run.
+        """
+        self.validate = validate
+        if run is not None:
+            self.options = run
+
+    def register(self, spec: BatchSpec) -> None:
+        """Start batching a task.
+
+        :param spec: the task's batch spec.
+        """
+        self.specs[spec.task_name] = spec
+
+    # --- admission -------------------------------------------------------
+
+    def try_admit(self, task_name: str) -> bool:
+        """Take one more message of a task if the bound allows.
+
+        :param task_name: a batched task.
+        :return: whether it was admitted (then ``release`` it when finished).
+        """
+        if self.held[task_name] >= self.specs[task_name].settings.max_held:
+            self.rules.relieve(task_name)
+            return False
+        self.held[task_name] += 1
+        return True
+
+    async def admit(self, task_name: str) -> None:
+        """Wait until one more message of a task fits, and take it.
+
+        :param task_name: a batched task.
+        """
+        self._admitting += 1
+        try:
+            while not self.try_admit(task_name):
+                await self._next_change()
+        finally:
+            self._admitting -= 1
+
+    def release(self, task_name: str, count: int = 1) -> None:
+        """Count admitted messages of a task as finished.
+
+        :param task_name: a batched task.
+        :param count: how many.
+        """
+        self.held[task_name] -= count
+        self._notify()
+
+    # --- buffers -----------------------------------------------------------
+
+    def add(self, task_name: str, message: Held) -> None:
+        """Put an admitted message in its buffer; flush what the rules say.
+
+        :param task_name: the batched task.
+        :param message: the message, its ``item`` not yet set.
+        :raises BatchItemError: when its item or extra arguments are invalid.
+        """
+        spec = self.specs[task_name]
+        item, args, kwargs = self._prepare(spec, message)
+        message.item = item
+        loop = self.bind_loop()
+        key = (task_name, batch_key(args, kwargs))
+        buffer = self.buffers.get(key)
+        if buffer is None:
+            buffer = Buffer(task_name, key[1], args, kwargs, loop.time())
+            self.buffers[key] = buffer
+            self.rules.opened(spec, buffer)
+        buffer.items.append(message)
+        self.rules.added(spec, buffer)
+        if self._waiters:
+            self._notify()
+
+    def _prepare(
+        self, spec: BatchSpec, message: Held
+    ) -> tuple[Any, list[Any], dict[str, Any]]:
+        args, kwargs = message.message.args, message.message.kwargs
+        if not args:
+            raise BatchItemError(
+                spec.task_name,
+                message.task_id,
+                "no item: send one item per message, as `await task.kiq(item)`",
+            )
+        if not self.validate:
+            return args[0], list(args[1:]), kwargs
+        try:
+            item = spec.signature.coerce_item(args[0])
+            extra_args, extra_kwargs = spec.signature.coerce_extras(args[1:], kwargs)
+        except ArgumentError as exc:
+            raise BatchItemError(spec.task_name, message.task_id, str(exc)) from None
+        return item, extra_args, extra_kwargs
+
+    def flush(self, key: _Key, reason: FlushReason) -> None:
+        """Close one buffer and queue it to run.
+
+        :param key: the buffer's key.
+        :param reason: recorded as the batch's flush reason.
+        """
+        buffer = self.buffers.pop(key, None)
+        if buffer is None:
+            return
+        buffer.close()
+        self._ready.append((buffer, reason))
+        self._dispatch()
+
+    def flush_all(self, reason: FlushReason, task_name: str | None = None) -> int:
+        """Flush every buffer (of one task, or of all).
+
+        :param reason: recorded as the batches' flush reason.
+        :param task_name: only this task's buffers, when given.
+        :return: the number of batches flushed.
+        """
+        keys = [key for key in self.buffers if task_name in (None, key[0])]
+        for key in keys:
+            self.flush(key, reason)
+        return len(keys)
+
+    def buffered(self, task_name: str | None = None) -> int:
+        """Messages waiting in open buffers (of one task, or of all).
+
+        :param task_name: count only this task's messages, when given.
+        :return: the number of buffered messages.
+        """
+        return sum(
+            len(buffer.items)
+            for (name, _), buffer in self.buffers.items()
+            if task_name in (None, name)
+        )
+
+    def queued(self, task_name: str) -> int:
+        """Messages of a task in batches flushed but not yet started.
+
+        :param task_name: a batched task.
+        :return: their number.
+        """
+        return sum(len(b.items) for b, _ in self._ready if b.task_name == task_name)
+
+    async def wait_buffered(self, count: int, task_name: str | None = None) -> None:
+        """Wait until at least ``count`` messages wait in buffers.
+
+        :param count: the number of messages.
+        :param task_name: count only this task's messages, when given.
+        """
+        while self.buffered(task_name) < count:
+            await self._next_change()
+
+    # --- running -------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        """Start ready batches while the concurrency limits allow, oldest first."""
+        skipped: deque[tuple[Buffer, FlushReason]] = deque()
+        while self._ready and len(self._running) < self.max_concurrent_batches:
+            buffer, reason = self._ready.popleft()
+            spec = self.specs[buffer.task_name]
+            if self.running[buffer.task_name] >= spec.settings.concurrency:
+                skipped.append((buffer, reason))
+                continue
+            self.running[buffer.task_name] += 1
+            task = self.bind_loop().create_task(self._run(spec, buffer, reason))
+            self._running[task] = buffer
+            task.add_done_callback(self._ran)
+        skipped.extend(self._ready)
+        self._ready = skipped
+
+    def _ran(self, task: "asyncio.Task[None]") -> None:
+        buffer = self._running.pop(task, None)
+        if buffer is not None:
+            self.running[buffer.task_name] -= 1
+        self._dispatch()
+        self._notify()
+
+    async def _run(self, spec: BatchSpec, buffer: Buffer, reason: FlushReason) -> None:
+        loop = asyncio.get_running_loop()
+        logger.info(
+            "Executing batch of %d of %s (%s)",
+            len(buffer.items),
+            spec.task_name,
+            reason.value,
+        )
+        started = loop.time()
+        outcomes = await run_batch(self.broker, spec, buffer, reason, self.options)
+        if self.finisher is not None:
+            batch = list(zip(buffer.items, outcomes, strict=True))
+            await self.finisher(spec, batch, loop.time() - started)
+
+    # --- stopping ------------------------------------------------------------
+
+    async def drain(self, deadline: float | None) -> list[Held]:
+        """Flush every buffer and wait for every batch, until ``deadline``.
+
+        From the first call on, buffers flush as soon as a message arrives.
+        At the deadline, batches not finished are cut off: those running
+        are cancelled, the others never start.
+
+        :param deadline: event-loop time to give up at, or None to wait for all.
+        :return: the messages of the batches cut off (neither result nor
+            ack was given to them by the cut-off batch).
+        """
+        loop = self.bind_loop()
+        self.rules.closing = True
+        while self.buffers or self._ready or self._running or self._admitting:
+            self.flush_all(FlushReason.SHUTDOWN)
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return self._cut()
+            await asyncio.wait({self._next_change()}, timeout=remaining)
+        return []
+
+    def _cut(self) -> list[Held]:
+        cut = [held for buffer in self.buffers.values() for held in buffer.items]
+        cut += [held for buffer, _ in self._ready for held in buffer.items]
+        cut += [held for buffer in self._running.values() for held in buffer.items]
+        for buffer in self.buffers.values():
+            buffer.close()
+        self.buffers.clear()
+        self._ready.clear()
+        for task in self._running:
+            task.cancel()
+        return cut
+
+    def reopen(self) -> None:
+        """Leave shutdown mode: a broker started again batches as before."""
+        self.rules.closing = False
+
+    # --- loop binding and change notification ------------------------------
+
+    def bind_loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop; state left from a closed earlier loop is dropped.
+
+        A module-level broker may serve several event loops in turn (one per
+        test, say): asyncio objects of one loop cannot be used in another.
+        """
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            if self._loop is not None and (self.buffers or self._running):
+                logger.warning(
+                    "taskiq_batching: %d buffered message(s) of an earlier event "
+                    "loop were dropped",
+                    self.buffered(),
+                )
+            self._loop = loop
+            self.buffers.clear()
+            self._ready.clear()
+            self._running.clear()
+            self.rules.reset()
+            self._waiters.clear()
+            self.held.clear()
+            self.running.clear()
+        return loop
+
+    def _next_change(self) -> "asyncio.Future[None]":
+        future = self.bind_loop().create_future()
+        self._waiters.append(future)
+        return future
+
+    def _notify(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for future in waiters:
+            if not future.done():
+                future.set_result(None)

@@ -1,0 +1,131 @@
+"""What waits to be batched: held messages, and buffers of them."""
+
+import asyncio
+import contextvars
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+from taskiq import AsyncBroker, Context, TaskiqMessage
+from taskiq.acks import AckController
+
+
+@dataclass(slots=True)
+class Envelope:
+    """The parts of a decoded message a batch needs, without the pydantic model.
+
+    A ``TaskiqMessage`` costs about 2 KB; this about half. The model is
+    built once, when something needs it (a middleware, a ``Context``), and
+    then kept: every later step sees that same object.
+    """
+
+    task_id: str
+    task_name: str
+    labels: dict[str, Any]
+    args: list[Any]
+    kwargs: dict[str, Any]
+
+    @classmethod
+    def of(cls, message: TaskiqMessage) -> "Envelope":
+        """Keep the parts of a message (labels already parsed).
+
+        :param message: a decoded message.
+        :return: its envelope.
+        """
+        return cls(
+            message.task_id,
+            message.task_name,
+            message.labels,
+            message.args,
+            message.kwargs,
+        )
+
+    def open(self) -> TaskiqMessage:
+        """Build the message, labels already parsed (nothing validated again).
+
+        :return: the taskiq message.
+        """
+        return TaskiqMessage.model_construct(
+            task_id=self.task_id,
+            task_name=self.task_name,
+            labels=self.labels,
+            labels_types=None,
+            args=self.args,
+            kwargs=self.kwargs,
+        )
+
+
+@dataclass(slots=True, eq=False)
+class Held:
+    """One message of a batched task that a worker holds until it is finished.
+
+    :param message: the message, as the ``pre_execute`` middlewares left it
+        (the same object is passed to every later hook), or its envelope
+        when no middleware needs the object.
+    :param ack: its one ack controller (None when the broker has no acks):
+        a message is acked at most once, alone or with its batch.
+    :param arrived: event-loop time when the worker took it, in seconds.
+    :param scope: the context variables its middleware hooks run in (a
+        span of a tracing middleware lives there), when it has hooks.
+    :param item: its validated item, once it is in a buffer.
+    :param waiter: resolved when it is finished, for a sender waiting on
+        it (``InMemoryBroker``); None otherwise.
+    """
+
+    message: TaskiqMessage | Envelope
+    ack: AckController | None
+    arrived: float
+    scope: contextvars.Context | None = None
+    item: Any = None
+    waiter: "asyncio.Future[None] | None" = None
+    context: Context | None = None
+
+    @property
+    def task_id(self) -> str:
+        """The message's task_id."""
+        return self.message.task_id
+
+    def taskiq_message(self) -> TaskiqMessage:
+        """The message object, built from its envelope once if need be.
+
+        :return: the message.
+        """
+        if isinstance(self.message, Envelope):
+            self.message = self.message.open()
+        return self.message
+
+    def context_for(self, broker: AsyncBroker) -> Context:
+        """The message's taskiq ``Context`` (its ack controller included).
+
+        :param broker: the broker it came from.
+        :return: the context, made once.
+        """
+        if self.context is None:
+            self.context = Context(self.taskiq_message(), broker, self.ack)
+        return self.context
+
+
+@dataclass(slots=True, eq=False)
+class Buffer:
+    """Messages of one task, with equal extra arguments, waiting to run together.
+
+    :param task_name: the batched task.
+    :param key: what its messages share (see ``keys.batch_key``).
+    :param args: positional arguments after the item, shared by every message.
+    :param kwargs: keyword arguments, shared by every message.
+    :param opened_at: event-loop time of its first message, in seconds.
+    """
+
+    task_name: str
+    key: Hashable
+    args: list[Any]
+    kwargs: dict[str, Any]
+    opened_at: float
+    items: list[Held] = field(default_factory=list)
+    timer: asyncio.TimerHandle | None = None
+
+    def close(self) -> None:
+        """Stop its timer: it is being flushed."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None

@@ -1,0 +1,69 @@
+"""Picks the transport for a broker and the result writer for a backend.
+
+This is the one place a broker's kind is looked at. A transport module
+serves the brokers of one library (``redis_stream`` and ``redis_list``
+for taskiq-redis, ``amqp`` for taskiq-aio-pika) and is imported only for
+a broker of that library, so a RabbitMQ user never imports redis. A new
+broker is supported by adding a module with ``transport_for(broker,
+listen)`` (and ``results_for(backend)`` for a result backend) and naming
+it here. Anything else uses the generic transport.
+"""
+
+import importlib
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
+
+from taskiq import AckableMessage, AsyncBroker, AsyncResultBackend
+
+from taskiq_batching.transports.base import Delivery, ResultWriter, Transport
+from taskiq_batching.transports.generic import GenericResults, GenericTransport
+
+__all__ = ["Delivery", "ResultWriter", "Transport", "results_for", "transport_for"]
+
+#: Transport modules by the top-level package of a broker's class.
+_TRANSPORTS: dict[str, tuple[str, ...]] = {
+    "taskiq_redis": ("redis_stream", "redis_list"),
+    "taskiq_aio_pika": ("amqp",),
+}
+#: Result writer modules by the top-level package of a backend's class.
+_RESULTS: dict[str, tuple[str, ...]] = {
+    "taskiq_redis": ("redis_results",),
+}
+
+Listen = Callable[[], AsyncGenerator[bytes | AckableMessage, None]]
+
+
+def transport_for(broker: AsyncBroker, listen: Listen | None = None) -> Transport:
+    """The transport for a broker.
+
+    :param broker: any taskiq broker.
+    :param listen: its own ``listen`` (before the worker hook wrapped it).
+    :return: its library's transport, or the generic one.
+    """
+    for module in _modules(_TRANSPORTS, broker):
+        transport: Transport | None = module.transport_for(broker, listen)
+        if transport is not None:
+            return transport
+    return GenericTransport(broker, listen)
+
+
+def results_for(backend: AsyncResultBackend[Any]) -> ResultWriter:
+    """The result writer for a result backend.
+
+    :param backend: any taskiq result backend.
+    :return: its library's writer, or the generic one.
+    """
+    for module in _modules(_RESULTS, backend):
+        writer: ResultWriter | None = module.results_for(backend)
+        if writer is not None:
+            return writer
+    return GenericResults(backend)
+
+
+def _modules(table: dict[str, tuple[str, ...]], obj: object) -> list[Any]:
+    names: list[str] = []
+    for cls in type(obj).__mro__:
+        names.extend(table.get(cls.__module__.partition(".")[0], ()))
+    return [
+        importlib.import_module(f"{__name__}.{name}") for name in dict.fromkeys(names)
+    ]

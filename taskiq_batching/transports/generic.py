@@ -1,0 +1,166 @@
+"""Any taskiq broker and result backend, through their own public methods.
+
+Reads with the broker's own ``listen()``, one delivery per read; acks with
+the acks it hands out; sends with ``kick``; stores with ``set_result``.
+Errors of the broker's listener propagate, as under taskiq's Receiver.
+"""
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, Callable, Sequence
+from typing import Any
+
+from taskiq import (
+    AckableMessage,
+    AsyncBroker,
+    AsyncResultBackend,
+    BrokerMessage,
+    TaskiqResult,
+)
+from taskiq.utils import maybe_awaitable
+
+from taskiq_batching.core.run import BatchSpec
+from taskiq_batching.transports.base import Delivery
+
+logger = logging.getLogger("taskiq_batching")
+
+#: Messages ``send`` hands to ``kick`` at once.
+SEND_CONCURRENCY = 100
+
+Listen = Callable[[], AsyncGenerator[bytes | AckableMessage, None]]
+
+
+class GenericTransport:
+    """A broker through ``listen()``, its acks and ``kick``.
+
+    :param broker: the broker.
+    :param listen: its own ``listen`` (before the worker hook wraps it).
+    :param prefetch: unacked deliveries the broker gives at most, if known.
+    """
+
+    name = "generic"
+    reclaim_interval: float | None = None
+
+    def __init__(
+        self,
+        broker: AsyncBroker,
+        listen: Listen | None = None,
+        prefetch: int | None = None,
+    ) -> None:
+        self.broker = broker
+        self.prefetch = prefetch
+        self._listen = listen or broker.listen
+        self._listener: AsyncGenerator[bytes | AckableMessage, None] | None = None
+        #: Until a delivery without an ack shows otherwise.
+        self.acknowledges = True
+        self.outstanding = 0
+
+    def check(self, specs: Sequence[BatchSpec]) -> None:
+        """Nothing to check for an unknown broker."""
+
+    async def read(self, limit: int) -> list[Delivery]:
+        """One delivery of the broker's listener (see ``Transport.read``)."""
+        if self._listener is None:
+            self._listener = self._listen()
+        return [self._delivery(await anext(self._listener))]
+
+    def _delivery(self, raw: bytes | AckableMessage) -> Delivery:
+        if isinstance(raw, AckableMessage):
+            self.outstanding += 1
+            return Delivery(raw.data, raw.ack, raw)
+        self.acknowledges = False
+        return Delivery(raw, None, raw)
+
+    async def interrupt(
+        self, reading: "asyncio.Future[list[Delivery]]"
+    ) -> list[Delivery]:
+        """Cancel the read; keep what the listener handed over while stopping."""
+        reading.cancel()
+        await asyncio.wait({reading})
+        if reading.cancelled():
+            return []
+        error = reading.exception()
+        if isinstance(error, StopAsyncIteration):
+            return []
+        if error is not None:
+            raise error
+        return reading.result()
+
+    async def reclaim(self) -> list[Delivery]:
+        """Nothing to reclaim: the broker redelivers by itself."""
+        return []
+
+    async def ack(self, handles: Sequence[Any]) -> None:
+        """Call each delivery's own ack, concurrently."""
+        self.outstanding -= len(handles)
+        await ack_each(handles)
+
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        """Leave them unacked: the broker delivers them again by itself."""
+
+    async def close(self) -> None:
+        """Close the broker's listener; its errors propagate."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await listener.aclose()
+
+    def for_receiver(self, delivery: Delivery) -> bytes | AckableMessage:
+        """What the broker's listener yielded; its ack counted if prefetch matters."""
+        original = delivery.original
+        assert original is not None
+        if self.prefetch is None or not isinstance(original, AckableMessage):
+            if isinstance(original, AckableMessage):
+                self.outstanding -= 1  # no longer counted: nothing depends on it
+            return original
+        ack = original.ack
+
+        async def counted_ack() -> None:
+            self.outstanding -= 1
+            await maybe_awaitable(ack())
+
+        return AckableMessage(data=original.data, ack=counted_ack)
+
+    async def send(self, messages: Sequence[BrokerMessage]) -> None:
+        """``kick`` each message, up to ``SEND_CONCURRENCY`` at once."""
+        for start in range(0, len(messages), SEND_CONCURRENCY):
+            chunk = messages[start : start + SEND_CONCURRENCY]
+            await asyncio.gather(*(self.broker.kick(message) for message in chunk))
+
+
+async def ack_each(handles: Sequence[Any]) -> None:
+    """Call ack callables concurrently; raise the first failure after all ran.
+
+    :param handles: ack callables (sync or async).
+    :raises Exception: the first ack that failed.
+    """
+    outcomes = await asyncio.gather(
+        *(maybe_awaitable(ack()) for ack in handles),
+        return_exceptions=True,
+    )
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
+class GenericResults:
+    """A result backend through ``set_result``, one call per result, concurrently.
+
+    :param backend: the result backend.
+    """
+
+    def __init__(self, backend: AsyncResultBackend[Any]) -> None:
+        self.backend = backend
+
+    async def write(
+        self, results: Sequence[tuple[str, TaskiqResult[Any]]]
+    ) -> list[tuple[int, BaseException]]:
+        """Store each result (see ``ResultWriter.write``)."""
+        outcomes = await asyncio.gather(
+            *(self.backend.set_result(task_id, result) for task_id, result in results),
+            return_exceptions=True,
+        )
+        return [
+            (index, outcome)
+            for index, outcome in enumerate(outcomes)
+            if isinstance(outcome, BaseException)
+        ]

@@ -1,0 +1,94 @@
+"""What the Redis transports share: a client per kind of broker, and retrying.
+
+A standalone broker's client takes connections from the broker's pool; a
+sentinel broker's asks its sentinels for the master (``master_for``); a
+cluster broker's is the broker's own ``RedisCluster``. A read that fails
+because the server is away is retried in place, waiting longer each time.
+"""
+
+import asyncio
+import logging
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import BusyLoadingError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from taskiq_batching.errors import describe
+
+logger = logging.getLogger("taskiq_batching")
+
+#: Errors after which a read is tried again, the server being back soon.
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, OSError)
+#: Seconds before the first retry of a failed read; doubled up to the max.
+RETRY_DELAY = 0.1
+RETRY_DELAY_MAX = 5.0
+#: Seconds between repeated cancellations of a redis-py command.
+CANCEL_RETRY_INTERVAL = 0.05
+
+
+async def cancel(task: "asyncio.Future[Any]") -> None:
+    """Cancel a task running redis-py commands, and wait for it to end.
+
+    The cancellation is repeated until it takes: Python 3.11's
+    ``asyncio.wait_for``, around which redis-py sends each command, drops
+    a cancellation that arrives as the send completes, and the command
+    (a blocking read) then runs to its end. Cancelling a redis-py command
+    only closes its connection, so repeating is harmless.
+
+    :param task: the task.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=CANCEL_RETRY_INTERVAL)
+
+
+class RedisClient:
+    """The client a transport sends its commands with.
+
+    :param broker: a taskiq-redis broker (standalone, sentinel or cluster).
+    """
+
+    def __init__(self, broker: Any) -> None:
+        self.cluster = hasattr(broker, "redis") and not hasattr(
+            broker, "connection_pool"
+        )
+        self._owned = False
+        if self.cluster:
+            self.redis: Any = broker.redis
+        elif hasattr(broker, "sentinel"):
+            self.redis = broker.sentinel.master_for(broker.master_name)
+            self._owned = True
+        else:
+            self.redis = Redis(connection_pool=broker.connection_pool)
+        self._delay = RETRY_DELAY
+        self._failing = False
+
+    async def close(self) -> None:
+        """Close what this client opened itself (never the broker's pool)."""
+        if self._owned:
+            await self.redis.aclose()
+
+    def recovered(self) -> None:
+        """A command succeeded: say so once, after failures."""
+        if self._failing:
+            logger.warning("taskiq_batching: Redis answers again")
+        self._failing = False
+        self._delay = RETRY_DELAY
+
+    async def pause_after(self, error: BaseException, what: str) -> None:
+        """Wait before retrying a failed command, longer each time.
+
+        :param error: what failed.
+        :param what: the command, for the log line.
+        """
+        logger.warning(
+            "taskiq_batching: %s failed (%s); retrying in %g s",
+            what,
+            describe(error),
+            self._delay,
+        )
+        self._failing = True
+        await asyncio.sleep(self._delay)
+        self._delay = min(2 * self._delay, RETRY_DELAY_MAX)

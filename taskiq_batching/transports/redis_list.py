@@ -1,0 +1,131 @@
+"""taskiq-redis's list brokers (standalone, sentinel, cluster), read in chunks.
+
+The same list, the same way round (oldest first), as taskiq-redis's
+listener: ``RPOP`` of up to the pump's read size, and a ``BRPOP`` with a
+timeout of its own (under redis-py's socket timeout) when the list is
+empty. A list forgets a message once popped, so a read in progress is
+never cancelled at stop, and deliveries popped but not processed are
+pushed back where they were (``release``). There are no acks.
+"""
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from taskiq import AsyncBroker, BrokerMessage
+from taskiq_redis import (
+    ListQueueBroker,
+    ListQueueClusterBroker,
+    ListQueueSentinelBroker,
+)
+
+from taskiq_batching.core.run import BatchSpec
+from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient
+
+logger = logging.getLogger("taskiq_batching")
+
+#: Seconds a ``BRPOP`` on an empty list waits before the worker looks again.
+BLOCK_SECONDS = 1
+#: Longest wait for a read in progress when the worker stops, in seconds.
+STOP_READ_TIMEOUT = 10.0
+
+_LISTENERS = (
+    ListQueueBroker.listen,
+    ListQueueSentinelBroker.listen,
+    ListQueueClusterBroker.listen,
+)
+
+
+def transport_for(broker: AsyncBroker, listen: Any = None) -> "ListTransport | None":
+    """The list transport, for taskiq-redis list brokers that listen as shipped.
+
+    :param broker: any broker.
+    :param listen: unused (the broker's own listener is replaced).
+    :return: the transport, or None for other brokers.
+    """
+    if type(broker).listen in _LISTENERS:
+        return ListTransport(broker)
+    return None
+
+
+class ListTransport:
+    """Pops, pushes back and sends for a taskiq-redis list broker.
+
+    :param broker: the list broker (standalone, sentinel or cluster).
+    """
+
+    name = "redis-list"
+    acknowledges = False
+    prefetch: int | None = None
+    reclaim_interval: float | None = None
+    outstanding = 0
+
+    def __init__(self, broker: Any) -> None:
+        self.broker = broker
+        self.client = RedisClient(broker)
+        self.queue: str = broker.queue_name
+
+    def check(self, specs: Sequence[BatchSpec]) -> None:
+        """Nothing to check: a list has no redelivery to defeat."""
+
+    async def read(self, limit: int) -> list[Delivery]:
+        """Pop up to ``limit`` messages, oldest first; wait a little when empty."""
+        redis = self.client.redis
+        while True:
+            try:
+                popped = await redis.rpop(self.queue, limit)
+                if not popped:
+                    blocked = await redis.brpop([self.queue], timeout=BLOCK_SECONDS)
+                    popped = [blocked[1]] if blocked else []
+            except TRANSIENT as exc:
+                await self.client.pause_after(exc, f"reading {self.queue}")
+                continue
+            self.client.recovered()
+            return [Delivery(data) for data in popped]
+
+    async def interrupt(self, reading: Any) -> list[Delivery]:
+        """Wait for the pop in progress: what it popped exists nowhere else."""
+        done, _ = await asyncio.wait({reading}, timeout=STOP_READ_TIMEOUT)
+        if not done:
+            # Only a read stuck retrying a lost server gets here: nothing popped.
+            reading.cancel()
+            await asyncio.wait({reading})
+            return []
+        return list(reading.result())
+
+    async def reclaim(self) -> list[Delivery]:
+        """Nothing to reclaim: a list has no pending messages."""
+        return []
+
+    async def ack(self, handles: Sequence[Any]) -> None:
+        """Nothing to ack."""
+
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        """Push popped messages back to the head of the queue, in their order."""
+        if deliveries:
+            # The last pushed is popped first: push the newest first.
+            await self.client.redis.rpush(
+                self.queue, *[d.data for d in reversed(deliveries)]
+            )
+
+    async def close(self) -> None:
+        """Close the client if it is this transport's own."""
+        await self.client.close()
+
+    def for_receiver(self, delivery: Delivery) -> bytes:
+        """As taskiq-redis's listener yields it: the bytes."""
+        return delivery.data
+
+    async def send(self, messages: Sequence[BrokerMessage]) -> None:
+        """LPUSH every message, as ``kick`` would, one command per queue."""
+        queues: defaultdict[str, list[bytes]] = defaultdict(list)
+        for message in messages:
+            queue = message.labels.get("queue_name") or self.queue
+            queues[str(queue)].append(message.message)
+        redis = self.client.redis
+        for queue, payloads in queues.items():
+            # One LPUSH of many values pushes them in order.
+            await redis.lpush(queue, *payloads)

@@ -1,0 +1,389 @@
+"""taskiq-redis's stream brokers (standalone, sentinel, cluster), read in chunks.
+
+The same ``XREADGROUP`` as taskiq-redis's listener (its streams,
+``additional_streams``, group, consumer and ``xread_count``). While
+entries wait, it is sent from a script that packs the whole reply with
+Redis's ``cmsgpack`` into one string: redis-py's pure-Python reply parser
+then reads one value instead of five per entry (``msgpack`` unpacks it in
+C). When nothing waits, an ordinary blocking ``XREADGROUP`` waits. A
+server that cannot run the script, and a cluster, are read the ordinary
+way only.
+
+When the worker stops, a read in progress is cancelled; entries it had
+already taken (pending for this worker, but never seen) are found among
+this worker's pending entries and processed, so none is left behind.
+Entries stay pending until acked (one ``XACK`` per stream for a batch).
+Entries idle longer than the broker's ``idle_timeout`` are claimed from
+dead consumers on a timer, every page of them (``XAUTOCLAIM``), never
+this worker's own entries still in use. Entries read but not processed
+at stop are left pending, made claimable at once. A lost consumer group
+(a restarted Redis without persistence, a deleted stream or group) is
+created again, at the last entry this worker saw, and reading goes on.
+"""
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import msgpack
+from redis.exceptions import ResponseError
+from taskiq import AckableMessage, AsyncBroker, BrokerMessage
+from taskiq_redis import (
+    RedisStreamBroker,
+    RedisStreamClusterBroker,
+    RedisStreamSentinelBroker,
+)
+
+from taskiq_batching.core.run import BatchSpec
+from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient, cancel
+
+logger = logging.getLogger("taskiq_batching")
+
+#: Entries read at once from a stream whose broker sets no ``xread_count``.
+STREAM_FETCH_COUNT = 100
+#: Longest pause between two sweeps for dead consumers' entries, in seconds.
+MAX_RECLAIM_INTERVAL = 10.0
+#: Longest a blocking read waits on an idle stream, in milliseconds: it
+#: must end before redis-py's socket timeout (5 s by default) cuts it.
+MAX_BLOCK_MS = 2000
+
+_LISTENERS = (
+    RedisStreamBroker.listen,
+    RedisStreamSentinelBroker.listen,
+    RedisStreamClusterBroker.listen,
+)
+
+#: XREADGROUP of KEYS (streams) from ARGV[4..] (one id each) for group
+#: ARGV[1], consumer ARGV[2], COUNT ARGV[3]; the reply packed with
+#: MessagePack, or false when nothing waits. Never blocks. A server
+#: without ``cmsgpack`` gets an error before anything is read: a script's
+#: writes are not undone when it fails, and entries read by a failed
+#: script would stay pending, delivered to nobody.
+_READ_PACKED = """
+local found, pack = pcall(function() return cmsgpack.pack end)
+if not found or type(pack) ~= 'function' then
+  return redis.error_reply('NOPACK cmsgpack is not available')
+end
+local command = {'XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS'}
+for i = 1, #KEYS do command[#command + 1] = KEYS[i] end
+for i = 4, #ARGV do command[#command + 1] = ARGV[i] end
+local reply = redis.call(unpack(command))
+if not reply then return false end
+return pack(reply)
+"""
+
+Entry = tuple[str, bytes]
+
+
+def transport_for(broker: AsyncBroker, listen: Any = None) -> "StreamTransport | None":
+    """The stream transport, for taskiq-redis stream brokers that listen as shipped.
+
+    :param broker: any broker.
+    :param listen: unused (the broker's own listener is replaced).
+    :return: the transport, or None for other brokers.
+    """
+    if type(broker).listen in _LISTENERS:
+        return StreamTransport(broker)
+    return None
+
+
+class StreamTransport:
+    """Reads, acks, reclaims and sends for a taskiq-redis stream broker.
+
+    :param broker: the stream broker (standalone, sentinel or cluster).
+    """
+
+    name = "redis-stream"
+    acknowledges = True
+    prefetch: int | None = None
+
+    def __init__(self, broker: Any) -> None:
+        self.broker = broker
+        self.client = RedisClient(broker)
+        self.group: str = broker.consumer_group_name
+        self.consumer: str = broker.consumer_name
+        self.ids: dict[str, Any] = {broker.queue_name: ">", **broker.additional_streams}
+        self.count: int = broker.count or STREAM_FETCH_COUNT
+        self.block: int = min(broker.block, MAX_BLOCK_MS)
+        self.idle_ms: int | None = getattr(broker, "idle_timeout", None)
+        self.reclaim_interval = (
+            None
+            if self.idle_ms is None
+            else min(self.idle_ms / 2000, MAX_RECLAIM_INTERVAL)
+        )
+        self.packed = not self.client.cluster
+        self._script: Any = None
+        self._in_use: set[Entry] = set()
+        self._last_seen: dict[str, bytes] = {}
+        self._sweep: dict[str, Any] = {}
+
+    @property
+    def outstanding(self) -> int:
+        """Entries read and not yet acked or released."""
+        return len(self._in_use)
+
+    def check(self, specs: Sequence[BatchSpec]) -> None:
+        """Warn when a message may be held longer than ``idle_timeout``."""
+        if self.idle_ms is None:
+            return
+        for spec in specs:
+            timeout = spec.settings.batch_timeout
+            if timeout is None:
+                held = "until its buffer fills (size-only batching)"
+            elif (timeout + (spec.timeout or 0)) * 1000 < self.idle_ms:
+                continue
+            else:
+                held = f"for {timeout + (spec.timeout or 0):g} s or more"
+            logger.warning(
+                "taskiq_batching: task %s may hold a message %s, but the "
+                "broker's idle_timeout=%d ms lets another worker claim it "
+                "meanwhile (a duplicate run). Keep idle_timeout above "
+                "batch_timeout plus the longest batch.",
+                spec.task_name,
+                held,
+                self.idle_ms,
+            )
+
+    # --- reading ---------------------------------------------------------
+
+    async def read(self, limit: int) -> list[Delivery]:
+        """The next entries of the broker's streams (see ``Transport.read``)."""
+        count = min(limit, self.count)
+        while True:
+            try:
+                reply = await self._read(count)
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                await self._create_groups(exc)
+                continue
+            except TRANSIENT as exc:
+                await self.client.pause_after(exc, f"reading {self.broker.queue_name}")
+                continue
+            self.client.recovered()
+            return self._deliveries(reply)
+
+    async def _read(self, count: int) -> Any:
+        redis = self.client.redis
+        if self.packed:
+            if self._script is None:
+                self._script = redis.register_script(_READ_PACKED)
+            try:
+                blob = await self._script(
+                    keys=list(self.ids),
+                    args=[self.group, self.consumer, count, *self.ids.values()],
+                )
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    raise
+                self.packed = False
+                logger.warning(
+                    "taskiq_batching: reading %s without the packed-read script "
+                    "(%s); each entry is parsed by redis-py",
+                    self.broker.queue_name,
+                    exc,
+                )
+            else:
+                if blob:
+                    return msgpack.unpackb(blob, raw=True)
+        return await redis.xreadgroup(
+            self.group, self.consumer, self.ids, count=count, block=self.block
+        )
+
+    async def _create_groups(self, error: ResponseError) -> None:
+        """Create the consumer group again, at the last entry this worker saw."""
+        for stream in self.ids:
+            start = self._last_seen.get(stream, self.broker.consumer_id)
+            try:
+                await self.client.redis.xgroup_create(
+                    stream, self.group, id=start, mkstream=True
+                )
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+        logger.warning(
+            "taskiq_batching: consumer group %s was missing (%s); created again "
+            "from the last entry read",
+            self.group,
+            error,
+        )
+
+    def _deliveries(self, reply: Any) -> list[Delivery]:
+        """An XREADGROUP reply, packed or parsed by redis-py, as deliveries."""
+        if not reply:
+            return []
+        streams = reply.items() if isinstance(reply, dict) else reply
+        chunk: list[Delivery] = []
+        for raw_stream, raw_entries in streams:
+            stream = (
+                raw_stream.decode() if isinstance(raw_stream, bytes) else raw_stream
+            )
+            entries = raw_entries
+            if len(entries) == 1 and _is_entries(entries[0]):
+                entries = entries[0]
+            for entry_id, fields in entries:
+                if entry_id is None:
+                    continue
+                entry = (stream, entry_id)
+                self._in_use.add(entry)
+                self._last_seen[stream] = entry_id
+                chunk.append(Delivery(_field(fields, b"data"), entry))
+        return chunk
+
+    async def interrupt(self, reading: Any) -> list[Delivery]:
+        """Cancel the read in progress; recover what it took.
+
+        A cancelled ``XREADGROUP`` may have been served: its entries are
+        then pending for this worker though never seen. They are this
+        worker's pending entries that it does not know of.
+        """
+        await cancel(reading)
+        if not reading.cancelled() and reading.exception() is None:
+            return list(reading.result())
+        redis = self.client.redis
+        reply = await redis.xreadgroup(
+            self.group,
+            self.consumer,
+            dict.fromkeys(self.ids, "0"),
+            count=len(self._in_use) + self.count,
+        )
+        known = set(self._in_use)
+        return [
+            delivery
+            for delivery in self._deliveries(reply)
+            if delivery.handle not in known
+        ]
+
+    async def reclaim(self) -> list[Delivery]:
+        """The next page of dead consumers' idle entries; empty once swept."""
+        if self.idle_ms is None:
+            return []
+        redis = self.client.redis
+        claimed: list[Delivery] = []
+        for stream in self.ids:
+            cursor = self._sweep.get(stream, "0-0")
+            reply = await redis.xautoclaim(
+                stream,
+                self.group,
+                self.consumer,
+                min_idle_time=self.idle_ms,
+                start_id=cursor,
+                count=self.count,
+            )
+            next_cursor = reply[0]
+            if next_cursor in (b"0-0", "0-0"):
+                self._sweep.pop(stream, None)
+            else:
+                self._sweep[stream] = next_cursor
+            for entry_id, fields in reply[1]:
+                entry = (stream, entry_id)
+                if entry in self._in_use:
+                    continue  # still ours, held in a batch or by the Receiver
+                data = fields.get(b"data") if fields else None
+                if data is None:  # deleted from the stream meanwhile
+                    await redis.xack(stream, self.group, entry_id)
+                    continue
+                self._in_use.add(entry)
+                claimed.append(Delivery(data, entry))
+        if claimed:
+            logger.warning(
+                "taskiq_batching: claimed %d message(s) idle for over %d ms "
+                "(a worker stopped without acking them)",
+                len(claimed),
+                self.idle_ms,
+            )
+        return claimed if claimed or not self._sweep else await self.reclaim()
+
+    # --- acks --------------------------------------------------------------
+
+    async def ack(self, handles: Sequence[Any]) -> None:
+        """One XACK per stream."""
+        by_stream: defaultdict[str, list[bytes]] = defaultdict(list)
+        for stream, entry_id in handles:
+            by_stream[stream].append(entry_id)
+            self._in_use.discard((stream, entry_id))
+        redis = self.client.redis
+        if len(by_stream) == 1:
+            ((stream, ids),) = by_stream.items()
+            await redis.xack(stream, self.group, *ids)
+            return
+        async with redis.pipeline(transaction=False) as pipe:
+            for stream, ids in by_stream.items():
+                pipe.xack(stream, self.group, *ids)
+            await pipe.execute()
+
+    async def _ack_one(self, entry: Entry) -> None:
+        await self.ack([entry])
+
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        """Leave them pending, idle enough for any worker to claim them now."""
+        by_stream: defaultdict[str, list[bytes]] = defaultdict(list)
+        for delivery in deliveries:
+            stream, entry_id = delivery.handle
+            self._in_use.discard((stream, entry_id))
+            by_stream[stream].append(entry_id)
+        if self.idle_ms is None:
+            return
+        for stream, ids in by_stream.items():
+            await self.client.redis.xclaim(
+                stream,
+                self.group,
+                self.consumer,
+                min_idle_time=0,
+                message_ids=ids,
+                idle=self.idle_ms,
+                justid=True,
+            )
+
+    async def close(self) -> None:
+        """Close the client if it is this transport's own."""
+        await self.client.close()
+
+    def for_receiver(self, delivery: Delivery) -> AckableMessage:
+        """As taskiq-redis's listener yields it: data and an XACK."""
+        return AckableMessage(
+            data=delivery.data, ack=partial(self._ack_one, delivery.handle)
+        )
+
+    # --- sending -------------------------------------------------------------
+
+    async def send(self, messages: Sequence[BrokerMessage]) -> None:
+        """XADD every message, as ``kick`` would, in one round trip."""
+        broker = self.broker
+        async with self.client.redis.pipeline(transaction=False) as pipe:
+            for message in messages:
+                queue = message.labels.get("queue_name") or broker.queue_name
+                pipe.xadd(
+                    str(queue),
+                    {b"data": message.message},
+                    maxlen=broker.maxlen,
+                    approximate=broker.approximate,
+                )
+            await pipe.execute()
+
+
+def _is_entries(value: Any) -> bool:
+    """Whether ``value`` is a list of entries rather than one entry."""
+    return isinstance(value, list) and (
+        not value or isinstance(value[0], (list, tuple))
+    )
+
+
+def _field(fields: Any, name: bytes) -> bytes:
+    """A field's value: fields as a dict (redis-py) or a flat list (packed).
+
+    An entry without it (written by someone else) gets empty data, which
+    the worker hands to taskiq, which reports and acks it as undecodable.
+    """
+    value = None
+    if isinstance(fields, dict):
+        value = fields.get(name)
+    elif isinstance(fields, list):
+        if len(fields) == 2 and fields[0] == name:  # what taskiq-redis writes
+            value = fields[1]
+        else:
+            value = dict(zip(fields[::2], fields[1::2], strict=False)).get(name)
+    return value if isinstance(value, bytes) else b""

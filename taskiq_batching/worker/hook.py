@@ -1,0 +1,151 @@
+"""Where the plugin meets taskiq: the worker's ``listen()`` and ``InMemoryBroker``.
+
+On a worker (``taskiq worker``, or taskiq's Receiver driven by a test),
+``broker.listen()`` is wrapped for this broker instance: the Receiver that
+calls it is found (``_compat.calling_receiver``), its settings read, and
+the pump (``pump.py``) becomes its listener. The Receiver's callback is
+routed so that the overflow deliveries the pump hands it reach the
+lifecycle instead of taskiq's per-message run.
+
+``InMemoryBroker`` has no listener: ``kick`` calls its Receiver's
+callback directly; that callback is routed so that messages of batched
+tasks go through the same lifecycle, each sender waiting for its
+message to be finished, as taskiq's callback makes it wait.
+"""
+
+import logging
+from collections.abc import AsyncGenerator, Callable, Coroutine
+from typing import Any
+
+from taskiq import AckableMessage, AsyncBroker, InMemoryBroker
+
+from taskiq_batching._compat import calling_receiver, route_callback
+from taskiq_batching.core.batcher import Batcher
+from taskiq_batching.core.buffer import Envelope
+from taskiq_batching.transports import results_for, transport_for
+from taskiq_batching.transports.base import Transport
+from taskiq_batching.worker.decode import decode
+from taskiq_batching.worker.lifecycle import Lifecycle
+from taskiq_batching.worker.options import WorkerOptions
+from taskiq_batching.worker.pump import Overflow, Pump
+
+logger = logging.getLogger("taskiq_batching")
+
+Listen = Callable[[], AsyncGenerator[bytes | AckableMessage, None]]
+
+
+def attach(broker: AsyncBroker, batcher: Batcher) -> None:
+    """Hook the batcher into the broker's worker side.
+
+    :param broker: the broker.
+    :param batcher: its batcher.
+    """
+    original: Listen = broker.listen
+
+    def listen() -> AsyncGenerator[Any, None]:
+        receiver = calling_receiver()
+        if receiver is None or not batcher.specs:
+            if batcher.specs:
+                logger.warning(
+                    "taskiq_batching: %s.listen() was not called by a taskiq "
+                    "Receiver: messages of batched tasks are not batched",
+                    type(broker).__name__,
+                )
+            return original()
+        options = WorkerOptions.of(receiver)
+        batcher.configure(options.validate, options.run)
+        transport = transport_for(broker, original)
+        lifecycle = Lifecycle(
+            broker,
+            batcher,
+            results_for(broker.result_backend),
+            options.ack_type,
+            transport,
+        )
+        pump = Pump(broker, batcher, lifecycle, transport, options)
+        route_callback(receiver, lambda message: _overflow(pump, message))
+        _warn_at_start(broker, batcher, transport)
+        batcher.reopen()
+        return pump.deliveries()
+
+    # An instance attribute shadows the method for this broker only.
+    broker.listen = listen  # type: ignore[method-assign]
+    if isinstance(broker, InMemoryBroker):
+        _attach_in_memory(broker, batcher)
+
+
+def _overflow(
+    pump: Pump, message: Any
+) -> Callable[[], Coroutine[Any, Any, None]] | None:
+    if isinstance(message, Overflow):
+        return lambda: pump.take_overflow(message)
+    return None
+
+
+def _attach_in_memory(broker: InMemoryBroker, batcher: Batcher) -> None:
+    """Route ``InMemoryBroker.kick``'s messages of batched tasks to the lifecycle."""
+    lifecycles: dict[tuple[int, ...], Lifecycle] = {}
+
+    def lifecycle() -> Lifecycle:
+        # Built on first use, again if they change: middlewares and the
+        # result backend may be set after this middleware.
+        key = (id(broker.result_backend), *map(id, broker.middlewares))
+        if key not in lifecycles:
+            options = WorkerOptions.of(broker.receiver)
+            batcher.configure(options.validate, options.run)
+            lifecycles.clear()
+            lifecycles[key] = Lifecycle(
+                broker, batcher, results_for(broker.result_backend), options.ack_type
+            )
+        return lifecycles[key]
+
+    async def send(envelope: Envelope) -> None:
+        batcher.rules.eager = bool(broker.await_inplace)
+        await batcher.admit(envelope.task_name)
+        held = await lifecycle().accept([(envelope, None)], sender_waits=True)
+        for one in held:
+            if one.waiter is not None:
+                await one.waiter
+
+    def route(message: Any) -> Callable[[], Coroutine[Any, Any, None]] | None:
+        if not isinstance(message, bytes) or not batcher.specs:
+            return None
+        envelope = decode(broker, message)
+        if envelope is None or envelope.task_name not in batcher.specs:
+            return None
+        return lambda: send(envelope)
+
+    route_callback(broker.receiver, route)
+
+
+def _warn_at_start(broker: AsyncBroker, batcher: Batcher, transport: Transport) -> None:
+    specs = list(batcher.specs.values())
+    transport.check(specs)
+    if not transport.acknowledges:
+        logger.warning(
+            "taskiq_batching: %s does not acknowledge messages: what a worker "
+            "holds (buffered or running batches) is lost if it crashes; a "
+            "graceful stop (SIGTERM/SIGINT) still finishes it",
+            type(broker).__name__,
+        )
+    prefetch = transport.prefetch
+    if prefetch is None:
+        return
+    wanted = sum(spec.settings.batch_size for spec in specs)
+    if wanted > prefetch:
+        sizes = ", ".join(
+            f"{spec.task_name} (batch_size={spec.settings.batch_size})"
+            for spec in specs
+        )
+        logger.warning(
+            "taskiq_batching: %s gives this worker at most %d unacked messages "
+            "(its prefetch), shared by every task; the batched tasks %s want "
+            "%d: when the shared budget is used up, buffers flush early "
+            "(flush_reason=pressure) and batches are smaller. Give the "
+            "broker a prefetch of at least %d.",
+            type(broker).__name__,
+            prefetch,
+            sizes,
+            wanted,
+            2 * wanted,
+        )

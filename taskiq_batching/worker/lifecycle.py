@@ -1,0 +1,368 @@
+"""The one lifecycle of a batched message, in taskiq's order, on every path.
+
+taskiq's ``Receiver.callback`` does, for one message: ``pre_execute``
+middlewares, ack if ``when_received``, run the task (``on_error``
+middlewares on failure), ack if ``when_executed``, ``post_execute``,
+store the result (unless ``NoResultError``) and ``post_save``, ack if
+``when_saved``; ``manual`` leaves the ack to the task. Every batched
+message goes through exactly that here, whether the worker's pump took it
+(any broker), taskiq's Receiver handed it over, or ``InMemoryBroker``
+sent it: ``accept`` does the steps before the batch runs, ``finish`` the
+steps after. Steps are per message (one ack controller each, the same
+message object in every hook, hooks run in the message's own context
+variables as in its own taskiq task); only the round trips are shared: a
+batch's acks and results are written together.
+"""
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from taskiq import AsyncBroker, TaskiqMessage, TaskiqResult
+from taskiq.abc.middleware import TaskiqMiddleware
+from taskiq.acks import AckController, AcknowledgeType, parse_acknowledge_type
+from taskiq.exceptions import NoResultError
+
+from taskiq_batching._compat import overrides
+from taskiq_batching.core.batcher import Batcher
+from taskiq_batching.core.buffer import Envelope, Held
+from taskiq_batching.core.run import BatchSpec, Outcome
+from taskiq_batching.errors import BatchItemError, BatchResultError, describe
+from taskiq_batching.transports.base import Delivery, ResultWriter, Transport
+
+logger = logging.getLogger("taskiq_batching")
+
+_HOOKS = ("pre_execute", "on_error", "post_execute", "post_save")
+
+
+class MessageAck(AckController):
+    """A message's one ack controller: acked at most once, alone or in bulk.
+
+    :param transport: acks it.
+    :param delivery: the delivery it acknowledges.
+    """
+
+    def __init__(self, transport: Transport, delivery: Delivery) -> None:
+        super().__init__(self._ack_alone)
+        self.transport = transport
+        self.delivery = delivery
+
+    async def _ack_alone(self) -> None:
+        await self.transport.ack([self.delivery.handle])
+
+
+class Lifecycle:
+    """Accepts batched messages into buffers and finishes them after their batch.
+
+    :param broker: the broker.
+    :param batcher: its batcher.
+    :param results: stores results.
+    :param ack_type: the worker's ``--ack-type``.
+    :param transport: acks deliveries (None: messages without acks).
+    """
+
+    def __init__(
+        self,
+        broker: AsyncBroker,
+        batcher: Batcher,
+        results: ResultWriter,
+        ack_type: AcknowledgeType,
+        transport: Transport | None = None,
+    ) -> None:
+        self.broker = broker
+        self.batcher = batcher
+        self.results = results
+        self.ack_type = ack_type
+        self.transport = transport
+        self.hooks: dict[str, list[TaskiqMiddleware]] = {
+            hook: [m for m in broker.middlewares if overrides(m, hook)]
+            for hook in _HOOKS
+        }
+        self.needs_message = any(self.hooks.values())
+        batcher.finisher = self.finish
+
+    # --- before the batch ---------------------------------------------------
+
+    async def accept(
+        self,
+        taken: Sequence[tuple[Envelope, Delivery | None]],
+        sender_waits: bool = False,
+    ) -> list[Held]:
+        """Take admitted messages into their buffers, as taskiq's callback starts.
+
+        ``pre_execute`` middlewares, then acks for ``when_received`` (one
+        round trip for all), then the item is validated and buffered. A
+        message whose middleware fails (or whose ``ack_type`` label taskiq
+        refuses) stays unacked and is dropped from the worker, as when its
+        taskiq callback fails there; one whose item is invalid is finished
+        at once with ``BatchItemError``.
+
+        :param taken: each message (decoded, admitted) and its delivery.
+        :param sender_waits: a sender waits for each message (as
+            ``InMemoryBroker.kick`` waits for taskiq's callback): each gets a
+            future resolved when it is finished, and a failure before its
+            batch raises to the sender instead of being logged.
+        :return: the messages now held.
+        """
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        held: list[Held] = []
+        for envelope, delivery in taken:
+            try:
+                message, scope = await self._pre_execute(envelope)
+                one = Held(message, self._ack_for(delivery), now, scope=scope)
+                self._ack_type(one)
+            except Exception as exc:
+                self.batcher.release(envelope.task_name)
+                if sender_waits:
+                    raise
+                # taskiq's callback fails before running the task: unacked.
+                logger.error(
+                    "taskiq_batching: message %s of %s is left unacked: %s",
+                    envelope.task_id,
+                    envelope.task_name,
+                    describe(exc),
+                    exc_info=exc,
+                )
+                continue
+            if sender_waits:
+                one.waiter = loop.create_future()
+            held.append(one)
+        await self._ack(held, AcknowledgeType.WHEN_RECEIVED)
+        for one in held:
+            spec = self.batcher.specs[one.message.task_name]
+            try:
+                self.batcher.add(spec.task_name, one)
+            except BatchItemError as exc:
+                logger.warning("taskiq_batching: %s", exc)
+                await self.finish(spec, [(one, Outcome(error=exc))], 0.0)
+        return held
+
+    def _ack_for(self, delivery: Delivery | None) -> MessageAck | None:
+        if delivery is None or delivery.handle is None or self.transport is None:
+            return None
+        return MessageAck(self.transport, delivery)
+
+    async def _pre_execute(
+        self, envelope: Envelope
+    ) -> tuple[TaskiqMessage | Envelope, contextvars.Context | None]:
+        if not self.needs_message:
+            return envelope, None
+        message: TaskiqMessage = envelope.open()
+        scope = contextvars.copy_context()
+        for middleware in self.hooks["pre_execute"]:
+            message = await _call(scope, middleware.pre_execute, message)
+        return message, scope
+
+    def _ack_type(self, held: Held) -> AcknowledgeType:
+        label = held.message.labels.get("ack_type")
+        if label is None:
+            return self.ack_type
+        return parse_acknowledge_type(label)
+
+    # --- after the batch ----------------------------------------------------
+
+    async def finish(
+        self,
+        spec: BatchSpec,
+        batch: list[tuple[Held, Outcome]],
+        seconds: float,
+    ) -> None:
+        """Finish the messages of one batch in taskiq's order.
+
+        Each message's ``execution_time`` is its share of the batch's run
+        time (``seconds / len(batch)``), so that the times of a batch's
+        messages add up to the batch's.
+
+        :param spec: the batched task.
+        :param batch: each message with its outcome.
+        :param seconds: how long the batch ran.
+        """
+        try:
+            await self._finish(batch, seconds / max(len(batch), 1))
+        except Exception:
+            logger.exception(
+                "taskiq_batching: finishing a batch of %s failed", spec.task_name
+            )
+        finally:
+            for held, _ in batch:
+                if held.waiter is not None and not held.waiter.done():
+                    held.waiter.set_result(None)
+            self.batcher.release(spec.task_name, len(batch))
+
+    async def _finish(self, batch: list[tuple[Held, Outcome]], share: float) -> None:
+        alive = self._results(batch, share)
+        await self._each(alive, "on_error")
+        await self._ack_done(alive, AcknowledgeType.WHEN_EXECUTED)
+        await self._each(alive, "post_execute")
+        stored = [
+            one
+            for one in alive
+            if one.ok and not isinstance(one.result.error, NoResultError)
+        ]
+        await self._each(await self._store(stored), "post_save")
+        await self._ack_done(alive, AcknowledgeType.WHEN_SAVED)
+
+    def _results(
+        self, batch: list[tuple[Held, Outcome]], share: float
+    ) -> list["_Finishing"]:
+        finishing: list[_Finishing] = []
+        shared: tuple[Outcome, dict[str, Any], TaskiqResult[Any]] | None = None
+        for held, outcome in batch:
+            labels = held.message.labels
+            if self.needs_message:
+                held.taskiq_message()
+                result = _result(outcome, labels, share)
+            else:
+                # Nobody sees result objects: equal outcomes and labels share
+                # one, which a result writer can then encode once.
+                if shared is None or shared[0] is not outcome or shared[1] != labels:
+                    shared = (outcome, labels, _result(outcome, labels, share))
+                result = shared[2]
+            finishing.append(_Finishing(held, outcome, result))
+        return finishing
+
+    async def _each(self, alive: list["_Finishing"], hook: str) -> None:
+        """Run a hook of every middleware (last added first) for each message.
+
+        A message whose middleware raises stops there, as its taskiq
+        callback would: no later hook, result or ack (its batch-mates go on).
+        """
+        middlewares = self.hooks[hook]
+        if not middlewares:
+            return
+        for one in alive:
+            error = one.outcome.error
+            if not one.ok or (hook == "on_error" and error is None):
+                continue
+            message = one.held.taskiq_message()
+            extra = (error,) if hook == "on_error" else ()
+            try:
+                for middleware in reversed(middlewares):
+                    method = getattr(middleware, hook)
+                    await _call(one.held.scope, method, message, one.result, *extra)
+            except Exception:
+                one.ok = False
+                logger.exception(
+                    "taskiq_batching: %s failed for message %s; it is left unfinished",
+                    hook,
+                    one.held.task_id,
+                )
+
+    async def _store(self, stored: list["_Finishing"]) -> list["_Finishing"]:
+        """Write results; retry failures once; store an error for what still fails.
+
+        As in taskiq, a message whose result cannot be stored is still
+        acked (it ran): its task_id gets ``BatchResultError`` instead when
+        the backend takes that, and a log line either way.
+        """
+        failed = await self._write(stored)
+        if failed:
+            failed = await self._write(failed)
+        for one in failed:
+            one.result = _result(
+                Outcome(
+                    error=BatchResultError(
+                        one.held.message.task_name,
+                        f"the result backend could not store the result of "
+                        f"{one.held.task_id}: {_describe(one.error)}",
+                    ),
+                ),
+                one.held.message.labels,
+                one.result.execution_time,
+            )
+        for one in await self._write(failed):
+            logger.error(
+                "taskiq_batching: cannot store the result of %s: %s",
+                one.held.task_id,
+                _describe(one.error),
+            )
+        return [one for one in stored if one not in failed]
+
+    async def _write(self, entries: list["_Finishing"]) -> list["_Finishing"]:
+        if not entries:
+            return []
+        errors = await self.results.write(
+            [(one.held.task_id, one.result) for one in entries],
+        )
+        for index, error in errors:
+            entries[index].error = error
+        return [entries[index] for index, _ in errors]
+
+    async def _ack_done(self, alive: list["_Finishing"], when: AcknowledgeType) -> None:
+        await self._ack([one.held for one in alive if one.ok], when)
+
+    async def _ack(self, held: Sequence[Held], when: AcknowledgeType) -> None:
+        """Ack, in one round trip, the messages due now and not acked yet."""
+        due: list[MessageAck] = []
+        for one in held:
+            ack = one.ack
+            if (
+                isinstance(ack, MessageAck)
+                and not ack.is_acked
+                and self._ack_type(one) is when
+            ):
+                ack.is_acked = True  # before the await: never acked twice
+                due.append(ack)
+        if not due or self.transport is None:
+            return
+        try:
+            await self.transport.ack([ack.delivery.handle for ack in due])
+        except Exception as exc:
+            # Unacked, they will be delivered again: at least once.
+            logger.error(
+                "taskiq_batching: %d ack(s) failed: %s", len(due), describe(exc)
+            )
+
+
+class _Finishing:
+    """One message being finished: its result, and whether it is still going."""
+
+    __slots__ = ("error", "held", "ok", "outcome", "result")
+
+    def __init__(self, held: Held, outcome: Outcome, result: TaskiqResult[Any]) -> None:
+        self.held = held
+        self.outcome = outcome
+        self.result = result
+        self.ok = True
+        self.error: BaseException | None = None
+
+
+def _describe(error: BaseException | None) -> str:
+    return "unknown error" if error is None else describe(error)
+
+
+def _result(
+    outcome: Outcome, labels: dict[str, Any], share: float
+) -> TaskiqResult[Any]:
+    """The result taskiq would store for a message with this outcome."""
+    return TaskiqResult(
+        is_err=outcome.error is not None,
+        log=None,
+        return_value=outcome.value,
+        execution_time=share,
+        error=outcome.error,
+        labels=labels,
+    )
+
+
+async def _in_scope(scope: contextvars.Context | None, value: Any) -> Any:
+    """Await what a hook returned; a coroutine runs in the message's context."""
+    if scope is not None and inspect.iscoroutine(value) and sys.version_info >= (3, 11):
+        loop = asyncio.get_running_loop()
+        return await loop.create_task(value, context=scope)
+    return await value
+
+
+async def _call(
+    scope: contextvars.Context | None, hook: Callable[..., Any], *args: Any
+) -> Any:
+    """Call a middleware hook in a message's context, as taskiq would await it."""
+    value = hook(*args) if scope is None else scope.run(hook, *args)
+    if inspect.isawaitable(value):
+        return await _in_scope(scope, value)
+    return value

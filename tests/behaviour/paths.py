@@ -1,0 +1,236 @@
+"""The paths a batched message can take, behind one interface, for parity tests.
+
+* ``inmemory``: ``InMemoryBroker``; taskiq's ``kick`` hands each message to
+  the plugin directly.
+* ``generic``: a broker the plugin knows nothing about (``QueueBroker``),
+  read through its own ``listen()`` by taskiq's Receiver: the generic
+  transport.
+* ``redis-stream`` and ``redis-list``: taskiq-redis brokers on the real
+  Redis, read by the Redis transports (chunks, packed reads, bulk acks and
+  result writes).
+
+Every path records the same journal: per task_id, the middleware hooks
+called (and the id of the message object each got) and its acks.
+"""
+
+import asyncio
+import contextlib
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from taskiq import (
+    AckableMessage,
+    AsyncBroker,
+    InMemoryBroker,
+    TaskiqMessage,
+    TaskiqMiddleware,
+    TaskiqResult,
+)
+from taskiq.acks import AcknowledgeType
+from taskiq.brokers.inmemory_broker import InmemoryResultBackend
+from taskiq.serializers import JSONSerializer
+from taskiq.utils import maybe_awaitable
+from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend, RedisStreamBroker
+
+from taskiq_batching import BatchingMiddleware
+from taskiq_batching.transports import Delivery, Transport
+from taskiq_batching.worker import hook
+from taskiq_batching.worker.decode import decode
+from tests.helpers import QueueBroker, running_worker
+
+PATHS = ["inmemory", "generic", "redis-stream", "redis-list"]
+
+
+@dataclass
+class Journal:
+    """What happened to each message, in order: ``(event, message id)``."""
+
+    events: defaultdict[str, list[tuple[str, int]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def record(self, task_id: str, event: str, message: object = None) -> None:
+        self.events[task_id].append((event, id(message)))
+        self._changed.set()
+
+    async def wait(self, task_ids: Sequence[str], event: str, timeout: float) -> None:
+        """Wait until each of ``task_ids`` has had ``event``."""
+
+        async def seen() -> None:
+            while not all(event in self.names(t) for t in task_ids):
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(seen(), timeout)
+
+    def names(self, task_id: str) -> list[str]:
+        return [event for event, _ in self.events[task_id]]
+
+    def objects(self, task_id: str) -> set[int]:
+        """The ids of the message objects the hooks got (acks excluded)."""
+        return {obj for event, obj in self.events[task_id] if event != "ack"}
+
+
+class JournalMiddleware(TaskiqMiddleware):
+    """Records every per-message hook taskiq calls on a worker."""
+
+    def __init__(self, journal: Journal) -> None:
+        super().__init__()
+        self.journal = journal
+
+    def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
+        self.journal.record(message.task_id, "pre_execute", message)
+        return message
+
+    def on_error(
+        self, message: TaskiqMessage, result: TaskiqResult[Any], error: BaseException
+    ) -> None:
+        self.journal.record(message.task_id, "on_error", message)
+
+    def post_execute(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
+        self.journal.record(message.task_id, "post_execute", message)
+
+    def post_save(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
+        self.journal.record(message.task_id, "post_save", message)
+
+
+class RecordingTransport:
+    """A transport that records, per task_id, the acks the worker sends."""
+
+    def __init__(self, inner: Transport, broker: AsyncBroker, journal: Journal):
+        self._inner = inner
+        self._broker = broker
+        self._journal = journal
+        self._task_ids: dict[Any, str] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def _learn(self, deliveries: list[Delivery]) -> list[Delivery]:
+        for delivery in deliveries:
+            envelope = decode(self._broker, delivery.data)
+            if envelope is not None and delivery.handle is not None:
+                self._task_ids[_key(delivery.handle)] = envelope.task_id
+        return deliveries
+
+    async def read(self, limit: int) -> list[Delivery]:
+        return self._learn(await self._inner.read(limit))
+
+    async def interrupt(self, reading: Any) -> list[Delivery]:
+        return self._learn(await self._inner.interrupt(reading))
+
+    async def reclaim(self) -> list[Delivery]:
+        return self._learn(await self._inner.reclaim())
+
+    async def ack(self, handles: Sequence[Any]) -> None:
+        for handle in handles:
+            self._journal.record(self._task_ids[_key(handle)], "ack")
+        await self._inner.ack(handles)
+
+    def for_receiver(self, delivery: Delivery) -> bytes | AckableMessage:
+        """A plain message's ack is recorded too (taskiq's Receiver calls it)."""
+        handed = self._inner.for_receiver(delivery)
+        if not isinstance(handed, AckableMessage):
+            return handed
+        task_id = self._task_ids.get(_key(delivery.handle), "?")
+        ack = handed.ack
+
+        async def recorded() -> None:
+            self._journal.record(task_id, "ack")
+            await maybe_awaitable(ack())
+
+        return AckableMessage(data=handed.data, ack=recorded)
+
+
+def _key(handle: Any) -> Any:
+    return handle if isinstance(handle, tuple) else id(handle)
+
+
+@dataclass
+class Path:
+    """A broker set up for one path, and what its journal saw."""
+
+    name: str
+    broker: AsyncBroker
+    journal: Journal
+    acks: bool
+
+    @property
+    def batching(self) -> BatchingMiddleware:
+        return BatchingMiddleware.of(self.broker)
+
+
+@contextlib.asynccontextmanager
+async def open_path(
+    name: str,
+    redis_url: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+    middlewares: Sequence[TaskiqMiddleware] = (),
+) -> AsyncIterator[Path]:
+    """A broker on ``name``'s path with the plugin and a journal.
+
+    Declare tasks on ``path.broker``, then run its worker with ``running``.
+    """
+    journal = Journal()
+    queue = f"tb-parity-{uuid.uuid4().hex[:10]}"
+    broker: AsyncBroker
+    if name == "inmemory":
+        broker = InMemoryBroker(max_stored_results=-1)
+    elif name == "generic":
+        broker = QueueBroker()
+        broker.with_result_backend(InmemoryResultBackend(max_stored_results=-1))
+    else:
+        assert redis_url is not None
+        kind = ListQueueBroker if name == "redis-list" else RedisStreamBroker
+        broker = kind(redis_url, queue_name=queue).with_result_backend(
+            RedisAsyncResultBackend(
+                redis_url,
+                prefix_str=queue,
+                result_ex_time=60,
+                serializer=JSONSerializer(),
+            ),
+        )
+    broker.add_middlewares(BatchingMiddleware(), JournalMiddleware(journal))
+    if middlewares:
+        broker.add_middlewares(*middlewares)
+    real = hook.transport_for
+    monkeypatch.setattr(
+        hook,
+        "transport_for",
+        lambda b, listen=None: RecordingTransport(real(b, listen), b, journal),
+    )
+    path = Path(name, broker, journal, acks=name in ("generic", "redis-stream"))
+    try:
+        yield path
+    finally:
+        if redis_url is not None and name.startswith("redis"):
+            async with Redis.from_url(redis_url) as redis:
+                keys = [key async for key in redis.scan_iter(f"{queue}*")]
+                if keys:
+                    await redis.delete(*keys)
+
+
+@contextlib.asynccontextmanager
+async def running(
+    path: Path, ack_type: AcknowledgeType | None = None
+) -> AsyncIterator[None]:
+    """Run the path's worker (none for ``inmemory``) around the body."""
+    if path.name == "inmemory":
+        assert isinstance(path.broker, InMemoryBroker)
+        await path.broker.startup()
+        try:
+            yield
+        finally:
+            await path.broker.wait_all()
+            await path.broker.shutdown()
+            await path.broker.wait_all()
+        return
+    await path.broker.startup()
+    async with running_worker(path.broker, ack_type=ack_type):
+        yield
