@@ -145,6 +145,19 @@ def amqp_prefetch(broker: Any) -> int | None:
     return None
 
 
+def otel_tracer(middleware: Any) -> Any:
+    """The tracer of taskiq's ``OpenTelemetryMiddleware``.
+
+    It is made from the tracer provider the user gave the middleware (or
+    the global one); batch spans use the same, so they land where the
+    messages' spans do.
+
+    :param middleware: an ``OpenTelemetryMiddleware``.
+    :return: its ``opentelemetry.trace.Tracer``.
+    """
+    return middleware._tracer
+
+
 def guard_declarations(check: Callable[[AsyncBroker, Any], None]) -> None:
     """Run ``check(broker, task)`` on every task any broker registers.
 

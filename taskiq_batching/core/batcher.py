@@ -17,8 +17,9 @@ says whether one more fits; ``admit`` waits for room.
 import asyncio
 import logging
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable, Hashable
-from typing import Any
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 from taskiq import AsyncBroker
 
@@ -34,6 +35,19 @@ logger = logging.getLogger("taskiq_batching")
 
 #: ``finisher(spec, [(message, outcome)], seconds the batch ran)``
 Finisher = Callable[[BatchSpec, list[tuple[Held, Outcome]], float], Awaitable[None]]
+
+
+class BatchSpanLike(Protocol):
+    """What the batcher tells a batch's span (see ``tracing.py``)."""
+
+    def outcomes(self, outcomes: Sequence[Outcome]) -> None:
+        """The batch's outcomes, before the span ends."""
+
+
+#: ``span(task_name, buffer, reason, waited)``: a batch's span, if traced.
+SpanMaker = Callable[
+    [str, Buffer, FlushReason, float], AbstractContextManager[BatchSpanLike]
+]
 _Key = tuple[str, Hashable]
 
 #: Batch calls that may run at once in one worker process, by default.
@@ -60,6 +74,8 @@ class Batcher:
         self.validate = True
         #: Finishes the messages of a batch; set by the worker integration.
         self.finisher: Finisher | None = None
+        #: Makes each batch's span, when the broker is traced.
+        self.span: SpanMaker | None = None
         self.rules = FlushRules(self)
         self.buffers: dict[_Key, Buffer] = {}
         self.held: defaultdict[str, int] = defaultdict(int)
@@ -254,7 +270,15 @@ class Batcher:
             reason.value,
         )
         started = loop.time()
-        outcomes = await run_batch(self.broker, spec, buffer, reason, self.options)
+        if self.span is None:
+            outcomes = await run_batch(self.broker, spec, buffer, reason, self.options)
+        else:
+            waited = started - buffer.opened_at
+            with self.span(spec.task_name, buffer, reason, waited) as span:
+                outcomes = await run_batch(
+                    self.broker, spec, buffer, reason, self.options
+                )
+                span.outcomes(outcomes)
         if self.finisher is not None:
             batch = list(zip(buffer.items, outcomes, strict=True))
             await self.finisher(spec, batch, loop.time() - started)

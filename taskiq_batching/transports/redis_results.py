@@ -2,15 +2,21 @@
 
 Each result is encoded exactly as the backend's ``set_result`` encodes it
 (its serializer, over ``model_dump(mode="json")``), once per distinct
-result object, and every ``SET`` (with the backend's expiry) goes in one
-pipeline. A result that cannot be encoded is reported alone; a pipeline
-that fails reports each of its results.
+result object. Every ``SET`` (with the backend's expiry) is done by one
+script call, each distinct value sent once: redis-py's pure-Python
+client spends more on a pipeline's commands and replies than the server
+spends on the writes. A server that refuses scripts gets a pipeline of
+``SET`` commands instead (a cluster always does: its keys span slots). A
+result that cannot be encoded is reported alone; a write that fails
+reports each of its results.
 """
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 from taskiq import AsyncResultBackend, TaskiqResult
 from taskiq_redis import (
     RedisAsyncClusterResultBackend,
@@ -19,6 +25,28 @@ from taskiq_redis import (
 )
 
 from taskiq_batching._compat import redis_result_key
+
+#: SET of each of KEYS, as the backend's set_result does one by one.
+#: ARGV[1]: EX seconds, ARGV[2]: PX milliseconds (0 for none), ARGV[3]: the
+#: number n of distinct values, ARGV[4..3+n]: the values; then, when n > 1,
+#: the 1-based index of each key's value.
+_SET_MANY = """
+local ex, px, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+for i = 1, #KEYS do
+  local value = ARGV[4]
+  if n > 1 then value = ARGV[3 + tonumber(ARGV[3 + n + i])] end
+  if ex > 0 then
+    redis.call('SET', KEYS[i], value, 'EX', ex)
+  elseif px > 0 then
+    redis.call('SET', KEYS[i], value, 'PX', px)
+  else
+    redis.call('SET', KEYS[i], value)
+  end
+end
+return #KEYS
+"""
+
+logger = logging.getLogger("taskiq_batching")
 
 _WRITERS = (
     RedisAsyncResultBackend.set_result,
@@ -47,6 +75,8 @@ class RedisResults:
     def __init__(self, backend: Any) -> None:
         self.backend = backend
         self._redis: Any = None
+        self._script: Any = None
+        self.scripted = not hasattr(backend, "redis") or hasattr(backend, "redis_pool")
 
     def _client(self) -> Any:
         if self._redis is None:
@@ -87,7 +117,36 @@ class RedisResults:
     async def _set_all(self, rows: list[tuple[int, str, bytes]]) -> None:
         ex = self.backend.result_ex_time
         px = None if ex else self.backend.result_px_time
+        if self.scripted:
+            try:
+                await self._set_by_script(rows, ex or 0, px or 0)
+            except ResponseError as exc:
+                self.scripted = False
+                logger.warning(
+                    "taskiq_batching: writing results without a script (%s)", exc
+                )
+            else:
+                return
         async with self._client().pipeline(transaction=False) as pipe:
             for _, key, value in rows:
                 pipe.set(key, value, ex=ex or None, px=px or None)
             await pipe.execute()
+
+    async def _set_by_script(
+        self, rows: list[tuple[int, str, bytes]], ex: int, px: int
+    ) -> None:
+        positions: dict[int, int] = {}
+        values: list[bytes] = []
+        chosen: list[int] = []
+        for _, _, value in rows:
+            position = positions.get(id(value))
+            if position is None:
+                position = positions[id(value)] = len(values) + 1
+                values.append(value)
+            chosen.append(position)
+        args: list[Any] = [ex, px, len(values), *values]
+        if len(values) > 1:
+            args.extend(chosen)
+        if self._script is None:
+            self._script = self._client().register_script(_SET_MANY)
+        await self._script(keys=[key for _, key, _ in rows], args=args)

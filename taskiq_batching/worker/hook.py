@@ -22,6 +22,7 @@ from taskiq import AckableMessage, AsyncBroker, InMemoryBroker
 from taskiq_batching._compat import calling_receiver, route_callback
 from taskiq_batching.core.batcher import Batcher
 from taskiq_batching.core.buffer import Envelope
+from taskiq_batching.tracing import tracer_for
 from taskiq_batching.transports import results_for, transport_for
 from taskiq_batching.transports.base import Transport
 from taskiq_batching.worker.decode import decode
@@ -54,6 +55,7 @@ def attach(broker: AsyncBroker, batcher: Batcher) -> None:
             return original()
         options = WorkerOptions.of(receiver)
         batcher.configure(options.validate, options.run)
+        _trace(broker, batcher)
         transport = transport_for(broker, original)
         lifecycle = Lifecycle(
             broker,
@@ -72,6 +74,11 @@ def attach(broker: AsyncBroker, batcher: Batcher) -> None:
     broker.listen = listen  # type: ignore[method-assign]
     if isinstance(broker, InMemoryBroker):
         _attach_in_memory(broker, batcher)
+
+
+def _trace(broker: AsyncBroker, batcher: Batcher) -> None:
+    tracer = tracer_for(broker)
+    batcher.span = None if tracer is None else tracer.span
 
 
 def _overflow(
@@ -93,6 +100,7 @@ def _attach_in_memory(broker: InMemoryBroker, batcher: Batcher) -> None:
         if key not in lifecycles:
             options = WorkerOptions.of(broker.receiver)
             batcher.configure(options.validate, options.run)
+            _trace(broker, batcher)
             lifecycles.clear()
             lifecycles[key] = Lifecycle(
                 broker, batcher, results_for(broker.result_backend), options.ack_type

@@ -1,0 +1,108 @@
+"""A span per batch, for brokers that taskiq's ``OpenTelemetryMiddleware`` traces.
+
+taskiq's middleware gives each message a span (``execute/{task_name}``),
+from ``pre_execute`` to ``post_execute``; a batched message's span so
+covers its wait in a buffer and its batch. The batch itself gets a span
+of its own, ``execute_batch/{task_name}``, made with the middleware's
+tracer and current while the batch function runs (spans the function
+makes are its children). It links to each message's span, as
+OpenTelemetry's messaging conventions do for a batch, and carries
+``messaging.batch.message_count``, the flush reason and the wait.
+
+Nothing here imports OpenTelemetry unless the broker has taskiq's
+middleware (which imports it).
+"""
+
+import contextlib
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from taskiq import AsyncBroker
+
+from taskiq_batching._compat import otel_tracer
+from taskiq_batching.core.buffer import Buffer
+from taskiq_batching.core.run import Outcome
+from taskiq_batching.settings import FlushReason
+
+_MIDDLEWARE_MODULE = "taskiq.middlewares.opentelemetry_middleware"
+
+
+class BatchTracer:
+    """Makes the span of each batch with taskiq's ``OpenTelemetryMiddleware``.
+
+    :param middleware: the broker's ``OpenTelemetryMiddleware``.
+    """
+
+    def __init__(self, middleware: Any) -> None:
+        self.tracer = otel_tracer(middleware)
+        module = sys.modules[_MIDDLEWARE_MODULE]
+        self._message_span = module.retrieve_context
+
+    @contextlib.contextmanager
+    def span(
+        self, task_name: str, buffer: Buffer, reason: FlushReason, waited: float
+    ) -> Iterator["_BatchSpan"]:
+        """The batch's span, current while the body runs.
+
+        :param task_name: the batched task.
+        :param buffer: the batch's messages.
+        :param reason: why it was flushed.
+        :param waited: seconds its first message waited, until the flush.
+        :yield: the span.
+        """
+        # Imported here: only a traced broker needs it.
+        from opentelemetry import trace
+
+        links = []
+        for held in buffer.items:
+            found = self._message_span(held.message)
+            if found is not None:
+                links.append(trace.Link(found[0].get_span_context()))
+        attributes = {
+            "messaging.batch.message_count": len(buffer.items),
+            "taskiq.task_name": task_name,
+            "taskiq_batching.flush_reason": reason.value,
+            "taskiq_batching.waited_seconds": waited,
+        }
+        with self.tracer.start_as_current_span(
+            f"execute_batch/{task_name}",
+            kind=trace.SpanKind.CONSUMER,
+            links=links,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            yield _BatchSpan(span)
+
+
+class _BatchSpan:
+    """A batch's span, told the batch's outcomes before it ends."""
+
+    def __init__(self, span: Any) -> None:
+        self.span = span
+
+    def outcomes(self, outcomes: Sequence[Outcome]) -> None:
+        """Record how many messages failed; the batch failed if all did."""
+        from opentelemetry.trace import Status, StatusCode
+
+        errors = [outcome.error for outcome in outcomes if outcome.error is not None]
+        self.span.set_attribute("taskiq_batching.failed_count", len(errors))
+        if errors and len(errors) == len(outcomes):
+            self.span.record_exception(errors[0])
+            self.span.set_status(Status(StatusCode.ERROR, str(errors[0])))
+
+
+def tracer_for(broker: AsyncBroker) -> BatchTracer | None:
+    """The batch tracer of a broker traced by taskiq's middleware, if it is.
+
+    :param broker: the broker.
+    :return: the tracer, or None without ``OpenTelemetryMiddleware``.
+    """
+    module = sys.modules.get(_MIDDLEWARE_MODULE)
+    if module is None:
+        return None
+    for middleware in broker.middlewares:
+        if isinstance(middleware, module.OpenTelemetryMiddleware):
+            return BatchTracer(middleware)
+    return None
