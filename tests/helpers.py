@@ -5,7 +5,7 @@ import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 from taskiq import (
     AckableMessage,
@@ -34,6 +34,8 @@ class QueueBroker(AsyncBroker):
         super().__init__()
         self.queue: asyncio.Queue[BrokerMessage] = asyncio.Queue()
         self.acked: list[str] = []
+        #: Messages taken from ``queue`` by listeners.
+        self.taken = 0
         self._ack_changed = asyncio.Condition()
 
     async def kick(self, message: BrokerMessage) -> None:
@@ -42,6 +44,7 @@ class QueueBroker(AsyncBroker):
     async def listen(self) -> AsyncGenerator[bytes | AckableMessage, None]:
         while True:
             message = await self.queue.get()
+            self.taken += 1
             yield AckableMessage(
                 data=message.message,
                 ack=partial(self._ack, message.task_id),
@@ -55,6 +58,25 @@ class QueueBroker(AsyncBroker):
     async def wait_acked(self, count: int) -> None:
         async with self._ack_changed:
             await self._ack_changed.wait_for(lambda: len(self.acked) >= count)
+
+
+class ObservedSemaphore(asyncio.Semaphore):
+    """A semaphore that reports each acquire attempt as it begins.
+
+    Put in place of a Receiver's ``sem_prefetch``: the n-th attempt means
+    the Receiver is asking for its n-th delivery slot, so a test can wait
+    until the Receiver blocks instead of guessing how long that takes.
+    """
+
+    def __init__(self, value: int) -> None:
+        super().__init__(value)
+        self.acquire_attempts: asyncio.Queue[int] = asyncio.Queue()
+        self._attempts = 0
+
+    async def acquire(self) -> Literal[True]:
+        self._attempts += 1
+        self.acquire_attempts.put_nowait(self._attempts)
+        return await super().acquire()
 
 
 def queue_broker() -> QueueBroker:
@@ -94,9 +116,16 @@ async def running_worker(
     max_async_tasks: int = 100,
     ack_type: AcknowledgeType | None = None,
     stop_timeout: float = 10,
+    **receiver_options: Any,
 ) -> AsyncIterator[Receiver]:
-    """Run taskiq's own Receiver on the broker, as ``taskiq worker`` does."""
-    receiver = Receiver(broker, max_async_tasks=max_async_tasks, ack_type=ack_type)
+    """Run taskiq's own Receiver on the broker, as ``taskiq worker`` does.
+
+    ``receiver_options`` go to the Receiver (``max_prefetch``,
+    ``max_tasks_to_execute``, ``wait_tasks_timeout``...).
+    """
+    receiver = Receiver(
+        broker, max_async_tasks=max_async_tasks, ack_type=ack_type, **receiver_options
+    )
     finish = asyncio.Event()
     listening = asyncio.create_task(receiver.listen(finish))
     try:

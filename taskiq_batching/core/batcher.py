@@ -112,6 +112,7 @@ class Batcher:
         :param task_name: a batched task.
         :return: whether it was admitted (then ``release`` it when finished).
         """
+        self.bind_loop()
         if self.held[task_name] >= self.specs[task_name].settings.max_held:
             self.rules.relieve(task_name)
             return False
@@ -331,14 +332,16 @@ class Batcher:
         test, say): asyncio objects of one loop cannot be used in another.
         """
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:
-            if self._loop is not None and (self.buffers or self._running):
+        if loop is self._loop:
+            return loop
+        first, self._loop = self._loop is None, loop
+        if not first:
+            if self.buffers or self._running:
                 logger.warning(
                     "taskiq_batching: %d buffered message(s) of an earlier event "
                     "loop were dropped",
                     self.buffered(),
                 )
-            self._loop = loop
             self.buffers.clear()
             self._ready.clear()
             self._running.clear()

@@ -26,7 +26,7 @@ def install_signal_wakeup() -> None:
         if signum is None:
             continue
         previous = signal.getsignal(signum)
-        if not callable(previous) or getattr(previous, "_taskiq_batching", False):
+        if not callable(previous) or getattr(previous, "taskiq_batching_wakeup", False):
             continue
         try:
             signal.signal(signum, _chained(previous, loop))
@@ -45,7 +45,7 @@ def _chained(
             if not loop.is_closed():
                 loop.call_soon_threadsafe(_wake)
 
-    handler._taskiq_batching = True  # type: ignore[attr-defined]
+    handler.taskiq_batching_wakeup = True  # type: ignore[attr-defined]
     return handler
 
 

@@ -162,7 +162,11 @@ async def test_retries_rerun_only_the_failed_messages(
     calls: list[list[int]] = []
 
     @broker.task(
-        task_name="flaky", batch=True, batch_size=3, batch_timeout=0.2, retry_on_error=True
+        task_name="flaky",
+        batch=True,
+        batch_size=3,
+        batch_timeout=0.2,
+        retry_on_error=True,
     )
     async def flaky(items: list[int]) -> Any:
         calls.append(list(items))

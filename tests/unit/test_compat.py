@@ -1,0 +1,178 @@
+"""Each internal of taskiq or a broker library ``_compat`` relies on, checked
+against the installed versions (the CI matrix runs this on each supported one).
+"""
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import fakeredis
+import pytest
+from taskiq import (
+    AckableMessage,
+    AsyncBroker,
+    InMemoryBroker,
+    TaskiqMessage,
+    TaskiqMiddleware,
+    TaskiqResult,
+)
+from taskiq.abc.broker import AsyncBroker as BaseBroker
+from taskiq.kicker import AsyncKicker
+from taskiq.receiver import Receiver
+from taskiq_redis import RedisAsyncResultBackend
+
+from taskiq_batching import _compat
+from tests.helpers import QueueBroker
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def test_calling_receiver_is_the_receiver_that_listens() -> None:
+    found: list[Receiver | None] = []
+
+    class Spy(QueueBroker):
+        def listen(self) -> AsyncGenerator[bytes | AckableMessage, None]:
+            found.append(_compat.calling_receiver(depth=2))
+            return super().listen()
+
+    broker = Spy()
+    receiver = Receiver(broker, run_startup=False)
+    finish = asyncio.Event()
+    finish.set()
+    await receiver.listen(finish)
+    broker.listen()
+    assert found == [receiver, None]
+
+
+async def test_route_callback_takes_what_it_routes_and_passes_the_rest() -> None:
+    broker = InMemoryBroker()
+    routed: list[Any] = []
+    passed: list[Any] = []
+
+    async def original(message: Any, raise_err: bool = False) -> None:
+        passed.append((message, raise_err))
+
+    receiver = broker.receiver
+    receiver.callback = original  # type: ignore[method-assign]
+
+    async def taken(message: Any) -> None:
+        routed.append(message)
+
+    _compat.route_callback(
+        receiver,
+        lambda message: (lambda: taken(message)) if message == b"mine" else None,
+    )
+    await receiver.callback(message=b"mine")
+    await receiver.callback(message=b"theirs", raise_err=True)
+    assert routed == [b"mine"]
+    assert passed == [(b"theirs", True)]
+
+
+def test_route_callback_keeps_a_synchronous_failure_synchronous() -> None:
+    receiver = Receiver(InMemoryBroker())
+
+    def failing(**_: Any) -> None:
+        raise RuntimeError("handoff failed")
+
+    receiver.callback = failing  # type: ignore[method-assign]
+    _compat.route_callback(receiver, lambda message: None)
+    with pytest.raises(RuntimeError, match="handoff failed"):
+        receiver.callback(message=b"x")
+
+
+async def test_share_stop_budget_bounds_the_runners_wait() -> None:
+    broker = QueueBroker()
+    started = asyncio.Event()
+
+    @broker.task
+    async def forever() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    receiver = Receiver(broker, run_startup=False)  # waits forever by default
+    finish = asyncio.Event()
+    listening = asyncio.create_task(receiver.listen(finish))
+    await forever.kiq()
+    await started.wait()
+    _compat.share_stop_budget(receiver, 0.2)
+    began = time.monotonic()
+    finish.set()
+    await asyncio.wait_for(listening, timeout=10)
+    assert time.monotonic() - began >= 0.2
+
+
+def test_overrides_is_taskiqs_own_test() -> None:
+    class Pre(TaskiqMiddleware):
+        def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
+            return message
+
+    class Saved(TaskiqMiddleware):
+        def post_save(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
+            pass
+
+    assert _compat.overrides(Pre(), "pre_execute")
+    assert not _compat.overrides(Pre(), "post_save")
+    assert _compat.overrides(Saved(), "post_save")
+    assert not _compat.overrides(TaskiqMiddleware(), "on_error")
+
+
+async def test_prepare_message_is_what_kiq_sends() -> None:
+    broker = QueueBroker()
+
+    @broker.task(task_name="t", tenant="a")
+    async def task(item: int, *, flag: bool = False) -> None: ...
+
+    kicker: AsyncKicker[Any, Any] = task.kicker().with_task_id("fixed")
+    prepared = _compat.prepare_message(kicker, 5, flag=True)
+    await kicker.kiq(5, flag=True)
+    sent = await broker.queue.get()
+    assert broker.formatter.dumps(prepared).message == sent.message
+    assert _compat.prepare_arg(kicker, 5) == 5
+
+
+async def test_redis_result_key_is_where_the_backend_stores() -> None:
+    server = fakeredis.FakeServer()
+    backend: RedisAsyncResultBackend[Any] = RedisAsyncResultBackend(
+        "redis://fake:6379/0",
+        prefix_str="pre",
+        connection_class=fakeredis.FakeAsyncRedisConnection,
+        server=server,
+    )
+    await backend.set_result(
+        "abc", TaskiqResult(is_err=False, log=None, return_value=1, execution_time=0)
+    )
+    key = _compat.redis_result_key(backend, "abc")
+    client = fakeredis.FakeAsyncRedis(server=server)
+    assert key == "pre:abc"
+    assert await client.exists(key) == 1
+    await client.aclose()
+
+
+def test_amqp_prefetch_is_the_brokers_qos() -> None:
+    from taskiq_aio_pika import AioPikaBroker
+
+    assert _compat.amqp_prefetch(AioPikaBroker("amqp://guest@nowhere/", qos=7)) == 7
+    assert _compat.amqp_prefetch(QueueBroker()) is None
+
+
+def test_otel_tracer_is_the_middlewares() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from taskiq.middlewares.opentelemetry_middleware import OpenTelemetryMiddleware
+
+    tracer = TracerProvider().get_tracer("test")
+    assert _compat.otel_tracer(OpenTelemetryMiddleware(tracer=tracer)) is tracer
+
+
+def test_guard_declarations_wraps_registration_once() -> None:
+    seen: list[str] = []
+    registered = BaseBroker._register_task
+    try:
+        _compat.guard_declarations(lambda broker, task: seen.append(task.task_name))
+        wrapped = BaseBroker._register_task
+        _compat.guard_declarations(lambda broker, task: seen.append("twice"))
+        assert BaseBroker._register_task is wrapped
+    finally:
+        BaseBroker._register_task = registered  # type: ignore[method-assign]
+    # The package's own guard is installed on import, and stays.
+    assert getattr(AsyncBroker._register_task, "_taskiq_batching_guard", False)
