@@ -193,8 +193,12 @@ def task_ack_type(task_name: str, labels: Mapping[str, Any]) -> AcknowledgeType 
         return None
     try:
         return parse_acknowledge_type(value)
-    except ValueError as exc:
-        raise BatchConfigError(f"batched task {task_name!r}: {exc}") from None
+    except ValueError:
+        accepted = ", ".join(repr(kind.value) for kind in AcknowledgeType)
+        raise BatchConfigError(
+            f"batched task {task_name!r}: ack_type must be one of {accepted} "
+            f"(or an AcknowledgeType), got {value!r}.",
+        ) from None
 
 
 def seconds(where: str, name: str, value: Any) -> float:

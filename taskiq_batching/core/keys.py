@@ -40,9 +40,8 @@ def _freeze(value: Any) -> Hashable:
     if kind in (set, frozenset):
         return (kind, frozenset(_freeze(item) for item in value))
     if isinstance(value, BaseModel):
-        # Every field, whatever its repr; secrets compare by their value.
-        fields = sorted(type(value).model_fields)
-        return (kind, tuple((name, _freeze(getattr(value, name))) for name in fields))
+        # Every field and extra, whatever its repr; secrets by their value.
+        return (kind, tuple(sorted((name, _freeze(item)) for name, item in value)))
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         fields = [field.name for field in dataclasses.fields(value)]
         return (kind, tuple((name, _freeze(getattr(value, name))) for name in fields))

@@ -40,6 +40,8 @@ class BatchSignature:
     :param adapters: validators of the typed extra parameters, by name.
     :param dependencies: taskiq dependency graph, None when it has no
         dependencies.
+    :param is_coroutine: whether the function is ``async``.
+    :param takes_more_args: whether it has ``*args``.
     """
 
     func: Callable[..., Any]
@@ -50,6 +52,7 @@ class BatchSignature:
     adapters: dict[str, TypeAdapter[Any]] = field(default_factory=dict)
     dependencies: DependencyGraph | None = None
     is_coroutine: bool = True
+    takes_more_args: bool = False
 
     def coerce_item(self, item: Any) -> Any:
         """Validate and convert one item, as taskiq does for an argument.
@@ -88,6 +91,11 @@ class BatchSignature:
         new_kwargs = dict(kwargs)
         for index, value in enumerate(args):
             if index >= len(self.positional):
+                if not self.takes_more_args:
+                    raise ArgumentError(
+                        f"takes {len(self.positional)} argument(s) after the item, "
+                        f"got {len(args)}",
+                    )
                 new_args.append(value)  # taken by *args
                 continue
             param = self.positional[index]
@@ -161,6 +169,7 @@ def analyse(task_name: str, func: Callable[..., Any]) -> BatchSignature:
         adapters=adapters,
         dependencies=graph,
         is_coroutine=inspect.iscoroutinefunction(func),
+        takes_more_args=any(p.kind == p.VAR_POSITIONAL for p in params),
     )
 
 

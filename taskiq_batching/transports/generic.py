@@ -122,9 +122,18 @@ class GenericTransport:
 
     async def send(self, messages: Sequence[BrokerMessage]) -> None:
         """``kick`` each message, up to ``SEND_CONCURRENCY`` at once."""
-        for start in range(0, len(messages), SEND_CONCURRENCY):
-            chunk = messages[start : start + SEND_CONCURRENCY]
-            await asyncio.gather(*(self.broker.kick(message) for message in chunk))
+        await kick_each(self.broker, messages)
+
+
+async def kick_each(broker: AsyncBroker, messages: Sequence[BrokerMessage]) -> None:
+    """Send messages with the broker's own ``kick``, some at once.
+
+    :param broker: the broker.
+    :param messages: formatted messages.
+    """
+    for start in range(0, len(messages), SEND_CONCURRENCY):
+        chunk = messages[start : start + SEND_CONCURRENCY]
+        await asyncio.gather(*(broker.kick(message) for message in chunk))
 
 
 async def ack_each(handles: Sequence[Any]) -> None:
@@ -133,9 +142,12 @@ async def ack_each(handles: Sequence[Any]) -> None:
     :param handles: ack callables (sync or async).
     :raises Exception: the first ack that failed.
     """
+
+    async def one(ack: Any) -> None:
+        await maybe_awaitable(ack())
+
     outcomes = await asyncio.gather(
-        *(maybe_awaitable(ack()) for ack in handles),
-        return_exceptions=True,
+        *(one(ack) for ack in handles), return_exceptions=True
     )
     for outcome in outcomes:
         if isinstance(outcome, BaseException):

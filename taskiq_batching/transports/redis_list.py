@@ -23,6 +23,7 @@ from taskiq_redis import (
 
 from taskiq_batching.core.run import BatchSpec
 from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.generic import kick_each
 from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient
 
 logger = logging.getLogger("taskiq_batching")
@@ -36,6 +37,11 @@ _LISTENERS = (
     ListQueueBroker.listen,
     ListQueueSentinelBroker.listen,
     ListQueueClusterBroker.listen,
+)
+_KICKS = (
+    ListQueueBroker.kick,
+    ListQueueSentinelBroker.kick,
+    ListQueueClusterBroker.kick,
 )
 
 
@@ -121,6 +127,9 @@ class ListTransport:
 
     async def send(self, messages: Sequence[BrokerMessage]) -> None:
         """LPUSH every message, as ``kick`` would, one command per queue."""
+        if type(self.broker).kick not in _KICKS:  # a subclass sends its own way
+            await kick_each(self.broker, messages)
+            return
         queues: defaultdict[str, list[bytes]] = defaultdict(list)
         for message in messages:
             queue = message.labels.get("queue_name") or self.queue

@@ -38,6 +38,7 @@ from taskiq_redis import (
 
 from taskiq_batching.core.run import BatchSpec
 from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.generic import kick_each
 from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient, cancel
 
 logger = logging.getLogger("taskiq_batching")
@@ -54,6 +55,11 @@ _LISTENERS = (
     RedisStreamBroker.listen,
     RedisStreamSentinelBroker.listen,
     RedisStreamClusterBroker.listen,
+)
+_KICKS = (
+    RedisStreamBroker.kick,
+    RedisStreamSentinelBroker.kick,
+    RedisStreamClusterBroker.kick,
 )
 
 #: XREADGROUP of KEYS (streams) from ARGV[4..] (one id each) for group
@@ -106,7 +112,8 @@ class StreamTransport:
         self.group: str = broker.consumer_group_name
         self.consumer: str = broker.consumer_name
         self.ids: dict[str, Any] = {broker.queue_name: ">", **broker.additional_streams}
-        self.count: int = broker.count or STREAM_FETCH_COUNT
+        # Sentinel and cluster stream brokers have no xread_count.
+        self.count: int = getattr(broker, "count", None) or STREAM_FETCH_COUNT
         self.block: int = min(broker.block, MAX_BLOCK_MS)
         self.idle_ms: int | None = getattr(broker, "idle_timeout", None)
         self.reclaim_interval = (
@@ -118,7 +125,6 @@ class StreamTransport:
         self._script: Any = None
         self._in_use: set[Entry] = set()
         self._last_seen: dict[str, bytes] = {}
-        self._sweep: dict[str, Any] = {}
 
     @property
     def outstanding(self) -> int:
@@ -258,36 +264,17 @@ class StreamTransport:
         ]
 
     async def reclaim(self) -> list[Delivery]:
-        """The next page of dead consumers' idle entries; empty once swept."""
+        """Dead consumers' entries idle over ``idle_timeout``: every page of them."""
         if self.idle_ms is None:
             return []
-        redis = self.client.redis
         claimed: list[Delivery] = []
         for stream in self.ids:
-            cursor = self._sweep.get(stream, "0-0")
-            reply = await redis.xautoclaim(
-                stream,
-                self.group,
-                self.consumer,
-                min_idle_time=self.idle_ms,
-                start_id=cursor,
-                count=self.count,
-            )
-            next_cursor = reply[0]
-            if next_cursor in (b"0-0", "0-0"):
-                self._sweep.pop(stream, None)
-            else:
-                self._sweep[stream] = next_cursor
-            for entry_id, fields in reply[1]:
-                entry = (stream, entry_id)
-                if entry in self._in_use:
-                    continue  # still ours, held in a batch or by the Receiver
-                data = fields.get(b"data") if fields else None
-                if data is None:  # deleted from the stream meanwhile
-                    await redis.xack(stream, self.group, entry_id)
-                    continue
-                self._in_use.add(entry)
-                claimed.append(Delivery(data, entry))
+            cursor: Any = "0-0"
+            while True:
+                cursor, page = await self._claim_page(stream, cursor)
+                claimed.extend(page)
+                if cursor in (b"0-0", "0-0"):
+                    break
         if claimed:
             logger.warning(
                 "taskiq_batching: claimed %d message(s) idle for over %d ms "
@@ -295,7 +282,30 @@ class StreamTransport:
                 len(claimed),
                 self.idle_ms,
             )
-        return claimed if claimed or not self._sweep else await self.reclaim()
+        return claimed
+
+    async def _claim_page(self, stream: str, cursor: Any) -> tuple[Any, list[Delivery]]:
+        redis = self.client.redis
+        reply = await redis.xautoclaim(
+            stream,
+            self.group,
+            self.consumer,
+            min_idle_time=self.idle_ms,
+            start_id=cursor,
+            count=self.count,
+        )
+        page: list[Delivery] = []
+        for entry_id, fields in reply[1]:
+            entry = (stream, entry_id)
+            if entry in self._in_use:
+                continue  # still ours, held in a batch or by the Receiver
+            data = fields.get(b"data") if fields else None
+            if data is None:  # deleted from the stream meanwhile
+                await redis.xack(stream, self.group, entry_id)
+                continue
+            self._in_use.add(entry)
+            page.append(Delivery(data, entry))
+        return reply[0], page
 
     # --- acks --------------------------------------------------------------
 
@@ -353,6 +363,9 @@ class StreamTransport:
     async def send(self, messages: Sequence[BrokerMessage]) -> None:
         """XADD every message, as ``kick`` would, in one round trip."""
         broker = self.broker
+        if type(broker).kick not in _KICKS:  # a subclass sends its own way
+            await kick_each(broker, messages)
+            return
         async with self.client.redis.pipeline(transaction=False) as pipe:
             for message in messages:
                 queue = message.labels.get("queue_name") or broker.queue_name

@@ -38,8 +38,7 @@ from taskiq.utils import maybe_awaitable
 from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend, RedisStreamBroker
 
 from taskiq_batching import BatchingMiddleware
-from taskiq_batching.transports import Delivery, Transport
-from taskiq_batching.worker import hook
+from taskiq_batching.transports import Delivery, Transport, transport_for
 from taskiq_batching.worker.decode import decode
 from tests.helpers import QueueBroker, running_worker
 
@@ -199,11 +198,9 @@ async def open_path(
     broker.add_middlewares(BatchingMiddleware(), JournalMiddleware(journal))
     if middlewares:
         broker.add_middlewares(*middlewares)
-    real = hook.transport_for
     monkeypatch.setattr(
-        hook,
-        "transport_for",
-        lambda b, listen=None: RecordingTransport(real(b, listen), b, journal),
+        "taskiq_batching.worker.hook.transport_for",
+        lambda b, listen=None: RecordingTransport(transport_for(b, listen), b, journal),
     )
     path = Path(name, broker, journal, acks=name in ("generic", "redis-stream"))
     try:

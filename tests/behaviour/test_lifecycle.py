@@ -12,7 +12,7 @@ from taskiq import SimpleRetryMiddleware, TaskiqDepends
 from taskiq.acks import AcknowledgeType
 from taskiq.exceptions import NoResultError
 
-from taskiq_batching import BatchInfo, per_item
+from taskiq_batching import BatchInfo, batch_task, per_item
 from tests.behaviour.paths import Path, running
 
 pytestmark = pytest.mark.timeout(30)
@@ -37,7 +37,7 @@ async def test_each_message_follows_taskiqs_order(
             raise ValueError("plain failed")
         return item
 
-    @broker.task(task_name="batched", batch=True, batch_size=3, ack_type=ack_type)
+    @batch_task(broker, task_name="batched", batch_size=3, ack_type=ack_type)
     async def batched(items: list[int]) -> int:
         if fails:
             raise ValueError("batch failed")
@@ -62,7 +62,7 @@ async def test_each_message_follows_taskiqs_order(
 async def test_manual_ack_acks_each_message_once(path: Path) -> None:
     broker = path.broker
 
-    @broker.task(task_name="batched", batch=True, batch_size=3, ack_type="manual")
+    @batch_task(broker, task_name="batched", batch_size=3, ack_type="manual")
     async def batched(items: list[int], batch: BatchInfo = TaskiqDepends()) -> int:
         await batch.ack()
         await batch.ack()  # acked at most once, as taskiq's AckController does
@@ -85,19 +85,19 @@ async def test_outcomes_and_error_types_are_the_same_on_every_path(
 ) -> None:
     broker = path.broker
 
-    @broker.task(task_name="mixed", batch=True, batch_size=4, timeout=5)
+    @batch_task(broker, task_name="mixed", batch_size=4, timeout=5)
     async def mixed(items: list[int]) -> Any:
         if -1 in items:
             raise KeyError("poison")
         return per_item(ValueError(f"bad {i}") if i == 2 else i * 10 for i in items)
 
-    @broker.task(task_name="wrong_length", batch=True, batch_size=2)
+    @batch_task(broker, task_name="wrong_length", batch_size=2)
     async def wrong_length(items: list[int]) -> Any:
         return per_item([1])
 
     async with running(path):
         ok = [await mixed.kiq(i) for i in (1, 2, 3)]
-        invalid = await mixed.kiq("not a number")  # type: ignore[arg-type]
+        invalid = await mixed.kiq("not a number")  # type: ignore[call-overload]
         ok.append(await mixed.kiq(4))
         poisoned = [await mixed.kiq(i) for i in (-1, 5, 6, 7)]
         short = [await wrong_length.kiq(i) for i in (1, 2)]
@@ -138,7 +138,7 @@ async def test_no_result_error_stores_nothing_and_still_acks(path: Path) -> None
     async def plain(item: int) -> None:
         raise NoResultError
 
-    @broker.task(task_name="batched", batch=True, batch_size=2)
+    @batch_task(broker, task_name="batched", batch_size=2)
     async def batched(items: list[int]) -> None:
         raise NoResultError
 
@@ -161,9 +161,9 @@ async def test_retries_rerun_only_the_failed_messages(
     broker.add_middlewares(SimpleRetryMiddleware(default_retry_count=2))
     calls: list[list[int]] = []
 
-    @broker.task(
+    @batch_task(
+        broker,
         task_name="flaky",
-        batch=True,
         batch_size=3,
         batch_timeout=0.2,
         retry_on_error=True,

@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
 from opentelemetry.trace import StatusCode
 from taskiq.middlewares.opentelemetry_middleware import OpenTelemetryMiddleware
 
-from taskiq_batching import per_item
+from taskiq_batching import batch_task, per_item
 from tests.behaviour.paths import Path, running
 
 pytestmark = pytest.mark.timeout(30)
@@ -30,7 +30,7 @@ async def test_one_span_per_message_and_a_linked_batch_span(
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     path.broker.add_middlewares(OpenTelemetryMiddleware(tracer_provider=provider))
 
-    @path.broker.task(task_name="traced", batch=True, batch_size=3)
+    @batch_task(path.broker, task_name="traced", batch_size=3)
     async def traced(items: list[int]) -> Any:
         return per_item(ValueError("no 2") if i == 2 else i for i in items)
 

@@ -1,4 +1,4 @@
-"""The packed stream reader against the real Redis (which has ``cmsgpack``)."""
+"""The stream transport's packed read, on the real Redis (which has ``cmsgpack``)."""
 
 import asyncio
 import logging
@@ -9,8 +9,8 @@ from redis.asyncio import Redis
 from taskiq import BrokerMessage
 from taskiq_redis import RedisStreamBroker
 
-from taskiq_batching.bulk import ack_many
-from taskiq_batching.fetch import Delivery, Fetched, listener_for
+from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.redis_stream import StreamTransport
 from tests.integration.workers import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -35,10 +35,6 @@ async def script_calls(redis: Redis) -> int:
     )
 
 
-def fetched(chunks: list[list[Delivery]]) -> list[Fetched]:
-    return [d for chunk in chunks for d in chunk if isinstance(d, Fetched)]
-
-
 async def test_packed_reads_give_every_stream_entry_once_in_order(
     redis_url: str, redis: Redis, queue: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -55,33 +51,35 @@ async def test_packed_reads_give_every_stream_entry_once_in_order(
     side = [f"x{i}".encode() for i in range(30)]
     await kick(broker, queue, main)
     await kick(broker, extra, side)
+    transport = StreamTransport(broker)
     before = await script_calls(redis)
-    chunks = listener_for(broker, broker.listen)()
-    read: list[list[Delivery]] = []
+    chunks: list[list[Delivery]] = []
     with caplog.at_level(logging.WARNING, "taskiq_batching"):
-        while len(fetched(read)) < len(main) + len(side):
-            read.append(await anext(chunks))
-    deliveries = fetched(read)
+        while sum(len(c) for c in chunks) < len(main) + len(side):
+            chunk = await transport.read(100)
+            assert chunk, "an entry was lost"
+            chunks.append(chunk)
+    assert transport.packed
+    deliveries = [d for chunk in chunks for d in chunk]
     by_stream: dict[str, list[bytes]] = {queue: [], extra: []}
     for delivery in deliveries:
-        by_stream[delivery.ack.stream_entry[0]].append(delivery.data)
+        by_stream[delivery.handle[0]].append(delivery.data)
     assert by_stream == {queue: main, extra: side}
     # COUNT applies to each stream of one XREADGROUP.
     per_stream = [
-        sum(1 for d in fetched([chunk]) if d.ack.stream_entry[0] == stream)
-        for chunk in read
+        sum(1 for d in chunk if d.handle[0] == stream)
+        for chunk in chunks
         for stream in (queue, extra)
     ]
     assert max(per_stream) == 40
-    assert await script_calls(redis) - before >= len(read)
-    assert not [r for r in caplog.records if "packed-read script" in r.message]
+    assert await script_calls(redis) - before >= len(chunks)
+    assert not [r for r in caplog.records if "packed-read script" in r.getMessage()]
     for stream, count in ((queue, len(main)), (extra, len(side))):
         assert (await redis.xpending(stream, "taskiq"))["pending"] == count
-    await ack_many(broker, [d.ack for d in deliveries])
+    await transport.ack([d.handle for d in deliveries])
     for stream in (queue, extra):
         assert (await redis.xpending(stream, "taskiq"))["pending"] == 0
-    await chunks.aclose()
-    await redis.delete(extra)
+    await transport.close()
     await broker.shutdown()
 
 
@@ -90,13 +88,19 @@ async def test_an_idle_reader_blocks_then_wakes_for_a_new_entry(
 ) -> None:
     broker = RedisStreamBroker(redis_url, queue_name=queue, xread_block=10_000)
     await broker.startup()
+    transport = StreamTransport(broker)
 
     async def blocked() -> int:
         return int((await redis.info("clients"))["blocked_clients"])
 
     already = await blocked()
-    chunks = listener_for(broker, broker.listen)()
-    waiting = asyncio.ensure_future(anext(chunks))
+
+    async def read_one() -> list[Delivery]:
+        while not (chunk := await transport.read(10)):
+            pass
+        return chunk
+
+    waiting = asyncio.ensure_future(read_one())
 
     async def reader_blocks() -> bool:
         return await blocked() > already
@@ -105,6 +109,26 @@ async def test_an_idle_reader_blocks_then_wakes_for_a_new_entry(
     assert not waiting.done()
     await kick(broker, queue, [b"late"])
     chunk = await asyncio.wait_for(waiting, timeout=5)
-    assert [d.data for d in chunk if isinstance(d, Fetched)] == [b"late"]
-    await chunks.aclose()
+    assert [d.data for d in chunk] == [b"late"]
+    await transport.close()
+    await broker.shutdown()
+
+
+async def test_a_packed_read_recovers_a_lost_group(
+    redis_url: str, redis: Redis, queue: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = RedisStreamBroker(redis_url, queue_name=queue, xread_block=100)
+    await broker.startup()
+    transport = StreamTransport(broker)
+    await kick(broker, queue, [b"before"])
+    first = await transport.read(10)
+    await transport.ack([d.handle for d in first])
+    await redis.xgroup_destroy(queue, "taskiq")
+    await kick(broker, queue, [b"after"])
+    with caplog.at_level(logging.WARNING, "taskiq_batching"):
+        chunk = await transport.read(10)
+    assert [d.data for d in chunk] == [b"after"]
+    assert transport.packed
+    assert "was missing" in caplog.text
+    await transport.close()
     await broker.shutdown()

@@ -75,10 +75,10 @@ def test_route_callback_keeps_a_synchronous_failure_synchronous() -> None:
     def failing(**_: Any) -> None:
         raise RuntimeError("handoff failed")
 
-    receiver.callback = failing  # type: ignore[method-assign]
+    receiver.callback = failing  # type: ignore[method-assign, assignment]
     _compat.route_callback(receiver, lambda message: None)
     with pytest.raises(RuntimeError, match="handoff failed"):
-        receiver.callback(message=b"x")
+        receiver.callback(message=b"x")  # type: ignore[unused-coroutine]
 
 
 async def test_share_stop_budget_bounds_the_runners_wait() -> None:

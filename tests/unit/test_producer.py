@@ -3,20 +3,28 @@
 import dataclasses
 import datetime
 import decimal
+import json
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import fakeredis
 import pytest
 from pydantic import BaseModel
-from taskiq import BrokerMessage, TaskiqMessage, TaskiqMiddleware
+from taskiq import BrokerMessage, InMemoryBroker, TaskiqMessage, TaskiqMiddleware
+from taskiq.abc.formatter import TaskiqFormatter
+from taskiq.exceptions import SendTaskError
 from taskiq.serializers import JSONSerializer, MSGPackSerializer
 from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend, RedisStreamBroker
 
 from taskiq_batching import BatchingMiddleware, batch_task, producer
+from taskiq_batching.transports import redis_list
+from taskiq_batching.transports.generic import GenericTransport
+from taskiq_batching.transports.redis_list import ListTransport
+from taskiq_batching.transports.redis_stream import StreamTransport
 from tests.helpers import Recorder, memory_broker, running_worker
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = pytest.mark.timeout(60)
 
 URL = "redis://fake:6379/0"
 
@@ -24,6 +32,21 @@ URL = "redis://fake:6379/0"
 class Row(BaseModel):
     id: int
     name: str
+
+
+class Capture:
+    """A transport's ``send``, recording what it is given."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.sent: list[BrokerMessage] = []
+        self.calls = 0
+        self.error = error
+
+    async def send(self, messages: Sequence[BrokerMessage]) -> None:
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+        self.sent.extend(messages)
 
 
 class SendCounter(TaskiqMiddleware):
@@ -44,7 +67,10 @@ class SendCounter(TaskiqMiddleware):
 @pytest.mark.parametrize("broker_class", [RedisStreamBroker, ListQueueBroker])
 async def test_kiq_many_on_redis_brokers(
     broker_class: type[RedisStreamBroker] | type[ListQueueBroker],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # An idle list is polled this often: the worker stops sooner.
+    monkeypatch.setattr(redis_list, "BLOCK_SECONDS", 0.05)
     server = fakeredis.FakeServer()
     fake: dict[str, Any] = {
         "connection_class": fakeredis.FakeAsyncRedisConnection,
@@ -158,11 +184,7 @@ async def test_kiq_many_without_send_middlewares_encodes_what_kiq_would(
         float("nan"),
         (1, 2),
     ]
-    sent: list[BrokerMessage] = []
-
-    async def capture(_: Any, messages: list[BrokerMessage]) -> None:
-        sent.extend(messages)
-
+    capture = Capture()
     encodes = []
     fast = producer._encode
 
@@ -170,10 +192,12 @@ async def test_kiq_many_without_send_middlewares_encodes_what_kiq_would(
         encodes.append(1)
         return fast(*args)
 
-    monkeypatch.setattr(producer, "kick_many", capture)
+    monkeypatch.setattr(producer, "_sender", lambda _: capture)
     monkeypatch.setattr(producer, "_encode", spy)
     tasks = await handler.kiq_many(items, tenant="t")
     assert encodes == [1]  # the path without a TaskiqMessage per item
+    assert capture.calls == 1
+    sent = capture.sent
     assert [message.task_id for message in sent] == [t.task_id for t in tasks]
     for item, message in zip(items, sent, strict=True):
         kicker = handler.kicker().with_task_id(message.task_id)
@@ -181,3 +205,88 @@ async def test_kiq_many_without_send_middlewares_encodes_what_kiq_would(
         assert message.message == expected.message
         assert message.labels == expected.labels
         assert message.task_name == expected.task_name
+
+
+class Reversed(TaskiqFormatter):
+    """A formatter of its own: the JSON text reversed."""
+
+    def dumps(self, message: TaskiqMessage) -> BrokerMessage:
+        return BrokerMessage(
+            task_id=message.task_id,
+            task_name=message.task_name,
+            message=json.dumps(message.model_dump(mode="json")).encode()[::-1],
+            labels=message.labels,
+        )
+
+    def loads(self, message: bytes) -> TaskiqMessage:
+        return TaskiqMessage.model_validate_json(message[::-1])
+
+
+async def test_kiq_many_with_another_formatter_encodes_with_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    broker = memory_broker().with_formatter(Reversed())
+
+    @batch_task(broker, batch_size=10)
+    async def handler(items: list[Row]) -> None: ...
+
+    capture = Capture()
+    monkeypatch.setattr(producer, "_sender", lambda _: capture)
+    rows = [Row(id=i, name=f"r{i}") for i in range(3)]
+    tasks = await handler.kiq_many(rows)
+    assert [m.task_id for m in capture.sent] == [t.task_id for t in tasks]
+    for row, message in zip(rows, capture.sent, strict=True):
+        kicker = handler.kicker().with_task_id(message.task_id)
+        expected = broker.formatter.dumps(kicker._prepare_message(row))
+        assert message.message == expected.message
+        assert broker.formatter.loads(message.message).args == [row.model_dump()]
+
+
+async def test_kiq_many_raises_send_task_error_when_the_send_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    counter = SendCounter()
+    broker = memory_broker().with_middlewares(counter)
+
+    @batch_task(broker, batch_size=10)
+    async def handler(items: list[int]) -> None: ...
+
+    failure = ConnectionError("broker away")
+    monkeypatch.setattr(producer, "_sender", lambda _: Capture(failure))
+    with pytest.raises(SendTaskError) as info:
+        await handler.kiq_many(range(3))
+    assert info.value.__cause__ is failure
+    assert len(counter.pre) == 3
+    assert counter.post == []  # nothing was sent
+
+
+async def test_kiq_many_of_nothing_sends_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    broker = memory_broker()
+
+    @batch_task(broker, batch_size=10)
+    async def handler(items: list[int]) -> None: ...
+
+    capture = Capture()
+    monkeypatch.setattr(producer, "_sender", lambda _: capture)
+    assert await handler.kiq_many([]) == []
+    assert capture.calls == 0
+
+
+@pytest.mark.parametrize(
+    ("make", "transport"),
+    [
+        (lambda: InMemoryBroker(), GenericTransport),
+        (lambda: RedisStreamBroker(URL), StreamTransport),
+        (lambda: ListQueueBroker(URL), ListTransport),
+    ],
+)
+def test_each_broker_sends_with_its_own_transport_made_once(
+    make: Any, transport: type[Any]
+) -> None:
+    broker = make()
+    sender = producer._sender(broker)
+    assert type(sender) is transport
+    assert producer._sender(broker) is sender
+    assert producer._sender(make()) is not sender

@@ -1,40 +1,99 @@
-"""Per-item results and failures."""
+"""Per-item results: ``per_item``, the type of one message's result, and ``split``."""
 
+from collections.abc import Coroutine
 from typing import Any
 
+import fakeredis
 import pytest
-from taskiq import SimpleRetryMiddleware
+from pydantic import BaseModel
+from taskiq_redis import RedisAsyncResultBackend
 
-import taskiq_batching
 from taskiq_batching import BatchResultError, PerItem, batch_task, per_item
-from taskiq_batching.results import Outcome, split
-from tests.helpers import Recorder, memory_broker, queue_broker, running_worker
+from taskiq_batching.core.run import Outcome, split
+from taskiq_batching.results import item_result_type
+from tests.helpers import memory_broker
 
 pytestmark = pytest.mark.timeout(30)
 
 
-def test_public_api_is_sorted() -> None:
-    assert taskiq_batching.__all__ == sorted(taskiq_batching.__all__)
-    for name in taskiq_batching.__all__:
-        assert hasattr(taskiq_batching, name)
+class Row(BaseModel):
+    id: int
+    name: str
 
 
-def test_split_shared_value() -> None:
-    assert split("t", 5, 3) == [Outcome(5)] * 3
+def test_per_item_takes_any_iterable_once() -> None:
+    error = ValueError("bad")
+    made = per_item(x for x in [1, error, 3])
+    assert made == PerItem([1, error, 3])
+    assert isinstance(made.values, list)
+
+
+@pytest.mark.parametrize(
+    ("return_type", "expected"),
+    [
+        (PerItem[int], int),
+        (PerItem[Row], Row),
+        (PerItem[list[int]], list[int]),
+        (PerItem, None),
+        (int, int),
+        (list[int], list[int]),
+        (None, None),
+    ],
+)
+def test_item_result_type(return_type: Any, expected: Any) -> None:
+    assert item_result_type(return_type) == expected
+
+
+def test_split_shares_one_value() -> None:
+    outcomes = split("t", 5, 3)
+    assert outcomes == [Outcome(5)] * 3
 
 
 def test_split_per_item_values_and_errors() -> None:
     error = ValueError("bad")
-    outcomes = split("t", per_item([1, error, 3]), 3)
-    assert outcomes == [Outcome(1), Outcome(error=error), Outcome(3)]
+    outcomes = split("t", per_item([1, error, None]), 3)
+    assert outcomes == [Outcome(1), Outcome(error=error), Outcome(None)]
 
 
-def test_split_length_mismatch_fails_every_item() -> None:
-    outcomes = split("t", PerItem([1, 2]), 3)
+def test_split_an_exception_class_is_a_value_not_an_error() -> None:
+    # Only exception instances fail an item.
+    outcomes = split("t", per_item([ValueError]), 1)
+    assert outcomes == [Outcome(ValueError)]
+
+
+@pytest.mark.parametrize("length", [0, 2, 4])
+def test_split_wrong_length_fails_every_item(length: int) -> None:
+    outcomes = split("tasks:insert", PerItem(list(range(length))), 3)
     assert len(outcomes) == 3
-    for outcome in outcomes:
-        assert isinstance(outcome.error, BatchResultError)
-        assert "returned 2 per-item result(s) for 3 item(s)" in str(outcome.error)
+    errors = {id(outcome.error) for outcome in outcomes}
+    assert len(errors) == 1
+    error = outcomes[0].error
+    assert isinstance(error, BatchResultError)
+    assert error.task_name == "tasks:insert"
+    assert str(error) == (
+        f"Batch of task 'tasks:insert': per_item returned {length} result(s) "
+        "for 3 item(s)"
+    )
+    assert all(outcome.value is None for outcome in outcomes)
+
+
+def test_a_batched_tasks_message_result_type_is_the_item_result() -> None:
+    broker = memory_broker()
+
+    @broker.task(batch=True, batch_size=2)
+    async def rows(items: list[int]) -> PerItem[Row]:
+        return per_item(Row(id=i, name="r") for i in items)
+
+    @broker.task(batch=True, batch_size=2)
+    async def shared(items: list[int]) -> int:
+        return len(items)
+
+    @broker.task
+    async def plain(item: int) -> PerItem[int]:
+        return per_item([item])
+
+    returned: list[Any] = [rows.return_type, shared.return_type, plain.return_type]
+    assert returned == [Row, int, PerItem[int]]  # a plain task is taskiq's own
 
 
 async def test_each_task_id_gets_its_own_result() -> None:
@@ -52,6 +111,30 @@ async def test_each_task_id_gets_its_own_result() -> None:
     await broker.shutdown()
 
 
+async def test_a_stored_per_item_result_is_read_back_as_the_item_type() -> None:
+    server = fakeredis.FakeServer()
+    backend: RedisAsyncResultBackend[Any] = RedisAsyncResultBackend(
+        "redis://fake:6379/0",
+        connection_class=fakeredis.FakeAsyncRedisConnection,
+        server=server,
+    )
+    broker = memory_broker().with_result_backend(backend)
+
+    @batch_task(broker, batch_size=2)
+    async def rows(items: list[int]) -> PerItem[Row]:
+        return per_item(Row(id=i, name=f"r{i}") for i in items)
+
+    await broker.startup()
+    sent = [await rows.kiq(i) for i in (1, 2)]
+    await broker.wait_all()
+    results = [await task.wait_result(timeout=5) for task in sent]
+    assert [r.return_value for r in results] == [
+        Row(id=1, name="r1"),
+        Row(id=2, name="r2"),
+    ]
+    await broker.shutdown()
+
+
 async def test_wrong_length_is_a_clear_error_on_every_message() -> None:
     broker = memory_broker()
 
@@ -63,35 +146,11 @@ async def test_wrong_length_is_a_clear_error_on_every_message() -> None:
     sent = [await short.kiq(i) for i in range(3)]
     await broker.wait_all()
     for task in sent:
-        assert isinstance((await task.wait_result(timeout=1)).error, BatchResultError)
+        error = (await task.wait_result(timeout=1)).error
+        assert isinstance(error, BatchResultError)
+        assert "per_item returned 2 result(s) for 3 item(s)" in str(error)
     await broker.shutdown()
 
 
-async def test_only_failed_items_are_retried_and_batched_with_new_traffic() -> None:
-    broker = queue_broker().with_middlewares(
-        SimpleRetryMiddleware(default_retry_count=3)
-    )
-    seen = Recorder()
-    failed_once: set[int] = set()
-
-    @batch_task(broker, batch_size=4, batch_timeout=0.3, retry_on_error=True)
-    async def store(items: list[int]) -> PerItem[str]:
-        seen.record(items)
-        results: list[Any] = []
-        for item in items:
-            if item % 3 == 0 and item not in failed_once:
-                failed_once.add(item)
-                results.append(ConnectionError(f"item {item} hit a deadlock"))
-            else:
-                results.append(f"stored {item}")
-        return per_item(results)
-
-    async with running_worker(broker):
-        sent = [await store.kiq(i) for i in range(1, 9)]  # 3 and 6 fail once
-        await broker.wait_acked(10)  # 8 first attempts + 2 retries
-    calls = [item for batch in seen.batches for item in batch]
-    assert sorted(calls) == sorted([*range(1, 9), 3, 6])  # only 3 and 6 ran twice
-    for item, task in zip(range(1, 9), sent, strict=True):
-        result = await task.wait_result(timeout=1)
-        assert not result.is_err
-        assert result.return_value == f"stored {item}"
+def test_a_coroutine_return_type_is_not_a_per_item_type() -> None:
+    assert item_result_type(Coroutine[Any, Any, int]) == Coroutine[Any, Any, int]

@@ -68,7 +68,7 @@ def test_a_module_level_broker_serves_one_event_loop_after_another() -> None:
 
 
 async def _drain(broker: InMemoryBroker, fails: bool, size: int) -> float:
-    @broker.task(task_name=f"batch-{fails}", batch=True, batch_size=size)
+    @batch_task(broker, task_name=f"batch-{fails}", batch_size=size)
     async def batched(items: list[int]) -> int:
         if fails:
             raise RuntimeError("the database went away")

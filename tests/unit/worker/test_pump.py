@@ -17,7 +17,6 @@ from taskiq_redis import ListQueueBroker
 
 from taskiq_batching import BatchInfo, BatchingMiddleware, BatchItemError, batch_task
 from taskiq_batching.transports import generic
-from taskiq_batching.worker import hook
 from tests.helpers import (
     ObservedSemaphore,
     PrefetchQueueBroker,
@@ -368,8 +367,7 @@ async def test_a_shared_prefetch_below_the_batch_sizes_cannot_wedge_the_worker(
 ) -> None:
     broker = PrefetchQueueBroker(qos=10).with_middlewares(BatchingMiddleware())
     monkeypatch.setattr(
-        hook,
-        "transport_for",
+        "taskiq_batching.worker.hook.transport_for",
         lambda b, listen=None: generic.GenericTransport(b, listen, prefetch=10),
     )
     first, second = Recorder(), Recorder()

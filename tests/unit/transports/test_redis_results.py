@@ -1,0 +1,243 @@
+"""Many results at once, written as taskiq-redis's ``set_result`` writes each."""
+
+import logging
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from taskiq import TaskiqResult
+from taskiq.abc.serializer import TaskiqSerializer
+from taskiq.serializers import JSONSerializer, MSGPackSerializer
+from taskiq_redis import RedisAsyncResultBackend
+
+from taskiq_batching.transports import ResultWriter
+from taskiq_batching.transports.redis_results import RedisResults
+from tests.unit.transports.conftest import CommandLog
+
+pytestmark = pytest.mark.timeout(30)
+
+URL = "redis://fake:6379/0"
+SERIALIZERS: dict[str, type[TaskiqSerializer]] = {
+    "json": JSONSerializer,
+    "msgpack": MSGPackSerializer,
+}
+
+
+class Row(BaseModel):
+    id: int
+
+
+def backend_of(
+    fake: dict[str, Any], serializer: str = "json", **options: Any
+) -> RedisAsyncResultBackend[Any]:
+    return RedisAsyncResultBackend(
+        URL, serializer=SERIALIZERS[serializer](), **options, **fake
+    )
+
+
+def ok(value: Any = None) -> TaskiqResult[Any]:
+    return TaskiqResult(
+        is_err=False,
+        return_value=[1, 2] if value is None else value,
+        execution_time=0.5,
+        labels={"batch": True},
+    )
+
+
+def failed() -> TaskiqResult[Any]:
+    return TaskiqResult(
+        is_err=True,
+        return_value=None,
+        execution_time=0.1,
+        error=ValueError("bad"),
+        labels={"x": "1"},
+    )
+
+
+def unserializable() -> TaskiqResult[Any]:
+    return TaskiqResult(is_err=False, return_value=object(), execution_time=0.1)
+
+
+def test_it_is_a_result_writer(fake: dict[str, Any]) -> None:
+    writer: ResultWriter = RedisResults(backend_of(fake))
+    assert isinstance(writer, RedisResults)
+
+
+@pytest.mark.parametrize("serializer", sorted(SERIALIZERS))
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"result_ex_time": 60, "prefix_str": "p"}, {"result_px_time": 90_000}],
+    ids=["plain", "ex-prefix", "px"],
+)
+async def test_written_results_equal_what_set_result_writes(
+    fake: dict[str, Any], redis: Any, serializer: str, options: dict[str, Any]
+) -> None:
+    backend = backend_of(fake, serializer, **options)
+    writer = RedisResults(backend)
+    shared, error, model = ok(), failed(), ok(Row(id=3))
+    # Shared result objects are written once per key: one value for all, or
+    # several values, each key with its own.
+    assert (
+        await writer.write(
+            [("bulk-ok", shared), ("bulk-err", error), ("bulk-ok2", shared)]
+        )
+        == []
+    )
+    assert await writer.write([("same-1", shared), ("same-2", shared)]) == []
+    assert await writer.write([("model", model)]) == []
+    await backend.set_result("one-ok", shared)
+    await backend.set_result("one-err", error)
+    await backend.set_result("one-model", model)
+    prefix = f"{options['prefix_str']}:" if "prefix_str" in options else ""
+    pairs = [
+        ("bulk-ok", "one-ok"),
+        ("bulk-err", "one-err"),
+        ("bulk-ok2", "one-ok"),
+        ("same-1", "one-ok"),
+        ("same-2", "one-ok"),
+        ("model", "one-model"),
+    ]
+    for bulk, single in pairs:
+        written = await redis.get(prefix + bulk)
+        assert written is not None
+        assert written == await redis.get(prefix + single)
+        bulk_ttl = await redis.pttl(prefix + bulk)
+        single_ttl = await redis.pttl(prefix + single)
+        if options.get("result_ex_time") or options.get("result_px_time"):
+            assert abs(bulk_ttl - single_ttl) < 1000
+            assert bulk_ttl > 0
+        else:
+            assert bulk_ttl == single_ttl == -1
+    assert (await backend.get_result("bulk-ok")).return_value == [1, 2]
+    error_back = (await backend.get_result("bulk-err")).error
+    assert isinstance(error_back, ValueError)
+    assert str(error_back) == "bad"
+    await backend.shutdown()
+
+
+async def test_each_distinct_result_is_encoded_and_sent_once(
+    fake: dict[str, Any],
+    redis: Any,
+    commands: CommandLog,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    backend = backend_of(fake)
+    writer = RedisResults(backend)
+    await writer.write([("warm-up", ok())])  # the script is loaded
+    encoded: list[Any] = []
+    dumpb = backend.serializer.dumpb
+
+    def counting(value: Any) -> bytes:
+        encoded.append(value)
+        return dumpb(value)
+
+    monkeypatch.setattr(backend.serializer, "dumpb", counting)
+    first, second = ok(), ok("other")
+    commands.clear()
+    failures = await writer.write(
+        [(f"k{i}", first if i % 3 else second) for i in range(9)]
+    )
+    assert failures == []
+    assert len(encoded) == 2
+    (script,) = commands.named("EVALSHA")
+    assert not commands.named("SET")
+    # sha, 9 keys, 9 keys' names, then ex, px, the 2 values and 9 positions.
+    argv = script[2 + 9 :]
+    assert argv[2] == 2
+    assert len(argv) == 3 + 2 + 9
+    for i in range(9):
+        expected = await redis.get(f"k{i}")
+        assert expected == dumpb((first if i % 3 else second).model_dump(mode="json"))
+    await backend.shutdown()
+
+
+@pytest.mark.parametrize("serializer", sorted(SERIALIZERS))
+async def test_an_unserializable_result_is_reported_alone(
+    fake: dict[str, Any], redis: Any, serializer: str
+) -> None:
+    backend = backend_of(fake, serializer)
+    writer = RedisResults(backend)
+    failures = await writer.write(
+        [("a", ok()), ("bad", unserializable()), ("b", failed())]
+    )
+    assert [index for index, _ in failures] == [1]
+    assert isinstance(failures[0][1], Exception)
+    assert await redis.get("bad") is None
+    assert (await backend.get_result("a")).return_value == [1, 2]
+    assert (await backend.get_result("b")).is_err
+    await backend.shutdown()
+
+
+async def test_a_failed_write_reports_each_of_its_results(
+    fake: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = backend_of(fake)
+    writer = RedisResults(backend)
+    lost = RedisConnectionError("gone")
+
+    async def refuse(*args: Any) -> None:
+        raise lost
+
+    monkeypatch.setattr(writer, "_set_by_script", refuse)
+    failures = await writer.write([("a", ok()), ("bad", unserializable()), ("b", ok())])
+    assert [index for index, _ in failures] == [0, 1, 2]
+    assert failures[0][1] is lost
+    assert failures[2][1] is lost
+    assert failures[1][1] is not lost
+    assert writer.scripted  # a lost connection is no reason to stop scripting
+    await backend.shutdown()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"result_ex_time": 60}, {"result_px_time": 90_000}],
+    ids=["plain", "ex", "px"],
+)
+async def test_without_scripts_results_are_written_by_a_pipeline(
+    fake: dict[str, Any],
+    redis: Any,
+    commands: CommandLog,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    options: dict[str, Any],
+) -> None:
+    backend = backend_of(fake, **options)
+    writer = RedisResults(backend)
+    refusals: list[int] = []
+
+    async def evalsha(*args: Any) -> Any:
+        refusals.append(1)
+        raise ResponseError("NOPERM this user has no permissions to run 'evalsha'")
+
+    monkeypatch.setattr(writer._client(), "evalsha", evalsha)
+    shared = ok()
+    with caplog.at_level(logging.WARNING, "taskiq_batching"):
+        assert await writer.write([("a", shared), ("b", failed()), ("c", shared)]) == []
+        assert await writer.write([("d", shared)]) == []
+    assert refusals == [1]
+    assert not writer.scripted
+    assert "writing results without a script (NOPERM" in caplog.text
+    assert len(commands.named("SET")) == 4
+    await backend.set_result("one-ok", shared)
+    await backend.set_result("one-err", failed())
+    for bulk, single in [
+        ("a", "one-ok"),
+        ("b", "one-err"),
+        ("c", "one-ok"),
+        ("d", "one-ok"),
+    ]:
+        assert await redis.get(bulk) == await redis.get(single)
+        assert abs(await redis.pttl(bulk) - await redis.pttl(single)) < 1000
+    await backend.shutdown()
+
+
+async def test_nothing_to_write_sends_nothing(
+    fake: dict[str, Any], commands: CommandLog
+) -> None:
+    writer = RedisResults(backend_of(fake))
+    commands.clear()
+    assert await writer.write([]) == []
+    assert await writer.write([("bad", unserializable())]) != []
+    assert commands.commands == []

@@ -1,0 +1,733 @@
+"""The stream transport reads, acks, reclaims and sends as taskiq-redis would, in bulk.
+
+The packed read needs a real Redis (``cmsgpack``): see
+``tests/integration/test_stream_reader.py``. fakeredis has no ``cmsgpack``:
+here the fallback to plain ``XREADGROUP`` is shown to lose nothing.
+"""
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from taskiq import (
+    AckableMessage,
+    AsyncTaskiqTask,
+    BrokerMessage,
+    TaskiqDepends,
+    TaskiqMessage,
+)
+from taskiq.serializers import JSONSerializer, MSGPackSerializer
+from taskiq_redis import (
+    RedisAsyncResultBackend,
+    RedisStreamBroker,
+    RedisStreamClusterBroker,
+    RedisStreamSentinelBroker,
+)
+
+from taskiq_batching import BatchInfo, BatchingMiddleware, BatchSettings, batch_task
+from taskiq_batching.core.run import BatchSpec
+from taskiq_batching.core.signature import analyse
+from taskiq_batching.transports import Transport, redis_common
+from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.redis_stream import StreamTransport
+from tests.helpers import Recorder, running_worker
+from tests.unit.transports.conftest import CommandLog
+
+pytestmark = pytest.mark.timeout(30)
+
+URL = "redis://fake:6379/0"
+GROUP = "taskiq"
+
+
+def stream_broker(fake: dict[str, Any], **options: Any) -> RedisStreamBroker:
+    options.setdefault("queue_name", "s")
+    options.setdefault("xread_block", 10)
+    return RedisStreamBroker(URL, **options, **fake)
+
+
+async def started(broker: RedisStreamBroker) -> StreamTransport:
+    """The broker's transport, its consumer group declared (from ``$``)."""
+    await broker.startup()
+    return StreamTransport(broker)
+
+
+async def kick(broker: Any, payloads: list[bytes], queue: str | None = None) -> None:
+    labels = {} if queue is None else {"queue_name": queue}
+    for index, payload in enumerate(payloads):
+        message = BrokerMessage(
+            task_id=str(index), task_name="t", message=payload, labels=labels
+        )
+        await broker.kick(message)
+
+
+def payloads(count: int, prefix: str = "m") -> list[bytes]:
+    return [f"{prefix}{i}".encode() for i in range(count)]
+
+
+async def read_all(
+    transport: StreamTransport, count: int, limit: int = 100
+) -> list[list[Delivery]]:
+    """Chunks until they hold ``count`` deliveries; an empty read means lost ones."""
+    chunks: list[list[Delivery]] = []
+    while (got := sum(len(c) for c in chunks)) < count:
+        chunk = await transport.read(limit)
+        if not chunk:
+            pytest.fail(f"{got} of {count} entries delivered; the rest never came")
+        chunks.append(chunk)
+    return chunks
+
+
+def flat(chunks: list[list[Delivery]]) -> list[Delivery]:
+    return [delivery for chunk in chunks for delivery in chunk]
+
+
+async def pending(redis: Any, stream: str = "s") -> int:
+    return int((await redis.xpending(stream, GROUP))["pending"])
+
+
+async def idle_by_id(redis: Any, stream: str = "s") -> dict[bytes, tuple[bytes, int]]:
+    rows = await redis.xpending_range(stream, GROUP, min="-", max="+", count=1000)
+    return {
+        row["message_id"]: (row["consumer"], row["time_since_delivered"])
+        for row in rows
+    }
+
+
+def test_it_is_a_transport(fake: dict[str, Any]) -> None:
+    transport: Transport = StreamTransport(stream_broker(fake))
+    assert transport.name == "redis-stream"
+    assert transport.acknowledges
+    assert transport.prefetch is None
+
+
+def test_it_takes_the_brokers_settings(fake: dict[str, Any]) -> None:
+    broker = stream_broker(
+        fake,
+        consumer_name="me",
+        consumer_group_name="g",
+        additional_streams={"extra": "0"},
+        xread_count=7,
+        xread_block=10_000,
+        idle_timeout=30_000,
+    )
+    transport = StreamTransport(broker)
+    assert (transport.group, transport.consumer) == ("g", "me")
+    assert transport.ids == {"s": ">", "extra": "0"}
+    assert transport.count == 7
+    assert transport.block == 2000  # under redis-py's socket timeout
+    assert transport.idle_ms == 30_000
+    assert transport.reclaim_interval == 10.0
+    assert StreamTransport(stream_broker(fake, idle_timeout=2000)).reclaim_interval == 1
+    assert StreamTransport(stream_broker(fake, xread_count=None)).count == 100
+
+
+# --- reading ----------------------------------------------------------------------
+
+
+async def test_reads_honour_the_limit_and_keep_the_order(
+    fake: dict[str, Any], redis: Any
+) -> None:
+    broker = stream_broker(fake)
+    transport = await started(broker)
+    sent = payloads(25)
+    await kick(broker, sent)
+    chunks = await read_all(transport, 25, limit=7)
+    assert [len(chunk) for chunk in chunks] == [7, 7, 7, 4]
+    assert [d.data for d in flat(chunks)] == sent
+    assert transport.outstanding == 25
+    assert await pending(redis) == 25
+    await broker.shutdown()
+
+
+async def test_reads_never_take_more_than_the_brokers_count(
+    fake: dict[str, Any],
+) -> None:
+    broker = stream_broker(fake, xread_count=4)
+    transport = await started(broker)
+    await kick(broker, payloads(10))
+    chunks = await read_all(transport, 10, limit=100)
+    assert [len(chunk) for chunk in chunks] == [4, 4, 2]
+    await broker.shutdown()
+
+
+async def test_without_cmsgpack_the_fallback_loses_nothing(
+    fake: dict[str, Any],
+    redis: Any,
+    commands: CommandLog,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    broker = stream_broker(fake)
+    transport = await started(broker)
+    sent = payloads(250)
+    await kick(broker, sent)
+    assert transport.packed
+    commands.clear()
+    with caplog.at_level(logging.WARNING, "taskiq_batching"):
+        first = await transport.read(100)
+        assert not transport.packed
+        assert commands.named("EVALSHA")  # the packed read was tried
+        commands.clear()
+        rest = await read_all(transport, 150)
+    assert not commands.named("EVALSHA")
+    assert not commands.named("EVAL")
+    deliveries = first + flat(rest)
+    assert [d.data for d in deliveries] == sent
+    # The refused script read nothing: every pending entry was delivered.
+    assert await pending(redis) == 250
+    warnings = [r for r in caplog.records if "packed-read script" in r.getMessage()]
+    assert len(warnings) == 1
+    await transport.ack([d.handle for d in deliveries])
+    assert await pending(redis) == 0
+    assert transport.outstanding == 0
+    await broker.shutdown()
+
+
+async def test_an_idle_stream_gives_an_empty_read_then_new_entries(
+    fake: dict[str, Any],
+) -> None:
+    broker = stream_broker(fake)
+    transport = await started(broker)
+    assert await transport.read(10) == []
+    await kick(broker, [b"late"])
+    assert [d.data for d in await transport.read(10)] == [b"late"]
+    await broker.shutdown()
+
+
+async def test_additional_streams_are_read_with_their_own_handles(
+    fake: dict[str, Any],
+) -> None:
+    broker = stream_broker(fake, additional_streams={"s2": ">"})
+    transport = await started(broker)
+    await kick(broker, payloads(3))
+    await kick(broker, payloads(2, "x"), queue="s2")
+    deliveries = flat(await read_all(transport, 5))
+    by_stream: dict[str, list[bytes]] = {"s": [], "s2": []}
+    for delivery in deliveries:
+        stream, _ = delivery.handle
+        by_stream[stream].append(delivery.data)
+    assert by_stream == {"s": payloads(3), "s2": payloads(2, "x")}
+    await broker.shutdown()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        # packed (cmsgpack): [[stream, [[id, [field, value, ...]]]]]
+        [[b"s", [[b"1-0", [b"data", b"a"]], [b"2-0", [b"x", b"1", b"data", b"b"]]]]],
+        # redis-py, RESP2: [[stream, [(id, {field: value})]]]
+        [[b"s", [(b"1-0", {b"data": b"a"}), (b"2-0", {b"data": b"b"})]]],
+        # redis-py, RESP3: {stream: [[(id, {field: value})]]}
+        {b"s": [[(b"1-0", {b"data": b"a"}), (b"2-0", {b"data": b"b"})]]},
+        # redis-py, unified: {stream: [(id, {field: value})]}
+        {"s": [(b"1-0", {b"data": b"a"}), (b"2-0", {b"data": b"b"})]},
+    ],
+    ids=["packed", "resp2", "resp3", "unified"],
+)
+def test_every_reply_shape_gives_the_same_deliveries(
+    fake: dict[str, Any], reply: Any
+) -> None:
+    transport = StreamTransport(stream_broker(fake))
+    chunk = transport._deliveries(reply)
+    assert [(d.data, d.handle) for d in chunk] == [
+        (b"a", ("s", b"1-0")),
+        (b"b", ("s", b"2-0")),
+    ]
+    assert transport.outstanding == 2
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        [[b"s", [[b"1-0", [b"data", b"only"]]]]],
+        [[b"s", [(b"1-0", {b"data": b"only"})]]],
+        {b"s": [[(b"1-0", {b"data": b"only"})]]},
+    ],
+    ids=["packed", "resp2", "resp3"],
+)
+def test_a_reply_of_one_entry_is_read_as_one_entry(
+    fake: dict[str, Any], reply: Any
+) -> None:
+    transport = StreamTransport(stream_broker(fake))
+    chunk = transport._deliveries(reply)
+    assert [(d.data, d.handle) for d in chunk] == [(b"only", ("s", b"1-0"))]
+
+
+def test_an_entry_without_data_is_delivered_empty_for_taskiq_to_reject(
+    fake: dict[str, Any],
+) -> None:
+    transport = StreamTransport(stream_broker(fake))
+    packed = [[b"s", [[b"1-0", [b"other", b"x"]], [b"2-0", [b"data", b"ok"]]]]]
+    deleted = [[b"s", [(None, None), (b"3-0", None)]]]
+    assert [d.data for d in transport._deliveries(packed)] == [b"", b"ok"]
+    assert [d.data for d in transport._deliveries(deleted)] == [b""]
+    assert transport._deliveries(None) == []
+    assert transport._deliveries([]) == []
+
+
+async def test_a_lost_read_is_retried_after_a_pause(
+    fake: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(redis_common, "RETRY_DELAY", 0.001)
+    broker = stream_broker(fake)
+    transport = await started(broker)
+    transport.packed = False
+    await kick(broker, [b"m"])
+    real = transport.client.redis.xreadgroup
+    failures = [RedisConnectionError("gone"), TimeoutError("slow")]
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        if failures:
+            raise failures.pop(0)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(transport.client.redis, "xreadgroup", flaky)
+    with caplog.at_level(logging.WARNING, "taskiq_batching"):
+        assert [d.data for d in await transport.read(10)] == [b"m"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("reading s failed" in m for m in messages) == 2
+    assert "ConnectionError: gone" in caplog.text
+    assert sum("Redis answers again" in m for m in messages) == 1
+    await broker.shutdown()
+
+
+# --- a lost consumer group ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("lost", ["group", "stream"])
+async def test_a_lost_group_is_created_again_and_reading_goes_on(
+    lost: str,
+    fake: dict[str, Any],
+    redis: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    broker = stream_broker(fake)
+    transport = await started(broker)
+    await kick(broker, payloads(3))
+    first = flat(await read_all(transport, 3))
+    await transport.ack([d.handle for d in first])
+    if lost == "group":
+        await redis.xgroup_destroy("s", GROUP)
+    else:
+        await redis.delete("s")
+    await kick(broker, payloads(2, "after"))
+    with caplog.at_level(logging.WARNING, "taskiq_batching"):
+        again = flat(await read_all(transport, 2))
+    assert [d.data for d in again] == payloads(2, "after")
+    assert f"consumer group {GROUP} was missing" in caplog.text
+    assert "NOGROUP" in caplog.text
+    assert await pending(redis) == 2
+    await broker.shutdown()
+
+
+@pytest.mark.parametrize(("consumer_id", "expected"), [("$", []), ("0", [b"before"])])
+async def test_a_group_missing_from_the_start_is_created_at_the_brokers_consumer_id(
+    fake: dict[str, Any], consumer_id: str, expected: list[bytes]
+) -> None:
+    broker = stream_broker(fake, consumer_id=consumer_id)
+    await kick(broker, [b"before"])  # (fakeredis words NOGROUP differently
+    transport = StreamTransport(broker)  # for a stream that does not exist)
+    assert [d.data for d in await transport.read(10)] == expected
+    await kick(broker, [b"after"])
+    assert [d.data for d in await transport.read(10)] == [b"after"]
+    await broker.shutdown()
+
+
+# --- stopping a read ----------------------------------------------------------------
+
+
+async def test_interrupting_a_finished_read_returns_what_it_read(
+    fake: dict[str, Any],
+) -> None:
+    broker = stream_broker(fake)
+    transport = await started(broker)
+    await kick(broker, payloads(2))
+    reading = asyncio.ensure_future(transport.read(10))
+    await asyncio.wait({reading})
+    assert [d.data for d in await transport.interrupt(reading)] == payloads(2)
+    await broker.shutdown()
+
+
+async def test_interrupting_recovers_entries_a_cancelled_read_took(
+    fake: dict[str, Any], redis: Any
+) -> None:
+    broker = stream_broker(fake, xread_block=2000)
+    transport = await started(broker)
+    transport.packed = False
+    await kick(broker, [b"known"])
+    known = await transport.read(10)
+    # Entries XREADGROUP gave this consumer, whose reply never arrived.
+    await kick(broker, payloads(3, "lost"))
+    await redis.xreadgroup(GROUP, transport.consumer, {"s": ">"}, count=10)
+    reading = asyncio.ensure_future(transport.read(10))  # blocks: nothing new
+    done, _ = await asyncio.wait({reading}, timeout=0.05)
+    assert not done
+    recovered = await asyncio.wait_for(transport.interrupt(reading), 5)
+    assert reading.cancelled()
+    assert [d.data for d in recovered] == payloads(3, "lost")
+    assert transport.outstanding == 4
+    await transport.ack([d.handle for d in known + recovered])
+    assert await pending(redis) == 0
+    await broker.shutdown()
+
+
+# --- acks -------------------------------------------------------------------------
+
+
+async def test_acks_are_one_xack_per_stream(
+    fake: dict[str, Any], redis: Any, commands: CommandLog
+) -> None:
+    broker = stream_broker(fake, additional_streams={"s2": ">"})
+    transport = await started(broker)
+    await kick(broker, payloads(3))
+    await kick(broker, payloads(2, "x"), queue="s2")
+    deliveries = flat(await read_all(transport, 5))
+    commands.clear()
+    await transport.ack([d.handle for d in deliveries])
+    acks = commands.named("XACK")
+    assert sorted((args[0], len(args) - 2) for args in acks) == [("s", 3), ("s2", 2)]
+    assert await pending(redis, "s") == await pending(redis, "s2") == 0
+    assert transport.outstanding == 0
+    await broker.shutdown()
+
+
+async def test_a_single_streams_acks_are_one_xack(
+    fake: dict[str, Any], redis: Any, commands: CommandLog
+) -> None:
+    broker = stream_broker(fake)
+    transport = await started(broker)
+    await kick(broker, payloads(4))
+    deliveries = flat(await read_all(transport, 4))
+    commands.clear()
+    await transport.ack([d.handle for d in deliveries[:3]])
+    assert len(commands.named("XACK")) == 1
+    assert await pending(redis) == 1
+    assert transport.outstanding == 1
+    await broker.shutdown()
+
+
+async def test_a_delivery_for_taskiqs_receiver_acks_its_own_entry(
+    fake: dict[str, Any], redis: Any
+) -> None:
+    broker = stream_broker(fake)
+    transport = await started(broker)
+    await kick(broker, payloads(2))
+    first, second = flat(await read_all(transport, 2))
+    handed = transport.for_receiver(first)
+    assert isinstance(handed, AckableMessage)
+    assert handed.data == b"m0"
+    await handed.ack()  # type: ignore[misc]
+    rows = await idle_by_id(redis)
+    assert list(rows) == [second.handle[1]]
+    assert transport.outstanding == 1
+    await broker.shutdown()
+
+
+# --- releasing and reclaiming -------------------------------------------------------
+
+
+async def test_released_entries_are_claimable_at_once(
+    fake: dict[str, Any], redis: Any
+) -> None:
+    broker = stream_broker(fake, idle_timeout=60_000)
+    transport = await started(broker)
+    await kick(broker, payloads(3))
+    kept, *given_back = flat(await read_all(transport, 3))
+    await transport.release(given_back)
+    assert transport.outstanding == 1
+    rows = await idle_by_id(redis)
+    for delivery in given_back:
+        assert rows[delivery.handle[1]][1] >= 60_000
+    assert rows[kept.handle[1]][1] < 60_000
+    other = StreamTransport(stream_broker(fake, idle_timeout=60_000))
+    claimed = await other.reclaim()
+    assert [d.data for d in claimed] == [d.data for d in given_back]
+    assert {row[0] for row in (await idle_by_id(redis)).values()} == {
+        transport.consumer.encode(),
+        other.consumer.encode(),
+    }
+    await broker.shutdown()
+
+
+async def dead_consumer_took(
+    redis: Any, count: int, idle: int = 600_000
+) -> list[bytes]:
+    """Entries a consumer read and never acked, idle for ``idle`` ms."""
+    reply = await redis.xreadgroup(GROUP, "dead", {"s": ">"}, count=count)
+    ids = [entry_id for entry_id, _ in reply[0][1]]
+    await redis.xclaim(
+        "s", GROUP, "dead", min_idle_time=0, message_ids=ids, idle=idle, justid=True
+    )
+    return ids
+
+
+async def test_reclaiming_takes_every_dead_entry_once_then_nothing(
+    fake: dict[str, Any], redis: Any
+) -> None:
+    broker = stream_broker(fake, xread_count=10, idle_timeout=60_000)
+    transport = await started(broker)
+    await kick(broker, payloads(35))
+    await dead_consumer_took(redis, 35)
+    claimed: list[Delivery] = []
+    for _ in range(10):
+        chunk = await transport.reclaim()
+        if not chunk:
+            break
+        claimed.extend(chunk)
+    assert [d.data for d in claimed] == payloads(35)
+    assert await transport.reclaim() == []
+    assert transport.outstanding == 35
+    owners = {row[0] for row in (await idle_by_id(redis)).values()}
+    assert owners == {transport.consumer.encode()}
+    await broker.shutdown()
+
+
+async def test_one_reclaim_sweeps_every_page(fake: dict[str, Any], redis: Any) -> None:
+    broker = stream_broker(fake, xread_count=10, idle_timeout=60_000)
+    transport = await started(broker)
+    await kick(broker, payloads(35))
+    await dead_consumer_took(redis, 35)
+    claimed = await transport.reclaim()
+    await broker.shutdown()
+    assert [d.data for d in claimed] == payloads(35)
+
+
+async def test_reclaiming_never_returns_this_transports_own_entries(
+    fake: dict[str, Any], redis: Any
+) -> None:
+    broker = stream_broker(fake, xread_count=2, idle_timeout=60_000)
+    transport = await started(broker)
+    await kick(broker, payloads(4, "own"))
+    own = flat(await read_all(transport, 4))
+    # Held so long (a long batch) that they look dead too.
+    await redis.xclaim(
+        "s",
+        GROUP,
+        transport.consumer,
+        min_idle_time=0,
+        message_ids=[d.handle[1] for d in own],
+        idle=600_000,
+        justid=True,
+    )
+    await kick(broker, payloads(3, "dead"))
+    await dead_consumer_took(redis, 3)
+    claimed: list[Delivery] = []
+    for _ in range(10):
+        chunk = await transport.reclaim()
+        if not chunk:
+            break
+        claimed.extend(chunk)
+    assert [d.data for d in claimed] == payloads(3, "dead")
+    assert transport.outstanding == 7
+    await transport.ack([d.handle for d in own + claimed])
+    assert await pending(redis) == 0
+    await broker.shutdown()
+
+
+async def test_an_entry_deleted_meanwhile_is_acked_not_delivered(
+    fake: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker = stream_broker(fake, idle_timeout=1000)
+    transport = StreamTransport(broker)
+    acked: list[tuple[Any, ...]] = []
+
+    async def xautoclaim(*args: Any, **kwargs: Any) -> Any:
+        # Redis 6.2 returns a deleted entry with no fields.
+        return [b"0-0", [(b"1-0", None), (b"2-0", {b"data": b"m"})], []]
+
+    async def xack(*args: Any) -> int:
+        acked.append(args)
+        return 1
+
+    monkeypatch.setattr(transport.client.redis, "xautoclaim", xautoclaim)
+    monkeypatch.setattr(transport.client.redis, "xack", xack)
+    claimed = await transport.reclaim()
+    assert [(d.data, d.handle) for d in claimed] == [(b"m", ("s", b"2-0"))]
+    assert acked == [("s", GROUP, b"1-0")]
+    assert transport.outstanding == 1
+
+
+async def test_reclaim_logs_what_it_claimed(
+    fake: dict[str, Any], redis: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = stream_broker(fake, idle_timeout=60_000)
+    transport = await started(broker)
+    await kick(broker, payloads(3))
+    await dead_consumer_took(redis, 3)
+    with caplog.at_level(logging.WARNING, "taskiq_batching"):
+        assert len(await transport.reclaim()) == 3
+    assert "claimed 3 message(s) idle for over 60000 ms" in caplog.text
+    await broker.shutdown()
+
+
+# --- sending ------------------------------------------------------------------------
+
+
+async def test_send_writes_what_kick_writes(fake: dict[str, Any], redis: Any) -> None:
+    broker = stream_broker(fake, maxlen=3, approximate=False)
+    transport = StreamTransport(broker)
+    messages = [
+        BrokerMessage(
+            task_id=str(i), task_name="t", message=f"m{i}".encode(), labels={}
+        )
+        for i in range(5)
+    ]
+    routed = BrokerMessage(
+        task_id="r", task_name="t", message=b"r", labels={"queue_name": "elsewhere"}
+    )
+    await transport.send([*messages, routed])
+    by_send = await redis.xrange("s")
+    elsewhere = await redis.xrange("elsewhere")
+    await redis.delete("s", "elsewhere")
+    for message in [*messages, routed]:
+        await broker.kick(message)
+    by_kick = await redis.xrange("s")
+    assert [fields for _, fields in by_send] == [fields for _, fields in by_kick]
+    assert [fields for _, fields in by_send] == [
+        {b"data": f"m{i}".encode()} for i in (2, 3, 4)
+    ]
+    assert [fields for _, fields in elsewhere] == [{b"data": b"r"}]
+    await broker.shutdown()
+
+
+# --- checking the broker's settings -------------------------------------------------
+
+
+async def handler(items: list[int]) -> None: ...
+
+
+def spec(batch_timeout: float | None, timeout: float | None = None) -> BatchSpec:
+    return BatchSpec(
+        task_name="tasks:handler",
+        settings=BatchSettings(batch_size=10, batch_timeout=batch_timeout),
+        signature=analyse("tasks:handler", handler),
+        timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize(
+    ("task", "warning"),
+    [
+        (spec(1.0), None),
+        (spec(1.0, timeout=5), None),
+        (spec(None), "until its buffer fills"),
+        (spec(50.0, timeout=20), "for 70 s or more"),
+        (spec(60.0), "for 60 s or more"),
+    ],
+)
+def test_a_task_that_may_hold_a_message_past_idle_timeout_is_warned_of(
+    fake: dict[str, Any],
+    caplog: pytest.LogCaptureFixture,
+    task: BatchSpec,
+    warning: str | None,
+) -> None:
+    transport = StreamTransport(stream_broker(fake, idle_timeout=60_000))
+    with caplog.at_level(logging.WARNING, "taskiq_batching"):
+        transport.check([task])
+    if warning is None:
+        assert not caplog.records
+    else:
+        (record,) = caplog.records
+        assert warning in record.getMessage()
+        assert "tasks:handler" in record.getMessage()
+        assert "idle_timeout=60000 ms" in record.getMessage()
+
+
+# --- sentinel and cluster brokers ----------------------------------------------------
+
+
+async def test_a_sentinel_brokers_transport_asks_the_sentinels_for_the_master() -> None:
+    broker = RedisStreamSentinelBroker(
+        sentinels=[("localhost", 26379)], master_name="m"
+    )
+    transport = StreamTransport(broker)
+    assert transport.packed
+    assert transport.client._owned
+    await transport.close()
+
+
+def test_a_cluster_brokers_transport_uses_the_brokers_client_without_scripts() -> None:
+    broker = RedisStreamClusterBroker("redis://localhost:7000")
+    transport = StreamTransport(broker)
+    assert transport.client.redis is broker.redis
+    assert transport.client.cluster
+    assert not transport.packed  # a script's keys would span slots
+    assert not transport.client._owned
+
+
+# --- on a worker ------------------------------------------------------------------
+
+
+def worker_broker(
+    fake: dict[str, Any], serializer: Any = None, **options: Any
+) -> RedisStreamBroker:
+    backend: RedisAsyncResultBackend[Any] = RedisAsyncResultBackend(
+        URL, serializer=serializer, **fake
+    )
+    broker = stream_broker(fake, **options)
+    if serializer is not None:
+        broker = broker.with_serializer(serializer)
+    return broker.with_result_backend(backend).with_middlewares(BatchingMiddleware())
+
+
+@pytest.mark.parametrize("serializer", ["json", "msgpack"])
+async def test_every_message_gets_its_batch_result_on_a_worker(
+    fake: dict[str, Any], redis: Any, serializer: str
+) -> None:
+    chosen = JSONSerializer() if serializer == "json" else MSGPackSerializer()
+    broker = worker_broker(fake, chosen)
+    seen = Recorder()
+
+    @batch_task(broker, batch_size=50, batch_timeout=5)
+    async def total(items: list[int], info: BatchInfo = TaskiqDepends()) -> int:
+        seen.record(items, info)
+        return sum(items)
+
+    await broker.startup()  # as a producer would: declares the stream group
+    async with running_worker(broker):
+        sent = [await total.kiq(i) for i in range(300)]
+        results = [await task.wait_result(timeout=10) for task in sent]
+    assert seen.sizes == [50] * 6
+    for index, result in enumerate(results):
+        assert not result.is_err
+        assert result.return_value == sum(seen.batches[index // 50])
+    assert await pending(redis) == 0
+
+
+async def test_a_worker_reclaims_a_dead_consumers_entries_without_new_traffic(
+    fake: dict[str, Any], redis: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = worker_broker(fake, idle_timeout=200)
+    seen = Recorder()
+
+    @batch_task(broker, batch_size=5, batch_timeout=0.05)
+    async def handler(items: list[int]) -> int:
+        seen.record(items)
+        return sum(items)
+
+    await broker.startup()
+    # A worker that read three messages and died before acking them.
+    sent = []
+    for item in (1, 2, 3):
+        message = TaskiqMessage(
+            task_id=uuid.uuid4().hex,
+            task_name=handler.task_name,
+            labels={},
+            args=[item],
+            kwargs={},
+        )
+        sent.append(message.task_id)
+        await redis.xadd("s", {b"data": broker.formatter.dumps(message).message})
+    await dead_consumer_took(redis, 3)
+    caplog.set_level(logging.WARNING, "taskiq_batching")
+    async with running_worker(broker):
+        for task_id in sent:
+            task = AsyncTaskiqTask(task_id, broker.result_backend)
+            assert (await task.wait_result(timeout=10)).return_value == 6
+    assert seen.batches == [[1, 2, 3]]
+    assert await pending(redis) == 0
+    assert "claimed 3 message(s)" in caplog.text

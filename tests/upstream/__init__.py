@@ -1,0 +1,1 @@
+"""Harness that runs upstream test suites with taskiq-batching active."""
