@@ -195,3 +195,83 @@ def broker_message(
     return BrokerMessage.model_construct(
         task_id=task_id, task_name=task_name, message=payload, labels=labels
     )
+
+
+def nats_take_buffered(subscription: Any) -> list[Any]:
+    """Take the messages a JetStream pull subscription buffered and no fetch returned.
+
+    nats-py 2.x delivers a pull request's messages to the subscription's
+    ``_sub._pending_queue`` (an ``asyncio.Queue``, its bytes counted in
+    ``_pending_size``); ``fetch`` returns them from there. Messages that
+    arrive after a fetch ended (cancelled, or timed out as the server sent
+    them) wait there for the next fetch: a stopping worker takes them
+    instead. Status messages (``408 Request Timeout``...) are dropped, as
+    ``fetch`` drops them.
+
+    :param subscription: a ``JetStreamContext.PullSubscription``.
+    :return: the messages (``nats.aio.msg.Msg``), in order.
+    """
+    sub: Any = getattr(subscription, "_sub", None)
+    queue = getattr(sub, "_pending_queue", None)
+    if sub is None or queue is None:
+        return []
+    taken: list[Any] = []
+    while not queue.empty():
+        message = queue.get_nowait()
+        sub._pending_size -= len(message.data)
+        headers = message.headers
+        if headers and headers.get("Status"):
+            continue
+        taken.append(message)
+    return taken
+
+
+async def amqp_declare_queues(broker: Any, channel: Any) -> list[tuple[Any, Any]]:
+    """Declare a taskiq-aio-pika broker's queues as its ``listen()`` does.
+
+    taskiq-aio-pika 0.6's ``AioPikaBroker.listen`` declares (and binds) the
+    dead-letter queue, its task queues and its delay queue with
+    ``self._declare_queues(read_channel)`` and consumes what it returns.
+
+    :param broker: an ``AioPikaBroker``.
+    :param channel: the channel to declare them on (its ``read_channel``).
+    :return: ``(aio-pika queue, consumer keyword arguments)`` pairs.
+    """
+    declared: list[tuple[Any, Any]] = await broker._declare_queues(channel)
+    return declared
+
+
+def amqp_delay_queue_name(broker: Any) -> str | None:
+    """The name of a taskiq-aio-pika broker's delay queue, if it has one.
+
+    ``AioPikaBroker.listen`` consumes every declared queue but the delay
+    queue (``self._delay_queue``): its messages are dead-lettered to the
+    task queues when they expire.
+
+    :param broker: an ``AioPikaBroker``.
+    :return: its name, or None.
+    """
+    queue = getattr(broker, "_delay_queue", None)
+    return None if queue is None else str(queue.name)
+
+
+def amqp_take_deliveries(channel: Any, consumer_tag: str, callback: Any) -> bool:
+    """Have aiormq hand a consumer's deliveries to ``callback`` directly.
+
+    aio-pika 10's ``Queue.consume`` registers, in aiormq 7's
+    ``Channel.consumers[consumer_tag]``, a wrapper that builds an
+    ``IncomingMessage`` and starts one more task per delivery. Replacing
+    that entry gives ``callback`` aiormq's ``DeliveredMessage`` in aiormq's
+    own task. The consumer stays aio-pika's: a ``RobustQueue`` registers
+    it again (with its wrapper) after a reconnection.
+
+    :param channel: the aiormq channel the consumer is on.
+    :param consumer_tag: the consumer.
+    :param callback: an async function of one ``DeliveredMessage``.
+    :return: whether the consumer was found and replaced.
+    """
+    consumers = getattr(channel, "consumers", None)
+    if not isinstance(consumers, dict) or consumer_tag not in consumers:
+        return False
+    consumers[consumer_tag] = callback
+    return True

@@ -29,3 +29,9 @@ def redis_url() -> str:
 def rabbitmq_url() -> str:
     """The real RabbitMQ for integration tests (``RABBITMQ_URL``)."""
     return _service_url("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> str:
+    """The real NATS server, with JetStream, for integration tests (``NATS_URL``)."""
+    return _service_url("NATS_URL", "nats://127.0.0.1:4222")

@@ -2,11 +2,11 @@
 
 This is the one place a broker's kind is looked at. A transport module
 serves the brokers of one library (``redis_stream`` and ``redis_list``
-for taskiq-redis, ``amqp`` for taskiq-aio-pika) and is imported only for
-a broker of that library, so a RabbitMQ user never imports redis. A new
-broker is supported by adding a module with ``transport_for(broker,
-listen)`` (and ``results_for(backend)`` for a result backend) and naming
-it here. Anything else uses the generic transport.
+for taskiq-redis, ``amqp`` for taskiq-aio-pika, ``nats`` for taskiq-nats)
+and is imported only for a broker of that library, so a RabbitMQ user
+never imports redis. A new broker is supported by adding a module with
+``transport_for(broker, listen)`` (and ``results_for(backend)`` for a
+result backend) and naming it here. Anything else uses the generic transport.
 """
 
 import importlib
@@ -24,6 +24,7 @@ __all__ = ["Delivery", "ResultWriter", "Transport", "results_for", "transport_fo
 _TRANSPORTS: dict[str, tuple[str, ...]] = {
     "taskiq_redis": ("redis_stream", "redis_list"),
     "taskiq_aio_pika": ("amqp",),
+    "taskiq_nats": ("nats",),
 }
 #: Result writer modules by the top-level package of a backend's class.
 _RESULTS: dict[str, tuple[str, ...]] = {

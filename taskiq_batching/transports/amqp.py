@@ -1,24 +1,436 @@
-"""taskiq-aio-pika's broker: its own listener, and the channel's prefetch.
+"""taskiq-aio-pika's broker, consumed in chunks and acked many at a time.
 
-An AMQP server stops delivering to a channel while ``qos`` (its prefetch
-count) messages are unacked, whatever their task: the worker reads that
-budget so that a full budget of buffered messages is flushed at once
-rather than waited on.
+For an ``AioPikaBroker`` whose ``listen()`` is the stock one, the worker
+consumes the same queues itself: the same ``qos`` on the broker's
+``read_channel``, the same declarations and consumer arguments, every
+queue but the delay queue. aio-pika's ``queue.consume(callback)`` is
+used, so that a robust queue consumes again after a reconnection; its
+first delivery on a channel hands the consumer's next ones to a callback
+aiormq calls directly (no ``IncomingMessage``, one task less each). The
+callback only appends the delivery to a list and sets one event, and
+``read`` takes up to its limit of them at once. A consumer with
+``no_ack`` (the queue's ``consumer_arguments``) gives deliveries without
+acks: they are lost if the worker dies, as with the broker's own listener.
+
+Acks: on an AMQP channel, ``basic.ack(tag, multiple=True)`` acks every
+unacked delivery up to ``tag``, and acking a tag the server no longer
+holds closes the channel (every unacked delivery goes back to the
+queue). So every ack and nack of a consumed delivery goes through one
+tracker per channel, which knows the channel's unsettled tags in order:
+the longest run of settled tags at its head is settled with one
+``multiple=True`` frame, the others one frame each, in the order they
+were decided (one lock per channel). Deliveries handed to taskiq's
+Receiver get an ack through the tracker too, never aio-pika's own.
+
+``qos`` is a prefetch count with ``global=False``: RabbitMQ applies it to
+each consumer of the channel separately, so each queue may have ``qos``
+deliveries unacked. ``outstanding`` is that of the fullest consumer.
+
+Stopping never cancels a task inside an RPC (a cancelled ``basic.cancel``
+closes the channel and requeues everything): a read waits on an event
+only, and the consumers are cancelled once, shielded. Deliveries received
+but never read are given back (``basic.nack`` with ``requeue``), and the
+last ack frame is waited for before ``close`` returns.
 """
 
+import asyncio
+import logging
+from collections import Counter, deque
+from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
-from taskiq import AsyncBroker
+from taskiq import AckableMessage, AsyncBroker, BrokerMessage
+from taskiq_aio_pika import AioPikaBroker
 
-from taskiq_batching._compat import amqp_prefetch
-from taskiq_batching.transports.generic import GenericTransport
+from taskiq_batching._compat import (
+    amqp_declare_queues,
+    amqp_delay_queue_name,
+    amqp_prefetch,
+    amqp_take_deliveries,
+)
+from taskiq_batching.core.run import BatchSpec
+from taskiq_batching.errors import describe
+from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.generic import GenericTransport, kick_each
+
+logger = logging.getLogger("taskiq_batching")
+
+#: Longest a read waits for a delivery before it returns none, in seconds
+#: (the worker then checks its timers and reads again).
+IDLE_WAIT = 1.0
+
+#: Longest a stop waits for a read still starting the consumers, in seconds.
+START_GRACE = 10.0
+
+#: A delivery's handle: (aiormq channel, delivery tag, consumer tag).
+Handle = tuple[Any, int, str]
 
 
-def transport_for(broker: AsyncBroker, listen: Any = None) -> GenericTransport:
-    """The broker's own listener, with the channel's prefetch known.
+def transport_for(
+    broker: AsyncBroker, listen: Any = None
+) -> "AmqpTransport | GenericTransport | None":
+    """The AMQP transport, for an ``AioPikaBroker`` that listens as shipped.
 
-    :param broker: an ``AioPikaBroker``.
+    :param broker: any broker.
     :param listen: its own ``listen``.
-    :return: the transport.
+    :return: the transport; the broker's own listener (with the channel's
+        prefetch known) when its class overrides ``listen``; None for
+        other brokers.
     """
+    if not isinstance(broker, AioPikaBroker):
+        return None
+    if type(broker).listen is AioPikaBroker.listen:
+        return AmqpTransport(broker)
     return GenericTransport(broker, listen, prefetch=amqp_prefetch(broker))
+
+
+class _Tracker:
+    """The unsettled delivery tags of one AMQP channel, in tag order.
+
+    A channel numbers its deliveries 1, 2, 3...; a delivery may reach the
+    callback after a later one (another path through tasks), so a
+    ``multiple`` frame never goes past a tag below which one is unseen.
+
+    :param channel: the aiormq channel.
+    """
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+        #: tag -> consumer tag, ascending tags.
+        self.pending: dict[int, str] = {}
+        #: Pending tags the worker has read (the others wait in the list).
+        self.read: set[int] = set()
+        #: Every tag up to this one has been seen.
+        self.seen = 0
+        #: Tags seen above a gap.
+        self.ahead: set[int] = set()
+        self.lock = asyncio.Lock()
+
+    def add(self, tag: int, consumer: str) -> bool:
+        """Note a delivery; False if this tag was seen already."""
+        if tag <= self.seen or tag in self.ahead:
+            return False  # never twice on one channel
+        out_of_order = bool(self.pending) and tag < next(reversed(self.pending))
+        self.pending[tag] = consumer
+        if out_of_order:
+            self.pending = dict(sorted(self.pending.items()))
+        if tag == self.seen + 1:
+            self.seen = tag
+            while self.seen + 1 in self.ahead:
+                self.seen += 1
+                self.ahead.discard(self.seen)
+        else:
+            self.ahead.add(tag)
+        return True
+
+    def forget(self, tags: Sequence[int]) -> list[str]:
+        """The consumer of each read tag, no longer read (settled or lost)."""
+        consumers = []
+        for tag in tags:
+            if tag in self.read:
+                self.read.discard(tag)
+                consumers.append(self.pending[tag])
+        return consumers
+
+    async def settle(self, tags: Sequence[int], nack: bool) -> None:
+        """Ack (or nack with requeue) these tags: few frames, in decided order.
+
+        :param tags: unsettled tags of this channel (unknown ones are skipped).
+        :param nack: give them back rather than ack them.
+        """
+        async with self.lock:
+            wanted = {tag for tag in tags if tag in self.pending}
+            if not wanted:
+                return
+            run: list[int] = []
+            for tag in self.pending:
+                if tag not in wanted or tag > self.seen:
+                    break
+                run.append(tag)
+            frames: list[tuple[int, bool]] = []
+            if run:
+                frames.append((run[-1], len(run) > 1))
+            singles = sorted(wanted.difference(run))
+            frames.extend((tag, False) for tag in singles)
+            for tag in run:
+                del self.pending[tag]
+            for tag in singles:
+                del self.pending[tag]
+            channel = self.channel
+            last = len(frames) - 1
+            for index, (tag, multiple) in enumerate(frames):
+                # Frames are queued in order; the last is waited for, so
+                # all of them are written when this returns.
+                if nack:
+                    await channel.basic_nack(
+                        tag, multiple=multiple, requeue=True, wait=index == last
+                    )
+                else:
+                    await channel.basic_ack(tag, multiple=multiple, wait=index == last)
+
+
+class AmqpTransport:
+    """Consumes, acks, gives back and sends for a taskiq-aio-pika broker.
+
+    :param broker: an ``AioPikaBroker`` with the stock ``listen``.
+    """
+
+    name = "amqp"
+    acknowledges = True
+    reclaim_interval: float | None = None
+
+    def __init__(self, broker: AioPikaBroker) -> None:
+        self.broker = broker
+        self.prefetch = amqp_prefetch(broker)
+        self._trackers: dict[int, _Tracker] = {}
+        self._unread: deque[Delivery] = deque()
+        self._arrived = asyncio.Event()
+        #: Deliveries read and not settled, by consumer tag.
+        self._held: Counter[str] = Counter()
+        self._consumers: list[tuple[Any, str]] = []
+        self._no_ack: set[str] = set()
+        self._started = False
+        self._stopping = False
+        self._closing: asyncio.Future[None] | None = None
+
+    @property
+    def outstanding(self) -> int:
+        """Deliveries read and unsettled, of the consumer that has the most."""
+        return max(self._held.values(), default=0)
+
+    def check(self, specs: Sequence[BatchSpec]) -> None:
+        """Nothing beyond the prefetch warning the worker gives itself."""
+
+    # --- consuming -----------------------------------------------------------
+
+    async def _start(self) -> None:
+        channel = self.broker.read_channel
+        if channel is None:
+            raise RuntimeError("Call startup before starting listening.")
+        if self.prefetch is not None:
+            await channel.set_qos(prefetch_count=self.prefetch)
+        declared = await amqp_declare_queues(self.broker, channel)
+        delay = amqp_delay_queue_name(self.broker)
+        for queue, arguments in declared:
+            if delay is not None and queue.name == delay:
+                continue
+            options = dict(arguments or {})
+            tag = await queue.consume(self._on_message, **options)
+            self._consumers.append((queue, tag))
+            if options.get("no_ack"):
+                # The server forgets these once delivered: nothing to ack.
+                self._no_ack.add(tag)
+                self.acknowledges = False
+            underlay = await channel.get_underlay_channel()
+            amqp_take_deliveries(underlay, tag, self._on_delivered)
+        self._started = True
+
+    async def _on_message(self, message: Any) -> None:
+        """aio-pika's consumer callback: the first delivery on a channel.
+
+        It hands the consumer's next deliveries to ``_on_delivered``
+        (no ``IncomingMessage``, one task less each); a robust queue
+        brings this callback back after a reconnection.
+        """
+        channel = message.channel
+        consumer = str(message.consumer_tag)
+        self._note(channel, int(message.delivery_tag), consumer, message.body)
+        amqp_take_deliveries(channel, consumer, self._on_delivered)
+
+    async def _on_delivered(self, message: Any) -> None:
+        """The callback aiormq calls: note the delivery, wake the reader."""
+        delivery = message.delivery
+        self._note(
+            message.channel,
+            delivery.delivery_tag,
+            delivery.consumer_tag,
+            message.body,
+        )
+
+    def _note(self, channel: Any, tag: int, consumer: str, body: bytes) -> None:
+        if consumer in self._no_ack:
+            self._unread.append(Delivery(body, None))
+            self._arrived.set()
+        elif self._tracker(channel).add(tag, consumer):
+            self._unread.append(Delivery(body, (channel, tag, consumer)))
+            self._arrived.set()
+
+    def _tracker(self, channel: Any) -> _Tracker:
+        tracker = self._trackers.get(id(channel))
+        if tracker is None or tracker.channel is not channel:
+            tracker = self._trackers[id(channel)] = _Tracker(channel)
+            for key, old in list(self._trackers.items()):
+                if old.channel.is_closed:
+                    del self._trackers[key]
+                    self._unhold(old.forget(list(old.read)))
+        return tracker
+
+    async def read(self, limit: int) -> list[Delivery]:
+        """Up to ``limit`` deliveries received (see ``Transport.read``)."""
+        if not self._started:
+            await self._start()
+        while not self._stopping:
+            if self._unread:
+                chunk = self._take(limit)
+                if chunk:
+                    return chunk
+                continue
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), IDLE_WAIT)
+            except TimeoutError:
+                return []
+        return []
+
+    def _take(self, limit: int) -> list[Delivery]:
+        chunk: list[Delivery] = []
+        while self._unread and len(chunk) < limit:
+            delivery = self._unread.popleft()
+            if delivery.handle is None:
+                chunk.append(delivery)
+                continue
+            channel, tag, consumer = delivery.handle
+            if channel.is_closed:
+                continue  # the server gives it again, on the new channel
+            self._trackers[id(channel)].read.add(tag)
+            self._held[consumer] += 1
+            chunk.append(delivery)
+        return chunk
+
+    async def interrupt(
+        self, reading: "asyncio.Future[list[Delivery]]"
+    ) -> list[Delivery]:
+        """Let the read return (not cancelled: it may be inside an RPC).
+
+        A read still starting the consumers (RPCs without a timeout) is
+        cancelled after ``START_GRACE`` seconds: nothing was delivered to
+        it yet, and a channel closed by the cancelled RPC gives back
+        whatever it had.
+        """
+        self._stopping = True
+        self._arrived.set()
+        deadline = asyncio.get_running_loop().time() + START_GRACE
+        while not reading.done():
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0 and not self._started:
+                reading.cancel()
+                left = START_GRACE
+            try:
+                await asyncio.wait({reading}, timeout=max(left, 0.1))
+            except asyncio.CancelledError:
+                continue
+        if reading.cancelled():
+            return []
+        error = reading.exception()
+        if isinstance(error, StopAsyncIteration):
+            return []
+        if error is not None:
+            raise error
+        return reading.result()
+
+    async def reclaim(self) -> list[Delivery]:
+        """Nothing to reclaim: the server redelivers a lost channel's deliveries."""
+        return []
+
+    # --- acks ------------------------------------------------------------------
+
+    async def ack(self, handles: Sequence[Any]) -> None:
+        """Ack through each channel's tracker (see the module's docstring)."""
+        await self._settle(handles, nack=False)
+
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        """Give them back to the queue (``basic.nack`` with requeue)."""
+        await self._settle([delivery.handle for delivery in deliveries], nack=True)
+
+    async def _settle(self, handles: Sequence[Any], nack: bool) -> None:
+        by_channel: dict[int, tuple[Any, list[int]]] = {}
+        for handle in handles:
+            if handle is None:
+                continue  # from a no_ack consumer
+            channel, tag, _consumer = handle
+            by_channel.setdefault(id(channel), (channel, []))[1].append(tag)
+        errors: list[BaseException] = []
+        for channel, tags in by_channel.values():
+            tracker = self._trackers.get(id(channel))
+            if tracker is None or tracker.channel is not channel:
+                continue  # a lost channel's: the server gives them again
+            self._unhold(tracker.forget(tags))
+            if channel.is_closed:
+                self._trackers.pop(id(channel), None)
+                self._unhold(tracker.forget(list(tracker.read)))
+                logger.warning(
+                    "taskiq_batching: %d message(s) finished after their AMQP "
+                    "channel was lost; the server delivers them again",
+                    len(tags),
+                )
+                continue
+            try:
+                await tracker.settle(tags, nack)
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def _unhold(self, consumers: list[str]) -> None:
+        for consumer in consumers:
+            self._held[consumer] -= 1
+            if self._held[consumer] <= 0:
+                del self._held[consumer]
+
+    async def _ack_one(self, handle: Handle) -> None:
+        await self.ack([handle])
+
+    # --- stopping ----------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Cancel the consumers once, give back what was not read, flush acks."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
+        self._stopping = True
+        self._arrived.set()
+        for queue, tag in self._consumers:
+            try:
+                # Once, shielded by close(); bounded for a dead connection.
+                await queue.cancel(tag, timeout=START_GRACE)
+            except Exception as exc:
+                logger.warning(
+                    "taskiq_batching: cannot cancel the consumer of %s: %s",
+                    queue.name,
+                    describe(exc),
+                )
+        # Deliveries whose frames came before CancelOk reach the callback
+        # through two tasks each (aiormq's, aio-pika's).
+        for _ in range(3):
+            await asyncio.sleep(0)
+        unread = list(self._unread)
+        self._unread.clear()
+        try:
+            await self._settle([d.handle for d in unread], nack=True)
+        except Exception as exc:
+            logger.warning(
+                "taskiq_batching: cannot give %d unread message(s) back (the "
+                "server does when the channel closes): %s",
+                len(unread),
+                describe(exc),
+            )
+        for tracker in list(self._trackers.values()):
+            async with tracker.lock:  # the last frame of every settle is written
+                pass
+
+    def for_receiver(self, delivery: Delivery) -> bytes | AckableMessage:
+        """The delivery, with an ack through its channel's tracker."""
+        if delivery.handle is None:
+            return delivery.data  # from a no_ack consumer
+        return AckableMessage(
+            data=delivery.data, ack=partial(self._ack_one, delivery.handle)
+        )
+
+    # --- sending -----------------------------------------------------------------
+
+    async def send(self, messages: Sequence[BrokerMessage]) -> None:
+        """``kick`` each message, some at once."""
+        await kick_each(self.broker, messages)

@@ -9,10 +9,14 @@ from tests.behaviour.paths import PATHS, Path, open_path
 
 
 def _redis_url() -> str | None:
-    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    return _reachable("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _reachable(variable: str, default: str) -> str | None:
+    url = os.environ.get(variable, default)
     parsed = urlparse(url)
     try:
-        with socket.create_connection((parsed.hostname, parsed.port or 6379), 2):
+        with socket.create_connection((parsed.hostname, parsed.port or 0), 2):
             return url
     except OSError:
         return None
@@ -32,5 +36,13 @@ async def path(
             if os.environ.get("CI", "").lower() == "true":
                 pytest.fail(f"{reason}; CI needs it")
             pytest.skip(reason)
-    async with open_path(name, url, monkeypatch) as opened:
+    nats_url = None
+    if name == "nats":
+        nats_url = _reachable("NATS_URL", "nats://127.0.0.1:4222")
+        if nats_url is None:
+            reason = "NATS_URL is unreachable"
+            if os.environ.get("CI", "").lower() == "true":
+                pytest.fail(f"{reason}; CI needs it")
+            pytest.skip(reason)
+    async with open_path(name, url, monkeypatch, nats_url=nats_url) as opened:
         yield opened

@@ -8,6 +8,9 @@
 * ``redis-stream`` and ``redis-list``: taskiq-redis brokers on the real
   Redis, read by the Redis transports (chunks, packed reads, bulk acks and
   result writes).
+* ``nats``: taskiq-nats's ``PullBasedJetStreamBroker`` on the real NATS
+  (JetStream), read by the NATS transport (chunked fetches, bulk acks),
+  results in memory.
 
 Every path records the same journal: per task_id, the middleware hooks
 called (and the id of the message object each got) and its acks.
@@ -21,7 +24,9 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import nats
 import pytest
+from nats.js.errors import NotFoundError
 from redis.asyncio import Redis
 from taskiq import (
     AckableMessage,
@@ -35,6 +40,7 @@ from taskiq.acks import AcknowledgeType
 from taskiq.brokers.inmemory_broker import InmemoryResultBackend
 from taskiq.serializers import JSONSerializer
 from taskiq.utils import maybe_awaitable
+from taskiq_nats import PullBasedJetStreamBroker
 from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend, RedisStreamBroker
 
 from taskiq_batching import BatchingMiddleware
@@ -42,7 +48,7 @@ from taskiq_batching.transports import Delivery, Transport, transport_for
 from taskiq_batching.worker.decode import decode
 from tests.helpers import QueueBroker, running_worker
 
-PATHS = ["inmemory", "generic", "redis-stream", "redis-list"]
+PATHS = ["inmemory", "generic", "redis-stream", "redis-list", "nats"]
 
 
 @dataclass
@@ -171,6 +177,7 @@ async def open_path(
     redis_url: str | None,
     monkeypatch: pytest.MonkeyPatch,
     middlewares: Sequence[TaskiqMiddleware] = (),
+    nats_url: str | None = None,
 ) -> AsyncIterator[Path]:
     """A broker on ``name``'s path with the plugin and a journal.
 
@@ -183,6 +190,12 @@ async def open_path(
         broker = InMemoryBroker(max_stored_results=-1)
     elif name == "generic":
         broker = QueueBroker()
+        broker.with_result_backend(InmemoryResultBackend(max_stored_results=-1))
+    elif name == "nats":
+        assert nats_url is not None
+        broker = PullBasedJetStreamBroker(
+            nats_url, subject=f"{queue}.tasks", stream_name=queue, durable=queue
+        )
         broker.with_result_backend(InmemoryResultBackend(max_stored_results=-1))
     else:
         assert redis_url is not None
@@ -202,7 +215,7 @@ async def open_path(
         "taskiq_batching.worker.hook.transport_for",
         lambda b, listen=None: RecordingTransport(transport_for(b, listen), b, journal),
     )
-    path = Path(name, broker, journal, acks=name in ("generic", "redis-stream"))
+    path = Path(name, broker, journal, acks=name in ("generic", "redis-stream", "nats"))
     try:
         yield path
     finally:
@@ -211,6 +224,13 @@ async def open_path(
                 keys = [key async for key in redis.scan_iter(f"{queue}*")]
                 if keys:
                     await redis.delete(*keys)
+        if nats_url is not None and name == "nats":
+            client = await nats.connect(nats_url)
+            try:
+                with contextlib.suppress(NotFoundError):  # never started
+                    await client.jetstream().delete_stream(queue)
+            finally:
+                await client.close()
 
 
 @contextlib.asynccontextmanager
@@ -229,5 +249,8 @@ async def running(
             await path.broker.wait_all()
         return
     await path.broker.startup()
-    async with running_worker(path.broker, ack_type=ack_type):
+    # A NATS broker's startup connects its client: only once.
+    async with running_worker(
+        path.broker, ack_type=ack_type, run_startup=path.name != "nats"
+    ):
         yield

@@ -5,6 +5,7 @@ taskiq's Receiver (or ``InMemoryBroker``'s callback), gives the sequence
 of middleware hooks and acks that each batched message must give too.
 """
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -59,10 +60,13 @@ async def test_each_message_follows_taskiqs_order(
         assert len(path.journal.objects(task.task_id)) == 1
 
 
-async def test_manual_ack_acks_each_message_once(path: Path) -> None:
+@pytest.mark.parametrize("ack_type", ["manual", "when_saved"])
+async def test_an_ack_from_the_batch_acks_each_message_once(
+    path: Path, ack_type: str
+) -> None:
     broker = path.broker
 
-    @batch_task(broker, task_name="batched", batch_size=3, ack_type="manual")
+    @batch_task(broker, task_name="batched", batch_size=3, ack_type=ack_type)
     async def batched(items: list[int], batch: BatchInfo = TaskiqDepends()) -> int:
         await batch.ack()
         await batch.ack()  # acked at most once, as taskiq's AckController does
@@ -178,3 +182,23 @@ async def test_retries_rerun_only_the_failed_messages(
         results = [await t.wait_result(timeout=10) for t in sent]
     assert [r.return_value for r in results] == [1, 2, 3]
     assert calls == [[1, 2, 3], [2]]
+
+
+async def test_each_message_s_execution_time_is_its_share_of_the_batch(
+    path: Path,
+) -> None:
+    broker = path.broker
+
+    @batch_task(broker, task_name="timed", batch_size=4)
+    async def timed(items: list[int]) -> int:
+        await asyncio.sleep(0.2)
+        return len(items)
+
+    async with running(path):
+        sent = [await timed.kiq(i) for i in range(4)]
+        results = [await task.wait_result(timeout=10) for task in sent]
+    shares = {result.execution_time for result in results}
+    assert len(shares) == 1
+    (share,) = shares
+    # The four shares add up to the batch's run time (at least its sleep).
+    assert 0.2 <= 4 * share < 0.2 + 5.0

@@ -25,6 +25,11 @@ pytestmark = pytest.mark.timeout(30)
 async def test_one_span_per_message_and_a_linked_batch_span(
     path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    if path.name == "nats":
+        pytest.skip(
+            "taskiq-nats sends labels as NATS headers, which must be strings: "
+            "OpenTelemetryMiddleware's float label fails its kick, batched or not"
+        )
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))

@@ -200,9 +200,9 @@ async def test_qos_below_batch_size_warns_caps_batches_and_finishes(
 
     await eventually(warned, 15, "the prefetch warning in the worker's log")
     output = worker.output()
-    assert "task collect has batch_size=100" in output
-    assert "at most 10 unacked messages (prefetch/qos=10)" in output
-    assert "at least 200 (2 x batch_size)" in output
+    assert "at most 10 unacked messages (its prefetch), shared by every task" in output
+    assert "collect (batch_size=100)" in output
+    assert "prefetch of at least 200" in output
 
     sent = await send(100)
     values = await results(sent, timeout=8)

@@ -176,3 +176,35 @@ def test_guard_declarations_wraps_registration_once() -> None:
         BaseBroker._register_task = registered  # type: ignore[method-assign]
     # The package's own guard is installed on import, and stays.
     assert getattr(AsyncBroker._register_task, "_taskiq_batching_guard", False)
+
+
+def test_amqp_queue_internals_are_the_brokers() -> None:
+    import inspect
+
+    import aiormq
+    from taskiq_aio_pika import AioPikaBroker, Queue
+
+    # What amqp_declare_queues calls, with the parameters it passes.
+    declare = AioPikaBroker._declare_queues
+    assert inspect.iscoroutinefunction(declare)
+    assert list(inspect.signature(declare).parameters) == ["self", "channel"]
+    assert _compat.amqp_delay_queue_name(AioPikaBroker("amqp://nowhere/")) is None
+    delayed = AioPikaBroker("amqp://nowhere/", delay_queue=Queue(name="later"))
+    assert _compat.amqp_delay_queue_name(delayed) == "later"
+    # aiormq's channel keeps its consumer callbacks in a public dict.
+    assert "self.consumers" in inspect.getsource(aiormq.Channel.__init__)
+
+
+def test_amqp_take_deliveries_replaces_a_known_consumer_only() -> None:
+    class Channel:
+        def __init__(self) -> None:
+            self.consumers: dict[str, object] = {"tag": "aio-pika's"}
+
+    def callback() -> None: ...
+
+    channel = Channel()
+    assert _compat.amqp_take_deliveries(channel, "tag", callback)
+    assert channel.consumers["tag"] is callback
+    assert not _compat.amqp_take_deliveries(channel, "other", callback)
+    assert "other" not in channel.consumers
+    assert not _compat.amqp_take_deliveries(object(), "tag", callback)

@@ -6,7 +6,13 @@ from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import pytest
-from taskiq import AsyncBroker, BrokerMessage, InMemoryBroker, TaskiqResult
+from taskiq import (
+    AckableMessage,
+    AsyncBroker,
+    BrokerMessage,
+    InMemoryBroker,
+    TaskiqResult,
+)
 from taskiq.brokers.inmemory_broker import InmemoryResultBackend
 from taskiq_aio_pika import AioPikaBroker
 from taskiq_redis import (
@@ -23,6 +29,7 @@ from taskiq_redis import (
 )
 
 from taskiq_batching.transports import results_for, transport_for
+from taskiq_batching.transports.amqp import AmqpTransport
 from taskiq_batching.transports.generic import GenericResults, GenericTransport
 from taskiq_batching.transports.redis_list import ListTransport
 from taskiq_batching.transports.redis_results import RedisResults
@@ -142,8 +149,22 @@ async def test_the_generic_transport_reads_the_listener_it_is_given() -> None:
     assert [d.data for d in await transport.read(1)] == [b"given"]
 
 
-def test_an_amqp_broker_gets_the_generic_transport_with_its_prefetch() -> None:
+def test_an_amqp_broker_gets_the_amqp_transport_with_its_prefetch() -> None:
     transport = transport_for(AioPikaBroker("amqp://guest:guest@localhost/", qos=7))
+    assert type(transport) is AmqpTransport
+    assert transport.prefetch == 7
+
+
+class OwnListenAmqpBroker(AioPikaBroker):
+    """Overrides ``listen``: its own listener is kept."""
+
+    async def listen(self) -> AsyncGenerator[AckableMessage, None]:
+        async for message in super().listen():
+            yield message
+
+
+def test_an_amqp_broker_with_its_own_listen_keeps_it_with_its_prefetch() -> None:
+    transport = transport_for(OwnListenAmqpBroker("amqp://guest@localhost/", qos=7))
     assert type(transport) is GenericTransport
     assert transport.prefetch == 7
 
