@@ -17,18 +17,20 @@ says whether one more fits; ``admit`` waits for room.
 import asyncio
 import logging
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable, Hashable, Sequence
-from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Hashable
 
 from taskiq import AsyncBroker
 
 from taskiq_batching.core.buffer import Buffer, Held
 from taskiq_batching.core.flush import FlushRules
 from taskiq_batching.core.keys import batch_key
-from taskiq_batching.core.run import BatchSpec, Outcome, RunOptions, run_batch
-from taskiq_batching.core.signature import ArgumentError
-from taskiq_batching.errors import BatchItemError
+from taskiq_batching.core.run import (
+    BatchSpec,
+    Outcome,
+    RunOptions,
+    SpanMaker,
+    run_batch,
+)
 from taskiq_batching.settings import FlushReason
 
 logger = logging.getLogger("taskiq_batching")
@@ -37,17 +39,6 @@ logger = logging.getLogger("taskiq_batching")
 Finisher = Callable[[BatchSpec, list[tuple[Held, Outcome]], float], Awaitable[None]]
 
 
-class BatchSpanLike(Protocol):
-    """What the batcher tells a batch's span (see ``tracing.py``)."""
-
-    def outcomes(self, outcomes: Sequence[Outcome]) -> None:
-        """The batch's outcomes, before the span ends."""
-
-
-#: ``span(task_name, buffer, reason, waited)``: a batch's span, if traced.
-SpanMaker = Callable[
-    [str, Buffer, FlushReason, float], AbstractContextManager[BatchSpanLike]
-]
 _Key = tuple[str, Hashable]
 
 #: Batch calls that may run at once in one worker process, by default.
@@ -150,7 +141,13 @@ class Batcher:
         :raises BatchItemError: when its item or extra arguments are invalid.
         """
         spec = self.specs[task_name]
-        item, args, kwargs = self._prepare(spec, message)
+        item, args, kwargs = spec.signature.prepare(
+            spec.task_name,
+            message.task_id,
+            message.message.args,
+            message.message.kwargs,
+            validate=self.validate,
+        )
         message.item = item
         loop = self.bind_loop()
         key = (task_name, batch_key(args, kwargs))
@@ -163,25 +160,6 @@ class Batcher:
         self.rules.added(spec, buffer)
         if self._waiters:
             self._notify()
-
-    def _prepare(
-        self, spec: BatchSpec, message: Held
-    ) -> tuple[Any, list[Any], dict[str, Any]]:
-        args, kwargs = message.message.args, message.message.kwargs
-        if not args:
-            raise BatchItemError(
-                spec.task_name,
-                message.task_id,
-                "no item: send one item per message, as `await task.kiq(item)`",
-            )
-        if not self.validate:
-            return args[0], list(args[1:]), kwargs
-        try:
-            item = spec.signature.coerce_item(args[0])
-            extra_args, extra_kwargs = spec.signature.coerce_extras(args[1:], kwargs)
-        except ArgumentError as exc:
-            raise BatchItemError(spec.task_name, message.task_id, str(exc)) from None
-        return item, extra_args, extra_kwargs
 
     def flush(self, key: _Key, reason: FlushReason) -> None:
         """Close one buffer and queue it to run.

@@ -10,10 +10,11 @@ import asyncio
 import contextvars
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from taskiq import AsyncBroker, Context, TaskiqState
 
@@ -50,6 +51,19 @@ class BatchSpec:
     settings: BatchSettings
     signature: BatchSignature
     timeout: float | None
+
+
+class BatchSpanLike(Protocol):
+    """What the batcher tells a batch's span (see ``tracing.py``)."""
+
+    def outcomes(self, outcomes: Sequence[Outcome]) -> None:
+        """The batch's outcomes, before the span ends."""
+
+
+#: ``span(task_name, buffer, reason, waited)``: a batch's span, if traced.
+SpanMaker = Callable[
+    [str, Buffer, FlushReason, float], AbstractContextManager[BatchSpanLike]
+]
 
 
 @dataclass(slots=True)

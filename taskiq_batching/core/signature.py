@@ -15,7 +15,7 @@ from pydantic import TypeAdapter, ValidationError
 from taskiq_dependencies import DependencyGraph
 from taskiq_dependencies.dependency import Dependency
 
-from taskiq_batching.errors import BatchConfigError
+from taskiq_batching.errors import BatchConfigError, BatchItemError
 
 _LIST_ORIGINS = (list, collections.abc.Sequence, collections.abc.MutableSequence)
 _POSITIONAL = (
@@ -53,6 +53,39 @@ class BatchSignature:
     dependencies: DependencyGraph | None = None
     is_coroutine: bool = True
     takes_more_args: bool = False
+
+    def prepare(
+        self,
+        task_name: str,
+        task_id: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        validate: bool = True,
+    ) -> tuple[Any, list[Any], dict[str, Any]]:
+        """A message's item and extra arguments, validated as taskiq would.
+
+        :param task_name: the batched task, for errors.
+        :param task_id: the message, for errors.
+        :param args: its positional arguments, the item first.
+        :param kwargs: its keyword arguments.
+        :param validate: validate them (taskiq's ``--no-parse`` turns it off).
+        :raises BatchItemError: when this message's arguments do not fit.
+        :return: the item, the extra positional and keyword arguments.
+        """
+        if not args:
+            raise BatchItemError(
+                task_name,
+                task_id,
+                "no item: send one item per message, as `await task.kiq(item)`",
+            )
+        if not validate:
+            return args[0], list(args[1:]), dict(kwargs)
+        try:
+            item = self.coerce_item(args[0])
+            extra_args, extra_kwargs = self.coerce_extras(args[1:], kwargs)
+        except ArgumentError as exc:
+            raise BatchItemError(task_name, task_id, str(exc)) from None
+        return item, extra_args, extra_kwargs
 
     def coerce_item(self, item: Any) -> Any:
         """Validate and convert one item, as taskiq does for an argument.

@@ -51,6 +51,7 @@ from taskiq_batching._compat import (
 )
 from taskiq_batching.core.run import BatchSpec
 from taskiq_batching.errors import describe
+from taskiq_batching.transports.amqp_acks import ChannelAcks
 from taskiq_batching.transports.base import Delivery
 from taskiq_batching.transports.generic import GenericTransport, kick_each
 
@@ -85,91 +86,6 @@ def transport_for(
     return GenericTransport(broker, listen, prefetch=amqp_prefetch(broker))
 
 
-class _Tracker:
-    """The unsettled delivery tags of one AMQP channel, in tag order.
-
-    A channel numbers its deliveries 1, 2, 3...; a delivery may reach the
-    callback after a later one (another path through tasks), so a
-    ``multiple`` frame never goes past a tag below which one is unseen.
-
-    :param channel: the aiormq channel.
-    """
-
-    def __init__(self, channel: Any) -> None:
-        self.channel = channel
-        #: tag -> consumer tag, ascending tags.
-        self.pending: dict[int, str] = {}
-        #: Pending tags the worker has read (the others wait in the list).
-        self.read: set[int] = set()
-        #: Every tag up to this one has been seen.
-        self.seen = 0
-        #: Tags seen above a gap.
-        self.ahead: set[int] = set()
-        self.lock = asyncio.Lock()
-
-    def add(self, tag: int, consumer: str) -> bool:
-        """Note a delivery; False if this tag was seen already."""
-        if tag <= self.seen or tag in self.ahead:
-            return False  # never twice on one channel
-        out_of_order = bool(self.pending) and tag < next(reversed(self.pending))
-        self.pending[tag] = consumer
-        if out_of_order:
-            self.pending = dict(sorted(self.pending.items()))
-        if tag == self.seen + 1:
-            self.seen = tag
-            while self.seen + 1 in self.ahead:
-                self.seen += 1
-                self.ahead.discard(self.seen)
-        else:
-            self.ahead.add(tag)
-        return True
-
-    def forget(self, tags: Sequence[int]) -> list[str]:
-        """The consumer of each read tag, no longer read (settled or lost)."""
-        consumers = []
-        for tag in tags:
-            if tag in self.read:
-                self.read.discard(tag)
-                consumers.append(self.pending[tag])
-        return consumers
-
-    async def settle(self, tags: Sequence[int], nack: bool) -> None:
-        """Ack (or nack with requeue) these tags: few frames, in decided order.
-
-        :param tags: unsettled tags of this channel (unknown ones are skipped).
-        :param nack: give them back rather than ack them.
-        """
-        async with self.lock:
-            wanted = {tag for tag in tags if tag in self.pending}
-            if not wanted:
-                return
-            run: list[int] = []
-            for tag in self.pending:
-                if tag not in wanted or tag > self.seen:
-                    break
-                run.append(tag)
-            frames: list[tuple[int, bool]] = []
-            if run:
-                frames.append((run[-1], len(run) > 1))
-            singles = sorted(wanted.difference(run))
-            frames.extend((tag, False) for tag in singles)
-            for tag in run:
-                del self.pending[tag]
-            for tag in singles:
-                del self.pending[tag]
-            channel = self.channel
-            last = len(frames) - 1
-            for index, (tag, multiple) in enumerate(frames):
-                # Frames are queued in order; the last is waited for, so
-                # all of them are written when this returns.
-                if nack:
-                    await channel.basic_nack(
-                        tag, multiple=multiple, requeue=True, wait=index == last
-                    )
-                else:
-                    await channel.basic_ack(tag, multiple=multiple, wait=index == last)
-
-
 class AmqpTransport:
     """Consumes, acks, gives back and sends for a taskiq-aio-pika broker.
 
@@ -183,7 +99,7 @@ class AmqpTransport:
     def __init__(self, broker: AioPikaBroker) -> None:
         self.broker = broker
         self.prefetch = amqp_prefetch(broker)
-        self._trackers: dict[int, _Tracker] = {}
+        self._trackers: dict[int, ChannelAcks] = {}
         self._unread: deque[Delivery] = deque()
         self._arrived = asyncio.Event()
         #: Deliveries read and not settled, by consumer tag.
@@ -256,10 +172,10 @@ class AmqpTransport:
             self._unread.append(Delivery(body, (channel, tag, consumer)))
             self._arrived.set()
 
-    def _tracker(self, channel: Any) -> _Tracker:
+    def _tracker(self, channel: Any) -> ChannelAcks:
         tracker = self._trackers.get(id(channel))
         if tracker is None or tracker.channel is not channel:
-            tracker = self._trackers[id(channel)] = _Tracker(channel)
+            tracker = self._trackers[id(channel)] = ChannelAcks(channel)
             for key, old in list(self._trackers.items()):
                 if old.channel.is_closed:
                     del self._trackers[key]

@@ -40,6 +40,7 @@ from taskiq_batching.core.run import BatchSpec
 from taskiq_batching.transports.base import Delivery
 from taskiq_batching.transports.generic import kick_each
 from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient, cancel
+from taskiq_batching.transports.redis_replies import READ_PACKED, entries
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -61,25 +62,6 @@ _KICKS = (
     RedisStreamSentinelBroker.kick,
     RedisStreamClusterBroker.kick,
 )
-
-#: XREADGROUP of KEYS (streams) from ARGV[4..] (one id each) for group
-#: ARGV[1], consumer ARGV[2], COUNT ARGV[3]; the reply packed with
-#: MessagePack, or false when nothing waits. Never blocks. A server
-#: without ``cmsgpack`` gets an error before anything is read: a script's
-#: writes are not undone when it fails, and entries read by a failed
-#: script would stay pending, delivered to nobody.
-_READ_PACKED = """
-local found, pack = pcall(function() return cmsgpack.pack end)
-if not found or type(pack) ~= 'function' then
-  return redis.error_reply('NOPACK cmsgpack is not available')
-end
-local command = {'XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS'}
-for i = 1, #KEYS do command[#command + 1] = KEYS[i] end
-for i = 4, #ARGV do command[#command + 1] = ARGV[i] end
-local reply = redis.call(unpack(command))
-if not reply then return false end
-return pack(reply)
-"""
 
 Entry = tuple[str, bytes]
 
@@ -176,7 +158,7 @@ class StreamTransport:
         redis = self.client.redis
         if self.packed:
             if self._script is None:
-                self._script = redis.register_script(_READ_PACKED)
+                self._script = redis.register_script(READ_PACKED)
             try:
                 blob = await self._script(
                     keys=list(self.ids),
@@ -219,24 +201,12 @@ class StreamTransport:
 
     def _deliveries(self, reply: Any) -> list[Delivery]:
         """An XREADGROUP reply, packed or parsed by redis-py, as deliveries."""
-        if not reply:
-            return []
-        streams = reply.items() if isinstance(reply, dict) else reply
         chunk: list[Delivery] = []
-        for raw_stream, raw_entries in streams:
-            stream = (
-                raw_stream.decode() if isinstance(raw_stream, bytes) else raw_stream
-            )
-            entries = raw_entries
-            if len(entries) == 1 and _is_entries(entries[0]):
-                entries = entries[0]
-            for entry_id, fields in entries:
-                if entry_id is None:
-                    continue
-                entry = (stream, entry_id)
-                self._in_use.add(entry)
-                self._last_seen[stream] = entry_id
-                chunk.append(Delivery(_field(fields, b"data"), entry))
+        for stream, entry_id, data in entries(reply):
+            entry = (stream, entry_id)
+            self._in_use.add(entry)
+            self._last_seen[stream] = entry_id
+            chunk.append(Delivery(data, entry))
         return chunk
 
     async def interrupt(self, reading: Any) -> list[Delivery]:
@@ -376,27 +346,3 @@ class StreamTransport:
                     approximate=broker.approximate,
                 )
             await pipe.execute()
-
-
-def _is_entries(value: Any) -> bool:
-    """Whether ``value`` is a list of entries rather than one entry."""
-    return isinstance(value, list) and (
-        not value or isinstance(value[0], (list, tuple))
-    )
-
-
-def _field(fields: Any, name: bytes) -> bytes:
-    """A field's value: fields as a dict (redis-py) or a flat list (packed).
-
-    An entry without it (written by someone else) gets empty data, which
-    the worker hands to taskiq, which reports and acks it as undecodable.
-    """
-    value = None
-    if isinstance(fields, dict):
-        value = fields.get(name)
-    elif isinstance(fields, list):
-        if len(fields) == 2 and fields[0] == name:  # what taskiq-redis writes
-            value = fields[1]
-        else:
-            value = dict(zip(fields[::2], fields[1::2], strict=False)).get(name)
-    return value if isinstance(value, bytes) else b""

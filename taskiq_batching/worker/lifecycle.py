@@ -16,13 +16,10 @@ batch's acks and results are written together.
 
 import asyncio
 import contextvars
-import inspect
 import logging
-import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-from taskiq import AsyncBroker, TaskiqMessage, TaskiqResult
+from taskiq import AsyncBroker, TaskiqMessage
 from taskiq.abc.middleware import TaskiqMiddleware
 from taskiq.acks import AckController, AcknowledgeType, parse_acknowledge_type
 from taskiq.exceptions import NoResultError
@@ -31,8 +28,9 @@ from taskiq_batching._compat import overrides
 from taskiq_batching.core.batcher import Batcher
 from taskiq_batching.core.buffer import Envelope, Held
 from taskiq_batching.core.run import BatchSpec, Outcome
-from taskiq_batching.errors import BatchItemError, BatchResultError, describe
+from taskiq_batching.errors import BatchItemError, describe
 from taskiq_batching.transports.base import Delivery, ResultWriter, Transport
+from taskiq_batching.worker.outcomes import Finishing, call_hook, finishing, store
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -155,7 +153,7 @@ class Lifecycle:
         message: TaskiqMessage = envelope.open()
         scope = contextvars.copy_context()
         for middleware in self.hooks["pre_execute"]:
-            message = await _call(scope, middleware.pre_execute, message)
+            message = await call_hook(scope, middleware.pre_execute, message)
         return message, scope
 
     def _ack_type(self, held: Held) -> AcknowledgeType:
@@ -195,7 +193,7 @@ class Lifecycle:
             self.batcher.release(spec.task_name, len(batch))
 
     async def _finish(self, batch: list[tuple[Held, Outcome]], share: float) -> None:
-        alive = self._results(batch, share)
+        alive = finishing(batch, share, per_message=self.needs_message)
         await self._each(alive, "on_error")
         await self._ack_done(alive, AcknowledgeType.WHEN_EXECUTED)
         await self._each(alive, "post_execute")
@@ -204,29 +202,10 @@ class Lifecycle:
             for one in alive
             if one.ok and not isinstance(one.result.error, NoResultError)
         ]
-        await self._each(await self._store(stored), "post_save")
+        await self._each(await store(self.results, stored), "post_save")
         await self._ack_done(alive, AcknowledgeType.WHEN_SAVED)
 
-    def _results(
-        self, batch: list[tuple[Held, Outcome]], share: float
-    ) -> list["_Finishing"]:
-        finishing: list[_Finishing] = []
-        shared: tuple[Outcome, dict[str, Any], TaskiqResult[Any]] | None = None
-        for held, outcome in batch:
-            labels = held.message.labels
-            if self.needs_message:
-                held.taskiq_message()
-                result = _result(outcome, labels, share)
-            else:
-                # Nobody sees result objects: equal outcomes and labels share
-                # one, which a result writer can then encode once.
-                if shared is None or shared[0] is not outcome or shared[1] != labels:
-                    shared = (outcome, labels, _result(outcome, labels, share))
-                result = shared[2]
-            finishing.append(_Finishing(held, outcome, result))
-        return finishing
-
-    async def _each(self, alive: list["_Finishing"], hook: str) -> None:
+    async def _each(self, alive: list[Finishing], hook: str) -> None:
         """Run a hook of every middleware (last added first) for each message.
 
         A message whose middleware raises stops there, as its taskiq
@@ -244,7 +223,7 @@ class Lifecycle:
             try:
                 for middleware in reversed(middlewares):
                     method = getattr(middleware, hook)
-                    await _call(one.held.scope, method, message, one.result, *extra)
+                    await call_hook(one.held.scope, method, message, one.result, *extra)
             except Exception:
                 one.ok = False
                 logger.exception(
@@ -253,47 +232,7 @@ class Lifecycle:
                     one.held.task_id,
                 )
 
-    async def _store(self, stored: list["_Finishing"]) -> list["_Finishing"]:
-        """Write results; retry failures once; store an error for what still fails.
-
-        As in taskiq, a message whose result cannot be stored is still
-        acked (it ran): its task_id gets ``BatchResultError`` instead when
-        the backend takes that, and a log line either way.
-        """
-        failed = await self._write(stored)
-        if failed:
-            failed = await self._write(failed)
-        for one in failed:
-            one.result = _result(
-                Outcome(
-                    error=BatchResultError(
-                        one.held.message.task_name,
-                        f"the result backend could not store the result of "
-                        f"{one.held.task_id}: {_describe(one.error)}",
-                    ),
-                ),
-                one.held.message.labels,
-                one.result.execution_time,
-            )
-        for one in await self._write(failed):
-            logger.error(
-                "taskiq_batching: cannot store the result of %s: %s",
-                one.held.task_id,
-                _describe(one.error),
-            )
-        return [one for one in stored if one not in failed]
-
-    async def _write(self, entries: list["_Finishing"]) -> list["_Finishing"]:
-        if not entries:
-            return []
-        errors = await self.results.write(
-            [(one.held.task_id, one.result) for one in entries],
-        )
-        for index, error in errors:
-            entries[index].error = error
-        return [entries[index] for index, _ in errors]
-
-    async def _ack_done(self, alive: list["_Finishing"], when: AcknowledgeType) -> None:
+    async def _ack_done(self, alive: list[Finishing], when: AcknowledgeType) -> None:
         await self._ack([one.held for one in alive if one.ok], when)
 
     async def _ack(self, held: Sequence[Held], when: AcknowledgeType) -> None:
@@ -317,52 +256,3 @@ class Lifecycle:
             logger.error(
                 "taskiq_batching: %d ack(s) failed: %s", len(due), describe(exc)
             )
-
-
-class _Finishing:
-    """One message being finished: its result, and whether it is still going."""
-
-    __slots__ = ("error", "held", "ok", "outcome", "result")
-
-    def __init__(self, held: Held, outcome: Outcome, result: TaskiqResult[Any]) -> None:
-        self.held = held
-        self.outcome = outcome
-        self.result = result
-        self.ok = True
-        self.error: BaseException | None = None
-
-
-def _describe(error: BaseException | None) -> str:
-    return "unknown error" if error is None else describe(error)
-
-
-def _result(
-    outcome: Outcome, labels: dict[str, Any], share: float
-) -> TaskiqResult[Any]:
-    """The result taskiq would store for a message with this outcome."""
-    return TaskiqResult(
-        is_err=outcome.error is not None,
-        log=None,
-        return_value=outcome.value,
-        execution_time=share,
-        error=outcome.error,
-        labels=labels,
-    )
-
-
-async def _in_scope(scope: contextvars.Context | None, value: Any) -> Any:
-    """Await what a hook returned; a coroutine runs in the message's context."""
-    if scope is not None and inspect.iscoroutine(value) and sys.version_info >= (3, 11):
-        loop = asyncio.get_running_loop()
-        return await loop.create_task(value, context=scope)
-    return await value
-
-
-async def _call(
-    scope: contextvars.Context | None, hook: Callable[..., Any], *args: Any
-) -> Any:
-    """Call a middleware hook in a message's context, as taskiq would await it."""
-    value = hook(*args) if scope is None else scope.run(hook, *args)
-    if inspect.isawaitable(value):
-        return await _in_scope(scope, value)
-    return value

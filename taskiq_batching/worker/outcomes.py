@@ -1,0 +1,145 @@
+"""The results of a finished batch's messages: built, stored, and the hooks' calls.
+
+Used by ``lifecycle.py`` when it finishes a batch: each message gets the
+``TaskiqResult`` taskiq would store for it; results are written together;
+middleware hooks run in each message's own context variables.
+"""
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from taskiq import TaskiqResult
+
+from taskiq_batching.core.buffer import Held
+from taskiq_batching.core.run import Outcome
+from taskiq_batching.errors import BatchResultError, describe
+from taskiq_batching.transports.base import ResultWriter
+
+logger = logging.getLogger("taskiq_batching")
+
+
+class Finishing:
+    """One message being finished: its result, and whether it is still going."""
+
+    __slots__ = ("error", "held", "ok", "outcome", "result")
+
+    def __init__(self, held: Held, outcome: Outcome, result: TaskiqResult[Any]) -> None:
+        self.held = held
+        self.outcome = outcome
+        self.result = result
+        self.ok = True
+        self.error: BaseException | None = None
+
+
+def _describe(error: BaseException | None) -> str:
+    return "unknown error" if error is None else describe(error)
+
+
+def result_of(
+    outcome: Outcome, labels: dict[str, Any], share: float
+) -> TaskiqResult[Any]:
+    """The result taskiq would store for a message with this outcome."""
+    return TaskiqResult(
+        is_err=outcome.error is not None,
+        log=None,
+        return_value=outcome.value,
+        execution_time=share,
+        error=outcome.error,
+        labels=labels,
+    )
+
+
+def finishing(
+    batch: list[tuple[Held, Outcome]], share: float, per_message: bool
+) -> list[Finishing]:
+    """Each message of a finished batch with the result taskiq would store.
+
+    :param batch: each message with its outcome.
+    :param share: each message's ``execution_time``, in seconds.
+    :param per_message: give each message a result object of its own
+        (middlewares see them); else equal outcomes and labels share one,
+        which a result writer then encodes once.
+    :return: the messages being finished.
+    """
+    done: list[Finishing] = []
+    shared: tuple[Outcome, dict[str, Any], TaskiqResult[Any]] | None = None
+    for held, outcome in batch:
+        labels = held.message.labels
+        if per_message:
+            held.taskiq_message()
+            result = result_of(outcome, labels, share)
+        else:
+            if shared is None or shared[0] is not outcome or shared[1] != labels:
+                shared = (outcome, labels, result_of(outcome, labels, share))
+            result = shared[2]
+        done.append(Finishing(held, outcome, result))
+    return done
+
+
+async def store(writer: ResultWriter, stored: list[Finishing]) -> list[Finishing]:
+    """Write results; retry failures once; store an error for what still fails.
+
+    As in taskiq, a message whose result cannot be stored is still acked
+    (it ran): its task_id gets ``BatchResultError`` instead when the
+    backend takes that, and a log line either way.
+
+    :param writer: the result backend's writer.
+    :param stored: the messages whose results are due.
+    :return: those whose result was stored (``post_save`` is theirs).
+    """
+    failed = await _write(writer, stored)
+    if failed:
+        failed = await _write(writer, failed)
+    for one in failed:
+        one.result = result_of(
+            Outcome(
+                error=BatchResultError(
+                    one.held.message.task_name,
+                    f"the result backend could not store the result of "
+                    f"{one.held.task_id}: {_describe(one.error)}",
+                ),
+            ),
+            one.held.message.labels,
+            one.result.execution_time,
+        )
+    for one in await _write(writer, failed):
+        logger.error(
+            "taskiq_batching: cannot store the result of %s: %s",
+            one.held.task_id,
+            _describe(one.error),
+        )
+    return [one for one in stored if one not in failed]
+
+
+async def _write(writer: ResultWriter, entries: list[Finishing]) -> list[Finishing]:
+    if not entries:
+        return []
+    errors = await writer.write(
+        [(one.held.task_id, one.result) for one in entries],
+    )
+    for index, error in errors:
+        entries[index].error = error
+    return [entries[index] for index, _ in errors]
+
+
+async def _in_scope(scope: contextvars.Context | None, value: Any) -> Any:
+    """Await what a hook returned; a coroutine runs in the message's context."""
+    if scope is not None and inspect.iscoroutine(value) and sys.version_info >= (3, 11):
+        loop = asyncio.get_running_loop()
+        return await loop.create_task(value, context=scope)
+    return await value
+
+
+async def call_hook(
+    scope: contextvars.Context | None, hook: Callable[..., Any], *args: Any
+) -> Any:
+    """Call a middleware hook in a message's context, as taskiq would await it."""
+    value = hook(*args) if scope is None else scope.run(hook, *args)
+    if inspect.isawaitable(value):
+        return await _in_scope(scope, value)
+    return value
