@@ -28,7 +28,10 @@ from bench.measure import watch_drain as watch
 from bench.procs import started, taskiq_worker_argv
 from bench.taskiq_app import AppSettings, build
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+# Each of the four drains waits at most 20 s for its worker to start and
+# 20 s to drain (``watch``): a slow machine fails those with a message
+# long before this bound, which only catches a hang.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 #: Messages per drain: each side drains for about two seconds.
 MESSAGES = {False: 3_000, True: 60_000}

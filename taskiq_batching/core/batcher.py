@@ -17,7 +17,8 @@ says whether one more fits; ``admit`` waits for room.
 import asyncio
 import logging
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from typing import Any
 
 from taskiq import AsyncBroker
 
@@ -74,6 +75,8 @@ class Batcher:
         self._ready: deque[tuple[Buffer, FlushReason]] = deque()
         #: Running batches and their buffers.
         self._running: dict[asyncio.Task[None], Buffer] = {}
+        #: Other work a stop waits for (messages finished on their own).
+        self._side: set[asyncio.Task[None]] = set()
         self._waiters: list[asyncio.Future[None]] = []
         self._admitting = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -262,6 +265,19 @@ class Batcher:
             batch = list(zip(buffer.items, outcomes, strict=True))
             await self.finisher(spec, batch, loop.time() - started)
 
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run work in the background; a stop (``drain``) waits for it.
+
+        :param work: a coroutine.
+        """
+        task = self.bind_loop().create_task(work)
+        self._side.add(task)
+        task.add_done_callback(self._side_done)
+
+    def _side_done(self, task: "asyncio.Task[None]") -> None:
+        self._side.discard(task)
+        self._notify()
+
     # --- stopping ------------------------------------------------------------
 
     async def drain(self, deadline: float | None) -> list[Held]:
@@ -277,7 +293,13 @@ class Batcher:
         """
         loop = self.bind_loop()
         self.rules.closing = True
-        while self.buffers or self._ready or self._running or self._admitting:
+        while (
+            self.buffers
+            or self._ready
+            or self._running
+            or self._side
+            or self._admitting
+        ):
             self.flush_all(FlushReason.SHUTDOWN)
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from taskiq import AsyncBroker, Context, TaskiqMessage
-from taskiq.acks import AckController
+from taskiq.acks import AckController, AcknowledgeType
 
 
 @dataclass(slots=True)
@@ -70,6 +70,9 @@ class Held:
     :param item: its validated item, once it is in a buffer.
     :param waiter: resolved when it is finished, for a sender waiting on
         it (``InMemoryBroker``); None otherwise.
+    :param context: its taskiq ``Context``, made when first needed.
+    :param ack_type: when it is acked (its label, or the worker's default).
+    :param delivery: what its transport read (to give it back at a stop).
     """
 
     message: TaskiqMessage | Envelope
@@ -79,6 +82,8 @@ class Held:
     item: Any = None
     waiter: "asyncio.Future[None] | None" = None
     context: Context | None = None
+    ack_type: AcknowledgeType = AcknowledgeType.WHEN_SAVED
+    delivery: Any = None
 
     @property
     def task_id(self) -> str:

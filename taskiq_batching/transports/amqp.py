@@ -299,6 +299,9 @@ class AmqpTransport:
 
     # --- stopping ----------------------------------------------------------------
 
+    def forget(self, deliveries: Sequence[Delivery]) -> None:
+        """Nothing to do: unacked, they return to the queue with the channel."""
+
     async def close(self) -> None:
         """Cancel the consumers once, give back what was not read, flush acks."""
         if self._closing is None:

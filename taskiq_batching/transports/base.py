@@ -105,6 +105,16 @@ class Transport(Protocol):
         :param deliveries: they were neither finished nor acked.
         """
 
+    def forget(self, deliveries: Sequence[Delivery]) -> None:
+        """Stop tracking deliveries the worker will neither ack nor release.
+
+        A message whose middleware failed is left unacked, as taskiq leaves
+        it: the broker's own redelivery (an idle entry's claim, an ack wait)
+        must then apply to it.
+
+        :param deliveries: they stay unacked.
+        """
+
     async def close(self) -> None:
         """Stop reading for good.
 

@@ -98,6 +98,9 @@ class GenericTransport:
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         """Leave them unacked: the broker delivers them again by itself."""
 
+    def forget(self, deliveries: Sequence[Delivery]) -> None:
+        """Nothing tracked: the broker redelivers by itself."""
+
     async def close(self) -> None:
         """Close the broker's listener; its errors propagate."""
         listener, self._listener = self._listener, None

@@ -248,6 +248,14 @@ class NatsTransport:
         if first is not None:
             raise first
 
+    def forget(self, deliveries: Sequence[Delivery]) -> None:
+        """No longer held (nor kept alive): redelivered after ``ack_wait``."""
+        for delivery in deliveries:
+            held = delivery.handle
+            sequence = held.message.metadata.sequence.stream
+            if self._held.get(sequence) is held:
+                del self._held[sequence]
+
     async def close(self) -> None:
         """Stop the keep-alive; nak what the client buffered and no fetch returned."""
         if self._closed:

@@ -117,6 +117,9 @@ class ListTransport:
                 self.queue, *[d.data for d in reversed(deliveries)]
             )
 
+    def forget(self, deliveries: Sequence[Delivery]) -> None:
+        """Nothing tracked: the broker redelivers by itself."""
+
     async def close(self) -> None:
         """Close the client if it is this transport's own."""
         await self.client.close()

@@ -144,7 +144,7 @@ class StreamTransport:
             try:
                 reply = await self._read(count)
             except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
+                if not _lost_group(exc):
                     raise
                 await self._create_groups(exc)
                 continue
@@ -165,7 +165,7 @@ class StreamTransport:
                     args=[self.group, self.consumer, count, *self.ids.values()],
                 )
             except ResponseError as exc:
-                if "NOGROUP" in str(exc):
+                if _lost_group(exc):
                     raise
                 self.packed = False
                 logger.warning(
@@ -318,6 +318,11 @@ class StreamTransport:
                 justid=True,
             )
 
+    def forget(self, deliveries: Sequence[Delivery]) -> None:
+        """No longer in use: once idle long enough, a sweep claims them again."""
+        for delivery in deliveries:
+            self._in_use.discard(delivery.handle)
+
     async def close(self) -> None:
         """Close the client if it is this transport's own."""
         await self.client.close()
@@ -346,3 +351,14 @@ class StreamTransport:
                     approximate=broker.approximate,
                 )
             await pipe.execute()
+
+
+def _lost_group(error: ResponseError) -> bool:
+    """Whether a read failed because its stream or consumer group is gone.
+
+    ``NOGROUP`` for a deleted group or a Redis restarted without them;
+    ``UNBLOCKED ... no longer exists`` for a stream deleted under a
+    blocked read (Redis 7).
+    """
+    text = str(error)
+    return "NOGROUP" in text or ("UNBLOCKED" in text and "no longer exists" in text)

@@ -45,12 +45,22 @@ class MessageAck(AckController):
     """
 
     def __init__(self, transport: Transport, delivery: Delivery) -> None:
-        super().__init__(self._ack_alone)
+        # One per message on the hot path: AckController's own state (an ack
+        # callable) is replaced by the transport and handle, used below.
         self.transport = transport
         self.delivery = delivery
+        self.is_acked = False
 
-    async def _ack_alone(self) -> None:
-        await self.transport.ack([self.delivery.handle])
+    @property
+    def is_ackable(self) -> bool:
+        """Always: the delivery has an ack handle."""
+        return True
+
+    async def ack(self) -> None:
+        """Acknowledge the message now, unless it already is."""
+        if not self.is_acked:
+            await self.transport.ack([self.delivery.handle])
+            self.is_acked = True
 
 
 class Lifecycle:
@@ -111,11 +121,16 @@ class Lifecycle:
         held: list[Held] = []
         for envelope, delivery in taken:
             try:
-                message, scope = await self._pre_execute(envelope)
-                one = Held(message, self._ack_for(delivery), now, scope=scope)
-                self._ack_type(one)
+                if self.needs_message:
+                    message, scope = await self._pre_execute(envelope)
+                    one = Held(message, self._ack_for(delivery), now, scope=scope)
+                else:
+                    one = Held(envelope, self._ack_for(delivery), now)
+                one.ack_type = self._ack_type(one)
+                one.delivery = delivery
             except Exception as exc:
                 self.batcher.release(envelope.task_name)
+                self._forget([delivery])
                 if sender_waits:
                     raise
                 # taskiq's callback fails before running the task: unacked.
@@ -137,8 +152,25 @@ class Lifecycle:
                 self.batcher.add(spec.task_name, one)
             except BatchItemError as exc:
                 logger.warning("taskiq_batching: %s", exc)
-                await self.finish(spec, [(one, Outcome(error=exc))], 0.0)
+                # Finished alone, in the background: accepting never waits.
+                self.batcher.spawn(self.finish(spec, [(one, Outcome(error=exc))], 0.0))
         return held
+
+    def _forget(self, deliveries: Sequence[Delivery | None]) -> None:
+        if self.transport is not None:
+            self.transport.forget([d for d in deliveries if d is not None])
+
+    def waits(self, taken: Sequence[tuple[Envelope, Delivery | None]]) -> bool:
+        """Whether accepting these messages may wait (middlewares, acks to send).
+
+        :param taken: messages about to be accepted.
+        :return: False when ``accept`` runs straight through.
+        """
+        if self.needs_message:
+            return True
+        if self.ack_type is AcknowledgeType.WHEN_RECEIVED:
+            return True
+        return any("ack_type" in envelope.labels for envelope, _ in taken)
 
     def _ack_for(self, delivery: Delivery | None) -> MessageAck | None:
         if delivery is None or delivery.handle is None or self.transport is None:
@@ -147,9 +179,7 @@ class Lifecycle:
 
     async def _pre_execute(
         self, envelope: Envelope
-    ) -> tuple[TaskiqMessage | Envelope, contextvars.Context | None]:
-        if not self.needs_message:
-            return envelope, None
+    ) -> tuple[TaskiqMessage, contextvars.Context]:
         message: TaskiqMessage = envelope.open()
         scope = contextvars.copy_context()
         for middleware in self.hooks["pre_execute"]:
@@ -204,6 +234,8 @@ class Lifecycle:
         ]
         await self._each(await store(self.results, stored), "post_save")
         await self._ack_done(alive, AcknowledgeType.WHEN_SAVED)
+        # Left unfinished by a failing middleware: unacked, as in taskiq.
+        self._forget([one.held.delivery for one in alive if not one.ok])
 
     async def _each(self, alive: list[Finishing], hook: str) -> None:
         """Run a hook of every middleware (last added first) for each message.
@@ -241,9 +273,9 @@ class Lifecycle:
         for one in held:
             ack = one.ack
             if (
-                isinstance(ack, MessageAck)
+                one.ack_type is when
+                and isinstance(ack, MessageAck)
                 and not ack.is_acked
-                and self._ack_type(one) is when
             ):
                 ack.is_acked = True  # before the await: never acked twice
                 due.append(ack)

@@ -36,7 +36,7 @@ from taskiq_batching.core.buffer import Envelope
 from taskiq_batching.errors import describe
 from taskiq_batching.transports.base import Delivery, Transport
 from taskiq_batching.worker.decode import decode
-from taskiq_batching.worker.lifecycle import Lifecycle, MessageAck
+from taskiq_batching.worker.lifecycle import Lifecycle
 from taskiq_batching.worker.options import WorkerOptions
 
 logger = logging.getLogger("taskiq_batching")
@@ -109,7 +109,8 @@ class Pump:
                 try:
                     await asyncio.wait({reading})
                 except asyncio.CancelledError:
-                    await self._route(await self.transport.interrupt(reading))
+                    chunk = await self.transport.interrupt(reading)
+                    await self._settle_chunk(*self._sort(chunk))
                     late = self._late()
                     if late is None:
                         raise
@@ -119,7 +120,12 @@ class Pump:
                     chunk = reading.result()
                 except StopAsyncIteration:
                     return
-                routing = asyncio.ensure_future(self._route(chunk))
+                taken, extra = self._sort(chunk)
+                if not extra and not (taken and self.lifecycle.waits(taken)):
+                    # Accepting runs straight through: no stop can cut it short.
+                    await self.lifecycle.accept(taken)
+                    continue
+                routing = asyncio.ensure_future(self._settle_chunk(taken, extra))
                 try:
                     await asyncio.wait({routing})
                 except asyncio.CancelledError:
@@ -157,7 +163,14 @@ class Pump:
                     return claimed
         return await self.transport.read(limit)
 
-    async def _route(self, chunk: list[Delivery]) -> None:
+    def _sort(
+        self, chunk: list[Delivery]
+    ) -> tuple[list[tuple[Envelope, Delivery]], list[Delivery]]:
+        """Take a chunk's batched messages; hand the rest to the Receiver.
+
+        :return: the messages taken (admitted), and the deliveries to give
+            back to the broker at once (see ``_keep_one_handed``).
+        """
         taken: list[tuple[Envelope, Delivery]] = []
         handed_before = len(self.handoff)
         for delivery in chunk:
@@ -169,13 +182,20 @@ class Pump:
             else:
                 self.handoff.append(Overflow(envelope, delivery))
         self.taken += len(chunk)
+        extra: list[Delivery] = []
         if not self.transport.acknowledges:
-            await self._keep_one_handed(handed_before, len(chunk))
+            extra = self._keep_one_handed(handed_before, len(chunk))
+        return taken, extra
+
+    async def _settle_chunk(
+        self, taken: list[tuple[Envelope, Delivery]], extra: list[Delivery]
+    ) -> None:
+        await self._release(extra, "read ahead of the Receiver")
         if taken:
             await self.lifecycle.accept(taken)
 
-    async def _keep_one_handed(self, handed_before: int, read: int) -> None:
-        """On a broker without acks, give back what the Receiver cannot take now.
+    def _keep_one_handed(self, handed_before: int, read: int) -> list[Delivery]:
+        """On a broker without acks, what to give back: the Receiver cannot take it.
 
         Such a broker forgets a message once delivered: keeping more than
         this pull's one would read ahead of the Receiver.
@@ -185,11 +205,10 @@ class Pump:
             self.read_size = 1
         elif read >= self.read_size:
             self.read_size = min(2 * self.read_size, MAX_UNACKED_CHUNK)
-        if extra:
-            for _ in extra:
-                self.handoff.pop()
-            self.taken -= len(extra)
-            await self.transport.release([_delivery_of(item) for item in extra])
+        for _ in extra:
+            self.handoff.pop()
+        self.taken -= len(extra)
+        return [_delivery_of(item) for item in extra]
 
     def _hand(self, item: Delivery | Overflow) -> Handed:
         if isinstance(item, Overflow):
@@ -231,9 +250,10 @@ class Pump:
             )
             await self._release(
                 [
-                    held.ack.delivery
+                    held.delivery
                     for held in cut
-                    if isinstance(held.ack, MessageAck) and not held.ack.is_acked
+                    if held.delivery is not None
+                    and not (held.ack is not None and held.ack.is_acked)
                 ],
                 "cut off",
             )

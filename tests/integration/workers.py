@@ -87,11 +87,18 @@ class Worker:
         self.process.wait(10)
 
     def kill(self) -> None:
-        if self.process.poll() is None:
-            self.kill9()
+        """SIGKILL whatever is left of its process group (also after it exited)."""
+        self.kill9()
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]
+
+    def package(self) -> str | None:
+        """Where its ``taskiq_batching`` was imported from, if its app prints it."""
+        for line in self.log.read_text(errors="replace").splitlines():
+            if line.startswith("TB_PACKAGE="):
+                return line.partition("=")[2]
+        return None
 
     def crashes(self) -> int:
         """How many times its worker child process died and was restarted."""

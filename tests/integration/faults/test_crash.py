@@ -1,0 +1,75 @@
+"""``kill -9`` of a worker holding messages, on a Redis stream.
+
+Prints what it measured (``-s``).
+"""
+
+import time
+
+import pytest
+from redis.asyncio import Redis
+
+from tests.integration.faults.conftest import Producer, StartWorker
+from tests.integration.faults.observe import counts, pending, ready, send, wait
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.timeout(60)]
+
+
+async def test_kill_9_of_a_worker_holding_messages_loses_nothing(
+    redis_url: str,
+    redis: Redis,
+    queue: str,
+    producer: Producer,
+    start_worker: StartWorker,
+) -> None:
+    """Two workers (batch_size 100, batches of 0.2 s, ``idle_timeout`` 2 s)
+    share 2,000 items. One is killed with SIGKILL while it holds messages
+    (buffered or in a running batch): the other claims them once idle for
+    2 s, with no new traffic, and every item is processed."""
+    config = {
+        "TB_BROKER": "stream",
+        "REDIS_URL": redis_url,
+        "TB_BATCH_SIZE": "100",
+        "TB_BATCH_TIMEOUT": "0.5",
+        "TB_BATCH_DELAY": "0.2",
+        "TB_IDLE_MS": "2000",
+    }
+    broker = await producer(config)
+    survivor = start_worker(config)
+    sent = await send(broker, "collect", list(range(200)))
+
+    async def listed() -> bool:  # a consumer is listed once it was served
+        return len(await redis.xinfo_consumers(queue, "taskiq")) == 1
+
+    await wait("the survivor reading", listed, 20, survivor)
+    (first,) = await redis.xinfo_consumers(queue, "taskiq")
+    victim = start_worker(config)
+    # At most 200 held by the survivor at a time: the victim gets its share.
+    sent += await send(broker, "collect", list(range(200, 2000)))
+
+    async def victim_holds() -> bool:
+        held = await redis.xinfo_consumers(queue, "taskiq")
+        return any(c["name"] != first["name"] and c["pending"] > 0 for c in held)
+
+    await wait("the victim holding messages", victim_holds, 20, victim)
+    held = sum(
+        c["pending"]
+        for c in await redis.xinfo_consumers(queue, "taskiq")
+        if c["name"] != first["name"]
+    )
+    victim.kill9()
+    killed_at = time.monotonic()
+
+    async def everything() -> bool:
+        done = (await counts(redis, queue))[0] >= 2000
+        return done and await pending(redis, queue) == 0
+
+    await wait("every item processed, none pending", everything, 40, survivor)
+    took = time.monotonic() - killed_at
+    distinct, total = await counts(redis, queue)
+    print(
+        f"\nkill -9 of a worker holding {held} entries: all {distinct}/2000 "
+        f"processed {took:.2f} s later, {total - distinct} twice, "
+        f"{await ready(sent)}/2000 results"
+    )
+    assert distinct == 2000
+    assert survivor.crashes() == 0, survivor.output()
