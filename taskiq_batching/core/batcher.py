@@ -351,6 +351,10 @@ class Batcher:
             self.running.clear()
         return loop
 
+    async def changed(self) -> None:
+        """Wait for the next change (a message added or finished, a batch run)."""
+        await self._next_change()
+
     def _next_change(self) -> "asyncio.Future[None]":
         future = self.bind_loop().create_future()
         self._waiters.append(future)

@@ -3,9 +3,9 @@
 On a worker (``taskiq worker``, or taskiq's Receiver driven by a test),
 ``broker.listen()`` is wrapped for this broker instance: the Receiver that
 calls it is found (``_compat.calling_receiver``), its settings read, and
-the pump (``pump.py``) becomes its listener. The Receiver's callback is
-routed so that the overflow deliveries the pump hands it reach the
-lifecycle instead of taskiq's per-message run.
+the pump (``pump.py``) becomes its listener. The Receiver itself is left
+as it is: it only ever gets the deliveries of tasks the worker does not
+batch.
 
 ``InMemoryBroker`` has no listener: ``kick`` calls its Receiver's
 callback directly; that callback is routed so that messages of batched
@@ -28,7 +28,7 @@ from taskiq_batching.transports.base import Transport
 from taskiq_batching.worker.decode import decode
 from taskiq_batching.worker.lifecycle import Lifecycle
 from taskiq_batching.worker.options import WorkerOptions
-from taskiq_batching.worker.pump import Overflow, Pump
+from taskiq_batching.worker.pump import Pump
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -65,7 +65,6 @@ def attach(broker: AsyncBroker, batcher: Batcher) -> None:
             transport,
         )
         pump = Pump(broker, batcher, lifecycle, transport, options)
-        route_callback(receiver, lambda message: _overflow(pump, message))
         _warn_at_start(broker, batcher, transport)
         batcher.reopen()
         return pump.deliveries()
@@ -79,14 +78,6 @@ def attach(broker: AsyncBroker, batcher: Batcher) -> None:
 def _trace(broker: AsyncBroker, batcher: Batcher) -> None:
     tracer = tracer_for(broker)
     batcher.span = None if tracer is None else tracer.span
-
-
-def _overflow(
-    pump: Pump, message: Any
-) -> Callable[[], Coroutine[Any, Any, None]] | None:
-    if isinstance(message, Overflow):
-        return lambda: pump.take_overflow(message)
-    return None
 
 
 def _attach_in_memory(broker: InMemoryBroker, batcher: Batcher) -> None:

@@ -10,9 +10,12 @@ Receiver is pulling, so it never takes a message the Receiver could not:
   and the pump reads on, in the same pull;
 * anything else (plain tasks, undecodable bytes) is handed to the
   Receiver, unchanged: it is this pull's delivery;
-* a batched message over its task's bound is handed to the Receiver too
-  (as an ``Overflow``), and waits for room in one of its slots, as any
-  message would, so a busy task never blocks the others.
+* a batched message over its task's bound is parked, in order, and the
+  pump reads on: a busy task never blocks the messages behind it. Parked
+  messages go to their buffers as their task gets room, before anything
+  new is read. At most ``PARK_LIMIT`` are parked (as many as taskiq's
+  default ``--max-async-tasks`` would hold in its slots); beyond, the pump
+  waits for room before it reads more.
 
 ``--max-tasks-per-child`` counts every message taken. When the Receiver
 stops, a read in progress is finished or interrupted by the transport's
@@ -23,10 +26,12 @@ broker (a log line gives their count).
 """
 
 import asyncio
+import contextlib
 import logging
+from asyncio import FIRST_COMPLETED
 from collections import deque
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from typing import Any
 
 from taskiq import AckableMessage, AsyncBroker
 
@@ -41,25 +46,17 @@ from taskiq_batching.worker.options import WorkerOptions
 
 logger = logging.getLogger("taskiq_batching")
 
+#: Batched messages over their task's bound that the pump holds at most.
+PARK_LIMIT = 100
+
 #: Most deliveries taken per read of a transport whose unread deliveries
 #: would be lost (a Redis list); the read size grows to it while reads
 #: hold only batched messages, and drops to 1 after one that did not.
 MAX_UNACKED_CHUNK = 100
 
 
-@dataclass(slots=True)
-class Overflow:
-    """A batched message over its task's bound, waiting in a Receiver slot.
-
-    :param envelope: the decoded message.
-    :param delivery: its delivery.
-    """
-
-    envelope: Envelope
-    delivery: Delivery
-
-
-Handed = bytes | AckableMessage | Overflow
+Handed = bytes | AckableMessage
+Parked = tuple[Envelope, Delivery]
 
 
 class Pump:
@@ -85,7 +82,9 @@ class Pump:
         self.lifecycle = lifecycle
         self.transport = transport
         self.options = options
-        self.handoff: deque[Delivery | Overflow] = deque()
+        self.handoff: deque[Delivery] = deque()
+        self.parked: deque[Parked] = deque()
+        self._reading: asyncio.Future[list[Delivery]] | None = None
         self.taken = 0
         self.read_size = 1 if not transport.acknowledges else MAX_UNACKED_CHUNK
         self._next_reclaim = 0.0
@@ -94,21 +93,38 @@ class Pump:
     async def deliveries(self) -> AsyncGenerator[Handed, None]:
         """The listener handed to taskiq's Receiver (see the module's docstring).
 
-        :yield: deliveries of tasks the worker does not batch, and overflows.
+        :yield: deliveries of tasks the worker does not batch.
         """
         try:
             while True:
                 if self.handoff:
-                    yield self._hand(self.handoff.popleft())
+                    yield self.transport.for_receiver(self.handoff.popleft())
                     continue
-                limit = self._limit()
-                if limit == 0:
-                    return
-                self._relieve()
-                reading = asyncio.ensure_future(self._read(limit))
+                if self.parked:
+                    await self.lifecycle.accept(self._unpark())
+                    if len(self.parked) >= PARK_LIMIT:
+                        self._relieve()
+                        await self.batcher.changed()
+                        continue
+                if self._reading is None:
+                    limit = self._limit()
+                    if limit == 0:
+                        return
+                    self._relieve()
+                    self._reading = asyncio.ensure_future(self._read(limit))
+                reading = self._reading
+                # Parked messages must not wait for the next read: room for
+                # them ends the wait too (the read goes on meanwhile).
+                room: asyncio.Future[Any] = asyncio.ensure_future(
+                    self.batcher.changed()
+                )
+                if not self.parked:
+                    room.cancel()
+                waits: set[asyncio.Future[Any]] = {reading, room}
                 try:
-                    await asyncio.wait({reading})
+                    await asyncio.wait(waits, return_when=FIRST_COMPLETED)
                 except asyncio.CancelledError:
+                    self._reading = None
                     chunk = await self.transport.interrupt(reading)
                     await self._settle_chunk(*self._sort(chunk))
                     late = self._late()
@@ -116,6 +132,11 @@ class Pump:
                         raise
                     yield late
                     return
+                finally:
+                    room.cancel()
+                if not reading.done():
+                    continue
+                self._reading = None
                 try:
                     chunk = reading.result()
                 except StopAsyncIteration:
@@ -163,33 +184,33 @@ class Pump:
                     return claimed
         return await self.transport.read(limit)
 
-    def _sort(
-        self, chunk: list[Delivery]
-    ) -> tuple[list[tuple[Envelope, Delivery]], list[Delivery]]:
+    def _sort(self, chunk: list[Delivery]) -> tuple[list[Parked], list[Delivery]]:
         """Take a chunk's batched messages; hand the rest to the Receiver.
 
         :return: the messages taken (admitted), and the deliveries to give
             back to the broker at once (see ``_keep_one_handed``).
         """
-        taken: list[tuple[Envelope, Delivery]] = []
+        taken: list[Parked] = []
         handed_before = len(self.handoff)
+        waiting = {envelope.task_name for envelope, _ in self.parked}
         for delivery in chunk:
             envelope = decode(self.broker, delivery.data)
             if envelope is None or envelope.task_name not in self.batcher.specs:
                 self.handoff.append(delivery)
+            elif envelope.task_name in waiting:
+                self.parked.append((envelope, delivery))  # behind its task's
             elif self.batcher.try_admit(envelope.task_name):
                 taken.append((envelope, delivery))
             else:
-                self.handoff.append(Overflow(envelope, delivery))
+                waiting.add(envelope.task_name)
+                self.parked.append((envelope, delivery))
         self.taken += len(chunk)
         extra: list[Delivery] = []
         if not self.transport.acknowledges:
             extra = self._keep_one_handed(handed_before, len(chunk))
         return taken, extra
 
-    async def _settle_chunk(
-        self, taken: list[tuple[Envelope, Delivery]], extra: list[Delivery]
-    ) -> None:
+    async def _settle_chunk(self, taken: list[Parked], extra: list[Delivery]) -> None:
         await self._release(extra, "read ahead of the Receiver")
         if taken:
             await self.lifecycle.accept(taken)
@@ -208,18 +229,28 @@ class Pump:
         for _ in extra:
             self.handoff.pop()
         self.taken -= len(extra)
-        return [_delivery_of(item) for item in extra]
+        return extra
 
-    def _hand(self, item: Delivery | Overflow) -> Handed:
-        if isinstance(item, Overflow):
-            return item
-        return self.transport.for_receiver(item)
+    def _unpark(self) -> list[Parked]:
+        """Parked messages whose task has room now, in order within each task."""
+        ready: list[Parked] = []
+        blocked: set[str] = set()
+        still: deque[Parked] = deque()
+        for envelope, delivery in self.parked:
+            name = envelope.task_name
+            if name not in blocked and self.batcher.try_admit(name):
+                ready.append((envelope, delivery))
+            else:
+                blocked.add(name)
+                still.append((envelope, delivery))
+        self.parked = still
+        return ready
 
     def _late(self) -> Handed | None:
         """The delivery of the pull the Receiver interrupted to stop, if any."""
         if not self.handoff:
             return None
-        return self._hand(self.handoff.popleft())
+        return self.transport.for_receiver(self.handoff.popleft())
 
     async def stop(self) -> None:
         """Give back what was not handed over, finish or cut off batches, close.
@@ -232,9 +263,14 @@ class Pump:
         loop = asyncio.get_running_loop()
         budget = self.options.wait_tasks_timeout
         deadline = None if budget is None else loop.time() + budget
-        unread = [_delivery_of(item) for item in self.handoff]
+        unread = list(self.handoff)
         self.handoff.clear()
+        if self._reading is not None:  # a listener error, with a read pending
+            reading, self._reading = self._reading, None
+            with contextlib.suppress(Exception):
+                unread += await self.transport.interrupt(reading)
         await self._release(unread, "read but not started")
+        await self._finish_parked(deadline)
         if self.batcher.buffered():
             logger.info(
                 "taskiq_batching: flushing %d buffered message(s)",
@@ -261,6 +297,26 @@ class Pump:
             share_stop_budget(self.options.receiver, max(deadline - loop.time(), 0.0))
         await self.transport.close()
 
+    async def _finish_parked(self, deadline: float | None) -> None:
+        """Batch the parked messages as room frees (buffers now flush at once).
+
+        They were taken from the broker: finished like the buffered ones,
+        within the same deadline; what is still parked then goes back.
+        """
+        loop = asyncio.get_running_loop()
+        self.batcher.rules.closing = True
+        while self.parked:
+            await self.lifecycle.accept(self._unpark())
+            remaining = None if deadline is None else deadline - loop.time()
+            if not self.parked or (remaining is not None and remaining <= 0):
+                break
+            await asyncio.wait(
+                {asyncio.ensure_future(self.batcher.changed())}, timeout=remaining
+            )
+        left = [delivery for _, delivery in self.parked]
+        self.parked.clear()
+        await self._release(left, "parked past the deadline")
+
     async def _release(self, deliveries: list[Delivery], what: str) -> None:
         if not deliveries:
             return
@@ -273,18 +329,6 @@ class Pump:
                 what,
                 describe(exc),
             )
-
-    async def take_overflow(self, overflow: Overflow) -> None:
-        """Wait in the Receiver's slot for room, then accept (an ``Overflow``).
-
-        :param overflow: the message.
-        """
-        await self.batcher.admit(overflow.envelope.task_name)
-        await self.lifecycle.accept([(overflow.envelope, overflow.delivery)])
-
-
-def _delivery_of(item: Delivery | Overflow) -> Delivery:
-    return item.delivery if isinstance(item, Overflow) else item
 
 
 async def _settle(future: "asyncio.Future[None]") -> None:
