@@ -52,7 +52,7 @@ from taskiq_batching._compat import (
 from taskiq_batching.core.run import BatchSpec
 from taskiq_batching.errors import describe
 from taskiq_batching.transports.amqp_acks import ChannelAcks
-from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.base import Delivery, finished_read
 from taskiq_batching.transports.generic import GenericTransport, kick_each
 
 logger = logging.getLogger("taskiq_batching")
@@ -236,14 +236,7 @@ class AmqpTransport:
                 await asyncio.wait({reading}, timeout=max(left, 0.1))
             except asyncio.CancelledError:
                 continue
-        if reading.cancelled():
-            return []
-        error = reading.exception()
-        if isinstance(error, StopAsyncIteration):
-            return []
-        if error is not None:
-            raise error
-        return reading.result()
+        return finished_read(reading)
 
     async def reclaim(self) -> list[Delivery]:
         """Nothing to reclaim: the server redelivers a lost channel's deliveries."""

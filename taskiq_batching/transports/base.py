@@ -147,3 +147,20 @@ class ResultWriter(Protocol):
             may be passed for many task_ids (then written once, if possible).
         :return: ``(index, error)`` of each result that could not be stored.
         """
+
+
+def finished_read(reading: "asyncio.Future[list[Delivery]]") -> list[Delivery]:
+    """What an ended read gave: its deliveries, none, or the error it raised.
+
+    :param reading: a read that is done (cancelled, ended or failed).
+    :raises Exception: what the broker's listener raised.
+    :return: the deliveries; none if it was cancelled or the listener ended.
+    """
+    if reading.cancelled():
+        return []
+    error = reading.exception()
+    if isinstance(error, StopAsyncIteration):
+        return []
+    if error is not None:
+        raise error
+    return reading.result()

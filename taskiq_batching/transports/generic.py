@@ -20,7 +20,7 @@ from taskiq import (
 from taskiq.utils import maybe_awaitable
 
 from taskiq_batching.core.run import BatchSpec
-from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.base import Delivery, finished_read
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -77,14 +77,7 @@ class GenericTransport:
         """Cancel the read; keep what the listener handed over while stopping."""
         reading.cancel()
         await asyncio.wait({reading})
-        if reading.cancelled():
-            return []
-        error = reading.exception()
-        if isinstance(error, StopAsyncIteration):
-            return []
-        if error is not None:
-            raise error
-        return reading.result()
+        return finished_read(reading)
 
     async def reclaim(self) -> list[Delivery]:
         """Nothing to reclaim: the broker redelivers by itself."""
