@@ -201,14 +201,6 @@ class Batcher:
             if task_name in (None, name)
         )
 
-    def queued(self, task_name: str) -> int:
-        """Messages of a task in batches flushed but not yet started.
-
-        :param task_name: a batched task.
-        :return: their number.
-        """
-        return sum(len(b.items) for b, _ in self._ready if b.task_name == task_name)
-
     async def wait_buffered(self, count: int, task_name: str | None = None) -> None:
         """Wait until at least ``count`` messages wait in buffers.
 
