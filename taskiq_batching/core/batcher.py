@@ -71,6 +71,8 @@ class Batcher:
         self.rules = FlushRules(self)
         self.buffers: dict[_Key, Buffer] = {}
         self.held: defaultdict[str, int] = defaultdict(int)
+        #: Messages in open buffers, by task (kept, not counted: read per add).
+        self.waiting: defaultdict[str, int] = defaultdict(int)
         self.running: defaultdict[str, int] = defaultdict(int)
         self._ready: deque[tuple[Buffer, FlushReason]] = deque()
         #: Running batches and their buffers.
@@ -160,6 +162,7 @@ class Batcher:
             self.buffers[key] = buffer
             self.rules.opened(spec, buffer)
         buffer.items.append(message)
+        self.waiting[task_name] += 1
         self.rules.added(spec, buffer)
         if self._waiters:
             self._notify()
@@ -174,6 +177,7 @@ class Batcher:
         if buffer is None:
             return
         buffer.close()
+        self.waiting[key[0]] -= len(buffer.items)
         self._ready.append((buffer, reason))
         self._dispatch()
 
@@ -195,11 +199,9 @@ class Batcher:
         :param task_name: count only this task's messages, when given.
         :return: the number of buffered messages.
         """
-        return sum(
-            len(buffer.items)
-            for (name, _), buffer in self.buffers.items()
-            if task_name in (None, name)
-        )
+        if task_name is None:
+            return sum(self.waiting.values())
+        return self.waiting[task_name]
 
     async def wait_buffered(self, count: int, task_name: str | None = None) -> None:
         """Wait until at least ``count`` messages wait in buffers.
@@ -306,6 +308,7 @@ class Batcher:
         for buffer in self.buffers.values():
             buffer.close()
         self.buffers.clear()
+        self.waiting.clear()
         self._ready.clear()
         for task in self._running:
             task.cancel()
@@ -335,6 +338,7 @@ class Batcher:
                     self.buffered(),
                 )
             self.buffers.clear()
+            self.waiting.clear()
             self._ready.clear()
             self._running.clear()
             self.rules.reset()

@@ -82,6 +82,8 @@ class BatchSignature:
             return args[0], list(args[1:]), dict(kwargs)
         try:
             item = self.coerce_item(args[0])
+            if len(args) == 1 and not kwargs and not self.keywords:
+                return item, [], {}  # nothing to move, convert or default
             extra_args, extra_kwargs = self.coerce_extras(args[1:], kwargs)
         except ArgumentError as exc:
             raise BatchItemError(task_name, task_id, str(exc)) from None

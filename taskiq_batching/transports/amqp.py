@@ -195,7 +195,7 @@ class AmqpTransport:
             self._arrived.clear()
             try:
                 await asyncio.wait_for(self._arrived.wait(), IDLE_WAIT)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the builtin before Python 3.11
                 return []
         return []
 

@@ -15,6 +15,7 @@ from typing import Any
 from taskiq import AsyncBroker
 from taskiq.formatters.proxy_formatter import ProxyFormatter
 from taskiq.labels import parse_label
+from taskiq.serializers import JSONSerializer
 
 from taskiq_batching.core.buffer import Envelope
 
@@ -22,6 +23,7 @@ from taskiq_batching.core.buffer import Envelope
 _parsed_labels: dict[tuple[str, int], Any] = {}
 #: The cache is emptied when it grows past this many values.
 _PARSED_LABELS_MAX = 4096
+_MISSING: Any = object()
 
 
 def decode(broker: AsyncBroker, data: bytes) -> Envelope | None:
@@ -33,11 +35,13 @@ def decode(broker: AsyncBroker, data: bytes) -> Envelope | None:
     """
     formatter = broker.formatter
     if type(formatter) is ProxyFormatter:
+        serializer = formatter.broker.serializer
         try:
-            raw = formatter.broker.serializer.loadb(data)
+            raw = serializer.loadb(data)
         except Exception:
             return None
-        envelope = _envelope(raw)
+        # JSON objects only have string keys: no need to check them.
+        envelope = _envelope(raw, check_keys=type(serializer) is not JSONSerializer)
         if envelope is not None:
             return envelope
     try:
@@ -48,8 +52,13 @@ def decode(broker: AsyncBroker, data: bytes) -> Envelope | None:
     return Envelope.of(message)
 
 
-def _envelope(raw: Any) -> Envelope | None:
-    """The envelope of a deserialized message that needs no conversion."""
+def _envelope(raw: Any, check_keys: bool = True) -> Envelope | None:
+    """The envelope of a deserialized message that needs no conversion.
+
+    :param raw: the deserialized message.
+    :param check_keys: check that its mappings have string keys only.
+    :return: the envelope, or None when taskiq's model would convert a value.
+    """
     if type(raw) is not dict:
         return None
     task_id, task_name = raw.get("task_id"), raw.get("task_name")
@@ -61,12 +70,12 @@ def _envelope(raw: Any) -> Envelope | None:
         or type(labels) is not dict
         or type(args) is not list
         or type(kwargs) is not dict
-        or not _str_keys(labels)
-        or not _str_keys(kwargs)
     ):
         return None
+    if check_keys and not (_str_keys(labels) and _str_keys(kwargs)):
+        return None
     if types is not None:
-        if type(types) is not dict or not _str_keys(types):
+        if type(types) is not dict or (check_keys and not _str_keys(types)):
             return None
         try:
             _parse_labels(labels, types)
@@ -86,18 +95,20 @@ def _parse_labels(labels: dict[str, Any], types: dict[str, Any]) -> None:
     few (``batch_size`` and the like): parsing each once saves a lookup of
     an enum per label per message.
     """
+    cache = _parsed_labels
     for name, label_type in types.items():
-        if name not in labels:
+        value = labels.get(name, _MISSING)
+        if value is _MISSING:
             continue
         if type(label_type) is not int:
             raise TypeError(f"label type {label_type!r} is not an int")
-        value = labels[name]
         if type(value) is not str:
             labels[name] = parse_label(value, label_type)
             continue
         key = (value, label_type)
-        if key not in _parsed_labels:
-            if len(_parsed_labels) >= _PARSED_LABELS_MAX:
-                _parsed_labels.clear()
-            _parsed_labels[key] = parse_label(value, label_type)
-        labels[name] = _parsed_labels[key]
+        parsed = cache.get(key, _MISSING)
+        if parsed is _MISSING:
+            if len(cache) >= _PARSED_LABELS_MAX:
+                cache.clear()
+            parsed = cache[key] = parse_label(value, label_type)
+        labels[name] = parsed

@@ -119,14 +119,18 @@ class Lifecycle:
         loop = asyncio.get_running_loop()
         now = loop.time()
         held: list[Held] = []
+        received = False  # whether any is acked when received
         for envelope, delivery in taken:
             try:
+                ack = self._ack_for(delivery)
                 if self.needs_message:
                     message, scope = await self._pre_execute(envelope)
-                    one = Held(message, self._ack_for(delivery), now, scope=scope)
+                    one = Held(message, ack, now, scope, ack_type=self.ack_type)
                 else:
-                    one = Held(envelope, self._ack_for(delivery), now)
-                one.ack_type = self._ack_type(one)
+                    one = Held(envelope, ack, now, ack_type=self.ack_type)
+                if "ack_type" in one.message.labels:
+                    one.ack_type = self._ack_type(one)
+                received |= one.ack_type is AcknowledgeType.WHEN_RECEIVED
                 one.delivery = delivery
             except Exception as exc:
                 self.batcher.release(envelope.task_name)
@@ -145,9 +149,11 @@ class Lifecycle:
             if sender_waits:
                 one.waiter = loop.create_future()
             held.append(one)
-        await self._ack(held, AcknowledgeType.WHEN_RECEIVED)
+        if received:
+            await self._ack(held, AcknowledgeType.WHEN_RECEIVED)
+        specs = self.batcher.specs
         for one in held:
-            spec = self.batcher.specs[one.message.task_name]
+            spec = specs[one.message.task_name]
             try:
                 self.batcher.add(spec.task_name, one)
             except BatchItemError as exc:
@@ -173,9 +179,10 @@ class Lifecycle:
         return any("ack_type" in envelope.labels for envelope, _ in taken)
 
     def _ack_for(self, delivery: Delivery | None) -> MessageAck | None:
-        if delivery is None or delivery.handle is None or self.transport is None:
+        transport = self.transport
+        if delivery is None or delivery.handle is None or transport is None:
             return None
-        return MessageAck(self.transport, delivery)
+        return MessageAck(transport, delivery)
 
     async def _pre_execute(
         self, envelope: Envelope
