@@ -3,6 +3,7 @@
 Send one item per message; the worker runs the task once per batch.
 """
 
+from taskiq_batching.core.events import BatchObserver, BatchReport
 from taskiq_batching.errors import (
     BatchConfigError,
     BatchingError,
@@ -29,6 +30,8 @@ __all__ = [
     "BatchConfigError",
     "BatchInfo",
     "BatchItemError",
+    "BatchObserver",
+    "BatchReport",
     "BatchResultError",
     "BatchSettings",
     "BatchTimeoutError",

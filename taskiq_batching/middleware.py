@@ -2,12 +2,14 @@
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from taskiq import AsyncBroker, AsyncTaskiqDecoratedTask, TaskiqMiddleware
 
 from taskiq_batching._compat import guard_declarations
 from taskiq_batching.core.batcher import DEFAULT_MAX_CONCURRENT_BATCHES, Batcher
+from taskiq_batching.core.events import BatchObserver
 from taskiq_batching.errors import BatchConfigError, MiddlewareMissingError
 from taskiq_batching.settings import BATCH_LABEL, FlushReason, wants_batching
 from taskiq_batching.tasks import BatchingDecoratedTask
@@ -36,10 +38,15 @@ class BatchingMiddleware(TaskiqMiddleware):
     :param max_concurrent_batches: batch calls that may run at once in one
         worker process, over all batched tasks (each task also has its own
         ``batch_concurrency``).
+    :param observers: told of every flush and finished batch (metrics
+        exporters, see ``taskiq_batching.metrics``); more can be added with
+        ``observe``.
     """
 
     def __init__(
-        self, max_concurrent_batches: int = DEFAULT_MAX_CONCURRENT_BATCHES
+        self,
+        max_concurrent_batches: int = DEFAULT_MAX_CONCURRENT_BATCHES,
+        observers: Sequence[BatchObserver] = (),
     ) -> None:
         super().__init__()
         if (
@@ -53,6 +60,7 @@ class BatchingMiddleware(TaskiqMiddleware):
             )
         self.max_concurrent_batches = max_concurrent_batches
         self.batcher: Batcher | None = None
+        self._observers = list(observers)
 
     @classmethod
     def of(cls, broker: AsyncBroker) -> "BatchingMiddleware":
@@ -91,8 +99,19 @@ class BatchingMiddleware(TaskiqMiddleware):
             )
         super().set_broker(broker)
         self.batcher = Batcher(broker, self.max_concurrent_batches)
+        for observer in self._observers:
+            self.batcher.observers.add(observer)
         broker.decorator_class = _batching_class(broker.decorator_class)
         hook.attach(broker, self.batcher)
+
+    def observe(self, observer: BatchObserver) -> None:
+        """Tell an observer of every flush and finished batch from now on.
+
+        :param observer: for example a metrics exporter.
+        """
+        self._observers.append(observer)
+        if self.batcher is not None:
+            self.batcher.observers.add(observer)
 
     async def startup(self) -> None:
         """Prepare the process: a worker also notices SIGTERM/SIGINT at once."""

@@ -23,6 +23,7 @@ from typing import Any
 from taskiq import AsyncBroker
 
 from taskiq_batching.core.buffer import Buffer, Held
+from taskiq_batching.core.events import BatchReport, Observers
 from taskiq_batching.core.flush import FlushRules
 from taskiq_batching.core.keys import batch_key
 from taskiq_batching.core.run import (
@@ -68,6 +69,8 @@ class Batcher:
         self.finisher: Finisher | None = None
         #: Makes each batch's span, when the broker is traced.
         self.span: SpanMaker | None = None
+        #: Told of flushes and finished batches (statistics, metrics).
+        self.observers = Observers()
         self.rules = FlushRules(self)
         self.buffers: dict[_Key, Buffer] = {}
         self.held: defaultdict[str, int] = defaultdict(int)
@@ -178,6 +181,8 @@ class Batcher:
             return
         buffer.close()
         self.waiting[key[0]] -= len(buffer.items)
+        if self.observers:
+            self.observers.flushed(key[0], reason, len(buffer.items))
         self._ready.append((buffer, reason))
         self._dispatch()
 
@@ -246,18 +251,53 @@ class Batcher:
             reason.value,
         )
         started = loop.time()
-        if self.span is None:
-            outcomes = await run_batch(self.broker, spec, buffer, reason, self.options)
-        else:
-            waited = started - buffer.opened_at
-            with self.span(spec.task_name, buffer, reason, waited) as span:
+        waited = started - buffer.opened_at
+        try:
+            if self.span is None:
                 outcomes = await run_batch(
                     self.broker, spec, buffer, reason, self.options
                 )
-                span.outcomes(outcomes)
+            else:
+                with self.span(spec.task_name, buffer, reason, waited) as span:
+                    outcomes = await run_batch(
+                        self.broker, spec, buffer, reason, self.options
+                    )
+                    span.outcomes(outcomes)
+        except asyncio.CancelledError:
+            if self.observers:
+                self._report(spec, buffer, reason, waited, loop.time() - started)
+            raise
+        ran = loop.time() - started
+        if self.observers:
+            failed = sum(1 for outcome in outcomes if outcome.error is not None)
+            self._report(spec, buffer, reason, waited, ran, failed)
         if self.finisher is not None:
             batch = list(zip(buffer.items, outcomes, strict=True))
-            await self.finisher(spec, batch, loop.time() - started)
+            await self.finisher(spec, batch, ran)
+
+    def _report(
+        self,
+        spec: BatchSpec,
+        buffer: Buffer,
+        reason: FlushReason,
+        waited: float,
+        ran: float,
+        failed: int | None = None,
+    ) -> None:
+        """Tell observers a batch ran (``failed`` None: it was cut off)."""
+        self.observers.finished(
+            BatchReport(
+                task_name=spec.task_name,
+                size=len(buffer.items),
+                batch_size=spec.settings.batch_size,
+                reason=reason,
+                waited=waited,
+                seconds=ran,
+                failed=0 if failed is None else failed,
+                calls=buffer.calls,
+                cut=failed is None,
+            ),
+        )
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run work in the background; a stop (``drain``) waits for it.

@@ -119,6 +119,7 @@ class Buffer:
     :param args: positional arguments after the item, shared by every message.
     :param kwargs: keyword arguments, shared by every message.
     :param opened_at: event-loop time of its first message, in seconds.
+    :param calls: calls of the batch function so far (isolation re-runs).
     """
 
     task_name: str
@@ -128,6 +129,7 @@ class Buffer:
     opened_at: float
     items: list[Held] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
+    calls: int = 0
 
     def close(self) -> None:
         """Stop its timer: it is being flushed."""

@@ -129,6 +129,7 @@ class _Run:
         return split(self.spec.task_name, returned, len(held))
 
     async def _call(self, held: Sequence[Held], isolating: bool) -> Any:
+        self.buffer.calls += 1
         signature = self.spec.signature
         resolver = None
         if signature.dependencies is not None:

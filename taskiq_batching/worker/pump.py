@@ -181,6 +181,7 @@ class Pump:
                 self._next_reclaim = now + interval
                 claimed = await self.transport.reclaim()
                 if claimed:
+                    self.batcher.observers.reclaimed(len(claimed))
                     return claimed
         return await self.transport.read(limit)
 

@@ -1,0 +1,105 @@
+"""What the batcher tells observers: flushes, finished batches, reclaims.
+
+Statistics (``BatchingMiddleware.statistics``) and metrics exporters are
+observers. They are called per batch, never per message, on the event
+loop, and must not block or raise (a failing observer is logged and the
+batch goes on).
+"""
+
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+from taskiq_batching.settings import FlushReason
+
+logger = logging.getLogger("taskiq_batching")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchReport:
+    """One finished batch, as observers see it.
+
+    :param task_name: the batched task.
+    :param size: messages in the batch.
+    :param batch_size: the task's ``batch_size`` (size / batch_size = fill).
+    :param reason: why its buffer was flushed.
+    :param waited: seconds from its first message's arrival to its start.
+    :param seconds: seconds the batch ran (isolation re-runs included).
+    :param failed: messages whose outcome is an error.
+    :param calls: calls of the batch function (1, plus isolation re-runs).
+    :param cut: it was cut off at a stop (cancelled, messages given back).
+    """
+
+    task_name: str
+    size: int
+    batch_size: int
+    reason: FlushReason
+    waited: float
+    seconds: float
+    failed: int
+    calls: int
+    cut: bool = False
+
+    @property
+    def outcome(self) -> str:
+        """``success``, ``partial`` (some messages failed), ``error`` or ``cut``."""
+        if self.cut:
+            return "cut"
+        if self.failed == 0:
+            return "success"
+        return "error" if self.failed == self.size else "partial"
+
+
+class BatchObserver(Protocol):
+    """Receives the batcher's events (all methods are optional to act on)."""
+
+    def flushed(self, task_name: str, reason: FlushReason, size: int) -> None:
+        """A buffer of ``size`` messages was flushed into a batch."""
+
+    def finished(self, report: BatchReport) -> None:
+        """A batch finished running (its messages are being finished)."""
+
+    def reclaimed(self, count: int) -> None:
+        """The transport reclaimed ``count`` deliveries of a dead worker."""
+
+
+class Observers:
+    """The observers of one batcher; each event goes to each, errors logged."""
+
+    def __init__(self) -> None:
+        self.observers: list[BatchObserver] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.observers)
+
+    def add(self, observer: BatchObserver) -> None:
+        """Send events to one more observer (once, however often added).
+
+        :param observer: the observer.
+        """
+        if observer not in self.observers:
+            self.observers.append(observer)
+
+    def flushed(self, task_name: str, reason: FlushReason, size: int) -> None:
+        """Tell every observer of a flush (see ``BatchObserver.flushed``)."""
+        for observer in self.observers:
+            try:
+                observer.flushed(task_name, reason, size)
+            except Exception:
+                logger.exception("taskiq_batching: observer %r failed", observer)
+
+    def finished(self, report: BatchReport) -> None:
+        """Tell every observer of a finished batch."""
+        for observer in self.observers:
+            try:
+                observer.finished(report)
+            except Exception:
+                logger.exception("taskiq_batching: observer %r failed", observer)
+
+    def reclaimed(self, count: int) -> None:
+        """Tell every observer of reclaimed deliveries."""
+        for observer in self.observers:
+            try:
+                observer.reclaimed(count)
+            except Exception:
+                logger.exception("taskiq_batching: observer %r failed", observer)
