@@ -1,16 +1,20 @@
 """Batch settings: read from task labels and validated when a task is declared."""
 
-import contextlib
-import datetime
 import enum
-import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
-
-from taskiq.acks import AcknowledgeType, parse_acknowledge_type
+from typing import Any, TypeVar
 
 from taskiq_batching.errors import BatchConfigError
+from taskiq_batching.validation import (
+    ItemFunction,
+    budget,
+    count,
+    item_function,
+    seconds,
+)
+
+_V = TypeVar("_V")
 
 #: Label that marks a task as batched: ``@broker.task(batch=True, ...)``.
 BATCH_LABEL = "batch"
@@ -22,6 +26,26 @@ BATCH_TIMEOUT_LABEL = "batch_timeout"
 BATCH_ISOLATE_LABEL = "batch_isolate"
 #: Batch calls of the task that may run at once in one worker process.
 BATCH_CONCURRENCY_LABEL = "batch_concurrency"
+#: Items with different keys never share a batch (a function of the item,
+#: or the name of one of its fields).
+BATCH_KEY_LABEL = "batch_key"
+#: Keys (open buffers) of the task one worker process keeps open at most.
+BATCH_MAX_KEYS_LABEL = "batch_max_keys"
+#: Batch calls of one key that may run at once in one worker process.
+BATCH_KEY_CONCURRENCY_LABEL = "batch_key_concurrency"
+#: The cost of an item (a function of the item, or a field name)...
+BATCH_COST_LABEL = "batch_cost"
+#: ...and the cost budget of one batch.
+BATCH_MAX_COST_LABEL = "batch_max_cost"
+#: A timer does not flush a buffer holding fewer messages than this...
+BATCH_MIN_SIZE_LABEL = "batch_min_size"
+#: ...until this many seconds after its first message.
+BATCH_MAX_WAIT_LABEL = "batch_max_wait"
+#: Items for which this predicate is false are finished without running.
+BATCH_WHERE_LABEL = "batch_where"
+#: A label of one message (set when sending, see ``deadline``): the UNIX
+#: time, in seconds, by which its batch should start.
+BATCH_DEADLINE_LABEL = "batch_deadline"
 
 #: The labels this plugin owns. On a task without ``batch=True`` they are
 #: refused (``batch=False`` switches them off explicitly); any other label
@@ -32,8 +56,18 @@ SETTING_LABELS = frozenset(
         BATCH_TIMEOUT_LABEL,
         BATCH_ISOLATE_LABEL,
         BATCH_CONCURRENCY_LABEL,
+        BATCH_KEY_LABEL,
+        BATCH_MAX_KEYS_LABEL,
+        BATCH_KEY_CONCURRENCY_LABEL,
+        BATCH_COST_LABEL,
+        BATCH_MAX_COST_LABEL,
+        BATCH_MIN_SIZE_LABEL,
+        BATCH_MAX_WAIT_LABEL,
+        BATCH_WHERE_LABEL,
     },
 )
+#: Labels of one message, never of a task.
+MESSAGE_LABELS = frozenset({BATCH_DEADLINE_LABEL})
 
 #: ``batch_size`` of a task that only sets ``batch_timeout``.
 DEFAULT_BATCH_SIZE = 100
@@ -57,6 +91,12 @@ class FlushReason(str, enum.Enum):
     INPLACE = "inplace"
     #: Flushed on request (``BatchingMiddleware.flush``).
     MANUAL = "manual"
+    #: A new key would exceed ``batch_max_keys``: the oldest buffer flushed.
+    KEYS = "keys"
+    #: One more item would exceed ``batch_max_cost`` (or one item alone does).
+    COST = "cost"
+    #: An item's ``batch_deadline`` is near: its batch starts now.
+    DEADLINE = "deadline"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,12 +110,30 @@ class BatchSettings:
         failing items and fail only those.
     :param concurrency: batch calls of the task that may run at once in
         one worker process.
+    :param key: items with different keys never share a batch.
+    :param max_keys: open buffers (keys) of the task per worker process;
+        one more flushes the oldest. None: no bound but ``max_held``.
+    :param key_concurrency: batch calls of one key that may run at once.
+    :param cost: an item's cost (a number >= 0).
+    :param max_cost: a batch's cost budget.
+    :param min_size: a timer does not flush a smaller buffer before
+        ``max_wait`` seconds...
+    :param max_wait: ...after its first message.
+    :param where: items for which it is false are finished without running.
     """
 
     batch_size: int
     batch_timeout: float | None = None
     isolate: bool = False
     concurrency: int = DEFAULT_BATCH_CONCURRENCY
+    key: ItemFunction | None = None
+    max_keys: int | None = None
+    key_concurrency: int | None = None
+    cost: ItemFunction | None = None
+    max_cost: float | None = None
+    min_size: int | None = None
+    max_wait: float | None = None
+    where: ItemFunction | None = None
 
     @property
     def max_held(self) -> int:
@@ -125,6 +183,12 @@ def parse_settings(task_name: str, labels: Mapping[str, Any]) -> BatchSettings:
         for name in labels
         if name.startswith("batch_") and name not in SETTING_LABELS
     )
+    for name in MESSAGE_LABELS.intersection(unknown):
+        raise BatchConfigError(
+            f"{where}: {name} is a label of one message, given when it is sent "
+            f"(`task.kicker().with_labels({name}=deadline(seconds))`), not of "
+            "the task.",
+        )
     if unknown:
         raise BatchConfigError(
             f"{where}: unknown setting(s) {', '.join(unknown)}; the batch_* "
@@ -142,92 +206,106 @@ def parse_settings(task_name: str, labels: Mapping[str, Any]) -> BatchSettings:
         raise BatchConfigError(
             f"{where}: batch_isolate must be True or False, got {isolate!r}.",
         )
+    size = (
+        DEFAULT_BATCH_SIZE
+        if raw_size is None
+        else count(where, BATCH_SIZE_LABEL, raw_size, "messages")
+    )
+    timeout = (
+        None
+        if raw_timeout is None
+        else seconds(where, BATCH_TIMEOUT_LABEL, raw_timeout)
+    )
     return BatchSettings(
-        batch_size=(
-            DEFAULT_BATCH_SIZE
-            if raw_size is None
-            else _count(where, BATCH_SIZE_LABEL, raw_size, "messages")
-        ),
-        batch_timeout=(
-            None
-            if raw_timeout is None
-            else seconds(where, BATCH_TIMEOUT_LABEL, raw_timeout)
-        ),
+        batch_size=size,
+        batch_timeout=timeout,
         isolate=isolate,
-        concurrency=_count(
+        concurrency=count(
             where,
             BATCH_CONCURRENCY_LABEL,
             labels.get(BATCH_CONCURRENCY_LABEL, DEFAULT_BATCH_CONCURRENCY),
             "batch calls",
         ),
+        **_keys(where, labels),
+        **_cost(where, labels),
+        **_min_size(where, labels, size, timeout),
+        where=_optional(where, labels, BATCH_WHERE_LABEL, item_function),
     )
 
 
-def task_timeout(task_name: str, labels: Mapping[str, Any]) -> float | None:
-    """The ``timeout`` label of a batched task, in seconds: it limits each batch call.
-
-    :param task_name: used in error messages.
-    :param labels: the task's labels.
-    :raises BatchConfigError: when it is not a number of seconds > 0.
-    :return: the timeout, or None without one.
-    """
-    value = labels.get("timeout")
-    if value is None:
-        return None
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            value = float(value)
-    return seconds(f"batched task {task_name!r}", "timeout", value)
+def _optional(
+    where: str,
+    labels: Mapping[str, Any],
+    name: str,
+    check: Callable[[str, str, Any], _V],
+) -> _V | None:
+    value = labels.get(name)
+    return None if value is None else check(where, name, value)
 
 
-def task_ack_type(task_name: str, labels: Mapping[str, Any]) -> AcknowledgeType | None:
-    """The ``ack_type`` label of a batched task, checked as taskiq would.
-
-    :param task_name: used in error messages.
-    :param labels: the task's labels.
-    :raises BatchConfigError: when taskiq would refuse it.
-    :return: the ack type, or None to use the worker's ``--ack-type``.
-    """
-    value = labels.get("ack_type")
-    if value is None:
-        return None
-    try:
-        return parse_acknowledge_type(value)
-    except ValueError:
-        accepted = ", ".join(repr(kind.value) for kind in AcknowledgeType)
-        raise BatchConfigError(
-            f"batched task {task_name!r}: ack_type must be one of {accepted} "
-            f"(or an AcknowledgeType), got {value!r}.",
-        ) from None
-
-
-def seconds(where: str, name: str, value: Any) -> float:
-    """A duration setting in seconds: a number, or a ``datetime.timedelta``.
-
-    :param where: the task, for error messages.
-    :param name: the setting, for error messages.
-    :param value: the value given.
-    :raises BatchConfigError: unless it is a finite duration > 0.
-    :return: the duration in seconds.
-    """
-    if isinstance(value, datetime.timedelta):
-        value = value.total_seconds()
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value <= 0
+def _keys(where: str, labels: Mapping[str, Any]) -> dict[str, Any]:
+    key = _optional(where, labels, BATCH_KEY_LABEL, item_function)
+    max_keys = labels.get(BATCH_MAX_KEYS_LABEL)
+    key_concurrency = labels.get(BATCH_KEY_CONCURRENCY_LABEL)
+    for name, value in (
+        (BATCH_MAX_KEYS_LABEL, max_keys),
+        (BATCH_KEY_CONCURRENCY_LABEL, key_concurrency),
     ):
+        if value is not None:
+            count(where, name, value, "keys" if value is max_keys else "batch calls")
+    if key_concurrency is not None and key is None:
         raise BatchConfigError(
-            f"{where}: {name} must be a finite number of seconds > 0 "
-            f"(or a timedelta), got {value!r}.",
+            f"{where}: batch_key_concurrency={key_concurrency!r} needs batch_key "
+            "(a function of the item or a field name).",
         )
-    return float(value)
+    return {"key": key, "max_keys": max_keys, "key_concurrency": key_concurrency}
 
 
-def _count(where: str, name: str, value: Any, unit: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise BatchConfigError(
-            f"{where}: {name} must be an int >= 1 ({unit}), got {value!r}.",
+def _cost(where: str, labels: Mapping[str, Any]) -> dict[str, Any]:
+    cost = _optional(where, labels, BATCH_COST_LABEL, item_function)
+    max_cost = _optional(where, labels, BATCH_MAX_COST_LABEL, budget)
+    if (cost is None) != (max_cost is None):
+        given, missing = (
+            (BATCH_COST_LABEL, BATCH_MAX_COST_LABEL)
+            if max_cost is None
+            else (BATCH_MAX_COST_LABEL, BATCH_COST_LABEL)
         )
-    return value
+        raise BatchConfigError(
+            f"{where}: {given}={labels[given]!r} needs {missing} too (batch_cost: "
+            "a function of the item or a field name; batch_max_cost: a number > 0).",
+        )
+    return {"cost": cost, "max_cost": max_cost}
+
+
+def _min_size(
+    where: str, labels: Mapping[str, Any], size: int, timeout: float | None
+) -> dict[str, Any]:
+    min_size = _optional(
+        where,
+        labels,
+        BATCH_MIN_SIZE_LABEL,
+        lambda w, n, v: count(w, n, v, "messages"),
+    )
+    max_wait = _optional(where, labels, BATCH_MAX_WAIT_LABEL, seconds)
+    if min_size is None:
+        if max_wait is not None:
+            raise BatchConfigError(
+                f"{where}: batch_max_wait={labels[BATCH_MAX_WAIT_LABEL]!r} is only "
+                "used with batch_min_size (messages, an int >= 1).",
+            )
+        return {}
+    if max_wait is None:
+        raise BatchConfigError(
+            f"{where}: batch_min_size={min_size!r} needs batch_max_wait (seconds, "
+            ">= batch_timeout): no item may wait forever.",
+        )
+    if min_size > size:
+        raise BatchConfigError(
+            f"{where}: batch_min_size={min_size!r} must be <= batch_size={size!r}.",
+        )
+    if timeout is None or max_wait < timeout:
+        raise BatchConfigError(
+            f"{where}: batch_max_wait={labels[BATCH_MAX_WAIT_LABEL]!r} needs "
+            f"batch_timeout and must be >= it (batch_timeout={timeout!r} s).",
+        )
+    return {"min_size": min_size, "max_wait": max_wait}

@@ -21,10 +21,9 @@ from taskiq_batching.settings import (
     BATCH_SIZE_LABEL,
     BATCH_TIMEOUT_LABEL,
     parse_settings,
-    task_ack_type,
-    task_timeout,
     wants_batching,
 )
+from taskiq_batching.validation import task_ack_type, task_timeout
 
 _Item = TypeVar("_Item")
 _P = ParamSpec("_P")

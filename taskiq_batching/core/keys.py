@@ -29,6 +29,15 @@ def batch_key(args: list[Any], kwargs: dict[str, Any]) -> Hashable:
     )
 
 
+def item_key(value: Any) -> Hashable:
+    """What a ``batch_key`` function returned, as part of a buffer's key.
+
+    :param value: the key function's result.
+    :return: a hashable key, equal exactly when the values are.
+    """
+    return _freeze(value)
+
+
 def _freeze(value: Any) -> Hashable:
     kind = type(value)
     if kind in (str, int, float, bool, bytes) or value is None:

@@ -21,18 +21,17 @@ from taskiq_batching import (
     batch_task,
     parse_settings,
 )
-from taskiq_batching.settings import (
-    SETTING_LABELS,
-    seconds,
-    task_ack_type,
-    task_timeout,
-    wants_batching,
-)
+from taskiq_batching.settings import SETTING_LABELS, wants_batching
+from taskiq_batching.validation import seconds, task_ack_type, task_timeout
 from tests.helpers import Recorder, memory_broker
 
 pytestmark = pytest.mark.timeout(30)
 
-ACCEPTED_LIST = "batch_concurrency, batch_isolate, batch_size, batch_timeout"
+ACCEPTED_LIST = (
+    "batch_concurrency, batch_cost, batch_isolate, batch_key, "
+    "batch_key_concurrency, batch_max_cost, batch_max_keys, batch_max_wait, "
+    "batch_min_size, batch_size, batch_timeout, batch_where"
+)
 
 
 # --- which tasks are batched ---------------------------------------------------
