@@ -22,7 +22,8 @@ from taskiq_batching.settings import (
     FlushReason,
     parse_settings,
 )
-from taskiq_batching.tasks import BatchedTask, BatchingDecoratedTask, batch_task
+from taskiq_batching.tasks import BatchingDecoratedTask
+from taskiq_batching.typed import BatchedTask, batch_task
 
 __all__ = [
     "DEFAULT_BATCH_CONCURRENCY",

@@ -10,6 +10,7 @@ from taskiq import AsyncBroker, AsyncTaskiqDecoratedTask, TaskiqMiddleware
 from taskiq_batching._compat import guard_declarations
 from taskiq_batching.core.batcher import DEFAULT_MAX_CONCURRENT_BATCHES, Batcher
 from taskiq_batching.core.events import BatchObserver
+from taskiq_batching.core.statistics import Statistics, TaskStatistics
 from taskiq_batching.errors import BatchConfigError, MiddlewareMissingError
 from taskiq_batching.settings import BATCH_LABEL, FlushReason, wants_batching
 from taskiq_batching.tasks import BatchingDecoratedTask
@@ -99,6 +100,8 @@ class BatchingMiddleware(TaskiqMiddleware):
             )
         super().set_broker(broker)
         self.batcher = Batcher(broker, self.max_concurrent_batches)
+        self._statistics = Statistics(self.batcher)
+        self.batcher.observers.add(self._statistics)
         for observer in self._observers:
             self.batcher.observers.add(observer)
         broker.decorator_class = _batching_class(broker.decorator_class)
@@ -112,6 +115,15 @@ class BatchingMiddleware(TaskiqMiddleware):
         self._observers.append(observer)
         if self.batcher is not None:
             self.batcher.observers.add(observer)
+
+    def statistics(self) -> dict[str, TaskStatistics]:
+        """What each batched task did in this process (see ``TaskStatistics``).
+
+        :return: statistics by task name, for every batched task declared.
+        """
+        if self.batcher is None:
+            return {}
+        return {name: self._statistics.of(name) for name in self.batcher.specs}
 
     async def startup(self) -> None:
         """Prepare the process: a worker also notices SIGTERM/SIGINT at once."""

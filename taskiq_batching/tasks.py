@@ -1,34 +1,37 @@
-"""Batched tasks: declaration, and the typed API (``batch_task``, ``BatchedTask``)."""
+"""Batched tasks: declared, checked and registered; ``map`` of many items.
+
+The typed API (``batch_task``, ``BatchedTask``) is in ``typed.py``.
+"""
 
 import datetime
-from collections.abc import Callable, Coroutine, Iterable
-from types import CoroutineType
-from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from typing import Any
 
-from taskiq import AsyncBroker, AsyncTaskiqDecoratedTask, AsyncTaskiqTask
-from taskiq.kicker import AsyncKicker
+from taskiq import (
+    AsyncBroker,
+    AsyncTaskiqDecoratedTask,
+    AsyncTaskiqTask,
+    TaskiqResult,
+)
 
 from taskiq_batching.core.batcher import Batcher
 from taskiq_batching.core.run import BatchSpec
 from taskiq_batching.core.signature import analyse
 from taskiq_batching.errors import BatchingError, MiddlewareMissingError
+from taskiq_batching.mapping import (
+    DEFAULT_CHUNK_SIZE,
+    KillSwitch,
+    MapOptions,
+    NotSent,
+    map_items,
+)
 from taskiq_batching.producer import send_many
-from taskiq_batching.results import PerItem, item_result_type
+from taskiq_batching.results import item_result_type
 from taskiq_batching.settings import (
-    BATCH_CONCURRENCY_LABEL,
-    BATCH_ISOLATE_LABEL,
-    BATCH_LABEL,
-    BATCH_SIZE_LABEL,
-    BATCH_TIMEOUT_LABEL,
     parse_settings,
     wants_batching,
 )
 from taskiq_batching.validation import task_ack_type, task_timeout
-
-_Item = TypeVar("_Item")
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-_T = TypeVar("_T")
 
 
 class BatchingDecoratedTask(AsyncTaskiqDecoratedTask[Any, Any]):
@@ -76,11 +79,52 @@ class BatchingDecoratedTask(AsyncTaskiqDecoratedTask[Any, Any]):
             self.batch_spec = spec
             self.original_func = _unrouted(task_name)
 
+    async def map(
+        self,
+        items: Iterable[Any],
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        kill_switch: KillSwitch | None = None,
+        timeout: float | datetime.timedelta | None = None,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> list[TaskiqResult[Any] | NotSent]:
+        """Send items in chunks, waiting for each chunk's results; stop on a switch.
+
+        :param items: elements of the batch function's list, one per message.
+        :param chunk_size: items per chunk, each sent with ``kiq_many``.
+        :param kill_switch: stops sending when it trips (``AnyFailed()``,
+            ``CountExceeded(n)``, ``RateExceeded(ratio, min_count)``).
+        :param timeout: seconds (or a timedelta) to wait for each result.
+        :param args: the batch function's further arguments (for all items).
+        :param kwargs: its further keyword arguments (for all items).
+        :return: each item's result, or ``NotSent``, in input order.
+        """
+        options = MapOptions(chunk_size, kill_switch, timeout, args, kwargs)
+        return await map_task(self, items, options)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the function in this process (a batch function: with a list)."""
         if self.batch_spec is not None:
             return self.batch_spec.signature.func(*args, **kwargs)
         return super().__call__(*args, **kwargs)
+
+
+async def map_task(
+    task: AsyncTaskiqDecoratedTask[Any, Any],
+    items: Iterable[Any],
+    options: MapOptions,
+) -> list[TaskiqResult[Any] | NotSent]:
+    """``map`` of a batched task (see ``BatchingDecoratedTask.map``)."""
+    args = tuple(options.args)
+    kwargs = dict(options.kwargs or {})
+
+    async def send(chunk: Sequence[Any]) -> Sequence[AsyncTaskiqTask[Any]]:
+        return await send_many(task.kicker(), chunk, args, kwargs)
+
+    return await map_items(
+        send, items, options.chunk_size, options.kill_switch, options.timeout
+    )
 
 
 def batcher_of(broker: AsyncBroker) -> Batcher | None:
@@ -109,200 +153,3 @@ def _unrouted(task_name: str) -> Callable[..., Coroutine[Any, Any, Any]]:
 
     batched_task.__qualname__ = f"batched_task[{task_name}]"
     return batched_task
-
-
-class BatchedTask(Generic[_Item, _P, _R]):
-    """A batched task, typed for senders: ``kiq`` takes ONE item.
-
-    Made by :func:`batch_task`. ``_Item`` is the element type of the batch
-    function's list, ``_P`` its other parameters, ``_R`` its return type.
-    A message's result is ``_R``, or ``T`` when the function returns
-    ``PerItem[T]`` (see :func:`per_item`).
-
-    :param task: the task registered on the broker.
-    """
-
-    def __init__(self, task: AsyncTaskiqDecoratedTask[Any, Any]) -> None:
-        self.task = task
-
-    @property
-    def task_name(self) -> str:
-        """The task's name on the broker."""
-        return self.task.task_name
-
-    @property
-    def labels(self) -> dict[str, Any]:
-        """The task's labels, batch settings included."""
-        return self.task.labels
-
-    def __call__(self, items: list[_Item], *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        """Call the batch function directly, in this process, with a list."""
-        return self.task(items, *args, **kwargs)  # type: ignore[no-any-return]
-
-    @overload
-    async def kiq(
-        self: "BatchedTask[_Item, _P, CoroutineType[Any, Any, PerItem[_T]]]",
-        item: _Item,
-        *args: _P.args,
-        **kwargs: _P.kwargs,
-    ) -> AsyncTaskiqTask[_T]: ...
-
-    @overload
-    async def kiq(
-        self: "BatchedTask[_Item, _P, Coroutine[Any, Any, PerItem[_T]]]",
-        item: _Item,
-        *args: _P.args,
-        **kwargs: _P.kwargs,
-    ) -> AsyncTaskiqTask[_T]: ...
-
-    @overload
-    async def kiq(
-        self: "BatchedTask[_Item, _P, PerItem[_T]]",
-        item: _Item,
-        *args: _P.args,
-        **kwargs: _P.kwargs,
-    ) -> AsyncTaskiqTask[_T]: ...
-
-    @overload
-    async def kiq(
-        self: "BatchedTask[_Item, _P, CoroutineType[Any, Any, _T]]",
-        item: _Item,
-        *args: _P.args,
-        **kwargs: _P.kwargs,
-    ) -> AsyncTaskiqTask[_T]: ...
-
-    @overload
-    async def kiq(
-        self: "BatchedTask[_Item, _P, Coroutine[Any, Any, _T]]",
-        item: _Item,
-        *args: _P.args,
-        **kwargs: _P.kwargs,
-    ) -> AsyncTaskiqTask[_T]: ...
-
-    @overload
-    async def kiq(
-        self: "BatchedTask[_Item, _P, _R]",
-        item: _Item,
-        *args: _P.args,
-        **kwargs: _P.kwargs,
-    ) -> AsyncTaskiqTask[_R]: ...
-
-    async def kiq(self, item: Any, *args: Any, **kwargs: Any) -> Any:
-        """Send one item; its result is the result of the batch it joins.
-
-        :param item: one element of the batch function's list.
-        :param args: the batch function's further arguments.
-        :param kwargs: the batch function's further keyword arguments.
-        :return: the taskiq task of this message.
-        """
-        return await self.task.kiq(item, *args, **kwargs)
-
-    @overload
-    async def kiq_many(
-        self: "BatchedTask[_Item, _P, CoroutineType[Any, Any, PerItem[_T]]]",
-        items: Iterable[_Item],
-        *args: _P.args,
-        **kwargs: _P.kwargs,
-    ) -> list[AsyncTaskiqTask[_T]]: ...
-
-    @overload
-    async def kiq_many(
-        self: "BatchedTask[_Item, _P, Coroutine[Any, Any, PerItem[_T]]]",
-        items: Iterable[_Item],
-        *args: _P.args,
-        **kwargs: _P.kwargs,
-    ) -> list[AsyncTaskiqTask[_T]]: ...
-
-    @overload
-    async def kiq_many(
-        self: "BatchedTask[_Item, _P, CoroutineType[Any, Any, _T]]",
-        items: Iterable[_Item],
-        *args: _P.args,
-        **kwargs: _P.kwargs,
-    ) -> list[AsyncTaskiqTask[_T]]: ...
-
-    @overload
-    async def kiq_many(
-        self: "BatchedTask[_Item, _P, Coroutine[Any, Any, _T]]",
-        items: Iterable[_Item],
-        *args: _P.args,
-        **kwargs: _P.kwargs,
-    ) -> list[AsyncTaskiqTask[_T]]: ...
-
-    @overload
-    async def kiq_many(
-        self: "BatchedTask[_Item, _P, _R]",
-        items: Iterable[_Item],
-        *args: _P.args,
-        **kwargs: _P.kwargs,
-    ) -> list[AsyncTaskiqTask[_R]]: ...
-
-    async def kiq_many(self, items: Iterable[Any], *args: Any, **kwargs: Any) -> Any:
-        """Send many items, one ordinary message each, in few round trips.
-
-        :param items: elements of the batch function's list, one per message.
-        :param args: the batch function's further arguments (for all items).
-        :param kwargs: its further keyword arguments (for all items).
-        :return: one taskiq task per item, in order.
-        """
-        return await send_many(self.task.kicker(), items, args, kwargs)
-
-    def kicker(self) -> AsyncKicker[Concatenate[_Item, _P], _R]:
-        """A kicker, to set labels or a task_id before sending one item."""
-        return self.task.kicker()
-
-    def __repr__(self) -> str:
-        return f"BatchedTask({self.task_name})"
-
-
-def batch_task(
-    broker: AsyncBroker,
-    *,
-    batch_size: int | None = None,
-    batch_timeout: float | datetime.timedelta | None = None,
-    batch_isolate: bool = False,
-    batch_concurrency: int | None = None,
-    task_name: str | None = None,
-    **labels: Any,
-) -> Callable[[Callable[Concatenate[list[_Item], _P], _R]], BatchedTask[_Item, _P, _R]]:
-    """Declare a batched task with a typed ``kiq(item)``.
-
-    The same as ``@broker.task(batch=True, batch_size=..., batch_timeout=...)``,
-    but type checkers see that ``kiq`` takes one item, not a list.
-
-    :param broker: a broker with ``BatchingMiddleware``.
-    :param batch_size: flush a buffer at this many messages (default 100
-        when only ``batch_timeout`` is given).
-    :param batch_timeout: flush a buffer this many seconds after its first
-        message (default: never, size-only batching).
-    :param batch_isolate: when a batch raises, find and fail only the
-        failing items by re-running halves of it (extra calls).
-    :param batch_concurrency: batch calls of this task that may run at once
-        in one worker process (default 1).
-    :param task_name: the task's name (default: module and function name).
-    :param labels: other taskiq labels (``timeout``, ``ack_type``, ...).
-    :raises MiddlewareMissingError: when the broker has no BatchingMiddleware.
-    :return: a decorator.
-    """
-    if batcher_of(broker) is None:
-        raise MiddlewareMissingError(
-            f"batched task {task_name or '<unnamed>'!r}: {type(broker).__name__} "
-            "has no BatchingMiddleware: create the broker with "
-            "`.with_middlewares(BatchingMiddleware())` first.",
-        )
-    labels[BATCH_LABEL] = True
-    if batch_size is not None:
-        labels[BATCH_SIZE_LABEL] = batch_size
-    if batch_timeout is not None:
-        labels[BATCH_TIMEOUT_LABEL] = batch_timeout
-    if batch_isolate:
-        labels[BATCH_ISOLATE_LABEL] = True
-    if batch_concurrency is not None:
-        labels[BATCH_CONCURRENCY_LABEL] = batch_concurrency
-
-    def decorate(
-        func: Callable[Concatenate[list[_Item], _P], _R],
-    ) -> BatchedTask[_Item, _P, _R]:
-        return BatchedTask(broker.task(task_name, **labels)(func))
-
-    return decorate

@@ -6,8 +6,11 @@ covers its wait in a buffer and its batch. The batch itself gets a span
 of its own, ``execute_batch/{task_name}``, made with the middleware's
 tracer and current while the batch function runs (spans the function
 makes are its children). It links to each message's span, as
-OpenTelemetry's messaging conventions do for a batch, and carries
-``messaging.batch.message_count``, the flush reason and the wait.
+OpenTelemetry's messaging conventions do for a batch. Its attributes
+(docs/observability.md): ``messaging.batch.message_count``,
+``taskiq.task_name``, ``taskiq.action`` (``execute_batch``), the flush
+reason, the wait in seconds and, once it ran, the calls of the function
+(isolation re-runs included) and the messages that failed.
 
 Nothing here imports OpenTelemetry unless the broker has taskiq's
 middleware (which imports it).
@@ -62,6 +65,8 @@ class BatchTracer:
         attributes = {
             "messaging.batch.message_count": len(buffer.items),
             "taskiq.task_name": task_name,
+            # taskiq's message spans say "execute" (or "send") here.
+            "taskiq.action": "execute_batch",
             "taskiq_batching.flush_reason": reason.value,
             "taskiq_batching.waited_seconds": waited,
         }
@@ -73,21 +78,23 @@ class BatchTracer:
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
-            yield _BatchSpan(span)
+            yield _BatchSpan(span, buffer)
 
 
 class _BatchSpan:
     """A batch's span, told the batch's outcomes before it ends."""
 
-    def __init__(self, span: Any) -> None:
+    def __init__(self, span: Any, buffer: Buffer) -> None:
         self.span = span
+        self.buffer = buffer
 
     def outcomes(self, outcomes: Sequence[Outcome]) -> None:
-        """Record how many messages failed; the batch failed if all did."""
+        """Record calls made and messages failed; the batch failed if all did."""
         from opentelemetry.trace import Status, StatusCode
 
         errors = [outcome.error for outcome in outcomes if outcome.error is not None]
         self.span.set_attribute("taskiq_batching.failed_count", len(errors))
+        self.span.set_attribute("taskiq_batching.calls", self.buffer.calls)
         if errors and len(errors) == len(outcomes):
             self.span.record_exception(errors[0])
             self.span.set_status(Status(StatusCode.ERROR, str(errors[0])))

@@ -26,6 +26,7 @@ from taskiq_batching.core.buffer import Buffer, Held
 from taskiq_batching.core.events import BatchReport, Observers
 from taskiq_batching.core.flush import FlushRules
 from taskiq_batching.core.keys import batch_key
+from taskiq_batching.core.policies import place
 from taskiq_batching.core.run import (
     BatchSpec,
     Outcome,
@@ -33,7 +34,7 @@ from taskiq_batching.core.run import (
     SpanMaker,
     run_batch,
 )
-from taskiq_batching.settings import FlushReason
+from taskiq_batching.settings import BATCH_DEADLINE_LABEL, FlushReason
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -76,6 +77,10 @@ class Batcher:
         self.held: defaultdict[str, int] = defaultdict(int)
         #: Messages in open buffers, by task (kept, not counted: read per add).
         self.waiting: defaultdict[str, int] = defaultdict(int)
+        #: Open buffers, by task.
+        self.open_keys: defaultdict[str, int] = defaultdict(int)
+        #: Running batches by buffer key (``batch_key_concurrency``).
+        self.running_keys: defaultdict[_Key, int] = defaultdict(int)
         self.running: defaultdict[str, int] = defaultdict(int)
         self._ready: deque[tuple[Buffer, FlushReason]] = deque()
         #: Running batches and their buffers.
@@ -146,7 +151,9 @@ class Batcher:
 
         :param task_name: the batched task.
         :param message: the message, its ``item`` not yet set.
-        :raises BatchItemError: when its item or extra arguments are invalid.
+        :raises BatchItemError: when its item or extra arguments are invalid,
+            or a policy function fails on it.
+        :raises ItemFiltered: when ``batch_where`` is false for its item.
         """
         spec = self.specs[task_name]
         item, args, kwargs = spec.signature.prepare(
@@ -158,15 +165,28 @@ class Batcher:
         )
         message.item = item
         loop = self.bind_loop()
-        key = (task_name, batch_key(args, kwargs))
+        placement = None
+        key: _Key = (task_name, batch_key(args, kwargs))
+        if spec.has_policies or BATCH_DEADLINE_LABEL in message.message.labels:
+            placement = place(spec, message, loop.time())
+            if placement.key != ():
+                key = (task_name, (key[1], placement.key))
         buffer = self.buffers.get(key)
+        if (
+            buffer is not None
+            and placement is not None
+            and not self.rules.fits(spec, buffer, placement.cost)
+        ):
+            self.flush(key, FlushReason.COST)
+            buffer = None
         if buffer is None:
             buffer = Buffer(task_name, key[1], args, kwargs, loop.time())
             self.buffers[key] = buffer
+            self.open_keys[task_name] += 1
             self.rules.opened(spec, buffer)
         buffer.items.append(message)
         self.waiting[task_name] += 1
-        self.rules.added(spec, buffer)
+        self.rules.added(spec, buffer, placement)
         if self._waiters:
             self._notify()
 
@@ -181,6 +201,7 @@ class Batcher:
             return
         buffer.close()
         self.waiting[key[0]] -= len(buffer.items)
+        self.open_keys[key[0]] -= 1
         if self.observers:
             self.observers.flushed(key[0], reason, len(buffer.items))
         self._ready.append((buffer, reason))
@@ -224,11 +245,18 @@ class Batcher:
         skipped: deque[tuple[Buffer, FlushReason]] = deque()
         while self._ready and len(self._running) < self.max_concurrent_batches:
             buffer, reason = self._ready.popleft()
-            spec = self.specs[buffer.task_name]
-            if self.running[buffer.task_name] >= spec.settings.concurrency:
+            name = buffer.task_name
+            settings = self.specs[name].settings
+            per_key = settings.key_concurrency
+            if self.running[name] >= settings.concurrency or (
+                per_key is not None and self.running_keys[(name, buffer.key)] >= per_key
+            ):
                 skipped.append((buffer, reason))
                 continue
-            self.running[buffer.task_name] += 1
+            self.running[name] += 1
+            if per_key is not None:
+                self.running_keys[(name, buffer.key)] += 1
+            spec = self.specs[name]
             task = self.bind_loop().create_task(self._run(spec, buffer, reason))
             self._running[task] = buffer
             task.add_done_callback(self._ran)
@@ -238,7 +266,13 @@ class Batcher:
     def _ran(self, task: "asyncio.Task[None]") -> None:
         buffer = self._running.pop(task, None)
         if buffer is not None:
-            self.running[buffer.task_name] -= 1
+            name = buffer.task_name
+            self.running[name] -= 1
+            if self.specs[name].settings.key_concurrency is not None:
+                key = (name, buffer.key)
+                self.running_keys[key] -= 1
+                if not self.running_keys[key]:
+                    del self.running_keys[key]
         self._dispatch()
         self._notify()
 
@@ -349,6 +383,7 @@ class Batcher:
             buffer.close()
         self.buffers.clear()
         self.waiting.clear()
+        self.open_keys.clear()
         self._ready.clear()
         for task in self._running:
             task.cancel()
@@ -379,6 +414,8 @@ class Batcher:
                 )
             self.buffers.clear()
             self.waiting.clear()
+            self.open_keys.clear()
+            self.running_keys.clear()
             self._ready.clear()
             self._running.clear()
             self.rules.reset()

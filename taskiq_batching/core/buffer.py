@@ -120,6 +120,9 @@ class Buffer:
     :param kwargs: keyword arguments, shared by every message.
     :param opened_at: event-loop time of its first message, in seconds.
     :param calls: calls of the batch function so far (isolation re-runs).
+    :param cost: the sum of its items' ``batch_cost``.
+    :param deadline: event-loop time by which it must start (its earliest
+        item's ``batch_deadline``), or None.
     """
 
     task_name: str
@@ -130,9 +133,15 @@ class Buffer:
     items: list[Held] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
     calls: int = 0
+    cost: float = 0.0
+    deadline: float | None = None
+    deadline_timer: asyncio.TimerHandle | None = None
 
     def close(self) -> None:
-        """Stop its timer: it is being flushed."""
+        """Stop its timers: it is being flushed."""
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.deadline_timer is not None:
+            self.deadline_timer.cancel()
+            self.deadline_timer = None

@@ -11,17 +11,36 @@
 * ``inplace``: on ``InMemoryBroker(await_inplace=True)`` each sender waits
   for its result, so buffers flush on the next event-loop turn (messages
   sent in the same turn share a batch);
-* ``manual``: ``BatchingMiddleware.flush()``.
+* ``manual``: ``BatchingMiddleware.flush()``;
+* ``keys``: a new key would exceed ``batch_max_keys``: the task's oldest
+  open buffer flushes;
+* ``cost``: the next item would exceed ``batch_max_cost``, or one item's
+  cost alone does (it then runs alone);
+* ``deadline``: an item's ``batch_deadline`` is due: its batch starts now.
+
+``batch_min_size`` holds back a timer: a buffer below it is not flushed
+by ``batch_timeout`` but by ``batch_max_wait`` (every other reason still
+flushes it).
 """
 
+import logging
+from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
 from taskiq_batching.core.buffer import Buffer
+from taskiq_batching.core.policies import Placement
 from taskiq_batching.core.run import BatchSpec
 from taskiq_batching.settings import FlushReason
 
+logger = logging.getLogger("taskiq_batching")
+
 if TYPE_CHECKING:
     from taskiq_batching.core.batcher import Batcher
+
+
+#: A deadline's batch is flushed this many seconds early, so that it starts
+#: (on the next event-loop turns) before the deadline.
+DEADLINE_LEAD = 0.005
 
 
 class FlushRules:
@@ -43,33 +62,114 @@ class FlushRules:
         self._linger_scheduled = False
 
     def opened(self, spec: BatchSpec, buffer: Buffer) -> None:
-        """A buffer got its first message: start its timer.
+        """A buffer got its first message: start its timer, bound its task's keys.
 
         :param spec: its task's spec.
         :param buffer: the new buffer.
         """
-        timeout = spec.settings.batch_timeout
+        settings = spec.settings
+        timeout = settings.batch_timeout
         if timeout is not None and not self.closing:
             loop = self.batcher.bind_loop()
             buffer.timer = loop.call_later(
-                timeout,
-                self.batcher.flush,
-                (buffer.task_name, buffer.key),
-                FlushReason.TIMEOUT,
+                timeout, self._timer, (buffer.task_name, buffer.key)
             )
+        max_keys = settings.max_keys
+        if max_keys is not None and self.batcher.open_keys[spec.task_name] > max_keys:
+            oldest = next(
+                key
+                for key, open_buffer in self.batcher.buffers.items()
+                if key[0] == spec.task_name and open_buffer is not buffer
+            )
+            self.batcher.flush(oldest, FlushReason.KEYS)
 
-    def added(self, spec: BatchSpec, buffer: Buffer) -> None:
+    def _timer(self, key: tuple[str, Hashable]) -> None:
+        """``batch_timeout`` passed: flush, unless ``batch_min_size`` holds it."""
+        buffer = self.batcher.buffers.get(key)
+        if buffer is None:
+            return
+        settings = self.batcher.specs[key[0]].settings
+        if (
+            settings.min_size is not None
+            and settings.max_wait is not None
+            and len(buffer.items) < settings.min_size
+            and not self.closing
+        ):
+            loop = self.batcher.bind_loop()
+            until = buffer.opened_at + settings.max_wait - loop.time()
+            if until > 0:
+                buffer.timer = loop.call_later(
+                    until, self.batcher.flush, key, FlushReason.TIMEOUT
+                )
+                return
+        self.batcher.flush(key, FlushReason.TIMEOUT)
+
+    def fits(self, spec: BatchSpec, buffer: Buffer, cost: float) -> bool:
+        """Whether an item of this cost fits in an open buffer's budget.
+
+        :param spec: its task's spec.
+        :param buffer: the open buffer.
+        :param cost: the item's cost.
+        :return: False when adding it would exceed ``batch_max_cost``.
+        """
+        budget = spec.settings.max_cost
+        return budget is None or buffer.cost + cost <= budget
+
+    def added(
+        self, spec: BatchSpec, buffer: Buffer, placement: Placement | None = None
+    ) -> None:
         """A message was added to a buffer: flush it if it is due.
 
         :param spec: its task's spec.
         :param buffer: the buffer.
+        :param placement: the message's placement, when policies apply.
         """
+        key = (buffer.task_name, buffer.key)
         if len(buffer.items) >= spec.settings.batch_size:
-            self.batcher.flush((buffer.task_name, buffer.key), FlushReason.SIZE)
-        elif self.closing or self.eager:
+            self.batcher.flush(key, FlushReason.SIZE)
+            return
+        if placement is not None and self._placed(spec, buffer, placement):
+            return
+        if self.closing or self.eager:
             self._linger()
         else:
             self.relieve(spec.task_name)
+
+    def _placed(self, spec: BatchSpec, buffer: Buffer, placement: Placement) -> bool:
+        """Apply the message's cost and deadline; whether its buffer flushed."""
+        key = (buffer.task_name, buffer.key)
+        buffer.cost += placement.cost
+        budget = spec.settings.max_cost
+        if budget is not None and buffer.cost >= budget:
+            if len(buffer.items) == 1 and buffer.cost > budget:
+                logger.warning(
+                    "taskiq_batching: message %s of %s costs %s, over batch_max_cost "
+                    "%s: it runs alone",
+                    buffer.items[0].task_id,
+                    spec.task_name,
+                    placement.cost,
+                    budget,
+                )
+            self.batcher.flush(key, FlushReason.COST)
+            return True
+        deadline = placement.deadline
+        if deadline is None:
+            return False
+        loop = self.batcher.bind_loop()
+        if deadline - DEADLINE_LEAD <= loop.time():
+            self.batcher.flush(key, FlushReason.DEADLINE)
+            return True
+        if buffer.deadline is None or deadline < buffer.deadline:
+            buffer.deadline = deadline
+            if buffer.deadline_timer is not None:
+                buffer.deadline_timer.cancel()
+            buffer.deadline_timer = loop.call_at(
+                deadline - DEADLINE_LEAD,
+                self.batcher.flush,
+                key,
+                FlushReason.DEADLINE,
+            )
+        return False
 
     def relieve(self, task_name: str) -> None:
         """Flush a task's buffers if they hold all it may hold: nothing else would.

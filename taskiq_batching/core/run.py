@@ -28,12 +28,23 @@ from taskiq_batching.settings import BatchSettings, FlushReason
 logger = logging.getLogger("taskiq_batching")
 
 
+#: The result label of a message whose item ``batch_where`` filtered out.
+FILTERED_LABEL = "batch_filtered"
+
+
 @dataclass(slots=True)
 class Outcome:
-    """What one message gets from its batch: a value, or an error."""
+    """What one message gets from its batch: a value, or an error.
+
+    :param value: its result's value.
+    :param error: its error.
+    :param filtered: it did not run: ``batch_where`` was false for its item
+        (its result is ``None``, labelled ``batch_filtered``).
+    """
 
     value: Any = None
     error: BaseException | None = None
+    filtered: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +62,14 @@ class BatchSpec:
     settings: BatchSettings
     signature: BatchSignature
     timeout: float | None
+
+    @property
+    def has_policies(self) -> bool:
+        """Whether its messages are filtered, keyed or costed (``policies.py``)."""
+        settings = self.settings
+        return not (
+            settings.where is None and settings.key is None and settings.cost is None
+        )
 
 
 class BatchSpanLike(Protocol):

@@ -27,6 +27,7 @@ from taskiq.exceptions import NoResultError
 from taskiq_batching._compat import overrides
 from taskiq_batching.core.batcher import Batcher
 from taskiq_batching.core.buffer import Envelope, Held
+from taskiq_batching.core.policies import ItemFiltered
 from taskiq_batching.core.run import BatchSpec, Outcome
 from taskiq_batching.errors import BatchItemError, describe
 from taskiq_batching.transports.base import Delivery, ResultWriter, Transport
@@ -160,6 +161,9 @@ class Lifecycle:
                 logger.warning("taskiq_batching: %s", exc)
                 # Finished alone, in the background: accepting never waits.
                 self.batcher.spawn(self.finish(spec, [(one, Outcome(error=exc))], 0.0))
+            except ItemFiltered:
+                outcome = Outcome(filtered=True)
+                self.batcher.spawn(self.finish(spec, [(one, outcome)], 0.0))
         return held
 
     def _forget(self, deliveries: Sequence[Delivery | None]) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 from taskiq import TaskiqResult
 
 from taskiq_batching.core.buffer import Held
-from taskiq_batching.core.run import Outcome
+from taskiq_batching.core.run import FILTERED_LABEL, Outcome
 from taskiq_batching.errors import BatchResultError, describe
 from taskiq_batching.transports.base import ResultWriter
 
@@ -44,6 +44,8 @@ def result_of(
     outcome: Outcome, labels: dict[str, Any], share: float
 ) -> TaskiqResult[Any]:
     """The result taskiq would store for a message with this outcome."""
+    if outcome.filtered:
+        labels = {**labels, FILTERED_LABEL: True}
     return TaskiqResult(
         is_err=outcome.error is not None,
         log=None,

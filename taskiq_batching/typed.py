@@ -1,0 +1,290 @@
+"""The typed API of batched tasks: ``batch_task`` and ``BatchedTask``.
+
+``@broker.task(batch=True, ...)`` works too, but type checkers see taskiq's
+own task type there, whose ``kiq`` takes the function's list; these see
+that ``kiq`` takes one item.
+"""
+
+import datetime
+from collections.abc import Callable, Coroutine, Hashable, Iterable, Mapping, Sequence
+from types import CoroutineType
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
+
+from taskiq import AsyncBroker, AsyncTaskiqDecoratedTask, AsyncTaskiqTask, TaskiqResult
+from taskiq.kicker import AsyncKicker
+
+from taskiq_batching.errors import MiddlewareMissingError
+from taskiq_batching.mapping import DEFAULT_CHUNK_SIZE, KillSwitch, MapOptions, NotSent
+from taskiq_batching.producer import send_many
+from taskiq_batching.results import PerItem
+from taskiq_batching.settings import (
+    BATCH_CONCURRENCY_LABEL,
+    BATCH_COST_LABEL,
+    BATCH_ISOLATE_LABEL,
+    BATCH_KEY_CONCURRENCY_LABEL,
+    BATCH_KEY_LABEL,
+    BATCH_LABEL,
+    BATCH_MAX_COST_LABEL,
+    BATCH_MAX_KEYS_LABEL,
+    BATCH_MAX_WAIT_LABEL,
+    BATCH_MIN_SIZE_LABEL,
+    BATCH_SIZE_LABEL,
+    BATCH_TIMEOUT_LABEL,
+    BATCH_WHERE_LABEL,
+)
+from taskiq_batching.tasks import batcher_of, map_task
+
+_Item = TypeVar("_Item")
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_T = TypeVar("_T")
+
+
+class BatchedTask(Generic[_Item, _P, _R]):
+    """A batched task, typed for senders: ``kiq`` takes ONE item.
+
+    Made by :func:`batch_task`. ``_Item`` is the element type of the batch
+    function's list, ``_P`` its other parameters, ``_R`` its return type.
+    A message's result is ``_R``, or ``T`` when the function returns
+    ``PerItem[T]`` (see :func:`per_item`).
+
+    :param task: the task registered on the broker.
+    """
+
+    def __init__(self, task: AsyncTaskiqDecoratedTask[Any, Any]) -> None:
+        self.task = task
+
+    @property
+    def task_name(self) -> str:
+        """The task's name on the broker."""
+        return self.task.task_name
+
+    @property
+    def labels(self) -> dict[str, Any]:
+        """The task's labels, batch settings included."""
+        return self.task.labels
+
+    def __call__(self, items: list[_Item], *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        """Call the batch function directly, in this process, with a list."""
+        return self.task(items, *args, **kwargs)  # type: ignore[no-any-return]
+
+    @overload
+    async def kiq(
+        self: "BatchedTask[_Item, _P, CoroutineType[Any, Any, PerItem[_T]]]",
+        item: _Item,
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> AsyncTaskiqTask[_T]: ...
+
+    @overload
+    async def kiq(
+        self: "BatchedTask[_Item, _P, Coroutine[Any, Any, PerItem[_T]]]",
+        item: _Item,
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> AsyncTaskiqTask[_T]: ...
+
+    @overload
+    async def kiq(
+        self: "BatchedTask[_Item, _P, PerItem[_T]]",
+        item: _Item,
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> AsyncTaskiqTask[_T]: ...
+
+    @overload
+    async def kiq(
+        self: "BatchedTask[_Item, _P, CoroutineType[Any, Any, _T]]",
+        item: _Item,
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> AsyncTaskiqTask[_T]: ...
+
+    @overload
+    async def kiq(
+        self: "BatchedTask[_Item, _P, Coroutine[Any, Any, _T]]",
+        item: _Item,
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> AsyncTaskiqTask[_T]: ...
+
+    @overload
+    async def kiq(
+        self: "BatchedTask[_Item, _P, _R]",
+        item: _Item,
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> AsyncTaskiqTask[_R]: ...
+
+    async def kiq(self, item: Any, *args: Any, **kwargs: Any) -> Any:
+        """Send one item; its result is the result of the batch it joins.
+
+        :param item: one element of the batch function's list.
+        :param args: the batch function's further arguments.
+        :param kwargs: the batch function's further keyword arguments.
+        :return: the taskiq task of this message.
+        """
+        return await self.task.kiq(item, *args, **kwargs)
+
+    @overload
+    async def kiq_many(
+        self: "BatchedTask[_Item, _P, CoroutineType[Any, Any, PerItem[_T]]]",
+        items: Iterable[_Item],
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> list[AsyncTaskiqTask[_T]]: ...
+
+    @overload
+    async def kiq_many(
+        self: "BatchedTask[_Item, _P, Coroutine[Any, Any, PerItem[_T]]]",
+        items: Iterable[_Item],
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> list[AsyncTaskiqTask[_T]]: ...
+
+    @overload
+    async def kiq_many(
+        self: "BatchedTask[_Item, _P, CoroutineType[Any, Any, _T]]",
+        items: Iterable[_Item],
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> list[AsyncTaskiqTask[_T]]: ...
+
+    @overload
+    async def kiq_many(
+        self: "BatchedTask[_Item, _P, Coroutine[Any, Any, _T]]",
+        items: Iterable[_Item],
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> list[AsyncTaskiqTask[_T]]: ...
+
+    @overload
+    async def kiq_many(
+        self: "BatchedTask[_Item, _P, _R]",
+        items: Iterable[_Item],
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> list[AsyncTaskiqTask[_R]]: ...
+
+    async def kiq_many(self, items: Iterable[Any], *args: Any, **kwargs: Any) -> Any:
+        """Send many items, one ordinary message each, in few round trips.
+
+        :param items: elements of the batch function's list, one per message.
+        :param args: the batch function's further arguments (for all items).
+        :param kwargs: its further keyword arguments (for all items).
+        :return: one taskiq task per item, in order.
+        """
+        return await send_many(self.task.kicker(), items, args, kwargs)
+
+    async def map(
+        self,
+        items: Iterable[_Item],
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        kill_switch: KillSwitch | None = None,
+        timeout: float | datetime.timedelta | None = None,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> list[TaskiqResult[Any] | NotSent]:
+        """Send items in chunks, waiting for each chunk's results; stop on a switch.
+
+        :param items: elements of the batch function's list, one per message.
+        :param chunk_size: items per chunk, each sent with ``kiq_many``.
+        :param kill_switch: stops sending when it trips (``AnyFailed()``,
+            ``CountExceeded(n)``, ``RateExceeded(ratio, min_count)``).
+        :param timeout: seconds (or a timedelta) to wait for each result.
+        :param args: the batch function's further arguments (for all items).
+        :param kwargs: its further keyword arguments (for all items).
+        :return: each item's result, or ``NotSent``, in input order.
+        """
+        options = MapOptions(chunk_size, kill_switch, timeout, args, kwargs)
+        return await map_task(self.task, items, options)
+
+    def kicker(self) -> AsyncKicker[Concatenate[_Item, _P], _R]:
+        """A kicker, to set labels or a task_id before sending one item."""
+        return self.task.kicker()
+
+    def __repr__(self) -> str:
+        return f"BatchedTask({self.task_name})"
+
+
+def batch_task(
+    broker: AsyncBroker,
+    *,
+    batch_size: int | None = None,
+    batch_timeout: float | datetime.timedelta | None = None,
+    batch_isolate: bool = False,
+    batch_concurrency: int | None = None,
+    batch_key: Callable[[Any], Hashable] | str | None = None,
+    batch_max_keys: int | None = None,
+    batch_key_concurrency: int | None = None,
+    batch_cost: Callable[[Any], float] | str | None = None,
+    batch_max_cost: float | None = None,
+    batch_min_size: int | None = None,
+    batch_max_wait: float | datetime.timedelta | None = None,
+    batch_where: Callable[[Any], bool] | None = None,
+    task_name: str | None = None,
+    **labels: Any,
+) -> Callable[[Callable[Concatenate[list[_Item], _P], _R]], BatchedTask[_Item, _P, _R]]:
+    """Declare a batched task with a typed ``kiq(item)``.
+
+    The same as ``@broker.task(batch=True, batch_size=..., batch_timeout=...)``,
+    but type checkers see that ``kiq`` takes one item, not a list.
+
+    :param broker: a broker with ``BatchingMiddleware``.
+    :param batch_size: flush a buffer at this many messages (default 100
+        when only ``batch_timeout`` is given).
+    :param batch_timeout: flush a buffer this many seconds after its first
+        message (default: never, size-only batching).
+    :param batch_isolate: when a batch raises, find and fail only the
+        failing items by re-running halves of it (extra calls).
+    :param batch_concurrency: batch calls of this task that may run at once
+        in one worker process (default 1).
+    :param batch_key: items with different keys never share a batch: a
+        function of the item, or the name of one of its fields.
+    :param batch_max_keys: open keys (buffers) per worker process; a new
+        key past it flushes the oldest (default: no bound but the task's).
+    :param batch_key_concurrency: batch calls of one key at once.
+    :param batch_cost: an item's cost (a function of the item, or a field).
+    :param batch_max_cost: a batch's cost budget: a buffer flushes before
+        an item would exceed it; an item over it alone runs alone.
+    :param batch_min_size: a timer does not flush a buffer smaller than
+        this before ``batch_max_wait``...
+    :param batch_max_wait: ...seconds (>= ``batch_timeout``) after its first
+        message.
+    :param batch_where: items for which it is false are finished without
+        running (result ``None``, labelled ``batch_filtered``).
+    :param task_name: the task's name (default: module and function name).
+    :param labels: other taskiq labels (``timeout``, ``ack_type``, ...).
+    :raises MiddlewareMissingError: when the broker has no BatchingMiddleware.
+    :return: a decorator.
+    """
+    if batcher_of(broker) is None:
+        raise MiddlewareMissingError(
+            f"batched task {task_name or '<unnamed>'!r}: {type(broker).__name__} "
+            "has no BatchingMiddleware: create the broker with "
+            "`.with_middlewares(BatchingMiddleware())` first.",
+        )
+    labels[BATCH_LABEL] = True
+    given = {
+        BATCH_SIZE_LABEL: batch_size,
+        BATCH_TIMEOUT_LABEL: batch_timeout,
+        BATCH_ISOLATE_LABEL: batch_isolate or None,
+        BATCH_CONCURRENCY_LABEL: batch_concurrency,
+        BATCH_KEY_LABEL: batch_key,
+        BATCH_MAX_KEYS_LABEL: batch_max_keys,
+        BATCH_KEY_CONCURRENCY_LABEL: batch_key_concurrency,
+        BATCH_COST_LABEL: batch_cost,
+        BATCH_MAX_COST_LABEL: batch_max_cost,
+        BATCH_MIN_SIZE_LABEL: batch_min_size,
+        BATCH_MAX_WAIT_LABEL: batch_max_wait,
+        BATCH_WHERE_LABEL: batch_where,
+    }
+    labels.update({name: value for name, value in given.items() if value is not None})
+
+    def decorate(
+        func: Callable[Concatenate[list[_Item], _P], _R],
+    ) -> BatchedTask[_Item, _P, _R]:
+        return BatchedTask(broker.task(task_name, **labels)(func))
+
+    return decorate
