@@ -4,6 +4,7 @@ Send one item per message; the worker runs the task once per batch.
 """
 
 from taskiq_batching.core.events import BatchObserver, BatchReport
+from taskiq_batching.core.statistics import TaskStatistics
 from taskiq_batching.errors import (
     BatchConfigError,
     BatchingError,
@@ -13,7 +14,15 @@ from taskiq_batching.errors import (
     MiddlewareMissingError,
 )
 from taskiq_batching.info import BatchInfo
+from taskiq_batching.mapping import (
+    AnyFailed,
+    CountExceeded,
+    KillSwitch,
+    NotSent,
+    RateExceeded,
+)
 from taskiq_batching.middleware import BatchingMiddleware
+from taskiq_batching.producer import deadline
 from taskiq_batching.results import PerItem, per_item
 from taskiq_batching.settings import (
     DEFAULT_BATCH_CONCURRENCY,
@@ -28,6 +37,7 @@ from taskiq_batching.typed import BatchedTask, batch_task
 __all__ = [
     "DEFAULT_BATCH_CONCURRENCY",
     "DEFAULT_BATCH_SIZE",
+    "AnyFailed",
     "BatchConfigError",
     "BatchInfo",
     "BatchItemError",
@@ -40,10 +50,16 @@ __all__ = [
     "BatchingDecoratedTask",
     "BatchingError",
     "BatchingMiddleware",
+    "CountExceeded",
     "FlushReason",
+    "KillSwitch",
     "MiddlewareMissingError",
+    "NotSent",
     "PerItem",
+    "RateExceeded",
+    "TaskStatistics",
     "batch_task",
+    "deadline",
     "parse_settings",
     "per_item",
 ]

@@ -13,6 +13,9 @@ the message model's own settings. ``tests/unit/test_producer.py`` checks
 that the bytes equal ``formatter.dumps`` of what ``kiq`` builds.
 """
 
+import datetime
+import math
+import time
 import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -36,6 +39,7 @@ from taskiq_batching._compat import (
     prepare_arg,
     prepare_message,
 )
+from taskiq_batching.errors import BatchConfigError
 from taskiq_batching.transports import Transport, transport_for
 
 #: Turns prepared arguments into what ``TaskiqMessage.model_dump(mode="json")``
@@ -157,3 +161,29 @@ def _encode(
         for task_id, payload in zip(task_ids, payloads, strict=True)
     ]
     return task_ids, encoded
+
+
+def deadline(within: float | datetime.timedelta | datetime.datetime) -> float:
+    """A ``batch_deadline`` label: the time by which a message's batch should start.
+
+    >>> await task.kicker().with_labels(batch_deadline=deadline(5)).kiq(item)
+
+    :param within: seconds from now (or a timedelta), or an aware datetime.
+    :raises BatchConfigError: for a naive datetime or a non-finite duration.
+    :return: the deadline as a UNIX time in seconds.
+    """
+    if isinstance(within, datetime.datetime):
+        if within.tzinfo is None:
+            raise BatchConfigError(
+                f"deadline: a datetime needs a time zone (aware), got {within!r}."
+            )
+        return within.timestamp()
+    if isinstance(within, datetime.timedelta):
+        within = within.total_seconds()
+    if isinstance(within, bool) or not isinstance(within, (int, float)):
+        raise BatchConfigError(
+            f"deadline: give seconds, a timedelta or an aware datetime, got {within!r}."
+        )
+    if not math.isfinite(within):
+        raise BatchConfigError(f"deadline: seconds must be finite, got {within!r}.")
+    return time.time() + within

@@ -123,6 +123,8 @@ class Buffer:
     :param cost: the sum of its items' ``batch_cost``.
     :param deadline: event-loop time by which it must start (its earliest
         item's ``batch_deadline``), or None.
+    :param overdue: its ``batch_timeout`` passed while it held fewer than
+        ``batch_min_size`` messages.
     """
 
     task_name: str
@@ -136,6 +138,7 @@ class Buffer:
     cost: float = 0.0
     deadline: float | None = None
     deadline_timer: asyncio.TimerHandle | None = None
+    overdue: bool = False
 
     def close(self) -> None:
         """Stop its timers: it is being flushed."""

@@ -98,6 +98,7 @@ class FlushRules:
             loop = self.batcher.bind_loop()
             until = buffer.opened_at + settings.max_wait - loop.time()
             if until > 0:
+                buffer.overdue = True  # flushed as soon as it reaches min_size
                 buffer.timer = loop.call_later(
                     until, self.batcher.flush, key, FlushReason.TIMEOUT
                 )
@@ -129,6 +130,9 @@ class FlushRules:
             self.batcher.flush(key, FlushReason.SIZE)
             return
         if placement is not None and self._placed(spec, buffer, placement):
+            return
+        if buffer.overdue and len(buffer.items) >= (spec.settings.min_size or 0):
+            self.batcher.flush(key, FlushReason.TIMEOUT)
             return
         if self.closing or self.eager:
             self._linger()
