@@ -1,0 +1,246 @@
+"""Batch policies (keys, cost, minimum size, concurrency, filters...) on every path.
+
+Each batch function returns, for each item, what its batch was: the
+flush reason and the items, so a test reads the batches from the results.
+Waits are on results and on the batcher's own state, never on sleeps.
+"""
+
+import asyncio
+import datetime
+import logging
+from typing import Any
+
+import pytest
+from taskiq import AsyncTaskiqTask, TaskiqDepends
+
+from taskiq_batching import BatchInfo, PerItem, batch_task, deadline, per_item
+from tests.behaviour.paths import Path, running
+
+pytestmark = pytest.mark.timeout(30)
+
+#: A batch as its items see it: [flush reason, items] (JSON keeps no tuples).
+Batch = list[Any]
+
+
+def batches_of(items: list[Any], batch: BatchInfo) -> PerItem[Batch]:
+    """Every item learns its batch: (flush reason, items)."""
+    shape = [batch.flush_reason.value, items]
+    return per_item([shape] * len(items))
+
+
+async def outcome(task: AsyncTaskiqTask[Any]) -> Any:
+    result = await task.wait_result(timeout=20)
+    assert not result.is_err, result.error
+    return result.return_value
+
+
+async def settled(path: Path, count: int, task_name: str) -> None:
+    """Wait until ``count`` messages of the task wait in its buffers."""
+    await asyncio.wait_for(path.batching.wait_buffered(count, task_name), 20)
+
+
+async def test_items_with_different_keys_never_share_a_batch(path: Path) -> None:
+    @batch_task(path.broker, task_name="keyed", batch_size=2, batch_key="tenant")
+    async def keyed(
+        items: list[dict[str, Any]], batch: BatchInfo = TaskiqDepends()
+    ) -> PerItem[Batch]:
+        return batches_of(items, batch)
+
+    sent = [{"tenant": t, "n": n} for n, t in enumerate("abab")]
+    async with running(path):
+        tasks = [await keyed.kiq(item) for item in sent]
+        shapes = [await outcome(task) for task in tasks]
+    for item, (reason, items) in zip(sent, shapes, strict=True):
+        assert reason == "size"
+        assert {i["tenant"] for i in items} == {item["tenant"]}
+    assert path.batching.statistics()["keyed"].flushes == {"size": 2}
+
+
+async def test_a_new_key_past_max_keys_flushes_the_oldest(path: Path) -> None:
+    @batch_task(
+        path.broker,
+        task_name="bounded",
+        batch_size=10,
+        batch_key=lambda item: item % 10,
+        batch_max_keys=2,
+    )
+    async def bounded(items: list[int], batch: BatchInfo = TaskiqDepends()) -> Any:
+        return batches_of(items, batch)
+
+    async with running(path):
+        first = [await bounded.kiq(n) for n in (1, 11, 2)]
+        await settled(path, 3, "bounded")  # keys 1 (1, 11) and 2 (2) open
+        third = await bounded.kiq(3)
+        assert await outcome(first[0]) == ["keys", [1, 11]]
+        await settled(path, 2, "bounded")
+        path.batching.flush()
+        assert await outcome(first[2]) == ["manual", [2]]
+        assert await outcome(third) == ["manual", [3]]
+
+
+async def test_a_cost_budget_splits_batches_and_an_oversized_item_runs_alone(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    @batch_task(
+        path.broker,
+        task_name="costly",
+        batch_size=100,
+        batch_cost=lambda item: item,
+        batch_max_cost=10,
+    )
+    async def costly(items: list[int], batch: BatchInfo = TaskiqDepends()) -> Any:
+        return batches_of(items, batch)
+
+    caplog.set_level(logging.WARNING, "taskiq_batching")
+    async with running(path):
+        tasks = [await costly.kiq(n) for n in (4, 4, 3, 15, 6)]
+        assert await outcome(tasks[0]) == ["cost", [4, 4]]  # 3 more would be 11
+        assert await outcome(tasks[3]) == ["cost", [15]]  # alone
+        assert await outcome(tasks[2]) == ["cost", [3]]  # flushed before 15
+        await settled(path, 1, "costly")
+        path.batching.flush()
+        assert await outcome(tasks[4]) == ["manual", [6]]
+    assert "costs 15" in caplog.text
+    assert "runs alone" in caplog.text
+
+
+async def test_a_timer_does_not_flush_below_min_size_until_max_wait(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    @batch_task(
+        path.broker,
+        task_name="patient",
+        batch_size=10,
+        batch_timeout=0.05,
+        batch_min_size=3,
+        batch_max_wait=datetime.timedelta(seconds=60),
+    )
+    async def patient(items: list[int], batch: BatchInfo = TaskiqDepends()) -> Any:
+        return batches_of(items, batch)
+
+    batcher = path.batching.batcher
+    assert batcher is not None
+    fired = asyncio.Event()
+    timer = batcher.rules._timer
+
+    def timer_fired(key: Any) -> None:
+        timer(key)
+        fired.set()
+
+    monkeypatch.setattr(batcher.rules, "_timer", timer_fired)
+    async with running(path):
+        tasks = [await patient.kiq(n) for n in (1, 2)]
+        # Its batch_timeout passes; the timer holds it back.
+        await asyncio.wait_for(fired.wait(), 20)
+        await settled(path, 2, "patient")
+        assert [buffer.overdue for buffer in batcher.buffers.values()] == [True]
+        tasks.append(await patient.kiq(3))  # reaches min_size: due at once
+        assert [await outcome(task) for task in tasks] == [["timeout", [1, 2, 3]]] * 3
+
+
+async def test_max_wait_flushes_a_buffer_below_min_size(path: Path) -> None:
+    @batch_task(
+        path.broker,
+        task_name="bounded_wait",
+        batch_size=10,
+        batch_timeout=0.02,
+        batch_min_size=5,
+        batch_max_wait=0.2,
+    )
+    async def bounded_wait(items: list[int], batch: BatchInfo = TaskiqDepends()) -> Any:
+        return batches_of(items, batch)
+
+    async with running(path):
+        task = await bounded_wait.kiq(1)
+        assert await outcome(task) == ["timeout", [1]]
+    stats = path.batching.statistics()["bounded_wait"]
+    assert stats.wait_p50 >= 0.2
+
+
+async def test_batches_of_one_key_never_overlap(path: Path) -> None:
+    running_keys: dict[str, int] = {}
+    started = {"a": asyncio.Event(), "b": asyncio.Event()}
+    overlap: list[str] = []
+
+    @batch_task(
+        path.broker,
+        task_name="serial_keys",
+        batch_size=1,
+        batch_concurrency=4,
+        batch_key=lambda item: item[0],
+        batch_key_concurrency=1,
+    )
+    async def serial_keys(items: list[str]) -> int:
+        key = items[0][0]
+        running_keys[key] = running_keys.get(key, 0) + 1
+        if running_keys[key] > 1:
+            overlap.append(key)
+        started[key].set()
+        # Each key's first batch waits for the other key's: batches of
+        # different keys do run at once.
+        await asyncio.wait_for(started["b" if key == "a" else "a"].wait(), 20)
+        running_keys[key] -= 1
+        return 1
+
+    async with running(path):
+        tasks = [await serial_keys.kiq(item) for item in ("a1", "a2", "b1", "b2")]
+        for task in tasks:
+            assert await outcome(task) == 1
+    assert overlap == []
+
+
+async def test_items_failing_where_are_finished_without_running(path: Path) -> None:
+    ran: list[int] = []
+
+    @batch_task(
+        path.broker, task_name="even", batch_size=2, batch_where=lambda n: n % 2 == 0
+    )
+    async def even(items: list[int]) -> int:
+        ran.extend(items)
+        return len(items)
+
+    async with running(path):
+        tasks = [await even.kiq(n) for n in (1, 2, 3, 4)]
+        results = [await task.wait_result(timeout=20) for task in tasks]
+    assert ran == [2, 4]
+    assert [r.return_value for r in results] == [None, 2, None, 2]
+    assert [r.labels.get("batch_filtered") for r in results] == [True, None, True, None]
+    assert all(not r.is_err for r in results)
+
+
+async def test_a_deadline_flushes_its_buffer_early(path: Path) -> None:
+    @batch_task(path.broker, task_name="urgent", batch_size=100, batch_timeout=60)
+    async def urgent(items: list[int], batch: BatchInfo = TaskiqDepends()) -> Any:
+        return batches_of(items, batch)
+
+    async with running(path):
+        calm = await urgent.kiq(1)
+        await settled(path, 1, "urgent")
+        soon = urgent.kicker().with_labels(batch_deadline=deadline(0.3))
+        hurried = await soon.kiq(2)
+        assert await outcome(calm) == ["deadline", [1, 2]]
+        assert await outcome(hurried) == ["deadline", [1, 2]]
+        late = urgent.kicker().with_labels(batch_deadline=deadline(-1))
+        assert await outcome(await late.kiq(3)) == ["deadline", [3]]
+
+
+async def test_statistics_count_batches_items_and_reasons(path: Path) -> None:
+    @batch_task(path.broker, task_name="counted", batch_size=3, batch_timeout=60)
+    async def counted(items: list[int]) -> int:
+        return len(items)
+
+    async with running(path):
+        tasks = [await counted.kiq(n) for n in range(7)]
+        for task in tasks[:6]:
+            assert await outcome(task) == 3
+        await settled(path, 1, "counted")
+        stats = path.batching.statistics()["counted"]
+        assert (stats.batches, stats.items, stats.waiting) == (2, 6, 1)
+        path.batching.flush()
+        assert await outcome(tasks[6]) == 1
+    stats = path.batching.statistics()["counted"]
+    assert stats.flushes == {"size": 2, "manual": 1}
+    assert (stats.batches, stats.items, stats.failed) == (3, 7, 0)
+    assert stats.average_size == pytest.approx(7 / 3)
+    assert stats.fill_ratio == pytest.approx(7 / 9)
+    assert 0 <= stats.wait_p50 <= stats.wait_p99
