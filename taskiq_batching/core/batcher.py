@@ -16,14 +16,14 @@ says whether one more fits; ``admit`` waits for room.
 
 import asyncio
 import logging
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from typing import Any
 
 from taskiq import AsyncBroker
 
 from taskiq_batching.core.buffer import Buffer, Held
-from taskiq_batching.core.events import BatchReport, Observers
+from taskiq_batching.core.events import Observers
 from taskiq_batching.core.flush import FlushRules
 from taskiq_batching.core.keys import batch_key
 from taskiq_batching.core.policies import place
@@ -32,8 +32,8 @@ from taskiq_batching.core.run import (
     Outcome,
     RunOptions,
     SpanMaker,
-    run_batch,
 )
+from taskiq_batching.core.running import Runner
 from taskiq_batching.settings import BATCH_DEADLINE_LABEL, FlushReason
 
 logger = logging.getLogger("taskiq_batching")
@@ -79,14 +79,8 @@ class Batcher:
         self.waiting: defaultdict[str, int] = defaultdict(int)
         #: Open buffers, by task.
         self.open_keys: defaultdict[str, int] = defaultdict(int)
-        #: Running batches by buffer key (``batch_key_concurrency``).
-        self.running_keys: defaultdict[_Key, int] = defaultdict(int)
-        self.running: defaultdict[str, int] = defaultdict(int)
-        self._ready: deque[tuple[Buffer, FlushReason]] = deque()
-        #: Running batches and their buffers.
-        self._running: dict[asyncio.Task[None], Buffer] = {}
-        #: Other work a stop waits for (messages finished on their own).
-        self._side: set[asyncio.Task[None]] = set()
+        #: Starts flushed batches as the concurrency limits allow.
+        self.runner = Runner(self)
         self._waiters: list[asyncio.Future[None]] = []
         self._admitting = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -204,8 +198,7 @@ class Batcher:
         self.open_keys[key[0]] -= 1
         if self.observers:
             self.observers.flushed(key[0], reason, len(buffer.items))
-        self._ready.append((buffer, reason))
-        self._dispatch()
+        self.runner.queue(buffer, reason)
 
     def flush_all(self, reason: FlushReason, task_name: str | None = None) -> int:
         """Flush every buffer (of one task, or of all).
@@ -240,111 +233,17 @@ class Batcher:
 
     # --- running -------------------------------------------------------------
 
-    def _dispatch(self) -> None:
-        """Start ready batches while the concurrency limits allow, oldest first."""
-        skipped: deque[tuple[Buffer, FlushReason]] = deque()
-        while self._ready and len(self._running) < self.max_concurrent_batches:
-            buffer, reason = self._ready.popleft()
-            name = buffer.task_name
-            settings = self.specs[name].settings
-            per_key = settings.key_concurrency
-            if self.running[name] >= settings.concurrency or (
-                per_key is not None and self.running_keys[(name, buffer.key)] >= per_key
-            ):
-                skipped.append((buffer, reason))
-                continue
-            self.running[name] += 1
-            if per_key is not None:
-                self.running_keys[(name, buffer.key)] += 1
-            spec = self.specs[name]
-            task = self.bind_loop().create_task(self._run(spec, buffer, reason))
-            self._running[task] = buffer
-            task.add_done_callback(self._ran)
-        skipped.extend(self._ready)
-        self._ready = skipped
-
-    def _ran(self, task: "asyncio.Task[None]") -> None:
-        buffer = self._running.pop(task, None)
-        if buffer is not None:
-            name = buffer.task_name
-            self.running[name] -= 1
-            if self.specs[name].settings.key_concurrency is not None:
-                key = (name, buffer.key)
-                self.running_keys[key] -= 1
-                if not self.running_keys[key]:
-                    del self.running_keys[key]
-        self._dispatch()
-        self._notify()
-
-    async def _run(self, spec: BatchSpec, buffer: Buffer, reason: FlushReason) -> None:
-        loop = asyncio.get_running_loop()
-        logger.info(
-            "Executing batch of %d of %s (%s)",
-            len(buffer.items),
-            spec.task_name,
-            reason.value,
-        )
-        started = loop.time()
-        waited = started - buffer.opened_at
-        try:
-            if self.span is None:
-                outcomes = await run_batch(
-                    self.broker, spec, buffer, reason, self.options
-                )
-            else:
-                with self.span(spec.task_name, buffer, reason, waited) as span:
-                    outcomes = await run_batch(
-                        self.broker, spec, buffer, reason, self.options
-                    )
-                    span.outcomes(outcomes)
-        except asyncio.CancelledError:
-            if self.observers:
-                self._report(spec, buffer, reason, waited, loop.time() - started)
-            raise
-        ran = loop.time() - started
-        if self.observers:
-            failed = sum(1 for outcome in outcomes if outcome.error is not None)
-            self._report(spec, buffer, reason, waited, ran, failed)
-        if self.finisher is not None:
-            batch = list(zip(buffer.items, outcomes, strict=True))
-            await self.finisher(spec, batch, ran)
-
-    def _report(
-        self,
-        spec: BatchSpec,
-        buffer: Buffer,
-        reason: FlushReason,
-        waited: float,
-        ran: float,
-        failed: int | None = None,
-    ) -> None:
-        """Tell observers a batch ran (``failed`` None: it was cut off)."""
-        self.observers.finished(
-            BatchReport(
-                task_name=spec.task_name,
-                size=len(buffer.items),
-                batch_size=spec.settings.batch_size,
-                reason=reason,
-                waited=waited,
-                seconds=ran,
-                failed=0 if failed is None else failed,
-                calls=buffer.calls,
-                cut=failed is None,
-            ),
-        )
+    @property
+    def running(self) -> "defaultdict[str, int]":
+        """Batches running now, by task."""
+        return self.runner.running
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run work in the background; a stop (``drain``) waits for it.
 
         :param work: a coroutine.
         """
-        task = self.bind_loop().create_task(work)
-        self._side.add(task)
-        task.add_done_callback(self._side_done)
-
-    def _side_done(self, task: "asyncio.Task[None]") -> None:
-        self._side.discard(task)
-        self._notify()
+        self.runner.spawn(work)
 
     # --- stopping ------------------------------------------------------------
 
@@ -361,13 +260,7 @@ class Batcher:
         """
         loop = self.bind_loop()
         self.rules.closing = True
-        while (
-            self.buffers
-            or self._ready
-            or self._running
-            or self._side
-            or self._admitting
-        ):
+        while self.buffers or self.runner.busy or self._admitting:
             self.flush_all(FlushReason.SHUTDOWN)
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
@@ -377,17 +270,12 @@ class Batcher:
 
     def _cut(self) -> list[Held]:
         cut = [held for buffer in self.buffers.values() for held in buffer.items]
-        cut += [held for buffer, _ in self._ready for held in buffer.items]
-        cut += [held for buffer in self._running.values() for held in buffer.items]
         for buffer in self.buffers.values():
             buffer.close()
         self.buffers.clear()
         self.waiting.clear()
         self.open_keys.clear()
-        self._ready.clear()
-        for task in self._running:
-            task.cancel()
-        return cut
+        return cut + self.runner.cut()
 
     def reopen(self) -> None:
         """Leave shutdown mode: a broker started again batches as before."""
@@ -406,7 +294,7 @@ class Batcher:
             return loop
         first, self._loop = self._loop is None, loop
         if not first:
-            if self.buffers or self._running:
+            if self.buffers or self.runner.tasks:
                 logger.warning(
                     "taskiq_batching: %d buffered message(s) of an earlier event "
                     "loop were dropped",
@@ -415,13 +303,10 @@ class Batcher:
             self.buffers.clear()
             self.waiting.clear()
             self.open_keys.clear()
-            self.running_keys.clear()
-            self._ready.clear()
-            self._running.clear()
+            self.runner.reset()
             self.rules.reset()
             self._waiters.clear()
             self.held.clear()
-            self.running.clear()
         return loop
 
     async def changed(self) -> None:
@@ -432,6 +317,10 @@ class Batcher:
         future = self.bind_loop().create_future()
         self._waiters.append(future)
         return future
+
+    def notify(self) -> None:
+        """Wake whoever waits for a change (``changed``, ``admit``, ``drain``)."""
+        self._notify()
 
     def _notify(self) -> None:
         waiters, self._waiters = self._waiters, []
