@@ -13,7 +13,14 @@ from typing import Any
 import pytest
 from taskiq import AsyncTaskiqTask, TaskiqDepends
 
-from taskiq_batching import BatchInfo, PerItem, batch_task, deadline, per_item
+from taskiq_batching import (
+    BatchInfo,
+    BatchItemError,
+    PerItem,
+    batch_task,
+    deadline,
+    per_item,
+)
 from tests.behaviour.paths import Path, running
 
 pytestmark = pytest.mark.timeout(30)
@@ -244,3 +251,32 @@ async def test_statistics_count_batches_items_and_reasons(path: Path) -> None:
     assert stats.average_size == pytest.approx(7 / 3)
     assert stats.fill_ratio == pytest.approx(7 / 9)
     assert 0 <= stats.wait_p50 <= stats.wait_p99
+
+
+async def test_a_policy_function_failing_on_an_item_fails_only_that_message(
+    path: Path,
+) -> None:
+    def weight(item: int) -> float:
+        if item == 2:
+            raise KeyError("weight")
+        return -1.0 if item == 3 else 1.0
+
+    @batch_task(
+        path.broker,
+        task_name="weighed",
+        batch_size=2,
+        batch_cost=weight,
+        batch_max_cost=10,
+    )
+    async def weighed(items: list[int]) -> int:
+        return len(items)
+
+    async with running(path):
+        tasks = [await weighed.kiq(n) for n in (1, 2, 3, 4)]
+        results = [await task.wait_result(timeout=20) for task in tasks]
+    assert [r.is_err for r in results] == [False, True, True, False]
+    assert [r.return_value for r in results if not r.is_err] == [2, 2]
+    assert isinstance(results[1].error, BatchItemError)
+    assert "batch_cost failed on its item: KeyError" in str(results[1].error)
+    assert isinstance(results[2].error, BatchItemError)
+    assert "a cost is a finite number >= 0" in str(results[2].error)

@@ -524,3 +524,112 @@ def test_finding_the_middleware_of_a_broker() -> None:
     assert BatchingMiddleware.of(broker) is broker.middlewares[0]
     with pytest.raises(MiddlewareMissingError, match="InMemoryBroker has no"):
         BatchingMiddleware.of(InMemoryBroker())
+
+
+# --- batch policies ---------------------------------------------------------------
+
+
+BASE: dict[str, Any] = {"batch": True, "batch_size": 10, "batch_timeout": 1}
+
+
+@pytest.mark.parametrize(
+    ("extra", "names"),
+    [
+        ({"batch_key": 3}, ["batch_key", "3", "function of the item"]),
+        ({"batch_key": ""}, ["batch_key", "''", "name of one of its fields"]),
+        ({"batch_max_keys": 0}, ["batch_max_keys", "0", "int >= 1"]),
+        ({"batch_max_keys": 2.5}, ["batch_max_keys", "2.5", "int >= 1"]),
+        (
+            {"batch_key_concurrency": 2},
+            ["batch_key_concurrency", "2", "needs batch_key"],
+        ),
+        ({"batch_cost": "w"}, ["batch_cost", "'w'", "needs batch_max_cost"]),
+        ({"batch_max_cost": 5}, ["batch_max_cost", "5", "needs batch_cost"]),
+        (
+            {"batch_cost": "w", "batch_max_cost": -1},
+            ["batch_max_cost", "-1", "number > 0"],
+        ),
+        (
+            {"batch_cost": "w", "batch_max_cost": math.inf},
+            ["batch_max_cost", "inf", "finite number > 0"],
+        ),
+        ({"batch_min_size": 3}, ["batch_min_size", "3", "needs batch_max_wait"]),
+        ({"batch_max_wait": 3}, ["batch_max_wait", "3", "only used with"]),
+        (
+            {"batch_min_size": 11, "batch_max_wait": 5},
+            ["batch_min_size", "11", "<= batch_size=10"],
+        ),
+        (
+            {"batch_min_size": 2, "batch_max_wait": 0.5},
+            ["batch_max_wait", "0.5", ">= it"],
+        ),
+        (
+            {"batch_min_size": 0, "batch_max_wait": 5},
+            ["batch_min_size", "0", "int >= 1"],
+        ),
+        ({"batch_where": True}, ["batch_where", "True", "function of the item"]),
+        ({"batch_deadline": 5.0}, ["batch_deadline", "label of one message"]),
+    ],
+)
+def test_invalid_policies_are_refused_at_declaration(
+    extra: dict[str, Any], names: list[str]
+) -> None:
+    with pytest.raises(BatchConfigError) as info:
+        parse_settings("my_task", {**BASE, **extra})
+    message = str(info.value)
+    assert "'my_task'" in message
+    for name in names:
+        assert name in message, message
+
+
+def test_policies_accept_functions_fields_and_timedeltas() -> None:
+    settings = parse_settings(
+        "t",
+        {
+            **BASE,
+            "batch_key": "tenant",
+            "batch_max_keys": 3,
+            "batch_key_concurrency": 1,
+            "batch_cost": len,
+            "batch_max_cost": 100,
+            "batch_min_size": 4,
+            "batch_max_wait": datetime.timedelta(milliseconds=1500),
+            "batch_where": bool,
+        },
+    )
+    assert settings.key is not None
+    assert settings.key({"tenant": "a"}) == "a"
+    assert settings.key(type("Row", (), {"tenant": "b"})()) == "b"
+    assert settings.cost is len
+    assert (settings.max_keys, settings.key_concurrency) == (3, 1)
+    assert (settings.max_cost, settings.min_size, settings.max_wait) == (100, 4, 1.5)
+    assert settings.where is bool
+
+
+def test_batch_task_takes_every_policy_as_a_typed_argument() -> None:
+    broker = InMemoryBroker().with_middlewares(BatchingMiddleware())
+
+    @batch_task(
+        broker,
+        task_name="typed",
+        batch_size=10,
+        batch_timeout=datetime.timedelta(seconds=1),
+        batch_key="tenant",
+        batch_max_keys=5,
+        batch_key_concurrency=2,
+        batch_cost="weight",
+        batch_max_cost=50.0,
+        batch_min_size=2,
+        batch_max_wait=datetime.timedelta(seconds=3),
+        batch_where=lambda row: row["weight"] > 0,
+    )
+    async def typed(rows: list[dict[str, Any]]) -> None: ...
+
+    spec = BatchingMiddleware.of(broker).batcher.specs["typed"]  # type: ignore[union-attr]
+    assert spec.settings.max_wait == 3.0
+    assert spec.settings.max_keys == 5
+    declare = batch_task(broker, task_name="bad", batch_size=1, batch_cost="w")
+    with pytest.raises(BatchConfigError, match="batch_max_cost"):
+
+        @declare
+        async def bad(rows: list[int]) -> None: ...
