@@ -9,6 +9,7 @@ import pytest
 from redis.asyncio import Redis
 from taskiq.kicker import AsyncKicker
 
+from taskiq_batching import deadline
 from tests.integration.worker_app import make_broker
 from tests.integration.workers import Worker, eventually
 
@@ -150,3 +151,30 @@ async def test_plain_tasks_and_bad_entries_share_the_queue_with_batches(
 
 async def _is_zero(value: Awaitable[int]) -> bool:
     return await value == 0
+
+
+async def test_batch_policies_on_a_real_worker(
+    redis_url: str, queue: str, start_worker: Callable[..., Worker]
+) -> None:
+    producer = make_broker(redis_url, "stream", queue, "json")
+    await producer.startup()
+    worker = start_worker("stream", "json", batch_size=100, batch_timeout=30)
+    policed: AsyncKicker[Any, Any] = AsyncKicker("policed", producer, {})
+    keyed = [await policed.kiq(n) for n in range(8)]  # two keys, two full batches
+    filtered = await policed.kiq(-1)
+    alone = await policed.kiq(100)  # its cost alone exceeds the budget
+    urgent = await policed.with_labels(batch_deadline=deadline(0)).kiq(11)
+    shapes = [
+        (await task.wait_result(timeout=60, check_interval=0.05)).return_value
+        for task in keyed
+    ]
+    assert shapes == [["size", [0, 2, 4, 6]], ["size", [1, 3, 5, 7]]] * 4
+    result = await filtered.wait_result(timeout=60, check_interval=0.05)
+    assert (result.return_value, result.labels.get("batch_filtered")) == (None, True)
+    result = await alone.wait_result(timeout=60, check_interval=0.05)
+    assert result.return_value == ["cost", [100]]
+    result = await urgent.wait_result(timeout=60, check_interval=0.05)
+    assert result.return_value == ["deadline", [11]]
+    assert worker.stop(timeout=15) < 15
+    assert worker.process.returncode == 0, worker.output()
+    await producer.shutdown()

@@ -90,3 +90,19 @@ async def collect(items: list[int], info: BatchInfo = TaskiqDepends()) -> list[i
 async def echo(value: int) -> int:
     """A plain task on the same queue as the batched one."""
     return value
+
+
+@broker.task(
+    task_name="policed",
+    batch=True,
+    batch_size=4,
+    batch_timeout=30,
+    batch_key=lambda item: item % 2,
+    batch_max_keys=2,
+    batch_cost=lambda item: 5 if item == 100 else 1,
+    batch_max_cost=4,
+    batch_where=lambda item: item >= 0,
+)
+async def policed(items: list[int], info: BatchInfo = TaskiqDepends()) -> list[Any]:
+    """Batches under every policy a worker process applies."""
+    return [info.flush_reason.value, items]
