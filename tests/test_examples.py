@@ -42,3 +42,49 @@ def test_demo_in_memory() -> None:
 @pytest.mark.timeout(90)
 def test_demo_on_redis(redis_url: str) -> None:
     check_demo_output(run_demo(redis_url))
+
+
+POLICY_OUTPUTS = {
+    "keys": [
+        "keys: 2 row(s) of ['a']",
+        "shutdown: 2 row(s) of ['b']",
+        "shutdown: 1 row(s) of ['c']",
+    ],
+    "cost": [
+        "cost: 2 text(s), 800 tokens",
+        "cost: 1 text(s), 400 tokens",
+        "cost: 1 text(s), 1500 tokens",
+        "shutdown: 1 text(s), 100 tokens",
+    ],
+    "min_size": ["timeout: [1, 2], waited >= 0.3 s: True"],
+    "concurrency": ["most batches at once: 4, per account: 1"],
+    "where": [
+        "indexing ['a', 'b']",
+        "result 2, filtered: False",
+        "result None, filtered: True",
+        "result 2, filtered: False",
+        "result None, filtered: True",
+    ],
+    "deadlines": ["deadline: ['ann', 'bob'], within 1 s: True"],
+    "mapping": ["sent 20, failed [13], not sent 80", "why: 1 item(s) failed"],
+    "statistics": [
+        "batches 3, items 25, flushes {'size': 2, 'shutdown': 1}",
+        "average size 8.3, fill 83%",
+    ],
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", sorted(POLICY_OUTPUTS))
+def test_policy_examples(name: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", f"examples.policies.{name}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines() == POLICY_OUTPUTS[name], done.stdout + done.stderr
+    assert "Task was destroyed" not in done.stderr

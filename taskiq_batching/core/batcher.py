@@ -83,6 +83,8 @@ class Batcher:
         self.runner = Runner(self)
         self._waiters: list[asyncio.Future[None]] = []
         self._admitting = 0
+        #: Messages sent (``InMemoryBroker.kick``) whose admission has not begun.
+        self.incoming = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def configure(self, validate: bool, run: RunOptions | None) -> None:
@@ -128,6 +130,11 @@ class Batcher:
                 await self._next_change()
         finally:
             self._admitting -= 1
+
+    def arrived(self) -> None:
+        """An ``incoming`` message was admitted (or gave up on it)."""
+        self.incoming -= 1
+        self._notify()
 
     def release(self, task_name: str, count: int = 1) -> None:
         """Count admitted messages of a task as finished.
@@ -260,7 +267,7 @@ class Batcher:
         """
         loop = self.bind_loop()
         self.rules.closing = True
-        while self.buffers or self.runner.busy or self._admitting:
+        while self.buffers or self.runner.busy or self._admitting or self.incoming:
             self.flush_all(FlushReason.SHUTDOWN)
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
@@ -303,6 +310,7 @@ class Batcher:
             self.buffers.clear()
             self.waiting.clear()
             self.open_keys.clear()
+            self.incoming = 0
             self.runner.reset()
             self.rules.reset()
             self._waiters.clear()

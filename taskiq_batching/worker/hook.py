@@ -100,7 +100,10 @@ def _attach_in_memory(broker: InMemoryBroker, batcher: Batcher) -> None:
 
     async def send(envelope: Envelope) -> None:
         batcher.rules.eager = bool(broker.await_inplace)
-        await batcher.admit(envelope.task_name)
+        try:
+            await batcher.admit(envelope.task_name)
+        finally:
+            batcher.arrived()
         held = await lifecycle().accept([(envelope, None)], sender_waits=True)
         for one in held:
             if one.waiter is not None:
@@ -112,6 +115,10 @@ def _attach_in_memory(broker: InMemoryBroker, batcher: Batcher) -> None:
         envelope = decode(broker, message)
         if envelope is None or envelope.task_name not in batcher.specs:
             return None
+        # Sent now, run by a task that has not started yet: a shutdown
+        # right after the kiq waits for it (``Batcher.drain``).
+        batcher.bind_loop()  # state of an earlier loop is dropped first
+        batcher.incoming += 1
         return lambda: send(envelope)
 
     route_callback(broker.receiver, route)

@@ -119,3 +119,20 @@ async def test_a_batched_message_reaching_taskiqs_own_callback_fails_clearly() -
     error: Any = (await task.wait_result(timeout=5)).error
     assert isinstance(error, BatchingError)
     assert "taskiq worker" in str(error)
+
+
+async def test_in_memory_shutdown_right_after_kiq_runs_every_batched_message() -> None:
+    broker = InMemoryBroker(max_stored_results=-1).with_middlewares(
+        BatchingMiddleware()
+    )
+    ran: list[int] = []
+
+    @batch_task(broker, task_name="late", batch_size=10, batch_timeout=60)
+    async def late(items: list[int]) -> None:
+        ran.extend(items)
+
+    await broker.startup()
+    for n in range(25):
+        await late.kiq(n)  # each message's task has not started yet
+    await broker.shutdown()
+    assert sorted(ran) == list(range(25))
