@@ -12,10 +12,15 @@ from taskiq.kicker import AsyncKicker
 from typing_extensions import assert_type
 
 from taskiq_batching import (
+    AnyFailed,
     BatchedTask,
     BatchingMiddleware,
+    NotSent,
     PerItem,
+    RateExceeded,
+    TaskStatistics,
     batch_task,
+    deadline,
     per_item,
 )
 
@@ -52,3 +57,33 @@ async def usage() -> None:
     assert_type(await tag.kiq_many(["a"], "t"), list[AsyncTaskiqTask[list[str]]])
     kicker = insert_rows.kicker()
     assert_type(kicker, AsyncKicker[Concatenate[int, []], Coroutine[Any, Any, int]])
+    mapped = await insert_rows.map(range(10), chunk_size=5, kill_switch=AnyFailed())
+    assert_type(mapped, list[TaskiqResult[Any] | NotSent])
+    switch = RateExceeded(0.1, min_count=20)
+    assert_type(
+        await tag.map(["a"], kill_switch=switch, args=("t",)),
+        list[TaskiqResult[Any] | NotSent],
+    )
+    assert_type(deadline(5), float)
+    stats = BatchingMiddleware.of(broker).statistics()
+    assert_type(stats, dict[str, TaskStatistics])
+    assert_type(stats["insert_rows"].wait_p99, float)
+
+
+@batch_task(
+    broker,
+    batch_size=10,
+    batch_timeout=1,
+    batch_key="tenant",
+    batch_max_keys=100,
+    batch_cost=len,
+    batch_max_cost=1000,
+    batch_min_size=2,
+    batch_max_wait=5,
+    batch_where=lambda text: bool(text),
+)
+async def keyed(texts: list[str]) -> None: ...
+
+
+async def keyed_usage() -> None:
+    assert_type(await keyed.kiq("text"), AsyncTaskiqTask[None])
