@@ -1,6 +1,7 @@
 """``BatchingMiddleware``: the one object a user adds to a broker."""
 
 import asyncio
+import datetime
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -163,14 +164,20 @@ class BatchingMiddleware(TaskiqMiddleware):
         return 0 if self.batcher is None else self.batcher.buffered(task_name)
 
     async def wait_buffered(
-        self, count: int, task_name: str | None = None, timeout: float | None = None
+        self,
+        count: int,
+        task_name: str | None = None,
+        timeout: float | datetime.timedelta | None = None,
     ) -> None:
         """Wait until at least ``count`` messages wait in buffers (for tests).
 
         :param count: the number of messages.
         :param task_name: count only this task's messages, when given.
-        :param timeout: give up after this many seconds (``TimeoutError``).
+        :param timeout: give up after this many seconds, or this timedelta
+            (``TimeoutError``).
         """
+        if isinstance(timeout, datetime.timedelta):
+            timeout = timeout.total_seconds()
         if self.batcher is not None:
             await asyncio.wait_for(
                 self.batcher.wait_buffered(count, task_name), timeout
