@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from taskiq import AsyncBroker, Context, TaskiqState
@@ -62,14 +62,14 @@ class BatchSpec:
     settings: BatchSettings
     signature: BatchSignature
     timeout: float | None
+    #: Its messages are filtered, keyed or costed (``policies.py``); read
+    #: per message, so computed once.
+    has_policies: bool = field(init=False)
 
-    @property
-    def has_policies(self) -> bool:
-        """Whether its messages are filtered, keyed or costed (``policies.py``)."""
+    def __post_init__(self) -> None:
         settings = self.settings
-        return not (
-            settings.where is None and settings.key is None and settings.cost is None
-        )
+        policies = (settings.where, settings.key, settings.cost)
+        object.__setattr__(self, "has_policies", any(p is not None for p in policies))
 
 
 class BatchSpanLike(Protocol):
