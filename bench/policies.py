@@ -8,8 +8,9 @@ drains N pre-loaded messages (``{"k": key, "c": cost}`` items, results on,
 policy: the drain rate and the rate per worker CPU-second (medians), their
 ratio to no policy in the same round, and the worker's peak RSS. ``key``
 spreads the messages over 100 keys; ``key-distinct`` gives every message
-its own key (N distinct keys, ``batch_max_keys=1000``): a memory test, its
-batches hold one message each. Needs Redis at ``REDIS_URL``.
+its own key (N distinct keys, ``batch_max_keys=1000``,
+``batch_concurrency=8``): a memory test, its batches hold one message each.
+Needs Redis at ``REDIS_URL``.
 """
 
 import argparse
@@ -75,7 +76,11 @@ async def drain(redis: Redis, url: str, policy: str, count: int) -> dict[str, fl
             cpu.append(worker.cpu_seconds())
 
         timing = await watch_drain(
-            stream_probe(redis, queue), count, 120, worker.alive, on_start=started
+            stream_probe(redis, queue),
+            count,
+            max(120, count / 200),
+            worker.alive,
+            on_start=started,
         )
         used = worker.cpu_seconds() - cpu[0]
         return {

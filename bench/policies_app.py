@@ -18,7 +18,8 @@ POLICY = os.environ.get("TBP_POLICY", "none")
 POLICIES: dict[str, dict[str, Any]] = {
     "none": {},
     "key": {"batch_key": "k"},  # 100 keys
-    "key-distinct": {"batch_key": "k", "batch_max_keys": 1000},  # N keys
+    # N keys: batches of one message, so several run at once.
+    "key-distinct": {"batch_key": "k", "batch_max_keys": 1000, "batch_concurrency": 8},
     "cost": {"batch_cost": "c", "batch_max_cost": 1e9},
     "where": {"batch_where": lambda item: item["c"] >= 0},
     "min_size": {"batch_min_size": 10, "batch_max_wait": 2},
