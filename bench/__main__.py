@@ -24,7 +24,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from bench import report, suite
+from bench import broker_runs, report, suite
 from bench.measure import delete_prefix
 from bench.procs import ROOT
 from bench.workloads import Env
@@ -158,6 +158,7 @@ async def main(args: argparse.Namespace) -> int:
     try:
         results = await suite.run_all(env, opts, pg_ok, seed)
         await suite.run_profile(env, opts, env.out / "profile", results)
+        await broker_runs.run_profiles(env, opts, results)
     finally:
         deleted = await delete_prefix(redis, f"tbbench-{run_id}")
         if deleted:
@@ -188,6 +189,7 @@ async def main(args: argparse.Namespace) -> int:
         "errors": results.errors,
         "skipped": results.skipped,
         "profile": results.profile,
+        "brokers": results.brokers,
     }
     _write(out / f"{run_id}.md", text + "\n")
     _write(out / f"{run_id}.json", json.dumps(raw, indent=1))

@@ -4,8 +4,9 @@
 worker function the CLI runs in its child process (``start_listen``), in
 the main process, so the sampler sees it. On SIGTERM the worker stops
 (the plugin wakes it), and the profile is written to ``OUT_PREFIX.txt``
-(pyinstrument's call tree), ``OUT_PREFIX.html`` and ``OUT_PREFIX.json``
-(self time per function and per package, for ``bench.report``).
+(pyinstrument's call tree), ``OUT_PREFIX.html``, ``OUT_PREFIX.json``
+(self time per function and per package, for ``bench.report``) and
+``OUT_PREFIX.pyisession`` (the samples, for ``bench.profile_owners``).
 """
 
 import json
@@ -96,6 +97,8 @@ def main() -> None:
             profiler.output_text(unicode=False, color=False, show_all=False)
         )
         out.with_suffix(".html").write_text(profiler.output_html())
+        # The whole session too: bench.profile_owners attributes its samples.
+        session.save(str(out.with_suffix(".pyisession")))
         root = session.root_frame()
         if root is not None:
             functions, packages, total = self_times(root)

@@ -262,6 +262,9 @@ def markdown(results: Results, opts: Options, meta: dict[str, Any]) -> str:
             )
             add(f"| {w.name} | {w.what} | {figures} |")
         add("")
+    from bench import broker_report  # imported here: it builds on this module
+
+    out.extend(broker_report.markdown(results))
     lat = [w for w in WORKLOADS if w.phase == "latency" and w.name in results.runs]
     if lat:
         add("### Enqueue-to-result latency (paced producer, stream, results on)")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import cgroups
+from bench import broker_runs, brokers, cgroups
 from bench import workloads as w
 from bench.measure import BenchError
 from bench.workloads import Env, Metrics
@@ -82,6 +82,8 @@ class Results:
     errors: dict[str, list[str]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     profile: dict[str, Any] = field(default_factory=dict)
+    #: Profiles of the batched RabbitMQ and NATS workers, by broker kind.
+    brokers: dict[str, Any] = field(default_factory=dict)
     round: int = 0
 
     def this_round(self, name: str, metric: str) -> float | None:
@@ -241,6 +243,32 @@ WORKLOADS = [
         _drain_workers(2, FAST_SCALE, cpu_cap=True, **B),
         needs=("cgroup",),
     ),
+    # RabbitMQ and NATS JetStream (bench/brokers.py): the four-broker table.
+    Workload(
+        "plain-amqp",
+        "plain taskiq-aio-pika (quorum queue, qos 1000), no-op, results on",
+        broker_runs.drain("amqp", batched=False),
+        needs=("taskiq_aio_pika", "service:amqp"),
+    ),
+    Workload(
+        "batched-amqp",
+        "taskiq_batching batch_size=100, no-op, RabbitMQ (qos 1000), results on",
+        # 2x: pre-loading RabbitMQ is slow (~4,000 msg/s), its drain is not.
+        broker_runs.drain("amqp", batched=True, scale=2),
+        needs=("taskiq_aio_pika", "service:amqp"),
+    ),
+    Workload(
+        "plain-nats",
+        "plain taskiq-nats PullBasedJetStreamBroker (fetch 100), no-op, results on",
+        broker_runs.drain("nats", batched=False),
+        needs=("taskiq_nats", "service:nats"),
+    ),
+    Workload(
+        "batched-nats",
+        "taskiq_batching batch_size=100, no-op, NATS JetStream, results on",
+        broker_runs.drain("nats", batched=True, scale=FAST_SCALE),
+        needs=("taskiq_nats", "service:nats"),
+    ),
     Workload(
         "plain-mset", "plain taskiq, Redis SET per item", _drain("pr", sink="mset")
     ),
@@ -356,6 +384,10 @@ def available(workload: Workload, pg_ok: bool) -> str | None:
                 return "PostgreSQL unreachable"
         elif need == "cgroup":
             reason = cgroups.unavailable()
+            if reason:
+                return reason
+        elif need.startswith("service:"):
+            reason = brokers.unreachable(need.partition(":")[2])
             if reason:
                 return reason
         elif importlib.util.find_spec(need) is None:

@@ -51,7 +51,7 @@ class AppSettings:
 
     redis_url: str
     queue: str
-    broker: str = "stream"  # stream | list
+    broker: str = "stream"  # stream | list | amqp | nats
     batched: bool = False
     sink: str = "noop"  # noop | mset | pg | sleep
     results: bool = True
@@ -223,6 +223,10 @@ def build(settings: AppSettings) -> App:
         broker = RedisStreamBroker(s.redis_url, queue_name=s.queue)
     elif s.broker == "list":
         broker = ListQueueBroker(s.redis_url, queue_name=s.queue)
+    elif s.broker in ("amqp", "nats"):  # RabbitMQ, NATS JetStream
+        from bench.brokers import make_broker
+
+        broker = make_broker(s.broker, s.queue)
     else:
         raise ValueError(f"unknown broker {s.broker!r}")
     if s.results:

@@ -6,6 +6,7 @@ rule is on everywhere but here). Each function says what it relies on;
 ``pyproject.toml`` bounds those versions.
 """
 
+import asyncio
 import functools
 import sys
 from collections.abc import Callable, Coroutine
@@ -197,33 +198,18 @@ def broker_message(
     )
 
 
-def nats_take_buffered(subscription: Any) -> list[Any]:
-    """Take the messages a JetStream pull subscription buffered and no fetch returned.
+def nats_pull_subject(subscription: Any) -> str:
+    """The subject a JetStream pull subscription sends its pull requests to.
 
-    nats-py 2.x delivers a pull request's messages to the subscription's
-    ``_sub._pending_queue`` (an ``asyncio.Queue``, its bytes counted in
-    ``_pending_size``); ``fetch`` returns them from there. Messages that
-    arrive after a fetch ended (cancelled, or timed out as the server sent
-    them) wait there for the next fetch: a stopping worker takes them
-    instead. Status messages (``408 Request Timeout``...) are dropped, as
-    ``fetch`` drops them.
+    nats-py 2.x's ``JetStreamContext.pull_subscribe`` keeps it as
+    ``_nms`` (``$JS.API.CONSUMER.MSG.NEXT.<stream>.<durable>``, under the
+    context's API prefix or domain): the worker sends its own requests
+    there, the durable taskiq-nats created.
 
     :param subscription: a ``JetStreamContext.PullSubscription``.
-    :return: the messages (``nats.aio.msg.Msg``), in order.
+    :return: the subject.
     """
-    sub: Any = getattr(subscription, "_sub", None)
-    queue = getattr(sub, "_pending_queue", None)
-    if sub is None or queue is None:
-        return []
-    taken: list[Any] = []
-    while not queue.empty():
-        message = queue.get_nowait()
-        sub._pending_size -= len(message.data)
-        headers = message.headers
-        if headers and headers.get("Status"):
-            continue
-        taken.append(message)
-    return taken
+    return str(subscription._nms)
 
 
 async def amqp_declare_queues(broker: Any, channel: Any) -> list[tuple[Any, Any]]:
@@ -274,4 +260,30 @@ def amqp_take_deliveries(channel: Any, consumer_tag: str, callback: Any) -> bool
     if not isinstance(consumers, dict) or consumer_tag not in consumers:
         return False
     consumers[consumer_tag] = callback
+    return True
+
+
+def amqp_tap_frames(channel: Any, take: Callable[[Any], bool]) -> bool:
+    """Show ``take`` each frame aiormq hands a channel, before it is queued.
+
+    aiormq 7's connection reader hands a channel its frames with
+    ``await channel.frames.put((weight, frame))`` (``frames`` is an
+    ``asyncio.Queue`` that the channel's reader takes them from). The
+    queue's ``put`` is replaced, on this queue only, by one that queues
+    only the frames ``take`` returns False for. Once per channel.
+
+    :param channel: an aiormq channel.
+    :param take: returns True for a frame it took.
+    :return: whether the channel's frames are now shown to ``take``.
+    """
+    frames = getattr(channel, "frames", None)
+    if not isinstance(frames, asyncio.Queue) or "put" in vars(frames):
+        return False
+    queue_put = frames.put
+
+    async def put(item: tuple[int, Any]) -> None:
+        if not take(item[1]):
+            await queue_put(item)
+
+    frames.put = put  # type: ignore[method-assign]
     return True

@@ -4,23 +4,23 @@ For an ``AioPikaBroker`` whose ``listen()`` is the stock one, the worker
 consumes the same queues itself: the same ``qos`` on the broker's
 ``read_channel``, the same declarations and consumer arguments, every
 queue but the delay queue. aio-pika's ``queue.consume(callback)`` is
-used, so that a robust queue consumes again after a reconnection; its
-first delivery on a channel hands the consumer's next ones to a callback
-aiormq calls directly (no ``IncomingMessage``, one task less each). The
-callback only appends the delivery to a list and sets one event, and
-``read`` takes up to its limit of them at once. A consumer with
-``no_ack`` (the queue's ``consumer_arguments``) gives deliveries without
-acks: they are lost if the worker dies, as with the broker's own listener.
+used, so that a robust queue consumes again after a reconnection. The
+deliveries themselves are taken off the channel's frames as aiormq's
+connection reader hands them over (``amqp_acks.DeliveryTap``): no
+``IncomingMessage``, ``DeliveredMessage`` or task per message. The
+consumer is named and tapped before it starts; after a reconnection, a
+new channel's first delivery comes through aio-pika's callback, which
+taps it. Each delivery is appended to a list (a late one in tag order)
+and one event set; ``read`` takes up to its limit at once. A consumer
+with ``no_ack`` (the queue's ``consumer_arguments``) gives deliveries
+without acks: they are lost if the worker dies, as with the broker's own
+listener.
 
-Acks: on an AMQP channel, ``basic.ack(tag, multiple=True)`` acks every
-unacked delivery up to ``tag``, and acking a tag the server no longer
-holds closes the channel (every unacked delivery goes back to the
-queue). So every ack and nack of a consumed delivery goes through one
-tracker per channel, which knows the channel's unsettled tags in order:
-the longest run of settled tags at its head is settled with one
-``multiple=True`` frame, the others one frame each, in the order they
-were decided (one lock per channel). Deliveries handed to taskiq's
-Receiver get an ack through the tracker too, never aio-pika's own.
+Acks and nacks go through one tracker per channel
+(``amqp_acks.ChannelAcks``): the longest settled run at the head of the
+channel's unsettled tags is settled with one ``multiple=True`` frame,
+the others one frame each. Deliveries handed to taskiq's Receiver get an
+ack through the tracker too, never aio-pika's own.
 
 ``qos`` is a prefetch count with ``global=False``: RabbitMQ applies it to
 each consumer of the channel separately, so each queue may have ``qos``
@@ -35,7 +35,8 @@ last ack frame is waited for before ``close`` returns.
 
 import asyncio
 import logging
-from collections import Counter, deque
+import uuid
+from collections import deque
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -51,7 +52,7 @@ from taskiq_batching._compat import (
 )
 from taskiq_batching.core.run import BatchSpec
 from taskiq_batching.errors import describe
-from taskiq_batching.transports.amqp_acks import ChannelAcks
+from taskiq_batching.transports.amqp_acks import Channels
 from taskiq_batching.transports.base import Delivery, finished_read
 from taskiq_batching.transports.generic import GenericTransport, kick_each
 
@@ -99,11 +100,9 @@ class AmqpTransport:
     def __init__(self, broker: AioPikaBroker) -> None:
         self.broker = broker
         self.prefetch = amqp_prefetch(broker)
-        self._trackers: dict[int, ChannelAcks] = {}
+        self._channels = Channels(self._note)
         self._unread: deque[Delivery] = deque()
         self._arrived = asyncio.Event()
-        #: Deliveries read and not settled, by consumer tag.
-        self._held: Counter[str] = Counter()
         self._consumers: list[tuple[Any, str]] = []
         self._no_ack: set[str] = set()
         self._started = False
@@ -113,7 +112,7 @@ class AmqpTransport:
     @property
     def outstanding(self) -> int:
         """Deliveries read and unsettled, of the consumer that has the most."""
-        return max(self._held.values(), default=0)
+        return max(self._channels.held.values(), default=0)
 
     def check(self, specs: Sequence[BatchSpec]) -> None:
         """Nothing beyond the prefetch warning the worker gives itself."""
@@ -132,30 +131,35 @@ class AmqpTransport:
             if delay is not None and queue.name == delay:
                 continue
             options = dict(arguments or {})
-            tag = await queue.consume(self._on_message, **options)
-            self._consumers.append((queue, tag))
+            # Named first and tapped before it starts: every delivery is tapped.
+            tag = str(options.pop("consumer_tag", None) or f"tb.{uuid.uuid4().hex}")
             if options.get("no_ack"):
                 # The server forgets these once delivered: nothing to ack.
                 self._no_ack.add(tag)
                 self.acknowledges = False
-            underlay = await channel.get_underlay_channel()
-            amqp_take_deliveries(underlay, tag, self._on_delivered)
+            self._tap(await channel.get_underlay_channel(), tag)
+            await queue.consume(self._on_message, consumer_tag=tag, **options)
+            self._consumers.append((queue, tag))
         self._started = True
 
     async def _on_message(self, message: Any) -> None:
-        """aio-pika's consumer callback: the first delivery on a channel.
+        """aio-pika's consumer callback: a delivery on a channel not tapped yet.
 
-        It hands the consumer's next deliveries to ``_on_delivered``
-        (no ``IncomingMessage``, one task less each); a robust queue
-        brings this callback back after a reconnection.
+        The channel's next deliveries are tapped; a robust queue brings
+        this callback back after a reconnection (a new channel).
         """
         channel = message.channel
         consumer = str(message.consumer_tag)
         self._note(channel, int(message.delivery_tag), consumer, message.body)
-        amqp_take_deliveries(channel, consumer, self._on_delivered)
+        self._tap(channel, consumer)
+
+    def _tap(self, channel: Any, consumer: str) -> None:
+        if not self._channels.tap(channel, consumer):
+            # Not aiormq 7's frame queue: its per-delivery callback then.
+            amqp_take_deliveries(channel, consumer, self._on_delivered)
 
     async def _on_delivered(self, message: Any) -> None:
-        """The callback aiormq calls: note the delivery, wake the reader."""
+        """The callback aiormq calls when frames cannot be tapped."""
         delivery = message.delivery
         self._note(
             message.channel,
@@ -168,19 +172,20 @@ class AmqpTransport:
         if consumer in self._no_ack:
             self._unread.append(Delivery(body, None))
             self._arrived.set()
-        elif self._tracker(channel).add(tag, consumer):
-            self._unread.append(Delivery(body, (channel, tag, consumer)))
-            self._arrived.set()
-
-    def _tracker(self, channel: Any) -> ChannelAcks:
-        tracker = self._trackers.get(id(channel))
-        if tracker is None or tracker.channel is not channel:
-            tracker = self._trackers[id(channel)] = ChannelAcks(channel)
-            for key, old in list(self._trackers.items()):
-                if old.channel.is_closed:
-                    del self._trackers[key]
-                    self._unhold(old.forget(list(old.read)))
-        return tracker
+            return
+        tracker = self._channels.tracker(channel)
+        late = tag < tracker.top
+        if not tracker.add(tag, consumer):
+            return  # never twice on one channel
+        delivery = Delivery(body, (channel, tag, consumer))
+        self._arrived.set()
+        if late:  # came the long way (through aio-pika): its place in the list
+            for index, other in enumerate(self._unread):
+                handle = other.handle
+                if handle is not None and handle[0] is channel and handle[1] > tag:
+                    self._unread.insert(index, delivery)
+                    return
+        self._unread.append(delivery)
 
     async def read(self, limit: int) -> list[Delivery]:
         """Up to ``limit`` deliveries received (see ``Transport.read``)."""
@@ -201,17 +206,11 @@ class AmqpTransport:
 
     def _take(self, limit: int) -> list[Delivery]:
         chunk: list[Delivery] = []
-        while self._unread and len(chunk) < limit:
-            delivery = self._unread.popleft()
-            if delivery.handle is None:
+        unread, read = self._unread, self._channels.read
+        while unread and len(chunk) < limit:
+            delivery = unread.popleft()
+            if delivery.handle is None or read(*delivery.handle):
                 chunk.append(delivery)
-                continue
-            channel, tag, consumer = delivery.handle
-            if channel.is_closed:
-                continue  # the server gives it again, on the new channel
-            self._trackers[id(channel)].read.add(tag)
-            self._held[consumer] += 1
-            chunk.append(delivery)
         return chunk
 
     async def interrupt(
@@ -246,46 +245,11 @@ class AmqpTransport:
 
     async def ack(self, handles: Sequence[Any]) -> None:
         """Ack through each channel's tracker (see the module's docstring)."""
-        await self._settle(handles, nack=False)
+        await self._channels.settle(handles, nack=False)
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         """Give them back to the queue (``basic.nack`` with requeue)."""
-        await self._settle([delivery.handle for delivery in deliveries], nack=True)
-
-    async def _settle(self, handles: Sequence[Any], nack: bool) -> None:
-        by_channel: dict[int, tuple[Any, list[int]]] = {}
-        for handle in handles:
-            if handle is None:
-                continue  # from a no_ack consumer
-            channel, tag, _consumer = handle
-            by_channel.setdefault(id(channel), (channel, []))[1].append(tag)
-        errors: list[BaseException] = []
-        for channel, tags in by_channel.values():
-            tracker = self._trackers.get(id(channel))
-            if tracker is None or tracker.channel is not channel:
-                continue  # a lost channel's: the server gives them again
-            self._unhold(tracker.forget(tags))
-            if channel.is_closed:
-                self._trackers.pop(id(channel), None)
-                self._unhold(tracker.forget(list(tracker.read)))
-                logger.warning(
-                    "taskiq_batching: %d message(s) finished after their AMQP "
-                    "channel was lost; the server delivers them again",
-                    len(tags),
-                )
-                continue
-            try:
-                await tracker.settle(tags, nack)
-            except Exception as exc:
-                errors.append(exc)
-        if errors:
-            raise errors[0]
-
-    def _unhold(self, consumers: list[str]) -> None:
-        for consumer in consumers:
-            self._held[consumer] -= 1
-            if self._held[consumer] <= 0:
-                del self._held[consumer]
+        await self._channels.settle([d.handle for d in deliveries], nack=True)
 
     async def _ack_one(self, handle: Handle) -> None:
         await self.ack([handle])
@@ -314,14 +278,14 @@ class AmqpTransport:
                     queue.name,
                     describe(exc),
                 )
-        # Deliveries whose frames came before CancelOk reach the callback
-        # through two tasks each (aiormq's, aio-pika's).
+        # Deliveries that came through aio-pika before CancelOk (a channel
+        # not tapped yet) reach the callback through two tasks each.
         for _ in range(3):
             await asyncio.sleep(0)
         unread = list(self._unread)
         self._unread.clear()
         try:
-            await self._settle([d.handle for d in unread], nack=True)
+            await self._channels.settle([d.handle for d in unread], nack=True)
         except Exception as exc:
             logger.warning(
                 "taskiq_batching: cannot give %d unread message(s) back (the "
@@ -329,9 +293,7 @@ class AmqpTransport:
                 len(unread),
                 describe(exc),
             )
-        for tracker in list(self._trackers.values()):
-            async with tracker.lock:  # the last frame of every settle is written
-                pass
+        await self._channels.written()
 
     def for_receiver(self, delivery: Delivery) -> bytes | AckableMessage:
         """The delivery, with an ack through its channel's tracker."""

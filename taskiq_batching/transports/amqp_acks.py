@@ -1,18 +1,87 @@
-"""Acking AMQP deliveries many at a time, safely: one tracker per channel.
+"""What the AMQP transport keeps per channel: its deliveries' frames, its acks.
 
-``basic.ack(tag, multiple=True)`` acks every unacked delivery of the
-channel up to ``tag``; acking a tag the server does not hold closes the
-channel. ``ChannelAcks`` knows a channel's unsettled tags in order and
-settles the longest settled run at its head with one ``multiple`` frame,
-the others one frame each, in the order they were decided.
+``DeliveryTap`` takes a consumer's deliveries off the channel's frames as
+aiormq's connection reader hands them over. ``ChannelAcks`` acks many at a
+time, safely: ``basic.ack(tag, multiple=True)`` acks every unacked
+delivery of the channel up to ``tag``, and acking a tag the server does
+not hold closes the channel (every unacked delivery goes back to the
+queue); so it knows a channel's unsettled tags in order and settles the
+longest settled run at its head with one ``multiple`` frame, the others
+one frame each, in the order they were decided (one lock per channel).
+``Channels`` holds both for every channel the transport consumes on, and
+counts each consumer's deliveries read and not settled.
 """
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from pamqp.body import ContentBody
+from pamqp.commands import Basic
+from pamqp.header import ContentHeader
+
+from taskiq_batching._compat import amqp_tap_frames
+
 logger = logging.getLogger("taskiq_batching")
+
+#: Called with (channel, delivery tag, consumer tag, body) per delivery.
+Note = Callable[[Any, int, str, bytes], None]
+
+
+class DeliveryTap:
+    """Collects the deliveries of some consumers from a channel's frames.
+
+    aiormq's connection reader puts each frame of a channel on the
+    channel's queue; the channel's reader takes them off and, for a
+    delivery (``Basic.Deliver``, a content header, body frames), builds a
+    ``DeliveredMessage`` and starts a task that calls the consumer's
+    callback: three queue hops, a task and its done callbacks per message.
+    The tap sees each frame first (``_compat.amqp_tap_frames``): the frames
+    of a delivery to one of its consumers are taken (a channel sends a
+    delivery's frames one after the other) and the delivery noted at once;
+    any other frame is queued as before.
+
+    :param channel: the aiormq channel.
+    :param note: called with each delivery taken.
+    """
+
+    def __init__(self, channel: Any, note: Note) -> None:
+        self.channel = channel
+        self.note = note
+        #: Consumer tags whose deliveries are taken.
+        self.consumers: set[str] = set()
+        self._deliver: Any = None
+        self._left = 0
+        self._parts: list[bytes] = []
+
+    def take(self, frame: Any) -> bool:
+        """Take a frame of a tapped delivery; False for any other frame."""
+        deliver = self._deliver
+        if deliver is None:
+            if type(frame) is Basic.Deliver and frame.consumer_tag in self.consumers:
+                self._deliver = frame
+                self._left = -1  # its content header comes next
+                return True
+            return False
+        kind = type(frame)
+        if kind is ContentHeader and self._left < 0:
+            self._left = frame.body_size
+        elif kind is ContentBody and self._left > 0:
+            self._parts.append(frame.value)
+            self._left -= len(frame.value)
+        else:  # cannot happen on a channel; let aiormq see it
+            logger.warning("taskiq_batching: unexpected AMQP frame %r", frame)
+            self._deliver = None
+            self._parts = []
+            return False
+        if self._left == 0:
+            parts, self._parts = self._parts, []
+            self._deliver = None
+            body = parts[0] if len(parts) == 1 else b"".join(parts)
+            self.note(self.channel, deliver.delivery_tag, deliver.consumer_tag, body)
+        return True
 
 
 class ChannelAcks:
@@ -35,16 +104,19 @@ class ChannelAcks:
         self.seen = 0
         #: Tags seen above a gap.
         self.ahead: set[int] = set()
+        #: The highest tag seen.
+        self.top = 0
         self.lock = asyncio.Lock()
 
     def add(self, tag: int, consumer: str) -> bool:
         """Note a delivery; False if this tag was seen already."""
         if tag <= self.seen or tag in self.ahead:
             return False  # never twice on one channel
-        out_of_order = bool(self.pending) and tag < next(reversed(self.pending))
         self.pending[tag] = consumer
-        if out_of_order:
+        if tag < self.top:  # out of order: pending stays in tag order
             self.pending = dict(sorted(self.pending.items()))
+        else:
+            self.top = tag
         if tag == self.seen + 1:
             self.seen = tag
             while self.seen + 1 in self.ahead:
@@ -98,3 +170,98 @@ class ChannelAcks:
                     )
                 else:
                     await channel.basic_ack(tag, multiple=multiple, wait=index == last)
+
+
+class Channels:
+    """The trackers and taps of the channels a transport consumes on.
+
+    :param note: called with each delivery a tap takes.
+    """
+
+    def __init__(self, note: Note) -> None:
+        self.note = note
+        self._trackers: dict[int, ChannelAcks] = {}
+        self._taps: dict[int, DeliveryTap] = {}
+        #: Deliveries read and not settled, by consumer tag.
+        self.held: Counter[str] = Counter()
+
+    def tap(self, channel: Any, consumer: str) -> bool:
+        """Take the consumer's next deliveries off the channel's frames.
+
+        :return: False when the channel's frames cannot be tapped.
+        """
+        tap = self._taps.get(id(channel))
+        if tap is None or tap.channel is not channel:
+            tap = DeliveryTap(channel, self.note)
+            if not amqp_tap_frames(channel, tap.take):
+                return False
+            self._taps[id(channel)] = tap
+        tap.consumers.add(consumer)
+        return True
+
+    def tracker(self, channel: Any) -> ChannelAcks:
+        """The channel's tracker (trackers of closed channels are dropped)."""
+        tracker = self._trackers.get(id(channel))
+        if tracker is None or tracker.channel is not channel:
+            tracker = self._trackers[id(channel)] = ChannelAcks(channel)
+            for key, old in list(self._trackers.items()):
+                if old.channel.is_closed:
+                    del self._trackers[key]
+                    self._taps.pop(key, None)
+                    self._unhold(old.forget(list(old.read)))
+        return tracker
+
+    def read(self, channel: Any, tag: int, consumer: str) -> bool:
+        """Count a delivery as read; False if its channel is gone."""
+        if channel.is_closed:
+            return False  # the server gives it again, on the new channel
+        self._trackers[id(channel)].read.add(tag)
+        self.held[consumer] += 1
+        return True
+
+    async def settle(self, handles: Sequence[Any], nack: bool) -> None:
+        """Ack (or nack) deliveries, through their channels' trackers.
+
+        :param handles: (channel, tag, consumer) of each; None ones (from a
+            ``no_ack`` consumer) are skipped.
+        :param nack: give them back to the queue rather than ack them.
+        """
+        by_channel: dict[int, tuple[Any, list[int]]] = {}
+        for handle in handles:
+            if handle is not None:
+                by_channel.setdefault(id(handle[0]), (handle[0], []))[1].append(
+                    handle[1]
+                )
+        errors: list[BaseException] = []
+        for channel, tags in by_channel.values():
+            tracker = self._trackers.get(id(channel))
+            if tracker is None or tracker.channel is not channel:
+                continue  # a lost channel's: the server gives them again
+            self._unhold(tracker.forget(tags))
+            if channel.is_closed:
+                self._trackers.pop(id(channel), None)
+                self._unhold(tracker.forget(list(tracker.read)))
+                logger.warning(
+                    "taskiq_batching: %d message(s) finished after their AMQP "
+                    "channel was lost; the server delivers them again",
+                    len(tags),
+                )
+                continue
+            try:
+                await tracker.settle(tags, nack)
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    async def written(self) -> None:
+        """Wait until the last frame of every settle so far is written."""
+        for tracker in list(self._trackers.values()):
+            async with tracker.lock:
+                pass
+
+    def _unhold(self, consumers: list[str]) -> None:
+        for consumer in consumers:
+            self.held[consumer] -= 1
+            if self.held[consumer] <= 0:
+                del self.held[consumer]

@@ -498,3 +498,28 @@ async def test_interrupt_lets_an_idle_read_return_and_close_cancels_once(
     assert broker.read_channel is not None
     assert not broker.read_channel.is_closed
     await broker.shutdown()
+
+
+async def test_deliveries_are_tapped_whole_even_over_many_frames(
+    make_broker: MakeBroker, observer: AbstractChannel, queue: str
+) -> None:
+    broker = make_broker(qos=10)
+    await broker.startup()
+    transport = AmqpTransport(broker)
+    through_aio_pika: list[Any] = []
+
+    async def on_message(message: Any) -> None:  # pragma: no cover - must not run
+        through_aio_pika.append(message)
+
+    transport._on_message = on_message  # type: ignore[method-assign]
+    # RabbitMQ's frame_max is 128 KiB: this body comes in three body frames.
+    big = bytes(range(256)) * 1200
+    await broker.kick(BrokerMessage(task_id="b", task_name="t", message=big, labels={}))
+    await kick(broker, 3)
+    got = await read_at_least(transport, 4)
+    assert [d.data for d in got] == [big, b"0", b"1", b"2"]
+    assert through_aio_pika == []  # the consumer was tapped before it started
+    await transport.ack([d.handle for d in got])
+    await transport.close()
+    await broker.shutdown()
+    assert await ready(observer, queue) == 0

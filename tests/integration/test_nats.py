@@ -1,31 +1,38 @@
 """The NATS JetStream transport against a real NATS server (``NATS_URL``).
 
 Each test has its own stream, subject and durable consumer, deleted
-afterwards. Workers run taskiq's own Receiver in-process.
+afterwards. Workers run taskiq's own Receiver in-process, or are real
+``taskiq worker`` processes running tests/integration/nats_app.py (results
+and a record of every batch in the real Redis).
 """
 
 import asyncio
 import contextlib
+import json
 import logging
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from types import SimpleNamespace
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
 from nats.js.api import ConsumerConfig, ConsumerInfo
 from nats.js.errors import NotFoundError
+from redis.asyncio import Redis
 from taskiq import BrokerMessage
 from taskiq.brokers.inmemory_broker import InmemoryResultBackend
+from taskiq.kicker import AsyncKicker
 from taskiq_nats import PullBasedJetStreamBroker, PushBasedJetStreamBroker
 
-from taskiq_batching import BatchingMiddleware, _compat, batch_task
+from taskiq_batching import BatchingMiddleware, batch_task
 from taskiq_batching.transports import transport_for
 from taskiq_batching.transports.generic import GenericTransport
 from taskiq_batching.transports.nats import NatsTransport
 from tests.helpers import running_worker
+from tests.integration.nats_app import make_broker as make_app_broker
+from tests.integration.workers import Worker, eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
@@ -306,46 +313,156 @@ async def test_a_stop_flushes_buffers_and_leaves_nothing_unacked(
     assert (info.num_ack_pending, info.num_pending) == (0, 0)
 
 
-async def test_asyncios_own_timeout_from_a_fetch_is_an_idle_read() -> None:
-    """nats-py's fetch of many raises asyncio's TimeoutError, not its own, when
-    its timeout runs out between its two requests."""
-
-    class Consumer:
-        async def consumer_info(self) -> Any:
-            return SimpleNamespace(
-                config=SimpleNamespace(max_ack_pending=10, ack_wait=30.0)
-            )
-
-        async def fetch(self, batch: int, timeout: float) -> list[Any]:
-            raise asyncio.TimeoutError
-
-    broker = PullBasedJetStreamBroker("nats://127.0.0.1:4222")
-    broker.consumer = Consumer()  # type: ignore[assignment]
-    transport = NatsTransport(broker)
-    assert await transport.read(5) == []
-    assert transport.prefetch == 10
-    await transport.close()
-
-
-async def test_compat_takes_what_the_client_buffered(make_broker: MakeBroker) -> None:
-    """``_compat.nats_take_buffered`` against the installed nats-py."""
+async def test_one_chunk_is_read_ahead_and_a_close_naks_it(
+    make_broker: MakeBroker,
+) -> None:
     broker = make_broker()
-    await started(broker)
-    assert _compat.nats_take_buffered(broker.consumer) == []
-    await publish(broker, 3)
-    # A pull request sent as fetch sends it, with no fetch waiting for it:
-    # its messages land in the subscription's buffer.
-    await broker.client.publish(
-        f"$JS.API.CONSUMER.MSG.NEXT.{broker.stream_name}.{broker.durable}",
-        b'{"batch": 3, "no_wait": true}',
-        reply=broker.consumer._deliver,
-    )
-    await broker.client.flush()
-    taken: list[Any] = []
-    for _ in range(50):
-        taken += _compat.nats_take_buffered(broker.consumer)
-        if len(taken) == 3:
-            break
-        await asyncio.sleep(0.02)
-    assert [m.data for m in taken] == [b"0", b"1", b"2"]
-    assert broker.consumer._sub._pending_size == 0
+    transport = await started(broker)
+    await publish(broker, 30)
+    first = await read_all(transport, 10, 10)
+
+    async def next_chunk_delivered() -> bool:
+        return (await consumer_info(broker)).num_ack_pending == 20
+
+    # The next 10 come without a read (one request ahead), and no more.
+    await eventually(next_chunk_delivered, 10, "the chunk read ahead")
+    await asyncio.sleep(0.3)
+    assert (await consumer_info(broker)).num_ack_pending == 20
+    assert transport.outstanding == 10  # received is not read
+    await transport.ack([d.handle for d in first])
+    await transport.close()
+    # The 10 read ahead were nak'ed: delivered again at once (ack_wait is 30 s).
+    again = await started(make_broker())
+    rest = await read_all(again, 100, 20)
+    assert sorted(int(d.data) for d in rest) == list(range(10, 30))
+    await again.ack([d.handle for d in rest])
+    info = await consumer_info(broker)
+    assert (info.num_ack_pending, info.num_pending, info.num_redelivered) == (0, 0, 0)
+    await again.close()
+
+
+# --- real ``taskiq worker`` processes (tests/integration/nats_app.py) -------
+
+
+@pytest.fixture
+async def stream(nats_url: str, queue: str) -> AsyncIterator[str]:
+    """The test's stream (named as its queue), deleted afterwards."""
+    yield queue
+    client = await nats.connect(nats_url)
+    try:
+        with contextlib.suppress(NotFoundError):
+            await client.jetstream().delete_stream(queue)
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def start_worker(
+    nats_url: str, redis_url: str, stream: str, tmp_path: Path
+) -> Iterator[Callable[..., Worker]]:
+    workers: list[Worker] = []
+
+    def start(batch_size: int, batch_timeout: float, ack_wait: float) -> Worker:
+        env = {
+            "NATS_URL": nats_url,
+            "REDIS_URL": redis_url,
+            "TB_QUEUE": stream,
+            "TB_ACK_WAIT": str(ack_wait),
+            "TB_BATCH_SIZE": str(batch_size),
+            "TB_BATCH_TIMEOUT": str(batch_timeout),
+        }
+        worker = Worker(
+            env,
+            tmp_path / f"worker-{len(workers)}.log",
+            app="tests.integration.nats_app:broker",
+            args=("--ack-type", "when_saved"),
+        )
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.kill9()
+
+
+async def app_consumer(nats_url: str, stream: str) -> ConsumerInfo:
+    client = await nats.connect(nats_url)
+    try:
+        info: ConsumerInfo = await client.jetstream().consumer_info(stream, stream)
+        return info
+    finally:
+        await client.close()
+
+
+async def recorded(redis: Redis, stream: str) -> Counter[int]:
+    """How many times each item ran in a batch."""
+    raw = await redis.lrange(f"{stream}:batches", 0, -1)
+    return Counter(item for batch in raw for item in json.loads(batch)["items"])
+
+
+async def test_sigkill_with_a_half_full_buffer_loses_nothing(
+    nats_url: str,
+    redis_url: str,
+    redis: Redis,
+    stream: str,
+    start_worker: Callable[..., Worker],
+) -> None:
+    producer = make_app_broker(nats_url, redis_url, stream, ack_wait=2)
+    await producer.startup()
+    try:
+        collect: AsyncKicker[Any, Any] = AsyncKicker("collect", producer, {})
+        first = start_worker(batch_size=1000, batch_timeout=3600, ack_wait=2)
+        sent = [await collect.kiq(item) for item in range(50)]
+
+        async def all_held() -> bool:
+            info = await app_consumer(nats_url, stream)
+            return (info.num_ack_pending, info.num_pending) == (50, 0)
+
+        await eventually(all_held, 20, "the worker holds the 50 messages")
+        first.kill9()  # a crash with 50 messages in its buffer
+        replacement = start_worker(batch_size=10, batch_timeout=0.2, ack_wait=2)
+        for task in sent:  # redelivered once ack_wait (2 s) has passed
+            result = await task.wait_result(timeout=30, check_interval=0.05)
+            assert not result.is_err, result.error
+        assert await recorded(redis, stream) == Counter(range(50))
+
+        async def all_acked() -> bool:
+            info = await app_consumer(nats_url, stream)
+            return (info.num_ack_pending, info.num_pending) == (0, 0)
+
+        await eventually(all_acked, 10, "every message acked")
+        replacement.stop(timeout=15)
+        assert replacement.process.returncode == 0, replacement.output()
+    finally:
+        await producer.shutdown()
+
+
+async def test_sigterm_flushes_the_buffer_and_exits(
+    nats_url: str,
+    redis_url: str,
+    redis: Redis,
+    stream: str,
+    start_worker: Callable[..., Worker],
+) -> None:
+    producer = make_app_broker(nats_url, redis_url, stream, ack_wait=30)
+    await producer.startup()
+    try:
+        collect: AsyncKicker[Any, Any] = AsyncKicker("collect", producer, {})
+        worker = start_worker(batch_size=1000, batch_timeout=3600, ack_wait=30)
+        sent = [await collect.kiq(item) for item in range(30)]
+
+        async def all_held() -> bool:
+            return (await app_consumer(nats_url, stream)).num_ack_pending == 30
+
+        await eventually(all_held, 20, "the worker holds the 30 messages")
+        assert await recorded(redis, stream) == Counter()
+        worker.stop(timeout=15)
+        assert worker.process.returncode == 0, worker.output()
+        assert await recorded(redis, stream) == Counter(range(30))
+        for task in sent:
+            result = await task.wait_result(timeout=5, check_interval=0.05)
+            assert not result.is_err, result.error
+        info = await app_consumer(nats_url, stream)
+        assert (info.num_ack_pending, info.num_pending) == (0, 0)
+    finally:
+        await producer.shutdown()

@@ -1,0 +1,182 @@
+"""A JetStream pull consumer read by one worker: its own inbox, one request at a time.
+
+``Pull`` subscribes to an inbox of its own and publishes pull requests
+(``{"batch": n, "expires": ...}``) to the consumer's ``MSG.NEXT`` subject
+with that inbox as reply. The subscription's callback appends each
+message to a list and sets one event: no timeout, future or task per
+message (as ``PullSubscription.fetch`` has). A request ends with its last
+message, or with a status message (``408`` when it expired, ``409``...),
+or is given up ``FETCH_TIMEOUT + GRACE`` seconds after it was sent (a lost
+connection). Only one is in progress at a time, so its messages and its
+end are never mistaken for another's.
+
+Every message received and not yet acked or nak'ed is *held* (by stream
+sequence): it counts against the consumer's ``max_ack_pending``, which no
+request asks beyond. A message redelivered while held (``ack_wait``
+passed) is not taken twice: the held one is acked through the newest
+delivery.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from typing import Any
+
+from taskiq_batching._compat import nats_pull_subject
+from taskiq_batching.transports.base import Delivery
+
+logger = logging.getLogger("taskiq_batching")
+
+#: Most messages one request asks for.
+FETCH_MAX = 100
+#: Seconds a request lingers on an idle consumer before it expires.
+FETCH_TIMEOUT = 1.0
+#: Extra seconds to wait for a request's end (its status) before giving up on it.
+GRACE = 1.0
+#: Status code of an idle heartbeat (no request ends with it).
+HEARTBEAT = "100"
+
+
+def stream_sequence(reply: str) -> int:
+    """The stream sequence of a JetStream message, from its ack subject.
+
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>...`` (9 tokens),
+    or with a domain and an account hash after ``ACK`` (11 or 12 tokens).
+
+    :param reply: the message's reply subject.
+    :return: its sequence in the stream.
+    """
+    tokens = reply.split(".")
+    return int(tokens[5] if len(tokens) == 9 else tokens[7])
+
+
+class Held:
+    """A message this worker received and has not acked or nak'ed yet.
+
+    :param reply: the reply subject of its newest delivery (where acks go).
+    :param sequence: its stream sequence.
+    """
+
+    __slots__ = ("handed", "reply", "sequence")
+
+    def __init__(self, reply: str, sequence: int) -> None:
+        self.reply = reply
+        self.sequence = sequence
+        #: Handed to taskiq's Receiver (not kept alive by the transport).
+        self.handed = False
+
+
+class Pull:
+    """One worker's reading of a taskiq-nats pull consumer.
+
+    :param client: the broker's NATS client.
+    :param subscription: the broker's ``PullSubscription`` (its subject).
+    :param prefetch: the consumer's ``max_ack_pending``, or None.
+    """
+
+    def __init__(self, client: Any, subscription: Any, prefetch: int | None) -> None:
+        self.client = client
+        self.subject = nats_pull_subject(subscription)
+        self.prefetch = prefetch
+        #: Every message received and not settled, by stream sequence.
+        self.held: dict[int, Held] = {}
+        #: Received, not read yet.
+        self.unread: deque[Delivery] = deque()
+        #: Set when a message arrives, a request ends, or room frees up.
+        self.arrived = asyncio.Event()
+        #: Messages the request in progress may still bring (0: none is).
+        self.requested = 0
+        self.given_up_at = 0.0
+        self.stopping = False
+        self._sub: Any = None
+        self._inbox = ""
+
+    async def start(self) -> None:
+        """Subscribe to an inbox of its own."""
+        self._inbox = self.client.new_inbox()
+        self._sub = await self.client.subscribe(self._inbox, cb=self._on_message)
+
+    async def _on_message(self, message: Any) -> None:
+        """The subscription's callback: note a message, or a request's end."""
+        headers = message.headers
+        if headers and "Status" in headers:
+            if headers["Status"] != HEARTBEAT:
+                self.requested = 0  # expired, or refused: the request ended
+                self.arrived.set()
+            return
+        if self.requested > 0:
+            self.requested -= 1
+        sequence = stream_sequence(message.reply)
+        held = self.held.get(sequence)
+        if held is not None:
+            # Redelivered while still held: acked through this delivery.
+            held.reply = message.reply
+            logger.warning(
+                "taskiq_batching: NATS redelivered message %d while this "
+                "worker held it (ack_wait passed); kept the held one",
+                sequence,
+            )
+            return
+        held = self.held[sequence] = Held(message.reply, sequence)
+        self.unread.append(Delivery(message.data, held))
+        self.arrived.set()
+
+    def take(self, limit: int) -> list[Delivery]:
+        """Up to ``limit`` messages received and not read yet."""
+        unread = self.unread
+        return [unread.popleft() for _ in range(min(limit, len(unread)))]
+
+    async def request(self, limit: int) -> None:
+        """Ask for up to ``limit`` messages, unless a request is in progress."""
+        loop = asyncio.get_running_loop()
+        if self.requested and loop.time() >= self.given_up_at:
+            self.requested = 0  # no end came (a reconnection): ask again
+        if self.requested or self.stopping:
+            return
+        batch = min(limit, FETCH_MAX)
+        if self.prefetch is not None:
+            batch = min(batch, self.prefetch - len(self.held))
+        if batch <= 0:
+            return  # max_ack_pending is reached: a settle wakes the reader
+        self.requested = batch
+        self.given_up_at = loop.time() + FETCH_TIMEOUT + GRACE
+        request = {"batch": batch, "expires": int(FETCH_TIMEOUT * 1e9)}
+        await self.client.publish(
+            self.subject, json.dumps(request).encode(), reply=self._inbox
+        )
+
+    async def wait(self) -> None:
+        """Wait for a message, a request's end or room; at most until given up."""
+        left = self.given_up_at - asyncio.get_running_loop().time()
+        if not self.requested:
+            left = GRACE
+        # asyncio's TimeoutError: not the builtin before Python 3.11.
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.arrived.wait(), max(left, 0.01))
+
+    def unhold(self, held: Held) -> None:
+        """No longer held (settled or forgotten); wakes a reader short of room."""
+        if self.held.get(held.sequence) is held:
+            del self.held[held.sequence]
+            if not self.requested:
+                self.arrived.set()
+
+    async def stop(self) -> list[Delivery]:
+        """Let the request in progress end; unsubscribe.
+
+        :return: what was received and never read (to nak).
+        """
+        self.stopping = True
+        if self._sub is None:
+            return []
+        loop = asyncio.get_running_loop()
+        while self.requested and loop.time() < self.given_up_at:
+            # Its messages would reach no subscriber once it is gone.
+            self.arrived.clear()
+            await self.wait()
+        unread = list(self.unread)
+        self.unread.clear()
+        await self._sub.unsubscribe()
+        return unread

@@ -1,0 +1,267 @@
+"""The NATS transport's pull consumer, on a fake client: requests, ends, acks.
+
+The fake records what the transport publishes; messages and status
+messages are handed to the subscription's callback by the test, so every
+step is driven by the test (no server, no sleeps).
+"""
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from taskiq_nats import PullBasedJetStreamBroker
+
+from taskiq_batching.transports import nats_pull
+from taskiq_batching.transports.nats import NatsTransport
+from taskiq_batching.transports.nats_pull import Pull, stream_sequence
+
+pytestmark = pytest.mark.timeout(10)
+
+NEXT = "$JS.API.CONSUMER.MSG.NEXT.s.d"
+
+
+def ack_subject(sequence: int, delivered: int = 1) -> str:
+    return f"$JS.ACK.s.d.{delivered}.{sequence}.{sequence}.1700000000000000000.0"
+
+
+class Client:
+    """What the transport uses of a nats-py client; records every publish."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bytes, str]] = []
+        self.flushes = 0
+        self.callback: Any = None
+        self.unsubscribed = False
+        #: Set by each pull request.
+        self.asked = asyncio.Event()
+
+    def new_inbox(self) -> str:
+        return "_INBOX.test"
+
+    async def subscribe(self, subject: str, cb: Any) -> Any:
+        self.callback = cb
+
+        async def unsubscribe() -> None:
+            self.unsubscribed = True
+
+        return SimpleNamespace(unsubscribe=unsubscribe)
+
+    async def publish(
+        self, subject: str, payload: bytes = b"", reply: str = ""
+    ) -> None:
+        self.published.append((subject, payload, reply))
+        if subject == NEXT:
+            self.asked.set()
+
+    async def flush(self) -> None:
+        self.flushes += 1
+
+    def requests(self) -> list[bytes]:
+        return [payload for subject, payload, _ in self.published if subject == NEXT]
+
+    def verdicts(self) -> list[tuple[str, bytes]]:
+        return [(s, p) for s, p, _ in self.published if s != NEXT]
+
+    async def deliver(
+        self, sequence: int, data: bytes = b"m", delivered: int = 1
+    ) -> None:
+        message = SimpleNamespace(
+            headers=None, reply=ack_subject(sequence, delivered), data=data
+        )
+        await self.callback(message)
+
+    async def status(self, code: str) -> None:
+        await self.callback(
+            SimpleNamespace(headers={"Status": code}, reply="", data=b"")
+        )
+
+
+def consumer(max_ack_pending: int = 1000) -> Any:
+    async def consumer_info() -> Any:
+        config = SimpleNamespace(max_ack_pending=max_ack_pending, ack_wait=30.0)
+        return SimpleNamespace(config=config)
+
+    return SimpleNamespace(_nms=NEXT, consumer_info=consumer_info)
+
+
+async def pull(client: Client, prefetch: int | None = None) -> Pull:
+    reader = Pull(client, consumer(), prefetch)
+    await reader.start()
+    return reader
+
+
+def transport(client: Client, max_ack_pending: int = 1000) -> NatsTransport:
+    broker = PullBasedJetStreamBroker("nats://127.0.0.1:4222")
+    broker.consumer = consumer(max_ack_pending)
+    broker.client = client  # type: ignore[assignment,misc]
+    return NatsTransport(broker)
+
+
+def test_the_stream_sequence_is_read_from_either_ack_subject() -> None:
+    assert stream_sequence("$JS.ACK.orders.workers.1.42.40.1700000000.3") == 42
+    v2 = "$JS.ACK.hub.ACCHASH.orders.workers.2.43.41.1700000000.0.token"
+    assert stream_sequence(v2) == 43
+    assert stream_sequence(v2.rpartition(".")[0]) == 43  # without the last token
+
+
+async def test_one_request_at_a_time_within_the_limit_and_the_room() -> None:
+    client = Client()
+    reader = await pull(client, prefetch=150)
+    await reader.request(500)
+    await reader.request(500)  # one is in progress: nothing more
+    assert client.requests() == [b'{"batch": 100, "expires": 1000000000}']
+    for sequence in range(1, 101):
+        await client.deliver(sequence)
+    assert reader.requested == 0  # its last message ended it
+    await reader.request(500)
+    assert client.requests()[-1].startswith(b'{"batch": 50,')  # 150 - 100 held
+    assert [d.handle.sequence for d in reader.take(3)] == [1, 2, 3]
+    assert len(reader.unread) == 97
+
+
+async def test_a_status_ends_a_request_but_a_heartbeat_does_not() -> None:
+    client = Client()
+    reader = await pull(client)
+    await reader.request(10)
+    await client.deliver(1)
+    reader.arrived.clear()
+    await client.status("100")
+    assert (reader.requested, reader.arrived.is_set()) == (9, False)
+    await client.status("408")
+    assert (reader.requested, reader.arrived.is_set()) == (0, True)
+    await reader.request(10)
+    assert len(client.requests()) == 2
+
+
+async def test_a_request_that_never_ends_is_given_up() -> None:
+    client = Client()
+    reader = await pull(client)
+    await reader.request(10)
+    await reader.request(10)
+    assert len(client.requests()) == 1
+    reader.given_up_at = asyncio.get_running_loop().time() - 0.1  # time passed
+    await reader.request(10)
+    assert len(client.requests()) == 2
+
+
+async def test_a_held_message_redelivered_is_kept_once_and_acked_through_the_newest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = Client()
+    reader = await pull(client)
+    await reader.request(10)
+    await client.deliver(7)
+    [first] = reader.take(10)
+    await client.deliver(7, delivered=2)
+    assert not reader.unread
+    assert first.handle.reply == ack_subject(7, delivered=2)
+    assert "redelivered message 7" in caplog.text
+
+
+async def test_no_request_beyond_max_ack_pending_and_a_settle_wakes_the_reader() -> (
+    None
+):
+    client = Client()
+    reader = await pull(client, prefetch=2)
+    await reader.request(10)
+    await client.deliver(1)
+    await client.deliver(2)
+    chunk = reader.take(10)
+    reader.arrived.clear()
+    await reader.request(10)
+    assert len(client.requests()) == 1  # no room
+    reader.unhold(chunk[0].handle)
+    assert reader.arrived.is_set()  # the reader asks again
+    await reader.request(10)
+    assert client.requests()[-1].startswith(b'{"batch": 1,')
+
+
+async def test_a_stop_waits_for_the_request_then_returns_the_unread() -> None:
+    client = Client()
+    reader = await pull(client)
+    await reader.request(10)
+    await client.deliver(1)
+    stopping = asyncio.ensure_future(reader.stop())
+    await asyncio.sleep(0)
+    assert not stopping.done()  # its messages would have no subscriber
+    await client.deliver(2)
+    await client.status("408")
+    unread = await stopping
+    assert [d.handle.sequence for d in unread] == [1, 2]
+    assert client.unsubscribed
+    await reader.request(10)
+    assert len(client.requests()) == 1  # none once stopping
+
+
+async def test_a_stop_gives_up_on_a_request_without_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(nats_pull, "FETCH_TIMEOUT", 0.01)
+    monkeypatch.setattr(nats_pull, "GRACE", 0.01)
+    client = Client()
+    reader = await pull(client)
+    await reader.request(10)
+    assert await reader.stop() == []
+    assert client.unsubscribed
+
+
+async def test_a_read_asks_for_the_next_chunk_before_it_returns() -> None:
+    client = Client()
+    nats = transport(client)
+    reading = asyncio.ensure_future(nats.read(5))
+    await client.asked.wait()
+    for sequence in range(1, 6):
+        await client.deliver(sequence, data=str(sequence).encode())
+    chunk = await reading
+    assert [d.data for d in chunk] == [b"1", b"2", b"3", b"4", b"5"]
+    assert len(client.requests()) == 2  # the next chunk is on its way
+    assert nats.outstanding == 5
+    await client.deliver(6)
+    assert nats.outstanding == 5  # received, not read: not outstanding
+
+
+async def test_an_idle_read_returns_nothing_when_its_request_expires() -> None:
+    client = Client()
+    nats = transport(client)
+    reading = asyncio.ensure_future(nats.read(5))
+    await client.asked.wait()
+    await client.status("408")
+    assert await reading == []
+
+
+async def test_acks_and_naks_are_publishes_then_one_flush() -> None:
+    client = Client()
+    nats = transport(client)
+    reading = asyncio.ensure_future(nats.read(3))
+    await client.asked.wait()
+    for sequence in (1, 2, 3):
+        await client.deliver(sequence)
+    chunk = await reading
+    await nats.ack([d.handle for d in chunk[:2]])
+    await nats.release(chunk[2:])
+    assert client.verdicts() == [
+        (ack_subject(1), b"+ACK"),
+        (ack_subject(2), b"+ACK"),
+        (ack_subject(3), b"-NAK"),
+    ]
+    assert client.flushes == 2
+    assert nats.outstanding == 0
+
+
+async def test_close_naks_what_was_received_but_never_read() -> None:
+    client = Client()
+    nats = transport(client)
+    reading = asyncio.ensure_future(nats.read(2))
+    await client.asked.wait()
+    for sequence in (1, 2):
+        await client.deliver(sequence)
+    chunk = await reading
+    await client.deliver(3)  # the chunk read ahead
+    await client.status("408")
+    await nats.ack([d.handle for d in chunk])
+    await nats.close()
+    assert client.verdicts()[-1] == (ack_subject(3), b"-NAK")
+    assert client.unsubscribed
+    await nats.close()  # once
+    assert client.verdicts()[-1] == (ack_subject(3), b"-NAK")
