@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 import pytest
-from taskiq import AsyncTaskiqTask, TaskiqDepends
+from taskiq import AsyncTaskiqTask, SimpleRetryMiddleware, TaskiqDepends
 
 from taskiq_batching import (
     BatchInfo,
@@ -280,3 +280,37 @@ async def test_a_policy_function_failing_on_an_item_fails_only_that_message(
     assert "batch_cost failed on its item: KeyError" in str(results[1].error)
     assert isinstance(results[2].error, BatchItemError)
     assert "a cost is a finite number >= 0" in str(results[2].error)
+
+
+async def test_keyed_batches_keep_isolation_per_item_and_retries(path: Path) -> None:
+    path.broker.add_middlewares(SimpleRetryMiddleware(default_retry_count=2))
+    calls: list[list[int]] = []
+    failed_alone: list[int] = []
+
+    @batch_task(
+        path.broker,
+        task_name="keyed_retried",
+        batch_size=3,
+        batch_timeout=0.2,
+        batch_key=lambda n: n % 2,
+        batch_isolate=True,
+        batch_where=lambda n: n > 0,
+        retry_on_error=True,
+    )
+    async def keyed_retried(items: list[int]) -> Any:
+        calls.append(list(items))
+        if 3 in items and not failed_alone:
+            if items == [3]:
+                failed_alone.append(3)  # its retry will succeed
+            raise RuntimeError("3 fails until it failed alone")
+        return per_item(n * 10 for n in items)
+
+    async with running(path):
+        sent = [await keyed_retried.kiq(n) for n in (1, 2, 3, 4, 5, 6, 0)]
+        results = [await task.wait_result(timeout=20) for task in sent]
+    assert [r.return_value for r in results] == [10, 20, 30, 40, 50, 60, None]
+    assert all(not r.is_err for r in results)
+    # Odd and even items never share a batch; 0 is filtered out.
+    odd = [c for c in calls if c[0] % 2]
+    assert odd == [[1, 3, 5], [1], [3, 5], [3], [5], [3]]  # bisected, then retried
+    assert all(len({n % 2 for n in call}) == 1 for call in calls)
