@@ -174,7 +174,7 @@ class BatchingMiddleware(TaskiqMiddleware):
         :param count: the number of messages.
         :param task_name: count only this task's messages, when given.
         :param timeout: give up after this many seconds, or this timedelta
-            (``TimeoutError``).
+            (``asyncio.TimeoutError``).
         """
         if isinstance(timeout, datetime.timedelta):
             timeout = timeout.total_seconds()
