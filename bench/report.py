@@ -203,6 +203,28 @@ INFO_RATIOS = [
         "batched-stream-2w",
         "batched-stream",
     ),
+    # Cost of metrics (bench/metrics_app.py, docs/observability.md).
+    (
+        "batch metrics only / none, per worker CPU-second",
+        "batched-stream-batchmetrics",
+        "batched-stream",
+    ),
+    (
+        "taskiq's PrometheusMiddleware + batch metrics / taskiq's only, "
+        "per worker CPU-second",
+        "batched-stream-metrics",
+        "batched-stream-taskiqprom",
+    ),
+    (
+        "taskiq's PrometheusMiddleware + batch metrics / none, per worker CPU-second",
+        "batched-stream-metrics",
+        "batched-stream",
+    ),
+    (
+        "batch metrics only / none (msg/s)",
+        "batched-stream-batchmetrics",
+        "batched-stream",
+    ),
     ("MSET sink: batched / plain (results on)", "batched-mset", "plain-mset"),
     ("PostgreSQL sink: batched COPY / plain INSERT", "batched-pg", "plain-pg"),
     ("celery-batches / plain taskiq no-op", "celery-batches-mset", "plain-stream"),

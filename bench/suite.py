@@ -269,6 +269,30 @@ WORKLOADS = [
         broker_runs.drain("nats", batched=True, scale=FAST_SCALE),
         needs=("taskiq_nats", "service:nats"),
     ),
+    # Cost of metrics (bench/metrics_app.py): compared with batched-stream,
+    # measured in the same rounds (``uses``).
+    Workload(
+        "batched-stream-metrics",
+        "as batched-stream, with taskiq's PrometheusMiddleware and "
+        "PrometheusBatchMetrics (multiprocess files)",
+        _drain("bmx", FAST_SCALE, metrics="both", **B),
+        uses=("batched-stream",),
+        extra=True,
+    ),
+    Workload(
+        "batched-stream-batchmetrics",
+        "as batched-stream, with PrometheusBatchMetrics only (multiprocess files)",
+        _drain("bbm", FAST_SCALE, metrics="batch", **B),
+        uses=("batched-stream",),
+        extra=True,
+    ),
+    Workload(
+        "batched-stream-taskiqprom",
+        "as batched-stream, with taskiq's PrometheusMiddleware only",
+        _drain("btp", FAST_SCALE, metrics="taskiq", **B),
+        uses=("batched-stream",),
+        extra=True,
+    ),
     Workload(
         "plain-mset", "plain taskiq, Redis SET per item", _drain("pr", sink="mset")
     ),

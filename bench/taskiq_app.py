@@ -61,6 +61,8 @@ class AppSettings:
     middleware: bool = False
     #: Record each message's post_save time (latency workloads).
     latency: bool = False
+    #: Prometheus metrics in the worker (``bench.metrics_app.MODES``).
+    metrics: str = ""
     pg_dsn: str = ""
     pg_table: str = ""
 

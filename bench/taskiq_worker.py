@@ -1,6 +1,9 @@
 """What ``taskiq worker bench.taskiq_worker:broker`` runs (``TBB_*`` settings)."""
 
+from bench.metrics_app import instrument
 from bench.taskiq_app import AppSettings, build
 
-app = build(AppSettings.from_env())
+settings = AppSettings.from_env()
+app = build(settings)
 broker = app.broker
+instrument(broker, settings.metrics, settings.queue)

@@ -56,6 +56,7 @@ class BatchTracer:
         """
         # Imported here: only a traced broker needs it.
         from opentelemetry import trace
+        from opentelemetry.context import Context
 
         links = []
         for held in buffer.items:
@@ -72,6 +73,10 @@ class BatchTracer:
         }
         with self.tracer.start_as_current_span(
             f"execute_batch/{task_name}",
+            # A root span, its messages linked: whatever context the flush
+            # happened in (on InMemoryBroker, the sender of the message that
+            # filled the buffer) is no parent of the batch.
+            context=Context(),
             kind=trace.SpanKind.CONSUMER,
             links=links,
             attributes=attributes,

@@ -11,11 +11,9 @@ before the first event, where there is no worker: ``InMemoryBroker``).
 import asyncio
 import contextlib
 import logging
-import os
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from taskiq_batching.core.events import BatchReport
@@ -39,6 +37,10 @@ from taskiq_batching.metrics.base import (
     fill,
     held_of,
     reruns,
+)
+from taskiq_batching.metrics.multiprocess import (
+    forget_dead_processes,
+    warn_if_in_memory,
 )
 from taskiq_batching.settings import FlushReason
 
@@ -66,6 +68,58 @@ class _Metrics:
     running: "Gauge"
 
 
+class _Task:
+    """One task's labelled metrics, looked up once rather than per batch."""
+
+    def __init__(self, metrics: _Metrics, task_name: str) -> None:
+        self.metrics = metrics
+        self.task_name = task_name
+        self.size = metrics.size.labels(task_name)
+        self.fill = metrics.fill.labels(task_name)
+        self.wait = metrics.wait.labels(task_name)
+        self.failed = metrics.failed.labels(task_name)
+        self.reruns = metrics.reruns.labels(task_name)
+        self.buffered = metrics.buffered.labels(task_name)
+        self.in_flight = metrics.in_flight.labels(task_name)
+        self.running = metrics.running.labels(task_name)
+        self.flushes: dict[str, Counter] = {}
+        self.runs: dict[str, Histogram] = {}
+        #: What the gauges were last set to, by this process.
+        self.last: Held | None = None
+
+    def flush(self, reason: str) -> "Counter":
+        """The flush counter of one reason."""
+        found = self.flushes.get(reason)
+        if found is None:
+            found = self.flushes[reason] = self.metrics.flushes.labels(
+                self.task_name, reason
+            )
+        return found
+
+    def run(self, outcome: str) -> "Histogram":
+        """The run time histogram of one outcome."""
+        found = self.runs.get(outcome)
+        if found is None:
+            found = self.runs[outcome] = self.metrics.run.labels(
+                self.task_name, outcome
+            )
+        return found
+
+    def set(self, held: Held) -> None:
+        """Set the gauges that changed.
+
+        In multiprocess mode every write goes to a file (and asks the
+        kernel for the pid): the ones that would change nothing are skipped.
+        """
+        last, self.last = self.last, held
+        if last is None or held.buffered != last.buffered:
+            self.buffered.set(held.buffered)
+        if last is None or held.in_flight != last.in_flight:
+            self.in_flight.set(held.in_flight)
+        if last is None or held.running != last.running:
+            self.running.set(held.running)
+
+
 #: The metrics of each registry: a name registers once per registry, and
 #: several brokers (or exporters) of one process share them.
 _by_registry: "weakref.WeakKeyDictionary[CollectorRegistry, _Metrics]" = (
@@ -83,8 +137,9 @@ class PrometheusBatchMetrics(BatchMetricsMiddleware):
     >>> )
 
     Counters and histograms are updated per batch (at its flush and when
-    it has run); the gauges of messages held at those events and, in a
-    worker process, every ``interval`` seconds. Nothing is done per message.
+    it has run); the gauges of messages held at each flush of the task
+    and, in a worker process, every ``interval`` seconds. Nothing is done
+    per message.
 
     :param registry: where the metrics register (prometheus_client's
         ``REGISTRY`` by default). Under ``taskiq worker`` with taskiq's
@@ -119,6 +174,7 @@ class PrometheusBatchMetrics(BatchMetricsMiddleware):
             RUN.name: tuple(run_buckets),
         }
         self._metrics: _Metrics | None = None
+        self._tasks: dict[str, _Task] = {}
         self._refresher: asyncio.Task[None] | None = None
 
     def metrics(self) -> _Metrics:
@@ -135,7 +191,7 @@ class PrometheusBatchMetrics(BatchMetricsMiddleware):
         existing = _by_registry.get(registry)
         if existing is not None:
             return existing
-        _warn_if_single_process()
+        warn_if_in_memory()
 
         def counter(name: str, doc: str, labels: Sequence[str]) -> Counter:
             return Counter(name, doc, labels, registry=registry)
@@ -165,28 +221,34 @@ class PrometheusBatchMetrics(BatchMetricsMiddleware):
         _by_registry[registry] = created
         return created
 
+    def _task(self, task_name: str) -> _Task:
+        found = self._tasks.get(task_name)
+        if found is None:
+            found = self._tasks[task_name] = _Task(self.metrics(), task_name)
+        return found
+
     # --- the observer's events (per batch) -----------------------------------
 
     def flushed(self, task_name: str, reason: FlushReason, size: int) -> None:
         """Count the flush; the task's messages moved from buffered to in flight."""
-        metrics = self.metrics()
-        metrics.flushes.labels(task_name, reason.value).inc()
-        self._set_held(metrics, task_name)
+        task = self._task(task_name)
+        task.flush(reason.value).inc()
+        batcher = self.batcher
+        if batcher is not None:
+            task.set(held_of(batcher, task_name))
 
     def finished(self, report: BatchReport) -> None:
         """Record a batch that ran (or was cut off at a stop)."""
-        metrics = self.metrics()
-        task_name = report.task_name
-        metrics.size.labels(task_name).observe(report.size)
-        metrics.fill.labels(task_name).observe(fill(report))
-        metrics.wait.labels(task_name).observe(report.waited)
-        metrics.run.labels(task_name, report.outcome).observe(report.seconds)
+        task = self._task(report.task_name)
+        task.size.observe(report.size)
+        task.fill.observe(fill(report))
+        task.wait.observe(report.waited)
+        task.run(report.outcome).observe(report.seconds)
         if report.failed:
-            metrics.failed.labels(task_name).inc(report.failed)
+            task.failed.inc(report.failed)
         extra = reruns(report)
         if extra:
-            metrics.reruns.labels(task_name).inc(extra)
-        self._set_held(metrics, task_name)
+            task.reruns.inc(extra)
 
     def reclaimed(self, count: int) -> None:
         """Count deliveries reclaimed from dead consumers."""
@@ -196,14 +258,8 @@ class PrometheusBatchMetrics(BatchMetricsMiddleware):
 
     def refresh(self) -> None:
         """Set the gauges of every batched task from the batcher's counts now."""
-        metrics = self.metrics()
         for held in self.held():
-            _set(metrics, held)
-
-    def _set_held(self, metrics: _Metrics, task_name: str) -> None:
-        batcher = self.batcher
-        if batcher is not None:
-            _set(metrics, held_of(batcher, task_name))
+            self._task(held.task_name).set(held)
 
     async def _refresh_every(self) -> None:
         while True:
@@ -220,7 +276,7 @@ class PrometheusBatchMetrics(BatchMetricsMiddleware):
         await super().startup()
         if not self.broker.is_worker_process:
             return
-        _forget_dead_processes()
+        forget_dead_processes()
         self.metrics()
         if self._refresher is None or self._refresher.done():
             loop = asyncio.get_running_loop()
@@ -235,63 +291,3 @@ class PrometheusBatchMetrics(BatchMetricsMiddleware):
                 await refresher
         if self._metrics is not None:
             self.refresh()
-
-
-def _set(metrics: _Metrics, held: Held) -> None:
-    metrics.buffered.labels(held.task_name).set(held.buffered)
-    metrics.in_flight.labels(held.task_name).set(held.in_flight)
-    metrics.running.labels(held.task_name).set(held.running)
-
-
-def _multiprocess_dir() -> str | None:
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
-
-
-def _warn_if_single_process() -> None:
-    """Say so when the multiprocess directory is set but values stay in memory."""
-    path = _multiprocess_dir()
-    if path is None:
-        return
-    from prometheus_client import values
-
-    if values.ValueClass is values.MutexValue:
-        logger.warning(
-            "taskiq_batching: prometheus_client was imported before "
-            "PROMETHEUS_MULTIPROC_DIR was set (%s): this process's batch "
-            "metrics stay in memory, and the multiprocess endpoint does not "
-            "show them. Create taskiq's PrometheusMiddleware before anything "
-            "imports prometheus_client.",
-            path,
-        )
-
-
-def _forget_dead_processes() -> None:
-    """Drop the live gauges of worker processes that died without cleaning up.
-
-    ``livesum`` gauges are summed over every process file in the directory;
-    taskiq restarts a dead worker under a new pid but never removes the
-    old files (prometheus_client's ``mark_process_dead``), so a crashed
-    process's last count would be added forever.
-    """
-    path = _multiprocess_dir()
-    if path is None:
-        return
-    from prometheus_client.multiprocess import mark_process_dead
-
-    for file in Path(path).glob("gauge_live*_*.db"):
-        pid_text = file.stem.rpartition("_")[2]
-        if not pid_text.isdigit() or _alive(int(pid_text)):
-            continue
-        # Another worker starting at the same time may remove it first.
-        with contextlib.suppress(OSError):
-            mark_process_dead(int(pid_text), path)  # type: ignore[no-untyped-call]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, as another user's process
-        return True
-    return True
