@@ -17,7 +17,7 @@ POLICY = os.environ.get("TBP_POLICY", "none")
 #: The task's labels for each policy measured.
 POLICIES: dict[str, dict[str, Any]] = {
     "none": {},
-    "key": {"batch_key": "k"},  # 100 keys
+    "key": {"batch_key": "k", "batch_max_keys": 100},  # 100 keys
     # N keys: batches of one message, so several run at once.
     "key-distinct": {"batch_key": "k", "batch_max_keys": 1000, "batch_concurrency": 8},
     "cost": {"batch_cost": "c", "batch_max_cost": 1e9},

@@ -139,9 +139,12 @@ class BatchSettings:
     def max_held(self) -> int:
         """Messages of the task a worker process holds at most.
 
-        Enough for ``concurrency`` running batches and one filling.
+        Enough for ``concurrency`` running batches and one filling buffer,
+        or, with ``batch_key`` and ``batch_max_keys``, one filling buffer
+        per key allowed.
         """
-        return (self.concurrency + 1) * self.batch_size
+        filling = self.max_keys if self.key is not None and self.max_keys else 1
+        return (self.concurrency + filling) * self.batch_size
 
 
 def wants_batching(task_name: str, labels: Mapping[str, Any]) -> bool:

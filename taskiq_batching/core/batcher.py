@@ -113,8 +113,16 @@ class Batcher:
         :return: whether it was admitted (then ``release`` it when finished).
         """
         self.bind_loop()
-        if self.held[task_name] >= self.specs[task_name].settings.max_held:
+        settings = self.specs[task_name].settings
+        if self.held[task_name] >= settings.max_held:
             self.rules.relieve(task_name)
+            return False
+        if (
+            settings.key is not None
+            and self.runner.backlog[task_name] >= settings.concurrency
+        ):
+            # A keyed task may hold a buffer per key: what bounds it is that
+            # flushed batches do not pile up (many keys, small batches).
             return False
         self.held[task_name] += 1
         return True

@@ -40,6 +40,8 @@ class Runner:
         self.side: set[asyncio.Task[None]] = set()
         #: Running batches by task.
         self.running: defaultdict[str, int] = defaultdict(int)
+        #: Flushed batches waiting to start, by task.
+        self.backlog: defaultdict[str, int] = defaultdict(int)
         #: Running batches by buffer key (``batch_key_concurrency``).
         self.running_keys: defaultdict[tuple[str, Hashable], int] = defaultdict(int)
 
@@ -55,6 +57,7 @@ class Runner:
         :param reason: why it was flushed.
         """
         self.ready.append((buffer, reason))
+        self.backlog[buffer.task_name] += 1
         self.dispatch()
 
     def dispatch(self) -> None:
@@ -71,6 +74,7 @@ class Runner:
                 skipped.append((buffer, reason))
                 continue
             self.running[name] += 1
+            self.backlog[name] -= 1
             if per_key is not None:
                 self.running_keys[(name, buffer.key)] += 1
             spec = self.batcher.specs[name]
@@ -171,6 +175,7 @@ class Runner:
         cut = [held for buffer, _ in self.ready for held in buffer.items]
         cut += [held for buffer in self.tasks.values() for held in buffer.items]
         self.ready.clear()
+        self.backlog.clear()
         for task in self.tasks:
             task.cancel()
         return cut
@@ -178,6 +183,7 @@ class Runner:
     def reset(self) -> None:
         """Forget batches of an earlier event loop."""
         self.ready.clear()
+        self.backlog.clear()
         self.tasks.clear()
         self.running.clear()
         self.running_keys.clear()

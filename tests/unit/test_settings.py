@@ -633,3 +633,12 @@ def test_batch_task_takes_every_policy_as_a_typed_argument() -> None:
 
         @declare
         async def bad(rows: list[int]) -> None: ...
+
+
+def test_a_keyed_task_holds_a_filling_buffer_per_key_allowed() -> None:
+    plain = parse_settings("t", {**BASE, "batch_concurrency": 2})
+    assert plain.max_held == 3 * 10
+    keyed = parse_settings("t", {**BASE, "batch_key": "k"})
+    assert keyed.max_held == 2 * 10  # without a key bound: one filling buffer
+    bounded = parse_settings("t", {**BASE, "batch_key": "k", "batch_max_keys": 50})
+    assert bounded.max_held == (1 + 50) * 10
