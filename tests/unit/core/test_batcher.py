@@ -170,3 +170,49 @@ async def test_plain_tasks_on_the_same_broker_are_untouched() -> None:
     assert (await task.wait_result(timeout=1)).return_value == 5
     assert await plain(1, 1) == 2
     await broker.shutdown()
+
+
+async def test_a_keyed_task_fills_a_batch_per_key_and_its_backlog_stays_bounded() -> (
+    None
+):
+    broker = memory_broker()
+    release = asyncio.Event()
+    backlog: list[int] = []
+    batches: list[list[int]] = []
+
+    @batch_task(
+        broker,
+        task_name="keyed",
+        batch_size=10,
+        batch_key=lambda n: n % 5,
+        batch_max_keys=5,
+    )
+    async def keyed(items: list[int]) -> None:
+        batcher = BatchingMiddleware.of(broker).batcher
+        assert batcher is not None
+        backlog.append(batcher.runner.backlog["keyed"])
+        batches.append(items)
+        await release.wait()
+
+    await broker.startup()
+    sent = [await keyed.kiq(n) for n in range(200)]
+    batcher = BatchingMiddleware.of(broker).batcher
+    assert batcher is not None
+    # Keys 0 and 1 fill first (items 45 and 46): one batch runs
+    # (batch_concurrency=1), one waits; then the task takes nothing more,
+    # although its key bound would let it hold 60.
+    for _ in range(100_000):  # until every sender is admitted or waits to be
+        if batcher._admitting and batcher._admitting == batcher.incoming:
+            break
+        await asyncio.sleep(0)
+    assert batcher.held["keyed"] + batcher.incoming == 200
+    assert batcher.held["keyed"] == 47
+    assert batcher.buffered("keyed") == 27
+    assert batcher.runner.backlog["keyed"] == 1
+    release.set()
+    await broker.wait_all()
+    await broker.shutdown()
+    assert len(sent) == 200
+    assert [len(batch) for batch in batches] == [10] * 20  # every batch full
+    assert all({n % 5 for n in batch} == {batch[0] % 5} for batch in batches)
+    assert max(backlog) <= 1
