@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import commandstats
 from bench.suite import FAST_SCALE, WORKLOADS, Options, Results
 
 
@@ -268,9 +269,9 @@ def markdown(results: Results, opts: Options, meta: dict[str, Any]) -> str:
         add("")
         add(
             "| workload | what | msg/s | peak RSS MB | batch fill "
-            "| worker CPU | Redis CPU |"
+            "| worker CPU | Redis CPU | Redis µs/msg |"
         )
-        add("|---|---|---|---|---|---|---|")
+        add("|---|---|---|---|---|---|---|---|")
         for w in drains:
             figures = " | ".join(
                 cell(stat(values(results, w.name, metric)), digits)
@@ -280,10 +281,14 @@ def markdown(results: Results, opts: Options, meta: dict[str, Any]) -> str:
                     ("fill", 3),
                     ("worker_cpu", 2),
                     ("redis_cpu", 2),
+                    (commandstats.USEC, 3),
                 )
             )
             add(f"| {w.name} | {w.what} | {figures} |")
         add("")
+        out.extend(
+            commandstats.markdown({w.name: results.runs[w.name] for w in drains})
+        )
     from bench import broker_report  # imported here: it builds on this module
 
     out.extend(broker_report.markdown(results))

@@ -24,7 +24,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 import taskiq_batching
-from bench import celery_app, cgroups
+from bench import celery_app, cgroups, commandstats
 from bench.measure import (
     BenchError,
     DrainTiming,
@@ -186,10 +186,12 @@ async def taskiq_drain(
                     cgroups.cpu_budget(cgroups.CPU_CAP_PER_WORKER * workers)
                 )
                 argv = cgroups.inside(procs, argv)
+            before = await commandstats.snapshot(env.redis)
             with budget, started(argv, s.to_env(), env.log(queue), label) as proc:
                 cpu = CpuMeter(env, proc)
                 timing = await _watch(env, s, proc, messages, task_ids, cpu.start)
                 await cpu.stop()
+                after = await commandstats.snapshot(env.redis)
                 sizes: list[int] = []
                 if s.batched:
                     await wait_for(
@@ -203,6 +205,7 @@ async def taskiq_drain(
     finally:
         await cleanup(env, queue)
     metrics = _drain_metrics(timing, peak, cpu)
+    metrics.update(commandstats.per_message(before, after, messages))
     if sizes:
         metrics["fill"] = statistics.fmean(sizes) / s.batch_size
         metrics["batches"] = len(sizes)
@@ -286,15 +289,19 @@ async def transport_drain(env: Env, label: str, messages: int) -> Metrics:
         del payloads
         argv = [sys.executable, "-m", "bench.transport"]
         environ = {**s.to_env(), "TBB_COUNT": str(messages)}
+        before = await commandstats.snapshot(env.redis)
         with started(argv, environ, env.log(queue), label) as proc:
             cpu = CpuMeter(env, proc)
             timing = await _watch(env, s, proc, messages, [], cpu.start)
             await cpu.stop()
+            after = await commandstats.snapshot(env.redis)
             peak = proc.peak_rss()
         await verify(env, s, messages, [])
     finally:
         await cleanup(env, queue)
-    return _drain_metrics(timing, peak, cpu)
+    metrics = _drain_metrics(timing, peak, cpu)
+    metrics.update(commandstats.per_message(before, after, messages))
+    return metrics
 
 
 async def _celery_payloads(
@@ -337,6 +344,7 @@ async def celery_drain(env: Env, label: str, messages: int) -> Metrics:
         del payloads
         argv = celery_app.worker_argv(sys.executable)
         environ = {"TBB_REDIS_URL": env.redis_url, "TBB_QUEUE": queue}
+        before = await commandstats.snapshot(env.redis)
         with started(argv, environ, env.log(queue), label) as proc:
             probe = celery_probe(
                 env.redis,
@@ -356,13 +364,16 @@ async def celery_drain(env: Env, label: str, messages: int) -> Metrics:
             except BenchError as exc:
                 raise BenchError(f"{exc}\n{proc.output()}") from None
             await cpu.stop()
+            after = await commandstats.snapshot(env.redis)
             peak = proc.peak_rss()
         s = env.settings(queue, sink="mset", results=False)
         await verify(env, s, messages, [])
     finally:
         app.close()
         await cleanup(env, queue)
-    return _drain_metrics(timing, peak, cpu)
+    metrics = _drain_metrics(timing, peak, cpu)
+    metrics.update(commandstats.per_message(before, after, messages))
+    return metrics
 
 
 async def _paced(

@@ -2,13 +2,21 @@
 
 Each result is encoded exactly as the backend's ``set_result`` encodes it
 (its serializer, over ``model_dump(mode="json")``), once per distinct
-result object. Every ``SET`` (with the backend's expiry) is done by one
-script call, each distinct value sent once: redis-py's pure-Python
-client spends more on a pipeline's commands and replies than the server
-spends on the writes. A server that refuses scripts gets a pipeline of
-``SET`` commands instead (a cluster always does: its keys span slots). A
-result that cannot be encoded is reported alone; a write that fails
-reports each of its results.
+result object, and stored under the backend's key for its task_id with
+the backend's expiry, as ``set_result`` stores it: ``SET key value EX
+result_ex_time`` (or ``PX result_px_time``), or one ``MSET`` of every key
+when results never expire (the same keys and values, in one command).
+
+How the commands travel depends on the client's reply parser. With
+redis-py's C parser (hiredis, in the ``[redis]`` extra) they are packed
+by hand and sent in one round trip (``redis_wire``): cheap for the worker,
+and the cheapest for the server, which runs no script. With the
+pure-Python parser, reading a reply per key would cost the worker more
+than the server spends on the writes, so one script call writes every
+key (each distinct value sent once); a server that refuses scripts gets
+the round trip instead. A cluster gets a redis-py pipeline (its keys span
+slots). A result that cannot be encoded is reported alone; a write that
+fails reports each of its results.
 """
 
 import logging
@@ -25,6 +33,8 @@ from taskiq_redis import (
 )
 
 from taskiq_batching._compat import redis_result_key
+from taskiq_batching.transports.redis_common import parses_in_c
+from taskiq_batching.transports.redis_wire import bulk, round_trip
 
 #: SET of each of KEYS, as the backend's set_result does one by one.
 #: ARGV[1]: EX seconds, ARGV[2]: PX milliseconds (0 for none), ARGV[3]: the
@@ -54,6 +64,9 @@ _WRITERS = (
     RedisAsyncClusterResultBackend.set_result,
 )
 
+#: (index of the result, key, encoded value)
+Row = tuple[int, str, bytes]
+
 
 def results_for(backend: AsyncResultBackend[Any]) -> "RedisResults | None":
     """The writer for taskiq-redis result backends that store as shipped.
@@ -67,7 +80,7 @@ def results_for(backend: AsyncResultBackend[Any]) -> "RedisResults | None":
 
 
 class RedisResults:
-    """Writes results the way a taskiq-redis result backend does, pipelined.
+    """Writes results the way a taskiq-redis result backend does, in bulk.
 
     :param backend: the result backend.
     """
@@ -76,7 +89,12 @@ class RedisResults:
         self.backend = backend
         self._redis: Any = None
         self._script: Any = None
-        self.scripted = not hasattr(backend, "redis") or hasattr(backend, "redis_pool")
+        cluster = hasattr(backend, "redis") and not hasattr(backend, "redis_pool")
+        #: Whether a script may write them (not on a cluster, whose keys span
+        #: slots, nor once the server refused one).
+        self.scripted = not cluster
+        #: Whether they are packed by hand into one round trip (hiredis).
+        self.wired = not cluster and parses_in_c(self._client())
 
     def _client(self) -> Any:
         if self._redis is None:
@@ -96,7 +114,7 @@ class RedisResults:
         backend = self.backend
         failures: list[tuple[int, BaseException]] = []
         encoded: dict[int, bytes] = {}
-        rows: list[tuple[int, str, bytes]] = []
+        rows: list[Row] = []
         for index, (task_id, result) in enumerate(results):
             value = encoded.get(id(result))
             if value is None:
@@ -109,32 +127,71 @@ class RedisResults:
             rows.append((index, redis_result_key(backend, task_id), value))
         if rows:
             try:
-                await self._set_all(rows)
+                failures.extend(await self._set_all(rows))
             except Exception as exc:
                 failures.extend((index, exc) for index, _, _ in rows)
         return sorted(failures, key=lambda failure: failure[0])
 
-    async def _set_all(self, rows: list[tuple[int, str, bytes]]) -> None:
+    async def _set_all(self, rows: list[Row]) -> list[tuple[int, BaseException]]:
+        """Write the rows; the failures of single keys (others raise)."""
         ex = self.backend.result_ex_time
         px = None if ex else self.backend.result_px_time
+        if self.wired:
+            return await self._set_by_wire(rows, ex, px)
         if self.scripted:
             try:
                 await self._set_by_script(rows, ex or 0, px or 0)
             except ResponseError as exc:
                 self.scripted = False
+                self.wired = True
                 logger.warning(
                     "taskiq_batching: writing results without a script (%s)", exc
                 )
             else:
-                return
+                return []
+            return await self._set_by_wire(rows, ex, px)
         async with self._client().pipeline(transaction=False) as pipe:
             for _, key, value in rows:
                 pipe.set(key, value, ex=ex or None, px=px or None)
             await pipe.execute()
+        return []
 
-    async def _set_by_script(
-        self, rows: list[tuple[int, str, bytes]], ex: int, px: int
-    ) -> None:
+    async def _set_by_wire(
+        self, rows: list[Row], ex: int | None, px: int | None
+    ) -> list[tuple[int, BaseException]]:
+        """One round trip: an MSET, or a SET with the expiry per key."""
+        redis = self._client()
+        encoder = redis.get_encoder()  # keys are str: encoded as redis-py would
+        charset, errors = encoder.encoding, encoder.encoding_errors
+        values: dict[int, bytes] = {}  # each distinct value as RESP, once
+        pairs: list[bytes] = []  # each key and its value, as RESP
+        for _, key, value in rows:
+            packed = values.get(id(value))
+            if packed is None:
+                packed = values[id(value)] = bulk(value)
+            pairs.append(bulk(key.encode(charset, errors)) + packed)
+        if not ex and not px:
+            head = b"*%d\r\n$4\r\nMSET\r\n" % (1 + 2 * len(rows))
+            (reply,) = await round_trip(redis, [head, *pairs], 1)
+            if isinstance(reply, ResponseError):
+                raise reply
+            return []
+        expiry = (
+            bulk(b"EX") + bulk(encoder.encode(ex))
+            if ex
+            else bulk(b"PX") + bulk(encoder.encode(px))
+        )
+        head = b"*5\r\n$3\r\nSET\r\n"
+        replies = await round_trip(
+            redis, [head + pair + expiry for pair in pairs], len(pairs)
+        )
+        return [
+            (index, reply)
+            for (index, _, _), reply in zip(rows, replies, strict=True)
+            if isinstance(reply, ResponseError)
+        ]
+
+    async def _set_by_script(self, rows: list[Row], ex: int, px: int) -> None:
         positions: dict[int, int] = {}
         values: list[bytes] = []
         chosen: list[int] = []

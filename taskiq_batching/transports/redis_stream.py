@@ -1,13 +1,9 @@
 """taskiq-redis's stream brokers (standalone, sentinel, cluster), read in chunks.
 
 The same ``XREADGROUP`` as taskiq-redis's listener (its streams,
-``additional_streams``, group, consumer and ``xread_count``). While
-entries wait, it is sent from a script that packs the whole reply with
-Redis's ``cmsgpack`` into one string: redis-py's pure-Python reply parser
-then reads one value instead of five per entry (``msgpack`` unpacks it in
-C). When nothing waits, an ordinary blocking ``XREADGROUP`` waits. A
-server that cannot run the script, and a cluster, are read the ordinary
-way only.
+``additional_streams``, group, consumer and ``xread_count``), sent the
+way the client reads cheapest (``redis_replies``): a plain ``XREADGROUP``
+with hiredis, a packing script without it.
 
 When the worker stops, a read in progress is cancelled; entries it had
 already taken (pending for this worker, but never seen) are found among
@@ -27,7 +23,6 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-import msgpack
 from redis.exceptions import ResponseError
 from taskiq import AckableMessage, AsyncBroker, BrokerMessage
 from taskiq_redis import (
@@ -40,7 +35,7 @@ from taskiq_batching.core.run import BatchSpec
 from taskiq_batching.transports.base import Delivery
 from taskiq_batching.transports.generic import kick_each
 from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient, cancel
-from taskiq_batching.transports.redis_replies import READ_PACKED, entries
+from taskiq_batching.transports.redis_replies import StreamReads, entries, lost_group
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -103,8 +98,14 @@ class StreamTransport:
             if self.idle_ms is None
             else min(self.idle_ms / 2000, MAX_RECLAIM_INTERVAL)
         )
-        self.packed = not self.client.cluster
-        self._script: Any = None
+        self.reads = StreamReads(
+            self.client.redis,
+            self.client.cluster,
+            self.group,
+            self.consumer,
+            self.ids,
+            self.block,
+        )
         self._in_use: set[Entry] = set()
         self._last_seen: dict[str, bytes] = {}
 
@@ -142,9 +143,9 @@ class StreamTransport:
         count = min(limit, self.count)
         while True:
             try:
-                reply = await self._read(count)
+                reply = await self.reads.read(count)
             except ResponseError as exc:
-                if not _lost_group(exc):
+                if not lost_group(exc):
                     raise
                 await self._create_groups(exc)
                 continue
@@ -153,33 +154,6 @@ class StreamTransport:
                 continue
             self.client.recovered()
             return self._deliveries(reply)
-
-    async def _read(self, count: int) -> Any:
-        redis = self.client.redis
-        if self.packed:
-            if self._script is None:
-                self._script = redis.register_script(READ_PACKED)
-            try:
-                blob = await self._script(
-                    keys=list(self.ids),
-                    args=[self.group, self.consumer, count, *self.ids.values()],
-                )
-            except ResponseError as exc:
-                if _lost_group(exc):
-                    raise
-                self.packed = False
-                logger.warning(
-                    "taskiq_batching: reading %s without the packed-read script "
-                    "(%s); each entry is parsed by redis-py",
-                    self.broker.queue_name,
-                    exc,
-                )
-            else:
-                if blob:
-                    return msgpack.unpackb(blob, raw=True)
-        return await redis.xreadgroup(
-            self.group, self.consumer, self.ids, count=count, block=self.block
-        )
 
     async def _create_groups(self, error: ResponseError) -> None:
         """Create the consumer group again, at the last entry this worker saw."""
@@ -351,14 +325,3 @@ class StreamTransport:
                     approximate=broker.approximate,
                 )
             await pipe.execute()
-
-
-def _lost_group(error: ResponseError) -> bool:
-    """Whether a read failed because its stream or consumer group is gone.
-
-    ``NOGROUP`` for a deleted group or a Redis restarted without them;
-    ``UNBLOCKED ... no longer exists`` for a stream deleted under a
-    blocked read (Redis 7).
-    """
-    text = str(error)
-    return "NOGROUP" in text or ("UNBLOCKED" in text and "no longer exists" in text)

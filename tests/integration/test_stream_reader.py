@@ -1,4 +1,8 @@
-"""The stream transport's packed read, on the real Redis (which has ``cmsgpack``)."""
+"""The stream transport's reads on the real Redis.
+
+The packed read (which needs Redis's ``cmsgpack``) is what a worker without
+hiredis uses: those tests make the transport see no hiredis.
+"""
 
 import asyncio
 import logging
@@ -9,6 +13,7 @@ from redis.asyncio import Redis
 from taskiq import BrokerMessage
 from taskiq_redis import RedisStreamBroker
 
+from taskiq_batching.transports import redis_common
 from taskiq_batching.transports.base import Delivery
 from taskiq_batching.transports.redis_stream import StreamTransport
 from tests.integration.workers import eventually
@@ -36,8 +41,13 @@ async def script_calls(redis: Redis) -> int:
 
 
 async def test_packed_reads_give_every_stream_entry_once_in_order(
-    redis_url: str, redis: Redis, queue: str, caplog: pytest.LogCaptureFixture
+    redis_url: str,
+    redis: Redis,
+    queue: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(redis_common, "HIREDIS", False)
     extra = f"{queue}-extra"
     broker = RedisStreamBroker(
         redis_url,
@@ -59,7 +69,7 @@ async def test_packed_reads_give_every_stream_entry_once_in_order(
             chunk = await transport.read(100)
             assert chunk, "an entry was lost"
             chunks.append(chunk)
-    assert transport.packed
+    assert transport.reads.packed
     deliveries = [d for chunk in chunks for d in chunk]
     by_stream: dict[str, list[bytes]] = {queue: [], extra: []}
     for delivery in deliveries:
@@ -115,8 +125,13 @@ async def test_an_idle_reader_blocks_then_wakes_for_a_new_entry(
 
 
 async def test_a_packed_read_recovers_a_lost_group(
-    redis_url: str, redis: Redis, queue: str, caplog: pytest.LogCaptureFixture
+    redis_url: str,
+    redis: Redis,
+    queue: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(redis_common, "HIREDIS", False)
     broker = RedisStreamBroker(redis_url, queue_name=queue, xread_block=100)
     await broker.startup()
     transport = StreamTransport(broker)
@@ -128,7 +143,7 @@ async def test_a_packed_read_recovers_a_lost_group(
     with caplog.at_level(logging.WARNING, "taskiq_batching"):
         chunk = await transport.read(10)
     assert [d.data for d in chunk] == [b"after"]
-    assert transport.packed
+    assert transport.reads.packed
     assert "was missing" in caplog.text
     await transport.close()
     await broker.shutdown()

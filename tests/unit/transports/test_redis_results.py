@@ -1,4 +1,9 @@
-"""Many results at once, written as taskiq-redis's ``set_result`` writes each."""
+"""Many results at once, written as taskiq-redis's ``set_result`` writes each.
+
+Two ways, by the client's reply parser: with hiredis, commands packed by
+hand in one round trip (``SET ... EX/PX`` per key, or one ``MSET``);
+without it, one script call. Both must store what ``set_result`` stores.
+"""
 
 import logging
 from typing import Any
@@ -12,7 +17,12 @@ from taskiq.abc.serializer import TaskiqSerializer
 from taskiq.serializers import JSONSerializer, MSGPackSerializer
 from taskiq_redis import RedisAsyncResultBackend
 
-from taskiq_batching.transports import ResultWriter
+from taskiq_batching.transports import (
+    ResultWriter,
+    redis_common,
+    redis_results,
+    redis_wire,
+)
 from taskiq_batching.transports.redis_results import RedisResults
 from tests.unit.transports.conftest import CommandLog
 
@@ -35,6 +45,51 @@ def backend_of(
     return RedisAsyncResultBackend(
         URL, serializer=SERIALIZERS[serializer](), **options, **fake
     )
+
+
+@pytest.fixture(params=["hiredis", "python"])
+def parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Writers made in the test see redis-py parse replies in C, or in Python."""
+    monkeypatch.setattr(redis_common, "HIREDIS", request.param == "hiredis")
+    return str(request.param)
+
+
+class Wire:
+    """Every round trip of the hand-packed writes: the commands, and replies."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.trips: list[list[bytes]] = []
+        self.answer: Any = None
+        real = redis_wire.round_trip
+
+        async def round_trip(redis: Any, packed: Any, replies: int) -> list[Any]:
+            packed = list(packed)
+            self.trips.append(packed)
+            if self.answer is not None:
+                return list(await self.answer(packed, replies))
+            return await real(redis, packed, replies)
+
+        monkeypatch.setattr(redis_results, "round_trip", round_trip)
+
+    def commands(self) -> list[list[bytes]]:
+        """Each command sent, as its list of arguments (RESP decoded)."""
+        found: list[list[bytes]] = []
+        data = b"".join(part for trip in self.trips for part in trip)
+        while data:
+            header, data = data.split(b"\r\n", 1)
+            args: list[bytes] = []
+            for _ in range(int(header[1:])):
+                length, data = data.split(b"\r\n", 1)
+                size = int(length[1:])
+                args.append(data[:size])
+                data = data[size + 2 :]
+            found.append(args)
+        return found
+
+
+@pytest.fixture
+def wire(monkeypatch: pytest.MonkeyPatch) -> Wire:
+    return Wire(monkeypatch)
 
 
 def ok(value: Any = None) -> TaskiqResult[Any]:
@@ -65,6 +120,12 @@ def test_it_is_a_result_writer(fake: dict[str, Any]) -> None:
     assert isinstance(writer, RedisResults)
 
 
+def test_hiredis_decides_how_results_travel(fake: dict[str, Any], parser: str) -> None:
+    writer = RedisResults(backend_of(fake))
+    assert writer.wired is (parser == "hiredis")
+    assert writer.scripted  # allowed (not a cluster), used only without hiredis
+
+
 @pytest.mark.parametrize("serializer", sorted(SERIALIZERS))
 @pytest.mark.parametrize(
     "options",
@@ -72,7 +133,11 @@ def test_it_is_a_result_writer(fake: dict[str, Any]) -> None:
     ids=["plain", "ex-prefix", "px"],
 )
 async def test_written_results_equal_what_set_result_writes(
-    fake: dict[str, Any], redis: Any, serializer: str, options: dict[str, Any]
+    fake: dict[str, Any],
+    redis: Any,
+    serializer: str,
+    options: dict[str, Any],
+    parser: str,
 ) -> None:
     backend = backend_of(fake, serializer, **options)
     writer = RedisResults(backend)
@@ -117,12 +182,96 @@ async def test_written_results_equal_what_set_result_writes(
     await backend.shutdown()
 
 
-async def test_each_distinct_result_is_encoded_and_sent_once(
+@pytest.mark.parametrize(
+    ("options", "expiry"),
+    [
+        ({"result_ex_time": 60}, [b"EX", b"60"]),
+        ({"result_px_time": 90_000}, [b"PX", b"90000"]),
+    ],
+    ids=["ex", "px"],
+)
+async def test_with_hiredis_each_key_is_one_set_with_the_expiry_in_one_trip(
+    fake: dict[str, Any],
+    redis: Any,
+    commands: CommandLog,
+    wire: Wire,
+    monkeypatch: pytest.MonkeyPatch,
+    options: dict[str, Any],
+    expiry: list[bytes],
+) -> None:
+    monkeypatch.setattr(redis_common, "HIREDIS", True)
+    backend = backend_of(fake, prefix_str="p", **options)
+    writer = RedisResults(backend)
+    encoded: list[Any] = []
+    dumpb = backend.serializer.dumpb
+
+    def counting(value: Any) -> bytes:
+        encoded.append(value)
+        return dumpb(value)
+
+    monkeypatch.setattr(backend.serializer, "dumpb", counting)
+    first, second = ok(), ok("other")
+    results = [(f"k{i}", first if i % 3 else second) for i in range(9)]
+    commands.clear()
+    assert await writer.write(results) == []
+    assert len(encoded) == 2  # each distinct result encoded once
+    assert len(wire.trips) == 1
+    values = {id(first): dumpb(first.model_dump(mode="json"))}
+    values[id(second)] = dumpb(second.model_dump(mode="json"))
+    assert wire.commands() == [
+        [b"SET", f"p:{task_id}".encode(), values[id(result)], *expiry]
+        for task_id, result in results
+    ]
+    assert commands.commands == []  # no script, nothing else
+    for task_id, result in results:
+        assert await redis.get(f"p:{task_id}") == values[id(result)]
+    await backend.shutdown()
+
+
+async def test_with_hiredis_results_that_never_expire_are_one_mset(
+    fake: dict[str, Any], redis: Any, wire: Wire, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_common, "HIREDIS", True)
+    backend = backend_of(fake)
+    writer = RedisResults(backend)
+    shared = ok()
+    assert await writer.write([("a", shared), ("b", failed()), ("c", shared)]) == []
+    ((name, *args),) = wire.commands()
+    assert name == b"MSET"
+    assert args[::2] == [b"a", b"b", b"c"]
+    await backend.set_result("one-ok", shared)
+    await backend.set_result("one-err", failed())
+    assert args[1::2] == [await redis.get(k) for k in ("one-ok", "one-err", "one-ok")]
+    for key in ("a", "b", "c"):
+        assert await redis.pttl(key) == -1
+    await backend.shutdown()
+
+
+async def test_with_hiredis_a_key_the_server_refused_is_reported_alone(
+    fake: dict[str, Any], wire: Wire, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_common, "HIREDIS", True)
+    backend = backend_of(fake, result_ex_time=60)
+    writer = RedisResults(backend)
+    refused = ResponseError("OOM command not allowed when used memory > 'maxmemory'")
+
+    async def answer(packed: list[bytes], replies: int) -> list[Any]:
+        return [b"OK", refused, b"OK"][:replies]
+
+    wire.answer = answer
+    failures = await writer.write([("a", ok()), ("bad", unserializable()), ("b", ok())])
+    assert [index for index, _ in failures] == [1, 2]
+    assert failures[1][1] is refused
+    await backend.shutdown()
+
+
+async def test_without_hiredis_each_distinct_result_is_encoded_and_sent_once(
     fake: dict[str, Any],
     redis: Any,
     commands: CommandLog,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(redis_common, "HIREDIS", False)
     backend = backend_of(fake)
     writer = RedisResults(backend)
     await writer.write([("warm-up", ok())])  # the script is loaded
@@ -155,7 +304,7 @@ async def test_each_distinct_result_is_encoded_and_sent_once(
 
 @pytest.mark.parametrize("serializer", sorted(SERIALIZERS))
 async def test_an_unserializable_result_is_reported_alone(
-    fake: dict[str, Any], redis: Any, serializer: str
+    fake: dict[str, Any], redis: Any, serializer: str, parser: str
 ) -> None:
     backend = backend_of(fake, serializer)
     writer = RedisResults(backend)
@@ -171,7 +320,7 @@ async def test_an_unserializable_result_is_reported_alone(
 
 
 async def test_a_failed_write_reports_each_of_its_results(
-    fake: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    fake: dict[str, Any], monkeypatch: pytest.MonkeyPatch, parser: str
 ) -> None:
     backend = backend_of(fake)
     writer = RedisResults(backend)
@@ -181,12 +330,14 @@ async def test_a_failed_write_reports_each_of_its_results(
         raise lost
 
     monkeypatch.setattr(writer, "_set_by_script", refuse)
+    monkeypatch.setattr(redis_results, "round_trip", refuse)
     failures = await writer.write([("a", ok()), ("bad", unserializable()), ("b", ok())])
     assert [index for index, _ in failures] == [0, 1, 2]
     assert failures[0][1] is lost
     assert failures[2][1] is lost
     assert failures[1][1] is not lost
-    assert writer.scripted  # a lost connection is no reason to stop scripting
+    # A lost connection is no reason to change the way results travel.
+    assert (writer.scripted, writer.wired) == (True, parser == "hiredis")
     await backend.shutdown()
 
 
@@ -195,14 +346,15 @@ async def test_a_failed_write_reports_each_of_its_results(
     [{}, {"result_ex_time": 60}, {"result_px_time": 90_000}],
     ids=["plain", "ex", "px"],
 )
-async def test_without_scripts_results_are_written_by_a_pipeline(
+async def test_without_hiredis_a_refused_script_gives_way_to_one_round_trip(
     fake: dict[str, Any],
     redis: Any,
-    commands: CommandLog,
+    wire: Wire,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
     options: dict[str, Any],
 ) -> None:
+    monkeypatch.setattr(redis_common, "HIREDIS", False)
     backend = backend_of(fake, **options)
     writer = RedisResults(backend)
     refusals: list[int] = []
@@ -218,8 +370,9 @@ async def test_without_scripts_results_are_written_by_a_pipeline(
         assert await writer.write([("d", shared)]) == []
     assert refusals == [1]
     assert not writer.scripted
+    assert writer.wired
     assert "writing results without a script (NOPERM" in caplog.text
-    assert len(commands.named("SET")) == 4
+    assert len(wire.trips) == 2
     await backend.set_result("one-ok", shared)
     await backend.set_result("one-err", failed())
     for bulk, single in [
@@ -234,10 +387,11 @@ async def test_without_scripts_results_are_written_by_a_pipeline(
 
 
 async def test_nothing_to_write_sends_nothing(
-    fake: dict[str, Any], commands: CommandLog
+    fake: dict[str, Any], commands: CommandLog, wire: Wire, parser: str
 ) -> None:
     writer = RedisResults(backend_of(fake))
     commands.clear()
     assert await writer.write([]) == []
     assert await writer.write([("bad", unserializable())]) != []
     assert commands.commands == []
+    assert wire.trips == []

@@ -1,6 +1,7 @@
 """The stream transport reads, acks, reclaims and sends as taskiq-redis would, in bulk.
 
-The packed read needs a real Redis (``cmsgpack``): see
+With hiredis a read is one plain ``XREADGROUP``; without it, a script that
+packs the reply. The packed read needs a real Redis (``cmsgpack``): see
 ``tests/integration/test_stream_reader.py``. fakeredis has no ``cmsgpack``:
 here the fallback to plain ``XREADGROUP`` is shown to lose nothing.
 """
@@ -30,7 +31,7 @@ from taskiq_redis import (
 from taskiq_batching import BatchInfo, BatchingMiddleware, BatchSettings, batch_task
 from taskiq_batching.core.run import BatchSpec
 from taskiq_batching.core.signature import analyse
-from taskiq_batching.transports import Transport, redis_common
+from taskiq_batching.transports import Transport, redis_common, redis_replies
 from taskiq_batching.transports.base import Delivery
 from taskiq_batching.transports.redis_stream import StreamTransport
 from tests.helpers import Recorder, running_worker
@@ -153,21 +154,84 @@ async def test_reads_never_take_more_than_the_brokers_count(
     await broker.shutdown()
 
 
+async def test_with_hiredis_a_read_is_one_plain_xreadgroup(
+    fake: dict[str, Any],
+    redis: Any,
+    commands: CommandLog,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(redis_common, "HIREDIS", True)
+    broker = stream_broker(fake, xread_block=1500)
+    transport = await started(broker)
+    assert not transport.reads.packed
+    sent = payloads(150)
+    await kick(broker, sent)
+    commands.clear()
+    chunks = await read_all(transport, 150)
+    assert [len(chunk) for chunk in chunks] == [100, 50]
+    assert [d.data for d in flat(chunks)] == sent
+    assert not commands.named("EVALSHA")
+    assert not commands.named("EVAL")
+    assert not commands.named("SCRIPT")
+    reads = commands.named("XREADGROUP")
+    assert len(reads) == 2
+    for args in reads:  # waits when nothing does, answers at once otherwise
+        words = [a.decode() if isinstance(a, bytes) else str(a) for a in args]
+        assert words == [
+            "GROUP",
+            GROUP,
+            transport.consumer,
+            "COUNT",
+            "100",
+            "BLOCK",
+            "1500",
+            "STREAMS",
+            "s",
+            ">",
+        ]
+    await transport.ack([d.handle for d in flat(chunks)])
+    assert await pending(redis) == 0
+    await broker.shutdown()
+
+
+async def test_without_hiredis_nor_msgpack_reads_are_plain_and_say_why(
+    fake: dict[str, Any],
+    commands: CommandLog,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(redis_common, "HIREDIS", False)
+    monkeypatch.setattr(redis_replies, "msgpack", None)
+    broker = stream_broker(fake)
+    with caplog.at_level(logging.WARNING, "taskiq_batching"):
+        transport = await started(broker)
+    assert not transport.reads.packed
+    assert "neither hiredis nor msgpack is installed" in caplog.text
+    await kick(broker, payloads(3))
+    commands.clear()
+    assert [d.data for d in flat(await read_all(transport, 3))] == payloads(3)
+    assert not commands.named("EVALSHA")
+    assert commands.named("XREADGROUP")
+    await broker.shutdown()
+
+
 async def test_without_cmsgpack_the_fallback_loses_nothing(
     fake: dict[str, Any],
     redis: Any,
     commands: CommandLog,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(redis_common, "HIREDIS", False)
     broker = stream_broker(fake)
     transport = await started(broker)
     sent = payloads(250)
     await kick(broker, sent)
-    assert transport.packed
+    assert transport.reads.packed
     commands.clear()
     with caplog.at_level(logging.WARNING, "taskiq_batching"):
         first = await transport.read(100)
-        assert not transport.packed
+        assert not transport.reads.packed
         assert commands.named("EVALSHA")  # the packed read was tried
         commands.clear()
         rest = await read_all(transport, 150)
@@ -223,8 +287,10 @@ async def test_additional_streams_are_read_with_their_own_handles(
         {b"s": [[(b"1-0", {b"data": b"a"}), (b"2-0", {b"data": b"b"})]]},
         # redis-py, unified: {stream: [(id, {field: value})]}
         {"s": [(b"1-0", {b"data": b"a"}), (b"2-0", {b"data": b"b"})]},
+        # as hiredis parsed it, RESP3: {stream: [[id, [field, value, ...]]]}
+        {b"s": [[b"1-0", [b"data", b"a"]], [b"2-0", [b"x", b"1", b"data", b"b"]]]},
     ],
-    ids=["packed", "resp2", "resp3", "unified"],
+    ids=["packed-or-raw-resp2", "resp2", "resp3", "unified", "raw-resp3"],
 )
 def test_every_reply_shape_gives_the_same_deliveries(
     fake: dict[str, Any], reply: Any
@@ -275,7 +341,7 @@ async def test_a_lost_read_is_retried_after_a_pause(
     monkeypatch.setattr(redis_common, "RETRY_DELAY", 0.001)
     broker = stream_broker(fake)
     transport = await started(broker)
-    transport.packed = False
+    transport.reads.packed = False
     await kick(broker, [b"m"])
     real = transport.client.redis.xreadgroup
     failures = [RedisConnectionError("gone"), TimeoutError("slow")]
@@ -357,7 +423,7 @@ async def test_interrupting_recovers_entries_a_cancelled_read_took(
 ) -> None:
     broker = stream_broker(fake, xread_block=2000)
     transport = await started(broker)
-    transport.packed = False
+    transport.reads.packed = False
     await kick(broker, [b"known"])
     known = await transport.read(10)
     # Entries XREADGROUP gave this consumer, whose reply never arrived.
@@ -640,12 +706,16 @@ def test_a_task_that_may_hold_a_message_past_idle_timeout_is_warned_of(
 # --- sentinel and cluster brokers ----------------------------------------------------
 
 
-async def test_a_sentinel_brokers_transport_asks_the_sentinels_for_the_master() -> None:
+@pytest.mark.parametrize("hiredis", [True, False])
+async def test_a_sentinel_brokers_transport_asks_the_sentinels_for_the_master(
+    monkeypatch: pytest.MonkeyPatch, hiredis: bool
+) -> None:
+    monkeypatch.setattr(redis_common, "HIREDIS", hiredis)
     broker = RedisStreamSentinelBroker(
         sentinels=[("localhost", 26379)], master_name="m"
     )
     transport = StreamTransport(broker)
-    assert transport.packed
+    assert transport.reads.packed is not hiredis
     assert transport.client._owned
     await transport.close()
 
@@ -655,7 +725,7 @@ def test_a_cluster_brokers_transport_uses_the_brokers_client_without_scripts() -
     transport = StreamTransport(broker)
     assert transport.client.redis is broker.redis
     assert transport.client.cluster
-    assert not transport.packed  # a script's keys would span slots
+    assert not transport.reads.packed  # a script's keys would span slots
     assert not transport.client._owned
 
 

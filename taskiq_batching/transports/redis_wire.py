@@ -1,0 +1,109 @@
+"""Many commands in one round trip, at little more than their bytes' cost.
+
+redis-py's pipeline spends, per command, more than the server does: it
+builds and encodes each command's arguments, and reads each reply under
+a timeout of its own (a timer scheduled and cancelled per reply). With
+its C reply parser (hiredis) the reading itself is cheap, so for a batch
+of simple commands this module packs the commands directly in Redis's
+protocol (RESP), sends them with one write, and reads every reply under
+one timeout (the connection's ``socket_timeout``) for the whole batch.
+
+Everything goes through redis-py's public connection API, so a pooled
+connection is handled as redis-py handles it: taken from and given back
+to the client's pool, closed when a reply cannot be read (the replies
+left unread would otherwise be read by its next user), and the round
+trip retried by the connection's retry policy. Only idempotent commands
+(``SET``, ``MSET``) are sent this way: retrying them after a lost
+connection writes the same values again.
+"""
+
+import asyncio
+import math
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+#: ``timeout=`` of ``read_response`` meaning "no timeout of its own" (its
+#: default, the socket timeout, costs a timer per reply): the batch's one
+#: timeout bounds every read.
+_UNBOUNDED = math.inf
+
+
+def command(args: Sequence[bytes]) -> bytes:
+    """One command in RESP: an array of bulk strings.
+
+    :param args: the command's name and arguments, already encoded.
+    :return: the bytes to send.
+    """
+    return b"*%d\r\n" % len(args) + b"".join(bulk(arg) for arg in args)
+
+
+def bulk(value: bytes) -> bytes:
+    """One bulk string in RESP.
+
+    :param value: its bytes.
+    :return: its length, CRLF, the bytes, CRLF.
+    """
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+async def round_trip(redis: Any, packed: Iterable[bytes], replies: int) -> list[Any]:
+    """Send packed commands with one write; read their replies.
+
+    :param redis: a ``redis.asyncio.Redis`` client (its pool, encoder and
+        retry policy are used).
+    :param packed: the commands, each packed by ``command`` (or by hand).
+    :param replies: how many replies they give (one per command).
+    :raises redis.exceptions.ConnectionError: the server could not be
+        reached (after the connection's retries).
+    :raises redis.exceptions.TimeoutError: the replies did not come in time.
+    :return: each command's reply, in order; a command that failed has its
+        ``ResponseError`` in its place (nothing is raised for it).
+    """
+    data = b"".join(packed)
+    pool = redis.connection_pool
+    connection = await pool.get_connection()
+    try:
+
+        async def exchange() -> list[Any]:
+            return await _exchange(connection, data, replies)
+
+        async def failed(error: Exception) -> None:
+            await connection.disconnect()
+
+        result: list[Any] = await connection.retry.call_with_retry(exchange, failed)
+        return result
+    finally:
+        await pool.release(connection)
+
+
+async def _exchange(connection: Any, data: bytes, replies: int) -> list[Any]:
+    await connection.send_packed_command(data)
+    found: list[Any] = []
+    try:
+        # A read cut by this timeout closes the connection (read_response
+        # does on any error), so no unread reply is left for its next user.
+        if sys.version_info >= (3, 11):  # a timer, not a task per round trip
+            async with asyncio.timeout(connection.socket_timeout):
+                await _read(connection, replies, found)
+        else:
+            await asyncio.wait_for(
+                _read(connection, replies, found), connection.socket_timeout
+            )
+    except asyncio.TimeoutError:
+        raise RedisTimeoutError(
+            f"{replies - len(found)} of {replies} replies not read within "
+            f"{connection.socket_timeout} s"
+        ) from None
+    return found
+
+
+async def _read(connection: Any, replies: int, found: list[Any]) -> None:
+    for _ in range(replies):
+        try:
+            found.append(await connection.read_response(timeout=_UNBOUNDED))
+        except ResponseError as error:
+            found.append(error)
