@@ -106,9 +106,8 @@ async def main() -> None:
     runs: dict[str, list[dict[str, float]]] = {policy: [] for policy in chosen}
     async with Redis.from_url(url) as redis:
         for round_ in range(args.rounds):
-            order = (
-                POLICIES[round_ % len(POLICIES) :] + POLICIES[: round_ % len(POLICIES)]
-            )
+            shift = round_ % len(chosen)  # each round starts elsewhere
+            order = chosen[shift:] + chosen[:shift]
             for policy in order:
                 runs[policy].append(await drain(redis, url, policy, args.messages))
     print(f"{args.messages:,} messages per drain, {args.rounds} rounds (medians)\n")
