@@ -27,7 +27,7 @@ ROWS = [
         "nats",
     ),
 ]
-#: The goal per broker: batched ≥ this many times plain ...
+#: The goal per broker: batched ≥ this many times plain (per worker CPU-second) ...
 RATIO_GOAL = 10.0
 #: ... or the broker's client library this share of the batched worker's time.
 CLIENT_GOAL = 0.75
@@ -80,23 +80,22 @@ def _verdict(
     ratio = stat(paired(results, batched, plain, "rate"))
     per_cpu = stat(paired(results, batched, plain, "rate_per_cpu"))
     profile: dict[str, Any] | None = results.brokers.get(kind)
-    lines = [f"**{name}**: batched / plain {cell(ratio)} (per CPU {cell(per_cpu)})."]
+    client = None
     if profile is not None:
-        busy = profile["busy"] or 1.0
-        client = profile["owners"].get(profile_owners.CLIENTS[kind], 0.0) / busy
-        lines[0] += (
-            f" Client library share of the batched worker's busy time: {client:.1%}."
-        )
-    reached = [
-        ratio is not None and ratio.median >= RATIO_GOAL,
-        profile is not None
-        and profile["owners"].get(profile_owners.CLIENTS[kind], 0.0)
-        / (profile["busy"] or 1.0)
-        >= CLIENT_GOAL,
-    ]
-    goal = f"goal: ≥ {RATIO_GOAL:g}x plain, or the client library ≥ {CLIENT_GOAL:.0%}"
-    lines[0] += f" ({goal}: **{'met' if any(reached) else 'NOT met'}**)"
-    lines.append("")
+        owners = profile["owners"]
+        client = owners.get(profile_owners.CLIENTS[kind], 0.0) / (profile["busy"] or 1)
+    # Per CPU: on a shared machine a worker's wall rate is the CPU it was given.
+    reached = (per_cpu is not None and per_cpu.median >= RATIO_GOAL) or (
+        client is not None and client >= CLIENT_GOAL
+    )
+    line = (
+        f"**{name}**: batched / plain {cell(per_cpu)} per worker CPU-second, "
+        f"{cell(ratio)} in msg/s"
+    )
+    if client is not None:
+        line += f"; the client library has {client:.1%} of the batched worker's time"
+    goal = f"≥ {RATIO_GOAL:g} times plain, or the client library ≥ {CLIENT_GOAL:.0%}"
+    lines = [f"{line} (goal: {goal}): **{'met' if reached else 'NOT met'}**.", ""]
     if profile is not None:
         lines.append(
             profile_owners.markdown(

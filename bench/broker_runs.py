@@ -21,7 +21,13 @@ from typing import Any
 from taskiq import BrokerMessage
 
 from bench import brokers
-from bench.measure import BenchError, ProgressProbe, redis_cpu_seconds, watch_drain
+from bench.measure import (
+    BenchError,
+    ProgressProbe,
+    redis_cpu_seconds,
+    wait_for,
+    watch_drain,
+)
 from bench.procs import Proc, started, taskiq_worker_argv
 from bench.taskiq_app import App, AppSettings, build
 from bench.workloads import (
@@ -32,7 +38,6 @@ from bench.workloads import (
     cleanup,
     drain_timeout,
     verify,
-    wait_for,
 )
 
 #: Seconds the worker gets to send its last acks before it is killed.

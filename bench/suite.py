@@ -244,11 +244,13 @@ WORKLOADS = [
         needs=("cgroup",),
     ),
     # RabbitMQ and NATS JetStream (bench/brokers.py): the four-broker table.
+    # In --extended (+7 min for 3 rounds), with the list broker's drains.
     Workload(
         "plain-amqp",
         "plain taskiq-aio-pika (quorum queue, qos 1000), no-op, results on",
         broker_runs.drain("amqp", batched=False),
         needs=("taskiq_aio_pika", "service:amqp"),
+        extra=True,
     ),
     Workload(
         "batched-amqp",
@@ -256,18 +258,21 @@ WORKLOADS = [
         # 2x: pre-loading RabbitMQ is slow (~4,000 msg/s), its drain is not.
         broker_runs.drain("amqp", batched=True, scale=2),
         needs=("taskiq_aio_pika", "service:amqp"),
+        extra=True,
     ),
     Workload(
         "plain-nats",
         "plain taskiq-nats PullBasedJetStreamBroker (fetch 100), no-op, results on",
         broker_runs.drain("nats", batched=False),
         needs=("taskiq_nats", "service:nats"),
+        extra=True,
     ),
     Workload(
         "batched-nats",
         "taskiq_batching batch_size=100, no-op, NATS JetStream, results on",
         broker_runs.drain("nats", batched=True, scale=FAST_SCALE),
         needs=("taskiq_nats", "service:nats"),
+        extra=True,
     ),
     # Cost of metrics (bench/metrics_app.py): compared with batched-stream,
     # measured in the same rounds (``uses``).

@@ -80,7 +80,13 @@ class DeliveryTap:
             parts, self._parts = self._parts, []
             self._deliver = None
             body = parts[0] if len(parts) == 1 else b"".join(parts)
-            self.note(self.channel, deliver.delivery_tag, deliver.consumer_tag, body)
+            tag, consumer = deliver.delivery_tag, deliver.consumer_tag
+            try:
+                self.note(self.channel, tag, consumer, body)
+            except Exception:
+                # Not aiormq's reader's to fail: the delivery stays unacked
+                # and comes again when the channel closes.
+                logger.exception("taskiq_batching: cannot note an AMQP delivery")
         return True
 
 

@@ -32,6 +32,7 @@ from taskiq import AckableMessage, AsyncBroker, BrokerMessage
 from taskiq_nats import PullBasedJetStreamBroker
 from taskiq_nats.broker import BaseJetStreamBroker
 
+from taskiq_batching._compat import nats_publish_each
 from taskiq_batching.core.run import BatchSpec
 from taskiq_batching.errors import describe
 from taskiq_batching.transports.base import Delivery, finished_read
@@ -193,12 +194,14 @@ class NatsTransport:
 
     async def _publish(self, handles: Sequence[Held], verdict: bytes) -> None:
         client = self.broker.client
+        replies = [held.reply for held in handles]
         first: BaseException | None = None
-        for one in handles:
-            try:
-                await client.publish(one.reply, verdict)
-            except Exception as exc:
-                first = first or exc
+        if not await nats_publish_each(client, replies, verdict):
+            for reply in replies:
+                try:
+                    await client.publish(reply, verdict)
+                except Exception as exc:
+                    first = first or exc
         await client.flush()
         if first is not None:
             raise first

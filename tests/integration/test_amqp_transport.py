@@ -1,20 +1,26 @@
 """The AMQP transport on the real RabbitMQ: chunked reads, bulk acks, stops.
 
 Each test uses its own exchange, queue and dead-letter queue, deleted
-afterwards. Queues are observed with a passive ``queue.declare`` (ready
+afterwards. The last tests run real ``taskiq worker`` processes
+(tests/integration/amqp_app.py: results and a record of every batch in
+the real Redis). Queues are observed with a passive ``queue.declare`` (ready
 messages): unacked deliveries are ready again once the consumer's channel
 is closed, so "no ready message after shutdown" means "nothing left
 unacked", and a double ack would have closed the channel (406).
 """
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import json
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse, urlunparse
 
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel
+from redis.asyncio import Redis
 from taskiq import AckableMessage, BrokerMessage
 from taskiq.brokers.inmemory_broker import InmemoryResultBackend
 from taskiq.kicker import AsyncKicker
@@ -22,10 +28,12 @@ from taskiq.utils import maybe_awaitable
 from taskiq_aio_pika import AioPikaBroker, Exchange, Queue
 
 from taskiq_batching import BatchingMiddleware, batch_task
-from taskiq_batching.transports import transport_for
+from taskiq_batching.transports import amqp, transport_for
 from taskiq_batching.transports.amqp import AmqpTransport
 from taskiq_batching.transports.base import Delivery
 from tests.helpers import running_worker
+from tests.integration.amqp_app import make_broker as make_app_broker
+from tests.integration.workers import Worker, eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -480,17 +488,22 @@ async def test_a_no_ack_consumer_gives_deliveries_without_acks(
 
 
 async def test_interrupt_lets_an_idle_read_return_and_close_cancels_once(
-    make_broker: MakeBroker, observer: AbstractChannel, queue: str
+    make_broker: MakeBroker,
+    observer: AbstractChannel,
+    queue: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     broker = make_broker(qos=10)
     await broker.startup()
     transport = AmqpTransport(broker)
     assert await transport.read(10) == []  # idle: returns for the timers
+    monkeypatch.setattr(amqp, "IDLE_WAIT", 600.0)
     reading = asyncio.ensure_future(transport.read(10))
     await asyncio.sleep(0.05)
     started = asyncio.get_running_loop().time()
     assert await transport.interrupt(reading) == []
-    assert asyncio.get_running_loop().time() - started < 0.5
+    # Not after the idle wait: at once (bounded loosely, for a loaded machine).
+    assert asyncio.get_running_loop().time() - started < 60
     assert not reading.cancelled()
     await asyncio.gather(transport.close(), transport.close())
     declared = await observer.declare_queue(queue, passive=True)
@@ -523,3 +536,119 @@ async def test_deliveries_are_tapped_whole_even_over_many_frames(
     await transport.close()
     await broker.shutdown()
     assert await ready(observer, queue) == 0
+
+
+# --- real ``taskiq worker`` processes (tests/integration/amqp_app.py) -------
+
+
+@pytest.fixture
+def start_worker(
+    rabbitmq_url: str,
+    redis_url: str,
+    queue: str,
+    observer: AbstractChannel,  # set up first, so torn down after the workers
+    tmp_path: Path,
+) -> Iterator[Callable[..., Worker]]:
+    workers: list[Worker] = []
+
+    def start(batch_size: int, batch_timeout: float) -> Worker:
+        env = {
+            "RABBITMQ_URL": rabbitmq_url,
+            "REDIS_URL": redis_url,
+            "TB_QUEUE": queue,
+            "TB_QOS": "200",
+            "TB_BATCH_SIZE": str(batch_size),
+            "TB_BATCH_TIMEOUT": str(batch_timeout),
+        }
+        worker = Worker(
+            env,
+            tmp_path / f"worker-{len(workers)}.log",
+            app="tests.integration.amqp_app:broker",
+            args=("--ack-type", "when_saved"),
+        )
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.kill9()
+
+
+async def consumers_and_ready(observer: AbstractChannel, queue: str) -> tuple[int, int]:
+    declared = await observer.declare_queue(queue, passive=True)
+    result = declared.declaration_result
+    return result.consumer_count or 0, result.message_count or 0
+
+
+async def recorded(redis: Redis, queue: str) -> Counter[int]:
+    """How many times each item ran in a batch."""
+    raw = await redis.lrange(f"{queue}:batches", 0, -1)
+    return Counter(item for batch in raw for item in json.loads(batch)["items"])
+
+
+async def test_sigkill_with_a_half_full_buffer_loses_nothing(
+    rabbitmq_url: str,
+    redis_url: str,
+    redis: Redis,
+    queue: str,
+    observer: AbstractChannel,
+    start_worker: Callable[..., Worker],
+) -> None:
+    producer = make_app_broker(rabbitmq_url, redis_url, queue, qos=10)
+    await producer.startup()
+    try:
+        collect: AsyncKicker[Any, Any] = AsyncKicker("collect", producer, {})
+        first = start_worker(batch_size=1000, batch_timeout=3600)
+        sent = [await collect.kiq(item) for item in range(50)]
+
+        async def all_held() -> bool:
+            return await consumers_and_ready(observer, queue) == (1, 0)
+
+        await eventually(all_held, 20, "the worker holds the 50 messages")
+        assert await recorded(redis, queue) == Counter()
+        first.kill9()  # a crash with 50 messages in its buffer
+
+        async def requeued() -> bool:
+            return await consumers_and_ready(observer, queue) == (0, 50)
+
+        await eventually(requeued, 10, "the 50 unacked messages back in the queue")
+        replacement = start_worker(batch_size=10, batch_timeout=0.2)
+        for task in sent:
+            result = await task.wait_result(timeout=20, check_interval=0.05)
+            assert not result.is_err, result.error
+        assert await recorded(redis, queue) == Counter(range(50))
+        replacement.stop(timeout=15)
+        assert replacement.process.returncode == 0, replacement.output()
+        assert await consumers_and_ready(observer, queue) == (0, 0)  # all acked
+    finally:
+        await producer.shutdown()
+
+
+async def test_sigterm_flushes_the_buffer_and_exits(
+    rabbitmq_url: str,
+    redis_url: str,
+    redis: Redis,
+    queue: str,
+    observer: AbstractChannel,
+    start_worker: Callable[..., Worker],
+) -> None:
+    producer = make_app_broker(rabbitmq_url, redis_url, queue, qos=10)
+    await producer.startup()
+    try:
+        collect: AsyncKicker[Any, Any] = AsyncKicker("collect", producer, {})
+        worker = start_worker(batch_size=1000, batch_timeout=3600)
+        sent = [await collect.kiq(item) for item in range(30)]
+
+        async def all_held() -> bool:
+            return await consumers_and_ready(observer, queue) == (1, 0)
+
+        await eventually(all_held, 20, "the worker holds the 30 messages")
+        worker.stop(timeout=15)
+        assert worker.process.returncode == 0, worker.output()
+        assert await recorded(redis, queue) == Counter(range(30))
+        for task in sent:
+            result = await task.wait_result(timeout=5, check_interval=0.05)
+            assert not result.is_err, result.error
+        assert await consumers_and_ready(observer, queue) == (0, 0)  # all acked
+    finally:
+        await producer.shutdown()

@@ -26,7 +26,7 @@ from taskiq.brokers.inmemory_broker import InmemoryResultBackend
 from taskiq.kicker import AsyncKicker
 from taskiq_nats import PullBasedJetStreamBroker, PushBasedJetStreamBroker
 
-from taskiq_batching import BatchingMiddleware, batch_task
+from taskiq_batching import BatchingMiddleware, _compat, batch_task
 from taskiq_batching.transports import transport_for
 from taskiq_batching.transports.generic import GenericTransport
 from taskiq_batching.transports.nats import NatsTransport
@@ -198,11 +198,11 @@ async def test_a_held_message_redelivered_is_not_taken_twice(
 async def test_held_messages_are_kept_alive_past_ack_wait(
     make_broker: MakeBroker,
 ) -> None:
-    broker = make_broker(ack_wait=1)
+    broker = make_broker(ack_wait=3)  # in progress sent every second
     transport = await started(broker)
     await publish(broker, 3)
     held = await read_all(transport, 10, 3)
-    await asyncio.sleep(2.5)
+    await asyncio.sleep(5)
     assert (await consumer_info(broker)).num_redelivered == 0
     await transport.ack([d.handle for d in held])
     await transport.close()
@@ -466,3 +466,36 @@ async def test_sigterm_flushes_the_buffer_and_exits(
         assert (info.num_ack_pending, info.num_pending) == (0, 0)
     finally:
         await producer.shutdown()
+
+
+async def test_compat_publishes_many_with_the_installed_client(nats_url: str) -> None:
+    """``_compat.nats_publish_each`` against the installed nats-py."""
+    client = await nats.connect(nats_url)
+    try:
+        inbox = client.new_inbox()
+        got: list[tuple[str, bytes]] = []
+        done = asyncio.Event()
+
+        async def received(message: Any) -> None:
+            got.append((message.subject, message.data))
+            if len(got) == 3:
+                done.set()
+
+        await client.subscribe(f"{inbox}.*", cb=received)
+        await client.flush()
+        subjects = [f"{inbox}.{index}" for index in range(3)]
+        assert await _compat.nats_publish_each(client, subjects, b"+ACK")
+        await client.flush()
+        await asyncio.wait_for(done.wait(), 10)
+        assert sorted(got) == [(subject, b"+ACK") for subject in subjects]
+        assert client.stats["out_msgs"] == 3
+    finally:
+        await client.close()
+
+
+async def test_compat_finds_the_pull_subject(make_broker: MakeBroker) -> None:
+    """``_compat.nats_pull_subject`` against the installed nats-py."""
+    broker = make_broker()
+    await broker.startup()
+    subject = _compat.nats_pull_subject(broker.consumer)
+    assert subject == f"$JS.API.CONSUMER.MSG.NEXT.{broker.stream_name}.{broker.durable}"

@@ -175,3 +175,21 @@ async def test_a_tapped_channel_notes_deliveries_through_the_channels() -> None:
         await channel.frames.put((1, frame))
     assert noted.deliveries == [(1, "c", b"1"), (2, "d", b"2")]
     assert channel.frames.empty()
+
+
+def test_a_failing_note_is_logged_not_raised_into_aiormqs_reader(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls: list[int] = []
+
+    def note(channel: Any, tag: int, consumer: str, body: bytes) -> None:
+        calls.append(tag)
+        if tag == 1:
+            raise RuntimeError("bug")
+
+    tap = DeliveryTap(object(), note)
+    tap.consumers.add("c")
+    with caplog.at_level(logging.ERROR, logger="taskiq_batching"):
+        assert all(tap.take(frame) for frame in [*frames(1, b"1"), *frames(2, b"2")])
+    assert calls == [1, 2]
+    assert "cannot note an AMQP delivery" in caplog.text

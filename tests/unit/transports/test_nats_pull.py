@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from taskiq_nats import PullBasedJetStreamBroker
 
+from taskiq_batching import _compat
 from taskiq_batching.transports import nats_pull
 from taskiq_batching.transports.nats import NatsTransport
 from taskiq_batching.transports.nats_pull import Pull, stream_sequence
@@ -265,3 +266,24 @@ async def test_close_naks_what_was_received_but_never_read() -> None:
     assert client.unsubscribed
     await nats.close()  # once
     assert client.verdicts()[-1] == (ack_subject(3), b"-NAK")
+
+
+async def test_compat_hands_many_publishes_to_the_client_at_once() -> None:
+    sent: list[bytes] = []
+
+    async def send_command(command: bytes) -> None:
+        sent.append(command)
+
+    client = SimpleNamespace(
+        _send_command=send_command,
+        is_connected=True,
+        stats={"out_msgs": 0, "out_bytes": 0},
+    )
+    assert await _compat.nats_publish_each(client, ["a.1", "a.2"], b"+ACK")
+    assert sent == [b"PUB a.1 4\r\n+ACK\r\nPUB a.2 4\r\n+ACK\r\n"]
+    assert client.stats == {"out_msgs": 2, "out_bytes": 8}
+    assert not await _compat.nats_publish_each(client, [], b"+ACK")
+    client.is_connected = False  # publish buffers or refuses: its own rules
+    assert not await _compat.nats_publish_each(client, ["a.3"], b"+ACK")
+    assert not await _compat.nats_publish_each(Client(), ["a.3"], b"+ACK")
+    assert len(sent) == 1
