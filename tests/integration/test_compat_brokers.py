@@ -1,0 +1,74 @@
+"""``_compat``'s touches of aiormq and nats-py, against the installed versions.
+
+Each private part the AMQP and NATS transports rely on is checked here on
+the real servers, so that a release of those libraries that moves it
+fails this test, not a worker in production.
+"""
+
+import asyncio
+import uuid
+
+import aiormq
+import nats
+import pytest
+from nats.aio.msg import Msg
+
+from taskiq_batching import _compat
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
+
+
+async def test_amqp_tap_frames_sees_each_frame_of_a_channel_once(
+    rabbitmq_url: str,
+) -> None:
+    connection = await aiormq.connect(rabbitmq_url)
+    try:
+        channel = await connection.channel()
+        queue = f"tb-compat-{uuid.uuid4().hex[:8]}"
+        await channel.queue_declare(queue, auto_delete=True)
+        seen: list[object] = []
+        arrived = asyncio.Event()
+
+        def take(frame: object) -> bool:
+            seen.append(frame)
+            arrived.set()
+            return False  # leave it to the channel
+
+        assert _compat.amqp_tap_frames(channel, take)
+        assert not _compat.amqp_tap_frames(channel, take)  # once per channel
+        await channel.basic_publish(b"x", routing_key=queue)
+        got = await channel.basic_get(queue, no_ack=True)
+        assert got.body == b"x"
+        await asyncio.wait_for(arrived.wait(), 10)
+        assert seen
+    finally:
+        await connection.close()
+
+
+async def test_nats_pull_subject_and_publish_each(nats_url: str) -> None:
+    client = await nats.connect(nats_url)
+    stream = f"tbcompat{uuid.uuid4().hex[:8]}"
+    try:
+        js = client.jetstream()
+        await js.add_stream(name=stream, subjects=[f"{stream}.>"])
+        pull = await js.pull_subscribe(f"{stream}.x", durable=stream)
+        subject = _compat.nats_pull_subject(pull)
+        assert subject.endswith(f"CONSUMER.MSG.NEXT.{stream}.{stream}")
+        received: list[str] = []
+        done = asyncio.Event()
+
+        async def on_message(message: Msg) -> None:
+            received.append(message.subject)
+            if len(received) == 3:
+                done.set()
+
+        await client.subscribe(f"{stream}-acks.*", cb=on_message)
+        await client.flush()
+        subjects = [f"{stream}-acks.{n}" for n in range(3)]
+        assert await _compat.nats_publish_each(client, subjects, b"+ACK")
+        await client.flush()
+        await asyncio.wait_for(done.wait(), 10)
+        assert sorted(received) == subjects
+    finally:
+        await client.jetstream().delete_stream(stream)
+        await client.close()
