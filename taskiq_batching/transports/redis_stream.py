@@ -107,7 +107,8 @@ class StreamTransport:
             self.block,
         )
         self._in_use: set[Entry] = set()
-        self._last_seen: dict[str, bytes] = {}
+        #: Per stream, the last entry read: its id and its data.
+        self._last_seen: dict[str, tuple[bytes, bytes]] = {}
 
     @property
     def outstanding(self) -> int:
@@ -156,9 +157,18 @@ class StreamTransport:
             return self._deliveries(reply)
 
     async def _create_groups(self, error: ResponseError) -> None:
-        """Create the consumer group again, at the last entry this worker saw."""
+        """Create the consumer group again, after the last entry this worker saw.
+
+        When that entry is gone, the stream itself was deleted (and made
+        again by new entries, whose ids may be lower than the old ones):
+        the group then starts at the stream's beginning, so that nothing
+        sent since is skipped (at worst an entry is delivered twice).
+        """
         for stream in self.ids:
-            start = self._last_seen.get(stream, self.broker.consumer_id)
+            start: Any = self.broker.consumer_id
+            seen = self._last_seen.get(stream)
+            if seen is not None:
+                start = seen[0] if await self._still_there(stream, *seen) else "0"
             try:
                 await self.client.redis.xgroup_create(
                     stream, self.group, id=start, mkstream=True
@@ -168,10 +178,15 @@ class StreamTransport:
                     raise
         logger.warning(
             "taskiq_batching: consumer group %s was missing (%s); created again "
-            "from the last entry read",
+            "after the last entry read (from the start of a stream made again)",
             self.group,
             error,
         )
+
+    async def _still_there(self, stream: str, entry_id: bytes, data: bytes) -> bool:
+        """Whether the stream still holds this entry: it was not made again."""
+        found = await self.client.redis.xrange(stream, entry_id, entry_id, count=1)
+        return any(fields.get(b"data") == data for _, fields in found)
 
     def _deliveries(self, reply: Any) -> list[Delivery]:
         """An XREADGROUP reply, packed or parsed by redis-py, as deliveries."""
@@ -179,7 +194,7 @@ class StreamTransport:
         for stream, entry_id, data in entries(reply):
             entry = (stream, entry_id)
             self._in_use.add(entry)
-            self._last_seen[stream] = entry_id
+            self._last_seen[stream] = (entry_id, data)
             chunk.append(Delivery(data, entry))
         return chunk
 

@@ -801,3 +801,27 @@ async def test_a_worker_reclaims_a_dead_consumers_entries_without_new_traffic(
     assert seen.batches == [[1, 2, 3]]
     assert await pending(redis) == 0
     assert "claimed 3 message(s)" in caplog.text
+
+
+async def test_a_stream_made_again_with_the_same_ids_is_read_from_its_start(
+    fake: dict[str, Any], redis: Any
+) -> None:
+    # Deleted and made again within one millisecond, a stream's new entries
+    # can carry the ids of those already read: none of them may be skipped.
+    broker = stream_broker(fake)
+    transport = await started(broker)
+    for n in range(3):
+        await redis.xadd("s", {"data": b"old-%d" % n}, id=f"5-{n}")
+    first = flat(await read_all(transport, 3))
+    await transport.ack([d.handle for d in first])
+    await redis.delete("s")
+    for n in range(3):
+        await redis.xadd("s", {"data": b"new-%d" % n}, id=f"5-{n}")
+    again = flat(await read_all(transport, 3))
+    assert [d.data for d in again] == [b"new-0", b"new-1", b"new-2"]
+    # Only the group lost: reading goes on after the last entry read.
+    await transport.ack([d.handle for d in again])
+    await redis.xgroup_destroy("s", GROUP)
+    await redis.xadd("s", {"data": b"later"}, id="6-0")
+    assert [d.data for d in await transport.read(10)] == [b"later"]
+    await broker.shutdown()
