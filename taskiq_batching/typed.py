@@ -186,15 +186,14 @@ class BatchedTask(Generic[_Item, _P, _R]):
         args: Sequence[Any] = (),
         kwargs: Mapping[str, Any] | None = None,
     ) -> list[TaskiqResult[Any] | NotSent]:
-        """Send items in chunks, waiting for each chunk's results; stop on a switch.
+        """``BatchingDecoratedTask.map``, typed for this task's items.
 
         :param items: elements of the batch function's list, one per message.
-        :param chunk_size: items per chunk, each sent with ``kiq_many``.
-        :param kill_switch: stops sending when it trips (``AnyFailed()``,
-            ``CountExceeded(n)``, ``RateExceeded(ratio, min_count)``).
+        :param chunk_size: items per chunk.
+        :param kill_switch: stops sending when it trips.
         :param timeout: seconds (or a timedelta) to wait for each result.
-        :param args: the batch function's further arguments (for all items).
-        :param kwargs: its further keyword arguments (for all items).
+        :param args: the batch function's further arguments.
+        :param kwargs: its further keyword arguments.
         :return: each item's result, or ``NotSent``, in input order.
         """
         options = MapOptions(chunk_size, kill_switch, timeout, args, kwargs)

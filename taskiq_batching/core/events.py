@@ -8,7 +8,7 @@ batch goes on).
 
 import logging
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from taskiq_batching.settings import FlushReason
 
@@ -82,24 +82,19 @@ class Observers:
 
     def flushed(self, task_name: str, reason: FlushReason, size: int) -> None:
         """Tell every observer of a flush (see ``BatchObserver.flushed``)."""
-        for observer in self.observers:
-            try:
-                observer.flushed(task_name, reason, size)
-            except Exception:
-                logger.exception("taskiq_batching: observer %r failed", observer)
+        self._each("flushed", task_name, reason, size)
 
     def finished(self, report: BatchReport) -> None:
         """Tell every observer of a finished batch."""
-        for observer in self.observers:
-            try:
-                observer.finished(report)
-            except Exception:
-                logger.exception("taskiq_batching: observer %r failed", observer)
+        self._each("finished", report)
 
     def reclaimed(self, count: int) -> None:
         """Tell every observer of reclaimed deliveries."""
+        self._each("reclaimed", count)
+
+    def _each(self, event: str, *args: Any) -> None:
         for observer in self.observers:
             try:
-                observer.reclaimed(count)
+                getattr(observer, event)(*args)
             except Exception:
                 logger.exception("taskiq_batching: observer %r failed", observer)
