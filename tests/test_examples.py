@@ -88,3 +88,43 @@ def test_policy_examples(name: str) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.splitlines() == POLICY_OUTPUTS[name], done.stdout + done.stderr
     assert "Task was destroyed" not in done.stderr
+
+
+RECIPE = ROOT / "examples" / "testing_recipe" / "test_recipe.py"
+
+
+def test_testing_md_shows_the_recipe_file() -> None:
+    """docs/testing.md's first code block is the recipe file, word for word."""
+    text = (ROOT / "docs" / "testing.md").read_text()
+    block = text.split("```python\n", 1)[1].split("```", 1)[0]
+    assert block == RECIPE.read_text()
+
+
+@pytest.mark.timeout(90)
+def test_testing_recipe_passes_in_pytest_asyncio_strict_mode(tmp_path: Path) -> None:
+    # An empty config of its own: pytest-asyncio's defaults, as in a new
+    # project, not this project's asyncio_mode = "auto".
+    config = tmp_path / "pytest.ini"
+    config.write_text("[pytest]\n")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-c",
+            str(config),
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "asyncio_mode=strict",
+            "-q",
+            str(RECIPE),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=80,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 passed" in done.stdout, done.stdout + done.stderr
