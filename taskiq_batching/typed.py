@@ -221,7 +221,7 @@ def batch_task(
     batch_max_cost: float | None = None,
     batch_min_size: int | None = None,
     batch_max_wait: float | datetime.timedelta | None = None,
-    batch_where: Callable[[Any], bool] | None = None,
+    batch_where: Callable[[Any], bool] | str | None = None,
     task_name: str | None = None,
     **labels: Any,
 ) -> Callable[[Callable[Concatenate[list[_Item], _P], _R]], BatchedTask[_Item, _P, _R]]:
@@ -252,7 +252,8 @@ def batch_task(
     :param batch_max_wait: ...seconds (>= ``batch_timeout``) after its first
         message.
     :param batch_where: items for which it is false are finished without
-        running (result ``None``, labelled ``batch_filtered``).
+        running (result ``None``, labelled ``batch_filtered``): a predicate
+        on the item, or the name of one of its fields (read as a bool).
     :param task_name: the task's name (default: module and function name).
     :param labels: other taskiq labels (``timeout``, ``ack_type``, ...).
     :raises MiddlewareMissingError: when the broker has no BatchingMiddleware.

@@ -85,5 +85,10 @@ async def usage() -> None:
 async def keyed(texts: list[str]) -> None: ...
 
 
+# batch_where, like batch_key and batch_cost, takes the name of a field.
+@batch_task(broker, batch_size=10, batch_where="indexable")
+async def filtered(docs: list[dict[str, bool]]) -> None: ...
+
+
 async def keyed_usage() -> None:
     assert_type(await keyed.kiq("text"), AsyncTaskiqTask[None])
