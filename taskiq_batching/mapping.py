@@ -36,7 +36,10 @@ SendChunk = Callable[[Sequence[Any]], Awaitable[Sequence[AsyncTaskiqTask[Any]]]]
 
 @dataclass(frozen=True, slots=True)
 class NotSent:
-    """The entry of an item that was never sent: the kill switch tripped first.
+    """The entry of an item that was never sent: the map stopped first.
+
+    It stops when the kill switch trips, or when a result of the chunk
+    before did not come (see ``NotFinished``).
 
     :param index: the item's position in the input.
     :param reason: why sending stopped (the kill switch's description).

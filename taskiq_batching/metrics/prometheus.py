@@ -165,8 +165,7 @@ class PrometheusBatchMetrics(BatchMetricsMiddleware):
         wait_buckets: Sequence[float] = SECONDS_BUCKETS,
         run_buckets: Sequence[float] = SECONDS_BUCKETS,
     ) -> None:
-        # Found, not imported (see the module's docstring): said here, where
-        # the broker is made, not at each worker process's start.
+        # Found, not imported (see the module's docstring).
         if importlib.util.find_spec("prometheus_client") is None:
             raise MissingDependencyError(
                 "PrometheusBatchMetrics", "prometheus_client", "metrics"
