@@ -92,6 +92,105 @@ class BatchResultError(BatchingError):
         return f"Batch of task {self.task_name!r}: {self.reason}"
 
 
+class MissingDependencyError(BatchingError, ImportError):
+    """A feature was set up without the optional library it needs.
+
+    Raised when the feature is created (a metrics exporter added to a
+    broker), so the producer and every worker fail at once, saying what
+    to install, rather than a worker process failing at its start.
+
+    :param feature: what was set up (a class name).
+    :param module: the module it needs.
+    :param extra: the package extra that installs it.
+    """
+
+    def __init__(self, feature: str, module: str, extra: str) -> None:
+        super().__init__(feature, module, extra)
+        self.name = module  # ImportError's: the module that is missing
+        self.feature = feature
+        self.module = module
+        self.extra = extra
+
+    def __str__(self) -> str:
+        return (
+            f"{self.feature} needs {self.module}, which is not installed: "
+            f'pip install "taskiq-batching[{self.extra}]"'
+        )
+
+
+class ResultBackendMissingError(BatchConfigError):
+    """``map`` was called on a broker that keeps no results.
+
+    taskiq's default ``DummyResultBackend`` says every message is done at
+    once with a ``None`` result, so ``map`` would wait for nothing and its
+    kill switch could never trip: it refuses before sending anything.
+
+    :param task_name: the batched task.
+    :param broker: the broker's class name.
+    """
+
+    def __init__(self, task_name: str, broker: str) -> None:
+        super().__init__(task_name, broker)
+        self.task_name = task_name
+        self.broker = broker
+
+    def __str__(self) -> str:
+        return (
+            f"map of task {self.task_name!r} waits for the results of each "
+            f"chunk, but the {self.broker} has no result backend (taskiq's "
+            "DummyResultBackend reports every message done at once): add one "
+            "with `broker.with_result_backend(...)` (e.g. taskiq-redis's "
+            "RedisAsyncResultBackend), or send with `kiq_many` without waiting."
+        )
+
+
+class KillSwitchTypeError(BatchConfigError, TypeError):
+    """``map`` was given a ``kill_switch`` that is not a kill switch.
+
+    Raised before anything is sent.
+
+    :param given: a description of what was given.
+    """
+
+    def __init__(self, given: str) -> None:
+        super().__init__(given)
+        self.given = given
+
+    def __str__(self) -> str:
+        return (
+            "map: kill_switch must be a kill switch: AnyFailed(), "
+            "CountExceeded(count), RateExceeded(ratio, min_count), or an "
+            f"object with a `tripped(results)` method; got {self.given}."
+        )
+
+
+class ListSentAsItemError(BatchingError, TypeError):
+    """``kiq`` of a batched task was given a list of items, not one item.
+
+    A batch function takes a list, but each message carries ONE of its
+    items. Raised before sending, when the item type is known and the
+    list is not an item itself but its elements are.
+
+    :param task_name: the batched task.
+    :param kind: the type of what was sent (``list``, ``tuple``).
+    :param size: how many elements it had.
+    """
+
+    def __init__(self, task_name: str, kind: str, size: int) -> None:
+        super().__init__(task_name, kind, size)
+        self.task_name = task_name
+        self.kind = kind
+        self.size = size
+
+    def __str__(self) -> str:
+        return (
+            f"batched task {self.task_name!r} takes ONE item per message, but "
+            f"kiq was given a {self.kind} of {self.size} item(s): send them "
+            "with `await task.kiq_many(items)` (or `await task.map(items)` to "
+            "wait for their results), or one item with `await task.kiq(item)`."
+        )
+
+
 def describe(error: BaseException) -> str:
     """An error for a log line: its type and its text.
 

@@ -2,8 +2,11 @@
 
 Items are sent in chunks (each with ``kiq_many``); each chunk's results
 are awaited before the next chunk is sent, and sending stops when the
-kill switch trips. Every item gets an entry in input order: its result,
-or ``NotSent`` when sending stopped before its chunk.
+kill switch trips or a result does not come in time. Every item gets an
+entry in input order: its result; ``NotFinished`` when it was sent but
+its result did not come; ``NotSent`` when sending stopped before its
+chunk. So what did not run can be sent again, and nothing that finished
+is lost.
 """
 
 import datetime
@@ -11,9 +14,17 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from taskiq import AsyncTaskiqTask, TaskiqResult
+from taskiq import AsyncTaskiqDecoratedTask, AsyncTaskiqTask, TaskiqResult
+from taskiq.exceptions import TaskiqResultTimeoutError
+from taskiq.result_backends.dummy import DummyResultBackend
 
-from taskiq_batching.errors import BatchConfigError
+from taskiq_batching.errors import (
+    BatchConfigError,
+    KillSwitchTypeError,
+    ResultBackendMissingError,
+    describe,
+)
+from taskiq_batching.producer import send_many
 from taskiq_batching.validation import count, seconds
 
 #: Items per chunk of ``map`` by default.
@@ -25,7 +36,10 @@ SendChunk = Callable[[Sequence[Any]], Awaitable[Sequence[AsyncTaskiqTask[Any]]]]
 
 @dataclass(frozen=True, slots=True)
 class NotSent:
-    """The entry of an item that was never sent: the kill switch tripped first.
+    """The entry of an item that was never sent: the map stopped first.
+
+    It stops when the kill switch trips, or when a result of the chunk
+    before did not come (see ``NotFinished``).
 
     :param index: the item's position in the input.
     :param reason: why sending stopped (the kill switch's description).
@@ -33,6 +47,28 @@ class NotSent:
 
     index: int
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class NotFinished:
+    """The entry of an item that was sent but whose result did not come.
+
+    Its result did not come within ``map``'s ``timeout`` (a worker died,
+    or is slow), or could not be read. The message may still run later:
+    ``task_id`` finds its result then.
+
+    :param index: the item's position in the input.
+    :param task_id: the message's task_id.
+    :param reason: why it has no result.
+    """
+
+    index: int
+    task_id: str
+    reason: str
+
+
+#: What ``map`` returns for each item.
+MapEntry = TaskiqResult[Any] | NotSent | NotFinished
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,14 +163,40 @@ class RateExceeded:
         return None
 
 
+async def map_task(
+    task: AsyncTaskiqDecoratedTask[Any, Any],
+    items: Iterable[Any],
+    options: MapOptions,
+) -> list[MapEntry]:
+    """``map`` of a batched task (see ``BatchingDecoratedTask.map``).
+
+    :raises ResultBackendMissingError: when the broker keeps no results.
+    """
+    if isinstance(task.broker.result_backend, DummyResultBackend):
+        raise ResultBackendMissingError(task.task_name, type(task.broker).__name__)
+    args = tuple(options.args)
+    kwargs = dict(options.kwargs or {})
+
+    async def send(chunk: Sequence[Any]) -> Sequence[AsyncTaskiqTask[Any]]:
+        return await send_many(task.kicker(), chunk, args, kwargs)
+
+    return await map_items(
+        send, items, options.chunk_size, options.kill_switch, options.timeout
+    )
+
+
 async def map_items(
     send: SendChunk,
     items: Iterable[Any],
     chunk_size: int,
     kill_switch: KillSwitch | None,
     timeout: float | datetime.timedelta | None,
-) -> list[TaskiqResult[Any] | NotSent]:
+) -> list[MapEntry]:
     """Send items chunk by chunk, waiting for each chunk's results.
+
+    A result that does not come within ``timeout`` stops the map: the
+    results of its chunk that came are kept, the others are
+    ``NotFinished``, and later chunks are ``NotSent``.
 
     :param send: sends one chunk (``kiq_many``).
     :param items: the items, one message each.
@@ -142,19 +204,81 @@ async def map_items(
     :param kill_switch: stops sending when it trips; None: send everything.
     :param timeout: seconds to wait for each result (None: no limit).
     :raises BatchConfigError: when ``chunk_size`` or ``timeout`` is invalid.
-    :return: each item's result, or ``NotSent``, in input order.
+    :raises KillSwitchTypeError: when ``kill_switch`` is not a kill switch.
+    :return: each item's result, ``NotFinished`` or ``NotSent``, in input order.
     """
     size = count("map", "chunk_size", chunk_size, "items per chunk")
     wait = -1.0 if timeout is None else seconds("map", "timeout", timeout)
+    switch = _kill_switch(kill_switch)
     pending = list(items)
+    entries: list[MapEntry] = []
     done: list[TaskiqResult[Any]] = []
     for start in range(0, len(pending), size):
         sent = await send(pending[start : start + size])
-        done.extend(
-            [await task.wait_result(check_interval=0.05, timeout=wait) for task in sent]
-        )
-        reason = None if kill_switch is None else kill_switch.tripped(done)
+        chunk, missing = await _collect(sent, start, wait)
+        entries.extend(chunk)
+        done.extend(entry for entry in chunk if isinstance(entry, TaskiqResult))
+        reason = missing or (None if switch is None else switch.tripped(done))
         if reason is not None:
             unsent = range(start + size, len(pending))
-            return [*done, *(NotSent(index, reason) for index in unsent)]
-    return list(done)
+            return [*entries, *(NotSent(index, reason) for index in unsent)]
+    return entries
+
+
+def _kill_switch(kill_switch: object) -> KillSwitch | None:
+    """The kill switch, checked before anything is sent."""
+    if kill_switch is None:
+        return None
+    if isinstance(kill_switch, type):
+        raise KillSwitchTypeError(
+            f"the class {kill_switch.__name__} (give an instance: "
+            f"{kill_switch.__name__}(...))"
+        )
+    if not callable(getattr(kill_switch, "tripped", None)):
+        raise KillSwitchTypeError(f"{kill_switch!r} ({type(kill_switch).__name__})")
+    return kill_switch  # type: ignore[return-value]
+
+
+async def _collect(
+    sent: Sequence[AsyncTaskiqTask[Any]],
+    start: int,
+    wait: float,
+) -> tuple[list[MapEntry], str | None]:
+    """A chunk's entries, and why the map must stop (None: go on).
+
+    Results are awaited in order, each up to ``wait`` seconds; after one
+    does not come, the rest of the chunk is looked at once, not awaited.
+    """
+    entries: list[MapEntry] = []
+    missing: str | None = None
+    for index, task in enumerate(sent, start):
+        if missing is not None:
+            entries.append(await _if_ready(task, index, missing))
+            continue
+        try:
+            entries.append(await task.wait_result(check_interval=0.05, timeout=wait))
+            continue
+        except TaskiqResultTimeoutError:
+            why = f"did not come within {wait:g} s"
+        # Whatever the backend raises, the results already read are kept.
+        except Exception as exc:
+            why = f"could not be read: {_describe(exc)}"
+        entries.append(NotFinished(index, task.task_id, f"its result {why}"))
+        missing = f"map stopped: the result of item {index} {why}"
+    return entries, missing
+
+
+async def _if_ready(task: AsyncTaskiqTask[Any], index: int, why: str) -> MapEntry:
+    """An item's result if it is there now, else ``NotFinished``."""
+    try:
+        if await task.is_ready():
+            return await task.get_result()
+    except Exception as exc:  # as in ``_collect``: keep what was read
+        why = f"{why}; then reading its own result failed: {_describe(exc)}"
+    return NotFinished(index, task.task_id, why)
+
+
+def _describe(error: Exception) -> str:
+    # taskiq wraps a backend's error in one whose text hides it.
+    cause = error.__cause__
+    return f"{describe(error)} ({describe(cause)})" if cause else describe(error)

@@ -7,25 +7,21 @@ import datetime
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any
 
-from taskiq import (
-    AsyncBroker,
-    AsyncTaskiqDecoratedTask,
-    AsyncTaskiqTask,
-    TaskiqResult,
-)
+from taskiq import AsyncBroker, AsyncTaskiqDecoratedTask
+from taskiq.kicker import AsyncKicker
 
 from taskiq_batching.core.batcher import Batcher
 from taskiq_batching.core.run import BatchSpec
 from taskiq_batching.core.signature import analyse
 from taskiq_batching.errors import BatchingError, MiddlewareMissingError
+from taskiq_batching.kicker import BatchKicker
 from taskiq_batching.mapping import (
     DEFAULT_CHUNK_SIZE,
     KillSwitch,
+    MapEntry,
     MapOptions,
-    NotSent,
-    map_items,
+    map_task,
 )
-from taskiq_batching.producer import send_many
 from taskiq_batching.results import item_result_type
 from taskiq_batching.settings import (
     parse_settings,
@@ -88,43 +84,37 @@ class BatchingDecoratedTask(AsyncTaskiqDecoratedTask[Any, Any]):
         timeout: float | datetime.timedelta | None = None,
         args: Sequence[Any] = (),
         kwargs: Mapping[str, Any] | None = None,
-    ) -> list[TaskiqResult[Any] | NotSent]:
+    ) -> list[MapEntry]:
         """Send items in chunks, waiting for each chunk's results; stop on a switch.
 
         :param items: elements of the batch function's list, one per message.
         :param chunk_size: items per chunk, each sent with ``kiq_many``.
         :param kill_switch: stops sending when it trips (``AnyFailed()``,
             ``CountExceeded(n)``, ``RateExceeded(ratio, min_count)``).
-        :param timeout: seconds (or a timedelta) to wait for each result.
+        :param timeout: seconds (or a timedelta) to wait for each result;
+            past it the map stops and returns what finished.
         :param args: the batch function's further arguments (for all items).
         :param kwargs: its further keyword arguments (for all items).
-        :return: each item's result, or ``NotSent``, in input order.
+        :raises ResultBackendMissingError: when the broker keeps no results.
+        :raises KillSwitchTypeError: when ``kill_switch`` is not a kill switch.
+        :return: in input order, each item's result, or ``NotFinished`` (sent,
+            no result in time) or ``NotSent`` (never sent).
         """
         options = MapOptions(chunk_size, kill_switch, timeout, args, kwargs)
         return await map_task(self, items, options)
+
+    def kicker(self) -> AsyncKicker[Any, Any]:
+        """A kicker; a batched task's checks that ``kiq`` is given one item."""
+        kicker = super().kicker()
+        if self.batch_spec is None:
+            return kicker
+        return BatchKicker(kicker, self.batch_spec.signature)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the function in this process (a batch function: with a list)."""
         if self.batch_spec is not None:
             return self.batch_spec.signature.func(*args, **kwargs)
         return super().__call__(*args, **kwargs)
-
-
-async def map_task(
-    task: AsyncTaskiqDecoratedTask[Any, Any],
-    items: Iterable[Any],
-    options: MapOptions,
-) -> list[TaskiqResult[Any] | NotSent]:
-    """``map`` of a batched task (see ``BatchingDecoratedTask.map``)."""
-    args = tuple(options.args)
-    kwargs = dict(options.kwargs or {})
-
-    async def send(chunk: Sequence[Any]) -> Sequence[AsyncTaskiqTask[Any]]:
-        return await send_many(task.kicker(), chunk, args, kwargs)
-
-    return await map_items(
-        send, items, options.chunk_size, options.kill_switch, options.timeout
-    )
 
 
 def batcher_of(broker: AsyncBroker) -> Batcher | None:

@@ -10,11 +10,17 @@ from collections.abc import Callable, Coroutine, Hashable, Iterable, Mapping, Se
 from types import CoroutineType
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
-from taskiq import AsyncBroker, AsyncTaskiqDecoratedTask, AsyncTaskiqTask, TaskiqResult
+from taskiq import AsyncBroker, AsyncTaskiqDecoratedTask, AsyncTaskiqTask
 from taskiq.kicker import AsyncKicker
 
 from taskiq_batching.errors import MiddlewareMissingError
-from taskiq_batching.mapping import DEFAULT_CHUNK_SIZE, KillSwitch, MapOptions, NotSent
+from taskiq_batching.mapping import (
+    DEFAULT_CHUNK_SIZE,
+    KillSwitch,
+    MapEntry,
+    MapOptions,
+    map_task,
+)
 from taskiq_batching.producer import send_many
 from taskiq_batching.results import PerItem
 from taskiq_batching.settings import (
@@ -32,7 +38,7 @@ from taskiq_batching.settings import (
     BATCH_TIMEOUT_LABEL,
     BATCH_WHERE_LABEL,
 )
-from taskiq_batching.tasks import batcher_of, map_task
+from taskiq_batching.tasks import batcher_of
 
 _Item = TypeVar("_Item")
 _P = ParamSpec("_P")
@@ -185,16 +191,20 @@ class BatchedTask(Generic[_Item, _P, _R]):
         timeout: float | datetime.timedelta | None = None,
         args: Sequence[Any] = (),
         kwargs: Mapping[str, Any] | None = None,
-    ) -> list[TaskiqResult[Any] | NotSent]:
+    ) -> list[MapEntry]:
         """``BatchingDecoratedTask.map``, typed for this task's items.
 
         :param items: elements of the batch function's list, one per message.
         :param chunk_size: items per chunk.
         :param kill_switch: stops sending when it trips.
-        :param timeout: seconds (or a timedelta) to wait for each result.
+        :param timeout: seconds (or a timedelta) to wait for each result;
+            past it the map stops and returns what finished.
         :param args: the batch function's further arguments.
         :param kwargs: its further keyword arguments.
-        :return: each item's result, or ``NotSent``, in input order.
+        :raises ResultBackendMissingError: when the broker keeps no results.
+        :raises KillSwitchTypeError: when ``kill_switch`` is not a kill switch.
+        :return: in input order, each item's result, or ``NotFinished`` (sent,
+            no result in time) or ``NotSent`` (never sent).
         """
         options = MapOptions(chunk_size, kill_switch, timeout, args, kwargs)
         return await map_task(self.task, items, options)

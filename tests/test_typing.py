@@ -29,6 +29,7 @@ MISUSE = """
         await insert_rows.kiq_many([1, 2], "t")  # fine
         await insert_rows.map([1], chunk_size="5")  # reject: chunk_size is an int
         await insert_rows.map([[1]])  # reject: lists of lists
+        await insert_rows.map([1], kill_switch="any")  # reject: not a kill switch
 """
 
 
@@ -62,5 +63,5 @@ def test_sending_a_list_or_wrong_arguments_does_not_type_check(tmp_path: Path) -
     flagged = sorted(
         {int(line.split(":")[1]) for line in output.splitlines() if ": error:" in line}
     )
-    assert len(expected) == 6
+    assert len(expected) == 7
     assert flagged == expected, output

@@ -5,7 +5,7 @@ Run: ``python -m examples.policies.mapping``
 
 import asyncio
 
-from taskiq import InMemoryBroker
+from taskiq import InMemoryBroker, TaskiqResult
 
 from taskiq_batching import AnyFailed, BatchingMiddleware, NotSent, batch_task, per_item
 
@@ -23,7 +23,7 @@ async def main() -> None:
     await broker.startup()
     done = await migrate.map(range(100), chunk_size=10, kill_switch=AnyFailed())
     await broker.shutdown()
-    failed = [n for n, d in enumerate(done) if not isinstance(d, NotSent) and d.is_err]
+    failed = [n for n, d in enumerate(done) if isinstance(d, TaskiqResult) and d.is_err]
     unsent = [d for d in done if isinstance(d, NotSent)]
     print(f"sent {len(done) - len(unsent)}, failed {failed}, not sent {len(unsent)}")
     print(f"why: {unsent[0].reason}")

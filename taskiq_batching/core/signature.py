@@ -15,7 +15,11 @@ from pydantic import TypeAdapter, ValidationError
 from taskiq_dependencies import DependencyGraph
 from taskiq_dependencies.dependency import Dependency
 
-from taskiq_batching.errors import BatchConfigError, BatchItemError
+from taskiq_batching.errors import (
+    BatchConfigError,
+    BatchItemError,
+    ListSentAsItemError,
+)
 
 _LIST_ORIGINS = (list, collections.abc.Sequence, collections.abc.MutableSequence)
 _POSITIONAL = (
@@ -88,6 +92,25 @@ class BatchSignature:
         except ArgumentError as exc:
             raise BatchItemError(task_name, task_id, str(exc)) from None
         return item, extra_args, extra_kwargs
+
+    def check_one_item(self, task_name: str, item: Any) -> None:
+        """Refuse, before sending, a list of items sent as one item.
+
+        Only when the item type is known, the value is a list or tuple
+        that is not an item itself, and it is empty or its first element
+        is an item: ``kiq([row1, row2])`` for ``list[Row]``. Anything else
+        (an untyped item, a wrong item) is left to the worker's validation.
+
+        :param task_name: the batched task, for the error.
+        :param item: what ``kiq`` was given as the item.
+        :raises ListSentAsItemError: when it is a list of items.
+        """
+        adapter = self.item_adapter
+        if adapter is None or not isinstance(item, (list, tuple)):
+            return
+        if _fits(adapter, item) or (item and not _fits(adapter, item[0])):
+            return
+        raise ListSentAsItemError(task_name, type(item).__name__, len(item))
 
     def coerce_item(self, item: Any) -> Any:
         """Validate and convert one item, as taskiq does for an argument.
@@ -234,6 +257,14 @@ def _is_dependency(param: inspect.Parameter) -> bool:
         return True
     metadata = getattr(param.annotation, "__metadata__", ())
     return any(isinstance(meta, Dependency) for meta in metadata)
+
+
+def _fits(adapter: TypeAdapter[Any], value: Any) -> bool:
+    try:
+        adapter.validate_python(value)
+    except Exception:  # a validator may raise anything: then it does not fit
+        return False
+    return True
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -8,18 +8,10 @@ nothing. Each process exports its own figures (no shared files here).
 
 from collections.abc import Callable, Iterable
 from importlib.metadata import PackageNotFoundError, version
-
-from opentelemetry.metrics import (
-    CallbackOptions,
-    Counter,
-    Histogram,
-    Meter,
-    MeterProvider,
-    Observation,
-    get_meter,
-)
+from typing import TYPE_CHECKING
 
 from taskiq_batching.core.events import BatchReport
+from taskiq_batching.errors import MissingDependencyError
 from taskiq_batching.metrics.base import (
     BATCH_SIZE,
     BUFFERED,
@@ -42,6 +34,15 @@ from taskiq_batching.metrics.base import (
     reruns,
 )
 from taskiq_batching.settings import FlushReason
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import (
+        CallbackOptions,
+        Counter,
+        Histogram,
+        Meter,
+        MeterProvider,
+    )
 
 
 def _version() -> str:
@@ -69,25 +70,34 @@ class OpenTelemetryBatchMetrics(BatchMetricsMiddleware):
     :param size_buckets: advised bucket bounds of the batch size histogram.
     :param wait_buckets: advised bucket bounds of the wait histogram, seconds.
     :param run_buckets: advised bucket bounds of the run time histogram, seconds.
+    :raises MissingDependencyError: when opentelemetry-api is not installed.
     """
 
     def __init__(
         self,
-        meter_provider: MeterProvider | None = None,
-        meter: Meter | None = None,
+        meter_provider: "MeterProvider | None" = None,
+        meter: "Meter | None" = None,
         size_buckets: Iterable[float] = SIZE_BUCKETS,
         wait_buckets: Iterable[float] = SECONDS_BUCKETS,
         run_buckets: Iterable[float] = SECONDS_BUCKETS,
     ) -> None:
+        # Imported here, so that importing this module never fails: the
+        # error says what to install.
+        try:
+            from opentelemetry.metrics import Observation, get_meter
+        except ImportError:
+            raise MissingDependencyError(
+                "OpenTelemetryBatchMetrics", "opentelemetry", "opentelemetry"
+            ) from None
         super().__init__()
         if meter is None:
             meter = get_meter("taskiq_batching", _version(), meter_provider)
         self.meter = meter
 
-        def counter(spec: Instrument) -> Counter:
+        def counter(spec: Instrument) -> "Counter":
             return meter.create_counter(spec.name, spec.unit, spec.description)
 
-        def histogram(spec: Instrument, buckets: Iterable[float]) -> Histogram:
+        def histogram(spec: Instrument, buckets: Iterable[float]) -> "Histogram":
             return meter.create_histogram(
                 spec.name,
                 spec.unit,
@@ -96,7 +106,7 @@ class OpenTelemetryBatchMetrics(BatchMetricsMiddleware):
             )
 
         def gauge(spec: Instrument, read: Callable[[Held], int]) -> None:
-            def observe(options: CallbackOptions) -> Iterable[Observation]:
+            def observe(options: "CallbackOptions") -> Iterable[Observation]:
                 return [
                     Observation(read(held), {"task_name": held.task_name})
                     for held in self.held()

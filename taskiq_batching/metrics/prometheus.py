@@ -10,6 +10,7 @@ before the first event, where there is no worker: ``InMemoryBroker``).
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import weakref
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from taskiq_batching.core.events import BatchReport
+from taskiq_batching.errors import MissingDependencyError
 from taskiq_batching.metrics.base import (
     BATCH_SIZE,
     BUFFERED,
@@ -152,6 +154,7 @@ class PrometheusBatchMetrics(BatchMetricsMiddleware):
     :param wait_buckets: upper bounds of the wait histogram, in seconds
         (include values near your ``batch_timeout``).
     :param run_buckets: upper bounds of the run time histogram, in seconds.
+    :raises MissingDependencyError: when prometheus_client is not installed.
     """
 
     def __init__(
@@ -162,6 +165,11 @@ class PrometheusBatchMetrics(BatchMetricsMiddleware):
         wait_buckets: Sequence[float] = SECONDS_BUCKETS,
         run_buckets: Sequence[float] = SECONDS_BUCKETS,
     ) -> None:
+        # Found, not imported (see the module's docstring).
+        if importlib.util.find_spec("prometheus_client") is None:
+            raise MissingDependencyError(
+                "PrometheusBatchMetrics", "prometheus_client", "metrics"
+            )
         super().__init__()
         if not interval > 0:
             raise ValueError(f"interval must be > 0 seconds, got {interval!r}")

@@ -15,6 +15,7 @@ from taskiq_batching import (
     AnyFailed,
     BatchedTask,
     BatchingMiddleware,
+    NotFinished,
     NotSent,
     PerItem,
     RateExceeded,
@@ -58,11 +59,15 @@ async def usage() -> None:
     kicker = insert_rows.kicker()
     assert_type(kicker, AsyncKicker[Concatenate[int, []], Coroutine[Any, Any, int]])
     mapped = await insert_rows.map(range(10), chunk_size=5, kill_switch=AnyFailed())
-    assert_type(mapped, list[TaskiqResult[Any] | NotSent])
+    assert_type(mapped, list[TaskiqResult[Any] | NotSent | NotFinished])
+    again = [e.index for e in mapped if isinstance(e, (NotSent, NotFinished))]
+    assert_type(again, list[int])
+    late = [e.task_id for e in mapped if isinstance(e, NotFinished)]
+    assert_type(late, list[str])
     switch = RateExceeded(0.1, min_count=20)
     assert_type(
         await tag.map(["a"], kill_switch=switch, args=("t",)),
-        list[TaskiqResult[Any] | NotSent],
+        list[TaskiqResult[Any] | NotSent | NotFinished],
     )
     assert_type(deadline(5), float)
     stats = BatchingMiddleware.of(broker).statistics()

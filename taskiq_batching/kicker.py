@@ -1,0 +1,42 @@
+"""The kicker of a batched task: ``kiq`` takes ONE item, checked before sending."""
+
+from typing import Any
+
+from taskiq.kicker import AsyncKicker
+
+from taskiq_batching.core.signature import BatchSignature
+
+
+class BatchKicker(AsyncKicker[Any, Any]):
+    """taskiq's kicker, refusing a list of items where one item is expected.
+
+    Made by ``BatchingDecoratedTask.kicker()``, so ``task.kiq(...)``,
+    ``task.kicker().with_labels(...).kiq(...)`` and ``BatchedTask.kiq``
+    all check their item before anything is sent.
+
+    :param kicker: the kicker taskiq made for the task.
+    :param signature: the batch function's signature.
+    """
+
+    def __init__(
+        self, kicker: AsyncKicker[Any, Any], signature: BatchSignature
+    ) -> None:
+        super().__init__(
+            task_name=kicker.task_name,
+            broker=kicker.broker,
+            labels=kicker.labels,
+            return_type=kicker.return_type,
+        )
+        self.signature = signature
+
+    async def kiq(self, *args: Any, **kwargs: Any) -> Any:
+        """Send one item (see taskiq's ``AsyncKicker.kiq``).
+
+        :param args: the item, then the batch function's further arguments.
+        :param kwargs: its further keyword arguments.
+        :raises ListSentAsItemError: when the item is a list of items.
+        :return: the taskiq task of this message.
+        """
+        if args:
+            self.signature.check_one_item(self.task_name, args[0])
+        return await super().kiq(*args, **kwargs)
