@@ -208,3 +208,58 @@ def test_amqp_take_deliveries_replaces_a_known_consumer_only() -> None:
     assert not _compat.amqp_take_deliveries(channel, "other", callback)
     assert "other" not in channel.consumers
     assert not _compat.amqp_take_deliveries(object(), "tag", callback)
+
+
+# --- taskiq's AckController ------------------------------------------------
+
+
+async def test_batched_messages_get_what_ack_controllers_set_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A taskiq whose AckController.__init__ sets up more state (as its PR
+    # #640 adds ``_ack_progress``): batched messages' controllers have it too.
+    from taskiq import TaskiqDepends
+    from taskiq.acks import AckController
+
+    from taskiq_batching import BatchInfo, batch_task
+    from tests.helpers import queue_broker, running_worker
+
+    taskiq_init = AckController.__init__
+
+    def newer_init(self: AckController, *args: Any, **kwargs: Any) -> None:
+        taskiq_init(self, *args, **kwargs)
+        self._ack_progress = None  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(AckController, "__init__", newer_init)
+    broker = queue_broker()
+    seen: list[Any] = []
+
+    @batch_task(broker, task_name="rows", batch_size=2)
+    async def rows(items: list[int], batch: BatchInfo = TaskiqDepends()) -> int:
+        seen.extend(ctx._ack_controller for ctx in batch.contexts)
+        await batch.ack()
+        return len(items)
+
+    async with running_worker(broker):
+        sent = [await rows.kiq(i) for i in range(2)]
+        for task in sent:
+            assert (await task.wait_result(timeout=10)).return_value == 2
+    assert len(seen) == 2
+    for controller in seen:
+        assert isinstance(controller, AckController)
+        assert getattr(controller, "_ack_progress", "missing") is None
+        assert controller.is_ackable
+        assert controller.is_acked
+    assert sorted(broker.acked) == sorted(task.task_id for task in sent)
+
+
+def test_ack_controller_takes_one_ack_callable() -> None:
+    # What MessageAck passes to AckController.__init__: one ack callable;
+    # anything else taskiq adds must be optional.
+    import inspect
+
+    from taskiq.acks import AckController
+
+    params = list(inspect.signature(AckController.__init__).parameters.values())
+    assert [p.name for p in params[:2]] == ["self", "ack"]
+    assert all(p.default is not p.empty for p in params[2:])
