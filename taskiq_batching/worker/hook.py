@@ -47,6 +47,7 @@ def attach(broker: AsyncBroker, batcher: Batcher) -> None:
     :param batcher: its batcher.
     """
 
+    # ``original`` (the broker's own listen) is set below, when this shadows it.
     def listen() -> AsyncGenerator[Any, None]:
         receiver = calling_receiver()
         _adopt_registered(broker)
