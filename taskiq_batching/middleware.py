@@ -6,20 +6,18 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from taskiq import AsyncBroker, AsyncTaskiqDecoratedTask, TaskiqMiddleware
+from taskiq import AsyncBroker, TaskiqMiddleware
 
-from taskiq_batching._compat import guard_declarations
+from taskiq_batching._compat import guard_declarations, swap_task_class
 from taskiq_batching.core.batcher import DEFAULT_MAX_CONCURRENT_BATCHES, Batcher
 from taskiq_batching.core.events import BatchObserver
 from taskiq_batching.core.statistics import Statistics, TaskStatistics
 from taskiq_batching.errors import BatchConfigError, MiddlewareMissingError
 from taskiq_batching.settings import BATCH_LABEL, FlushReason, wants_batching
-from taskiq_batching.tasks import BatchingDecoratedTask
+from taskiq_batching.tasks import adopt, batching_class
 from taskiq_batching.worker import hook, signals
 
 logger = logging.getLogger("taskiq_batching")
-
-_subclasses: dict[type[Any], type[BatchingDecoratedTask]] = {}
 
 
 class BatchingMiddleware(TaskiqMiddleware):
@@ -105,7 +103,7 @@ class BatchingMiddleware(TaskiqMiddleware):
         self.batcher.observers.add(self._statistics)
         for observer in self._observers:
             self.batcher.observers.add(observer)
-        broker.decorator_class = _batching_class(broker.decorator_class)
+        swap_task_class(broker, batching_class)
         hook.attach(broker, self.batcher)
 
     def observe(self, observer: BatchObserver) -> None:
@@ -184,21 +182,6 @@ class BatchingMiddleware(TaskiqMiddleware):
             )
 
 
-def _batching_class(base: type[Any]) -> type[BatchingDecoratedTask]:
-    """The broker's task class, with batching mixed in."""
-    if issubclass(base, BatchingDecoratedTask):
-        return base
-    if base is AsyncTaskiqDecoratedTask:
-        return BatchingDecoratedTask
-    if base not in _subclasses:
-        _subclasses[base] = type(
-            f"Batching{base.__name__}",
-            (BatchingDecoratedTask, base),
-            {"__module__": __name__},
-        )
-    return _subclasses[base]
-
-
 def _missing(where: str) -> str:
     return (
         f"{where} has no BatchingMiddleware: create the broker with "
@@ -206,8 +189,12 @@ def _missing(where: str) -> str:
     )
 
 
-def _refuse_without_middleware(broker: AsyncBroker, task: Any) -> None:
-    """A ``batch=True`` task on a broker without the middleware fails when declared."""
+def _check_declaration(broker: AsyncBroker, task: Any) -> None:
+    """A batched task is refused without the middleware, adopted with it.
+
+    ``adopt`` takes over one that taskiq built without the broker's task
+    class (``_compat.swap_task_class``).
+    """
     labels = getattr(task, "labels", None) or {}
     if labels.get(BATCH_LABEL) is not True:
         return
@@ -217,6 +204,8 @@ def _refuse_without_middleware(broker: AsyncBroker, task: Any) -> None:
         raise MiddlewareMissingError(
             f"batched task {name!r}: " + _missing(type(broker).__name__),
         )
+    if getattr(task, "broker", None) is broker:  # else taskiq refuses it
+        adopt(task)
 
 
-guard_declarations(_refuse_without_middleware)
+guard_declarations(_check_declaration)

@@ -10,10 +10,15 @@ from typing import Any
 from taskiq import AsyncBroker, AsyncTaskiqDecoratedTask
 from taskiq.kicker import AsyncKicker
 
+from taskiq_batching import _compat
 from taskiq_batching.core.batcher import Batcher
 from taskiq_batching.core.run import BatchSpec
 from taskiq_batching.core.signature import analyse
-from taskiq_batching.errors import BatchingError, MiddlewareMissingError
+from taskiq_batching.errors import (
+    BatchConfigError,
+    BatchingError,
+    MiddlewareMissingError,
+)
 from taskiq_batching.kicker import BatchKicker
 from taskiq_batching.mapping import (
     DEFAULT_CHUNK_SIZE,
@@ -28,6 +33,8 @@ from taskiq_batching.settings import (
     wants_batching,
 )
 from taskiq_batching.validation import task_ack_type, task_timeout
+
+_subclasses: dict[type[Any], type["BatchingDecoratedTask"]] = {}
 
 
 class BatchingDecoratedTask(AsyncTaskiqDecoratedTask[Any, Any]):
@@ -50,9 +57,6 @@ class BatchingDecoratedTask(AsyncTaskiqDecoratedTask[Any, Any]):
         return_type: type[Any] | None = None,
     ) -> None:
         batched = wants_batching(task_name, labels)
-        if batched:
-            # A message's result is one element of a per-item result.
-            return_type = item_result_type(return_type)
         super().__init__(
             broker=broker,
             task_name=task_name,
@@ -61,19 +65,7 @@ class BatchingDecoratedTask(AsyncTaskiqDecoratedTask[Any, Any]):
             return_type=return_type,
         )
         if batched:
-            batcher = batcher_of(broker)
-            if batcher is None:  # pragma: no cover - the middleware installs us
-                raise MiddlewareMissingError(f"batched task {task_name!r}: no batcher")
-            spec = BatchSpec(
-                task_name=task_name,
-                settings=parse_settings(task_name, labels),
-                signature=analyse(task_name, original_func),
-                timeout=task_timeout(task_name, labels),
-            )
-            task_ack_type(task_name, labels)
-            batcher.register(spec)
-            self.batch_spec = spec
-            self.original_func = _unrouted(task_name)
+            _set_up(self)
 
     async def map(
         self,
@@ -128,6 +120,72 @@ def batcher_of(broker: AsyncBroker) -> Batcher | None:
         if isinstance(batcher, Batcher):
             return batcher
     return None
+
+
+def batching_class(base: type[Any]) -> type[BatchingDecoratedTask]:
+    """A broker's task class, with batching mixed in.
+
+    :param base: the class the broker builds its tasks with.
+    :return: ``BatchingDecoratedTask``, or a subclass of it and ``base``.
+    """
+    if issubclass(base, BatchingDecoratedTask):
+        return base
+    if base is AsyncTaskiqDecoratedTask:
+        return BatchingDecoratedTask
+    if base not in _subclasses:
+        _subclasses[base] = type(
+            f"Batching{base.__name__}",
+            (BatchingDecoratedTask, base),
+            {"__module__": __name__},
+        )
+    return _subclasses[base]
+
+
+def adopt(task: AsyncTaskiqDecoratedTask[Any, Any]) -> None:
+    """Make a batched task that taskiq built with another class batch all the same.
+
+    ``BatchingMiddleware`` makes ``@broker.task`` build its tasks with a
+    batching class (``_compat.swap_task_class``). A task built otherwise
+    (taskiq's open PR #618 builds tasks without ``decorator_class``; so
+    does a ``decorator_class`` set after the middleware was added) would
+    run its batch function once per message, with one item: it takes the
+    batching class here, when it is registered or when the worker starts.
+
+    :param task: a task with ``batch=True``, on a broker with the middleware.
+    :raises BatchConfigError: when its class cannot be taken over.
+    """
+    if isinstance(task, BatchingDecoratedTask):
+        return
+    name = task.task_name
+    wants_batching(name, task.labels)
+    _compat.retype_task(task, batching_class(type(task)))
+    if not isinstance(task, BatchingDecoratedTask):
+        raise BatchConfigError(
+            f"batched task {name!r}: taskiq built it as {type(task).__name__}, "
+            "a class taskiq-batching cannot take over: use a taskiq version "
+            "taskiq-batching supports (its pyproject.toml's bounds).",
+        )
+    _set_up(task)
+
+
+def _set_up(task: BatchingDecoratedTask) -> None:
+    """Check a batched task and register it with its broker's batcher."""
+    task_name, labels = task.task_name, task.labels
+    batcher = batcher_of(task.broker)
+    if batcher is None:  # pragma: no cover - the middleware installs us
+        raise MiddlewareMissingError(f"batched task {task_name!r}: no batcher")
+    spec = BatchSpec(
+        task_name=task_name,
+        settings=parse_settings(task_name, labels),
+        signature=analyse(task_name, task.original_func),
+        timeout=task_timeout(task_name, labels),
+    )
+    task_ack_type(task_name, labels)
+    batcher.register(spec)
+    task.batch_spec = spec
+    # A message's result is one element of a per-item result.
+    task.return_type = item_result_type(task.return_type)
+    task.original_func = _unrouted(task_name)
 
 
 def _unrouted(task_name: str) -> Callable[..., Coroutine[Any, Any, Any]]:

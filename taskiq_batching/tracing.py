@@ -23,12 +23,14 @@ from typing import Any
 
 from taskiq import AsyncBroker
 
-from taskiq_batching._compat import otel_tracer
+from taskiq_batching._compat import (
+    OTEL_MIDDLEWARE_MODULE,
+    otel_message_span,
+    otel_tracer,
+)
 from taskiq_batching.core.buffer import Buffer
 from taskiq_batching.core.run import Outcome
 from taskiq_batching.settings import FlushReason
-
-_MIDDLEWARE_MODULE = "taskiq.middlewares.opentelemetry_middleware"
 
 
 class BatchTracer:
@@ -39,8 +41,6 @@ class BatchTracer:
 
     def __init__(self, middleware: Any) -> None:
         self.tracer = otel_tracer(middleware)
-        module = sys.modules[_MIDDLEWARE_MODULE]
-        self._message_span = module.retrieve_context
 
     @contextlib.contextmanager
     def span(
@@ -60,9 +60,9 @@ class BatchTracer:
 
         links = []
         for held in buffer.items:
-            found = self._message_span(held.message)
+            found = otel_message_span(held.message)
             if found is not None:
-                links.append(trace.Link(found[0].get_span_context()))
+                links.append(trace.Link(found.get_span_context()))
         attributes = {
             "messaging.batch.message_count": len(buffer.items),
             "taskiq.task_name": task_name,
@@ -111,7 +111,7 @@ def tracer_for(broker: AsyncBroker) -> BatchTracer | None:
     :param broker: the broker.
     :return: the tracer, or None without ``OpenTelemetryMiddleware``.
     """
-    module = sys.modules.get(_MIDDLEWARE_MODULE)
+    module = sys.modules.get(OTEL_MIDDLEWARE_MODULE)
     if module is None:
         return None
     for middleware in broker.middlewares:

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.timeout(180)
 ROOT = Path(__file__).resolve().parents[1]
 REPOSITORY = "https://github.com/taskiq-python/taskiq-batching"
 
-#: Libraries whose private parts the package touches (``_compat.py``, the
+#: Libraries whose private parts the package touches (``_compat/``, the
 #: transports, the metrics): each needs an upper bound.
 PRIVATE_PARTS_TOUCHED = {
     "taskiq",

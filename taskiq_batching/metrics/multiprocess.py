@@ -8,7 +8,11 @@ here is imported unless the Prometheus exporter creates its metrics.
 import contextlib
 import logging
 import os
-from pathlib import Path
+
+from taskiq_batching._compat import (
+    prometheus_live_gauge_pids,
+    prometheus_values_in_memory,
+)
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -28,9 +32,7 @@ def warn_if_in_memory() -> None:
     path = directory()
     if path is None:
         return
-    from prometheus_client import values
-
-    if values.ValueClass is values.MutexValue:
+    if prometheus_values_in_memory():
         logger.warning(
             "taskiq_batching: prometheus_client was imported before "
             "PROMETHEUS_MULTIPROC_DIR was set (%s): this process's batch "
@@ -54,13 +56,12 @@ def forget_dead_processes() -> None:
         return
     from prometheus_client.multiprocess import mark_process_dead
 
-    for file in Path(path).glob("gauge_live*_*.db"):
-        pid_text = file.stem.rpartition("_")[2]
-        if not pid_text.isdigit() or _alive(int(pid_text)):
+    for pid in prometheus_live_gauge_pids(path):
+        if _alive(pid):
             continue
         # Another worker starting at the same time may remove it first.
         with contextlib.suppress(OSError):
-            mark_process_dead(int(pid_text), path)  # type: ignore[no-untyped-call]
+            mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
 
 
 def _alive(pid: int) -> bool:

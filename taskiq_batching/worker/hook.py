@@ -17,11 +17,18 @@ import logging
 from collections.abc import AsyncGenerator, Callable, Coroutine
 from typing import Any
 
-from taskiq import AckableMessage, AsyncBroker, InMemoryBroker
+from taskiq import AsyncBroker, InMemoryBroker
 
-from taskiq_batching._compat import calling_receiver, route_callback
+from taskiq_batching._compat import (
+    calling_receiver,
+    in_memory_receiver,
+    route_callback,
+    shadow_listen,
+)
 from taskiq_batching.core.batcher import Batcher
 from taskiq_batching.core.buffer import Envelope
+from taskiq_batching.settings import BATCH_LABEL
+from taskiq_batching.tasks import adopt
 from taskiq_batching.tracing import tracer_for
 from taskiq_batching.transports import results_for, transport_for
 from taskiq_batching.transports.base import Transport
@@ -32,8 +39,6 @@ from taskiq_batching.worker.pump import Pump
 
 logger = logging.getLogger("taskiq_batching")
 
-Listen = Callable[[], AsyncGenerator[bytes | AckableMessage, None]]
-
 
 def attach(broker: AsyncBroker, batcher: Batcher) -> None:
     """Hook the batcher into the broker's worker side.
@@ -41,10 +46,11 @@ def attach(broker: AsyncBroker, batcher: Batcher) -> None:
     :param broker: the broker.
     :param batcher: its batcher.
     """
-    original: Listen = broker.listen
 
+    # ``original`` (the broker's own listen) is set below, when this shadows it.
     def listen() -> AsyncGenerator[Any, None]:
         receiver = calling_receiver()
+        _adopt_registered(broker)
         if receiver is None or not batcher.specs:
             if batcher.specs:
                 logger.warning(
@@ -69,10 +75,17 @@ def attach(broker: AsyncBroker, batcher: Batcher) -> None:
         batcher.reopen()
         return pump.deliveries()
 
-    # An instance attribute shadows the method for this broker only.
-    broker.listen = listen  # type: ignore[method-assign]
+    original = shadow_listen(broker, listen)
     if isinstance(broker, InMemoryBroker):
         _attach_in_memory(broker, batcher)
+
+
+def _adopt_registered(broker: AsyncBroker) -> None:
+    # A batched task registered without going through the guard of
+    # declarations (``tasks.adopt``) would run once per message.
+    for task in list(broker.local_task_registry.values()):
+        if task.labels.get(BATCH_LABEL) is True:
+            adopt(task)
 
 
 def _trace(broker: AsyncBroker, batcher: Batcher) -> None:
@@ -89,7 +102,7 @@ def _attach_in_memory(broker: InMemoryBroker, batcher: Batcher) -> None:
         # result backend may be set after this middleware.
         key = (id(broker.result_backend), *map(id, broker.middlewares))
         if key not in lifecycles:
-            options = WorkerOptions.of(broker.receiver)
+            options = WorkerOptions.of(in_memory_receiver(broker))
             batcher.configure(options.validate, options.run)
             _trace(broker, batcher)
             lifecycles.clear()
@@ -121,7 +134,7 @@ def _attach_in_memory(broker: InMemoryBroker, batcher: Batcher) -> None:
         batcher.incoming += 1
         return lambda: send(envelope)
 
-    route_callback(broker.receiver, route)
+    route_callback(in_memory_receiver(broker), route)
 
 
 def _warn_at_start(broker: AsyncBroker, batcher: Batcher, transport: Transport) -> None:

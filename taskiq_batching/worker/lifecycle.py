@@ -46,22 +46,15 @@ class MessageAck(AckController):
     """
 
     def __init__(self, transport: Transport, delivery: Delivery) -> None:
-        # One per message on the hot path: AckController's own state (an ack
-        # callable) is replaced by the transport and handle, used below.
         self.transport = transport
         self.delivery = delivery
-        self.is_acked = False
+        # taskiq's own constructor runs too: what a newer taskiq sets up there
+        # (its PR #640 adds ``_ack_progress``) exists on batched messages, and
+        # its ``ack`` (at most once) calls this message's own ack.
+        super().__init__(self._ack_delivery)
 
-    @property
-    def is_ackable(self) -> bool:
-        """Always: the delivery has an ack handle."""
-        return True
-
-    async def ack(self) -> None:
-        """Acknowledge the message now, unless it already is."""
-        if not self.is_acked:
-            await self.transport.ack([self.delivery.handle])
-            self.is_acked = True
+    async def _ack_delivery(self) -> None:
+        await self.transport.ack([self.delivery.handle])
 
 
 class Lifecycle:

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from taskiq.acks import AcknowledgeType
 from taskiq.receiver import Receiver
 
+from taskiq_batching._compat import receiver_settings
 from taskiq_batching.core.run import RunOptions
 
 
@@ -31,19 +32,20 @@ class WorkerOptions:
 
     @classmethod
     def of(cls, receiver: Receiver) -> "WorkerOptions":
-        """Read a Receiver's settings (its public attributes).
+        """Read a Receiver's settings (``_compat.receiver_settings``).
 
         :param receiver: the Receiver.
         :return: the options.
         """
+        settings = receiver_settings(receiver)
         return cls(
-            ack_type=receiver.ack_time,
-            max_tasks=receiver.max_tasks_to_execute or None,
-            wait_tasks_timeout=receiver.wait_tasks_timeout,
-            validate=receiver.validate_params,
+            ack_type=settings.ack_type,
+            max_tasks=settings.max_tasks_to_execute or None,
+            wait_tasks_timeout=settings.wait_tasks_timeout,
+            validate=settings.validate_params,
             run=RunOptions(
-                executor=receiver.executor,
-                propagate_exceptions=receiver.propagate_exceptions,
+                executor=settings.executor,
+                propagate_exceptions=settings.propagate_exceptions,
             ),
             receiver=receiver,
         )

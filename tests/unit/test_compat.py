@@ -53,7 +53,7 @@ async def test_route_callback_takes_what_it_routes_and_passes_the_rest() -> None
     async def original(message: Any, raise_err: bool = False) -> None:
         passed.append((message, raise_err))
 
-    receiver = broker.receiver
+    receiver = _compat.in_memory_receiver(broker)
     receiver.callback = original  # type: ignore[method-assign]
 
     async def taken(message: Any) -> None:
@@ -208,3 +208,356 @@ def test_amqp_take_deliveries_replaces_a_known_consumer_only() -> None:
     assert not _compat.amqp_take_deliveries(channel, "other", callback)
     assert "other" not in channel.consumers
     assert not _compat.amqp_take_deliveries(object(), "tag", callback)
+
+
+# --- taskiq's AckController ------------------------------------------------
+
+
+async def test_batched_messages_get_what_ack_controllers_set_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A taskiq whose AckController.__init__ sets up more state (as its PR
+    # #640 adds ``_ack_progress``): batched messages' controllers have it too.
+    from taskiq import TaskiqDepends
+    from taskiq.acks import AckController
+
+    from taskiq_batching import BatchInfo, batch_task
+    from tests.helpers import queue_broker, running_worker
+
+    taskiq_init = AckController.__init__
+
+    def newer_init(self: AckController, *args: Any, **kwargs: Any) -> None:
+        taskiq_init(self, *args, **kwargs)
+        self._ack_progress = None  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(AckController, "__init__", newer_init)
+    broker = queue_broker()
+    seen: list[Any] = []
+
+    @batch_task(broker, task_name="rows", batch_size=2)
+    async def rows(items: list[int], batch: BatchInfo = TaskiqDepends()) -> int:
+        seen.extend(ctx._ack_controller for ctx in batch.contexts)
+        await batch.ack()
+        return len(items)
+
+    async with running_worker(broker):
+        sent = [await rows.kiq(i) for i in range(2)]
+        for task in sent:
+            assert (await task.wait_result(timeout=10)).return_value == 2
+    assert len(seen) == 2
+    for controller in seen:
+        assert isinstance(controller, AckController)
+        assert getattr(controller, "_ack_progress", "missing") is None
+        assert controller.is_ackable
+        assert controller.is_acked
+    assert sorted(broker.acked) == sorted(task.task_id for task in sent)
+
+
+def test_ack_controller_takes_one_ack_callable() -> None:
+    # What MessageAck passes to AckController.__init__: one ack callable;
+    # anything else taskiq adds must be optional.
+    import inspect
+
+    from taskiq.acks import AckController
+
+    params = list(inspect.signature(AckController.__init__).parameters.values())
+    assert [p.name for p in params[:2]] == ["self", "ack"]
+    assert all(p.default is not p.empty for p in params[2:])
+
+
+# --- taskiq's worker side ---------------------------------------------------
+
+
+async def test_shadow_listen_is_what_a_receiver_listens_to() -> None:
+    broker = QueueBroker()
+    other = QueueBroker()
+    receiver = Receiver(broker, run_startup=False)  # built before: no matter
+    calls: list[str] = []
+
+    def listen() -> AsyncGenerator[bytes | AckableMessage, None]:
+        calls.append("shadow")
+        return original()
+
+    original = _compat.shadow_listen(broker, listen)
+    assert original == QueueBroker.listen.__get__(broker)
+    finish = asyncio.Event()
+    finish.set()
+    await receiver.listen(finish)
+    assert calls == ["shadow"]
+    # This broker instance only.
+    assert other.listen == QueueBroker.listen.__get__(other)
+    assert type(broker).listen is QueueBroker.listen
+
+
+def test_receiver_settings_are_what_it_was_built_with() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from taskiq.acks import AcknowledgeType
+
+    broker = QueueBroker()
+    with ThreadPoolExecutor(1) as executor:
+        receiver = Receiver(
+            broker,
+            executor=executor,
+            validate_params=False,
+            propagate_exceptions=False,
+            run_startup=False,
+            ack_type=AcknowledgeType.WHEN_EXECUTED,
+            max_tasks_to_execute=7,
+            wait_tasks_timeout=2.5,
+        )
+        assert _compat.receiver_settings(receiver) == _compat.ReceiverSettings(
+            ack_type=AcknowledgeType.WHEN_EXECUTED,
+            max_tasks_to_execute=7,
+            wait_tasks_timeout=2.5,
+            validate_params=False,
+            executor=executor,
+            propagate_exceptions=False,
+        )
+    defaults = _compat.receiver_settings(Receiver(broker, run_startup=False))
+    assert defaults.ack_type is AcknowledgeType.WHEN_SAVED
+    assert defaults.max_tasks_to_execute is None
+    assert defaults.wait_tasks_timeout is None
+    assert defaults.validate_params
+    assert defaults.executor is None
+
+
+async def test_in_memory_receiver_is_what_kick_hands_messages_to() -> None:
+    broker = InMemoryBroker()
+    got: list[Any] = []
+
+    async def callback(message: Any, raise_err: bool = False) -> None:
+        got.append(message)
+
+    receiver = _compat.in_memory_receiver(broker)
+    assert isinstance(receiver, Receiver)
+    receiver.callback = callback  # type: ignore[method-assign]
+
+    @broker.task(task_name="t")
+    async def task() -> None: ...
+
+    await task.kiq()
+    await broker.wait_all()
+    assert len(got) == 1
+    assert isinstance(got[0], bytes)
+
+
+# --- declaring tasks ----------------------------------------------------------
+
+
+def test_swap_task_class_is_what_broker_task_builds() -> None:
+    from taskiq import AsyncTaskiqDecoratedTask
+
+    built: list[list[str]] = []
+
+    class Mine(AsyncTaskiqDecoratedTask[Any, Any]):
+        def __init__(self, **kwargs: Any) -> None:
+            built.append(sorted(kwargs))
+            super().__init__(**kwargs)
+
+    broker = QueueBroker()
+    bases: list[type[Any]] = []
+
+    def wrap(base: type[Any]) -> type[Any]:
+        bases.append(base)
+        return Mine
+
+    _compat.swap_task_class(broker, wrap)
+
+    @broker.task(task_name="t")
+    async def task(item: int) -> int:
+        return item
+
+    assert bases == [AsyncTaskiqDecoratedTask]
+    assert isinstance(task, Mine)
+    assert built == [["broker", "labels", "original_func", "return_type", "task_name"]]
+    assert broker.find_task("t") is task
+
+
+def test_retype_task_takes_over_a_plain_task_only() -> None:
+    from taskiq import AsyncTaskiqDecoratedTask
+
+    broker = QueueBroker()
+
+    @broker.task(task_name="t", tenant="a")
+    async def task(item: int) -> int:
+        return item
+
+    class Unrelated:
+        pass
+
+    class Slotted(AsyncTaskiqDecoratedTask[Any, Any]):
+        __slots__ = ("extra",)
+
+    assert not _compat.retype_task(task, Unrelated)
+    assert not _compat.retype_task(task, Slotted)
+    assert not _compat.retype_task(object(), Slotted)  # type: ignore[arg-type]
+
+    class More(AsyncTaskiqDecoratedTask[Any, Any]):
+        def more(self) -> str:
+            return self.task_name
+
+    assert _compat.retype_task(task, More)
+    assert isinstance(task, More)
+    assert task.more() == "t"
+    assert task.labels == {"tenant": "a"}
+    assert task.broker is broker
+    assert task.return_type is int
+
+
+class WithoutTaskClass(QueueBroker):
+    """A taskiq that builds tasks without ``decorator_class`` (its PR #618)."""
+
+    @property
+    def decorator_class(self) -> type[Any]:
+        from taskiq import AsyncTaskiqDecoratedTask
+
+        return AsyncTaskiqDecoratedTask
+
+    @decorator_class.setter
+    def decorator_class(self, value: type[Any]) -> None:
+        pass  # the plugin's swap has no effect
+
+
+async def test_a_batched_task_built_without_the_task_class_still_batches() -> None:
+    from taskiq.brokers.inmemory_broker import InmemoryResultBackend
+
+    from taskiq_batching import BatchingDecoratedTask, BatchingMiddleware, batch_task
+    from tests.helpers import running_worker
+
+    broker = WithoutTaskClass().with_middlewares(BatchingMiddleware())
+    broker.with_result_backend(InmemoryResultBackend(max_stored_results=-1))
+    sizes: list[int] = []
+
+    @batch_task(broker, task_name="rows", batch_size=3)
+    async def rows(items: list[int]) -> int:
+        sizes.append(len(items))
+        return sum(items)
+
+    assert isinstance(rows.task, BatchingDecoratedTask)
+    async with running_worker(broker):
+        sent = [await rows.kiq(i) for i in (1, 2, 3)]
+        for task in sent:
+            assert (await task.wait_result(timeout=10)).return_value == 6
+    assert sizes == [3]
+
+
+async def test_a_batched_task_registered_around_the_guard_batches_on_a_worker() -> None:
+    from taskiq import AsyncTaskiqDecoratedTask
+
+    from taskiq_batching import BatchingDecoratedTask
+    from tests.helpers import queue_broker, running_worker
+
+    broker = queue_broker()
+    sizes: list[int] = []
+
+    async def rows(items: list[int]) -> int:
+        sizes.append(len(items))
+        return sum(items)
+
+    # Straight into the registry: no guard of declarations sees it.
+    task: AsyncTaskiqDecoratedTask[Any, Any] = AsyncTaskiqDecoratedTask(
+        broker=broker,
+        task_name="rows",
+        original_func=rows,
+        labels={"batch": True, "batch_size": 2},
+    )
+    broker.local_task_registry["rows"] = task
+    async with running_worker(broker):
+        sent = [await task.kiq(i) for i in (1, 2)]
+        for one in sent:
+            assert (await one.wait_result(timeout=10)).return_value == 3
+    assert sizes == [2]
+    assert isinstance(task, BatchingDecoratedTask)
+
+
+def test_a_task_class_that_cannot_be_taken_over_fails_at_declaration() -> None:
+    from taskiq_batching import BatchConfigError, BatchingMiddleware
+
+    class Foreign:
+        """A task class of another hierarchy, which the plugin cannot extend."""
+
+        def __init__(self, **kwargs: Any) -> None:
+            self.__dict__.update(kwargs)
+
+    class ForeignBroker(WithoutTaskClass):
+        @property
+        def decorator_class(self) -> type[Any]:
+            return Foreign
+
+        @decorator_class.setter
+        def decorator_class(self, value: type[Any]) -> None:
+            pass
+
+    broker = ForeignBroker().with_middlewares(BatchingMiddleware())
+    with pytest.raises(BatchConfigError, match="cannot take over"):
+
+        @broker.task(task_name="rows", batch=True, batch_size=2)
+        async def rows(items: list[int]) -> int:
+            return len(items)
+
+    assert "rows" not in broker.local_task_registry
+
+
+# --- OpenTelemetry ------------------------------------------------------------
+
+
+def test_otel_message_span_is_the_one_pre_execute_opened() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from taskiq.middlewares.opentelemetry_middleware import OpenTelemetryMiddleware
+
+    middleware = OpenTelemetryMiddleware(tracer=TracerProvider().get_tracer("t"))
+    middleware.set_broker(InMemoryBroker())
+    fresh = TaskiqMessage(task_id="1", task_name="t", labels={}, args=[], kwargs={})
+    assert _compat.otel_message_span(fresh) is None
+    message = middleware.pre_execute(fresh.model_copy(deep=True))
+    span = _compat.otel_message_span(message)
+    assert span is not None
+    assert span.is_recording()
+    assert span.name == "execute/t"
+    middleware.post_execute(
+        message, TaskiqResult(is_err=False, log=None, return_value=1, execution_time=0)
+    )
+    assert not span.is_recording()
+
+
+# --- prometheus_client ----------------------------------------------------------
+
+_PROMETHEUS_PROCESS = """
+import os, sys
+from prometheus_client import Gauge
+from taskiq_batching import _compat
+gauge = Gauge("live", "live", multiprocess_mode="livesum")
+gauge.set(1)
+print(_compat.prometheus_values_in_memory(), os.getpid())
+"""
+
+
+@pytest.mark.parametrize("multiprocess", [False, True])
+def test_prometheus_value_class_and_live_gauge_files(
+    multiprocess: bool, tmp_path: Any
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from prometheus_client.multiprocess import mark_process_dead
+
+    env = {k: v for k, v in os.environ.items() if "multiproc_dir" not in k.lower()}
+    if multiprocess:
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", _PROMETHEUS_PROCESS],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    in_memory, pid = done.stdout.split()
+    assert in_memory == str(not multiprocess)
+    pids = _compat.prometheus_live_gauge_pids(str(tmp_path))
+    assert pids == ({int(pid)} if multiprocess else set())
+    if multiprocess:
+        mark_process_dead(int(pid), str(tmp_path))  # type: ignore[no-untyped-call]
+        assert _compat.prometheus_live_gauge_pids(str(tmp_path)) == set()

@@ -1,0 +1,111 @@
+"""taskiq-aio-pika's, aio-pika's and aiormq's internals (the AMQP transport).
+
+Tested with taskiq-aio-pika 0.6.1, aio-pika 10.2 and aiormq 7.2 here;
+``.ci/matrix``'s lowest rows run the same tests on aio-pika 9.1 and
+aiormq 6.7.5 (``pyproject.toml`` bounds: ``taskiq-aio-pika>=0.6,<0.7``,
+``aio-pika>=9.1,<11``, ``aiormq>=6.7.5,<8``).
+"""
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+
+def amqp_prefetch(broker: Any) -> int | None:
+    """The AMQP prefetch count (``qos``) of a taskiq-aio-pika broker.
+
+    Relies on: ``AioPikaBroker.__init__`` keeping its ``qos`` argument as
+    ``self._qos``, the prefetch count its ``listen()`` sets on the read
+    channel.
+
+    :param broker: an ``AioPikaBroker``.
+    :return: its prefetch count, or None when it has none.
+    """
+    qos = getattr(broker, "_qos", None)
+    if isinstance(qos, int) and not isinstance(qos, bool) and qos > 0:
+        return qos
+    return None
+
+
+async def amqp_declare_queues(broker: Any, channel: Any) -> list[tuple[Any, Any]]:
+    """Declare a taskiq-aio-pika broker's queues as its ``listen()`` does.
+
+    Relies on: ``AioPikaBroker.listen`` declaring (and binding) the
+    dead-letter queue, its task queues and its delay queue with the private
+    ``self._declare_queues(read_channel)``, and consuming the ``(queue,
+    consumer keyword arguments)`` pairs it returns.
+
+    :param broker: an ``AioPikaBroker``.
+    :param channel: the channel to declare them on (its ``read_channel``).
+    :return: ``(aio-pika queue, consumer keyword arguments)`` pairs.
+    """
+    declared: list[tuple[Any, Any]] = await broker._declare_queues(channel)
+    return declared
+
+
+def amqp_delay_queue_name(broker: Any) -> str | None:
+    """The name of a taskiq-aio-pika broker's delay queue, if it has one.
+
+    ``AioPikaBroker.listen`` consumes every declared queue but the delay
+    queue: its messages are dead-lettered to the task queues when they
+    expire.
+
+    Relies on: the broker keeping that queue (a taskiq-aio-pika ``Queue``,
+    or None) as ``self._delay_queue``.
+
+    :param broker: an ``AioPikaBroker``.
+    :return: its name, or None.
+    """
+    queue = getattr(broker, "_delay_queue", None)
+    return None if queue is None else str(queue.name)
+
+
+def amqp_take_deliveries(channel: Any, consumer_tag: str, callback: Any) -> bool:
+    """Have aiormq hand a consumer's deliveries to ``callback`` directly.
+
+    The consumer stays aio-pika's: a ``RobustQueue`` registers it again
+    (with its wrapper) after a reconnection.
+
+    Relies on: aio-pika's ``Queue.consume`` registering, in aiormq's
+    ``Channel.consumers[consumer_tag]`` (a plain dict), a wrapper that
+    builds an ``IncomingMessage`` and starts one more task per delivery;
+    aiormq calling that entry with each ``DeliveredMessage``, in its own
+    task. Replacing the entry skips the wrapper.
+
+    :param channel: the aiormq channel the consumer is on.
+    :param consumer_tag: the consumer.
+    :param callback: an async function of one ``DeliveredMessage``.
+    :return: whether the consumer was found and replaced.
+    """
+    consumers = getattr(channel, "consumers", None)
+    if not isinstance(consumers, dict) or consumer_tag not in consumers:
+        return False
+    consumers[consumer_tag] = callback
+    return True
+
+
+def amqp_tap_frames(channel: Any, take: Callable[[Any], bool]) -> bool:
+    """Show ``take`` each frame aiormq hands a channel, before it is queued.
+
+    The queue's ``put`` is replaced, on this queue only, by one that
+    queues only the frames ``take`` returns False for. Once per channel.
+
+    Relies on: aiormq's connection reader handing a channel its frames
+    with ``await channel.frames.put((weight, frame))``, ``frames`` being
+    an ``asyncio.Queue`` the channel's own reader takes them from.
+
+    :param channel: an aiormq channel.
+    :param take: returns True for a frame it took.
+    :return: whether the channel's frames are now shown to ``take``.
+    """
+    frames = getattr(channel, "frames", None)
+    if not isinstance(frames, asyncio.Queue) or "put" in vars(frames):
+        return False
+    queue_put = frames.put
+
+    async def put(item: tuple[int, Any]) -> None:
+        if not take(item[1]):
+            await queue_put(item)
+
+    frames.put = put  # type: ignore[method-assign]
+    return True
