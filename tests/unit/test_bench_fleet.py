@@ -72,3 +72,27 @@ def test_settings_travel_to_the_workers_through_the_environment(
     for key, value in settings.to_env().items():
         monkeypatch.setenv(key, value)
     assert FleetSettings.from_env() == settings
+
+
+def test_a_lagging_producer_shows_the_rate_asked_and_the_rate_sent() -> None:
+    figures = summarize(batch(100, 0.0, 0.1, 1), 100, 0.5, 1500, 0.05)
+    row = {"broker": "stream", "workers": 1, "rate": 2000.0, "sent_rate": 1500.0}
+    raw = {
+        "run_id": "r",
+        "meta": {
+            "date": "d",
+            "nproc": 2,
+            "code": "c",
+            "options": {
+                "batch_size": 100,
+                "batch_timeout": 0.5,
+                "duration": 1,
+                "slack_ms": 50,
+            },
+        },
+        "rows": [{**row, **figures}, {**row, **figures, "sent_rate": 1990.0}],
+        "errors": [],
+    }
+    lines = markdown(raw).splitlines()
+    assert lines[-2].startswith("| stream | 1 | 2,000 (sent 1,500) | 100.0 |")
+    assert lines[-1].startswith("| stream | 1 | 1,990 | 100.0 |")
