@@ -1,0 +1,127 @@
+"""The worker app of ``bench/fleet.py``: one batched task, ``fleet``.
+
+``taskiq worker bench.fleet_app:broker --workers N`` builds it from
+``TBF_*`` environment variables (``FleetSettings.to_env``); the benchmark
+process calls ``build`` with the same settings to send. The broker is built
+on first access of ``broker`` (a module ``__getattr__``), so importing this
+module to send builds nothing from the environment.
+
+Each message's item is its send time (``time.time()`` on the producer).
+The batch function returns, per item, ``[send time, batch size, batch
+start, pid]``: the batch start is ``time.time()`` when the function is
+called, so the benchmark gets every message's batch size and its wait
+from the send without asking the worker anything.
+
+At ``WORKER_STARTUP`` each process increments ``<queue>:ready`` so that
+the benchmark starts sending only when the whole fleet is up.
+"""
+
+import functools
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from redis.asyncio import Redis
+from taskiq import AsyncBroker, TaskiqEvents, TaskiqState
+from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend, RedisStreamBroker
+
+from taskiq_batching import BatchingMiddleware, PerItem, per_item
+
+TASK_NAME = "fleet"
+#: Brokers measured, by the name the command line uses.
+BROKERS = ("stream", "list", "amqp", "nats")
+
+
+@dataclass(frozen=True)
+class FleetSettings:
+    """One fleet run's app; travels to the workers as ``TBF_*`` variables."""
+
+    redis_url: str
+    queue: str
+    broker: str = "stream"
+    batch_size: int = 100
+    batch_timeout: float = 0.5
+
+    def to_env(self) -> dict[str, str]:
+        """The environment variables that describe these settings."""
+        return {f"TBF_{key.upper()}": str(val) for key, val in asdict(self).items()}
+
+    @classmethod
+    def from_env(cls) -> "FleetSettings":
+        """Read settings written by ``to_env``."""
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            raw = os.environ.get(f"TBF_{field.name.upper()}")
+            if raw is not None:
+                kind = field.type if field.type in (int, float) else str
+                values[field.name] = kind(raw)
+        return cls(**values)
+
+    def ready_key(self) -> str:
+        """The counter of worker processes started."""
+        return f"{self.queue}:ready"
+
+
+@dataclass
+class FleetApp:
+    """A built app: its broker and the batched task."""
+
+    settings: FleetSettings
+    broker: AsyncBroker
+    task: Any
+
+
+def _transport(s: FleetSettings) -> AsyncBroker:
+    if s.broker == "stream":
+        return RedisStreamBroker(s.redis_url, queue_name=s.queue)
+    if s.broker == "list":
+        return ListQueueBroker(s.redis_url, queue_name=s.queue)
+    if s.broker in ("amqp", "nats"):
+        from bench.brokers import make_broker
+
+        return make_broker(s.broker, s.queue)
+    raise ValueError(f"unknown broker {s.broker!r}")
+
+
+def build(s: FleetSettings) -> FleetApp:
+    """Build the broker and its batched task (producer and workers alike)."""
+    backend: RedisAsyncResultBackend[Any] = RedisAsyncResultBackend(
+        s.redis_url, prefix_str=s.queue, result_ex_time=900
+    )
+    broker = (
+        _transport(s)
+        .with_result_backend(backend)
+        .with_middlewares(BatchingMiddleware())
+    )
+
+    async def fleet(items: list[float]) -> PerItem[list[float]]:
+        start = time.time()
+        size, pid = float(len(items)), float(os.getpid())
+        return per_item([sent, size, start, pid] for sent in items)
+
+    task = broker.task(
+        task_name=TASK_NAME,
+        batch=True,
+        batch_size=s.batch_size,
+        batch_timeout=s.batch_timeout,
+    )(fleet)
+
+    async def ready(_: TaskiqState) -> None:
+        async with Redis.from_url(s.redis_url) as redis:
+            await redis.incr(s.ready_key())
+
+    broker.add_event_handler(TaskiqEvents.WORKER_STARTUP, ready)
+    return FleetApp(s, broker, task)
+
+
+@functools.cache
+def _from_env() -> FleetApp:
+    return build(FleetSettings.from_env())
+
+
+def __getattr__(name: str) -> Any:
+    # ``taskiq worker bench.fleet_app:broker`` reads the attribute once.
+    if name == "broker":
+        return _from_env().broker
+    raise AttributeError(name)

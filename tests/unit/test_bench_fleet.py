@@ -1,0 +1,98 @@
+"""The fleet benchmark's figures (bench/fleet.py) and its app's settings."""
+
+import pytest
+
+from bench.fleet import markdown, summarize
+from bench.fleet_app import FleetSettings
+
+
+def batch(size: int, sent: float, start: float, pid: int) -> list[list[float]]:
+    """The records of one batch of ``size`` messages, all sent at ``sent``."""
+    return [[sent, float(size), start, float(pid)] for _ in range(size)]
+
+
+def test_mean_batch_counts_each_batch_once_whatever_its_size() -> None:
+    # Batches of 100 and 20: 120 messages, 2 batches, mean 60.
+    records = batch(100, 0.0, 0.3, 1) + batch(20, 1.0, 1.5, 2)
+    figures = summarize(records, 100, 0.5, 300, 0.05)
+    assert figures["messages"] == 120
+    assert figures["batches"] == pytest.approx(2)
+    assert figures["mean_batch"] == pytest.approx(60)
+    assert figures["procs"] == 2
+
+
+def test_ideal_is_the_smaller_of_batch_size_and_what_a_timeout_gathers() -> None:
+    records = batch(50, 0.0, 0.1, 1)
+    # 300 msg/s over 0.5 s would gather 150: the batch size bounds it.
+    assert summarize(records, 100, 0.5, 300, 0.05)["fill"] == pytest.approx(0.5)
+    # 40 msg/s over 0.5 s gathers 20: batches of 50 cannot be expected.
+    slow = summarize(records, 100, 0.5, 40, 0.05)
+    assert slow["ideal"] == pytest.approx(20)
+    assert slow["fill"] == pytest.approx(2.5)
+
+
+def test_waits_are_from_send_to_batch_start_and_late_beyond_the_slack() -> None:
+    starts = [10.100, 10.200, 10.540, 10.560, 10.900]  # all sent at 10.0
+    records = [[10.0, 1.0, start, 1.0] for start in starts]
+    figures = summarize(records, 100, 0.5, 300, 0.05)
+    assert figures["p50_ms"] == pytest.approx(540)
+    assert figures["p99_ms"] == pytest.approx(900)
+    assert figures["max_ms"] == pytest.approx(900)
+    # Above 500 + 50 ms: 560 and 900; 540 is within the slack.
+    assert figures["late"] == 2
+
+
+def test_no_results_give_no_figures_and_the_report_says_so() -> None:
+    assert summarize([], 100, 0.5, 300, 0.05) == {"messages": 0}
+    raw = {
+        "run_id": "r",
+        "meta": {
+            "date": "d",
+            "nproc": 2,
+            "code": "c",
+            "options": {
+                "batch_size": 100,
+                "batch_timeout": 0.5,
+                "duration": 1,
+                "slack_ms": 50,
+            },
+        },
+        "rows": [{"broker": "list", "workers": 4, "messages": 0}],
+        "errors": ["nats skipped: unreachable"],
+    }
+    text = markdown(raw)
+    assert "| list | 4 | no results |" in text
+    assert "- nats skipped: unreachable" in text
+
+
+def test_settings_travel_to_the_workers_through_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = FleetSettings("redis://h:1/2", "q", "nats", 7, 0.25)
+    for key, value in settings.to_env().items():
+        monkeypatch.setenv(key, value)
+    assert FleetSettings.from_env() == settings
+
+
+def test_a_lagging_producer_shows_the_rate_asked_and_the_rate_sent() -> None:
+    figures = summarize(batch(100, 0.0, 0.1, 1), 100, 0.5, 1500, 0.05)
+    row = {"broker": "stream", "workers": 1, "rate": 2000.0, "sent_rate": 1500.0}
+    raw = {
+        "run_id": "r",
+        "meta": {
+            "date": "d",
+            "nproc": 2,
+            "code": "c",
+            "options": {
+                "batch_size": 100,
+                "batch_timeout": 0.5,
+                "duration": 1,
+                "slack_ms": 50,
+            },
+        },
+        "rows": [{**row, **figures}, {**row, **figures, "sent_rate": 1990.0}],
+        "errors": [],
+    }
+    lines = markdown(raw).splitlines()
+    assert lines[-2].startswith("| stream | 1 | 2,000 (sent 1,500) | 100.0 |")
+    assert lines[-1].startswith("| stream | 1 | 1,990 | 100.0 |")
