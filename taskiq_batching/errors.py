@@ -6,6 +6,8 @@ constructor's arguments as ``args`` (and formats its message in
 ``__str__``), so it reaches the producer with its own type.
 """
 
+from taskiq.exceptions import SendTaskError
+
 
 class BatchingError(Exception):
     """Base class of every error raised by taskiq-batching."""
@@ -189,6 +191,52 @@ class ListSentAsItemError(BatchingError, TypeError):
             "with `await task.kiq_many(items)` (or `await task.map(items)` to "
             "wait for their results), or one item with `await task.kiq(item)`."
         )
+
+
+class SendManyError(BatchingError, SendTaskError):
+    """``kiq_many`` (or ``map``) could not send every message; none was sent twice.
+
+    Positions are indexes into the items (and into ``task_ids``). The
+    items at ``not_sent`` are surely not in the broker: sending them again
+    makes no duplicate. Those at ``unknown`` may or may not be (the broker
+    could not be asked); every other item was sent, once.
+
+    :param reason: what failed.
+    :param task_ids: the task_id of every message, in the items' order.
+    :param not_sent: positions of the messages surely not sent.
+    :param unknown: positions of the messages perhaps sent.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        task_ids: list[str],
+        not_sent: list[int],
+        unknown: list[int],
+    ) -> None:
+        # taskiq's errors take keyword arguments only: skip their __init__.
+        Exception.__init__(self, reason, task_ids, not_sent, unknown)
+        self.reason = reason
+        self.task_ids = task_ids
+        self.not_sent = not_sent
+        self.unknown = unknown
+
+    @property
+    def sent(self) -> list[int]:
+        """Positions of the messages sent (once each)."""
+        failed = {*self.not_sent, *self.unknown}
+        return [i for i in range(len(self.task_ids)) if i not in failed]
+
+    def __str__(self) -> str:
+        return (
+            f"{len(self.not_sent)} of {len(self.task_ids)} message(s) were not "
+            f"sent (positions {self.not_sent}) and {len(self.unknown)} may or "
+            f"may not have been (positions {self.unknown}); none was sent "
+            f"twice: {self.reason}"
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}{self.args!r}"
 
 
 def describe(error: BaseException) -> str:

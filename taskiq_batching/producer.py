@@ -39,7 +39,7 @@ from taskiq_batching._compat import (
     prepare_arg,
     prepare_message,
 )
-from taskiq_batching.errors import BatchConfigError
+from taskiq_batching.errors import BatchConfigError, SendManyError
 from taskiq_batching.transports import Transport, transport_for
 
 #: Turns prepared arguments into what ``TaskiqMessage.model_dump(mode="json")``
@@ -75,6 +75,8 @@ async def send_many(
     :param items: the items, one message each.
     :param args: arguments after the item, the same for every message.
     :param kwargs: keyword arguments, the same for every message.
+    :raises SendManyError: when some could not be sent: it says which (a
+        ``SendTaskError``; no message is ever sent twice).
     :raises SendTaskError: when the broker cannot take them.
     :return: one taskiq task per item, in order.
     """
@@ -99,6 +101,8 @@ async def send_many(
         task_ids, encoded = _encode(broker, template, items[1:], kicker)
     try:
         await _sender(broker).send(encoded)
+    except SendManyError:
+        raise  # says which messages were not sent (none was sent twice)
     except Exception as exc:
         raise SendTaskError from exc
     for message in messages:

@@ -20,6 +20,7 @@ from taskiq import (
 from taskiq.utils import maybe_awaitable
 
 from taskiq_batching.core.run import BatchSpec
+from taskiq_batching.errors import SendManyError, describe
 from taskiq_batching.transports.base import Delivery, finished_read
 
 logger = logging.getLogger("taskiq_batching")
@@ -122,14 +123,33 @@ class GenericTransport:
 
 
 async def kick_each(broker: AsyncBroker, messages: Sequence[BrokerMessage]) -> None:
-    """Send messages with the broker's own ``kick``, some at once.
+    """Send messages with the broker's own ``kick``, some at once, none twice.
+
+    A kick that fails is not tried again (it may have reached the broker),
+    and no later chunk is sent; the caller is told which messages are not
+    sent, and which may or may not be.
 
     :param broker: the broker.
     :param messages: formatted messages.
+    :raises SendManyError: a kick failed.
     """
     for start in range(0, len(messages), SEND_CONCURRENCY):
         chunk = messages[start : start + SEND_CONCURRENCY]
-        await asyncio.gather(*(broker.kick(message) for message in chunk))
+        outcomes = await asyncio.gather(
+            *(broker.kick(message) for message in chunk), return_exceptions=True
+        )
+        failed = [
+            (start + index, outcome)
+            for index, outcome in enumerate(outcomes)
+            if isinstance(outcome, BaseException)
+        ]
+        if failed:
+            raise SendManyError(
+                describe(failed[0][1]),
+                [message.task_id for message in messages],
+                list(range(start + len(chunk), len(messages))),
+                [position for position, _ in failed],
+            ) from failed[0][1]
 
 
 async def ack_each(handles: Sequence[Any]) -> None:

@@ -10,7 +10,6 @@ pushed back where they were (``release``). There are no acks.
 
 import asyncio
 import logging
-from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +24,7 @@ from taskiq_batching.core.run import BatchSpec
 from taskiq_batching.transports.base import Delivery
 from taskiq_batching.transports.generic import kick_each
 from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient
+from taskiq_batching.transports.redis_send import LIST_ONCE, chunks, send_once
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -129,15 +129,10 @@ class ListTransport:
         return delivery.data
 
     async def send(self, messages: Sequence[BrokerMessage]) -> None:
-        """LPUSH every message, as ``kick`` would, one command per queue."""
+        """LPUSH every message, as ``kick`` would, each once (``redis_send``)."""
         if type(self.broker).kick not in _KICKS:  # a subclass sends its own way
             await kick_each(self.broker, messages)
             return
-        queues: defaultdict[str, list[bytes]] = defaultdict(list)
-        for message in messages:
-            queue = message.labels.get("queue_name") or self.queue
-            queues[str(queue)].append(message.message)
-        redis = self.client.redis
-        for queue, payloads in queues.items():
-            # One LPUSH of many values pushes them in order.
-            await redis.lpush(queue, *payloads)
+        # One LPUSH of many values per chunk pushes them in order.
+        parts = chunks(messages, self.queue)
+        await send_once(self.client.redis, messages, parts, LIST_ONCE, ["list"])

@@ -36,6 +36,7 @@ from taskiq_batching.transports.base import Delivery
 from taskiq_batching.transports.generic import kick_each
 from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient, cancel
 from taskiq_batching.transports.redis_replies import StreamReads, entries, lost_group
+from taskiq_batching.transports.redis_send import STREAM_ONCE, chunks, send_once
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -325,18 +326,12 @@ class StreamTransport:
     # --- sending -------------------------------------------------------------
 
     async def send(self, messages: Sequence[BrokerMessage]) -> None:
-        """XADD every message, as ``kick`` would, in one round trip."""
+        """XADD every message, as ``kick`` would, each once (``redis_send``)."""
         broker = self.broker
         if type(broker).kick not in _KICKS:  # a subclass sends its own way
             await kick_each(broker, messages)
             return
-        async with self.client.redis.pipeline(transaction=False) as pipe:
-            for message in messages:
-                queue = message.labels.get("queue_name") or broker.queue_name
-                pipe.xadd(
-                    str(queue),
-                    {b"data": message.message},
-                    maxlen=broker.maxlen,
-                    approximate=broker.approximate,
-                )
-            await pipe.execute()
+        trim = "" if broker.maxlen is None else str(broker.maxlen)
+        options = ["stream", "~" if broker.approximate else "=", trim]
+        parts = chunks(messages, broker.queue_name)
+        await send_once(self.client.redis, messages, parts, STREAM_ONCE, options)

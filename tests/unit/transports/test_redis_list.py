@@ -180,8 +180,9 @@ async def test_send_pushes_what_kick_pushes_one_command_per_queue(
     )
     commands.clear()
     await transport.send([*messages[:2], routed, *messages[2:]])
-    pushes = commands.named("LPUSH")
-    assert sorted((args[0], len(args) - 1) for args in pushes) == [
+    # One script per queue (LIST_ONCE): script, 2, queue, mark, ttl, "list", values.
+    pushes = commands.named("EVAL")
+    assert sorted((args[2], len(args) - 6) for args in pushes) == [
         ("elsewhere", 1),
         ("q", 4),
     ]

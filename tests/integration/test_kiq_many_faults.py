@@ -1,0 +1,226 @@
+"""``kiq_many`` when a connection is lost mid-send: no message is added twice.
+
+Every taskiq-redis broker (stream and list; standalone, sentinel, cluster)
+on private servers. A fault is injected at a fixed point of the send:
+
+* the reply is lost after the server ran every command (the connection
+  closed under the client, as taskiq-redis's ``startup()`` closes a
+  shared cluster client): redis-py retries the send;
+* the send never reaches the server, every attempt: the caller is told
+  that nothing was sent.
+
+The queue is then read with a separate (synchronous) client.
+"""
+
+import asyncio
+import json
+import shutil
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from taskiq import AsyncBroker
+from taskiq_redis import (
+    ListQueueBroker,
+    ListQueueClusterBroker,
+    ListQueueSentinelBroker,
+    RedisStreamBroker,
+    RedisStreamClusterBroker,
+    RedisStreamSentinelBroker,
+)
+
+from taskiq_batching import BatchingMiddleware, batch_task
+from taskiq_batching.errors import SendManyError
+from tests.upstream.run_taskiq_redis_tests import Servers, start_servers
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+SENT = 250
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    executable = shutil.which("redis-server")
+    if executable is None:
+        pytest.skip("redis-server is not installed")
+    started = Servers(Path(tmp_path_factory.mktemp("kiq-many-faults")), executable)
+    try:
+        yield start_servers(started)
+    finally:
+        started.stop_all()
+
+
+def _sync_client(env: dict[str, str], variant: str) -> Any:
+    if variant == "standalone":
+        return redis.Redis.from_url(env["TEST_REDIS_URL"])
+    if variant == "cluster":
+        return redis.RedisCluster.from_url(env["TEST_REDIS_CLUSTER_URL"])
+    host, port = env["TEST_REDIS_SENTINELS"].split(":")
+    sentinel = redis.Sentinel([(host, int(port))])
+    return sentinel.master_for(env["TEST_REDIS_SENTINEL_MASTER_NAME"])
+
+
+def _broker(env: dict[str, str], variant: str, kind: str, queue: str) -> AsyncBroker:
+    stream = kind == "stream"
+    if variant == "standalone":
+        cls: Any = RedisStreamBroker if stream else ListQueueBroker
+        return cls(env["TEST_REDIS_URL"], queue_name=queue)  # type: ignore[no-any-return]
+    if variant == "cluster":
+        cls = RedisStreamClusterBroker if stream else ListQueueClusterBroker
+        return cls(env["TEST_REDIS_CLUSTER_URL"], queue_name=queue)  # type: ignore[no-any-return]
+    host, port = env["TEST_REDIS_SENTINELS"].split(":")
+    cls = RedisStreamSentinelBroker if stream else ListQueueSentinelBroker
+    master = env["TEST_REDIS_SENTINEL_MASTER_NAME"]
+    return cls([(host, int(port))], master, queue_name=queue)  # type: ignore[no-any-return]
+
+
+def _task_ids(client: Any, kind: str, queue: str) -> Counter[str]:
+    """How many times each task_id is in the queue."""
+    if kind == "stream":
+        payloads = [fields[b"data"] for _, fields in client.xrange(queue)]
+    else:
+        payloads = client.lrange(queue, 0, -1)
+    return Counter(json.loads(payload)["task_id"] for payload in payloads)
+
+
+def _length(client: Any, kind: str, queue: str) -> int:
+    return int(client.xlen(queue) if kind == "stream" else client.llen(queue))
+
+
+@dataclass
+class Fault:
+    """A fault at a fixed point of the next send, on any redis-py connection."""
+
+    #: "lose-reply": the first reply read once ``ready()`` holds is lost;
+    #: "unreachable": every write fails before anything is written.
+    mode: str = ""
+    ready: Callable[[], bool] = lambda: True
+    fired: int = 0
+
+
+@pytest.fixture
+def fault(monkeypatch: pytest.MonkeyPatch) -> Fault:
+    armed = Fault()
+    read = AbstractConnection.read_response
+    write = AbstractConnection.send_packed_command
+
+    async def read_response(self: AbstractConnection, *args: Any, **kw: Any) -> Any:
+        if armed.mode == "lose-reply":
+            armed.mode = ""
+            deadline = time.monotonic() + 20
+            # Every command of the send has run on the server: its reply
+            # is what gets lost, with the connection.
+            while not armed.ready():
+                assert time.monotonic() < deadline, "the send never reached Redis"
+                await asyncio.sleep(0.01)
+            armed.fired += 1
+            await self.disconnect()
+            raise RedisConnectionError("connection closed under the client")
+        return await read(self, *args, **kw)
+
+    async def send_packed_command(
+        self: AbstractConnection, command: Any, *args: Any, **kw: Any
+    ) -> None:
+        if armed.mode == "unreachable" and _SENDING in _joined(command):
+            armed.fired += 1
+            await self.disconnect()
+            raise RedisConnectionError("server unreachable")
+        await write(self, command, *args, **kw)
+
+    monkeypatch.setattr(AbstractConnection, "read_response", read_response)
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", send_packed_command)
+    return armed
+
+
+def _joined(command: Any) -> bytes:
+    if isinstance(command, (bytes, bytearray, memoryview)):
+        return bytes(command)
+    if isinstance(command, str):
+        return command.encode()
+    return b"".join(bytes(part) for part in command)
+
+
+#: In the sending script only (not in the one asking what became of a chunk).
+_SENDING = b"'sent', 'EX'"
+
+VARIANTS = ["standalone", "sentinel", "cluster"]
+KINDS = ["stream", "list"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("variant", VARIANTS)
+async def test_a_send_retried_after_its_reply_was_lost_adds_each_message_once(
+    servers: dict[str, str], fault: Fault, variant: str, kind: str
+) -> None:
+    queue = f"tb-kiq-fault-{uuid.uuid4().hex[:8]}"
+    broker = _broker(servers, variant, kind, queue).with_middlewares(
+        BatchingMiddleware()
+    )
+
+    @batch_task(broker, batch_size=10, batch_timeout=1, task_name="total")
+    async def total(items: list[int]) -> int:
+        return len(items)
+
+    client = _sync_client(servers, variant)
+    try:
+        await total.kiq_many([0])  # connections made before the fault is armed
+        fault.ready = lambda: _length(client, kind, queue) >= 1 + SENT
+        fault.mode = "lose-reply"
+        sent = await total.kiq_many(range(SENT))
+        assert fault.fired == 1
+        counts = _task_ids(client, kind, queue)
+    finally:
+        client.delete(queue)
+        client.close()
+        await broker.shutdown()
+    assert len(counts) == 1 + SENT
+    assert sum(counts.values()) == 1 + SENT, "a message was added twice"
+    assert all(counts[task.task_id] == 1 for task in sent)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("variant", VARIANTS)
+async def test_a_send_that_never_reaches_redis_names_every_message_not_sent(
+    servers: dict[str, str], fault: Fault, variant: str, kind: str
+) -> None:
+    queue = f"tb-kiq-fault-{uuid.uuid4().hex[:8]}"
+    broker = _broker(servers, variant, kind, queue).with_middlewares(
+        BatchingMiddleware()
+    )
+
+    @batch_task(broker, batch_size=10, batch_timeout=1, task_name="total")
+    async def total(items: list[int]) -> int:
+        return len(items)
+
+    client = _sync_client(servers, variant)
+    try:
+        await total.kiq_many([0])
+        fault.mode = "unreachable"
+        with pytest.raises(SendManyError) as raised:
+            await total.kiq_many(range(SENT))
+        fault.mode = ""
+        assert fault.fired >= 1
+        counts = _task_ids(client, kind, queue)
+        # Sent again, the messages said not sent are added once.
+        again = await total.kiq_many([raised.value.not_sent[i] for i in range(3)])
+        after = _task_ids(client, kind, queue)
+    finally:
+        client.delete(queue)
+        client.close()
+        await broker.shutdown()
+    error = raised.value
+    assert error.not_sent == list(range(SENT))
+    assert error.unknown == []
+    assert error.sent == []
+    assert len(error.task_ids) == SENT
+    assert sum(counts.values()) == 1  # only the warm-up message
+    assert not set(error.task_ids) & set(counts)
+    assert sum(after.values()) == 1 + len(again)
