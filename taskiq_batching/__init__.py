@@ -16,6 +16,7 @@ from taskiq_batching.errors import (
     MiddlewareMissingError,
     MissingDependencyError,
     ResultBackendMissingError,
+    SendManyError,
 )
 from taskiq_batching.info import BatchInfo
 from taskiq_batching.mapping import (
@@ -67,6 +68,7 @@ __all__ = [
     "PerItem",
     "RateExceeded",
     "ResultBackendMissingError",
+    "SendManyError",
     "TaskStatistics",
     "batch_task",
     "deadline",
