@@ -44,5 +44,7 @@ async def test_plain_acks_still_have_their_client_after_the_pump_stops() -> None
 
     # The broker shuts down after the Receiver finished its callbacks.
     for handler in broker.event_handlers[TaskiqEvents.WORKER_SHUTDOWN]:
-        await handler(TaskiqState())
+        awaitable = handler(TaskiqState())
+        assert awaitable is not None
+        await awaitable
     assert master.closed == 1
