@@ -25,6 +25,7 @@ from taskiq_batching.transports import (
 )
 from taskiq_batching.transports.redis_results import RedisResults
 from tests.unit.transports.conftest import CommandLog
+from tests.unit.transports.fake_redis import split_commands
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -73,17 +74,8 @@ class Wire:
 
     def commands(self) -> list[list[bytes]]:
         """Each command sent, as its list of arguments (RESP decoded)."""
-        found: list[list[bytes]] = []
-        data = b"".join(part for trip in self.trips for part in trip)
-        while data:
-            header, data = data.split(b"\r\n", 1)
-            args: list[bytes] = []
-            for _ in range(int(header[1:])):
-                length, data = data.split(b"\r\n", 1)
-                size = int(length[1:])
-                args.append(data[:size])
-                data = data[size + 2 :]
-            found.append(args)
+        found, rest = split_commands(b"".join(p for trip in self.trips for p in trip))
+        assert not rest
         return found
 
 
