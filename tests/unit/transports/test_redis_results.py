@@ -29,6 +29,9 @@ from tests.unit.transports.fake_redis import split_commands
 
 pytestmark = pytest.mark.timeout(30)
 
+#: Brokers and backends speaking RESP2, then RESP3 (``fake``'s ``protocol``).
+ON_BOTH_PROTOCOLS = pytest.mark.parametrize("protocol", [2, 3], ids=["resp2", "resp3"])
+
 URL = "redis://fake:6379/0"
 SERIALIZERS: dict[str, type[TaskiqSerializer]] = {
     "json": JSONSerializer,
@@ -124,6 +127,7 @@ def test_hiredis_decides_how_results_travel(fake: dict[str, Any], parser: str) -
     [{}, {"result_ex_time": 60, "prefix_str": "p"}, {"result_px_time": 90_000}],
     ids=["plain", "ex-prefix", "px"],
 )
+@ON_BOTH_PROTOCOLS
 async def test_written_results_equal_what_set_result_writes(
     fake: dict[str, Any],
     redis: Any,
