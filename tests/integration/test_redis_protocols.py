@@ -26,6 +26,7 @@ from taskiq_batching.transports import redis_list
 from taskiq_batching.transports.redis_list import ListTransport
 from taskiq_batching.transports.redis_results import RedisResults
 from tests.helpers import running_worker
+from tests.integration.workers import eventually
 
 pytestmark = [
     pytest.mark.integration,
@@ -55,7 +56,9 @@ async def test_a_list_is_popped_in_order_pushed_back_and_waited_on(
     redis_url: str, prefix: str, protocol: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(redis_list, "BLOCK_SECONDS", 0.1)
-    broker = ListQueueBroker(redis_url, queue_name=prefix, protocol=protocol)
+    broker = ListQueueBroker(
+        redis_url, queue_name=prefix, protocol=protocol, client_name=prefix
+    )
     transport = ListTransport(broker)
     await transport.send(messages(prefix, 10))
     first = await transport.read(4)  # RPOP with a count: a list, or a null
@@ -64,12 +67,21 @@ async def test_a_list_is_popped_in_order_pushed_back_and_waited_on(
     rest = await transport.read(100)
     assert [d.data for d in rest] == [b"m%d" % i for i in range(2, 10)]
     assert await transport.read(100) == []  # a BRPOP that timed out
+    monkeypatch.setattr(redis_list, "BLOCK_SECONDS", 30)
     waiting = asyncio.ensure_future(transport.read(100))
     async with Redis.from_url(redis_url) as redis:
-        while not waiting.done():  # BRPOP's pair, once something is pushed
-            await redis.lpush(prefix, b"late")
-            await asyncio.wait({waiting}, timeout=0.5)
-    assert {d.data for d in waiting.result()} == {b"late"}
+
+        async def blocked_in_brpop() -> bool:
+            clients = await redis.client_list()
+            return any(
+                c["name"] == prefix and c["cmd"] == "brpop" and "b" in c["flags"]
+                for c in clients
+            )
+
+        await eventually(blocked_in_brpop, 10, "the transport waits in BRPOP")
+        await redis.lpush(prefix, b"late")
+    chunk = await asyncio.wait_for(waiting, 10)  # BRPOP's pair of list and value
+    assert [d.data for d in chunk] == [b"late"]
     await transport.close()
     await broker.shutdown()
 
