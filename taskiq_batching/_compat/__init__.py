@@ -12,7 +12,9 @@ bounds those versions. One module per library:
   ``InMemoryBroker``);
 * ``taskiq``: declaring and sending tasks, middleware hooks;
 * ``opentelemetry``: taskiq's ``OpenTelemetryMiddleware``;
-* ``redis``: taskiq-redis and redis-py;
+* ``redis``: taskiq-redis;
+* ``redis_py``: redis-py's connection-level API (imported by the Redis
+  transports directly, not re-exported here: it imports redis);
 * ``amqp``: taskiq-aio-pika, aio-pika, aiormq;
 * ``nats``: nats-py;
 * ``prometheus``: prometheus_client.

@@ -17,9 +17,9 @@ from redis.asyncio import Redis
 from redis.exceptions import BusyLoadingError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.utils import HIREDIS_AVAILABLE
 from taskiq import AsyncBroker, TaskiqEvents, TaskiqState
 
+from taskiq_batching._compat.redis_py import chosen_parser, hiredis_available
 from taskiq_batching.errors import describe
 
 logger = logging.getLogger("taskiq_batching")
@@ -32,7 +32,7 @@ RETRY_DELAY_MAX = 5.0
 #: Seconds between repeated cancellations of a redis-py command.
 CANCEL_RETRY_INTERVAL = 0.05
 #: Whether redis-py found hiredis (>= 3.2), its C reply parser.
-HIREDIS = HIREDIS_AVAILABLE
+HIREDIS = hiredis_available()
 
 
 def parses_in_c(redis: Any) -> bool:
@@ -45,9 +45,7 @@ def parses_in_c(redis: Any) -> bool:
     :param redis: a ``redis.asyncio.Redis`` client (not a cluster).
     :return: True when replies are parsed in C.
     """
-    pool = getattr(redis, "connection_pool", None)
-    kwargs = getattr(pool, "connection_kwargs", {})
-    return HIREDIS and "parser_class" not in kwargs
+    return HIREDIS and chosen_parser(redis) is None
 
 
 async def cancel(task: "asyncio.Future[Any]") -> None:

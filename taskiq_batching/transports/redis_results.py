@@ -33,6 +33,7 @@ from taskiq_redis import (
 )
 
 from taskiq_batching._compat import redis_result_key
+from taskiq_batching._compat.redis_py import string_encoding
 from taskiq_batching.transports.redis_common import parses_in_c
 from taskiq_batching.transports.redis_wire import bulk, round_trip
 
@@ -161,8 +162,8 @@ class RedisResults:
     ) -> list[tuple[int, BaseException]]:
         """One round trip: an MSET, or a SET with the expiry per key."""
         redis = self._client()
-        encoder = redis.get_encoder()  # keys are str: encoded as redis-py would
-        charset, errors = encoder.encoding, encoder.encoding_errors
+        # Keys are str: encoded as redis-py would encode them.
+        charset, errors = string_encoding(redis)
         values: dict[int, bytes] = {}  # each distinct value as RESP, once
         pairs: list[bytes] = []  # each key and its value, as RESP
         for _, key, value in rows:
@@ -176,11 +177,8 @@ class RedisResults:
             if isinstance(reply, ResponseError):
                 raise reply
             return []
-        expiry = (
-            bulk(b"EX") + bulk(encoder.encode(ex))
-            if ex
-            else bulk(b"PX") + bulk(encoder.encode(px))
-        )
+        option, amount = (b"EX", ex) if ex else (b"PX", px)
+        expiry = bulk(option) + bulk(str(amount).encode())
         head = b"*5\r\n$3\r\nSET\r\n"
         replies = await round_trip(
             redis, [head + pair + expiry for pair in pairs], len(pairs)

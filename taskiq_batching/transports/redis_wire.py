@@ -8,7 +8,8 @@ of simple commands this module packs the commands directly in Redis's
 protocol (RESP), sends them with one write, and reads every reply under
 one timeout (the connection's ``socket_timeout``) for the whole batch.
 
-Everything goes through redis-py's public connection API, so a pooled
+Everything goes through redis-py's connection API (reached through
+``taskiq_batching._compat.redis_py``), so a pooled
 connection is handled as redis-py handles it: taken from and given back
 to the client's pool, closed when a reply cannot be read (the replies
 left unread would otherwise be read by its next user), and the round
@@ -18,7 +19,6 @@ connection writes the same values again.
 """
 
 import asyncio
-import math
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -26,10 +26,15 @@ from typing import Any
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-#: ``timeout=`` of ``read_response`` meaning "no timeout of its own" (its
-#: default, the socket timeout, costs a timer per reply): the batch's one
-#: timeout bounds every read.
-_UNBOUNDED = math.inf
+from taskiq_batching._compat.redis_py import (
+    disconnect,
+    give_back,
+    read_reply,
+    reply_timeout,
+    send_packed,
+    take_connection,
+    with_retries,
+)
 
 
 def command(args: Sequence[bytes]) -> bytes:
@@ -64,39 +69,35 @@ async def round_trip(redis: Any, packed: Iterable[bytes], replies: int) -> list[
         ``ResponseError`` in its place (nothing is raised for it).
     """
     data = b"".join(packed)
-    pool = redis.connection_pool
-    connection = await pool.get_connection()
+    connection = await take_connection(redis)
     try:
 
         async def exchange() -> list[Any]:
             return await _exchange(connection, data, replies)
 
         async def failed(error: Exception) -> None:
-            await connection.disconnect()
+            await disconnect(connection)
 
-        result: list[Any] = await connection.retry.call_with_retry(exchange, failed)
-        return result
+        return await with_retries(connection, exchange, failed)
     finally:
-        await pool.release(connection)
+        await give_back(redis, connection)
 
 
 async def _exchange(connection: Any, data: bytes, replies: int) -> list[Any]:
-    await connection.send_packed_command(data)
+    await send_packed(connection, data)
     found: list[Any] = []
+    timeout = reply_timeout(connection)
     try:
-        # A read cut by this timeout closes the connection (read_response
+        # A read cut by this timeout closes the connection (read_reply
         # does on any error), so no unread reply is left for its next user.
         if sys.version_info >= (3, 11):  # a timer, not a task per round trip
-            async with asyncio.timeout(connection.socket_timeout):
+            async with asyncio.timeout(timeout):
                 await _read(connection, replies, found)
         else:
-            await asyncio.wait_for(
-                _read(connection, replies, found), connection.socket_timeout
-            )
+            await asyncio.wait_for(_read(connection, replies, found), timeout)
     except asyncio.TimeoutError:
         raise RedisTimeoutError(
-            f"{replies - len(found)} of {replies} replies not read within "
-            f"{connection.socket_timeout} s"
+            f"{replies - len(found)} of {replies} replies not read within {timeout} s"
         ) from None
     return found
 
@@ -104,6 +105,6 @@ async def _exchange(connection: Any, data: bytes, replies: int) -> list[Any]:
 async def _read(connection: Any, replies: int, found: list[Any]) -> None:
     for _ in range(replies):
         try:
-            found.append(await connection.read_response(timeout=_UNBOUNDED))
+            found.append(await read_reply(connection))
         except ResponseError as error:
             found.append(error)

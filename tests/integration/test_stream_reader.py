@@ -1,7 +1,11 @@
-"""The stream transport's reads on the real Redis.
+"""The stream transport's reads on the real Redis, on RESP2 and RESP3 clients.
 
-The packed read (which needs Redis's ``cmsgpack``) is what a worker without
-hiredis uses: those tests make the transport see no hiredis.
+Each way a worker reads is run on both protocols (``protocol=`` of the
+broker's connections, as a user may set it; redis-py 8.2 speaks RESP3 by
+default, 8.1 RESP2): with hiredis, a plain ``XREADGROUP`` whose reply is
+taken as the parser gives it (a list of streams in RESP2, a map in
+RESP3); with redis-py's pure-Python parser, the packed read (which needs
+Redis's ``cmsgpack``), or without ``msgpack`` a plain read again.
 """
 
 import asyncio
@@ -9,11 +13,13 @@ import logging
 from typing import Any
 
 import pytest
+from redis._parsers import _AsyncRESP2Parser
 from redis.asyncio import Redis
 from taskiq import BrokerMessage
 from taskiq_redis import RedisStreamBroker
 
-from taskiq_batching.transports import redis_common
+from taskiq_batching._compat.redis_py import hiredis_available
+from taskiq_batching.transports import redis_common, redis_replies
 from taskiq_batching.transports.base import Delivery
 from taskiq_batching.transports.redis_stream import StreamTransport
 from tests.integration.workers import eventually
@@ -32,6 +38,28 @@ async def kick(broker: RedisStreamBroker, stream: str, payloads: list[bytes]) ->
         await broker.kick(message)
 
 
+on_both_protocols = pytest.mark.parametrize("protocol", [2, 3], ids=["resp2", "resp3"])
+
+
+@pytest.fixture(params=["hiredis", "python-packed", "python-plain"])
+def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """How the transport reads: what it is given to parse replies with."""
+    way: str = request.param
+    if way == "hiredis" and not hiredis_available():
+        pytest.skip("hiredis is not installed")
+    if way == "python-plain":
+        monkeypatch.setattr(redis_replies, "msgpack", None)
+    return way
+
+
+def parser_options(reader: str) -> dict[str, Any]:
+    """The broker's connection options for a reader: the pure-Python parser.
+
+    redis-py swaps its RESP2 parser for the RESP3 one on a RESP3 connection.
+    """
+    return {} if reader == "hiredis" else {"parser_class": _AsyncRESP2Parser}
+
+
 async def script_calls(redis: Redis) -> int:
     stats: dict[str, Any] = await redis.info("commandstats")
     return sum(
@@ -40,14 +68,15 @@ async def script_calls(redis: Redis) -> int:
     )
 
 
-async def test_packed_reads_give_every_stream_entry_once_in_order(
+@on_both_protocols
+async def test_reads_give_every_stream_entry_once_in_order(
     redis_url: str,
     redis: Redis,
     queue: str,
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
+    reader: str,
+    protocol: int,
 ) -> None:
-    monkeypatch.setattr(redis_common, "HIREDIS", False)
     extra = f"{queue}-extra"
     broker = RedisStreamBroker(
         redis_url,
@@ -55,6 +84,8 @@ async def test_packed_reads_give_every_stream_entry_once_in_order(
         additional_streams={extra: ">"},
         xread_count=40,
         xread_block=200,
+        protocol=protocol,
+        **parser_options(reader),
     )
     await broker.startup()  # the group, from "$": created before the sends
     main = [f"m{i}".encode() for i in range(150)]
@@ -69,7 +100,10 @@ async def test_packed_reads_give_every_stream_entry_once_in_order(
             chunk = await transport.read(100)
             assert chunk, "an entry was lost"
             chunks.append(chunk)
-    assert transport.reads.packed
+        # Nothing waits: the packed read's script answers false, then a
+        # blocking read answers nil (a null in RESP3).
+        assert await transport.read(100) == []
+    assert transport.reads.packed == (reader == "python-packed")
     deliveries = [d for chunk in chunks for d in chunk]
     by_stream: dict[str, list[bytes]] = {queue: [], extra: []}
     for delivery in deliveries:
@@ -82,7 +116,10 @@ async def test_packed_reads_give_every_stream_entry_once_in_order(
         for stream in (queue, extra)
     ]
     assert max(per_stream) == 40
-    assert await script_calls(redis) - before >= len(chunks)
+    if transport.reads.packed:
+        assert await script_calls(redis) - before >= len(chunks)
+    else:
+        assert await script_calls(redis) == before
     assert not [r for r in caplog.records if "packed-read script" in r.getMessage()]
     for stream, count in ((queue, len(main)), (extra, len(side))):
         assert (await redis.xpending(stream, "taskiq"))["pending"] == count
@@ -93,10 +130,13 @@ async def test_packed_reads_give_every_stream_entry_once_in_order(
     await broker.shutdown()
 
 
+@on_both_protocols
 async def test_an_idle_reader_blocks_then_wakes_for_a_new_entry(
-    redis_url: str, redis: Redis, queue: str
+    redis_url: str, redis: Redis, queue: str, protocol: int
 ) -> None:
-    broker = RedisStreamBroker(redis_url, queue_name=queue, xread_block=10_000)
+    broker = RedisStreamBroker(
+        redis_url, queue_name=queue, xread_block=10_000, protocol=protocol
+    )
     await broker.startup()
     transport = StreamTransport(broker)
 
@@ -124,15 +164,19 @@ async def test_an_idle_reader_blocks_then_wakes_for_a_new_entry(
     await broker.shutdown()
 
 
+@on_both_protocols
 async def test_a_packed_read_recovers_a_lost_group(
     redis_url: str,
     redis: Redis,
     queue: str,
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
+    protocol: int,
 ) -> None:
     monkeypatch.setattr(redis_common, "HIREDIS", False)
-    broker = RedisStreamBroker(redis_url, queue_name=queue, xread_block=100)
+    broker = RedisStreamBroker(
+        redis_url, queue_name=queue, xread_block=100, protocol=protocol
+    )
     await broker.startup()
     transport = StreamTransport(broker)
     await kick(broker, queue, [b"before"])
@@ -147,3 +191,46 @@ async def test_a_packed_read_recovers_a_lost_group(
     assert "was missing" in caplog.text
     await transport.close()
     await broker.shutdown()
+
+
+@on_both_protocols
+async def test_acks_releases_reclaims_and_recoveries_on_either_protocol(
+    redis_url: str, redis: Redis, queue: str, reader: str, protocol: int
+) -> None:
+    def broker(consumer: str) -> RedisStreamBroker:
+        return RedisStreamBroker(
+            redis_url,
+            queue_name=queue,
+            consumer_name=consumer,
+            xread_block=100,
+            idle_timeout=60_000,
+            protocol=protocol,
+            **parser_options(reader),
+        )
+
+    mine, other = broker("mine"), broker("other")
+    await mine.startup()
+    await kick(mine, queue, [f"m{i}".encode() for i in range(6)])
+    transport, dead = StreamTransport(mine), StreamTransport(other)
+    chunk = await transport.read(10)
+    assert [d.data for d in chunk] == [f"m{i}".encode() for i in range(6)]
+    await transport.ack([d.handle for d in chunk[:2]])
+    # Released: made idle enough for any worker's next sweep (XAUTOCLAIM).
+    await transport.release(chunk[2:4])
+    claimed = await dead.reclaim()
+    assert sorted(d.data for d in claimed) == [b"m2", b"m3"]
+    assert not await dead.reclaim()  # this consumer's own now, in use
+    # Taken by a read that was cancelled: pending, never seen; found by a
+    # read of this consumer's history (XREADGROUP from 0).
+    await kick(mine, queue, [b"late"])
+    await redis.xreadgroup("taskiq", "mine", {queue: ">"}, count=10)
+    cancelled = asyncio.ensure_future(asyncio.sleep(60))
+    recovered = await transport.interrupt(cancelled)
+    assert [d.data for d in recovered] == [b"late"]
+    await transport.ack([d.handle for d in chunk[4:] + recovered])
+    await dead.ack([d.handle for d in claimed])
+    assert (await redis.xpending(queue, "taskiq"))["pending"] == 0
+    for each in (transport, dead):
+        await each.close()
+    await mine.shutdown()
+    await other.shutdown()

@@ -14,9 +14,24 @@ def server() -> fakeredis.FakeServer:
 
 
 @pytest.fixture
-def fake(server: fakeredis.FakeServer) -> dict[str, Any]:
+def protocol() -> int | None:
+    """The RESP version brokers and backends speak (None: redis-py's default).
+
+    A test parametrizes it to run on RESP2 and RESP3 clients.
+    """
+    return None
+
+
+@pytest.fixture
+def fake(server: fakeredis.FakeServer, protocol: int | None) -> dict[str, Any]:
     """Keyword arguments that put a taskiq-redis broker or backend on fakeredis."""
-    return {"connection_class": fakeredis.FakeAsyncRedisConnection, "server": server}
+    options: dict[str, Any] = {
+        "connection_class": fakeredis.FakeAsyncRedisConnection,
+        "server": server,
+    }
+    if protocol is not None:
+        options["protocol"] = protocol
+    return options
 
 
 @pytest.fixture

@@ -24,6 +24,9 @@ from tests.unit.transports.conftest import CommandLog
 
 pytestmark = pytest.mark.timeout(30)
 
+#: Brokers and backends speaking RESP2, then RESP3 (``fake``'s ``protocol``).
+ON_BOTH_PROTOCOLS = pytest.mark.parametrize("protocol", [2, 3], ids=["resp2", "resp3"])
+
 URL = "redis://fake:6379/0"
 
 
@@ -62,6 +65,7 @@ def test_it_is_a_transport_without_acks(fake: dict[str, Any]) -> None:
     assert transport.reclaim_interval is None
 
 
+@ON_BOTH_PROTOCOLS
 async def test_reads_pop_in_the_brokers_order_at_most_limit_at_once(
     fake: dict[str, Any], redis: Any
 ) -> None:
@@ -82,6 +86,7 @@ async def test_reads_pop_in_the_brokers_order_at_most_limit_at_once(
     await broker.shutdown()
 
 
+@ON_BOTH_PROTOCOLS
 async def test_an_empty_list_gives_an_empty_read_then_the_next_message(
     fake: dict[str, Any],
 ) -> None:
@@ -219,6 +224,7 @@ def worker_broker(fake: dict[str, Any], serializer: Any = None) -> ListQueueBrok
     return broker.with_result_backend(backend).with_middlewares(BatchingMiddleware())
 
 
+@ON_BOTH_PROTOCOLS
 @pytest.mark.parametrize("serializer", ["json", "msgpack"])
 async def test_every_message_gets_its_batch_result_on_a_worker(
     fake: dict[str, Any], redis: Any, serializer: str

@@ -25,8 +25,12 @@ from taskiq_batching.transports import (
 )
 from taskiq_batching.transports.redis_results import RedisResults
 from tests.unit.transports.conftest import CommandLog
+from tests.unit.transports.fake_redis import split_commands
 
 pytestmark = pytest.mark.timeout(30)
+
+#: Brokers and backends speaking RESP2, then RESP3 (``fake``'s ``protocol``).
+ON_BOTH_PROTOCOLS = pytest.mark.parametrize("protocol", [2, 3], ids=["resp2", "resp3"])
 
 URL = "redis://fake:6379/0"
 SERIALIZERS: dict[str, type[TaskiqSerializer]] = {
@@ -73,17 +77,8 @@ class Wire:
 
     def commands(self) -> list[list[bytes]]:
         """Each command sent, as its list of arguments (RESP decoded)."""
-        found: list[list[bytes]] = []
-        data = b"".join(part for trip in self.trips for part in trip)
-        while data:
-            header, data = data.split(b"\r\n", 1)
-            args: list[bytes] = []
-            for _ in range(int(header[1:])):
-                length, data = data.split(b"\r\n", 1)
-                size = int(length[1:])
-                args.append(data[:size])
-                data = data[size + 2 :]
-            found.append(args)
+        found, rest = split_commands(b"".join(p for trip in self.trips for p in trip))
+        assert not rest
         return found
 
 
@@ -132,6 +127,7 @@ def test_hiredis_decides_how_results_travel(fake: dict[str, Any], parser: str) -
     [{}, {"result_ex_time": 60, "prefix_str": "p"}, {"result_px_time": 90_000}],
     ids=["plain", "ex-prefix", "px"],
 )
+@ON_BOTH_PROTOCOLS
 async def test_written_results_equal_what_set_result_writes(
     fake: dict[str, Any],
     redis: Any,

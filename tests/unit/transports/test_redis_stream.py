@@ -39,6 +39,9 @@ from tests.unit.transports.conftest import CommandLog
 
 pytestmark = pytest.mark.timeout(30)
 
+#: Brokers and backends speaking RESP2, then RESP3 (``fake``'s ``protocol``).
+ON_BOTH_PROTOCOLS = pytest.mark.parametrize("protocol", [2, 3], ids=["resp2", "resp3"])
+
 URL = "redis://fake:6379/0"
 GROUP = "taskiq"
 
@@ -128,6 +131,7 @@ def test_it_takes_the_brokers_settings(fake: dict[str, Any]) -> None:
 # --- reading ----------------------------------------------------------------------
 
 
+@ON_BOTH_PROTOCOLS
 async def test_reads_honour_the_limit_and_keep_the_order(
     fake: dict[str, Any], redis: Any
 ) -> None:
@@ -260,6 +264,7 @@ async def test_an_idle_stream_gives_an_empty_read_then_new_entries(
     await broker.shutdown()
 
 
+@ON_BOTH_PROTOCOLS
 async def test_additional_streams_are_read_with_their_own_handles(
     fake: dict[str, Any],
 ) -> None:
@@ -418,6 +423,7 @@ async def test_interrupting_a_finished_read_returns_what_it_read(
     await broker.shutdown()
 
 
+@ON_BOTH_PROTOCOLS
 async def test_interrupting_recovers_entries_a_cancelled_read_took(
     fake: dict[str, Any], redis: Any
 ) -> None:
@@ -496,6 +502,7 @@ async def test_a_delivery_for_taskiqs_receiver_acks_its_own_entry(
 # --- releasing and reclaiming -------------------------------------------------------
 
 
+@ON_BOTH_PROTOCOLS
 async def test_released_entries_are_claimable_at_once(
     fake: dict[str, Any], redis: Any
 ) -> None:
@@ -531,6 +538,7 @@ async def dead_consumer_took(
     return ids
 
 
+@ON_BOTH_PROTOCOLS
 async def test_reclaiming_takes_every_dead_entry_once_then_nothing(
     fake: dict[str, Any], redis: Any
 ) -> None:
@@ -744,6 +752,7 @@ def worker_broker(
     return broker.with_result_backend(backend).with_middlewares(BatchingMiddleware())
 
 
+@ON_BOTH_PROTOCOLS
 @pytest.mark.parametrize("serializer", ["json", "msgpack"])
 async def test_every_message_gets_its_batch_result_on_a_worker(
     fake: dict[str, Any], redis: Any, serializer: str

@@ -1,7 +1,5 @@
 """Commands packed by hand, sent in one round trip, their replies read in order."""
 
-import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -12,6 +10,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskiq_batching.transports.redis_wire import bulk, command, round_trip
+from tests.unit.transports.fake_redis import fake_redis
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -43,80 +42,28 @@ async def test_every_reply_comes_in_order_a_failed_command_in_its_place(
     assert await redis.get("a") == b"2"
 
 
-class Answering:
-    """A server that answers +OK to every command, until told to go silent."""
-
-    def __init__(self) -> None:
-        self.silent = False
-        self.commands = 0
-        self.heard_while_silent = asyncio.Event()
-
-    async def serve(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        buffer = b""
-        unanswered = 0  # on this connection, answered late (as errors)
-        try:
-            while data := await reader.read(65536):
-                buffer += data
-                complete, buffer = _commands(buffer)
-                self.commands += complete
-                if self.silent:
-                    unanswered += complete
-                    self.heard_while_silent.set()
-                elif complete:
-                    late = b"-ERR late reply\r\n" * unanswered
-                    writer.write(late + b"+OK\r\n" * complete)
-                    unanswered = 0
-                    await writer.drain()
-        finally:
-            writer.close()
-
-
-def _commands(buffer: bytes) -> tuple[int, bytes]:
-    """How many whole RESP commands the buffer starts with, and the rest."""
-    count = 0
-    while True:
-        rest = buffer
-        try:
-            header, rest = rest.split(b"\r\n", 1)
-            for _ in range(int(header[1:])):
-                length, rest = rest.split(b"\r\n", 1)
-                size = int(length[1:])
-                if len(rest) < size + 2:
-                    return count, buffer
-                rest = rest[size + 2 :]
-        except ValueError:
-            return count, buffer
-        count += 1
-        buffer = rest
-
-
-@pytest.fixture
-async def answering() -> AsyncIterator[tuple[Answering, int]]:
-    server = Answering()
-    listening = await asyncio.start_server(server.serve, "127.0.0.1", 0)
-    port = listening.sockets[0].getsockname()[1]
-    yield server, port
-    listening.close()
-    await listening.wait_closed()
-
-
+@pytest.mark.parametrize("protocol", [None, 2, 3], ids=["default", "resp2", "resp3"])
 async def test_replies_that_do_not_come_in_time_close_the_connection(
-    answering: tuple[Answering, int],
+    protocol: int | None,
 ) -> None:
-    server, port = answering
-    client = Redis(
-        host="127.0.0.1", port=port, socket_timeout=0.3, retry=Retry(NoBackoff(), 0)
-    )
-    assert await round_trip(client, [command([b"SET", b"k", b"v"])], 1) == [b"OK"]
-    server.silent = True
-    with pytest.raises(RedisTimeoutError, match="2 of 2 replies not read"):
-        await round_trip(client, [command([b"SET", b"k", b"v"])] * 2, 2)
-    assert server.heard_while_silent.is_set()
-    # Had the connection gone back to the pool open, its next user would
-    # read the late replies of these commands as the replies of its own.
-    server.silent = False
-    replies = await round_trip(client, [command([b"SET", b"k", b"v"])] * 3, 3)
-    assert replies == [b"OK"] * 3
-    await client.aclose()
+    async with fake_redis() as (server, port):
+        client = Redis(
+            host="127.0.0.1",
+            port=port,
+            socket_timeout=0.3,
+            retry=Retry(NoBackoff(), 0),
+            protocol=protocol,
+        )
+        assert await round_trip(client, [command([b"SET", b"k", b"v"])], 1) == [b"OK"]
+        if protocol == 3:  # the handshake was RESP3's
+            assert server.heard(b"HELLO") == [[b"HELLO", b"3"]]
+        server.silent = True
+        with pytest.raises(RedisTimeoutError, match="2 of 2 replies not read"):
+            await round_trip(client, [command([b"SET", b"k", b"v"])] * 2, 2)
+        assert server.heard_while_silent.is_set()
+        # Had the connection gone back to the pool open, its next user would
+        # read the late replies of these commands as the replies of its own.
+        server.silent = False
+        replies = await round_trip(client, [command([b"SET", b"k", b"v"])] * 3, 3)
+        assert replies == [b"OK"] * 3
+        await client.aclose()

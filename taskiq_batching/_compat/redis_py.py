@@ -1,0 +1,167 @@
+"""Every place the Redis transports rely on redis-py below its command API.
+
+The transports send most commands through redis-py's documented client
+methods. A batch of results is the exception (``redis_wire``): its
+commands are packed by hand, written on a connection taken from the
+client's pool, and their replies read one by one. That takes redis-py's
+connection-level API, which it does not document as stable; it lives
+here (ruff's ``SLF`` rule is off in ``_compat/`` only), each function
+saying what it relies on. ``tests/unit/test_compat_redis.py`` checks each
+against the installed redis-py, on RESP2 and RESP3 connections, and
+``pyproject.toml`` bounds the versions.
+
+Tested with redis-py 8.1.0 (RESP2 unless told ``protocol=3``) and 8.2.0
+(RESP3 by default, ``HELLO 3``).
+"""
+
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from redis.utils import HIREDIS_AVAILABLE
+
+T = TypeVar("T")
+
+
+def hiredis_available() -> bool:
+    """Whether redis-py reads replies with hiredis, its C parser, by default.
+
+    Relies on: ``redis.utils.HIREDIS_AVAILABLE``, True when hiredis (>= 3.2
+    for redis-py 8) is importable, which makes ``_HiredisParser`` the
+    default ``parser_class`` of new connections (redis-py 8.1, 8.2).
+
+    :return: True when hiredis is installed and usable.
+    """
+    return bool(HIREDIS_AVAILABLE)
+
+
+def chosen_parser(redis: Any) -> Any:
+    """The reply parser a client's connections were told to use, if any.
+
+    Relies on: ``ConnectionPool.connection_kwargs``, the keyword arguments
+    the pool makes each connection with (``parser_class`` among them when
+    the user chose one), redis-py 8.1, 8.2.
+
+    :param redis: a ``redis.asyncio.Redis`` client.
+    :return: the ``parser_class`` given, or None for redis-py's default.
+    """
+    pool = getattr(redis, "connection_pool", None)
+    kwargs: dict[str, Any] = getattr(pool, "connection_kwargs", {})
+    return kwargs.get("parser_class")
+
+
+async def take_connection(redis: Any) -> Any:
+    """A connected connection from the client's pool, for this caller alone.
+
+    Relies on: ``ConnectionPool.get_connection()`` (no arguments since
+    redis-py 5.3; a ``BlockingConnectionPool`` waits for a free one),
+    which connects it (handshake included: ``HELLO 3`` on RESP3), redis-py
+    8.1, 8.2.
+
+    :param redis: a ``redis.asyncio.Redis`` client (not a cluster).
+    :return: the connection; give it back with ``give_back``.
+    """
+    return await redis.connection_pool.get_connection()
+
+
+async def give_back(redis: Any, connection: Any) -> None:
+    """Return a connection taken with ``take_connection`` to its pool.
+
+    Relies on: ``ConnectionPool.release(connection)``, which keeps a closed
+    connection too (it reconnects on its next use), redis-py 8.1, 8.2.
+
+    :param redis: the client it was taken from.
+    :param connection: the connection.
+    """
+    await redis.connection_pool.release(connection)
+
+
+async def with_retries(
+    connection: Any,
+    attempt: Callable[[], Awaitable[T]],
+    failed: Callable[[Exception], Awaitable[Any]],
+) -> T:
+    """Run ``attempt`` under the connection's retry policy.
+
+    Relies on: ``Connection.retry`` (a ``redis.asyncio.retry.Retry``, the
+    client's ``retry=``) and its ``call_with_retry(do, fail)``, which
+    retries on the policy's errors, calling ``fail(error)`` after each
+    failure, and raises the last one, redis-py 8.1, 8.2.
+
+    :param connection: a connection from ``take_connection``.
+    :param attempt: the exchange to run (again).
+    :param failed: called with each failure before the next attempt.
+    :return: what ``attempt`` returned.
+    """
+    result: T = await connection.retry.call_with_retry(attempt, failed)
+    return result
+
+
+async def disconnect(connection: Any) -> None:
+    """Close a connection; its next use connects again.
+
+    Relies on: ``Connection.disconnect()``, redis-py 8.1, 8.2.
+
+    :param connection: the connection.
+    """
+    await connection.disconnect()
+
+
+async def send_packed(connection: Any, data: bytes) -> None:
+    """Write bytes already in RESP, as they are, in one write.
+
+    Relies on: ``Connection.send_packed_command(bytes)``, which connects
+    the connection if it is not, and closes it on a failed write, redis-py
+    8.1, 8.2.
+
+    :param connection: the connection.
+    :param data: one or more commands, packed.
+    """
+    await connection.send_packed_command(data)
+
+
+async def read_reply(connection: Any) -> Any:
+    """Read the next reply, with no timeout of its own.
+
+    The caller bounds a batch of reads with one timeout: redis-py's own
+    (the socket timeout) would cost a timer per reply.
+
+    Relies on: ``Connection.read_response(timeout=math.inf)`` ("block
+    indefinitely", redis-py 8.1, 8.2); an error reply raised as
+    ``ResponseError`` (the connection stays usable); the connection closed
+    on any other failure, a cancellation included (its default
+    ``disconnect_on_error=True``), so no reply is left for its next user.
+    RESP3 push messages are handled inside, never returned.
+
+    :param connection: the connection.
+    :raises redis.exceptions.ResponseError: the server answered an error.
+    :return: the reply as the connection's parser gives it.
+    """
+    return await connection.read_response(timeout=math.inf)
+
+
+def reply_timeout(connection: Any) -> float | None:
+    """The seconds a connection allows for a reply: the client's ``socket_timeout``.
+
+    Relies on: ``Connection.socket_timeout`` (None: no timeout), redis-py
+    8.1, 8.2.
+
+    :param connection: the connection.
+    :return: the timeout, or None.
+    """
+    timeout: float | None = connection.socket_timeout
+    return timeout
+
+
+def string_encoding(redis: Any) -> tuple[str, str]:
+    """How a client encodes ``str`` arguments: its charset and error handler.
+
+    Relies on: ``Redis.get_encoder()``, whose ``encoding`` and
+    ``encoding_errors`` are the client's (``utf-8``, ``strict`` by
+    default), redis-py 8.1, 8.2.
+
+    :param redis: a ``redis.asyncio.Redis`` client.
+    :return: ``(encoding, errors)`` for ``str.encode``.
+    """
+    encoder = redis.get_encoder()
+    return str(encoder.encoding), str(encoder.encoding_errors)
