@@ -6,6 +6,9 @@ constructor's arguments as ``args`` (and formats its message in
 ``__str__``), so it reaches the producer with its own type.
 """
 
+from collections.abc import Callable
+from typing import Any
+
 
 class BatchingError(Exception):
     """Base class of every error raised by taskiq-batching."""
@@ -44,6 +47,20 @@ class BatchItemError(BatchingError, ValueError):
             f"Message {self.task_id} of batched task {self.task_name!r} "
             f"was rejected: {self.reason}"
         )
+
+
+class BatchArgumentError(BatchItemError, TypeError):
+    """A message's arguments do not match the batch function's parameters.
+
+    An unknown keyword argument, more positional arguments than it takes,
+    a value given twice: calling a plain task so fails with ``TypeError``
+    (Python refuses the call), and so does this message (this error is a
+    ``TypeError`` too), alone, when it arrives.
+
+    :param task_name: the batched task.
+    :param task_id: the rejected message.
+    :param reason: which argument does not match.
+    """
 
 
 class BatchTimeoutError(BatchingError, TimeoutError):
@@ -104,3 +121,37 @@ def describe(error: BaseException) -> str:
     text = str(error)
     name = type(error).__name__
     return f"{name}: {text}" if text else name
+
+
+def error_text(error: BaseException, values: bool) -> str:
+    """An error raised on a message's values, for its ``BatchItemError``.
+
+    Its text may quote the value that caused it (``KeyError('s3cr3t')``):
+    only its type is given unless the worker shows values.
+
+    :param error: the exception.
+    :param values: give its text too.
+    :return: ``"Type"``, or ``"Type: text"`` when ``values``.
+    """
+    if values:
+        return _safe(describe, error)
+    return type(error).__name__
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """A value's ``repr`` for an error message, shortened; it never raises.
+
+    :param value: any value (a sender chose it: its ``repr`` may raise, or
+        be huge, as an int of 10**5000 digits).
+    :param limit: the most characters kept.
+    :return: its ``repr``, at most ``limit`` characters.
+    """
+    text = _safe(repr, value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _safe(function: Callable[[Any], str], value: object) -> str:
+    try:
+        return function(value)
+    except Exception as exc:
+        return f"<{type(value).__name__}: its text raised {type(exc).__name__}>"
