@@ -9,6 +9,8 @@ constructor's arguments as ``args`` (and formats its message in
 from collections.abc import Callable
 from typing import Any
 
+from pydantic import ValidationError
+
 
 class BatchingError(Exception):
     """Base class of every error raised by taskiq-batching."""
@@ -155,3 +157,36 @@ def _safe(function: Callable[[Any], str], value: object) -> str:
         return function(value)
     except Exception as exc:
         return f"<{type(value).__name__}: its text raised {type(exc).__name__}>"
+
+
+#: Validation errors named in one message, at most.
+_ERRORS_SHOWN = 3
+
+
+def validation_text(exc: Exception, values: bool) -> str:
+    """What failed in a validation: each error's field path and pydantic type.
+
+    pydantic's messages and inputs are left out unless ``values``: a
+    message may quote the input (a validator's ``ValueError``), and the
+    input is the value itself. An exception other than a validation error
+    (a validator raising ``TypeError``) is named by its type.
+
+    :param exc: what validating the value raised.
+    :param values: give pydantic's messages and inputs too.
+    :return: the errors, for a ``BatchItemError``'s reason.
+    """
+    if not isinstance(exc, ValidationError):
+        return f"its validation raised {error_text(exc, values)}"
+    errors = exc.errors(include_url=False)
+    shown_errors = "; ".join(_error(error, values) for error in errors[:_ERRORS_SHOWN])
+    more = len(errors) - _ERRORS_SHOWN
+    tail = f"; and {more} more" if more > 0 else ""
+    return f"{len(errors)} validation error(s): {shown_errors}{tail}"
+
+
+def _error(error: Any, values: bool) -> str:
+    path = ".".join(str(part) for part in error["loc"])
+    text = f"{path}: {error['type']}" if path else str(error["type"])
+    if values:
+        text += f" ({error['msg']}; input {shown(error.get('input'), 40)})"
+    return text

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 from taskiq_dependencies import DependencyGraph
 from taskiq_dependencies.dependency import Dependency
 
@@ -24,8 +24,8 @@ from taskiq_batching.errors import (
     BatchArgumentError,
     BatchConfigError,
     BatchItemError,
-    error_text,
     shown,
+    validation_text,
 )
 
 _LIST_ORIGINS = (list, collections.abc.Sequence, collections.abc.MutableSequence)
@@ -149,8 +149,9 @@ class BatchSignature:
             return self.item_adapter.validate_python(item)
         except Exception as exc:
             what = f"item {shown(item)}" if values else "item"
+            errors = validation_text(exc, values)
             raise ArgumentError(
-                f"{what} does not fit {self.items_name}: {_errors(exc, values)}",
+                f"{what} does not fit {self.items_name}: {errors}"
             ) from None
 
     def coerce_extras(
@@ -206,7 +207,9 @@ class BatchSignature:
             what = f"argument {name!r}"
             if values:
                 what += f"={shown(value)}"
-            raise ArgumentError(f"{what} is invalid: {_errors(exc, values)}") from None
+            raise ArgumentError(
+                f"{what} is invalid: {validation_text(exc, values)}"
+            ) from None
 
 
 def analyse(task_name: str, func: Callable[..., Any]) -> BatchSignature:
@@ -287,32 +290,3 @@ def _is_dependency(param: inspect.Parameter) -> bool:
         return True
     metadata = getattr(param.annotation, "__metadata__", ())
     return any(isinstance(meta, Dependency) for meta in metadata)
-
-
-#: Validation errors named in one message, at most.
-_ERRORS_SHOWN = 3
-
-
-def _errors(exc: Exception, values: bool) -> str:
-    """What failed in a validation: each error's field path and pydantic type.
-
-    pydantic's messages and inputs are left out unless ``values``: a
-    message may quote the input (a validator's ``ValueError``), and the
-    input is the value itself. An exception other than a validation error
-    (a validator raising ``TypeError``) is named by its type.
-    """
-    if not isinstance(exc, ValidationError):
-        return f"its validation raised {error_text(exc, values)}"
-    errors = exc.errors(include_url=False)
-    shown_errors = "; ".join(_error(error, values) for error in errors[:_ERRORS_SHOWN])
-    more = len(errors) - _ERRORS_SHOWN
-    tail = f"; and {more} more" if more > 0 else ""
-    return f"{len(errors)} validation error(s): {shown_errors}{tail}"
-
-
-def _error(error: Any, values: bool) -> str:
-    path = ".".join(str(part) for part in error["loc"])
-    text = f"{path}: {error['type']}" if path else str(error["type"])
-    if values:
-        text += f" ({error['msg']}; input {shown(error.get('input'), 40)})"
-    return text
