@@ -6,6 +6,7 @@ Send one item per message; the worker runs the task once per batch.
 from taskiq_batching.core.events import BatchObserver, BatchReport
 from taskiq_batching.core.statistics import TaskStatistics
 from taskiq_batching.errors import (
+    BatchArgumentError,
     BatchConfigError,
     BatchingError,
     BatchItemError,
@@ -44,6 +45,7 @@ __all__ = [
     "DEFAULT_BATCH_CONCURRENCY",
     "DEFAULT_BATCH_SIZE",
     "AnyFailed",
+    "BatchArgumentError",
     "BatchConfigError",
     "BatchInfo",
     "BatchItemError",

@@ -41,12 +41,19 @@ class BatchingMiddleware(TaskiqMiddleware):
     :param observers: told of every flush and finished batch (metrics
         exporters, see ``taskiq_batching.metrics``); more can be added with
         ``observe``.
+    :param error_values: show the values that fail (an invalid item or
+        argument, a policy function's error text) in ``BatchItemError``,
+        so in logs and stored results. Off by default: an item may carry a
+        secret (a ``SecretStr``, a field declared ``repr=False``) that its
+        raw form shows; errors then name the message, the argument, the
+        field path and the validation error's type only.
     """
 
     def __init__(
         self,
         max_concurrent_batches: int = DEFAULT_MAX_CONCURRENT_BATCHES,
         observers: Sequence[BatchObserver] = (),
+        error_values: bool = False,
     ) -> None:
         super().__init__()
         if (
@@ -59,6 +66,7 @@ class BatchingMiddleware(TaskiqMiddleware):
                 f"(batch calls), got {max_concurrent_batches!r}.",
             )
         self.max_concurrent_batches = max_concurrent_batches
+        self.error_values = bool(error_values)
         self.batcher: Batcher | None = None
         self._observers = list(observers)
 
@@ -99,6 +107,7 @@ class BatchingMiddleware(TaskiqMiddleware):
             )
         super().set_broker(broker)
         self.batcher = Batcher(broker, self.max_concurrent_batches)
+        self.batcher.error_values = self.error_values
         self._statistics = Statistics(self.batcher)
         self.batcher.observers.add(self._statistics)
         for observer in self._observers:

@@ -25,8 +25,7 @@ from taskiq import AsyncBroker
 from taskiq_batching.core.buffer import Buffer, Held
 from taskiq_batching.core.events import Observers
 from taskiq_batching.core.flush import FlushRules
-from taskiq_batching.core.keys import batch_key
-from taskiq_batching.core.policies import place
+from taskiq_batching.core.policies import admit
 from taskiq_batching.core.run import (
     BatchSpec,
     Outcome,
@@ -34,7 +33,7 @@ from taskiq_batching.core.run import (
     SpanMaker,
 )
 from taskiq_batching.core.running import Runner
-from taskiq_batching.settings import BATCH_DEADLINE_LABEL, FlushReason
+from taskiq_batching.settings import FlushReason
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -66,6 +65,8 @@ class Batcher:
         self.options = RunOptions()
         #: Validate items against the list's element type (``--no-parse`` off).
         self.validate = True
+        #: Show the values that fail in item errors (``error_values``).
+        self.error_values = False
         #: Finishes the messages of a batch; set by the worker integration.
         self.finisher: Finisher | None = None
         #: Makes each batch's span, when the broker is traced.
@@ -160,26 +161,18 @@ class Batcher:
 
         :param task_name: the batched task.
         :param message: the message, its ``item`` not yet set.
-        :raises BatchItemError: when its item or extra arguments are invalid,
-            or a policy function fails on it.
+        :raises BatchItemError: when anything computed from the message
+            fails (``policies.admit``): its arguments, key, policies, deadline.
         :raises ItemFiltered: when ``batch_where`` is false for its item.
         """
         spec = self.specs[task_name]
-        item, args, kwargs = spec.signature.prepare(
-            spec.task_name,
-            message.task_id,
-            message.message.args,
-            message.message.kwargs,
-            validate=self.validate,
-        )
-        message.item = item
         loop = self.bind_loop()
-        placement = None
-        key: _Key = (task_name, batch_key(args, kwargs))
-        if spec.has_policies or BATCH_DEADLINE_LABEL in message.message.labels:
-            placement = place(spec, message, loop.time())
-            if placement.key != ():
-                key = (task_name, (key[1], placement.key))
+        # Everything computed from the message, guarded as one: only it fails.
+        admission = admit(
+            spec, message, loop.time(), self.validate, values=self.error_values
+        )
+        args, kwargs, placement = admission.args, admission.kwargs, admission.placement
+        key: _Key = (task_name, admission.key)
         buffer = self.buffers.get(key)
         if (
             buffer is not None

@@ -1,20 +1,25 @@
-"""A message's place under its task's policies: filter, key, cost, deadline.
+"""A message's admission: its arguments, its buffer key, its policies, its deadline.
 
-Evaluated once per message, when it is added (``Batcher.add``), from its
-validated item. The user's functions may raise: only that message fails,
-with ``BatchItemError``.
+Computed once per message, when it is added (``Batcher.add``), from what
+its sender chose: any value, nested any depth, numbers at the edges of
+float, objects whose comparisons or truth tests raise, and the user's own
+functions (validators, ``batch_where``/``batch_key``/``batch_cost``),
+which may raise too. Whatever fails in there fails that message alone,
+with ``BatchItemError`` (or its ``TypeError`` subclass
+``BatchArgumentError``): ``admit`` is the one guard around all of it, so
+no message can take its batch-mates, its chunk or the worker down.
 """
 
 import math
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from taskiq_batching.core.buffer import Held
-from taskiq_batching.core.keys import item_key
+from taskiq_batching.core.keys import Unkeyable, batch_key, item_key
 from taskiq_batching.core.run import BatchSpec
-from taskiq_batching.errors import BatchItemError, describe
+from taskiq_batching.errors import BatchItemError, error_text, shown
 from taskiq_batching.settings import BATCH_DEADLINE_LABEL
 
 
@@ -36,66 +41,177 @@ class Placement:
     deadline: float | None
 
 
-def place(spec: BatchSpec, held: Held, now: float) -> Placement:
+class Admission(NamedTuple):
+    """An admitted message's validated arguments and its place.
+
+    :param args: its extra positional arguments, validated.
+    :param kwargs: its keyword arguments, validated, defaults filled.
+    :param key: its buffer's key within its task (arguments and ``batch_key``).
+    :param placement: its policies' verdict, None when it has none.
+    """
+
+    args: list[Any]
+    kwargs: dict[str, Any]
+    key: Hashable
+    placement: Placement | None
+
+
+def admit(
+    spec: BatchSpec,
+    held: Held,
+    now: float,
+    validate: bool = True,
+    values: bool = False,
+) -> Admission:
+    """Everything a message needs to join a buffer; any failure is its own.
+
+    Sets its ``item``.
+
+    :param spec: the task's spec.
+    :param held: the message.
+    :param now: the event loop's time.
+    :param validate: validate its arguments (``--no-parse`` turns it off).
+    :param values: show the values that fail in errors (opt-in: an item
+        may hold a secret).
+    :raises ItemFiltered: when ``batch_where`` is false for its item.
+    :raises BatchItemError: when anything about it fails, whatever the
+        exception (``BatchArgumentError`` for arguments the function's
+        parameters refuse).
+    :return: its admission.
+    """
+    try:
+        return _admit(spec, held, now, validate, values)
+    except (BatchItemError, ItemFiltered):
+        raise
+    except Unkeyable as exc:
+        raise BatchItemError(spec.task_name, held.task_id, str(exc)) from None
+    except Exception as exc:
+        raise BatchItemError(
+            spec.task_name,
+            held.task_id,
+            f"admitting it raised {error_text(exc, values)}",
+        ) from None
+
+
+def _admit(
+    spec: BatchSpec, held: Held, now: float, validate: bool, values: bool
+) -> Admission:
+    message = held.message
+    item, args, kwargs = spec.signature.prepare(
+        spec.task_name,
+        held.task_id,
+        message.args,
+        message.kwargs,
+        validate=validate,
+        values=values,
+    )
+    held.item = item
+    key = batch_key(args, kwargs)
+    placement = None
+    if spec.has_policies or BATCH_DEADLINE_LABEL in message.labels:
+        placement = place(spec, held, now, values)
+        if placement.key != ():
+            key = (key, placement.key)
+    return Admission(args, kwargs, key, placement)
+
+
+def place(spec: BatchSpec, held: Held, now: float, values: bool = False) -> Placement:
     """Apply a task's policies to one message whose item is validated.
 
     :param spec: the task's spec.
     :param held: the message, its ``item`` set.
     :param now: the event loop's time.
+    :param values: show the values that fail in errors.
     :raises ItemFiltered: when ``batch_where`` is false for its item.
-    :raises BatchItemError: when a policy function fails on its item.
+    :raises BatchItemError: when a policy function fails on its item, or
+        gives what a policy cannot use.
     :return: its placement.
     """
     settings = spec.settings
-    item = held.item
-    if settings.where is not None and not _call(spec, held, "batch_where", item):
+    where = settings.where is None or _call(spec, held, "batch_where", bool, values)
+    if not where:
         raise ItemFiltered
     key: Hashable = ()
     if settings.key is not None:
-        key = item_key(_call(spec, held, "batch_key", item))
+        key = _call(spec, held, "batch_key", item_key, values)
     cost = 0.0
     if settings.cost is not None:
-        cost = _cost(spec, held, _call(spec, held, "batch_cost", item))
-    return Placement(key, cost, _deadline(held, now))
+        cost = _cost(spec, held, _call(spec, held, "batch_cost", _same, values), values)
+    return Placement(key, cost, _deadline(held, now, values))
 
 
-def _call(spec: BatchSpec, held: Held, name: str, item: Any) -> Any:
+def _same(value: Any) -> Any:
+    return value
+
+
+def _call(
+    spec: BatchSpec,
+    held: Held,
+    name: str,
+    then: Callable[[Any], Any],
+    values: bool,
+) -> Any:
+    """A policy function's value for the item, then ``then`` of it.
+
+    ``then`` (a truth test, the freezing of a key) runs user objects'
+    methods too: it is guarded with the call.
+    """
     function = getattr(spec.settings, name.removeprefix("batch_"))
     try:
-        return function(item)
+        return then(function(held.item))
+    except Unkeyable as exc:
+        raise BatchItemError(spec.task_name, held.task_id, str(exc)) from None
     except Exception as exc:
-        raise BatchItemError(
-            spec.task_name, held.task_id, f"{name} failed on its item: {describe(exc)}"
-        ) from None
-
-
-def _cost(spec: BatchSpec, held: Held, value: Any) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value < 0
-    ):
         raise BatchItemError(
             spec.task_name,
             held.task_id,
-            f"batch_cost gave {value!r} for its item; a cost is a finite number >= 0",
-        )
-    return float(value)
+            f"{name} failed on its item: {error_text(exc, values)}",
+        ) from None
 
 
-def _deadline(held: Held, now: float) -> float | None:
-    """The message's ``batch_deadline`` label (UNIX seconds) in event-loop time."""
+def _cost(spec: BatchSpec, held: Held, value: Any, values: bool) -> float:
+    """A cost as a float, refused unless a finite number >= 0.
+
+    An int too large for a float (``10**400``) is not finite: ``float``
+    raises ``OverflowError`` on it, so the value is converted first, its
+    checks made on the float.
+    """
+    cost = math.nan
+    if not isinstance(value, bool) and isinstance(value, (int, float)):
+        try:
+            cost = float(value)
+        except (OverflowError, ValueError, TypeError):
+            cost = math.nan
+    if math.isfinite(cost) and cost >= 0:
+        return cost
+    given = shown(value) if values else f"a value of type {type(value).__name__}"
+    raise BatchItemError(
+        spec.task_name,
+        held.task_id,
+        f"batch_cost gave {given} for its item; a cost is a finite number >= 0",
+    )
+
+
+def _deadline(held: Held, now: float, values: bool) -> float | None:
+    """The message's ``batch_deadline`` label (UNIX seconds) in event-loop time.
+
+    Any sender sets it: a value that is no number (or too large for a
+    float, as ``10**400``) fails the message; NaN and infinities mean
+    "now" (its batch starts at once).
+    """
     value = held.message.labels.get(BATCH_DEADLINE_LABEL)
     if value is None:
         return None
     try:
+        if isinstance(value, bool):
+            raise TypeError
         unix = float(value)
-    except (TypeError, ValueError):
+    except Exception:
+        given = f" {shown(value)}" if values else ""
         raise BatchItemError(
             held.message.task_name,
             held.task_id,
-            f"its batch_deadline label {value!r} is not a UNIX time in seconds",
+            f"its batch_deadline label{given} is not a UNIX time in seconds",
         ) from None
     if not math.isfinite(unix):
         return now

@@ -2,6 +2,11 @@
 
 Analysed once, at registration, so that a function that cannot take a
 list fails there, and so that the worker never inspects it again.
+
+An argument that does not fit fails its message with an error naming the
+argument, the field path and pydantic's error type, never the value (a
+secret can be anywhere in it): the value is shown only when the worker
+opts in (``BatchingMiddleware(error_values=True)``).
 """
 
 import collections.abc
@@ -11,14 +16,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 from taskiq_dependencies import DependencyGraph
 from taskiq_dependencies.dependency import Dependency
 
 from taskiq_batching.errors import (
+    BatchArgumentError,
     BatchConfigError,
     BatchItemError,
     ListSentAsItemError,
+    shown,
+    validation_text,
 )
 
 _LIST_ORIGINS = (list, collections.abc.Sequence, collections.abc.MutableSequence)
@@ -30,6 +38,10 @@ _POSITIONAL = (
 
 class ArgumentError(ValueError):
     """An argument of one message does not fit the batch function."""
+
+
+class CallError(ArgumentError):
+    """The arguments do not match the parameters: Python would refuse the call."""
 
 
 @dataclass(slots=True)
@@ -46,6 +58,10 @@ class BatchSignature:
         dependencies.
     :param is_coroutine: whether the function is ``async``.
     :param takes_more_args: whether it has ``*args``.
+    :param takes_more_kwargs: whether it has ``**kwargs``.
+    :param names: the names a message may pass as keyword arguments
+        (without ``**kwargs``): its extra parameters and dependencies, as a
+        message's keyword argument replaces a dependency in taskiq.
     """
 
     func: Callable[..., Any]
@@ -57,6 +73,8 @@ class BatchSignature:
     dependencies: DependencyGraph | None = None
     is_coroutine: bool = True
     takes_more_args: bool = False
+    takes_more_kwargs: bool = False
+    names: frozenset[str] = frozenset()
 
     def prepare(
         self,
@@ -65,6 +83,7 @@ class BatchSignature:
         args: Sequence[Any],
         kwargs: Mapping[str, Any],
         validate: bool = True,
+        values: bool = False,
     ) -> tuple[Any, list[Any], dict[str, Any]]:
         """A message's item and extra arguments, validated as taskiq would.
 
@@ -73,6 +92,9 @@ class BatchSignature:
         :param args: its positional arguments, the item first.
         :param kwargs: its keyword arguments.
         :param validate: validate them (taskiq's ``--no-parse`` turns it off).
+        :param values: show the values that do not fit in errors.
+        :raises BatchArgumentError: when the arguments do not match the
+            function's parameters (as calling it would raise ``TypeError``).
         :raises BatchItemError: when this message's arguments do not fit.
         :return: the item, the extra positional and keyword arguments.
         """
@@ -82,13 +104,16 @@ class BatchSignature:
                 task_id,
                 "no item: send one item per message, as `await task.kiq(item)`",
             )
-        if not validate:
-            return args[0], list(args[1:]), dict(kwargs)
         try:
-            item = self.coerce_item(args[0])
+            self.check_call(len(args) - 1, kwargs)
+            if not validate:
+                return args[0], list(args[1:]), dict(kwargs)
+            item = self.coerce_item(args[0], values)
             if len(args) == 1 and not kwargs and not self.keywords:
                 return item, [], {}  # nothing to move, convert or default
-            extra_args, extra_kwargs = self.coerce_extras(args[1:], kwargs)
+            extra_args, extra_kwargs = self.coerce_extras(args[1:], kwargs, values)
+        except CallError as exc:
+            raise BatchArgumentError(task_name, task_id, str(exc)) from None
         except ArgumentError as exc:
             raise BatchItemError(task_name, task_id, str(exc)) from None
         return item, extra_args, extra_kwargs
@@ -112,10 +137,29 @@ class BatchSignature:
             return
         raise ListSentAsItemError(task_name, type(item).__name__, len(item))
 
-    def coerce_item(self, item: Any) -> Any:
+    def check_call(self, extra: int, kwargs: Mapping[str, Any]) -> None:
+        """Refuse what calling the function would refuse (``TypeError``).
+
+        :param extra: positional arguments after the item.
+        :param kwargs: keyword arguments of the message.
+        :raises CallError: on an unknown keyword argument, or too many
+            positional arguments.
+        """
+        if extra > len(self.positional) and not self.takes_more_args:
+            raise CallError(
+                f"takes {len(self.positional)} argument(s) after the item, got {extra}",
+            )
+        if self.takes_more_kwargs:
+            return
+        for name in kwargs:
+            if name not in self.names:
+                raise CallError(f"got an unexpected keyword argument {shown(name)}")
+
+    def coerce_item(self, item: Any, values: bool = False) -> Any:
         """Validate and convert one item, as taskiq does for an argument.
 
         :param item: the item as decoded from the message.
+        :param values: show the item in the error.
         :raises ArgumentError: when the item does not fit the element type.
         :return: the converted item.
         """
@@ -123,16 +167,18 @@ class BatchSignature:
             return item
         try:
             return self.item_adapter.validate_python(item)
-        except ValidationError as exc:
+        except Exception as exc:
+            what = f"item {shown(item)}" if values else "item"
+            errors = validation_text(exc, values)
             raise ArgumentError(
-                f"item {_short(item)} does not fit {self.items_name}: "
-                f"{exc.error_count()} error(s): {_first_error(exc)}",
+                f"{what} does not fit {self.items_name}: {errors}"
             ) from None
 
     def coerce_extras(
         self,
         args: Sequence[Any],
         kwargs: Mapping[str, Any],
+        values: bool = False,
     ) -> tuple[list[Any], dict[str, Any]]:
         """Validate the arguments that follow the item, in a canonical form.
 
@@ -142,6 +188,7 @@ class BatchSignature:
 
         :param args: positional arguments after the item.
         :param kwargs: keyword arguments of the message.
+        :param values: show the values that do not fit in errors.
         :raises ArgumentError: when one does not fit its parameter.
         :return: the converted positional and keyword arguments.
         """
@@ -150,7 +197,7 @@ class BatchSignature:
         for index, value in enumerate(args):
             if index >= len(self.positional):
                 if not self.takes_more_args:
-                    raise ArgumentError(
+                    raise CallError(
                         f"takes {len(self.positional)} argument(s) after the item, "
                         f"got {len(args)}",
                     )
@@ -158,27 +205,30 @@ class BatchSignature:
                 continue
             param = self.positional[index]
             if param.kind == inspect.Parameter.POSITIONAL_ONLY:
-                new_args.append(self._coerce(param.name, value))
+                new_args.append(self._coerce(param.name, value, values))
             elif param.name in new_kwargs:
-                raise ArgumentError(f"got multiple values for {param.name!r}")
+                raise CallError(f"got multiple values for {param.name!r}")
             else:
                 new_kwargs[param.name] = value
         for param in self.keywords:
             if param.name not in new_kwargs and param.default is not param.empty:
                 new_kwargs[param.name] = param.default
         for name, value in new_kwargs.items():
-            new_kwargs[name] = self._coerce(name, value)
+            new_kwargs[name] = self._coerce(name, value, values)
         return new_args, new_kwargs
 
-    def _coerce(self, name: str, value: Any) -> Any:
+    def _coerce(self, name: str, value: Any, values: bool) -> Any:
         adapter = self.adapters.get(name)
         if adapter is None:
             return value
         try:
             return adapter.validate_python(value)
-        except ValidationError as exc:
+        except Exception as exc:
+            what = f"argument {name!r}"
+            if values:
+                what += f"={shown(value)}"
             raise ArgumentError(
-                f"argument {name!r}={_short(value)} is invalid: {_first_error(exc)}",
+                f"{what} is invalid: {validation_text(exc, values)}"
             ) from None
 
 
@@ -218,16 +268,19 @@ def analyse(task_name: str, func: Callable[..., Any]) -> BatchSignature:
         if hints.get(param.name, Any) is not Any
     }
     graph = DependencyGraph(func) if dependency_names else None
+    keywords = [p for p in extras if p.kind != p.POSITIONAL_ONLY]
     return BatchSignature(
         func=func,
         items_name=first.name,
         item_adapter=item_adapter,
         positional=[p for p in extras if p.kind in _POSITIONAL],
-        keywords=[p for p in extras if p.kind != p.POSITIONAL_ONLY],
+        keywords=keywords,
         adapters=adapters,
         dependencies=graph,
         is_coroutine=inspect.iscoroutinefunction(func),
         takes_more_args=any(p.kind == p.VAR_POSITIONAL for p in params),
+        takes_more_kwargs=any(p.kind == p.VAR_KEYWORD for p in params),
+        names=frozenset(p.name for p in keywords) | dependency_names,
     )
 
 
@@ -265,14 +318,3 @@ def _fits(adapter: TypeAdapter[Any], value: Any) -> bool:
     except Exception:  # a validator may raise anything: then it does not fit
         return False
     return True
-
-
-def _first_error(exc: ValidationError) -> str:
-    first = exc.errors(include_url=False)[0]
-    location = ".".join(str(part) for part in first["loc"])
-    return f"{location}: {first['msg']}" if location else first["msg"]
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -100,8 +100,10 @@ class Lifecycle:
         round trip for all), then the item is validated and buffered. A
         message whose middleware fails (or whose ``ack_type`` label taskiq
         refuses) stays unacked and is dropped from the worker, as when its
-        taskiq callback fails there; one whose item is invalid is finished
-        at once with ``BatchItemError``.
+        taskiq callback fails there. Anything else that fails on a message
+        (its arguments, key, policies, deadline: ``policies.admit``) fails
+        it alone: it is finished at once with ``BatchItemError`` (stored,
+        acked by its ack type), its batch-mates and chunk go on.
 
         :param taken: each message (decoded, admitted) and its delivery.
         :param sender_waits: a sender waits for each message (as
@@ -110,54 +112,81 @@ class Lifecycle:
             batch raises to the sender instead of being logged.
         :return: the messages now held.
         """
-        loop = asyncio.get_running_loop()
-        now = loop.time()
         held: list[Held] = []
         received = False  # whether any is acked when received
         for envelope, delivery in taken:
-            try:
-                ack = self._ack_for(delivery)
-                if self.needs_message:
-                    message, scope = await self._pre_execute(envelope)
-                    one = Held(message, ack, now, scope, ack_type=self.ack_type)
-                else:
-                    one = Held(envelope, ack, now, ack_type=self.ack_type)
-                if "ack_type" in one.message.labels:
-                    one.ack_type = self._ack_type(one)
+            one = await self._receive(envelope, delivery, sender_waits)
+            if one is not None:
                 received |= one.ack_type is AcknowledgeType.WHEN_RECEIVED
-                one.delivery = delivery
-            except Exception as exc:
-                self.batcher.release(envelope.task_name)
-                self._forget([delivery])
-                if sender_waits:
-                    raise
-                # taskiq's callback fails before running the task: unacked.
-                logger.error(
-                    "taskiq_batching: message %s of %s is left unacked: %s",
-                    envelope.task_id,
-                    envelope.task_name,
-                    describe(exc),
-                    exc_info=exc,
-                )
-                continue
-            if sender_waits:
-                one.waiter = loop.create_future()
-            held.append(one)
+                held.append(one)
         if received:
             await self._ack(held, AcknowledgeType.WHEN_RECEIVED)
-        specs = self.batcher.specs
         for one in held:
-            spec = specs[one.message.task_name]
-            try:
-                self.batcher.add(spec.task_name, one)
-            except BatchItemError as exc:
-                logger.warning("taskiq_batching: %s", exc)
-                # Finished alone, in the background: accepting never waits.
-                self.batcher.spawn(self.finish(spec, [(one, Outcome(error=exc))], 0.0))
-            except ItemFiltered:
-                outcome = Outcome(filtered=True)
-                self.batcher.spawn(self.finish(spec, [(one, outcome)], 0.0))
+            self._add(one)
         return held
+
+    async def _receive(
+        self, envelope: Envelope, delivery: Delivery | None, sender_waits: bool
+    ) -> Held | None:
+        """The steps of taskiq's callback before the ack: None if one failed."""
+        loop = asyncio.get_running_loop()
+        try:
+            ack = self._ack_for(delivery)
+            if self.needs_message:
+                message, scope = await self._pre_execute(envelope)
+                one = Held(message, ack, loop.time(), scope, ack_type=self.ack_type)
+            else:
+                one = Held(envelope, ack, loop.time(), ack_type=self.ack_type)
+            if "ack_type" in one.message.labels:
+                one.ack_type = self._ack_type(one)
+            one.delivery = delivery
+        except Exception as exc:
+            self.batcher.release(envelope.task_name)
+            self._forget([delivery])
+            if sender_waits:
+                raise
+            # taskiq's callback fails before running the task: unacked.
+            logger.error(
+                "taskiq_batching: message %s of %s is left unacked: %s",
+                envelope.task_id,
+                envelope.task_name,
+                describe(exc),
+                exc_info=exc,
+            )
+            return None
+        if sender_waits:
+            one.waiter = loop.create_future()
+        return one
+
+    def _add(self, one: Held) -> None:
+        """Buffer one message; if it cannot be, finish it alone, in the background.
+
+        ``Batcher.add`` raises only ``BatchItemError`` and ``ItemFiltered``
+        for what a message carries; anything else is a fault of the
+        worker's own: still, only this message fails, and the log has the
+        traceback.
+        """
+        spec = self.batcher.specs[one.message.task_name]
+        try:
+            self.batcher.add(spec.task_name, one)
+        except BatchItemError as exc:
+            logger.warning("taskiq_batching: %s", exc)
+            self.batcher.spawn(self.finish(spec, [(one, Outcome(error=exc))], 0.0))
+        except ItemFiltered:
+            outcome = Outcome(filtered=True)
+            self.batcher.spawn(self.finish(spec, [(one, outcome)], 0.0))
+        except Exception as exc:
+            logger.exception(
+                "taskiq_batching: buffering message %s of %s failed",
+                one.task_id,
+                spec.task_name,
+            )
+            error = BatchItemError(
+                spec.task_name,
+                one.task_id,
+                f"the worker could not buffer it: {type(exc).__name__}",
+            )
+            self.batcher.spawn(self.finish(spec, [(one, Outcome(error=error))], 0.0))
 
     def _forget(self, deliveries: Sequence[Delivery | None]) -> None:
         if self.transport is not None:

@@ -10,6 +10,7 @@ from taskiq.abc.serializer import TaskiqSerializer
 from taskiq.serializers import JSONSerializer, MSGPackSerializer
 
 from taskiq_batching import (
+    BatchArgumentError,
     BatchConfigError,
     BatchingError,
     BatchItemError,
@@ -33,6 +34,17 @@ CASES: list[tuple[BatchingError, tuple[Any, ...], dict[str, Any], str]] = [
         },
         "Message id-1 of batched task 'tasks:insert' was rejected: "
         "item 'x' does not fit items",
+    ),
+    (
+        BatchArgumentError("tasks:insert", "id-2", "got an unexpected keyword 'x'"),
+        ("tasks:insert", "id-2", "got an unexpected keyword 'x'"),
+        {
+            "task_name": "tasks:insert",
+            "task_id": "id-2",
+            "reason": "got an unexpected keyword 'x'",
+        },
+        "Message id-2 of batched task 'tasks:insert' was rejected: "
+        "got an unexpected keyword 'x'",
     ),
     (
         BatchTimeoutError("tasks:insert", 3, 0.5),

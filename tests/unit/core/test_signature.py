@@ -118,15 +118,18 @@ def test_items_are_coerced_as_taskiq_coerces_arguments() -> None:
     with pytest.raises(ArgumentError) as info:
         signature.coerce_item({"id": "three"})
     message = str(info.value)
-    assert "item {'id': 'three'} does not fit items" in message
-    assert "1 error(s)" in message
-    assert "id:" in message
+    # The field path and the error type; the value only when shown.
+    assert message == "item does not fit items: 1 validation error(s): id: int_parsing"
+    with pytest.raises(ArgumentError) as info:
+        signature.coerce_item({"id": "three"}, values=True)
+    assert "item {'id': 'three'} does not fit items" in str(info.value)
+    assert "input 'three'" in str(info.value)
 
 
 def test_a_long_item_is_shortened_in_the_error() -> None:
     signature = analyse("t", ints)
     with pytest.raises(ArgumentError) as info:
-        signature.coerce_item("x" * 500)
+        signature.coerce_item("x" * 500, values=True)
     assert "..." in str(info.value)
     assert len(str(info.value)) < 300
 
@@ -178,8 +181,13 @@ def test_a_value_given_twice_is_refused() -> None:
 
 def test_an_invalid_extra_names_its_argument() -> None:
     signature = analyse("t", named)
-    with pytest.raises(ArgumentError, match="argument 'weight'='heavy' is invalid"):
+    with pytest.raises(ArgumentError) as info:
         signature.coerce_extras(["a"], {"weight": "heavy"})
+    assert str(info.value) == (
+        "argument 'weight' is invalid: 1 validation error(s): int_parsing"
+    )
+    with pytest.raises(ArgumentError, match="argument 'weight'='heavy' is invalid"):
+        signature.coerce_extras(["a"], {"weight": "heavy"}, values=True)
 
 
 def test_untyped_extras_are_taken_as_they_are() -> None:
@@ -252,7 +260,9 @@ async def test_items_are_coerced_and_a_bad_item_fails_alone() -> None:
     assert isinstance(error, BatchItemError)
     assert error.task_id == bad.task_id
     assert error.task_name == handler.task_name
-    assert "not a number" in str(error)
+    assert str(error).endswith(
+        "item does not fit items: 1 validation error(s): int_parsing"
+    )
     for task in (good1, good2, good3):
         assert (await task.wait_result(timeout=1)).return_value == 6
     await broker.shutdown()
@@ -274,7 +284,7 @@ async def test_a_bad_extra_argument_fails_its_message_alone() -> None:
     assert seen.batches == [[1, 2]]
     error = (await bad.wait_result(timeout=1)).error
     assert isinstance(error, BatchItemError)
-    assert "'weight'='heavy'" in str(error)
+    assert "argument 'weight' is invalid" in str(error)
     assert [(await t.wait_result(timeout=1)).return_value for t in ok] == [2, 2]
     await broker.shutdown()
 
