@@ -115,6 +115,7 @@ def _attach_in_memory(broker: InMemoryBroker, batcher: Batcher) -> None:
         envelope = decode(broker, message)
         if envelope is None or envelope.task_name not in batcher.specs:
             return None
+        envelope.size = len(message)
         # Sent now, run by a task that has not started yet: a shutdown
         # right after the kiq waits for it (``Batcher.drain``).
         batcher.bind_loop()  # state of an earlier loop is dropped first
