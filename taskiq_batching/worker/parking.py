@@ -69,13 +69,14 @@ class Admission:
 class Parking:
     """Batched messages waiting for room, in order within each task.
 
-    :param limit: messages parked at most before the pump stops reading.
-    :param max_bytes: wire bytes parked at most before it stops reading.
+    :param acknowledged: the broker keeps what is parked until it is acked.
     """
 
-    def __init__(self, limit: int = PARK_LIMIT, max_bytes: int = PARK_BYTES) -> None:
-        self.limit = limit
-        self.max_bytes = max_bytes
+    def __init__(self, acknowledged: bool = True) -> None:
+        #: Messages parked at most before the pump stops reading.
+        self.limit = PARK_LIMIT if acknowledged else PARK_LIMIT_UNACKED
+        #: Wire bytes parked at most before the pump stops reading.
+        self.max_bytes = PARK_BYTES
         self.waiting: dict[str, deque[Delivery]] = {}
         self.count = 0
         self.size = 0

@@ -43,7 +43,7 @@ from taskiq_batching.transports.base import Delivery, Transport
 from taskiq_batching.worker.decode import decode
 from taskiq_batching.worker.lifecycle import Lifecycle
 from taskiq_batching.worker.options import WorkerOptions
-from taskiq_batching.worker.parking import PARK_LIMIT_UNACKED, Admission, Parking
+from taskiq_batching.worker.parking import Admission, Parking
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -81,9 +81,7 @@ class Pump:
         self.transport = transport
         self.options = options
         self.handoff: deque[Delivery] = deque()
-        self.parked = Parking()
-        if not transport.acknowledges:
-            self.parked.limit = PARK_LIMIT_UNACKED
+        self.parked = Parking(transport.acknowledges)
         self._reading: asyncio.Future[list[Delivery]] | None = None
         self.taken = 0
         self.read_size = 1 if not transport.acknowledges else MAX_UNACKED_CHUNK

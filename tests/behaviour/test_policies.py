@@ -355,3 +355,26 @@ async def test_a_keyed_task_never_piles_up_flushed_batches(path: Path) -> None:
             release.set()
         assert [await outcome(task) for task in tasks] == [1] * 60
     assert peak <= 2, peak
+
+
+async def test_a_byte_budget_splits_batches_and_an_oversized_message_runs_alone(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    @batch_task(
+        path.broker,
+        task_name="sized",
+        batch_size=100,
+        batch_max_bytes=5_000,
+        batch_concurrency=4,  # holds up to 25,000 bytes: no pressure here
+    )
+    async def sized(items: list[str], batch: BatchInfo = TaskiqDepends()) -> Any:
+        return batches_of([len(item) for item in items], batch)
+
+    caplog.set_level(logging.WARNING, "taskiq_batching")
+    async with running(path):
+        # Each message is its item plus some hundreds of bytes of envelope.
+        tasks = [await sized.kiq("x" * n) for n in (2_000, 2_000, 2_000, 9_000)]
+        assert await outcome(tasks[0]) == ["bytes", [2_000, 2_000]]  # 3 > 5,000
+        assert await outcome(tasks[3]) == ["bytes", [9_000]]  # alone
+        assert await outcome(tasks[2]) == ["bytes", [2_000]]  # flushed before it
+    assert "over batch_max_bytes 5000: it runs alone" in caplog.text
