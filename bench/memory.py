@@ -87,7 +87,9 @@ async def _ready(mode: str, queue: str, task_id: str) -> bool:
         await reader.result_backend.shutdown()
 
 
-def run(mode: str, items: int, size: int, sleep: float, window: float) -> dict[str, float]:
+def run(
+    mode: str, items: int, size: int, sleep: float, window: float
+) -> dict[str, float]:
     """One mode: the worker's peak RSS (MB) and the plain task's latency (s)."""
     queue = f"bench-memory-{uuid.uuid4().hex[:8]}"
     task_id = asyncio.run(_fill(mode, queue, items, size))
