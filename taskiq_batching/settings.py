@@ -12,6 +12,7 @@ from taskiq_batching.validation import (
     count,
     item_function,
     seconds,
+    wire_bytes,
 )
 
 _V = TypeVar("_V")
@@ -37,6 +38,8 @@ BATCH_KEY_CONCURRENCY_LABEL = "batch_key_concurrency"
 BATCH_COST_LABEL = "batch_cost"
 #: ...and the cost budget of one batch.
 BATCH_MAX_COST_LABEL = "batch_max_cost"
+#: Flush a buffer before its messages' wire bytes would exceed this.
+BATCH_MAX_BYTES_LABEL = "batch_max_bytes"
 #: A timer does not flush a buffer holding fewer messages than this...
 BATCH_MIN_SIZE_LABEL = "batch_min_size"
 #: ...until this many seconds after its first message.
@@ -61,6 +64,7 @@ SETTING_LABELS = frozenset(
         BATCH_KEY_CONCURRENCY_LABEL,
         BATCH_COST_LABEL,
         BATCH_MAX_COST_LABEL,
+        BATCH_MAX_BYTES_LABEL,
         BATCH_MIN_SIZE_LABEL,
         BATCH_MAX_WAIT_LABEL,
         BATCH_WHERE_LABEL,
@@ -73,6 +77,9 @@ MESSAGE_LABELS = frozenset({BATCH_DEADLINE_LABEL})
 DEFAULT_BATCH_SIZE = 100
 #: ``batch_concurrency`` of a task that does not set it.
 DEFAULT_BATCH_CONCURRENCY = 1
+#: Wire bytes of a task's messages a worker process holds at most, when the
+#: task sets no ``batch_max_bytes``.
+DEFAULT_MAX_HELD_BYTES = 64 * 1024 * 1024
 
 
 class FlushReason(str, enum.Enum):
@@ -97,6 +104,8 @@ class FlushReason(str, enum.Enum):
     COST = "cost"
     #: An item's ``batch_deadline`` is near: its batch starts now.
     DEADLINE = "deadline"
+    #: One more message would exceed ``batch_max_bytes`` (or one alone does).
+    BYTES = "bytes"
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +129,8 @@ class BatchSettings:
         ``max_wait`` seconds...
     :param max_wait: ...after its first message.
     :param where: items for which it is false are finished without running.
+    :param max_bytes: a batch's messages' wire bytes at most (a message
+        bigger than it alone runs alone).
     """
 
     batch_size: int
@@ -134,6 +145,7 @@ class BatchSettings:
     min_size: int | None = None
     max_wait: float | None = None
     where: ItemFunction | None = None
+    max_bytes: int | None = None
 
     @property
     def max_held(self) -> int:
@@ -143,8 +155,23 @@ class BatchSettings:
         or, with ``batch_key`` and ``batch_max_keys``, one filling buffer
         per key allowed.
         """
-        filling = self.max_keys if self.key is not None and self.max_keys else 1
-        return (self.concurrency + filling) * self.batch_size
+        return (self.concurrency + self._filling) * self.batch_size
+
+    @property
+    def max_held_bytes(self) -> int:
+        """Wire bytes of the task's messages a worker process holds at most.
+
+        With ``batch_max_bytes``, enough for as many full batches as
+        ``max_held`` allows; otherwise ``DEFAULT_MAX_HELD_BYTES``. A single
+        message over it is still taken when nothing else of the task is held.
+        """
+        if self.max_bytes is None:
+            return DEFAULT_MAX_HELD_BYTES
+        return (self.concurrency + self._filling) * self.max_bytes
+
+    @property
+    def _filling(self) -> int:
+        return self.max_keys if self.key is not None and self.max_keys else 1
 
 
 def wants_batching(task_name: str, labels: Mapping[str, Any]) -> bool:
@@ -233,6 +260,7 @@ def parse_settings(task_name: str, labels: Mapping[str, Any]) -> BatchSettings:
         **_cost(where, labels),
         **_min_size(where, labels, size, timeout),
         where=_optional(where, labels, BATCH_WHERE_LABEL, item_function),
+        max_bytes=_optional(where, labels, BATCH_MAX_BYTES_LABEL, wire_bytes),
     )
 
 

@@ -30,6 +30,7 @@ from taskiq_batching.settings import (
     BATCH_KEY_CONCURRENCY_LABEL,
     BATCH_KEY_LABEL,
     BATCH_LABEL,
+    BATCH_MAX_BYTES_LABEL,
     BATCH_MAX_COST_LABEL,
     BATCH_MAX_KEYS_LABEL,
     BATCH_MAX_WAIT_LABEL,
@@ -229,6 +230,7 @@ def batch_task(
     batch_key_concurrency: int | None = None,
     batch_cost: Callable[[Any], float] | str | None = None,
     batch_max_cost: float | None = None,
+    batch_max_bytes: int | None = None,
     batch_min_size: int | None = None,
     batch_max_wait: float | datetime.timedelta | None = None,
     batch_where: Callable[[Any], bool] | str | None = None,
@@ -257,6 +259,9 @@ def batch_task(
     :param batch_cost: an item's cost (a function of the item, or a field).
     :param batch_max_cost: a batch's cost budget: a buffer flushes before
         an item would exceed it; an item over it alone runs alone.
+    :param batch_max_bytes: a batch's messages' wire bytes at most: a
+        buffer flushes before a message would exceed it; a bigger message
+        runs alone.
     :param batch_min_size: a timer does not flush a buffer smaller than
         this before ``batch_max_wait``...
     :param batch_max_wait: ...seconds (>= ``batch_timeout``) after its first
@@ -286,6 +291,7 @@ def batch_task(
         BATCH_KEY_CONCURRENCY_LABEL: batch_key_concurrency,
         BATCH_COST_LABEL: batch_cost,
         BATCH_MAX_COST_LABEL: batch_max_cost,
+        BATCH_MAX_BYTES_LABEL: batch_max_bytes,
         BATCH_MIN_SIZE_LABEL: batch_min_size,
         BATCH_MAX_WAIT_LABEL: batch_max_wait,
         BATCH_WHERE_LABEL: batch_where,

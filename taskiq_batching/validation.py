@@ -59,6 +59,18 @@ def count(where: str, name: str, value: Any, unit: str) -> int:
     return value
 
 
+def wire_bytes(where: str, name: str, value: Any) -> int:
+    """A size in bytes of messages as sent: an int >= 1.
+
+    :param where: the task, for error messages.
+    :param name: the setting, for error messages.
+    :param value: the value given.
+    :raises BatchConfigError: unless it is an int >= 1.
+    :return: the size.
+    """
+    return count(where, name, value, "bytes of messages as sent")
+
+
 def budget(where: str, name: str, value: Any) -> float:
     """A cost budget: a finite number > 0.
 

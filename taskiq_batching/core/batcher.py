@@ -10,8 +10,10 @@ start while the task's ``batch_concurrency`` and the process's
 acks, then ``release``s its messages.
 
 Bounds: a process holds at most ``BatchSettings.max_held`` messages of a
-task (buffered, waiting to run, running or being finished). ``try_admit``
-says whether one more fits; ``admit`` waits for room.
+task (buffered, waiting to run, running or being finished), and about
+``BatchSettings.max_held_bytes`` of their wire bytes (``fits_bytes``; a
+message bigger than that is taken when nothing else of its task is held).
+``try_admit`` says whether one more fits; ``admit`` waits for room.
 """
 
 import asyncio
@@ -76,6 +78,8 @@ class Batcher:
         self.rules = FlushRules(self)
         self.buffers: dict[_Key, Buffer] = {}
         self.held: defaultdict[str, int] = defaultdict(int)
+        #: Wire bytes of messages in buffers, waiting to run or running, by task.
+        self.held_bytes: defaultdict[str, int] = defaultdict(int)
         #: Messages in open buffers, by task (kept, not counted: read per add).
         self.waiting: defaultdict[str, int] = defaultdict(int)
         #: Open buffers, by task.
@@ -128,6 +132,39 @@ class Batcher:
         self.held[task_name] += 1
         return True
 
+    def fits_bytes(self, task_name: str, size: int) -> bool:
+        """Whether ``size`` more wire bytes of a task fit its byte bound.
+
+        A message over the bound alone still fits when nothing else of the
+        task is held: it is never refused for good.
+
+        :param task_name: a batched task.
+        :param size: wire bytes about to be taken (this round's, so far).
+        :return: False when the worker must stop taking the task's messages.
+        """
+        held = self.held_bytes[task_name]
+        if held + size <= self.specs[task_name].settings.max_held_bytes:
+            return True
+        if held == 0 and self.held[task_name] == 0:
+            return True
+        self.rules.relieve(task_name, full=True)
+        return False
+
+    def keyed_room(self, task_name: str) -> int | None:
+        """Messages of a keyed task that may be taken before any is buffered.
+
+        Each may open a key (and so flush the oldest buffer) or fill one:
+        taking no more than the batches still allowed to wait keeps the
+        task's flushed batches within ``batch_concurrency``.
+
+        :param task_name: a batched task.
+        :return: how many, or None for a task without ``batch_key``.
+        """
+        settings = self.specs[task_name].settings
+        if settings.key is None:
+            return None
+        return max(settings.concurrency - self.runner.backlog[task_name], 0)
+
     async def admit(self, task_name: str) -> None:
         """Wait until one more message of a task fits, and take it.
 
@@ -174,19 +211,20 @@ class Batcher:
         args, kwargs, placement = admission.args, admission.kwargs, admission.placement
         key: _Key = (task_name, admission.key)
         buffer = self.buffers.get(key)
-        if (
-            buffer is not None
-            and placement is not None
-            and not self.rules.fits(spec, buffer, placement.cost)
-        ):
-            self.flush(key, FlushReason.COST)
-            buffer = None
+        size = message.size
+        if buffer is not None:
+            full = self.rules.full(spec, buffer, placement, size)
+            if full is not None:
+                self.flush(key, full)
+                buffer = None
         if buffer is None:
             buffer = Buffer(task_name, key[1], args, kwargs, loop.time())
             self.buffers[key] = buffer
             self.open_keys[task_name] += 1
             self.rules.opened(spec, buffer)
         buffer.items.append(message)
+        buffer.size += size
+        self.held_bytes[task_name] += size
         self.waiting[task_name] += 1
         self.rules.added(spec, buffer, placement)
         if self._waiters:
@@ -280,6 +318,7 @@ class Batcher:
         cut = [held for buffer in self.buffers.values() for held in buffer.items]
         for buffer in self.buffers.values():
             buffer.close()
+            self.held_bytes[buffer.task_name] -= buffer.size
         self.buffers.clear()
         self.waiting.clear()
         self.open_keys.clear()
@@ -316,6 +355,7 @@ class Batcher:
             self.rules.reset()
             self._waiters.clear()
             self.held.clear()
+            self.held_bytes.clear()
         return loop
 
     async def changed(self) -> None:

@@ -16,7 +16,8 @@ class Envelope:
 
     A ``TaskiqMessage`` costs about 2 KB; this about half. The model is
     built once, when something needs it (a middleware, a ``Context``), and
-    then kept: every later step sees that same object.
+    then kept: every later step sees that same object. ``size`` is the
+    message's wire bytes, when the worker read it (0 when unknown).
     """
 
     task_id: str
@@ -24,6 +25,7 @@ class Envelope:
     labels: dict[str, Any]
     args: list[Any]
     kwargs: dict[str, Any]
+    size: int = 0
 
     @classmethod
     def of(cls, message: TaskiqMessage) -> "Envelope":
@@ -90,6 +92,16 @@ class Held:
         """The message's task_id."""
         return self.message.task_id
 
+    @property
+    def size(self) -> int:
+        """Its wire bytes, as read (0 when unknown: a sender's ``TaskiqMessage``)."""
+        data = getattr(self.delivery, "data", None)
+        if isinstance(data, bytes):
+            return len(data)
+        if isinstance(self.message, Envelope):
+            return self.message.size
+        return 0
+
     def taskiq_message(self) -> TaskiqMessage:
         """The message object, built from its envelope once if need be.
 
@@ -121,6 +133,7 @@ class Buffer:
     :param opened_at: event-loop time of its first message, in seconds.
     :param calls: calls of the batch function so far (isolation re-runs).
     :param cost: the sum of its items' ``batch_cost``.
+    :param size: the sum of its messages' wire bytes.
     :param deadline: event-loop time by which it must start (its earliest
         item's ``batch_deadline``), or None.
     :param overdue: its ``batch_timeout`` passed while it held fewer than
@@ -136,6 +149,7 @@ class Buffer:
     timer: asyncio.TimerHandle | None = None
     calls: int = 0
     cost: float = 0.0
+    size: int = 0
     deadline: float | None = None
     deadline_timer: asyncio.TimerHandle | None = None
     overdue: bool = False

@@ -16,6 +16,9 @@
   open buffer flushes;
 * ``cost``: the next item would exceed ``batch_max_cost``, or one item's
   cost alone does (it then runs alone);
+* ``bytes``: the next message would take the buffer's wire bytes over
+  ``batch_max_bytes``, or it reached them, or one message alone is bigger
+  (it then runs alone);
 * ``deadline``: an item's ``batch_deadline`` is due: its batch starts now.
 
 ``batch_min_size`` holds back a timer: a buffer below it is not flushed
@@ -105,16 +108,34 @@ class FlushRules:
                 return
         self.batcher.flush(key, FlushReason.TIMEOUT)
 
-    def fits(self, spec: BatchSpec, buffer: Buffer, cost: float) -> bool:
-        """Whether an item of this cost fits in an open buffer's budget.
+    def full(
+        self,
+        spec: BatchSpec,
+        buffer: Buffer,
+        placement: Placement | None,
+        size: int,
+    ) -> FlushReason | None:
+        """Whether an open buffer must flush before this message joins it.
 
         :param spec: its task's spec.
         :param buffer: the open buffer.
-        :param cost: the item's cost.
-        :return: False when adding it would exceed ``batch_max_cost``.
+        :param placement: the message's placement, when policies apply.
+        :param size: the message's wire bytes.
+        :return: ``cost`` when it would exceed ``batch_max_cost``, ``bytes``
+            when it would exceed ``batch_max_bytes``, else None.
         """
-        budget = spec.settings.max_cost
-        return budget is None or buffer.cost + cost <= budget
+        settings = spec.settings
+        budget = settings.max_cost
+        if (
+            placement is not None
+            and budget is not None
+            and buffer.cost + placement.cost > budget
+        ):
+            return FlushReason.COST
+        limit = settings.max_bytes
+        if limit is not None and buffer.size + size > limit:
+            return FlushReason.BYTES
+        return None
 
     def added(
         self, spec: BatchSpec, buffer: Buffer, placement: Placement | None = None
@@ -130,6 +151,8 @@ class FlushRules:
             self.batcher.flush(key, FlushReason.SIZE)
             return
         if placement is not None and self._placed(spec, buffer, placement):
+            return
+        if self._sized(spec, buffer):
             return
         if buffer.overdue and len(buffer.items) >= (spec.settings.min_size or 0):
             self.batcher.flush(key, FlushReason.TIMEOUT)
@@ -175,17 +198,35 @@ class FlushRules:
             )
         return False
 
-    def relieve(self, task_name: str) -> None:
+    def _sized(self, spec: BatchSpec, buffer: Buffer) -> bool:
+        """Flush a buffer that reached ``batch_max_bytes``; whether it flushed."""
+        limit = spec.settings.max_bytes
+        if limit is None or buffer.size < limit:
+            return False
+        if len(buffer.items) == 1 and buffer.size > limit:
+            logger.warning(
+                "taskiq_batching: message %s of %s is %d bytes, over batch_max_bytes "
+                "%d: it runs alone",
+                buffer.items[0].task_id,
+                spec.task_name,
+                buffer.size,
+                limit,
+            )
+        self.batcher.flush((buffer.task_name, buffer.key), FlushReason.BYTES)
+        return True
+
+    def relieve(self, task_name: str, full: bool = False) -> None:
         """Flush a task's buffers if they hold all it may hold: nothing else would.
 
         :param task_name: a batched task.
+        :param full: the task is at its byte bound (its message bound is
+            checked here).
         """
         batcher = self.batcher
         held = batcher.held[task_name]
         if (
-            held >= batcher.specs[task_name].settings.max_held
-            and batcher.buffered(task_name) >= held
-        ):
+            full or held >= batcher.specs[task_name].settings.max_held
+        ) and batcher.buffered(task_name) >= held > 0:
             batcher.flush_all(FlushReason.PRESSURE, task_name)
 
     def relieve_all(self) -> None:

@@ -89,6 +89,7 @@ class Runner:
         if buffer is not None:
             name = buffer.task_name
             self.running[name] -= 1
+            self.batcher.held_bytes[name] -= buffer.size
             if self.batcher.specs[name].settings.key_concurrency is not None:
                 key = (name, buffer.key)
                 self.running_keys[key] -= 1
@@ -174,6 +175,8 @@ class Runner:
         """
         cut = [held for buffer, _ in self.ready for held in buffer.items]
         cut += [held for buffer in self.tasks.values() for held in buffer.items]
+        for buffer, _ in self.ready:
+            self.batcher.held_bytes[buffer.task_name] -= buffer.size
         self.ready.clear()
         self.backlog.clear()
         for task in self.tasks:

@@ -31,7 +31,7 @@ from taskiq_batching.settings import BATCH_LABEL
 from taskiq_batching.tasks import adopt
 from taskiq_batching.tracing import tracer_for
 from taskiq_batching.transports import results_for, transport_for
-from taskiq_batching.transports.base import Transport
+from taskiq_batching.transports.base import Delivery, Transport
 from taskiq_batching.worker.decode import decode
 from taskiq_batching.worker.lifecycle import Lifecycle
 from taskiq_batching.worker.options import WorkerOptions
@@ -111,13 +111,15 @@ def _attach_in_memory(broker: InMemoryBroker, batcher: Batcher) -> None:
             )
         return lifecycles[key]
 
-    async def send(envelope: Envelope) -> None:
+    async def send(envelope: Envelope, data: bytes) -> None:
         batcher.rules.eager = bool(broker.await_inplace)
         try:
             await batcher.admit(envelope.task_name)
         finally:
             batcher.arrived()
-        held = await lifecycle().accept([(envelope, None)], sender_waits=True)
+        # As read, without an ack handle: its size counts, as on a worker.
+        taken = [(envelope, Delivery(data))]
+        held = await lifecycle().accept(taken, sender_waits=True)
         for one in held:
             if one.waiter is not None:
                 await one.waiter
@@ -132,7 +134,7 @@ def _attach_in_memory(broker: InMemoryBroker, batcher: Batcher) -> None:
         # right after the kiq waits for it (``Batcher.drain``).
         batcher.bind_loop()  # state of an earlier loop is dropped first
         batcher.incoming += 1
-        return lambda: send(envelope)
+        return lambda: send(envelope, message)
 
     route_callback(in_memory_receiver(broker), route)
 

@@ -10,12 +10,12 @@ Receiver is pulling, so it never takes a message the Receiver could not:
   and the pump reads on, in the same pull;
 * anything else (plain tasks, undecodable bytes) is handed to the
   Receiver, unchanged: it is this pull's delivery;
-* a batched message over its task's bound is parked, in order, and the
+* a batched message over its task's bounds (messages, wire bytes, and for
+  a keyed task the batches allowed to wait) is parked, in order, and the
   pump reads on: a busy task never blocks the messages behind it. Parked
   messages go to their buffers as their task gets room, before anything
-  new is read. At most ``PARK_LIMIT`` are parked (as many as taskiq's
-  default ``--max-async-tasks`` would hold in its slots); beyond, the pump
-  waits for room before it reads more.
+  new is read. Parking is bounded in messages and bytes (``parking.py``);
+  beyond, the pump waits for room before it reads more.
 
 ``--max-tasks-per-child`` counts every message taken. When the Receiver
 stops, a read in progress is finished or interrupted by the transport's
@@ -43,11 +43,9 @@ from taskiq_batching.transports.base import Delivery, Transport
 from taskiq_batching.worker.decode import decode
 from taskiq_batching.worker.lifecycle import Lifecycle
 from taskiq_batching.worker.options import WorkerOptions
+from taskiq_batching.worker.parking import Admission, Parking
 
 logger = logging.getLogger("taskiq_batching")
-
-#: Batched messages over their task's bound that the pump holds at most.
-PARK_LIMIT = 100
 
 #: Most deliveries taken per read of a transport whose unread deliveries
 #: would be lost (a Redis list); the read size grows to it while reads
@@ -83,7 +81,7 @@ class Pump:
         self.transport = transport
         self.options = options
         self.handoff: deque[Delivery] = deque()
-        self.parked: deque[Parked] = deque()
+        self.parked = Parking(transport.acknowledges)
         self._reading: asyncio.Future[list[Delivery]] | None = None
         self.taken = 0
         self.read_size = 1 if not transport.acknowledges else MAX_UNACKED_CHUNK
@@ -100,12 +98,8 @@ class Pump:
                 if self.handoff:
                     yield self.transport.for_receiver(self.handoff.popleft())
                     continue
-                if self.parked:
-                    await self.lifecycle.accept(self._unpark())
-                    if len(self.parked) >= PARK_LIMIT:
-                        self._relieve()
-                        await self.batcher.changed()
-                        continue
+                if self.parked and await self._step_parked():
+                    continue
                 if self._reading is None:
                     limit = self._limit()
                     if limit == 0:
@@ -193,18 +187,19 @@ class Pump:
         """
         taken: list[Parked] = []
         handed_before = len(self.handoff)
-        waiting = {envelope.task_name for envelope, _ in self.parked}
+        admission = Admission(self.batcher)
         for delivery in chunk:
             envelope = decode(self.broker, delivery.data)
             if envelope is None or envelope.task_name not in self.batcher.specs:
                 self.handoff.append(delivery)
-            elif envelope.task_name in waiting:
-                self.parked.append((envelope, delivery))  # behind its task's
-            elif self.batcher.try_admit(envelope.task_name):
+                continue
+            name = envelope.task_name
+            envelope.size = len(delivery.data)
+            # Behind its task's parked messages, if any: in order.
+            if name not in self.parked and admission.take(name, envelope.size):
                 taken.append((envelope, delivery))
             else:
-                waiting.add(envelope.task_name)
-                self.parked.append((envelope, delivery))
+                self.parked.park(name, delivery)
         self.taken += len(chunk)
         extra: list[Delivery] = []
         if not self.transport.acknowledges:
@@ -232,19 +227,32 @@ class Pump:
         self.taken -= len(extra)
         return extra
 
+    async def _step_parked(self) -> bool:
+        """Buffer the parked messages that fit now.
+
+        :return: whether to look again before reading (some were taken,
+            or parking is full and room came).
+        """
+        ready = self._unpark()
+        if ready:
+            await self.lifecycle.accept(ready)
+            return True
+        if not self.parked.full:
+            return False
+        self._relieve()
+        await self.batcher.changed()
+        return True
+
     def _unpark(self) -> list[Parked]:
         """Parked messages whose task has room now, in order within each task."""
         ready: list[Parked] = []
-        blocked: set[str] = set()
-        still: deque[Parked] = deque()
-        for envelope, delivery in self.parked:
-            name = envelope.task_name
-            if name not in blocked and self.batcher.try_admit(name):
-                ready.append((envelope, delivery))
-            else:
-                blocked.add(name)
-                still.append((envelope, delivery))
-        self.parked = still
+        for _, delivery in list(self.parked.unpark(Admission(self.batcher))):
+            envelope = decode(self.broker, delivery.data)
+            if envelope is None:  # decoded when read: it cannot fail now
+                self.handoff.append(delivery)
+                continue
+            envelope.size = len(delivery.data)
+            ready.append((envelope, delivery))
         return ready
 
     def _late(self) -> Handed | None:
@@ -314,9 +322,7 @@ class Pump:
             await asyncio.wait(
                 {asyncio.ensure_future(self.batcher.changed())}, timeout=remaining
             )
-        left = [delivery for _, delivery in self.parked]
-        self.parked.clear()
-        await self._release(left, "parked past the deadline")
+        await self._release(self.parked.clear(), "parked past the deadline")
 
     async def _release(self, deliveries: list[Delivery], what: str) -> None:
         if not deliveries:

@@ -314,3 +314,67 @@ async def test_keyed_batches_keep_isolation_per_item_and_retries(path: Path) -> 
     odd = [c for c in calls if c[0] % 2]
     assert odd == [[1, 3, 5], [1], [3, 5], [3], [5], [3]]  # bisected, then retried
     assert all(len({n % 2 for n in call}) == 1 for call in calls)
+
+
+async def test_a_keyed_task_never_piles_up_flushed_batches(path: Path) -> None:
+    release = asyncio.Event()
+
+    # Room for 52 messages; but every message flushes a batch of its own.
+    @batch_task(
+        path.broker,
+        task_name="piled",
+        batch_size=1,
+        batch_key=lambda item: item,
+        batch_max_keys=50,
+        batch_concurrency=2,
+    )
+    async def piled(items: list[int]) -> int:
+        await release.wait()
+        return len(items)
+
+    batcher = path.batching.batcher
+    assert batcher is not None
+    peak = 0
+    queue = batcher.runner.queue
+
+    def queued(buffer: Any, reason: Any) -> None:
+        nonlocal peak
+        queue(buffer, reason)
+        peak = max(peak, batcher.runner.backlog["piled"])
+
+    batcher.runner.queue = queued  # type: ignore[method-assign]
+    async with running(path):
+        try:
+            tasks = await piled.kiq_many(range(60))
+            while batcher.runner.backlog["piled"] < 2:
+                await batcher.changed()
+            # 2 batches run, 2 wait: the worker stops taking the task.
+            assert batcher.running["piled"] == 2
+            assert peak <= 2, peak
+        finally:
+            release.set()
+        assert [await outcome(task) for task in tasks] == [1] * 60
+    assert peak <= 2, peak
+
+
+async def test_a_byte_budget_splits_batches_and_an_oversized_message_runs_alone(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    @batch_task(
+        path.broker,
+        task_name="sized",
+        batch_size=100,
+        batch_max_bytes=5_000,
+        batch_concurrency=4,  # holds up to 25,000 bytes: no pressure here
+    )
+    async def sized(items: list[str], batch: BatchInfo = TaskiqDepends()) -> Any:
+        return batches_of([len(item) for item in items], batch)
+
+    caplog.set_level(logging.WARNING, "taskiq_batching")
+    async with running(path):
+        # Each message is its item plus some hundreds of bytes of envelope.
+        tasks = [await sized.kiq("x" * n) for n in (2_000, 2_000, 2_000, 9_000)]
+        assert await outcome(tasks[0]) == ["bytes", [2_000, 2_000]]  # 3 > 5,000
+        assert await outcome(tasks[3]) == ["bytes", [9_000]]  # alone
+        assert await outcome(tasks[2]) == ["bytes", [2_000]]  # flushed before it
+    assert "over batch_max_bytes 5000: it runs alone" in caplog.text

@@ -21,7 +21,11 @@ from taskiq_batching import (
     batch_task,
     parse_settings,
 )
-from taskiq_batching.settings import SETTING_LABELS, wants_batching
+from taskiq_batching.settings import (
+    DEFAULT_MAX_HELD_BYTES,
+    SETTING_LABELS,
+    wants_batching,
+)
 from taskiq_batching.validation import seconds, task_ack_type, task_timeout
 from tests.helpers import Recorder, memory_broker
 
@@ -29,7 +33,8 @@ pytestmark = pytest.mark.timeout(30)
 
 ACCEPTED_LIST = (
     "batch_concurrency, batch_cost, batch_isolate, batch_key, "
-    "batch_key_concurrency, batch_max_cost, batch_max_keys, batch_max_wait, "
+    "batch_key_concurrency, batch_max_bytes, batch_max_cost, batch_max_keys, "
+    "batch_max_wait, "
     "batch_min_size, batch_size, batch_timeout, batch_where"
 )
 
@@ -568,6 +573,9 @@ BASE: dict[str, Any] = {"batch": True, "batch_size": 10, "batch_timeout": 1}
             ["batch_min_size", "0", "int >= 1"],
         ),
         ({"batch_where": True}, ["batch_where", "True", "function of the item"]),
+        ({"batch_max_bytes": 0}, ["batch_max_bytes", "0", "int >= 1"]),
+        ({"batch_max_bytes": 1.5e6}, ["batch_max_bytes", "1500000.0", "int >= 1"]),
+        ({"batch_max_bytes": True}, ["batch_max_bytes", "True", "int >= 1"]),
         ({"batch_deadline": 5.0}, ["batch_deadline", "label of one message"]),
     ],
 )
@@ -642,3 +650,12 @@ def test_a_keyed_task_holds_a_filling_buffer_per_key_allowed() -> None:
     assert keyed.max_held == 2 * 10  # without a key bound: one filling buffer
     bounded = parse_settings("t", {**BASE, "batch_key": "k", "batch_max_keys": 50})
     assert bounded.max_held == (1 + 50) * 10
+
+
+def test_the_bytes_a_task_holds_follow_batch_max_bytes() -> None:
+    assert parse_settings("t", BASE).max_held_bytes == DEFAULT_MAX_HELD_BYTES
+    sized = parse_settings(
+        "t", {**BASE, "batch_concurrency": 2, "batch_max_bytes": 4096}
+    )
+    assert sized.max_bytes == 4096
+    assert sized.max_held_bytes == 3 * 4096

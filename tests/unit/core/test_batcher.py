@@ -216,3 +216,36 @@ async def test_a_keyed_task_fills_a_batch_per_key_and_its_backlog_stays_bounded(
     assert [len(batch) for batch in batches] == [10] * 20  # every batch full
     assert all({n % 5 for n in batch} == {batch[0] % 5} for batch in batches)
     assert max(backlog) <= 1
+
+
+async def test_the_bytes_held_of_a_task_are_bounded() -> None:
+    broker = memory_broker()
+    release = asyncio.Event()
+
+    @batch_task(broker, batch_size=100, batch_max_bytes=10_000, task_name="sized")
+    async def sized(items: list[str]) -> None:
+        await release.wait()
+
+    batcher = BatchingMiddleware.of(broker).batcher
+    assert batcher is not None
+    bound = batcher.specs["sized"].settings.max_held_bytes
+    assert bound == 20_000  # (batch_concurrency + 1) x batch_max_bytes
+    await broker.startup()
+    try:
+        await sized.kiq("x" * 1_000)
+        await sized.kiq("y" * 1_000)
+        await batcher.wait_buffered(2, "sized")
+        held = batcher.held_bytes["sized"]
+        assert 2_000 < held < 10_000
+        assert batcher.fits_bytes("sized", bound - held)
+        assert not batcher.fits_bytes("sized", bound - held + 1)
+        # A message bigger than the bound: refused while others are held...
+        assert not batcher.fits_bytes("sized", 10 * bound)
+    finally:
+        release.set()
+        await broker.wait_all()
+    await broker.wait_all()
+    assert batcher.held_bytes["sized"] == 0
+    # ...taken alone when nothing else of the task is held.
+    assert batcher.fits_bytes("sized", 10 * bound)
+    await broker.shutdown()

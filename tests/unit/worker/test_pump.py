@@ -17,6 +17,7 @@ from taskiq_redis import ListQueueBroker
 
 from taskiq_batching import BatchInfo, BatchingMiddleware, BatchItemError, batch_task
 from taskiq_batching.transports import generic
+from taskiq_batching.worker import parking
 from tests.helpers import (
     ObservedSemaphore,
     PrefetchQueueBroker,
@@ -237,6 +238,76 @@ async def test_a_batched_task_at_its_bound_never_holds_up_the_others() -> None:
         for task in done_fast:
             assert (await task.wait_result(timeout=10)).return_value == 3
         release.set()
+
+
+async def test_a_long_backlog_of_a_slow_task_never_holds_up_the_others() -> None:
+    # Stock taskiq (--max-async-tasks 100) reaches a plain message behind 300
+    # slow ones after three turns of its slots; the pump parks the backlog
+    # (small messages, far under the parking bounds) and reads on.
+    broker = queue_broker()
+    release = asyncio.Event()
+
+    @batch_task(broker, batch_size=2)
+    async def slow(items: list[int]) -> None:
+        await release.wait()
+
+    @batch_task(broker, batch_size=2)
+    async def fast(items: list[int]) -> int:
+        return sum(items)
+
+    @broker.task
+    async def plain(item: int) -> int:
+        return item
+
+    batcher = BatchingMiddleware.of(broker).batcher
+    assert batcher is not None
+    async with running_worker(broker):
+        try:
+            for i in range(300):
+                await slow.kiq(i)
+            done_plain = await plain.kiq(5)
+            done_fast = [await fast.kiq(i) for i in (1, 2)]
+            assert (await done_plain.wait_result(timeout=10)).return_value == 5
+            for task in done_fast:
+                assert (await task.wait_result(timeout=10)).return_value == 3
+            assert batcher.running[slow.task_name] == 1  # still hanging meanwhile
+        finally:
+            release.set()
+        await broker.wait_acked(303)
+
+
+async def test_parking_stops_reading_at_its_byte_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(parking, "PARK_BYTES", 10_000)
+    broker = queue_broker()
+    release = asyncio.Event()
+
+    @batch_task(broker, batch_size=1, task_name="slow")
+    async def slow(items: list[str]) -> None:
+        await release.wait()
+
+    sent = [await slow.kiq("x" * 1_000) for _ in range(50)]
+    first = await broker.queue.get()
+    size = len(first.message)
+    await broker.queue.put(first)
+    batcher = BatchingMiddleware.of(broker).batcher
+    assert batcher is not None
+    async with running_worker(broker):
+        try:
+            while not (batcher.running["slow"] == 1 and batcher.runner.backlog["slow"]):
+                await batcher.changed()
+            # Held: the running batch and the next one; then parked until
+            # their bytes reach the bound, and the pump waits for room.
+            parked = -(-10_000 // size)
+            for _ in range(100):  # loop turns, not time: the pump would read
+                await asyncio.sleep(0)
+            assert broker.taken == 2 + parked, (broker.taken, size)
+        finally:
+            release.set()
+        await broker.wait_acked(50)
+    for task in sent:
+        assert not (await task.wait_result(timeout=10)).is_err
 
 
 async def test_batch_calls_at_once_never_exceed_the_bounds() -> None:
