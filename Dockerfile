@@ -1,8 +1,10 @@
-# Image for docker-compose.yml: the package and its examples.
+# Image for docker-compose.yml: the package with its [redis] extra (the
+# examples use taskiq-redis), at the locked versions, and its examples.
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md LICENSE ./
+COPY constraints ./constraints
 COPY taskiq_batching ./taskiq_batching
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir -c constraints/lock.txt ".[redis]"
 COPY examples ./examples
 ENV PYTHONUNBUFFERED=1

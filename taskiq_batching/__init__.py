@@ -3,6 +3,10 @@
 Send one item per message; the worker runs the task once per batch.
 """
 
+#: The package's version; pyproject.toml reads it from here (setuptools'
+#: ``attr:``), so the distribution's metadata cannot disagree with it.
+__version__ = "0.1.0"
+
 from taskiq_batching.core.events import BatchObserver, BatchReport
 from taskiq_batching.core.statistics import TaskStatistics
 from taskiq_batching.errors import (

@@ -21,17 +21,23 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+import taskiq_batching
+
 pytestmark = pytest.mark.timeout(180)
 
 ROOT = Path(__file__).resolve().parents[1]
 REPOSITORY = "https://github.com/taskiq-python/taskiq-batching"
 
 #: Libraries whose private parts the package touches (``_compat/``, the
-#: transports, the metrics): each needs an upper bound.
+#: transports, the metrics) or which it imports directly: each needs an
+#: upper bound.
 PRIVATE_PARTS_TOUCHED = {
     "taskiq",
     "taskiq-dependencies",
     "taskiq-redis",
+    "redis",
+    "pamqp",
+    "opentelemetry-api",
     "taskiq-aio-pika",
     "aio-pika",
     "aiormq",
@@ -186,8 +192,8 @@ def test_the_wheel_holds_the_package_typed_and_its_license(built: Built) -> None
 def test_every_dependency_has_a_lower_bound_and_private_parts_an_upper(
     built: Built,
 ) -> None:
-    extras = set(built.metadata.get_all("Provides-Extra") or []) - {"test"}
-    assert extras >= {"redis", "amqp", "nats"}
+    extras = set(built.metadata.get_all("Provides-Extra") or []) - {"test", "docs"}
+    assert extras >= {"redis", "amqp", "nats", "metrics", "opentelemetry"}
     runtime: list[Requirement] = []
     for line in built.metadata.get_all("Requires-Dist") or []:
         requirement = Requirement(line)
@@ -195,9 +201,43 @@ def test_every_dependency_has_a_lower_bound_and_private_parts_an_upper(
         if marker is None or any(marker.evaluate({"extra": extra}) for extra in extras):
             runtime.append(requirement)
     names = {canonicalize_name(r.name) for r in runtime}
-    assert names >= PRIVATE_PARTS_TOUCHED | {"redis"}
+    assert names >= PRIVATE_PARTS_TOUCHED
     for requirement in runtime:
         operators = {spec.operator for spec in requirement.specifier}
         assert operators & {">=", "==", "~="}, f"{requirement}: no lower bound"
         if canonicalize_name(requirement.name) in PRIVATE_PARTS_TOUCHED:
             assert operators & {"<", "==", "~="}, f"{requirement}: no upper bound"
+
+
+def test_the_version_is_the_package_s_and_the_changelog_s(built: Built) -> None:
+    for metadata in (built.pkg_info, built.metadata):
+        assert metadata["Version"] == taskiq_batching.__version__
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    released = re.findall(r"^## \[(\d[^\]]*)\]", changelog, flags=re.MULTILINE)
+    assert released[0] == taskiq_batching.__version__
+    assert "## [Unreleased]" in changelog
+
+
+def test_pydantic_lower_bounds_install_on_every_python(built: Built) -> None:
+    # pydantic 2.5 has no wheel for Python 3.13: 2.8 there (per-Python markers).
+    pydantic = [
+        Requirement(line)
+        for line in built.metadata.get_all("Requires-Dist") or []
+        if line.startswith("pydantic")
+    ]
+    lowest = {}
+    for python in ("3.10", "3.11", "3.12", "3.13"):
+        (requirement,) = [
+            r
+            for r in pydantic
+            if r.marker is None or r.marker.evaluate({"python_version": python})
+        ]
+        lowest[python] = [
+            s.version for s in requirement.specifier if s.operator == ">="
+        ]
+    assert lowest == {
+        "3.10": ["2.5"],
+        "3.11": ["2.5"],
+        "3.12": ["2.5"],
+        "3.13": ["2.8"],
+    }
