@@ -6,9 +6,16 @@ messages appended to a list by the subscription's callback). ``read``
 takes up to its limit at once and sends the next request before it
 returns, so the server delivers the next chunk while the worker runs
 this one. Requests never ask for more than the consumer's
-``max_ack_pending`` leaves room for: that is the worker's prefetch, read
-once from ``consumer_info`` at the first read, shared by every worker of
-the durable.
+``max_ack_pending`` leaves room for, read from ``consumer_info`` at the
+first read. That limit is the consumer's, shared by every process of the
+durable: a process may hold less than it while the consumer as a whole is
+at it, and the server delivers nothing more until something is acked.
+So when a read gets nothing while this process holds messages, it asks
+the server for the consumer's state (at most once per
+``CONSUMER_CHECK_INTERVAL``); if the consumer is at its limit, the
+worker's next look at ``prefetch`` finds this process full, and its
+buffers flush by pressure (size-only batches would otherwise wait for
+messages that never come, in every process at once).
 
 Acks are buffered publishes (``+ACK`` to each message's reply subject),
 then one ``flush`` (a round trip) for the lot. A stopping worker lets the
@@ -44,6 +51,8 @@ logger = logging.getLogger("taskiq_batching")
 #: The server's ``ack_wait`` when the consumer's config sets none, in seconds.
 DEFAULT_ACK_WAIT = 30.0
 ACK, NAK, IN_PROGRESS = b"+ACK", b"-NAK", b"+WPI"
+#: Seconds between two looks at the consumer's state after empty reads.
+CONSUMER_CHECK_INTERVAL = 1.0
 
 
 def transport_for(broker: AsyncBroker, listen: Any = None) -> "NatsTransport | None":
@@ -74,8 +83,13 @@ class NatsTransport:
     def __init__(self, broker: PullBasedJetStreamBroker) -> None:
         self.broker = broker
         #: ``max_ack_pending`` of the consumer, known after the first read.
+        self.max_ack_pending: int | None = None
+        #: Unacked messages this process may hold now: ``max_ack_pending``,
+        #: or what it holds when its last read found the consumer as a whole
+        #: at that limit (nothing else comes until it acks: buffers flush).
         self.prefetch: int | None = None
         self.ack_wait: float | None = None
+        self._checked_at = float("-inf")
         self._pull: Pull | None = None
         self._keepalive: asyncio.Task[None] | None = None
         self._closed = False
@@ -118,9 +132,10 @@ class NatsTransport:
         consumer = self.broker.consumer
         info = await consumer.consumer_info()
         pending = info.config.max_ack_pending
-        self.prefetch = pending if pending is not None and pending > 0 else None
+        self.max_ack_pending = pending if pending is not None and pending > 0 else None
+        self.prefetch = self.max_ack_pending
         self.ack_wait = info.config.ack_wait or DEFAULT_ACK_WAIT
-        pull = Pull(self.broker.client, consumer, self.prefetch)
+        pull = Pull(self.broker.client, consumer, self.max_ack_pending)
         await pull.start()
         self._pull = pull
         self._keepalive = asyncio.ensure_future(self._keep_alive(self.ack_wait / 3))
@@ -129,6 +144,7 @@ class NatsTransport:
     async def read(self, limit: int) -> list[Delivery]:
         """The next messages of the consumer (see ``Transport.read``)."""
         pull = self._pull or await self._start()
+        self.prefetch = self.max_ack_pending  # the worker looked before this read
         while not pull.stopping:
             if pull.unread:
                 chunk = pull.take(limit)
@@ -138,8 +154,36 @@ class NatsTransport:
             await pull.request(limit)
             await pull.wait()
             if not pull.unread:
-                return []  # none came: the worker checks its timers
+                # None came: the worker checks its timers (and ``prefetch``).
+                if await self._consumer_full(pull):
+                    self.prefetch = self.outstanding
+                return []
         return []
+
+    async def _consumer_full(self, pull: Pull) -> bool:
+        """Whether the consumer is at ``max_ack_pending`` (this process holding some).
+
+        One request, at most every ``CONSUMER_CHECK_INTERVAL`` s, and only
+        when this process holds messages (else flushing frees nothing).
+        """
+        loop = asyncio.get_running_loop()
+        if (
+            self.max_ack_pending is None
+            or pull.stopping
+            or self.outstanding == 0
+            or loop.time() < self._checked_at + CONSUMER_CHECK_INTERVAL
+        ):
+            return False
+        self._checked_at = loop.time()
+        try:
+            info = await asyncio.wait_for(
+                self.broker.consumer.consumer_info(), CONSUMER_CHECK_INTERVAL
+            )
+        except Exception as exc:  # a lost connection: the next empty read asks again
+            logger.debug("taskiq_batching: NATS consumer_info failed: %s", exc)
+            return False
+        limit = info.config.max_ack_pending or self.max_ack_pending
+        return (info.num_ack_pending or 0) >= limit
 
     async def _keep_alive(self, interval: float) -> None:
         """Restart ``ack_wait`` of every held message, every ``interval`` s."""
