@@ -12,13 +12,19 @@ durable: a process may hold less than it while the consumer as a whole is
 at it, and the server delivers nothing more until something is acked.
 So when a read gets nothing while this process holds messages, it asks
 the server for the consumer's state (at most once per
-``CONSUMER_CHECK_INTERVAL``); if the consumer is at its limit, the
+``nats_pull.CONSUMER_CHECK_INTERVAL``); if the consumer is at its limit, the
 worker's next look at ``prefetch`` finds this process full, and its
 buffers flush by pressure (size-only batches would otherwise wait for
 messages that never come, in every process at once).
 
 Acks are buffered publishes (``+ACK`` to each message's reply subject),
-then one ``flush`` (a round trip) for the lot. A stopping worker lets the
+then one ``flush`` (a round trip) for the lot. Acks sent while the
+connection is lost (nats-py's flush then returns at once, with no round
+trip) may never reach the server, and a server killed may lose the last
+acks it had: those messages are delivered again. The first is logged;
+either way, a message this worker acked (among the last ``ACKED_MEMORY``)
+that comes again is acked again instead of run twice, and counted in a
+log line. A stopping worker lets the
 request in progress end (within ``FETCH_TIMEOUT``) and naks what it
 received but never used (redelivered at once, to any worker).
 
@@ -51,8 +57,6 @@ logger = logging.getLogger("taskiq_batching")
 #: The server's ``ack_wait`` when the consumer's config sets none, in seconds.
 DEFAULT_ACK_WAIT = 30.0
 ACK, NAK, IN_PROGRESS = b"+ACK", b"-NAK", b"+WPI"
-#: Seconds between two looks at the consumer's state after empty reads.
-CONSUMER_CHECK_INTERVAL = 1.0
 
 
 def transport_for(broker: AsyncBroker, listen: Any = None) -> "NatsTransport | None":
@@ -89,7 +93,6 @@ class NatsTransport:
         #: at that limit (nothing else comes until it acks: buffers flush).
         self.prefetch: int | None = None
         self.ack_wait: float | None = None
-        self._checked_at = float("-inf")
         self._pull: Pull | None = None
         self._keepalive: asyncio.Task[None] | None = None
         self._closed = False
@@ -146,6 +149,8 @@ class NatsTransport:
         pull = self._pull or await self._start()
         self.prefetch = self.max_ack_pending  # the worker looked before this read
         while not pull.stopping:
+            if pull.reacked:
+                self._reacked(pull)
             if pull.unread:
                 chunk = pull.take(limit)
                 await pull.request(limit)  # the next chunk, while this one runs
@@ -155,35 +160,19 @@ class NatsTransport:
             await pull.wait()
             if not pull.unread:
                 # None came: the worker checks its timers (and ``prefetch``).
-                if await self._consumer_full(pull):
+                if self.outstanding and await pull.consumer_full(self.broker.consumer):
                     self.prefetch = self.outstanding
                 return []
         return []
 
-    async def _consumer_full(self, pull: Pull) -> bool:
-        """Whether the consumer is at ``max_ack_pending`` (this process holding some).
-
-        One request, at most every ``CONSUMER_CHECK_INTERVAL`` s, and only
-        when this process holds messages (else flushing frees nothing).
-        """
-        loop = asyncio.get_running_loop()
-        if (
-            self.max_ack_pending is None
-            or pull.stopping
-            or self.outstanding == 0
-            or loop.time() < self._checked_at + CONSUMER_CHECK_INTERVAL
-        ):
-            return False
-        self._checked_at = loop.time()
-        try:
-            info = await asyncio.wait_for(
-                self.broker.consumer.consumer_info(), CONSUMER_CHECK_INTERVAL
-            )
-        except Exception as exc:  # a lost connection: the next empty read asks again
-            logger.debug("taskiq_batching: NATS consumer_info failed: %s", exc)
-            return False
-        limit = info.config.max_ack_pending or self.max_ack_pending
-        return (info.num_ack_pending or 0) >= limit
+    def _reacked(self, pull: Pull) -> None:
+        logger.warning(
+            "taskiq_batching: NATS delivered again %d message(s) this worker "
+            "had acked (their acks were lost: a server restart?); acked "
+            "again, not run twice",
+            pull.reacked,
+        )
+        pull.reacked = 0
 
     async def _keep_alive(self, interval: float) -> None:
         """Restart ``ack_wait`` of every held message, every ``interval`` s."""
@@ -231,15 +220,20 @@ class NatsTransport:
         await self._settle([delivery.handle for delivery in deliveries], NAK)
 
     async def _settle(self, handles: Sequence[Held], verdict: bytes) -> None:
-        if self._pull is not None:
+        pull = self._pull
+        if pull is not None:
             for held in handles:
-                self._pull.unhold(held)
+                pull.unhold(held)
+                if verdict is ACK:
+                    pull.acking(held)
         await self._publish(handles, verdict)
 
     async def _publish(self, handles: Sequence[Held], verdict: bytes) -> None:
         client = self.broker.client
         replies = [held.reply for held in handles]
         first: BaseException | None = None
+        reconnects = client.stats["reconnects"]
+        connected = client.is_connected
         if not await nats_publish_each(client, replies, verdict):
             for reply in replies:
                 try:
@@ -247,8 +241,28 @@ class NatsTransport:
                 except Exception as exc:
                     first = first or exc
         await client.flush()
+        # nats-py's flush returns at once while it reconnects: no round trip.
+        if not (connected and client.is_connected) or (
+            client.stats["reconnects"] != reconnects
+        ):
+            self._unconfirmed(len(handles), verdict)
         if first is not None:
             raise first
+
+    def _unconfirmed(self, count: int, verdict: bytes) -> None:
+        """Say that a settle may not have reached the server (connection lost)."""
+        if verdict is IN_PROGRESS:
+            return  # the next keep-alive sends it again
+        logger.warning(
+            "taskiq_batching: %d NATS %s(s) sent while the connection was "
+            "lost may not have reached the server: it delivers those "
+            "messages again (after ack_wait%s)",
+            count,
+            "ack" if verdict is ACK else "nak",
+            "; this worker acks them again without running them"
+            if verdict is ACK
+            else "",
+        )
 
     def forget(self, deliveries: Sequence[Delivery]) -> None:
         """No longer held (nor kept alive): redelivered after ``ack_wait``."""

@@ -9,6 +9,9 @@ a record of every batch go to the real Redis.
 import asyncio
 import contextlib
 import json
+import shutil
+import socket
+import subprocess
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
@@ -27,6 +30,7 @@ from tests.integration.workers import Worker, eventually
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 APP = "tests.integration.nats_alo_app:broker"
+NATS_SERVER = "nats-server"
 
 
 @pytest.fixture
@@ -134,3 +138,156 @@ async def test_size_only_batching_with_two_processes_does_not_wedge(
         assert await runs(redis, stream) == Counter(range(count))
     finally:
         await producer.shutdown()
+
+
+async def test_messages_cut_off_at_the_stop_deadline_are_handed_back_at_once(
+    nats_url: str,
+    redis_url: str,
+    redis: Redis,
+    stream: str,
+    start_worker: StartWorker,
+) -> None:
+    """A batch that outlives ``--wait-tasks-timeout``: its messages are nak'ed.
+
+    With ``ack_wait`` 30 s, a message left ack-pending would reach the next
+    worker after 30 s; a nak'ed one comes at once.
+    """
+    producer = make_broker(nats_url, redis_url, stream, 30)
+    await producer.startup()
+    try:
+        collect: AsyncKicker[Any, Any] = AsyncKicker("collect", producer, {})
+        stuck = start_worker(
+            ("--wait-tasks-timeout", "1"),
+            batch_size=10,
+            batch_timeout=0.1,
+            batch_delay=3600,
+        )
+        for item in range(20):
+            await collect.kiq(item)
+
+        async def one_runs_and_all_held() -> bool:
+            info = await consumer(nats_url, stream)
+            started = await redis.llen(f"{stream}:started")
+            return started == 1 and (info.num_ack_pending, info.num_pending) == (20, 0)
+
+        await eventually(one_runs_and_all_held, 20, "a batch runs, 10 more wait")
+        stuck.stop(timeout=15)
+        assert "cut off" in stuck.output()
+        start_worker(batch_size=10, batch_timeout=0.1)
+
+        async def all_ran() -> bool:
+            return await runs(redis, stream) == Counter(range(20))
+
+        # Far below ack_wait (30 s): only a nak brings them this soon.
+        await eventually(all_ran, 15, "the cut-off messages ran elsewhere")
+    finally:
+        await producer.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class NatsServer:
+    """A private JetStream server (on a port of its own) the test may kill."""
+
+    def __init__(self, store: Path, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.store = store
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def launch(self) -> None:
+        """Start the server (its JetStream store kept between starts)."""
+        command = [NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", str(self.port)]
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [*command, "-sd", str(self.store)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    async def start(self) -> None:
+        """Start the server; wait until it accepts connections."""
+        self.launch()
+
+        async def accepts() -> bool:
+            try:
+                client = await nats.connect(self.url, max_reconnect_attempts=0)
+            except Exception:
+                return False
+            await client.close()
+            return True
+
+        await eventually(accepts, 10, "the private nats-server accepts")
+
+    def kill9(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
+
+
+@pytest.fixture
+def private_nats(tmp_path: Path) -> Iterator[NatsServer]:
+    if shutil.which(NATS_SERVER) is None:
+        pytest.skip("no nats-server binary")
+    server = NatsServer(tmp_path / "jetstream", tmp_path / "nats-server.log")
+    yield server
+    server.kill9()
+
+
+async def test_acks_lost_in_a_server_restart_are_logged_and_nothing_runs_twice(
+    redis_url: str,
+    redis: Redis,
+    stream: str,
+    private_nats: NatsServer,
+    start_worker: StartWorker,
+) -> None:
+    """The server is killed while batches run, and started again.
+
+    Acks sent meanwhile may be lost (so may the last acks it had, not yet
+    stored): the server delivers those messages again. The worker says so,
+    and acks them again instead of running them twice.
+    """
+    await private_nats.start()
+    producer = make_broker(private_nats.url, redis_url, stream, 5)
+    await producer.startup()
+    collect: AsyncKicker[Any, Any] = AsyncKicker("collect", producer, {})
+    count = 250
+    for item in range(count):
+        await collect.kiq(item)
+    await producer.shutdown()
+    worker = start_worker(
+        url=private_nats.url,
+        batch_size=10,
+        batch_timeout=0.1,
+        batch_delay=0.2,
+        ack_wait=5,
+    )
+
+    async def batches_run() -> bool:
+        return await redis.llen(f"{stream}:batches") >= 3
+
+    await eventually(batches_run, 20, "batches run")
+    private_nats.kill9()
+
+    async def an_ack_is_unconfirmed() -> bool:
+        return "may not have reached the server" in worker.output()
+
+    await eventually(an_ack_is_unconfirmed, 20, "the worker warns of lost acks")
+    await private_nats.start()
+
+    async def all_acked() -> bool:
+        if set(await runs(redis, stream)) != set(range(count)):
+            return False
+        info = await consumer(private_nats.url, stream)
+        return (info.num_ack_pending, info.num_pending) == (0, 0)
+
+    await eventually(all_acked, 40, "every message ran and was acked")
+    worker.stop(timeout=15)
+    assert await runs(redis, stream) == Counter(range(count)), worker.output()
