@@ -73,6 +73,9 @@ class Batcher:
         self.finisher: Finisher | None = None
         #: Makes each batch's span, when the broker is traced.
         self.span: SpanMaker | None = None
+        #: Whether the broker took a delivery back (its AMQP channel closed:
+        #: it delivers the message again); set by the worker's pump.
+        self.lost: Callable[[Any], bool] | None = None
         #: Told of flushes and finished batches (statistics, metrics).
         self.observers = Observers()
         self.rules = FlushRules(self)

@@ -100,6 +100,16 @@ class Runner:
 
     async def _run(self, spec: BatchSpec, buffer: Buffer, reason: FlushReason) -> None:
         loop = asyncio.get_running_loop()
+        dropped = self.drop_lost(buffer)
+        if dropped:
+            logger.warning(
+                "taskiq_batching: %d message(s) of a batch of %s not run: their "
+                "connection to the broker was lost, which delivers them again",
+                dropped,
+                spec.task_name,
+            )
+            if not buffer.items:
+                return
         logger.info(
             "Executing batch of %d of %s (%s)",
             len(buffer.items),
@@ -130,6 +140,32 @@ class Runner:
         if self.batcher.finisher is not None:
             batch = list(zip(buffer.items, outcomes, strict=True))
             await self.batcher.finisher(spec, batch, ran)
+
+    def drop_lost(self, buffer: Buffer) -> int:
+        """Take out of a batch about to start the messages the broker took back.
+
+        Running them would run them twice: the broker delivers them again
+        (a lost AMQP channel's unacked deliveries are requeued). Messages
+        already acked (``when_received``) stay.
+
+        :param buffer: the batch.
+        :return: how many were taken out (and released).
+        """
+        lost = self.batcher.lost
+        if lost is None:
+            return 0
+        kept = [
+            held
+            for held in buffer.items
+            if held.delivery is None
+            or (held.ack is not None and held.ack.is_acked)
+            or not lost(held.delivery)
+        ]
+        dropped = len(buffer.items) - len(kept)
+        if dropped:
+            buffer.items[:] = kept
+            self.batcher.release(buffer.task_name, dropped)
+        return dropped
 
     def _report(
         self,

@@ -256,6 +256,19 @@ class AmqpTransport:
 
     # --- stopping ----------------------------------------------------------------
 
+    def lost(self, delivery: Delivery) -> bool:
+        """Whether the server took a delivery back: its channel closed.
+
+        A closed channel's unacked deliveries are requeued at once, and
+        come again on the new channel: the worker drops this one from a
+        batch that has not started (``Batcher.drop_lost``).
+
+        :param delivery: a delivery read from this transport.
+        :return: True when its channel is closed.
+        """
+        handle = delivery.handle
+        return handle is not None and bool(handle[0].is_closed)
+
     def forget(self, deliveries: Sequence[Delivery]) -> None:
         """Nothing to do: unacked, they return to the queue with the channel."""
 

@@ -239,24 +239,30 @@ class Channels:
                     handle[1]
                 )
         errors: list[BaseException] = []
+        lost = 0
         for channel, tags in by_channel.values():
             tracker = self._trackers.get(id(channel))
             if tracker is None or tracker.channel is not channel:
-                continue  # a lost channel's: the server gives them again
+                lost += len(tags)  # a lost channel's, dropped already
+                continue
             self._unhold(tracker.forget(tags))
             if channel.is_closed:
                 self._trackers.pop(id(channel), None)
                 self._unhold(tracker.forget(list(tracker.read)))
-                logger.warning(
-                    "taskiq_batching: %d message(s) finished after their AMQP "
-                    "channel was lost; the server delivers them again",
-                    len(tags),
-                )
+                lost += len(tags)
                 continue
             try:
                 await tracker.settle(tags, nack)
             except Exception as exc:
                 errors.append(exc)
+        if lost and not nack:
+            # A nack of them is moot: the server requeued them with the channel.
+            logger.warning(
+                "taskiq_batching: %d message(s) finished after their AMQP "
+                "channel was lost: their acks cannot be sent, and the server "
+                "delivers them again (they run again)",
+                lost,
+            )
         if errors:
             raise errors[0]
 

@@ -6,12 +6,25 @@ messages appended to a list by the subscription's callback). ``read``
 takes up to its limit at once and sends the next request before it
 returns, so the server delivers the next chunk while the worker runs
 this one. Requests never ask for more than the consumer's
-``max_ack_pending`` leaves room for: that is the worker's prefetch, read
-once from ``consumer_info`` at the first read, shared by every worker of
-the durable.
+``max_ack_pending`` leaves room for, read from ``consumer_info`` at the
+first read. That limit is the consumer's, shared by every process of the
+durable: a process may hold less than it while the consumer as a whole is
+at it, and the server delivers nothing more until something is acked.
+So when a read gets nothing while this process holds messages, it asks
+the server for the consumer's state (at most once per
+``nats_pull.CONSUMER_CHECK_INTERVAL``); if the consumer is at its limit, the
+worker's next look at ``prefetch`` finds this process full, and its
+buffers flush by pressure (size-only batches would otherwise wait for
+messages that never come, in every process at once).
 
 Acks are buffered publishes (``+ACK`` to each message's reply subject),
-then one ``flush`` (a round trip) for the lot. A stopping worker lets the
+then one ``flush`` (a round trip) for the lot. Acks sent while the
+connection is lost (nats-py's flush then returns at once, with no round
+trip) may never reach the server, and a server killed may lose the last
+acks it had: those messages are delivered again. The first is logged;
+either way, a message this worker acked (among the last ``ACKED_MEMORY``)
+that comes again is acked again instead of run twice, and counted in a
+log line. A stopping worker lets the
 request in progress end (within ``FETCH_TIMEOUT``) and naks what it
 received but never used (redelivered at once, to any worker).
 
@@ -74,6 +87,10 @@ class NatsTransport:
     def __init__(self, broker: PullBasedJetStreamBroker) -> None:
         self.broker = broker
         #: ``max_ack_pending`` of the consumer, known after the first read.
+        self.max_ack_pending: int | None = None
+        #: Unacked messages this process may hold now: ``max_ack_pending``,
+        #: or what it holds when its last read found the consumer as a whole
+        #: at that limit (nothing else comes until it acks: buffers flush).
         self.prefetch: int | None = None
         self.ack_wait: float | None = None
         self._pull: Pull | None = None
@@ -118,9 +135,10 @@ class NatsTransport:
         consumer = self.broker.consumer
         info = await consumer.consumer_info()
         pending = info.config.max_ack_pending
-        self.prefetch = pending if pending is not None and pending > 0 else None
+        self.max_ack_pending = pending if pending is not None and pending > 0 else None
+        self.prefetch = self.max_ack_pending
         self.ack_wait = info.config.ack_wait or DEFAULT_ACK_WAIT
-        pull = Pull(self.broker.client, consumer, self.prefetch)
+        pull = Pull(self.broker.client, consumer, self.max_ack_pending)
         await pull.start()
         self._pull = pull
         self._keepalive = asyncio.ensure_future(self._keep_alive(self.ack_wait / 3))
@@ -129,7 +147,10 @@ class NatsTransport:
     async def read(self, limit: int) -> list[Delivery]:
         """The next messages of the consumer (see ``Transport.read``)."""
         pull = self._pull or await self._start()
+        self.prefetch = self.max_ack_pending  # the worker looked before this read
         while not pull.stopping:
+            if pull.reacked:
+                self._reacked(pull)
             if pull.unread:
                 chunk = pull.take(limit)
                 await pull.request(limit)  # the next chunk, while this one runs
@@ -138,8 +159,20 @@ class NatsTransport:
             await pull.request(limit)
             await pull.wait()
             if not pull.unread:
-                return []  # none came: the worker checks its timers
+                # None came: the worker checks its timers (and ``prefetch``).
+                if self.outstanding and await pull.consumer_full(self.broker.consumer):
+                    self.prefetch = self.outstanding
+                return []
         return []
+
+    def _reacked(self, pull: Pull) -> None:
+        logger.warning(
+            "taskiq_batching: NATS delivered again %d message(s) this worker "
+            "had acked (their acks were lost: a server restart?); acked "
+            "again, not run twice",
+            pull.reacked,
+        )
+        pull.reacked = 0
 
     async def _keep_alive(self, interval: float) -> None:
         """Restart ``ack_wait`` of every held message, every ``interval`` s."""
@@ -187,15 +220,20 @@ class NatsTransport:
         await self._settle([delivery.handle for delivery in deliveries], NAK)
 
     async def _settle(self, handles: Sequence[Held], verdict: bytes) -> None:
-        if self._pull is not None:
+        pull = self._pull
+        if pull is not None:
             for held in handles:
-                self._pull.unhold(held)
+                pull.unhold(held)
+                if verdict is ACK:
+                    pull.acking(held)
         await self._publish(handles, verdict)
 
     async def _publish(self, handles: Sequence[Held], verdict: bytes) -> None:
         client = self.broker.client
         replies = [held.reply for held in handles]
         first: BaseException | None = None
+        reconnects = client.stats["reconnects"]
+        connected = client.is_connected
         if not await nats_publish_each(client, replies, verdict):
             for reply in replies:
                 try:
@@ -203,8 +241,28 @@ class NatsTransport:
                 except Exception as exc:
                     first = first or exc
         await client.flush()
+        # nats-py's flush returns at once while it reconnects: no round trip.
+        if not (connected and client.is_connected) or (
+            client.stats["reconnects"] != reconnects
+        ):
+            self._unconfirmed(len(handles), verdict)
         if first is not None:
             raise first
+
+    def _unconfirmed(self, count: int, verdict: bytes) -> None:
+        """Say that a settle may not have reached the server (connection lost)."""
+        if verdict is IN_PROGRESS:
+            return  # the next keep-alive sends it again
+        logger.warning(
+            "taskiq_batching: %d NATS %s(s) sent while the connection was "
+            "lost may not have reached the server: it delivers those "
+            "messages again (after ack_wait%s)",
+            count,
+            "ack" if verdict is ACK else "nak",
+            "; this worker acks them again without running them"
+            if verdict is ACK
+            else "",
+        )
 
     def forget(self, deliveries: Sequence[Delivery]) -> None:
         """No longer held (nor kept alive): redelivered after ``ack_wait``."""

@@ -37,19 +37,25 @@ FETCH_TIMEOUT = 1.0
 GRACE = 1.0
 #: Status code of an idle heartbeat (no request ends with it).
 HEARTBEAT = "100"
+#: Stream sequences of the messages acked last that a worker remembers.
+ACKED_MEMORY = 65536
+#: Seconds between two looks at the consumer's state after empty reads.
+CONSUMER_CHECK_INTERVAL = 1.0
 
 
-def stream_sequence(reply: str) -> int:
-    """The stream sequence of a JetStream message, from its ack subject.
+def stream_sequence(reply: str) -> tuple[int, int]:
+    """The stream sequence and delivery count of a JetStream message.
 
-    ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>...`` (9 tokens),
-    or with a domain and an account hash after ``ACK`` (11 or 12 tokens).
+    From its ack subject: ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream
+    seq>...`` (9 tokens), or with a domain and an account hash after
+    ``ACK`` (11 or 12 tokens).
 
     :param reply: the message's reply subject.
-    :return: its sequence in the stream.
+    :return: its sequence in the stream, and how many times it was delivered.
     """
     tokens = reply.split(".")
-    return int(tokens[5] if len(tokens) == 9 else tokens[7])
+    at = 5 if len(tokens) == 9 else 7
+    return int(tokens[at]), int(tokens[at - 1])
 
 
 class Held:
@@ -84,12 +90,17 @@ class Pull:
         self.held: dict[int, Held] = {}
         #: Received, not read yet.
         self.unread: deque[Delivery] = deque()
+        #: Stream sequences this worker acked last (an ordered set).
+        self.acked: dict[int, None] = {}
+        #: Redeliveries of messages in ``acked`` acked again (not run).
+        self.reacked = 0
         #: Set when a message arrives, a request ends, or room frees up.
         self.arrived = asyncio.Event()
         #: Messages the request in progress may still bring (0: none is).
         self.requested = 0
         self.given_up_at = 0.0
         self.stopping = False
+        self._checked_at = float("-inf")
         self._sub: Any = None
         self._inbox = ""
 
@@ -108,7 +119,13 @@ class Pull:
             return
         if self.requested > 0:
             self.requested -= 1
-        sequence = stream_sequence(message.reply)
+        sequence, delivered = stream_sequence(message.reply)
+        if delivered > 1 and sequence in self.acked:
+            # Acked by this worker, yet delivered again: the ack was lost (a
+            # server restart). It ran: acked again, not run twice.
+            self.reacked += 1
+            await self.client.publish(message.reply, b"+ACK")
+            return
         held = self.held.get(sequence)
         if held is not None:
             # Redelivered while still held: acked through this delivery.
@@ -155,6 +172,41 @@ class Pull:
         # asyncio's TimeoutError: not the builtin before Python 3.11.
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.arrived.wait(), max(left, 0.01))
+
+    async def consumer_full(self, subscription: Any) -> bool:
+        """Whether the consumer is at ``max_ack_pending``, all processes together.
+
+        Asked when a read got nothing while this process holds messages:
+        one request, at most every ``CONSUMER_CHECK_INTERVAL`` s.
+
+        :param subscription: the broker's ``PullSubscription``.
+        :return: False too when it cannot tell (asked too recently, or the
+            request failed: the next empty read asks again).
+        """
+        loop = asyncio.get_running_loop()
+        if (
+            self.prefetch is None
+            or self.stopping
+            or loop.time() < self._checked_at + CONSUMER_CHECK_INTERVAL
+        ):
+            return False
+        self._checked_at = loop.time()
+        try:
+            info = await asyncio.wait_for(
+                subscription.consumer_info(), CONSUMER_CHECK_INTERVAL
+            )
+        except Exception as exc:
+            logger.debug("taskiq_batching: NATS consumer_info failed: %s", exc)
+            return False
+        limit = info.config.max_ack_pending or self.prefetch
+        return (info.num_ack_pending or 0) >= limit
+
+    def acking(self, held: Held) -> None:
+        """Remember that this worker acks it (see ``_on_message``)."""
+        acked = self.acked
+        acked[held.sequence] = None
+        if len(acked) > ACKED_MEMORY:
+            del acked[next(iter(acked))]
 
     def unhold(self, held: Held) -> None:
         """No longer held (settled or forgotten); wakes a reader short of room."""

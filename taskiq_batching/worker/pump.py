@@ -85,6 +85,8 @@ class Pump:
         self._reading: asyncio.Future[list[Delivery]] | None = None
         self.taken = 0
         self.read_size = 1 if not transport.acknowledges else MAX_UNACKED_CHUNK
+        # A transport that knows when the broker took deliveries back (AMQP).
+        batcher.lost = getattr(transport, "lost", None)
         self._next_reclaim = 0.0
         self._stopped = False
 

@@ -165,6 +165,23 @@ async def test_channels_count_reads_per_consumer_and_skip_a_lost_channel(
     await channels.written()
 
 
+async def test_acks_of_a_channel_replaced_already_are_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    channels = Channels(Noted())
+    old = FakeChannel()
+    channels.tracker(old).add(1, "a")
+    assert channels.read(old, 1, "a")
+    old.is_closed = True
+    channels.tracker(FakeChannel())  # the new channel's first delivery
+    with caplog.at_level(logging.WARNING, logger="taskiq_batching"):
+        await channels.settle([(old, 1, "a")], nack=True)
+        assert caplog.text == ""  # a nack is moot: the server requeued it
+        await channels.settle([(old, 1, "a")], nack=False)
+    assert "1 message(s) finished after their AMQP channel was lost" in caplog.text
+    assert old.sent == []
+
+
 async def test_a_tapped_channel_notes_deliveries_through_the_channels() -> None:
     noted = Noted()
     channels = Channels(noted)

@@ -6,6 +6,7 @@ step is driven by the test (no server, no sleeps).
 """
 
 import asyncio
+import logging
 from types import SimpleNamespace
 from typing import Any
 
@@ -36,6 +37,8 @@ class Client:
         self.unsubscribed = False
         #: Set by each pull request.
         self.asked = asyncio.Event()
+        self.is_connected = True
+        self.stats = {"reconnects": 0}
 
     def new_inbox(self) -> str:
         return "_INBOX.test"
@@ -78,10 +81,10 @@ class Client:
         )
 
 
-def consumer(max_ack_pending: int = 1000) -> Any:
+def consumer(max_ack_pending: int = 1000, ack_pending: int = 0) -> Any:
     async def consumer_info() -> Any:
         config = SimpleNamespace(max_ack_pending=max_ack_pending, ack_wait=30.0)
-        return SimpleNamespace(config=config)
+        return SimpleNamespace(config=config, num_ack_pending=ack_pending)
 
     return SimpleNamespace(_nms=NEXT, consumer_info=consumer_info)
 
@@ -100,10 +103,11 @@ def transport(client: Client, max_ack_pending: int = 1000) -> NatsTransport:
 
 
 def test_the_stream_sequence_is_read_from_either_ack_subject() -> None:
-    assert stream_sequence("$JS.ACK.orders.workers.1.42.40.1700000000.3") == 42
+    v1 = "$JS.ACK.orders.workers.1.42.40.1700000000.3"
+    assert stream_sequence(v1) == (42, 1)
     v2 = "$JS.ACK.hub.ACCHASH.orders.workers.2.43.41.1700000000.0.token"
-    assert stream_sequence(v2) == 43
-    assert stream_sequence(v2.rpartition(".")[0]) == 43  # without the last token
+    assert stream_sequence(v2) == (43, 2)
+    assert stream_sequence(v2.rpartition(".")[0]) == (43, 2)  # no last token
 
 
 async def test_one_request_at_a_time_within_the_limit_and_the_room() -> None:
@@ -231,6 +235,36 @@ async def test_an_idle_read_returns_nothing_when_its_request_expires() -> None:
     assert await reading == []
 
 
+@pytest.mark.parametrize("ack_pending", [10, 5])
+async def test_an_empty_read_while_the_consumer_is_full_makes_this_process_full(
+    ack_pending: int,
+) -> None:
+    """Other processes hold the rest of max_ack_pending=10 (or do not)."""
+    client = Client()
+    nats = transport(client, max_ack_pending=10)
+    nats.broker.consumer = consumer(10, ack_pending)
+    reading = asyncio.ensure_future(nats.read(5))
+    await client.asked.wait()
+    for sequence in (1, 2):
+        await client.deliver(sequence)
+    assert len(await reading) == 2
+    await client.status("408")  # the request read ahead ends empty
+    client.asked.clear()
+    reading = asyncio.ensure_future(nats.read(5))
+    await client.asked.wait()
+    await client.status("408")
+    assert await reading == []
+    # Full: what this process holds is all it gets (its buffers flush).
+    assert nats.prefetch == (2 if ack_pending == 10 else 10)
+    client.asked.clear()
+    reading = asyncio.ensure_future(nats.read(5))
+    await client.asked.wait()
+    assert nats.prefetch == 10  # looked at before this read
+    await client.status("408")
+    assert await reading == []
+    assert nats.prefetch == 10  # not asked again within the interval
+
+
 async def test_acks_and_naks_are_publishes_then_one_flush() -> None:
     client = Client()
     nats = transport(client)
@@ -248,6 +282,38 @@ async def test_acks_and_naks_are_publishes_then_one_flush() -> None:
     ]
     assert client.flushes == 2
     assert nats.outstanding == 0
+
+
+async def test_acks_in_a_reconnection_are_logged_and_a_redelivery_acked_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = Client()
+    nats = transport(client)
+    reading = asyncio.ensure_future(nats.read(3))
+    await client.asked.wait()
+    for sequence in (1, 2, 3):
+        await client.deliver(sequence)
+    chunk = await reading
+    with caplog.at_level(logging.WARNING, logger="taskiq_batching"):
+        await nats.ack([chunk[0].handle])
+        assert caplog.text == ""  # a round trip on one connection
+        client.is_connected = False  # the server restarts
+        await nats.ack([d.handle for d in chunk[1:]])
+        client.is_connected = True
+        assert "2 NATS ack(s) sent while the connection was lost" in caplog.text
+        # The restarted server lost the acks of 1 and 2: it delivers them
+        # again; a message never acked (4) and a first delivery are new.
+        await client.deliver(1, delivered=2)
+        await client.deliver(2, delivered=2)
+        await client.deliver(4, delivered=2)
+        assert client.verdicts()[-2:] == [
+            (ack_subject(1, delivered=2), b"+ACK"),
+            (ack_subject(2, delivered=2), b"+ACK"),
+        ]
+        await client.status("408")
+        again = await nats.read(3)
+    assert [d.handle.sequence for d in again] == [4]
+    assert "delivered again 2 message(s) this worker had acked" in caplog.text
 
 
 async def test_close_naks_what_was_received_but_never_read() -> None:

@@ -1,0 +1,80 @@
+"""The app the NATS at-least-once tests run in real ``taskiq worker`` processes.
+
+taskiq-nats's ``PullBasedJetStreamBroker`` on ``NATS_URL``, results and a
+record of every batch in ``REDIS_URL``. ``TB_QUEUE`` names the stream,
+its subject (``<queue>.tasks``), the durable consumer and the Redis keys.
+The consumer's ``ack_wait`` is ``TB_ACK_WAIT`` seconds and its
+``max_ack_pending`` ``TB_MAX_ACK_PENDING`` (unset: the server's default).
+The batched task ``collect`` takes ``TB_BATCH_SIZE`` and
+``TB_BATCH_TIMEOUT`` (``none``: size-only); each batch pushes
+``{"items": [...], "pid": ...}`` to ``{queue}:started`` when it starts,
+then runs ``TB_BATCH_DELAY`` seconds, then pushes the same record to
+``{queue}:batches``.
+"""
+
+import asyncio
+import json
+import os
+from typing import Any
+
+from nats.js.api import ConsumerConfig
+from redis.asyncio import Redis
+from taskiq import AsyncBroker
+from taskiq_nats import PullBasedJetStreamBroker
+from taskiq_redis import RedisAsyncResultBackend
+
+from taskiq_batching import BatchingMiddleware
+
+
+def make_broker(
+    nats_url: str,
+    redis_url: str,
+    queue: str,
+    ack_wait: float,
+    max_ack_pending: int | None = None,
+) -> AsyncBroker:
+    """Build the broker both the workers and the test's producer use."""
+    broker = PullBasedJetStreamBroker(
+        nats_url,
+        subject=f"{queue}.tasks",
+        stream_name=queue,
+        durable=queue,
+        consumer_config=ConsumerConfig(
+            durable_name=queue, ack_wait=ack_wait, max_ack_pending=max_ack_pending
+        ),
+    )
+    backend: RedisAsyncResultBackend[Any] = RedisAsyncResultBackend(
+        redis_url, prefix_str=queue, result_ex_time=600
+    )
+    return broker.with_result_backend(backend).with_middlewares(BatchingMiddleware())
+
+
+NATS_URL = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+QUEUE = os.environ.get("TB_QUEUE", "taskiq-batching-nats-alo")
+_pending = os.environ.get("TB_MAX_ACK_PENDING")
+_timeout = os.environ.get("TB_BATCH_TIMEOUT", "none")
+DELAY = float(os.environ.get("TB_BATCH_DELAY", "0"))
+broker = make_broker(
+    NATS_URL,
+    REDIS_URL,
+    QUEUE,
+    float(os.environ.get("TB_ACK_WAIT", "30")),
+    int(_pending) if _pending else None,
+)
+_log = Redis.from_url(REDIS_URL)
+
+
+@broker.task(
+    task_name="collect",
+    batch=True,
+    batch_size=int(os.environ.get("TB_BATCH_SIZE", "100")),
+    batch_timeout=None if _timeout == "none" else float(_timeout),
+)
+async def collect(items: list[int]) -> list[int]:
+    """Record the batch's start, run ``TB_BATCH_DELAY`` s, record its end."""
+    record = json.dumps({"items": items, "pid": os.getpid()})
+    await _log.rpush(f"{QUEUE}:started", record)
+    await asyncio.sleep(DELAY)
+    await _log.rpush(f"{QUEUE}:batches", record)
+    return items
