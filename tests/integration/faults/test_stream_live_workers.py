@@ -8,10 +8,16 @@ the same ``consumer_name`` never run each other's messages.
 
 Batches of 2 items that take 1 s each, one at a time per process
 (``batch_concurrency`` 1): a worker that reads 16 items holds the last
-ones for 7 s, far longer than the broker's ``idle_timeout`` of 2 s.
+ones for 7 s, far longer than the broker's ``idle_timeout`` of 2 s. A
+worker without the fix claimed its own idle entries back in its sweeps
+(each time its pump read), so only a sibling sweeping first ran them
+twice: the first test keeps the holder's pump from reading (its
+Receiver's only slot busy), as a worker busy with plain tasks is.
 Prints what it measured (``-s``).
 """
 
+import asyncio
+import time
 from collections import Counter
 
 import pytest
@@ -71,6 +77,21 @@ class Done:
         return int(group["lag"]) == 0 and await pending(self.redis, self.queue) == 0
 
 
+async def claims_during(redis: Redis, queue: str, holder: str, seconds: float) -> int:
+    """Entries other consumers than ``holder`` take, watched for ``seconds``.
+
+    An observation window, not a barrier: it ends early when one is taken.
+    """
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        consumers = await redis.xinfo_consumers(queue, "taskiq")
+        taken = sum(int(c["pending"]) for c in consumers if c["name"] != holder)
+        if taken:
+            return taken
+        await asyncio.sleep(0.05)
+    return 0
+
+
 def twice(counted: Counter[int]) -> int:
     """Items that ran more than once."""
     return sum(1 for times in counted.values() if times > 1)
@@ -83,23 +104,35 @@ async def test_a_live_workers_held_entries_are_not_run_by_its_sibling(
     producer: Producer,
     start_worker: StartWorker,
 ) -> None:
-    """``taskiq worker --workers 2``: 16 items, held up to 7 s by the process
-    that read them while its sibling sweeps for entries idle over 2 s. Every
-    item runs exactly once."""
-    config = stream_config(redis_url)
+    """``taskiq worker --workers 2 --max-async-tasks 1``: a plain task of 10 s
+    and 16 items, read at once by one process. Its Receiver runs the plain
+    task (its only slot busy, so it pulls nothing for 10 s) while it batches
+    the items, holding the last ones for 7 s; its sibling sweeps for entries
+    idle over 2 s all along. Every item runs exactly once, and the plain
+    task once."""
+    config = stream_config(redis_url, TB_PLAIN_DELAY="10")
     broker = await producer(config)
-    worker = start_worker(config, args=("--workers", "2"))
-    await send(broker, "collect", list(range(16)))
+    await send(broker, "slow_plain", [0])
+    await send(broker, "collect", list(range(16)))  # all there for one read
+    worker = start_worker(config, args=("--workers", "2", "--max-async-tasks", "1"))
+
+    async def plain_ran() -> bool:
+        return int(await redis.get(f"{queue}:plain_runs") or 0) > 0
+
+    await wait("the plain task started", plain_ran, 30, worker)
     took = await wait("all 16 processed", Done(redis, queue, 16), 60, worker)
     worker.stop(30)  # every run it began has now recorded itself
     counted = await runs(redis, queue)
+    plain = int(await redis.get(f"{queue}:plain_runs") or 0)
     print(
-        f"\n--workers 2, idle_timeout {IDLE_MS} ms, 16 items held up to ~7 s: "
-        f"{len(counted)}/16 ran, {twice(counted)} more than once "
-        f"({sum(counted.values())} runs), all done in {took:.1f} s"
+        f"\n--workers 2, idle_timeout {IDLE_MS} ms, 16 items held up to ~7 s and "
+        f"a plain task of 10 s: {len(counted)}/16 ran, {twice(counted)} more "
+        f"than once ({sum(counted.values())} runs); the plain task ran {plain} "
+        f"time(s); all done {took:.1f} s after it started"
     )
     assert sorted(counted) == list(range(16))
     assert twice(counted) == 0, counted
+    assert plain == 1
     assert worker.crashes() == 0, worker.output()
 
 
@@ -110,15 +143,17 @@ async def test_a_killed_workers_held_entries_are_taken_over_in_bounded_time(
     producer: Producer,
     start_worker: StartWorker,
 ) -> None:
-    """A worker holds 30 items (one batch of 2 running, the rest parked)
-    while a sibling runs: the sibling claims none of them while it lives.
-    Then it is killed with SIGKILL: the sibling takes its entries over
-    within ``idle_timeout`` plus one sweep interval (plus slack), and every
-    item is processed; only the batch cut by the kill may run twice."""
-    config = stream_config(redis_url)
+    """A worker holds 30 items (one batch of 2 running, the rest parked) and
+    a plain task of 30 s (its Receiver's only slot) while a sibling runs:
+    the sibling claims none of them while it lives. Then it is killed with
+    SIGKILL: the sibling takes its entries over within ``idle_timeout`` plus
+    one sweep interval (plus slack), and every item is processed; only the
+    batch cut by the kill may run twice."""
+    config = stream_config(redis_url, TB_PLAIN_DELAY="30")
     broker = await producer(config)
-    victim = start_worker(config)
-    await send(broker, "collect", list(range(30)))
+    await send(broker, "slow_plain", [0])
+    await send(broker, "collect", list(range(30)))  # all there for one read
+    victim = start_worker(config, args=("--max-async-tasks", "1"))
 
     async def victim_holds() -> bool:
         consumers = await redis.xinfo_consumers(queue, "taskiq")
@@ -126,27 +161,24 @@ async def test_a_killed_workers_held_entries_are_taken_over_in_bounded_time(
 
     await wait("the victim holding entries", victim_holds, 30, victim)
     (held_by,) = await redis.xinfo_consumers(queue, "taskiq")
-    survivor = start_worker(config)
+    survivor = start_worker({**config, "TB_PLAIN_DELAY": "0"})
+    # A consumer is listed once it was served: the survivor reads a plain
+    # message (the victim's Receiver, busy, pulls nothing) and acks it.
+    await send(broker, "echo", [1])
 
-    # A consumer is listed only once it was served: the survivor is taken
-    # to be reading once its app is imported.
-    async def survivor_up() -> bool:
-        return survivor.package() is not None
+    async def survivor_reads() -> bool:
+        consumers = await redis.xinfo_consumers(queue, "taskiq")
+        others = [c for c in consumers if c["name"] != held_by["name"]]
+        return len(others) == 1 and int(others[0]["pending"]) == 0
 
-    await wait("the survivor started", survivor_up, 30, survivor)
-    # Six more batches (6 s) with both alive: well over idle_timeout plus a
-    # sweep interval, so a sibling that claims live entries would.
-    before = await started(redis, queue, "collect")
-
-    async def six_more() -> bool:
-        return await started(redis, queue, "collect") >= before + 12
-
-    await wait("six more batches", six_more, 30, victim)
+    await wait("the survivor reading", survivor_reads, 30, survivor)
+    # Both alive for longer than idle_timeout plus two sweep intervals: a
+    # sibling that claims live entries would by then.
+    claimed = await claims_during(redis, queue, held_by["name"], IDLE_MS / 1000 + 3)
     live = await runs(redis, queue)
     consumers = await redis.xinfo_consumers(queue, "taskiq")
     victim.kill9()
     held = sum(c["pending"] for c in consumers if c["name"] == held_by["name"])
-    claimed = sum(c["pending"] for c in consumers if c["name"] != held_by["name"])
 
     async def taken_over() -> bool:
         consumers = await redis.xinfo_consumers(queue, "taskiq")
@@ -164,6 +196,7 @@ async def test_a_killed_workers_held_entries_are_taken_over_in_bounded_time(
         f"{twice(counted)} more than once"
     )
     assert claimed == 0
+    assert held > 0
     assert twice(live) == 0, live
     assert took <= IDLE_MS / 1000 + INTERVAL + SLACK
     assert sorted(counted) == list(range(30))
