@@ -161,10 +161,10 @@ class StreamTransport:
 
     async def read(self, limit: int) -> list[Delivery]:
         """The next entries of the broker's streams (see ``Transport.read``)."""
-        await self.holding.start()
         count = min(limit, self.count)
         while True:
             try:
+                await self.holding.start()  # once: the consumer name's lease
                 reply = await self.reads.read(count)
             except ResponseError as exc:
                 if not lost_group(exc):
@@ -250,7 +250,7 @@ class StreamTransport:
         """Dead consumers' entries idle over ``idle_timeout``: every page of them."""
         if self.idle_ms is None:
             return []
-        await self.holding.start()
+        await self.holding.start()  # fails as XAUTOCLAIM would, Redis away
         claimed: list[Delivery] = []
         for stream in self.ids:
             cursor: Any = "0-0"

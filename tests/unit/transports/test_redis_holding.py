@@ -8,11 +8,12 @@ import asyncio
 from typing import Any
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 from taskiq import BrokerMessage
 from taskiq_redis import RedisStreamBroker
 
 from taskiq_batching.errors import ConsumerNameInUseError
-from taskiq_batching.transports import redis_holding
+from taskiq_batching.transports import redis_common, redis_holding
 from taskiq_batching.transports.base import Delivery
 from taskiq_batching.transports.redis_holding import lease_key
 from taskiq_batching.transports.redis_stream import StreamTransport
@@ -229,4 +230,28 @@ async def test_stopping_before_the_lease_never_reads_the_names_pending_entries(
     await first.ack([d.handle for d in held])
     await second.close()
     await first.close()
+    await broker.shutdown()
+
+
+async def test_a_lease_that_cannot_be_taken_yet_is_retried_like_a_read(
+    fake: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis away when the worker starts: retried in place, not a crash."""
+    monkeypatch.setattr(redis_common, "RETRY_DELAY", 0.01)
+    broker = stream_broker(fake, idle_timeout=60_000)
+    await broker.startup()
+    transport = StreamTransport(broker)
+    failures = [RedisConnectionError("away")]
+    take = transport.holding.redis.set
+
+    async def set_once_away(*args: Any, **kwargs: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return await take(*args, **kwargs)
+
+    monkeypatch.setattr(transport.holding.redis, "set", set_once_away)
+    await kick(broker, 1)
+    assert len(await read(transport, 1)) == 1
+    assert transport.holding.leased
+    await transport.close()
     await broker.shutdown()
