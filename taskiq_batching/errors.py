@@ -257,6 +257,38 @@ class SendManyError(BatchingError, SendTaskError):
         return f"{type(self).__name__}{self.args!r}"
 
 
+class ConsumerNameInUseError(BatchingError):
+    """A live worker process already reads a Redis stream under this consumer name.
+
+    Processes sharing a ``consumer_name`` are one consumer to Redis: each
+    would take the other's pending entries and run them. A worker process
+    refuses to start (before reading anything) when another process holds
+    the name and keeps holding it.
+
+    :param consumer: the broker's ``consumer_name``.
+    :param stream: the stream.
+    :param group: the consumer group.
+    :param holder: the process holding it (``host:pid:token``).
+    """
+
+    def __init__(self, consumer: str, stream: str, group: str, holder: str) -> None:
+        super().__init__(consumer, stream, group, holder)
+        self.consumer = consumer
+        self.stream = stream
+        self.group = group
+        self.holder = holder
+
+    def __str__(self) -> str:
+        return (
+            f"consumer_name={self.consumer!r} of stream {self.stream!r} (group "
+            f"{self.group!r}) is in use by another live worker process "
+            f"({self.holder}); processes sharing a consumer_name would take and "
+            "run each other's messages. Leave consumer_name unset (taskiq-redis "
+            "then picks a random one per process), or make it unique per "
+            "process (e.g. add the pid; `--workers N` starts N processes)."
+        )
+
+
 def describe(error: BaseException) -> str:
     """An error for a log line: its type and its text.
 

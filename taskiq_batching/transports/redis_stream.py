@@ -5,16 +5,21 @@ The same ``XREADGROUP`` as taskiq-redis's listener (its streams,
 way the client reads cheapest (``redis_replies``): a plain ``XREADGROUP``
 with hiredis, a packing script without it.
 
-When the worker stops, a read in progress is cancelled; entries it had
-already taken (pending for this worker, but never seen) are found among
-this worker's pending entries and processed, so none is left behind.
-Entries stay pending until acked (one ``XACK`` per stream for a batch).
-Entries idle longer than the broker's ``idle_timeout`` are claimed from
-dead consumers on a timer, every page of them (``XAUTOCLAIM``), never
-this worker's own entries still in use. Entries read but not processed
-at stop are left pending, made claimable at once. A lost consumer group
-(a restarted Redis without persistence, a deleted stream or group) is
-created again, at the last entry this worker saw, and reading goes on.
+Before its first read, the worker takes a lease on its consumer name:
+it refuses to start while another live process reads under the same
+name (``redis_holding``). When the worker stops, a read in progress is
+cancelled; entries it had already taken (pending for this worker, but
+never seen) are found among this worker's pending entries and
+processed, so none is left behind. Entries stay pending until acked
+(one ``XACK`` per stream for a batch); while the worker holds them, it
+resets their idle time on a timer, so that no live sibling claims them.
+Entries idle longer than the broker's ``idle_timeout`` (their worker
+died, or stalled) are claimed on a timer, every page of them
+(``XAUTOCLAIM``), never this worker's own entries still in use. Entries
+read but not processed at stop are left pending, made claimable at once.
+A lost consumer group (a restarted Redis without persistence, a deleted
+stream or group) is created again, at the last entry this worker saw,
+and reading goes on.
 """
 
 import logging
@@ -35,6 +40,7 @@ from taskiq_batching.core.run import BatchSpec
 from taskiq_batching.transports.base import Delivery
 from taskiq_batching.transports.generic import kick_each
 from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient, cancel
+from taskiq_batching.transports.redis_holding import Holding
 from taskiq_batching.transports.redis_replies import StreamReads, entries, lost_group
 from taskiq_batching.transports.redis_send import STREAM_ONCE, chunks, send_once
 
@@ -42,8 +48,12 @@ logger = logging.getLogger("taskiq_batching")
 
 #: Entries read at once from a stream whose broker sets no ``xread_count``.
 STREAM_FETCH_COUNT = 100
-#: Longest pause between two sweeps for dead consumers' entries, in seconds.
+#: Longest pause between two sweeps for dead consumers' entries (and
+#: between two refreshes of the entries a worker holds), in seconds.
 MAX_RECLAIM_INTERVAL = 10.0
+#: Below this ``idle_timeout`` (ms), a short stall of a worker's event
+#: loop lets a sibling claim the entries it holds: the worker warns.
+MIN_IDLE_MS = 5000
 #: Longest a blocking read waits on an idle stream, in milliseconds: it
 #: must end before redis-py's socket timeout (5 s by default) cuts it.
 MAX_BLOCK_MS = 2000
@@ -110,6 +120,15 @@ class StreamTransport:
         self._in_use: set[Entry] = set()
         #: Per stream, the last entry read: its id and its data.
         self._last_seen: dict[str, tuple[bytes, bytes]] = {}
+        self.holding = Holding(
+            self.client.redis,
+            self.group,
+            self.consumer,
+            list(self.ids),
+            self.reclaim_interval or MAX_RECLAIM_INTERVAL,
+            lambda: self._in_use,
+            refresh=self.idle_ms is not None,
+        )
 
     @property
     def outstanding(self) -> int:
@@ -117,26 +136,27 @@ class StreamTransport:
         return len(self._in_use)
 
     def check(self, specs: Sequence[BatchSpec]) -> None:
-        """Warn when a message may be held longer than ``idle_timeout``."""
-        if self.idle_ms is None:
+        """Warn when ``idle_timeout`` leaves a worker too little time to refresh.
+
+        Held entries are refreshed every ``reclaim_interval`` (half of
+        ``idle_timeout``, 10 s at most), however long a batch waits or runs:
+        only a stall of the worker's event loop longer than the rest of
+        ``idle_timeout`` lets another worker claim them.
+        """
+        if self.idle_ms is None or self.idle_ms >= MIN_IDLE_MS:
             return
-        for spec in specs:
-            timeout = spec.settings.batch_timeout
-            if timeout is None:
-                held = "until its buffer fills (size-only batching)"
-            elif (timeout + (spec.timeout or 0)) * 1000 < self.idle_ms:
-                continue
-            else:
-                held = f"for {timeout + (spec.timeout or 0):g} s or more"
-            logger.warning(
-                "taskiq_batching: task %s may hold a message %s, but the "
-                "broker's idle_timeout=%d ms lets another worker claim it "
-                "meanwhile (a duplicate run). Keep idle_timeout above "
-                "batch_timeout plus the longest batch.",
-                spec.task_name,
-                held,
-                self.idle_ms,
-            )
+        interval = self.reclaim_interval or 0.0
+        logger.warning(
+            "taskiq_batching: the broker's idle_timeout=%d ms: entries this "
+            "worker holds are refreshed every %g s, so a stall of its event loop "
+            "(blocking code in an async task, Redis unreachable) of %g s lets "
+            "another worker claim and run them again (a duplicate). Keep "
+            "idle_timeout at %d ms or more.",
+            self.idle_ms,
+            interval,
+            self.idle_ms / 1000 - interval,
+            MIN_IDLE_MS,
+        )
 
     # --- reading ---------------------------------------------------------
 
@@ -145,6 +165,7 @@ class StreamTransport:
         count = min(limit, self.count)
         while True:
             try:
+                await self.holding.start()  # once: the consumer name's lease
                 reply = await self.reads.read(count)
             except ResponseError as exc:
                 if not lost_group(exc):
@@ -209,6 +230,9 @@ class StreamTransport:
         await cancel(reading)
         if not reading.cancelled() and reading.exception() is None:
             return list(reading.result())
+        if not self.holding.leased:
+            # Nothing was read yet; and the name may be another process's.
+            return []
         redis = self.client.redis
         reply = await redis.xreadgroup(
             self.group,
@@ -227,6 +251,7 @@ class StreamTransport:
         """Dead consumers' entries idle over ``idle_timeout``: every page of them."""
         if self.idle_ms is None:
             return []
+        await self.holding.start()  # fails as XAUTOCLAIM would, Redis away
         claimed: list[Delivery] = []
         for stream in self.ids:
             cursor: Any = "0-0"
@@ -238,7 +263,8 @@ class StreamTransport:
         if claimed:
             logger.warning(
                 "taskiq_batching: claimed %d message(s) idle for over %d ms "
-                "(a worker stopped without acking them)",
+                "(idle_timeout): the worker that read them stopped refreshing "
+                "them (it died, or its event loop stalled)",
                 len(claimed),
                 self.idle_ms,
             )
@@ -314,7 +340,8 @@ class StreamTransport:
             self._in_use.discard(delivery.handle)
 
     async def close(self) -> None:
-        """Close the client if it is this transport's own."""
+        """Stop refreshing, give the consumer name up, close the client if its own."""
+        await self.holding.stop()
         await self.client.close()
 
     def for_receiver(self, delivery: Delivery) -> AckableMessage:

@@ -14,6 +14,7 @@ Settings (environment variables):
 * ``REDIS_URL``, ``RABBITMQ_URL``, ``NATS_URL``, ``TB_QUEUE`` (the queue,
   stream or subject, and the start of every Redis key);
 * ``TB_IDLE_MS``: the stream broker's ``idle_timeout``; ``TB_XREAD_BLOCK_MS``;
+  ``TB_CONSUMER_NAME``: its ``consumer_name`` (unset: random per process);
 * ``TB_QOS``: the AMQP prefetch; ``TB_ACK_WAIT``, ``TB_MAX_ACK_PENDING``: NATS;
 * ``TB_BATCH_SIZE``, ``TB_BATCH_TIMEOUT`` (empty: size-only),
   ``TB_BATCH_DELAY`` (seconds each batch takes): the task ``collect``;

@@ -48,6 +48,7 @@ def make_broker(settings: dict[str, str]) -> AsyncBroker:
             queue_name=queue,
             xread_block=int(settings.get("TB_XREAD_BLOCK_MS", "500")),
             idle_timeout=int(settings.get("TB_IDLE_MS", "600000")),
+            consumer_name=settings.get("TB_CONSUMER_NAME") or None,
         )
     elif kind == "list":
         broker = ListQueueBroker(redis_url, queue_name=queue)
