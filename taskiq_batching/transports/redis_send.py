@@ -8,6 +8,13 @@ that first marks the chunk as sent (a key of its own, expiring after
 ``MARKER_TTL``) and adds nothing when the mark is already there: a chunk
 sent again is a no-op, whatever retried it.
 
+A Redis user that may not run scripts (an ACL without ``@scripting``)
+gets the same guarantee without them: each chunk is one ``MULTI``
+transaction that sets the mark and adds the messages, under ``WATCH`` of
+the mark, which is read first. redis-py never re-sends a transaction
+whose watched connection failed (it raises ``WatchError``), so a chunk
+runs at most once there too.
+
 When a chunk still fails (the server stays away, or refuses it), its
 mark tells what happened: a mark says the chunk was added; no mark is
 replaced by one that voids the chunk, so that it is surely not added
@@ -26,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import NoPermissionError, WatchError
 from taskiq import BrokerMessage
 
 from taskiq_batching.errors import SendManyError, describe
@@ -76,13 +84,6 @@ return #ARGV - 2
 """
 )
 
-#: A chunk's mark, or, when it has none, a mark that voids it.
-VERDICT = """
-local mark = redis.call('GET', KEYS[1])
-if mark then return mark end
-redis.call('SET', KEYS[1], 'void', 'EX', ARGV[1])
-return 'void'
-"""
 
 _SLOTS = 16384
 
@@ -170,6 +171,11 @@ async def send_once(
     :raises SendManyError: some messages were not sent (or perhaps not).
     """
     failed: dict[int, BaseException] = {}
+    if _scripts_refused.get(id(redis)):
+        failed = await _send_watched(redis, messages, parts, options)
+        if failed:
+            await _report(redis, messages, parts, failed)
+        return
     try:
         async with redis.pipeline(transaction=False) as pipe:
             for part in parts:
@@ -186,6 +192,13 @@ async def send_once(
             for index, reply in enumerate(replies)
             if isinstance(reply, BaseException)
         }
+    if failed and all(isinstance(e, NoPermissionError) for e in failed.values()):
+        # Refused before running: nothing of these chunks was added.
+        _scripts_refused[id(redis)] = True
+        retry = [parts[i] for i in failed]
+        again = await _send_watched(redis, messages, retry, options)
+        parts = [retry[i] for i in again]
+        failed = dict(enumerate(again.values()))
     if failed:
         await _report(redis, messages, parts, failed)
 
@@ -199,13 +212,9 @@ async def _report(
     """Ask each failed chunk's mark what became of it; raise ``SendManyError``."""
     not_sent: list[int] = []
     unknown: list[int] = []
-    try:
-        async with redis.pipeline(transaction=False) as pipe:
-            for index in failed:
-                pipe.eval(VERDICT, 1, parts[index].mark, MARKER_TTL)
-            verdicts = await pipe.execute(raise_on_error=False)
-    except Exception:  # the server is still away: nothing more is known
-        verdicts = [None] * len(failed)
+    verdicts: list[Any] = []
+    for index in failed:
+        verdicts.append(await _verdict(redis, parts[index].mark))
     for index, verdict in zip(failed, verdicts, strict=True):
         if verdict in (b"void", "void"):
             not_sent.extend(parts[index].positions)
@@ -218,3 +227,67 @@ async def _report(
             sorted(not_sent),
             sorted(unknown),
         )
+
+
+#: Clients (by id) whose user may not run scripts: they send transactions.
+_scripts_refused: dict[int, bool] = {}
+
+
+async def _verdict(redis: Any, mark: str) -> Any:
+    """A chunk's mark, or, when it has none, a mark that voids it.
+
+    ``SET NX`` sets the void mark only when no send set its own first, so
+    a late copy of the send finds it and adds nothing.
+    """
+    try:
+        if await redis.set(mark, "void", ex=MARKER_TTL, nx=True):
+            return b"void"
+        return await redis.get(mark)
+    except Exception:  # the server is still away: nothing more is known
+        return None
+
+
+async def _send_watched(
+    redis: Any,
+    messages: Sequence[BrokerMessage],
+    parts: Sequence[Chunk],
+    options: Sequence[Any],
+) -> dict[int, BaseException]:
+    """Send each chunk as a transaction under ``WATCH`` of its mark (no script).
+
+    :return: the chunks that failed, by index in ``parts``, with the error.
+    """
+    failed: dict[int, BaseException] = {}
+    for index, part in enumerate(parts):
+        payloads = [messages[i].message for i in part.positions]
+        try:
+            await _watched_chunk(redis, part, payloads, options)
+        except Exception as exc:
+            failed[index] = exc
+    return failed
+
+
+async def _watched_chunk(
+    redis: Any, part: Chunk, payloads: list[bytes], options: Sequence[Any]
+) -> None:
+    async with redis.pipeline(transaction=True) as pipe:
+        await pipe.watch(part.mark)
+        mark = await pipe.get(part.mark)
+        if mark in (b"void", "void"):
+            raise WatchError("this chunk was given up")
+        if mark is not None:
+            return  # added by an earlier try
+        pipe.multi()
+        pipe.set(part.mark, "sent", ex=MARKER_TTL)
+        if options[0] == "list":
+            pipe.lpush(part.queue, *payloads)
+        else:
+            maxlen = int(options[2]) if options[2] else None
+            for payload in payloads:
+                pipe.xadd(
+                    part.queue,
+                    {b"data": payload},
+                    maxlen=maxlen,
+                    approximate=options[1] == "~",
+                )
+        await pipe.execute()
