@@ -18,8 +18,10 @@ from taskiq_batching.core.batcher import Batcher
 from taskiq_batching.transports.base import Delivery
 
 #: Messages parked at most on a broker with acks (a parked message stays
-#: pending in the broker: a crash loses none of them).
-PARK_LIMIT = 10_000
+#: pending in the broker: a crash loses none of them). Enough to read past
+#: a backlog of a slow task, few enough that one worker of a fleet does not
+#: take a whole queue its siblings could be running.
+PARK_LIMIT = 1_000
 #: Messages parked at most on a broker without acks (a Redis list): what is
 #: parked exists nowhere else, so no more than taskiq's default
 #: ``--max-async-tasks`` would hold in its slots.
