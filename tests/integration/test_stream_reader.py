@@ -118,8 +118,9 @@ async def test_reads_give_every_stream_entry_once_in_order(
     assert max(per_stream) == 40
     if transport.reads.packed:
         assert await script_calls(redis) - before >= len(chunks)
-    else:
-        assert await script_calls(redis) == before
+    # Without packing no script is read with: the counter is the whole
+    # server's (other clients' kiq_many sends scripts), so the reader's own
+    # mode is what is checked, above.
     assert not [r for r in caplog.records if "packed-read script" in r.getMessage()]
     for stream, count in ((queue, len(main)), (extra, len(side))):
         assert (await redis.xpending(stream, "taskiq"))["pending"] == count
