@@ -41,8 +41,10 @@ def payloads(policy: str, count: int) -> list[bytes]:
     """The messages, as ``kiq`` builds them (taskiq's JSON layout)."""
     out = []
     for n in range(count):
-        labels = {"batch": "True", "batch_size": "100", "batch_timeout": "1"}
-        types = {"batch": 5, "batch_size": 2, "batch_timeout": 2}
+        # A batched task's settings stay with the worker: only message
+        # labels travel.
+        labels: dict[str, str] = {}
+        types: dict[str, int] = {}
         if policy == "deadline":
             labels["batch_deadline"] = str(time.time() + 3600)
             types["batch_deadline"] = 4

@@ -1,6 +1,11 @@
 """Worker-side batching for taskiq.
 
 Send one item per message; the worker runs the task once per batch.
+
+``__all__`` is the public API: what a user writes, types and tests batched
+tasks with, the errors to catch, and what observes batches. Everything
+else is internal and may change (import it from its module when a test
+needs it, e.g. ``taskiq_batching.settings.parse_settings``).
 """
 
 #: The package's version; pyproject.toml reads it from here (setuptools'
@@ -36,19 +41,10 @@ from taskiq_batching.mapping import (
 from taskiq_batching.middleware import BatchingMiddleware
 from taskiq_batching.producer import deadline
 from taskiq_batching.results import PerItem, per_item
-from taskiq_batching.settings import (
-    DEFAULT_BATCH_CONCURRENCY,
-    DEFAULT_BATCH_SIZE,
-    BatchSettings,
-    FlushReason,
-    parse_settings,
-)
-from taskiq_batching.tasks import BatchingDecoratedTask
+from taskiq_batching.settings import FlushReason
 from taskiq_batching.typed import BatchedTask, batch_task
 
 __all__ = [
-    "DEFAULT_BATCH_CONCURRENCY",
-    "DEFAULT_BATCH_SIZE",
     "AnyFailed",
     "BatchArgumentError",
     "BatchConfigError",
@@ -57,10 +53,8 @@ __all__ = [
     "BatchObserver",
     "BatchReport",
     "BatchResultError",
-    "BatchSettings",
     "BatchTimeoutError",
     "BatchedTask",
-    "BatchingDecoratedTask",
     "BatchingError",
     "BatchingMiddleware",
     "ConsumerNameInUseError",
@@ -80,6 +74,5 @@ __all__ = [
     "TaskStatistics",
     "batch_task",
     "deadline",
-    "parse_settings",
     "per_item",
 ]

@@ -1,18 +1,20 @@
-"""The kicker of a batched task: ``kiq`` takes ONE item, checked before sending."""
+"""The kicker of a batched task: one item per ``kiq``, no task settings on the wire."""
 
 from typing import Any
 
 from taskiq.kicker import AsyncKicker
 
 from taskiq_batching.core.signature import BatchSignature
+from taskiq_batching.settings import wire_labels
 
 
 class BatchKicker(AsyncKicker[Any, Any]):
     """taskiq's kicker, refusing a list of items where one item is expected.
 
     Made by ``BatchingDecoratedTask.kicker()``, so ``task.kiq(...)``,
-    ``task.kicker().with_labels(...).kiq(...)`` and ``BatchedTask.kiq``
-    all check their item before anything is sent.
+    ``task.kicker().with_labels(...).kiq(...)``, ``BatchedTask.kiq`` and
+    ``kiq_many`` all check their item before anything is sent, and send
+    no task settings (``wire_labels``).
 
     :param kicker: the kicker taskiq made for the task.
     :param signature: the batch function's signature.
@@ -24,10 +26,22 @@ class BatchKicker(AsyncKicker[Any, Any]):
         super().__init__(
             task_name=kicker.task_name,
             broker=kicker.broker,
-            labels=kicker.labels,
+            labels=wire_labels(kicker.labels),
             return_type=kicker.return_type,
         )
         self.signature = signature
+
+    def with_labels(self, **labels: Any) -> "BatchKicker":
+        """Add labels of this message (see taskiq's ``AsyncKicker.with_labels``).
+
+        ``batch`` and the ``batch_*`` task settings are left out: a worker
+        reads them from its registered task, never from a message.
+
+        :param labels: labels of the message (``batch_deadline``, ...).
+        :return: this kicker.
+        """
+        self.labels.update(wire_labels(labels))
+        return self
 
     async def kiq(self, *args: Any, **kwargs: Any) -> Any:
         """Send one item (see taskiq's ``AsyncKicker.kiq``).

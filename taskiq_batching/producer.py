@@ -40,6 +40,7 @@ from taskiq_batching._compat import (
     prepare_message,
 )
 from taskiq_batching.errors import BatchConfigError, SendManyError
+from taskiq_batching.settings import wire_labels
 from taskiq_batching.transports import Transport, transport_for
 
 #: Turns prepared arguments into what ``TaskiqMessage.model_dump(mode="json")``
@@ -71,7 +72,8 @@ async def send_many(
 ) -> list[AsyncTaskiqTask[Any]]:
     """Send one message per item, pipelined.
 
-    :param kicker: a fresh kicker of the task (labels set as wanted).
+    :param kicker: a fresh kicker of the task (labels set as wanted); the
+        task's settings (``batch``, ``batch_*``) are left out of its labels.
     :param items: the items, one message each.
     :param args: arguments after the item, the same for every message.
     :param kwargs: keyword arguments, the same for every message.
@@ -84,6 +86,9 @@ async def send_many(
     items = list(items)
     if not items:
         return []
+    # A batched task's kicker already leaves its settings out; any other
+    # kicker given here must not put them on the wire either.
+    kicker.labels = wire_labels(kicker.labels)
     # What ``kicker.kiq(item, ...)`` would build for the first item; the
     # others differ from it only by their task_id and item.
     template = prepare_message(kicker, items[0], *args, **kwargs)

@@ -72,6 +72,9 @@ SETTING_LABELS = frozenset(
 )
 #: Labels of one message, never of a task.
 MESSAGE_LABELS = frozenset({BATCH_DEADLINE_LABEL})
+#: Labels of a batched task that only its worker reads, from its own
+#: registered task; never sent (``wire_labels``).
+TASK_LABELS = SETTING_LABELS | {BATCH_LABEL}
 
 #: ``batch_size`` of a task that only sets ``batch_timeout``.
 DEFAULT_BATCH_SIZE = 100
@@ -172,6 +175,21 @@ class BatchSettings:
     @property
     def _filling(self) -> int:
         return self.max_keys if self.key is not None and self.max_keys else 1
+
+
+def wire_labels(labels: Mapping[str, Any]) -> dict[str, Any]:
+    """Labels without those a worker knows already: what a message may carry.
+
+    The worker recognises a batched message by its task name (its batcher's
+    registry) and reads the settings from its own registered task, never
+    from a message: sending them would only cost bytes in every message and
+    every stored result (a ``batch_key`` function travels as its repr).
+    Message labels (``batch_deadline``) and taskiq's own labels stay.
+
+    :param labels: a task's, a kicker's or a message's labels.
+    :return: a new dict, without ``batch`` and the ``batch_*`` settings.
+    """
+    return {name: value for name, value in labels.items() if name not in TASK_LABELS}
 
 
 def wants_batching(task_name: str, labels: Mapping[str, Any]) -> bool:

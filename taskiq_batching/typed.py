@@ -68,7 +68,7 @@ class BatchedTask(Generic[_Item, _P, _R]):
 
     @property
     def labels(self) -> dict[str, Any]:
-        """The task's labels, batch settings included."""
+        """The task's labels, batch settings included (never sent with a message)."""
         return self.task.labels
 
     def __call__(self, items: list[_Item], *args: _P.args, **kwargs: _P.kwargs) -> _R:
@@ -193,11 +193,15 @@ class BatchedTask(Generic[_Item, _P, _R]):
         args: Sequence[Any] = (),
         kwargs: Mapping[str, Any] | None = None,
     ) -> list[MapEntry]:
-        """``BatchingDecoratedTask.map``, typed for this task's items.
+        """Send items in chunks, waiting for each chunk's results; stop on a switch.
+
+        Each chunk is sent with ``kiq_many``; ``@broker.task(batch=True)``
+        tasks have the same ``map``, untyped.
 
         :param items: elements of the batch function's list, one per message.
         :param chunk_size: items per chunk.
-        :param kill_switch: stops sending when it trips.
+        :param kill_switch: stops sending when it trips (``AnyFailed()``,
+            ``CountExceeded(n)``, ``RateExceeded(ratio, min_count)``).
         :param timeout: seconds (or a timedelta) to wait for each result;
             past it the map stops and returns what finished.
         :param args: the batch function's further arguments.

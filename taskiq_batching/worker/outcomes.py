@@ -18,6 +18,7 @@ from taskiq import TaskiqResult
 from taskiq_batching.core.buffer import Held
 from taskiq_batching.core.run import FILTERED_LABEL, Outcome
 from taskiq_batching.errors import BatchResultError, describe
+from taskiq_batching.settings import TASK_LABELS, wire_labels
 from taskiq_batching.transports.base import ResultWriter
 
 logger = logging.getLogger("taskiq_batching")
@@ -43,7 +44,13 @@ def _describe(error: BaseException | None) -> str:
 def result_of(
     outcome: Outcome, labels: dict[str, Any], share: float
 ) -> TaskiqResult[Any]:
-    """The result taskiq would store for a message with this outcome."""
+    """The result taskiq would store for a message with this outcome.
+
+    As taskiq, with the message's labels; but not the task's settings,
+    which a message sent by an earlier version still carries.
+    """
+    if not TASK_LABELS.isdisjoint(labels):
+        labels = wire_labels(labels)
     if outcome.filtered:
         labels = {**labels, FILTERED_LABEL: True}
     return TaskiqResult(

@@ -422,7 +422,8 @@ class WithoutTaskClass(QueueBroker):
 async def test_a_batched_task_built_without_the_task_class_still_batches() -> None:
     from taskiq.brokers.inmemory_broker import InmemoryResultBackend
 
-    from taskiq_batching import BatchingDecoratedTask, BatchingMiddleware, batch_task
+    from taskiq_batching import BatchingMiddleware, batch_task
+    from taskiq_batching.tasks import BatchingDecoratedTask
     from tests.helpers import running_worker
 
     broker = WithoutTaskClass().with_middlewares(BatchingMiddleware())
@@ -445,7 +446,7 @@ async def test_a_batched_task_built_without_the_task_class_still_batches() -> No
 async def test_a_batched_task_registered_around_the_guard_batches_on_a_worker() -> None:
     from taskiq import AsyncTaskiqDecoratedTask
 
-    from taskiq_batching import BatchingDecoratedTask
+    from taskiq_batching.tasks import BatchingDecoratedTask
     from tests.helpers import queue_broker, running_worker
 
     broker = queue_broker()

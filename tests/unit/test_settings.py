@@ -10,20 +10,20 @@ from taskiq import InMemoryBroker, TaskiqDepends
 from taskiq.acks import AcknowledgeType
 
 from taskiq_batching import (
-    DEFAULT_BATCH_CONCURRENCY,
-    DEFAULT_BATCH_SIZE,
     BatchConfigError,
     BatchInfo,
     BatchingError,
     BatchingMiddleware,
-    BatchSettings,
     MiddlewareMissingError,
     batch_task,
-    parse_settings,
 )
 from taskiq_batching.settings import (
+    DEFAULT_BATCH_CONCURRENCY,
+    DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_HELD_BYTES,
     SETTING_LABELS,
+    BatchSettings,
+    parse_settings,
     wants_batching,
 )
 from taskiq_batching.validation import seconds, task_ack_type, task_timeout

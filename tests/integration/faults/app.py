@@ -231,9 +231,13 @@ async def returns_set(items: list[int], info: BatchInfo = TaskiqDepends()) -> An
 _concurrency: dict[str, int] = {"all": 0}
 _max_concurrency: dict[str, int] = {"all": 0}
 _bounded_labels: dict[str, Any] = {}
-if SETTINGS.get("TB_TASK_CONCURRENCY") and hasattr(
-    taskiq_batching, "DEFAULT_BATCH_CONCURRENCY"
-):
+# Versions that know batch_concurrency define DEFAULT_BATCH_CONCURRENCY:
+# earlier ones in the package's root, later ones only in its settings module.
+_knows_concurrency = any(
+    hasattr(module, "DEFAULT_BATCH_CONCURRENCY")
+    for module in (taskiq_batching, getattr(taskiq_batching, "settings", None))
+)
+if SETTINGS.get("TB_TASK_CONCURRENCY") and _knows_concurrency:
     _bounded_labels["batch_concurrency"] = int(SETTINGS["TB_TASK_CONCURRENCY"])
 
 

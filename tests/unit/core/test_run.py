@@ -14,7 +14,6 @@ from taskiq import Context, InMemoryBroker, TaskiqDepends, TaskiqState
 
 from taskiq_batching import (
     BatchInfo,
-    BatchSettings,
     BatchTimeoutError,
     FlushReason,
     batch_task,
@@ -23,6 +22,7 @@ from taskiq_batching import (
 from taskiq_batching.core.buffer import Buffer, Envelope, Held
 from taskiq_batching.core.run import BatchSpec, Outcome, RunOptions, run_batch
 from taskiq_batching.core.signature import analyse
+from taskiq_batching.settings import BatchSettings
 from tests.helpers import CountingMiddleware, memory_broker
 
 pytestmark = pytest.mark.timeout(30)
