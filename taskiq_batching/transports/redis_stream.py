@@ -264,7 +264,7 @@ class StreamTransport:
             logger.warning(
                 "taskiq_batching: claimed %d message(s) idle for over %d ms "
                 "(idle_timeout): the worker that read them stopped refreshing "
-                "them (it died, or its event loop stalled)",
+                "them (it stopped and left them, died, or its event loop stalled)",
                 len(claimed),
                 self.idle_ms,
             )
