@@ -26,6 +26,11 @@ after ``LEASE_INTERVALS`` intervals, deleted when it stops. A worker that
 finds the lease held waits for it to expire (the holder died: a restart
 under the same name) and refuses to start when it is renewed meanwhile
 (the holder lives).
+
+Each tick also publishes how far this worker has read each stream (the
+id of the last entry it read, in key ``mark_key``), when that changed
+since the last tick: a worker that has read nothing yet and finds the
+consumer group lost creates it again there (``redis_stream``).
 """
 
 import asyncio
@@ -34,7 +39,7 @@ import os
 import socket
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from taskiq_batching.errors import ConsumerNameInUseError, describe
@@ -63,6 +68,16 @@ def lease_key(stream: str, group: str, consumer: str) -> str:
     return f"{stream}:taskiq-batching-consumer:{group}:{consumer}"
 
 
+def mark_key(stream: str, group: str) -> str:
+    """The key holding how far a group's workers have read a stream.
+
+    :param stream: the stream.
+    :param group: the consumer group.
+    :return: the key (its value: an entry id some worker of the group read).
+    """
+    return f"{stream}:taskiq-batching-last:{group}"
+
+
 def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
@@ -78,6 +93,7 @@ class Holding:
     :param held: the entries this consumer holds now.
     :param refresh: whether entries need refreshing (False when nobody
         claims idle entries: the broker has no ``idle_timeout``).
+    :param marks: per stream, the id of the last entry this consumer read.
     """
 
     def __init__(
@@ -89,6 +105,7 @@ class Holding:
         interval: float,
         held: Callable[[], Collection[Entry]],
         refresh: bool = True,
+        marks: Callable[[], Mapping[str, bytes]] = dict,
     ) -> None:
         self.redis = redis
         self.group = group
@@ -97,6 +114,9 @@ class Holding:
         self.interval = interval
         self.held = held
         self.refresh = refresh
+        self.marks = marks
+        #: Per stream, the mark this consumer published last.
+        self._marked: dict[str, bytes] = {}
         self.key = lease_key(self.stream, group, consumer)
         self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.ttl_ms = max(int(LEASE_INTERVALS * interval * 1000), 1)
@@ -159,7 +179,9 @@ class Holding:
                 )
 
     async def tick(self) -> int:
-        """Renew the lease and reset the idle time of every entry held, at once.
+        """Renew the lease, reset the idle time of every entry held, publish marks.
+
+        All at once; a mark only when this consumer read further since.
 
         :return: the commands sent (in one round trip).
         """
@@ -167,9 +189,12 @@ class Holding:
         if self.refresh:
             for stream, entry_id in list(self.held()):
                 by_stream[stream].append(entry_id)
-        sent = 1
+        marks = self._new_marks()
+        sent = 1 + len(marks)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(self.key, self.token, px=self.ttl_ms, get=True)
+            for stream, entry_id in marks.items():
+                pipe.set(mark_key(stream, self.group), entry_id)
             for stream, ids in by_stream.items():
                 for start in range(0, len(ids), REFRESH_CHUNK):
                     pipe.xclaim(
@@ -182,6 +207,7 @@ class Holding:
                     )
                     sent += 1
             previous, *_ = await pipe.execute()
+        self._marked.update(marks)
         if previous is not None and _text(previous) != self.token:
             logger.error(
                 "taskiq_batching: consumer_name=%r was taken by another process "
@@ -193,8 +219,16 @@ class Holding:
             )
         return sent
 
+    def _new_marks(self) -> dict[str, bytes]:
+        """Per stream, the last entry read, where it moved since it was published."""
+        return {
+            stream: entry_id
+            for stream, entry_id in self.marks().items()
+            if self._marked.get(stream) != entry_id
+        }
+
     async def stop(self) -> None:
-        """Stop refreshing; give the lease up (if still this process's)."""
+        """Stop refreshing; publish the marks; give the lease up (if still ours)."""
         if self._keeping is not None:
             await cancel(self._keeping)
             self._keeping = None
@@ -202,7 +236,14 @@ class Holding:
             return
         self.leased = False
         try:
-            if _text(await self.redis.get(self.key)) == self.token:
+            marks = self._new_marks()  # what a leaving worker read, for later
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for stream, entry_id in marks.items():
+                    pipe.set(mark_key(stream, self.group), entry_id)
+                pipe.get(self.key)
+                *_, holder = await pipe.execute()
+            self._marked.update(marks)
+            if _text(holder) == self.token:
                 await self.redis.delete(self.key)
         except Exception as exc:
             logger.warning(

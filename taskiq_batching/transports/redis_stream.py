@@ -18,8 +18,11 @@ died, or stalled) are claimed on a timer, every page of them
 (``XAUTOCLAIM``), never this worker's own entries still in use. Entries
 read but not processed at stop are left pending, made claimable at once.
 A lost consumer group (a restarted Redis without persistence, a deleted
-stream or group) is created again, at the last entry this worker saw,
-and reading goes on.
+stream or group) is created again and reading goes on: after the last
+entry read by this worker or, further, by the fleet (the mark its
+workers publish on their timer, ``redis_holding``), when the stream still
+holds that entry; otherwise (the stream was made again, or nobody read
+anything) at its start. Nothing sent after the loss is skipped.
 """
 
 import logging
@@ -40,6 +43,11 @@ from taskiq_batching.core.run import BatchSpec
 from taskiq_batching.transports.base import Delivery
 from taskiq_batching.transports.generic import kick_each
 from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient, cancel
+from taskiq_batching.transports.redis_groups import (
+    create_group,
+    describe_id,
+    entry_order,
+)
 from taskiq_batching.transports.redis_holding import Holding
 from taskiq_batching.transports.redis_replies import StreamReads, entries, lost_group
 from taskiq_batching.transports.redis_send import STREAM_ONCE, chunks, send_once
@@ -128,6 +136,7 @@ class StreamTransport:
             self.reclaim_interval or MAX_RECLAIM_INTERVAL,
             lambda: self._in_use,
             refresh=self.idle_ms is not None,
+            marks=lambda: {stream: seen[0] for stream, seen in self._last_seen.items()},
         )
 
     @property
@@ -179,36 +188,24 @@ class StreamTransport:
             return self._deliveries(reply)
 
     async def _create_groups(self, error: ResponseError) -> None:
-        """Create the consumer group again, after the last entry this worker saw.
+        """Create the consumer group again, where nothing sent since is skipped.
 
-        When that entry is gone, the stream itself was deleted (and made
-        again by new entries, whose ids may be lower than the old ones):
-        the group then starts at the stream's beginning, so that nothing
-        sent since is skipped (at worst an entry is delivered twice).
+        Never at ``$`` (``redis_groups``): a worker that had read nothing
+        yet would skip every entry sent while the group was missing.
         """
+        starts: list[str] = []
         for stream in self.ids:
-            start: Any = self.broker.consumer_id
             seen = self._last_seen.get(stream)
-            if seen is not None:
-                start = seen[0] if await self._still_there(stream, *seen) else "0"
-            try:
-                await self.client.redis.xgroup_create(
-                    stream, self.group, id=start, mkstream=True
-                )
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+            start = await create_group(self.client.redis, stream, self.group, seen)
+            starts.append(f"{stream} after {describe_id(start)}")
         logger.warning(
             "taskiq_batching: consumer group %s was missing (%s); created again "
-            "after the last entry read (from the start of a stream made again)",
+            "after the last entry known read, or at the start of a stream made "
+            "again: %s",
             self.group,
             error,
+            ", ".join(starts),
         )
-
-    async def _still_there(self, stream: str, entry_id: bytes, data: bytes) -> bool:
-        """Whether the stream still holds this entry: it was not made again."""
-        found = await self.client.redis.xrange(stream, entry_id, entry_id, count=1)
-        return any(fields.get(b"data") == data for _, fields in found)
 
     def _deliveries(self, reply: Any) -> list[Delivery]:
         """An XREADGROUP reply, packed or parsed by redis-py, as deliveries."""
@@ -216,7 +213,10 @@ class StreamTransport:
         for stream, entry_id, data in entries(reply):
             entry = (stream, entry_id)
             self._in_use.add(entry)
-            self._last_seen[stream] = (entry_id, data)
+            seen = self._last_seen.get(stream)
+            if seen is None or entry_order(entry_id) >= entry_order(seen[0]):
+                # Never back: entries read back at stop are older.
+                self._last_seen[stream] = (entry_id, data)
             chunk.append(Delivery(data, entry))
         return chunk
 
@@ -264,7 +264,7 @@ class StreamTransport:
             logger.warning(
                 "taskiq_batching: claimed %d message(s) idle for over %d ms "
                 "(idle_timeout): the worker that read them stopped refreshing "
-                "them (it died, or its event loop stalled)",
+                "them (it stopped and left them, died, or its event loop stalled)",
                 len(claimed),
                 self.idle_ms,
             )

@@ -396,14 +396,16 @@ async def test_a_lost_group_is_created_again_and_reading_goes_on(
     await broker.shutdown()
 
 
-@pytest.mark.parametrize(("consumer_id", "expected"), [("$", []), ("0", [b"before"])])
-async def test_a_group_missing_from_the_start_is_created_at_the_brokers_consumer_id(
-    fake: dict[str, Any], consumer_id: str, expected: list[bytes]
+@pytest.mark.parametrize("consumer_id", ["$", "0"])
+async def test_a_group_missing_at_the_first_read_is_created_at_the_streams_start(
+    fake: dict[str, Any], consumer_id: str
 ) -> None:
+    # Never at "$": the group may have been lost after the broker's startup
+    # made it (issue 18), and the entries sent meanwhile would be skipped.
     broker = stream_broker(fake, consumer_id=consumer_id)
     await kick(broker, [b"before"])  # (fakeredis words NOGROUP differently
     transport = StreamTransport(broker)  # for a stream that does not exist)
-    assert [d.data for d in await transport.read(10)] == expected
+    assert [d.data for d in await transport.read(10)] == [b"before"]
     await kick(broker, [b"after"])
     assert [d.data for d in await transport.read(10)] == [b"after"]
     await broker.shutdown()
