@@ -37,7 +37,7 @@ from taskiq import AckableMessage, AsyncBroker
 
 from taskiq_batching._compat import share_stop_budget
 from taskiq_batching.core.batcher import Batcher
-from taskiq_batching.errors import describe
+from taskiq_batching.error_texts import describe
 from taskiq_batching.transports.base import Delivery, Transport
 from taskiq_batching.worker.lifecycle import Lifecycle
 from taskiq_batching.worker.options import WorkerOptions
