@@ -164,7 +164,7 @@ class Runner:
         dropped = len(buffer.items) - len(kept)
         if dropped:
             buffer.items[:] = kept
-            self.batcher.release(buffer.task_name, dropped)
+            self.batcher.bounds.release(buffer.task_name, dropped)
         return dropped
 
     def _report(

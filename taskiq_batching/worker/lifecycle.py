@@ -142,7 +142,7 @@ class Lifecycle:
                 one.ack_type = self._ack_type(one)
             one.delivery = delivery
         except Exception as exc:
-            self.batcher.release(envelope.task_name)
+            self.batcher.bounds.release(envelope.task_name)
             self._forget([delivery])
             if sender_waits:
                 raise
@@ -254,7 +254,7 @@ class Lifecycle:
             for held, _ in batch:
                 if held.waiter is not None and not held.waiter.done():
                     held.waiter.set_result(None)
-            self.batcher.release(spec.task_name, len(batch))
+            self.batcher.bounds.release(spec.task_name, len(batch))
 
     async def _finish(self, batch: list[tuple[Held, Outcome]], share: float) -> None:
         alive = finishing(batch, share, per_message=self.needs_message)
