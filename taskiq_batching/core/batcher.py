@@ -25,9 +25,10 @@ from taskiq_batching.core.changes import Changes
 from taskiq_batching.core.events import Observers
 from taskiq_batching.core.flush import FlushRules
 from taskiq_batching.core.policies import admit
-from taskiq_batching.core.run import BatchSpec, Outcome, RunOptions, SpanMaker
+from taskiq_batching.core.run import Outcome, RunOptions, SpanMaker
 from taskiq_batching.core.running import Runner
 from taskiq_batching.settings import FlushReason
+from taskiq_batching.spec import BatchSpec
 
 logger = logging.getLogger("taskiq_batching")
 

@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping
 
 from taskiq_batching.core.changes import Changes
-from taskiq_batching.core.run import BatchSpec
+from taskiq_batching.spec import BatchSpec
 
 #: ``relieve(task_name, full)``: the task is at a bound; flush its buffers
 #: if they hold all it may hold (``full``: at its byte bound).

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from taskiq_batching.core.buffer import Buffer, Held
 from taskiq_batching.core.events import BatchReport
-from taskiq_batching.core.run import BatchSpec, run_batch
+from taskiq_batching.core.run import run_batch
 from taskiq_batching.settings import FlushReason
+from taskiq_batching.spec import BatchSpec
 
 if TYPE_CHECKING:
     from taskiq_batching.core.batcher import Batcher

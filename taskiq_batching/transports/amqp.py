@@ -50,8 +50,8 @@ from taskiq_batching._compat import (
     amqp_prefetch,
     amqp_take_deliveries,
 )
-from taskiq_batching.core.run import BatchSpec
 from taskiq_batching.error_texts import describe
+from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.amqp_acks import Channels
 from taskiq_batching.transports.base import Delivery, finished_read
 from taskiq_batching.transports.generic import GenericTransport, kick_each

@@ -46,8 +46,8 @@ from taskiq_nats import PullBasedJetStreamBroker
 from taskiq_nats.broker import BaseJetStreamBroker
 
 from taskiq_batching._compat import nats_publish_each
-from taskiq_batching.core.run import BatchSpec
 from taskiq_batching.error_texts import describe
+from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import Delivery, finished_read
 from taskiq_batching.transports.generic import SEND_CONCURRENCY, kick_each
 from taskiq_batching.transports.nats_pull import Held, Pull

@@ -28,9 +28,10 @@ from taskiq_batching._compat import overrides
 from taskiq_batching.core.batcher import Batcher
 from taskiq_batching.core.buffer import Envelope, Held
 from taskiq_batching.core.policies import ItemFiltered
-from taskiq_batching.core.run import BatchSpec, Outcome
+from taskiq_batching.core.run import Outcome
 from taskiq_batching.error_texts import describe
 from taskiq_batching.errors import BatchItemError
+from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import Delivery, ResultWriter, Transport
 from taskiq_batching.worker.acks import MessageAck, ack_due
 from taskiq_batching.worker.outcomes import Finishing, call_hook, finishing, store
