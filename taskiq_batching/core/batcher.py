@@ -21,12 +21,12 @@ from taskiq import AsyncBroker
 
 from taskiq_batching.core.bounds import Bounds
 from taskiq_batching.core.buffer import Buffer, Held
+from taskiq_batching.core.call import Outcome, RunOptions, SpanMaker
 from taskiq_batching.core.changes import Changes
 from taskiq_batching.core.events import Observers
 from taskiq_batching.core.flush import FlushRules
 from taskiq_batching.core.policies import admit
-from taskiq_batching.core.run import Outcome, RunOptions, SpanMaker
-from taskiq_batching.core.running import Runner
+from taskiq_batching.core.scheduling import Runner
 from taskiq_batching.settings import FlushReason
 from taskiq_batching.spec import BatchSpec
 

@@ -27,8 +27,8 @@ from taskiq.exceptions import NoResultError
 from taskiq_batching._compat import overrides
 from taskiq_batching.core.batcher import Batcher
 from taskiq_batching.core.buffer import Envelope, Held
+from taskiq_batching.core.call import Outcome
 from taskiq_batching.core.policies import ItemFiltered
-from taskiq_batching.core.run import Outcome
 from taskiq_batching.error_texts import describe
 from taskiq_batching.errors import BatchItemError
 from taskiq_batching.spec import BatchSpec

@@ -16,7 +16,7 @@ from typing import Any
 from taskiq import TaskiqResult
 
 from taskiq_batching.core.buffer import Held
-from taskiq_batching.core.run import FILTERED_LABEL, Outcome
+from taskiq_batching.core.call import FILTERED_LABEL, Outcome
 from taskiq_batching.error_texts import describe
 from taskiq_batching.errors import BatchResultError
 from taskiq_batching.transports.base import ResultWriter

@@ -3,7 +3,7 @@
 A flushed buffer waits in the ready queue until its task's
 ``batch_concurrency`` (and its key's ``batch_key_concurrency``) and the
 process's ``max_concurrent_batches`` allow it to start; it then runs
-(``run.py``), observers are told, and the batcher's ``finisher`` (the
+(``call.py``), observers are told, and the batcher's ``finisher`` (the
 worker's lifecycle) finishes its messages.
 """
 
@@ -14,8 +14,8 @@ from collections.abc import Coroutine, Hashable
 from typing import TYPE_CHECKING, Any
 
 from taskiq_batching.core.buffer import Buffer, Held
+from taskiq_batching.core.call import run_batch
 from taskiq_batching.core.events import BatchReport
-from taskiq_batching.core.run import run_batch
 from taskiq_batching.settings import FlushReason
 from taskiq_batching.spec import BatchSpec
 
