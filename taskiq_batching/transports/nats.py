@@ -50,7 +50,7 @@ from taskiq_batching.error_texts import describe
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import Delivery, finished_read
 from taskiq_batching.transports.generic import SEND_CONCURRENCY, kick_each
-from taskiq_batching.transports.nats_pull import Held, Pull
+from taskiq_batching.transports.nats_pull import Pull, Unsettled
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -219,7 +219,7 @@ class NatsTransport:
         """Nak them: the server delivers them again at once, to any worker."""
         await self._settle([delivery.handle for delivery in deliveries], NAK)
 
-    async def _settle(self, handles: Sequence[Held], verdict: bytes) -> None:
+    async def _settle(self, handles: Sequence[Unsettled], verdict: bytes) -> None:
         pull = self._pull
         if pull is not None:
             for held in handles:
@@ -228,7 +228,7 @@ class NatsTransport:
                     pull.acking(held)
         await self._publish(handles, verdict)
 
-    async def _publish(self, handles: Sequence[Held], verdict: bytes) -> None:
+    async def _publish(self, handles: Sequence[Unsettled], verdict: bytes) -> None:
         client = self.broker.client
         replies = [held.reply for held in handles]
         first: BaseException | None = None
@@ -287,7 +287,7 @@ class NatsTransport:
 
     def for_receiver(self, delivery: Delivery) -> AckableMessage:
         """As taskiq-nats's listener yields it: data and an ack (through here)."""
-        held: Held = delivery.handle
+        held: Unsettled = delivery.handle
         held.handed = True
 
         async def ack() -> None:
