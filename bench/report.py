@@ -246,125 +246,150 @@ INFO_RATIOS = [
 
 
 def markdown(results: Results, opts: Options, meta: dict[str, Any]) -> str:
-    out: list[str] = []
-    add = out.append
-    add(
+    out = _header(opts, meta)
+    out += _drains(results)
+    from bench import broker_report  # imported here: it builds on this module
+
+    out.extend(broker_report.markdown(results))
+    out += _latency(results) + _memory(results, opts) + _producer(results)
+    out += _ratios(results, opts)
+    if results.profile:
+        out.append(
+            profile_markdown(Path(results.profile["prefix"]), results.profile["rate"])
+        )
+    out += _skipped_and_failed(results)
+    return "\n".join(out)
+
+
+def _header(opts: Options, meta: dict[str, Any]) -> list[str]:
+    return [
         f"Run `{meta['run_id']}`, {meta['date']}, nproc={meta['nproc']}, "
         f"{meta['python']}, taskiq {meta['taskiq']}, taskiq-redis "
         f"{meta['taskiq_redis']}, redis-py {meta['redis_py']}, Redis "
         f"{meta['redis_server']}, celery {meta.get('celery', '-')}, "
         f"celery-batches {meta.get('celery_batches', '-')}; taskiq_batching "
-        f"at {meta['code']}."
-    )
-    add(
+        f"at {meta['code']}.",
         f"{opts.rounds} round(s); {opts.messages:,} messages per drain "
         f"({opts.messages * FAST_SCALE:,} for the batched and transport drains); "
         f"total wall time {meta['seconds'] / 60:.1f} min. Figures: median "
-        "(min\u2013max) over the rounds."
-    )
-    add("")
-    drains = [w for w in WORKLOADS if w.phase == "drain" and w.name in results.runs]
-    if drains:
-        add("### Drain (pre-loaded queue, one worker process unless noted)")
-        add("")
-        add(
-            "| workload | what | msg/s | peak RSS MB | batch fill "
-            "| worker CPU | Redis CPU | Redis µs/msg |"
-        )
-        add("|---|---|---|---|---|---|---|---|")
-        for w in drains:
-            figures = " | ".join(
-                cell(stat(values(results, w.name, metric)), digits)
-                for metric, digits in (
-                    ("rate", 3),
-                    ("peak_rss_mb", 3),
-                    ("fill", 3),
-                    ("worker_cpu", 2),
-                    ("redis_cpu", 2),
-                    (commandstats.USEC, 3),
-                )
-            )
-            add(f"| {w.name} | {w.what} | {figures} |")
-        add("")
-        out.extend(
-            commandstats.markdown({w.name: results.runs[w.name] for w in drains})
-        )
-    from bench import broker_report  # imported here: it builds on this module
+        "(min\u2013max) over the rounds.",
+        "",
+    ]
 
-    out.extend(broker_report.markdown(results))
-    lat = [w for w in WORKLOADS if w.phase == "latency" and w.name in results.runs]
-    if lat:
-        add("### Enqueue-to-result latency (paced producer, stream, results on)")
-        add("")
-        add("| workload | what | sent msg/s | p50 ms | p99 ms | max ms | batch fill |")
-        add("|---|---|---|---|---|---|---|")
-        for w in lat:
-            add(
-                f"| {w.name} | {w.what} | "
-                + " | ".join(
-                    cell(stat(values(results, w.name, metric)))
-                    for metric in ("sent_rate", "p50_ms", "p99_ms", "max_ms", "fill")
-                )
-                + " |"
+
+def _drains(results: Results) -> list[str]:
+    drains = [w for w in WORKLOADS if w.phase == "drain" and w.name in results.runs]
+    if not drains:
+        return []
+    out = [
+        "### Drain (pre-loaded queue, one worker process unless noted)",
+        "",
+        "| workload | what | msg/s | peak RSS MB | batch fill "
+        "| worker CPU | Redis CPU | Redis µs/msg |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for w in drains:
+        figures = " | ".join(
+            cell(stat(values(results, w.name, metric)), digits)
+            for metric, digits in (
+                ("rate", 3),
+                ("peak_rss_mb", 3),
+                ("fill", 3),
+                ("worker_cpu", 2),
+                ("redis_cpu", 2),
+                (commandstats.USEC, 3),
             )
-        add("")
-    if "memory-buffered" in results.runs:
-        add("### Memory per buffered message")
-        add("")
-        add(
-            f"{opts.memory_messages:,} messages held in one buffer: "
-            f"{cell(stat(values(results, 'memory-buffered', 'bytes_per_message')))}"
-            " bytes per message (RSS "
-            f"{cell(stat(values(results, 'memory-buffered', 'idle_rss_mb')))} MB "
-            "→ "
-            f"{cell(stat(values(results, 'memory-buffered', 'held_rss_mb')))} MB)."
         )
-        add("")
+        out.append(f"| {w.name} | {w.what} | {figures} |")
+    out.append("")
+    out.extend(commandstats.markdown({w.name: results.runs[w.name] for w in drains}))
+    return out
+
+
+def _latency(results: Results) -> list[str]:
+    lat = [w for w in WORKLOADS if w.phase == "latency" and w.name in results.runs]
+    if not lat:
+        return []
+    out = [
+        "### Enqueue-to-result latency (paced producer, stream, results on)",
+        "",
+        "| workload | what | sent msg/s | p50 ms | p99 ms | max ms | batch fill |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for w in lat:
+        out.append(
+            f"| {w.name} | {w.what} | "
+            + " | ".join(
+                cell(stat(values(results, w.name, metric)))
+                for metric in ("sent_rate", "p50_ms", "p99_ms", "max_ms", "fill")
+            )
+            + " |"
+        )
+    return [*out, ""]
+
+
+def _memory(results: Results, opts: Options) -> list[str]:
+    if "memory-buffered" not in results.runs:
+        return []
+    return [
+        "### Memory per buffered message",
+        "",
+        f"{opts.memory_messages:,} messages held in one buffer: "
+        f"{cell(stat(values(results, 'memory-buffered', 'bytes_per_message')))}"
+        " bytes per message (RSS "
+        f"{cell(stat(values(results, 'memory-buffered', 'idle_rss_mb')))} MB "
+        "→ "
+        f"{cell(stat(values(results, 'memory-buffered', 'held_rss_mb')))} MB).",
+        "",
+    ]
+
+
+def _producer(results: Results) -> list[str]:
     prods = [w for w in WORKLOADS if w.phase == "producer" and w.name in results.runs]
-    if prods:
-        add("### Producer")
-        add("")
-        add("| workload | what | kiq/s |")
-        add("|---|---|---|")
-        for w in prods:
-            rate = cell(stat(values(results, w.name, "rate")))
-            add(f"| {w.name} | {w.what} | {rate} |")
-        add("")
-    add("### Ratios vs targets (median of per-round ratios, min\u2013max)")
-    add("")
-    add("| ratio / figure | target | measured | |")
-    add("|---|---|---|---|")
+    if not prods:
+        return []
+    out = ["### Producer", "", "| workload | what | kiq/s |", "|---|---|---|"]
+    for w in prods:
+        rate = cell(stat(values(results, w.name, "rate")))
+        out.append(f"| {w.name} | {w.what} | {rate} |")
+    return [*out, ""]
+
+
+def _ratios(results: Results, opts: Options) -> list[str]:
+    out = [
+        "### Ratios vs targets (median of per-round ratios, min\u2013max)",
+        "",
+        "| ratio / figure | target | measured | |",
+        "|---|---|---|---|",
+    ]
     for target in targets(opts):
         s = target.measure(results)
-        add(
+        out.append(
             f"| {target.label} | {target.op} {fmt(target.bound)} | {cell(s)} | "
             f"{target.met(s)} |"
         )
-    add("")
-    add("Other ratios (same rounds):")
-    add("")
-    add("| ratio | measured |")
-    add("|---|---|")
+    out += ["", "Other ratios (same rounds):", "", "| ratio | measured |", "|---|---|"]
     for label, top, bottom in INFO_RATIOS:
         metric = "rate_per_cpu" if "CPU-second" in label else "rate"
         s = stat(paired(results, top, bottom, metric))
         if s is not None:
-            add(f"| {label} | {cell(s)} |")
-    add("")
-    if results.profile:
-        add(profile_markdown(Path(results.profile["prefix"]), results.profile["rate"]))
+            out.append(f"| {label} | {cell(s)} |")
+    return [*out, ""]
+
+
+def _skipped_and_failed(results: Results) -> list[str]:
+    out: list[str] = []
     if results.skipped:
-        add("Skipped: " + "; ".join(f"{k} ({v})" for k, v in results.skipped.items()))
-        add("")
+        skipped = "; ".join(f"{k} ({v})" for k, v in results.skipped.items())
+        out += ["Skipped: " + skipped, ""]
     if results.errors:
-        add("Failures:")
-        add("")
+        out += ["Failures:", ""]
         for name, errors in results.errors.items():
             for error in errors:
                 first = error.strip().splitlines()[0] if error.strip() else "?"
-                add(f"- {name}: {first}")
-        add("")
-    return "\n".join(out)
+                out.append(f"- {name}: {first}")
+        out.append("")
+    return out
 
 
 #: Where a worker's time goes: (label, function, where its file is).

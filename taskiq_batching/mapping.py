@@ -18,11 +18,11 @@ from taskiq import AsyncTaskiqDecoratedTask, AsyncTaskiqTask, TaskiqResult
 from taskiq.exceptions import TaskiqResultTimeoutError
 from taskiq.result_backends.dummy import DummyResultBackend
 
+from taskiq_batching.error_texts import describe
 from taskiq_batching.errors import (
     BatchConfigError,
     KillSwitchTypeError,
     ResultBackendMissingError,
-    describe,
 )
 from taskiq_batching.producer import send_many
 from taskiq_batching.validation import count, seconds

@@ -12,7 +12,6 @@ from taskiq.kicker import AsyncKicker
 
 from taskiq_batching import _compat
 from taskiq_batching.core.batcher import Batcher
-from taskiq_batching.core.run import BatchSpec
 from taskiq_batching.core.signature import analyse
 from taskiq_batching.errors import (
     BatchConfigError,
@@ -32,6 +31,7 @@ from taskiq_batching.settings import (
     parse_settings,
     wants_batching,
 )
+from taskiq_batching.spec import BatchSpec
 from taskiq_batching.validation import task_ack_type, task_timeout
 
 _subclasses: dict[type[Any], type["BatchingDecoratedTask"]] = {}

@@ -29,7 +29,7 @@ from taskiq_batching._compat import (
     otel_tracer,
 )
 from taskiq_batching.core.buffer import Buffer
-from taskiq_batching.core.run import Outcome
+from taskiq_batching.core.call import Outcome
 from taskiq_batching.settings import FlushReason
 
 

@@ -7,13 +7,8 @@ is flushed (``flush.py`` says when) into the ready queue; ready batches
 start while the task's ``batch_concurrency`` and the process's
 ``max_concurrent_batches`` allow; a finished batch goes to the
 ``finisher`` (the lifecycle), which stores results, runs middlewares and
-acks, then ``release``s its messages.
-
-Bounds: a process holds at most ``BatchSettings.max_held`` messages of a
-task (buffered, waiting to run, running or being finished), and about
-``BatchSettings.max_held_bytes`` of their wire bytes (``fits_bytes``; a
-message bigger than that is taken when nothing else of its task is held).
-``try_admit`` says whether one more fits; ``admit`` waits for room.
+acks, then releases its messages. What a process may hold of a task is
+counted in ``bounds.py``; ``admit`` waits for room there.
 """
 
 import asyncio
@@ -24,24 +19,21 @@ from typing import Any
 
 from taskiq import AsyncBroker
 
+from taskiq_batching.core.bounds import Bounds
 from taskiq_batching.core.buffer import Buffer, Held
+from taskiq_batching.core.call import Outcome, RunOptions, SpanMaker
+from taskiq_batching.core.changes import Changes
 from taskiq_batching.core.events import Observers
 from taskiq_batching.core.flush import FlushRules
 from taskiq_batching.core.policies import admit
-from taskiq_batching.core.run import (
-    BatchSpec,
-    Outcome,
-    RunOptions,
-    SpanMaker,
-)
-from taskiq_batching.core.running import Runner
+from taskiq_batching.core.scheduling import Runner
 from taskiq_batching.settings import FlushReason
+from taskiq_batching.spec import BatchSpec
 
 logger = logging.getLogger("taskiq_batching")
 
 #: ``finisher(spec, [(message, outcome)], seconds the batch ran)``
 Finisher = Callable[[BatchSpec, list[tuple[Held, Outcome]], float], Awaitable[None]]
-
 
 _Key = tuple[str, Hashable]
 
@@ -78,22 +70,25 @@ class Batcher:
         self.lost: Callable[[Any], bool] | None = None
         #: Told of flushes and finished batches (statistics, metrics).
         self.observers = Observers()
+        self.changes = Changes(self._drop_earlier_loop)
         self.rules = FlushRules(self)
         self.buffers: dict[_Key, Buffer] = {}
-        self.held: defaultdict[str, int] = defaultdict(int)
-        #: Wire bytes of messages in buffers, waiting to run or running, by task.
-        self.held_bytes: defaultdict[str, int] = defaultdict(int)
         #: Messages in open buffers, by task (kept, not counted: read per add).
         self.waiting: defaultdict[str, int] = defaultdict(int)
         #: Open buffers, by task.
         self.open_keys: defaultdict[str, int] = defaultdict(int)
         #: Starts flushed batches as the concurrency limits allow.
         self.runner = Runner(self)
-        self._waiters: list[asyncio.Future[None]] = []
+        self.bounds = Bounds(
+            self.specs, self.runner.backlog, self.rules.relieve, self.changes
+        )
+        #: Messages held, by task (``Bounds.held``).
+        self.held = self.bounds.held
+        #: Wire bytes held, by task (``Bounds.held_bytes``).
+        self.held_bytes = self.bounds.held_bytes
         self._admitting = 0
         #: Messages sent (``InMemoryBroker.kick``) whose admission has not begun.
         self.incoming = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     def configure(self, validate: bool, run: RunOptions | None) -> None:
         """Take the worker's settings.
@@ -114,59 +109,14 @@ class Batcher:
 
     # --- admission -------------------------------------------------------
 
-    def try_admit(self, task_name: str) -> bool:
-        """Take one more message of a task if the bound allows.
-
-        :param task_name: a batched task.
-        :return: whether it was admitted (then ``release`` it when finished).
-        """
-        self.bind_loop()
-        settings = self.specs[task_name].settings
-        if self.held[task_name] >= settings.max_held:
-            self.rules.relieve(task_name)
-            return False
-        if (
-            settings.key is not None
-            and self.runner.backlog[task_name] >= settings.concurrency
-        ):
-            # A keyed task may hold a buffer per key: what bounds it is that
-            # flushed batches do not pile up (many keys, small batches).
-            return False
-        self.held[task_name] += 1
-        return True
-
     def fits_bytes(self, task_name: str, size: int) -> bool:
-        """Whether ``size`` more wire bytes of a task fit its byte bound.
-
-        A message over the bound alone still fits when nothing else of the
-        task is held: it is never refused for good.
+        """Whether ``size`` more wire bytes of a task fit (``Bounds.fits_bytes``).
 
         :param task_name: a batched task.
-        :param size: wire bytes about to be taken (this round's, so far).
+        :param size: wire bytes about to be taken.
         :return: False when the worker must stop taking the task's messages.
         """
-        held = self.held_bytes[task_name]
-        if held + size <= self.specs[task_name].settings.max_held_bytes:
-            return True
-        if held == 0 and self.held[task_name] == 0:
-            return True
-        self.rules.relieve(task_name, full=True)
-        return False
-
-    def keyed_room(self, task_name: str) -> int | None:
-        """Messages of a keyed task that may be taken before any is buffered.
-
-        Each may open a key (and so flush the oldest buffer) or fill one:
-        taking no more than the batches still allowed to wait keeps the
-        task's flushed batches within ``batch_concurrency``.
-
-        :param task_name: a batched task.
-        :return: how many, or None for a task without ``batch_key``.
-        """
-        settings = self.specs[task_name].settings
-        if settings.key is None:
-            return None
-        return max(settings.concurrency - self.runner.backlog[task_name], 0)
+        return self.bounds.fits_bytes(task_name, size)
 
     async def admit(self, task_name: str) -> None:
         """Wait until one more message of a task fits, and take it.
@@ -175,24 +125,15 @@ class Batcher:
         """
         self._admitting += 1
         try:
-            while not self.try_admit(task_name):
-                await self._next_change()
+            while not self.bounds.try_admit(task_name):
+                await self.changes.next()
         finally:
             self._admitting -= 1
 
     def arrived(self) -> None:
         """An ``incoming`` message was admitted (or gave up on it)."""
         self.incoming -= 1
-        self._notify()
-
-    def release(self, task_name: str, count: int = 1) -> None:
-        """Count admitted messages of a task as finished.
-
-        :param task_name: a batched task.
-        :param count: how many.
-        """
-        self.held[task_name] -= count
-        self._notify()
+        self.changes.notify()
 
     # --- buffers -----------------------------------------------------------
 
@@ -230,8 +171,8 @@ class Batcher:
         self.held_bytes[task_name] += size
         self.waiting[task_name] += 1
         self.rules.added(spec, buffer, placement)
-        if self._waiters:
-            self._notify()
+        if self.changes:
+            self.changes.notify()
 
     def flush(self, key: _Key, reason: FlushReason) -> None:
         """Close one buffer and queue it to run.
@@ -278,7 +219,7 @@ class Batcher:
         :param task_name: count only this task's messages, when given.
         """
         while self.buffered(task_name) < count:
-            await self._next_change()
+            await self.changes.next()
 
     # --- running -------------------------------------------------------------
 
@@ -314,7 +255,7 @@ class Batcher:
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
                 return self._cut()
-            await asyncio.wait({self._next_change()}, timeout=remaining)
+            await asyncio.wait({self.changes.next()}, timeout=remaining)
         return []
 
     def _cut(self) -> list[Held]:
@@ -334,48 +275,28 @@ class Batcher:
     # --- loop binding and change notification ------------------------------
 
     def bind_loop(self) -> asyncio.AbstractEventLoop:
-        """The running loop; state left from a closed earlier loop is dropped.
+        """The running loop; an earlier loop's state is dropped (``Changes``)."""
+        return self.changes.bind_loop()
 
-        A module-level broker may serve several event loops in turn (one per
-        test, say): asyncio objects of one loop cannot be used in another.
-        """
-        loop = asyncio.get_running_loop()
-        if loop is self._loop:
-            return loop
-        first, self._loop = self._loop is None, loop
-        if not first:
-            if self.buffers or self.runner.tasks:
-                logger.warning(
-                    "taskiq_batching: %d buffered message(s) of an earlier event "
-                    "loop were dropped",
-                    self.buffered(),
-                )
-            self.buffers.clear()
-            self.waiting.clear()
-            self.open_keys.clear()
-            self.incoming = 0
-            self.runner.reset()
-            self.rules.reset()
-            self._waiters.clear()
-            self.held.clear()
-            self.held_bytes.clear()
-        return loop
+    def _drop_earlier_loop(self) -> None:
+        if self.buffers or self.runner.tasks:
+            logger.warning(
+                "taskiq_batching: %d buffered message(s) of an earlier event "
+                "loop were dropped",
+                self.buffered(),
+            )
+        self.buffers.clear()
+        self.waiting.clear()
+        self.open_keys.clear()
+        self.incoming = 0
+        self.runner.reset()
+        self.rules.reset()
+        self.bounds.clear()
 
     async def changed(self) -> None:
         """Wait for the next change (a message added or finished, a batch run)."""
-        await self._next_change()
-
-    def _next_change(self) -> "asyncio.Future[None]":
-        future = self.bind_loop().create_future()
-        self._waiters.append(future)
-        return future
+        await self.changes.next()
 
     def notify(self) -> None:
         """Wake whoever waits for a change (``changed``, ``admit``, ``drain``)."""
-        self._notify()
-
-    def _notify(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for future in waiters:
-            if not future.done():
-                future.set_result(None)
+        self.changes.notify()

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING
 
 from taskiq_batching.core.buffer import Buffer
 from taskiq_batching.core.policies import Placement
-from taskiq_batching.core.run import BatchSpec
 from taskiq_batching.settings import FlushReason
+from taskiq_batching.spec import BatchSpec
 
 logger = logging.getLogger("taskiq_batching")
 

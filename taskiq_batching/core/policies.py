@@ -18,9 +18,10 @@ from typing import Any, NamedTuple
 
 from taskiq_batching.core.buffer import Held
 from taskiq_batching.core.keys import Unkeyable, batch_key, item_key
-from taskiq_batching.core.run import BatchSpec
-from taskiq_batching.errors import BatchItemError, error_text, shown
+from taskiq_batching.error_texts import error_text, shown
+from taskiq_batching.errors import BatchItemError
 from taskiq_batching.settings import BATCH_DEADLINE_LABEL
+from taskiq_batching.spec import BatchSpec
 
 
 class ItemFiltered(Exception):

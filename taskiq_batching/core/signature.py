@@ -20,13 +20,12 @@ from pydantic import TypeAdapter
 from taskiq_dependencies import DependencyGraph
 from taskiq_dependencies.dependency import Dependency
 
+from taskiq_batching.error_texts import shown, validation_text
 from taskiq_batching.errors import (
     BatchArgumentError,
     BatchConfigError,
     BatchItemError,
     ListSentAsItemError,
-    shown,
-    validation_text,
 )
 
 _LIST_ORIGINS = (list, collections.abc.Sequence, collections.abc.MutableSequence)

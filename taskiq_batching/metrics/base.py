@@ -136,7 +136,7 @@ INSTRUMENTS: tuple[Instrument, ...] = (
 )
 
 
-class Held(NamedTuple):
+class HeldCounts(NamedTuple):
     """What one process holds of one task, right now.
 
     :param task_name: the batched task.
@@ -151,7 +151,7 @@ class Held(NamedTuple):
     running: int
 
 
-def held_of(batcher: Batcher, task_name: str) -> Held:
+def held_of(batcher: Batcher, task_name: str) -> HeldCounts:
     """The batcher's counts of one task.
 
     Safe from another thread (an OpenTelemetry reader's): it only reads,
@@ -164,10 +164,10 @@ def held_of(batcher: Batcher, task_name: str) -> Held:
     buffered = batcher.waiting.get(task_name, 0)
     held = batcher.held.get(task_name, 0)
     running = batcher.running.get(task_name, 0)
-    return Held(task_name, buffered, max(held - buffered, 0), running)
+    return HeldCounts(task_name, buffered, max(held - buffered, 0), running)
 
 
-def held_now(batcher: Batcher) -> list[Held]:
+def held_now(batcher: Batcher) -> list[HeldCounts]:
     """The batcher's counts of every batched task (see ``held_of``).
 
     :param batcher: the batcher.
@@ -232,7 +232,7 @@ class BatchMetricsMiddleware(TaskiqMiddleware):
         """The batcher observed, once attached."""
         return None if self.batching is None else self.batching.batcher
 
-    def held(self) -> Sequence[Held]:
+    def held(self) -> Sequence[HeldCounts]:
         """What this process holds of each batched task (empty if unattached)."""
         batcher = self.batcher
         return [] if batcher is None else held_now(batcher)

@@ -28,7 +28,7 @@ from taskiq_batching.metrics.base import (
     SIZE_BUCKETS,
     WAIT,
     BatchMetricsMiddleware,
-    Held,
+    HeldCounts,
     Instrument,
     fill,
     reruns,
@@ -105,7 +105,7 @@ class OpenTelemetryBatchMetrics(BatchMetricsMiddleware):
                 explicit_bucket_boundaries_advisory=list(buckets),
             )
 
-        def gauge(spec: Instrument, read: Callable[[Held], int]) -> None:
+        def gauge(spec: Instrument, read: Callable[[HeldCounts], int]) -> None:
             def observe(options: "CallbackOptions") -> Iterable[Observation]:
                 return [
                     Observation(read(held), {"task_name": held.task_name})

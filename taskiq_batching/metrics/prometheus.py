@@ -35,7 +35,7 @@ from taskiq_batching.metrics.base import (
     SIZE_BUCKETS,
     WAIT,
     BatchMetricsMiddleware,
-    Held,
+    HeldCounts,
     fill,
     held_of,
     reruns,
@@ -87,7 +87,7 @@ class _Task:
         self.flushes: dict[str, Counter] = {}
         self.runs: dict[str, Histogram] = {}
         #: What the gauges were last set to, by this process.
-        self.last: Held | None = None
+        self.last: HeldCounts | None = None
 
     def flush(self, reason: str) -> "Counter":
         """The flush counter of one reason."""
@@ -107,7 +107,7 @@ class _Task:
             )
         return found
 
-    def set(self, held: Held) -> None:
+    def set(self, held: HeldCounts) -> None:
         """Set the gauges that changed.
 
         In multiprocess mode every write goes to a file (and asks the

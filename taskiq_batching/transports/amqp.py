@@ -10,7 +10,7 @@ connection reader hands them over (``amqp_acks.DeliveryTap``): no
 ``IncomingMessage``, ``DeliveredMessage`` or task per message. The
 consumer is named and tapped before it starts; after a reconnection, a
 new channel's first delivery comes through aio-pika's callback, which
-taps it. Each delivery is appended to a list (a late one in tag order)
+taps it. Each delivery is kept in ``amqp_inbox.Inbox`` (a late one in tag order)
 and one event set; ``read`` takes up to its limit at once. A consumer
 with ``no_ack`` (the queue's ``consumer_arguments``) gives deliveries
 without acks: they are lost if the worker dies, as with the broker's own
@@ -36,7 +36,6 @@ last ack frame is waited for before ``close`` returns.
 import asyncio
 import logging
 import uuid
-from collections import deque
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -50,9 +49,9 @@ from taskiq_batching._compat import (
     amqp_prefetch,
     amqp_take_deliveries,
 )
-from taskiq_batching.core.run import BatchSpec
-from taskiq_batching.errors import describe
-from taskiq_batching.transports.amqp_acks import Channels
+from taskiq_batching.error_texts import describe
+from taskiq_batching.spec import BatchSpec
+from taskiq_batching.transports.amqp_inbox import Inbox
 from taskiq_batching.transports.base import Delivery, finished_read
 from taskiq_batching.transports.generic import GenericTransport, kick_each
 
@@ -100,11 +99,10 @@ class AmqpTransport:
     def __init__(self, broker: AioPikaBroker) -> None:
         self.broker = broker
         self.prefetch = amqp_prefetch(broker)
-        self._channels = Channels(self._note)
-        self._unread: deque[Delivery] = deque()
-        self._arrived = asyncio.Event()
+        self._inbox = Inbox()
+        self._channels = self._inbox.channels
+        self._note = self._inbox.note
         self._consumers: list[tuple[Any, str]] = []
-        self._no_ack: set[str] = set()
         self._started = False
         self._stopping = False
         self._closing: asyncio.Future[None] | None = None
@@ -135,7 +133,7 @@ class AmqpTransport:
             tag = str(options.pop("consumer_tag", None) or f"tb.{uuid.uuid4().hex}")
             if options.get("no_ack"):
                 # The server forgets these once delivered: nothing to ack.
-                self._no_ack.add(tag)
+                self._inbox.no_ack.add(tag)
                 self.acknowledges = False
             self._tap(await channel.get_underlay_channel(), tag)
             await queue.consume(self._on_message, consumer_tag=tag, **options)
@@ -168,50 +166,22 @@ class AmqpTransport:
             message.body,
         )
 
-    def _note(self, channel: Any, tag: int, consumer: str, body: bytes) -> None:
-        if consumer in self._no_ack:
-            self._unread.append(Delivery(body, None))
-            self._arrived.set()
-            return
-        tracker = self._channels.tracker(channel)
-        late = tag < tracker.top
-        if not tracker.add(tag, consumer):
-            return  # never twice on one channel
-        delivery = Delivery(body, (channel, tag, consumer))
-        self._arrived.set()
-        if late:  # came the long way (through aio-pika): its place in the list
-            for index, other in enumerate(self._unread):
-                handle = other.handle
-                if handle is not None and handle[0] is channel and handle[1] > tag:
-                    self._unread.insert(index, delivery)
-                    return
-        self._unread.append(delivery)
-
     async def read(self, limit: int) -> list[Delivery]:
         """Up to ``limit`` deliveries received (see ``Transport.read``)."""
         if not self._started:
             await self._start()
         while not self._stopping:
-            if self._unread:
-                chunk = self._take(limit)
+            if self._inbox.unread:
+                chunk = self._inbox.take(limit)
                 if chunk:
                     return chunk
                 continue
-            self._arrived.clear()
+            self._inbox.arrived.clear()
             try:
-                await asyncio.wait_for(self._arrived.wait(), IDLE_WAIT)
+                await asyncio.wait_for(self._inbox.arrived.wait(), IDLE_WAIT)
             except asyncio.TimeoutError:  # not the builtin before Python 3.11
                 return []
         return []
-
-    def _take(self, limit: int) -> list[Delivery]:
-        chunk: list[Delivery] = []
-        unread, read = self._unread, self._channels.read
-        while unread and len(chunk) < limit:
-            delivery = unread.popleft()
-            if delivery.handle is None or read(*delivery.handle):
-                chunk.append(delivery)
-        return chunk
 
     async def interrupt(
         self, reading: "asyncio.Future[list[Delivery]]"
@@ -224,7 +194,7 @@ class AmqpTransport:
         whatever it had.
         """
         self._stopping = True
-        self._arrived.set()
+        self._inbox.arrived.set()
         deadline = asyncio.get_running_loop().time() + START_GRACE
         while not reading.done():
             left = deadline - asyncio.get_running_loop().time()
@@ -280,7 +250,7 @@ class AmqpTransport:
 
     async def _close(self) -> None:
         self._stopping = True
-        self._arrived.set()
+        self._inbox.arrived.set()
         for queue, tag in self._consumers:
             try:
                 # Once, shielded by close(); bounded for a dead connection.
@@ -295,8 +265,7 @@ class AmqpTransport:
         # not tapped yet) reach the callback through two tasks each.
         for _ in range(3):
             await asyncio.sleep(0)
-        unread = list(self._unread)
-        self._unread.clear()
+        unread = self._inbox.take_all()
         try:
             await self._channels.settle([d.handle for d in unread], nack=True)
         except Exception as exc:

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from taskiq import AckableMessage, BrokerMessage, TaskiqResult
 
-from taskiq_batching.core.run import BatchSpec
+from taskiq_batching.spec import BatchSpec
 
 
 @dataclass(slots=True)

@@ -19,8 +19,9 @@ from taskiq import (
 )
 from taskiq.utils import maybe_awaitable
 
-from taskiq_batching.core.run import BatchSpec
-from taskiq_batching.errors import SendManyError, describe
+from taskiq_batching.error_texts import describe
+from taskiq_batching.errors import SendManyError
+from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import Delivery, finished_read
 
 logger = logging.getLogger("taskiq_batching")

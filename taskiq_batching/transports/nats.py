@@ -18,7 +18,7 @@ buffers flush by pressure (size-only batches would otherwise wait for
 messages that never come, in every process at once).
 
 Acks are buffered publishes (``+ACK`` to each message's reply subject),
-then one ``flush`` (a round trip) for the lot. Acks sent while the
+then one ``flush`` (a round trip) for the lot (``nats_settle.py``). Acks sent while the
 connection is lost (nats-py's flush then returns at once, with no round
 trip) may never reach the server, and a server killed may lose the last
 acks it had: those messages are delivered again. The first is logged;
@@ -45,18 +45,22 @@ from taskiq import AckableMessage, AsyncBroker, BrokerMessage
 from taskiq_nats import PullBasedJetStreamBroker
 from taskiq_nats.broker import BaseJetStreamBroker
 
-from taskiq_batching._compat import nats_publish_each
-from taskiq_batching.core.run import BatchSpec
-from taskiq_batching.errors import describe
+from taskiq_batching.error_texts import describe
+from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import Delivery, finished_read
 from taskiq_batching.transports.generic import SEND_CONCURRENCY, kick_each
-from taskiq_batching.transports.nats_pull import Held, Pull
+from taskiq_batching.transports.nats_pull import Pull, Unsettled
+from taskiq_batching.transports.nats_settle import (
+    ACK,
+    IN_PROGRESS,
+    NAK,
+    publish_verdicts,
+)
 
 logger = logging.getLogger("taskiq_batching")
 
 #: The server's ``ack_wait`` when the consumer's config sets none, in seconds.
 DEFAULT_ACK_WAIT = 30.0
-ACK, NAK, IN_PROGRESS = b"+ACK", b"-NAK", b"+WPI"
 
 
 def transport_for(broker: AsyncBroker, listen: Any = None) -> "NatsTransport | None":
@@ -219,7 +223,7 @@ class NatsTransport:
         """Nak them: the server delivers them again at once, to any worker."""
         await self._settle([delivery.handle for delivery in deliveries], NAK)
 
-    async def _settle(self, handles: Sequence[Held], verdict: bytes) -> None:
+    async def _settle(self, handles: Sequence[Unsettled], verdict: bytes) -> None:
         pull = self._pull
         if pull is not None:
             for held in handles:
@@ -228,41 +232,9 @@ class NatsTransport:
                     pull.acking(held)
         await self._publish(handles, verdict)
 
-    async def _publish(self, handles: Sequence[Held], verdict: bytes) -> None:
-        client = self.broker.client
+    async def _publish(self, handles: Sequence[Unsettled], verdict: bytes) -> None:
         replies = [held.reply for held in handles]
-        first: BaseException | None = None
-        reconnects = client.stats["reconnects"]
-        connected = client.is_connected
-        if not await nats_publish_each(client, replies, verdict):
-            for reply in replies:
-                try:
-                    await client.publish(reply, verdict)
-                except Exception as exc:
-                    first = first or exc
-        await client.flush()
-        # nats-py's flush returns at once while it reconnects: no round trip.
-        if not (connected and client.is_connected) or (
-            client.stats["reconnects"] != reconnects
-        ):
-            self._unconfirmed(len(handles), verdict)
-        if first is not None:
-            raise first
-
-    def _unconfirmed(self, count: int, verdict: bytes) -> None:
-        """Say that a settle may not have reached the server (connection lost)."""
-        if verdict is IN_PROGRESS:
-            return  # the next keep-alive sends it again
-        logger.warning(
-            "taskiq_batching: %d NATS %s(s) sent while the connection was "
-            "lost may not have reached the server: it delivers those "
-            "messages again (after ack_wait%s)",
-            count,
-            "ack" if verdict is ACK else "nak",
-            "; this worker acks them again without running them"
-            if verdict is ACK
-            else "",
-        )
+        await publish_verdicts(self.broker.client, replies, verdict)
 
     def forget(self, deliveries: Sequence[Delivery]) -> None:
         """No longer held (nor kept alive): redelivered after ``ack_wait``."""
@@ -287,7 +259,7 @@ class NatsTransport:
 
     def for_receiver(self, delivery: Delivery) -> AckableMessage:
         """As taskiq-nats's listener yields it: data and an ack (through here)."""
-        held: Held = delivery.handle
+        held: Unsettled = delivery.handle
         held.handed = True
 
         async def ack() -> None:

@@ -58,7 +58,7 @@ def stream_sequence(reply: str) -> tuple[int, int]:
     return int(tokens[at]), int(tokens[at - 1])
 
 
-class Held:
+class Unsettled:
     """A message this worker received and has not acked or nak'ed yet.
 
     :param reply: the reply subject of its newest delivery (where acks go).
@@ -87,7 +87,7 @@ class Pull:
         self.subject = nats_pull_subject(subscription)
         self.prefetch = prefetch
         #: Every message received and not settled, by stream sequence.
-        self.held: dict[int, Held] = {}
+        self.held: dict[int, Unsettled] = {}
         #: Received, not read yet.
         self.unread: deque[Delivery] = deque()
         #: Stream sequences this worker acked last (an ordered set).
@@ -136,7 +136,7 @@ class Pull:
                 sequence,
             )
             return
-        held = self.held[sequence] = Held(message.reply, sequence)
+        held = self.held[sequence] = Unsettled(message.reply, sequence)
         self.unread.append(Delivery(message.data, held))
         self.arrived.set()
 
@@ -201,14 +201,14 @@ class Pull:
         limit = info.config.max_ack_pending or self.prefetch
         return (info.num_ack_pending or 0) >= limit
 
-    def acking(self, held: Held) -> None:
+    def acking(self, held: Unsettled) -> None:
         """Remember that this worker acks it (see ``_on_message``)."""
         acked = self.acked
         acked[held.sequence] = None
         if len(acked) > ACKED_MEMORY:
             del acked[next(iter(acked))]
 
-    def unhold(self, held: Held) -> None:
+    def unhold(self, held: Unsettled) -> None:
         """No longer held (settled or forgotten); wakes a reader short of room."""
         if self.held.get(held.sequence) is held:
             del self.held[held.sequence]

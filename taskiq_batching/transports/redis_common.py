@@ -20,7 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from taskiq import AsyncBroker, TaskiqEvents, TaskiqState
 
 from taskiq_batching._compat.redis_py import chosen_parser, hiredis_available
-from taskiq_batching.errors import describe
+from taskiq_batching.error_texts import describe
 
 logger = logging.getLogger("taskiq_batching")
 

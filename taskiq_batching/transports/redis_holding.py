@@ -42,7 +42,8 @@ from collections import defaultdict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
-from taskiq_batching.errors import ConsumerNameInUseError, describe
+from taskiq_batching.error_texts import describe
+from taskiq_batching.errors import ConsumerNameInUseError
 from taskiq_batching.transports.redis_common import cancel
 
 logger = logging.getLogger("taskiq_batching")

@@ -36,7 +36,8 @@ from typing import Any
 from redis.exceptions import NoPermissionError, WatchError
 from taskiq import BrokerMessage
 
-from taskiq_batching.errors import SendManyError, describe
+from taskiq_batching.error_texts import describe
+from taskiq_batching.errors import SendManyError
 
 #: Messages per script: each blocks the server while it runs.
 SEND_CHUNK = 500

@@ -39,7 +39,7 @@ from taskiq_redis import (
     RedisStreamSentinelBroker,
 )
 
-from taskiq_batching.core.run import BatchSpec
+from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import Delivery
 from taskiq_batching.transports.generic import kick_each
 from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient, cancel

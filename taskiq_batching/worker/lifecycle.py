@@ -21,40 +21,24 @@ from collections.abc import Sequence
 
 from taskiq import AsyncBroker, TaskiqMessage
 from taskiq.abc.middleware import TaskiqMiddleware
-from taskiq.acks import AckController, AcknowledgeType, parse_acknowledge_type
+from taskiq.acks import AcknowledgeType, parse_acknowledge_type
 from taskiq.exceptions import NoResultError
 
 from taskiq_batching._compat import overrides
 from taskiq_batching.core.batcher import Batcher
 from taskiq_batching.core.buffer import Envelope, Held
+from taskiq_batching.core.call import Outcome
 from taskiq_batching.core.policies import ItemFiltered
-from taskiq_batching.core.run import BatchSpec, Outcome
-from taskiq_batching.errors import BatchItemError, describe
+from taskiq_batching.error_texts import describe
+from taskiq_batching.errors import BatchItemError
+from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import Delivery, ResultWriter, Transport
+from taskiq_batching.worker.acks import MessageAck, ack_due
 from taskiq_batching.worker.outcomes import Finishing, call_hook, finishing, store
 
 logger = logging.getLogger("taskiq_batching")
 
 _HOOKS = ("pre_execute", "on_error", "post_execute", "post_save")
-
-
-class MessageAck(AckController):
-    """A message's one ack controller: acked at most once, alone or in bulk.
-
-    :param transport: acks it.
-    :param delivery: the delivery it acknowledges.
-    """
-
-    def __init__(self, transport: Transport, delivery: Delivery) -> None:
-        self.transport = transport
-        self.delivery = delivery
-        # taskiq's own constructor runs too: what a newer taskiq sets up there
-        # (its PR #640 adds ``_ack_progress``) exists on batched messages, and
-        # its ``ack`` (at most once) calls this message's own ack.
-        super().__init__(self._ack_delivery)
-
-    async def _ack_delivery(self) -> None:
-        await self.transport.ack([self.delivery.handle])
 
 
 class Lifecycle:
@@ -120,7 +104,7 @@ class Lifecycle:
                 received |= one.ack_type is AcknowledgeType.WHEN_RECEIVED
                 held.append(one)
         if received:
-            await self._ack(held, AcknowledgeType.WHEN_RECEIVED)
+            await ack_due(self.transport, held, AcknowledgeType.WHEN_RECEIVED)
         for one in held:
             self._add(one)
         return held
@@ -141,7 +125,7 @@ class Lifecycle:
                 one.ack_type = self._ack_type(one)
             one.delivery = delivery
         except Exception as exc:
-            self.batcher.release(envelope.task_name)
+            self.batcher.bounds.release(envelope.task_name)
             self._forget([delivery])
             if sender_waits:
                 raise
@@ -253,7 +237,7 @@ class Lifecycle:
             for held, _ in batch:
                 if held.waiter is not None and not held.waiter.done():
                     held.waiter.set_result(None)
-            self.batcher.release(spec.task_name, len(batch))
+            self.batcher.bounds.release(spec.task_name, len(batch))
 
     async def _finish(self, batch: list[tuple[Held, Outcome]], share: float) -> None:
         alive = finishing(batch, share, per_message=self.needs_message)
@@ -298,26 +282,4 @@ class Lifecycle:
                 )
 
     async def _ack_done(self, alive: list[Finishing], when: AcknowledgeType) -> None:
-        await self._ack([one.held for one in alive if one.ok], when)
-
-    async def _ack(self, held: Sequence[Held], when: AcknowledgeType) -> None:
-        """Ack, in one round trip, the messages due now and not acked yet."""
-        due: list[MessageAck] = []
-        for one in held:
-            ack = one.ack
-            if (
-                one.ack_type is when
-                and isinstance(ack, MessageAck)
-                and not ack.is_acked
-            ):
-                ack.is_acked = True  # before the await: never acked twice
-                due.append(ack)
-        if not due or self.transport is None:
-            return
-        try:
-            await self.transport.ack([ack.delivery.handle for ack in due])
-        except Exception as exc:
-            # Unacked, they will be delivered again: at least once.
-            logger.error(
-                "taskiq_batching: %d ack(s) failed: %s", len(due), describe(exc)
-            )
+        await ack_due(self.transport, [one.held for one in alive if one.ok], when)

@@ -6,7 +6,7 @@ from taskiq.acks import AcknowledgeType
 from taskiq.receiver import Receiver
 
 from taskiq_batching._compat import receiver_settings
-from taskiq_batching.core.run import RunOptions
+from taskiq_batching.core.call import RunOptions
 
 
 @dataclass(slots=True)

@@ -16,8 +16,9 @@ from typing import Any
 from taskiq import TaskiqResult
 
 from taskiq_batching.core.buffer import Held
-from taskiq_batching.core.run import FILTERED_LABEL, Outcome
-from taskiq_batching.errors import BatchResultError, describe
+from taskiq_batching.core.call import FILTERED_LABEL, Outcome
+from taskiq_batching.error_texts import describe
+from taskiq_batching.errors import BatchResultError
 from taskiq_batching.settings import TASK_LABELS, wire_labels
 from taskiq_batching.transports.base import ResultWriter
 

@@ -54,13 +54,13 @@ class Admission:
         """
         batcher = self.batcher
         if task_name not in self.quota:
-            self.quota[task_name] = batcher.keyed_room(task_name)
+            self.quota[task_name] = batcher.bounds.keyed_room(task_name)
         quota = self.quota[task_name]
         if quota == 0:
             return False
-        if not batcher.fits_bytes(task_name, self.size[task_name] + size):
+        if not batcher.bounds.fits_bytes(task_name, self.size[task_name] + size):
             return False
-        if not batcher.try_admit(task_name):
+        if not batcher.bounds.try_admit(task_name):
             return False
         self.size[task_name] += size
         if quota is not None:

@@ -3,7 +3,8 @@
 taskiq's Receiver pulls one delivery from ``broker.listen()`` per free
 slot (``--max-async-tasks`` + ``--max-prefetch``). The pump is that
 listener. It reads the broker (through its transport) only while the
-Receiver is pulling, so it never takes a message the Receiver could not:
+Receiver is pulling, so it never takes a message the Receiver could not
+(``routing.py`` sorts each read):
 
 * a message of a batched task, while the task is under its bound
   (``BatchSettings.max_held``), goes to its buffer (``Lifecycle.accept``)
@@ -29,7 +30,6 @@ import asyncio
 import contextlib
 import logging
 from asyncio import FIRST_COMPLETED
-from collections import deque
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -37,24 +37,15 @@ from taskiq import AckableMessage, AsyncBroker
 
 from taskiq_batching._compat import share_stop_budget
 from taskiq_batching.core.batcher import Batcher
-from taskiq_batching.core.buffer import Envelope
-from taskiq_batching.errors import describe
+from taskiq_batching.error_texts import describe
 from taskiq_batching.transports.base import Delivery, Transport
-from taskiq_batching.worker.decode import decode
 from taskiq_batching.worker.lifecycle import Lifecycle
 from taskiq_batching.worker.options import WorkerOptions
-from taskiq_batching.worker.parking import Admission, Parking
+from taskiq_batching.worker.routing import Parked, Router
 
 logger = logging.getLogger("taskiq_batching")
 
-#: Most deliveries taken per read of a transport whose unread deliveries
-#: would be lost (a Redis list); the read size grows to it while reads
-#: hold only batched messages, and drops to 1 after one that did not.
-MAX_UNACKED_CHUNK = 100
-
-
 Handed = bytes | AckableMessage
-Parked = tuple[Envelope, Delivery]
 
 
 class Pump:
@@ -75,16 +66,14 @@ class Pump:
         transport: Transport,
         options: WorkerOptions,
     ) -> None:
-        self.broker = broker
         self.batcher = batcher
         self.lifecycle = lifecycle
         self.transport = transport
         self.options = options
-        self.handoff: deque[Delivery] = deque()
-        self.parked = Parking(transport.acknowledges)
+        self.router = Router(broker, batcher, transport.acknowledges)
+        self.handoff = self.router.handoff
+        self.parked = self.router.parked
         self._reading: asyncio.Future[list[Delivery]] | None = None
-        self.taken = 0
-        self.read_size = 1 if not transport.acknowledges else MAX_UNACKED_CHUNK
         # A transport that knows when the broker took deliveries back (AMQP).
         batcher.lost = getattr(transport, "lost", None)
         self._next_reclaim = 0.0
@@ -100,68 +89,83 @@ class Pump:
                 if self.handoff:
                     yield self.transport.for_receiver(self.handoff.popleft())
                     continue
-                if self.parked and await self._step_parked():
-                    continue
-                if self._reading is None:
-                    limit = self._limit()
-                    if limit == 0:
+                try:
+                    if not await self._step():
                         return
-                    self._relieve()
-                    self._reading = asyncio.ensure_future(self._read(limit))
-                reading = self._reading
-                # Parked messages must not wait for the next read: room for
-                # them ends the wait too (the read goes on meanwhile).
-                room: asyncio.Future[Any] = asyncio.ensure_future(
-                    self.batcher.changed()
-                )
-                if not self.parked:
-                    room.cancel()
-                waits: set[asyncio.Future[Any]] = {reading, room}
-                try:
-                    await asyncio.wait(waits, return_when=FIRST_COMPLETED)
                 except asyncio.CancelledError:
-                    self._reading = None
-                    chunk = await self.transport.interrupt(reading)
-                    await self._settle_chunk(*self._sort(chunk))
+                    # The Receiver stops: a delivery this pull got is still its.
                     late = self._late()
                     if late is None:
                         raise
                     yield late
                     return
-                finally:
-                    room.cancel()
-                if not reading.done():
-                    continue
-                self._reading = None
-                try:
-                    chunk = reading.result()
-                except StopAsyncIteration:
-                    return
-                taken, extra = self._sort(chunk)
-                if not extra and not (taken and self.lifecycle.waits(taken)):
-                    # Accepting runs straight through: no stop can cut it short.
-                    await self.lifecycle.accept(taken)
-                    continue
-                routing = asyncio.ensure_future(self._settle_chunk(taken, extra))
-                try:
-                    await asyncio.wait({routing})
-                except asyncio.CancelledError:
-                    # What this read took is routed before the pump stops.
-                    await _settle(routing)
-                    late = self._late()
-                    if late is None:
-                        raise
-                    yield late
-                    return
-                routing.result()
         finally:
             await self.stop()
 
-    def _limit(self) -> int:
-        limit = self.read_size
-        if self.options.max_tasks is not None:
-            limit = min(limit, self.options.max_tasks - self.taken)
-        return max(limit, 0)
+    async def _step(self) -> bool:
+        """Buffer parked messages that fit, or read once and route the chunk.
+
+        :return: False when the listener ends (``--max-tasks-per-child``
+            reached, or the broker's listener ended).
+        """
+        if self.parked and await self._step_parked():
+            return True
+        if self._reading is None:
+            limit = self.router.limit(self.options.max_tasks)
+            if limit == 0:
+                return False
+            self._relieve()
+            self._reading = asyncio.ensure_future(self._read(limit))
+        reading = self._reading
+        if not await self._wait_read(reading):
+            return True
+        self._reading = None
+        try:
+            chunk = reading.result()
+        except StopAsyncIteration:
+            return False
+        await self._route(chunk)
+        return True
+
+    async def _wait_read(self, reading: "asyncio.Future[list[Delivery]]") -> bool:
+        """Wait for the read, or for room for parked messages.
+
+        If the wait is cancelled, the read is interrupted and what it took
+        is routed before the cancellation goes on.
+
+        :return: whether the read is done.
+        """
+        # Parked messages must not wait for the next read: room for them
+        # ends the wait too (the read goes on meanwhile).
+        room: asyncio.Future[Any] = asyncio.ensure_future(self.batcher.changed())
+        if not self.parked:
+            room.cancel()
+        try:
+            await asyncio.wait({reading, room}, return_when=FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            self._reading = None
+            chunk = await self.transport.interrupt(reading)
+            await self._settle_chunk(*self.router.sort(chunk))
+            raise
+        finally:
+            room.cancel()
+        return reading.done()
+
+    async def _route(self, chunk: list[Delivery]) -> None:
+        """Route a chunk read; a stop meanwhile waits until it is routed."""
+        taken, extra = self.router.sort(chunk)
+        if not extra and not (taken and self.lifecycle.waits(taken)):
+            # Accepting runs straight through: no stop can cut it short.
+            await self.lifecycle.accept(taken)
+            return
+        routing = asyncio.ensure_future(self._settle_chunk(taken, extra))
+        try:
+            await asyncio.wait({routing})
+        except asyncio.CancelledError:
+            # What this read took is routed before the pump stops.
+            await _settle(routing)
+            raise
+        routing.result()
 
     def _relieve(self) -> None:
         """Flush everything when the broker sends nothing more until acks come."""
@@ -181,53 +185,10 @@ class Pump:
                     return claimed
         return await self.transport.read(limit)
 
-    def _sort(self, chunk: list[Delivery]) -> tuple[list[Parked], list[Delivery]]:
-        """Take a chunk's batched messages; hand the rest to the Receiver.
-
-        :return: the messages taken (admitted), and the deliveries to give
-            back to the broker at once (see ``_keep_one_handed``).
-        """
-        taken: list[Parked] = []
-        handed_before = len(self.handoff)
-        admission = Admission(self.batcher)
-        for delivery in chunk:
-            envelope = decode(self.broker, delivery.data)
-            if envelope is None or envelope.task_name not in self.batcher.specs:
-                self.handoff.append(delivery)
-                continue
-            name = envelope.task_name
-            envelope.size = len(delivery.data)
-            # Behind its task's parked messages, if any: in order.
-            if name not in self.parked and admission.take(name, envelope.size):
-                taken.append((envelope, delivery))
-            else:
-                self.parked.park(name, delivery)
-        self.taken += len(chunk)
-        extra: list[Delivery] = []
-        if not self.transport.acknowledges:
-            extra = self._keep_one_handed(handed_before, len(chunk))
-        return taken, extra
-
     async def _settle_chunk(self, taken: list[Parked], extra: list[Delivery]) -> None:
         await self._release(extra, "read ahead of the Receiver")
         if taken:
             await self.lifecycle.accept(taken)
-
-    def _keep_one_handed(self, handed_before: int, read: int) -> list[Delivery]:
-        """On a broker without acks, what to give back: the Receiver cannot take it.
-
-        Such a broker forgets a message once delivered: keeping more than
-        this pull's one would read ahead of the Receiver.
-        """
-        extra = list(self.handoff)[handed_before + 1 :]
-        if len(self.handoff) > handed_before:
-            self.read_size = 1
-        elif read >= self.read_size:
-            self.read_size = min(2 * self.read_size, MAX_UNACKED_CHUNK)
-        for _ in extra:
-            self.handoff.pop()
-        self.taken -= len(extra)
-        return extra
 
     async def _step_parked(self) -> bool:
         """Buffer the parked messages that fit now.
@@ -235,7 +196,7 @@ class Pump:
         :return: whether to look again before reading (some were taken,
             or parking is full and room came).
         """
-        ready = self._unpark()
+        ready = self.router.unpark()
         if ready:
             await self.lifecycle.accept(ready)
             return True
@@ -244,18 +205,6 @@ class Pump:
         self._relieve()
         await self.batcher.changed()
         return True
-
-    def _unpark(self) -> list[Parked]:
-        """Parked messages whose task has room now, in order within each task."""
-        ready: list[Parked] = []
-        for _, delivery in list(self.parked.unpark(Admission(self.batcher))):
-            envelope = decode(self.broker, delivery.data)
-            if envelope is None:  # decoded when read: it cannot fail now
-                self.handoff.append(delivery)
-                continue
-            envelope.size = len(delivery.data)
-            ready.append((envelope, delivery))
-        return ready
 
     def _late(self) -> Handed | None:
         """The delivery of the pull the Receiver interrupted to stop, if any."""
@@ -317,7 +266,7 @@ class Pump:
         loop = asyncio.get_running_loop()
         self.batcher.rules.closing = True
         while self.parked:
-            await self.lifecycle.accept(self._unpark())
+            await self.lifecycle.accept(self.router.unpark())
             remaining = None if deadline is None else deadline - loop.time()
             if not self.parked or (remaining is not None and remaining <= 0):
                 break

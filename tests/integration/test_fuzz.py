@@ -115,9 +115,31 @@ def batched(draw: st.DrawFn) -> Sent:
     n, verdict = draw(n_values())
     if verdict == "filtered_or_ok":
         verdict = "filtered" if n < FILTER_BELOW else "ok"
+    item, late = _item(draw, n)  # late: checked only if batch_where lets it through
+    shape, args = _call_shape(draw, item)
+    if shape == "wrong_item":
+        verdict = "error"
+    kwargs, tenant, errors = _kwargs(draw)  # errors: in the order the worker checks
+    unknown = draw(st.booleans()) and draw(st.booleans())
+    if unknown:
+        kwargs["junk"] = draw(st.one_of(JSON, DEEP))
+    deadline = draw(st.sampled_from([None, None, "ok", "nan", "overflow", "text"]))
+    if deadline in ("overflow", "text"):
+        late.append(ITEM_ERROR)
+    if shape == "no_item":
+        outcome: tuple[str, Any] = ("error", ITEM_ERROR)
+    elif shape == "too_many" or unknown:
+        outcome = ("error", ARGUMENT_ERROR)
+    else:
+        outcome = _outcome(verdict, errors, late, [tenant, n])
+    fields = {"args": args, "kwargs": kwargs}
+    return Sent("hostile", fields, outcome, deadline)
+
+
+def _item(draw: st.DrawFn, n: Any) -> tuple[dict[str, Any], list[str]]:
+    """The item (its ``n``, perhaps a cost and a group), and its late errors."""
     item: dict[str, Any] = {"n": n}
-    errors: list[str] = []  # in the order the worker checks them
-    late: list[str] = []  # checked only if batch_where lets it through
+    late: list[str] = []
     if draw(st.booleans()):
         cost = draw(
             st.one_of(
@@ -134,17 +156,27 @@ def batched(draw: st.DrawFn) -> Sent:
         item["group"] = draw(DEEP if deep else JSON)
         if deep:
             late.append(ITEM_ERROR)
+    return item, late
+
+
+def _call_shape(draw: st.DrawFn, item: dict[str, Any]) -> tuple[str, list[Any]]:
+    """The call's shape and its positional arguments."""
     args: list[Any] = [item]
     shape = draw(st.sampled_from(["item", "wrong_item", "no_item", "too_many"]))
     if shape == "wrong_item":
         args = [draw(st.one_of(SCALARS, st.lists(SCALARS, max_size=3)))]
-        verdict = "error"
     elif shape == "no_item":
         args = []
     elif shape == "too_many":
         args += [draw(SCALARS) for _ in range(3)]
+    return shape, args
+
+
+def _kwargs(draw: st.DrawFn) -> tuple[dict[str, Any], Any, list[str]]:
+    """The extra arguments, the tenant the result shows, and their errors."""
     kwargs: dict[str, Any] = {}
     tenant: Any = "a"
+    errors: list[str] = []
     if draw(st.booleans()):
         value = draw(st.one_of(st.text(max_size=6), SCALARS))
         kwargs["tenant"] = value
@@ -156,30 +188,22 @@ def batched(draw: st.DrawFn) -> Sent:
         kwargs["note"] = draw(DEEP if deep else JSON)
         if deep:
             errors.append(ITEM_ERROR)
-    unknown = draw(st.booleans()) and draw(st.booleans())
-    if unknown:
-        kwargs["junk"] = draw(st.one_of(JSON, DEEP))
-    deadline = draw(st.sampled_from([None, None, "ok", "nan", "overflow", "text"]))
-    if deadline in ("overflow", "text"):
-        late.append(ITEM_ERROR)
-    # What the worker sees first decides: the item's presence, the call's
-    # shape, the item, the other arguments, then the policies.
-    if shape == "no_item":
-        outcome: tuple[str, Any] = ("error", ITEM_ERROR)
-    elif shape == "too_many" or unknown:
-        outcome = ("error", ARGUMENT_ERROR)
-    elif verdict == "error":
-        outcome = ("error", ITEM_ERROR)
-    elif errors:
-        outcome = ("error", errors[0])
-    elif verdict == "filtered":
-        outcome = ("filtered", None)
-    elif late:
-        outcome = ("error", late[0])
-    else:
-        outcome = ("value", [tenant, n])
-    fields = {"args": args, "kwargs": kwargs}
-    return Sent("hostile", fields, outcome, deadline)
+    return kwargs, tenant, errors
+
+
+def _outcome(
+    verdict: str, errors: list[str], late: list[str], value: Any
+) -> tuple[str, Any]:
+    """What a well-shaped call gets (the item, then the rest, then policies)."""
+    if verdict == "error":
+        return ("error", ITEM_ERROR)
+    if errors:
+        return ("error", errors[0])
+    if verdict == "filtered":
+        return ("filtered", None)
+    if late:
+        return ("error", late[0])
+    return ("value", value)
 
 
 def _fine_cost(cost: Any) -> bool:

@@ -18,7 +18,7 @@ from taskiq_batching import (
     BatchTimeoutError,
     MiddlewareMissingError,
 )
-from taskiq_batching.errors import describe
+from taskiq_batching.error_texts import describe
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from taskiq_redis import RedisAsyncResultBackend
 
 from taskiq_batching import BatchResultError, PerItem, batch_task, per_item
-from taskiq_batching.core.run import Outcome, split
+from taskiq_batching.core.call import Outcome, split
 from taskiq_batching.results import item_result_type
 from tests.helpers import memory_broker
 

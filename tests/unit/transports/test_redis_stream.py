@@ -29,9 +29,9 @@ from taskiq_redis import (
 )
 
 from taskiq_batching import BatchInfo, BatchingMiddleware, batch_task
-from taskiq_batching.core.run import BatchSpec
 from taskiq_batching.core.signature import analyse
 from taskiq_batching.settings import BatchSettings
+from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports import Transport, redis_common, redis_replies
 from taskiq_batching.transports.base import Delivery
 from taskiq_batching.transports.redis_stream import StreamTransport

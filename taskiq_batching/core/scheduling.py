@@ -3,7 +3,7 @@
 A flushed buffer waits in the ready queue until its task's
 ``batch_concurrency`` (and its key's ``batch_key_concurrency``) and the
 process's ``max_concurrent_batches`` allow it to start; it then runs
-(``run.py``), observers are told, and the batcher's ``finisher`` (the
+(``call.py``), observers are told, and the batcher's ``finisher`` (the
 worker's lifecycle) finishes its messages.
 """
 
@@ -14,9 +14,10 @@ from collections.abc import Coroutine, Hashable
 from typing import TYPE_CHECKING, Any
 
 from taskiq_batching.core.buffer import Buffer, Held
+from taskiq_batching.core.call import run_batch
 from taskiq_batching.core.events import BatchReport
-from taskiq_batching.core.run import BatchSpec, run_batch
 from taskiq_batching.settings import FlushReason
+from taskiq_batching.spec import BatchSpec
 
 if TYPE_CHECKING:
     from taskiq_batching.core.batcher import Batcher
@@ -164,7 +165,7 @@ class Runner:
         dropped = len(buffer.items) - len(kept)
         if dropped:
             buffer.items[:] = kept
-            self.batcher.release(buffer.task_name, dropped)
+            self.batcher.bounds.release(buffer.task_name, dropped)
         return dropped
 
     def _report(

@@ -1,4 +1,4 @@
-"""Running one batch: dependencies, the call, its timeout, per-item outcomes.
+"""Calling a batch function: dependencies, the call, its timeout, per-item outcomes.
 
 With ``batch_isolate=True`` a batch that raises is bisected: each half
 is run again, down to single items, so only the failing items fail. For
@@ -13,17 +13,19 @@ import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from taskiq import AsyncBroker, Context, TaskiqState
 
 from taskiq_batching.core.buffer import Buffer, Held
-from taskiq_batching.core.signature import BatchSignature
 from taskiq_batching.errors import BatchResultError, BatchTimeoutError
 from taskiq_batching.info import BatchInfo
 from taskiq_batching.results import PerItem
-from taskiq_batching.settings import BatchSettings, FlushReason
+from taskiq_batching.settings import FlushReason
+
+# BatchSpec re-exported while modules of other branches import it from here.
+from taskiq_batching.spec import BatchSpec as BatchSpec
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -45,31 +47,6 @@ class Outcome:
     value: Any = None
     error: BaseException | None = None
     filtered: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class BatchSpec:
-    """Everything a worker needs to batch one task.
-
-    :param task_name: the task's name.
-    :param settings: its batch settings.
-    :param signature: the batch function and how to call it.
-    :param timeout: its ``timeout`` label in seconds: limits each call of
-        the batch function.
-    """
-
-    task_name: str
-    settings: BatchSettings
-    signature: BatchSignature
-    timeout: float | None
-    #: Its messages are filtered, keyed or costed (``policies.py``); read
-    #: per message, so computed once.
-    has_policies: bool = field(init=False)
-
-    def __post_init__(self) -> None:
-        settings = self.settings
-        policies = (settings.where, settings.key, settings.cost)
-        object.__setattr__(self, "has_policies", any(p is not None for p in policies))
 
 
 class BatchSpanLike(Protocol):

@@ -20,9 +20,10 @@ from taskiq_batching import (
     per_item,
 )
 from taskiq_batching.core.buffer import Buffer, Envelope, Held
-from taskiq_batching.core.run import BatchSpec, Outcome, RunOptions, run_batch
+from taskiq_batching.core.call import Outcome, RunOptions, run_batch
 from taskiq_batching.core.signature import analyse
 from taskiq_batching.settings import BatchSettings
+from taskiq_batching.spec import BatchSpec
 from tests.helpers import CountingMiddleware, memory_broker
 
 pytestmark = pytest.mark.timeout(30)

@@ -1,0 +1,58 @@
+"""Changes: the event loop a batcher's state belongs to, and who waits on it.
+
+A module-level broker may serve several event loops in turn (one per
+test, say): asyncio objects of one loop cannot be used in another, so the
+state of an earlier loop is dropped when another one first uses it.
+Whoever waits for a change (room for a message, a batch finished) waits
+on a future of the current loop, resolved by the next ``notify``.
+"""
+
+import asyncio
+from collections.abc import Callable
+
+
+class Changes:
+    """Binds to the running event loop and wakes whoever waits for a change.
+
+    :param on_new_loop: drops the state of an earlier loop; called when a
+        loop other than the first one binds.
+    """
+
+    def __init__(self, on_new_loop: Callable[[], None]) -> None:
+        self.on_new_loop = on_new_loop
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def __bool__(self) -> bool:
+        """Whether anyone waits for the next change."""
+        return bool(self._waiters)
+
+    def bind_loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop; state left from a closed earlier loop is dropped.
+
+        :return: the running loop.
+        """
+        loop = asyncio.get_running_loop()
+        if loop is self._loop:
+            return loop
+        first, self._loop = self._loop is None, loop
+        if not first:
+            self._waiters.clear()
+            self.on_new_loop()
+        return loop
+
+    def next(self) -> "asyncio.Future[None]":
+        """A future resolved at the next change.
+
+        :return: the future.
+        """
+        future = self.bind_loop().create_future()
+        self._waiters.append(future)
+        return future
+
+    def notify(self) -> None:
+        """Wake whoever waits for a change."""
+        waiters, self._waiters = self._waiters, []
+        for future in waiters:
+            if not future.done():
+                future.set_result(None)

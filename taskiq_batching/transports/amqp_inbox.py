@@ -1,0 +1,77 @@
+"""The AMQP inbox: deliveries received and not read yet, in order.
+
+Deliveries are noted as aiormq's reader hands them over (tapped frames)
+or, for a channel not tapped yet, through aio-pika's callback, which may
+come later than deliveries tapped after it: such a late one takes its
+place in tag order. Each delivery is noted once per channel (its
+channel's tracker, ``amqp_acks.Channels``); a read takes a chunk at once,
+skipping deliveries of a channel that closed meanwhile.
+"""
+
+import asyncio
+from collections import deque
+from typing import Any
+
+from taskiq_batching.transports.amqp_acks import Channels
+from taskiq_batching.transports.base import Delivery
+
+
+class Inbox:
+    """Deliveries received, waiting to be read; their channels' trackers."""
+
+    def __init__(self) -> None:
+        self.channels = Channels(self.note)
+        self.unread: deque[Delivery] = deque()
+        #: Set when a delivery is noted.
+        self.arrived = asyncio.Event()
+        #: Consumers with ``no_ack``: the server forgets what they deliver.
+        self.no_ack: set[str] = set()
+
+    def note(self, channel: Any, tag: int, consumer: str, body: bytes) -> None:
+        """Keep one delivery, in its place.
+
+        :param channel: its aiormq channel.
+        :param tag: its delivery tag.
+        :param consumer: its consumer tag.
+        :param body: its bytes.
+        """
+        if consumer in self.no_ack:
+            self.unread.append(Delivery(body, None))
+            self.arrived.set()
+            return
+        tracker = self.channels.tracker(channel)
+        late = tag < tracker.top
+        if not tracker.add(tag, consumer):
+            return  # never twice on one channel
+        delivery = Delivery(body, (channel, tag, consumer))
+        self.arrived.set()
+        if late:  # came the long way (through aio-pika): its place in the list
+            for index, other in enumerate(self.unread):
+                handle = other.handle
+                if handle is not None and handle[0] is channel and handle[1] > tag:
+                    self.unread.insert(index, delivery)
+                    return
+        self.unread.append(delivery)
+
+    def take(self, limit: int) -> list[Delivery]:
+        """Up to ``limit`` deliveries, oldest first, counted as read.
+
+        :param limit: the most taken.
+        :return: them (a closed channel's are dropped: the server requeued them).
+        """
+        chunk: list[Delivery] = []
+        unread, read = self.unread, self.channels.read
+        while unread and len(chunk) < limit:
+            delivery = unread.popleft()
+            if delivery.handle is None or read(*delivery.handle):
+                chunk.append(delivery)
+        return chunk
+
+    def take_all(self) -> list[Delivery]:
+        """Every delivery not read (a stop gives them back).
+
+        :return: them, in order.
+        """
+        unread = list(self.unread)
+        self.unread.clear()
+        return unread

@@ -1,0 +1,63 @@
+"""Acks of batched messages: one controller per message, sent many at a time.
+
+Each message has its own ``AckController`` (acked at most once, by
+taskiq's ``ack`` or by the lifecycle at its ack type's step); the
+lifecycle acks the messages due at one step together, in one round trip
+of the transport.
+"""
+
+import logging
+from collections.abc import Sequence
+
+from taskiq.acks import AckController, AcknowledgeType
+
+from taskiq_batching.core.buffer import Held
+from taskiq_batching.error_texts import describe
+from taskiq_batching.transports.base import Delivery, Transport
+
+logger = logging.getLogger("taskiq_batching")
+
+
+class MessageAck(AckController):
+    """A message's one ack controller: acked at most once, alone or in bulk.
+
+    :param transport: acks it.
+    :param delivery: the delivery it acknowledges.
+    """
+
+    def __init__(self, transport: Transport, delivery: Delivery) -> None:
+        self.transport = transport
+        self.delivery = delivery
+        # taskiq's own constructor runs too: what a newer taskiq sets up there
+        # (its PR #640 adds ``_ack_progress``) exists on batched messages, and
+        # its ``ack`` (at most once) calls this message's own ack.
+        super().__init__(self._ack_delivery)
+
+    async def _ack_delivery(self) -> None:
+        await self.transport.ack([self.delivery.handle])
+
+
+async def ack_due(
+    transport: Transport | None, held: Sequence[Held], when: AcknowledgeType
+) -> None:
+    """Ack, in one round trip, the messages due now and not acked yet.
+
+    A failed ack is logged: unacked, the messages will be delivered again.
+
+    :param transport: acks them (None: messages without acks).
+    :param held: messages at one step of their lifecycle.
+    :param when: the step: messages of this ack type are due.
+    """
+    due: list[MessageAck] = []
+    for one in held:
+        ack = one.ack
+        if one.ack_type is when and isinstance(ack, MessageAck) and not ack.is_acked:
+            ack.is_acked = True  # before the await: never acked twice
+            due.append(ack)
+    if not due or transport is None:
+        return
+    try:
+        await transport.ack([ack.delivery.handle for ack in due])
+    except Exception as exc:
+        # Unacked, they will be delivered again: at least once.
+        logger.error("taskiq_batching: %d ack(s) failed: %s", len(due), describe(exc))

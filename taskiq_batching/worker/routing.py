@@ -1,0 +1,125 @@
+"""Routing: where each delivery the pump reads goes.
+
+A read is a chunk of deliveries. Each one is decoded once and goes to one
+of three places, in the order read:
+
+* taken: a batched message whose task has room (``Admission``), for its
+  buffer;
+* parked: a batched message over its task's bounds, or behind its task's
+  parked ones (``parking.py``);
+* handed: anything else, to taskiq's Receiver, unchanged.
+
+On a broker without acks (a Redis list) a delivery read is gone from the
+broker: the router keeps at most the one the Receiver's pull takes and
+sizes the next read by what this one held (``MAX_UNACKED_CHUNK``).
+"""
+
+from collections import deque
+
+from taskiq import AsyncBroker
+
+from taskiq_batching.core.batcher import Batcher
+from taskiq_batching.core.buffer import Envelope
+from taskiq_batching.transports.base import Delivery
+from taskiq_batching.worker.decode import decode
+from taskiq_batching.worker.parking import Admission, Parking
+
+#: Most deliveries taken per read of a transport whose unread deliveries
+#: would be lost (a Redis list); the read size grows to it while reads
+#: hold only batched messages, and drops to 1 after one that did not.
+MAX_UNACKED_CHUNK = 100
+
+Parked = tuple[Envelope, Delivery]
+
+
+class Router:
+    """Sorts what the pump reads: taken, parked, or handed to the Receiver.
+
+    :param broker: the broker (decodes messages).
+    :param batcher: its batcher (which tasks are batched, their bounds).
+    :param acknowledges: the broker keeps a delivery until it is acked.
+    """
+
+    def __init__(
+        self, broker: AsyncBroker, batcher: Batcher, acknowledges: bool
+    ) -> None:
+        self.broker = broker
+        self.batcher = batcher
+        self.acknowledges = acknowledges
+        #: Deliveries for the Receiver, in order.
+        self.handoff: deque[Delivery] = deque()
+        self.parked = Parking(acknowledges)
+        #: Deliveries read so far (``--max-tasks-per-child``).
+        self.taken = 0
+        #: Deliveries asked for per read.
+        self.read_size = 1 if not acknowledges else MAX_UNACKED_CHUNK
+
+    def limit(self, max_tasks: int | None) -> int:
+        """How many deliveries the next read may take.
+
+        :param max_tasks: ``--max-tasks-per-child`` (None: no limit).
+        :return: the read's size; 0 once the worker has taken its share.
+        """
+        limit = self.read_size
+        if max_tasks is not None:
+            limit = min(limit, max_tasks - self.taken)
+        return max(limit, 0)
+
+    def sort(self, chunk: list[Delivery]) -> tuple[list[Parked], list[Delivery]]:
+        """Take a chunk's batched messages; hand the rest to the Receiver.
+
+        :param chunk: deliveries of one read.
+        :return: the messages taken (admitted), and the deliveries to give
+            back to the broker at once (see ``_keep_one_handed``).
+        """
+        taken: list[Parked] = []
+        handed_before = len(self.handoff)
+        admission = Admission(self.batcher)
+        for delivery in chunk:
+            envelope = decode(self.broker, delivery.data)
+            if envelope is None or envelope.task_name not in self.batcher.specs:
+                self.handoff.append(delivery)
+                continue
+            name = envelope.task_name
+            envelope.size = len(delivery.data)
+            # Behind its task's parked messages, if any: in order.
+            if name not in self.parked and admission.take(name, envelope.size):
+                taken.append((envelope, delivery))
+            else:
+                self.parked.park(name, delivery)
+        self.taken += len(chunk)
+        extra: list[Delivery] = []
+        if not self.acknowledges:
+            extra = self._keep_one_handed(handed_before, len(chunk))
+        return taken, extra
+
+    def _keep_one_handed(self, handed_before: int, read: int) -> list[Delivery]:
+        """On a broker without acks, what to give back: the Receiver cannot take it.
+
+        Such a broker forgets a message once delivered: keeping more than
+        this pull's one would read ahead of the Receiver.
+        """
+        extra = list(self.handoff)[handed_before + 1 :]
+        if len(self.handoff) > handed_before:
+            self.read_size = 1
+        elif read >= self.read_size:
+            self.read_size = min(2 * self.read_size, MAX_UNACKED_CHUNK)
+        for _ in extra:
+            self.handoff.pop()
+        self.taken -= len(extra)
+        return extra
+
+    def unpark(self) -> list[Parked]:
+        """Parked messages whose task has room now, in order within each task.
+
+        :return: them, decoded and admitted.
+        """
+        ready: list[Parked] = []
+        for _, delivery in list(self.parked.unpark(Admission(self.batcher))):
+            envelope = decode(self.broker, delivery.data)
+            if envelope is None:  # decoded when read: it cannot fail now
+                self.handoff.append(delivery)
+                continue
+            envelope.size = len(delivery.data)
+            ready.append((envelope, delivery))
+        return ready
