@@ -244,13 +244,14 @@ class SendManyError(BatchingError, SendTaskError):
     def __str__(self) -> str:
         return (
             f"{len(self.not_sent)} of {len(self.task_ids)} message(s) were not "
-            f"sent (positions {self.not_sent}) and {len(self.unknown)} may or "
-            f"may not have been (positions {self.unknown}); none was sent "
-            f"twice: {self.reason}"
+            f"sent (positions {_some(self.not_sent)}) and {len(self.unknown)} "
+            f"may or may not have been (positions {_some(self.unknown)}); none "
+            f"was sent twice: {self.reason}"
         )
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}{self.args!r}"
+        # The task_ids of a large send would fill a log line: the text says it.
+        return f"{type(self).__name__}({str(self)!r})"
 
 
 class ConsumerNameInUseError(BatchingError):
@@ -283,3 +284,11 @@ class ConsumerNameInUseError(BatchingError):
             "then picks a random one per process), or make it unique per "
             "process (e.g. add the pid; `--workers N` starts N processes)."
         )
+
+
+def _some(positions: list[int], shown: int = 10) -> str:
+    """At most ``shown`` positions, then how many more (for error texts)."""
+    if len(positions) <= shown:
+        return str(positions)
+    head = ", ".join(str(p) for p in positions[:shown])
+    return f"[{head}, ... {len(positions) - shown} more]"
