@@ -31,6 +31,8 @@ import contextlib
 import json
 import multiprocessing as mp
 import os
+import queue
+import signal
 import sys
 import threading
 import time
@@ -113,6 +115,8 @@ class Fleet:
         self.commands: dict[int, list[float]] = {}
         self.ready = 0
         self.received = 0
+        self.killed: int | None = None
+        self.killed_at = 0.0
         self._thread = threading.Thread(target=self._collect, daemon=True)
 
     def start(self) -> None:
@@ -121,8 +125,11 @@ class Fleet:
         self._thread.start()
 
     def _collect(self) -> None:
-        while len(self.commands) < len(self.procs):
-            kind, *rest = self.out.get()
+        while len(self.commands) < len(self.procs) - (self.killed is not None):
+            try:
+                kind, *rest = self.out.get(timeout=1)
+            except queue.Empty:
+                continue
             if kind == "ready":
                 self.ready += 1
             elif kind == "batch":
@@ -137,9 +144,21 @@ class Fleet:
         while not condition():
             if time.monotonic() > deadline:
                 raise TimeoutError(what)
-            if not all(proc.is_alive() for proc in self.procs):
+            if not all(p.is_alive() for p in self.procs if p.pid != self.killed):
                 raise RuntimeError(f"a worker died while waiting for {what}")
             await asyncio.sleep(0.05)
+
+    async def kill_after(self, seconds: float) -> None:
+        """kill -9 the process that started the latest batch, after ``seconds``."""
+        await asyncio.sleep(seconds)
+        self.killed = self.batches[-1].pid
+        self.killed_at = time.time()
+        os.kill(self.killed, signal.SIGKILL)
+
+    def failover(self) -> float:
+        """Seconds from the kill to the next batch of another process."""
+        after = [b.start for b in self.batches if b.start > self.killed_at]
+        return min(after, default=float("nan")) - self.killed_at
 
     def finish(self) -> None:
         self.stop.set()
@@ -180,10 +199,16 @@ async def measure(name: str, cfg: Config, workers: int, rate: float, args: Any) 
             total = args.drain
         began = time.time()
         fleet.go.set()
+        if args.kill_after:
+            killer = asyncio.create_task(fleet.kill_after(args.kill_after))
         if not args.drain:
             total = await send(producer, cfg, rate, args.duration)
         sent_for = time.time() - began
-        await fleet.until(lambda: fleet.received >= total, 120, "every batch")
+        if args.kill_after:
+            await killer
+            await _settle(fleet, total)
+        else:
+            await fleet.until(lambda: fleet.received >= total, 120, "every batch")
         idle_from = time.time() + 0.5
         await asyncio.sleep(args.idle + 0.5)
         idle_to = time.time()
@@ -195,7 +220,19 @@ async def measure(name: str, cfg: Config, workers: int, rate: float, args: Any) 
         await producer.close()
     window = (began, began + sent_for, idle_from, idle_to)
     figures = (fleet.batches, fleet.commands, cfg, total, window, rate)
-    return summarize(*figures, late_ms=args.slack_ms)
+    row = summarize(*figures, late_ms=args.slack_ms)
+    if args.kill_after:
+        row.update(failover_s=fleet.failover(), extra=fleet.received - total)
+    return row
+
+
+async def _settle(fleet: Fleet, total: int) -> None:
+    """After a kill: until every message came back, or 40 s without news."""
+    last, quiet = fleet.received, time.monotonic()
+    while fleet.received < total and time.monotonic() - quiet < 40:
+        await asyncio.sleep(0.2)
+        if fleet.received != last:
+            last, quiet = fleet.received, time.monotonic()
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -211,6 +248,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--keys", type=int, default=1)
     parser.add_argument("--drain", type=int, default=0, help="pre-load M messages")
     parser.add_argument("--idle", type=float, default=3.0)
+    parser.add_argument(
+        "--kill-after", type=float, default=0.0, help="kill -9 a worker after S s"
+    )
     parser.add_argument("--slack-ms", type=float, default=50.0)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     return parser.parse_args(argv)

@@ -69,7 +69,7 @@ class StreamToday(_RedisBase):
         while True:
             block = max(1, int(buffers.next_due() * 1000))
             report.count()
-            reply = await self.redis.xreadgroup(
+            reply: Any = await self.redis.xreadgroup(
                 GROUP, self.consumer, {stream: ">"}, self.cfg.batch_size, block
             )
             full = []
@@ -136,7 +136,12 @@ class _WaitBase(_RedisBase):
     async def _take_loop(self, report: Report) -> None:
         cfg = self.cfg
         keys = [f"{self.base}:keys", f"{self.base}:wake"]
-        args = [GROUP, self.consumer, cfg.batch_size, int(cfg.batch_timeout * 1000)]
+        args: list[Any] = [
+            GROUP,
+            self.consumer,
+            cfg.batch_size,
+            int(cfg.batch_timeout * 1000),
+        ]
         args += [int(cfg.slack * 1000), f"{self.base}:q:", SCAN]
         while True:
             report.count()
@@ -176,7 +181,7 @@ class StreamWait(_WaitBase):
 
     def _enqueue(self, pipe: Any, at: float, key: str, origin: int | None) -> None:
         fields = {"s": repr(at)} if origin is None else {"s": repr(at), "t": origin}
-        pipe.xadd(self.q(key), fields)  # type: ignore[arg-type]
+        pipe.xadd(self.q(key), fields)
 
     def _sent(self, item: Any) -> float:
         fields = dict(zip(item[1][::2], item[1][1::2], strict=True))
@@ -191,7 +196,7 @@ class StreamWait(_WaitBase):
         main = f"{self.base}:main"
         while True:
             report.count()
-            reply = await self.redis.xreadgroup(
+            reply: Any = await self.redis.xreadgroup(
                 GROUP, self.consumer, {main: ">"}, 100, int(self.cfg.idle_block * 1000)
             )
             for _, entries in reply:
@@ -222,10 +227,11 @@ class ListToday(_RedisBase):
             timeout = max(0.01, buffers.next_due())
             report.count()
             got = await self.redis.brpop([self.q("all")], timeout)
-            items = [got[1]] if got else []
+            items: list[Any] = [got[1]] if got else []
             if got:
                 report.count()
-                items += await self.redis.rpop(self.q("all"), self.cfg.batch_size) or []
+                more: Any = await self.redis.rpop(self.q("all"), self.cfg.batch_size)
+                items += more or []
             full = []
             for item in items:
                 at, key = item.decode().split("|")

@@ -103,11 +103,22 @@ def _line(row: dict[str, Any]) -> str:
     )
 
 
+def kills(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per run with a kill -9: failover time, messages over/under."""
+    return [
+        f"- kill -9: {row['mechanism']} N={row['workers']}: next batch by another "
+        f"process {row['failover_s']:.2f} s after the kill; received - sent = "
+        f"{row['extra']} (+: ran twice, -: lost)"
+        for row in rows
+        if "failover_s" in row
+    ]
+
+
 def markdown(raw: dict[str, Any], head: bool = True) -> str:
     """The table (``head``: with its header and the run's settings)."""
     lines = [_line(row) for row in raw["rows"]]
     if not head:
-        return "\n".join(lines)
+        return "\n".join(lines + kills(raw["rows"]))
     args = raw["args"]
     intro = (
         f"Run {raw.get('run_id', '?')}: batch_size {args['batch_size']}, "
@@ -116,5 +127,6 @@ def markdown(raw: dict[str, Any], head: bool = True) -> str:
         f"{args['slack_ms']} ms; cmd/s load: the whole fleet's."
     )
     out = [intro, "", COLUMNS, "|" + "---|" * (COLUMNS.count("|") - 1), *lines]
+    out += kills(raw["rows"])
     out += [f"- FAILED {error}" for error in raw.get("errors", [])]
     return "\n".join(out)
