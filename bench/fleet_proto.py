@@ -91,6 +91,10 @@ async def _worker(name: str, cfg: Config, out: Any, go: Any, stop: Any) -> None:
     await loop.run_in_executor(None, go.wait)
     task = asyncio.create_task(mechanism.work(report))
     await loop.run_in_executor(None, stop.wait)
+    if task.done() and not task.cancelled() and task.exception():
+        # a prototype that died is a defect: say so (its figures are void)
+        print(f"worker {os.getpid()} failed: {task.exception()!r}", file=sys.stderr)
+        out.put(("failed", os.getpid(), repr(task.exception())))
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):  # stopped
         await task
@@ -115,6 +119,7 @@ class Fleet:
         self.commands: dict[int, list[float]] = {}
         self.ready = 0
         self.received = 0
+        self.failures: list[str] = []
         self.killed: int | None = None
         self.killed_at = 0.0
         self._thread = threading.Thread(target=self._collect, daemon=True)
@@ -132,6 +137,8 @@ class Fleet:
                 continue
             if kind == "ready":
                 self.ready += 1
+            elif kind == "failed":
+                self.failures.append(rest[1])
             elif kind == "batch":
                 batch = Batch(**rest[0])
                 self.batches.append(batch)
@@ -221,6 +228,8 @@ async def measure(name: str, cfg: Config, workers: int, rate: float, args: Any) 
     window = (began, began + sent_for, idle_from, idle_to)
     figures = (fleet.batches, fleet.commands, cfg, total, window, rate)
     row = summarize(*figures, late_ms=args.slack_ms)
+    if fleet.failures:
+        raise RuntimeError(f"workers failed: {fleet.failures}")
     if args.kill_after:
         row.update(failover_s=fleet.failover(), extra=fleet.received - total)
     return row

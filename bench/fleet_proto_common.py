@@ -36,7 +36,7 @@ class Config:
     #: longest sleep while messages wait but no batch is due yet.
     poll: float = 0.02
     #: longest blocking call while nothing waits (the idle cost).
-    idle_block: float = 5.0
+    idle_block: float = 2.0
     #: NATS lease: pause after the server refused a pull (409).
     backoff: float = 0.25
     #: producer: messages go to the main queue (a producer without the plugin).

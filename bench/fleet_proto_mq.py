@@ -91,14 +91,11 @@ class NatsProto:
             if owed <= 0:
                 await self._pull(report, self.cfg.batch_size, 1.0)
                 owed = self.cfg.batch_size
-            try:
-                msg = await asyncio.wait_for(self.inbox.get(), buffers.next_due())
-            except asyncio.TimeoutError:
-                msg = None
             full = []
-            if msg is not None and _status(msg):
-                owed = 0
-            elif msg is not None:
+            for msg in await _arrived(self.inbox, buffers.next_due()):
+                if _status(msg):
+                    owed = 0
+                    continue
                 owed -= 1
                 key = msg.data.decode().split("|")[1]
                 if done := buffers.add(key, msg):
@@ -152,6 +149,17 @@ class NatsProto:
         await self.close()
 
 
+async def _arrived(inbox: "asyncio.Queue[Any]", timeout: float) -> list[Any]:
+    """What ``inbox`` holds now, or the first arrival within ``timeout``."""
+    try:
+        got = [await asyncio.wait_for(inbox.get(), timeout)]
+    except asyncio.TimeoutError:
+        return []
+    while not inbox.empty():
+        got.append(inbox.get_nowait())
+    return got
+
+
 def _status(msg: Any) -> str | None:
     """A pull request's status code (404/408/409), None for a message."""
     if msg.headers and "Status" in msg.headers:
@@ -200,12 +208,10 @@ class AmqpProto:
         await queue.consume(self._received)
         buffers = LocalBuffers(self.cfg)
         while True:
-            try:
-                msg = await asyncio.wait_for(self.inbox.get(), buffers.next_due())
-            except asyncio.TimeoutError:
-                msg = None
             full = []
-            if msg is not None:
+            # everything delivered so far, not one message at a time: a
+            # backlog (messages already due) then makes full batches
+            for msg in await _arrived(self.inbox, buffers.next_due()):
                 key = msg.body.decode().split("|")[1]
                 born = float(msg.headers["x-sent"]) if self.sac else None
                 if done := buffers.add(key, msg, born):

@@ -32,7 +32,8 @@ SCAN = 64
 class _RedisBase:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.redis: Redis = Redis.from_url(cfg.urls["redis"])
+        # no socket timeout: blocking reads last up to ``idle_block``
+        self.redis: Redis = Redis.from_url(cfg.urls["redis"], socket_timeout=None)
         self.base = "{" + cfg.prefix + "}"
         self.consumer = f"c{id(self)}-{time.monotonic_ns()}"
 
@@ -153,9 +154,19 @@ class _WaitBase(_RedisBase):
             elif reply[1] >= 0:
                 await asyncio.sleep(min(reply[1] / 1000, cfg.poll))
             else:  # nothing waits: block until a producer wakes us
-                report.count()
-                ms = int(cfg.idle_block * 1000)
-                await self.redis.xread({keys[1]: reply[2]}, count=1, block=ms)
+                await self._idle(report, keys[1], reply[2])
+
+    async def _idle(self, report: Report, wake: str, since: bytes) -> None:
+        """Block on the wake stream until an entry after ``since`` exists.
+
+        Nothing can wait without a wake after ``since`` (every send and
+        forward adds one in its MULTI), so a timeout needs no new check.
+        """
+        ms = int(self.cfg.idle_block * 1000)
+        while True:
+            report.count()
+            if await self.redis.xread({wake: since}, count=1, block=ms):
+                return
 
     def _sent(self, item: Any) -> float:
         raise NotImplementedError
