@@ -9,7 +9,8 @@
   its stream timestamp (the send time, from the ack subject), then pulls
   ``batch_size - 1`` more with ``expires`` = what is left of that message's
   ``batch_timeout``: the server ends the request when it is filled or at
-  the deadline.
+  the deadline; when nothing is left (a backlog), with ``no_wait``: what
+  the stream holds now, at once.
 * ``amqp-today``: every process consumes one queue (prefetch
   2 * batch_size) and buffers alone.
 * ``amqp-sac``: the same queue declared ``x-single-active-consumer``: the
@@ -67,8 +68,11 @@ class NatsProto:
         await nc.flush()
 
     async def _pull(self, report: Report, batch: int, expires: float) -> None:
+        """A pull request; ``expires`` 0: take only what is there (no_wait)."""
         report.count()
-        body = {"batch": batch, "expires": int(expires * 1e9)}
+        body: dict[str, Any] = {"batch": batch, "expires": int(expires * 1e9)}
+        if expires <= 0:
+            body = {"batch": batch, "no_wait": True}
         api = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{DURABLE}"
         await self.nc.publish(api, json.dumps(body).encode(), reply=self.reply)
 
@@ -114,10 +118,11 @@ class NatsProto:
                 continue
             msgs = [first]
             left = _stream_time(first) + cfg.batch_timeout - cfg.slack - time.time()
-            if cfg.batch_size > 1 and left > 0.002:
-                await self._pull(report, cfg.batch_size - 1, left)
+            if cfg.batch_size > 1:
+                # already due (a backlog): take what is there, at once
+                await self._pull(report, cfg.batch_size - 1, max(left, 0.0))
                 while len(msgs) < cfg.batch_size:
-                    msg = await self._next(left + 0.5)
+                    msg = await self._next(max(left, 0.0) + 0.5)
                     if msg is None or _status(msg):
                         break
                     msgs.append(msg)
