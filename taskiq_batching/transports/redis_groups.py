@@ -15,6 +15,7 @@ known — the stream was made again, trimmed past it, or nobody read
 anything yet — the group starts at the stream's beginning.
 """
 
+import hashlib
 from typing import Any
 
 from redis.exceptions import ResponseError
@@ -23,6 +24,19 @@ from taskiq_batching.transports.redis_holding import mark_key
 
 #: An entry id and its data (``data`` field), as read.
 Seen = tuple[bytes, bytes]
+
+
+def mark_of(entry_id: bytes, data: bytes) -> bytes:
+    """The fleet's mark for an entry: its id and a digest of its data.
+
+    A stream deleted and made again within one millisecond gives its new
+    entries the ids of old ones: the digest tells them apart.
+
+    :param entry_id: the entry's id.
+    :param data: its ``data`` field.
+    :return: ``<id>/<digest>``.
+    """
+    return entry_id + b"/" + _digest(data)
 
 
 def entry_order(entry_id: Any) -> tuple[int, int]:
@@ -70,17 +84,36 @@ async def restart_at(
     if seen is not None and await _holds(redis, stream, *seen):
         known.append(seen[0])
     mark = await redis.get(mark_key(stream, group))
-    if mark is not None and await _holds(redis, stream, _bytes(mark)):
-        known.append(_bytes(mark))
+    if mark is not None:
+        entry_id, _, digest = _bytes(mark).partition(b"/")
+        if await _holds(redis, stream, entry_id, digest=digest):
+            known.append(entry_id)
     return max(known, key=entry_order, default="0")
 
 
 async def _holds(
-    redis: Any, stream: str, entry_id: bytes, data: bytes | None = None
+    redis: Any,
+    stream: str,
+    entry_id: bytes,
+    data: bytes | None = None,
+    digest: bytes | None = None,
 ) -> bool:
-    """Whether the stream holds this entry (with this data): not made again."""
+    """Whether the stream holds this entry (this data): it was not made again."""
     found = await redis.xrange(stream, entry_id, entry_id, count=1)
-    return any(data is None or fields.get(b"data") == data for _, fields in found)
+    for _, fields in found:
+        held = (fields or {}).get(b"data")
+        if held is None:
+            continue
+        if data is not None and held != data:
+            continue
+        if digest is not None and _digest(held) != digest:
+            continue
+        return True
+    return False
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=8).hexdigest().encode()
 
 
 def describe_id(entry_id: Any) -> str:

@@ -47,6 +47,7 @@ from taskiq_batching.transports.redis_groups import (
     create_group,
     describe_id,
     entry_order,
+    mark_of,
 )
 from taskiq_batching.transports.redis_holding import Holding
 from taskiq_batching.transports.redis_replies import StreamReads, entries, lost_group
@@ -136,7 +137,9 @@ class StreamTransport:
             self.reclaim_interval or MAX_RECLAIM_INTERVAL,
             lambda: self._in_use,
             refresh=self.idle_ms is not None,
-            marks=lambda: {stream: seen[0] for stream, seen in self._last_seen.items()},
+            marks=lambda: {
+                stream: mark_of(*seen) for stream, seen in self._last_seen.items()
+            },
         )
 
     @property

@@ -11,7 +11,7 @@ import pytest
 from taskiq import BrokerMessage
 from taskiq_redis import RedisStreamBroker
 
-from taskiq_batching.transports.redis_groups import entry_order, restart_at
+from taskiq_batching.transports.redis_groups import entry_order, mark_of, restart_at
 from taskiq_batching.transports.redis_holding import mark_key
 from taskiq_batching.transports.redis_stream import StreamTransport
 from tests.unit.transports.conftest import CommandLog
@@ -63,7 +63,7 @@ async def test_a_tick_publishes_how_far_the_worker_read_only_when_it_moved(
     (newest, _), *_ = await redis.xrevrange("s", count=1)
     commands.clear()
     assert await transport.holding.tick() == 2  # the lease, the mark
-    assert await redis.get(MARK) == newest
+    assert await redis.get(MARK) == mark_of(newest, b"m2")
     commands.clear()
     assert await transport.holding.tick() == 1  # at rest: the lease only
     assert [args[0] for args in commands.named("SET")] == [transport.holding.key]
@@ -96,8 +96,12 @@ async def test_a_stream_made_again_is_read_from_its_start_despite_a_stale_mark(
     await kick(broker, "old", 2)
     (newest, _), *_ = await redis.xrevrange("s", count=1)
     await redis.delete("s")
-    await redis.set(MARK, newest)  # published late by a worker of before
+    # Published late by a worker of before. The new entries may get the old
+    # ids (made again within one millisecond): the mark's digest tells.
+    await redis.set(MARK, mark_of(newest, b"old1"))
     await kick(broker, "new", 2)
+    (again, _), *_ = await redis.xrevrange("s", count=1)
+    await redis.set(MARK, mark_of(again, b"old1"))  # the same id, surely
     assert await restart_at(redis, "s", GROUP, None) == "0"
     transport = StreamTransport(stream_broker(fake))
     assert await read(transport, 2) == [b"new0", b"new1"]
@@ -113,9 +117,12 @@ async def test_the_furthest_entry_known_is_where_the_group_restarts(
     await kick(broker, "m", 3)
     ids = [entry_id for entry_id, _ in await redis.xrange("s")]
     assert await restart_at(redis, "s", GROUP, None) == "0"
-    await redis.set(MARK, ids[1])
+    await redis.set(MARK, mark_of(ids[1], b"m1"))
     assert await restart_at(redis, "s", GROUP, (ids[0], b"m0")) == ids[1]
     assert await restart_at(redis, "s", GROUP, (ids[2], b"m2")) == ids[2]
     # This worker's entry made again with other data: only the mark counts.
     assert await restart_at(redis, "s", GROUP, (ids[2], b"other")) == ids[1]
+    # A mark whose entry holds other data now: not counted.
+    await redis.set(MARK, mark_of(ids[2], b"other"))
+    assert await restart_at(redis, "s", GROUP, (ids[0], b"m0")) == ids[0]
     await broker.shutdown()
