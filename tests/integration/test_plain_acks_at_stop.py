@@ -9,6 +9,7 @@ pending in the group) and nothing logged as a traceback.
 
 import shutil
 import signal
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,7 +105,10 @@ async def test_plain_tasks_running_at_a_stop_are_all_acked(
 
         await eventually(stopped_reading, 30, "the worker stopped reading")
         await log.rpush(f"{queue}:go", *range(TASKS))
-        worker.process.wait(30)
+        try:
+            worker.process.wait(30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the worker did not exit within 30 s:\n{worker.output()}")
         assert worker.process.returncode == 0, worker.output()
         ran = await log.llen(f"{queue}:ran")
         pending = (await stream.xpending(queue, "taskiq"))["pending"]
