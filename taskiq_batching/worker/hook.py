@@ -32,7 +32,7 @@ from taskiq_batching._compat import (
 )
 from taskiq_batching.core.batcher import Batcher
 from taskiq_batching.core.buffer import Envelope
-from taskiq_batching.settings import BATCH_LABEL
+from taskiq_batching.labels import BATCH_LABEL
 from taskiq_batching.tasks import adopt
 from taskiq_batching.tracing import tracer_for
 from taskiq_batching.transports import results_for, transport_for
