@@ -5,9 +5,9 @@ On a worker (``taskiq worker``, or taskiq's Receiver driven by a test),
 calls it is known (a ``BatchingReceiver`` says so itself, through
 ``listening_receiver``) or else found (``_compat.calling_receiver``, a
 look at the calling frames, for taskiq's default Receiver), its settings
-read, and the pump (``pump.py``) becomes its listener. The Receiver itself is left
-as it is: it only ever gets the deliveries of tasks the worker does not
-batch.
+read, and the pump (``pump.py``) becomes its listener. The Receiver
+itself is left as it is: it only ever gets the deliveries of tasks the
+worker does not batch.
 
 ``InMemoryBroker`` has no listener: ``kick`` calls its Receiver's
 callback directly; that callback is routed so that messages of batched
