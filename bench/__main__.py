@@ -24,7 +24,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from bench import broker_runs, report, suite
+from bench import broker_profiles, report, suite
 from bench.measure import delete_prefix
 from bench.procs import ROOT
 from bench.workloads import Env
@@ -158,7 +158,7 @@ async def main(args: argparse.Namespace) -> int:
     try:
         results = await suite.run_all(env, opts, pg_ok, seed)
         await suite.run_profile(env, opts, env.out / "profile", results)
-        await broker_runs.run_profiles(env, opts, results)
+        await broker_profiles.run_profiles(env, opts, results)
     finally:
         deleted = await delete_prefix(redis, f"tbbench-{run_id}")
         if deleted:

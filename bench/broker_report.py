@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import profile_owners
-from bench.report import cell, paired, stat, values
+from bench.figures import cell, paired, stat, values
 from bench.suite import Results
 
 #: (broker, plain workload, batched workload, profiled kind or None).

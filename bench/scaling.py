@@ -37,9 +37,9 @@ from redis.asyncio import Redis
 
 from bench import commandstats
 from bench import workloads as w
+from bench.figures import cell, stat
 from bench.measure import create_group, delete_prefix, preload
 from bench.procs import started
-from bench.report import cell, stat
 from bench.suite import log
 from bench.taskiq_app import build
 from bench.workloads import CpuMeter, Env, Metrics

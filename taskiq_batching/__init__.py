@@ -40,6 +40,7 @@ from taskiq_batching.mapping import (
 )
 from taskiq_batching.middleware import BatchingMiddleware
 from taskiq_batching.producer import deadline
+from taskiq_batching.receiver import BatchingReceiver
 from taskiq_batching.results import PerItem, per_item
 from taskiq_batching.settings import FlushReason
 from taskiq_batching.typed import BatchedTask, batch_task
@@ -57,6 +58,7 @@ __all__ = [
     "BatchedTask",
     "BatchingError",
     "BatchingMiddleware",
+    "BatchingReceiver",
     "ConsumerNameInUseError",
     "CountExceeded",
     "FlushReason",

@@ -5,7 +5,7 @@ from typing import Any
 from taskiq.kicker import AsyncKicker
 
 from taskiq_batching.core.signature import BatchSignature
-from taskiq_batching.settings import wire_labels
+from taskiq_batching.labels import wire_labels
 
 
 class BatchKicker(AsyncKicker[Any, Any]):

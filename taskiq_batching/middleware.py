@@ -13,7 +13,8 @@ from taskiq_batching.core.batcher import DEFAULT_MAX_CONCURRENT_BATCHES, Batcher
 from taskiq_batching.core.events import BatchObserver
 from taskiq_batching.core.statistics import Statistics, TaskStatistics
 from taskiq_batching.errors import BatchConfigError, MiddlewareMissingError
-from taskiq_batching.settings import BATCH_LABEL, FlushReason, wants_batching
+from taskiq_batching.labels import BATCH_LABEL, wants_batching
+from taskiq_batching.settings import FlushReason
 from taskiq_batching.tasks import adopt, batching_class
 from taskiq_batching.worker import hook, signals
 

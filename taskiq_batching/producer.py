@@ -40,7 +40,7 @@ from taskiq_batching._compat import (
     prepare_message,
 )
 from taskiq_batching.errors import BatchConfigError, SendManyError
-from taskiq_batching.settings import wire_labels
+from taskiq_batching.labels import wire_labels
 from taskiq_batching.transports import Transport, transport_for
 
 #: Turns prepared arguments into what ``TaskiqMessage.model_dump(mode="json")``

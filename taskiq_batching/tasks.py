@@ -11,14 +11,15 @@ from taskiq import AsyncBroker, AsyncTaskiqDecoratedTask
 from taskiq.kicker import AsyncKicker
 
 from taskiq_batching import _compat
+from taskiq_batching.core.analysis import analyse
 from taskiq_batching.core.batcher import Batcher
-from taskiq_batching.core.signature import analyse
 from taskiq_batching.errors import (
     BatchConfigError,
     BatchingError,
     MiddlewareMissingError,
 )
 from taskiq_batching.kicker import BatchKicker
+from taskiq_batching.labels import wants_batching
 from taskiq_batching.mapping import (
     DEFAULT_CHUNK_SIZE,
     KillSwitch,
@@ -27,10 +28,7 @@ from taskiq_batching.mapping import (
     map_task,
 )
 from taskiq_batching.results import item_result_type
-from taskiq_batching.settings import (
-    parse_settings,
-    wants_batching,
-)
+from taskiq_batching.settings import parse_settings
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.validation import task_ack_type, task_timeout
 

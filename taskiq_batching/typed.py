@@ -14,16 +14,7 @@ from taskiq import AsyncBroker, AsyncTaskiqDecoratedTask, AsyncTaskiqTask
 from taskiq.kicker import AsyncKicker
 
 from taskiq_batching.errors import MiddlewareMissingError
-from taskiq_batching.mapping import (
-    DEFAULT_CHUNK_SIZE,
-    KillSwitch,
-    MapEntry,
-    MapOptions,
-    map_task,
-)
-from taskiq_batching.producer import send_many
-from taskiq_batching.results import PerItem
-from taskiq_batching.settings import (
+from taskiq_batching.labels import (
     BATCH_CONCURRENCY_LABEL,
     BATCH_COST_LABEL,
     BATCH_ISOLATE_LABEL,
@@ -39,6 +30,15 @@ from taskiq_batching.settings import (
     BATCH_TIMEOUT_LABEL,
     BATCH_WHERE_LABEL,
 )
+from taskiq_batching.mapping import (
+    DEFAULT_CHUNK_SIZE,
+    KillSwitch,
+    MapEntry,
+    MapOptions,
+    map_task,
+)
+from taskiq_batching.producer import send_many
+from taskiq_batching.results import PerItem
 from taskiq_batching.tasks import batcher_of
 
 _Item = TypeVar("_Item")

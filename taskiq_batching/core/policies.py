@@ -20,7 +20,7 @@ from taskiq_batching.core.buffer import Held
 from taskiq_batching.core.keys import Unkeyable, batch_key, item_key
 from taskiq_batching.error_texts import error_text, shown
 from taskiq_batching.errors import BatchItemError
-from taskiq_batching.settings import BATCH_DEADLINE_LABEL
+from taskiq_batching.labels import BATCH_DEADLINE_LABEL
 from taskiq_batching.spec import BatchSpec
 
 

@@ -1,7 +1,9 @@
-"""What a batch function accepts: its item type, extra arguments and dependencies.
+"""What a batch function accepts, and a message's arguments checked against it.
 
-Analysed once, at registration, so that a function that cannot take a
-list fails there, and so that the worker never inspects it again.
+A ``BatchSignature`` is built once, when the task is declared
+(``analysis.py`` reads the function), so that the worker never inspects
+the function again: per message it only checks and converts the item and
+the extra arguments (``prepare``), as taskiq does for a plain task.
 
 An argument that does not fit fails its message with an error naming the
 argument, the field path and pydantic's error type, never the value (a
@@ -9,29 +11,19 @@ secret can be anywhere in it): the value is shown only when the worker
 opts in (``BatchingMiddleware(error_values=True)``).
 """
 
-import collections.abc
 import inspect
-import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import TypeAdapter
 from taskiq_dependencies import DependencyGraph
-from taskiq_dependencies.dependency import Dependency
 
 from taskiq_batching.error_texts import shown, validation_text
 from taskiq_batching.errors import (
     BatchArgumentError,
-    BatchConfigError,
     BatchItemError,
     ListSentAsItemError,
-)
-
-_LIST_ORIGINS = (list, collections.abc.Sequence, collections.abc.MutableSequence)
-_POSITIONAL = (
-    inspect.Parameter.POSITIONAL_ONLY,
-    inspect.Parameter.POSITIONAL_OR_KEYWORD,
 )
 
 
@@ -229,86 +221,6 @@ class BatchSignature:
             raise ArgumentError(
                 f"{what} is invalid: {validation_text(exc, values)}"
             ) from None
-
-
-def analyse(task_name: str, func: Callable[..., Any]) -> BatchSignature:
-    """Check that ``func`` can be a batch function and describe it.
-
-    :param task_name: used in error messages.
-    :param func: the function given to ``@broker.task(batch=True)``.
-    :raises BatchConfigError: when its first parameter cannot be a list.
-    :return: its batch signature.
-    """
-    where = f"batched task {task_name!r}"
-    try:
-        signature = inspect.signature(func)
-        hints = typing.get_type_hints(func, include_extras=True)
-    except (TypeError, ValueError, NameError) as exc:
-        raise BatchConfigError(f"{where}: cannot read its signature: {exc}") from exc
-    params = list(signature.parameters.values())
-    if not params or params[0].kind not in _POSITIONAL:
-        raise BatchConfigError(
-            f"{where}: the function's first parameter must be a positional "
-            "parameter that takes the list of items, e.g. "
-            "`async def f(items: list[int]) -> ...`.",
-        )
-    first = params[0]
-    item_adapter = _item_adapter(where, first.name, hints.get(first.name))
-    dependency_names = {p.name for p in params if _is_dependency(p)}
-    extras = [
-        param
-        for param in params[1:]
-        if param.name not in dependency_names
-        and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD)
-    ]
-    adapters = {
-        param.name: TypeAdapter(hints[param.name])
-        for param in extras
-        if hints.get(param.name, Any) is not Any
-    }
-    graph = DependencyGraph(func) if dependency_names else None
-    keywords = [p for p in extras if p.kind != p.POSITIONAL_ONLY]
-    return BatchSignature(
-        func=func,
-        items_name=first.name,
-        item_adapter=item_adapter,
-        positional=[p for p in extras if p.kind in _POSITIONAL],
-        keywords=keywords,
-        adapters=adapters,
-        dependencies=graph,
-        is_coroutine=inspect.iscoroutinefunction(func),
-        takes_more_args=any(p.kind == p.VAR_POSITIONAL for p in params),
-        takes_more_kwargs=any(p.kind == p.VAR_KEYWORD for p in params),
-        names=frozenset(p.name for p in keywords) | dependency_names,
-    )
-
-
-def _item_adapter(where: str, name: str, hint: Any) -> TypeAdapter[Any] | None:
-    if hint is None or hint is Any:
-        return None
-    bare = (
-        typing.get_args(hint)[0]
-        if typing.get_origin(hint) is typing.Annotated
-        else hint
-    )
-    origin = typing.get_origin(bare) or bare
-    if origin not in _LIST_ORIGINS:
-        raise BatchConfigError(
-            f"{where}: its first parameter {name!r} is annotated {hint!r}, "
-            "but a batch function receives a list of items: annotate it "
-            "list[T] (or Sequence[T]).",
-        )
-    element = typing.get_args(bare)
-    if not element or element[0] is Any:
-        return None
-    return TypeAdapter(element[0])
-
-
-def _is_dependency(param: inspect.Parameter) -> bool:
-    if isinstance(param.default, Dependency):
-        return True
-    metadata = getattr(param.annotation, "__metadata__", ())
-    return any(isinstance(meta, Dependency) for meta in metadata)
 
 
 def _fits(adapter: TypeAdapter[Any], value: Any) -> bool:

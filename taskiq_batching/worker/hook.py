@@ -2,10 +2,12 @@
 
 On a worker (``taskiq worker``, or taskiq's Receiver driven by a test),
 ``broker.listen()`` is wrapped for this broker instance: the Receiver that
-calls it is found (``_compat.calling_receiver``), its settings read, and
-the pump (``pump.py``) becomes its listener. The Receiver itself is left
-as it is: it only ever gets the deliveries of tasks the worker does not
-batch.
+calls it is known (a ``BatchingReceiver`` says so itself, through
+``listening_receiver``) or else found (``_compat.calling_receiver``, a
+look at the calling frames, for taskiq's default Receiver), its settings
+read, and the pump (``pump.py``) becomes its listener. The Receiver
+itself is left as it is: it only ever gets the deliveries of tasks the
+worker does not batch.
 
 ``InMemoryBroker`` has no listener: ``kick`` calls its Receiver's
 callback directly; that callback is routed so that messages of batched
@@ -13,11 +15,14 @@ tasks go through the same lifecycle, each sender waiting for its
 message to be finished, as taskiq's callback makes it wait.
 """
 
+import contextlib
 import logging
-from collections.abc import AsyncGenerator, Callable, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator
+from contextvars import ContextVar
 from typing import Any
 
 from taskiq import AsyncBroker, InMemoryBroker
+from taskiq.receiver import Receiver
 
 from taskiq_batching._compat import (
     calling_receiver,
@@ -27,7 +32,7 @@ from taskiq_batching._compat import (
 )
 from taskiq_batching.core.batcher import Batcher
 from taskiq_batching.core.buffer import Envelope
-from taskiq_batching.settings import BATCH_LABEL
+from taskiq_batching.labels import BATCH_LABEL
 from taskiq_batching.tasks import adopt
 from taskiq_batching.tracing import tracer_for
 from taskiq_batching.transports import results_for, transport_for
@@ -39,6 +44,39 @@ from taskiq_batching.worker.pump import Pump
 
 logger = logging.getLogger("taskiq_batching")
 
+#: The Receiver listening in this context, when it said so itself.
+_listening: ContextVar[Receiver | None] = ContextVar(
+    "taskiq_batching_listening_receiver", default=None
+)
+
+
+@contextlib.contextmanager
+def listening_receiver(receiver: Receiver) -> Iterator[None]:
+    """Make ``receiver`` the one that listens, in this context.
+
+    ``broker.listen()`` called from this context, or from a task started
+    in it, then serves ``receiver`` (when it is the receiver's broker):
+    no look at the calling frames.
+
+    :param receiver: the Receiver about to listen.
+    :return: a context manager; the previous value is restored on exit.
+    """
+    token = _listening.set(receiver)
+    try:
+        yield
+    finally:
+        _listening.reset(token)
+
+
+def handed_receiver(broker: AsyncBroker) -> Receiver | None:
+    """The Receiver that said it listens to ``broker``, in this context.
+
+    :param broker: the broker whose ``listen()`` is called.
+    :return: the Receiver, or None (then look at the calling frames).
+    """
+    receiver = _listening.get()
+    return receiver if receiver is not None and receiver.broker is broker else None
+
 
 def attach(broker: AsyncBroker, batcher: Batcher) -> None:
     """Hook the batcher into the broker's worker side.
@@ -49,7 +87,8 @@ def attach(broker: AsyncBroker, batcher: Batcher) -> None:
 
     # ``original`` (the broker's own listen) is set below, when this shadows it.
     def listen() -> AsyncGenerator[Any, None]:
-        receiver = calling_receiver()
+        # ``calling_receiver`` must be called here: it counts frames from this one.
+        receiver = handed_receiver(broker) or calling_receiver()
         _adopt_registered(broker)
         if receiver is None or not batcher.specs:
             if batcher.specs:

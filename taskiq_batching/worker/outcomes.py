@@ -19,7 +19,7 @@ from taskiq_batching.core.buffer import Held
 from taskiq_batching.core.call import FILTERED_LABEL, Outcome
 from taskiq_batching.error_texts import describe
 from taskiq_batching.errors import BatchResultError
-from taskiq_batching.settings import TASK_LABELS, wire_labels
+from taskiq_batching.labels import TASK_LABELS, wire_labels
 from taskiq_batching.transports.base import ResultWriter
 
 logger = logging.getLogger("taskiq_batching")

@@ -14,7 +14,7 @@ from taskiq.acks import AcknowledgeType
 from taskiq.exceptions import NoResultError
 
 from taskiq_batching import BatchInfo, batch_task, per_item
-from taskiq_batching.settings import TASK_LABELS
+from taskiq_batching.labels import TASK_LABELS
 from tests.behaviour.paths import Path, running
 
 pytestmark = pytest.mark.timeout(30)

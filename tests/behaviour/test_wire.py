@@ -11,7 +11,7 @@ import pytest
 from taskiq.kicker import AsyncKicker
 
 from taskiq_batching import batch_task
-from taskiq_batching.settings import TASK_LABELS
+from taskiq_batching.labels import TASK_LABELS
 from tests.behaviour.paths import Path, running
 
 pytestmark = pytest.mark.timeout(60)

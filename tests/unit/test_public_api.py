@@ -16,6 +16,7 @@ PUBLIC = [
     "BatchInfo",
     "BatchedTask",
     "BatchingMiddleware",
+    "BatchingReceiver",
     "batch_task",
     # Results of a batch.
     "PerItem",

@@ -17,14 +17,13 @@ from taskiq_batching import (
     MiddlewareMissingError,
     batch_task,
 )
+from taskiq_batching.labels import SETTING_LABELS, wants_batching
 from taskiq_batching.settings import (
     DEFAULT_BATCH_CONCURRENCY,
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_HELD_BYTES,
-    SETTING_LABELS,
     BatchSettings,
     parse_settings,
-    wants_batching,
 )
 from taskiq_batching.validation import seconds, task_ack_type, task_timeout
 from tests.helpers import Recorder, memory_broker

@@ -13,7 +13,7 @@ from taskiq import BrokerMessage, InMemoryBroker, TaskiqMessage, TaskiqMiddlewar
 from taskiq.kicker import AsyncKicker
 
 from taskiq_batching import BatchedTask, BatchingMiddleware, batch_task, deadline
-from taskiq_batching.settings import TASK_LABELS
+from taskiq_batching.labels import TASK_LABELS
 from tests.helpers import Recorder
 
 pytestmark = pytest.mark.timeout(30)

@@ -21,6 +21,12 @@ middleware without the patch knowing of it (a scan of the garbage
 collector's objects). Otherwise the test errors. A summary line ends the
 run; when ``TASKIQ_BATCHING_UPSTREAM_REPORT`` names a file, the same
 figures are written there as JSON for the runner scripts.
+
+With ``TASKIQ_BATCHING_UPSTREAM_RECEIVER=batching``, ``taskiq.receiver.Receiver``
+is ``BatchingReceiver`` (a counting subclass) for the whole run, so the
+suite's Receivers hand themselves to the plugin as under ``taskiq worker
+--receiver taskiq_batching:BatchingReceiver``; the report counts the
+Receivers built and the ``listen()`` calls served by that hand-off.
 """
 
 from __future__ import annotations
@@ -37,13 +43,17 @@ from typing import Any
 
 import pytest
 import taskiq
+import taskiq.receiver
 from taskiq.abc.broker import AsyncBroker
 
 import taskiq_batching
-from taskiq_batching import BatchingMiddleware
+from taskiq_batching import BatchingMiddleware, BatchingReceiver
+from taskiq_batching.worker import hook
 
 PROBE_TASK_NAME = "taskiq_batching_probe"
 REPORT_ENV = "TASKIQ_BATCHING_UPSTREAM_REPORT"
+#: ``batching``: the suite's Receivers are BatchingReceivers.
+RECEIVER_ENV = "TASKIQ_BATCHING_UPSTREAM_RECEIVER"
 _WRAPPED = "__taskiq_batching_upstream_wrapped__"
 #: Packages under test whose location the report gives, when imported.
 _REPORTED_PACKAGES = ("taskiq", "taskiq_batching", "taskiq_redis")
@@ -333,18 +343,70 @@ class Activation:
         }
 
 
+class ReceiverSwap:
+    """``taskiq.receiver.Receiver`` made a BatchingReceiver, and what it did."""
+
+    def __init__(self) -> None:
+        self.receiver = os.environ.get(RECEIVER_ENV) or "taskiq"
+        self.built = 0
+        self.handed = 0
+        self._originals: dict[str, Any] = {}
+
+    def install(self) -> None:
+        """Swap the class the suite imports, before its modules are imported."""
+        if self.receiver != "batching" or self._originals:
+            return
+        swap = self
+
+        class CountingBatchingReceiver(BatchingReceiver):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                swap.built += 1
+
+        handed_receiver = hook.handed_receiver
+
+        def counting_handed_receiver(broker: AsyncBroker) -> Any:
+            found = handed_receiver(broker)
+            swap.handed += found is not None
+            return found
+
+        self._originals = {
+            "receiver": taskiq.receiver.Receiver,
+            "hook": handed_receiver,
+        }
+        taskiq.receiver.Receiver = CountingBatchingReceiver  # type: ignore[misc]
+        hook.handed_receiver = counting_handed_receiver
+
+    def uninstall(self) -> None:
+        """Put taskiq's Receiver back."""
+        if self._originals:
+            taskiq.receiver.Receiver = self._originals.pop("receiver")  # type: ignore[misc]
+            hook.handed_receiver = self._originals.pop("hook")
+
+    def summary(self) -> dict[str, Any]:
+        """The figures of the swap, for the report."""
+        return {
+            "receiver": self.receiver,
+            "receivers_built": self.built,
+            "listens_handed_off": self.handed,
+        }
+
+
 ACTIVATION = Activation()
+SWAP = ReceiverSwap()
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
     """Patch before conftest files build brokers (``-p`` loading only)."""
     ACTIVATION.install()
+    SWAP.install()
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """Patch, when loaded too late for ``pytest_load_initial_conftests``."""
     ACTIVATION.install()
+    SWAP.install()
 
 
 @pytest.fixture(autouse=True)
@@ -374,11 +436,19 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     )
     for line in figures["middleware_removed_by_test"]:
         terminalreporter.write_line(f"middleware removed by the test: {line}")
+    swap = SWAP.summary()
+    terminalreporter.write_line(
+        f"Receiver: {swap['receiver']} ({swap['receivers_built']} "
+        f"BatchingReceiver(s) built, {swap['listens_handed_off']} listen() "
+        "call(s) served by the hand-off)",
+    )
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Write the report file, then undo the patch."""
     report = os.environ.get(REPORT_ENV)
     if report:
-        Path(report).write_text(json.dumps(ACTIVATION.summary(), indent=2))
+        figures = ACTIVATION.summary() | SWAP.summary()
+        Path(report).write_text(json.dumps(figures, indent=2))
     ACTIVATION.uninstall()
+    SWAP.uninstall()

@@ -45,6 +45,9 @@ PLUGIN_MODULE = "activate"
 #: Must equal ``activate.REPORT_ENV`` (not imported: that would import the
 #: package under test into the runner).
 REPORT_ENV = "TASKIQ_BATCHING_UPSTREAM_REPORT"
+#: Must equal ``activate.RECEIVER_ENV``: ``batching`` makes the suite's
+#: Receivers BatchingReceivers.
+RECEIVER_ENV = "TASKIQ_BATCHING_UPSTREAM_RECEIVER"
 #: Import names whose distribution is named differently.
 DISTRIBUTION_OF = {"yaml": "pyyaml", "dateutil": "python-dateutil", "zmq": "pyzmq"}
 _PR_SET_PDEATHSIG = 1
@@ -479,6 +482,11 @@ def plugin_problems(run: Run) -> list[str]:
         problems.append("tests ran, but the activate plugin activated no broker")
     if run.plugin.get("unpatched_brokers"):
         problems.append(f"brokers escaped the patch: {run.plugin['unpatched_brokers']}")
+    if run.plugin.get("receiver") == "batching" and run.plugin.get("tests", 0):
+        if not run.plugin.get("receivers_built"):
+            problems.append("no BatchingReceiver was built: the swap did not happen")
+        if not run.plugin.get("listens_handed_off"):
+            problems.append("no listen() was served by a BatchingReceiver's hand-off")
     return problems
 
 

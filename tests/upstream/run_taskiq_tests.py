@@ -1,11 +1,15 @@
 """Run taskiq's own ``tests/receiver`` with taskiq-batching active.
 
-``python -m tests.upstream.run_taskiq_tests [--without-plugin] [-- PYTEST ARGS]``
+``python -m tests.upstream.run_taskiq_tests [--without-plugin]
+[--receiver taskiq|batching|both] [-- PYTEST ARGS]``
 
 Downloads the source distribution of the installed taskiq version,
 unpacks its tests into a temporary directory, installs the test
 dependencies those tests lack, and runs pytest there with the activate
-plugin (or, with ``--without-plugin``, without it). Exit code: pytest's.
+plugin (or, with ``--without-plugin``, without it). With the plugin, the
+suite runs once per Receiver: taskiq's own (the plugin finds it by its
+frames) and ``BatchingReceiver`` (it hands itself to the plugin), both by
+default. Exit code: pytest's, the worst of the runs.
 """
 
 from __future__ import annotations
@@ -48,6 +52,42 @@ def download_sdist(version: str, dest: Path) -> Path:
     return archives[0]
 
 
+def receivers(args: argparse.Namespace) -> list[str]:
+    """The Receivers to run the suite with, one run each."""
+    if args.without_plugin:
+        return ["taskiq"]
+    return ["taskiq", "batching"] if args.receiver == "both" else [args.receiver]
+
+
+def run_once(root: Path, version: str, args: argparse.Namespace, receiver: str) -> int:
+    """Run the suite with one Receiver; return the run's exit code."""
+    env = {harness.RECEIVER_ENV: receiver}
+    run = harness.run_pytest(
+        root,
+        TARGETS,
+        with_plugin=not args.without_plugin,
+        timeout=args.timeout,
+        extra_args=args.pytest_args,
+        env=env,
+    )
+    alone = None
+    if args.isolate_failures:
+        alone = harness.isolate_failures(
+            root,
+            run,
+            with_plugin=not args.without_plugin,
+            timeout=args.timeout,
+            extra_args=args.pytest_args,
+            env=env,
+        )
+    return harness.finish(
+        run,
+        f"taskiq {version} tests/receiver, {receiver} Receiver",
+        with_plugin=not args.without_plugin,
+        alone=alone,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the suite; return pytest's exit code."""
     parser = argparse.ArgumentParser(
@@ -55,6 +95,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__.splitlines()[0],
     )
     harness.common_arguments(parser)
+    parser.add_argument(
+        "--receiver",
+        choices=("taskiq", "batching", "both"),
+        default="both",
+        help="the suite's Receiver: taskiq's, BatchingReceiver, or one run "
+        "of each (default); ignored with --without-plugin",
+    )
     args = parser.parse_args(argv)
     version = harness.installed_version("taskiq")
     harness.exit_on_sigterm()
@@ -66,28 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             count = harness.unpack(archive, root, harness.suite_files, strip=1)
         harness.log(f"unpacked {count} files of {sdist.name} into {root}")
         harness.ensure_test_dependencies(root, TARGETS, install=not args.no_install)
-        run = harness.run_pytest(
-            root,
-            TARGETS,
-            with_plugin=not args.without_plugin,
-            timeout=args.timeout,
-            extra_args=args.pytest_args,
-        )
-        alone = None
-        if args.isolate_failures:
-            alone = harness.isolate_failures(
-                root,
-                run,
-                with_plugin=not args.without_plugin,
-                timeout=args.timeout,
-                extra_args=args.pytest_args,
-            )
-        return harness.finish(
-            run,
-            f"taskiq {version} tests/receiver",
-            with_plugin=not args.without_plugin,
-            alone=alone,
-        )
+        codes = [
+            run_once(root, version, args, receiver) for receiver in receivers(args)
+        ]
+        return max(codes)
     finally:
         harness.remove_workdir(workdir, args.keep)
 

@@ -19,9 +19,9 @@ from taskiq_batching import (
     batch_task,
     per_item,
 )
+from taskiq_batching.core.analysis import analyse
 from taskiq_batching.core.buffer import Buffer, Envelope, Held
 from taskiq_batching.core.call import Outcome, RunOptions, run_batch
-from taskiq_batching.core.signature import analyse
 from taskiq_batching.settings import BatchSettings
 from taskiq_batching.spec import BatchSpec
 from tests.helpers import CountingMiddleware, memory_broker

@@ -10,7 +10,8 @@ from taskiq import Context, TaskiqDepends
 from taskiq.kicker import AsyncKicker
 
 from taskiq_batching import BatchConfigError, BatchInfo, BatchItemError, batch_task
-from taskiq_batching.core.signature import ArgumentError, analyse
+from taskiq_batching.core.analysis import analyse
+from taskiq_batching.core.signature import ArgumentError
 from tests.helpers import Recorder, memory_broker
 
 pytestmark = pytest.mark.timeout(30)

@@ -29,7 +29,7 @@ from taskiq_redis import (
 )
 
 from taskiq_batching import BatchInfo, BatchingMiddleware, batch_task
-from taskiq_batching.core.signature import analyse
+from taskiq_batching.core.analysis import analyse
 from taskiq_batching.settings import BatchSettings
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports import Transport, redis_common, redis_replies
