@@ -43,8 +43,22 @@ async def test_kill_9_of_a_worker_holding_messages_loses_nothing(
     await wait("the survivor reading", listed, 20, survivor)
     (first,) = await redis.xinfo_consumers(queue, "taskiq")
     victim = start_worker(config)
-    # At most 200 held by the survivor at a time: the victim gets its share.
-    sent += await send(broker, "collect", list(range(200, 2000)))
+    # The survivor alone drains 1,800 items in seconds, and a worker can take
+    # longer than that to start on a loaded machine: items go one at a time
+    # until the victim was served, then the rest at once.
+    trickled = 200
+
+    async def victim_listed() -> bool:
+        nonlocal trickled, sent
+        if len(await redis.xinfo_consumers(queue, "taskiq")) == 2:
+            return True
+        if trickled < 1000:
+            sent += await send(broker, "collect", [trickled])
+            trickled += 1
+        return False
+
+    await wait("the victim reading", victim_listed, 30, victim)
+    sent += await send(broker, "collect", list(range(trickled, 2000)))
 
     async def victim_holds() -> bool:
         held = await redis.xinfo_consumers(queue, "taskiq")
