@@ -41,8 +41,8 @@ from taskiq_batching._compat import (
 from taskiq_batching.errors import BatchConfigError, SendManyError
 from taskiq_batching.settings import wire_labels
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.waiting import key_of, routed, waiting_sender
-from taskiq_batching.waiting import sender as _sender
+from taskiq_batching.transports import Transport
+from taskiq_batching.waiting import key_of, routed, sender, waiting_sender
 
 #: Turns prepared arguments into what ``TaskiqMessage.model_dump(mode="json")``
 #: gives for them: the same field type, the same model settings.
@@ -51,6 +51,10 @@ _ARGS = TypeAdapter(list[Any], config=TaskiqMessage.model_config)
 
 def _implementing(broker: AsyncBroker, hook: str) -> list[TaskiqMiddleware]:
     return [m for m in broker.middlewares if overrides(m, hook)]
+
+
+def _sender(broker: AsyncBroker) -> Transport:
+    return sender(broker)
 
 
 async def send_many(

@@ -96,7 +96,7 @@ class StreamBatches:
         self.in_use = in_use
         self.idle_ms = idle_ms
         self.maxlen = maxlen
-        self._take: Any = self.redis.register_script(TAKE)
+        self._take: Any = None
         self._names: dict[str, TaskStreams] = {}
         #: Per wake stream, the last wake id seen: ``idle`` waits for a newer one.
         self._woken: dict[str, Any] = {}
@@ -143,6 +143,8 @@ class StreamBatches:
             max(room, 1),
             self.idle_ms or 0,
         ]
+        if self._take is None:
+            self._take = self.redis.register_script(TAKE)
         while True:
             try:
                 reply = await self._take(keys=[names.keys, names.wake], args=args)

@@ -8,7 +8,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +43,7 @@ def make_broker(
     return broker
 
 
-Collect = BatchedTask[int, [str], Coroutine[Any, Any, int]]
+Collect = BatchedTask[int, ..., Coroutine[Any, Any, int]]
 
 
 def declare(
@@ -64,8 +64,8 @@ def declare(
 
 
 def spec_of(task: Collect) -> BatchSpec:
-    spec = task.task.batch_spec
-    assert spec is not None
+    spec = getattr(task.task, "batch_spec", None)
+    assert isinstance(spec, BatchSpec)
     return spec
 
 
@@ -73,7 +73,7 @@ def spec_of(task: Collect) -> BatchSpec:
 class Source:
     """One worker's transport and its batch source."""
 
-    broker: RedisStreamBroker
+    broker: Any
     transport: StreamTransport
     batches: StreamBatches
     spec: BatchSpec
@@ -84,7 +84,7 @@ class Source:
         return self.batches.names(self.spec.task_name)
 
 
-def source(broker: RedisStreamBroker, spec: BatchSpec) -> Source:
+def source(broker: Any, spec: BatchSpec) -> Source:
     transport = StreamTransport(broker, wait_in_broker=True)
     assert transport.stream_batches is not None
     return Source(broker, transport, transport.stream_batches, spec)
@@ -95,15 +95,21 @@ def task_ids(batch: TakenBatch) -> list[str]:
 
 
 async def take_until(
-    src: Source, done: "asyncio.Event", ack: bool = True, room: int = 1
+    src: Source,
+    done: "asyncio.Event",
+    taken: Callable[[], None] = lambda: None,
+    room: int = 1,
 ) -> None:
-    """A taker loop as a worker runs it, until ``done`` is set."""
+    """A taker loop as a worker runs it, until ``done`` is set.
+
+    ``taken`` is called after each batch taken (and acked).
+    """
     while not done.is_set():
         got = await src.batches.take(src.spec, room)
         for batch in got.batches:
             src.taken.append((time.time(), batch))
-            if ack:
-                await src.transport.ack([d.handle for d in batch.deliveries])
+            await src.transport.ack([d.handle for d in batch.deliveries])
+            taken()
         if got.batches:
             continue
         if got.wait_seconds is not None:

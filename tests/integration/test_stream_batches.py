@@ -14,7 +14,6 @@ import pytest
 from redis.asyncio import Redis
 from taskiq import BrokerMessage
 
-from taskiq_batching.transports import redis_batches_send
 from taskiq_batching.transports.redis_batches import entry_ms
 from tests.integration.stream_batches import (
     Source,
@@ -56,14 +55,13 @@ async def _sources(
 async def _run(sources: list[Source], until: int, timeout: float = 30) -> None:
     done = asyncio.Event()
 
-    async def watch() -> None:
-        while len(all_ids(sources)) < until:
-            await asyncio.sleep(0.01)
-        done.set()
+    def taken() -> None:
+        if len(all_ids(sources)) >= until:
+            done.set()
 
-    takers = [asyncio.ensure_future(take_until(s, done)) for s in sources]
+    takers = [asyncio.ensure_future(take_until(s, done, taken)) for s in sources]
     try:
-        await asyncio.wait_for(watch(), timeout)
+        await asyncio.wait_for(done.wait(), timeout)
     finally:
         done.set()
         await asyncio.gather(*takers)
@@ -128,7 +126,7 @@ async def test_full_batches_when_redis_does_not_know_the_lag(
         stream = src.names.stream("-")
         await redis.xgroup_create(stream, src.transport.group, "0", mkstream=True)
         await task.kiq_many(range(120))
-        entries = await redis.xrange(stream, count=20)
+        entries: Any = await redis.xrange(stream, count=20)
         await redis.xdel(stream, *[entry_id for entry_id, _ in entries[5:15]])
         (group,) = await redis.xinfo_groups(stream)
         assert group["lag"] is None  # the case under test
@@ -138,7 +136,8 @@ async def test_full_batches_when_redis_does_not_know_the_lag(
         assert [len(t.batches[0].deliveries) for t in (first, second)] == [50, 50]
         assert {t.batches[0].reason for t in (first, second)} == {"size"}
         assert third.batches == []  # 10 wait for their deadline
-        assert third.wait_seconds is not None and third.wait_seconds > 20
+        assert third.wait_seconds is not None
+        assert third.wait_seconds > 20
     finally:
         await clean(redis, src.names, queue)
 
@@ -206,7 +205,8 @@ async def test_forwarding_keeps_the_send_time_and_acks_the_original_in_one_multi
         assert delivery.handle not in src.transport._in_use
         pending = await redis.xpending(queue, src.transport.group)
         assert pending["pending"] == 0  # the original is acked
-        ((_, fields),) = await redis.xrange(src.names.stream("-"))
+        found: Any = await redis.xrange(src.names.stream("-"))
+        ((_, fields),) = found
         assert fields[b"t"] == str(original_ms).encode()
         await _run([src], 1)
         ((started, batch),) = src.taken
@@ -280,8 +280,10 @@ async def test_kiq_and_kiq_many_send_to_the_tasks_streams_by_key(
         await task.kiq_many(range(3), tenant="a")
         await task.task.kicker().with_labels(queue_name=f"{queue}-other").kiq(2)
         names = src.names
-        keys = [k.decode() for k in await redis.zrange(names.keys, 0, -1)]
-        assert len(keys) == 2 and "-" in keys
+        members: Any = await redis.zrange(names.keys, 0, -1)
+        keys = [k.decode() for k in members]
+        assert len(keys) == 2
+        assert "-" in keys
         tenant = next(k for k in keys if k != "-")
         assert await redis.xlen(names.stream("-")) == 6
         assert await redis.xlen(names.stream(tenant)) == 3
@@ -296,7 +298,7 @@ async def test_kiq_and_kiq_many_send_to_the_tasks_streams_by_key(
 
 
 async def test_a_chunk_sent_again_adds_nothing(
-    redis_url: str, queue: str, redis: Redis
+    redis_url: str, queue: str, redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     producer = make_broker(redis_url, queue)
     task = declare(producer, 10, 1)
@@ -308,13 +310,11 @@ async def test_a_chunk_sent_again_adds_nothing(
         for i in range(3)
     ]
     try:
-        real = redis_batches_send.uuid.uuid4
-        redis_batches_send.uuid.uuid4 = lambda: uuid.UUID(int=1)  # type: ignore[assignment]
-        try:
-            for _ in range(2):  # the same marks: a retry of the same send
-                await src.batches.send(src.spec, messages, ["-"] * 3, once=True)
-        finally:
-            redis_batches_send.uuid.uuid4 = real  # type: ignore[assignment]
+        # The same marks twice: a retry of the same send.
+        monkeypatch.setattr(uuid, "uuid4", lambda: uuid.UUID(int=1))
+        for _ in range(2):
+            await src.batches.send(src.spec, messages, ["-"] * 3, once=True)
+        monkeypatch.undo()
         assert await redis.xlen(src.names.stream("-")) == 3
     finally:
         await clean(redis, src.names, queue)
