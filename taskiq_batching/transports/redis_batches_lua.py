@@ -98,13 +98,12 @@ local function full(stream, g)
     'COUNT', size) >= size
 end
 
-local function after_take(stream, g, entries)
-  local last = entries[#entries][1]
-  local next = redis.call('XRANGE', stream, '(' .. last, '+', 'COUNT', 1)
-  if #next == 0 then return end
-  local lag = g['lag'] and (tonumber(g['lag']) - #entries) or 0
-  local due = due_of(next[1])
-  if lag >= size or (due and due <= now) then consider(now)
+local function after_take(stream, entries)
+  local after = '(' .. entries[#entries][1]
+  local rest = redis.call('XRANGE', stream, after, '+', 'COUNT', size)
+  if #rest == 0 then return end
+  local due = due_of(rest[1])
+  if #rest >= size or (due and due <= now) then consider(now)
   elseif due then consider(due) end
 end
 
@@ -138,16 +137,23 @@ local function visit(key)
       local reason = 'timeout'
       if is_full then reason = 'size' end
       add(key, reason, got[1][2])
-      after_take(stream, g, got[1][2])
+      after_take(stream, got[1][2])
     end
   elseif due then
     consider(due)
   end
 end
 
-for _, key in ipairs(redis.call('ZRANGE', zset, 0, scan - 1)) do
-  if taken >= room then break end
+local keys = redis.call('ZRANGE', zset, 0, scan - 1)
+for _, key in ipairs(keys) do
+  if taken >= room then
+    consider(now)  -- keys left unvisited may be due: look again soon
+    break
+  end
   visit(key)
+end
+if #keys == scan and redis.call('ZCARD', zset) > scan then
+  consider(now + slack)  -- keys past the scan: their turn comes by rotation
 end
 local last = redis.call('XREVRANGE', wake, '+', '-', 'COUNT', 1)
 local wake_id = '0-0'

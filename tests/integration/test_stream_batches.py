@@ -318,3 +318,52 @@ async def test_a_chunk_sent_again_adds_nothing(
         assert await redis.xlen(src.names.stream("-")) == 3
     finally:
         await clean(redis, src.names, queue)
+
+
+async def test_a_live_holder_keeps_its_taken_entries_fresh(
+    redis_url: str, queue: str, redis: Redis
+) -> None:
+    broker = make_broker(redis_url, queue, idle_ms=60_000)
+    task = declare(broker, 3, 30)
+    src = source(broker, spec_of(task))
+    try:
+        await task.kiq_many(range(3))
+        got = await src.batches.take(src.spec, 1)
+        took_at = time.time()
+        await asyncio.sleep(0.3)  # the entries idle that long...
+        await src.transport.holding.tick()  # ...until the keep-fresh tick
+        stream = src.names.stream("-")
+        found: Any = await redis.xpending_range(
+            stream, src.transport.group, "-", "+", 10
+        )
+        since_take_ms = (time.time() - took_at) * 1000
+        assert len(found) == len(got.batches[0].deliveries) == 3
+        for entry in found:
+            assert entry["consumer"].decode() == src.transport.consumer
+            assert entry["time_since_delivered"] <= since_take_ms - 250
+    finally:
+        await src.transport.holding.stop()
+        await clean(redis, src.names, queue)
+
+
+async def test_one_take_gives_at_most_room_batches_each_of_another_key(
+    redis_url: str, queue: str, redis: Redis
+) -> None:
+    broker = make_broker(redis_url, queue)
+    task = declare(broker, 2, 30)
+    src = source(broker, spec_of(task))
+    try:
+        for tenant in ("a", "b", "c"):
+            await task.kiq_many(range(4), tenant=tenant)  # two batches each
+        got = await src.batches.take(src.spec, 2)
+        assert len(got.batches) == 2
+        assert len({b.key for b in got.batches}) == 2
+        assert got.wait_seconds == 0  # more are due now
+        rest = await src.batches.take(src.spec, 10)
+        assert len(rest.batches) == 3  # one per key: one each of a, b and c
+        assert len({b.key for b in rest.batches}) == 3
+        last = await src.batches.take(src.spec, 10)
+        assert len(last.batches) == 1
+        assert all(len(b.deliveries) == 2 for b in [*got.batches, *rest.batches])
+    finally:
+        await clean(redis, src.names, queue)
