@@ -168,21 +168,24 @@ class StreamBatches:
                 found[index + 2],
             )
             stream = names.stream(key)
+            place = (names, key)
+            in_use = self.in_use
             deliveries: list[Delivery] = []
             for entry_id, flat in entries:
-                fields = _fields(flat)
-                sent = fields.get(b"t")
-                handle = TaskEntry(
-                    stream,
-                    entry_id,
-                    names,
-                    key,
-                    int(sent) if sent is not None else entry_ms(entry_id),
-                )
-                if handle in self.in_use:
+                if len(flat) == 2:  # what a producer writes: data alone
+                    handle = TaskEntry(stream, entry_id, place)
+                    data = flat[1]
+                else:  # a forwarded entry: data and t
+                    fields = _fields(flat)
+                    sent = fields.get(b"t")
+                    handle = TaskEntry(
+                        stream, entry_id, place, None if sent is None else int(sent)
+                    )
+                    data = fields.get(b"data", b"")
+                if handle in in_use:
                     continue  # ours, still in use (claimed back after a stall)
-                self.in_use.add(handle)
-                deliveries.append(Delivery(fields.get(b"data", b""), handle))
+                in_use.add(handle)
+                deliveries.append(Delivery(data, handle))
             if deliveries:
                 batches.append(TakenBatch(key, deliveries, text_of(reason)))
         wait = None if int(nearest_ms) < 0 else int(nearest_ms) / 1000

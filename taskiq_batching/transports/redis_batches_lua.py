@@ -56,7 +56,9 @@ local function group_of(stream)
     if h['name'] == group then return h end
   end
   redis.call('XGROUP', 'CREATE', stream, group, '0')
-  return {['last-delivered-id'] = '0-0', ['pending'] = 0, ['lag'] = false}
+  -- at 0, every entry the stream holds is undelivered
+  return {['last-delivered-id'] = '0-0', ['pending'] = 0,
+    ['lag'] = redis.call('XLEN', stream)}
 end
 
 local function sent_of(entry)
@@ -98,9 +100,15 @@ local function full(stream, g)
     'COUNT', size) >= size
 end
 
-local function after_take(stream, entries)
+local function after_take(stream, g, entries)
   local after = '(' .. entries[#entries][1]
-  local rest = redis.call('XRANGE', stream, after, '+', 'COUNT', size)
+  local left
+  if g['lag'] then  -- known: no need to read what is left
+    left = tonumber(g['lag']) - #entries
+    if left >= size then return consider(now) end
+    if left <= 0 then return end
+  end
+  local rest = redis.call('XRANGE', stream, after, '+', 'COUNT', left and 1 or size)
   if #rest == 0 then return end
   local due = due_of(rest[1])
   if #rest >= size or (due and due <= now) then consider(now)
@@ -137,7 +145,7 @@ local function visit(key)
       local reason = 'timeout'
       if is_full then reason = 'size' end
       add(key, reason, got[1][2])
-      after_take(stream, got[1][2])
+      after_take(stream, g, got[1][2])
     end
   elseif due then
     consider(due)
@@ -187,4 +195,19 @@ end
 for i = 1, n do redis.call('ZADD', KEYS[2], 'NX', now, ARGV[2 + i]) end
 redis.call('XADD', KEYS[3], 'MAXLEN', '1', '*', 'w', '1')
 return (#ARGV - 3 - n) / 2
+"""
+
+#: Ack entries of a key stream and delete them, the ids sent once. KEYS:
+#: the stream; ARGV: the group, then the ids.
+ACK_DELETE = """
+local ids = {}
+for i = 2, #ARGV do
+  ids[#ids + 1] = ARGV[i]
+  if #ids == 1000 or i == #ARGV then
+    redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
+    redis.call('XDEL', KEYS[1], unpack(ids))
+    ids = {}
+  end
+end
+return #ARGV - 1
 """

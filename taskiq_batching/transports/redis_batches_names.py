@@ -37,30 +37,48 @@ class TaskEntry(tuple[str, bytes]):
     """The handle of an entry on a task's key stream: ``(stream, id)``.
 
     Equal to the plain tuple (the transport's acks and refreshes take it
-    as any entry), with what sending it back needs.
+    as any entry), with what sending it back needs: its task's names and
+    key (``place``, shared by a batch), and the time its deadline counts
+    from (``sent_ms``: its field ``t`` when forwarded, else its id's).
     """
 
-    names: TaskStreams
-    key: str
-    sent_ms: int
+    place: "tuple[TaskStreams, str]"
+    t_ms: int | None
 
     def __new__(
-        cls, stream: str, entry_id: bytes, names: TaskStreams, key: str, sent_ms: int
+        cls,
+        stream: str,
+        entry_id: bytes,
+        place: "tuple[TaskStreams, str]",
+        t_ms: int | None = None,
     ) -> "TaskEntry":
         """The handle.
 
         :param stream: the key stream.
         :param entry_id: the entry's id.
-        :param names: its task's names.
-        :param key: its key.
-        :param sent_ms: when it was sent (its deadline counts from it), ms.
+        :param place: its task's names and its key.
+        :param t_ms: its field ``t`` (a forwarded entry's send time), if any.
         :return: the handle.
         """
         entry = super().__new__(cls, (stream, entry_id))
-        entry.names = names
-        entry.key = key
-        entry.sent_ms = sent_ms
+        entry.place = place
+        entry.t_ms = t_ms
         return entry
+
+    @property
+    def names(self) -> "TaskStreams":
+        """Its task's names."""
+        return self.place[0]
+
+    @property
+    def key(self) -> str:
+        """Its key."""
+        return self.place[1]
+
+    @property
+    def sent_ms(self) -> int:
+        """When it was sent (its deadline counts from it), in ms."""
+        return entry_ms(self[1]) if self.t_ms is None else self.t_ms
 
 
 def entry_ms(entry_id: Any) -> int:

@@ -43,6 +43,7 @@ from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import BatchSource, Delivery
 from taskiq_batching.transports.generic import kick_each
 from taskiq_batching.transports.redis_batches import StreamBatches, TaskEntry
+from taskiq_batching.transports.redis_batches_lua import ACK_DELETE
 from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient, cancel
 from taskiq_batching.transports.redis_groups import (
     create_group,
@@ -339,9 +340,10 @@ class StreamTransport:
             return
         async with redis.pipeline(transaction=False) as pipe:
             for stream, ids in by_stream.items():
-                pipe.xack(stream, self.group, *ids)
                 if stream in deleted:
-                    pipe.xdel(stream, *ids)
+                    pipe.eval(ACK_DELETE, 1, stream, self.group, *ids)
+                else:
+                    pipe.xack(stream, self.group, *ids)
             await pipe.execute()
 
     async def _ack_one(self, entry: Entry) -> None:

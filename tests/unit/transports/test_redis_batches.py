@@ -56,16 +56,18 @@ def test_two_tasks_get_their_own_names() -> None:
 
 def test_a_task_entry_is_the_plain_entry_to_acks_and_refreshes() -> None:
     names = TaskStreams("q", "t")
-    entry = TaskEntry(names.stream("-"), b"5-1", names, "-", 3)
+    entry = TaskEntry(names.stream("-"), b"5-1", (names, "-"))
     assert entry == (names.stream("-"), b"5-1")
     assert entry in {(names.stream("-"), b"5-1")}
     stream, entry_id = entry
-    assert (stream, entry_id, entry.sent_ms, entry.key) == (
+    assert (stream, entry_id, entry.key, entry.names) == (
         names.stream("-"),
         b"5-1",
-        3,
         "-",
+        names,
     )
+    assert entry.sent_ms == 5  # its id's time
+    assert TaskEntry(stream, b"5-1", (names, "-"), 3).sent_ms == 3  # its t
     assert entry_ms(b"1700000000123-4") == 1700000000123
 
 
