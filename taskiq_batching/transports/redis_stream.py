@@ -23,6 +23,11 @@ entry read by this worker or, further, by the fleet (the mark its
 workers publish on their timer, ``redis_holding``), when the stream still
 holds that entry; otherwise (the stream was made again, or nobody read
 anything) at its start. Nothing sent after the loss is skipped.
+
+Batched tasks' messages may wait in Redis instead (``batches``, a
+``redis_batches.StreamBatches``): their entries are acked, released and
+kept fresh through this transport like any other, their handles naming
+the task's key stream; an acked one is deleted there too.
 """
 
 import logging
