@@ -20,6 +20,7 @@ deleted from its key's stream, so that a group created again at ``0``
 """
 
 import asyncio
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -27,6 +28,7 @@ from typing import Any
 from taskiq import BrokerMessage
 
 from taskiq_batching.core.broker_keys import NO_KEY
+from taskiq_batching.error_texts import describe
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import Delivery, Taken, TakenBatch
 from taskiq_batching.transports.redis_batches_lua import TAKE
@@ -39,6 +41,8 @@ from taskiq_batching.transports.redis_batches_names import (
 )
 from taskiq_batching.transports.redis_batches_send import Move, move, send
 from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient, cancel
+
+logger = logging.getLogger("taskiq_batching")
 
 #: Seconds a worker sleeps at most between two takes while messages wait
 #: but none is due, and the slack a deadline is taken early by.
@@ -147,7 +151,7 @@ class StreamBatches:
             self._take = self.redis.register_script(TAKE)
         while True:
             try:
-                reply = await self._take(keys=[names.keys, names.wake], args=args)
+                reply = await self._call(names, args)
             except TRANSIENT as exc:
                 # A reply lost after the script ran leaves its entries
                 # pending and unknown here: the next take claims them
@@ -156,6 +160,37 @@ class StreamBatches:
                 continue
             self.client.recovered()
             return self._taken(names, reply)
+
+    async def _call(self, names: TaskStreams, args: list[Any]) -> Any:
+        """The take script's reply; a take cancelled meanwhile loses nothing.
+
+        The script is not cancelled with its caller (it may have run on
+        the server already): it is waited for, and whatever it took is
+        given back, undelivered, before the cancellation goes on.
+        """
+        call = asyncio.ensure_future(
+            self._take(keys=[names.keys, names.wake], args=args)
+        )
+        try:
+            return await asyncio.shield(call)
+        except asyncio.CancelledError:
+            await self._give_back_reply(names, call)
+            raise
+
+    async def _give_back_reply(self, names: TaskStreams, call: Any) -> None:
+        try:
+            reply = await call
+            taken = self._taken(names, reply)
+            await self.give_back(
+                [d for batch in taken.batches for d in batch.deliveries]
+            )
+        except Exception as exc:
+            logger.warning(
+                "taskiq_batching: a cancelled take from %s could not give back "
+                "what it took (%s); it is taken over after idle_timeout",
+                names.keys,
+                describe(exc),
+            )
 
     def _taken(self, names: TaskStreams, reply: Any) -> Taken:
         nearest_ms, wake_id, *found = reply

@@ -179,6 +179,15 @@ SEND_ONCE = """
 local mark = redis.call('GET', KEYS[1])
 if mark == 'void' then return redis.error_reply('VOIDED this chunk was given up') end
 if mark then return 0 end
+-- nothing is written before every key is known to take its writes
+for i = 2, #KEYS do
+  local kind = redis.call('TYPE', KEYS[i])['ok']
+  local want = 'stream'
+  if i == 2 then want = 'zset' end
+  if kind ~= 'none' and kind ~= want then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' is a ' .. kind)
+  end
+end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 redis.call('SET', KEYS[1], 'sent', 'EX', ARGV[1])

@@ -14,7 +14,9 @@ import pytest
 from redis.asyncio import Redis
 from taskiq import BrokerMessage
 
+from taskiq_batching.errors import SendManyError
 from taskiq_batching.transports.redis_batches import entry_ms
+from taskiq_batching.transports.redis_batches_lua import TAKE
 from tests.integration.stream_batches import (
     Source,
     all_ids,
@@ -365,5 +367,54 @@ async def test_one_take_gives_at_most_room_batches_each_of_another_key(
         last = await src.batches.take(src.spec, 10)
         assert len(last.batches) == 1
         assert all(len(b.deliveries) == 2 for b in [*got.batches, *rest.batches])
+    finally:
+        await clean(redis, src.names, queue)
+
+
+async def test_a_cancelled_take_gives_back_what_it_took(
+    redis_url: str, queue: str, redis: Redis
+) -> None:
+    broker = make_broker(redis_url, queue)
+    task = declare(broker, 3, 30)
+    src = source(broker, spec_of(task))
+    try:
+        sent = [t.task_id for t in await task.kiq_many(range(3))]
+        src.batches._take = src.batches.redis.register_script(TAKE)
+        real = src.batches._take
+        ran, gate = asyncio.Event(), asyncio.Event()
+
+        async def slow_reply(**options: Any) -> Any:
+            reply = await real(**options)  # the server ran it...
+            ran.set()
+            await gate.wait()  # ...and its reply is on its way
+            return reply
+
+        src.batches._take = slow_reply
+        taking = asyncio.ensure_future(src.batches.take(src.spec, 1))
+        await ran.wait()
+        taking.cancel()
+        gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await taking
+        src.batches._take = real
+        assert not src.transport._in_use
+        got = await src.batches.take(src.spec, 1)
+        assert task_ids(got.batches[0]) == sent
+    finally:
+        await clean(redis, src.names, queue)
+
+
+async def test_a_chunk_for_a_key_of_another_type_is_refused_whole(
+    redis_url: str, queue: str, redis: Redis
+) -> None:
+    producer = make_broker(redis_url, queue)
+    task = declare(producer, 10, 1)
+    src = source(producer, spec_of(task))
+    try:
+        await redis.set(src.names.stream("-"), "not a stream")
+        with pytest.raises(SendManyError) as raised:
+            await task.kiq_many(range(3))
+        assert raised.value.not_sent == [0, 1, 2]
+        assert not await redis.exists(src.names.keys, src.names.wake)
     finally:
         await clean(redis, src.names, queue)
