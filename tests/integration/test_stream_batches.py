@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
-from taskiq import BrokerMessage
+from taskiq import BrokerMessage, TaskiqMessage, TaskiqMiddleware
 
 from taskiq_batching.errors import SendManyError
 from taskiq_batching.transports.redis_batches import entry_ms
@@ -416,5 +416,49 @@ async def test_a_chunk_for_a_key_of_another_type_is_refused_whole(
             await task.kiq_many(range(3))
         assert raised.value.not_sent == [0, 1, 2]
         assert not await redis.exists(src.names.keys, src.names.wake)
+    finally:
+        await clean(redis, src.names, queue)
+
+
+class Recording(TaskiqMiddleware):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def pre_send(self, message: TaskiqMessage) -> TaskiqMessage:
+        message.labels["stamp"] = "pre"
+        self.seen.append(f"pre:{message.task_id}")
+        return message
+
+    def post_send(self, message: TaskiqMessage) -> None:
+        self.seen.append(f"post:{message.task_id}")
+
+
+async def test_a_routed_kiq_sends_taskiqs_message_through_its_middlewares(
+    redis_url: str, queue: str, redis: Redis
+) -> None:
+    producer = make_broker(redis_url, queue)
+    recording = Recording()
+    producer.add_middlewares(recording)
+    task = declare(producer, 10, 1)
+    src = source(producer, spec_of(task))
+    try:
+        one = await task.kiq(5, tenant="x")
+        many = await task.kiq_many([6, 7], tenant="x")
+        assert recording.seen == [
+            f"{when}:{t.task_id}" for t in [one] for when in ("pre", "post")
+        ] + [f"pre:{t.task_id}" for t in many] + [f"post:{t.task_id}" for t in many]
+        members: Any = await redis.zrange(src.names.keys, 0, -1)
+        (key,) = [k.decode() for k in members]
+        found: Any = await redis.xrange(src.names.stream(key))
+        messages = [producer.formatter.loads(fields[b"data"]) for _, fields in found]
+        assert [m.task_id for m in messages] == [
+            one.task_id,
+            *(t.task_id for t in many),
+        ]
+        assert [m.args for m in messages] == [[5], [6], [7]]
+        assert {m.kwargs["tenant"] for m in messages} == {"x"}
+        assert {m.labels["stamp"] for m in messages} == {"pre"}
+        assert all(set(fields) == {b"data"} for _, fields in found)
     finally:
         await clean(redis, src.names, queue)
