@@ -22,7 +22,7 @@ deleted from its key's stream, so that a group created again at ``0``
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from taskiq import BrokerMessage
@@ -78,6 +78,8 @@ class StreamBatches:
         that they are refreshed and never claimed back by this worker).
     :param idle_ms: the broker's ``idle_timeout`` (None: never claim).
     :param maxlen: the broker's ``maxlen`` for its streams.
+    :param start: called before each take: the transport's lease on its
+        consumer name and its keep-fresh timer (``Holding.start``).
     """
 
     poll_seconds: float = POLL_SECONDS
@@ -91,6 +93,7 @@ class StreamBatches:
         in_use: set[Any],
         idle_ms: int | None,
         maxlen: int | None = None,
+        start: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.client = client
         self.redis: Any = client.redis
@@ -100,6 +103,7 @@ class StreamBatches:
         self.in_use = in_use
         self.idle_ms = idle_ms
         self.maxlen = maxlen
+        self._start = start
         self._take: Any = None
         self._names: dict[str, TaskStreams] = {}
         #: Per wake stream, the last wake id seen: ``idle`` waits for a newer one.
@@ -151,6 +155,8 @@ class StreamBatches:
             self._take = self.redis.register_script(TAKE)
         while True:
             try:
+                if self._start is not None:  # once: lease, keep-fresh timer
+                    await self._start()
                 reply = await self._call(names, args)
             except TRANSIENT as exc:
                 # A reply lost after the script ran leaves its entries

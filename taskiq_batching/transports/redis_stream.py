@@ -151,6 +151,7 @@ class StreamTransport:
                 self._in_use,
                 self.idle_ms,
                 getattr(broker, "maxlen", None),
+                start=lambda: self.holding.start(),
             )
         self.batches: BatchSource | None = self.stream_batches
         #: Per stream, the last entry read: its id and its data.
