@@ -36,11 +36,11 @@ from taskiq_batching.transports.redis_batches_names import (
     TaskEntry,
     TaskStreams,
     entry_ms,
-    slot_of,
     text_of,
 )
 from taskiq_batching.transports.redis_batches_send import Move, move, send
-from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient, cancel
+from taskiq_batching.transports.redis_batches_wake import Wakes
+from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -49,8 +49,6 @@ logger = logging.getLogger("taskiq_batching")
 POLL_SECONDS = 0.02
 #: Keys one take looks at (oldest first; a key taken goes to the back).
 SCAN_KEYS = 64
-#: Longest a wake read blocks, in ms (below redis-py's socket timeout).
-MAX_IDLE_BLOCK_MS = 2000
 
 __all__ = [
     "NO_KEY",
@@ -106,8 +104,7 @@ class StreamBatches:
         self._start = start
         self._take: Any = None
         self._names: dict[str, TaskStreams] = {}
-        #: Per wake stream, the last wake id seen: ``idle`` waits for a newer one.
-        self._woken: dict[str, Any] = {}
+        self.wakes = Wakes(client)
 
     def names(self, task_name: str) -> TaskStreams:
         """The names of a task's keys (made once).
@@ -200,7 +197,7 @@ class StreamBatches:
 
     def _taken(self, names: TaskStreams, reply: Any) -> Taken:
         nearest_ms, wake_id, *found = reply
-        self._woken[names.wake] = wake_id
+        self.wakes.seen[names.wake] = wake_id
         batches: list[TakenBatch] = []
         for index in range(0, len(found), 3):
             key, reason, entries = (
@@ -235,59 +232,14 @@ class StreamBatches:
     async def idle(self, specs: Sequence[BatchSpec], timeout_seconds: float) -> None:
         """Block until a send wakes one of these tasks, or the timeout.
 
-        One ``XREAD BLOCK`` on the tasks' wake streams (one per cluster
-        slot on a cluster: the tasks' streams live in different slots).
+        One ``XREAD BLOCK`` on the tasks' wake streams (``redis_batches_wake``).
 
         :param specs: the batched tasks.
         :param timeout_seconds: the longest wait (capped at 2 s).
         """
-        if not specs:
-            return
-        block_ms = max(1, min(int(timeout_seconds * 1000), MAX_IDLE_BLOCK_MS))
-        wakes = {
-            w: self._woken.get(w, "0-0")
-            for w in (self.names(s.task_name).wake for s in specs)
-        }
-        groups: list[dict[str, Any]] = [wakes]
-        if self.client.cluster:
-            by_slot: defaultdict[int, dict[str, Any]] = defaultdict(dict)
-            for wake, since in wakes.items():
-                by_slot[slot_of(wake)][wake] = since
-            groups = list(by_slot.values())
-        try:
-            if len(groups) == 1:
-                self._woke(await self.redis.xread(groups[0], count=1, block=block_ms))
-                return
-            await self._first_of(groups, block_ms)
-        except TRANSIENT as exc:
-            await self.client.pause_after(exc, "waiting for batched messages")
-
-    async def _first_of(self, groups: list[dict[str, Any]], block_ms: int) -> None:
-        reads = [
-            asyncio.ensure_future(self.redis.xread(group, count=1, block=block_ms))
-            for group in groups
-        ]
-        try:
-            done, _ = await asyncio.wait(reads, return_when=asyncio.FIRST_COMPLETED)
-            for read in done:
-                self._woke(read.result())
-        finally:
-            for read in reads:
-                await cancel(read)
-
-    def _woke(self, reply: Any) -> None:
-        """Remember the wake ids read, so the next wait is for newer ones."""
-        if not reply:
-            return
-        streams = reply.items() if isinstance(reply, dict) else reply
-        for stream, entries in streams:
-            found = (
-                entries[0]
-                if len(entries) == 1 and entries[0] and isinstance(entries[0][0], list)
-                else entries
-            )
-            if found:
-                self._woken[text_of(stream)] = found[-1][0]
+        if specs:
+            wakes = [self.names(spec.task_name).wake for spec in specs]
+            await self.wakes.wait(wakes, timeout_seconds)
 
     # --- moving messages in: sending, forwarding, giving back -----------
 

@@ -24,7 +24,11 @@ from taskiq_batching.transports.redis_stream import StreamTransport
 
 
 def make_broker(
-    url: str, queue: str, wait: bool = True, idle_ms: int = 600_000
+    url: str,
+    queue: str,
+    wait: bool = True,
+    idle_ms: int = 600_000,
+    protocol: int = 2,
 ) -> RedisStreamBroker:
     """A stream broker with the plugin, its own consumer name, the switch set.
 
@@ -38,6 +42,7 @@ def make_broker(
         queue_name=queue,
         consumer_name=f"c-{uuid.uuid4().hex[:8]}",
         idle_timeout=idle_ms,
+        protocol=protocol,
     )
     broker.add_middlewares(middleware)
     return broker

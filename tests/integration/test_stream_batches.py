@@ -45,11 +45,16 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
 
 
 async def _sources(
-    redis_url: str, queue: str, count: int, size: int, timeout: float | None
+    redis_url: str,
+    queue: str,
+    count: int,
+    size: int,
+    timeout: float | None,
+    protocol: int = 2,
 ) -> list[Source]:
     found = []
     for _ in range(count):
-        broker = make_broker(redis_url, queue)
+        broker = make_broker(redis_url, queue, protocol=protocol)
         found.append(source(broker, spec_of(declare(broker, size, timeout))))
     return found
 
@@ -69,10 +74,14 @@ async def _run(sources: list[Source], until: int, timeout: float = 30) -> None:
         await asyncio.gather(*takers)
 
 
+on_both_protocols = pytest.mark.parametrize("protocol", [2, 3], ids=["resp2", "resp3"])
+
+
+@on_both_protocols
 async def test_three_sources_take_whole_batches_and_nothing_twice(
-    redis_url: str, queue: str, redis: Redis
+    redis_url: str, queue: str, redis: Redis, protocol: int
 ) -> None:
-    sources = await _sources(redis_url, queue, 3, 50, 0.5)
+    sources = await _sources(redis_url, queue, 3, 50, 0.5, protocol)
     producer = make_broker(redis_url, queue)
     task = declare(producer, 50, 0.5)
     try:
@@ -171,10 +180,15 @@ async def test_a_lost_group_is_made_again_where_nothing_sent_since_is_skipped(
         await clean(redis, src.names, queue)
 
 
+@on_both_protocols
 async def test_forwarding_keeps_the_send_time_and_acks_the_original_in_one_multi(
-    redis_url: str, queue: str, redis: Redis, monkeypatch: pytest.MonkeyPatch
+    redis_url: str,
+    queue: str,
+    redis: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    protocol: int,
 ) -> None:
-    (src,) = await _sources(redis_url, queue, 1, 100, 0.3)
+    (src,) = await _sources(redis_url, queue, 1, 100, 0.3, protocol)
     plain = make_broker(redis_url, queue, wait=False)
     task = declare(plain, 100, 0.3)
     try:

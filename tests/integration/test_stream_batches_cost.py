@@ -77,8 +77,9 @@ async def test_an_idle_source_sends_one_command_per_block(server: RedisServer) -
         await observer.aclose()
 
 
-async def test_a_send_wakes_an_idle_source(server: RedisServer) -> None:
-    broker = make_broker(server.url, "tb-wake")
+@pytest.mark.parametrize("protocol", [2, 3], ids=["resp2", "resp3"])
+async def test_a_send_wakes_an_idle_source(server: RedisServer, protocol: int) -> None:
+    broker = make_broker(server.url, "tb-wake", protocol=protocol)
     task = declare(broker, 10, 0.5)
     src = source(broker, spec_of(task))
     await src.batches.take(src.spec, 1)
@@ -88,7 +89,7 @@ async def test_a_send_wakes_an_idle_source(server: RedisServer) -> None:
     await asyncio.wait_for(waiting, 5)
     # It returned with the send's wake (a timeout would leave it unseen).
     (wake_id,) = [entry_id for entry_id, _ in await src_wakes(src)]
-    assert src.batches._woken[src.names.wake] == wake_id
+    assert src.batches.wakes.seen[src.names.wake] == wake_id
     got = await src.batches.take(src.spec, 1)
     assert got.batches == []
     assert got.wait_seconds is not None  # it waits, not due yet

@@ -21,6 +21,8 @@ from taskiq_batching.transports.redis_batches import (
     entry_ms,
 )
 from taskiq_batching.transports.redis_batches_names import slot_of
+from taskiq_batching.transports.redis_batches_wake import Wakes
+from taskiq_batching.transports.redis_common import RedisClient
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -122,3 +124,18 @@ def test_other_brokers_have_no_batch_source() -> None:
         InMemoryBroker(),
     ):
         assert transport_for(broker).batches is None
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        [[b"w", [(b"7-1", {b"w": b"1"})]]],  # RESP2
+        {b"w": [[(b"7-1", {b"w": b"1"})]]},  # RESP3: one list more
+        [[b"w", [[b"7-1", [b"w", b"1"]]]]],  # unparsed
+    ],
+    ids=["resp2", "resp3", "raw"],
+)
+def test_a_wait_remembers_the_wake_id_read_whatever_the_protocol(reply: object) -> None:
+    wakes = Wakes(RedisClient(RedisStreamBroker("redis://localhost:6379/0")))
+    wakes._read(reply)
+    assert wakes.seen == {"w": b"7-1"}
