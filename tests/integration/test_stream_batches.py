@@ -14,6 +14,7 @@ import pytest
 from redis.asyncio import Redis
 from taskiq import BrokerMessage, TaskiqMessage, TaskiqMiddleware
 
+from taskiq_batching.core.broker_keys import broker_key
 from taskiq_batching.errors import SendManyError
 from taskiq_batching.transports.redis_batches import entry_ms
 from taskiq_batching.transports.redis_batches_lua import TAKE
@@ -475,5 +476,24 @@ async def test_a_routed_kiq_sends_taskiqs_message_through_its_middlewares(
         assert {m.kwargs["tenant"] for m in messages} == {"x"}
         assert {m.labels["stamp"] for m in messages} == {"pre"}
         assert all(set(fields) == {b"data"} for _, fields in found)
+        # A worker forwarding a plain producer's copy names the same key.
+        assert broker_key(messages[0].args[1:], messages[0].kwargs) == key
+    finally:
+        await clean(redis, src.names, queue)
+
+
+async def test_batch_key_values_wait_under_their_own_keys(
+    redis_url: str, queue: str, redis: Redis
+) -> None:
+    producer = make_broker(redis_url, queue)
+    task = declare(producer, 10, 1, batch_key=lambda item: item % 2)
+    src = source(producer, spec_of(task))
+    try:
+        await task.kiq_many(range(6))
+        await task.kiq(7)
+        members: Any = await redis.zrange(src.names.keys, 0, -1)
+        keys = sorted(k.decode() for k in members)
+        lengths = sorted([await redis.xlen(src.names.stream(k)) for k in keys])
+        assert lengths == [3, 4]  # even items, odd items
     finally:
         await clean(redis, src.names, queue)
