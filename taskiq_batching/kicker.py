@@ -6,6 +6,8 @@ from taskiq.kicker import AsyncKicker
 
 from taskiq_batching.core.signature import BatchSignature
 from taskiq_batching.labels import wire_labels
+from taskiq_batching.spec import BatchSpec
+from taskiq_batching.waiting import kiq_waiting, waiting_sender
 
 
 class BatchKicker(AsyncKicker[Any, Any]):
@@ -16,12 +18,20 @@ class BatchKicker(AsyncKicker[Any, Any]):
     ``kiq_many`` all check their item before anything is sent, and send
     no task settings (``wire_labels``).
 
+    With ``BatchingMiddleware(wait_in_broker=True)`` on a broker where
+    batched messages wait (a taskiq-redis stream broker), ``kiq`` sends to
+    the task's own queue (``waiting.py``).
+
     :param kicker: the kicker taskiq made for the task.
     :param signature: the batch function's signature.
+    :param spec: the task's spec (None: always sent the plain way).
     """
 
     def __init__(
-        self, kicker: AsyncKicker[Any, Any], signature: BatchSignature
+        self,
+        kicker: AsyncKicker[Any, Any],
+        signature: BatchSignature,
+        spec: BatchSpec | None = None,
     ) -> None:
         super().__init__(
             task_name=kicker.task_name,
@@ -30,6 +40,7 @@ class BatchKicker(AsyncKicker[Any, Any]):
             return_type=kicker.return_type,
         )
         self.signature = signature
+        self.spec = spec
 
     def with_labels(self, **labels: Any) -> "BatchKicker":
         """Add labels of this message (see taskiq's ``AsyncKicker.with_labels``).
@@ -53,4 +64,7 @@ class BatchKicker(AsyncKicker[Any, Any]):
         """
         if args:
             self.signature.check_one_item(self.task_name, args[0])
+        source = waiting_sender(self.broker, self.spec)
+        if source is not None and self.spec is not None:
+            return await kiq_waiting(self, source, self.spec, args, kwargs)
         return await super().kiq(*args, **kwargs)

@@ -16,7 +16,6 @@ that the bytes equal ``formatter.dumps`` of what ``kiq`` builds.
 import datetime
 import math
 import time
-import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -41,27 +40,21 @@ from taskiq_batching._compat import (
 )
 from taskiq_batching.errors import BatchConfigError, SendManyError
 from taskiq_batching.labels import wire_labels
-from taskiq_batching.transports import Transport, transport_for
+from taskiq_batching.spec import BatchSpec
+from taskiq_batching.transports import Transport
+from taskiq_batching.waiting import key_of, routed, sender, waiting_sender
 
 #: Turns prepared arguments into what ``TaskiqMessage.model_dump(mode="json")``
 #: gives for them: the same field type, the same model settings.
 _ARGS = TypeAdapter(list[Any], config=TaskiqMessage.model_config)
 
-#: The transport each broker sends with (made once per broker).
-_senders: "weakref.WeakKeyDictionary[AsyncBroker, Transport]" = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _sender(broker: AsyncBroker) -> Transport:
-    sender = _senders.get(broker)
-    if sender is None:
-        sender = _senders[broker] = transport_for(broker)
-    return sender
-
 
 def _implementing(broker: AsyncBroker, hook: str) -> list[TaskiqMiddleware]:
     return [m for m in broker.middlewares if overrides(m, hook)]
+
+
+def _sender(broker: AsyncBroker) -> Transport:
+    return sender(broker)
 
 
 async def send_many(
@@ -105,7 +98,7 @@ async def send_many(
         messages = []
         task_ids, encoded = _encode(broker, template, items[1:], kicker)
     try:
-        await _sender(broker).send(encoded)
+        await _send(kicker, template, items, messages, encoded)
     except SendManyError:
         raise  # says which messages were not sent (none was sent twice)
     except Exception as exc:
@@ -121,6 +114,34 @@ async def send_many(
         )
         for task_id in task_ids
     ]
+
+
+async def _send(
+    kicker: AsyncKicker[Any, Any],
+    template: TaskiqMessage,
+    items: list[Any],
+    messages: list[TaskiqMessage],
+    encoded: list[BrokerMessage],
+) -> None:
+    """Send the messages where the task's messages wait, or the plain way."""
+    broker = kicker.broker
+    spec: BatchSpec | None = getattr(kicker, "spec", None)
+    source = waiting_sender(broker, spec)
+    if spec is None or source is None or not routed(broker, template.labels):
+        await _sender(broker).send(encoded)
+        return
+    if messages:  # built one by one: middlewares may have changed each
+        keys = [
+            key_of(spec, item, message.args[1:], message.kwargs)
+            for item, message in zip(items, messages, strict=True)
+        ]
+    elif spec.settings.key is None:  # the same arguments after every item
+        keys = [key_of(spec, None, template.args[1:], template.kwargs)] * len(items)
+    else:
+        keys = [
+            key_of(spec, item, template.args[1:], template.kwargs) for item in items
+        ]
+    await source.send(spec, encoded, keys, once=True)
 
 
 async def _message(

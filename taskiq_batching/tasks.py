@@ -98,7 +98,7 @@ class BatchingDecoratedTask(AsyncTaskiqDecoratedTask[Any, Any]):
         kicker = super().kicker()
         if self.batch_spec is None:
             return kicker
-        return BatchKicker(kicker, self.batch_spec.signature)
+        return BatchKicker(kicker, self.batch_spec.signature, self.batch_spec)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the function in this process (a batch function: with a list)."""

@@ -5,7 +5,7 @@ serves the brokers of one library (``redis_stream`` and ``redis_list``
 for taskiq-redis, ``amqp`` for taskiq-aio-pika, ``nats`` for taskiq-nats)
 and is imported only for a broker of that library, so a RabbitMQ user
 never imports redis. A new broker is supported by adding a module with
-``transport_for(broker, listen)`` (and ``results_for(backend)`` for a
+``transport_for(broker, listen, wait_in_broker)`` (and ``results_for(backend)`` for a
 result backend) and naming it here. Anything else uses the generic transport.
 """
 
@@ -15,10 +15,26 @@ from typing import Any
 
 from taskiq import AckableMessage, AsyncBroker, AsyncResultBackend
 
-from taskiq_batching.transports.base import Delivery, ResultWriter, Transport
+from taskiq_batching.transports.base import (
+    BatchSource,
+    Delivery,
+    ResultWriter,
+    Taken,
+    TakenBatch,
+    Transport,
+)
 from taskiq_batching.transports.generic import GenericResults, GenericTransport
 
-__all__ = ["Delivery", "ResultWriter", "Transport", "results_for", "transport_for"]
+__all__ = [
+    "BatchSource",
+    "Delivery",
+    "ResultWriter",
+    "Taken",
+    "TakenBatch",
+    "Transport",
+    "results_for",
+    "transport_for",
+]
 
 #: Transport modules by the top-level package of a broker's class.
 _TRANSPORTS: dict[str, tuple[str, ...]] = {
@@ -34,15 +50,21 @@ _RESULTS: dict[str, tuple[str, ...]] = {
 Listen = Callable[[], AsyncGenerator[bytes | AckableMessage, None]]
 
 
-def transport_for(broker: AsyncBroker, listen: Listen | None = None) -> Transport:
+def transport_for(
+    broker: AsyncBroker, listen: Listen | None = None, wait_in_broker: bool = True
+) -> Transport:
     """The transport for a broker.
 
     :param broker: any taskiq broker.
     :param listen: its own ``listen`` (before the worker hook wrapped it).
+    :param wait_in_broker: let batched tasks' messages wait in the broker
+        where it can (the transport's ``batches`` source); False: none.
     :return: its library's transport, or the generic one.
     """
     for module in _modules(_TRANSPORTS, broker):
-        transport: Transport | None = module.transport_for(broker, listen)
+        transport: Transport | None = module.transport_for(
+            broker, listen, wait_in_broker=wait_in_broker
+        )
         if transport is not None:
             return transport
     return GenericTransport(broker, listen)

@@ -52,7 +52,7 @@ from taskiq_batching._compat import (
 from taskiq_batching.error_texts import describe
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.amqp_inbox import Inbox
-from taskiq_batching.transports.base import Delivery, finished_read
+from taskiq_batching.transports.base import BatchSource, Delivery, finished_read
 from taskiq_batching.transports.generic import GenericTransport, kick_each
 
 logger = logging.getLogger("taskiq_batching")
@@ -69,12 +69,13 @@ Handle = tuple[Any, int, str]
 
 
 def transport_for(
-    broker: AsyncBroker, listen: Any = None
+    broker: AsyncBroker, listen: Any = None, wait_in_broker: bool = True
 ) -> "AmqpTransport | GenericTransport | None":
     """The AMQP transport, for an ``AioPikaBroker`` that listens as shipped.
 
     :param broker: any broker.
     :param listen: its own ``listen``.
+    :param wait_in_broker: unused: batched messages are read and buffered.
     :return: the transport; the broker's own listener (with the channel's
         prefetch known) when its class overrides ``listen``; None for
         other brokers.
@@ -93,6 +94,7 @@ class AmqpTransport:
     """
 
     name = "amqp"
+    batches: "BatchSource | None" = None
     acknowledges = True
     reclaim_interval: float | None = None
 

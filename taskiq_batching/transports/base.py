@@ -34,6 +34,68 @@ class Delivery:
     original: bytes | AckableMessage | None = None
 
 
+@dataclass(slots=True)
+class TakenBatch:
+    """A whole batch of one batched task, taken from where it waited in the broker.
+
+    :param key: the batch key as the broker knows it ("-" without ``batch_key``).
+    :param deliveries: its messages in send order; each handle is acked with
+        the transport's ``ack`` like any other delivery.
+    :param reason: why it was taken now: ``"size"`` (a full batch waited) or
+        ``"timeout"`` (its oldest message reached ``batch_timeout`` since its send).
+    """
+
+    key: str
+    deliveries: list[Delivery]
+    reason: str
+
+
+@dataclass(slots=True)
+class Taken:
+    """What one ``take`` got.
+
+    :param batches: whole batches, at most ``room``, each of another key.
+    :param wait_seconds: seconds until the nearest deadline of what still
+        waits, or None when nothing waits (then call ``idle``).
+    """
+
+    batches: list[TakenBatch]
+    wait_seconds: float | None
+
+
+class BatchSource(Protocol):
+    """Takes whole batches of batched tasks from where they wait in the broker.
+
+    A transport that supports waiting in the broker exposes one as its
+    ``batches`` attribute (``None`` otherwise: the worker buffers what it reads).
+    """
+
+    #: The longest a worker sleeps between two ``take`` calls while messages
+    #: wait but none is due (seconds); the take's slack before a deadline.
+    poll_seconds: float
+
+    def serves(self, spec: BatchSpec) -> bool:
+        """Whether this task's messages wait in the broker (else: read and buffered)."""
+
+    async def take(self, spec: BatchSpec, room: int) -> Taken:
+        """Take up to ``room`` whole batches of one task that are due.
+
+        Due: by size, or by deadline.
+
+        :param spec: the batched task.
+        :param room: batches this worker may start now for it (>= 1): what
+            ``batch_concurrency``, ``max_concurrent_batches`` and
+            ``batch_max_keys`` leave.
+        """
+
+    async def idle(self, specs: Sequence[BatchSpec], timeout_seconds: float) -> None:
+        """Wait until a message of one of these tasks may have arrived, or the timeout.
+
+        One blocking command per call (an idle worker costs the broker ~1 command
+        per ``timeout_seconds``); returns early when woken by a send.
+        """
+
+
 class Transport(Protocol):
     """A broker's I/O for a batching worker (and ``kiq_many``).
 
@@ -52,6 +114,9 @@ class Transport(Protocol):
     prefetch: int | None
     #: Seconds between two ``reclaim`` calls, or None when it has none.
     reclaim_interval: float | None
+    #: Where batched tasks' messages wait in the broker, taken as whole
+    #: batches; None when the worker reads and buffers them.
+    batches: BatchSource | None
 
     @property
     def outstanding(self) -> int:

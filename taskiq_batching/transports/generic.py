@@ -22,7 +22,7 @@ from taskiq.utils import maybe_awaitable
 from taskiq_batching.error_texts import describe
 from taskiq_batching.errors import SendManyError
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import Delivery, finished_read
+from taskiq_batching.transports.base import BatchSource, Delivery, finished_read
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -41,6 +41,7 @@ class GenericTransport:
     """
 
     name = "generic"
+    batches: "BatchSource | None" = None
     reclaim_interval: float | None = None
 
     def __init__(

@@ -47,7 +47,7 @@ from taskiq_nats.broker import BaseJetStreamBroker
 
 from taskiq_batching.error_texts import describe
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import Delivery, finished_read
+from taskiq_batching.transports.base import BatchSource, Delivery, finished_read
 from taskiq_batching.transports.generic import SEND_CONCURRENCY, kick_each
 from taskiq_batching.transports.nats_pull import Pull, Unsettled
 from taskiq_batching.transports.nats_settle import (
@@ -63,11 +63,14 @@ logger = logging.getLogger("taskiq_batching")
 DEFAULT_ACK_WAIT = 30.0
 
 
-def transport_for(broker: AsyncBroker, listen: Any = None) -> "NatsTransport | None":
+def transport_for(
+    broker: AsyncBroker, listen: Any = None, wait_in_broker: bool = True
+) -> "NatsTransport | None":
     """The JetStream transport, for a pull-based broker that listens as shipped.
 
     :param broker: any broker.
     :param listen: unused (the broker's own listener is replaced).
+    :param wait_in_broker: unused: batched messages are read and buffered.
     :return: the transport, or None for other brokers.
     """
     if (
@@ -85,6 +88,7 @@ class NatsTransport:
     """
 
     name = "nats-jetstream"
+    batches: "BatchSource | None" = None
     acknowledges = True
     reclaim_interval: float | None = None  # the server redelivers by itself
 

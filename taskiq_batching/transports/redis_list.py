@@ -21,7 +21,7 @@ from taskiq_redis import (
 )
 
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.base import BatchSource, Delivery
 from taskiq_batching.transports.generic import kick_each
 from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient
 from taskiq_batching.transports.redis_send import LIST_ONCE, chunks, send_once
@@ -45,11 +45,14 @@ _KICKS = (
 )
 
 
-def transport_for(broker: AsyncBroker, listen: Any = None) -> "ListTransport | None":
+def transport_for(
+    broker: AsyncBroker, listen: Any = None, wait_in_broker: bool = True
+) -> "ListTransport | None":
     """The list transport, for taskiq-redis list brokers that listen as shipped.
 
     :param broker: any broker.
     :param listen: unused (the broker's own listener is replaced).
+    :param wait_in_broker: unused: batched messages are read and buffered.
     :return: the transport, or None for other brokers.
     """
     if type(broker).listen in _LISTENERS:
@@ -64,6 +67,7 @@ class ListTransport:
     """
 
     name = "redis-list"
+    batches: "BatchSource | None" = None
     acknowledges = False
     prefetch: int | None = None
     reclaim_interval: float | None = None

@@ -175,7 +175,7 @@ async def send_once(
     if _scripts_refused.get(id(redis)):
         failed = await _send_watched(redis, messages, parts, options)
         if failed:
-            await _report(redis, messages, parts, failed)
+            await report_failed(redis, messages, parts, failed)
         return
     try:
         async with redis.pipeline(transaction=False) as pipe:
@@ -201,16 +201,23 @@ async def send_once(
         parts = [retry[i] for i in again]
         failed = dict(enumerate(again.values()))
     if failed:
-        await _report(redis, messages, parts, failed)
+        await report_failed(redis, messages, parts, failed)
 
 
-async def _report(
+async def report_failed(
     redis: Any,
     messages: Sequence[BrokerMessage],
     parts: Sequence[Chunk],
     failed: dict[int, BaseException],
 ) -> None:
-    """Ask each failed chunk's mark what became of it; raise ``SendManyError``."""
+    """Ask each failed chunk's mark what became of it; raise ``SendManyError``.
+
+    :param redis: the client.
+    :param messages: the messages the chunks' positions refer to.
+    :param parts: the chunks.
+    :param failed: the chunks that failed, by index in ``parts``, with the error.
+    :raises SendManyError: some messages were not sent (or perhaps not).
+    """
     not_sent: list[int] = []
     unknown: list[int] = []
     verdicts: list[Any] = []

@@ -23,6 +23,11 @@ entry read by this worker or, further, by the fleet (the mark its
 workers publish on their timer, ``redis_holding``), when the stream still
 holds that entry; otherwise (the stream was made again, or nobody read
 anything) at its start. Nothing sent after the loss is skipped.
+
+Batched tasks' messages may wait in Redis instead (``batches``, a
+``redis_batches.StreamBatches``): their entries are acked, released and
+kept fresh through this transport like any other, their handles naming
+the task's key stream; an acked one is deleted there too.
 """
 
 import logging
@@ -40,8 +45,10 @@ from taskiq_redis import (
 )
 
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.base import BatchSource, Delivery
 from taskiq_batching.transports.generic import kick_each
+from taskiq_batching.transports.redis_batches import StreamBatches, TaskEntry
+from taskiq_batching.transports.redis_batches_lua import ACK_DELETE
 from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient, cancel
 from taskiq_batching.transports.redis_groups import (
     create_group,
@@ -81,15 +88,19 @@ _KICKS = (
 Entry = tuple[str, bytes]
 
 
-def transport_for(broker: AsyncBroker, listen: Any = None) -> "StreamTransport | None":
+def transport_for(
+    broker: AsyncBroker, listen: Any = None, wait_in_broker: bool = True
+) -> "StreamTransport | None":
     """The stream transport, for taskiq-redis stream brokers that listen as shipped.
 
     :param broker: any broker.
     :param listen: unused (the broker's own listener is replaced).
+    :param wait_in_broker: batched tasks' messages wait in Redis
+        (``redis_batches``); False: they are read and buffered.
     :return: the transport, or None for other brokers.
     """
     if type(broker).listen in _LISTENERS:
-        return StreamTransport(broker)
+        return StreamTransport(broker, wait_in_broker)
     return None
 
 
@@ -97,13 +108,15 @@ class StreamTransport:
     """Reads, acks, reclaims and sends for a taskiq-redis stream broker.
 
     :param broker: the stream broker (standalone, sentinel or cluster).
+    :param wait_in_broker: batched tasks' messages wait in Redis, taken as
+        whole batches from ``batches`` (``redis_batches``).
     """
 
     name = "redis-stream"
     acknowledges = True
     prefetch: int | None = None
 
-    def __init__(self, broker: Any) -> None:
+    def __init__(self, broker: Any, wait_in_broker: bool = True) -> None:
         self.broker = broker
         self.client = RedisClient(broker)
         self.group: str = broker.consumer_group_name
@@ -127,6 +140,20 @@ class StreamTransport:
             self.block,
         )
         self._in_use: set[Entry] = set()
+        #: Where batched tasks' messages wait (None: read and buffered).
+        self.stream_batches: StreamBatches | None = None
+        if wait_in_broker:
+            self.stream_batches = StreamBatches(
+                self.client,
+                broker.queue_name,
+                self.group,
+                self.consumer,
+                self._in_use,
+                self.idle_ms,
+                getattr(broker, "maxlen", None),
+                start=lambda: self.holding.start(),
+            )
+        self.batches: BatchSource | None = self.stream_batches
         #: Per stream, the last entry read: its id and its data.
         self._last_seen: dict[str, tuple[bytes, bytes]] = {}
         self.holding = Holding(
@@ -299,32 +326,51 @@ class StreamTransport:
     # --- acks --------------------------------------------------------------
 
     async def ack(self, handles: Sequence[Any]) -> None:
-        """One XACK per stream."""
+        """One XACK per stream; an entry of a task's key stream is deleted too.
+
+        Deleted, so that a key stream holds only what waits or runs: a
+        group created there again at ``0`` runs nothing that had finished.
+        """
         by_stream: defaultdict[str, list[bytes]] = defaultdict(list)
-        for stream, entry_id in handles:
+        deleted: set[str] = set()
+        for handle in handles:
+            stream, entry_id = handle
             by_stream[stream].append(entry_id)
-            self._in_use.discard((stream, entry_id))
+            self._in_use.discard(handle)
+            if isinstance(handle, TaskEntry):
+                deleted.add(stream)
         redis = self.client.redis
-        if len(by_stream) == 1:
+        if len(by_stream) == 1 and not deleted:
             ((stream, ids),) = by_stream.items()
             await redis.xack(stream, self.group, *ids)
             return
         async with redis.pipeline(transaction=False) as pipe:
             for stream, ids in by_stream.items():
-                pipe.xack(stream, self.group, *ids)
+                if stream in deleted:
+                    pipe.eval(ACK_DELETE, 1, stream, self.group, *ids)
+                else:
+                    pipe.xack(stream, self.group, *ids)
             await pipe.execute()
 
     async def _ack_one(self, entry: Entry) -> None:
         await self.ack([entry])
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
-        """Leave them pending, idle enough for any worker to claim them now."""
+        """Leave them pending, idle enough for any worker to claim them now.
+
+        Entries taken from a task's key stream are put back undelivered
+        instead, with their send time (``StreamBatches.give_back``).
+        """
+        taken = [d for d in deliveries if isinstance(d.handle, TaskEntry)]
+        if taken and self.stream_batches is not None:
+            await self.stream_batches.give_back(taken)
+            deliveries = [d for d in deliveries if not isinstance(d.handle, TaskEntry)]
         by_stream: defaultdict[str, list[bytes]] = defaultdict(list)
         for delivery in deliveries:
             stream, entry_id = delivery.handle
             self._in_use.discard((stream, entry_id))
             by_stream[stream].append(entry_id)
-        if self.idle_ms is None:
+        if self.idle_ms is None or not by_stream:
             return
         for stream, ids in by_stream.items():
             await self.client.redis.xclaim(

@@ -1,0 +1,222 @@
+"""The Lua of ``redis_batches``: take whole batches atomically, and send once.
+
+``TAKE`` decides and takes in one atomic step, so that two workers never
+split a batch between them and nobody holds a forming batch. For each
+key in the task's sorted set of keys (``KEYS[1]``, oldest first, at most
+``scan`` of them), on the key's stream:
+
+* entries of a dead worker (pending, idle over ``claim_ms``) are taken
+  first, as one overdue batch;
+* else the group's ``lag`` (``XINFO GROUPS``; counted with ``XRANGE``
+  when Redis does not know it) and its oldest undelivered entry: its send
+  time is its id's time, or its field ``t`` (a forwarded entry carries
+  the time of the entry it copies); when ``batch_size`` entries wait, or
+  that time + ``batch_timeout`` - ``slack`` has come by Redis's own clock
+  (``TIME``), ``XREADGROUP COUNT batch_size`` takes them;
+* else the key's deadline counts towards the nearest one.
+
+A key whose stream holds nothing undelivered and nothing pending leaves
+the set (and its empty stream is deleted). A stream without the group
+(a new key, or a group lost with a restarted Redis) gets it at ``0``:
+nothing sent after a loss is skipped. A key taken is moved to the back
+of the set, so that every key gets its turn.
+
+KEYS: the keys' sorted set, the wake stream. ARGV: group, consumer,
+batch_size, batch_timeout ms (-1: none), slack ms, the key streams'
+prefix (key ``k``'s stream is ``prefix .. k``), keys scanned per call,
+batches to take at most, claim idle ms (0: never claim).
+
+Reply: ``{ms to the nearest deadline or -1, the wake stream's last id,
+key, reason, entries, key, reason, entries, ...}``.
+"""
+
+TAKE = """
+local zset, wake = KEYS[1], KEYS[2]
+local group, consumer = ARGV[1], ARGV[2]
+local size, timeout, slack = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local prefix, scan, room = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
+local claim_ms = tonumber(ARGV[9])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local nearest = -1
+local found = {}
+local taken = 0
+
+local function consider(due)
+  local wait = math.max(due - now, 0)
+  if nearest < 0 or wait < nearest then nearest = wait end
+end
+
+local function group_of(stream)
+  local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', stream)
+  if not ok then return nil end
+  for _, g in ipairs(groups) do
+    local h = {}
+    for i = 1, #g, 2 do h[g[i]] = g[i + 1] end
+    if h['name'] == group then return h end
+  end
+  redis.call('XGROUP', 'CREATE', stream, group, '0')
+  -- at 0, every entry the stream holds is undelivered
+  return {['last-delivered-id'] = '0-0', ['pending'] = 0,
+    ['lag'] = redis.call('XLEN', stream)}
+end
+
+local function sent_of(entry)
+  local fields = entry[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 't' then return tonumber(fields[i + 1]) end
+  end
+  return tonumber(string.match(entry[1], '^(%d+)'))
+end
+
+local function due_of(entry)
+  if timeout < 0 then return nil end
+  return sent_of(entry) + timeout - slack
+end
+
+local function add(key, reason, entries)
+  found[#found + 1] = key
+  found[#found + 1] = reason
+  found[#found + 1] = entries
+  taken = taken + 1
+  redis.call('ZADD', zset, 'XX', now, key)
+end
+
+local function claim(stream, g)
+  if claim_ms <= 0 or tonumber(g['pending']) == 0 then return nil end
+  local got = redis.call('XAUTOCLAIM', stream, group, consumer, claim_ms, '0-0',
+    'COUNT', size)
+  local entries = {}
+  for _, entry in ipairs(got[2]) do
+    if entry and entry[2] then entries[#entries + 1] = entry end
+  end
+  if #entries > 0 then return entries end
+  return nil
+end
+
+local function full(stream, g)
+  if g['lag'] then return tonumber(g['lag']) >= size end
+  return #redis.call('XRANGE', stream, '(' .. g['last-delivered-id'], '+',
+    'COUNT', size) >= size
+end
+
+local function after_take(stream, g, entries)
+  local after = '(' .. entries[#entries][1]
+  local left
+  if g['lag'] then  -- known: no need to read what is left
+    left = tonumber(g['lag']) - #entries
+    if left >= size then return consider(now) end
+    if left <= 0 then return end
+  end
+  local rest = redis.call('XRANGE', stream, after, '+', 'COUNT', left and 1 or size)
+  if #rest == 0 then return end
+  local due = due_of(rest[1])
+  if #rest >= size or (due and due <= now) then consider(now)
+  elseif due then consider(due) end
+end
+
+local function visit(key)
+  local stream = prefix .. key
+  local g = group_of(stream)
+  if not g then
+    redis.call('ZREM', zset, key)
+    return
+  end
+  local claimed = claim(stream, g)
+  if claimed then
+    add(key, 'timeout', claimed)
+    return
+  end
+  local first = redis.call('XRANGE', stream, '(' .. g['last-delivered-id'], '+',
+    'COUNT', 1)
+  if #first == 0 then
+    if tonumber(g['pending']) == 0 then
+      redis.call('ZREM', zset, key)
+      if redis.call('XLEN', stream) == 0 then redis.call('DEL', stream) end
+    end
+    return
+  end
+  local due = due_of(first[1])
+  local is_full = full(stream, g)
+  if is_full or (due and due <= now) then
+    local got = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', size,
+      'STREAMS', stream, '>')
+    if got and got[1] and #got[1][2] > 0 then
+      local reason = 'timeout'
+      if is_full then reason = 'size' end
+      add(key, reason, got[1][2])
+      after_take(stream, g, got[1][2])
+    end
+  elseif due then
+    consider(due)
+  end
+end
+
+local keys = redis.call('ZRANGE', zset, 0, scan - 1)
+for _, key in ipairs(keys) do
+  if taken >= room then
+    consider(now)  -- keys left unvisited may be due: look again soon
+    break
+  end
+  visit(key)
+end
+if #keys == scan and redis.call('ZCARD', zset) > scan then
+  consider(now + slack)  -- keys past the scan: their turn comes by rotation
+end
+local last = redis.call('XREVRANGE', wake, '+', '-', 'COUNT', 1)
+local wake_id = '0-0'
+if #last > 0 then wake_id = last[1][1] end
+local reply = {nearest, wake_id}
+for i = 1, #found do reply[#reply + 1] = found[i] end
+return reply
+"""
+
+#: A producer's chunk, added once per mark. KEYS: the mark, the keys'
+#: sorted set, the wake stream, then one stream per key. ARGV: the mark's
+#: ttl, the number of keys n, the n keys (key i's stream is KEYS[3 + i]),
+#: the stream's MAXLEN (empty: none), then pairs (key index, message).
+SEND_ONCE = """
+local mark = redis.call('GET', KEYS[1])
+if mark == 'void' then return redis.error_reply('VOIDED this chunk was given up') end
+if mark then return 0 end
+-- nothing is written before every key is known to take its writes
+for i = 2, #KEYS do
+  local kind = redis.call('TYPE', KEYS[i])['ok']
+  local want = 'stream'
+  if i == 2 then want = 'zset' end
+  if kind ~= 'none' and kind ~= want then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' is a ' .. kind)
+  end
+end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+redis.call('SET', KEYS[1], 'sent', 'EX', ARGV[1])
+local n = tonumber(ARGV[2])
+local maxlen = ARGV[3 + n]
+for j = 4 + n, #ARGV, 2 do
+  local stream = KEYS[3 + tonumber(ARGV[j])]
+  if maxlen ~= '' then
+    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'data', ARGV[j + 1])
+  else
+    redis.call('XADD', stream, '*', 'data', ARGV[j + 1])
+  end
+end
+for i = 1, n do redis.call('ZADD', KEYS[2], 'NX', now, ARGV[2 + i]) end
+redis.call('XADD', KEYS[3], 'MAXLEN', '1', '*', 'w', '1')
+return (#ARGV - 3 - n) / 2
+"""
+
+#: Ack entries of a key stream and delete them, the ids sent once. KEYS:
+#: the stream; ARGV: the group, then the ids.
+ACK_DELETE = """
+local ids = {}
+for i = 2, #ARGV do
+  ids[#ids + 1] = ARGV[i]
+  if #ids == 1000 or i == #ARGV then
+    redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
+    redis.call('XDEL', KEYS[1], unpack(ids))
+    ids = {}
+  end
+end
+return #ARGV - 1
+"""

@@ -1,0 +1,135 @@
+"""Helpers for the tests of batched messages waiting in Redis (``redis_batches``).
+
+A "source" is one worker's view: a stream broker with its own consumer
+name, its ``StreamTransport`` and that transport's ``StreamBatches``.
+"""
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+from taskiq import AsyncBroker
+from taskiq_redis import RedisStreamBroker
+
+from taskiq_batching import BatchedTask, BatchingMiddleware, batch_task
+from taskiq_batching.spec import BatchSpec
+from taskiq_batching.transports.base import TakenBatch
+from taskiq_batching.transports.redis_batches import StreamBatches, TaskStreams
+from taskiq_batching.transports.redis_stream import StreamTransport
+
+
+def make_broker(
+    url: str,
+    queue: str,
+    wait: bool = True,
+    idle_ms: int = 600_000,
+    protocol: int = 2,
+) -> RedisStreamBroker:
+    """A stream broker with the plugin, its own consumer name, the switch set.
+
+    The switch is set as an attribute: ``BatchingMiddleware(wait_in_broker=)``
+    is the worker side's (another branch).
+    """
+    middleware = BatchingMiddleware()
+    middleware.wait_in_broker = wait  # type: ignore[attr-defined]
+    broker = RedisStreamBroker(
+        url,
+        queue_name=queue,
+        consumer_name=f"c-{uuid.uuid4().hex[:8]}",
+        idle_timeout=idle_ms,
+        protocol=protocol,
+    )
+    broker.add_middlewares(middleware)
+    return broker
+
+
+Collect = BatchedTask[int, ..., Coroutine[Any, Any, int]]
+
+
+def declare(
+    broker: AsyncBroker, batch_size: int, batch_timeout: float | None, **options: Any
+) -> Collect:
+    """The batched task ``collect`` (its body is never run here)."""
+
+    async def collect(items: list[int], tenant: str = "") -> int:
+        return len(items)
+
+    return batch_task(
+        broker,
+        task_name="collect",
+        batch_size=batch_size,
+        batch_timeout=batch_timeout,
+        **options,
+    )(collect)
+
+
+def spec_of(task: Collect) -> BatchSpec:
+    spec = getattr(task.task, "batch_spec", None)
+    assert isinstance(spec, BatchSpec)
+    return spec
+
+
+@dataclass
+class Source:
+    """One worker's transport and its batch source."""
+
+    broker: Any
+    transport: StreamTransport
+    batches: StreamBatches
+    spec: BatchSpec
+    taken: list[tuple[float, TakenBatch]] = field(default_factory=list)
+
+    @property
+    def names(self) -> TaskStreams:
+        return self.batches.names(self.spec.task_name)
+
+
+def source(broker: Any, spec: BatchSpec) -> Source:
+    transport = StreamTransport(broker, wait_in_broker=True)
+    assert transport.stream_batches is not None
+    return Source(broker, transport, transport.stream_batches, spec)
+
+
+def task_ids(batch: TakenBatch) -> list[str]:
+    return [json.loads(d.data)["task_id"] for d in batch.deliveries]
+
+
+async def take_until(
+    src: Source,
+    done: "asyncio.Event",
+    taken: Callable[[], None] = lambda: None,
+    room: int = 1,
+) -> None:
+    """A taker loop as a worker runs it, until ``done`` is set.
+
+    ``taken`` is called after each batch taken (and acked).
+    """
+    while not done.is_set():
+        got = await src.batches.take(src.spec, room)
+        for batch in got.batches:
+            src.taken.append((time.time(), batch))
+            await src.transport.ack([d.handle for d in batch.deliveries])
+            taken()
+        if got.batches:
+            continue
+        if got.wait_seconds is not None:
+            await asyncio.sleep(min(got.wait_seconds, src.batches.poll_seconds))
+        else:
+            await src.batches.idle([src.spec], 0.2)
+
+
+async def clean(redis: Redis, names: TaskStreams, queue: str) -> None:
+    tag = names.keys[: names.keys.index("}") + 1]
+    found = [k async for k in redis.scan_iter(match=f"{tag.replace('{', '[{]')}*")]
+    found += [k async for k in redis.scan_iter(match=f"{queue}*")]
+    if found:
+        await redis.delete(*found)
+
+
+def all_ids(sources: Sequence[Source]) -> list[str]:
+    return [i for s in sources for _, batch in s.taken for i in task_ids(batch)]

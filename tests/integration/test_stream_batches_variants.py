@@ -1,0 +1,104 @@
+"""Batched messages waiting in Redis, on sentinel and cluster stream brokers.
+
+The test starts its own servers (a master with a sentinel, a one-node
+cluster) on free loopback ports, and stops them.
+"""
+
+import asyncio
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from taskiq_redis import RedisStreamClusterBroker, RedisStreamSentinelBroker
+
+from taskiq_batching import BatchingMiddleware
+from taskiq_batching.transports.redis_stream import StreamTransport
+from tests.integration.stream_batches import declare, source, spec_of, task_ids
+from tests.upstream.run_taskiq_redis_tests import Servers, start_servers
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+Broker = RedisStreamSentinelBroker | RedisStreamClusterBroker
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    executable = shutil.which("redis-server")
+    if executable is None:
+        pytest.skip("redis-server is not installed")
+    started = Servers(Path(tmp_path_factory.mktemp("batches-variants")), executable)
+    try:
+        yield start_servers(started)
+    finally:
+        started.stop_all()
+
+
+def _sentinel(env: dict[str, str], queue: str) -> Broker:
+    host, port = env["TEST_REDIS_SENTINELS"].split(":")
+    master = env["TEST_REDIS_SENTINEL_MASTER_NAME"]
+    return RedisStreamSentinelBroker(
+        [(host, int(port))],
+        master,
+        queue_name=queue,
+        consumer_name=f"c-{uuid.uuid4().hex[:8]}",
+    )
+
+
+def _cluster(env: dict[str, str], queue: str) -> Broker:
+    return RedisStreamClusterBroker(
+        env["TEST_REDIS_CLUSTER_URL"],
+        queue_name=queue,
+        consumer_name=f"c-{uuid.uuid4().hex[:8]}",
+    )
+
+
+VARIANTS: dict[str, Callable[[dict[str, str], str], Broker]] = {
+    "sentinel": _sentinel,
+    "cluster": _cluster,
+}
+
+
+def _with_plugin(broker: Broker, wait: bool) -> Broker:
+    middleware = BatchingMiddleware()
+    middleware.wait_in_broker = wait  # type: ignore[attr-defined]
+    broker.add_middlewares(middleware)
+    return broker
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+async def test_sends_takes_forwards_and_wakes(
+    servers: dict[str, str], variant: str
+) -> None:
+    queue = f"tb-bv-{variant}-{uuid.uuid4().hex[:8]}"
+    worker = _with_plugin(VARIANTS[variant](servers, queue), wait=True)
+    task = declare(worker, 5, 30)
+    src = source(worker, spec_of(task))
+    plain = _with_plugin(VARIANTS[variant](servers, queue), wait=False)
+    plain_task = declare(plain, 5, 30)
+    await worker.startup()
+    await plain.startup()
+    try:
+        sent = [t.task_id for t in await task.kiq_many(range(3))]
+        sent.append((await task.kiq(3)).task_id)  # one MULTI
+        waiting = asyncio.ensure_future(src.batches.idle([src.spec], 2.0))
+        await asyncio.wait_for(waiting, 5)  # a wake was there already
+        assert (await src.batches.take(src.spec, 1)).batches == []  # 4 of 5
+        assert isinstance(src.transport, StreamTransport)
+        await src.transport.read(10)  # the main stream's group
+        forwarded = await plain_task.kiq(4)  # plain: on the main stream
+        (delivery,) = await src.transport.read(10)
+        await src.batches.forward([(delivery, src.spec, "-")])
+        got = await src.batches.take(src.spec, 1)
+        (batch,) = got.batches
+        assert task_ids(batch) == [*sent, forwarded.task_id]
+        assert batch.reason == "size"
+        await src.transport.ack([d.handle for d in batch.deliveries])
+        redis = src.transport.client.redis
+        assert await redis.xlen(src.names.stream("-")) == 0
+        pending = await redis.xpending(queue, src.transport.group)
+        assert pending["pending"] == 0
+    finally:
+        await worker.shutdown()
+        await plain.shutdown()

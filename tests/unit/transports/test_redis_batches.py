@@ -1,0 +1,141 @@
+"""Batched messages waiting in Redis: names, keys and the registry's switch."""
+
+import binascii
+
+import pytest
+from taskiq import InMemoryBroker
+from taskiq_aio_pika import AioPikaBroker
+from taskiq_redis import (
+    ListQueueBroker,
+    RedisStreamBroker,
+    RedisStreamClusterBroker,
+    RedisStreamSentinelBroker,
+)
+
+from taskiq_batching.core.broker_keys import NO_KEY, broker_key
+from taskiq_batching.transports import transport_for
+from taskiq_batching.transports.redis_batches import (
+    StreamBatches,
+    TaskEntry,
+    TaskStreams,
+    entry_ms,
+)
+from taskiq_batching.transports.redis_batches_names import slot_of
+from taskiq_batching.transports.redis_batches_wake import Wakes
+from taskiq_batching.transports.redis_common import RedisClient
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def _slot(key: str) -> int:
+    """Redis Cluster's slot of a key, as the server computes it."""
+    start = key.find("{")
+    end = key.find("}", start + 1)
+    if start != -1 and end > start + 1:
+        key = key[start + 1 : end]
+    return binascii.crc_hqx(key.encode(), 0) % 16384
+
+
+def test_a_tasks_names_share_one_cluster_slot() -> None:
+    names = TaskStreams("taskiq", "app.tasks:insert_rows")
+    assert names.keys == "{taskiq:app.tasks:insert_rows}:keys"
+    assert names.wake == "{taskiq:app.tasks:insert_rows}:wake"
+    assert names.stream("-") == "{taskiq:app.tasks:insert_rows}:q:-"
+    slots = {_slot(n) for n in (names.keys, names.wake, names.stream("ab12"))}
+    assert slots == {slot_of(names.wake)}
+
+
+def test_braces_in_a_name_do_not_break_the_tag() -> None:
+    names = TaskStreams("q{1}", "t}x")
+    assert names.keys.count("{") == 1
+    assert names.keys.count("}") == 1
+    assert _slot(names.keys) == _slot(names.stream("-")) == _slot(names.wake)
+
+
+def test_two_tasks_get_their_own_names() -> None:
+    assert TaskStreams("q", "a").keys != TaskStreams("q", "b").keys
+
+
+def test_a_task_entry_is_the_plain_entry_to_acks_and_refreshes() -> None:
+    names = TaskStreams("q", "t")
+    entry = TaskEntry(names.stream("-"), b"5-1", (names, "-"))
+    assert entry == (names.stream("-"), b"5-1")
+    assert entry in {(names.stream("-"), b"5-1")}
+    stream, entry_id = entry
+    assert (stream, entry_id, entry.key, entry.names) == (
+        names.stream("-"),
+        b"5-1",
+        "-",
+        names,
+    )
+    assert entry.sent_ms == 5  # its id's time
+    assert TaskEntry(stream, b"5-1", (names, "-"), 3).sent_ms == 3  # its t
+    assert entry_ms(b"1700000000123-4") == 1700000000123
+
+
+def test_messages_without_extra_arguments_share_the_plain_key() -> None:
+    assert broker_key([], {}) == NO_KEY
+
+
+def test_equal_extra_arguments_share_a_key_and_others_do_not() -> None:
+    one = broker_key([1, "a"], {"tenant": "x", "n": 2})
+    assert one == broker_key([1, "a"], {"n": 2, "tenant": "x"})
+    assert one != broker_key([1, "a"], {"tenant": "y", "n": 2})
+    assert one != broker_key([1, "b"], {"tenant": "x", "n": 2})
+    assert len(one) == 16
+
+
+def test_batch_key_values_set_keys_apart() -> None:
+    def tenant(item: dict[str, str]) -> str:
+        return item["tenant"]
+
+    a = broker_key([], {}, tenant, {"tenant": "a", "v": 1})
+    assert a == broker_key([], {}, tenant, {"tenant": "a", "v": 2})
+    assert a != broker_key([], {}, tenant, {"tenant": "b", "v": 1})
+
+
+def test_a_batch_key_that_fails_on_the_producer_only_groups_less() -> None:
+    def broken(item: object) -> str:
+        raise AttributeError("tenant")
+
+    assert broker_key([], {}, broken, 1) == NO_KEY
+    assert broker_key([1], {}, broken, 1) == broker_key([1], {}, broken, 2)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: RedisStreamBroker("redis://localhost:6379/0"),
+        lambda: RedisStreamSentinelBroker([("localhost", 26379)], "mymaster"),
+        lambda: RedisStreamClusterBroker("redis://localhost:7000"),
+    ],
+    ids=["standalone", "sentinel", "cluster"],
+)
+def test_stream_brokers_have_a_batch_source_unless_switched_off(make: object) -> None:
+    broker = make()  # type: ignore[operator]
+    assert isinstance(transport_for(broker).batches, StreamBatches)
+    assert transport_for(broker, wait_in_broker=False).batches is None
+
+
+def test_other_brokers_have_no_batch_source() -> None:
+    for broker in (
+        ListQueueBroker("redis://localhost:6379/0"),
+        AioPikaBroker("amqp://guest:guest@localhost:5672/"),
+        InMemoryBroker(),
+    ):
+        assert transport_for(broker).batches is None
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        [[b"w", [(b"7-1", {b"w": b"1"})]]],  # RESP2
+        {b"w": [[(b"7-1", {b"w": b"1"})]]},  # RESP3: one list more
+        [[b"w", [[b"7-1", [b"w", b"1"]]]]],  # unparsed
+    ],
+    ids=["resp2", "resp3", "raw"],
+)
+def test_a_wait_remembers_the_wake_id_read_whatever_the_protocol(reply: object) -> None:
+    wakes = Wakes(RedisClient(RedisStreamBroker("redis://localhost:6379/0")))
+    wakes._read(reply)
+    assert wakes.seen == {"w": b"7-1"}
