@@ -60,6 +60,15 @@ def _sender(broker: AsyncBroker) -> Transport:
     return sender
 
 
+def drop_sender(broker: AsyncBroker) -> Transport | None:
+    """Forget the broker's sender (it shuts down); the next send makes another.
+
+    :param broker: the broker.
+    :return: its sender, if one was made.
+    """
+    return _senders.pop(broker, None)
+
+
 def _implementing(broker: AsyncBroker, hook: str) -> list[TaskiqMiddleware]:
     return [m for m in broker.middlewares if overrides(m, hook)]
 

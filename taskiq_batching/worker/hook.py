@@ -40,11 +40,14 @@ from taskiq_batching.worker.pump import Pump
 logger = logging.getLogger("taskiq_batching")
 
 
-def attach(broker: AsyncBroker, batcher: Batcher) -> None:
+def attach(
+    broker: AsyncBroker, batcher: Batcher, opened: Callable[[Transport], None]
+) -> None:
     """Hook the batcher into the broker's worker side.
 
     :param broker: the broker.
     :param batcher: its batcher.
+    :param opened: told of each transport made, for the broker's shutdown.
     """
 
     # ``original`` (the broker's own listen) is set below, when this shadows it.
@@ -63,6 +66,7 @@ def attach(broker: AsyncBroker, batcher: Batcher) -> None:
         batcher.configure(options.validate, options.run)
         _trace(broker, batcher)
         transport = transport_for(broker, original)
+        opened(transport)
         lifecycle = Lifecycle(
             broker,
             batcher,
