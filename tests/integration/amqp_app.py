@@ -12,8 +12,6 @@ to ``{queue}:batches``.
 
 import os
 
-from taskiq import AsyncBroker
-
 from tests.integration.app_brokers import (
     RABBITMQ_URL,
     REDIS_URL,
@@ -21,10 +19,8 @@ from tests.integration.app_brokers import (
     declare_collect,
 )
 
-
-def make_broker(rabbitmq_url: str, redis_url: str, queue: str, qos: int) -> AsyncBroker:
-    """Build the broker both the worker and the test's producer use."""
-    return amqp_broker(rabbitmq_url, redis_url, queue, qos)
+#: The broker both the worker and the test's producer use.
+make_broker = amqp_broker
 
 
 QUEUE = os.environ.get("TB_QUEUE", "taskiq-batching-amqp-it")

@@ -17,20 +17,11 @@ import json
 import os
 
 from redis.asyncio import Redis
-from taskiq import AsyncBroker
 
 from tests.integration.app_brokers import NATS_URL, REDIS_URL, nats_broker
 
-
-def make_broker(
-    nats_url: str,
-    redis_url: str,
-    queue: str,
-    ack_wait: float,
-    max_ack_pending: int | None = None,
-) -> AsyncBroker:
-    """Build the broker both the workers and the test's producer use."""
-    return nats_broker(nats_url, redis_url, queue, ack_wait, max_ack_pending)
+#: The broker both the worker and the test's producer use.
+make_broker = nats_broker
 
 
 QUEUE = os.environ.get("TB_QUEUE", "taskiq-batching-nats-alo")

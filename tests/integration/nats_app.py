@@ -11,8 +11,6 @@ taskiq-nats's ``PullBasedJetStreamBroker`` on the real NATS server
 
 import os
 
-from taskiq import AsyncBroker
-
 from tests.integration.app_brokers import (
     NATS_URL,
     REDIS_URL,
@@ -20,12 +18,8 @@ from tests.integration.app_brokers import (
     nats_broker,
 )
 
-
-def make_broker(
-    nats_url: str, redis_url: str, queue: str, ack_wait: float
-) -> AsyncBroker:
-    """Build the broker both the worker and the test's producer use."""
-    return nats_broker(nats_url, redis_url, queue, ack_wait)
+#: The broker both the worker and the test's producer use.
+make_broker = nats_broker
 
 
 QUEUE = os.environ.get("TB_QUEUE", "taskiq-batching-nats-it")
