@@ -16,6 +16,8 @@ from taskiq_batching.errors import BatchConfigError, MiddlewareMissingError
 from taskiq_batching.labels import BATCH_LABEL, wants_batching
 from taskiq_batching.settings import FlushReason
 from taskiq_batching.tasks import adopt, batching_class
+from taskiq_batching.transports.base import Owning, Transport
+from taskiq_batching.waiting import drop_sender
 from taskiq_batching.worker import hook, signals
 
 logger = logging.getLogger("taskiq_batching")
@@ -70,6 +72,8 @@ class BatchingMiddleware(TaskiqMiddleware):
         self.error_values = bool(error_values)
         self.batcher: Batcher | None = None
         self._observers = list(observers)
+        #: The worker's transports, made for this broker (closed at shutdown).
+        self._opened: list[Transport] = []
 
     @classmethod
     def of(cls, broker: AsyncBroker) -> "BatchingMiddleware":
@@ -114,7 +118,7 @@ class BatchingMiddleware(TaskiqMiddleware):
         for observer in self._observers:
             self.batcher.observers.add(observer)
         swap_task_class(broker, batching_class)
-        hook.attach(broker, self.batcher)
+        hook.attach(broker, self.batcher, self._opened.append)
 
     def observe(self, observer: BatchObserver) -> None:
         """Tell an observer of every flush and finished batch from now on.
@@ -147,9 +151,18 @@ class BatchingMiddleware(TaskiqMiddleware):
         On a worker the pump has done it already when the Receiver stopped;
         on ``InMemoryBroker`` this is where buffered messages are flushed.
         Plain tasks still running are not waited for, as without the plugin.
+        Then the clients the plugin opened for this broker are closed (a
+        Redis sentinel's master client): taskiq's Receiver has finished the
+        callbacks that acked through them.
         """
-        if self.batcher is not None:
-            await self.batcher.drain(deadline=None)
+        if self.batcher is None:
+            return
+        await self.batcher.drain(deadline=None)
+        opened = [*self._opened, drop_sender(self.broker)]
+        self._opened.clear()
+        for transport in opened:
+            if isinstance(transport, Owning):
+                await transport.shutdown()
 
     def flush(self) -> int:
         """Flush every non-empty buffer now (for tests and manual control).

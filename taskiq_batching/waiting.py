@@ -67,6 +67,15 @@ def sender(broker: AsyncBroker) -> Transport:
     return found
 
 
+def drop_sender(broker: AsyncBroker) -> Transport | None:
+    """Forget the broker's sender (it shuts down); the next send makes another.
+
+    :param broker: the broker.
+    :return: its sender, if one was made.
+    """
+    return _senders.pop(broker, None)
+
+
 def waiting_sender(broker: AsyncBroker, spec: BatchSpec | None) -> Any:
     """Where a batched task's messages wait in this broker, if they do.
 

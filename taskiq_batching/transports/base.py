@@ -11,7 +11,7 @@ ones work for any taskiq broker and backend.
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from taskiq import AckableMessage, BrokerMessage, TaskiqResult
 
@@ -212,6 +212,19 @@ class ResultWriter(Protocol):
             may be passed for many task_ids (then written once, if possible).
         :return: ``(index, error)`` of each result that could not be stored.
         """
+
+
+@runtime_checkable
+class Owning(Protocol):
+    """A transport holding a client it opened itself (a Redis sentinel's master).
+
+    ``BatchingMiddleware.shutdown`` closes it: not ``close()``, which the
+    pump calls before taskiq's Receiver has finished the plain tasks that
+    still ack through that client.
+    """
+
+    async def shutdown(self) -> None:
+        """Close what this transport opened (the broker shuts down)."""
 
 
 def finished_read(reading: "asyncio.Future[list[Delivery]]") -> list[Delivery]:

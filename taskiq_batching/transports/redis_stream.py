@@ -393,6 +393,10 @@ class StreamTransport:
         await self.holding.stop()
         await self.client.close()
 
+    async def shutdown(self) -> None:
+        """Close the client if it is this transport's own (the broker shuts down)."""
+        await self.client.shutdown()
+
     def for_receiver(self, delivery: Delivery) -> AckableMessage:
         """As taskiq-redis's listener yields it: data and an XACK."""
         return AckableMessage(
@@ -410,4 +414,4 @@ class StreamTransport:
         trim = "" if broker.maxlen is None else str(broker.maxlen)
         options = ["stream", "~" if broker.approximate else "=", trim]
         parts = chunks(messages, broker.queue_name)
-        await send_once(self.client.redis, messages, parts, STREAM_ONCE, options)
+        await send_once(self.client, messages, parts, STREAM_ONCE, options)

@@ -78,11 +78,14 @@ def handed_receiver(broker: AsyncBroker) -> Receiver | None:
     return receiver if receiver is not None and receiver.broker is broker else None
 
 
-def attach(broker: AsyncBroker, batcher: Batcher) -> None:
+def attach(
+    broker: AsyncBroker, batcher: Batcher, opened: Callable[[Transport], None]
+) -> None:
     """Hook the batcher into the broker's worker side.
 
     :param broker: the broker.
     :param batcher: its batcher.
+    :param opened: told of each transport made, for the broker's shutdown.
     """
 
     # ``original`` (the broker's own listen) is set below, when this shadows it.
@@ -102,6 +105,7 @@ def attach(broker: AsyncBroker, batcher: Batcher) -> None:
         batcher.configure(options.validate, options.run)
         _trace(broker, batcher)
         transport = transport_for(broker, original)
+        opened(transport)
         lifecycle = Lifecycle(
             broker,
             batcher,
