@@ -6,7 +6,8 @@ each in ``bench/fleet_proto_redis.py`` or ``bench/fleet_proto_mq.py``:
 
     stream-today  stream-wait  stream-wait-fwd
     list-today    list-wait    list-wait-fwd
-    nats-today    nats-lease   amqp-today   amqp-sac
+    nats-today    nats-lease   nats-lease-keep   nats-lease-v1
+    amqp-today    amqp-sac
 
 (``-fwd``: the producer is a plain kicker writing to the main queue; the
 workers forward.) For each mechanism, rate and N: N worker processes
@@ -46,7 +47,7 @@ from bench.fleet_proto_stats import markdown, summarize
 
 MECHANISMS = (
     "stream-today,stream-wait,stream-wait-fwd,list-today,list-wait,list-wait-fwd,"
-    "nats-today,nats-lease,amqp-today,amqp-sac"
+    "nats-today,nats-lease,nats-lease-keep,nats-lease-v1,amqp-today,amqp-sac"
 )
 URLS = {
     "redis": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
@@ -59,6 +60,7 @@ TICK = 0.01
 def make(name: str, cfg: Config) -> Mechanism:
     """The mechanism called ``name``."""
     from bench import fleet_proto_mq as mq
+    from bench import fleet_proto_nats as nt
     from bench import fleet_proto_redis as rd
 
     plain = replace(cfg, plain=True)
@@ -70,7 +72,9 @@ def make(name: str, cfg: Config) -> Mechanism:
         "list-wait": lambda: rd.ListWait(cfg),
         "list-wait-fwd": lambda: rd.ListWait(plain),
         "nats-today": lambda: mq.NatsProto(cfg, lease=False),
-        "nats-lease": lambda: mq.NatsProto(cfg, lease=True),
+        "nats-lease": lambda: nt.NatsLease(cfg, keep=False),
+        "nats-lease-keep": lambda: nt.NatsLease(cfg, keep=True),
+        "nats-lease-v1": lambda: mq.NatsProto(cfg, lease=True),
         "amqp-today": lambda: mq.AmqpProto(cfg, sac=False),
         "amqp-sac": lambda: mq.AmqpProto(cfg, sac=True),
     }
