@@ -140,6 +140,32 @@ async def test_size_only_batching_with_two_processes_does_not_wedge(
         await producer.shutdown()
 
 
+async def redelivered(nats_url: str, stream: str, count: int, within: float) -> int:
+    """How many of ``count`` messages a pull of this test gets within ``within`` s.
+
+    Each fetch returns as its messages arrive; they are acked.
+    """
+    client = await nats.connect(nats_url)
+    try:
+        pulled = await client.jetstream().pull_subscribe(
+            f"{stream}.tasks", durable=stream
+        )
+        got = 0
+        deadline = asyncio.get_running_loop().time() + within
+        while got < count:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            with contextlib.suppress(nats.errors.TimeoutError):
+                for message in await pulled.fetch(count - got, timeout=left):
+                    assert message.metadata.num_delivered == 2
+                    await message.ack()
+                    got += 1
+        return got
+    finally:
+        await client.close()
+
+
 async def test_messages_cut_off_at_the_stop_deadline_are_handed_back_at_once(
     nats_url: str,
     redis_url: str,
@@ -149,10 +175,11 @@ async def test_messages_cut_off_at_the_stop_deadline_are_handed_back_at_once(
 ) -> None:
     """A batch that outlives ``--wait-tasks-timeout``: its messages are nak'ed.
 
-    With ``ack_wait`` 30 s, a message left ack-pending would reach the next
-    worker after 30 s; a nak'ed one comes at once.
+    ``ack_wait`` is 300 s: a message left ack-pending comes back after
+    300 s; a nak'ed one at once. As soon as the worker has exited, a pull of
+    the test's own gets all 20 (delivered a second time) within 10 s.
     """
-    producer = make_broker(nats_url, redis_url, stream, 30)
+    producer = make_broker(nats_url, redis_url, stream, 300)
     await producer.startup()
     try:
         collect: AsyncKicker[Any, Any] = AsyncKicker("collect", producer, {})
@@ -161,6 +188,7 @@ async def test_messages_cut_off_at_the_stop_deadline_are_handed_back_at_once(
             batch_size=10,
             batch_timeout=0.1,
             batch_delay=3600,
+            ack_wait=300,
         )
         for item in range(20):
             await collect.kiq(item)
@@ -173,13 +201,8 @@ async def test_messages_cut_off_at_the_stop_deadline_are_handed_back_at_once(
         await eventually(one_runs_and_all_held, 20, "a batch runs, 10 more wait")
         stuck.stop(timeout=15)
         assert "cut off" in stuck.output()
-        start_worker(batch_size=10, batch_timeout=0.1)
-
-        async def all_ran() -> bool:
-            return await runs(redis, stream) == Counter(range(20))
-
-        # Far below ack_wait (30 s): only a nak brings them this soon.
-        await eventually(all_ran, 15, "the cut-off messages ran elsewhere")
+        assert await redelivered(nats_url, stream, 20, within=10) == 20
+        assert await runs(redis, stream) == Counter()  # none finished
     finally:
         await producer.shutdown()
 
