@@ -9,10 +9,12 @@ The batched task ``collect`` takes ``TB_BATCH_SIZE`` and
 ``TB_BATCH_TIMEOUT`` (``none``: size-only); each batch pushes
 ``{"items": [...], "pid": ...}`` to ``{queue}:started`` when it starts,
 then runs ``TB_BATCH_DELAY`` seconds, then pushes the same record to
-``{queue}:batches``.
+``{queue}:batches``. ``TB_WAIT_IN_BROKER`` set: the NATS transport's
+``wait_in_broker`` (a lease per batched task).
 """
 
 import asyncio
+import functools
 import json
 import os
 from typing import Any
@@ -24,6 +26,7 @@ from taskiq_nats import PullBasedJetStreamBroker
 from taskiq_redis import RedisAsyncResultBackend
 
 from taskiq_batching import BatchingMiddleware
+from taskiq_batching.transports import nats as nats_transport
 
 
 def make_broker(
@@ -48,6 +51,13 @@ def make_broker(
     )
     return broker.with_result_backend(backend).with_middlewares(BatchingMiddleware())
 
+
+if os.environ.get("TB_WAIT_IN_BROKER"):
+    # The transport's own switch, until the middleware's wait_in_broker
+    # reaches the transport registry (another branch).
+    nats_transport.transport_for = functools.partial(
+        nats_transport.transport_for, wait_in_broker=True
+    )
 
 NATS_URL = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
