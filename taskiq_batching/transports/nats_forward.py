@@ -1,7 +1,7 @@
 """A worker's leases of its batched tasks, and the forwarding that feeds them.
 
 ``Leases`` creates the batch stream (``<stream>-batch``, subjects
-``<subject>.batch.>``) and one durable per batched task
+``<subject>.batch.>``, work-queue retention) and one durable per batched task
 (``<durable>-b-<token>``, ``max_waiting=1``, ``max_ack_pending`` unbounded:
 each process holds at most one round), starts a ``LeaseReader`` per task,
 and moves batched messages read on the main consumer to their task's
@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy
 
 from taskiq_batching.error_texts import describe
 from taskiq_batching.spec import BatchSpec
@@ -57,7 +57,13 @@ class Leases:
         """
         js = self.broker.js
         stream = f"{self.broker.stream_name}-batch"
-        await js.add_stream(name=stream, subjects=[f"{self.broker.subject}.batch.>"])
+        # A work queue: an acked message is gone (nothing piles up); each
+        # task's durable filters a subject of its own, as that asks.
+        await js.add_stream(
+            name=stream,
+            subjects=[f"{self.broker.subject}.batch.>"],
+            retention=RetentionPolicy.WORK_QUEUE,
+        )
         prefix = pull_subject.split(".CONSUMER.MSG.NEXT.")[0]
         for name, spec in self.specs.items():
             durable = f"{self.broker.durable}-b-{task_token(name)}"
