@@ -25,16 +25,20 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
+from taskiq_batching.error_texts import describe
 from taskiq_batching.transports.base import Delivery
 from taskiq_batching.transports.nats_pull import (
     Unsettled,
     stream_sequence,
     stream_timestamp,
 )
+
+logger = logging.getLogger("taskiq_batching")
 
 #: Seconds a request waits while its round holds nothing (the idle cost).
 IDLE_EXPIRES = 2.0
@@ -116,13 +120,14 @@ class LeaseReader:
                 self.ended.set()
             return
         sequence, _ = stream_sequence(message.reply)
+        held = self.held.get(sequence)
+        if held is not None:
+            # Delivered again while held (ack_wait passed): acked through
+            # this delivery, not run twice.
+            held.reply = message.reply
+            return
         held = self.held[sequence] = Unsettled(message.reply, sequence)
-        sent_at = headers.get(SENT_AT)
-        delivery = Delivery(
-            message.data,
-            held,
-            sent_at=float(sent_at) if sent_at else stream_timestamp(message.reply),
-        )
+        delivery = Delivery(message.data, held, sent_at=_sent_at(message, headers))
         if not self.round and self.batch_timeout is not None and delivery.sent_at:
             self.due = delivery.sent_at + self.batch_timeout - SLACK
         self.round.append(held)
@@ -168,18 +173,28 @@ class LeaseReader:
 
     async def _loop(self) -> None:
         while True:
-            if self._complete():
-                await self._hand_off()
-                continue
-            expires = await self._ask()
-            if not expires:
-                continue
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.ended.wait(), expires + MARGIN)
-            if not self.ended.is_set():
-                self.owed = 0  # no end came (a reconnection): ask again
-            if self.status == "409":
-                await self._wait_free()
+            try:
+                await self._step()
+            except Exception as exc:  # a lost connection: ask again later
+                logger.warning(
+                    "taskiq_batching: NATS lease request failed: %s", describe(exc)
+                )
+                await asyncio.sleep(MARGIN)
+
+    async def _step(self) -> None:
+        """One request of the round, or the hand-off of a finished round."""
+        if self._complete():
+            await self._hand_off()
+            return
+        expires = await self._ask()
+        if not expires:
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.ended.wait(), expires + MARGIN)
+        if not self.ended.is_set():
+            self.owed = 0  # no end came (a reconnection): ask again
+        if self.status == "409":
+            await self._wait_free()
 
     async def _hand_off(self) -> None:
         """Let the slot go, say so, wait until the round is settled."""
@@ -210,3 +225,10 @@ class LeaseReader:
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+
+def _sent_at(message: Any, headers: Any) -> float | None:
+    """A message's send time: the moved one's ``Tb-Sent-At``, else its stream's."""
+    with contextlib.suppress(TypeError, ValueError):
+        return float(headers.get(SENT_AT))
+    return stream_timestamp(message.reply)
