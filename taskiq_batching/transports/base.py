@@ -32,6 +32,7 @@ class Delivery:
     data: bytes
     handle: Any = None
     original: bytes | AckableMessage | None = None
+    sent_at: float | None = None
 
 
 @dataclass(slots=True)
