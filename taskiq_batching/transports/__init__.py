@@ -51,14 +51,18 @@ Listen = Callable[[], AsyncGenerator[bytes | AckableMessage, None]]
 
 
 def transport_for(
-    broker: AsyncBroker, listen: Listen | None = None, wait_in_broker: bool = True
+    broker: AsyncBroker,
+    listen: Listen | None = None,
+    wait_in_broker: bool | None = None,
 ) -> Transport:
     """The transport for a broker.
 
     :param broker: any taskiq broker.
     :param listen: its own ``listen`` (before the worker hook wrapped it).
-    :param wait_in_broker: let batched tasks' messages wait in the broker
-        where it can (the transport's ``batches`` source); False: none.
+    :param wait_in_broker: True: batched tasks' messages wait in the broker
+        wherever its transport can; False: nowhere (each worker buffers what
+        it reads); None: where it is the measured default (Redis streams,
+        not NATS yet: docs/fleet.md).
     :return: its library's transport, or the generic one.
     """
     for module in _modules(_TRANSPORTS, broker):

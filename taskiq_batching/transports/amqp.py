@@ -69,7 +69,7 @@ Handle = tuple[Any, int, str]
 
 
 def transport_for(
-    broker: AsyncBroker, listen: Any = None, wait_in_broker: bool = True
+    broker: AsyncBroker, listen: Any = None, wait_in_broker: bool | None = None
 ) -> "AmqpTransport | GenericTransport | None":
     """The AMQP transport, for an ``AioPikaBroker`` that listens as shipped.
 

@@ -66,20 +66,22 @@ DEFAULT_ACK_WAIT = 30.0
 
 
 def transport_for(
-    broker: AsyncBroker, listen: Any = None, wait_in_broker: bool = False
+    broker: AsyncBroker, listen: Any = None, wait_in_broker: bool | None = None
 ) -> "NatsTransport | None":
     """The JetStream transport, for a pull-based broker that listens as shipped.
 
     :param broker: any broker.
     :param listen: unused (the broker's own listener is replaced).
-    :param wait_in_broker: batched tasks wait in the broker (``nats_lease.py``).
+    :param wait_in_broker: batched tasks wait in the broker (``nats_lease.py``);
+        None: not yet by default (the re-publish costs more than it saves
+        at 2,000 msg/s: docs/fleet.md).
     :return: the transport, or None for other brokers.
     """
     if (
         isinstance(broker, PullBasedJetStreamBroker)
         and type(broker).listen is PullBasedJetStreamBroker.listen
     ):
-        return NatsTransport(broker, wait_in_broker)
+        return NatsTransport(broker, wait_in_broker is True)
     return None
 
 

@@ -46,7 +46,7 @@ _KICKS = (
 
 
 def transport_for(
-    broker: AsyncBroker, listen: Any = None, wait_in_broker: bool = True
+    broker: AsyncBroker, listen: Any = None, wait_in_broker: bool | None = None
 ) -> "ListTransport | None":
     """The list transport, for taskiq-redis list brokers that listen as shipped.
 

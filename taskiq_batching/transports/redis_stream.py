@@ -89,18 +89,19 @@ Entry = tuple[str, bytes]
 
 
 def transport_for(
-    broker: AsyncBroker, listen: Any = None, wait_in_broker: bool = True
+    broker: AsyncBroker, listen: Any = None, wait_in_broker: bool | None = None
 ) -> "StreamTransport | None":
     """The stream transport, for taskiq-redis stream brokers that listen as shipped.
 
     :param broker: any broker.
     :param listen: unused (the broker's own listener is replaced).
     :param wait_in_broker: batched tasks' messages wait in Redis
-        (``redis_batches``); False: they are read and buffered.
+        (``redis_batches``; None: the default, they do); False: they are
+        read and buffered.
     :return: the transport, or None for other brokers.
     """
     if type(broker).listen in _LISTENERS:
-        return StreamTransport(broker, wait_in_broker)
+        return StreamTransport(broker, wait_in_broker is not False)
     return None
 
 
