@@ -47,6 +47,12 @@ class BatchingMiddleware(TaskiqMiddleware):
         secret (a ``SecretStr``, a field declared ``repr=False``) that its
         raw form shows; errors then name the message, the argument, the
         field path and the validation error's type only.
+    :param wait_in_broker: on a broker whose transport can (its
+        ``batches``), batched tasks' messages wait in the broker until a
+        batch is worth taking (full, or ``batch_timeout`` after its oldest
+        message was sent), and whichever worker has room takes it whole:
+        N workers fill batches as one. False: each worker reads and buffers
+        on its own, as on every other broker.
     """
 
     def __init__(
@@ -54,6 +60,7 @@ class BatchingMiddleware(TaskiqMiddleware):
         max_concurrent_batches: int = DEFAULT_MAX_CONCURRENT_BATCHES,
         observers: Sequence[BatchObserver] = (),
         error_values: bool = False,
+        wait_in_broker: bool = True,
     ) -> None:
         super().__init__()
         if (
@@ -67,6 +74,7 @@ class BatchingMiddleware(TaskiqMiddleware):
             )
         self.max_concurrent_batches = max_concurrent_batches
         self.error_values = bool(error_values)
+        self.wait_in_broker = bool(wait_in_broker)
         self.batcher: Batcher | None = None
         self._observers = list(observers)
 
@@ -113,7 +121,7 @@ class BatchingMiddleware(TaskiqMiddleware):
         for observer in self._observers:
             self.batcher.observers.add(observer)
         swap_task_class(broker, batching_class)
-        hook.attach(broker, self.batcher)
+        hook.attach(broker, self.batcher, wait_in_broker=self.wait_in_broker)
 
     def observe(self, observer: BatchObserver) -> None:
         """Tell an observer of every flush and finished batch from now on.

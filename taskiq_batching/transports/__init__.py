@@ -7,18 +7,42 @@ and is imported only for a broker of that library, so a RabbitMQ user
 never imports redis. A new broker is supported by adding a module with
 ``transport_for(broker, listen)`` (and ``results_for(backend)`` for a
 result backend) and naming it here. Anything else uses the generic transport.
+
+A module whose ``transport_for`` takes ``wait_in_broker`` gets
+``BatchingMiddleware(wait_in_broker=...)``: whether batched tasks' messages
+may wait in the broker (its transport's ``batches``) or are read and
+buffered by each worker, as every transport does without it.
 """
 
 import importlib
+import inspect
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from taskiq import AckableMessage, AsyncBroker, AsyncResultBackend
 
-from taskiq_batching.transports.base import Delivery, ResultWriter, Transport
+from taskiq_batching.transports.base import (
+    BatchSource,
+    Delivery,
+    Forwarder,
+    ResultWriter,
+    Taken,
+    TakenBatch,
+    Transport,
+)
 from taskiq_batching.transports.generic import GenericResults, GenericTransport
 
-__all__ = ["Delivery", "ResultWriter", "Transport", "results_for", "transport_for"]
+__all__ = [
+    "BatchSource",
+    "Delivery",
+    "Forwarder",
+    "ResultWriter",
+    "Taken",
+    "TakenBatch",
+    "Transport",
+    "results_for",
+    "transport_for",
+]
 
 #: Transport modules by the top-level package of a broker's class.
 _TRANSPORTS: dict[str, tuple[str, ...]] = {
@@ -34,15 +58,22 @@ _RESULTS: dict[str, tuple[str, ...]] = {
 Listen = Callable[[], AsyncGenerator[bytes | AckableMessage, None]]
 
 
-def transport_for(broker: AsyncBroker, listen: Listen | None = None) -> Transport:
+def transport_for(
+    broker: AsyncBroker, listen: Listen | None = None, wait_in_broker: bool = True
+) -> Transport:
     """The transport for a broker.
 
     :param broker: any taskiq broker.
     :param listen: its own ``listen`` (before the worker hook wrapped it).
+    :param wait_in_broker: let batched tasks' messages wait in the broker
+        where the transport can (passed to modules that take it).
     :return: its library's transport, or the generic one.
     """
     for module in _modules(_TRANSPORTS, broker):
-        transport: Transport | None = module.transport_for(broker, listen)
+        options: dict[str, Any] = {}
+        if "wait_in_broker" in inspect.signature(module.transport_for).parameters:
+            options["wait_in_broker"] = wait_in_broker
+        transport: Transport | None = module.transport_for(broker, listen, **options)
         if transport is not None:
             return transport
     return GenericTransport(broker, listen)

@@ -149,6 +149,87 @@ class ResultWriter(Protocol):
         """
 
 
+@dataclass(slots=True)
+class TakenBatch:
+    """A whole batch of one batched task, taken from where it waited in the broker.
+
+    :param key: the batch key as the broker knows it ("-" without ``batch_key``).
+    :param deliveries: its messages in send order; each handle is acked with
+        the transport's ``ack`` like any other delivery.
+    :param reason: why it was taken now: ``"size"`` (a full batch waited) or
+        ``"timeout"`` (its oldest message reached ``batch_timeout`` since its send).
+    """
+
+    key: str
+    deliveries: list[Delivery]
+    reason: str
+
+
+@dataclass(slots=True)
+class Taken:
+    """What one ``take`` got.
+
+    :param batches: whole batches, at most ``room``, each of another key.
+    :param wait_seconds: seconds until the nearest deadline of what still
+        waits, or None when nothing waits (then call ``idle``).
+    """
+
+    batches: list[TakenBatch]
+    wait_seconds: float | None
+
+
+class BatchSource(Protocol):
+    """Takes whole batches of batched tasks from where they wait in the broker.
+
+    A transport that supports waiting in the broker exposes one as its
+    ``batches`` attribute (``None`` otherwise: the worker buffers what it reads).
+    """
+
+    #: The longest a worker sleeps between two ``take`` calls while messages
+    #: wait but none is due (seconds); the take's slack before a deadline.
+    poll_seconds: float
+
+    def serves(self, spec: BatchSpec) -> bool:
+        """Whether this task's messages wait in the broker (else: read and buffered)."""
+
+    async def take(self, spec: BatchSpec, room: int) -> Taken:
+        """Take up to ``room`` whole batches of one task that are due (size, deadline).
+
+        :param spec: the batched task.
+        :param room: batches this worker may start now for it (>= 1): what
+            ``batch_concurrency``, ``max_concurrent_batches`` and
+            ``batch_max_keys`` leave.
+        """
+
+    async def idle(self, specs: Sequence[BatchSpec], timeout_seconds: float) -> None:
+        """Wait until a message of one of these tasks may have arrived, or the timeout.
+
+        One blocking command per call (an idle worker costs the broker ~1 command
+        per ``timeout_seconds``); returns early when woken by a send.
+        """
+
+
+class Forwarder(Protocol):
+    """Moves batched messages read on the main queue to where their task's batches wait.
+
+    A plain taskiq producer (without the plugin) sends a batched task's
+    message to the main queue; a worker whose transport has a
+    ``BatchSource`` serving the task hands what it reads there to the
+    transport's ``forwarder`` attribute (``None``: it buffers them itself).
+    """
+
+    async def forward(self, spec: BatchSpec, deliveries: Sequence[Delivery]) -> None:
+        """Move messages of one batched task, read on the main queue, to its batches.
+
+        On return each message waits with its task's batches (counted from
+        its original send) and is done with on the main queue (acked there);
+        on error none of them is (the worker then batches them itself).
+
+        :param spec: the batched task.
+        :param deliveries: its messages, as read on the main queue, in order.
+        """
+
+
 def finished_read(reading: "asyncio.Future[list[Delivery]]") -> list[Delivery]:
     """What an ended read gave: its deliveries, none, or the error it raised.
 

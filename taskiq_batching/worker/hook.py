@@ -40,12 +40,16 @@ from taskiq_batching.worker.pump import Pump
 logger = logging.getLogger("taskiq_batching")
 
 
-def attach(broker: AsyncBroker, batcher: Batcher) -> None:
+def attach(broker: AsyncBroker, batcher: Batcher, wait_in_broker: bool = True) -> None:
     """Hook the batcher into the broker's worker side.
 
     :param broker: the broker.
     :param batcher: its batcher.
+    :param wait_in_broker: let batched messages wait in the broker where
+        its transport can (``BatchingMiddleware(wait_in_broker=...)``).
     """
+    # True is the registry's default: it is passed only when False.
+    choice = {} if wait_in_broker else {"wait_in_broker": False}
 
     # ``original`` (the broker's own listen) is set below, when this shadows it.
     def listen() -> AsyncGenerator[Any, None]:
@@ -62,7 +66,7 @@ def attach(broker: AsyncBroker, batcher: Batcher) -> None:
         options = WorkerOptions.of(receiver)
         batcher.configure(options.validate, options.run)
         _trace(broker, batcher)
-        transport = transport_for(broker, original)
+        transport = transport_for(broker, original, **choice)
         lifecycle = Lifecycle(
             broker,
             batcher,
