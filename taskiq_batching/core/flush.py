@@ -21,6 +21,10 @@
   (it then runs alone);
 * ``deadline``: an item's ``batch_deadline`` is due: its batch starts now.
 
+A batch taken whole from the broker (``wait_in_broker``) flushes at once
+with the broker's reason, ``size`` or ``timeout`` (counted from the send):
+``flush_taken``.
+
 ``batch_min_size`` holds back a timer: a buffer below it is not flushed
 by ``batch_timeout`` but by ``batch_max_wait`` (every other reason still
 flushes it).
