@@ -56,6 +56,8 @@ class FakeSource:
     error: BaseException | None = None
     #: While set, a take waits for it (a slow broker).
     hold_takes: asyncio.Event | None = None
+    #: Seconds a take's reply takes to come back once released.
+    reply_seconds: float = 0.0
     take_started: asyncio.Event = field(default_factory=asyncio.Event)
     called: asyncio.Event = field(default_factory=asyncio.Event)
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
@@ -80,6 +82,8 @@ class FakeSource:
         self.take_started.set()
         if self.hold_takes is not None:
             await self.hold_takes.wait()
+        if self.reply_seconds:
+            await asyncio.sleep(self.reply_seconds)
         if self.error is not None:
             raise self.error
         return self._due(spec, room, loop.time())

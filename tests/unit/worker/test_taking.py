@@ -206,6 +206,7 @@ async def test_a_stop_ends_taking_and_the_take_in_flight_still_runs(
         await batched.kiq(i)
     await preload(broker, source, batched.task_name)
     source.hold_takes = asyncio.Event()
+    source.reply_seconds = 0.05  # the reply is on its way when the stop comes
     receiver = Receiver(broker)
     finish = asyncio.Event()
     listening = asyncio.create_task(receiver.listen(finish))
