@@ -50,6 +50,17 @@ class BatchingMiddleware(TaskiqMiddleware):
         secret (a ``SecretStr``, a field declared ``repr=False``) that its
         raw form shows; errors then name the message, the argument, the
         field path and the validation error's type only.
+    :param wait_in_broker: on a broker whose transport can (its
+        ``batches``), batched tasks' messages wait in the broker until a
+        batch is worth taking (full, or ``batch_timeout`` after its oldest
+        message was sent), and whichever worker has room takes it whole:
+        N workers fill batches as one. None (the default): where that is
+        measured to help (Redis streams; not NATS yet, whose forwarding
+        costs more than it saves at high rates: docs/fleet.md). True:
+        wherever the transport can (NATS included). False: each worker
+        reads and buffers on its own, as on every other broker.
+    :raises BatchConfigError: when ``max_concurrent_batches`` is not an int
+        >= 1, or ``wait_in_broker`` not True, False or None.
     """
 
     def __init__(
@@ -57,6 +68,7 @@ class BatchingMiddleware(TaskiqMiddleware):
         max_concurrent_batches: int = DEFAULT_MAX_CONCURRENT_BATCHES,
         observers: Sequence[BatchObserver] = (),
         error_values: bool = False,
+        wait_in_broker: bool | None = None,
     ) -> None:
         super().__init__()
         if (
@@ -70,6 +82,12 @@ class BatchingMiddleware(TaskiqMiddleware):
             )
         self.max_concurrent_batches = max_concurrent_batches
         self.error_values = bool(error_values)
+        if wait_in_broker is not None and not isinstance(wait_in_broker, bool):
+            raise BatchConfigError(
+                "BatchingMiddleware: wait_in_broker must be True, False or None, "
+                f"got {wait_in_broker!r}.",
+            )
+        self.wait_in_broker = wait_in_broker
         self.batcher: Batcher | None = None
         self._observers = list(observers)
         #: The worker's transports, made for this broker (closed at shutdown).
@@ -118,7 +136,12 @@ class BatchingMiddleware(TaskiqMiddleware):
         for observer in self._observers:
             self.batcher.observers.add(observer)
         swap_task_class(broker, batching_class)
-        hook.attach(broker, self.batcher, self._opened.append)
+        hook.attach(
+            broker,
+            self.batcher,
+            self._opened.append,
+            wait_in_broker=self.wait_in_broker,
+        )
 
     def observe(self, observer: BatchObserver) -> None:
         """Tell an observer of every flush and finished batch from now on.

@@ -83,10 +83,13 @@ def waiting_sender(broker: AsyncBroker, spec: BatchSpec | None) -> Any:
     :param spec: the task's spec (None: not a batched task).
     :return: the source that sends there, or None (send the plain way).
     """
-    if spec is None or not any(
-        getattr(middleware, "wait_in_broker", False) is True
+    choices = [
+        getattr(middleware, "wait_in_broker", None)
         for middleware in broker.middlewares
-    ):
+        if hasattr(middleware, "wait_in_broker")
+    ]
+    # No plugin middleware, or one that said False: the plain way.
+    if spec is None or not choices or any(c is False for c in choices):
         return None
     source = sender(broker).batches
     if source is None or not callable(getattr(source, "send", None)):

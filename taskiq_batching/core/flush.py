@@ -21,16 +21,20 @@
   (it then runs alone);
 * ``deadline``: an item's ``batch_deadline`` is due: its batch starts now.
 
+A batch taken whole from the broker (``wait_in_broker``) flushes at once
+with the broker's reason, ``size`` or ``timeout`` (counted from the send):
+``flush_taken``.
+
 ``batch_min_size`` holds back a timer: a buffer below it is not flushed
 by ``batch_timeout`` but by ``batch_max_wait`` (every other reason still
 flushes it).
 """
 
 import logging
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING
 
-from taskiq_batching.core.buffer import Buffer
+from taskiq_batching.core.buffer import Buffer, Held
 from taskiq_batching.core.policies import Placement
 from taskiq_batching.settings import FlushReason
 from taskiq_batching.spec import BatchSpec
@@ -214,6 +218,27 @@ class FlushRules:
             )
         self.batcher.flush((buffer.task_name, buffer.key), FlushReason.BYTES)
         return True
+
+    def flush_taken(self, taken: Sequence[tuple[Held, FlushReason]]) -> int:
+        """Flush every buffer that messages of whole taken batches landed in.
+
+        A batch taken from the broker (it filled there, or reached its
+        deadline) is accepted message by message like any other, then runs
+        at once: each buffer holding one of them flushes, with the reason
+        the broker gave.
+
+        :param taken: each message held and its batch's reason.
+        :return: the number of batches flushed.
+        """
+        reasons = {id(held): reason for held, reason in taken}
+        flushed = 0
+        for key, buffer in list(self.batcher.buffers.items()):
+            found = (reasons.get(id(held)) for held in buffer.items)
+            reason = next((r for r in found if r is not None), None)
+            if reason is not None:
+                self.batcher.flush(key, reason)
+                flushed += 1
+        return flushed
 
     def relieve(self, task_name: str, full: bool = False) -> None:
         """Flush a task's buffers if they hold all it may hold: nothing else would.

@@ -7,9 +7,15 @@ and is imported only for a broker of that library, so a RabbitMQ user
 never imports redis. A new broker is supported by adding a module with
 ``transport_for(broker, listen, wait_in_broker)`` (and ``results_for(backend)`` for a
 result backend) and naming it here. Anything else uses the generic transport.
+
+A module whose ``transport_for`` takes ``wait_in_broker`` gets
+``BatchingMiddleware(wait_in_broker=...)``: whether batched tasks' messages
+may wait in the broker (its transport's ``batches``) or are read and
+buffered by each worker, as every transport does without it.
 """
 
 import importlib
+import inspect
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
@@ -18,6 +24,7 @@ from taskiq import AckableMessage, AsyncBroker, AsyncResultBackend
 from taskiq_batching.transports.base import (
     BatchSource,
     Delivery,
+    Forwarder,
     ResultWriter,
     Taken,
     TakenBatch,
@@ -28,6 +35,7 @@ from taskiq_batching.transports.generic import GenericResults, GenericTransport
 __all__ = [
     "BatchSource",
     "Delivery",
+    "Forwarder",
     "ResultWriter",
     "Taken",
     "TakenBatch",
@@ -66,9 +74,10 @@ def transport_for(
     :return: its library's transport, or the generic one.
     """
     for module in _modules(_TRANSPORTS, broker):
-        transport: Transport | None = module.transport_for(
-            broker, listen, wait_in_broker=wait_in_broker
-        )
+        options: dict[str, Any] = {}
+        if "wait_in_broker" in inspect.signature(module.transport_for).parameters:
+            options["wait_in_broker"] = wait_in_broker
+        transport: Transport | None = module.transport_for(broker, listen, **options)
         if transport is not None:
             return transport
     return GenericTransport(broker, listen)

@@ -228,6 +228,30 @@ class Owning(Protocol):
         """Close what this transport opened (the broker shuts down)."""
 
 
+class Forwarder(Protocol):
+    """Moves batched messages read on the main queue to where their task's batches wait.
+
+    A plain taskiq producer (without the plugin) sends a batched task's
+    message to the main queue; a worker whose transport has a
+    ``BatchSource`` serving the task hands what it reads there to the
+    transport's ``forwarder`` attribute (``None``: it buffers them itself).
+    """
+
+    async def forward(
+        self, deliveries: Sequence[tuple[Delivery, BatchSpec, str]]
+    ) -> None:
+        """Move batched messages, read on the main queue, to where their batches wait.
+
+        On return each message waits with its task's batches (counted from
+        its original send) and is done with on the main queue (acked there);
+        on error none of them is (the worker then batches them itself).
+
+        :param deliveries: ``(delivery, its task, its broker key)`` as read
+            on the main queue, in order (``core/broker_keys.py``: the key
+            groups only; the worker still keys each message itself).
+        """
+
+
 def finished_read(reading: "asyncio.Future[list[Delivery]]") -> list[Delivery]:
     """What an ended read gave: its deliveries, none, or the error it raised.
 

@@ -45,7 +45,7 @@ from taskiq_redis import (
 )
 
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import BatchSource, Delivery
+from taskiq_batching.transports.base import BatchSource, Delivery, Forwarder
 from taskiq_batching.transports.generic import kick_each
 from taskiq_batching.transports.redis_batches import StreamBatches, TaskEntry
 from taskiq_batching.transports.redis_batches_lua import ACK_DELETE
@@ -155,6 +155,8 @@ class StreamTransport:
                 start=lambda: self.holding.start(),
             )
         self.batches: BatchSource | None = self.stream_batches
+        #: Moves a plain producer's batched messages to their key streams.
+        self.forwarder: Forwarder | None = self.stream_batches
         #: Per stream, the last entry read: its id and its data.
         self._last_seen: dict[str, tuple[bytes, bytes]] = {}
         self.holding = Holding(

@@ -68,7 +68,12 @@ def batching(broker: AsyncBroker, redis_url: str, queue: str) -> AsyncBroker:
     backend: RedisAsyncResultBackend[Any] = RedisAsyncResultBackend(
         redis_url, prefix_str=queue, result_ex_time=600
     )
-    return broker.with_result_backend(backend).with_middlewares(BatchingMiddleware())
+    # TB_WAIT_IN_BROKER set: batched tasks wait in the broker wherever the
+    # transport can (``BatchingMiddleware(wait_in_broker=True)``).
+    wait = True if os.environ.get("TB_WAIT_IN_BROKER") else None
+    return broker.with_result_backend(backend).with_middlewares(
+        BatchingMiddleware(wait_in_broker=wait)
+    )
 
 
 def declare_collect(broker: AsyncBroker, redis_url: str, queue: str) -> None:

@@ -9,29 +9,20 @@ The batched task ``collect`` takes ``TB_BATCH_SIZE`` and
 ``TB_BATCH_TIMEOUT`` (``none``: size-only); each batch pushes
 ``{"items": [...], "pid": ...}`` to ``{queue}:started`` when it starts,
 then runs ``TB_BATCH_DELAY`` seconds, then pushes the same record to
-``{queue}:batches``. ``TB_WAIT_IN_BROKER`` set: the NATS transport's
-``wait_in_broker`` (a lease per batched task).
+``{queue}:batches``. ``TB_WAIT_IN_BROKER`` set:
+``BatchingMiddleware(wait_in_broker=True)`` (a lease per batched task).
 """
 
 import asyncio
-import functools
 import json
 import os
 
 from redis.asyncio import Redis
 
-from taskiq_batching.transports import nats as nats_transport
 from tests.integration.app_brokers import NATS_URL, REDIS_URL, nats_broker
 
 #: The broker both the worker and the test's producer use.
 make_broker = nats_broker
-
-if os.environ.get("TB_WAIT_IN_BROKER"):
-    # The transport's own switch, until the middleware's wait_in_broker
-    # reaches the transport registry (another branch).
-    nats_transport.transport_for = functools.partial(
-        nats_transport.transport_for, wait_in_broker=True
-    )
 
 QUEUE = os.environ.get("TB_QUEUE", "taskiq-batching-nats-alo")
 _pending = os.environ.get("TB_MAX_ACK_PENDING")
