@@ -44,9 +44,10 @@ from taskiq_batching.transports.base import Delivery
 from taskiq_batching.transports.generic import kick_each
 from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient, cancel
 from taskiq_batching.transports.redis_groups import (
+    Seen,
     create_group,
     describe_id,
-    entry_order,
+    furthest,
     mark_of,
 )
 from taskiq_batching.transports.redis_holding import Holding
@@ -213,14 +214,15 @@ class StreamTransport:
     def _deliveries(self, reply: Any) -> list[Delivery]:
         """An XREADGROUP reply, packed or parsed by redis-py, as deliveries."""
         chunk: list[Delivery] = []
+        # A stream's entries come in id order: its last one is its furthest.
+        last: dict[str, Seen] = {}
         for stream, entry_id, data in entries(reply):
             entry = (stream, entry_id)
             self._in_use.add(entry)
-            seen = self._last_seen.get(stream)
-            if seen is None or entry_order(entry_id) >= entry_order(seen[0]):
-                # Never back: entries read back at stop are older.
-                self._last_seen[stream] = (entry_id, data)
+            last[stream] = (entry_id, data)
             chunk.append(Delivery(data, entry))
+        for stream, read in last.items():
+            self._last_seen[stream] = furthest(self._last_seen.get(stream), read)
         return chunk
 
     async def interrupt(self, reading: Any) -> list[Delivery]:
