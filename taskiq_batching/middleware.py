@@ -54,11 +54,10 @@ class BatchingMiddleware(TaskiqMiddleware):
         ``batches``), batched tasks' messages wait in the broker until a
         batch is worth taking (full, or ``batch_timeout`` after its oldest
         message was sent), and whichever worker has room takes it whole:
-        N workers fill batches as one. None (the default): where that is
-        measured to help (Redis streams; not NATS yet, whose forwarding
-        costs more than it saves at high rates: docs/fleet.md). True:
-        wherever the transport can (NATS included). False: each worker
-        reads and buffers on its own, as on every other broker.
+        N workers fill batches as one (Redis streams; NATS). A preview in
+        this release, so opt in with True: None (the default) and False
+        keep each worker reading and buffering on its own, as on every
+        other broker (docs/fleet.md says what is built and measured).
     :raises BatchConfigError: when ``max_concurrent_batches`` is not an int
         >= 1, or ``wait_in_broker`` not True, False or None.
     """

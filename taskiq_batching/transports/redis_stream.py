@@ -51,9 +51,10 @@ from taskiq_batching.transports.redis_batches import StreamBatches, TaskEntry
 from taskiq_batching.transports.redis_batches_lua import ACK_DELETE
 from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient, cancel
 from taskiq_batching.transports.redis_groups import (
+    Seen,
     create_group,
     describe_id,
-    entry_order,
+    furthest,
     mark_of,
 )
 from taskiq_batching.transports.redis_holding import Holding
@@ -95,13 +96,13 @@ def transport_for(
 
     :param broker: any broker.
     :param listen: unused (the broker's own listener is replaced).
-    :param wait_in_broker: batched tasks' messages wait in Redis
-        (``redis_batches``; None: the default, they do); False: they are
-        read and buffered.
+    :param wait_in_broker: True: batched tasks' messages wait in Redis
+        (``redis_batches``); None (the default, while this path is a
+        preview) or False: they are read and buffered.
     :return: the transport, or None for other brokers.
     """
     if type(broker).listen in _LISTENERS:
-        return StreamTransport(broker, wait_in_broker is not False)
+        return StreamTransport(broker, wait_in_broker is True)
     return None
 
 
@@ -243,14 +244,15 @@ class StreamTransport:
     def _deliveries(self, reply: Any) -> list[Delivery]:
         """An XREADGROUP reply, packed or parsed by redis-py, as deliveries."""
         chunk: list[Delivery] = []
+        # A stream's entries come in id order: its last one is its furthest.
+        last: dict[str, Seen] = {}
         for stream, entry_id, data in entries(reply):
             entry = (stream, entry_id)
             self._in_use.add(entry)
-            seen = self._last_seen.get(stream)
-            if seen is None or entry_order(entry_id) >= entry_order(seen[0]):
-                # Never back: entries read back at stop are older.
-                self._last_seen[stream] = (entry_id, data)
+            last[stream] = (entry_id, data)
             chunk.append(Delivery(data, entry))
+        for stream, read in last.items():
+            self._last_seen[stream] = furthest(self._last_seen.get(stream), read)
         return chunk
 
     async def interrupt(self, reading: Any) -> list[Delivery]:

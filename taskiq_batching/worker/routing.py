@@ -101,7 +101,7 @@ class Router:
             if name not in self.parked and admission.take(name, envelope.size):
                 taken.append((envelope, delivery))
             else:
-                self.parked.park(name, delivery)
+                self.parked.park(name, delivery, envelope)
         self.taken += len(chunk) - forwarded  # forwarded: taken when their batch is
         extra: list[Delivery] = []
         if not self.acknowledges:
@@ -130,8 +130,8 @@ class Router:
         :return: them, decoded and admitted.
         """
         ready: list[Parked] = []
-        for _, delivery in list(self.parked.unpark(Admission(self.batcher))):
-            envelope = decode(self.broker, delivery.data)
+        for delivery, kept in list(self.parked.unpark(Admission(self.batcher))):
+            envelope = kept or decode(self.broker, delivery.data)
             if envelope is None:  # decoded when read: it cannot fail now
                 self.handoff.append(delivery)
                 continue
