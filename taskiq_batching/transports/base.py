@@ -27,11 +27,15 @@ class Delivery:
         AMQP delivery tag, an ack callable...); None when it has no ack.
     :param original: what the broker's own listener yielded, handed to
         taskiq's Receiver as it is (generic transport only).
+    :param sent_at: when the message was sent (epoch seconds, the broker's or
+        producer's clock), if known: a buffer's batch_timeout counts from its
+        first message's sent_at (else from when it was read).
     """
 
     data: bytes
     handle: Any = None
     original: bytes | AckableMessage | None = None
+    sent_at: float | None = None
 
 
 class Transport(Protocol):
