@@ -1,11 +1,13 @@
 """The kicker of a batched task: one item per ``kiq``, no task settings on the wire."""
 
+import time
 from typing import Any
 
 from taskiq.kicker import AsyncKicker
 
 from taskiq_batching.core.signature import BatchSignature
 from taskiq_batching.settings import wire_labels
+from taskiq_batching.transports import SENT_AT_LABEL, stamps_sent_at
 
 
 class BatchKicker(AsyncKicker[Any, Any]):
@@ -14,7 +16,8 @@ class BatchKicker(AsyncKicker[Any, Any]):
     Made by ``BatchingDecoratedTask.kicker()``, so ``task.kiq(...)``,
     ``task.kicker().with_labels(...).kiq(...)``, ``BatchedTask.kiq`` and
     ``kiq_many`` all check their item before anything is sent, and send
-    no task settings (``wire_labels``).
+    no task settings (``wire_labels``). On a broker that keeps no send
+    time (AMQP), each message carries its own (``SENT_AT_LABEL``).
 
     :param kicker: the kicker taskiq made for the task.
     :param signature: the batch function's signature.
@@ -53,4 +56,7 @@ class BatchKicker(AsyncKicker[Any, Any]):
         """
         if args:
             self.signature.check_one_item(self.task_name, args[0])
+        if stamps_sent_at(self.broker):
+            # Its batch_timeout counts from here, whichever worker takes it.
+            self.labels[SENT_AT_LABEL] = time.time()
         return await super().kiq(*args, **kwargs)

@@ -15,10 +15,23 @@ from typing import Any
 
 from taskiq import AckableMessage, AsyncBroker, AsyncResultBackend
 
-from taskiq_batching.transports.base import Delivery, ResultWriter, Transport
+from taskiq_batching.transports.base import (
+    SENT_AT_LABEL,
+    Delivery,
+    ResultWriter,
+    Transport,
+)
 from taskiq_batching.transports.generic import GenericResults, GenericTransport
 
-__all__ = ["Delivery", "ResultWriter", "Transport", "results_for", "transport_for"]
+__all__ = [
+    "SENT_AT_LABEL",
+    "Delivery",
+    "ResultWriter",
+    "Transport",
+    "results_for",
+    "stamps_sent_at",
+    "transport_for",
+]
 
 #: Transport modules by the top-level package of a broker's class.
 _TRANSPORTS: dict[str, tuple[str, ...]] = {
@@ -30,6 +43,9 @@ _TRANSPORTS: dict[str, tuple[str, ...]] = {
 _RESULTS: dict[str, tuple[str, ...]] = {
     "taskiq_redis": ("redis_results",),
 }
+
+#: ``stamps_sent_at`` by broker class (looked up once per class).
+_stamping: dict[type, bool] = {}
 
 Listen = Callable[[], AsyncGenerator[bytes | AckableMessage, None]]
 
@@ -46,6 +62,25 @@ def transport_for(broker: AsyncBroker, listen: Listen | None = None) -> Transpor
         if transport is not None:
             return transport
     return GenericTransport(broker, listen)
+
+
+def stamps_sent_at(broker: AsyncBroker) -> bool:
+    """Whether a batched message to this broker carries its send time as a label.
+
+    Only where the broker keeps no send time of its own that the worker
+    sees (AMQP: its transport reads the label's header, ``SENT_AT_LABEL``).
+
+    :param broker: any taskiq broker.
+    :return: True when its transport module asks for the label.
+    """
+    kind = type(broker)
+    stamps = _stamping.get(kind)
+    if stamps is None:
+        stamps = _stamping[kind] = any(
+            getattr(module, "STAMPS_SENT_AT", False)
+            for module in _modules(_TRANSPORTS, broker)
+        )
+    return stamps
 
 
 def results_for(backend: AsyncResultBackend[Any]) -> ResultWriter:

@@ -17,6 +17,11 @@ from taskiq import AckableMessage, BrokerMessage, TaskiqResult
 
 from taskiq_batching.spec import BatchSpec
 
+#: The label (an AMQP header on the wire) in which the plugin's producer
+#: puts a batched message's send time, epoch seconds, for a transport whose
+#: broker keeps no send time of its own (``stamps_sent_at``).
+SENT_AT_LABEL = "batch_sent_at"
+
 
 @dataclass(slots=True)
 class Delivery:
