@@ -22,6 +22,7 @@ from typing import Any
 from taskiq import AckableMessage, AsyncBroker, AsyncResultBackend
 
 from taskiq_batching.transports.base import (
+    SENT_AT_LABEL,
     BatchSource,
     Delivery,
     Forwarder,
@@ -41,6 +42,8 @@ __all__ = [
     "TakenBatch",
     "Transport",
     "results_for",
+    "SENT_AT_LABEL",
+    "stamps_sent_at",
     "transport_for",
 ]
 
@@ -54,6 +57,9 @@ _TRANSPORTS: dict[str, tuple[str, ...]] = {
 _RESULTS: dict[str, tuple[str, ...]] = {
     "taskiq_redis": ("redis_results",),
 }
+
+#: ``stamps_sent_at`` by broker class (looked up once per class).
+_stamping: dict[type, bool] = {}
 
 Listen = Callable[[], AsyncGenerator[bytes | AckableMessage, None]]
 
@@ -81,6 +87,25 @@ def transport_for(
         if transport is not None:
             return transport
     return GenericTransport(broker, listen)
+
+
+def stamps_sent_at(broker: AsyncBroker) -> bool:
+    """Whether a batched message to this broker carries its send time as a label.
+
+    Only where the broker keeps no send time of its own that the worker
+    sees (AMQP: its transport reads the label's header, ``SENT_AT_LABEL``).
+
+    :param broker: any taskiq broker.
+    :return: True when its transport module asks for the label.
+    """
+    kind = type(broker)
+    stamps = _stamping.get(kind)
+    if stamps is None:
+        stamps = _stamping[kind] = any(
+            getattr(module, "STAMPS_SENT_AT", False)
+            for module in _modules(_TRANSPORTS, broker)
+        )
+    return stamps
 
 
 def results_for(backend: AsyncResultBackend[Any]) -> ResultWriter:

@@ -17,6 +17,11 @@ from taskiq import AckableMessage, BrokerMessage, TaskiqResult
 
 from taskiq_batching.spec import BatchSpec
 
+#: The label (an AMQP header on the wire) in which the plugin's producer
+#: puts a batched message's send time, epoch seconds, for a transport whose
+#: broker keeps no send time of its own (``stamps_sent_at``).
+SENT_AT_LABEL = "batch_sent_at"
+
 
 @dataclass(slots=True)
 class Delivery:
@@ -27,6 +32,9 @@ class Delivery:
         AMQP delivery tag, an ack callable...); None when it has no ack.
     :param original: what the broker's own listener yielded, handed to
         taskiq's Receiver as it is (generic transport only).
+    :param sent_at: when the message was sent (epoch seconds, the broker's or
+        producer's clock), if known: a buffer's batch_timeout counts from its
+        first message's sent_at (else from when it was read).
     """
 
     data: bytes
