@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from tests.integration.faults.redis_server import REDIS_SERVER, TEST_CLIENT, RedisServer
 from tests.integration.stream_batches import (
-    Source,
+    StreamSource,
     declare,
     make_broker,
     source,
@@ -37,7 +37,7 @@ async def server(tmp_path: Path) -> AsyncIterator[RedisServer]:
         started.kill()
 
 
-async def src_wakes(src: Source) -> list[tuple[bytes, dict[bytes, bytes]]]:
+async def src_wakes(src: StreamSource) -> list[tuple[bytes, dict[bytes, bytes]]]:
     found: list[tuple[bytes, dict[bytes, bytes]]] = await src.batches.redis.xrange(
         src.names.wake
     )

@@ -7,6 +7,8 @@ from taskiq import InMemoryBroker
 from taskiq_aio_pika import AioPikaBroker
 from taskiq_redis import (
     ListQueueBroker,
+    ListQueueClusterBroker,
+    ListQueueSentinelBroker,
     RedisStreamBroker,
     RedisStreamClusterBroker,
     RedisStreamSentinelBroker,
@@ -23,6 +25,7 @@ from taskiq_batching.transports.redis_batches import (
 from taskiq_batching.transports.redis_batches_names import slot_of
 from taskiq_batching.transports.redis_batches_wake import Wakes
 from taskiq_batching.transports.redis_common import RedisClient
+from taskiq_batching.transports.redis_list_batches import ListBatches, element_of
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -117,9 +120,30 @@ def test_stream_brokers_have_a_batch_source_unless_switched_off(make: object) ->
     assert transport_for(broker, wait_in_broker=False).batches is None
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ListQueueBroker("redis://localhost:6379/0"),
+        lambda: ListQueueSentinelBroker([("localhost", 26379)], "mymaster"),
+        lambda: ListQueueClusterBroker("redis://localhost:7000"),
+    ],
+    ids=["standalone", "sentinel", "cluster"],
+)
+def test_list_brokers_have_a_batch_source_unless_switched_off(make: object) -> None:
+    broker = make()  # type: ignore[operator]
+    assert isinstance(transport_for(broker).batches, ListBatches)
+    assert transport_for(broker, wait_in_broker=False).batches is None
+
+
+def test_a_list_element_is_its_time_and_its_message() -> None:
+    assert element_of(b'1700000000123|{"a": 1}') == (1700000000123, b'{"a": 1}')
+    assert element_of(b"12|a|b") == (12, b"a|b")  # only the first bar
+    assert element_of("5|x") == (5, b"x")
+    assert element_of(b'{"no": "stamp"}') == (None, b'{"no": "stamp"}')
+
+
 def test_other_brokers_have_no_batch_source() -> None:
     for broker in (
-        ListQueueBroker("redis://localhost:6379/0"),
         AioPikaBroker("amqp://guest:guest@localhost:5672/"),
         InMemoryBroker(),
     ):
