@@ -23,7 +23,8 @@ local function due_of(list)
   if timeout < 0 then return nil end
   local oldest = redis.call('LINDEX', list, -1)
   if not oldest then return nil end
-  local sent = tonumber(string.match(oldest, '^(%d+)|')) or now
+  -- an element without a stamp (not put by the plugin) is due at once
+  local sent = tonumber(string.match(oldest, '^(%d+)|')) or 0
   return sent + timeout - slack
 end
 

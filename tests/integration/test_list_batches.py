@@ -278,3 +278,20 @@ async def test_a_cancelled_take_gives_back_what_it_took(
         assert task_ids(got.batches[0]) == sent
     finally:
         await clean(redis, src.names, queue)
+
+
+async def test_a_message_without_a_stamp_is_due_at_once(
+    redis_url: str, queue: str, redis: Redis
+) -> None:
+    (src,) = _sources(redis_url, queue, 1, 10, 30)
+    try:
+        names = src.names
+        await redis.lpush(names.stream("-"), b'{"not": "stamped"}')
+        await redis.zadd(names.keys, {"-": 1})
+        (batch,) = (await src.batches.take(src.spec, 1)).batches
+        assert batch.reason == "timeout"
+        assert [d.data for d in batch.deliveries] == [b'{"not": "stamped"}']
+        assert isinstance(batch.deliveries[0].handle, ListEntry)
+        assert batch.deliveries[0].handle.sent_ms == 0
+    finally:
+        await clean(redis, src.names, queue)
