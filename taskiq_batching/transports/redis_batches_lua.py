@@ -113,6 +113,14 @@ local function due_of(entry)
   return sent_of(entry) + timeout - slack
 end
 
+-- XREADGROUP's entries: Redis replies [[stream, entries]]; fakeredis (which
+-- users' unit tests run on) [stream, entries].
+local function entries_of(reply)
+  if type(reply) ~= 'table' then return nil end
+  if type(reply[1]) == 'table' then return reply[1][2] end
+  return reply[2]
+end
+
 local function claim(stream, g)
   if claim_ms <= 0 or tonumber(g['pending']) == 0 then return nil end
   local got = redis.call('XAUTOCLAIM', stream, group, consumer, claim_ms, '0-0',
@@ -170,13 +178,13 @@ local function visit(key)
   local due = due_of(first[1])
   local is_full = full(stream, g)
   if is_full or (due and due <= now) then
-    local got = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', size,
-      'STREAMS', stream, '>')
-    if got and got[1] and #got[1][2] > 0 then
+    local got = entries_of(redis.call('XREADGROUP', 'GROUP', group, consumer,
+      'COUNT', size, 'STREAMS', stream, '>'))
+    if got and #got > 0 then
       local reason = 'timeout'
       if is_full then reason = 'size' end
-      add(key, reason, got[1][2])
-      after_take(stream, g, got[1][2])
+      add(key, reason, got)
+      after_take(stream, g, got)
     end
   elseif due then
     consider(due)

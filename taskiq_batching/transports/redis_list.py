@@ -51,18 +51,19 @@ _KICKS = (
 
 
 def transport_for(
-    broker: AsyncBroker, listen: Any = None, wait_in_broker: bool = True
+    broker: AsyncBroker, listen: Any = None, wait_in_broker: bool | None = None
 ) -> "ListTransport | None":
     """The list transport, for taskiq-redis list brokers that listen as shipped.
 
     :param broker: any broker.
     :param listen: unused (the broker's own listener is replaced).
-    :param wait_in_broker: batched tasks' messages wait in Redis
-        (``redis_list_batches``); False: they are read and buffered.
+    :param wait_in_broker: True: batched tasks' messages wait in Redis
+        (``redis_list_batches``); False or None (the default: not measured
+        with the worker yet, docs/fleet.md): they are read and buffered.
     :return: the transport, or None for other brokers.
     """
     if type(broker).listen in _LISTENERS:
-        return ListTransport(broker, wait_in_broker)
+        return ListTransport(broker, wait_in_broker is True)
     return None
 
 

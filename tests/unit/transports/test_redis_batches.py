@@ -15,7 +15,7 @@ from taskiq_redis import (
 )
 
 from taskiq_batching.core.broker_keys import NO_KEY, broker_key
-from taskiq_batching.transports import transport_for
+from taskiq_batching.transports import redis_list, transport_for
 from taskiq_batching.transports.redis_batches import (
     StreamBatches,
     TaskEntry,
@@ -129,10 +129,14 @@ def test_stream_brokers_have_a_batch_source_unless_switched_off(make: object) ->
     ],
     ids=["standalone", "sentinel", "cluster"],
 )
-def test_list_brokers_have_a_batch_source_unless_switched_off(make: object) -> None:
+def test_list_brokers_have_a_batch_source_when_switched_on(make: object) -> None:
     broker = make()  # type: ignore[operator]
-    assert isinstance(transport_for(broker).batches, ListBatches)
+    assert isinstance(transport_for(broker, wait_in_broker=True).batches, ListBatches)
     assert transport_for(broker, wait_in_broker=False).batches is None
+    # None, the middleware's default: not yet for lists (docs/fleet.md).
+    default = redis_list.transport_for(broker, wait_in_broker=None)
+    assert default is not None
+    assert default.batches is None
 
 
 def test_a_list_element_is_its_time_and_its_message() -> None:
