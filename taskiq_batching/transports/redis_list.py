@@ -90,6 +90,9 @@ class ListTransport:
         if wait_in_broker:
             self.list_batches = ListBatches(self.client, self.queue)
         self.batches: BatchSource | None = self.list_batches
+        #: Moves a plain producer's batched messages to their key lists (the
+        #: worker's ``Forwarder``): stamped with the forward's time.
+        self.forwarder: ListBatches | None = self.list_batches
 
     def check(self, specs: Sequence[BatchSpec]) -> None:
         """Nothing to check: a list has no redelivery to defeat."""

@@ -82,9 +82,13 @@ def spec_of(task: Collect) -> BatchSpec:
 
 
 def make_list_broker(url: str, queue: str, wait: bool = True) -> ListQueueBroker:
-    """A list broker with the plugin, the switch set (see ``make_broker``)."""
+    """A list broker with the plugin, the switch set.
+
+    Set in the instance's ``__dict__``: that works before and after the
+    middleware takes ``wait_in_broker`` (the worker side's branch).
+    """
     middleware = BatchingMiddleware()
-    middleware.wait_in_broker = wait  # type: ignore[attr-defined]
+    vars(middleware)["wait_in_broker"] = wait
     broker = ListQueueBroker(url, queue_name=queue)
     broker.add_middlewares(middleware)
     return broker
