@@ -64,8 +64,20 @@ def sender(broker: AsyncBroker) -> Transport:
     """
     found = _senders.get(broker)
     if found is None:
-        found = _senders[broker] = transport_for(broker)
+        found = _senders[broker] = transport_for(broker, **_choice(broker))
     return found
+
+
+def _choice(broker: AsyncBroker) -> dict[str, Any]:
+    """The middlewares' ``wait_in_broker`` for the registry, as the worker gets it.
+
+    A producer's transport must agree with the workers' on where a task's
+    messages wait (a list broker's waits only when told True).
+    """
+    said = {getattr(m, "wait_in_broker", None) for m in broker.middlewares}
+    if False in said:
+        return {"wait_in_broker": False}
+    return {"wait_in_broker": True} if True in said else {}
 
 
 def waiting_sender(broker: AsyncBroker, spec: BatchSpec | None) -> Any:
