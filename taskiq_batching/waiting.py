@@ -68,18 +68,6 @@ def sender(broker: AsyncBroker) -> Transport:
     return found
 
 
-def _choice(broker: AsyncBroker) -> dict[str, Any]:
-    """The middlewares' ``wait_in_broker`` for the registry, as the worker gets it.
-
-    A producer's transport must agree with the workers' on where a task's
-    messages wait (a list broker's waits only when told True).
-    """
-    said = {getattr(m, "wait_in_broker", None) for m in broker.middlewares}
-    if False in said:
-        return {"wait_in_broker": False}
-    return {"wait_in_broker": True} if True in said else {}
-
-
 def waiting_sender(broker: AsyncBroker, spec: BatchSpec | None) -> Any:
     """Where a batched task's messages wait in this broker, if they do.
 
@@ -171,3 +159,15 @@ async def kiq_waiting(
         result_backend=broker.result_backend,
         return_type=kicker.return_type,
     )
+
+
+def _choice(broker: AsyncBroker) -> dict[str, Any]:
+    """The middlewares' ``wait_in_broker`` for the registry, as the worker gets it.
+
+    A producer's transport must agree with the workers' on where a task's
+    messages wait (a list broker's waits only when told True).
+    """
+    said = {getattr(m, "wait_in_broker", None) for m in broker.middlewares}
+    if False in said:
+        return {"wait_in_broker": False}
+    return {"wait_in_broker": True} if True in said else {}
