@@ -64,7 +64,7 @@ def sender(broker: AsyncBroker) -> Transport:
     """
     found = _senders.get(broker)
     if found is None:
-        found = _senders[broker] = transport_for(broker, **_choice(broker))
+        found = _senders[broker] = transport_for(broker)
     return found
 
 
@@ -159,15 +159,3 @@ async def kiq_waiting(
         result_backend=broker.result_backend,
         return_type=kicker.return_type,
     )
-
-
-def _choice(broker: AsyncBroker) -> dict[str, Any]:
-    """The middlewares' ``wait_in_broker`` for the registry, as the worker gets it.
-
-    A producer's transport must agree with the workers' on where a task's
-    messages wait (a list broker's waits only when told True).
-    """
-    said = {getattr(m, "wait_in_broker", None) for m in broker.middlewares}
-    if False in said:
-        return {"wait_in_broker": False}
-    return {"wait_in_broker": True} if True in said else {}
