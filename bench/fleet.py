@@ -16,6 +16,12 @@ from which, once every result is in:
 * wait = batch start - send time, p50/p99/max in ms, and ``late``: the
   messages whose wait exceeds batch_timeout + ``--slack-ms``.
 
+``--paths`` runs each line twice in one run: ``today`` (each worker reads
+and buffers, ``BatchingMiddleware(wait_in_broker=False)``) and ``wait``
+(batches wait in the broker where its transport can, ``wait_in_broker=True``);
+the report then puts fill and p50/p99 send → batch start of both side by
+side per broker, rate and N.
+
 Every run has queue names of its own (``tbbench-fleet-<run>-...``), deleted
 after it; the worker's process group is killed after each run, on error
 and on Ctrl-C/SIGTERM. Services: ``REDIS_URL``, ``RABBITMQ_URL``,
@@ -41,6 +47,7 @@ from redis.asyncio import Redis
 
 from bench.brokers import AmqpQueue, NatsConsumer, unreachable
 from bench.fleet_app import BROKERS, FleetSettings, build
+from bench.fleet_report import markdown, row_line
 from bench.measure import count_existing, delete_prefix, percentile
 from bench.procs import ROOT, started, taskiq_worker_argv
 
@@ -49,10 +56,8 @@ DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 TICK = 0.01
 #: Seconds between two polls for results.
 POLL = 0.1
-COLUMNS = (
-    "| broker | N | rate | mean batch | ideal | fill | p50 ms | p99 ms "
-    "| max ms | late | procs | messages |"
-)
+#: The paths ``--paths`` chooses from: ``wait_in_broker`` of each.
+PATHS = {"today": False, "wait": True}
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -64,6 +69,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--batch-timeout", type=float, default=0.5)
     parser.add_argument("--slack-ms", type=float, default=50.0)
+    parser.add_argument(
+        "--paths", default="today,wait", help="today (per-worker buffers), wait"
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     return parser.parse_args(argv)
 
@@ -207,24 +215,42 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             for rate in [float(r) for r in args.rates.split(",")]:
                 for workers in [int(n) for n in args.workers_list.split(",")]:
-                    name = f"{broker}-n{workers}-r{rate:.0f}"
-                    queue = f"tbbench-fleet-{run_id}-{name}"
-                    s = FleetSettings(
-                        url, queue, broker, args.batch_size, args.batch_timeout
-                    )
-                    log_path = args.out / run_id / f"{name}.log"
-                    _log(f"{name} ...")
-                    try:
-                        row = await measure(redis, s, workers, rate, args, log_path)
-                    except Exception as exc:  # reported, the others go on
-                        errors.append(f"{name}: {exc!r}")
-                        _log(f"  FAILED: {exc!r}")
-                        continue
-                    finally:
-                        await cleanup(redis, s)
-                    rows.append({"broker": broker, "workers": workers, **row})
-                    _log("  " + _row(rows[-1]))
+                    for path in args.paths.split(","):
+                        line = (broker, rate, workers, path)
+                        row = await _line(redis, url, run_id, line, args, errors)
+                        if row is not None:
+                            rows.append(row)
     return {"run_id": run_id, "meta": _meta(args), "rows": rows, "errors": errors}
+
+
+async def _line(
+    redis: Redis,
+    url: str,
+    run_id: str,
+    line: tuple[str, float, int, str],
+    args: argparse.Namespace,
+    errors: list[str],
+) -> dict[str, Any] | None:
+    """One broker, rate, N and path; None (and an error noted) if it failed."""
+    broker, rate, workers, path = line
+    name = f"{broker}-n{workers}-r{rate:.0f}-{path}"
+    queue = f"tbbench-fleet-{run_id}-{name}"
+    s = FleetSettings(
+        url, queue, broker, args.batch_size, args.batch_timeout, PATHS[path]
+    )
+    _log(f"{name} ...")
+    try:
+        log = args.out / run_id / f"{name}.log"
+        row = await measure(redis, s, workers, rate, args, log)
+    except Exception as exc:  # reported, the others go on
+        errors.append(f"{name}: {exc!r}")
+        _log(f"  FAILED: {exc!r}")
+        return None
+    finally:
+        await cleanup(redis, s)
+    result = {"broker": broker, "workers": workers, "path": path, **row}
+    _log("  " + row_line(result))
+    return result
 
 
 def _meta(args: argparse.Namespace) -> dict[str, Any]:
@@ -246,45 +272,6 @@ def _meta(args: argparse.Namespace) -> dict[str, Any]:
         "code": os.environ.get("BENCH_CODE_VERSION", code),
         "options": options,
     }
-
-
-def _row(row: dict[str, Any]) -> str:
-    if not row.get("messages"):
-        return f"| {row['broker']} | {row['workers']} | no results |"
-    return (
-        f"| {row['broker']} | {row['workers']} | {_rate(row)} "
-        f"| {row['mean_batch']:.1f} | {row['ideal']:.0f} | {row['fill']:.2f} "
-        f"| {row['p50_ms']:.0f} | {row['p99_ms']:.0f} | {row['max_ms']:.0f} "
-        f"| {row['late']} | {row['procs']} | {row['messages']:,} |"
-    )
-
-
-def _rate(row: dict[str, Any]) -> str:
-    """The rate sent, after the one asked for when the producer lagged."""
-    target, sent = row["rate"], row["sent_rate"]
-    if sent < 0.95 * target:
-        return f"{target:,.0f} (sent {sent:,.0f})"
-    return f"{sent:,.0f}"
-
-
-def markdown(raw: dict[str, Any]) -> str:
-    """The report: one line per broker, rate and N."""
-    meta = raw["meta"]
-    opts = meta["options"]
-    out = [
-        f"Fleet run `{raw['run_id']}`, {meta['date']}, nproc={meta['nproc']}, "
-        f"code {meta['code']}; batch_size {opts['batch_size']}, batch_timeout "
-        f"{opts['batch_timeout']} s, {opts['duration']} s of sending per line; "
-        f"late = waits above batch_timeout + {opts['slack_ms']} ms; "
-        "ideal from the rate sent; procs = worker processes that ran batches.",
-        "",
-        COLUMNS,
-        "|" + "---|" * (COLUMNS.count("|") - 1),
-    ]
-    out += [_row(row) for row in raw["rows"]]
-    if raw["errors"]:
-        out += ["", "Failures:", "", *[f"- {error}" for error in raw["errors"]]]
-    return "\n".join(out)
 
 
 def _log(message: str) -> None:

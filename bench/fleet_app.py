@@ -42,6 +42,9 @@ class FleetSettings:
     broker: str = "stream"
     batch_size: int = 100
     batch_timeout: float = 0.5
+    #: ``BatchingMiddleware(wait_in_broker=...)``: False is today's
+    #: per-worker buffering, True lets batches wait in the broker.
+    wait_in_broker: bool = False
 
     def to_env(self) -> dict[str, str]:
         """The environment variables that describe these settings."""
@@ -54,13 +57,20 @@ class FleetSettings:
         for field in fields(cls):
             raw = os.environ.get(f"TBF_{field.name.upper()}")
             if raw is not None:
-                kind = field.type if field.type in (int, float) else str
-                values[field.name] = kind(raw)
+                values[field.name] = _parse(field.type, raw)
         return cls(**values)
 
     def ready_key(self) -> str:
         """The counter of worker processes started."""
         return f"{self.queue}:ready"
+
+
+def _parse(kind: Any, raw: str) -> Any:
+    if kind in (bool, "bool"):
+        return raw == "True"
+    if kind in (int, float, "int", "float"):
+        return {"int": int, "float": float}.get(kind, kind)(raw)
+    return raw
 
 
 @dataclass
@@ -92,7 +102,7 @@ def build(s: FleetSettings) -> FleetApp:
     broker = (
         _transport(s)
         .with_result_backend(backend)
-        .with_middlewares(BatchingMiddleware())
+        .with_middlewares(BatchingMiddleware(wait_in_broker=s.wait_in_broker))
     )
 
     async def fleet(items: list[float]) -> PerItem[list[float]]:

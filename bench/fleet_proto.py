@@ -6,7 +6,7 @@ each in ``bench/fleet_proto_redis.py`` or ``bench/fleet_proto_mq.py``:
 
     stream-today  stream-wait  stream-wait-fwd
     list-today    list-wait    list-wait-fwd
-    nats-today    nats-lease   amqp-today   amqp-sac
+    nats-today  nats-lease  nats-lease-keep  nats-lease-v1  amqp-today  amqp-sac
 
 (``-fwd``: the producer is a plain kicker writing to the main queue; the
 workers forward.) For each mechanism, rate and N: N worker processes
@@ -38,15 +38,15 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, replace
-from pathlib import Path
 from typing import Any
 
+from bench.fleet_proto_args import arguments
 from bench.fleet_proto_common import Batch, Config, Mechanism, Report
 from bench.fleet_proto_stats import markdown, summarize
 
 MECHANISMS = (
     "stream-today,stream-wait,stream-wait-fwd,list-today,list-wait,list-wait-fwd,"
-    "nats-today,nats-lease,amqp-today,amqp-sac"
+    "nats-today,nats-lease,nats-lease-keep,nats-lease-v1,amqp-today,amqp-sac"
 )
 URLS = {
     "redis": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
@@ -59,6 +59,7 @@ TICK = 0.01
 def make(name: str, cfg: Config) -> Mechanism:
     """The mechanism called ``name``."""
     from bench import fleet_proto_mq as mq
+    from bench import fleet_proto_nats as nt
     from bench import fleet_proto_redis as rd
 
     plain = replace(cfg, plain=True)
@@ -70,7 +71,9 @@ def make(name: str, cfg: Config) -> Mechanism:
         "list-wait": lambda: rd.ListWait(cfg),
         "list-wait-fwd": lambda: rd.ListWait(plain),
         "nats-today": lambda: mq.NatsProto(cfg, lease=False),
-        "nats-lease": lambda: mq.NatsProto(cfg, lease=True),
+        "nats-lease": lambda: nt.NatsLease(cfg, keep=False),
+        "nats-lease-keep": lambda: nt.NatsLease(cfg, keep=True),
+        "nats-lease-v1": lambda: mq.NatsProto(cfg, lease=True),
         "amqp-today": lambda: mq.AmqpProto(cfg, sac=False),
         "amqp-sac": lambda: mq.AmqpProto(cfg, sac=True),
     }
@@ -246,24 +249,7 @@ async def _settle(fleet: Fleet, total: int) -> None:
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.fleet_proto", description=__doc__
-    )
-    parser.add_argument("--mechanisms", default=MECHANISMS)
-    parser.add_argument("--workers-list", default="1,2,4,8")
-    parser.add_argument("--rates", default="300,2000")
-    parser.add_argument("--duration", type=float, default=6.0)
-    parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--batch-timeout", type=float, default=0.5)
-    parser.add_argument("--keys", type=int, default=1)
-    parser.add_argument("--drain", type=int, default=0, help="pre-load M messages")
-    parser.add_argument("--idle", type=float, default=3.0)
-    parser.add_argument(
-        "--kill-after", type=float, default=0.0, help="kill -9 a worker after S s"
-    )
-    parser.add_argument("--slack-ms", type=float, default=50.0)
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    return parser.parse_args(argv)
+    return arguments(argv, MECHANISMS, __doc__ or "")
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:

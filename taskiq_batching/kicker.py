@@ -1,5 +1,6 @@
 """The kicker of a batched task: one item per ``kiq``, no task settings on the wire."""
 
+import time
 from typing import Any
 
 from taskiq.kicker import AsyncKicker
@@ -7,6 +8,7 @@ from taskiq.kicker import AsyncKicker
 from taskiq_batching.core.signature import BatchSignature
 from taskiq_batching.labels import wire_labels
 from taskiq_batching.spec import BatchSpec
+from taskiq_batching.transports import SENT_AT_LABEL, stamps_sent_at
 from taskiq_batching.waiting import kiq_waiting, waiting_sender
 
 
@@ -16,7 +18,8 @@ class BatchKicker(AsyncKicker[Any, Any]):
     Made by ``BatchingDecoratedTask.kicker()``, so ``task.kiq(...)``,
     ``task.kicker().with_labels(...).kiq(...)``, ``BatchedTask.kiq`` and
     ``kiq_many`` all check their item before anything is sent, and send
-    no task settings (``wire_labels``).
+    no task settings (``wire_labels``). On a broker that keeps no send
+    time (AMQP), each message carries its own (``SENT_AT_LABEL``).
 
     With ``BatchingMiddleware(wait_in_broker=True)`` on a broker where
     batched messages wait (a taskiq-redis stream broker), ``kiq`` sends to
@@ -64,6 +67,9 @@ class BatchKicker(AsyncKicker[Any, Any]):
         """
         if args:
             self.signature.check_one_item(self.task_name, args[0])
+        if stamps_sent_at(self.broker):
+            # Its batch_timeout counts from here, whichever worker takes it.
+            self.labels[SENT_AT_LABEL] = time.time()
         source = waiting_sender(self.broker, self.spec)
         if source is not None and self.spec is not None:
             return await kiq_waiting(self, source, self.spec, args, kwargs)

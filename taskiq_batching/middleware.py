@@ -16,6 +16,8 @@ from taskiq_batching.errors import BatchConfigError, MiddlewareMissingError
 from taskiq_batching.labels import BATCH_LABEL, wants_batching
 from taskiq_batching.settings import FlushReason
 from taskiq_batching.tasks import adopt, batching_class
+from taskiq_batching.transports.base import Owning, Transport
+from taskiq_batching.waiting import drop_sender
 from taskiq_batching.worker import hook, signals
 
 logger = logging.getLogger("taskiq_batching")
@@ -48,6 +50,16 @@ class BatchingMiddleware(TaskiqMiddleware):
         secret (a ``SecretStr``, a field declared ``repr=False``) that its
         raw form shows; errors then name the message, the argument, the
         field path and the validation error's type only.
+    :param wait_in_broker: on a broker whose transport can (its
+        ``batches``), batched tasks' messages wait in the broker until a
+        batch is worth taking (full, or ``batch_timeout`` after its oldest
+        message was sent), and whichever worker has room takes it whole:
+        N workers fill batches as one (Redis streams; NATS). A preview in
+        this release, so opt in with True: None (the default) and False
+        keep each worker reading and buffering on its own, as on every
+        other broker (docs/fleet.md says what is built and measured).
+    :raises BatchConfigError: when ``max_concurrent_batches`` is not an int
+        >= 1, or ``wait_in_broker`` not True, False or None.
     """
 
     def __init__(
@@ -55,6 +67,7 @@ class BatchingMiddleware(TaskiqMiddleware):
         max_concurrent_batches: int = DEFAULT_MAX_CONCURRENT_BATCHES,
         observers: Sequence[BatchObserver] = (),
         error_values: bool = False,
+        wait_in_broker: bool | None = None,
     ) -> None:
         super().__init__()
         if (
@@ -68,8 +81,16 @@ class BatchingMiddleware(TaskiqMiddleware):
             )
         self.max_concurrent_batches = max_concurrent_batches
         self.error_values = bool(error_values)
+        if wait_in_broker is not None and not isinstance(wait_in_broker, bool):
+            raise BatchConfigError(
+                "BatchingMiddleware: wait_in_broker must be True, False or None, "
+                f"got {wait_in_broker!r}.",
+            )
+        self.wait_in_broker = wait_in_broker
         self.batcher: Batcher | None = None
         self._observers = list(observers)
+        #: The worker's transports, made for this broker (closed at shutdown).
+        self._opened: list[Transport] = []
 
     @classmethod
     def of(cls, broker: AsyncBroker) -> "BatchingMiddleware":
@@ -114,7 +135,12 @@ class BatchingMiddleware(TaskiqMiddleware):
         for observer in self._observers:
             self.batcher.observers.add(observer)
         swap_task_class(broker, batching_class)
-        hook.attach(broker, self.batcher)
+        hook.attach(
+            broker,
+            self.batcher,
+            self._opened.append,
+            wait_in_broker=self.wait_in_broker,
+        )
 
     def observe(self, observer: BatchObserver) -> None:
         """Tell an observer of every flush and finished batch from now on.
@@ -147,9 +173,18 @@ class BatchingMiddleware(TaskiqMiddleware):
         On a worker the pump has done it already when the Receiver stopped;
         on ``InMemoryBroker`` this is where buffered messages are flushed.
         Plain tasks still running are not waited for, as without the plugin.
+        Then the clients the plugin opened for this broker are closed (a
+        Redis sentinel's master client): taskiq's Receiver has finished the
+        callbacks that acked through them.
         """
-        if self.batcher is not None:
-            await self.batcher.drain(deadline=None)
+        if self.batcher is None:
+            return
+        await self.batcher.drain(deadline=None)
+        opened = [*self._opened, drop_sender(self.broker)]
+        self._opened.clear()
+        for transport in opened:
+            if isinstance(transport, Owning):
+                await transport.shutdown()
 
     def flush(self) -> int:
         """Flush every non-empty buffer now (for tests and manual control).

@@ -41,7 +41,7 @@ from taskiq_batching._compat import (
 from taskiq_batching.errors import BatchConfigError, SendManyError
 from taskiq_batching.labels import wire_labels
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports import Transport
+from taskiq_batching.transports import SENT_AT_LABEL, Transport, stamps_sent_at
 from taskiq_batching.waiting import key_of, routed, sender, waiting_sender
 
 #: Turns prepared arguments into what ``TaskiqMessage.model_dump(mode="json")``
@@ -82,6 +82,9 @@ async def send_many(
     # A batched task's kicker already leaves its settings out; any other
     # kicker given here must not put them on the wire either.
     kicker.labels = wire_labels(kicker.labels)
+    if stamps_sent_at(broker):
+        # Sent together: one send time (the batch_timeout counts from it).
+        kicker.labels[SENT_AT_LABEL] = time.time()
     # What ``kicker.kiq(item, ...)`` would build for the first item; the
     # others differ from it only by their task_id and item.
     template = prepare_message(kicker, items[0], *args, **kwargs)

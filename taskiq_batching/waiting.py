@@ -56,16 +56,38 @@ class WaitingSender(Protocol):
         """
 
 
+def opted_in(broker: AsyncBroker) -> bool:
+    """Whether the broker's ``BatchingMiddleware`` says ``wait_in_broker=True``.
+
+    :param broker: the broker.
+    :return: True only for an explicit True (None is the default).
+    """
+    return any(
+        getattr(middleware, "wait_in_broker", None) is True
+        for middleware in broker.middlewares
+    )
+
+
 def sender(broker: AsyncBroker) -> Transport:
     """The transport a producer sends with.
 
     :param broker: the broker.
-    :return: its transport (made once).
+    :return: its transport (made once, with its middleware's choice).
     """
     found = _senders.get(broker)
     if found is None:
-        found = _senders[broker] = transport_for(broker)
+        choice = True if opted_in(broker) else None
+        found = _senders[broker] = transport_for(broker, wait_in_broker=choice)
     return found
+
+
+def drop_sender(broker: AsyncBroker) -> Transport | None:
+    """Forget the broker's sender (it shuts down); the next send makes another.
+
+    :param broker: the broker.
+    :return: its sender, if one was made.
+    """
+    return _senders.pop(broker, None)
 
 
 def waiting_sender(broker: AsyncBroker, spec: BatchSpec | None) -> Any:
@@ -75,10 +97,7 @@ def waiting_sender(broker: AsyncBroker, spec: BatchSpec | None) -> Any:
     :param spec: the task's spec (None: not a batched task).
     :return: the source that sends there, or None (send the plain way).
     """
-    if spec is None or not any(
-        getattr(middleware, "wait_in_broker", False) is True
-        for middleware in broker.middlewares
-    ):
+    if spec is None or not opted_in(broker):
         return None
     source = sender(broker).batches
     if source is None or not callable(getattr(source, "send", None)):

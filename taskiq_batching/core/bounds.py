@@ -65,6 +65,18 @@ class Bounds:
         self.held[task_name] += 1
         return True
 
+    def take(self, task_name: str, count: int) -> None:
+        """Count messages taken whole from the broker (a batch that waited there).
+
+        They are not refused: the worker asked for them only while its
+        limits left room for their batch (``Runner.room``).
+
+        :param task_name: a batched task.
+        :param count: how many (``release`` them when finished).
+        """
+        self.changes.bind_loop()
+        self.held[task_name] += count
+
     def fits_bytes(self, task_name: str, size: int) -> bool:
         """Whether ``size`` more wire bytes of a task fit its byte bound.
 

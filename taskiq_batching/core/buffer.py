@@ -2,6 +2,8 @@
 
 import asyncio
 import contextvars
+import math
+import time
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +59,11 @@ class Envelope:
         )
 
 
+#: A message sent longer ago than this counts as sent this long ago: it is
+#: overdue either way, and the times derived from it stay ordinary numbers.
+MAX_AGE_SECONDS = 86400.0
+
+
 @dataclass(slots=True, eq=False)
 class Held:
     """One message of a batched task that a worker holds until it is finished.
@@ -67,6 +74,8 @@ class Held:
     :param ack: its one ack controller (None when the broker has no acks):
         a message is acked at most once, alone or with its batch.
     :param arrived: event-loop time when the worker took it, in seconds.
+        Its ``batch_timeout`` counts from ``sent_at`` instead, when its
+        delivery knows when it was sent.
     :param scope: the context variables its middleware hooks run in (a
         span of a tracing middleware lives there), when it has hooks.
     :param item: its validated item, once it is in a buffer.
@@ -102,6 +111,29 @@ class Held:
             return self.message.size
         return 0
 
+    def sent_at(self, now: float) -> float:
+        """Event-loop time it was sent, bounded by when the worker took it.
+
+        A sender's clock may run ahead of the worker's, or lie: a send time
+        after ``arrived`` counts as ``arrived`` (nothing waits longer than it
+        would have), one older than ``MAX_AGE_SECONDS`` as that old, one that
+        is not a finite number is ignored.
+
+        :param now: the event loop's time now.
+        :return: event-loop time its batch timer counts from.
+        """
+        given = getattr(self.delivery, "sent_at", None)
+        if isinstance(given, bool) or not isinstance(given, (int, float)):
+            return self.arrived
+        try:
+            sent_at = float(given)
+        except OverflowError:  # an int no float holds
+            return self.arrived
+        if not math.isfinite(sent_at):
+            return self.arrived
+        sent = now - (time.time() - sent_at)
+        return min(max(sent, self.arrived - MAX_AGE_SECONDS), self.arrived)
+
     def taskiq_message(self) -> TaskiqMessage:
         """The message object, built from its envelope once if need be.
 
@@ -130,7 +162,9 @@ class Buffer:
     :param key: what its messages share (see ``keys.batch_key``).
     :param args: positional arguments after the item, shared by every message.
     :param kwargs: keyword arguments, shared by every message.
-    :param opened_at: event-loop time of its first message, in seconds.
+    :param opened_at: event-loop time its batch timer counts from, in
+        seconds: when its first message was taken, or the earliest send
+        time its messages' deliveries know (``Held.sent_at``).
     :param calls: calls of the batch function so far (isolation re-runs).
     :param cost: the sum of its items' ``batch_cost``.
     :param size: the sum of its messages' wire bytes.

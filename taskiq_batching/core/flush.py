@@ -1,7 +1,8 @@
 """When a buffer becomes a batch: the one place flushing is decided.
 
 * ``size``: it holds ``batch_size`` messages;
-* ``timeout``: ``batch_timeout`` seconds after its first message;
+* ``timeout``: ``batch_timeout`` seconds after its first message (after
+  the earliest send time its messages' deliveries know, ``Held.sent_at``);
 * ``pressure``: the process holds all it may hold of the task and every
   held message sits in a buffer, so nothing else would ever free room
   (several partial buffers, a size-only task); or the broker stops
@@ -21,16 +22,20 @@
   (it then runs alone);
 * ``deadline``: an item's ``batch_deadline`` is due: its batch starts now.
 
+A batch taken whole from the broker (``wait_in_broker``) flushes at once
+with the broker's reason, ``size`` or ``timeout`` (counted from the send):
+``flush_taken``.
+
 ``batch_min_size`` holds back a timer: a buffer below it is not flushed
 by ``batch_timeout`` but by ``batch_max_wait`` (every other reason still
 flushes it).
 """
 
 import logging
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING
 
-from taskiq_batching.core.buffer import Buffer
+from taskiq_batching.core.buffer import Buffer, Held
 from taskiq_batching.core.policies import Placement
 from taskiq_batching.settings import FlushReason
 from taskiq_batching.spec import BatchSpec
@@ -65,18 +70,14 @@ class FlushRules:
         self._linger_scheduled = False
 
     def opened(self, spec: BatchSpec, buffer: Buffer) -> None:
-        """A buffer got its first message: start its timer, bound its task's keys.
+        """A buffer is about to get its first message: bound its task's keys.
+
+        Its timer starts in ``added``, from that message's send time.
 
         :param spec: its task's spec.
         :param buffer: the new buffer.
         """
         settings = spec.settings
-        timeout = settings.batch_timeout
-        if timeout is not None and not self.closing:
-            loop = self.batcher.bind_loop()
-            buffer.timer = loop.call_later(
-                timeout, self._timer, (buffer.task_name, buffer.key)
-            )
         max_keys = settings.max_keys
         if max_keys is not None and self.batcher.open_keys[spec.task_name] > max_keys:
             oldest = next(
@@ -85,6 +86,35 @@ class FlushRules:
                 if key[0] == spec.task_name and open_buffer is not buffer
             )
             self.batcher.flush(oldest, FlushReason.KEYS)
+
+    def _clock(self, spec: BatchSpec, buffer: Buffer) -> None:
+        """Start or advance a buffer's timer from its newest message's send time.
+
+        A message sent before the buffer's others (a redelivery, a slower
+        sender) moves the timer earlier; never later.
+        """
+        loop = self.batcher.bind_loop()
+        sent = buffer.items[-1].sent_at(loop.time())
+        started = buffer.timer is not None
+        if started and sent >= buffer.opened_at:
+            return
+        buffer.opened_at = min(buffer.opened_at, sent)
+        settings = spec.settings
+        timeout = settings.batch_timeout
+        if timeout is None or self.closing:
+            return
+        if buffer.timer is not None:
+            buffer.timer.cancel()
+        key = (buffer.task_name, buffer.key)
+        if buffer.overdue and settings.max_wait is not None:
+            buffer.timer = loop.call_at(
+                buffer.opened_at + settings.max_wait,
+                self.batcher.flush,
+                key,
+                FlushReason.TIMEOUT,
+            )
+        else:
+            buffer.timer = loop.call_at(buffer.opened_at + timeout, self._timer, key)
 
     def _timer(self, key: tuple[str, Hashable]) -> None:
         """``batch_timeout`` passed: flush, unless ``batch_min_size`` holds it."""
@@ -146,6 +176,7 @@ class FlushRules:
         :param buffer: the buffer.
         :param placement: the message's placement, when policies apply.
         """
+        self._clock(spec, buffer)
         key = (buffer.task_name, buffer.key)
         if len(buffer.items) >= spec.settings.batch_size:
             self.batcher.flush(key, FlushReason.SIZE)
@@ -214,6 +245,27 @@ class FlushRules:
             )
         self.batcher.flush((buffer.task_name, buffer.key), FlushReason.BYTES)
         return True
+
+    def flush_taken(self, taken: Sequence[tuple[Held, FlushReason]]) -> int:
+        """Flush every buffer that messages of whole taken batches landed in.
+
+        A batch taken from the broker (it filled there, or reached its
+        deadline) is accepted message by message like any other, then runs
+        at once: each buffer holding one of them flushes, with the reason
+        the broker gave.
+
+        :param taken: each message held and its batch's reason.
+        :return: the number of batches flushed.
+        """
+        reasons = {id(held): reason for held, reason in taken}
+        flushed = 0
+        for key, buffer in list(self.batcher.buffers.items()):
+            found = (reasons.get(id(held)) for held in buffer.items)
+            reason = next((r for r in found if r is not None), None)
+            if reason is not None:
+                self.batcher.flush(key, reason)
+                flushed += 1
+        return flushed
 
     def relieve(self, task_name: str, full: bool = False) -> None:
         """Flush a task's buffers if they hold all it may hold: nothing else would.

@@ -51,6 +51,29 @@ class Runner:
         """Whether a batch waits, runs, or other work of a stop is not done."""
         return bool(self.ready or self.tasks or self.side)
 
+    def room(self, task_name: str) -> int:
+        """Whole batches of a task that may start now (taken from the broker).
+
+        What ``batch_concurrency``, ``max_concurrent_batches`` and, for a
+        keyed task, ``batch_max_keys`` (distinct keys running or waiting
+        to run) leave, counting the batches already queued, and no more
+        full batches than the task's held bound (``max_held``) has room for.
+
+        :param task_name: a batched task.
+        :return: how many (0: wait for a change).
+        """
+        settings = self.batcher.specs[task_name].settings
+        room = min(
+            settings.concurrency - self.running[task_name] - self.backlog[task_name],
+            self.batcher.max_concurrent_batches - len(self.tasks) - len(self.ready),
+        )
+        if settings.key is not None and settings.max_keys is not None:
+            busy = {b.key for b in self.tasks.values() if b.task_name == task_name}
+            busy.update(b.key for b, _ in self.ready if b.task_name == task_name)
+            room = min(room, settings.max_keys - len(busy))
+        held = settings.max_held - self.batcher.held[task_name]
+        return max(min(room, held // settings.batch_size), 0)
+
     def queue(self, buffer: Buffer, reason: FlushReason) -> None:
         """Queue a flushed buffer to run, and start what may start.
 

@@ -96,7 +96,8 @@ class BatchSignature:
                 "no item: send one item per message, as `await task.kiq(item)`",
             )
         try:
-            self.check_call(len(args) - 1, kwargs)
+            if len(args) > 1 or kwargs:  # an item alone fits any batch function
+                self.check_call(len(args) - 1, kwargs)
             if not validate:
                 return args[0], list(args[1:]), dict(kwargs)
             item = self.coerce_item(args[0], values)

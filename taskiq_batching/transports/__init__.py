@@ -7,17 +7,25 @@ and is imported only for a broker of that library, so a RabbitMQ user
 never imports redis. A new broker is supported by adding a module with
 ``transport_for(broker, listen, wait_in_broker)`` (and ``results_for(backend)`` for a
 result backend) and naming it here. Anything else uses the generic transport.
+
+A module whose ``transport_for`` takes ``wait_in_broker`` gets
+``BatchingMiddleware(wait_in_broker=...)``: whether batched tasks' messages
+may wait in the broker (its transport's ``batches``) or are read and
+buffered by each worker, as every transport does without it.
 """
 
 import importlib
+import inspect
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from taskiq import AckableMessage, AsyncBroker, AsyncResultBackend
 
 from taskiq_batching.transports.base import (
+    SENT_AT_LABEL,
     BatchSource,
     Delivery,
+    Forwarder,
     ResultWriter,
     Taken,
     TakenBatch,
@@ -28,11 +36,14 @@ from taskiq_batching.transports.generic import GenericResults, GenericTransport
 __all__ = [
     "BatchSource",
     "Delivery",
+    "Forwarder",
     "ResultWriter",
     "Taken",
     "TakenBatch",
     "Transport",
     "results_for",
+    "SENT_AT_LABEL",
+    "stamps_sent_at",
     "transport_for",
 ]
 
@@ -47,27 +58,54 @@ _RESULTS: dict[str, tuple[str, ...]] = {
     "taskiq_redis": ("redis_results",),
 }
 
+#: ``stamps_sent_at`` by broker class (looked up once per class).
+_stamping: dict[type, bool] = {}
+
 Listen = Callable[[], AsyncGenerator[bytes | AckableMessage, None]]
 
 
 def transport_for(
-    broker: AsyncBroker, listen: Listen | None = None, wait_in_broker: bool = True
+    broker: AsyncBroker,
+    listen: Listen | None = None,
+    wait_in_broker: bool | None = None,
 ) -> Transport:
     """The transport for a broker.
 
     :param broker: any taskiq broker.
     :param listen: its own ``listen`` (before the worker hook wrapped it).
-    :param wait_in_broker: let batched tasks' messages wait in the broker
-        where it can (the transport's ``batches`` source); False: none.
+    :param wait_in_broker: True: batched tasks' messages wait in the broker
+        wherever its transport can; False: nowhere (each worker buffers what
+        it reads); None: the default, which is False for now (the fleet
+        path is a preview: docs/fleet.md).
     :return: its library's transport, or the generic one.
     """
     for module in _modules(_TRANSPORTS, broker):
-        transport: Transport | None = module.transport_for(
-            broker, listen, wait_in_broker=wait_in_broker
-        )
+        options: dict[str, Any] = {}
+        if "wait_in_broker" in inspect.signature(module.transport_for).parameters:
+            options["wait_in_broker"] = wait_in_broker
+        transport: Transport | None = module.transport_for(broker, listen, **options)
         if transport is not None:
             return transport
     return GenericTransport(broker, listen)
+
+
+def stamps_sent_at(broker: AsyncBroker) -> bool:
+    """Whether a batched message to this broker carries its send time as a label.
+
+    Only where the broker keeps no send time of its own that the worker
+    sees (AMQP: its transport reads the label's header, ``SENT_AT_LABEL``).
+
+    :param broker: any taskiq broker.
+    :return: True when its transport module asks for the label.
+    """
+    kind = type(broker)
+    stamps = _stamping.get(kind)
+    if stamps is None:
+        stamps = _stamping[kind] = any(
+            getattr(module, "STAMPS_SENT_AT", False)
+            for module in _modules(_TRANSPORTS, broker)
+        )
+    return stamps
 
 
 def results_for(backend: AsyncResultBackend[Any]) -> ResultWriter:

@@ -51,11 +51,16 @@ from taskiq_batching._compat import (
 )
 from taskiq_batching.error_texts import describe
 from taskiq_batching.spec import BatchSpec
+from taskiq_batching.transports.amqp_headers import properties_sent_at, sent_at_of
 from taskiq_batching.transports.amqp_inbox import Inbox
 from taskiq_batching.transports.base import BatchSource, Delivery, finished_read
 from taskiq_batching.transports.generic import GenericTransport, kick_each
 
 logger = logging.getLogger("taskiq_batching")
+
+#: Batched messages carry their send time as a header (``stamps_sent_at``):
+#: RabbitMQ keeps none the consumer sees.
+STAMPS_SENT_AT = True
 
 #: Longest a read waits for a delivery before it returns none, in seconds
 #: (the worker then checks its timers and reads again).
@@ -69,7 +74,7 @@ Handle = tuple[Any, int, str]
 
 
 def transport_for(
-    broker: AsyncBroker, listen: Any = None, wait_in_broker: bool = True
+    broker: AsyncBroker, listen: Any = None, wait_in_broker: bool | None = None
 ) -> "AmqpTransport | GenericTransport | None":
     """The AMQP transport, for an ``AioPikaBroker`` that listens as shipped.
 
@@ -150,7 +155,8 @@ class AmqpTransport:
         """
         channel = message.channel
         consumer = str(message.consumer_tag)
-        self._note(channel, int(message.delivery_tag), consumer, message.body)
+        sent_at = sent_at_of(message.headers, message.timestamp)
+        self._note(channel, int(message.delivery_tag), consumer, message.body, sent_at)
         self._tap(channel, consumer)
 
     def _tap(self, channel: Any, consumer: str) -> None:
@@ -166,6 +172,7 @@ class AmqpTransport:
             delivery.delivery_tag,
             delivery.consumer_tag,
             message.body,
+            properties_sent_at(getattr(message.header, "properties", None)),
         )
 
     async def read(self, limit: int) -> list[Delivery]:

@@ -23,11 +23,13 @@ from pamqp.commands import Basic
 from pamqp.header import ContentHeader
 
 from taskiq_batching._compat import amqp_tap_frames
+from taskiq_batching.transports.amqp_headers import properties_sent_at
 
 logger = logging.getLogger("taskiq_batching")
 
-#: Called with (channel, delivery tag, consumer tag, body) per delivery.
-Note = Callable[[Any, int, str, bytes], None]
+#: Called with (channel, delivery tag, consumer tag, body, send time in
+#: epoch seconds or None) per delivery.
+Note = Callable[[Any, int, str, bytes, float | None], None]
 
 
 class DeliveryTap:
@@ -54,6 +56,7 @@ class DeliveryTap:
         self.consumers: set[str] = set()
         self._deliver: Any = None
         self._left = 0
+        self._sent_at: float | None = None
         self._parts: list[bytes] = []
 
     def take(self, frame: Any) -> bool:
@@ -68,6 +71,7 @@ class DeliveryTap:
         kind = type(frame)
         if kind is ContentHeader and self._left < 0:
             self._left = frame.body_size
+            self._sent_at = properties_sent_at(frame.properties)
         elif kind is ContentBody and self._left > 0:
             self._parts.append(frame.value)
             self._left -= len(frame.value)
@@ -82,7 +86,7 @@ class DeliveryTap:
             body = parts[0] if len(parts) == 1 else b"".join(parts)
             tag, consumer = deliver.delivery_tag, deliver.consumer_tag
             try:
-                self.note(self.channel, tag, consumer, body)
+                self.note(self.channel, tag, consumer, body, self._sent_at)
             except Exception:
                 # Not aiormq's reader's to fail: the delivery stays unacked
                 # and comes again when the channel closes.

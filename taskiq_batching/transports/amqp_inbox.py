@@ -27,23 +27,31 @@ class Inbox:
         #: Consumers with ``no_ack``: the server forgets what they deliver.
         self.no_ack: set[str] = set()
 
-    def note(self, channel: Any, tag: int, consumer: str, body: bytes) -> None:
+    def note(
+        self,
+        channel: Any,
+        tag: int,
+        consumer: str,
+        body: bytes,
+        sent_at: float | None = None,
+    ) -> None:
         """Keep one delivery, in its place.
 
         :param channel: its aiormq channel.
         :param tag: its delivery tag.
         :param consumer: its consumer tag.
         :param body: its bytes.
+        :param sent_at: its send time (``amqp_headers``), if it carries one.
         """
         if consumer in self.no_ack:
-            self.unread.append(Delivery(body, None))
+            self.unread.append(Delivery(body, None, sent_at=sent_at))
             self.arrived.set()
             return
         tracker = self.channels.tracker(channel)
         late = tag < tracker.top
         if not tracker.add(tag, consumer):
             return  # never twice on one channel
-        delivery = Delivery(body, (channel, tag, consumer))
+        delivery = Delivery(body, (channel, tag, consumer), sent_at=sent_at)
         self.arrived.set()
         if late:  # came the long way (through aio-pika): its place in the list
             for index, other in enumerate(self.unread):

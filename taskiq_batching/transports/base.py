@@ -11,11 +11,16 @@ ones work for any taskiq broker and backend.
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from taskiq import AckableMessage, BrokerMessage, TaskiqResult
 
 from taskiq_batching.spec import BatchSpec
+
+#: The label (an AMQP header on the wire) in which the plugin's producer
+#: puts a batched message's send time, epoch seconds, for a transport whose
+#: broker keeps no send time of its own (``stamps_sent_at``).
+SENT_AT_LABEL = "batch_sent_at"
 
 
 @dataclass(slots=True)
@@ -27,11 +32,15 @@ class Delivery:
         AMQP delivery tag, an ack callable...); None when it has no ack.
     :param original: what the broker's own listener yielded, handed to
         taskiq's Receiver as it is (generic transport only).
+    :param sent_at: when the message was sent (epoch seconds, the broker's or
+        producer's clock), if known: a buffer's batch_timeout counts from its
+        first message's sent_at (else from when it was read).
     """
 
     data: bytes
     handle: Any = None
     original: bytes | AckableMessage | None = None
+    sent_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -211,6 +220,43 @@ class ResultWriter(Protocol):
         :param results: ``(task_id, result)`` pairs; equal result objects
             may be passed for many task_ids (then written once, if possible).
         :return: ``(index, error)`` of each result that could not be stored.
+        """
+
+
+@runtime_checkable
+class Owning(Protocol):
+    """A transport holding a client it opened itself (a Redis sentinel's master).
+
+    ``BatchingMiddleware.shutdown`` closes it: not ``close()``, which the
+    pump calls before taskiq's Receiver has finished the plain tasks that
+    still ack through that client.
+    """
+
+    async def shutdown(self) -> None:
+        """Close what this transport opened (the broker shuts down)."""
+
+
+class Forwarder(Protocol):
+    """Moves batched messages read on the main queue to where their task's batches wait.
+
+    A plain taskiq producer (without the plugin) sends a batched task's
+    message to the main queue; a worker whose transport has a
+    ``BatchSource`` serving the task hands what it reads there to the
+    transport's ``forwarder`` attribute (``None``: it buffers them itself).
+    """
+
+    async def forward(
+        self, deliveries: Sequence[tuple[Delivery, BatchSpec, str]]
+    ) -> None:
+        """Move batched messages, read on the main queue, to where their batches wait.
+
+        On return each message waits with its task's batches (counted from
+        its original send) and is done with on the main queue (acked there);
+        on error none of them is (the worker then batches them itself).
+
+        :param deliveries: ``(delivery, its task, its broker key)`` as read
+            on the main queue, in order (``core/broker_keys.py``: the key
+            groups only; the worker still keys each message itself).
         """
 
 

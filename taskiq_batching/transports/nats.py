@@ -49,12 +49,14 @@ from taskiq_batching.error_texts import describe
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import BatchSource, Delivery, finished_read
 from taskiq_batching.transports.generic import SEND_CONCURRENCY, kick_each
+from taskiq_batching.transports.nats_forward import Leases
 from taskiq_batching.transports.nats_pull import Pull, Unsettled
 from taskiq_batching.transports.nats_settle import (
     ACK,
     IN_PROGRESS,
     NAK,
     publish_verdicts,
+    warn_ack_wait,
 )
 
 logger = logging.getLogger("taskiq_batching")
@@ -64,20 +66,22 @@ DEFAULT_ACK_WAIT = 30.0
 
 
 def transport_for(
-    broker: AsyncBroker, listen: Any = None, wait_in_broker: bool = True
+    broker: AsyncBroker, listen: Any = None, wait_in_broker: bool | None = None
 ) -> "NatsTransport | None":
     """The JetStream transport, for a pull-based broker that listens as shipped.
 
     :param broker: any broker.
     :param listen: unused (the broker's own listener is replaced).
-    :param wait_in_broker: unused: batched messages are read and buffered.
+    :param wait_in_broker: batched tasks wait in the broker (``nats_lease.py``);
+        None: not yet by default (the re-publish costs more than it saves
+        at 2,000 msg/s: docs/fleet.md).
     :return: the transport, or None for other brokers.
     """
     if (
         isinstance(broker, PullBasedJetStreamBroker)
         and type(broker).listen is PullBasedJetStreamBroker.listen
     ):
-        return NatsTransport(broker)
+        return NatsTransport(broker, wait_in_broker is True)
     return None
 
 
@@ -85,6 +89,8 @@ class NatsTransport:
     """Reads, acks, naks and sends for taskiq-nats's ``PullBasedJetStreamBroker``.
 
     :param broker: the broker.
+    :param wait_in_broker: batched tasks wait in the broker, read under a
+        lease per task (``nats_lease.py``): a fleet batches as one.
     """
 
     name = "nats-jetstream"
@@ -92,8 +98,11 @@ class NatsTransport:
     acknowledges = True
     reclaim_interval: float | None = None  # the server redelivers by itself
 
-    def __init__(self, broker: PullBasedJetStreamBroker) -> None:
+    def __init__(
+        self, broker: PullBasedJetStreamBroker, wait_in_broker: bool = False
+    ) -> None:
         self.broker = broker
+        self._leases = Leases(broker) if wait_in_broker else None
         #: ``max_ack_pending`` of the consumer, known after the first read.
         self.max_ack_pending: int | None = None
         #: Unacked messages this process may hold now: ``max_ack_pending``,
@@ -109,32 +118,21 @@ class NatsTransport:
     def outstanding(self) -> int:
         """Messages read and not yet acked or nak'ed."""
         pull = self._pull
-        return 0 if pull is None else len(pull.held) - len(pull.unread)
+        if pull is None:
+            return 0
+        # A lease's messages are not the main consumer's: its max_ack_pending
+        # (``prefetch``) does not bound them (a round is at most a batch).
+        unread = len(pull.unread)
+        if self._leases is not None:
+            unread -= sum(self._leases.from_reader(d.handle) for d in pull.unread)
+        return len(pull.held) - unread
 
     def check(self, specs: Sequence[BatchSpec]) -> None:
         """Warn when a batch may hold a message longer than ``ack_wait``."""
+        if self._leases is not None:
+            self._leases.configure(specs)
         config = self.broker.consumer_config
-        ack_wait = (config.ack_wait if config is not None else None) or (
-            DEFAULT_ACK_WAIT
-        )
-        for spec in specs:
-            timeout = spec.settings.batch_timeout
-            if timeout is None:
-                held = "until its buffer fills (size-only batching)"
-            elif timeout + (spec.timeout or 0) < ack_wait:
-                continue
-            else:
-                held = f"for {timeout + (spec.timeout or 0):g} s or more"
-            logger.warning(
-                "taskiq_batching: task %s may hold a message %s, but the NATS "
-                "consumer's ack_wait=%g s redelivers it meanwhile unless the "
-                "worker's in_progress keep-alive (every ack_wait/3) gets "
-                "through; a stalled worker then gets duplicate runs elsewhere. "
-                "Keep ack_wait above batch_timeout plus the longest batch.",
-                spec.task_name,
-                held,
-                ack_wait,
-            )
+        warn_ack_wait(specs, (config.ack_wait if config else None) or DEFAULT_ACK_WAIT)
 
     # --- reading ---------------------------------------------------------
 
@@ -149,6 +147,8 @@ class NatsTransport:
         pull = Pull(self.broker.client, consumer, self.max_ack_pending)
         await pull.start()
         self._pull = pull
+        if self._leases is not None:
+            await self._leases.start(self.ack_wait, pull.subject, pull.deliver)
         self._keepalive = asyncio.ensure_future(self._keep_alive(self.ack_wait / 3))
         return pull
 
@@ -162,6 +162,8 @@ class NatsTransport:
             if pull.unread:
                 chunk = pull.take(limit)
                 await pull.request(limit)  # the next chunk, while this one runs
+                if self._leases is not None:
+                    chunk = await self._leases.forward(chunk, self.ack)
                 return chunk
             pull.arrived.clear()
             await pull.request(limit)
@@ -187,9 +189,10 @@ class NatsTransport:
         while True:
             await asyncio.sleep(interval)
             pull = self._pull
-            held = (
-                [] if pull is None else [h for h in pull.held.values() if not h.handed]
-            )
+            held = [] if pull is None else list(pull.held.values())
+            if self._leases is not None:
+                held += self._leases.held()
+            held = [h for h in held if not h.handed]
             if not held:
                 continue
             try:
@@ -231,6 +234,8 @@ class NatsTransport:
         pull = self._pull
         if pull is not None:
             for held in handles:
+                if self._leases is not None and self._leases.unhold(held):
+                    continue  # another stream's sequence: not in ``acked``
                 pull.unhold(held)
                 if verdict is ACK:
                     pull.acking(held)
@@ -244,7 +249,8 @@ class NatsTransport:
         """No longer held (nor kept alive): redelivered after ``ack_wait``."""
         if self._pull is not None:
             for delivery in deliveries:
-                self._pull.unhold(delivery.handle)
+                if self._leases is None or not self._leases.unhold(delivery.handle):
+                    self._pull.unhold(delivery.handle)
 
     async def close(self) -> None:
         """Let the request in progress end; nak what was never read; unsubscribe."""
@@ -256,6 +262,8 @@ class NatsTransport:
             keepalive.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keepalive
+        if self._leases is not None:
+            await self._leases.stop()
         if self._pull is not None:
             unread = await self._pull.stop()
             if unread:

@@ -15,6 +15,10 @@ sequence): it counts against the consumer's ``max_ack_pending``, which no
 request asks beyond. A message redelivered while held (``ack_wait``
 passed) is not taken twice: the held one is acked through the newest
 delivery.
+
+Each delivery carries ``sent_at``: the time the stream stored the message
+(in its ack subject, the server's clock), so a batch's deadline can count
+from the send rather than from this worker's read.
 """
 
 import asyncio
@@ -56,6 +60,23 @@ def stream_sequence(reply: str) -> tuple[int, int]:
     tokens = reply.split(".")
     at = 5 if len(tokens) == 9 else 7
     return int(tokens[at]), int(tokens[at - 1])
+
+
+def stream_timestamp(reply: str) -> float | None:
+    """When the stream stored a JetStream message: its send time, server clock.
+
+    From its ack subject, two tokens after the stream sequence (see
+    ``stream_sequence``), in nanoseconds since the epoch.
+
+    :param reply: the message's reply subject.
+    :return: seconds since the epoch, or None when the subject has none.
+    """
+    tokens = reply.split(".")
+    at = 7 if len(tokens) == 9 else 9
+    try:
+        return int(tokens[at]) / 1e9
+    except (IndexError, ValueError):
+        return None
 
 
 class Unsettled:
@@ -137,7 +158,13 @@ class Pull:
             )
             return
         held = self.held[sequence] = Unsettled(message.reply, sequence)
-        self.unread.append(Delivery(message.data, held))
+        sent_at = stream_timestamp(message.reply)
+        self.unread.append(Delivery(message.data, held, sent_at=sent_at))
+        self.arrived.set()
+
+    def deliver(self, delivery: Delivery) -> None:
+        """Add a delivery another reader received (a lease's), to be read here."""
+        self.unread.append(delivery)
         self.arrived.set()
 
     def take(self, limit: int) -> list[Delivery]:

@@ -1,5 +1,7 @@
 """Settling NATS messages: one publish per verdict, then one flush for the lot.
 
+(And the start-up warning about ``ack_wait``, which settling must beat.)
+
 A verdict (``+ACK``, ``-NAK``, ``+WPI``) is a publish to the message's
 reply subject; the publishes are buffered by the client and sent with
 one ``flush`` (a round trip). nats-py's ``flush`` returns at once while
@@ -14,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from taskiq_batching._compat import nats_publish_each
+from taskiq_batching.spec import BatchSpec
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -59,3 +62,29 @@ def _unconfirmed(count: int, verdict: bytes) -> None:
         "ack" if verdict is ACK else "nak",
         "; this worker acks them again without running them" if verdict is ACK else "",
     )
+
+
+def warn_ack_wait(specs: Sequence[BatchSpec], ack_wait: float) -> None:
+    """Warn about each task that may hold a message longer than ``ack_wait``.
+
+    :param specs: the worker's batched tasks.
+    :param ack_wait: the consumer's ``ack_wait`` in seconds.
+    """
+    for spec in specs:
+        timeout = spec.settings.batch_timeout
+        if timeout is None:
+            held = "until its buffer fills (size-only batching)"
+        elif timeout + (spec.timeout or 0) < ack_wait:
+            continue
+        else:
+            held = f"for {timeout + (spec.timeout or 0):g} s or more"
+        logger.warning(
+            "taskiq_batching: task %s may hold a message %s, but the NATS "
+            "consumer's ack_wait=%g s redelivers it meanwhile unless the "
+            "worker's in_progress keep-alive (every ack_wait/3) gets "
+            "through; a stalled worker then gets duplicate runs elsewhere. "
+            "Keep ack_wait above batch_timeout plus the longest batch.",
+            spec.task_name,
+            held,
+            ack_wait,
+        )

@@ -10,14 +10,12 @@ talk to the server (``parses_in_c``).
 
 import asyncio
 import logging
-import weakref
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import BusyLoadingError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from taskiq import AsyncBroker, TaskiqEvents, TaskiqState
 
 from taskiq_batching._compat.redis_py import chosen_parser, hiredis_available
 from taskiq_batching.error_texts import describe
@@ -64,36 +62,6 @@ async def cancel(task: "asyncio.Future[Any]") -> None:
         await asyncio.wait({task}, timeout=CANCEL_RETRY_INTERVAL)
 
 
-#: Per broker, the clients this package opened, closed when the broker shuts down.
-_opened: "weakref.WeakKeyDictionary[AsyncBroker, list[Any]]" = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _close_at_shutdown(broker: AsyncBroker, redis: Any) -> None:
-    """Close a client of ours when the broker shuts down, not before.
-
-    Plain tasks ack through the worker's client (``for_receiver``) until
-    taskiq's Receiver has finished their callbacks, after the pump has
-    stopped; the broker shuts down after that, as taskiq-redis closes its
-    own pool. One handler per broker closes every client opened since.
-    """
-    if broker in _opened:
-        _opened[broker].append(redis)
-        return
-    _opened[broker] = [redis]
-    owner = weakref.ref(broker)
-
-    async def close_opened(state: TaskiqState) -> None:
-        found = owner()
-        clients = _opened.get(found, []) if found is not None else []
-        while clients:
-            await clients.pop().aclose()
-
-    for event in (TaskiqEvents.WORKER_SHUTDOWN, TaskiqEvents.CLIENT_SHUTDOWN):
-        broker.add_event_handler(event, close_opened)
-
-
 class RedisClient:
     """The client a transport sends its commands with.
 
@@ -104,16 +72,17 @@ class RedisClient:
         self.cluster = hasattr(broker, "redis") and not hasattr(
             broker, "connection_pool"
         )
-        #: Whether the client is this package's own (closed at the broker's shutdown).
-        self._owned = False
+        #: The client this package opened, closed by ``shutdown`` (sentinel only).
+        self._owned: Any = None
         if self.cluster:
             self.redis: Any = broker.redis
         elif hasattr(broker, "sentinel"):
-            self.redis = broker.sentinel.master_for(broker.master_name)
-            self._owned = True
-            _close_at_shutdown(broker, self.redis)
+            self.redis = self._owned = broker.sentinel.master_for(broker.master_name)
         else:
             self.redis = Redis(connection_pool=broker.connection_pool)
+        #: Whether this client's user may not run scripts (no ``@scripting``):
+        #: ``redis_send`` then sends transactions.
+        self.scripts_refused = False
         self._delay = RETRY_DELAY
         self._failing = False
 
@@ -123,6 +92,16 @@ class RedisClient:
         The worker stops reading before taskiq's Receiver has finished the
         callbacks of plain tasks, which still ack through this client.
         """
+
+    async def shutdown(self) -> None:
+        """Close the client this package opened, if any (the broker shuts down).
+
+        ``BatchingMiddleware.shutdown`` calls it, after the Receiver has
+        finished its callbacks and the buffers were drained.
+        """
+        owned, self._owned = self._owned, None
+        if owned is not None:
+            await owned.aclose()
 
     def recovered(self) -> None:
         """A command succeeded: say so once, after failures."""

@@ -49,6 +49,20 @@ def entry_order(entry_id: Any) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+def furthest(seen: Seen | None, read: Seen) -> Seen:
+    """The further of two entries read of one stream: never back.
+
+    Entries read back at a stop (pending ones) are older than those read.
+
+    :param seen: the furthest entry read so far, if any.
+    :param read: an entry just read.
+    :return: the further one.
+    """
+    if seen is None or entry_order(read[0]) >= entry_order(seen[0]):
+        return read
+    return seen
+
+
 async def create_group(
     redis: Any, stream: str, group: str, seen: Seen | None
 ) -> bytes | str:

@@ -152,6 +152,10 @@ class ListTransport:
         """Close the client if it is this transport's own."""
         await self.client.close()
 
+    async def shutdown(self) -> None:
+        """Close the client if it is this transport's own (the broker shuts down)."""
+        await self.client.shutdown()
+
     def for_receiver(self, delivery: Delivery) -> bytes:
         """As taskiq-redis's listener yields it: the bytes."""
         return delivery.data
@@ -163,4 +167,4 @@ class ListTransport:
             return
         # One LPUSH of many values per chunk pushes them in order.
         parts = chunks(messages, self.queue)
-        await send_once(self.client.redis, messages, parts, LIST_ONCE, ["list"])
+        await send_once(self.client, messages, parts, LIST_ONCE, ["list"])

@@ -38,6 +38,7 @@ from taskiq import BrokerMessage
 
 from taskiq_batching.error_texts import describe
 from taskiq_batching.errors import SendManyError
+from taskiq_batching.transports.redis_common import RedisClient
 
 #: Messages per script: each blocks the server while it runs.
 SEND_CHUNK = 500
@@ -156,7 +157,7 @@ def chunks(
 
 
 async def send_once(
-    redis: Any,
+    client: RedisClient,
     messages: Sequence[BrokerMessage],
     parts: Sequence[Chunk],
     script: str,
@@ -164,15 +165,17 @@ async def send_once(
 ) -> None:
     """Send every chunk with ``script``; each message is added at most once.
 
-    :param redis: the client (standalone, sentinel or cluster).
+    :param client: the transport's client (standalone, sentinel or
+        cluster); it remembers whether its user may run scripts.
     :param messages: the messages the chunks' positions refer to.
     :param parts: the chunks.
     :param script: ``STREAM_ONCE`` or ``LIST_ONCE``.
     :param options: the script's arguments before the payloads.
     :raises SendManyError: some messages were not sent (or perhaps not).
     """
+    redis = client.redis
     failed: dict[int, BaseException] = {}
-    if _scripts_refused.get(id(redis)):
+    if client.scripts_refused:
         failed = await _send_watched(redis, messages, parts, options)
         if failed:
             await report_failed(redis, messages, parts, failed)
@@ -195,7 +198,7 @@ async def send_once(
         }
     if failed and all(isinstance(e, NoPermissionError) for e in failed.values()):
         # Refused before running: nothing of these chunks was added.
-        _scripts_refused[id(redis)] = True
+        client.scripts_refused = True
         retry = [parts[i] for i in failed]
         again = await _send_watched(redis, messages, retry, options)
         parts = [retry[i] for i in again]
@@ -235,10 +238,6 @@ async def report_failed(
             sorted(not_sent),
             sorted(unknown),
         )
-
-
-#: Clients (by id) whose user may not run scripts: they send transactions.
-_scripts_refused: dict[int, bool] = {}
 
 
 async def _verdict(redis: Any, mark: str) -> Any:

@@ -45,15 +45,16 @@ from taskiq_redis import (
 )
 
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import BatchSource, Delivery
+from taskiq_batching.transports.base import BatchSource, Delivery, Forwarder
 from taskiq_batching.transports.generic import kick_each
 from taskiq_batching.transports.redis_batches import StreamBatches, TaskEntry
 from taskiq_batching.transports.redis_batches_lua import ACK_DELETE
 from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient, cancel
 from taskiq_batching.transports.redis_groups import (
+    Seen,
     create_group,
     describe_id,
-    entry_order,
+    furthest,
     mark_of,
 )
 from taskiq_batching.transports.redis_holding import Holding
@@ -89,18 +90,19 @@ Entry = tuple[str, bytes]
 
 
 def transport_for(
-    broker: AsyncBroker, listen: Any = None, wait_in_broker: bool = True
+    broker: AsyncBroker, listen: Any = None, wait_in_broker: bool | None = None
 ) -> "StreamTransport | None":
     """The stream transport, for taskiq-redis stream brokers that listen as shipped.
 
     :param broker: any broker.
     :param listen: unused (the broker's own listener is replaced).
-    :param wait_in_broker: batched tasks' messages wait in Redis
-        (``redis_batches``); False: they are read and buffered.
+    :param wait_in_broker: True: batched tasks' messages wait in Redis
+        (``redis_batches``); None (the default, while this path is a
+        preview) or False: they are read and buffered.
     :return: the transport, or None for other brokers.
     """
     if type(broker).listen in _LISTENERS:
-        return StreamTransport(broker, wait_in_broker)
+        return StreamTransport(broker, wait_in_broker is True)
     return None
 
 
@@ -154,6 +156,8 @@ class StreamTransport:
                 start=lambda: self.holding.start(),
             )
         self.batches: BatchSource | None = self.stream_batches
+        #: Moves a plain producer's batched messages to their key streams.
+        self.forwarder: Forwarder | None = self.stream_batches
         #: Per stream, the last entry read: its id and its data.
         self._last_seen: dict[str, tuple[bytes, bytes]] = {}
         self.holding = Holding(
@@ -240,14 +244,15 @@ class StreamTransport:
     def _deliveries(self, reply: Any) -> list[Delivery]:
         """An XREADGROUP reply, packed or parsed by redis-py, as deliveries."""
         chunk: list[Delivery] = []
+        # A stream's entries come in id order: its last one is its furthest.
+        last: dict[str, Seen] = {}
         for stream, entry_id, data in entries(reply):
             entry = (stream, entry_id)
             self._in_use.add(entry)
-            seen = self._last_seen.get(stream)
-            if seen is None or entry_order(entry_id) >= entry_order(seen[0]):
-                # Never back: entries read back at stop are older.
-                self._last_seen[stream] = (entry_id, data)
+            last[stream] = (entry_id, data)
             chunk.append(Delivery(data, entry))
+        for stream, read in last.items():
+            self._last_seen[stream] = furthest(self._last_seen.get(stream), read)
         return chunk
 
     async def interrupt(self, reading: Any) -> list[Delivery]:
@@ -393,6 +398,10 @@ class StreamTransport:
         await self.holding.stop()
         await self.client.close()
 
+    async def shutdown(self) -> None:
+        """Close the client if it is this transport's own (the broker shuts down)."""
+        await self.client.shutdown()
+
     def for_receiver(self, delivery: Delivery) -> AckableMessage:
         """As taskiq-redis's listener yields it: data and an XACK."""
         return AckableMessage(
@@ -410,4 +419,4 @@ class StreamTransport:
         trim = "" if broker.maxlen is None else str(broker.maxlen)
         options = ["stream", "~" if broker.approximate else "=", trim]
         parts = chunks(messages, broker.queue_name)
-        await send_once(self.client.redis, messages, parts, STREAM_ONCE, options)
+        await send_once(self.client, messages, parts, STREAM_ONCE, options)

@@ -3,7 +3,8 @@
 Each message has its own ``AckController`` (acked at most once, by
 taskiq's ``ack`` or by the lifecycle at its ack type's step); the
 lifecycle acks the messages due at one step together, in one round trip
-of the transport.
+of the transport. What a stopping worker gives back instead (``give_back``)
+is here too.
 """
 
 import logging
@@ -61,3 +62,38 @@ async def ack_due(
     except Exception as exc:
         # Unacked, they will be delivered again: at least once.
         logger.error("taskiq_batching: %d ack(s) failed: %s", len(due), describe(exc))
+
+
+async def give_back(
+    transport: Transport, deliveries: Sequence[Delivery], what: str
+) -> None:
+    """Give deliveries not processed back to the broker; a failure is logged.
+
+    :param transport: releases them.
+    :param deliveries: they were neither finished nor acked.
+    :param what: why they are given back, for the log line.
+    """
+    if not deliveries:
+        return
+    try:
+        await transport.release(deliveries)
+    except Exception as exc:
+        logger.error(
+            "taskiq_batching: cannot give %d message(s) %s back to the broker: %s",
+            len(deliveries),
+            what,
+            describe(exc),
+        )
+
+
+def unacked(held: Sequence[Held]) -> list[Delivery]:
+    """The deliveries of messages not acked (a batch cut off at a stop).
+
+    :param held: messages of batches cut off.
+    :return: their deliveries that the broker still holds for this worker.
+    """
+    return [
+        one.delivery
+        for one in held
+        if one.delivery is not None and not (one.ack is not None and one.ack.is_acked)
+    ]

@@ -78,12 +78,22 @@ def handed_receiver(broker: AsyncBroker) -> Receiver | None:
     return receiver if receiver is not None and receiver.broker is broker else None
 
 
-def attach(broker: AsyncBroker, batcher: Batcher) -> None:
+def attach(
+    broker: AsyncBroker,
+    batcher: Batcher,
+    opened: Callable[[Transport], None],
+    wait_in_broker: bool | None = None,
+) -> None:
     """Hook the batcher into the broker's worker side.
 
     :param broker: the broker.
     :param batcher: its batcher.
+    :param opened: told of each transport made, for the broker's shutdown.
+    :param wait_in_broker: whether batched messages wait in the broker
+        (``BatchingMiddleware(wait_in_broker=...)``; None: where it helps).
     """
+    # None is the registry's default: a choice is passed only when made.
+    choice = {} if wait_in_broker is None else {"wait_in_broker": wait_in_broker}
 
     # ``original`` (the broker's own listen) is set below, when this shadows it.
     def listen() -> AsyncGenerator[Any, None]:
@@ -101,7 +111,8 @@ def attach(broker: AsyncBroker, batcher: Batcher) -> None:
         options = WorkerOptions.of(receiver)
         batcher.configure(options.validate, options.run)
         _trace(broker, batcher)
-        transport = transport_for(broker, original)
+        transport = transport_for(broker, original, **choice)
+        opened(transport)
         lifecycle = Lifecycle(
             broker,
             batcher,

@@ -6,15 +6,20 @@ on and keeps that task's messages here, in order, until the task has
 room. Parking is bounded in messages and in wire bytes (``Parking.full``);
 past either bound the pump stops reading until room frees (backpressure),
 so memory stays bounded whatever the backlog. A parked message is kept as
-it was read (its bytes, no decoded copy) and decoded again when its task
-takes it; it is never dropped: at a stop, what is still parked goes back
-to the broker.
+it was read (its bytes); its decoded copy is kept too while the parked
+messages that keep one total at most ``PARK_DECODED_BYTES`` wire bytes,
+else it is decoded again when its task takes it (a steady backlog of
+small messages, the common case, is parked and taken with one decode
+each; a decoded copy of a crafted message can take tens of times its
+bytes, so that part stays small). A parked message is never dropped: at
+a stop, what is still parked goes back to the broker.
 """
 
 from collections import defaultdict, deque
 from collections.abc import Iterator
 
 from taskiq_batching.core.batcher import Batcher
+from taskiq_batching.core.buffer import Envelope
 from taskiq_batching.transports.base import Delivery
 
 #: Messages parked at most on a broker with acks (a parked message stays
@@ -28,6 +33,14 @@ PARK_LIMIT = 1_000
 PARK_LIMIT_UNACKED = 100
 #: Wire bytes parked at most.
 PARK_BYTES = 64 * 1024 * 1024
+#: Wire bytes of the parked messages that also keep their decoded copy, at
+#: most: PARK_LIMIT messages of 256 bytes. A decoded copy takes about twice
+#: its wire bytes for a usual message, up to ~30 times for a crafted one
+#: (``[[],[],...]``): at most ~8 MiB more than the parked bytes.
+PARK_DECODED_BYTES = 256 * 1024
+
+#: A parked message: as read, and decoded when its copy was kept.
+Waiting = tuple[Delivery, Envelope | None]
 
 
 class Admission:
@@ -44,6 +57,8 @@ class Admission:
         self.batcher = batcher
         self.size: defaultdict[str, int] = defaultdict(int)
         self.quota: dict[str, int | None] = {}
+        #: A task's (max_held, max_held_bytes), read once per pass.
+        self.limits: dict[str, tuple[int, int]] = {}
 
     def take(self, task_name: str, size: int) -> bool:
         """Take one message of a task if its bounds allow.
@@ -52,9 +67,36 @@ class Admission:
         :param size: the message's wire bytes.
         :return: whether it was taken (counted as held by the batcher).
         """
+        limits = self.limits.get(task_name)
+        if limits is None:
+            limits = self._start(task_name)
+        bounds = self.batcher.bounds
+        # The usual case, well inside both bounds of a task without keys:
+        # what ``fits_bytes`` and ``try_admit`` would check, without their
+        # lookups per message (the pass runs through, nothing else changes
+        # the counts meanwhile).
+        if (
+            self.quota[task_name] is None
+            and bounds.held[task_name] < limits[0]
+            and bounds.held_bytes[task_name] + self.size[task_name] + size <= limits[1]
+        ):
+            bounds.held[task_name] += 1
+            self.size[task_name] += size
+            return True
+        return self._take(task_name, size)
+
+    def _start(self, task_name: str) -> tuple[int, int]:
+        """A task's first message of this pass: its bounds, read once."""
+        bounds = self.batcher.bounds
+        bounds.changes.bind_loop()  # counts of an earlier event loop go first
+        self.quota[task_name] = bounds.keyed_room(task_name)
+        settings = bounds.specs[task_name].settings
+        limits = self.limits[task_name] = (settings.max_held, settings.max_held_bytes)
+        return limits
+
+    def _take(self, task_name: str, size: int) -> bool:
+        """``take`` at a bound, or for a keyed task: every check, in order."""
         batcher = self.batcher
-        if task_name not in self.quota:
-            self.quota[task_name] = batcher.bounds.keyed_room(task_name)
         quota = self.quota[task_name]
         if quota == 0:
             return False
@@ -79,9 +121,11 @@ class Parking:
         self.limit = PARK_LIMIT if acknowledged else PARK_LIMIT_UNACKED
         #: Wire bytes parked at most before the pump stops reading.
         self.max_bytes = PARK_BYTES
-        self.waiting: dict[str, deque[Delivery]] = {}
+        self.waiting: dict[str, deque[Waiting]] = {}
         self.count = 0
         self.size = 0
+        #: Wire bytes of the parked messages that keep their decoded copy.
+        self.decoded_size = 0
 
     def __bool__(self) -> bool:
         return self.count > 0
@@ -97,29 +141,41 @@ class Parking:
         """Whether the pump must wait for room before it reads more."""
         return self.count >= self.limit or self.size >= self.max_bytes
 
-    def park(self, task_name: str, delivery: Delivery) -> None:
+    def park(
+        self, task_name: str, delivery: Delivery, envelope: Envelope | None = None
+    ) -> None:
         """Keep a message behind its task's parked ones.
 
         :param task_name: its batched task.
         :param delivery: the message as read.
+        :param envelope: its decoded copy, kept if ``PARK_DECODED_BYTES``
+            allows (its ``size`` set).
         """
-        self.waiting.setdefault(task_name, deque()).append(delivery)
+        size = len(delivery.data)
+        if envelope is not None and self.decoded_size + size <= PARK_DECODED_BYTES:
+            self.decoded_size += size
+        else:
+            envelope = None
+        self.waiting.setdefault(task_name, deque()).append((delivery, envelope))
         self.count += 1
-        self.size += len(delivery.data)
+        self.size += size
 
-    def unpark(self, admission: Admission) -> Iterator[tuple[str, Delivery]]:
+    def unpark(self, admission: Admission) -> Iterator[Waiting]:
         """Parked messages their task takes now, in order within each task.
 
         :param admission: takes them (stops at a task's first refusal).
-        :yield: each task and message taken.
+        :yield: each message taken, and its decoded copy if it was kept.
         """
         for task_name in list(self.waiting):
             waiting = self.waiting[task_name]
-            while waiting and admission.take(task_name, len(waiting[0].data)):
-                delivery = waiting.popleft()
+            while waiting and admission.take(task_name, len(waiting[0][0].data)):
+                delivery, envelope = waiting.popleft()
+                size = len(delivery.data)
                 self.count -= 1
-                self.size -= len(delivery.data)
-                yield task_name, delivery
+                self.size -= size
+                if envelope is not None:
+                    self.decoded_size -= size
+                yield delivery, envelope
             if not waiting:
                 del self.waiting[task_name]
 
@@ -128,7 +184,7 @@ class Parking:
 
         :return: them, task by task, in order within each task.
         """
-        left = [delivery for waiting in self.waiting.values() for delivery in waiting]
+        left = [one[0] for waiting in self.waiting.values() for one in waiting]
         self.waiting.clear()
-        self.count = self.size = 0
+        self.count = self.size = self.decoded_size = 0
         return left

@@ -18,6 +18,10 @@ Receiver is pulling, so it never takes a message the Receiver could not
   new is read. Parking is bounded in messages and bytes (``parking.py``);
   beyond, the pump waits for room before it reads more.
 
+Batched tasks whose messages wait in the broker (``wait_in_broker``) are
+taken whole by the taker (``taking.py``), beside the reads; what the pump
+reads of them (a plain producer's) goes to the forwarder.
+
 ``--max-tasks-per-child`` counts every message taken. When the Receiver
 stops, a read in progress is finished or interrupted by the transport's
 rules (nothing taken is dropped); deliveries read but not handed over go
@@ -37,11 +41,12 @@ from taskiq import AckableMessage, AsyncBroker
 
 from taskiq_batching._compat import share_stop_budget
 from taskiq_batching.core.batcher import Batcher
-from taskiq_batching.error_texts import describe
 from taskiq_batching.transports.base import Delivery, Transport
+from taskiq_batching.worker.acks import give_back, unacked
 from taskiq_batching.worker.lifecycle import Lifecycle
 from taskiq_batching.worker.options import WorkerOptions
 from taskiq_batching.worker.routing import Parked, Router
+from taskiq_batching.worker.taking import Taker
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -73,6 +78,7 @@ class Pump:
         self.router = Router(broker, batcher, transport.acknowledges)
         self.handoff = self.router.handoff
         self.parked = self.router.parked
+        self.taker = Taker(broker, batcher, lifecycle, transport, self.router, options)
         self._reading: asyncio.Future[list[Delivery]] | None = None
         # A transport that knows when the broker took deliveries back (AMQP).
         batcher.lost = getattr(transport, "lost", None)
@@ -84,6 +90,7 @@ class Pump:
 
         :yield: deliveries of tasks the worker does not batch.
         """
+        self.taker.start()
         try:
             while True:
                 if self.handoff:
@@ -110,6 +117,8 @@ class Pump:
         """
         if self.parked and await self._step_parked():
             return True
+        if self.taker.spent:
+            return False
         if self._reading is None:
             limit = self.router.limit(self.options.max_tasks)
             if limit == 0:
@@ -138,7 +147,7 @@ class Pump:
         # Parked messages must not wait for the next read: room for them
         # ends the wait too (the read goes on meanwhile).
         room: asyncio.Future[Any] = asyncio.ensure_future(self.batcher.changed())
-        if not self.parked:
+        if not self.parked and not (self.taker.active and self.options.max_tasks):
             room.cancel()
         try:
             await asyncio.wait({reading, room}, return_when=FIRST_COMPLETED)
@@ -154,7 +163,9 @@ class Pump:
     async def _route(self, chunk: list[Delivery]) -> None:
         """Route a chunk read; a stop meanwhile waits until it is routed."""
         taken, extra = self.router.sort(chunk)
-        if not extra and not (taken and self.lifecycle.waits(taken)):
+        if not (extra or self.router.forwarding) and not (
+            taken and self.lifecycle.waits(taken)
+        ):
             # Accepting runs straight through: no stop can cut it short.
             await self.lifecycle.accept(taken)
             return
@@ -187,6 +198,7 @@ class Pump:
 
     async def _settle_chunk(self, taken: list[Parked], extra: list[Delivery]) -> None:
         await self._release(extra, "read ahead of the Receiver")
+        await self.taker.forward()
         if taken:
             await self.lifecycle.accept(taken)
 
@@ -223,6 +235,7 @@ class Pump:
         loop = asyncio.get_running_loop()
         budget = self.options.wait_tasks_timeout
         deadline = None if budget is None else loop.time() + budget
+        await self.taker.stop(deadline)
         unread = list(self.handoff)
         self.handoff.clear()
         if self._reading is not None:  # a listener error, with a read pending
@@ -244,15 +257,7 @@ class Pump:
                 len(cut),
                 budget,
             )
-            await self._release(
-                [
-                    held.delivery
-                    for held in cut
-                    if held.delivery is not None
-                    and not (held.ack is not None and held.ack.is_acked)
-                ],
-                "cut off",
-            )
+            await self._release(unacked(cut), "cut off")
         if deadline is not None and self.options.receiver is not None:
             share_stop_budget(self.options.receiver, max(deadline - loop.time(), 0.0))
         await self.transport.close()
@@ -276,17 +281,7 @@ class Pump:
         await self._release(self.parked.clear(), "parked past the deadline")
 
     async def _release(self, deliveries: list[Delivery], what: str) -> None:
-        if not deliveries:
-            return
-        try:
-            await self.transport.release(deliveries)
-        except Exception as exc:
-            logger.error(
-                "taskiq_batching: cannot give %d message(s) %s back to the broker: %s",
-                len(deliveries),
-                what,
-                describe(exc),
-            )
+        await give_back(self.transport, deliveries, what)
 
 
 async def _settle(future: "asyncio.Future[None]") -> None:

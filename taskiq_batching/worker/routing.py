@@ -1,12 +1,14 @@
 """Routing: where each delivery the pump reads goes.
 
 A read is a chunk of deliveries. Each one is decoded once and goes to one
-of three places, in the order read:
+of these places, in the order read:
 
 * taken: a batched message whose task has room (``Admission``), for its
   buffer;
 * parked: a batched message over its task's bounds, or behind its task's
   parked ones (``parking.py``);
+* forwarded: a batched message of a task whose batches wait in the broker
+  (``taking.py``), for the transport's forwarder;
 * handed: anything else, to taskiq's Receiver, unchanged.
 
 On a broker without acks (a Redis list) a delivery read is gone from the
@@ -19,7 +21,9 @@ from collections import deque
 from taskiq import AsyncBroker
 
 from taskiq_batching.core.batcher import Batcher
+from taskiq_batching.core.broker_keys import NO_KEY, broker_key
 from taskiq_batching.core.buffer import Envelope
+from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import Delivery
 from taskiq_batching.worker.decode import decode
 from taskiq_batching.worker.parking import Admission, Parking
@@ -53,6 +57,11 @@ class Router:
         self.taken = 0
         #: Deliveries asked for per read.
         self.read_size = 1 if not acknowledges else MAX_UNACKED_CHUNK
+        #: Batched tasks whose messages wait in the broker: what is read of
+        #: them is forwarded there (``taking.Taker.forward``), not taken.
+        self.forwarded: set[str] = set()
+        #: Deliveries of those tasks read and not forwarded yet, by task.
+        self.forwarding: dict[str, list[tuple[Delivery, str]]] = {}
 
     def limit(self, max_tasks: int | None) -> int:
         """How many deliveries the next read may take.
@@ -75,19 +84,25 @@ class Router:
         taken: list[Parked] = []
         handed_before = len(self.handoff)
         admission = Admission(self.batcher)
+        forwarded = 0
         for delivery in chunk:
             envelope = decode(self.broker, delivery.data)
             if envelope is None or envelope.task_name not in self.batcher.specs:
                 self.handoff.append(delivery)
                 continue
             name = envelope.task_name
+            if name in self.forwarded:
+                key = forward_key(self.batcher.specs[name], envelope)
+                self.forwarding.setdefault(name, []).append((delivery, key))
+                forwarded += 1
+                continue
             envelope.size = len(delivery.data)
             # Behind its task's parked messages, if any: in order.
             if name not in self.parked and admission.take(name, envelope.size):
                 taken.append((envelope, delivery))
             else:
-                self.parked.park(name, delivery)
-        self.taken += len(chunk)
+                self.parked.park(name, delivery, envelope)
+        self.taken += len(chunk) - forwarded  # forwarded: taken when their batch is
         extra: list[Delivery] = []
         if not self.acknowledges:
             extra = self._keep_one_handed(handed_before, len(chunk))
@@ -115,11 +130,29 @@ class Router:
         :return: them, decoded and admitted.
         """
         ready: list[Parked] = []
-        for _, delivery in list(self.parked.unpark(Admission(self.batcher))):
-            envelope = decode(self.broker, delivery.data)
+        for delivery, kept in list(self.parked.unpark(Admission(self.batcher))):
+            envelope = kept or decode(self.broker, delivery.data)
             if envelope is None:  # decoded when read: it cannot fail now
                 self.handoff.append(delivery)
                 continue
             envelope.size = len(delivery.data)
             ready.append((envelope, delivery))
         return ready
+
+
+def forward_key(spec: BatchSpec, envelope: Envelope) -> str:
+    """The broker key a forwarded message waits under (it only groups).
+
+    The message is a sender's: anything about it may be crafted (a nesting
+    JSON cannot write, a ``batch_key`` that raises). Then it waits under
+    the task's plain key, and the worker that takes it keys it itself.
+
+    :param spec: its task.
+    :param envelope: the decoded message.
+    :return: its key.
+    """
+    item = envelope.args[0] if envelope.args else None
+    try:
+        return broker_key(envelope.args[1:], envelope.kwargs, spec.settings.key, item)
+    except Exception:  # RecursionError, ValueError...: grouping is optional
+        return NO_KEY

@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 import pytest
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr
 from taskiq import AsyncBroker, AsyncTaskiqTask, BrokerMessage, InMemoryBroker
 from taskiq.labels import prepare_label
 
@@ -27,74 +27,9 @@ from taskiq_batching import (
     per_item,
 )
 from tests.behaviour.paths import Path, running
+from tests.hostile_vectors import GOOD, VECTORS, Item, key, where
 
 pytestmark = pytest.mark.timeout(30)
-
-
-class Item(BaseModel):
-    """An item whose fields the policies read."""
-
-    n: int
-    cost: Any = 1
-    group: Any = "g"
-
-    @field_validator("n")
-    @classmethod
-    def unlucky(cls, value: int) -> int:
-        if value == 13:
-            raise TypeError("13 is unlucky")  # pydantic does not wrap TypeError
-        return value
-
-
-class Ambiguous:
-    """A numpy-like array: ``==`` gives another array, whose truth test raises."""
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __bool__(self) -> bool:
-        raise ValueError("the truth value of an array is ambiguous")
-
-    def __eq__(self, other: object) -> "Ambiguous":  # type: ignore[override]
-        return Ambiguous()
-
-
-def where(item: Item) -> Any:
-    return Ambiguous() if item.n == -3 else True
-
-
-def key(item: Item) -> Any:
-    return Ambiguous() if item.group == "ambiguous" else item.group
-
-
-def nested(depth: int) -> Any:
-    value: Any = []
-    for _ in range(depth):
-        value = [value]
-    return value
-
-
-GOOD = {"n": 1}
-#: name: (args, kwargs, labels, expected error type)
-CASES: dict[str, tuple[list[Any], dict[str, Any], dict[str, Any], type]] = {
-    "deadline_overflows_float": (
-        [GOOD],
-        {},
-        {"batch_deadline": 10**400},
-        BatchItemError,
-    ),
-    "deadline_not_a_time": ([GOOD], {}, {"batch_deadline": "soon"}, BatchItemError),
-    "unknown_kwarg_nested_600": ([GOOD], {"junk": nested(600)}, {}, BatchArgumentError),
-    "known_kwarg_nested_600": ([GOOD], {"note": nested(600)}, {}, BatchItemError),
-    "too_many_args": ([GOOD, "a", None, 3], {}, {}, BatchArgumentError),
-    "no_item": ([], {}, {}, BatchItemError),
-    "cost_overflows_float": ([{"n": 1, "cost": 10**400}], {}, {}, BatchItemError),
-    "cost_nan": ([{"n": 1, "cost": float("nan")}], {}, {}, BatchItemError),
-    "cost_not_a_number": ([{"n": 1, "cost": [1]}], {}, {}, BatchItemError),
-    "validator_raises_type_error": ([{"n": 13}], {}, {}, BatchItemError),
-    "where_truth_test_raises": ([{"n": -3}], {}, {}, BatchItemError),
-    "key_nested_600": ([{"n": 1, "group": nested(600)}], {}, {}, BatchItemError),
-    "item_of_wrong_type": (["not an item"], {}, {}, BatchItemError),
-}
 
 
 async def kick_raw(
@@ -145,9 +80,9 @@ def declare(path: Path) -> None:
         raise ValueError("plain failed")
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", list(VECTORS))
 async def test_a_hostile_message_fails_alone(path: Path, case: str) -> None:
-    args, kwargs, labels, expected = CASES[case]
+    args, kwargs, labels, expected = VECTORS[case]
     declare(path)
     broker = path.broker
     async with running(path):

@@ -13,14 +13,11 @@ to ``{queue}:batches``.
 
 import json
 import os
-from typing import Any
 
 from redis.asyncio import Redis
 from taskiq import AsyncBroker
-from taskiq_aio_pika import AioPikaBroker, Exchange, Queue
-from taskiq_redis import RedisAsyncResultBackend
 
-from taskiq_batching import BatchingMiddleware
+from tests.integration.app_brokers import RABBITMQ_URL, REDIS_URL, amqp_broker
 
 #: Longest a batch waits for its token, in seconds.
 GO_TIMEOUT = 40
@@ -30,22 +27,11 @@ def make_broker(
     rabbitmq_url: str, redis_url: str, queue: str, qos: int, name: str
 ) -> AsyncBroker:
     """Build the broker the worker (and, named otherwise, the producer) uses."""
-    broker = AioPikaBroker(
-        rabbitmq_url,
-        qos=qos,
-        exchange=Exchange(name=queue),
-        task_queues=[Queue(name=queue)],
-        dead_letter_queue=Queue(name=f"{queue}.dead_letter"),
-        client_properties={"connection_name": name},
+    return amqp_broker(
+        rabbitmq_url, redis_url, queue, qos, client_properties={"connection_name": name}
     )
-    backend: RedisAsyncResultBackend[Any] = RedisAsyncResultBackend(
-        redis_url, prefix_str=queue, result_ex_time=600
-    )
-    return broker.with_result_backend(backend).with_middlewares(BatchingMiddleware())
 
 
-RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 QUEUE = os.environ.get("TB_QUEUE", "taskiq-batching-amqp-alo")
 broker = make_broker(
     RABBITMQ_URL,

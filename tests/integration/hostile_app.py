@@ -11,57 +11,13 @@ process that crashed and was restarted by taskiq shows as a second pid.
 import os
 from typing import Any
 
-from pydantic import BaseModel, field_validator
 from redis.asyncio import Redis
 from taskiq import AsyncBroker, TaskiqEvents, TaskiqState
 from taskiq_aio_pika import AioPikaBroker, Exchange, Queue
 from taskiq_redis import RedisAsyncResultBackend, RedisStreamBroker
 
 from taskiq_batching import BatchingMiddleware, PerItem, per_item
-
-#: The item of ``n`` that its validator refuses with a ``TypeError``.
-UNLUCKY = 13
-#: The item of ``n`` whose ``batch_where`` value cannot be tested for truth.
-AMBIGUOUS = -3
-#: Items of ``n`` below this are filtered out by ``batch_where``.
-FILTER_BELOW = -100
-
-
-class Item(BaseModel):
-    """An item whose fields the policies read."""
-
-    n: int
-    cost: Any = 1
-    group: Any = "g"
-
-    @field_validator("n")
-    @classmethod
-    def unlucky(cls, value: int) -> int:
-        if value == UNLUCKY:
-            raise TypeError("unlucky")  # pydantic does not wrap a TypeError
-        return value
-
-
-class Ambiguous:
-    """A numpy-like array: ``==`` gives another array, whose truth test raises."""
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __bool__(self) -> bool:
-        raise ValueError("the truth value of an array is ambiguous")
-
-    def __eq__(self, other: object) -> "Ambiguous":  # type: ignore[override]
-        return Ambiguous()
-
-
-def where(item: Item) -> Any:
-    """Filters low items; an ``AMBIGUOUS`` one gives an array."""
-    return Ambiguous() if item.n == AMBIGUOUS else item.n >= FILTER_BELOW
-
-
-def key(item: Item) -> Any:
-    """The item's group; ``"ambiguous"`` gives a key whose ``==`` raises."""
-    return Ambiguous() if item.group == "ambiguous" else item.group
+from tests.hostile_vectors import Item, key, where
 
 
 def make_broker(

@@ -9,48 +9,21 @@ The batched task ``collect`` takes ``TB_BATCH_SIZE`` and
 ``TB_BATCH_TIMEOUT`` (``none``: size-only); each batch pushes
 ``{"items": [...], "pid": ...}`` to ``{queue}:started`` when it starts,
 then runs ``TB_BATCH_DELAY`` seconds, then pushes the same record to
-``{queue}:batches``.
+``{queue}:batches``. ``TB_WAIT_IN_BROKER`` set:
+``BatchingMiddleware(wait_in_broker=True)`` (a lease per batched task).
 """
 
 import asyncio
 import json
 import os
-from typing import Any
 
-from nats.js.api import ConsumerConfig
 from redis.asyncio import Redis
-from taskiq import AsyncBroker
-from taskiq_nats import PullBasedJetStreamBroker
-from taskiq_redis import RedisAsyncResultBackend
 
-from taskiq_batching import BatchingMiddleware
+from tests.integration.app_brokers import NATS_URL, REDIS_URL, nats_broker
 
+#: The broker both the worker and the test's producer use.
+make_broker = nats_broker
 
-def make_broker(
-    nats_url: str,
-    redis_url: str,
-    queue: str,
-    ack_wait: float,
-    max_ack_pending: int | None = None,
-) -> AsyncBroker:
-    """Build the broker both the workers and the test's producer use."""
-    broker = PullBasedJetStreamBroker(
-        nats_url,
-        subject=f"{queue}.tasks",
-        stream_name=queue,
-        durable=queue,
-        consumer_config=ConsumerConfig(
-            durable_name=queue, ack_wait=ack_wait, max_ack_pending=max_ack_pending
-        ),
-    )
-    backend: RedisAsyncResultBackend[Any] = RedisAsyncResultBackend(
-        redis_url, prefix_str=queue, result_ex_time=600
-    )
-    return broker.with_result_backend(backend).with_middlewares(BatchingMiddleware())
-
-
-NATS_URL = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 QUEUE = os.environ.get("TB_QUEUE", "taskiq-batching-nats-alo")
 _pending = os.environ.get("TB_MAX_ACK_PENDING")
 _timeout = os.environ.get("TB_BATCH_TIMEOUT", "none")

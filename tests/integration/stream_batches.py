@@ -37,13 +37,8 @@ def make_broker(
     idle_ms: int = 600_000,
     protocol: int = 2,
 ) -> RedisStreamBroker:
-    """A stream broker with the plugin, its own consumer name, the switch set.
-
-    The switch is set as an attribute: ``BatchingMiddleware(wait_in_broker=)``
-    is the worker side's (another branch).
-    """
-    middleware = BatchingMiddleware()
-    middleware.wait_in_broker = wait  # type: ignore[attr-defined]
+    """A stream broker with the plugin, its own consumer name, the switch set."""
+    middleware = BatchingMiddleware(wait_in_broker=wait)
     broker = RedisStreamBroker(
         url,
         queue_name=queue,

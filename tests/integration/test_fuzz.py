@@ -32,8 +32,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from tests.hostile_vectors import AMBIGUOUS, FILTER_BELOW, UNLUCKY, nested
 from tests.integration.hostile import KINDS, Target, body, hostile_worker, raw
-from tests.integration.hostile_app import AMBIGUOUS, FILTER_BELOW, UNLUCKY
 from tests.integration.workers import eventually
 
 pytestmark = [pytest.mark.integration]
@@ -59,13 +59,6 @@ class Sent:
     data: Any  # the message's fields, or raw bytes
     outcome: tuple[str, Any]
     deadline: str | None = None  # "ok", "overflow", "text": set when sent
-
-
-def nested(depth: int) -> Any:
-    value: Any = []
-    for _ in range(depth):
-        value = [value]
-    return value
 
 
 SCALARS = st.one_of(

@@ -15,40 +15,17 @@ from typing import Any
 
 import pytest
 
+from tests.hostile_vectors import CRASHED_A_WORKER
+from tests.hostile_vectors import VECTORS as HOSTILE
 from tests.integration.hostile import KINDS, Target, body, hostile_worker, raw
-from tests.integration.hostile_app import AMBIGUOUS, UNLUCKY
 from tests.integration.workers import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 
-def nested(depth: int) -> Any:
-    value: Any = []
-    for _ in range(depth):
-        value = [value]
-    return value
-
-
-GOOD = {"n": 1}
-#: name: (args, kwargs, labels, expected error type)
-VECTORS: dict[str, tuple[list[Any], dict[str, Any], dict[str, Any], str]] = {
-    "deadline_overflows_float": (
-        [GOOD],
-        {},
-        {"batch_deadline": 10**400},
-        "BatchItemError",
-    ),
-    "unknown_kwarg_nested_600": (
-        [GOOD],
-        {"junk": nested(600)},
-        {},
-        "BatchArgumentError",
-    ),
-    "known_kwarg_nested_600": ([GOOD], {"note": nested(600)}, {}, "BatchItemError"),
-    "cost_overflows_float": ([{"n": 1, "cost": 10**400}], {}, {}, "BatchItemError"),
-    "validator_raises_type_error": ([{"n": UNLUCKY}], {}, {}, "BatchItemError"),
-    "where_truth_test_raises": ([{"n": AMBIGUOUS}], {}, {}, "BatchItemError"),
-    "key_nested_600": ([{"n": 1, "group": nested(600)}], {}, {}, "BatchItemError"),
+#: name: (args, kwargs, labels, the error type's name)
+VECTORS = {
+    name: (*HOSTILE[name][:3], HOSTILE[name][3].__name__) for name in CRASHED_A_WORKER
 }
 
 

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -126,6 +127,23 @@ async def test_reads_come_in_chunks_within_the_limit(make_broker: MakeBroker) ->
     assert [int(d.data) for d in deliveries] == list(range(35))
     assert transport.outstanding == 35
     assert await transport.read(10) == []  # idle: returns within its timeout
+    await transport.ack([d.handle for d in deliveries])
+    await transport.close()
+
+
+async def test_a_delivery_carries_the_time_the_stream_stored_it(
+    make_broker: MakeBroker,
+) -> None:
+    """``sent_at`` is the stream's timestamp (the server's clock: this machine's)."""
+    broker = make_broker()
+    transport = await started(broker)
+    before = time.time()
+    await publish(broker, 3)  # each publish waits for the stream's ack
+    after = time.time()
+    deliveries = await read_all(transport, 10, 3)
+    for delivery in deliveries:
+        assert delivery.sent_at is not None
+        assert before - 0.05 <= delivery.sent_at <= after + 0.05
     await transport.ack([d.handle for d in deliveries])
     await transport.close()
 

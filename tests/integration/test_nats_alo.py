@@ -1,7 +1,8 @@
 """At-least-once of the NATS JetStream transport between real worker processes.
 
 Workers are ``taskiq worker`` processes running
-tests/integration/nats_alo_app.py on the real NATS server (``NATS_URL``),
+tests/integration/nats_alo_app.py on the real NATS server (``NATS_URL``)
+(``TB_WAIT_IN_BROKER``: batched tasks wait in the broker, issue 18),
 or on a private ``nats-server`` the test starts and restarts; results and
 a record of every batch go to the real Redis.
 """
@@ -140,6 +141,32 @@ async def test_size_only_batching_with_two_processes_does_not_wedge(
         await producer.shutdown()
 
 
+async def redelivered(nats_url: str, stream: str, count: int, within: float) -> int:
+    """How many of ``count`` messages a pull of this test gets within ``within`` s.
+
+    Each fetch returns as its messages arrive; they are acked.
+    """
+    client = await nats.connect(nats_url)
+    try:
+        pulled = await client.jetstream().pull_subscribe(
+            f"{stream}.tasks", durable=stream
+        )
+        got = 0
+        deadline = asyncio.get_running_loop().time() + within
+        while got < count:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            with contextlib.suppress(nats.errors.TimeoutError):
+                for message in await pulled.fetch(count - got, timeout=left):
+                    assert message.metadata.num_delivered == 2
+                    await message.ack()
+                    got += 1
+        return got
+    finally:
+        await client.close()
+
+
 async def test_messages_cut_off_at_the_stop_deadline_are_handed_back_at_once(
     nats_url: str,
     redis_url: str,
@@ -149,10 +176,11 @@ async def test_messages_cut_off_at_the_stop_deadline_are_handed_back_at_once(
 ) -> None:
     """A batch that outlives ``--wait-tasks-timeout``: its messages are nak'ed.
 
-    With ``ack_wait`` 30 s, a message left ack-pending would reach the next
-    worker after 30 s; a nak'ed one comes at once.
+    ``ack_wait`` is 300 s: a message left ack-pending comes back after
+    300 s; a nak'ed one at once. As soon as the worker has exited, a pull of
+    the test's own gets all 20 (delivered a second time) within 10 s.
     """
-    producer = make_broker(nats_url, redis_url, stream, 30)
+    producer = make_broker(nats_url, redis_url, stream, 300)
     await producer.startup()
     try:
         collect: AsyncKicker[Any, Any] = AsyncKicker("collect", producer, {})
@@ -161,6 +189,7 @@ async def test_messages_cut_off_at_the_stop_deadline_are_handed_back_at_once(
             batch_size=10,
             batch_timeout=0.1,
             batch_delay=3600,
+            ack_wait=300,
         )
         for item in range(20):
             await collect.kiq(item)
@@ -173,13 +202,190 @@ async def test_messages_cut_off_at_the_stop_deadline_are_handed_back_at_once(
         await eventually(one_runs_and_all_held, 20, "a batch runs, 10 more wait")
         stuck.stop(timeout=15)
         assert "cut off" in stuck.output()
-        start_worker(batch_size=10, batch_timeout=0.1)
+        assert await redelivered(nats_url, stream, 20, within=10) == 20
+        assert await runs(redis, stream) == Counter()  # none finished
+    finally:
+        await producer.shutdown()
+
+
+@pytest.fixture
+async def batch_stream(nats_url: str, stream: str) -> AsyncIterator[str]:
+    """The stream the batched messages wait on, deleted afterwards."""
+    yield f"{stream}-batch"
+    client = await nats.connect(nats_url)
+    try:
+        with contextlib.suppress(NotFoundError):
+            await client.jetstream().delete_stream(f"{stream}-batch")
+    finally:
+        await client.close()
+
+
+async def batch_waiting(nats_url: str, batch_stream: str) -> int:
+    """Pull requests waiting on the batched task's durable (0 before it exists)."""
+    client = await nats.connect(nats_url)
+    try:
+        js = client.jetstream()
+        try:
+            names = [info.name for info in await js.consumers_info(batch_stream)]
+        except NotFoundError:
+            return 0
+        waiting = 0
+        for name in names:
+            waiting += (await js.consumer_info(batch_stream, name)).num_waiting or 0
+        return waiting
+    finally:
+        await client.close()
+
+
+async def send_steadily(kicker: AsyncKicker[Any, Any], count: int, rate: float) -> None:
+    """``count`` items at about ``rate`` per second (ten at a time)."""
+    for start in range(0, count, 10):
+        await asyncio.gather(*(kicker.kiq(item) for item in range(start, start + 10)))
+        await asyncio.sleep(10 / rate)  # pacing, not a barrier
+
+
+async def batch_sizes(redis: Redis, stream: str) -> list[int]:
+    raw = await redis.lrange(f"{stream}:batches", 0, -1)
+    return [len(json.loads(batch)["items"]) for batch in raw]
+
+
+async def test_four_processes_fill_batches_as_one(
+    nats_url: str,
+    redis_url: str,
+    redis: Redis,
+    stream: str,
+    batch_stream: str,
+    start_worker: StartWorker,
+) -> None:
+    """``wait_in_broker``: 4 processes fill batches of 50 at ~100 items/s.
+
+    400 items, batch_timeout 1 s: one worker would batch 50 at a time.
+
+    Alone, each process sees a quarter of the rate: batches of ~25 by the
+    timeout (measured without the switch: a mean of ~36 at 200/s).
+    """
+    producer = make_broker(nats_url, redis_url, stream, 30)
+    await producer.startup()
+    try:
+        collect: AsyncKicker[Any, Any] = AsyncKicker("collect", producer, {})
+        start_worker(
+            ("--workers", "4"), batch_size=50, batch_timeout=1.0, wait_in_broker=1
+        )
+
+        async def one_holds_the_slot() -> bool:
+            return await batch_waiting(nats_url, batch_stream) == 1
+
+        await eventually(one_holds_the_slot, 30, "a process waits for a batch")
+        await send_steadily(collect, 400, 100)
 
         async def all_ran() -> bool:
-            return await runs(redis, stream) == Counter(range(20))
+            return await runs(redis, stream) == Counter(range(400))
 
-        # Far below ack_wait (30 s): only a nak brings them this soon.
-        await eventually(all_ran, 15, "the cut-off messages ran elsewhere")
+        await eventually(all_ran, 30, "every item ran once")
+        sizes = await batch_sizes(redis, stream)
+        assert sum(sizes) / len(sizes) >= 0.8 * 50, sizes
+    finally:
+        await producer.shutdown()
+
+
+async def batch_durable(nats_url: str, batch_stream: str) -> ConsumerInfo:
+    """The batched task's durable on the batch stream."""
+    client = await nats.connect(nats_url)
+    try:
+        js = client.jetstream()
+        (info,) = await js.consumers_info(batch_stream)
+        return info
+    finally:
+        await client.close()
+
+
+async def test_a_killed_holders_messages_come_back_to_another_process(
+    nats_url: str,
+    redis_url: str,
+    redis: Redis,
+    stream: str,
+    batch_stream: str,
+    start_worker: StartWorker,
+) -> None:
+    """``wait_in_broker``: kill -9 the process running a batch; another runs it.
+
+    ``ack_wait`` 3 s: the dead holder's messages are delivered again on the
+    batch durable, to the process that holds the slot now.
+    """
+    producer = make_broker(nats_url, redis_url, stream, 3)
+    await producer.startup()
+    try:
+        collect: AsyncKicker[Any, Any] = AsyncKicker("collect", producer, {})
+        settings: dict[str, object] = {
+            "batch_size": 10,
+            "batch_timeout": 0.5,
+            "ack_wait": 3,
+            "wait_in_broker": 1,
+        }
+        holder = start_worker(("--workers", "1"), batch_delay=3600, **settings)
+
+        async def one_holds_the_slot() -> bool:
+            return await batch_waiting(nats_url, batch_stream) == 1
+
+        await eventually(one_holds_the_slot, 30, "the holder waits for a batch")
+        await asyncio.gather(*(collect.kiq(item) for item in range(10)))
+
+        async def it_runs() -> bool:
+            return await redis.llen(f"{stream}:started") == 1
+
+        await eventually(it_runs, 20, "the holder's batch runs")
+        holder.kill9()
+        start_worker(("--workers", "1"), **settings)
+
+        async def all_ran() -> bool:
+            return await runs(redis, stream) == Counter(range(10))
+
+        await eventually(all_ran, 30, "the dead holder's items ran elsewhere")
+        info = await batch_durable(nats_url, batch_stream)
+        assert (info.num_redelivered or 0, info.num_ack_pending) == (0, 0)
+        assert info.delivered is not None
+        assert info.delivered.stream_seq == 10  # through the batch durable
+    finally:
+        await producer.shutdown()
+
+
+async def test_size_only_batches_stay_whole_across_processes_waiting_in_the_broker(
+    nats_url: str,
+    redis_url: str,
+    redis: Redis,
+    stream: str,
+    batch_stream: str,
+    start_worker: StartWorker,
+) -> None:
+    """``wait_in_broker``: max_ack_pending 100 on the main consumer, batches of 150.
+
+    Two processes, 1500 items: the main consumer's messages are moved at
+    once (never at its limit) and one process at a time takes a batch, so
+    every batch is whole (today's path flushes short ones by pressure).
+    """
+    producer = make_broker(nats_url, redis_url, stream, 30, max_ack_pending=100)
+    await producer.startup()
+    try:
+        collect: AsyncKicker[Any, Any] = AsyncKicker("collect", producer, {})
+        start_worker(
+            ("--workers", "2"),
+            batch_size=150,
+            max_ack_pending=100,
+            wait_in_broker=1,
+        )
+
+        async def one_holds_the_slot() -> bool:
+            return await batch_waiting(nats_url, batch_stream) == 1
+
+        await eventually(one_holds_the_slot, 30, "a process waits for a batch")
+        count = 1500
+        await asyncio.gather(*(collect.kiq(item) for item in range(count)))
+
+        async def all_ran() -> bool:
+            return await runs(redis, stream) == Counter(range(count))
+
+        await eventually(all_ran, 45, "every item ran once")
+        assert await batch_sizes(redis, stream) == [150] * 10
     finally:
         await producer.shutdown()
 

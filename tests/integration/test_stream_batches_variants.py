@@ -93,8 +93,7 @@ LIST_VARIANTS: dict[str, Callable[[dict[str, str], str], Broker]] = {
 
 
 def _with_plugin(broker: Broker, wait: bool) -> Broker:
-    middleware = BatchingMiddleware()
-    middleware.wait_in_broker = wait  # type: ignore[attr-defined]
+    middleware = BatchingMiddleware(wait_in_broker=wait)
     broker.add_middlewares(middleware)
     return broker
 

@@ -1,9 +1,12 @@
 """The fleet benchmark's figures (bench/fleet.py) and its app's settings."""
 
+from typing import Any
+
 import pytest
 
-from bench.fleet import markdown, summarize
+from bench.fleet import PATHS, summarize
 from bench.fleet_app import FleetSettings
+from bench.fleet_report import markdown, side_by_side
 
 
 def batch(size: int, sent: float, start: float, pid: int) -> list[list[float]]:
@@ -96,3 +99,58 @@ def test_a_lagging_producer_shows_the_rate_asked_and_the_rate_sent() -> None:
     lines = markdown(raw).splitlines()
     assert lines[-2].startswith("| stream | 1 | 2,000 (sent 1,500) | 100.0 |")
     assert lines[-1].startswith("| stream | 1 | 1,990 | 100.0 |")
+
+
+def test_the_path_travels_to_the_workers_and_defaults_to_today(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    waiting = FleetSettings("redis://h:1/2", "q", "stream", 100, 0.5, True)
+    for key, value in waiting.to_env().items():
+        monkeypatch.setenv(key, value)
+    assert FleetSettings.from_env().wait_in_broker is True
+    monkeypatch.setenv("TBF_WAIT_IN_BROKER", "False")
+    assert FleetSettings.from_env().wait_in_broker is False
+    assert FleetSettings("u", "q").wait_in_broker is False
+    assert PATHS == {"today": False, "wait": True}
+
+
+def test_both_paths_are_reported_side_by_side_per_broker_rate_and_n() -> None:
+    def row(path: str, workers: int, size: int, start: float) -> dict[str, Any]:
+        figures = summarize(batch(size, 0.0, start, 1), 100, 0.5, 300, 0.05)
+        return {
+            "broker": "stream",
+            "workers": workers,
+            "path": path,
+            "rate": 300.0,
+            "sent_rate": 300.0,
+            **figures,
+        }
+
+    rows = [
+        row("today", 4, 25, 0.5),
+        row("wait", 4, 100, 0.3),
+        row("today", 8, 20, 0.5),
+        {"broker": "stream", "workers": 8, "path": "wait", "rate": 300.0},
+    ]
+    raw = {
+        "run_id": "r",
+        "meta": {
+            "date": "d",
+            "nproc": 2,
+            "code": "c",
+            "options": {
+                "batch_size": 100,
+                "batch_timeout": 0.5,
+                "duration": 1,
+                "slack_ms": 50,
+            },
+        },
+        "rows": rows,
+        "errors": [],
+    }
+    lines = markdown(raw).splitlines()
+    assert "| stream | 300 | 4 | 0.25 | 1.00 | 500 / 500 | 300 / 300 |" in lines
+    assert "| stream | 300 | 8 | 0.20 | — | 500 / 500 | — |" in lines
+    assert lines[-1] == "| stream | 8 | no results |"
+    assert lines[-2].endswith("| 20 | today |")
+    assert side_by_side(rows[:1]) == []  # one path: no comparison

@@ -510,6 +510,17 @@ def test_max_concurrent_batches_must_be_a_positive_int(value: Any) -> None:
     assert f"got {value!r}" in message
 
 
+@pytest.mark.parametrize("value", [1, 0, "yes", 1.0])
+def test_wait_in_broker_must_be_true_false_or_none(value: Any) -> None:
+    with pytest.raises(BatchConfigError, match="wait_in_broker must be True"):
+        BatchingMiddleware(wait_in_broker=value)
+
+
+@pytest.mark.parametrize("value", [True, False, None])
+def test_wait_in_broker_takes_true_false_and_none(value: bool | None) -> None:
+    assert BatchingMiddleware(wait_in_broker=value).wait_in_broker is value
+
+
 def test_one_middleware_per_broker() -> None:
     broker = memory_broker()
     with pytest.raises(BatchConfigError, match="already has"):

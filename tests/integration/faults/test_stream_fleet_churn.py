@@ -35,6 +35,11 @@ PERIOD = 0.1
 #: a stopped worker's entries are taken within a sweep (``IDLE_MS / 2``),
 #: plus what a busy, shared machine adds.
 MAX_GAP = IDLE_MS / 2000 + 5.0
+#: Items the fleet processes after the SIGTERM'd worker exited, the producer
+#: still sending: two full batches show the fleet goes on. (It was 50: the
+#: producer's extra items then took the fleet ~40 s more to drain, proving
+#: nothing more.)
+AFTER_EXIT = 20
 
 
 #: (seconds a batch takes, items sent per period): 1 s batches at 20
@@ -148,9 +153,11 @@ async def test_workers_join_and_leave_under_load_and_every_item_runs_once(
     done_at_exit = (await counts(redis, queue))[0]
 
     async def progress_after_exit() -> bool:
-        return (await counts(redis, queue))[0] >= done_at_exit + 50
+        return (await counts(redis, queue))[0] >= done_at_exit + AFTER_EXIT
 
-    await wait("50 more items processed after the SIGTERM", progress_after_exit, 60)
+    await wait(
+        f"{AFTER_EXIT} more items processed after the SIGTERM", progress_after_exit, 60
+    )
     sent = await sender.stop()
     sent_at = time.time()
 
@@ -160,7 +167,7 @@ async def test_workers_join_and_leave_under_load_and_every_item_runs_once(
         (group,) = await redis.xinfo_groups(queue)
         return group["lag"] == 0 and await pending(redis, queue) == 0
 
-    await wait(f"all {sent} processed", all_done, 60, second)
+    await wait(f"all {sent} processed", all_done, 120, second)
     second.stop(30)
     joiner.stop(30)
     records = await batches(redis, queue, "collect")

@@ -56,9 +56,13 @@ def frames(tag: int, body: bytes, consumer: str = "c", size: int = 0) -> list[An
 class Noted:
     def __init__(self) -> None:
         self.deliveries: list[tuple[int, str, bytes]] = []
+        self.sent_at: list[float | None] = []
 
-    def __call__(self, channel: Any, tag: int, consumer: str, body: bytes) -> None:
+    def __call__(
+        self, channel: Any, tag: int, consumer: str, body: bytes, sent_at: float | None
+    ) -> None:
         self.deliveries.append((tag, consumer, body))
+        self.sent_at.append(sent_at)
 
 
 def test_the_tap_takes_its_consumers_deliveries_whole() -> None:
@@ -199,7 +203,9 @@ def test_a_failing_note_is_logged_not_raised_into_aiormqs_reader(
 ) -> None:
     calls: list[int] = []
 
-    def note(channel: Any, tag: int, consumer: str, body: bytes) -> None:
+    def note(
+        channel: Any, tag: int, consumer: str, body: bytes, sent_at: float | None
+    ) -> None:
         calls.append(tag)
         if tag == 1:
             raise RuntimeError("bug")
@@ -210,3 +216,18 @@ def test_a_failing_note_is_logged_not_raised_into_aiormqs_reader(
         assert all(tap.take(frame) for frame in [*frames(1, b"1"), *frames(2, b"2")])
     assert calls == [1, 2]
     assert "cannot note an AMQP delivery" in caplog.text
+
+
+def test_the_tap_notes_each_deliverys_send_time_from_its_header() -> None:
+    noted = Noted()
+    tap = DeliveryTap(object(), noted)
+    tap.consumers.add("c")
+    stamped = Basic.Properties(headers={"batch_sent_at": 1700000000.25})
+    stream = [
+        deliver(1),
+        ContentHeader(body_size=1, properties=stamped),
+        ContentBody(b"1"),
+        *frames(2, b"2"),  # no header: its send time is unknown
+    ]
+    assert all(tap.take(frame) for frame in stream)
+    assert noted.sent_at == [1700000000.25, None]

@@ -16,7 +16,11 @@ from taskiq_nats import PullBasedJetStreamBroker
 from taskiq_batching import _compat
 from taskiq_batching.transports import nats_pull
 from taskiq_batching.transports.nats import NatsTransport
-from taskiq_batching.transports.nats_pull import Pull, stream_sequence
+from taskiq_batching.transports.nats_pull import (
+    Pull,
+    stream_sequence,
+    stream_timestamp,
+)
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -108,6 +112,23 @@ def test_the_stream_sequence_is_read_from_either_ack_subject() -> None:
     v2 = "$JS.ACK.hub.ACCHASH.orders.workers.2.43.41.1700000000.0.token"
     assert stream_sequence(v2) == (43, 2)
     assert stream_sequence(v2.rpartition(".")[0]) == (43, 2)  # no last token
+
+
+def test_the_send_time_is_read_from_either_ack_subject() -> None:
+    v1 = "$JS.ACK.orders.workers.1.42.40.1700000000123456789.3"
+    assert stream_timestamp(v1) == pytest.approx(1700000000.123456789)
+    v2 = "$JS.ACK.hub.ACCHASH.orders.workers.2.43.41.1700000000500000000.0.token"
+    assert stream_timestamp(v2) == pytest.approx(1700000000.5)
+    assert stream_timestamp(v2.rpartition(".")[0]) == pytest.approx(1700000000.5)
+    assert stream_timestamp("$JS.ACK.too.short") is None
+
+
+async def test_a_delivery_carries_the_time_the_stream_stored_it() -> None:
+    client = Client()
+    reader = await pull(client)
+    await reader.request(10)
+    await client.deliver(1)
+    assert [d.sent_at for d in reader.take(1)] == [1700000000.0]
 
 
 async def test_one_request_at_a_time_within_the_limit_and_the_room() -> None:

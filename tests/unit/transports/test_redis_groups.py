@@ -11,7 +11,12 @@ import pytest
 from taskiq import BrokerMessage
 from taskiq_redis import RedisStreamBroker
 
-from taskiq_batching.transports.redis_groups import entry_order, mark_of, restart_at
+from taskiq_batching.transports.redis_groups import (
+    entry_order,
+    furthest,
+    mark_of,
+    restart_at,
+)
 from taskiq_batching.transports.redis_holding import mark_key
 from taskiq_batching.transports.redis_stream import StreamTransport
 from tests.unit.transports.conftest import CommandLog
@@ -50,6 +55,14 @@ def test_entry_ids_compare_as_numbers() -> None:
     assert entry_order(b"10-0") > entry_order("9-5")
     assert entry_order("5-10") > entry_order(b"5-9")
     assert entry_order("7") == (7, 0)
+
+
+def test_the_furthest_entry_read_never_goes_back() -> None:
+    newer, older = (b"10-0", b"new"), (b"9-5", b"old")
+    assert furthest(None, older) == older
+    assert furthest(older, newer) == newer
+    # Pending entries read back at a stop are older: they never move it back.
+    assert furthest(newer, older) == newer
 
 
 async def test_a_tick_publishes_how_far_the_worker_read_only_when_it_moved(

@@ -1,0 +1,67 @@
+"""A delivery's send time, from its AMQP properties, read defensively.
+
+The plugin's producer puts the send time (epoch seconds) in the
+``SENT_AT_LABEL`` label, which taskiq-aio-pika sends as a header (as
+text: taskiq turns label values into strings); any
+producer may set the AMQP ``timestamp`` property instead (whole
+seconds). Headers are the sender's: a value of another type, not finite,
+or anything that fails to convert is ignored (the message's timer then
+counts from its read, as without a send time); core bounds the rest.
+"""
+
+import datetime
+import math
+from decimal import Decimal
+from typing import Any
+
+from taskiq_batching.transports.base import SENT_AT_LABEL
+
+
+def sent_at_of(headers: Any, timestamp: Any) -> float | None:
+    """The send time a delivery's properties carry.
+
+    :param headers: its ``headers`` table (a dict, or None).
+    :param timestamp: its ``timestamp`` property (a datetime, or None).
+    :return: epoch seconds, or None when neither holds a usable one.
+    """
+    if isinstance(headers, dict):
+        sent_at = _seconds(headers.get(SENT_AT_LABEL))
+        if sent_at is not None:
+            return sent_at
+    if isinstance(timestamp, datetime.datetime):
+        try:
+            if timestamp.tzinfo is None:  # AMQP timestamps are UTC
+                timestamp = timestamp.replace(tzinfo=datetime.timezone.utc)
+            return _seconds(timestamp.timestamp())
+        except (OverflowError, ValueError, OSError):
+            return None
+    return None
+
+
+def properties_sent_at(properties: Any) -> float | None:
+    """The send time in a content header's properties (``pamqp``'s).
+
+    :param properties: the frame's ``Basic.Properties``, or anything.
+    :return: epoch seconds, or None.
+    """
+    return sent_at_of(
+        getattr(properties, "headers", None), getattr(properties, "timestamp", None)
+    )
+
+
+#: A header longer than this is no number of seconds the producer wrote.
+MAX_TEXT_CHARS = 40
+
+
+def _seconds(value: Any) -> float | None:
+    if isinstance(value, str):
+        # taskiq sends labels as text (with ``labels_types``).
+        if len(value) > MAX_TEXT_CHARS:
+            return None
+    elif isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
+        return None
+    try:
+        seconds = float(value)
+    except (OverflowError, ValueError, ArithmeticError):
+        return None
+    return seconds if math.isfinite(seconds) else None

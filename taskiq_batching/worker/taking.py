@@ -1,0 +1,311 @@
+"""The taker: whole batches taken from where they wait in the broker.
+
+With ``BatchingMiddleware(wait_in_broker=True)`` and a transport whose
+``batches`` (a ``BatchSource``) serves a batched task, that task's
+messages do not wait in this process: they wait in the broker until a
+batch is worth taking (it is full, or its oldest message reached
+``batch_timeout`` since it was sent), and whichever worker has room takes
+it whole. One loop per process serves every such task, so that a worker
+at rest sends the broker one blocking command per ``IDLE_SECONDS`` for
+all of them:
+
+* for each task with room (``Runner.room``: ``batch_concurrency``,
+  ``max_concurrent_batches``, ``batch_max_keys`` and the task's held
+  bound), ``take`` up to that many batches; a task without room waits
+  for a change (a batch finished), which costs the broker nothing;
+* each batch taken goes through the one lifecycle of a batched message
+  (``Lifecycle.accept``: ``pre_execute``, acks, validation that fails a
+  message alone), then every buffer its messages landed in flushes at
+  once, with the broker's reason (``FlushRules.flush_taken``);
+* then, while messages wait but none is due, it sleeps until the nearest
+  deadline or ``poll_seconds``, whichever is sooner; when nothing waits,
+  it blocks in ``idle`` until a send wakes it.
+
+Messages of a served task that a plain producer put on the main queue
+are read by the pump and handed to the transport's ``forwarder``
+(``forward``); if it fails, or there is none, they are batched here as
+without the broker's help. A stop ends the loop (a ``take`` in flight
+finishes and its batches run); nothing forms in the process, so nothing
+is given back. Errors of the broker (``take``, ``idle``, ``forward``) are
+logged and retried after a growing pause: they never stop the worker.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from taskiq import AsyncBroker
+
+from taskiq_batching.core.batcher import Batcher
+from taskiq_batching.core.buffer import Envelope
+from taskiq_batching.error_texts import describe
+from taskiq_batching.settings import FlushReason
+from taskiq_batching.spec import BatchSpec
+from taskiq_batching.transports.base import (
+    BatchSource,
+    Delivery,
+    Forwarder,
+    TakenBatch,
+    Transport,
+)
+from taskiq_batching.worker.decode import decode
+from taskiq_batching.worker.lifecycle import Lifecycle
+from taskiq_batching.worker.options import WorkerOptions
+from taskiq_batching.worker.routing import Router
+
+logger = logging.getLogger("taskiq_batching")
+
+#: Seconds one ``idle`` call blocks at most when nothing waits.
+IDLE_SECONDS = 2.0
+#: The shortest pause between two takes while messages wait (seconds): a
+#: source that says "due now" without giving a batch does not make a busy loop.
+MIN_PAUSE_SECONDS = 0.005
+#: The first pause after a broker error, doubled per failure in a row (seconds).
+BACKOFF_FIRST_SECONDS = 0.1
+#: The longest pause after broker errors (seconds).
+BACKOFF_MAX_SECONDS = 5.0
+
+
+class Taker:
+    """Takes whole batches from the broker for the tasks its source serves.
+
+    :param broker: the broker (decodes messages).
+    :param batcher: its batcher.
+    :param lifecycle: accepts the messages taken.
+    :param transport: the broker's transport (its ``batches`` and
+        ``forwarder``, when it has them).
+    :param router: the pump's router (hands to the Receiver, counts what
+        is taken for ``--max-tasks-per-child``).
+    :param options: the Receiver's settings.
+    """
+
+    def __init__(
+        self,
+        broker: AsyncBroker,
+        batcher: Batcher,
+        lifecycle: Lifecycle,
+        transport: Transport,
+        router: Router,
+        options: WorkerOptions,
+    ) -> None:
+        self.broker = broker
+        self.batcher = batcher
+        self.lifecycle = lifecycle
+        self.router = router
+        self.options = options
+        self.source: BatchSource | None = getattr(transport, "batches", None)
+        source = self.source
+        self.specs = [
+            spec
+            for spec in batcher.specs.values()
+            if source is not None and source.serves(spec)
+        ]
+        self.forwarder: Forwarder | None = getattr(transport, "forwarder", None)
+        if self.forwarder is not None and self.specs:
+            router.forwarded = {spec.task_name for spec in self.specs}
+        self._task: asyncio.Task[None] | None = None
+        self._stop: asyncio.Event | None = None
+        #: The ``idle`` call in flight, and the tasks it watches.
+        self._idle: tuple[frozenset[str], asyncio.Future[None]] | None = None
+        self._failures = 0
+
+    @property
+    def active(self) -> bool:
+        """Whether a task's batches are taken from the broker."""
+        return bool(self.specs)
+
+    @property
+    def spent(self) -> bool:
+        """Whether the process took its ``--max-tasks-per-child`` share."""
+        limit = self.options.max_tasks
+        return self.active and limit is not None and self.router.taken >= limit
+
+    def start(self) -> None:
+        """Start the loop (once, in the running event loop)."""
+        if self.active and self._task is None:
+            self._stop = asyncio.Event()
+            self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self, deadline: float | None) -> None:
+        """Stop taking; a take in flight finishes (its batches then run).
+
+        :param deadline: event-loop time after which the take in flight is
+            cancelled (its entries stay pending in the broker for a claim).
+        """
+        task, self._task = self._task, None
+        if task is None or self._stop is None:
+            return
+        self._stop.set()
+        if self._idle is not None:
+            self._idle[1].cancel()  # a blocking wait for a send: nothing to lose
+        loop = asyncio.get_running_loop()
+        timeout = None if deadline is None else max(deadline - loop.time(), 0.0)
+        await asyncio.wait({task}, timeout=timeout)
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+        if not task.cancelled() and task.exception() is not None:
+            logger.error(
+                "taskiq_batching: taking batches stopped on an error",
+                exc_info=task.exception(),
+            )
+
+    # --- the loop ------------------------------------------------------------
+
+    async def _run(self) -> None:
+        stop = self._stop
+        assert stop is not None
+        while not stop.is_set() and not self.spent:
+            try:
+                await self._round()
+                self._failures = 0
+            except Exception as exc:
+                self._failures += 1
+                pause = min(
+                    BACKOFF_FIRST_SECONDS * 2 ** (self._failures - 1),
+                    BACKOFF_MAX_SECONDS,
+                )
+                logger.error(
+                    "taskiq_batching: taking batches from the broker failed "
+                    "(%d in a row), trying again in %.1f s: %s",
+                    self._failures,
+                    pause,
+                    describe(exc),
+                )
+                await self._pause(pause)
+        self.batcher.notify()  # the pump notices ``spent``
+
+    async def _round(self) -> None:
+        """Take what is due for every task with room, then wait as what is left says."""
+        source = self.source
+        assert source is not None
+        waits: list[float] = []
+        quiet: list[BatchSpec] = []
+        blocked = took = False
+        for spec in self.specs:
+            room = self.batcher.runner.room(spec.task_name)
+            if room == 0:
+                blocked = True
+                continue
+            taken = await source.take(spec, room)
+            if taken.batches:
+                took = True
+                await self._start(taken.batches)
+            if taken.wait_seconds is not None:
+                waits.append(taken.wait_seconds)
+            elif not taken.batches:
+                quiet.append(spec)
+            if self.spent:
+                return
+        if took:
+            return  # more may be due: take again at once
+        if waits:
+            shortest = min(min(waits), source.poll_seconds)
+            await self._pause(max(shortest, MIN_PAUSE_SECONDS))
+        elif quiet:
+            await self._idle_until_woken(source, quiet, blocked)
+        else:
+            await self._pause(None, self.batcher.changes.next())
+
+    async def _idle_until_woken(
+        self, source: BatchSource, quiet: list[BatchSpec], blocked: bool
+    ) -> None:
+        """Block until a send (``idle``), a stop, or room for a blocked task.
+
+        An ``idle`` left by room coming back is not cancelled: the next
+        round waits on it again, unless it watches fewer tasks than are
+        quiet now (a second one then watches them all).
+        """
+        names = frozenset(spec.task_name for spec in quiet)
+        if self._idle is None or not names <= self._idle[0]:
+            future = asyncio.ensure_future(source.idle(quiet, IDLE_SECONDS))
+            future.add_done_callback(_retrieve)
+            self._idle = (names, future)
+        idle = self._idle[1]
+        change = self.batcher.changes.next() if blocked else None
+        await self._pause(None, idle, change)
+        if idle.done():
+            self._idle = None
+            if not idle.cancelled():  # cancelled: the worker stops
+                idle.result()  # its error is this round's
+
+    async def _pause(
+        self, seconds: float | None, *wake: "asyncio.Future[Any] | None"
+    ) -> None:
+        """Wait ``seconds`` (None: no limit), or until a stop or one of ``wake``."""
+        assert self._stop is not None
+        stopping = asyncio.ensure_future(self._stop.wait())
+        futures = {stopping, *(future for future in wake if future is not None)}
+        try:
+            await asyncio.wait(
+                futures, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            stopping.cancel()
+
+    # --- batches taken ----------------------------------------------------------
+
+    async def _start(self, batches: Sequence[TakenBatch]) -> None:
+        """Accept the messages of whole batches, then flush them at once."""
+        taken: list[tuple[Envelope, Delivery]] = []
+        reasons: dict[int, FlushReason] = {}
+        for batch in batches:
+            reason = _reason(batch.reason)
+            for delivery in batch.deliveries:
+                envelope = decode(self.broker, delivery.data)
+                if envelope is None or envelope.task_name not in self.batcher.specs:
+                    # Not a message of a batched task: taskiq's, as when read.
+                    self.router.handoff.append(delivery)
+                    continue
+                envelope.size = len(delivery.data)
+                self.batcher.bounds.take(envelope.task_name, 1)
+                taken.append((envelope, delivery))
+                reasons[id(delivery)] = reason
+            self.router.taken += len(batch.deliveries)
+        held = await self.lifecycle.accept(taken)
+        self.batcher.rules.flush_taken(
+            [(one, reasons[id(one.delivery)]) for one in held]
+        )
+
+    # --- forwarding ------------------------------------------------------------
+
+    async def forward(self) -> None:
+        """Hand messages of served tasks read on the main queue to the forwarder.
+
+        If forwarding fails, they are parked: this process batches them,
+        as without the broker's help (nothing is lost or delayed).
+        """
+        forwarding, self.router.forwarding = self.router.forwarding, {}
+        forwarder = self.forwarder
+        assert forwarder is not None or not forwarding
+        for task_name, keyed in forwarding.items():
+            spec = self.batcher.specs[task_name]
+            deliveries = [delivery for delivery, _ in keyed]
+            try:
+                assert forwarder is not None
+                await forwarder.forward([(d, spec, key) for d, key in keyed])
+            except Exception as exc:
+                logger.error(
+                    "taskiq_batching: cannot forward %d message(s) of %s to where "
+                    "its batches wait; this worker batches them: %s",
+                    len(deliveries),
+                    task_name,
+                    describe(exc),
+                )
+                for delivery in deliveries:
+                    self.router.parked.park(task_name, delivery)
+
+
+def _reason(value: str) -> FlushReason:
+    """The flush reason a source gave (``size``, ``timeout``)."""
+    with contextlib.suppress(ValueError):
+        return FlushReason(value)
+    return FlushReason.TIMEOUT
+
+
+def _retrieve(future: "asyncio.Future[None]") -> None:
+    """An ``idle`` no round waits on any more: its error is not news."""
+    if not future.cancelled():
+        future.exception()
