@@ -114,10 +114,12 @@ def test_a_batch_key_that_fails_on_the_producer_only_groups_less() -> None:
     ],
     ids=["standalone", "sentinel", "cluster"],
 )
-def test_stream_brokers_have_a_batch_source_unless_switched_off(make: object) -> None:
+def test_stream_brokers_have_a_batch_source_when_switched_on(make: object) -> None:
     broker = make()  # type: ignore[operator]
-    assert isinstance(transport_for(broker).batches, StreamBatches)
+    assert isinstance(transport_for(broker, wait_in_broker=True).batches, StreamBatches)
     assert transport_for(broker, wait_in_broker=False).batches is None
+    # None, the middleware's default: a preview, opted into (docs/fleet.md).
+    assert transport_for(broker).batches is None
 
 
 @pytest.mark.parametrize(
