@@ -1,14 +1,17 @@
 """A pre-loaded drain through ``redis_batches`` against today's read, one process.
 
     python -m bench.stream_batches --messages 20000 --batch-size 100 --rounds 3
+    python -m bench.stream_batches --broker list ...   (``redis_list_batches``)
 
 Each round pre-loads the same number of messages on the main stream (sent
 the plain way) and on a batched task's key stream (sent with the plugin,
 ``kiq_many``'s marked chunks), then drains each with one source, acking
 each batch as a worker does: ``StreamTransport.read(batch_size)`` for
 today's path, ``StreamBatches.take(spec, 1)`` for waiting in the broker.
-Rounds alternate, so both see the same machine; it prints messages per
-second of each and their ratio. Needs Redis (``REDIS_URL``).
+With ``--broker list``, the same on a list broker: ``ListTransport.read``
+against ``ListBatches.take`` (nothing to ack). Rounds alternate, so both
+see the same machine; it prints messages per second of each and their
+ratio. Needs Redis (``REDIS_URL``).
 """
 
 import argparse
@@ -19,22 +22,27 @@ import uuid
 from typing import Any
 
 from taskiq import BrokerMessage
-from taskiq_redis import RedisStreamBroker
+from taskiq_redis import ListQueueBroker, RedisStreamBroker
 
 from taskiq_batching import BatchingMiddleware, batch_task
 from taskiq_batching.spec import BatchSpec
+from taskiq_batching.transports.redis_list import ListTransport
 from taskiq_batching.transports.redis_stream import StreamTransport
 
 
-def _broker(url: str, queue: str) -> RedisStreamBroker:
-    broker = RedisStreamBroker(
-        url, queue_name=queue, consumer_name=f"c-{uuid.uuid4().hex[:8]}"
-    )
+def _broker(url: str, queue: str, kind: str) -> Any:
+    broker: Any
+    if kind == "list":
+        broker = ListQueueBroker(url, queue_name=queue)
+    else:
+        broker = RedisStreamBroker(
+            url, queue_name=queue, consumer_name=f"c-{uuid.uuid4().hex[:8]}"
+        )
     broker.add_middlewares(BatchingMiddleware())
     return broker
 
 
-def _spec(broker: RedisStreamBroker, batch_size: int) -> BatchSpec:
+def _spec(broker: Any, batch_size: int) -> BatchSpec:
     async def collect(items: list[int]) -> int:
         return len(items)
 
@@ -54,7 +62,7 @@ def _messages(count: int) -> list[BrokerMessage]:
     ]
 
 
-async def _drain_read(transport: StreamTransport, count: int, size: int) -> float:
+async def _drain_read(transport: Any, count: int, size: int) -> float:
     started = time.perf_counter()
     done = 0
     while done < count:
@@ -64,8 +72,8 @@ async def _drain_read(transport: StreamTransport, count: int, size: int) -> floa
     return count / (time.perf_counter() - started)
 
 
-async def _drain_take(transport: StreamTransport, spec: BatchSpec, count: int) -> float:
-    batches = transport.stream_batches
+async def _drain_take(transport: Any, spec: BatchSpec, count: int) -> float:
+    batches = transport.batches
     assert batches is not None
     started = time.perf_counter()
     done = 0
@@ -77,23 +85,28 @@ async def _drain_take(transport: StreamTransport, spec: BatchSpec, count: int) -
     return count / (time.perf_counter() - started)
 
 
-async def _round(url: str, count: int, size: int) -> tuple[float, float]:
+async def _round(url: str, count: int, size: int, kind: str) -> tuple[float, float]:
     queue = f"bench-sb-{uuid.uuid4().hex[:8]}"
-    broker = _broker(url, queue)
+    broker = _broker(url, queue, kind)
     spec = _spec(broker, size)
-    transport = StreamTransport(broker, wait_in_broker=True)
-    batches = transport.stream_batches
+    transport: Any
+    if kind == "list":
+        transport = ListTransport(broker, wait_in_broker=True)
+    else:
+        transport = StreamTransport(broker, wait_in_broker=True)
+        await transport.read(1)  # the main stream's group, before sending
+    batches = transport.batches
     assert batches is not None
     redis: Any = transport.client.redis
     try:
-        await transport.read(1)  # the main stream's group, before sending
         messages = _messages(count)
         await transport.send(messages)
         await batches.send(spec, messages, ["-"] * count, once=True)
         read_rate = await _drain_read(transport, count, size)
         take_rate = await _drain_take(transport, spec, count)
     finally:
-        await transport.holding.stop()
+        if kind != "list":
+            await transport.holding.stop()
         names = batches.names(spec.task_name)
         tag = names.keys[: names.keys.index("}") + 1].replace("{", "[{]")
         found = [k async for k in redis.scan_iter(match=f"{tag}*")]
@@ -108,7 +121,9 @@ async def run(args: argparse.Namespace) -> None:
     print("| round | read msg/s | take msg/s | take / read |")
     print("|---|---|---|---|")
     for index in range(args.rounds):
-        read_rate, take_rate = await _round(args.url, args.messages, args.batch_size)
+        read_rate, take_rate = await _round(
+            args.url, args.messages, args.batch_size, args.broker
+        )
         print(
             f"| {index + 1} | {read_rate:,.0f} | {take_rate:,.0f} | "
             f"{take_rate / read_rate:.2f} |"
@@ -120,6 +135,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--broker", choices=["stream", "list"], default="stream")
     parser.add_argument(
         "--url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     )

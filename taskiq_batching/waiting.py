@@ -2,7 +2,8 @@
 
 With ``BatchingMiddleware(wait_in_broker=True)`` on a broker whose
 transport has a ``batches`` source that can send (taskiq-redis's stream
-brokers, ``transports/redis_batches.py``), ``kiq`` and ``kiq_many`` of a
+and list brokers, ``transports/redis_batches.py`` and
+``transports/redis_list_batches.py``), ``kiq`` and ``kiq_many`` of a
 batched task put its messages in the task's own queue, per key
 (``core/broker_keys.py``), where workers take whole batches. The
 messages are the same bytes taskiq would send; only where they go

@@ -19,8 +19,6 @@ deleted from its key's stream, so that a group created again at ``0``
 (a lost group) runs nothing twice that had finished.
 """
 
-import asyncio
-import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -28,27 +26,17 @@ from typing import Any
 from taskiq import BrokerMessage
 
 from taskiq_batching.core.broker_keys import NO_KEY
-from taskiq_batching.error_texts import describe
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import Delivery, Taken, TakenBatch
+from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.redis_batches_base import RedisBatches
 from taskiq_batching.transports.redis_batches_lua import TAKE
 from taskiq_batching.transports.redis_batches_names import (
     TaskEntry,
     TaskStreams,
     entry_ms,
-    text_of,
 )
 from taskiq_batching.transports.redis_batches_send import Move, move, send
-from taskiq_batching.transports.redis_batches_wake import Wakes
-from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient
-
-logger = logging.getLogger("taskiq_batching")
-
-#: Seconds a worker sleeps at most between two takes while messages wait
-#: but none is due, and the slack a deadline is taken early by.
-POLL_SECONDS = 0.02
-#: Keys one take looks at (oldest first; a key taken goes to the back).
-SCAN_KEYS = 64
+from taskiq_batching.transports.redis_common import RedisClient
 
 __all__ = [
     "NO_KEY",
@@ -65,7 +53,7 @@ def _fields(flat: Any) -> dict[bytes, bytes]:
     return dict(zip(flat[::2], flat[1::2], strict=False))
 
 
-class StreamBatches:
+class StreamBatches(RedisBatches):
     """A stream broker's ``BatchSource``: takes whole batches, forwards, sends.
 
     :param client: the transport's client.
@@ -80,8 +68,6 @@ class StreamBatches:
         consumer name and its keep-fresh timer (``Holding.start``).
     """
 
-    poll_seconds: float = POLL_SECONDS
-
     def __init__(
         self,
         client: RedisClient,
@@ -93,153 +79,41 @@ class StreamBatches:
         maxlen: int | None = None,
         start: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        self.client = client
-        self.redis: Any = client.redis
-        self.queue = queue
+        super().__init__(client, queue, TAKE, start)
         self.group = group
         self.consumer = consumer
         self.in_use = in_use
         self.idle_ms = idle_ms
         self.maxlen = maxlen
-        self._start = start
-        self._take: Any = None
-        self._names: dict[str, TaskStreams] = {}
-        self.wakes = Wakes(client)
 
-    def names(self, task_name: str) -> TaskStreams:
-        """The names of a task's keys (made once).
+    def deliveries(self, names: TaskStreams, key: str, entries: Any) -> list[Delivery]:
+        """A taken batch's entries as deliveries; each joins the entries in use.
 
-        :param task_name: the task.
-        :return: its names.
+        :param names: the task's names.
+        :param key: the batch's key.
+        :param entries: ``(id, fields)`` read from the key's stream.
+        :return: the deliveries (without ours still in use).
         """
-        found = self._names.get(task_name)
-        if found is None:
-            found = self._names[task_name] = TaskStreams(self.queue, task_name)
+        stream = names.stream(key)
+        place = (names, key)
+        in_use = self.in_use
+        found: list[Delivery] = []
+        for entry_id, flat in entries:
+            if len(flat) == 2:  # what a producer writes: data alone
+                handle = TaskEntry(stream, entry_id, place)
+                data = flat[1]
+            else:  # a forwarded entry: data and t
+                fields = _fields(flat)
+                sent = fields.get(b"t")
+                handle = TaskEntry(
+                    stream, entry_id, place, None if sent is None else int(sent)
+                )
+                data = fields.get(b"data", b"")
+            if handle in in_use:
+                continue  # ours, still in use (claimed back after a stall)
+            in_use.add(handle)
+            found.append(Delivery(data, handle))
         return found
-
-    def serves(self, spec: BatchSpec) -> bool:
-        """Every batched task of the broker waits in Redis.
-
-        :param spec: the task.
-        :return: True.
-        """
-        return True
-
-    async def take(self, spec: BatchSpec, room: int) -> Taken:
-        """Take up to ``room`` whole batches of one task (``BatchSource.take``).
-
-        :param spec: the batched task.
-        :param room: batches this worker may start now (>= 1).
-        :return: the batches, and the seconds to the nearest deadline.
-        """
-        names = self.names(spec.task_name)
-        settings = spec.settings
-        timeout_ms = (
-            -1 if settings.batch_timeout is None else int(settings.batch_timeout * 1000)
-        )
-        args = [
-            self.group,
-            self.consumer,
-            settings.batch_size,
-            timeout_ms,
-            int(self.poll_seconds * 1000),
-            names.prefix,
-            SCAN_KEYS,
-            max(room, 1),
-            self.idle_ms or 0,
-        ]
-        if self._take is None:
-            self._take = self.redis.register_script(TAKE)
-        while True:
-            try:
-                if self._start is not None:  # once: lease, keep-fresh timer
-                    await self._start()
-                reply = await self._call(names, args)
-            except TRANSIENT as exc:
-                # A reply lost after the script ran leaves its entries
-                # pending and unknown here: the next take claims them
-                # after idle_timeout (never lost).
-                await self.client.pause_after(exc, f"taking from {names.keys}")
-                continue
-            self.client.recovered()
-            return self._taken(names, reply)
-
-    async def _call(self, names: TaskStreams, args: list[Any]) -> Any:
-        """The take script's reply; a take cancelled meanwhile loses nothing.
-
-        The script is not cancelled with its caller (it may have run on
-        the server already): it is waited for, and whatever it took is
-        given back, undelivered, before the cancellation goes on.
-        """
-        call = asyncio.ensure_future(
-            self._take(keys=[names.keys, names.wake], args=args)
-        )
-        try:
-            return await asyncio.shield(call)
-        except asyncio.CancelledError:
-            await self._give_back_reply(names, call)
-            raise
-
-    async def _give_back_reply(self, names: TaskStreams, call: Any) -> None:
-        try:
-            reply = await call
-            taken = self._taken(names, reply)
-            await self.give_back(
-                [d for batch in taken.batches for d in batch.deliveries]
-            )
-        except Exception as exc:
-            logger.warning(
-                "taskiq_batching: a cancelled take from %s could not give back "
-                "what it took (%s); it is taken over after idle_timeout",
-                names.keys,
-                describe(exc),
-            )
-
-    def _taken(self, names: TaskStreams, reply: Any) -> Taken:
-        nearest_ms, wake_id, *found = reply
-        self.wakes.seen[names.wake] = wake_id
-        batches: list[TakenBatch] = []
-        for index in range(0, len(found), 3):
-            key, reason, entries = (
-                text_of(found[index]),
-                found[index + 1],
-                found[index + 2],
-            )
-            stream = names.stream(key)
-            place = (names, key)
-            in_use = self.in_use
-            deliveries: list[Delivery] = []
-            for entry_id, flat in entries:
-                if len(flat) == 2:  # what a producer writes: data alone
-                    handle = TaskEntry(stream, entry_id, place)
-                    data = flat[1]
-                else:  # a forwarded entry: data and t
-                    fields = _fields(flat)
-                    sent = fields.get(b"t")
-                    handle = TaskEntry(
-                        stream, entry_id, place, None if sent is None else int(sent)
-                    )
-                    data = fields.get(b"data", b"")
-                if handle in in_use:
-                    continue  # ours, still in use (claimed back after a stall)
-                in_use.add(handle)
-                deliveries.append(Delivery(data, handle))
-            if deliveries:
-                batches.append(TakenBatch(key, deliveries, text_of(reason)))
-        wait = None if int(nearest_ms) < 0 else int(nearest_ms) / 1000
-        return Taken(batches, wait)
-
-    async def idle(self, specs: Sequence[BatchSpec], timeout_seconds: float) -> None:
-        """Block until a send wakes one of these tasks, or the timeout.
-
-        One ``XREAD BLOCK`` on the tasks' wake streams (``redis_batches_wake``).
-
-        :param specs: the batched tasks.
-        :param timeout_seconds: the longest wait (capped at 2 s).
-        """
-        if specs:
-            wakes = [self.names(spec.task_name).wake for spec in specs]
-            await self.wakes.wait(wakes, timeout_seconds)
 
     # --- moving messages in: sending, forwarding, giving back -----------
 

@@ -30,7 +30,10 @@ Reply: ``{ms to the nearest deadline or -1, the wake stream's last id,
 key, reason, entries, key, reason, entries, ...}``.
 """
 
-TAKE = """
+#: The start of every take script: its arguments, Redis's clock, the
+#: nearest deadline (``consider``) and the batches found (``add``).
+#: A take script puts its own ``visit(key)`` between this and ``TAKE_TAIL``.
+TAKE_HEAD = """
 local zset, wake = KEYS[1], KEYS[2]
 local group, consumer = ARGV[1], ARGV[2]
 local size, timeout, slack = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -47,6 +50,42 @@ local function consider(due)
   if nearest < 0 or wait < nearest then nearest = wait end
 end
 
+local function add(key, reason, entries)
+  found[#found + 1] = key
+  found[#found + 1] = reason
+  found[#found + 1] = entries
+  taken = taken + 1
+  redis.call('ZADD', zset, 'XX', now, key)
+end
+
+"""
+
+#: The end of every take script: visit the oldest keys (at most ``scan``)
+#: until ``room`` batches are taken; reply with the wait, the wake
+#: stream's last id and the batches.
+TAKE_TAIL = """
+local keys = redis.call('ZRANGE', zset, 0, scan - 1)
+for _, key in ipairs(keys) do
+  if taken >= room then
+    consider(now)  -- keys left unvisited may be due: look again soon
+    break
+  end
+  visit(key)
+end
+if #keys == scan and redis.call('ZCARD', zset) > scan then
+  consider(now + slack)  -- keys past the scan: their turn comes by rotation
+end
+local last = redis.call('XREVRANGE', wake, '+', '-', 'COUNT', 1)
+local wake_id = '0-0'
+if #last > 0 then wake_id = last[1][1] end
+local reply = {nearest, wake_id}
+for i = 1, #found do reply[#reply + 1] = found[i] end
+return reply
+"""
+
+TAKE = (
+    TAKE_HEAD
+    + """
 local function group_of(stream)
   local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', stream)
   if not ok then return nil end
@@ -80,14 +119,6 @@ local function entries_of(reply)
   if type(reply) ~= 'table' then return nil end
   if type(reply[1]) == 'table' then return reply[1][2] end
   return reply[2]
-end
-
-local function add(key, reason, entries)
-  found[#found + 1] = key
-  found[#found + 1] = reason
-  found[#found + 1] = entries
-  taken = taken + 1
-  redis.call('ZADD', zset, 'XX', now, key)
 end
 
 local function claim(stream, g)
@@ -160,24 +191,10 @@ local function visit(key)
   end
 end
 
-local keys = redis.call('ZRANGE', zset, 0, scan - 1)
-for _, key in ipairs(keys) do
-  if taken >= room then
-    consider(now)  -- keys left unvisited may be due: look again soon
-    break
-  end
-  visit(key)
-end
-if #keys == scan and redis.call('ZCARD', zset) > scan then
-  consider(now + slack)  -- keys past the scan: their turn comes by rotation
-end
-local last = redis.call('XREVRANGE', wake, '+', '-', 'COUNT', 1)
-local wake_id = '0-0'
-if #last > 0 then wake_id = last[1][1] end
-local reply = {nearest, wake_id}
-for i = 1, #found do reply[#reply + 1] = found[i] end
-return reply
 """
+    + TAKE_TAIL
+)
+
 
 #: A producer's chunk, added once per mark. KEYS: the mark, the keys'
 #: sorted set, the wake stream, then one stream per key. ARGV: the mark's

@@ -126,45 +126,86 @@ async def send(
             pipe.xadd(names.wake, {b"w": b"1"}, maxlen=1, approximate=False)
             await pipe.execute()
         return
-    await _send_once(redis, names, messages, keys, maxlen)
+    await send_by_key(
+        redis, names, messages, keys, SEND_ONCE, "" if maxlen is None else maxlen
+    )
 
 
-async def _send_once(
+def chunk_call(
+    names: TaskStreams,
+    part: Chunk,
+    payloads: Sequence[bytes],
+    keys: Sequence[str],
+    option: Any,
+    ttl: int = MARKER_TTL,
+) -> list[Any]:
+    """One chunk's script call: the number of keys, the keys, the arguments.
+
+    The layout ``SEND_ONCE`` and ``LIST_PUT`` share. KEYS: the mark, the
+    keys' sorted set, the wake stream, one queue per key. ARGV: the mark's
+    ttl (``LIST_PUT``: 0, no mark), the number of keys n, the n keys,
+    ``option`` (a stream's MAXLEN), then pairs (key index, message).
+
+    :param names: the task's names.
+    :param part: the chunk.
+    :param payloads: the messages' bytes its positions refer to.
+    :param keys: each message's key.
+    :param option: the script's own argument.
+    :param ttl: the mark's ttl in seconds.
+    :return: ``[numkeys, *keys, *argv]``.
+    """
+    chunk_keys = list(dict.fromkeys(keys[i] for i in part.positions))
+    index = {key: n for n, key in enumerate(chunk_keys, start=1)}
+    argv: list[Any] = [ttl, len(chunk_keys), *chunk_keys, option]
+    for i in part.positions:
+        argv += [index[keys[i]], payloads[i]]
+    queues = [names.stream(key) for key in chunk_keys]
+    return [3 + len(queues), part.mark, names.keys, names.wake, *queues, *argv]
+
+
+def task_chunks(names: TaskStreams, count: int) -> list[Chunk]:
+    """A send's chunks of one task, each with a mark in the task's slot.
+
+    :param names: the task's names.
+    :param count: the messages sent.
+    :return: the chunks, in order.
+    """
+    token = uuid.uuid4().hex
+    tag = names.keys[: names.keys.index("}") + 1]
+    return [
+        Chunk(
+            names.keys,
+            list(range(start, min(start + SEND_CHUNK, count))),
+            f"{tag}:taskiq-batching:sent:{token}:{start}",
+        )
+        for start in range(0, count, SEND_CHUNK)
+    ]
+
+
+async def send_by_key(
     redis: Any,
     names: TaskStreams,
     messages: Sequence[BrokerMessage],
     keys: Sequence[str],
-    maxlen: int | None,
+    script: str,
+    option: Any,
 ) -> None:
-    token = uuid.uuid4().hex
-    tag = names.keys[: names.keys.index("}") + 1]
-    parts = [
-        Chunk(
-            names.keys,
-            list(range(start, min(start + SEND_CHUNK, len(messages)))),
-            f"{tag}:taskiq-batching:sent:{token}:{start}",
-        )
-        for start in range(0, len(messages), SEND_CHUNK)
-    ]
+    """Send one task's messages to their keys' queues, each at most once.
+
+    :param redis: the client.
+    :param names: the task's names.
+    :param messages: the messages, in order.
+    :param keys: each message's key.
+    :param script: ``SEND_ONCE`` or ``LIST_PUT`` (``chunk_call``'s layout).
+    :param option: the script's own argument.
+    :raises SendManyError: some messages were not sent.
+    """
+    parts = task_chunks(names, len(messages))
+    payloads = [message.message for message in messages]
     try:
         async with redis.pipeline(transaction=False) as pipe:
             for part in parts:
-                chunk_keys = list(dict.fromkeys(keys[i] for i in part.positions))
-                index = {key: n for n, key in enumerate(chunk_keys, start=1)}
-                argv: list[Any] = [MARKER_TTL, len(chunk_keys), *chunk_keys]
-                argv.append("" if maxlen is None else maxlen)
-                for i in part.positions:
-                    argv += [index[keys[i]], messages[i].message]
-                streams = [names.stream(key) for key in chunk_keys]
-                pipe.eval(
-                    SEND_ONCE,
-                    3 + len(streams),
-                    part.mark,
-                    names.keys,
-                    names.wake,
-                    *streams,
-                    *argv,
-                )
+                pipe.eval(script, *chunk_call(names, part, payloads, keys, option))
             replies = await pipe.execute(raise_on_error=False)
     except Exception as exc:
         failed: dict[int, BaseException] = dict.fromkeys(range(len(parts)), exc)

@@ -6,6 +6,10 @@ timeout of its own (under redis-py's socket timeout) when the list is
 empty. A list forgets a message once popped, so a read in progress is
 never cancelled at stop, and deliveries popped but not processed are
 pushed back where they were (``release``). There are no acks.
+
+Batched tasks' messages may wait in Redis instead (``batches``, a
+``redis_list_batches.ListBatches``): taken as whole batches from their
+task's key lists; ``release`` pushes those back to their key's list.
 """
 
 import asyncio
@@ -24,6 +28,7 @@ from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import BatchSource, Delivery
 from taskiq_batching.transports.generic import kick_each
 from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient
+from taskiq_batching.transports.redis_list_batches import ListBatches, ListEntry
 from taskiq_batching.transports.redis_send import LIST_ONCE, chunks, send_once
 
 logger = logging.getLogger("taskiq_batching")
@@ -52,11 +57,13 @@ def transport_for(
 
     :param broker: any broker.
     :param listen: unused (the broker's own listener is replaced).
-    :param wait_in_broker: unused: batched messages are read and buffered.
+    :param wait_in_broker: True: batched tasks' messages wait in Redis
+        (``redis_list_batches``); False or None (the default: not measured
+        with the worker yet, docs/fleet.md): they are read and buffered.
     :return: the transport, or None for other brokers.
     """
     if type(broker).listen in _LISTENERS:
-        return ListTransport(broker)
+        return ListTransport(broker, wait_in_broker is True)
     return None
 
 
@@ -64,19 +71,28 @@ class ListTransport:
     """Pops, pushes back and sends for a taskiq-redis list broker.
 
     :param broker: the list broker (standalone, sentinel or cluster).
+    :param wait_in_broker: batched tasks' messages wait in Redis, taken as
+        whole batches from ``batches`` (``redis_list_batches``).
     """
 
     name = "redis-list"
-    batches: "BatchSource | None" = None
     acknowledges = False
     prefetch: int | None = None
     reclaim_interval: float | None = None
     outstanding = 0
 
-    def __init__(self, broker: Any) -> None:
+    def __init__(self, broker: Any, wait_in_broker: bool = True) -> None:
         self.broker = broker
         self.client = RedisClient(broker)
         self.queue: str = broker.queue_name
+        #: Where batched tasks' messages wait (None: read and buffered).
+        self.list_batches: ListBatches | None = None
+        if wait_in_broker:
+            self.list_batches = ListBatches(self.client, self.queue)
+        self.batches: BatchSource | None = self.list_batches
+        #: Moves a plain producer's batched messages to their key lists (the
+        #: worker's ``Forwarder``): stamped with the forward's time.
+        self.forwarder: ListBatches | None = self.list_batches
 
     def check(self, specs: Sequence[BatchSpec]) -> None:
         """Nothing to check: a list has no redelivery to defeat."""
@@ -114,7 +130,15 @@ class ListTransport:
         """Nothing to ack."""
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
-        """Push popped messages back to the head of the queue, in their order."""
+        """Push popped messages back to the head of their list, in their order.
+
+        Messages taken from a task's key list go back there, with their
+        time (``ListBatches.give_back``); the others to the main list.
+        """
+        taken = [d for d in deliveries if isinstance(d.handle, ListEntry)]
+        if taken and self.list_batches is not None:
+            await self.list_batches.give_back(taken)
+        deliveries = [d for d in deliveries if not isinstance(d.handle, ListEntry)]
         if deliveries:
             # The last pushed is popped first: push the newest first.
             await self.client.redis.rpush(

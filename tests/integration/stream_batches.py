@@ -1,7 +1,8 @@
 """Helpers for the tests of batched messages waiting in Redis (``redis_batches``).
 
 A "source" is one worker's view: a stream broker with its own consumer
-name, its ``StreamTransport`` and that transport's ``StreamBatches``.
+name, its ``StreamTransport`` and that transport's ``StreamBatches`` (or
+a list broker, its ``ListTransport`` and ``ListBatches``: ``list_source``).
 """
 
 import asyncio
@@ -10,17 +11,23 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from redis.asyncio import Redis
 from taskiq import AsyncBroker
-from taskiq_redis import RedisStreamBroker
+from taskiq_redis import ListQueueBroker, RedisStreamBroker
 
 from taskiq_batching import BatchedTask, BatchingMiddleware, batch_task
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import TakenBatch
 from taskiq_batching.transports.redis_batches import StreamBatches, TaskStreams
+from taskiq_batching.transports.redis_batches_base import RedisBatches
+from taskiq_batching.transports.redis_list import ListTransport
+from taskiq_batching.transports.redis_list_batches import ListBatches
 from taskiq_batching.transports.redis_stream import StreamTransport
+
+TransportT = TypeVar("TransportT")
+BatchesT = TypeVar("BatchesT", bound=RedisBatches)
 
 
 def make_broker(
@@ -69,13 +76,26 @@ def spec_of(task: Collect) -> BatchSpec:
     return spec
 
 
+def make_list_broker(url: str, queue: str, wait: bool = True) -> ListQueueBroker:
+    """A list broker with the plugin, the switch set.
+
+    Set in the instance's ``__dict__``: that works before and after the
+    middleware takes ``wait_in_broker`` (the worker side's branch).
+    """
+    middleware = BatchingMiddleware()
+    vars(middleware)["wait_in_broker"] = wait
+    broker = ListQueueBroker(url, queue_name=queue)
+    broker.add_middlewares(middleware)
+    return broker
+
+
 @dataclass
-class Source:
+class Source(Generic[TransportT, BatchesT]):
     """One worker's transport and its batch source."""
 
     broker: Any
-    transport: StreamTransport
-    batches: StreamBatches
+    transport: TransportT
+    batches: BatchesT
     spec: BatchSpec
     taken: list[tuple[float, TakenBatch]] = field(default_factory=list)
 
@@ -84,10 +104,20 @@ class Source:
         return self.batches.names(self.spec.task_name)
 
 
-def source(broker: Any, spec: BatchSpec) -> Source:
+StreamSource = Source[StreamTransport, StreamBatches]
+ListSource = Source[ListTransport, ListBatches]
+
+
+def source(broker: Any, spec: BatchSpec) -> StreamSource:
     transport = StreamTransport(broker, wait_in_broker=True)
     assert transport.stream_batches is not None
     return Source(broker, transport, transport.stream_batches, spec)
+
+
+def list_source(broker: Any, spec: BatchSpec) -> ListSource:
+    transport = ListTransport(broker, wait_in_broker=True)
+    assert transport.list_batches is not None
+    return Source(broker, transport, transport.list_batches, spec)
 
 
 def task_ids(batch: TakenBatch) -> list[str]:
@@ -95,7 +125,7 @@ def task_ids(batch: TakenBatch) -> list[str]:
 
 
 async def take_until(
-    src: Source,
+    src: "Source[Any, Any]",
     done: "asyncio.Event",
     taken: Callable[[], None] = lambda: None,
     room: int = 1,
@@ -126,5 +156,5 @@ async def clean(redis: Redis, names: TaskStreams, queue: str) -> None:
         await redis.delete(*found)
 
 
-def all_ids(sources: Sequence[Source]) -> list[str]:
+def all_ids(sources: "Sequence[Source[Any, Any]]") -> list[str]:
     return [i for s in sources for _, batch in s.taken for i in task_ids(batch)]

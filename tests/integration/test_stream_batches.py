@@ -19,7 +19,7 @@ from taskiq_batching.errors import SendManyError
 from taskiq_batching.transports.redis_batches import entry_ms
 from taskiq_batching.transports.redis_batches_lua import TAKE
 from tests.integration.stream_batches import (
-    Source,
+    StreamSource,
     all_ids,
     clean,
     declare,
@@ -52,7 +52,7 @@ async def _sources(
     size: int,
     timeout: float | None,
     protocol: int = 2,
-) -> list[Source]:
+) -> list[StreamSource]:
     found = []
     for _ in range(count):
         broker = make_broker(redis_url, queue, protocol=protocol)
@@ -60,7 +60,7 @@ async def _sources(
     return found
 
 
-async def _run(sources: list[Source], until: int, timeout: float = 30) -> None:
+async def _run(sources: list[StreamSource], until: int, timeout: float = 30) -> None:
     done = asyncio.Event()
 
     def taken() -> None:

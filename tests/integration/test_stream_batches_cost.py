@@ -1,5 +1,7 @@
 """What waiting for batched messages costs Redis, on a private ``redis-server``.
 
+Stream and list brokers' sources wait alike (``redis_batches_base``).
+
 ``INFO commandstats`` counts every command the server ran; nobody else
 uses the private server, so its deltas are the source's alone.
 """
@@ -8,6 +10,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -16,7 +19,9 @@ from tests.integration.faults.redis_server import REDIS_SERVER, TEST_CLIENT, Red
 from tests.integration.stream_batches import (
     Source,
     declare,
+    list_source,
     make_broker,
+    make_list_broker,
     source,
     spec_of,
 )
@@ -37,7 +42,21 @@ async def server(tmp_path: Path) -> AsyncIterator[RedisServer]:
         started.kill()
 
 
-async def src_wakes(src: Source) -> list[tuple[bytes, dict[bytes, bytes]]]:
+def _source(url: str, queue: str, kind: str) -> tuple[Any, Source[Any, Any]]:
+    """A broker of this kind with the task declared, and its source."""
+    if kind == "list":
+        broker: Any = make_list_broker(url, queue)
+        task = declare(broker, 10, 0.5)
+        return task, list_source(broker, spec_of(task))
+    broker = make_broker(url, queue)
+    task = declare(broker, 10, 0.5)
+    return task, source(broker, spec_of(task))
+
+
+on_both_kinds = pytest.mark.parametrize("kind", ["stream", "list"])
+
+
+async def src_wakes(src: Source[Any, Any]) -> list[tuple[bytes, dict[bytes, bytes]]]:
     found: list[tuple[bytes, dict[bytes, bytes]]] = await src.batches.redis.xrange(
         src.names.wake
     )
@@ -53,9 +72,11 @@ async def _calls(client: Redis) -> dict[str, int]:
     }
 
 
-async def test_an_idle_source_sends_one_command_per_block(server: RedisServer) -> None:
-    broker = make_broker(server.url, "tb-idle")
-    src = source(broker, spec_of(declare(broker, 10, 0.5)))
+@on_both_kinds
+async def test_an_idle_source_sends_one_command_per_block(
+    server: RedisServer, kind: str
+) -> None:
+    _, src = _source(server.url, "tb-idle", kind)
     observer = Redis.from_url(server.url, client_name=TEST_CLIENT)
     try:
         got = await src.batches.take(src.spec, 1)  # nothing waits
@@ -82,6 +103,15 @@ async def test_a_send_wakes_an_idle_source(server: RedisServer, protocol: int) -
     broker = make_broker(server.url, "tb-wake", protocol=protocol)
     task = declare(broker, 10, 0.5)
     src = source(broker, spec_of(task))
+    await _a_send_wakes(task, src)
+
+
+async def test_a_send_wakes_an_idle_list_source(server: RedisServer) -> None:
+    task, src = _source(server.url, "tb-wake-list", "list")
+    await _a_send_wakes(task, src)
+
+
+async def _a_send_wakes(task: Any, src: Source[Any, Any]) -> None:
     await src.batches.take(src.spec, 1)
     waiting = asyncio.ensure_future(src.batches.idle([src.spec], 2.0))
     await asyncio.sleep(0.1)  # likely blocked by now; if not, it reads the wake at once

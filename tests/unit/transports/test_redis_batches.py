@@ -7,13 +7,15 @@ from taskiq import InMemoryBroker
 from taskiq_aio_pika import AioPikaBroker
 from taskiq_redis import (
     ListQueueBroker,
+    ListQueueClusterBroker,
+    ListQueueSentinelBroker,
     RedisStreamBroker,
     RedisStreamClusterBroker,
     RedisStreamSentinelBroker,
 )
 
 from taskiq_batching.core.broker_keys import NO_KEY, broker_key
-from taskiq_batching.transports import transport_for
+from taskiq_batching.transports import redis_list, transport_for
 from taskiq_batching.transports.redis_batches import (
     StreamBatches,
     TaskEntry,
@@ -23,6 +25,7 @@ from taskiq_batching.transports.redis_batches import (
 from taskiq_batching.transports.redis_batches_names import slot_of
 from taskiq_batching.transports.redis_batches_wake import Wakes
 from taskiq_batching.transports.redis_common import RedisClient
+from taskiq_batching.transports.redis_list_batches import ListBatches, element_of
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -111,15 +114,42 @@ def test_a_batch_key_that_fails_on_the_producer_only_groups_less() -> None:
     ],
     ids=["standalone", "sentinel", "cluster"],
 )
-def test_stream_brokers_have_a_batch_source_unless_switched_off(make: object) -> None:
+def test_stream_brokers_have_a_batch_source_when_switched_on(make: object) -> None:
     broker = make()  # type: ignore[operator]
-    assert isinstance(transport_for(broker).batches, StreamBatches)
+    assert isinstance(transport_for(broker, wait_in_broker=True).batches, StreamBatches)
     assert transport_for(broker, wait_in_broker=False).batches is None
+    # None, the middleware's default: a preview, opted into (docs/fleet.md).
+    assert transport_for(broker).batches is None
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ListQueueBroker("redis://localhost:6379/0"),
+        lambda: ListQueueSentinelBroker([("localhost", 26379)], "mymaster"),
+        lambda: ListQueueClusterBroker("redis://localhost:7000"),
+    ],
+    ids=["standalone", "sentinel", "cluster"],
+)
+def test_list_brokers_have_a_batch_source_when_switched_on(make: object) -> None:
+    broker = make()  # type: ignore[operator]
+    assert isinstance(transport_for(broker, wait_in_broker=True).batches, ListBatches)
+    assert transport_for(broker, wait_in_broker=False).batches is None
+    # None, the middleware's default: not yet for lists (docs/fleet.md).
+    default = redis_list.transport_for(broker, wait_in_broker=None)
+    assert default is not None
+    assert default.batches is None
+
+
+def test_a_list_element_is_its_time_and_its_message() -> None:
+    assert element_of(b'1700000000123|{"a": 1}') == (1700000000123, b'{"a": 1}')
+    assert element_of(b"12|a|b") == (12, b"a|b")  # only the first bar
+    assert element_of("5|x") == (5, b"x")
+    assert element_of(b'{"no": "stamp"}') == (None, b'{"no": "stamp"}')
 
 
 def test_other_brokers_have_no_batch_source() -> None:
     for broker in (
-        ListQueueBroker("redis://localhost:6379/0"),
         AioPikaBroker("amqp://guest:guest@localhost:5672/"),
         InMemoryBroker(),
     ):

@@ -391,6 +391,6 @@ def test_the_registry_passes_wait_in_broker_to_modules_that_take_it(
     assert got == [
         ("taking", False),
         ("old", None),
-        ("taking", True),
+        ("taking", None),  # the default: each module's own (off, for now)
         ("old", None),
     ]

@@ -1,0 +1,194 @@
+"""What a Redis broker's batch sources share: names, the take, the idle wait.
+
+A stream broker's source (``redis_batches.StreamBatches``) and a list
+broker's (``redis_list_batches.ListBatches``) keep a task's messages per
+key under the same names (``redis_batches_names.TaskStreams``), take
+with a script made of the same head and tail (``redis_batches_lua``)
+that replies alike, and wait on the same wake streams
+(``redis_batches_wake``). They differ in what a key holds (a stream, a
+list), so in the script's ``visit`` and in the handles of what they take.
+"""
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from taskiq_batching.error_texts import describe
+from taskiq_batching.spec import BatchSpec
+from taskiq_batching.transports.base import Delivery, Taken, TakenBatch
+from taskiq_batching.transports.redis_batches_names import TaskStreams, text_of
+from taskiq_batching.transports.redis_batches_wake import Wakes
+from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient
+
+logger = logging.getLogger("taskiq_batching")
+
+#: Seconds a worker sleeps at most between two takes while messages wait
+#: but none is due, and the slack a deadline is taken early by.
+POLL_SECONDS = 0.02
+#: Keys one take looks at (oldest first; a key taken goes to the back).
+SCAN_KEYS = 64
+
+
+class RedisBatches:
+    """The part of a Redis ``BatchSource`` that does not depend on the key's type.
+
+    :param client: the transport's client.
+    :param queue: the broker's queue (stream or list).
+    :param script: the take script (``TAKE_HEAD`` + a ``visit`` + ``TAKE_TAIL``).
+    :param start: called before each take (the stream's lease and
+        keep-fresh timer), if anything.
+    """
+
+    poll_seconds: float = POLL_SECONDS
+    #: The script's group, consumer and claim idle ms (a stream's).
+    group: str = ""
+    consumer: str = ""
+    idle_ms: int | None = None
+    #: What becomes of a batch whose give back failed, for the log line.
+    lost_text = "it is taken over after idle_timeout"
+
+    def __init__(
+        self,
+        client: RedisClient,
+        queue: str,
+        script: str,
+        start: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.client = client
+        self.redis: Any = client.redis
+        self.queue = queue
+        self._script = script
+        self._start = start
+        self._take: Any = None
+        self._names: dict[str, TaskStreams] = {}
+        self.wakes = Wakes(client)
+
+    def names(self, task_name: str) -> TaskStreams:
+        """The names of a task's keys (made once).
+
+        :param task_name: the task.
+        :return: its names.
+        """
+        found = self._names.get(task_name)
+        if found is None:
+            found = self._names[task_name] = TaskStreams(self.queue, task_name)
+        return found
+
+    def serves(self, spec: BatchSpec) -> bool:
+        """Every batched task of the broker waits in Redis.
+
+        :param spec: the task.
+        :return: True.
+        """
+        return True
+
+    async def take(self, spec: BatchSpec, room: int) -> Taken:
+        """Take up to ``room`` whole batches of one task (``BatchSource.take``).
+
+        :param spec: the batched task.
+        :param room: batches this worker may start now (>= 1).
+        :return: the batches, and the seconds to the nearest deadline.
+        """
+        names = self.names(spec.task_name)
+        timeout = spec.settings.batch_timeout
+        args = [
+            self.group,
+            self.consumer,
+            spec.settings.batch_size,
+            -1 if timeout is None else int(timeout * 1000),
+            int(self.poll_seconds * 1000),
+            names.prefix,
+            SCAN_KEYS,
+            max(room, 1),
+            self.idle_ms or 0,
+        ]
+        if self._take is None:
+            self._take = self.redis.register_script(self._script)
+        while True:
+            try:
+                if self._start is not None:
+                    await self._start()
+                reply = await self._call(names, args)
+            except TRANSIENT as exc:
+                # A reply lost after the script ran: a stream's entries stay
+                # pending (claimed after idle_timeout); a list's are gone
+                # (the list broker's at-most-once, docs/guarantees.md).
+                await self.client.pause_after(exc, f"taking from {names.keys}")
+                continue
+            self.client.recovered()
+            return self._taken(names, reply)
+
+    async def _call(self, names: TaskStreams, args: list[Any]) -> Any:
+        """The take script's reply; a take cancelled meanwhile loses nothing.
+
+        The script is not cancelled with its caller (it may have run on
+        the server already): it is waited for, and whatever it took is
+        given back before the cancellation goes on.
+        """
+        call = asyncio.ensure_future(
+            self._take(keys=[names.keys, names.wake], args=args)
+        )
+        try:
+            return await asyncio.shield(call)
+        except asyncio.CancelledError:
+            await self._give_back_reply(names, call)
+            raise
+
+    async def _give_back_reply(self, names: TaskStreams, call: Any) -> None:
+        try:
+            reply = await call
+            taken = self._taken(names, reply)
+            await self.give_back(
+                [d for batch in taken.batches for d in batch.deliveries]
+            )
+        except Exception as exc:
+            logger.warning(
+                "taskiq_batching: a cancelled take from %s could not give back "
+                "what it took (%s); %s",
+                names.keys,
+                describe(exc),
+                self.lost_text,
+            )
+
+    def _taken(self, names: TaskStreams, reply: Any) -> Taken:
+        """The take script's reply as batches (``TAKE_TAIL``'s layout)."""
+        nearest_ms, wake_id, *found = reply
+        self.wakes.seen[names.wake] = wake_id
+        batches: list[TakenBatch] = []
+        for index in range(0, len(found), 3):
+            key = text_of(found[index])
+            deliveries = self.deliveries(names, key, found[index + 2])
+            if deliveries:
+                batches.append(TakenBatch(key, deliveries, text_of(found[index + 1])))
+        wait = None if int(nearest_ms) < 0 else int(nearest_ms) / 1000
+        return Taken(batches, wait)
+
+    def deliveries(self, names: TaskStreams, key: str, entries: Any) -> list[Delivery]:
+        """One taken batch's entries as deliveries (the key's type's own).
+
+        :param names: the task's names.
+        :param key: the batch's key.
+        :param entries: what the script took from the key.
+        :return: the deliveries.
+        """
+        raise NotImplementedError
+
+    async def give_back(self, deliveries: Sequence[Delivery]) -> None:
+        """Put taken deliveries back, to be taken again with their send time.
+
+        :param deliveries: deliveries this source took.
+        """
+        raise NotImplementedError
+
+    async def idle(self, specs: Sequence[BatchSpec], timeout_seconds: float) -> None:
+        """Block until a send wakes one of these tasks, or the timeout.
+
+        One ``XREAD BLOCK`` on the tasks' wake streams (``redis_batches_wake``).
+
+        :param specs: the batched tasks.
+        :param timeout_seconds: the longest wait (capped at 2 s).
+        """
+        if specs:
+            wakes = [self.names(spec.task_name).wake for spec in specs]
+            await self.wakes.wait(wakes, timeout_seconds)
