@@ -118,6 +118,12 @@ class RecordingTransport:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
+    @property
+    def batches(self) -> Any:
+        """The inner transport's batch source, its takes learned too."""
+        source = getattr(self._inner, "batches", None)
+        return None if source is None else _LearningSource(source, self._learn)
+
     def _learn(self, deliveries: list[Delivery]) -> list[Delivery]:
         for delivery in deliveries:
             envelope = decode(self._broker, delivery.data)
@@ -152,6 +158,23 @@ class RecordingTransport:
             await maybe_awaitable(ack())
 
         return AckableMessage(data=handed.data, ack=recorded)
+
+
+class _LearningSource:
+    """A batch source whose taken deliveries the recording transport learns."""
+
+    def __init__(self, inner: Any, learn: Any) -> None:
+        self._inner = inner
+        self._learn = learn
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def take(self, spec: Any, room: int) -> Any:
+        taken = await self._inner.take(spec, room)
+        for batch in taken.batches:
+            self._learn(batch.deliveries)
+        return taken
 
 
 def _key(handle: Any) -> Any:
