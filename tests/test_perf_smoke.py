@@ -28,6 +28,14 @@ busy seconds decided it (the best of each side was compared). So each
 batched drain is compared with the plain one just before it (measured
 seconds apart), and the median of three such ratios must pass: one pair
 caught by other processes no longer decides.
+
+The same evening CI measured 9.59 (the median of 9.98, 8.15 and 9.59) on a
+machine loaded by a second test run beside it: on this shared 2-core
+machine the ratio's noise floor is about 9.5, so the bound is 8, which a
+3x slowdown (~4-6 here) still fails. A loss of a third, as above, is
+below what this check can tell from noise: ``python -m
+bench.cpu_profile`` (CPU per message, steady under load) is the tool for
+that, and docs/benchmarks.md says so.
 """
 
 import os
@@ -50,7 +58,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 #: Messages per drain: each side drains for about two seconds.
 MESSAGES = {False: 3_000, True: 60_000}
-MIN_RATIO = float(os.environ.get("PERF_SMOKE_MIN_RATIO", "10"))
+MIN_RATIO = float(os.environ.get("PERF_SMOKE_MIN_RATIO", "8"))
 #: Drains of each side, alternating: each batched one with the plain before.
 DRAINS = 3
 
