@@ -32,8 +32,9 @@ caught by other processes no longer decides.
 The same evening CI measured 9.59 (the median of 9.98, 8.15 and 9.59) on a
 machine loaded by a second test run beside it: on this shared 2-core
 machine the ratio's noise floor is about 9.5, so the bound is 8, which a
-3x slowdown (~4-6 here) still fails. A loss of a third, as above, is
-below what this check can tell from noise: ``python -m
+3x slowdown (a third of the 9.6-13.5 measured: 3.2-4.5) still fails. A
+loss of a third, as above, is below what this check can tell from
+noise: ``python -m
 bench.cpu_profile`` (CPU per message, steady under load) is the tool for
 that, and docs/benchmarks.md says so.
 """

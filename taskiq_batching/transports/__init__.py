@@ -5,17 +5,15 @@ serves the brokers of one library (``redis_stream`` and ``redis_list``
 for taskiq-redis, ``amqp`` for taskiq-aio-pika, ``nats`` for taskiq-nats)
 and is imported only for a broker of that library, so a RabbitMQ user
 never imports redis. A new broker is supported by adding a module with
-``transport_for(broker, listen, wait_in_broker)`` (and ``results_for(backend)`` for a
-result backend) and naming it here. Anything else uses the generic transport.
-
-A module whose ``transport_for`` takes ``wait_in_broker`` gets
-``BatchingMiddleware(wait_in_broker=...)``: whether batched tasks' messages
-may wait in the broker (its transport's ``batches``) or are read and
-buffered by each worker, as every transport does without it.
+``transport_for(broker, listen, wait_in_broker)`` (and
+``results_for(backend)`` for a result backend) and naming it here.
+Anything else uses the generic transport. ``wait_in_broker`` is
+``BatchingMiddleware(wait_in_broker=...)``: whether batched tasks'
+messages may wait in the broker (the transport's ``batches``), or are
+read and buffered by each worker (None, the default, and False).
 """
 
 import importlib
-import inspect
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
@@ -80,10 +78,9 @@ def transport_for(
     :return: its library's transport, or the generic one.
     """
     for module in _modules(_TRANSPORTS, broker):
-        options: dict[str, Any] = {}
-        if "wait_in_broker" in inspect.signature(module.transport_for).parameters:
-            options["wait_in_broker"] = wait_in_broker
-        transport: Transport | None = module.transport_for(broker, listen, **options)
+        transport: Transport | None = module.transport_for(
+            broker, listen, wait_in_broker=wait_in_broker
+        )
         if transport is not None:
             return transport
     return GenericTransport(broker, listen)

@@ -90,10 +90,8 @@ def attach(
     :param batcher: its batcher.
     :param opened: told of each transport made, for the broker's shutdown.
     :param wait_in_broker: whether batched messages wait in the broker
-        (``BatchingMiddleware(wait_in_broker=...)``; None: where it helps).
+        (``BatchingMiddleware(wait_in_broker=...)``; None: the default, no).
     """
-    # None is the registry's default: a choice is passed only when made.
-    choice = {} if wait_in_broker is None else {"wait_in_broker": wait_in_broker}
 
     # ``original`` (the broker's own listen) is set below, when this shadows it.
     def listen() -> AsyncGenerator[Any, None]:
@@ -111,7 +109,7 @@ def attach(
         options = WorkerOptions.of(receiver)
         batcher.configure(options.validate, options.run)
         _trace(broker, batcher)
-        transport = transport_for(broker, original, **choice)
+        transport = transport_for(broker, original, wait_in_broker=wait_in_broker)
         opened(transport)
         lifecycle = Lifecycle(
             broker,

@@ -531,6 +531,30 @@ def finish(
     return returncode
 
 
+def run_suite(
+    root: Path,
+    targets: Sequence[str],
+    args: argparse.Namespace,
+    label: str,
+    env: dict[str, str] | None = None,
+) -> int:
+    """Run an upstream suite as ``common_arguments`` asked; return the exit code.
+
+    pytest over ``targets``, each failure run alone again when asked
+    (``--isolate-failures``), then ``finish``'s report.
+    """
+    with_plugin = not args.without_plugin
+    options: dict[str, Any] = {
+        "with_plugin": with_plugin,
+        "timeout": args.timeout,
+        "extra_args": args.pytest_args,
+        "env": env,
+    }
+    run = run_pytest(root, targets, **options)
+    alone = isolate_failures(root, run, **options) if args.isolate_failures else None
+    return finish(run, label, with_plugin=with_plugin, alone=alone)
+
+
 def installed_version(distribution: str) -> str:
     """The installed version of a distribution."""
     return importlib.metadata.version(distribution)

@@ -254,30 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         env = start_servers(servers)
         for key, value in env.items():
             harness.log(f"{key}={value}")
-        run = harness.run_pytest(
-            root,
-            TARGETS,
-            with_plugin=not args.without_plugin,
-            timeout=args.timeout,
-            extra_args=args.pytest_args,
-            env=env,
-        )
-        alone = None
-        if args.isolate_failures:
-            alone = harness.isolate_failures(
-                root,
-                run,
-                with_plugin=not args.without_plugin,
-                timeout=args.timeout,
-                extra_args=args.pytest_args,
-                env=env,
-            )
-        return harness.finish(
-            run,
-            f"taskiq-redis {ref} tests",
-            with_plugin=not args.without_plugin,
-            alone=alone,
-        )
+        return harness.run_suite(root, TARGETS, args, f"taskiq-redis {ref} tests", env)
     finally:
         servers.stop_all()
         harness.remove_workdir(workdir, args.keep)

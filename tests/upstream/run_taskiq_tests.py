@@ -61,30 +61,12 @@ def receivers(args: argparse.Namespace) -> list[str]:
 
 def run_once(root: Path, version: str, args: argparse.Namespace, receiver: str) -> int:
     """Run the suite with one Receiver; return the run's exit code."""
-    env = {harness.RECEIVER_ENV: receiver}
-    run = harness.run_pytest(
+    return harness.run_suite(
         root,
         TARGETS,
-        with_plugin=not args.without_plugin,
-        timeout=args.timeout,
-        extra_args=args.pytest_args,
-        env=env,
-    )
-    alone = None
-    if args.isolate_failures:
-        alone = harness.isolate_failures(
-            root,
-            run,
-            with_plugin=not args.without_plugin,
-            timeout=args.timeout,
-            extra_args=args.pytest_args,
-            env=env,
-        )
-    return harness.finish(
-        run,
+        args,
         f"taskiq {version} tests/receiver, {receiver} Receiver",
-        with_plugin=not args.without_plugin,
-        alone=alone,
+        env={harness.RECEIVER_ENV: receiver},
     )
 
 

@@ -439,7 +439,7 @@ async def test_a_shared_prefetch_below_the_batch_sizes_cannot_wedge_the_worker(
     broker = PrefetchQueueBroker(qos=10).with_middlewares(BatchingMiddleware())
     monkeypatch.setattr(
         "taskiq_batching.worker.hook.transport_for",
-        lambda b, listen=None: generic.GenericTransport(b, listen, prefetch=10),
+        lambda b, listen=None, **_: generic.GenericTransport(b, listen, prefetch=10),
     )
     first, second = Recorder(), Recorder()
 

@@ -366,31 +366,22 @@ async def test_wait_in_broker_false_asks_the_registry_for_today_s_transport(
     assert sorted(broker.acked) == sorted(task.task_id for task in sent)
 
 
-def test_the_registry_passes_wait_in_broker_to_modules_that_take_it(
+def test_the_registry_passes_wait_in_broker_to_the_transport_module(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from taskiq_batching import transports
 
     got: list[Any] = []
 
-    class Taking:
+    class Module:
         @staticmethod
         def transport_for(
-            broker: Any, listen: Any = None, wait_in_broker: bool = True
+            broker: Any, listen: Any = None, wait_in_broker: bool | None = None
         ) -> None:
-            got.append(("taking", wait_in_broker))
+            got.append(wait_in_broker)
 
-    class Old:
-        @staticmethod
-        def transport_for(broker: Any, listen: Any = None) -> None:
-            got.append(("old", None))
-
-    monkeypatch.setattr(transports, "_modules", lambda table, obj: [Taking, Old])
+    monkeypatch.setattr(transports, "_modules", lambda table, obj: [Module])
     transports.transport_for(QueueBroker(), None, wait_in_broker=False)
+    transports.transport_for(QueueBroker(), None, wait_in_broker=True)
     transports.transport_for(QueueBroker())
-    assert got == [
-        ("taking", False),
-        ("old", None),
-        ("taking", None),  # the default: each module's own (off, for now)
-        ("old", None),
-    ]
+    assert got == [False, True, None]  # None: each module's default (off)
