@@ -22,9 +22,11 @@
   (it then runs alone);
 * ``deadline``: an item's ``batch_deadline`` is due: its batch starts now.
 
-A batch taken whole from the broker (``wait_in_broker``) flushes at once
-with the broker's reason, ``size`` or ``timeout`` (counted from the send):
-``flush_taken``.
+A batch taken whole from the broker (``wait_in_broker``) goes through
+these rules message by message; what is left of it flushes at once with
+the broker's reason when that is a deadline (``timeout``, counted from
+the send, or ``deadline``), and stays open when it was taken full but
+lost messages to rejection or ``batch_where`` (``flush_taken``).
 
 ``batch_min_size`` holds back a timer: a buffer below it is not flushed
 by ``batch_timeout`` but by ``batch_max_wait`` (every other reason still
@@ -246,26 +248,35 @@ class FlushRules:
         self.batcher.flush((buffer.task_name, buffer.key), FlushReason.BYTES)
         return True
 
-    def flush_taken(self, taken: Sequence[tuple[Held, FlushReason]]) -> int:
-        """Flush every buffer that messages of whole taken batches landed in.
+    def flush_taken(
+        self, taken: Sequence[tuple[Held, FlushReason]]
+    ) -> list[tuple[tuple[str, Hashable], Held]]:
+        """Flush the buffers that messages of due taken batches landed in.
 
-        A batch taken from the broker (it filled there, or reached its
-        deadline) is accepted message by message like any other, then runs
-        at once: each buffer holding one of them flushes, with the reason
-        the broker gave.
+        A batch taken from the broker is accepted message by message like
+        any other, so the rules above (size, cost, bytes, keys, deadline)
+        have split it already. What is left of a batch taken by its
+        deadline (``timeout``, ``deadline``) runs at once, with that
+        reason. What is left of one taken full (``size``) is short only if
+        some of its messages were rejected or filtered: it stays open, its
+        timer running from its oldest send, for the worker to take what it
+        lacks (``worker/taking.py``).
 
         :param taken: each message held and its batch's reason.
-        :return: the number of batches flushed.
+        :return: the buffers left open, each with one of its taken messages.
         """
         reasons = {id(held): reason for held, reason in taken}
-        flushed = 0
+        left: list[tuple[tuple[str, Hashable], Held]] = []
         for key, buffer in list(self.batcher.buffers.items()):
-            found = (reasons.get(id(held)) for held in buffer.items)
-            reason = next((r for r in found if r is not None), None)
-            if reason is not None:
-                self.batcher.flush(key, reason)
-                flushed += 1
-        return flushed
+            found = [h for h in buffer.items if id(h) in reasons]
+            if not found:
+                continue
+            due = [reasons[id(h)] for h in found if reasons[id(h)] != FlushReason.SIZE]
+            if due:
+                self.batcher.flush(key, due[0])
+            else:
+                left.append((key, found[0]))
+        return left
 
     def relieve(self, task_name: str, full: bool = False) -> None:
         """Flush a task's buffers if they hold all it may hold: nothing else would.

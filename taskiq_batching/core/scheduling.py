@@ -57,7 +57,8 @@ class Runner:
         What ``batch_concurrency``, ``max_concurrent_batches`` and, for a
         keyed task, ``batch_max_keys`` (distinct keys running or waiting
         to run) leave, counting the batches already queued, and no more
-        full batches than the task's held bound (``max_held``) has room for.
+        full batches than the task's held bound (``max_held``) has room for
+        besides what waits in its open buffers.
 
         :param task_name: a batched task.
         :return: how many (0: wait for a change).
@@ -71,7 +72,10 @@ class Runner:
             busy = {b.key for b in self.tasks.values() if b.task_name == task_name}
             busy.update(b.key for b, _ in self.ready if b.task_name == task_name)
             room = min(room, settings.max_keys - len(busy))
-        held = settings.max_held - self.batcher.held[task_name]
+        # Messages in open buffers (a taken batch's short remainder) are
+        # not held against the room: the take that tops them up flushes them.
+        batcher = self.batcher
+        held = settings.max_held - batcher.held[task_name] + batcher.buffered(task_name)
         return max(min(room, held // settings.batch_size), 0)
 
     def queue(self, buffer: Buffer, reason: FlushReason) -> None:

@@ -9,7 +9,7 @@ ones work for any taskiq broker and backend.
 """
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -86,7 +86,9 @@ class BatchSource(Protocol):
     def serves(self, spec: BatchSpec) -> bool:
         """Whether this task's messages wait in the broker (else: read and buffered)."""
 
-    async def take(self, spec: BatchSpec, room: int) -> Taken:
+    async def take(
+        self, spec: BatchSpec, room: int, needs: Mapping[str, int] | None = None
+    ) -> Taken:
         """Take up to ``room`` whole batches of one task that are due.
 
         Due: by size, or by deadline.
@@ -95,6 +97,9 @@ class BatchSource(Protocol):
         :param room: batches this worker may start now for it (>= 1): what
             ``batch_concurrency``, ``max_concurrent_batches`` and
             ``batch_max_keys`` leave.
+        :param needs: keys (``broker_key``) whose short remainder this
+            worker holds, and how many messages each lacks: such a key's
+            batch is full, and taken, at that many.
         """
 
     async def idle(self, specs: Sequence[BatchSpec], timeout_seconds: float) -> None:

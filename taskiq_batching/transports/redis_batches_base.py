@@ -11,7 +11,7 @@ list), so in the script's ``visit`` and in the handles of what they take.
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from taskiq_batching.error_texts import describe
@@ -83,11 +83,15 @@ class RedisBatches:
         """
         return True
 
-    async def take(self, spec: BatchSpec, room: int) -> Taken:
+    async def take(
+        self, spec: BatchSpec, room: int, needs: Mapping[str, int] | None = None
+    ) -> Taken:
         """Take up to ``room`` whole batches of one task (``BatchSource.take``).
 
         :param spec: the batched task.
         :param room: batches this worker may start now (>= 1).
+        :param needs: keys whose short remainder this worker holds, and
+            what each lacks (full, and taken, at that many).
         :return: the batches, and the seconds to the nearest deadline.
         """
         names = self.names(spec.task_name)
@@ -103,6 +107,8 @@ class RedisBatches:
             max(room, 1),
             self.idle_ms or 0,
         ]
+        for key, need in (needs or {}).items():
+            args += [key, max(int(need), 1)]
         if self._take is None:
             self._take = self.redis.register_script(self._script)
         while True:

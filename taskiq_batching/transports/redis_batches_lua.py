@@ -24,7 +24,9 @@ of the set, so that every key gets its turn.
 KEYS: the keys' sorted set, the wake stream. ARGV: group, consumer,
 batch_size, batch_timeout ms (-1: none), slack ms, the key streams'
 prefix (key ``k``'s stream is ``prefix .. k``), keys scanned per call,
-batches to take at most, claim idle ms (0: never claim).
+batches to take at most, claim idle ms (0: never claim), then pairs
+(key, need): a key whose remainder this worker holds is full, and taken,
+at ``need`` entries instead of ``batch_size`` (``size_of``).
 
 Reply: ``{ms to the nearest deadline or -1, the wake stream's last id,
 key, reason, entries, key, reason, entries, ...}``.
@@ -39,6 +41,11 @@ local group, consumer = ARGV[1], ARGV[2]
 local size, timeout, slack = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local prefix, scan, room = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
 local claim_ms = tonumber(ARGV[9])
+-- keys a worker holds a short remainder of (a taken batch some of whose
+-- messages were rejected or filtered): each is full at what it lacks
+local needs = {}
+for i = 10, #ARGV - 1, 2 do needs[ARGV[i]] = tonumber(ARGV[i + 1]) end
+local function size_of(key) return needs[key] or size end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local nearest = -1
@@ -133,10 +140,10 @@ local function claim(stream, g)
   return nil
 end
 
-local function full(stream, g)
-  if g['lag'] then return tonumber(g['lag']) >= size end
+local function full(stream, g, want)
+  if g['lag'] then return tonumber(g['lag']) >= want end
   return #redis.call('XRANGE', stream, '(' .. g['last-delivered-id'], '+',
-    'COUNT', size) >= size
+    'COUNT', want) >= want
 end
 
 local function after_take(stream, g, entries)
@@ -176,10 +183,11 @@ local function visit(key)
     return
   end
   local due = due_of(first[1])
-  local is_full = full(stream, g)
+  local want = size_of(key)
+  local is_full = full(stream, g, want)
   if is_full or (due and due <= now) then
     local got = entries_of(redis.call('XREADGROUP', 'GROUP', group, consumer,
-      'COUNT', size, 'STREAMS', stream, '>'))
+      'COUNT', want, 'STREAMS', stream, '>'))
     if got and #got > 0 then
       local reason = 'timeout'
       if is_full then reason = 'size' end

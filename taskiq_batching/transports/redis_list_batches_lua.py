@@ -9,8 +9,9 @@ keeps no send time), so the deadline counts by Redis's own clock.
 ``LIST_TAKE`` is ``TAKE_HEAD`` + its ``visit`` + ``TAKE_TAIL``
 (``redis_batches_lua``, the same arguments and reply as the stream's;
 the group, consumer and claim are unused). Per key: ``LLEN`` ≥
-``batch_size``, or the oldest element's ms + ``batch_timeout`` -
-``slack`` ≤ ``TIME`` → ``RPOP`` of ``batch_size``; else its deadline
+``batch_size`` (or the key's need, ``size_of``), or the oldest
+element's ms + ``batch_timeout`` - ``slack`` ≤ ``TIME`` → ``RPOP`` of
+that many; else its deadline
 counts towards the nearest one. An empty list leaves the set.
 """
 
@@ -46,9 +47,10 @@ local function visit(key)
     return
   end
   local due = due_of(list)
-  local is_full = waiting >= size
+  local want = size_of(key)
+  local is_full = waiting >= want
   if is_full or (due and due <= now) then
-    local got = redis.call('RPOP', list, size)
+    local got = redis.call('RPOP', list, want)
     local reason = 'timeout'
     if is_full then reason = 'size' end
     add(key, reason, got)

@@ -33,7 +33,7 @@ logged and retried after a growing pause: they never stop the worker.
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 from taskiq import AsyncBroker
@@ -110,6 +110,8 @@ class Taker:
         #: The ``idle`` call in flight, and the tasks it watches.
         self._idle: tuple[frozenset[str], asyncio.Future[None]] | None = None
         self._failures = 0
+        #: Open buffers left short by a batch taken full, and its broker key.
+        self._short: dict[tuple[str, Hashable], str] = {}
 
     @property
     def active(self) -> bool:
@@ -189,7 +191,7 @@ class Taker:
             if room == 0:
                 blocked = True
                 continue
-            taken = await source.take(spec, room)
+            taken = await source.take(spec, room, self._needs(spec) or None)
             if taken.batches:
                 took = True
                 await self._start(taken.batches)
@@ -251,9 +253,11 @@ class Taker:
         """Accept the messages of whole batches, then flush them at once."""
         taken: list[tuple[Envelope, Delivery]] = []
         reasons: dict[int, FlushReason] = {}
+        keys: dict[int, str] = {}
         for batch in batches:
             reason = _reason(batch.reason)
             for delivery in batch.deliveries:
+                keys[id(delivery)] = batch.key
                 envelope = decode(self.broker, delivery.data)
                 if envelope is None or envelope.task_name not in self.batcher.specs:
                     # Not a message of a batched task: taskiq's, as when read.
@@ -265,9 +269,33 @@ class Taker:
                 reasons[id(delivery)] = reason
             self.router.taken += len(batch.deliveries)
         held = await self.lifecycle.accept(taken)
-        self.batcher.rules.flush_taken(
+        left = self.batcher.rules.flush_taken(
             [(one, reasons[id(one.delivery)]) for one in held]
         )
+        for buffer_key, one in left:
+            self._short[buffer_key] = keys[id(one.delivery)]
+
+    def _needs(self, spec: BatchSpec) -> dict[str, int]:
+        """What this worker's short remainders of a task lack, by broker key.
+
+        A batch taken full that lost messages (rejected, filtered) leaves
+        a short buffer here; the next take of its key takes what it lacks
+        as soon as the broker holds that many, so that batch-mates of a bad
+        message still run together (as when read, on the per-worker path).
+        """
+        size = spec.settings.batch_size
+        needs: dict[str, int] = {}
+        for buffer_key, broker_key in list(self._short.items()):
+            if buffer_key[0] != spec.task_name:
+                continue
+            buffer = self.batcher.buffers.get(buffer_key)
+            if buffer is None:  # flushed since (its timer, a stop, a budget)
+                del self._short[buffer_key]
+                continue
+            lack = size - len(buffer.items)
+            if lack > 0:
+                needs[broker_key] = max(needs.get(broker_key, 0), lack)
+        return needs
 
     # --- forwarding ------------------------------------------------------------
 

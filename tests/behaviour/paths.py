@@ -170,8 +170,8 @@ class _LearningSource:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    async def take(self, spec: Any, room: int) -> Any:
-        taken = await self._inner.take(spec, room)
+    async def take(self, spec: Any, room: int, needs: Any = None) -> Any:
+        taken = await self._inner.take(spec, room, needs)
         for batch in taken.batches:
             self._learn(batch.deliveries)
         return taken

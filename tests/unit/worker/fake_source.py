@@ -11,7 +11,7 @@ send would have put it. Every call is recorded for the tests.
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,7 +74,9 @@ class FakeSource:
     def left(self) -> int:
         return sum(len(messages) for messages in self.waiting.values())
 
-    async def take(self, spec: BatchSpec, room: int) -> Taken:
+    async def take(
+        self, spec: BatchSpec, room: int, needs: Mapping[str, int] | None = None
+    ) -> Taken:
         loop = asyncio.get_running_loop()
         self.takes.append((spec.task_name, room))
         self.take_times.append(loop.time())
@@ -86,9 +88,11 @@ class FakeSource:
             await asyncio.sleep(self.reply_seconds)
         if self.error is not None:
             raise self.error
-        return self._due(spec, room, loop.time())
+        return self._due(spec, room, loop.time(), needs or {})
 
-    def _due(self, spec: BatchSpec, room: int, now: float) -> Taken:
+    def _due(
+        self, spec: BatchSpec, room: int, now: float, needs: Mapping[str, int]
+    ) -> Taken:
         settings = spec.settings
         timeout = settings.batch_timeout or 3600.0
         batches: list[TakenBatch] = []
@@ -96,11 +100,12 @@ class FakeSource:
         for (task_name, key), messages in list(self.waiting.items()):
             if task_name != spec.task_name or not messages:
                 continue
-            full = len(messages) >= settings.batch_size
+            want = needs.get(key, settings.batch_size)
+            full = len(messages) >= want
             due = messages[0].arrived + timeout - now
             if len(batches) < room and (full or due <= 0):
-                taken = messages[: settings.batch_size]
-                del messages[: settings.batch_size]
+                taken = messages[:want]
+                del messages[:want]
                 deliveries = [self._delivery(one.data) for one in taken]
                 reason = "size" if full else "timeout"
                 batches.append(TakenBatch(key, deliveries, reason))
