@@ -72,6 +72,28 @@ class Taken:
     wait_seconds: float | None
 
 
+def per_worker_reason(spec: BatchSpec) -> str | None:
+    """Why a batched task cannot wait in the broker, if it cannot.
+
+    ``batch_min_size`` (a timer that holds back a short buffer) and
+    ``batch_max_keys`` (a bound on the keys one process holds open, whose
+    oldest flushes) are about what one worker buffers; in the broker
+    nothing forms in a worker, so a fleet cannot honour them as one. Such
+    a task is buffered by each worker, as without ``wait_in_broker``
+    (docs/fleet.md, "What the preview honours").
+
+    :param spec: a batched task.
+    :return: the settings that keep it in the worker, or None.
+    """
+    settings = spec.settings
+    found = []
+    if settings.min_size is not None:
+        found.append("batch_min_size")
+    if settings.key is not None and settings.max_keys is not None:
+        found.append("batch_max_keys")
+    return ", ".join(found) or None
+
+
 class BatchSource(Protocol):
     """Takes whole batches of batched tasks from where they wait in the broker.
 

@@ -16,7 +16,12 @@ from typing import Any
 
 from taskiq_batching.error_texts import describe
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import Delivery, Taken, TakenBatch
+from taskiq_batching.transports.base import (
+    Delivery,
+    Taken,
+    TakenBatch,
+    per_worker_reason,
+)
 from taskiq_batching.transports.redis_batches_names import TaskStreams, text_of
 from taskiq_batching.transports.redis_batches_wake import Wakes
 from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient
@@ -76,12 +81,12 @@ class RedisBatches:
         return found
 
     def serves(self, spec: BatchSpec) -> bool:
-        """Every batched task of the broker waits in Redis.
+        """Whether a batched task waits in Redis (not when ``per_worker_reason``).
 
         :param spec: the task.
-        :return: True.
+        :return: whether its messages wait in Redis.
         """
-        return True
+        return per_worker_reason(spec) is None
 
     async def take(
         self, spec: BatchSpec, room: int, needs: Mapping[str, int] | None = None

@@ -33,7 +33,7 @@ logged and retried after a growing pause: they never stop the worker.
 import asyncio
 import contextlib
 import logging
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from typing import Any
 
 from taskiq import AsyncBroker
@@ -49,6 +49,7 @@ from taskiq_batching.transports.base import (
     Forwarder,
     TakenBatch,
     Transport,
+    per_worker_reason,
 )
 from taskiq_batching.worker.decode import decode
 from taskiq_batching.worker.lifecycle import Lifecycle
@@ -102,6 +103,8 @@ class Taker:
             for spec in batcher.specs.values()
             if source is not None and source.serves(spec)
         ]
+        if source is not None:
+            _log_per_worker(batcher.specs.values(), self.specs)
         self.forwarder: Forwarder | None = getattr(transport, "forwarder", None)
         if self.forwarder is not None and self.specs:
             router.forwarded = {spec.task_name for spec in self.specs}
@@ -324,6 +327,19 @@ class Taker:
                 )
                 for delivery in deliveries:
                     self.router.parked.park(task_name, delivery)
+
+
+def _log_per_worker(specs: Iterable[BatchSpec], served: list[BatchSpec]) -> None:
+    """Say which batched tasks each worker buffers alone, and why."""
+    for spec in specs:
+        reason = per_worker_reason(spec)
+        if spec not in served and reason is not None:
+            logger.info(
+                "taskiq_batching: %s is batched by each worker alone, not in the "
+                "broker (wait_in_broker): %s bound(s) what one worker buffers",
+                spec.task_name,
+                reason,
+            )
 
 
 def _reason(value: str) -> FlushReason:
