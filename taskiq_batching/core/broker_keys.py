@@ -7,13 +7,18 @@ names it from the decoded message; both call ``broker_key`` on the
 message's JSON form, so they agree. It only groups: the worker still
 computes each message's buffer key (``keys.batch_key``, ``batch_key``
 on the validated item), and a message whose key differs from its batch
-mates' runs correctly, in a batch of its own.
+mates' runs correctly, in a batch of its own. A message's
+``batch_deadline`` marks its key (``deadline_ms``), so that the key is
+taken when the deadline comes, whichever worker takes it.
 """
 
 import hashlib
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+from taskiq_batching.labels import BATCH_DEADLINE_LABEL
 
 #: The key of messages with no extra arguments and no ``batch_key``.
 NO_KEY = "-"
@@ -56,3 +61,25 @@ def _stable(value: Any) -> Any:
     if isinstance(value, (set, frozenset)):
         return sorted(repr(item) for item in value)
     return value
+
+
+def deadline_ms(labels: Mapping[str, Any]) -> int | None:
+    """A message's ``batch_deadline`` (UNIX ms) as its key's mark in the broker.
+
+    Read leniently, as a sender's: a value that is no number is no mark
+    (the worker that takes the message rejects it, alone); NaN and
+    infinities mean "now", as to the worker.
+
+    :param labels: the message's labels.
+    :return: the ms, or None.
+    """
+    value = labels.get(BATCH_DEADLINE_LABEL)
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        unix = float(value)
+    except Exception:  # not a number, or too large for a float: no mark
+        return None
+    if not math.isfinite(unix):
+        return 0
+    return max(int(unix * 1000), 0)

@@ -28,7 +28,7 @@ from taskiq import BrokerMessage
 from taskiq_batching.core.broker_keys import NO_KEY
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import Delivery
-from taskiq_batching.transports.redis_batches_base import RedisBatches
+from taskiq_batching.transports.redis_batches_base import RedisBatches, marks
 from taskiq_batching.transports.redis_batches_lua import TAKE
 from taskiq_batching.transports.redis_batches_names import (
     TaskEntry,
@@ -134,6 +134,7 @@ class StreamBatches(RedisBatches):
         """
         names = self.names(spec.task_name)
         await send(self.redis, names, messages, keys, self.maxlen, once)
+        await self.mark(spec, marks(messages, keys))
 
     async def forward(
         self, deliveries: Sequence[tuple[Delivery, BatchSpec, str]]

@@ -14,6 +14,9 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+from taskiq import BrokerMessage
+
+from taskiq_batching.core.broker_keys import deadline_ms
 from taskiq_batching.error_texts import describe
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import (
@@ -33,6 +36,21 @@ logger = logging.getLogger("taskiq_batching")
 POLL_SECONDS = 0.02
 #: Keys one take looks at (oldest first; a key taken goes to the back).
 SCAN_KEYS = 64
+
+
+def marks(messages: Sequence[BrokerMessage], keys: Sequence[str]) -> dict[str, int]:
+    """The earliest ``batch_deadline`` (UNIX ms) per key of messages sent.
+
+    :param messages: the messages.
+    :param keys: each one's key.
+    :return: the marks (``RedisBatches.mark``).
+    """
+    found: dict[str, int] = {}
+    for message, key in zip(messages, keys, strict=True):
+        ms = deadline_ms(message.labels)
+        if ms is not None and ms < found.get(key, ms + 1):
+            found[key] = ms
+    return found
 
 
 class RedisBatches:
@@ -88,6 +106,31 @@ class RedisBatches:
         """
         return per_worker_reason(spec) is None
 
+    async def mark(self, spec: BatchSpec, deadlines: Mapping[str, int]) -> None:
+        """Mark keys whose new messages carry a ``batch_deadline`` (``ZADD LT``).
+
+        The take script takes a marked key when its mark comes, whatever
+        it holds (``redis_batches_lua``). After the messages are sent: a
+        failure is logged, never raised (they were sent; only their
+        promptness is lost: their batch starts by its ``batch_timeout``).
+
+        :param spec: the batched task.
+        :param deadlines: the earliest deadline (UNIX ms) per key.
+        """
+        if not deadlines:
+            return
+        names = self.names(spec.task_name)
+        try:
+            await self.redis.zadd(names.due, dict(deadlines), lt=True)
+        except Exception as exc:
+            logger.warning(
+                "taskiq_batching: cannot mark the batch_deadline of messages of %s "
+                "in %s; their batch starts by its batch_timeout: %s",
+                spec.task_name,
+                names.due,
+                describe(exc),
+            )
+
     async def take(
         self, spec: BatchSpec, room: int, needs: Mapping[str, int] | None = None
     ) -> Taken:
@@ -138,7 +181,7 @@ class RedisBatches:
         given back before the cancellation goes on.
         """
         call = asyncio.ensure_future(
-            self._take(keys=[names.keys, names.wake], args=args)
+            self._take(keys=[names.keys, names.wake, names.due], args=args)
         )
         try:
             return await asyncio.shield(call)

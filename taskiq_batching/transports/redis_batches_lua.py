@@ -21,10 +21,14 @@ the set (and its empty stream is deleted). A stream without the group
 nothing sent after a loss is skipped. A key taken is moved to the back
 of the set, so that every key gets its turn.
 
-KEYS: the keys' sorted set, the wake stream. ARGV: group, consumer,
-batch_size, batch_timeout ms (-1: none), slack ms, the key streams'
-prefix (key ``k``'s stream is ``prefix .. k``), keys scanned per call,
-batches to take at most, claim idle ms (0: never claim), then pairs
+A sender of a message with a ``batch_deadline`` marks its key in a third
+sorted set (``ZADD LT`` of the ms): a key whose mark (less ``slack``) has
+come is taken at once, with reason ``deadline``, and the mark is spent.
+
+KEYS: the keys' sorted set, the wake stream, the deadlines' sorted set.
+ARGV: group, consumer, batch_size, batch_timeout ms (-1: none), slack
+ms, the key streams' prefix (key ``k``'s stream is ``prefix .. k``), keys
+scanned per call, batches to take at most, claim idle ms (0: never claim), then pairs
 (key, need): a key whose remainder this worker holds is full, and taken,
 at ``need`` entries instead of ``batch_size`` (``size_of``).
 
@@ -36,7 +40,7 @@ key, reason, entries, key, reason, entries, ...}``.
 #: nearest deadline (``consider``) and the batches found (``add``).
 #: A take script puts its own ``visit(key)`` between this and ``TAKE_TAIL``.
 TAKE_HEAD = """
-local zset, wake = KEYS[1], KEYS[2]
+local zset, wake, dueset = KEYS[1], KEYS[2], KEYS[3]
 local group, consumer = ARGV[1], ARGV[2]
 local size, timeout, slack = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local prefix, scan, room = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
@@ -55,6 +59,31 @@ local taken = 0
 local function consider(due)
   local wait = math.max(due - now, 0)
   if nearest < 0 or wait < nearest then nearest = wait end
+end
+
+-- a key's earliest batch_deadline (ms, set by its senders), less the slack
+local function marked_of(key)
+  local d = redis.call('ZSCORE', dueset, key)
+  if d then return tonumber(d) - slack end
+  return nil
+end
+
+local function earliest(a, b)
+  if a == nil or (b ~= nil and b < a) then return b end
+  return a
+end
+
+local function forget(key)
+  redis.call('ZREM', zset, key)
+  redis.call('ZREM', dueset, key)
+end
+
+-- why a key is taken: full, a sender's deadline (the mark is spent), its timeout
+local function reason_of(key, is_full, is_marked)
+  if is_marked then redis.call('ZREM', dueset, key) end
+  if is_full then return 'size' end
+  if is_marked then return 'deadline' end
+  return 'timeout'
 end
 
 local function add(key, reason, entries)
@@ -165,7 +194,7 @@ local function visit(key)
   local stream = prefix .. key
   local g = group_of(stream)
   if not g then
-    redis.call('ZREM', zset, key)
+    forget(key)
     return
   end
   local claimed = claim(stream, g)
@@ -177,25 +206,24 @@ local function visit(key)
     'COUNT', 1)
   if #first == 0 then
     if tonumber(g['pending']) == 0 then
-      redis.call('ZREM', zset, key)
+      forget(key)
       if redis.call('XLEN', stream) == 0 then redis.call('DEL', stream) end
     end
     return
   end
-  local due = due_of(first[1])
+  local due, marked = due_of(first[1]), marked_of(key)
   local want = size_of(key)
   local is_full = full(stream, g, want)
-  if is_full or (due and due <= now) then
+  local is_marked = marked and marked <= now
+  if is_full or is_marked or (due and due <= now) then
     local got = entries_of(redis.call('XREADGROUP', 'GROUP', group, consumer,
       'COUNT', want, 'STREAMS', stream, '>'))
     if got and #got > 0 then
-      local reason = 'timeout'
-      if is_full then reason = 'size' end
-      add(key, reason, got)
+      add(key, reason_of(key, is_full, is_marked), got)
       after_take(stream, g, got)
     end
-  elseif due then
-    consider(due)
+  elseif due or marked then
+    consider(earliest(due, marked))
   end
 end
 

@@ -1,8 +1,8 @@
 """The names of a batched task's keys in Redis, and the handles of their entries.
 
-See ``redis_batches``: per task, a stream per key, a sorted set of keys
-and a wake stream, all under the hash tag ``{<queue>:<task>}`` (one
-cluster slot per task).
+See ``redis_batches``: per task, a stream per key, a sorted set of keys,
+a sorted set of the keys' earliest deadlines and a wake stream, all
+under the hash tag ``{<queue>:<task>}`` (one cluster slot per task).
 """
 
 import binascii
@@ -16,13 +16,15 @@ class TaskStreams:
     :param task_name: the task.
     """
 
-    __slots__ = ("keys", "prefix", "wake")
+    __slots__ = ("due", "keys", "prefix", "wake")
 
     def __init__(self, queue: str, task_name: str) -> None:
         tag = "{" + f"{queue}:{task_name}".replace("{", "(").replace("}", ")") + "}"
         self.prefix = f"{tag}:q:"
         self.keys = f"{tag}:keys"
         self.wake = f"{tag}:wake"
+        #: A sorted set: a key's earliest ``batch_deadline`` (ms), if any.
+        self.due = f"{tag}:due"
 
     def stream(self, key: str) -> str:
         """The stream of one key.

@@ -23,7 +23,7 @@ from taskiq import BrokerMessage
 
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import Delivery
-from taskiq_batching.transports.redis_batches_base import RedisBatches
+from taskiq_batching.transports.redis_batches_base import RedisBatches, marks
 from taskiq_batching.transports.redis_batches_names import TaskStreams
 from taskiq_batching.transports.redis_batches_send import (
     chunk_call,
@@ -111,8 +111,9 @@ class ListBatches(RedisBatches):
         names = self.names(spec.task_name)
         if once:
             await send_by_key(self.redis, names, messages, keys, LIST_PUT, "")
-            return
-        await self._put(names, [m.message for m in messages], keys)
+        else:
+            await self._put(names, [m.message for m in messages], keys)
+        await self.mark(spec, marks(messages, keys))
 
     async def forward(
         self, deliveries: Sequence[tuple[Delivery, BatchSpec, str]]

@@ -31,7 +31,7 @@ end
 
 local function after_take(key, list, left)
   if left <= 0 then
-    redis.call('ZREM', zset, key)
+    forget(key)
     return
   end
   if left >= size then return consider(now) end
@@ -43,20 +43,19 @@ local function visit(key)
   local list = prefix .. key
   local waiting = redis.call('LLEN', list)
   if waiting == 0 then
-    redis.call('ZREM', zset, key)
+    forget(key)
     return
   end
-  local due = due_of(list)
+  local due, marked = due_of(list), marked_of(key)
   local want = size_of(key)
   local is_full = waiting >= want
-  if is_full or (due and due <= now) then
+  local is_marked = marked and marked <= now
+  if is_full or is_marked or (due and due <= now) then
     local got = redis.call('RPOP', list, want)
-    local reason = 'timeout'
-    if is_full then reason = 'size' end
-    add(key, reason, got)
+    add(key, reason_of(key, is_full, is_marked), got)
     after_take(key, list, waiting - #got)
-  elseif due then
-    consider(due)
+  elseif due or marked then
+    consider(earliest(due, marked))
   end
 end
 """

@@ -21,7 +21,7 @@ from collections import deque
 from taskiq import AsyncBroker
 
 from taskiq_batching.core.batcher import Batcher
-from taskiq_batching.core.broker_keys import NO_KEY, broker_key
+from taskiq_batching.core.broker_keys import NO_KEY, broker_key, deadline_ms
 from taskiq_batching.core.buffer import Envelope
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import Delivery
@@ -62,6 +62,8 @@ class Router:
         self.forwarded: set[str] = set()
         #: Deliveries of those tasks read and not forwarded yet, by task.
         self.forwarding: dict[str, list[tuple[Delivery, str]]] = {}
+        #: Their keys' earliest ``batch_deadline`` (UNIX ms), by task.
+        self.marks: dict[str, dict[str, int]] = {}
 
     def limit(self, max_tasks: int | None) -> int:
         """How many deliveries the next read may take.
@@ -94,6 +96,10 @@ class Router:
             if name in self.forwarded:
                 key = forward_key(self.batcher.specs[name], envelope)
                 self.forwarding.setdefault(name, []).append((delivery, key))
+                ms = deadline_ms(envelope.labels)
+                marks = self.marks.setdefault(name, {})
+                if ms is not None and ms < marks.get(key, ms + 1):
+                    marks[key] = ms
                 forwarded += 1
                 continue
             envelope.size = len(delivery.data)

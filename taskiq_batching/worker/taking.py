@@ -309,8 +309,10 @@ class Taker:
         as without the broker's help (nothing is lost or delayed).
         """
         forwarding, self.router.forwarding = self.router.forwarding, {}
+        marks, self.router.marks = self.router.marks, {}
         forwarder = self.forwarder
         assert forwarder is not None or not forwarding
+        mark = getattr(self.source, "mark", None)
         for task_name, keyed in forwarding.items():
             spec = self.batcher.specs[task_name]
             deliveries = [delivery for delivery, _ in keyed]
@@ -327,6 +329,9 @@ class Taker:
                 )
                 for delivery in deliveries:
                     self.router.parked.park(task_name, delivery)
+                continue
+            if mark is not None and marks.get(task_name):
+                await mark(spec, marks[task_name])
 
 
 def _log_per_worker(specs: Iterable[BatchSpec], served: list[BatchSpec]) -> None:
