@@ -14,9 +14,10 @@ all of them:
   bound), ``take`` up to that many batches; a task without room waits
   for a change (a batch finished), which costs the broker nothing;
 * each batch taken goes through the one lifecycle of a batched message
-  (``Lifecycle.accept``: ``pre_execute``, acks, validation that fails a
-  message alone), then every buffer its messages landed in flushes at
-  once, with the broker's reason (``FlushRules.flush_taken``);
+  and the flush rules (``taken.Intake``): what is left of a batch taken
+  by its deadline flushes at once; a batch taken full that lost messages
+  (rejected, filtered) stays open, and the next take of its key takes
+  what it lacks;
 * then, while messages wait but none is due, it sleeps until the nearest
   deadline or ``poll_seconds``, whichever is sooner; when nothing waits,
   it blocks in ``idle`` until a send wakes it.
@@ -31,30 +32,23 @@ logged and retried after a growing pause: they never stop the worker.
 """
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Hashable, Iterable, Sequence
 from typing import Any
 
 from taskiq import AsyncBroker
 
 from taskiq_batching.core.batcher import Batcher
-from taskiq_batching.core.buffer import Envelope
 from taskiq_batching.error_texts import describe
-from taskiq_batching.settings import FlushReason
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import (
     BatchSource,
-    Delivery,
     Forwarder,
-    TakenBatch,
     Transport,
-    per_worker_reason,
 )
-from taskiq_batching.worker.decode import decode
 from taskiq_batching.worker.lifecycle import Lifecycle
 from taskiq_batching.worker.options import WorkerOptions
 from taskiq_batching.worker.routing import Router
+from taskiq_batching.worker.taken import Intake, log_per_worker
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -104,7 +98,8 @@ class Taker:
             if source is not None and source.serves(spec)
         ]
         if source is not None:
-            _log_per_worker(batcher.specs.values(), self.specs)
+            log_per_worker(batcher.specs.values(), self.specs)
+        self.intake = Intake(broker, batcher, lifecycle, router)
         self.forwarder: Forwarder | None = getattr(transport, "forwarder", None)
         if self.forwarder is not None and self.specs:
             router.forwarded = {spec.task_name for spec in self.specs}
@@ -113,8 +108,6 @@ class Taker:
         #: The ``idle`` call in flight, and the tasks it watches.
         self._idle: tuple[frozenset[str], asyncio.Future[None]] | None = None
         self._failures = 0
-        #: Open buffers left short by a batch taken full, and its broker key.
-        self._short: dict[tuple[str, Hashable], str] = {}
 
     @property
     def active(self) -> bool:
@@ -194,10 +187,10 @@ class Taker:
             if room == 0:
                 blocked = True
                 continue
-            taken = await source.take(spec, room, self._needs(spec) or None)
+            taken = await source.take(spec, room, self.intake.needs(spec) or None)
             if taken.batches:
                 took = True
-                await self._start(taken.batches)
+                await self.intake.accept(taken.batches)
             if taken.wait_seconds is not None:
                 waits.append(taken.wait_seconds)
             elif not taken.batches:
@@ -250,56 +243,6 @@ class Taker:
         finally:
             stopping.cancel()
 
-    # --- batches taken ----------------------------------------------------------
-
-    async def _start(self, batches: Sequence[TakenBatch]) -> None:
-        """Accept the messages of whole batches, then flush them at once."""
-        taken: list[tuple[Envelope, Delivery]] = []
-        reasons: dict[int, FlushReason] = {}
-        keys: dict[int, str] = {}
-        for batch in batches:
-            reason = _reason(batch.reason)
-            for delivery in batch.deliveries:
-                keys[id(delivery)] = batch.key
-                envelope = decode(self.broker, delivery.data)
-                if envelope is None or envelope.task_name not in self.batcher.specs:
-                    # Not a message of a batched task: taskiq's, as when read.
-                    self.router.handoff.append(delivery)
-                    continue
-                envelope.size = len(delivery.data)
-                self.batcher.bounds.take(envelope.task_name, 1)
-                taken.append((envelope, delivery))
-                reasons[id(delivery)] = reason
-            self.router.taken += len(batch.deliveries)
-        held = await self.lifecycle.accept(taken)
-        left = self.batcher.rules.flush_taken(
-            [(one, reasons[id(one.delivery)]) for one in held]
-        )
-        for buffer_key, one in left:
-            self._short[buffer_key] = keys[id(one.delivery)]
-
-    def _needs(self, spec: BatchSpec) -> dict[str, int]:
-        """What this worker's short remainders of a task lack, by broker key.
-
-        A batch taken full that lost messages (rejected, filtered) leaves
-        a short buffer here; the next take of its key takes what it lacks
-        as soon as the broker holds that many, so that batch-mates of a bad
-        message still run together (as when read, on the per-worker path).
-        """
-        size = spec.settings.batch_size
-        needs: dict[str, int] = {}
-        for buffer_key, broker_key in list(self._short.items()):
-            if buffer_key[0] != spec.task_name:
-                continue
-            buffer = self.batcher.buffers.get(buffer_key)
-            if buffer is None:  # flushed since (its timer, a stop, a budget)
-                del self._short[buffer_key]
-                continue
-            lack = size - len(buffer.items)
-            if lack > 0:
-                needs[broker_key] = max(needs.get(broker_key, 0), lack)
-        return needs
-
     # --- forwarding ------------------------------------------------------------
 
     async def forward(self) -> None:
@@ -332,26 +275,6 @@ class Taker:
                 continue
             if mark is not None and marks.get(task_name):
                 await mark(spec, marks[task_name])
-
-
-def _log_per_worker(specs: Iterable[BatchSpec], served: list[BatchSpec]) -> None:
-    """Say which batched tasks each worker buffers alone, and why."""
-    for spec in specs:
-        reason = per_worker_reason(spec)
-        if spec not in served and reason is not None:
-            logger.info(
-                "taskiq_batching: %s is batched by each worker alone, not in the "
-                "broker (wait_in_broker): %s bound(s) what one worker buffers",
-                spec.task_name,
-                reason,
-            )
-
-
-def _reason(value: str) -> FlushReason:
-    """The flush reason a source gave (``size``, ``timeout``)."""
-    with contextlib.suppress(ValueError):
-        return FlushReason(value)
-    return FlushReason.TIMEOUT
 
 
 def _retrieve(future: "asyncio.Future[None]") -> None:

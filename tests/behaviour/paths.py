@@ -189,6 +189,9 @@ class Path:
     broker: AsyncBroker
     journal: Journal
     acks: bool
+    #: Batched messages wait in the broker (``wait_in_broker``, a Redis
+    #: path): nothing forms in the worker's buffers (docs/fleet.md).
+    waits_in_broker: bool = False
 
     @property
     def batching(self) -> BatchingMiddleware:
@@ -249,13 +252,21 @@ async def open_path(
             transport_for(b, listen, **choice), b, journal
         ),
     )
-    path = Path(name, broker, journal, acks=name in ("generic", "redis-stream", "nats"))
+    path = Path(
+        name,
+        broker,
+        journal,
+        acks=name in ("generic", "redis-stream", "nats"),
+        waits_in_broker=bool(wait) and name.startswith("redis"),
+    )
     try:
         yield path
     finally:
         if redis_url is not None and name.startswith("redis"):
             async with Redis.from_url(redis_url) as redis:
+                # The main queue's keys, and batched tasks' ({<queue>:<task>}...).
                 keys = [key async for key in redis.scan_iter(f"{queue}*")]
+                keys += [key async for key in redis.scan_iter(f"{{{queue}:*")]
                 if keys:
                     await redis.delete(*keys)
         if nats_url is not None and name == "nats":

@@ -63,7 +63,9 @@ async def test_items_with_different_keys_never_share_a_batch(path: Path) -> None
     assert path.batching.statistics()["keyed"].flushes == {"size": 2}
 
 
-async def test_a_new_key_past_max_keys_flushes_the_oldest(path: Path) -> None:
+async def test_a_new_key_past_max_keys_flushes_the_oldest(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     @batch_task(
         path.broker,
         task_name="bounded",
@@ -74,7 +76,10 @@ async def test_a_new_key_past_max_keys_flushes_the_oldest(path: Path) -> None:
     async def bounded(items: list[int], batch: BatchInfo = TaskiqDepends()) -> Any:
         return batches_of(items, batch)
 
+    caplog.set_level(logging.INFO, "taskiq_batching")
     async with running(path):
+        # It bounds what one worker holds open: buffered per worker there.
+        assert per_worker(path, caplog, "bounded") == path.waits_in_broker
         first = [await bounded.kiq(n) for n in (1, 11, 2)]
         await settled(path, 3, "bounded")  # keys 1 (1, 11) and 2 (2) open
         third = await bounded.kiq(3)
@@ -91,7 +96,9 @@ async def test_a_cost_budget_splits_batches_and_an_oversized_item_runs_alone(
     @batch_task(
         path.broker,
         task_name="costly",
-        batch_size=100,
+        # As many as are sent: where batches wait in the broker, they are
+        # taken together, then split by the budget (docs/fleet.md).
+        batch_size=5,
         batch_cost=lambda item: item,
         batch_max_cost=10,
     )
@@ -111,8 +118,14 @@ async def test_a_cost_budget_splits_batches_and_an_oversized_item_runs_alone(
     assert "runs alone" in caplog.text
 
 
+def per_worker(path: Path, caplog: pytest.LogCaptureFixture, task_name: str) -> bool:
+    """Whether the worker said it buffers this task alone (``wait_in_broker``)."""
+    said = f"{task_name} is batched by each worker alone, not in the broker"
+    return said in caplog.text
+
+
 async def test_a_timer_does_not_flush_below_min_size_until_max_wait(
-    path: Path, monkeypatch: pytest.MonkeyPatch
+    path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     @batch_task(
         path.broker,
@@ -135,7 +148,11 @@ async def test_a_timer_does_not_flush_below_min_size_until_max_wait(
         fired.set()
 
     monkeypatch.setattr(batcher.rules, "_timer", timer_fired)
+    caplog.set_level(logging.INFO, "taskiq_batching")
     async with running(path):
+        # batch_min_size is about one worker's buffer: with wait_in_broker
+        # the task is buffered per worker, and says so (docs/fleet.md).
+        assert per_worker(path, caplog, "patient") == path.waits_in_broker
         tasks = [await patient.kiq(n) for n in (1, 2)]
         # Its batch_timeout passes; the timer holds it back.
         await asyncio.wait_for(fired.wait(), 20)
@@ -222,7 +239,8 @@ async def test_a_deadline_flushes_its_buffer_early(path: Path) -> None:
 
     async with running(path):
         calm = await urgent.kiq(1)
-        await settled(path, 1, "urgent")
+        if not path.waits_in_broker:  # there it waits in Redis, sent in order
+            await settled(path, 1, "urgent")
         soon = urgent.kicker().with_labels(batch_deadline=deadline(0.3))
         hurried = await soon.kiq(2)
         assert await outcome(calm) == ["deadline", [1, 2]]
@@ -240,6 +258,14 @@ async def test_statistics_count_batches_items_and_reasons(path: Path) -> None:
         tasks = [await counted.kiq(n) for n in range(7)]
         for task in tasks[:6]:
             assert await outcome(task) == 3
+        if path.waits_in_broker:
+            # The 7th waits in Redis, not in this worker (docs/fleet.md): the
+            # statistics count this worker's buffers, and flush() finds none.
+            stats = path.batching.statistics()["counted"]
+            assert (stats.batches, stats.items, stats.waiting) == (2, 6, 0)
+            assert path.batching.flush() == 0
+            assert stats.flushes == {"size": 2}
+            return
         await settled(path, 1, "counted")
         stats = path.batching.statistics()["counted"]
         assert (stats.batches, stats.items, stats.waiting) == (2, 6, 1)
@@ -363,7 +389,7 @@ async def test_a_byte_budget_splits_batches_and_an_oversized_message_runs_alone(
     @batch_task(
         path.broker,
         task_name="sized",
-        batch_size=100,
+        batch_size=4,  # as many as are sent (see the cost budget's test)
         batch_max_bytes=5_000,
         batch_concurrency=4,  # holds up to 25,000 bytes: no pressure here
     )
