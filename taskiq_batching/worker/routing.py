@@ -8,7 +8,8 @@ of these places, in the order read:
 * parked: a batched message over its task's bounds, or behind its task's
   parked ones (``parking.py``);
 * forwarded: a batched message of a task whose batches wait in the broker
-  (``taking.py``), for the transport's forwarder;
+  (``taking.py``), for the transport's forwarder, unless its arguments do
+  not fit its batch function (``fits``: it is taken, and fails at once);
 * handed: anything else, to taskiq's Receiver, unchanged.
 
 On a broker without acks (a Redis list) a delivery read is gone from the
@@ -23,6 +24,7 @@ from taskiq import AsyncBroker
 from taskiq_batching.core.batcher import Batcher
 from taskiq_batching.core.broker_keys import NO_KEY, broker_key, deadline_ms
 from taskiq_batching.core.buffer import Envelope
+from taskiq_batching.core.keys import batch_key
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import Delivery
 from taskiq_batching.worker.decode import decode
@@ -93,7 +95,7 @@ class Router:
                 self.handoff.append(delivery)
                 continue
             name = envelope.task_name
-            if name in self.forwarded:
+            if name in self.forwarded and fits(self.batcher.specs[name], envelope):
                 key = forward_key(self.batcher.specs[name], envelope)
                 self.forwarding.setdefault(name, []).append((delivery, key))
                 ms = deadline_ms(envelope.labels)
@@ -144,6 +146,28 @@ class Router:
             envelope.size = len(delivery.data)
             ready.append((envelope, delivery))
         return ready
+
+
+def fits(spec: BatchSpec, envelope: Envelope) -> bool:
+    """Whether a message's arguments fit its batch function and key (to forward it).
+
+    One that does not would fail when taken, but could wait in the broker
+    for batch-mates first (alone under its key, for ``batch_timeout`` or
+    forever): it is taken here instead, and fails at once, alone, as when
+    read (``Lifecycle.accept``).
+
+    :param spec: its task.
+    :param envelope: the decoded message.
+    :return: False when its arguments would be refused.
+    """
+    try:
+        _, args, kwargs = spec.signature.prepare(
+            spec.task_name, envelope.task_id, envelope.args, envelope.kwargs
+        )
+        batch_key(args, kwargs)  # what the taker keys it by (Unkeyable...)
+    except Exception:  # BatchItemError, RecursionError...: its own failure
+        return False
+    return True
 
 
 def forward_key(spec: BatchSpec, envelope: Envelope) -> str:

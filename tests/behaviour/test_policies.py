@@ -78,8 +78,6 @@ async def test_a_new_key_past_max_keys_flushes_the_oldest(
 
     caplog.set_level(logging.INFO, "taskiq_batching")
     async with running(path):
-        # It bounds what one worker holds open: buffered per worker there.
-        assert per_worker(path, caplog, "bounded") == path.waits_in_broker
         first = [await bounded.kiq(n) for n in (1, 11, 2)]
         await settled(path, 3, "bounded")  # keys 1 (1, 11) and 2 (2) open
         third = await bounded.kiq(3)
@@ -88,6 +86,8 @@ async def test_a_new_key_past_max_keys_flushes_the_oldest(
         path.batching.flush()
         assert await outcome(first[2]) == ["manual", [2]]
         assert await outcome(third) == ["manual", [3]]
+    # It bounds what one worker holds open: buffered per worker there.
+    assert per_worker(path, caplog, "bounded") == path.waits_in_broker
 
 
 async def test_a_cost_budget_splits_batches_and_an_oversized_item_runs_alone(
@@ -150,9 +150,6 @@ async def test_a_timer_does_not_flush_below_min_size_until_max_wait(
     monkeypatch.setattr(batcher.rules, "_timer", timer_fired)
     caplog.set_level(logging.INFO, "taskiq_batching")
     async with running(path):
-        # batch_min_size is about one worker's buffer: with wait_in_broker
-        # the task is buffered per worker, and says so (docs/fleet.md).
-        assert per_worker(path, caplog, "patient") == path.waits_in_broker
         tasks = [await patient.kiq(n) for n in (1, 2)]
         # Its batch_timeout passes; the timer holds it back.
         await asyncio.wait_for(fired.wait(), 20)
@@ -160,6 +157,9 @@ async def test_a_timer_does_not_flush_below_min_size_until_max_wait(
         assert [buffer.overdue for buffer in batcher.buffers.values()] == [True]
         tasks.append(await patient.kiq(3))  # reaches min_size: due at once
         assert [await outcome(task) for task in tasks] == [["timeout", [1, 2, 3]]] * 3
+    # batch_min_size is about one worker's buffer: with wait_in_broker the
+    # task is buffered per worker, and the worker said so (docs/fleet.md).
+    assert per_worker(path, caplog, "patient") == path.waits_in_broker
 
 
 async def test_max_wait_flushes_a_buffer_below_min_size(path: Path) -> None:
