@@ -192,6 +192,8 @@ class Lifecycle:
         transport = self.transport
         if delivery is None or delivery.handle is None or transport is None:
             return None
+        if not transport.acknowledges:  # a list's taken message: nothing to ack
+            return None
         return MessageAck(transport, delivery)
 
     async def _pre_execute(
