@@ -29,7 +29,9 @@ class Delivery:
 
     :param data: the message's bytes.
     :param handle: what acking or releasing it takes (a stream entry, an
-        AMQP delivery tag, an ack callable...); None when it has no ack.
+        AMQP delivery tag, an ack callable...); None when it has no ack. A
+        handle whose ``needs_ack`` is False is released, never acked (a
+        message taken from a Redis list has no ack, as one read).
     :param original: what the broker's own listener yielded, handed to
         taskiq's Receiver as it is (generic transport only).
     :param sent_at: when the message was sent (epoch seconds, the broker's or

@@ -112,7 +112,8 @@ class StreamBatches(RedisBatches):
             if handle in in_use:
                 continue  # ours, still in use (claimed back after a stall)
             in_use.add(handle)
-            found.append(Delivery(data, handle))
+            # A remainder left open here times out from the send (flush.py).
+            found.append(Delivery(data, handle, sent_at=handle.sent_ms / 1000))
         return found
 
     # --- moving messages in: sending, forwarding, giving back -----------

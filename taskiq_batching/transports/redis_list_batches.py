@@ -17,7 +17,7 @@ messages back at the head end with their time (``give_back``).
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from taskiq import BrokerMessage
 
@@ -47,6 +47,8 @@ class ListEntry:
     names: TaskStreams
     key: str
     sent_ms: int
+    #: A list forgets what it pops: nothing to ack (``Delivery.handle``).
+    needs_ack: ClassVar[bool] = False
 
 
 def _as_bytes(value: Any) -> bytes:
@@ -89,7 +91,10 @@ class ListBatches(RedisBatches):
         found: list[Delivery] = []
         for value in entries:
             sent_ms, data = element_of(value)
-            found.append(Delivery(data, ListEntry(names, key, sent_ms or 0)))
+            sent_at = None if sent_ms is None else sent_ms / 1000
+            found.append(
+                Delivery(data, ListEntry(names, key, sent_ms or 0), sent_at=sent_at)
+            )
         return found
 
     async def send(

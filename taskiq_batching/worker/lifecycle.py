@@ -192,8 +192,8 @@ class Lifecycle:
         transport = self.transport
         if delivery is None or delivery.handle is None or transport is None:
             return None
-        if not transport.acknowledges:  # a list's taken message: nothing to ack
-            return None
+        if getattr(delivery.handle, "needs_ack", True) is False:
+            return None  # a message taken from a list: read, it has no ack either
         return MessageAck(transport, delivery)
 
     async def _pre_execute(

@@ -49,6 +49,8 @@ class FakeSource:
     #: ``(task_name, room)`` of each take.
     takes: list[tuple[str, int]] = field(default_factory=list)
     take_times: list[float] = field(default_factory=list)
+    #: (task, what a short remainder lacked) per key of each take's needs.
+    needs: list[tuple[str, int]] = field(default_factory=list)
     idles: int = 0
     #: Acked task ids, in order.
     acked: list[str] = field(default_factory=list)
@@ -88,6 +90,8 @@ class FakeSource:
             await asyncio.sleep(self.reply_seconds)
         if self.error is not None:
             raise self.error
+        for need in (needs or {}).values():
+            self.needs.append((spec.task_name, need))
         return self._due(spec, room, loop.time(), needs or {})
 
     def _due(

@@ -16,6 +16,7 @@ from taskiq import TaskiqDepends
 from taskiq.receiver import Receiver
 
 from taskiq_batching import (
+    BatchArgumentError,
     BatchInfo,
     BatchingMiddleware,
     BatchItemError,
@@ -100,9 +101,11 @@ async def test_an_invalid_message_fails_alone(monkeypatch: pytest.MonkeyPatch) -
     async def batched(items: list[int]) -> None:
         seen.record(items)
 
+    # As a plugin producer sends them: the bad one waits with the good ones.
+    good = [await batched.kiq(1), await batched.kiq(3)]
+    bad = await batched.kiq("not a number")  # type: ignore[call-overload]
+    await preload(broker, source, batched.task_name)
     async with running_worker(broker):
-        good = [await batched.kiq(1), await batched.kiq(3)]
-        bad = await batched.kiq("not a number")  # type: ignore[call-overload]
         failed = await bad.wait_result(timeout=5)
         # Its batch-mates wait for what they lack, as when read: the next
         # take asks for one message (docs/fleet.md).
@@ -113,6 +116,33 @@ async def test_an_invalid_message_fails_alone(monkeypatch: pytest.MonkeyPatch) -
     assert failed.is_err
     assert isinstance(failed.error, BatchItemError)
     assert sorted(source.acked) == sorted(t.task_id for t in [*good, bad])
+    assert ("tests.unit.worker.test_taking:batched", 1) in source.needs
+
+
+async def test_a_message_read_that_would_fail_is_not_forwarded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    source = FakeSource()
+    forwarder = FakeForwarder(source)
+    use_source(monkeypatch, source, forwarder)
+    broker = queue_broker()
+    seen = Recorder()
+
+    @batch_task(broker, batch_size=2, batch_timeout=3600)
+    async def batched(items: list[int], tenant: str = "a") -> None:
+        seen.record(items)
+
+    async with running_worker(broker):
+        bad = await batched.kiq(1, junk=1)  # type: ignore[call-overload]
+        failed = await bad.wait_result(timeout=5)
+        good = [await batched.kiq(2), await batched.kiq(3)]
+        for task in good:
+            assert not (await task.wait_result(timeout=5)).is_err
+    # Alone under its own key it would have waited for batch-mates: it
+    # failed where it was read, at once.
+    assert isinstance(failed.error, BatchArgumentError)
+    assert forwarder.forwarded == 2
+    assert seen.batches == [[2, 3]]
 
 
 async def test_batch_max_keys_bounds_the_keys_running_at_once(
