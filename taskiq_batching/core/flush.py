@@ -23,10 +23,7 @@
 * ``deadline``: an item's ``batch_deadline`` is due: its batch starts now.
 
 A batch taken whole from the broker (``wait_in_broker``) goes through
-these rules message by message; what is left of it flushes at once with
-the broker's reason when that is a deadline (``timeout``, counted from
-the send, or ``deadline``), and stays open when it was taken full but
-lost messages to rejection or ``batch_where`` (``flush_taken``).
+these rules message by message; then ``flush_taken``.
 
 ``batch_min_size`` holds back a timer: a buffer below it is not flushed
 by ``batch_timeout`` but by ``batch_max_wait`` (every other reason still
@@ -253,14 +250,10 @@ class FlushRules:
     ) -> list[tuple[tuple[str, Hashable], Held]]:
         """Flush the buffers that messages of due taken batches landed in.
 
-        A batch taken from the broker is accepted message by message like
-        any other, so the rules above (size, cost, bytes, keys, deadline)
-        have split it already. What is left of a batch taken by its
-        deadline (``timeout``, ``deadline``) runs at once, with that
-        reason. What is left of one taken full (``size``) is short only if
-        some of its messages were rejected or filtered: it stays open, its
-        timer running from its oldest send, for the worker to take what it
-        lacks (``worker/taking.py``).
+        The rules above split it already, message by message. What is left
+        of a batch taken by a deadline (``timeout``, ``deadline``) runs at
+        once; what is left of one taken full lost messages (rejected,
+        filtered): it stays open for what it lacks (``worker/taken.py``).
 
         :param taken: each message held and its batch's reason.
         :return: the buffers left open, each with one of its taken messages.
