@@ -44,9 +44,10 @@ from types import FrameType
 from typing import Any
 
 from redis.asyncio import Redis
+from taskiq.kicker import AsyncKicker
 
 from bench.brokers import AmqpQueue, NatsConsumer, unreachable
-from bench.fleet_app import BROKERS, FleetSettings, build
+from bench.fleet_app import BROKERS, TASK_NAME, FleetSettings, build
 from bench.fleet_report import markdown, row_line
 from bench.measure import count_existing, delete_prefix, percentile
 from bench.procs import ROOT, started, taskiq_worker_argv
@@ -57,7 +58,9 @@ TICK = 0.01
 #: Seconds between two polls for results.
 POLL = 0.1
 #: The paths ``--paths`` chooses from: ``wait_in_broker`` of each.
-PATHS = {"today": False, "wait": True}
+#: ``wait-plain``: the workers wait in the broker, the producer is a plain
+#: taskiq kicker (no plugin), so the workers forward every message.
+PATHS = {"today": False, "wait": True, "wait-plain": True}
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -70,7 +73,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--batch-timeout", type=float, default=0.5)
     parser.add_argument("--slack-ms", type=float, default=50.0)
     parser.add_argument(
-        "--paths", default="today,wait", help="today (per-worker buffers), wait"
+        "--paths",
+        default="today,wait",
+        help="today (per-worker buffers), wait, wait-plain (wait, sent by a "
+        "plain taskiq kicker: the workers forward)",
     )
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     return parser.parse_args(argv)
@@ -110,7 +116,7 @@ def summarize(
     }
 
 
-async def send(task: Any, rate: float, duration: float) -> tuple[list[str], float]:
+async def send(kiq: Any, rate: float, duration: float) -> tuple[list[str], float]:
     """Send ``rate`` msg/s for ``duration`` s; the task_ids and the rate sent.
 
     Every ``TICK`` the messages due by then go out concurrently, so a slow
@@ -121,7 +127,7 @@ async def send(task: Any, rate: float, duration: float) -> tuple[list[str], floa
     total = int(rate * duration)
     while len(ids) < total:
         due = min(total, int((time.monotonic() - began) * rate) + 1) - len(ids)
-        sent = await asyncio.gather(*(task.kiq(time.time()) for _ in range(due)))
+        sent = await asyncio.gather(*(kiq(time.time()) for _ in range(due)))
         ids.extend(one.task_id for one in sent)
         await asyncio.sleep(TICK)
     elapsed = time.monotonic() - began
@@ -167,16 +173,23 @@ async def wait_ready(redis: Redis, s: FleetSettings, workers: int, proc: Any) ->
 
 
 async def measure(
-    redis: Redis, s: FleetSettings, workers: int, rate: float, args: Any, log: Path
+    redis: Redis,
+    s: FleetSettings,
+    workers: int,
+    rate: float,
+    args: Any,
+    log: Path,
+    plain: bool = False,
 ) -> dict[str, Any]:
-    """One fleet: start it, send, wait for every result, summarize."""
+    """One fleet: start it, send (``plain``: with taskiq's own kicker), summarize."""
     app = build(s)
+    kiq = AsyncKicker(TASK_NAME, app.broker, {}).kiq if plain else app.task.kiq
     argv = taskiq_worker_argv("bench.fleet_app:broker", workers)
     with started(argv, s.to_env(), log, f"{s.broker}-{workers}") as proc:
         await wait_ready(redis, s, workers, proc)
         await app.broker.startup()
         try:
-            ids, sent_rate = await send(app.task, rate, args.duration)
+            ids, sent_rate = await send(kiq, rate, args.duration)
             keys = [f"{s.queue}:{task_id}" for task_id in ids]
             timeout = 60 + 10 * s.batch_timeout
             await wait_results(redis, keys, timeout, proc.alive)
@@ -196,9 +209,10 @@ async def cleanup(redis: Redis, s: FleetSettings) -> None:
         await queue.open()
         await queue.close()
     elif s.broker == "nats":
-        consumer = NatsConsumer(s.queue)
-        await consumer.open()
-        await consumer.close()
+        for stream in (s.queue, f"{s.queue}-batch"):  # where batches waited
+            consumer = NatsConsumer(stream)
+            await consumer.open()
+            await consumer.close()
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -241,7 +255,8 @@ async def _line(
     _log(f"{name} ...")
     try:
         log = args.out / run_id / f"{name}.log"
-        row = await measure(redis, s, workers, rate, args, log)
+        plain = path == "wait-plain"
+        row = await measure(redis, s, workers, rate, args, log, plain)
     except Exception as exc:  # reported, the others go on
         errors.append(f"{name}: {exc!r}")
         _log(f"  FAILED: {exc!r}")

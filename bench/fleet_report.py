@@ -12,6 +12,10 @@ SIDE_BY_SIDE = (
 )
 
 
+#: Columns of the ``wait-plain`` path (a plain kicker: the workers forward).
+PLAIN_COLUMNS = " fill wait-plain | p50/p99 ms wait-plain |"
+
+
 def row_line(row: dict[str, Any]) -> str:
     """One line of the detailed table (a broker, N, rate and path)."""
     if not row.get("messages"):
@@ -37,13 +41,19 @@ def side_by_side(rows: list[dict[str, Any]]) -> list[str]:
         lines.setdefault(line, {})[row.get("path", "today")] = row
     if not any(len(paths) > 1 for paths in lines.values()):
         return []
-    out = [SIDE_BY_SIDE, "|" + "---|" * (SIDE_BY_SIDE.count("|") - 1)]
+    plain = any("wait-plain" in paths for paths in lines.values())
+    head = SIDE_BY_SIDE + (PLAIN_COLUMNS if plain else "")
+    out = [head, "|" + "---|" * (head.count("|") - 1)]
     for (broker, rate, workers), paths in lines.items():
         today, wait = paths.get("today", {}), paths.get("wait", {})
-        out.append(
+        text = (
             f"| {broker} | {rate:,.0f} | {workers} | {_fill(today)} "
             f"| {_fill(wait)} | {_waits(today)} | {_waits(wait)} |"
         )
+        if plain:
+            forwarded = paths.get("wait-plain", {})
+            text += f" {_fill(forwarded)} | {_waits(forwarded)} |"
+        out.append(text)
     return out
 
 
@@ -75,7 +85,8 @@ def markdown(raw: dict[str, Any]) -> str:
         f"{opts['batch_timeout']} s, {opts['duration']} s of sending per line; "
         f"late = waits above batch_timeout + {opts['slack_ms']} ms; "
         "ideal from the rate sent; procs = worker processes that ran batches; "
-        "path today = per-worker buffers, wait = batches wait in the broker.",
+        "path today = per-worker buffers, wait = batches wait in the broker, "
+        "wait-plain = the same sent by a plain taskiq kicker (forwarded).",
         "",
     ]
     table = side_by_side(raw["rows"])
