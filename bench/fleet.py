@@ -14,13 +14,17 @@ from which, once every result is in:
 * ideal = min(batch_size, rate * batch_timeout), with the rate actually
   sent; fill = mean batch / ideal;
 * wait = batch start - send time, p50/p99/max in ms, and ``late``: the
-  messages whose wait exceeds batch_timeout + ``--slack-ms``.
+  messages whose wait exceeds batch_timeout + ``--slack-ms``;
+* worker cpu s = CPU seconds of the fleet's processes from the first send
+  to the last result (``/proc``).
 
-``--paths`` runs each line twice in one run: ``today`` (each worker reads
-and buffers, ``BatchingMiddleware(wait_in_broker=False)``) and ``wait``
-(batches wait in the broker where its transport can, ``wait_in_broker=True``);
-the report then puts fill and p50/p99 send → batch start of both side by
-side per broker, rate and N.
+``--paths`` runs each line once per path in one run: ``today`` (each worker
+reads and buffers, ``BatchingMiddleware(wait_in_broker=False)``), ``wait``
+(batches wait in the broker where its transport can, ``wait_in_broker=True``)
+and ``wait-plain`` (the same workers, but a plain taskiq kicker sends: the
+messages land on the main queue and the workers forward them); the report
+then puts fill and p50/p99 send → batch start side by side per broker, rate
+and N.
 
 Every run has queue names of its own (``tbbench-fleet-<run>-...``), deleted
 after it; the worker's process group is killed after each run, on error
@@ -48,8 +52,8 @@ from taskiq.kicker import AsyncKicker
 
 from bench.brokers import AmqpQueue, NatsConsumer, unreachable
 from bench.fleet_app import BROKERS, TASK_NAME, FleetSettings, build
-from bench.fleet_report import markdown, row_line
-from bench.measure import count_existing, delete_prefix, percentile
+from bench.fleet_report import markdown, row_line, summarize
+from bench.measure import count_existing, delete_prefix
 from bench.procs import ROOT, started, taskiq_worker_argv
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
@@ -80,40 +84,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     return parser.parse_args(argv)
-
-
-def summarize(
-    records: list[list[float]],
-    batch_size: int,
-    batch_timeout: float,
-    rate: float,
-    slack: float,
-) -> dict[str, float]:
-    """Fill and wait figures from per-message ``[sent, size, start, pid]``.
-
-    :param records: one per message, as the batch function returned it.
-    :param rate: messages per second actually sent.
-    :param slack: seconds a wait may exceed ``batch_timeout`` unreported.
-    """
-    if not records:
-        return {"messages": 0}
-    batches = sum(1 / size for _, size, _, _ in records)
-    mean = len(records) / batches
-    ideal = min(float(batch_size), rate * batch_timeout)
-    waits = [(start - sent) * 1000 for sent, _, start, _ in records]
-    bound = (batch_timeout + slack) * 1000
-    return {
-        "messages": len(records),
-        "batches": batches,
-        "mean_batch": mean,
-        "ideal": ideal,
-        "fill": mean / ideal if ideal else 0.0,
-        "p50_ms": percentile(waits, 0.5),
-        "p99_ms": percentile(waits, 0.99),
-        "max_ms": max(waits),
-        "late": sum(wait > bound for wait in waits),
-        "procs": len({pid for *_, pid in records}),
-    }
 
 
 async def send(kiq: Any, rate: float, duration: float) -> tuple[list[str], float]:
@@ -189,16 +159,24 @@ async def measure(
         await wait_ready(redis, s, workers, proc)
         await app.broker.startup()
         try:
+            cpu_before = proc.cpu_seconds()
             ids, sent_rate = await send(kiq, rate, args.duration)
             keys = [f"{s.queue}:{task_id}" for task_id in ids]
             timeout = 60 + 10 * s.batch_timeout
             await wait_results(redis, keys, timeout, proc.alive)
+            cpu_seconds = proc.cpu_seconds() - cpu_before
             records, errors = await fetch(app.broker.result_backend, ids)
         finally:
             await app.broker.shutdown()
     slack = args.slack_ms / 1000
     figures = summarize(records, s.batch_size, s.batch_timeout, sent_rate, slack)
-    return {**figures, "rate": rate, "sent_rate": sent_rate, "errors": errors}
+    return {
+        **figures,
+        "rate": rate,
+        "sent_rate": sent_rate,
+        "errors": errors,
+        "cpu_s": cpu_seconds,
+    }
 
 
 async def cleanup(redis: Redis, s: FleetSettings) -> None:

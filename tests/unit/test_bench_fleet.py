@@ -4,9 +4,9 @@ from typing import Any
 
 import pytest
 
-from bench.fleet import PATHS, summarize
+from bench.fleet import PATHS
 from bench.fleet_app import FleetSettings
-from bench.fleet_report import markdown, side_by_side
+from bench.fleet_report import markdown, side_by_side, summarize
 
 
 def batch(size: int, sent: float, start: float, pid: int) -> list[list[float]]:
