@@ -80,6 +80,7 @@ class NatsBatchSender:
     def __init__(self, broker: Any) -> None:
         self.broker = broker
         self._stream_ready = False
+        self._lock = asyncio.Lock()  # concurrent first sends make it once
 
     def serves(self, spec: BatchSpec) -> bool:
         """Every batched task: a worker that waits in the broker reads them all."""
@@ -101,8 +102,10 @@ class NatsBatchSender:
         :raises SendManyError: (``once``) some messages were not sent.
         """
         if not self._stream_ready:
-            await ensure_batch_stream(self.broker)
-            self._stream_ready = True
+            async with self._lock:
+                if not self._stream_ready:
+                    await ensure_batch_stream(self.broker)
+                    self._stream_ready = True
         subject = batch_subject(self.broker, spec.task_name)
         if not once:
             for message in messages:
