@@ -14,13 +14,17 @@ from which, once every result is in:
 * ideal = min(batch_size, rate * batch_timeout), with the rate actually
   sent; fill = mean batch / ideal;
 * wait = batch start - send time, p50/p99/max in ms, and ``late``: the
-  messages whose wait exceeds batch_timeout + ``--slack-ms``.
+  messages whose wait exceeds batch_timeout + ``--slack-ms``;
+* worker cpu s = CPU seconds of the fleet's processes from the first send
+  to the last result (``/proc``).
 
-``--paths`` runs each line twice in one run: ``today`` (each worker reads
-and buffers, ``BatchingMiddleware(wait_in_broker=False)``) and ``wait``
-(batches wait in the broker where its transport can, ``wait_in_broker=True``);
-the report then puts fill and p50/p99 send → batch start of both side by
-side per broker, rate and N.
+``--paths`` runs each line once per path in one run: ``today`` (each worker
+reads and buffers, ``BatchingMiddleware(wait_in_broker=False)``), ``wait``
+(batches wait in the broker where its transport can, ``wait_in_broker=True``)
+and ``wait-plain`` (the same workers, but a plain taskiq kicker sends: the
+messages land on the main queue and the workers forward them); the report
+then puts fill and p50/p99 send → batch start side by side per broker, rate
+and N.
 
 Every run has queue names of its own (``tbbench-fleet-<run>-...``), deleted
 after it; the worker's process group is killed after each run, on error
@@ -44,11 +48,12 @@ from types import FrameType
 from typing import Any
 
 from redis.asyncio import Redis
+from taskiq.kicker import AsyncKicker
 
 from bench.brokers import AmqpQueue, NatsConsumer, unreachable
-from bench.fleet_app import BROKERS, FleetSettings, build
-from bench.fleet_report import markdown, row_line
-from bench.measure import count_existing, delete_prefix, percentile
+from bench.fleet_app import BROKERS, TASK_NAME, FleetSettings, build
+from bench.fleet_report import markdown, row_line, summarize
+from bench.measure import count_existing, delete_prefix
 from bench.procs import ROOT, started, taskiq_worker_argv
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
@@ -57,7 +62,9 @@ TICK = 0.01
 #: Seconds between two polls for results.
 POLL = 0.1
 #: The paths ``--paths`` chooses from: ``wait_in_broker`` of each.
-PATHS = {"today": False, "wait": True}
+#: ``wait-plain``: the workers wait in the broker, the producer is a plain
+#: taskiq kicker (no plugin), so the workers forward every message.
+PATHS = {"today": False, "wait": True, "wait-plain": True}
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -70,47 +77,16 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--batch-timeout", type=float, default=0.5)
     parser.add_argument("--slack-ms", type=float, default=50.0)
     parser.add_argument(
-        "--paths", default="today,wait", help="today (per-worker buffers), wait"
+        "--paths",
+        default="today,wait",
+        help="today (per-worker buffers), wait, wait-plain (wait, sent by a "
+        "plain taskiq kicker: the workers forward)",
     )
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     return parser.parse_args(argv)
 
 
-def summarize(
-    records: list[list[float]],
-    batch_size: int,
-    batch_timeout: float,
-    rate: float,
-    slack: float,
-) -> dict[str, float]:
-    """Fill and wait figures from per-message ``[sent, size, start, pid]``.
-
-    :param records: one per message, as the batch function returned it.
-    :param rate: messages per second actually sent.
-    :param slack: seconds a wait may exceed ``batch_timeout`` unreported.
-    """
-    if not records:
-        return {"messages": 0}
-    batches = sum(1 / size for _, size, _, _ in records)
-    mean = len(records) / batches
-    ideal = min(float(batch_size), rate * batch_timeout)
-    waits = [(start - sent) * 1000 for sent, _, start, _ in records]
-    bound = (batch_timeout + slack) * 1000
-    return {
-        "messages": len(records),
-        "batches": batches,
-        "mean_batch": mean,
-        "ideal": ideal,
-        "fill": mean / ideal if ideal else 0.0,
-        "p50_ms": percentile(waits, 0.5),
-        "p99_ms": percentile(waits, 0.99),
-        "max_ms": max(waits),
-        "late": sum(wait > bound for wait in waits),
-        "procs": len({pid for *_, pid in records}),
-    }
-
-
-async def send(task: Any, rate: float, duration: float) -> tuple[list[str], float]:
+async def send(kiq: Any, rate: float, duration: float) -> tuple[list[str], float]:
     """Send ``rate`` msg/s for ``duration`` s; the task_ids and the rate sent.
 
     Every ``TICK`` the messages due by then go out concurrently, so a slow
@@ -121,7 +97,7 @@ async def send(task: Any, rate: float, duration: float) -> tuple[list[str], floa
     total = int(rate * duration)
     while len(ids) < total:
         due = min(total, int((time.monotonic() - began) * rate) + 1) - len(ids)
-        sent = await asyncio.gather(*(task.kiq(time.time()) for _ in range(due)))
+        sent = await asyncio.gather(*(kiq(time.time()) for _ in range(due)))
         ids.extend(one.task_id for one in sent)
         await asyncio.sleep(TICK)
     elapsed = time.monotonic() - began
@@ -167,25 +143,40 @@ async def wait_ready(redis: Redis, s: FleetSettings, workers: int, proc: Any) ->
 
 
 async def measure(
-    redis: Redis, s: FleetSettings, workers: int, rate: float, args: Any, log: Path
+    redis: Redis,
+    s: FleetSettings,
+    workers: int,
+    rate: float,
+    args: Any,
+    log: Path,
+    plain: bool = False,
 ) -> dict[str, Any]:
-    """One fleet: start it, send, wait for every result, summarize."""
+    """One fleet: start it, send (``plain``: with taskiq's own kicker), summarize."""
     app = build(s)
+    kiq = AsyncKicker(TASK_NAME, app.broker, {}).kiq if plain else app.task.kiq
     argv = taskiq_worker_argv("bench.fleet_app:broker", workers)
     with started(argv, s.to_env(), log, f"{s.broker}-{workers}") as proc:
         await wait_ready(redis, s, workers, proc)
         await app.broker.startup()
         try:
-            ids, sent_rate = await send(app.task, rate, args.duration)
+            cpu_before = proc.cpu_seconds()
+            ids, sent_rate = await send(kiq, rate, args.duration)
             keys = [f"{s.queue}:{task_id}" for task_id in ids]
             timeout = 60 + 10 * s.batch_timeout
             await wait_results(redis, keys, timeout, proc.alive)
+            cpu_seconds = proc.cpu_seconds() - cpu_before
             records, errors = await fetch(app.broker.result_backend, ids)
         finally:
             await app.broker.shutdown()
     slack = args.slack_ms / 1000
     figures = summarize(records, s.batch_size, s.batch_timeout, sent_rate, slack)
-    return {**figures, "rate": rate, "sent_rate": sent_rate, "errors": errors}
+    return {
+        **figures,
+        "rate": rate,
+        "sent_rate": sent_rate,
+        "errors": errors,
+        "cpu_s": cpu_seconds,
+    }
 
 
 async def cleanup(redis: Redis, s: FleetSettings) -> None:
@@ -196,9 +187,10 @@ async def cleanup(redis: Redis, s: FleetSettings) -> None:
         await queue.open()
         await queue.close()
     elif s.broker == "nats":
-        consumer = NatsConsumer(s.queue)
-        await consumer.open()
-        await consumer.close()
+        for stream in (s.queue, f"{s.queue}-batch"):  # where batches waited
+            consumer = NatsConsumer(stream)
+            await consumer.open()
+            await consumer.close()
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -241,7 +233,8 @@ async def _line(
     _log(f"{name} ...")
     try:
         log = args.out / run_id / f"{name}.log"
-        row = await measure(redis, s, workers, rate, args, log)
+        plain = path == "wait-plain"
+        row = await measure(redis, s, workers, rate, args, log, plain)
     except Exception as exc:  # reported, the others go on
         errors.append(f"{name}: {exc!r}")
         _log(f"  FAILED: {exc!r}")

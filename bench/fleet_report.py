@@ -1,15 +1,55 @@
-"""The report of ``python -m bench.fleet``: markdown tables of its rows."""
+"""The figures and report of ``python -m bench.fleet``: markdown tables of its rows."""
 
 from typing import Any
 
+from bench.measure import percentile
+
 COLUMNS = (
     "| broker | N | rate | mean batch | ideal | fill | p50 ms | p99 ms "
-    "| max ms | late | procs | messages | path |"
+    "| max ms | late | procs | worker cpu s | messages | path |"
 )
 SIDE_BY_SIDE = (
     "| broker | rate | N | fill today | fill wait | p50/p99 ms today "
     "| p50/p99 ms wait |"
 )
+
+
+#: Columns of the ``wait-plain`` path (a plain kicker: the workers forward).
+PLAIN_COLUMNS = " fill wait-plain | p50/p99 ms wait-plain |"
+
+
+def summarize(
+    records: list[list[float]],
+    batch_size: int,
+    batch_timeout: float,
+    rate: float,
+    slack: float,
+) -> dict[str, float]:
+    """Fill and wait figures from per-message ``[sent, size, start, pid]``.
+
+    :param records: one per message, as the batch function returned it.
+    :param rate: messages per second actually sent.
+    :param slack: seconds a wait may exceed ``batch_timeout`` unreported.
+    """
+    if not records:
+        return {"messages": 0}
+    batches = sum(1 / size for _, size, _, _ in records)
+    mean = len(records) / batches
+    ideal = min(float(batch_size), rate * batch_timeout)
+    waits = [(start - sent) * 1000 for sent, _, start, _ in records]
+    bound = (batch_timeout + slack) * 1000
+    return {
+        "messages": len(records),
+        "batches": batches,
+        "mean_batch": mean,
+        "ideal": ideal,
+        "fill": mean / ideal if ideal else 0.0,
+        "p50_ms": percentile(waits, 0.5),
+        "p99_ms": percentile(waits, 0.99),
+        "max_ms": max(waits),
+        "late": sum(wait > bound for wait in waits),
+        "procs": len({pid for *_, pid in records}),
+    }
 
 
 def row_line(row: dict[str, Any]) -> str:
@@ -20,7 +60,7 @@ def row_line(row: dict[str, Any]) -> str:
         f"| {row['broker']} | {row['workers']} | {_rate(row)} "
         f"| {row['mean_batch']:.1f} | {row['ideal']:.0f} | {row['fill']:.2f} "
         f"| {row['p50_ms']:.0f} | {row['p99_ms']:.0f} | {row['max_ms']:.0f} "
-        f"| {row['late']} | {row['procs']} | {row['messages']:,} "
+        f"| {row['late']} | {row['procs']} | {_cpu(row)} | {row['messages']:,} "
         f"| {row.get('path', 'today')} |"
     )
 
@@ -37,13 +77,19 @@ def side_by_side(rows: list[dict[str, Any]]) -> list[str]:
         lines.setdefault(line, {})[row.get("path", "today")] = row
     if not any(len(paths) > 1 for paths in lines.values()):
         return []
-    out = [SIDE_BY_SIDE, "|" + "---|" * (SIDE_BY_SIDE.count("|") - 1)]
+    plain = any("wait-plain" in paths for paths in lines.values())
+    head = SIDE_BY_SIDE + (PLAIN_COLUMNS if plain else "")
+    out = [head, "|" + "---|" * (head.count("|") - 1)]
     for (broker, rate, workers), paths in lines.items():
         today, wait = paths.get("today", {}), paths.get("wait", {})
-        out.append(
+        text = (
             f"| {broker} | {rate:,.0f} | {workers} | {_fill(today)} "
             f"| {_fill(wait)} | {_waits(today)} | {_waits(wait)} |"
         )
+        if plain:
+            forwarded = paths.get("wait-plain", {})
+            text += f" {_fill(forwarded)} | {_waits(forwarded)} |"
+        out.append(text)
     return out
 
 
@@ -55,6 +101,11 @@ def _waits(row: dict[str, Any]) -> str:
     if not row.get("messages"):
         return "—"
     return f"{row['p50_ms']:.0f} / {row['p99_ms']:.0f}"
+
+
+def _cpu(row: dict[str, Any]) -> str:
+    """CPU seconds the fleet's processes used from the first send to the last result."""
+    return f"{row['cpu_s']:.1f}" if "cpu_s" in row else "—"
 
 
 def _rate(row: dict[str, Any]) -> str:
@@ -75,7 +126,10 @@ def markdown(raw: dict[str, Any]) -> str:
         f"{opts['batch_timeout']} s, {opts['duration']} s of sending per line; "
         f"late = waits above batch_timeout + {opts['slack_ms']} ms; "
         "ideal from the rate sent; procs = worker processes that ran batches; "
-        "path today = per-worker buffers, wait = batches wait in the broker.",
+        "worker cpu s = the fleet's CPU seconds from the first send to the "
+        "last result; "
+        "path today = per-worker buffers, wait = batches wait in the broker, "
+        "wait-plain = the same sent by a plain taskiq kicker (forwarded).",
         "",
     ]
     table = side_by_side(raw["rows"])

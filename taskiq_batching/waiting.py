@@ -1,22 +1,22 @@
 """Sending a batched task's messages to where they wait in the broker.
 
 With ``BatchingMiddleware(wait_in_broker=True)`` on a broker whose
-transport has a ``batches`` source that can send (taskiq-redis's stream
-and list brokers, ``transports/redis_batches.py`` and
-``transports/redis_list_batches.py``), ``kiq`` and ``kiq_many`` of a
-batched task put its messages in the task's own queue, per key
-(``core/broker_keys.py``), where workers take whole batches. The
+transport has a ``batch_sender`` (taskiq-redis's stream and list brokers,
+``transports/redis_batches.py`` and ``transports/redis_list_batches.py``;
+taskiq-nats's pull broker, ``transports/nats_send.py``), ``kiq`` and
+``kiq_many`` of a batched task put its messages in the task's own queue
+(per key on Redis, ``core/broker_keys.py``), where workers take whole
+batches. The
 messages are the same bytes taskiq would send; only where they go
 changes. A message for another queue (a ``queue_name`` label) goes the
 plain way, as does everything without the switch.
 """
 
 import weakref
-from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import TypeAdapter
-from taskiq import AsyncBroker, AsyncTaskiqTask, BrokerMessage, TaskiqMessage
+from taskiq import AsyncBroker, AsyncTaskiqTask, TaskiqMessage
 from taskiq.exceptions import SendTaskError
 from taskiq.kicker import AsyncKicker
 from taskiq.utils import maybe_awaitable
@@ -25,7 +25,7 @@ from taskiq_batching._compat import overrides, prepare_message
 from taskiq_batching.core.broker_keys import broker_key
 from taskiq_batching.errors import SendManyError
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports import Transport, transport_for
+from taskiq_batching.transports import BatchSender, Transport, transport_for
 
 #: The JSON form of a message's arguments, as taskiq's formatter writes it.
 _JSON_ARGS = TypeAdapter(list[Any], config=TaskiqMessage.model_config)
@@ -35,25 +35,6 @@ _JSON_KWARGS = TypeAdapter(dict[str, Any], config=TaskiqMessage.model_config)
 _senders: "weakref.WeakKeyDictionary[AsyncBroker, Transport]" = (
     weakref.WeakKeyDictionary()
 )
-
-
-class WaitingSender(Protocol):
-    """A ``batches`` source that sends messages to where they wait."""
-
-    async def send(
-        self,
-        spec: BatchSpec,
-        messages: Sequence[BrokerMessage],
-        keys: Sequence[str],
-        once: bool,
-    ) -> None:
-        """Send one task's messages, each to its key's queue.
-
-        :param spec: the batched task.
-        :param messages: its messages, in order.
-        :param keys: each message's ``broker_key``.
-        :param once: each at most once, whatever retries the send.
-        """
 
 
 def opted_in(broker: AsyncBroker) -> bool:
@@ -90,19 +71,17 @@ def drop_sender(broker: AsyncBroker) -> Transport | None:
     return _senders.pop(broker, None)
 
 
-def waiting_sender(broker: AsyncBroker, spec: BatchSpec | None) -> Any:
+def waiting_sender(broker: AsyncBroker, spec: BatchSpec | None) -> BatchSender | None:
     """Where a batched task's messages wait in this broker, if they do.
 
     :param broker: the broker.
     :param spec: the task's spec (None: not a batched task).
-    :return: the source that sends there, or None (send the plain way).
+    :return: the transport's ``batch_sender``, or None (send the plain way).
     """
     if spec is None or not opted_in(broker):
         return None
-    source = sender(broker).batches
-    if source is None or not callable(getattr(source, "send", None)):
-        return None
-    return source if source.serves(spec) else None
+    found: BatchSender | None = getattr(sender(broker), "batch_sender", None)
+    return found if found is not None and found.serves(spec) else None
 
 
 def routed(broker: AsyncBroker, labels: dict[str, Any]) -> bool:
@@ -135,7 +114,7 @@ def key_of(spec: BatchSpec, item: Any, args_after: Any, kwargs: Any) -> str:
 
 async def kiq_waiting(
     kicker: AsyncKicker[Any, Any],
-    source: WaitingSender,
+    source: BatchSender,
     spec: BatchSpec,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],

@@ -21,6 +21,7 @@ from taskiq import AckableMessage, AsyncBroker, AsyncResultBackend
 
 from taskiq_batching.transports.base import (
     SENT_AT_LABEL,
+    BatchSender,
     BatchSource,
     Delivery,
     Forwarder,
@@ -32,6 +33,7 @@ from taskiq_batching.transports.base import (
 from taskiq_batching.transports.generic import GenericResults, GenericTransport
 
 __all__ = [
+    "BatchSender",
     "BatchSource",
     "Delivery",
     "Forwarder",

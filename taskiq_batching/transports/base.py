@@ -265,6 +265,35 @@ class Owning(Protocol):
         """Close what this transport opened (the broker shuts down)."""
 
 
+class BatchSender(Protocol):
+    """Sends a producer's messages of batched tasks to where their batches wait.
+
+    A transport that can exposes one as its ``batch_sender`` attribute
+    (``None`` or absent: ``kiq`` and ``kiq_many`` send the plain way); with
+    ``BatchingMiddleware(wait_in_broker=True)`` the producer routes a
+    batched task's messages through it (``waiting.py``).
+    """
+
+    def serves(self, spec: BatchSpec) -> bool:
+        """Whether this task's messages wait in the broker (else: sent plainly)."""
+
+    async def send(
+        self,
+        spec: BatchSpec,
+        messages: Sequence[BrokerMessage],
+        keys: Sequence[str],
+        once: bool,
+    ) -> None:
+        """Send one task's messages, each to where its key's batches wait.
+
+        :param spec: the batched task.
+        :param messages: its messages, in order.
+        :param keys: each message's ``broker_key``.
+        :param once: each at most once, whatever retries the send
+            (``kiq_many``: a failure raises ``SendManyError``).
+        """
+
+
 class Forwarder(Protocol):
     """Moves batched messages read on the main queue to where their task's batches wait.
 

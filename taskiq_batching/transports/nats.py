@@ -51,6 +51,7 @@ from taskiq_batching.transports.base import BatchSource, Delivery, finished_read
 from taskiq_batching.transports.generic import SEND_CONCURRENCY, kick_each
 from taskiq_batching.transports.nats_forward import Leases
 from taskiq_batching.transports.nats_pull import Pull, Unsettled
+from taskiq_batching.transports.nats_send import NatsBatchSender
 from taskiq_batching.transports.nats_settle import (
     ACK,
     IN_PROGRESS,
@@ -90,7 +91,8 @@ class NatsTransport:
 
     :param broker: the broker.
     :param wait_in_broker: batched tasks wait in the broker, read under a
-        lease per task (``nats_lease.py``): a fleet batches as one.
+        lease per task (``nats_lease.py``): a fleet batches as one; a
+        producer with the plugin publishes them there (``batch_sender``).
     """
 
     name = "nats-jetstream"
@@ -103,6 +105,8 @@ class NatsTransport:
     ) -> None:
         self.broker = broker
         self._leases = Leases(broker) if wait_in_broker else None
+        #: Where a producer's ``kiq``/``kiq_many`` of a batched task publish.
+        self.batch_sender = NatsBatchSender(broker) if wait_in_broker else None
         #: ``max_ack_pending`` of the consumer, known after the first read.
         self.max_ack_pending: int | None = None
         #: Unacked messages this process may hold now: ``max_ack_pending``,

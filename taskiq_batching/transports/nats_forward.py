@@ -5,7 +5,9 @@
 (``<durable>-b-<token>``, ``max_waiting=1``, ``max_ack_pending`` unbounded:
 each process holds at most one round), starts a ``LeaseReader`` per task,
 and moves batched messages read on the main consumer to their task's
-subject (see ``nats_lease.py``).
+subject (see ``nats_lease.py``): those a plain taskiq kicker sent there
+(a producer with the plugin publishes to the task's subject itself,
+``nats_send.py``).
 """
 
 import asyncio
@@ -13,13 +15,14 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy
+from nats.js.api import AckPolicy, ConsumerConfig
 
 from taskiq_batching.error_texts import describe
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import Delivery
 from taskiq_batching.transports.nats_lease import SENT_AT, LeaseReader, task_token
 from taskiq_batching.transports.nats_pull import Unsettled
+from taskiq_batching.transports.nats_send import batch_subject, ensure_batch_stream
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -43,7 +46,7 @@ class Leases:
 
     def subject_of(self, task_name: str) -> str:
         """Where a batched task's messages wait."""
-        return f"{self.broker.subject}.batch.{task_token(task_name)}"
+        return batch_subject(self.broker, task_name)
 
     async def start(
         self, ack_wait: float, pull_subject: str, sink: Callable[[Delivery], None]
@@ -56,14 +59,7 @@ class Leases:
         :param sink: called with each delivery a reader receives.
         """
         js = self.broker.js
-        stream = f"{self.broker.stream_name}-batch"
-        # A work queue: an acked message is gone (nothing piles up); each
-        # task's durable filters a subject of its own, as that asks.
-        await js.add_stream(
-            name=stream,
-            subjects=[f"{self.broker.subject}.batch.>"],
-            retention=RetentionPolicy.WORK_QUEUE,
-        )
+        stream = await ensure_batch_stream(self.broker)
         prefix = pull_subject.split(".CONSUMER.MSG.NEXT.")[0]
         for name, spec in self.specs.items():
             durable = f"{self.broker.durable}-b-{task_token(name)}"

@@ -25,7 +25,7 @@ from taskiq_redis import (
 )
 
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import BatchSource, Delivery
+from taskiq_batching.transports.base import BatchSender, BatchSource, Delivery
 from taskiq_batching.transports.generic import kick_each
 from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient
 from taskiq_batching.transports.redis_list_batches import ListBatches, ListEntry
@@ -90,6 +90,7 @@ class ListTransport:
         if wait_in_broker:
             self.list_batches = ListBatches(self.client, self.queue)
         self.batches: BatchSource | None = self.list_batches
+        self.batch_sender: BatchSender | None = self.list_batches
         #: Moves a plain producer's batched messages to their key lists (the
         #: worker's ``Forwarder``): stamped with the forward's time.
         self.forwarder: ListBatches | None = self.list_batches

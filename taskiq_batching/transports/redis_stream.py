@@ -45,7 +45,12 @@ from taskiq_redis import (
 )
 
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import BatchSource, Delivery, Forwarder
+from taskiq_batching.transports.base import (
+    BatchSender,
+    BatchSource,
+    Delivery,
+    Forwarder,
+)
 from taskiq_batching.transports.generic import kick_each
 from taskiq_batching.transports.redis_batches import StreamBatches, TaskEntry
 from taskiq_batching.transports.redis_batches_lua import ACK_DELETE
@@ -156,6 +161,7 @@ class StreamTransport:
                 start=lambda: self.holding.start(),
             )
         self.batches: BatchSource | None = self.stream_batches
+        self.batch_sender: BatchSender | None = self.stream_batches
         #: Moves a plain producer's batched messages to their key streams.
         self.forwarder: Forwarder | None = self.stream_batches
         #: Per stream, the last entry read: its id and its data.

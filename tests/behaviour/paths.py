@@ -272,8 +272,11 @@ async def open_path(
         if nats_url is not None and name == "nats":
             client = await nats.connect(nats_url)
             try:
-                with contextlib.suppress(NotFoundError):  # never started
-                    await client.jetstream().delete_stream(queue)
+                # The batch stream too (``wait_in_broker``: made by the
+                # worker or the producer).
+                for stream in (queue, f"{queue}-batch"):
+                    with contextlib.suppress(NotFoundError):  # never made
+                        await client.jetstream().delete_stream(stream)
             finally:
                 await client.close()
 

@@ -14,7 +14,7 @@ import shutil
 import socket
 import subprocess
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,10 @@ import pytest
 from nats.js.api import ConsumerInfo
 from nats.js.errors import NotFoundError
 from redis.asyncio import Redis
+from taskiq import AsyncBroker
 from taskiq.kicker import AsyncKicker
 
+from taskiq_batching import batch_task
 from tests.integration.nats_alo_app import make_broker
 from tests.integration.workers import Worker, eventually
 
@@ -237,10 +239,10 @@ async def batch_waiting(nats_url: str, batch_stream: str) -> int:
         await client.close()
 
 
-async def send_steadily(kicker: AsyncKicker[Any, Any], count: int, rate: float) -> None:
+async def send_steadily(kiq: "Kiq", count: int, rate: float) -> None:
     """``count`` items at about ``rate`` per second (ten at a time)."""
     for start in range(0, count, 10):
-        await asyncio.gather(*(kicker.kiq(item) for item in range(start, start + 10)))
+        await asyncio.gather(*(kiq(item) for item in range(start, start + 10)))
         await asyncio.sleep(10 / rate)  # pacing, not a barrier
 
 
@@ -249,27 +251,78 @@ async def batch_sizes(redis: Redis, stream: str) -> list[int]:
     return [len(json.loads(batch)["items"]) for batch in raw]
 
 
-async def test_four_processes_fill_batches_as_one(
+Kiq = Callable[[int], Awaitable[Any]]
+
+
+def kiq_of(producer: AsyncBroker, kind: str) -> Kiq:
+    """How the test sends one item: a plain kicker, or the plugin's.
+
+    ``plain``: taskiq's own ``AsyncKicker`` (a producer without the plugin:
+    the message goes to the main subject, a worker moves it); ``plugin``:
+    ``collect`` declared on a producer with ``wait_in_broker=True`` (the
+    message goes straight to the task's subject).
+    """
+    if kind == "plain":
+        kicker: AsyncKicker[Any, Any] = AsyncKicker("collect", producer, {})
+        return kicker.kiq
+    task = batch_task(producer, task_name="collect", batch_size=10)(_collect)
+    return task.kiq
+
+
+async def _collect(items: list[int]) -> list[int]:
+    return items  # never runs here: the producer only sends
+
+
+def make_producer(
+    monkeypatch: pytest.MonkeyPatch, kind: str, *args: Any, **kwargs: Any
+) -> AsyncBroker:
+    """``make_broker(*args)``; with ``wait_in_broker=True`` for ``plugin``."""
+    with monkeypatch.context() as env:
+        if kind == "plugin":
+            env.setenv("TB_WAIT_IN_BROKER", "1")
+        return make_broker(*args, **kwargs)
+
+
+async def stream_messages(nats_url: str, name: str) -> tuple[int, int]:
+    """A stream's messages stored now, and ever (its last sequence)."""
+    client = await nats.connect(nats_url)
+    try:
+        state = (await client.jetstream().stream_info(name)).state
+        return state.messages, state.last_seq
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize(("kind", "processes"), [("plain", 4), ("plugin", 2)])
+async def test_processes_fill_batches_as_one(
     nats_url: str,
     redis_url: str,
     redis: Redis,
     stream: str,
     batch_stream: str,
     start_worker: StartWorker,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+    processes: int,
 ) -> None:
-    """``wait_in_broker``: 4 processes fill batches of 50 at ~100 items/s.
+    """``wait_in_broker``: 4 (2) processes fill batches of 50 at ~100 items/s.
 
     400 items, batch_timeout 1 s: one worker would batch 50 at a time.
+    From a plain kicker (moved by the workers), or from the plugin's
+    (published to the task's subject).
 
     Alone, each process sees a quarter of the rate: batches of ~25 by the
     timeout (measured without the switch: a mean of ~36 at 200/s).
     """
-    producer = make_broker(nats_url, redis_url, stream, 30)
+    producer = make_producer(monkeypatch, kind, nats_url, redis_url, stream, 30)
     await producer.startup()
     try:
-        collect: AsyncKicker[Any, Any] = AsyncKicker("collect", producer, {})
+        collect = kiq_of(producer, kind)
         start_worker(
-            ("--workers", "4"), batch_size=50, batch_timeout=1.0, wait_in_broker=1
+            ("--workers", str(processes)),
+            batch_size=50,
+            batch_timeout=1.0,
+            wait_in_broker=1,
         )
 
         async def one_holds_the_slot() -> bool:
@@ -299,6 +352,7 @@ async def batch_durable(nats_url: str, batch_stream: str) -> ConsumerInfo:
         await client.close()
 
 
+@pytest.mark.parametrize("kind", ["plain", "plugin"])
 async def test_a_killed_holders_messages_come_back_to_another_process(
     nats_url: str,
     redis_url: str,
@@ -306,16 +360,18 @@ async def test_a_killed_holders_messages_come_back_to_another_process(
     stream: str,
     batch_stream: str,
     start_worker: StartWorker,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
 ) -> None:
     """``wait_in_broker``: kill -9 the process running a batch; another runs it.
 
     ``ack_wait`` 3 s: the dead holder's messages are delivered again on the
     batch durable, to the process that holds the slot now.
     """
-    producer = make_broker(nats_url, redis_url, stream, 3)
+    producer = make_producer(monkeypatch, kind, nats_url, redis_url, stream, 3)
     await producer.startup()
     try:
-        collect: AsyncKicker[Any, Any] = AsyncKicker("collect", producer, {})
+        collect = kiq_of(producer, kind)
         settings: dict[str, object] = {
             "batch_size": 10,
             "batch_timeout": 0.5,
@@ -328,7 +384,7 @@ async def test_a_killed_holders_messages_come_back_to_another_process(
             return await batch_waiting(nats_url, batch_stream) == 1
 
         await eventually(one_holds_the_slot, 30, "the holder waits for a batch")
-        await asyncio.gather(*(collect.kiq(item) for item in range(10)))
+        await asyncio.gather(*(collect(item) for item in range(10)))
 
         async def it_runs() -> bool:
             return await redis.llen(f"{stream}:started") == 1
@@ -341,10 +397,58 @@ async def test_a_killed_holders_messages_come_back_to_another_process(
             return await runs(redis, stream) == Counter(range(10))
 
         await eventually(all_ran, 30, "the dead holder's items ran elsewhere")
+
+        async def all_acked() -> bool:
+            # The batch's record is pushed before its results are saved
+            # and its messages acked (``--ack-type when_saved``).
+            info = await batch_durable(nats_url, batch_stream)
+            return (info.num_redelivered or 0, info.num_ack_pending) == (0, 0)
+
+        await eventually(all_acked, 10, "the batch's messages acked")
         info = await batch_durable(nats_url, batch_stream)
-        assert (info.num_redelivered or 0, info.num_ack_pending) == (0, 0)
         assert info.delivered is not None
         assert info.delivered.stream_seq == 10  # through the batch durable
+    finally:
+        await producer.shutdown()
+
+
+async def test_the_plugins_messages_are_not_moved_and_a_plain_kickers_are(
+    nats_url: str,
+    redis_url: str,
+    redis: Redis,
+    stream: str,
+    batch_stream: str,
+    start_worker: StartWorker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``wait_in_broker``, 2 processes: 200 items from the plugin, 50 plain.
+
+    Each message is stored once on the batch stream (250 in all); the main
+    stream holds only the plain kicker's 50: the workers moved those, and
+    none of the plugin's (before, all 250 went through the main subject).
+    """
+    producer = make_producer(monkeypatch, "plugin", nats_url, redis_url, stream, 30)
+    await producer.startup()
+    try:
+        plugin, plain = kiq_of(producer, "plugin"), kiq_of(producer, "plain")
+        start_worker(
+            ("--workers", "2"), batch_size=50, batch_timeout=0.5, wait_in_broker=1
+        )
+
+        async def one_holds_the_slot() -> bool:
+            return await batch_waiting(nats_url, batch_stream) == 1
+
+        await eventually(one_holds_the_slot, 30, "a process waits for a batch")
+        await asyncio.gather(*(plugin(item) for item in range(200)))
+        await asyncio.gather(*(plain(item) for item in range(200, 250)))
+
+        async def all_ran() -> bool:
+            return await runs(redis, stream) == Counter(range(250))
+
+        await eventually(all_ran, 30, "every item ran once")
+        main_stored, _ = await stream_messages(nats_url, stream)
+        _, batch_ever = await stream_messages(nats_url, batch_stream)
+        assert (main_stored, batch_ever) == (50, 250)
     finally:
         await producer.shutdown()
 

@@ -4,9 +4,9 @@ from typing import Any
 
 import pytest
 
-from bench.fleet import PATHS, summarize
+from bench.fleet import PATHS
 from bench.fleet_app import FleetSettings
-from bench.fleet_report import markdown, side_by_side
+from bench.fleet_report import markdown, side_by_side, summarize
 
 
 def batch(size: int, sent: float, start: float, pid: int) -> list[list[float]]:
@@ -111,7 +111,7 @@ def test_the_path_travels_to_the_workers_and_defaults_to_today(
     monkeypatch.setenv("TBF_WAIT_IN_BROKER", "False")
     assert FleetSettings.from_env().wait_in_broker is False
     assert FleetSettings("u", "q").wait_in_broker is False
-    assert PATHS == {"today": False, "wait": True}
+    assert PATHS == {"today": False, "wait": True, "wait-plain": True}
 
 
 def test_both_paths_are_reported_side_by_side_per_broker_rate_and_n() -> None:
@@ -154,3 +154,9 @@ def test_both_paths_are_reported_side_by_side_per_broker_rate_and_n() -> None:
     assert lines[-1] == "| stream | 8 | no results |"
     assert lines[-2].endswith("| 20 | today |")
     assert side_by_side(rows[:1]) == []  # one path: no comparison
+    forwarded = [*rows[:2], {**row("wait", 4, 50, 0.4), "path": "wait-plain"}]
+    table = side_by_side(forwarded)
+    assert table[0].endswith("| fill wait-plain | p50/p99 ms wait-plain |")
+    assert table[2] == (
+        "| stream | 300 | 4 | 0.25 | 1.00 | 500 / 500 | 300 / 300 | 0.50 | 400 / 400 |"
+    )

@@ -1,0 +1,154 @@
+"""Sending a batched task's messages straight to where they wait on NATS JetStream.
+
+With ``BatchingMiddleware(wait_in_broker=True)``, a producer with the
+plugin (``kiq``, ``kiq_many``: ``waiting.py``) publishes a batched task's
+messages to the task's own subject (``<subject>.batch.<token>``, stream
+``<stream>-batch``), where a worker's lease reads them (``nats_lease.py``).
+Only what a plain taskiq kicker put on the main subject is moved there by
+a worker (``nats_forward.py``), at the cost of one more publish and
+delivery per message. The message bytes and headers are what
+taskiq-nats's ``kick`` would publish; every publish waits for the
+stream's acknowledgement (a message acked is stored: at-least-once), and
+its send time is the stream's timestamp, which the lease reads.
+
+``kiq_many`` publishes each message with ``Nats-Msg-Id`` = its task_id:
+within the server's duplicate window (2 min by default) a message sent
+again is stored once, and a failure says which messages surely were not
+sent (``SendManyError``).
+"""
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from nats.js.api import RetentionPolicy
+from nats.js.errors import APIError, BadRequestError, NoStreamResponseError
+from taskiq import BrokerMessage
+
+from taskiq_batching.error_texts import describe
+from taskiq_batching.errors import SendManyError
+from taskiq_batching.spec import BatchSpec
+from taskiq_batching.transports.nats_lease import task_token
+
+#: Messages published at once by ``kiq_many`` (each waits for its ack).
+SEND_CONCURRENCY = 500
+#: The server's error code for a stream that exists with another config.
+STREAM_EXISTS = 10058
+#: ``Nats-Msg-Id`` prefix of a producer's messages (task ids are unique).
+MSG_ID_PREFIX = "tb-"
+
+
+def batch_stream(broker: Any) -> str:
+    """The stream batched tasks' messages wait on."""
+    return f"{broker.stream_name}-batch"
+
+
+def batch_subject(broker: Any, task_name: str) -> str:
+    """The subject a batched task's messages wait on."""
+    return f"{broker.subject}.batch.{task_token(task_name)}"
+
+
+async def ensure_batch_stream(broker: Any) -> str:
+    """Create the batch stream if it is missing (workers and producers alike).
+
+    A work queue: an acked message is gone (nothing piles up); each task's
+    durable filters a subject of its own, as that asks.
+
+    :param broker: taskiq-nats's JetStream broker, started.
+    :return: the stream's name.
+    """
+    name = batch_stream(broker)
+    try:
+        await broker.js.add_stream(
+            name=name,
+            subjects=[f"{broker.subject}.batch.>"],
+            retention=RetentionPolicy.WORK_QUEUE,
+        )
+    except BadRequestError as exc:
+        # Made by a newer or older plugin with other settings: used as it is.
+        if exc.err_code != STREAM_EXISTS:
+            raise
+    return name
+
+
+class NatsBatchSender:
+    """Publishes batched tasks' messages to their own subjects (a producer's side).
+
+    :param broker: taskiq-nats's ``PullBasedJetStreamBroker``.
+    """
+
+    def __init__(self, broker: Any) -> None:
+        self.broker = broker
+        self._stream_ready = False
+        self._lock = asyncio.Lock()  # concurrent first sends make it once
+
+    def serves(self, spec: BatchSpec) -> bool:
+        """Every batched task: a worker that waits in the broker reads them all."""
+        return True
+
+    async def send(
+        self,
+        spec: BatchSpec,
+        messages: Sequence[BrokerMessage],
+        keys: Sequence[str],
+        once: bool,
+    ) -> None:
+        """Publish one task's messages to its subject, each acked by the stream.
+
+        :param spec: the batched task.
+        :param messages: its messages, in order.
+        :param keys: each message's key (unused: the holder keys them itself).
+        :param once: ``kiq_many``: each with ``Nats-Msg-Id``, at most once.
+        :raises SendManyError: (``once``) some messages were not sent.
+        """
+        if not self._stream_ready:
+            async with self._lock:
+                if not self._stream_ready:
+                    await ensure_batch_stream(self.broker)
+                    self._stream_ready = True
+        subject = batch_subject(self.broker, spec.task_name)
+        if not once:
+            for message in messages:
+                await self._publish(subject, message, once)
+            return
+        failed: list[tuple[int, BaseException]] = []
+        for start in range(0, len(messages), SEND_CONCURRENCY):
+            chunk = messages[start : start + SEND_CONCURRENCY]
+            outcomes = await asyncio.gather(
+                *(self._publish(subject, message, once) for message in chunk),
+                return_exceptions=True,
+            )
+            failed += [
+                (start + index, outcome)
+                for index, outcome in enumerate(outcomes)
+                if isinstance(outcome, BaseException)
+            ]
+        if failed:
+            _report(messages, failed)
+
+    async def _publish(self, subject: str, message: BrokerMessage, once: bool) -> None:
+        """One publish as ``kick`` makes it; a lost stream is made again once."""
+        headers = dict(message.labels)
+        if once:
+            headers["Nats-Msg-Id"] = MSG_ID_PREFIX + message.task_id
+        try:
+            await self.broker.js.publish(subject, message.message, headers=headers)
+        except NoStreamResponseError:
+            # Nothing stored (no stream listens): deleted since; safe to retry.
+            await ensure_batch_stream(self.broker)
+            await self.broker.js.publish(subject, message.message, headers=headers)
+
+
+def _report(
+    messages: Sequence[BrokerMessage], failed: list[tuple[int, BaseException]]
+) -> None:
+    """Raise ``SendManyError``: refused by the server (not sent) or unknown."""
+    refused = (APIError, NoStreamResponseError)  # the server stored nothing
+    not_sent = [i for i, exc in failed if isinstance(exc, refused)]
+    unknown = [i for i, exc in failed if not isinstance(exc, refused)]
+    raise SendManyError(
+        describe(failed[0][1]),
+        [message.task_id for message in messages],
+        not_sent,
+        unknown,
+    ) from failed[0][1]
