@@ -60,17 +60,13 @@ _RESULTS: dict[str, tuple[str, ...]] = {
     "taskiq_redis": ("redis_results",),
 }
 
-#: Libraries whose transport modules need more than the library: a check
-#: that it is installed (False: the generic transport, and a warning).
-_NEEDS: dict[str, Callable[[], bool]] = {}
-
 #: ``stamps_sent_at`` by broker class (looked up once per class).
 _stamping: dict[type, bool] = {}
 
 Listen = Callable[[], AsyncGenerator[bytes | AckableMessage, None]]
 
 logger = logging.getLogger("taskiq_batching")
-#: The libraries whose fallback to the generic transport was logged.
+#: Whether the Redis brokers' fallback to the generic transport was logged.
 _warned: set[str] = set()
 
 
@@ -151,17 +147,12 @@ def _hiredis() -> bool:
     return False
 
 
-_NEEDS["taskiq_redis"] = _hiredis
-
-
 def _modules(table: dict[str, tuple[str, ...]], obj: object) -> list[Any]:
     names: list[str] = []
     for cls in type(obj).__mro__:
         library = cls.__module__.partition(".")[0]
-        found = table.get(library, ())
-        need = _NEEDS.get(library)
-        if found and (need is None or need()):
-            names.extend(found)
+        if library in table and (library != "taskiq_redis" or _hiredis()):
+            names.extend(table[library])
     return [
         importlib.import_module(f"{__name__}.{name}") for name in dict.fromkeys(names)
     ]
