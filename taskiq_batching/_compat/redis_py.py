@@ -23,6 +23,11 @@ from redis.utils import HIREDIS_AVAILABLE
 T = TypeVar("T")
 
 
+#: Whether redis-py found hiredis (>= 3.2), its C reply parser. Without
+#: it the Redis brokers use the generic transport (``transports``).
+HIREDIS = bool(HIREDIS_AVAILABLE)
+
+
 def hiredis_available() -> bool:
     """Whether redis-py reads replies with hiredis, its C parser, by default.
 
@@ -30,24 +35,9 @@ def hiredis_available() -> bool:
     for redis-py 8) is importable, which makes ``_HiredisParser`` the
     default ``parser_class`` of new connections (redis-py 8.1, 8.2).
 
-    :return: True when hiredis is installed and usable.
+    :return: True when hiredis is installed and usable (``HIREDIS``).
     """
-    return bool(HIREDIS_AVAILABLE)
-
-
-def chosen_parser(redis: Any) -> Any:
-    """The reply parser a client's connections were told to use, if any.
-
-    Relies on: ``ConnectionPool.connection_kwargs``, the keyword arguments
-    the pool makes each connection with (``parser_class`` among them when
-    the user chose one), redis-py 8.1, 8.2.
-
-    :param redis: a ``redis.asyncio.Redis`` client.
-    :return: the ``parser_class`` given, or None for redis-py's default.
-    """
-    pool = getattr(redis, "connection_pool", None)
-    kwargs: dict[str, Any] = getattr(pool, "connection_kwargs", {})
-    return kwargs.get("parser_class")
+    return HIREDIS
 
 
 async def take_connection(redis: Any) -> Any:

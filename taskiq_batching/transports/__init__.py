@@ -7,13 +7,17 @@ and is imported only for a broker of that library, so a RabbitMQ user
 never imports redis. A new broker is supported by adding a module with
 ``transport_for(broker, listen, wait_in_broker)`` (and
 ``results_for(backend)`` for a result backend) and naming it here.
-Anything else uses the generic transport. ``wait_in_broker`` is
+Anything else uses the generic transport, as do taskiq-redis's brokers
+and backends when hiredis (redis-py's C reply parser, in the ``[redis]``
+extra) is not installed: their transports read and write only the way
+hiredis makes cheap, and the registry says so once. ``wait_in_broker`` is
 ``BatchingMiddleware(wait_in_broker=...)``: whether batched tasks'
 messages may wait in the broker (the transport's ``batches``), or are
 read and buffered by each worker (None, the default, and False).
 """
 
 import importlib
+import logging
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
@@ -62,6 +66,10 @@ _RESULTS: dict[str, tuple[str, ...]] = {
 _stamping: dict[type, bool] = {}
 
 Listen = Callable[[], AsyncGenerator[bytes | AckableMessage, None]]
+
+logger = logging.getLogger("taskiq_batching")
+#: Whether the Redis brokers' fallback to the generic transport was logged.
+_warned: set[str] = set()
 
 
 def transport_for(
@@ -120,10 +128,33 @@ def results_for(backend: AsyncResultBackend[Any]) -> ResultWriter:
     return GenericResults(backend)
 
 
+def _hiredis() -> bool:
+    """Whether redis-py parses with hiredis: only then the Redis transports.
+
+    Imported here, for a taskiq-redis broker or backend only (it imports
+    redis).
+    """
+    from taskiq_batching._compat.redis_py import hiredis_available
+
+    if hiredis_available():
+        return True
+    if "taskiq_redis" not in _warned:
+        _warned.add("taskiq_redis")
+        logger.warning(
+            "taskiq_batching: hiredis is not installed: taskiq-redis brokers "
+            "and result backends use the generic transport (each message read, "
+            "acked and its result stored one by one, as taskiq-redis does); "
+            'pip install "taskiq-batching[redis]" for the Redis transports'
+        )
+    return False
+
+
 def _modules(table: dict[str, tuple[str, ...]], obj: object) -> list[Any]:
     names: list[str] = []
     for cls in type(obj).__mro__:
-        names.extend(table.get(cls.__module__.partition(".")[0], ()))
+        library = cls.__module__.partition(".")[0]
+        if library in table and (library != "taskiq_redis" or _hiredis()):
+            names.extend(table[library])
     return [
         importlib.import_module(f"{__name__}.{name}") for name in dict.fromkeys(names)
     ]

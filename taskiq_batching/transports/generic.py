@@ -28,6 +28,12 @@ logger = logging.getLogger("taskiq_batching")
 
 #: Messages ``send`` hands to ``kick`` at once.
 SEND_CONCURRENCY = 100
+#: Seconds between repeated cancellations of a read when the worker stops.
+#: A listener sending through redis-py (taskiq-redis's, which the Redis
+#: brokers use without hiredis) can lose one on Python 3.11
+#: (``redis_common.cancel``), and would block until a message came; long
+#: enough not to cut short a listener's own cleanup under the first.
+CANCEL_RETRY_SECONDS = 0.5
 
 Listen = Callable[[], AsyncGenerator[bytes | AckableMessage, None]]
 
@@ -77,9 +83,13 @@ class GenericTransport:
     async def interrupt(
         self, reading: "asyncio.Future[list[Delivery]]"
     ) -> list[Delivery]:
-        """Cancel the read; keep what the listener handed over while stopping."""
-        reading.cancel()
-        await asyncio.wait({reading})
+        """Cancel the read; keep what the listener handed over while stopping.
+
+        Cancelled again while it runs: a cancellation may be lost.
+        """
+        while not reading.done():
+            reading.cancel()
+            await asyncio.wait({reading}, timeout=CANCEL_RETRY_SECONDS)
         return finished_read(reading)
 
     async def reclaim(self) -> list[Delivery]:

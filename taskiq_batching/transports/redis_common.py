@@ -4,8 +4,6 @@ A standalone broker's client takes connections from the broker's pool; a
 sentinel broker's asks its sentinels for the master (``master_for``); a
 cluster broker's is the broker's own ``RedisCluster``. A read that fails
 because the server is away is retried in place, waiting longer each time.
-Whether redis-py parses replies in C (hiredis) decides how the transports
-talk to the server (``parses_in_c``).
 """
 
 import asyncio
@@ -17,7 +15,6 @@ from redis.exceptions import BusyLoadingError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from taskiq_batching._compat.redis_py import chosen_parser, hiredis_available
 from taskiq_batching.error_texts import describe
 
 logger = logging.getLogger("taskiq_batching")
@@ -29,21 +26,6 @@ RETRY_DELAY = 0.1
 RETRY_DELAY_MAX = 5.0
 #: Seconds between repeated cancellations of a redis-py command.
 CANCEL_RETRY_INTERVAL = 0.05
-#: Whether redis-py found hiredis (>= 3.2), its C reply parser.
-HIREDIS = hiredis_available()
-
-
-def parses_in_c(redis: Any) -> bool:
-    """Whether redis-py reads this client's replies with hiredis.
-
-    It does when hiredis is installed, unless the client was given a
-    parser of its own choosing (``parser_class``), which is then taken
-    for the pure-Python one.
-
-    :param redis: a ``redis.asyncio.Redis`` client (not a cluster).
-    :return: True when replies are parsed in C.
-    """
-    return HIREDIS and chosen_parser(redis) is None
 
 
 async def cancel(task: "asyncio.Future[Any]") -> None:

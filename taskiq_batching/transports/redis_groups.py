@@ -16,11 +16,15 @@ anything yet — the group starts at the stream's beginning.
 """
 
 import hashlib
+import logging
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from redis.exceptions import ResponseError
 
 from taskiq_batching.transports.redis_holding import mark_key
+
+logger = logging.getLogger("taskiq_batching")
 
 #: An entry id and its data (``data`` field), as read.
 Seen = tuple[bytes, bytes]
@@ -81,6 +85,38 @@ async def create_group(
         if "BUSYGROUP" not in str(exc):  # a sibling made it first: fine
             raise
     return start
+
+
+async def create_groups(
+    redis: Any,
+    streams: Iterable[str],
+    group: str,
+    last_seen: Mapping[str, Seen],
+    error: BaseException,
+) -> None:
+    """Create a consumer group lost on several streams again, and say where.
+
+    Never at ``$``: a worker that had read nothing yet would skip every
+    entry sent while the group was missing.
+
+    :param redis: the client.
+    :param streams: the streams the consumer reads.
+    :param group: the consumer group.
+    :param last_seen: per stream, the last entry this worker read.
+    :param error: what said the group was lost.
+    """
+    starts: list[str] = []
+    for stream in streams:
+        start = await create_group(redis, stream, group, last_seen.get(stream))
+        starts.append(f"{stream} after {describe_id(start)}")
+    logger.warning(
+        "taskiq_batching: consumer group %s was missing (%s); created again "
+        "after the last entry known read, or at the start of a stream made "
+        "again: %s",
+        group,
+        error,
+        ", ".join(starts),
+    )
 
 
 async def restart_at(

@@ -7,19 +7,15 @@ the backend's expiry, as ``set_result`` stores it: ``SET key value EX
 result_ex_time`` (or ``PX result_px_time``), or one ``MSET`` of every key
 when results never expire (the same keys and values, in one command).
 
-How the commands travel depends on the client's reply parser. With
-redis-py's C parser (hiredis, in the ``[redis]`` extra) they are packed
-by hand and sent in one round trip (``redis_wire``): cheap for the worker,
-and the cheapest for the server, which runs no script. With the
-pure-Python parser, reading a reply per key would cost the worker more
-than the server spends on the writes, so one script call writes every
-key (each distinct value sent once); a server that refuses scripts gets
-the round trip instead. A cluster gets a redis-py pipeline (its keys span
-slots). A result that cannot be encoded is reported alone; a write that
-fails reports each of its results.
+The commands are packed by hand and sent in one round trip
+(``redis_wire``), their replies read by redis-py's C parser (hiredis, in
+the ``[redis]`` extra; without it the registry picks the generic writer):
+cheap for the worker, and the cheapest for the server, which runs no
+script. A cluster gets a redis-py pipeline (its keys span slots). A
+result that cannot be encoded is reported alone; a write that fails
+reports each of its results.
 """
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,30 +30,7 @@ from taskiq_redis import (
 
 from taskiq_batching._compat import redis_result_key
 from taskiq_batching._compat.redis_py import string_encoding
-from taskiq_batching.transports.redis_common import parses_in_c
 from taskiq_batching.transports.redis_wire import bulk, round_trip
-
-#: SET of each of KEYS, as the backend's set_result does one by one.
-#: ARGV[1]: EX seconds, ARGV[2]: PX milliseconds (0 for none), ARGV[3]: the
-#: number n of distinct values, ARGV[4..3+n]: the values; then, when n > 1,
-#: the 1-based index of each key's value.
-_SET_MANY = """
-local ex, px, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-for i = 1, #KEYS do
-  local value = ARGV[4]
-  if n > 1 then value = ARGV[3 + tonumber(ARGV[3 + n + i])] end
-  if ex > 0 then
-    redis.call('SET', KEYS[i], value, 'EX', ex)
-  elseif px > 0 then
-    redis.call('SET', KEYS[i], value, 'PX', px)
-  else
-    redis.call('SET', KEYS[i], value)
-  end
-end
-return #KEYS
-"""
-
-logger = logging.getLogger("taskiq_batching")
 
 _WRITERS = (
     RedisAsyncResultBackend.set_result,
@@ -89,13 +62,10 @@ class RedisResults:
     def __init__(self, backend: Any) -> None:
         self.backend = backend
         self._redis: Any = None
-        self._script: Any = None
         cluster = hasattr(backend, "redis") and not hasattr(backend, "redis_pool")
-        #: Whether a script may write them (not on a cluster, whose keys span
-        #: slots, nor once the server refused one).
-        self.scripted = not cluster
-        #: Whether they are packed by hand into one round trip (hiredis).
-        self.wired = not cluster and parses_in_c(self._client())
+        #: Whether they are packed by hand into one round trip (not on a
+        #: cluster, whose keys span slots: a pipeline there).
+        self.wired = not cluster
 
     def _client(self) -> Any:
         if self._redis is None:
@@ -139,18 +109,6 @@ class RedisResults:
         px = None if ex else self.backend.result_px_time
         if self.wired:
             return await self._set_by_wire(rows, ex, px)
-        if self.scripted:
-            try:
-                await self._set_by_script(rows, ex or 0, px or 0)
-            except ResponseError as exc:
-                self.scripted = False
-                self.wired = True
-                logger.warning(
-                    "taskiq_batching: writing results without a script (%s)", exc
-                )
-            else:
-                return []
-            return await self._set_by_wire(rows, ex, px)
         async with self._client().pipeline(transaction=False) as pipe:
             for _, key, value in rows:
                 pipe.set(key, value, ex=ex or None, px=px or None)
@@ -188,20 +146,3 @@ class RedisResults:
             for (index, _, _), reply in zip(rows, replies, strict=True)
             if isinstance(reply, ResponseError)
         ]
-
-    async def _set_by_script(self, rows: list[Row], ex: int, px: int) -> None:
-        positions: dict[int, int] = {}
-        values: list[bytes] = []
-        chosen: list[int] = []
-        for _, _, value in rows:
-            position = positions.get(id(value))
-            if position is None:
-                position = positions[id(value)] = len(values) + 1
-                values.append(value)
-            chosen.append(position)
-        args: list[Any] = [ex, px, len(values), *values]
-        if len(values) > 1:
-            args.extend(chosen)
-        if self._script is None:
-            self._script = self._client().register_script(_SET_MANY)
-        await self._script(keys=[key for _, key, _ in rows], args=args)

@@ -1,28 +1,20 @@
 """taskiq-redis's stream brokers (standalone, sentinel, cluster), read in chunks.
 
 The same ``XREADGROUP`` as taskiq-redis's listener (its streams,
-``additional_streams``, group, consumer and ``xread_count``), sent the
-way the client reads cheapest (``redis_replies``): a plain ``XREADGROUP``
-with hiredis, a packing script without it.
+``additional_streams``, group, consumer and ``xread_count``), its reply
+as hiredis parsed it (``redis_replies``).
 
 Before its first read, the worker takes a lease on its consumer name:
 it refuses to start while another live process reads under the same
 name (``redis_holding``). When the worker stops, a read in progress is
 cancelled; entries it had already taken (pending for this worker, but
 never seen) are found among this worker's pending entries and
-processed, so none is left behind. Entries stay pending until acked
-(one ``XACK`` per stream for a batch); while the worker holds them, it
-resets their idle time on a timer, so that no live sibling claims them.
-Entries idle longer than the broker's ``idle_timeout`` (their worker
-died, or stalled) are claimed on a timer, every page of them
-(``XAUTOCLAIM``), never this worker's own entries still in use. Entries
-read but not processed at stop are left pending, made claimable at once.
-A lost consumer group (a restarted Redis without persistence, a deleted
-stream or group) is created again and reading goes on: after the last
-entry read by this worker or, further, by the fleet (the mark its
-workers publish on their timer, ``redis_holding``), when the stream still
-holds that entry; otherwise (the stream was made again, or nobody read
-anything) at its start. Nothing sent after the loss is skipped.
+processed, so none is left behind. Entries stay pending until acked;
+while the worker holds them, it resets their idle time on a timer, so
+that no live sibling claims them. Dead consumers' entries are claimed,
+and entries read but not processed at stop released to any worker
+(``redis_pending``). A lost consumer group is created again where
+nothing sent since is skipped (``redis_groups``), and reading goes on.
 
 Batched tasks' messages may wait in Redis instead (``batches``, a
 ``redis_batches.StreamBatches``): their entries are acked, released and
@@ -31,7 +23,6 @@ the task's key stream; an acked one is deleted there too.
 """
 
 import logging
-from collections import defaultdict
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -53,16 +44,15 @@ from taskiq_batching.transports.base import (
 )
 from taskiq_batching.transports.generic import kick_each
 from taskiq_batching.transports.redis_batches import StreamBatches, TaskEntry
-from taskiq_batching.transports.redis_batches_lua import ACK_DELETE
 from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient, cancel
 from taskiq_batching.transports.redis_groups import (
     Seen,
-    create_group,
-    describe_id,
+    create_groups,
     furthest,
     mark_of,
 )
 from taskiq_batching.transports.redis_holding import Holding
+from taskiq_batching.transports.redis_pending import Pending, warn_short_idle
 from taskiq_batching.transports.redis_replies import StreamReads, entries, lost_group
 from taskiq_batching.transports.redis_send import STREAM_ONCE, chunks, send_once
 
@@ -73,9 +63,6 @@ STREAM_FETCH_COUNT = 100
 #: Longest pause between two sweeps for dead consumers' entries (and
 #: between two refreshes of the entries a worker holds), in seconds.
 MAX_RECLAIM_INTERVAL = 10.0
-#: Below this ``idle_timeout`` (ms), a short stall of a worker's event
-#: loop lets a sibling claim the entries it holds: the worker warns.
-MIN_IDLE_MS = 5000
 #: Longest a blocking read waits on an idle stream, in milliseconds: it
 #: must end before redis-py's socket timeout (5 s by default) cuts it.
 MAX_BLOCK_MS = 2000
@@ -147,6 +134,15 @@ class StreamTransport:
             self.block,
         )
         self._in_use: set[Entry] = set()
+        self.pending = Pending(
+            self.client.redis,
+            self.group,
+            self.consumer,
+            self.ids,
+            self.idle_ms,
+            self.count,
+            self._in_use,
+        )
         #: Where batched tasks' messages wait (None: read and buffered).
         self.stream_batches: StreamBatches | None = None
         if wait_in_broker:
@@ -188,24 +184,9 @@ class StreamTransport:
         """Warn when ``idle_timeout`` leaves a worker too little time to refresh.
 
         Held entries are refreshed every ``reclaim_interval`` (half of
-        ``idle_timeout``, 10 s at most), however long a batch waits or runs:
-        only a stall of the worker's event loop longer than the rest of
-        ``idle_timeout`` lets another worker claim them.
+        ``idle_timeout``, 10 s at most), however long a batch waits or runs.
         """
-        if self.idle_ms is None or self.idle_ms >= MIN_IDLE_MS:
-            return
-        interval = self.reclaim_interval or 0.0
-        logger.warning(
-            "taskiq_batching: the broker's idle_timeout=%d ms: entries this "
-            "worker holds are refreshed every %g s, so a stall of its event loop "
-            "(blocking code in an async task, Redis unreachable) of %g s lets "
-            "another worker claim and run them again (a duplicate). Keep "
-            "idle_timeout at %d ms or more.",
-            self.idle_ms,
-            interval,
-            self.idle_ms / 1000 - interval,
-            MIN_IDLE_MS,
-        )
+        warn_short_idle(self.idle_ms, self.reclaim_interval or 0.0)
 
     # --- reading ---------------------------------------------------------
 
@@ -219,7 +200,8 @@ class StreamTransport:
             except ResponseError as exc:
                 if not lost_group(exc):
                     raise
-                await self._create_groups(exc)
+                redis = self.client.redis
+                await create_groups(redis, self.ids, self.group, self._last_seen, exc)
                 continue
             except TRANSIENT as exc:
                 await self.client.pause_after(exc, f"reading {self.broker.queue_name}")
@@ -227,28 +209,8 @@ class StreamTransport:
             self.client.recovered()
             return self._deliveries(reply)
 
-    async def _create_groups(self, error: ResponseError) -> None:
-        """Create the consumer group again, where nothing sent since is skipped.
-
-        Never at ``$`` (``redis_groups``): a worker that had read nothing
-        yet would skip every entry sent while the group was missing.
-        """
-        starts: list[str] = []
-        for stream in self.ids:
-            seen = self._last_seen.get(stream)
-            start = await create_group(self.client.redis, stream, self.group, seen)
-            starts.append(f"{stream} after {describe_id(start)}")
-        logger.warning(
-            "taskiq_batching: consumer group %s was missing (%s); created again "
-            "after the last entry known read, or at the start of a stream made "
-            "again: %s",
-            self.group,
-            error,
-            ", ".join(starts),
-        )
-
     def _deliveries(self, reply: Any) -> list[Delivery]:
-        """An XREADGROUP reply, packed or parsed by redis-py, as deliveries."""
+        """An XREADGROUP reply, as hiredis or redis-py gave it, as deliveries."""
         chunk: list[Delivery] = []
         # A stream's entries come in id order: its last one is its furthest.
         last: dict[str, Seen] = {}
@@ -274,13 +236,7 @@ class StreamTransport:
         if not self.holding.leased:
             # Nothing was read yet; and the name may be another process's.
             return []
-        redis = self.client.redis
-        reply = await redis.xreadgroup(
-            self.group,
-            self.consumer,
-            dict.fromkeys(self.ids, "0"),
-            count=len(self._in_use) + self.count,
-        )
+        reply = await self.reads.read_pending(len(self._in_use) + self.count)
         known = set(self._in_use)
         return [
             delivery
@@ -293,78 +249,11 @@ class StreamTransport:
         if self.idle_ms is None:
             return []
         await self.holding.start()  # fails as XAUTOCLAIM would, Redis away
-        claimed: list[Delivery] = []
-        for stream in self.ids:
-            cursor: Any = "0-0"
-            while True:
-                cursor, page = await self._claim_page(stream, cursor)
-                claimed.extend(page)
-                if cursor in (b"0-0", "0-0"):
-                    break
-        if claimed:
-            logger.warning(
-                "taskiq_batching: claimed %d message(s) idle for over %d ms "
-                "(idle_timeout): the worker that read them stopped refreshing "
-                "them (it stopped and left them, died, or its event loop stalled)",
-                len(claimed),
-                self.idle_ms,
-            )
-        return claimed
-
-    async def _claim_page(self, stream: str, cursor: Any) -> tuple[Any, list[Delivery]]:
-        redis = self.client.redis
-        reply = await redis.xautoclaim(
-            stream,
-            self.group,
-            self.consumer,
-            min_idle_time=self.idle_ms,
-            start_id=cursor,
-            count=self.count,
-        )
-        page: list[Delivery] = []
-        for entry_id, fields in reply[1]:
-            entry = (stream, entry_id)
-            if entry in self._in_use:
-                continue  # still ours, held in a batch or by the Receiver
-            data = fields.get(b"data") if fields else None
-            if data is None:  # deleted from the stream meanwhile
-                await redis.xack(stream, self.group, entry_id)
-                continue
-            self._in_use.add(entry)
-            page.append(Delivery(data, entry))
-        return reply[0], page
-
-    # --- acks --------------------------------------------------------------
+        return await self.pending.sweep()
 
     async def ack(self, handles: Sequence[Any]) -> None:
-        """One XACK per stream; an entry of a task's key stream is deleted too.
-
-        Deleted, so that a key stream holds only what waits or runs: a
-        group created there again at ``0`` runs nothing that had finished.
-        """
-        by_stream: defaultdict[str, list[bytes]] = defaultdict(list)
-        deleted: set[str] = set()
-        for handle in handles:
-            stream, entry_id = handle
-            by_stream[stream].append(entry_id)
-            self._in_use.discard(handle)
-            if isinstance(handle, TaskEntry):
-                deleted.add(stream)
-        redis = self.client.redis
-        if len(by_stream) == 1 and not deleted:
-            ((stream, ids),) = by_stream.items()
-            await redis.xack(stream, self.group, *ids)
-            return
-        async with redis.pipeline(transaction=False) as pipe:
-            for stream, ids in by_stream.items():
-                if stream in deleted:
-                    pipe.eval(ACK_DELETE, 1, stream, self.group, *ids)
-                else:
-                    pipe.xack(stream, self.group, *ids)
-            await pipe.execute()
-
-    async def _ack_one(self, entry: Entry) -> None:
-        await self.ack([entry])
+        """One XACK per stream (``Pending.ack``)."""
+        await self.pending.ack(handles)
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         """Leave them pending, idle enough for any worker to claim them now.
@@ -376,23 +265,7 @@ class StreamTransport:
         if taken and self.stream_batches is not None:
             await self.stream_batches.give_back(taken)
             deliveries = [d for d in deliveries if not isinstance(d.handle, TaskEntry)]
-        by_stream: defaultdict[str, list[bytes]] = defaultdict(list)
-        for delivery in deliveries:
-            stream, entry_id = delivery.handle
-            self._in_use.discard((stream, entry_id))
-            by_stream[stream].append(entry_id)
-        if self.idle_ms is None or not by_stream:
-            return
-        for stream, ids in by_stream.items():
-            await self.client.redis.xclaim(
-                stream,
-                self.group,
-                self.consumer,
-                min_idle_time=0,
-                message_ids=ids,
-                idle=self.idle_ms,
-                justid=True,
-            )
+        await self.pending.release([d.handle for d in deliveries])
 
     def forget(self, deliveries: Sequence[Delivery]) -> None:
         """No longer in use: once idle long enough, a sweep claims them again."""
@@ -411,7 +284,7 @@ class StreamTransport:
     def for_receiver(self, delivery: Delivery) -> AckableMessage:
         """As taskiq-redis's listener yields it: data and an XACK."""
         return AckableMessage(
-            data=delivery.data, ack=partial(self._ack_one, delivery.handle)
+            data=delivery.data, ack=partial(self.ack, [delivery.handle])
         )
 
     # --- sending -------------------------------------------------------------

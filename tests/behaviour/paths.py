@@ -60,6 +60,8 @@ class Journal:
         default_factory=lambda: defaultdict(list)
     )
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The name of each transport the worker was given (``Transport.name``).
+    transports: list[str] = field(default_factory=list)
 
     def record(self, task_id: str, event: str, message: object = None) -> None:
         self.events[task_id].append((event, id(message)))
@@ -110,6 +112,7 @@ class RecordingTransport:
     """A transport that records, per task_id, the acks the worker sends."""
 
     def __init__(self, inner: Transport, broker: AsyncBroker, journal: Journal):
+        journal.transports.append(inner.name)
         self._inner = inner
         self._broker = broker
         self._journal = journal

@@ -5,8 +5,9 @@ redis-py 8.2 speaks RESP3 by default): replies then come in RESP3's types
 (maps, nulls, booleans), which hiredis and redis-py's parsers give in
 other shapes than RESP2's. The stream transport's reads are in
 ``test_stream_reader.py``; here: pops and pushes of a list, results
-written by hand-packed round trips or by a script, and a worker's
-results and acks end to end.
+written by hand-packed round trips (their replies read by hiredis or by
+the pure-Python parser a user may choose), and a worker's results and
+acks end to end.
 """
 
 import asyncio
@@ -90,16 +91,16 @@ def result(value: Any) -> TaskiqResult[Any]:
     return TaskiqResult(is_err=False, return_value=value, execution_time=0.1)
 
 
-@pytest.mark.parametrize("way", ["wire", "script"])
+@pytest.mark.parametrize("parser", ["hiredis", "python"])
 @pytest.mark.parametrize(
     "expiry",
     [{"result_ex_time": 600}, {"result_px_time": 600_000}, {}],
     ids=["ex", "px", "never"],
 )
 async def test_results_are_stored_as_set_result_stores_them(
-    redis_url: str, prefix: str, protocol: int, way: str, expiry: dict[str, Any]
+    redis_url: str, prefix: str, protocol: int, parser: str, expiry: dict[str, Any]
 ) -> None:
-    if way == "wire" and not hiredis_available():
+    if parser == "hiredis" and not hiredis_available():
         pytest.skip("hiredis is not installed")
     options: dict[str, Any] = {"parser_class": _AsyncRESP2Parser}
     backend: RedisAsyncResultBackend[Any] = RedisAsyncResultBackend(
@@ -107,10 +108,10 @@ async def test_results_are_stored_as_set_result_stores_them(
         prefix_str=prefix,
         protocol=protocol,
         **expiry,
-        **({} if way == "wire" else options),
+        **({} if parser == "hiredis" else options),
     )
     writer = RedisResults(backend)
-    assert (writer.wired, writer.scripted) == (way == "wire", True)
+    assert writer.wired
     shared = result([1, 2])
     rows = [(f"t{i}", shared if i % 2 else result(i)) for i in range(6)]
     assert await writer.write(rows) == []

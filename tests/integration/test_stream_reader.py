@@ -1,11 +1,10 @@
 """The stream transport's reads on the real Redis, on RESP2 and RESP3 clients.
 
-Each way a worker reads is run on both protocols (``protocol=`` of the
-broker's connections, as a user may set it; redis-py 8.2 speaks RESP3 by
-default, 8.1 RESP2): with hiredis, a plain ``XREADGROUP`` whose reply is
-taken as the parser gives it (a list of streams in RESP2, a map in
-RESP3); with redis-py's pure-Python parser, the packed read (which needs
-Redis's ``cmsgpack``), or without ``msgpack`` a plain read again.
+A read is a plain ``XREADGROUP`` whose reply is taken as the parser gives
+it (a list of streams in RESP2, a map in RESP3), run on both protocols
+(``protocol=`` of the broker's connections, as a user may set it;
+redis-py 8.2 speaks RESP3 by default, 8.1 RESP2), with hiredis and with
+redis-py's pure-Python parser that a user may choose (``parser_class``).
 """
 
 import asyncio
@@ -19,7 +18,6 @@ from taskiq import BrokerMessage
 from taskiq_redis import RedisStreamBroker
 
 from taskiq_batching._compat.redis_py import hiredis_available
-from taskiq_batching.transports import redis_common, redis_replies
 from taskiq_batching.transports.base import Delivery
 from taskiq_batching.transports.redis_stream import StreamTransport
 from tests.integration.workers import eventually
@@ -41,14 +39,12 @@ async def kick(broker: RedisStreamBroker, stream: str, payloads: list[bytes]) ->
 on_both_protocols = pytest.mark.parametrize("protocol", [2, 3], ids=["resp2", "resp3"])
 
 
-@pytest.fixture(params=["hiredis", "python-packed", "python-plain"])
-def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """How the transport reads: what it is given to parse replies with."""
+@pytest.fixture(params=["hiredis", "python"])
+def reader(request: pytest.FixtureRequest) -> str:
+    """What the transport's client parses replies with."""
     way: str = request.param
     if way == "hiredis" and not hiredis_available():
         pytest.skip("hiredis is not installed")
-    if way == "python-plain":
-        monkeypatch.setattr(redis_replies, "msgpack", None)
     return way
 
 
@@ -58,14 +54,6 @@ def parser_options(reader: str) -> dict[str, Any]:
     redis-py swaps its RESP2 parser for the RESP3 one on a RESP3 connection.
     """
     return {} if reader == "hiredis" else {"parser_class": _AsyncRESP2Parser}
-
-
-async def script_calls(redis: Redis) -> int:
-    stats: dict[str, Any] = await redis.info("commandstats")
-    return sum(
-        int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
-        for name in ("evalsha", "eval")
-    )
 
 
 @on_both_protocols
@@ -93,17 +81,14 @@ async def test_reads_give_every_stream_entry_once_in_order(
     await kick(broker, queue, main)
     await kick(broker, extra, side)
     transport = StreamTransport(broker)
-    before = await script_calls(redis)
     chunks: list[list[Delivery]] = []
     with caplog.at_level(logging.WARNING, "taskiq_batching"):
         while sum(len(c) for c in chunks) < len(main) + len(side):
             chunk = await transport.read(100)
             assert chunk, "an entry was lost"
             chunks.append(chunk)
-        # Nothing waits: the packed read's script answers false, then a
-        # blocking read answers nil (a null in RESP3).
+        # Nothing waits: a blocking read answers nil (a null in RESP3).
         assert await transport.read(100) == []
-    assert transport.reads.packed == (reader == "python-packed")
     deliveries = [d for chunk in chunks for d in chunk]
     by_stream: dict[str, list[bytes]] = {queue: [], extra: []}
     for delivery in deliveries:
@@ -116,12 +101,7 @@ async def test_reads_give_every_stream_entry_once_in_order(
         for stream in (queue, extra)
     ]
     assert max(per_stream) == 40
-    if transport.reads.packed:
-        assert await script_calls(redis) - before >= len(chunks)
-    # Without packing no script is read with: the counter is the whole
-    # server's (other clients' kiq_many sends scripts), so the reader's own
-    # mode is what is checked, above.
-    assert not [r for r in caplog.records if "packed-read script" in r.getMessage()]
+    assert not caplog.records
     for stream, count in ((queue, len(main)), (extra, len(side))):
         assert (await redis.xpending(stream, "taskiq"))["pending"] == count
     await transport.ack([d.handle for d in deliveries])
@@ -166,15 +146,13 @@ async def test_an_idle_reader_blocks_then_wakes_for_a_new_entry(
 
 
 @on_both_protocols
-async def test_a_packed_read_recovers_a_lost_group(
+async def test_a_read_recovers_a_lost_group(
     redis_url: str,
     redis: Redis,
     queue: str,
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
     protocol: int,
 ) -> None:
-    monkeypatch.setattr(redis_common, "HIREDIS", False)
     broker = RedisStreamBroker(
         redis_url, queue_name=queue, xread_block=100, protocol=protocol
     )
@@ -188,7 +166,6 @@ async def test_a_packed_read_recovers_a_lost_group(
     with caplog.at_level(logging.WARNING, "taskiq_batching"):
         chunk = await transport.read(10)
     assert [d.data for d in chunk] == [b"after"]
-    assert transport.reads.packed
     assert "was missing" in caplog.text
     await transport.close()
     await broker.shutdown()

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -38,18 +38,6 @@ def test_hiredis_available_says_whether_new_connections_parse_in_c() -> None:
     pool: Any = Redis().connection_pool
     parser = type(pool.make_connection()._parser).__name__
     assert ("Hiredis" in parser) == available
-
-
-def test_chosen_parser_is_the_parser_class_the_user_gave() -> None:
-    from redis._parsers import _AsyncRESP2Parser
-
-    assert _compat_redis.chosen_parser(Redis()) is None
-    # As taskiq-redis's brokers make their pools: from a URL, with kwargs.
-    pool = BlockingConnectionPool.from_url(
-        "redis://localhost:6379", parser_class=_AsyncRESP2Parser
-    )
-    assert _compat_redis.chosen_parser(Redis(connection_pool=pool)) is _AsyncRESP2Parser
-    assert _compat_redis.chosen_parser(object()) is None
 
 
 @pytest.mark.parametrize("protocol", [None, 2, 3], ids=["default", "resp2", "resp3"])

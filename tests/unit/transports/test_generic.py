@@ -137,6 +137,33 @@ async def test_interrupt_of_a_listener_that_ends_returns_nothing() -> None:
     assert await transport.interrupt(reading) == []
 
 
+async def test_interrupt_cancels_again_a_read_that_lost_its_cancellation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As redis-py's commands on Python 3.11 can (asyncio.wait_for drops a
+    # cancellation arriving as the command completes): taskiq-redis's
+    # listener then blocks in its next read, until a message comes.
+    monkeypatch.setattr(generic, "CANCEL_RETRY_SECONDS", 0.01)
+    started = asyncio.Event()
+    lost: list[int] = []
+
+    async def listen() -> AsyncGenerator[bytes, None]:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            lost.append(1)  # swallowed: the next wait blocks as if none came
+        await asyncio.Event().wait()
+        yield b"never"
+
+    transport = GenericTransport(QueueBroker(), listen)
+    reading = asyncio.ensure_future(transport.read(1))
+    await started.wait()
+    assert await asyncio.wait_for(transport.interrupt(reading), 5) == []
+    assert lost == [1]
+    assert reading.cancelled()
+
+
 async def test_interrupt_reraises_the_listeners_error() -> None:
     started = asyncio.Event()
 

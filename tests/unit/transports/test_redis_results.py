@@ -1,11 +1,10 @@
 """Many results at once, written as taskiq-redis's ``set_result`` writes each.
 
-Two ways, by the client's reply parser: with hiredis, commands packed by
-hand in one round trip (``SET ... EX/PX`` per key, or one ``MSET``);
-without it, one script call. Both must store what ``set_result`` stores.
+Commands packed by hand in one round trip (``SET ... EX/PX`` per key, or
+one ``MSET``), their replies read by hiredis: they must store what
+``set_result`` stores.
 """
 
-import logging
 from typing import Any
 
 import pytest
@@ -17,12 +16,7 @@ from taskiq.abc.serializer import TaskiqSerializer
 from taskiq.serializers import JSONSerializer, MSGPackSerializer
 from taskiq_redis import RedisAsyncResultBackend
 
-from taskiq_batching.transports import (
-    ResultWriter,
-    redis_common,
-    redis_results,
-    redis_wire,
-)
+from taskiq_batching.transports import ResultWriter, redis_results, redis_wire
 from taskiq_batching.transports.redis_results import RedisResults
 from tests.unit.transports.conftest import CommandLog
 from tests.unit.transports.fake_redis import split_commands
@@ -49,13 +43,6 @@ def backend_of(
     return RedisAsyncResultBackend(
         URL, serializer=SERIALIZERS[serializer](), **options, **fake
     )
-
-
-@pytest.fixture(params=["hiredis", "python"])
-def parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Writers made in the test see redis-py parse replies in C, or in Python."""
-    monkeypatch.setattr(redis_common, "HIREDIS", request.param == "hiredis")
-    return str(request.param)
 
 
 class Wire:
@@ -115,10 +102,8 @@ def test_it_is_a_result_writer(fake: dict[str, Any]) -> None:
     assert isinstance(writer, RedisResults)
 
 
-def test_hiredis_decides_how_results_travel(fake: dict[str, Any], parser: str) -> None:
-    writer = RedisResults(backend_of(fake))
-    assert writer.wired is (parser == "hiredis")
-    assert writer.scripted  # allowed (not a cluster), used only without hiredis
+def test_results_travel_in_one_round_trip(fake: dict[str, Any]) -> None:
+    assert RedisResults(backend_of(fake)).wired
 
 
 @pytest.mark.parametrize("serializer", sorted(SERIALIZERS))
@@ -133,7 +118,6 @@ async def test_written_results_equal_what_set_result_writes(
     redis: Any,
     serializer: str,
     options: dict[str, Any],
-    parser: str,
 ) -> None:
     backend = backend_of(fake, serializer, **options)
     writer = RedisResults(backend)
@@ -186,7 +170,7 @@ async def test_written_results_equal_what_set_result_writes(
     ],
     ids=["ex", "px"],
 )
-async def test_with_hiredis_each_key_is_one_set_with_the_expiry_in_one_trip(
+async def test_each_key_is_one_set_with_the_expiry_in_one_trip(
     fake: dict[str, Any],
     redis: Any,
     commands: CommandLog,
@@ -195,7 +179,6 @@ async def test_with_hiredis_each_key_is_one_set_with_the_expiry_in_one_trip(
     options: dict[str, Any],
     expiry: list[bytes],
 ) -> None:
-    monkeypatch.setattr(redis_common, "HIREDIS", True)
     backend = backend_of(fake, prefix_str="p", **options)
     writer = RedisResults(backend)
     encoded: list[Any] = []
@@ -224,10 +207,9 @@ async def test_with_hiredis_each_key_is_one_set_with_the_expiry_in_one_trip(
     await backend.shutdown()
 
 
-async def test_with_hiredis_results_that_never_expire_are_one_mset(
+async def test_results_that_never_expire_are_one_mset(
     fake: dict[str, Any], redis: Any, wire: Wire, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(redis_common, "HIREDIS", True)
     backend = backend_of(fake)
     writer = RedisResults(backend)
     shared = ok()
@@ -243,10 +225,9 @@ async def test_with_hiredis_results_that_never_expire_are_one_mset(
     await backend.shutdown()
 
 
-async def test_with_hiredis_a_key_the_server_refused_is_reported_alone(
+async def test_a_key_the_server_refused_is_reported_alone(
     fake: dict[str, Any], wire: Wire, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(redis_common, "HIREDIS", True)
     backend = backend_of(fake, result_ex_time=60)
     writer = RedisResults(backend)
     refused = ResponseError("OOM command not allowed when used memory > 'maxmemory'")
@@ -261,46 +242,9 @@ async def test_with_hiredis_a_key_the_server_refused_is_reported_alone(
     await backend.shutdown()
 
 
-async def test_without_hiredis_each_distinct_result_is_encoded_and_sent_once(
-    fake: dict[str, Any],
-    redis: Any,
-    commands: CommandLog,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(redis_common, "HIREDIS", False)
-    backend = backend_of(fake)
-    writer = RedisResults(backend)
-    await writer.write([("warm-up", ok())])  # the script is loaded
-    encoded: list[Any] = []
-    dumpb = backend.serializer.dumpb
-
-    def counting(value: Any) -> bytes:
-        encoded.append(value)
-        return dumpb(value)
-
-    monkeypatch.setattr(backend.serializer, "dumpb", counting)
-    first, second = ok(), ok("other")
-    commands.clear()
-    failures = await writer.write(
-        [(f"k{i}", first if i % 3 else second) for i in range(9)]
-    )
-    assert failures == []
-    assert len(encoded) == 2
-    (script,) = commands.named("EVALSHA")
-    assert not commands.named("SET")
-    # sha, 9 keys, 9 keys' names, then ex, px, the 2 values and 9 positions.
-    argv = script[2 + 9 :]
-    assert argv[2] == 2
-    assert len(argv) == 3 + 2 + 9
-    for i in range(9):
-        expected = await redis.get(f"k{i}")
-        assert expected == dumpb((first if i % 3 else second).model_dump(mode="json"))
-    await backend.shutdown()
-
-
 @pytest.mark.parametrize("serializer", sorted(SERIALIZERS))
 async def test_an_unserializable_result_is_reported_alone(
-    fake: dict[str, Any], redis: Any, serializer: str, parser: str
+    fake: dict[str, Any], redis: Any, serializer: str
 ) -> None:
     backend = backend_of(fake, serializer)
     writer = RedisResults(backend)
@@ -316,7 +260,7 @@ async def test_an_unserializable_result_is_reported_alone(
 
 
 async def test_a_failed_write_reports_each_of_its_results(
-    fake: dict[str, Any], monkeypatch: pytest.MonkeyPatch, parser: str
+    fake: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     backend = backend_of(fake)
     writer = RedisResults(backend)
@@ -325,7 +269,6 @@ async def test_a_failed_write_reports_each_of_its_results(
     async def refuse(*args: Any) -> None:
         raise lost
 
-    monkeypatch.setattr(writer, "_set_by_script", refuse)
     monkeypatch.setattr(redis_results, "round_trip", refuse)
     failures = await writer.write([("a", ok()), ("bad", unserializable()), ("b", ok())])
     assert [index for index, _ in failures] == [0, 1, 2]
@@ -333,57 +276,12 @@ async def test_a_failed_write_reports_each_of_its_results(
     assert failures[2][1] is lost
     assert failures[1][1] is not lost
     # A lost connection is no reason to change the way results travel.
-    assert (writer.scripted, writer.wired) == (True, parser == "hiredis")
-    await backend.shutdown()
-
-
-@pytest.mark.parametrize(
-    "options",
-    [{}, {"result_ex_time": 60}, {"result_px_time": 90_000}],
-    ids=["plain", "ex", "px"],
-)
-async def test_without_hiredis_a_refused_script_gives_way_to_one_round_trip(
-    fake: dict[str, Any],
-    redis: Any,
-    wire: Wire,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-    options: dict[str, Any],
-) -> None:
-    monkeypatch.setattr(redis_common, "HIREDIS", False)
-    backend = backend_of(fake, **options)
-    writer = RedisResults(backend)
-    refusals: list[int] = []
-
-    async def evalsha(*args: Any) -> Any:
-        refusals.append(1)
-        raise ResponseError("NOPERM this user has no permissions to run 'evalsha'")
-
-    monkeypatch.setattr(writer._client(), "evalsha", evalsha)
-    shared = ok()
-    with caplog.at_level(logging.WARNING, "taskiq_batching"):
-        assert await writer.write([("a", shared), ("b", failed()), ("c", shared)]) == []
-        assert await writer.write([("d", shared)]) == []
-    assert refusals == [1]
-    assert not writer.scripted
     assert writer.wired
-    assert "writing results without a script (NOPERM" in caplog.text
-    assert len(wire.trips) == 2
-    await backend.set_result("one-ok", shared)
-    await backend.set_result("one-err", failed())
-    for bulk, single in [
-        ("a", "one-ok"),
-        ("b", "one-err"),
-        ("c", "one-ok"),
-        ("d", "one-ok"),
-    ]:
-        assert await redis.get(bulk) == await redis.get(single)
-        assert abs(await redis.pttl(bulk) - await redis.pttl(single)) < 1000
     await backend.shutdown()
 
 
 async def test_nothing_to_write_sends_nothing(
-    fake: dict[str, Any], commands: CommandLog, wire: Wire, parser: str
+    fake: dict[str, Any], commands: CommandLog, wire: Wire
 ) -> None:
     writer = RedisResults(backend_of(fake))
     commands.clear()

@@ -1,9 +1,6 @@
 """The stream transport reads, acks, reclaims and sends as taskiq-redis would, in bulk.
 
-With hiredis a read is one plain ``XREADGROUP``; without it, a script that
-packs the reply. The packed read needs a real Redis (``cmsgpack``): see
-``tests/integration/test_stream_reader.py``. fakeredis has no ``cmsgpack``:
-here the fallback to plain ``XREADGROUP`` is shown to lose nothing.
+A read is one plain ``XREADGROUP``, its reply as hiredis parsed it.
 """
 
 import asyncio
@@ -32,7 +29,7 @@ from taskiq_batching import BatchInfo, BatchingMiddleware, batch_task
 from taskiq_batching.core.analysis import analyse
 from taskiq_batching.settings import BatchSettings
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports import Transport, redis_common, redis_replies
+from taskiq_batching.transports import Transport, redis_common
 from taskiq_batching.transports.base import Delivery
 from taskiq_batching.transports.redis_stream import StreamTransport
 from tests.helpers import Recorder, running_worker
@@ -159,16 +156,11 @@ async def test_reads_never_take_more_than_the_brokers_count(
     await broker.shutdown()
 
 
-async def test_with_hiredis_a_read_is_one_plain_xreadgroup(
-    fake: dict[str, Any],
-    redis: Any,
-    commands: CommandLog,
-    monkeypatch: pytest.MonkeyPatch,
+async def test_a_read_is_one_plain_xreadgroup(
+    fake: dict[str, Any], redis: Any, commands: CommandLog
 ) -> None:
-    monkeypatch.setattr(redis_common, "HIREDIS", True)
     broker = stream_broker(fake, xread_block=1500)
     transport = await started(broker)
-    assert not transport.reads.packed
     sent = payloads(150)
     await kick(broker, sent)
     commands.clear()
@@ -196,61 +188,6 @@ async def test_with_hiredis_a_read_is_one_plain_xreadgroup(
         ]
     await transport.ack([d.handle for d in flat(chunks)])
     assert await pending(redis) == 0
-    await broker.shutdown()
-
-
-async def test_without_hiredis_nor_msgpack_reads_are_plain_and_say_why(
-    fake: dict[str, Any],
-    commands: CommandLog,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    monkeypatch.setattr(redis_common, "HIREDIS", False)
-    monkeypatch.setattr(redis_replies, "msgpack", None)
-    broker = stream_broker(fake)
-    with caplog.at_level(logging.WARNING, "taskiq_batching"):
-        transport = await started(broker)
-    assert not transport.reads.packed
-    assert "neither hiredis nor msgpack is installed" in caplog.text
-    await kick(broker, payloads(3))
-    commands.clear()
-    assert [d.data for d in flat(await read_all(transport, 3))] == payloads(3)
-    assert not commands.named("EVALSHA")
-    assert commands.named("XREADGROUP")
-    await broker.shutdown()
-
-
-async def test_without_cmsgpack_the_fallback_loses_nothing(
-    fake: dict[str, Any],
-    redis: Any,
-    commands: CommandLog,
-    caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(redis_common, "HIREDIS", False)
-    broker = stream_broker(fake)
-    transport = await started(broker)
-    sent = payloads(250)
-    await kick(broker, sent)
-    assert transport.reads.packed
-    commands.clear()
-    with caplog.at_level(logging.WARNING, "taskiq_batching"):
-        first = await transport.read(100)
-        assert not transport.reads.packed
-        assert commands.named("EVALSHA")  # the packed read was tried
-        commands.clear()
-        rest = await read_all(transport, 150)
-    assert not commands.named("EVALSHA")
-    assert not commands.named("EVAL")
-    deliveries = first + flat(rest)
-    assert [d.data for d in deliveries] == sent
-    # The refused script read nothing: every pending entry was delivered.
-    assert await pending(redis) == 250
-    warnings = [r for r in caplog.records if "packed-read script" in r.getMessage()]
-    assert len(warnings) == 1
-    await transport.ack([d.handle for d in deliveries])
-    assert await pending(redis) == 0
-    assert transport.outstanding == 0
     await broker.shutdown()
 
 
@@ -285,7 +222,7 @@ async def test_additional_streams_are_read_with_their_own_handles(
 @pytest.mark.parametrize(
     "reply",
     [
-        # packed (cmsgpack): [[stream, [[id, [field, value, ...]]]]]
+        # as hiredis parsed it, RESP2: [[stream, [[id, [field, value, ...]]]]]
         [[b"s", [[b"1-0", [b"data", b"a"]], [b"2-0", [b"x", b"1", b"data", b"b"]]]]],
         # redis-py, RESP2: [[stream, [(id, {field: value})]]]
         [[b"s", [(b"1-0", {b"data": b"a"}), (b"2-0", {b"data": b"b"})]]],
@@ -296,7 +233,7 @@ async def test_additional_streams_are_read_with_their_own_handles(
         # as hiredis parsed it, RESP3: {stream: [[id, [field, value, ...]]]}
         {b"s": [[b"1-0", [b"data", b"a"]], [b"2-0", [b"x", b"1", b"data", b"b"]]]},
     ],
-    ids=["packed-or-raw-resp2", "resp2", "resp3", "unified", "raw-resp3"],
+    ids=["raw-resp2", "resp2", "resp3", "unified", "raw-resp3"],
 )
 def test_every_reply_shape_gives_the_same_deliveries(
     fake: dict[str, Any], reply: Any
@@ -317,7 +254,7 @@ def test_every_reply_shape_gives_the_same_deliveries(
         [[b"s", [(b"1-0", {b"data": b"only"})]]],
         {b"s": [[(b"1-0", {b"data": b"only"})]]},
     ],
-    ids=["packed", "resp2", "resp3"],
+    ids=["raw", "resp2", "resp3"],
 )
 def test_a_reply_of_one_entry_is_read_as_one_entry(
     fake: dict[str, Any], reply: Any
@@ -331,9 +268,9 @@ def test_an_entry_without_data_is_delivered_empty_for_taskiq_to_reject(
     fake: dict[str, Any],
 ) -> None:
     transport = StreamTransport(stream_broker(fake))
-    packed = [[b"s", [[b"1-0", [b"other", b"x"]], [b"2-0", [b"data", b"ok"]]]]]
+    raw = [[b"s", [[b"1-0", [b"other", b"x"]], [b"2-0", [b"data", b"ok"]]]]]
     deleted = [[b"s", [(None, None), (b"3-0", None)]]]
-    assert [d.data for d in transport._deliveries(packed)] == [b"", b"ok"]
+    assert [d.data for d in transport._deliveries(raw)] == [b"", b"ok"]
     assert [d.data for d in transport._deliveries(deleted)] == [b""]
     assert transport._deliveries(None) == []
     assert transport._deliveries([]) == []
@@ -347,7 +284,6 @@ async def test_a_lost_read_is_retried_after_a_pause(
     monkeypatch.setattr(redis_common, "RETRY_DELAY", 0.001)
     broker = stream_broker(fake)
     transport = await started(broker)
-    transport.reads.packed = False
     await kick(broker, [b"m"])
     real = transport.client.redis.xreadgroup
     failures = [RedisConnectionError("gone"), TimeoutError("slow")]
@@ -432,7 +368,6 @@ async def test_interrupting_recovers_entries_a_cancelled_read_took(
 ) -> None:
     broker = stream_broker(fake, xread_block=2000)
     transport = await started(broker)
-    transport.reads.packed = False
     await kick(broker, [b"known"])
     known = await transport.read(10)
     # Entries XREADGROUP gave this consumer, whose reply never arrived.
@@ -712,26 +647,20 @@ def test_an_idle_timeout_too_short_to_refresh_held_entries_is_warned_of(
 # --- sentinel and cluster brokers ----------------------------------------------------
 
 
-@pytest.mark.parametrize("hiredis", [True, False])
-async def test_a_sentinel_brokers_transport_asks_the_sentinels_for_the_master(
-    monkeypatch: pytest.MonkeyPatch, hiredis: bool
-) -> None:
-    monkeypatch.setattr(redis_common, "HIREDIS", hiredis)
+async def test_a_sentinel_brokers_transport_asks_the_sentinels_for_the_master() -> None:
     broker = RedisStreamSentinelBroker(
         sentinels=[("localhost", 26379)], master_name="m"
     )
     transport = StreamTransport(broker)
-    assert transport.reads.packed is not hiredis
     assert transport.client._owned
     await transport.close()
 
 
-def test_a_cluster_brokers_transport_uses_the_brokers_client_without_scripts() -> None:
+def test_a_cluster_brokers_transport_uses_the_brokers_client() -> None:
     broker = RedisStreamClusterBroker("redis://localhost:7000")
     transport = StreamTransport(broker)
     assert transport.client.redis is broker.redis
     assert transport.client.cluster
-    assert not transport.reads.packed  # a script's keys would span slots
     assert not transport.client._owned
 
 

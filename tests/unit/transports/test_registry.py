@@ -1,5 +1,6 @@
 """Which transport each broker gets, and which result writer each backend."""
 
+import logging
 import subprocess
 import sys
 from collections.abc import AsyncGenerator, Callable
@@ -28,6 +29,8 @@ from taskiq_redis import (
     RedisStreamSentinelBroker,
 )
 
+from taskiq_batching import transports
+from taskiq_batching._compat import redis_py
 from taskiq_batching.transports import results_for, transport_for
 from taskiq_batching.transports.amqp import AmqpTransport
 from taskiq_batching.transports.generic import GenericResults, GenericTransport
@@ -170,7 +173,7 @@ def test_an_amqp_broker_with_its_own_listen_keeps_it_with_its_prefetch() -> None
 
 
 @pytest.mark.parametrize(
-    ("make", "scripted"),
+    ("make", "wired"),
     [
         (lambda: RedisAsyncResultBackend(URL), True),
         (lambda: RedisAsyncSentinelResultBackend(SENTINELS, "m"), True),
@@ -179,11 +182,11 @@ def test_an_amqp_broker_with_its_own_listen_keeps_it_with_its_prefetch() -> None
     ids=["standalone", "sentinel", "cluster"],
 )
 def test_taskiq_redis_backends_get_the_redis_writer(
-    make: Callable[[], Any], scripted: bool
+    make: Callable[[], Any], wired: bool
 ) -> None:
     writer = results_for(make())
     assert type(writer) is RedisResults
-    assert writer.scripted is scripted  # a cluster's keys span slots
+    assert writer.wired is wired  # a cluster's keys span slots: a pipeline
 
 
 class OwnBackend(RedisAsyncResultBackend[Any]):
@@ -215,3 +218,32 @@ def test_a_broker_of_another_library_imports_no_redis_transport() -> None:
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_without_hiredis_taskiq_redis_gets_the_generic_transport_and_one_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(redis_py, "HIREDIS", False)
+    monkeypatch.setattr(transports, "_warned", set())
+    with caplog.at_level(logging.WARNING, "taskiq_batching"):
+        for make in [*STREAMS.values(), *LISTS.values()]:
+            assert type(transport_for(make())) is GenericTransport
+        assert type(transport_for(RedisStreamClusterBroker(CLUSTER))) is (
+            GenericTransport
+        )
+        assert type(results_for(RedisAsyncResultBackend(URL))) is GenericResults
+        # Other libraries' brokers keep theirs.
+        amqp = AioPikaBroker("amqp://guest:guest@localhost/")
+        assert type(transport_for(amqp)) is AmqpTransport
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1
+    assert "hiredis is not installed" in warnings[0]
+    assert 'pip install "taskiq-batching[redis]"' in warnings[0]
+
+
+def test_with_hiredis_nothing_is_said(caplog: pytest.LogCaptureFixture) -> None:
+    assert redis_py.hiredis_available()  # the [redis] extra brings it
+    with caplog.at_level(logging.WARNING, "taskiq_batching"):
+        assert type(transport_for(RedisStreamBroker(URL))) is StreamTransport
+        assert type(results_for(RedisAsyncResultBackend(URL))) is RedisResults
+    assert not caplog.records

@@ -1,0 +1,184 @@
+"""A stream consumer's pending entries: acked, claimed from the dead, released.
+
+Entries stay pending in the consumer group until acked (one ``XACK`` per
+stream for a batch; an entry of a task's key stream, where batched
+tasks' messages wait, is deleted too). Those idle
+longer than the broker's ``idle_timeout`` (their worker died, or
+stalled) are claimed on a timer, every page of them (``XAUTOCLAIM``),
+never this worker's own entries still in use. Entries read but not
+processed at stop are left pending, made claimable at once (``XCLAIM``
+with their idle time set to ``idle_timeout``). The worker keeps its own
+entries fresh meanwhile (``redis_holding``); ``warn_short_idle`` says
+when ``idle_timeout`` leaves it too little time to.
+"""
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, MutableSet, Sequence
+from typing import Any
+
+from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.redis_batches import TaskEntry
+from taskiq_batching.transports.redis_batches_lua import ACK_DELETE
+
+logger = logging.getLogger("taskiq_batching")
+
+#: Below this ``idle_timeout`` (ms), a short stall of a worker's event
+#: loop lets a sibling claim the entries it holds: the worker warns.
+MIN_IDLE_MS = 5000
+
+Entry = tuple[str, bytes]
+
+
+def warn_short_idle(idle_ms: int | None, interval: float) -> None:
+    """Warn when ``idle_timeout`` leaves a worker too little time to refresh.
+
+    Held entries are refreshed every ``interval`` however long a batch
+    waits or runs: only a stall of the worker's event loop longer than
+    the rest of ``idle_timeout`` lets another worker claim them.
+
+    :param idle_ms: the broker's ``idle_timeout`` (None: nothing is claimed).
+    :param interval: seconds between two refreshes.
+    """
+    if idle_ms is None or idle_ms >= MIN_IDLE_MS:
+        return
+    logger.warning(
+        "taskiq_batching: the broker's idle_timeout=%d ms: entries this "
+        "worker holds are refreshed every %g s, so a stall of its event loop "
+        "(blocking code in an async task, Redis unreachable) of %g s lets "
+        "another worker claim and run them again (a duplicate). Keep "
+        "idle_timeout at %d ms or more.",
+        idle_ms,
+        interval,
+        idle_ms / 1000 - interval,
+        MIN_IDLE_MS,
+    )
+
+
+class Pending:
+    """Acks, claims and releases the pending entries of one consumer's streams.
+
+    :param redis: the client.
+    :param group: the consumer group.
+    :param consumer: this consumer.
+    :param streams: the streams it reads.
+    :param idle_ms: the broker's ``idle_timeout`` (None: nothing is claimed).
+    :param count: entries claimed per page.
+    :param in_use: the entries this consumer holds: claimed ones are added,
+        acked and released ones removed.
+    """
+
+    def __init__(
+        self,
+        redis: Any,
+        group: str,
+        consumer: str,
+        streams: Iterable[str],
+        idle_ms: int | None,
+        count: int,
+        in_use: MutableSet[Entry],
+    ) -> None:
+        self.redis = redis
+        self.group = group
+        self.consumer = consumer
+        self.streams = list(streams)
+        self.idle_ms = idle_ms
+        self.count = count
+        self.in_use = in_use
+
+    async def ack(self, handles: Sequence[Any]) -> None:
+        """One XACK per stream; an entry of a task's key stream is deleted too.
+
+        Deleted, so that a key stream holds only what waits or runs: a
+        group created there again at ``0`` runs nothing that had finished.
+
+        :param handles: the entries, ``(stream, id)`` each.
+        """
+        by_stream: defaultdict[str, list[bytes]] = defaultdict(list)
+        deleted: set[str] = set()
+        for handle in handles:
+            stream, entry_id = handle
+            by_stream[stream].append(entry_id)
+            self.in_use.discard(handle)
+            if isinstance(handle, TaskEntry):
+                deleted.add(stream)
+        if len(by_stream) == 1 and not deleted:
+            ((stream, ids),) = by_stream.items()
+            await self.redis.xack(stream, self.group, *ids)
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream, ids in by_stream.items():
+                if stream in deleted:
+                    pipe.eval(ACK_DELETE, 1, stream, self.group, *ids)
+                else:
+                    pipe.xack(stream, self.group, *ids)
+            await pipe.execute()
+
+    async def sweep(self) -> list[Delivery]:
+        """Dead consumers' entries idle over ``idle_timeout``: every page of them.
+
+        :return: the entries claimed, now this consumer's.
+        """
+        if self.idle_ms is None:
+            return []
+        claimed: list[Delivery] = []
+        for stream in self.streams:
+            cursor: Any = "0-0"
+            while True:
+                cursor, page = await self._page(stream, cursor)
+                claimed.extend(page)
+                if cursor in (b"0-0", "0-0"):
+                    break
+        if claimed:
+            logger.warning(
+                "taskiq_batching: claimed %d message(s) idle for over %d ms "
+                "(idle_timeout): the worker that read them stopped refreshing "
+                "them (it stopped and left them, died, or its event loop stalled)",
+                len(claimed),
+                self.idle_ms,
+            )
+        return claimed
+
+    async def _page(self, stream: str, cursor: Any) -> tuple[Any, list[Delivery]]:
+        reply = await self.redis.xautoclaim(
+            stream,
+            self.group,
+            self.consumer,
+            min_idle_time=self.idle_ms,
+            start_id=cursor,
+            count=self.count,
+        )
+        page: list[Delivery] = []
+        for entry_id, fields in reply[1]:
+            entry = (stream, entry_id)
+            if entry in self.in_use:
+                continue  # still ours, held in a batch or by the Receiver
+            data = fields.get(b"data") if fields else None
+            if data is None:  # deleted from the stream meanwhile
+                await self.redis.xack(stream, self.group, entry_id)
+                continue
+            self.in_use.add(entry)
+            page.append(Delivery(data, entry))
+        return reply[0], page
+
+    async def release(self, handles: Sequence[Entry]) -> None:
+        """Leave entries pending, idle enough for any worker to claim them now.
+
+        :param handles: the entries, ``(stream, id)`` each.
+        """
+        by_stream: defaultdict[str, list[bytes]] = defaultdict(list)
+        for stream, entry_id in handles:
+            self.in_use.discard((stream, entry_id))
+            by_stream[stream].append(entry_id)
+        if self.idle_ms is None:
+            return
+        for stream, ids in by_stream.items():
+            await self.redis.xclaim(
+                stream,
+                self.group,
+                self.consumer,
+                min_idle_time=0,
+                message_ids=ids,
+                idle=self.idle_ms,
+                justid=True,
+            )
