@@ -7,10 +7,16 @@ and is imported only for a broker of that library, so a RabbitMQ user
 never imports redis. A new broker is supported by adding a module with
 ``transport_for(broker, listen, wait_in_broker)`` (and
 ``results_for(backend)`` for a result backend) and naming it here.
-Anything else uses the generic transport, as do taskiq-redis's brokers
-and backends when hiredis (redis-py's C reply parser, in the ``[redis]``
-extra) is not installed: their transports read and write only the way
-hiredis makes cheap, and the registry says so once. ``wait_in_broker`` is
+Anything else uses the generic transport, as do taskiq-redis's stream
+brokers and result backends when hiredis (redis-py's C reply parser, in
+the ``[redis]`` extra) is not installed: their transports read and write
+only the way hiredis makes cheap, and the registry says so once. The list
+brokers keep theirs (one blocking pop: nothing hiredis makes cheaper, and
+taskiq-redis's own list listener, which the generic transport would use,
+ends the worker after an idle socket timeout). A stream broker whose
+batched tasks should wait in the broker (``wait_in_broker=True``) without
+hiredis is refused: its workers would never read what producers with
+hiredis put there. ``wait_in_broker`` is
 ``BatchingMiddleware(wait_in_broker=...)``: whether batched tasks'
 messages may wait in the broker (the transport's ``batches``), or are
 read and buffered by each worker (None, the default, and False).
@@ -23,6 +29,7 @@ from typing import Any
 
 from taskiq import AckableMessage, AsyncBroker, AsyncResultBackend
 
+from taskiq_batching.errors import MissingDependencyError
 from taskiq_batching.transports.base import (
     SENT_AT_LABEL,
     BatchSender,
@@ -57,6 +64,8 @@ _TRANSPORTS: dict[str, tuple[str, ...]] = {
     "taskiq_aio_pika": ("amqp",),
     "taskiq_nats": ("nats",),
 }
+#: The modules that read or write only the way hiredis makes cheap.
+_NEEDS_HIREDIS = frozenset({"redis_stream", "redis_results"})
 #: Result writer modules by the top-level package of a backend's class.
 _RESULTS: dict[str, tuple[str, ...]] = {
     "taskiq_redis": ("redis_results",),
@@ -87,12 +96,21 @@ def transport_for(
         path is a preview: docs/fleet.md).
     :return: its library's transport, or the generic one.
     """
-    for module in _modules(_TRANSPORTS, broker):
+    for module, needs_hiredis in _modules(_TRANSPORTS, broker):
         transport: Transport | None = module.transport_for(
             broker, listen, wait_in_broker=wait_in_broker
         )
-        if transport is not None:
+        if transport is None:
+            continue
+        if not needs_hiredis or _hiredis():
             return transport
+        if wait_in_broker:
+            raise MissingDependencyError(
+                "BatchingMiddleware(wait_in_broker=True) on a Redis stream broker",
+                "hiredis",
+                "redis",
+            )
+        break
     return GenericTransport(broker, listen)
 
 
@@ -110,7 +128,7 @@ def stamps_sent_at(broker: AsyncBroker) -> bool:
     if stamps is None:
         stamps = _stamping[kind] = any(
             getattr(module, "STAMPS_SENT_AT", False)
-            for module in _modules(_TRANSPORTS, broker)
+            for module, _ in _modules(_TRANSPORTS, broker)
         )
     return stamps
 
@@ -121,9 +139,9 @@ def results_for(backend: AsyncResultBackend[Any]) -> ResultWriter:
     :param backend: any taskiq result backend.
     :return: its library's writer, or the generic one.
     """
-    for module in _modules(_RESULTS, backend):
+    for module, needs_hiredis in _modules(_RESULTS, backend):
         writer: ResultWriter | None = module.results_for(backend)
-        if writer is not None:
+        if writer is not None and (not needs_hiredis or _hiredis()):
             return writer
     return GenericResults(backend)
 
@@ -141,20 +159,24 @@ def _hiredis() -> bool:
     if "taskiq_redis" not in _warned:
         _warned.add("taskiq_redis")
         logger.warning(
-            "taskiq_batching: hiredis is not installed: taskiq-redis brokers "
-            "and result backends use the generic transport (each message read, "
+            "taskiq_batching: hiredis is not installed: taskiq-redis stream "
+            "brokers and result backends use the generic transport (each message read, "
             "acked and its result stored one by one, as taskiq-redis does); "
             'pip install "taskiq-batching[redis]" for the Redis transports'
         )
     return False
 
 
-def _modules(table: dict[str, tuple[str, ...]], obj: object) -> list[Any]:
+def _modules(table: dict[str, tuple[str, ...]], obj: object) -> list[tuple[Any, bool]]:
+    """The transport modules of an object's library, each with whether it needs hiredis.
+
+    A module that needs hiredis still says whether the object is its kind;
+    the caller then falls back (or refuses) when hiredis is missing.
+    """
     names: list[str] = []
     for cls in type(obj).__mro__:
-        library = cls.__module__.partition(".")[0]
-        if library in table and (library != "taskiq_redis" or _hiredis()):
-            names.extend(table[library])
+        names.extend(table.get(cls.__module__.partition(".")[0], ()))
     return [
-        importlib.import_module(f"{__name__}.{name}") for name in dict.fromkeys(names)
+        (importlib.import_module(f"{__name__}.{name}"), name in _NEEDS_HIREDIS)
+        for name in dict.fromkeys(names)
     ]

@@ -31,6 +31,7 @@ from taskiq_redis import (
 
 from taskiq_batching import transports
 from taskiq_batching._compat import redis_py
+from taskiq_batching.errors import MissingDependencyError
 from taskiq_batching.transports import results_for, transport_for
 from taskiq_batching.transports.amqp import AmqpTransport
 from taskiq_batching.transports.generic import GenericResults, GenericTransport
@@ -220,13 +221,18 @@ def test_a_broker_of_another_library_imports_no_redis_transport() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
-def test_without_hiredis_taskiq_redis_gets_the_generic_transport_and_one_warning(
+def test_without_hiredis_redis_streams_get_the_generic_transport_and_one_warning(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(redis_py, "HIREDIS", False)
     monkeypatch.setattr(transports, "_warned", set())
     with caplog.at_level(logging.WARNING, "taskiq_batching"):
-        for make in [*STREAMS.values(), *LISTS.values()]:
+        # A list broker keeps its transport, and says nothing: one blocking
+        # pop, which hiredis does not make cheaper.
+        for make in LISTS.values():
+            assert type(transport_for(make())) is ListTransport
+        assert not caplog.records
+        for make in STREAMS.values():
             assert type(transport_for(make())) is GenericTransport
         assert type(transport_for(RedisStreamClusterBroker(CLUSTER))) is (
             GenericTransport
@@ -239,6 +245,22 @@ def test_without_hiredis_taskiq_redis_gets_the_generic_transport_and_one_warning
     assert len(warnings) == 1
     assert "hiredis is not installed" in warnings[0]
     assert 'pip install "taskiq-batching[redis]"' in warnings[0]
+
+
+def test_without_hiredis_waiting_in_a_redis_stream_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Its workers would read only the main stream, never what producers
+    # with hiredis put where batches wait.
+    monkeypatch.setattr(redis_py, "HIREDIS", False)
+    with pytest.raises(MissingDependencyError, match=r"taskiq-batching\[redis\]"):
+        transport_for(RedisStreamBroker(URL), wait_in_broker=True)
+    assert type(transport_for(RedisStreamBroker(URL), wait_in_broker=False)) is (
+        GenericTransport
+    )
+    for make in LISTS.values():
+        waiting = transport_for(make(), wait_in_broker=True)
+        assert type(waiting) is ListTransport
 
 
 def test_with_hiredis_nothing_is_said(caplog: pytest.LogCaptureFixture) -> None:
