@@ -16,7 +16,7 @@ all of them:
 * each batch taken goes through the one lifecycle of a batched message
   (``Lifecycle.accept``: ``pre_execute``, acks, validation that fails a
   message alone), then every buffer its messages landed in flushes at
-  once, with the broker's reason (``FlushRules.flush_taken``);
+  once, with the broker's reason (``Batcher.flush_taken``);
 * then, while messages wait but none is due, it sleeps until the nearest
   deadline or ``poll_seconds``, whichever is sooner; when nothing waits,
   it blocks in ``idle`` until a send wakes it.
@@ -185,7 +185,7 @@ class Taker:
         quiet: list[BatchSpec] = []
         blocked = took = False
         for spec in self.specs:
-            room = self.batcher.runner.room(spec.task_name)
+            room = self.batcher.room(spec.task_name)
             if room == 0:
                 blocked = True
                 continue
@@ -207,7 +207,7 @@ class Taker:
         elif quiet:
             await self._idle_until_woken(source, quiet, blocked)
         else:
-            await self._pause(None, self.batcher.changes.next())
+            await self._pause(None, self.batcher.changed())
 
     async def _idle_until_woken(
         self, source: BatchSource, quiet: list[BatchSpec], blocked: bool
@@ -224,7 +224,7 @@ class Taker:
             future.add_done_callback(_retrieve)
             self._idle = (names, future)
         idle = self._idle[1]
-        change = self.batcher.changes.next() if blocked else None
+        change = self.batcher.changed() if blocked else None
         await self._pause(None, idle, change)
         if idle.done():
             self._idle = None
@@ -265,9 +265,7 @@ class Taker:
                 reasons[id(delivery)] = reason
             self.router.taken += len(batch.deliveries)
         held = await self.lifecycle.accept(taken)
-        self.batcher.rules.flush_taken(
-            [(one, reasons[id(one.delivery)]) for one in held]
-        )
+        self.batcher.flush_taken([(one, reasons[id(one.delivery)]) for one in held])
 
     # --- forwarding ------------------------------------------------------------
 
