@@ -10,10 +10,8 @@ goes to the ``Finisher`` (the lifecycle), which stores results, runs
 middlewares and acks, then releases its messages. What a process may hold
 of a task is counted in ``bounds.py``; ``admit`` waits for room there.
 
-The batcher owns its parts and is their only link: the flush rules see it
-through ``ports.Buffers``, the runner gets its collaborators, and the
-worker says what changes through methods (``serve``, ``begin_shutdown``,
-``senders_wait``...), never by setting its fields.
+It owns its parts, their one link (the rules see it as ``ports.Buffers``);
+the worker calls its methods (``serve``, ``begin_shutdown``...).
 """
 
 import asyncio
@@ -129,6 +127,16 @@ class Batcher:
                 self.flush(key, full)
                 buffer = None
         if buffer is None:
+            # A batch of its key waiting to start takes it, if in its bounds.
+            waiting = self.runner.filling.get(key)
+            if (
+                waiting is not None
+                and len(waiting.items) < spec.settings.batch_size
+                and self.rules.full(spec, waiting, placement, size) is None
+            ):
+                cost = 0.0 if placement is None else placement.cost
+                self.runner.join(waiting, message, size, cost)
+                return
             buffer = Buffer(task_name, key[1], args, kwargs, loop.time())
             self.buffers[key] = buffer
             self.open_keys[task_name] += 1

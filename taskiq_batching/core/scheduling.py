@@ -2,11 +2,11 @@
 
 A flushed buffer waits in the ready queue until its task's
 ``batch_concurrency`` (and its key's ``batch_key_concurrency``) and the
-process's ``max_concurrent_batches`` allow it to start; it then runs
+process's ``max_concurrent_batches`` allow it to start, taking meanwhile
+the messages of its key that come, up to its bounds (``filling``); it then runs
 (``call.py``), observers are told, and the ``Finisher`` (the worker's
-lifecycle) finishes its messages. The runner is given what it uses (the
-specs, the bounds, the observers; at a worker's start, ``ports.Serving``):
-it knows nothing of the batcher that queues into it.
+lifecycle) finishes its messages. The runner is given what it uses
+(``ports.Serving`` at a worker's start), not the batcher.
 """
 
 import asyncio
@@ -22,7 +22,7 @@ from taskiq_batching.core.buffer import Buffer, Held
 from taskiq_batching.core.call import run_batch
 from taskiq_batching.core.changes import Changes
 from taskiq_batching.core.events import BatchReport, Observers
-from taskiq_batching.core.ports import Serving
+from taskiq_batching.core.ports import Key, Serving
 from taskiq_batching.settings import FlushReason
 from taskiq_batching.spec import BatchSpec
 
@@ -66,6 +66,9 @@ class Runner:
         self.running: defaultdict[str, int] = defaultdict(int)
         #: Flushed batches waiting to start, by task (counted in the bounds).
         self.backlog = bounds.backlog
+        #: The newest batch of each key waiting to start: it still takes
+        #: messages of its key (``join``), up to its bounds, until it starts.
+        self.filling: dict[Key, Buffer] = {}
         #: Running batches by buffer key (``batch_key_concurrency``).
         self.running_keys: defaultdict[tuple[str, Hashable], int] = defaultdict(int)
 
@@ -112,7 +115,18 @@ class Runner:
         """
         self.ready.append((buffer, reason))
         self.backlog[buffer.task_name] += 1
+        self.filling[(buffer.task_name, buffer.key)] = buffer
         self.dispatch()
+
+    def join(self, buffer: Buffer, held: Held, size: int, cost: float) -> None:
+        """Add a message (``size`` bytes, ``cost``) to a batch of ``filling``.
+
+        The batch starts no later for it: when a slot frees, as it would have.
+        """
+        buffer.items.append(held)
+        buffer.size += size
+        buffer.cost += cost
+        self.bounds.held_bytes[buffer.task_name] += size
 
     def dispatch(self) -> None:
         """Start ready batches while the concurrency limits allow, oldest first."""
@@ -129,6 +143,8 @@ class Runner:
                 continue
             self.running[name] += 1
             self.backlog[name] -= 1
+            if self.filling.get((name, buffer.key)) is buffer:
+                del self.filling[(name, buffer.key)]
             if per_key is not None:
                 self.running_keys[(name, buffer.key)] += 1
             spec = self.specs[name]
@@ -270,6 +286,7 @@ class Runner:
             self.bounds.held_bytes[buffer.task_name] -= buffer.size
         self.ready.clear()
         self.backlog.clear()
+        self.filling.clear()
         for task in self.tasks:
             task.cancel()
         return cut
@@ -278,6 +295,7 @@ class Runner:
         """Forget batches of an earlier event loop."""
         self.ready.clear()
         self.backlog.clear()
+        self.filling.clear()
         self.tasks.clear()
         self.running.clear()
         self.running_keys.clear()
