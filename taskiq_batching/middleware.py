@@ -10,7 +10,7 @@ from taskiq import AsyncBroker, TaskiqMiddleware
 
 from taskiq_batching._compat import guard_declarations, swap_task_class
 from taskiq_batching.core.batcher import DEFAULT_MAX_CONCURRENT_BATCHES, Batcher
-from taskiq_batching.core.events import BatchObserver
+from taskiq_batching.core.events import BatchObserver, Observers
 from taskiq_batching.core.statistics import Statistics, TaskStatistics
 from taskiq_batching.errors import BatchConfigError, MiddlewareMissingError
 from taskiq_batching.labels import BATCH_LABEL, wants_batching
@@ -89,6 +89,8 @@ class BatchingMiddleware(TaskiqMiddleware):
         self.wait_in_broker = wait_in_broker
         self.batcher: Batcher | None = None
         self._observers = list(observers)
+        #: Those the batcher tells (``_observers`` and the statistics).
+        self._observing = Observers()
         #: The worker's transports, made for this broker (closed at shutdown).
         self._opened: list[Transport] = []
 
@@ -128,12 +130,18 @@ class BatchingMiddleware(TaskiqMiddleware):
                 "(`.with_middlewares(BatchingMiddleware())`).",
             )
         super().set_broker(broker)
-        self.batcher = Batcher(broker, self.max_concurrent_batches)
-        self.batcher.error_values = self.error_values
+        observers = Observers()
+        self.batcher = Batcher(
+            broker,
+            self.max_concurrent_batches,
+            observers,
+            error_values=self.error_values,
+        )
+        # Statistics read the batcher's counts: made once it exists.
         self._statistics = Statistics(self.batcher)
-        self.batcher.observers.add(self._statistics)
-        for observer in self._observers:
-            self.batcher.observers.add(observer)
+        for observer in (self._statistics, *self._observers):
+            observers.add(observer)
+        self._observing = observers
         swap_task_class(broker, batching_class)
         hook.attach(
             broker,
@@ -148,8 +156,7 @@ class BatchingMiddleware(TaskiqMiddleware):
         :param observer: for example a metrics exporter.
         """
         self._observers.append(observer)
-        if self.batcher is not None:
-            self.batcher.observers.add(observer)
+        self._observing.add(observer)
 
     def statistics(self) -> dict[str, TaskStatistics]:
         """What each batched task did in this process (see ``TaskStatistics``).

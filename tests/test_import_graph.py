@@ -15,19 +15,6 @@ pytestmark = pytest.mark.timeout(30)
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: Circles known and being removed elsewhere (issue 19 item 1: the Batcher
-#: with explicit collaborators). When one is gone, delete it here: the
-#: test fails until then, so that the allowance cannot outlive the circle.
-KNOWN = {
-    frozenset(
-        {
-            "taskiq_batching.core.batcher",
-            "taskiq_batching.core.flush",
-            "taskiq_batching.core.scheduling",
-        }
-    ),
-}
-
 
 def modules(root: Path, package: str) -> dict[str, Path]:
     """Every module of a package, by dotted name (a package by its own name)."""
@@ -97,8 +84,7 @@ def circles(edges: dict[str, set[str]]) -> set[frozenset[str]]:
 
 def test_the_package_has_no_import_circle() -> None:
     found = circles(graph(ROOT, "taskiq_batching"))
-    assert found - KNOWN == set(), sorted(map(sorted, found - KNOWN))
-    assert KNOWN - found == set(), f"gone, delete from KNOWN: {KNOWN - found}"
+    assert found == set(), sorted(map(sorted, found))
 
 
 def test_bench_has_no_import_circle() -> None:

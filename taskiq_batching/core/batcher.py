@@ -5,37 +5,35 @@ come in through ``add`` (the worker's pump, or a sender on
 ``InMemoryBroker``, both via the one lifecycle in ``worker/``); a buffer
 is flushed (``flush.py`` says when) into the ready queue; ready batches
 start while the task's ``batch_concurrency`` and the process's
-``max_concurrent_batches`` allow; a finished batch goes to the
-``finisher`` (the lifecycle), which stores results, runs middlewares and
-acks, then releases its messages. What a process may hold of a task is
-counted in ``bounds.py``; ``admit`` waits for room there.
+``max_concurrent_batches`` allow (``scheduling.py``); a finished batch
+goes to the ``Finisher`` (the lifecycle), which stores results, runs
+middlewares and acks, then releases its messages. What a process may hold
+of a task is counted in ``bounds.py``; ``admit`` waits for room there.
+
+It owns its parts, their one link (the rules see it as ``ports.Buffers``);
+the worker calls its methods (``serve``, ``begin_shutdown``...).
 """
 
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from taskiq import AsyncBroker
 
 from taskiq_batching.core.bounds import Bounds
 from taskiq_batching.core.buffer import Buffer, Held
-from taskiq_batching.core.call import Outcome, RunOptions, SpanMaker
 from taskiq_batching.core.changes import Changes
 from taskiq_batching.core.events import Observers
 from taskiq_batching.core.flush import FlushRules
 from taskiq_batching.core.policies import admit
+from taskiq_batching.core.ports import Key, Serving
 from taskiq_batching.core.scheduling import Runner
 from taskiq_batching.settings import FlushReason
 from taskiq_batching.spec import BatchSpec
 
 logger = logging.getLogger("taskiq_batching")
-
-#: ``finisher(spec, [(message, outcome)], seconds the batch ran)``
-Finisher = Callable[[BatchSpec, list[tuple[Held, Outcome]], float], Awaitable[None]]
-
-_Key = tuple[str, Hashable]
 
 #: Batch calls that may run at once in one worker process, by default.
 DEFAULT_MAX_CONCURRENT_BATCHES = 16
@@ -46,59 +44,54 @@ class Batcher:
 
     :param broker: the broker whose batched tasks this serves.
     :param max_concurrent_batches: batch calls that may run at once.
+    :param observers: told of flushes and finished batches (statistics,
+        metrics); the caller may add more later.
+    :param serving: how batches run and are finished, until a worker
+        starts serving (``serve``).
+    :param error_values: show the values that fail in item errors.
     """
 
     def __init__(
         self,
         broker: AsyncBroker,
         max_concurrent_batches: int = DEFAULT_MAX_CONCURRENT_BATCHES,
+        observers: Observers | None = None,
+        serving: Serving | None = None,
+        error_values: bool = False,
     ) -> None:
-        self.broker = broker
-        self.max_concurrent_batches = max_concurrent_batches
         self.specs: dict[str, BatchSpec] = {}
-        self.options = RunOptions()
-        #: Validate items against the list's element type (``--no-parse`` off).
-        self.validate = True
-        #: Show the values that fail in item errors (``error_values``).
-        self.error_values = False
-        #: Finishes the messages of a batch; set by the worker integration.
-        self.finisher: Finisher | None = None
-        #: Makes each batch's span, when the broker is traced.
-        self.span: SpanMaker | None = None
-        #: Whether the broker took a delivery back (its AMQP channel closed:
-        #: it delivers the message again); set by the worker's pump.
-        self.lost: Callable[[Any], bool] | None = None
-        #: Told of flushes and finished batches (statistics, metrics).
-        self.observers = Observers()
+        self.error_values = error_values
+        self.observers = Observers() if observers is None else observers
         self.changes = Changes(self._drop_earlier_loop)
         self.rules = FlushRules(self)
-        self.buffers: dict[_Key, Buffer] = {}
+        self.buffers: dict[Key, Buffer] = {}
         #: Messages in open buffers, by task (kept, not counted: read per add).
         self.waiting: defaultdict[str, int] = defaultdict(int)
         #: Open buffers, by task.
         self.open_keys: defaultdict[str, int] = defaultdict(int)
-        #: Starts flushed batches as the concurrency limits allow.
-        self.runner = Runner(self)
-        self.bounds = Bounds(
-            self.specs, self.runner.backlog, self.rules.relieve, self.changes
-        )
+        self.bounds = Bounds(self.specs, self.rules.relieve, self.changes)
         #: Messages held, by task (``Bounds.held``).
         self.held = self.bounds.held
         #: Wire bytes held, by task (``Bounds.held_bytes``).
         self.held_bytes = self.bounds.held_bytes
-        self._admitting = 0
-        #: Messages sent (``InMemoryBroker.kick``) whose admission has not begun.
-        self.incoming = 0
+        #: Starts flushed batches as the concurrency limits allow.
+        self.runner = Runner(
+            broker,
+            self.specs,
+            max_concurrent_batches,
+            self.bounds,
+            self.changes,
+            self.observers,
+        )
+        self.serve(Serving() if serving is None else serving)
 
-    def configure(self, validate: bool, run: RunOptions | None) -> None:
-        """Take the worker's settings.
+    def serve(self, serving: Serving) -> None:
+        """Run and finish batches as a worker says, from now on.
 
-        :param validate: validate items (taskiq's ``--no-parse`` turns it off).
-        :param run: how batch functions run.
+        :param serving: its run options, finisher, span maker...
         """
-        self.validate = validate
-        if run is not None:
-            self.options = run
+        self.validate = serving.validate
+        self.runner.serve(serving)
 
     def register(self, spec: BatchSpec) -> None:
         """Start batching a task.
@@ -106,34 +99,6 @@ class Batcher:
         :param spec: the task's batch spec.
         """
         self.specs[spec.task_name] = spec
-
-    # --- admission -------------------------------------------------------
-
-    def fits_bytes(self, task_name: str, size: int) -> bool:
-        """Whether ``size`` more wire bytes of a task fit (``Bounds.fits_bytes``).
-
-        :param task_name: a batched task.
-        :param size: wire bytes about to be taken.
-        :return: False when the worker must stop taking the task's messages.
-        """
-        return self.bounds.fits_bytes(task_name, size)
-
-    async def admit(self, task_name: str) -> None:
-        """Wait until one more message of a task fits, and take it.
-
-        :param task_name: a batched task.
-        """
-        self._admitting += 1
-        try:
-            while not self.bounds.try_admit(task_name):
-                await self.changes.next()
-        finally:
-            self._admitting -= 1
-
-    def arrived(self) -> None:
-        """An ``incoming`` message was admitted (or gave up on it)."""
-        self.incoming -= 1
-        self.changes.notify()
 
     # --- buffers -----------------------------------------------------------
 
@@ -153,7 +118,7 @@ class Batcher:
             spec, message, loop.time(), self.validate, values=self.error_values
         )
         args, kwargs, placement = admission.args, admission.kwargs, admission.placement
-        key: _Key = (task_name, admission.key)
+        key: Key = (task_name, admission.key)
         buffer = self.buffers.get(key)
         size = message.size
         if buffer is not None:
@@ -162,6 +127,16 @@ class Batcher:
                 self.flush(key, full)
                 buffer = None
         if buffer is None:
+            # A batch of its key waiting to start takes it, if in its bounds.
+            waiting = self.runner.filling.get(key)
+            if (
+                waiting is not None
+                and len(waiting.items) < spec.settings.batch_size
+                and self.rules.full(spec, waiting, placement, size) is None
+            ):
+                cost = 0.0 if placement is None else placement.cost
+                self.runner.join(waiting, message, size, cost)
+                return
             buffer = Buffer(task_name, key[1], args, kwargs, loop.time())
             self.buffers[key] = buffer
             self.open_keys[task_name] += 1
@@ -174,7 +149,7 @@ class Batcher:
         if self.changes:
             self.changes.notify()
 
-    def flush(self, key: _Key, reason: FlushReason) -> None:
+    def flush(self, key: Key, reason: FlushReason) -> None:
         """Close one buffer and queue it to run.
 
         :param key: the buffer's key.
@@ -228,6 +203,24 @@ class Batcher:
         """Batches running now, by task."""
         return self.runner.running
 
+    def room(self, task_name: str) -> int:
+        """Whole batches of a task that may start now (``Runner.room``)."""
+        return self.runner.room(task_name, self.waiting[task_name])
+
+    def flush_taken(
+        self, taken: Sequence[tuple[Held, FlushReason]]
+    ) -> list[tuple[Key, Held]]:
+        """Flush the buffers of batches taken whole (``FlushRules.flush_taken``).
+
+        :param taken: each message held and its batch's reason.
+        :return: the buffers left open, each with one of its taken messages.
+        """
+        return self.rules.flush_taken(taken)
+
+    def relieve_all(self) -> None:
+        """The broker delivers nothing more until something is acked: flush all."""
+        self.rules.relieve_all()
+
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run work in the background; a stop (``drain``) waits for it.
 
@@ -249,8 +242,8 @@ class Batcher:
             ack was given to them by the cut-off batch).
         """
         loop = self.bind_loop()
-        self.rules.closing = True
-        while self.buffers or self.runner.busy or self._admitting or self.incoming:
+        self.begin_shutdown()
+        while self.buffers or self.runner.busy or self.bounds.pending:
             self.flush_all(FlushReason.SHUTDOWN)
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
@@ -267,6 +260,17 @@ class Batcher:
         self.waiting.clear()
         self.open_keys.clear()
         return cut + self.runner.cut()
+
+    def begin_shutdown(self) -> None:
+        """From now on, buffers flush as soon as a message arrives (a stop)."""
+        self.rules.closing = True
+
+    def senders_wait(self, waiting: bool) -> None:
+        """Whether senders wait for each result: buffers flush on the next turn.
+
+        :param waiting: ``InMemoryBroker(await_inplace=True)``.
+        """
+        self.rules.eager = waiting
 
     def reopen(self) -> None:
         """Leave shutdown mode: a broker started again batches as before."""
@@ -288,15 +292,14 @@ class Batcher:
         self.buffers.clear()
         self.waiting.clear()
         self.open_keys.clear()
-        self.incoming = 0
         self.runner.reset()
         self.rules.reset()
         self.bounds.clear()
 
-    async def changed(self) -> None:
-        """Wait for the next change (a message added or finished, a batch run)."""
-        await self.changes.next()
+    def changed(self) -> "asyncio.Future[None]":
+        """A future resolved at the next change (a message added or finished...)."""
+        return self.changes.next()
 
     def notify(self) -> None:
-        """Wake whoever waits for a change (``changed``, ``admit``, ``drain``)."""
+        """Wake whoever waits for a change (``changed``, ``drain``, admissions)."""
         self.changes.notify()

@@ -5,7 +5,8 @@ A process holds at most ``BatchSettings.max_held`` messages of a task
 ``BatchSettings.max_held_bytes`` of their wire bytes; a keyed task also
 takes no more than the flushed batches still allowed to wait. A message
 is counted from its admission (``try_admit``) until its batch is finished
-(``release``).
+(``release``). ``admit`` waits for room; a stop waits for the messages
+on their way in (``pending``).
 """
 
 from collections import defaultdict
@@ -23,7 +24,6 @@ class Bounds:
     """Counts what a process holds of each task, against the task's bounds.
 
     :param specs: the batched tasks, by name.
-    :param backlog: flushed batches waiting to run, by task.
     :param relieve: called when a task is refused at a bound.
     :param changes: the event loop (counts of an earlier one are dropped
         first), told when messages are released.
@@ -32,18 +32,52 @@ class Bounds:
     def __init__(
         self,
         specs: Mapping[str, BatchSpec],
-        backlog: Mapping[str, int],
         relieve: Relieve,
         changes: Changes,
     ) -> None:
         self.specs = specs
-        self.backlog = backlog
         self.relieve = relieve
         self.changes = changes
         #: Messages admitted and not yet finished, by task.
         self.held: defaultdict[str, int] = defaultdict(int)
         #: Wire bytes of messages in buffers, waiting to run or running, by task.
         self.held_bytes: defaultdict[str, int] = defaultdict(int)
+        #: Flushed batches waiting to run, by task (kept by ``Runner``).
+        self.backlog: defaultdict[str, int] = defaultdict(int)
+        #: Messages waiting in ``admit``.
+        self.admitting = 0
+        #: Messages sent (``InMemoryBroker.kick``) whose admission has not begun.
+        self.incoming = 0
+
+    @property
+    def pending(self) -> bool:
+        """Whether messages are on their way in (a stop waits for them)."""
+        return bool(self.admitting or self.incoming)
+
+    async def admit(self, task_name: str) -> None:
+        """Wait until one more message of a task fits, and take it.
+
+        :param task_name: a batched task.
+        """
+        self.admitting += 1
+        try:
+            while not self.try_admit(task_name):
+                await self.changes.next()
+        finally:
+            self.admitting -= 1
+
+    def expect(self) -> None:
+        """A message was sent (``InMemoryBroker.kick``); its admission is to come.
+
+        A stop waits for it until ``arrived``.
+        """
+        self.changes.bind_loop()  # state of an earlier loop is dropped first
+        self.incoming += 1
+
+    def arrived(self) -> None:
+        """An expected message was admitted (or gave up on it)."""
+        self.incoming -= 1
+        self.changes.notify()
 
     def try_admit(self, task_name: str) -> bool:
         """Take one more message of a task if the bound allows.
@@ -123,3 +157,4 @@ class Bounds:
         """Forget every count (the state of an earlier event loop)."""
         self.held.clear()
         self.held_bytes.clear()
+        self.incoming = 0

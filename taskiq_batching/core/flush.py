@@ -28,21 +28,21 @@ these rules message by message; then ``flush_taken``.
 ``batch_min_size`` holds back a timer: a buffer below it is not flushed
 by ``batch_timeout`` but by ``batch_max_wait`` (every other reason still
 flushes it).
+
+The rules act on the buffers through ``ports.Buffers``, the little of
+the batcher they need.
 """
 
 import logging
-from collections.abc import Hashable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 from taskiq_batching.core.buffer import Buffer, Held
 from taskiq_batching.core.policies import Placement
+from taskiq_batching.core.ports import Buffers, Key
 from taskiq_batching.settings import FlushReason
 from taskiq_batching.spec import BatchSpec
 
 logger = logging.getLogger("taskiq_batching")
-
-if TYPE_CHECKING:
-    from taskiq_batching.core.batcher import Batcher
 
 
 #: A deadline's batch is flushed this many seconds early, so that it starts
@@ -51,12 +51,12 @@ DEADLINE_LEAD = 0.005
 
 
 class FlushRules:
-    """Decides when the batcher's buffers flush.
+    """Decides when buffers flush.
 
-    :param batcher: the batcher whose buffers these rules flush.
+    :param batcher: the buffers these rules flush.
     """
 
-    def __init__(self, batcher: "Batcher") -> None:
+    def __init__(self, batcher: Buffers) -> None:
         self.batcher = batcher
         #: Flush on the next loop turn: the worker is stopping.
         self.closing = False
@@ -115,7 +115,7 @@ class FlushRules:
         else:
             buffer.timer = loop.call_at(buffer.opened_at + timeout, self._timer, key)
 
-    def _timer(self, key: tuple[str, Hashable]) -> None:
+    def _timer(self, key: Key) -> None:
         """``batch_timeout`` passed: flush, unless ``batch_min_size`` holds it."""
         buffer = self.batcher.buffers.get(key)
         if buffer is None:
@@ -247,7 +247,7 @@ class FlushRules:
 
     def flush_taken(
         self, taken: Sequence[tuple[Held, FlushReason]]
-    ) -> list[tuple[tuple[str, Hashable], Held]]:
+    ) -> list[tuple[Key, Held]]:
         """Flush the buffers that messages of due taken batches landed in.
 
         The rules above split it already, message by message. What is left
@@ -259,7 +259,7 @@ class FlushRules:
         :return: the buffers left open, each with one of its taken messages.
         """
         reasons = {id(held): reason for held, reason in taken}
-        left: list[tuple[tuple[str, Hashable], Held]] = []
+        left: list[tuple[Key, Held]] = []
         for key, buffer in list(self.batcher.buffers.items()):
             found = [h for h in buffer.items if id(h) in reasons]
             if not found:

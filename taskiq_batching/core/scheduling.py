@@ -2,37 +2,60 @@
 
 A flushed buffer waits in the ready queue until its task's
 ``batch_concurrency`` (and its key's ``batch_key_concurrency``) and the
-process's ``max_concurrent_batches`` allow it to start; it then runs
-(``call.py``), observers are told, and the batcher's ``finisher`` (the
-worker's lifecycle) finishes its messages.
+process's ``max_concurrent_batches`` allow it to start, taking meanwhile
+the messages of its key that come, up to its bounds (``filling``); it then runs
+(``call.py``), observers are told, and the ``Finisher`` (the worker's
+lifecycle) finishes its messages. The runner is given what it uses
+(``ports.Serving`` at a worker's start), not the batcher.
 """
 
 import asyncio
 import logging
 from collections import defaultdict, deque
-from collections.abc import Coroutine, Hashable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine, Hashable, Mapping
+from typing import Any
 
+from taskiq import AsyncBroker
+
+from taskiq_batching.core.bounds import Bounds
 from taskiq_batching.core.buffer import Buffer, Held
 from taskiq_batching.core.call import run_batch
-from taskiq_batching.core.events import BatchReport
+from taskiq_batching.core.changes import Changes
+from taskiq_batching.core.events import BatchReport, Observers
+from taskiq_batching.core.ports import Key, Serving
 from taskiq_batching.settings import FlushReason
 from taskiq_batching.spec import BatchSpec
-
-if TYPE_CHECKING:
-    from taskiq_batching.core.batcher import Batcher
 
 logger = logging.getLogger("taskiq_batching")
 
 
 class Runner:
-    """Starts a batcher's flushed batches as its limits allow, and tracks them.
+    """Starts flushed batches as the concurrency limits allow, and tracks them.
 
-    :param batcher: the batcher whose batches these are.
+    :param broker: the broker whose tasks run.
+    :param specs: the batched tasks, by name.
+    :param max_concurrent_batches: batch calls that may run at once.
+    :param bounds: what the process holds (released as batches finish).
+    :param changes: the event loop, told of every batch finished.
+    :param observers: told of every batch run.
     """
 
-    def __init__(self, batcher: "Batcher") -> None:
-        self.batcher = batcher
+    def __init__(
+        self,
+        broker: AsyncBroker,
+        specs: Mapping[str, BatchSpec],
+        max_concurrent_batches: int,
+        bounds: Bounds,
+        changes: Changes,
+        observers: Observers,
+    ) -> None:
+        self.broker = broker
+        self.specs = specs
+        self.max_concurrent_batches = max_concurrent_batches
+        self.bounds = bounds
+        self.changes = changes
+        self.observers = observers
+        self.serving = Serving()
         #: Flushed batches waiting to start, oldest first.
         self.ready: deque[tuple[Buffer, FlushReason]] = deque()
         #: Running batches and their buffers.
@@ -41,17 +64,27 @@ class Runner:
         self.side: set[asyncio.Task[None]] = set()
         #: Running batches by task.
         self.running: defaultdict[str, int] = defaultdict(int)
-        #: Flushed batches waiting to start, by task.
-        self.backlog: defaultdict[str, int] = defaultdict(int)
+        #: Flushed batches waiting to start, by task (counted in the bounds).
+        self.backlog = bounds.backlog
+        #: The newest batch of each key waiting to start: it still takes
+        #: messages of its key (``join``), up to its bounds, until it starts.
+        self.filling: dict[Key, Buffer] = {}
         #: Running batches by buffer key (``batch_key_concurrency``).
         self.running_keys: defaultdict[tuple[str, Hashable], int] = defaultdict(int)
+
+    def serve(self, serving: Serving) -> None:
+        """Run and finish batches as a worker says from now on.
+
+        :param serving: what the worker gives.
+        """
+        self.serving = serving
 
     @property
     def busy(self) -> bool:
         """Whether a batch waits, runs, or other work of a stop is not done."""
         return bool(self.ready or self.tasks or self.side)
 
-    def room(self, task_name: str) -> int:
+    def room(self, task_name: str, buffered: int = 0) -> int:
         """Whole batches of a task that may start now (taken from the broker).
 
         What ``batch_concurrency``, ``max_concurrent_batches`` and, for a
@@ -61,12 +94,13 @@ class Runner:
         besides what waits in its open buffers.
 
         :param task_name: a batched task.
+        :param buffered: its messages in open buffers.
         :return: how many (0: wait for a change).
         """
-        settings = self.batcher.specs[task_name].settings
+        settings = self.specs[task_name].settings
         room = min(
             settings.concurrency - self.running[task_name] - self.backlog[task_name],
-            self.batcher.max_concurrent_batches - len(self.tasks) - len(self.ready),
+            self.max_concurrent_batches - len(self.tasks) - len(self.ready),
         )
         if settings.key is not None and settings.max_keys is not None:
             busy = {b.key for b in self.tasks.values() if b.task_name == task_name}
@@ -74,8 +108,7 @@ class Runner:
             room = min(room, settings.max_keys - len(busy))
         # Messages in open buffers (a taken batch's short remainder) are
         # not held against the room: the take that tops them up flushes them.
-        batcher = self.batcher
-        held = settings.max_held - batcher.held[task_name] + batcher.buffered(task_name)
+        held = settings.max_held - self.bounds.held[task_name] + buffered
         return max(min(room, held // settings.batch_size), 0)
 
     def queue(self, buffer: Buffer, reason: FlushReason) -> None:
@@ -86,15 +119,26 @@ class Runner:
         """
         self.ready.append((buffer, reason))
         self.backlog[buffer.task_name] += 1
+        self.filling[(buffer.task_name, buffer.key)] = buffer
         self.dispatch()
+
+    def join(self, buffer: Buffer, held: Held, size: int, cost: float) -> None:
+        """Add a message (``size`` bytes, ``cost``) to a batch of ``filling``.
+
+        The batch starts no later for it: when a slot frees, as it would have.
+        """
+        buffer.items.append(held)
+        buffer.size += size
+        buffer.cost += cost
+        self.bounds.held_bytes[buffer.task_name] += size
 
     def dispatch(self) -> None:
         """Start ready batches while the concurrency limits allow, oldest first."""
         skipped: deque[tuple[Buffer, FlushReason]] = deque()
-        while self.ready and len(self.tasks) < self.batcher.max_concurrent_batches:
+        while self.ready and len(self.tasks) < self.max_concurrent_batches:
             buffer, reason = self.ready.popleft()
             name = buffer.task_name
-            settings = self.batcher.specs[name].settings
+            settings = self.specs[name].settings
             per_key = settings.key_concurrency
             if self.running[name] >= settings.concurrency or (
                 per_key is not None and self.running_keys[(name, buffer.key)] >= per_key
@@ -103,10 +147,12 @@ class Runner:
                 continue
             self.running[name] += 1
             self.backlog[name] -= 1
+            if self.filling.get((name, buffer.key)) is buffer:
+                del self.filling[(name, buffer.key)]
             if per_key is not None:
                 self.running_keys[(name, buffer.key)] += 1
-            spec = self.batcher.specs[name]
-            task = self.batcher.bind_loop().create_task(self._run(spec, buffer, reason))
+            spec = self.specs[name]
+            task = self.changes.bind_loop().create_task(self._run(spec, buffer, reason))
             self.tasks[task] = buffer
             task.add_done_callback(self._ran)
         skipped.extend(self.ready)
@@ -117,14 +163,14 @@ class Runner:
         if buffer is not None:
             name = buffer.task_name
             self.running[name] -= 1
-            self.batcher.held_bytes[name] -= buffer.size
-            if self.batcher.specs[name].settings.key_concurrency is not None:
+            self.bounds.held_bytes[name] -= buffer.size
+            if self.specs[name].settings.key_concurrency is not None:
                 key = (name, buffer.key)
                 self.running_keys[key] -= 1
                 if not self.running_keys[key]:
                     del self.running_keys[key]
         self.dispatch()
-        self.batcher.notify()
+        self.changes.notify()
 
     async def _run(self, spec: BatchSpec, buffer: Buffer, reason: FlushReason) -> None:
         loop = asyncio.get_running_loop()
@@ -146,28 +192,29 @@ class Runner:
         )
         started = loop.time()
         waited = started - buffer.opened_at
+        serving = self.serving
         try:
-            if self.batcher.span is None:
+            if serving.span is None:
                 outcomes = await run_batch(
-                    self.batcher.broker, spec, buffer, reason, self.batcher.options
+                    self.broker, spec, buffer, reason, serving.options
                 )
             else:
-                with self.batcher.span(spec.task_name, buffer, reason, waited) as span:
+                with serving.span(spec.task_name, buffer, reason, waited) as span:
                     outcomes = await run_batch(
-                        self.batcher.broker, spec, buffer, reason, self.batcher.options
+                        self.broker, spec, buffer, reason, serving.options
                     )
                     span.outcomes(outcomes)
         except asyncio.CancelledError:
-            if self.batcher.observers:
+            if self.observers:
                 self._report(spec, buffer, reason, waited, loop.time() - started)
             raise
         ran = loop.time() - started
-        if self.batcher.observers:
+        if self.observers:
             failed = sum(1 for outcome in outcomes if outcome.error is not None)
             self._report(spec, buffer, reason, waited, ran, failed)
-        if self.batcher.finisher is not None:
+        if serving.finisher is not None:
             batch = list(zip(buffer.items, outcomes, strict=True))
-            await self.batcher.finisher(spec, batch, ran)
+            await serving.finisher.finish(spec, batch, ran)
 
     def drop_lost(self, buffer: Buffer) -> int:
         """Take out of a batch about to start the messages the broker took back.
@@ -179,7 +226,7 @@ class Runner:
         :param buffer: the batch.
         :return: how many were taken out (and released).
         """
-        lost = self.batcher.lost
+        lost = self.serving.lost
         if lost is None:
             return 0
         kept = [
@@ -192,7 +239,7 @@ class Runner:
         dropped = len(buffer.items) - len(kept)
         if dropped:
             buffer.items[:] = kept
-            self.batcher.bounds.release(buffer.task_name, dropped)
+            self.bounds.release(buffer.task_name, dropped)
         return dropped
 
     def _report(
@@ -205,7 +252,7 @@ class Runner:
         failed: int | None = None,
     ) -> None:
         """Tell observers a batch ran (``failed`` None: it was cut off)."""
-        self.batcher.observers.finished(
+        self.observers.finished(
             BatchReport(
                 task_name=spec.task_name,
                 size=len(buffer.items),
@@ -224,13 +271,13 @@ class Runner:
 
         :param work: a coroutine.
         """
-        task = self.batcher.bind_loop().create_task(work)
+        task = self.changes.bind_loop().create_task(work)
         self.side.add(task)
         task.add_done_callback(self._side_done)
 
     def _side_done(self, task: "asyncio.Task[None]") -> None:
         self.side.discard(task)
-        self.batcher.notify()
+        self.changes.notify()
 
     def cut(self) -> list[Held]:
         """Cancel running batches, drop waiting ones (a stop's deadline passed).
@@ -240,9 +287,10 @@ class Runner:
         cut = [held for buffer, _ in self.ready for held in buffer.items]
         cut += [held for buffer in self.tasks.values() for held in buffer.items]
         for buffer, _ in self.ready:
-            self.batcher.held_bytes[buffer.task_name] -= buffer.size
+            self.bounds.held_bytes[buffer.task_name] -= buffer.size
         self.ready.clear()
         self.backlog.clear()
+        self.filling.clear()
         for task in self.tasks:
             task.cancel()
         return cut
@@ -251,6 +299,7 @@ class Runner:
         """Forget batches of an earlier event loop."""
         self.ready.clear()
         self.backlog.clear()
+        self.filling.clear()
         self.tasks.clear()
         self.running.clear()
         self.running_keys.clear()

@@ -32,6 +32,8 @@ from taskiq_batching._compat import (
 )
 from taskiq_batching.core.batcher import Batcher
 from taskiq_batching.core.buffer import Envelope
+from taskiq_batching.core.call import RunOptions
+from taskiq_batching.core.ports import Serving
 from taskiq_batching.labels import BATCH_LABEL
 from taskiq_batching.tasks import adopt
 from taskiq_batching.tracing import tracer_for
@@ -107,8 +109,6 @@ def attach(
                 )
             return original()
         options = WorkerOptions.of(receiver)
-        batcher.configure(options.validate, options.run)
-        _trace(broker, batcher)
         transport = transport_for(broker, original, wait_in_broker=wait_in_broker)
         opened(transport)
         lifecycle = Lifecycle(
@@ -118,6 +118,9 @@ def attach(
             options.ack_type,
             transport,
         )
+        # A transport that knows when the broker took deliveries back (AMQP).
+        lost = getattr(transport, "lost", None)
+        batcher.serve(_serving(broker, options, lifecycle, lost))
         pump = Pump(broker, batcher, lifecycle, transport, options)
         _warn_at_start(broker, batcher, transport)
         batcher.reopen()
@@ -136,9 +139,21 @@ def _adopt_registered(broker: AsyncBroker) -> None:
             adopt(task)
 
 
-def _trace(broker: AsyncBroker, batcher: Batcher) -> None:
+def _serving(
+    broker: AsyncBroker,
+    options: WorkerOptions,
+    lifecycle: Lifecycle,
+    lost: Callable[[Any], bool] | None = None,
+) -> Serving:
+    """What the batcher needs from this worker to run and finish batches."""
     tracer = tracer_for(broker)
-    batcher.span = None if tracer is None else tracer.span
+    return Serving(
+        options=RunOptions() if options.run is None else options.run,
+        validate=options.validate,
+        finisher=lifecycle,
+        span=None if tracer is None else tracer.span,
+        lost=lost,
+    )
 
 
 def _attach_in_memory(broker: InMemoryBroker, batcher: Batcher) -> None:
@@ -151,20 +166,19 @@ def _attach_in_memory(broker: InMemoryBroker, batcher: Batcher) -> None:
         key = (id(broker.result_backend), *map(id, broker.middlewares))
         if key not in lifecycles:
             options = WorkerOptions.of(in_memory_receiver(broker))
-            batcher.configure(options.validate, options.run)
-            _trace(broker, batcher)
             lifecycles.clear()
             lifecycles[key] = Lifecycle(
                 broker, batcher, results_for(broker.result_backend), options.ack_type
             )
+            batcher.serve(_serving(broker, options, lifecycles[key]))
         return lifecycles[key]
 
     async def send(envelope: Envelope, data: bytes) -> None:
-        batcher.rules.eager = bool(broker.await_inplace)
+        batcher.senders_wait(bool(broker.await_inplace))
         try:
-            await batcher.admit(envelope.task_name)
+            await batcher.bounds.admit(envelope.task_name)
         finally:
-            batcher.arrived()
+            batcher.bounds.arrived()
         # As read, without an ack handle: its size counts, as on a worker.
         taken = [(envelope, Delivery(data))]
         held = await lifecycle().accept(taken, sender_waits=True)
@@ -180,8 +194,7 @@ def _attach_in_memory(broker: InMemoryBroker, batcher: Batcher) -> None:
             return None
         # Sent now, run by a task that has not started yet: a shutdown
         # right after the kiq waits for it (``Batcher.drain``).
-        batcher.bind_loop()  # state of an earlier loop is dropped first
-        batcher.incoming += 1
+        batcher.bounds.expect()
         return lambda: send(envelope, message)
 
     route_callback(in_memory_receiver(broker), route)

@@ -44,6 +44,8 @@ _HOOKS = ("pre_execute", "on_error", "post_execute", "post_save")
 class Lifecycle:
     """Accepts batched messages into buffers and finishes them after their batch.
 
+    It is the batcher's ``Finisher``: the worker hands it over (``serve``).
+
     :param broker: the broker.
     :param batcher: its batcher.
     :param results: stores results.
@@ -69,7 +71,6 @@ class Lifecycle:
             for hook in _HOOKS
         }
         self.needs_message = any(self.hooks.values())
-        batcher.finisher = self.finish
 
     # --- before the batch ---------------------------------------------------
 

@@ -18,7 +18,7 @@ a stop, what is still parked goes back to the broker.
 from collections import defaultdict, deque
 from collections.abc import Iterator
 
-from taskiq_batching.core.batcher import Batcher
+from taskiq_batching.core.bounds import Bounds
 from taskiq_batching.core.buffer import Envelope
 from taskiq_batching.transports.base import Delivery
 
@@ -50,11 +50,11 @@ class Admission:
     pass counts what it took against the task's byte bound, and, for a
     keyed task, against the flushed batches still allowed to wait.
 
-    :param batcher: the batcher whose bounds apply.
+    :param bounds: the bounds that apply (the batcher's).
     """
 
-    def __init__(self, batcher: Batcher) -> None:
-        self.batcher = batcher
+    def __init__(self, bounds: Bounds) -> None:
+        self.bounds = bounds
         self.size: defaultdict[str, int] = defaultdict(int)
         self.quota: dict[str, int | None] = {}
         #: A task's (max_held, max_held_bytes), read once per pass.
@@ -70,7 +70,7 @@ class Admission:
         limits = self.limits.get(task_name)
         if limits is None:
             limits = self._start(task_name)
-        bounds = self.batcher.bounds
+        bounds = self.bounds
         # The usual case, well inside both bounds of a task without keys:
         # what ``fits_bytes`` and ``try_admit`` would check, without their
         # lookups per message (the pass runs through, nothing else changes
@@ -87,7 +87,7 @@ class Admission:
 
     def _start(self, task_name: str) -> tuple[int, int]:
         """A task's first message of this pass: its bounds, read once."""
-        bounds = self.batcher.bounds
+        bounds = self.bounds
         bounds.changes.bind_loop()  # counts of an earlier event loop go first
         self.quota[task_name] = bounds.keyed_room(task_name)
         settings = bounds.specs[task_name].settings
@@ -96,13 +96,12 @@ class Admission:
 
     def _take(self, task_name: str, size: int) -> bool:
         """``take`` at a bound, or for a keyed task: every check, in order."""
-        batcher = self.batcher
         quota = self.quota[task_name]
         if quota == 0:
             return False
-        if not batcher.bounds.fits_bytes(task_name, self.size[task_name] + size):
+        if not self.bounds.fits_bytes(task_name, self.size[task_name] + size):
             return False
-        if not batcher.bounds.try_admit(task_name):
+        if not self.bounds.try_admit(task_name):
             return False
         self.size[task_name] += size
         if quota is not None:

@@ -80,8 +80,6 @@ class Pump:
         self.parked = self.router.parked
         self.taker = Taker(broker, batcher, lifecycle, transport, self.router, options)
         self._reading: asyncio.Future[list[Delivery]] | None = None
-        # A transport that knows when the broker took deliveries back (AMQP).
-        batcher.lost = getattr(transport, "lost", None)
         self._next_reclaim = 0.0
         self._stopped = False
 
@@ -182,7 +180,7 @@ class Pump:
         """Flush everything when the broker sends nothing more until acks come."""
         prefetch = self.transport.prefetch
         if prefetch is not None and self.transport.outstanding >= prefetch:
-            self.batcher.rules.relieve_all()
+            self.batcher.relieve_all()
 
     async def _read(self, limit: int) -> list[Delivery]:
         interval = self.transport.reclaim_interval
@@ -269,7 +267,7 @@ class Pump:
         within the same deadline; what is still parked then goes back.
         """
         loop = asyncio.get_running_loop()
-        self.batcher.rules.closing = True
+        self.batcher.begin_shutdown()
         while self.parked:
             await self.lifecycle.accept(self.router.unpark())
             remaining = None if deadline is None else deadline - loop.time()

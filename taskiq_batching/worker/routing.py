@@ -87,7 +87,7 @@ class Router:
         """
         taken: list[Parked] = []
         handed_before = len(self.handoff)
-        admission = Admission(self.batcher)
+        admission = Admission(self.batcher.bounds)
         forwarded = 0
         for delivery in chunk:
             envelope = decode(self.broker, delivery.data)
@@ -138,7 +138,7 @@ class Router:
         :return: them, decoded and admitted.
         """
         ready: list[Parked] = []
-        for delivery, kept in list(self.parked.unpark(Admission(self.batcher))):
+        for delivery, kept in list(self.parked.unpark(Admission(self.batcher.bounds))):
             envelope = kept or decode(self.broker, delivery.data)
             if envelope is None:  # decoded when read: it cannot fail now
                 self.handoff.append(delivery)

@@ -86,7 +86,7 @@ class Intake:
                 keys[id(delivery)] = batch.key
             self.router.taken += len(batch.deliveries)
         held = await self.lifecycle.accept(taken)
-        left = self.batcher.rules.flush_taken(
+        left = self.batcher.flush_taken(
             [(one, reasons[id(one.delivery)]) for one in held]
         )
         for buffer_key, one in left:

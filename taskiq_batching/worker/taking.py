@@ -183,7 +183,7 @@ class Taker:
         quiet: list[BatchSpec] = []
         blocked = took = False
         for spec in self.specs:
-            room = self.batcher.runner.room(spec.task_name)
+            room = self.batcher.room(spec.task_name)
             if room == 0:
                 blocked = True
                 continue
@@ -205,7 +205,7 @@ class Taker:
         elif quiet:
             await self._idle_until_woken(source, quiet, blocked)
         else:
-            await self._pause(None, self.batcher.changes.next())
+            await self._pause(None, self.batcher.changed())
 
     async def _idle_until_woken(
         self, source: BatchSource, quiet: list[BatchSpec], blocked: bool
@@ -222,7 +222,7 @@ class Taker:
             future.add_done_callback(_retrieve)
             self._idle = (names, future)
         idle = self._idle[1]
-        change = self.batcher.changes.next() if blocked else None
+        change = self.batcher.changed() if blocked else None
         await self._pause(None, idle, change)
         if idle.done():
             self._idle = None

@@ -201,11 +201,12 @@ async def test_a_keyed_task_fills_a_batch_per_key_and_its_backlog_stays_bounded(
     # Keys 0 and 1 fill first (items 45 and 46): one batch runs
     # (batch_concurrency=1), one waits; then the task takes nothing more,
     # although its key bound would let it hold 60.
+    bounds = batcher.bounds
     for _ in range(100_000):  # until every sender is admitted or waits to be
-        if batcher._admitting and batcher._admitting == batcher.incoming:
+        if bounds.admitting and bounds.admitting == bounds.incoming:
             break
         await asyncio.sleep(0)
-    assert batcher.held["keyed"] + batcher.incoming == 200
+    assert batcher.held["keyed"] + batcher.bounds.incoming == 200
     assert batcher.held["keyed"] == 47
     assert batcher.buffered("keyed") == 27
     assert batcher.runner.backlog["keyed"] == 1
@@ -237,15 +238,15 @@ async def test_the_bytes_held_of_a_task_are_bounded() -> None:
         await batcher.wait_buffered(2, "sized")
         held = batcher.held_bytes["sized"]
         assert 2_000 < held < 10_000
-        assert batcher.fits_bytes("sized", bound - held)
-        assert not batcher.fits_bytes("sized", bound - held + 1)
+        assert batcher.bounds.fits_bytes("sized", bound - held)
+        assert not batcher.bounds.fits_bytes("sized", bound - held + 1)
         # A message bigger than the bound: refused while others are held...
-        assert not batcher.fits_bytes("sized", 10 * bound)
+        assert not batcher.bounds.fits_bytes("sized", 10 * bound)
     finally:
         release.set()
         await broker.wait_all()
     await broker.wait_all()
     assert batcher.held_bytes["sized"] == 0
     # ...taken alone when nothing else of the task is held.
-    assert batcher.fits_bytes("sized", 10 * bound)
+    assert batcher.bounds.fits_bytes("sized", 10 * bound)
     await broker.shutdown()

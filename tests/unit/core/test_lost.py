@@ -5,6 +5,7 @@ from taskiq.acks import AckController
 
 from taskiq_batching.core.batcher import Batcher
 from taskiq_batching.core.buffer import Buffer, Envelope, Held
+from taskiq_batching.core.ports import Serving
 from taskiq_batching.transports.base import Delivery
 
 
@@ -30,7 +31,7 @@ async def test_lost_deliveries_leave_the_batch_and_its_count() -> None:
     ]
     assert batcher.runner.drop_lost(buffer) == 0  # no transport says so
     batcher.held["collect"] = 4
-    batcher.lost = lambda delivery: delivery.handle == "gone"
+    batcher.serve(Serving(lost=lambda delivery: delivery.handle == "gone"))
     assert batcher.runner.drop_lost(buffer) == 1
     assert [one.task_id for one in buffer.items] == ["1", "2", "3"]
     assert batcher.held["collect"] == 3

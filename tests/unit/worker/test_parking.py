@@ -115,18 +115,18 @@ async def test_a_pass_takes_up_to_each_bound_then_refuses() -> None:
     assert batcher is not None
     bounds = batcher.bounds
     # 4 messages and 200 bytes held at most: the bytes bound first.
-    admission = parking.Admission(batcher)
+    admission = parking.Admission(batcher.bounds)
     assert [admission.take("bounded", 60) for _ in range(4)] == [True] * 3 + [False]
     assert admission.take("bounded", 20)  # what still fits is taken
     assert bounds.held["bounded"] == 4
     # Then the messages bound, with bytes to spare.
     bounds.held["bounded"] = 0
-    admission = parking.Admission(batcher)
+    admission = parking.Admission(batcher.bounds)
     assert [admission.take("bounded", 1) for _ in range(5)] == [True] * 4 + [False]
     # Counts held already (bytes buffered) are seen by the next pass.
     bounds.held["bounded"], bounds.held_bytes["bounded"] = 1, 150
-    admission = parking.Admission(batcher)
+    admission = parking.Admission(batcher.bounds)
     assert [admission.take("bounded", 30) for _ in range(2)] == [True, False]
     # A message over the bound alone is still taken when nothing is held.
     bounds.held["bounded"], bounds.held_bytes["bounded"] = 0, 0
-    assert parking.Admission(batcher).take("bounded", 1_000)
+    assert parking.Admission(batcher.bounds).take("bounded", 1_000)

@@ -413,7 +413,7 @@ def test_the_registry_passes_wait_in_broker_to_the_transport_module(
         ) -> None:
             got.append(wait_in_broker)
 
-    monkeypatch.setattr(transports, "_modules", lambda table, obj: [Module])
+    monkeypatch.setattr(transports, "_modules", lambda table, obj: [(Module, False)])
     transports.transport_for(QueueBroker(), None, wait_in_broker=False)
     transports.transport_for(QueueBroker(), None, wait_in_broker=True)
     transports.transport_for(QueueBroker())
