@@ -91,6 +91,24 @@ class GenericTransport:
         self.outstanding -= len(handles)
         await ack_each(handles)
 
+    async def requeue(
+        self, given: Sequence[tuple[Delivery, BrokerMessage]]
+    ) -> list[Delivery]:
+        """``kick`` each message again, then ack the ones sent (``Requeue``).
+
+        Sent again as its sender sent it (task_id, labels); a broker that
+        keeps no send time of its own starts its ``batch_timeout`` again.
+        """
+        outcomes = await asyncio.gather(
+            *(self.broker.kick(message) for _, message in given),
+            return_exceptions=True,
+        )
+        sent = [d for (d, _), o in zip(given, outcomes, strict=True) if not isinstance(o, BaseException)]
+        acks = [delivery.handle for delivery in sent if delivery.handle is not None]
+        if acks:
+            await self.ack(acks)
+        return [d for (d, _), o in zip(given, outcomes, strict=True) if isinstance(o, BaseException)]
+
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         """Leave them unacked: the broker delivers them again by itself."""
 

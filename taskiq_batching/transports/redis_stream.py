@@ -50,6 +50,7 @@ from taskiq_batching.transports.generic import kick_each
 from taskiq_batching.transports.redis_batches import StreamBatches, TaskEntry
 from taskiq_batching.transports.redis_batches_lua import ACK_DELETE
 from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient, cancel
+from taskiq_batching.transports.redis_give_back import give_back_entries
 from taskiq_batching.transports.redis_groups import (
     Seen,
     create_group,
@@ -387,6 +388,14 @@ class StreamTransport:
                 idle=self.idle_ms,
                 justid=True,
             )
+
+    async def requeue(
+        self, given: Sequence[tuple[Delivery, BrokerMessage]]
+    ) -> list[Delivery]:
+        """Ack and add again at the stream's end, at once (``redis_give_back``)."""
+        for delivery, _ in given:
+            self._in_use.discard(delivery.handle)
+        return await give_back_entries(self.client.redis, self.group, self.broker, given)
 
     def forget(self, deliveries: Sequence[Delivery]) -> None:
         """No longer in use: once idle long enough, a sweep claims them again."""
