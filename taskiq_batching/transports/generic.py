@@ -103,11 +103,19 @@ class GenericTransport:
             *(self.broker.kick(message) for _, message in given),
             return_exceptions=True,
         )
-        sent = [d for (d, _), o in zip(given, outcomes, strict=True) if not isinstance(o, BaseException)]
+        sent = [
+            d
+            for (d, _), o in zip(given, outcomes, strict=True)
+            if not isinstance(o, BaseException)
+        ]
         acks = [delivery.handle for delivery in sent if delivery.handle is not None]
         if acks:
             await self.ack(acks)
-        return [d for (d, _), o in zip(given, outcomes, strict=True) if isinstance(o, BaseException)]
+        return [
+            d
+            for (d, _), o in zip(given, outcomes, strict=True)
+            if isinstance(o, BaseException)
+        ]
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         """Leave them unacked: the broker delivers them again by itself."""

@@ -395,7 +395,9 @@ class StreamTransport:
         """Ack and add again at the stream's end, at once (``redis_give_back``)."""
         for delivery, _ in given:
             self._in_use.discard(delivery.handle)
-        return await give_back_entries(self.client.redis, self.group, self.broker, given)
+        return await give_back_entries(
+            self.client.redis, self.group, self.broker, given
+        )
 
     def forget(self, deliveries: Sequence[Delivery]) -> None:
         """No longer in use: once idle long enough, a sweep claims them again."""
