@@ -9,6 +9,10 @@ from taskiq_redis import ListQueueBroker, RedisStreamBroker
 from tests.integration.app_brokers import amqp_broker, batching, nats_broker
 
 KINDS = ["stream", "list", "rabbit", "nats"]
+#: Messages a worker reads at once at most (stream ``xread_count``, AMQP
+#: ``qos``, NATS ``max_ack_pending``): a backlog several times this is past
+#: what one read parks.
+READ_SIZE = 10
 
 
 def make_broker(kind: str, redis_url: str, queue: str) -> AsyncBroker:
@@ -18,13 +22,17 @@ def make_broker(kind: str, redis_url: str, queue: str) -> AsyncBroker:
     """
     if kind == "rabbit":
         url = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
-        return amqp_broker(url, redis_url, queue, qos=100)
+        return amqp_broker(url, redis_url, queue, qos=READ_SIZE)
     if kind == "nats":
         url = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
-        return nats_broker(url, redis_url, queue, ack_wait=30)
+        return nats_broker(
+            url, redis_url, queue, ack_wait=30, max_ack_pending=READ_SIZE
+        )
     broker: Any
     if kind == "list":
         broker = ListQueueBroker(redis_url, queue_name=queue)
     else:
-        broker = RedisStreamBroker(redis_url, queue_name=queue, xread_block=500)
+        broker = RedisStreamBroker(
+            redis_url, queue_name=queue, xread_block=500, xread_count=READ_SIZE
+        )
     return batching(broker, redis_url, queue)
