@@ -1,4 +1,4 @@
-"""The brokers of the head-of-line tests: the worker's (``hol_app``) and the producer's."""
+"""The brokers of the head-of-line tests for ``hol_app`` and the producer."""
 
 import os
 from typing import Any

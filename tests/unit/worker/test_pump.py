@@ -335,15 +335,21 @@ async def test_past_parkings_byte_bound_the_rest_is_given_back(
     # reach the bound; the rest given back to the queue, where it waits.
     kept = 2 + -(-10_000 // size)
 
-    async def settled() -> None:
-        # Read past the bound (taken again after being given back), then
-        # resting after a whole pass: the queue holds the rest.
-        while broker.taken <= 50 or broker.queue.qsize() != 50 - kept:
-            await asyncio.sleep(0.01)
+    rested = asyncio.Event()
+    pause = giving.GiveBacks.pause
+
+    def watched(self: giving.GiveBacks, now: float) -> float:
+        if self.passed:  # a whole pass over the queue: the worker rests
+            rested.set()
+        return pause(self, now)
+
+    monkeypatch.setattr(giving.GiveBacks, "pause", watched)
 
     async with running_worker(broker):
         try:
-            await asyncio.wait_for(settled(), 10)
+            await asyncio.wait_for(rested.wait(), 10)
+            assert broker.queue.qsize() == 50 - kept
+            assert broker.taken > 50  # what was given back was read again
         finally:
             release.set()
         # Given back, then read again once the task has room: each runs.
