@@ -16,7 +16,8 @@ Receiver is pulling, so it never takes a message the Receiver could not
   pump reads on: a busy task never blocks the messages behind it. Parked
   messages go to their buffers as their task gets room, before anything
   new is read. Parking is bounded in messages and bytes (``parking.py``);
-  beyond, the pump waits for room before it reads more.
+  beyond, the task's messages go back to the tail of the queue, paced
+  (``giving.py``), or, on a transport that cannot, the pump waits.
 
 Batched tasks whose messages wait in the broker (``wait_in_broker``) are
 taken whole by the taker (``taking.py``), beside the reads; what the pump
