@@ -12,7 +12,7 @@ unacked, delivered again: that message runs twice, never zero times.
 """
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from aio_pika import DeliveryMode, Message
@@ -20,6 +20,7 @@ from taskiq import BrokerMessage
 
 from taskiq_batching._compat import amqp_priority_label
 from taskiq_batching.transports.base import SENT_AT_LABEL, Delivery
+from taskiq_batching.transports.generic import acked_after_resend
 
 
 async def republish(
@@ -64,6 +65,30 @@ async def republish(
     for (delivery, _), outcome in zip(given, outcomes, strict=True):
         (kept if isinstance(outcome, BaseException) else published).append(delivery)
     return published, kept
+
+
+async def give_back(
+    broker: Any,
+    consumers: Sequence[tuple[Any, str]],
+    lost: Callable[[Delivery], bool],
+    ack: Callable[[Sequence[Any]], Awaitable[None]],
+    given: Sequence[tuple[Delivery, BrokerMessage]],
+) -> list[Delivery]:
+    """Publish each message again to its queue, then ack it (``Requeue``).
+
+    :param broker: the ``AioPikaBroker``.
+    :param consumers: ``(queue, consumer tag)`` of the transport's consumers.
+    :param lost: whether a delivery's channel closed (the server requeued it).
+    :param ack: the transport's ``ack``.
+    :param given: the deliveries and their messages.
+    :return: the deliveries not published (not acked).
+    """
+    queues = {tag: queue.name for queue, tag in consumers}
+    # A closed channel's deliveries are back in the queue already.
+    live = [one for one in given if not lost(one[0])]
+    published, kept = await republish(broker, queues, live)
+    await acked_after_resend(ack, [delivery.handle for delivery in published])
+    return kept
 
 
 def _priority(broker: Any, message: BrokerMessage) -> int | None:

@@ -7,7 +7,7 @@ Errors of the broker's listener propagate, as under taskiq's Receiver.
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any
 
 from taskiq import (
@@ -109,8 +109,7 @@ class GenericTransport:
             if not isinstance(o, BaseException)
         ]
         acks = [delivery.handle for delivery in sent if delivery.handle is not None]
-        if acks:
-            await self.ack(acks)
+        await acked_after_resend(self.ack, acks)
         return [
             d
             for (d, _), o in zip(given, outcomes, strict=True)
@@ -196,6 +195,31 @@ async def ack_each(handles: Sequence[Any]) -> None:
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
             raise outcome
+
+
+async def acked_after_resend(
+    ack: Callable[[Sequence[Any]], Awaitable[None]], handles: Sequence[Any]
+) -> None:
+    """Ack deliveries whose messages were just sent again; a failure is logged.
+
+    The copies are in the queue: keeping the originals too would run them
+    twice for sure. Unacked, the broker delivers them again (at least once).
+
+    :param ack: the transport's ``ack``.
+    :param handles: the deliveries' handles.
+    """
+    if not handles:
+        return
+    try:
+        await ack(handles)
+    except Exception as exc:
+        logger.error(
+            "taskiq_batching: %d message(s) given back to the tail of the queue "
+            "could not be acked (%s): the broker delivers them again, so they "
+            "may run twice",
+            len(handles),
+            describe(exc),
+        )
 
 
 class GenericResults:

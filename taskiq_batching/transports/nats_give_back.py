@@ -17,13 +17,31 @@ message comes back after a timer, not behind what was queued meanwhile.
 """
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from taskiq import BrokerMessage
 
 from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.generic import acked_after_resend
 from taskiq_batching.transports.nats_pull import SENT_AT
+
+
+async def give_back(
+    broker: Any,
+    ack: Callable[[Sequence[Any]], Awaitable[None]],
+    given: Sequence[tuple[Delivery, BrokerMessage]],
+) -> list[Delivery]:
+    """Publish each message again to the broker's subject, then ack it (``Requeue``).
+
+    :param broker: the JetStream broker.
+    :param ack: the transport's ``ack``.
+    :param given: the deliveries and their messages.
+    :return: the deliveries not published (not acked).
+    """
+    published, kept = await republish(broker, given)
+    await acked_after_resend(ack, [delivery.handle for delivery in published])
+    return kept
 
 
 async def republish(

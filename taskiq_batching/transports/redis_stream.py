@@ -393,11 +393,11 @@ class StreamTransport:
         self, given: Sequence[tuple[Delivery, BrokerMessage]]
     ) -> list[Delivery]:
         """Ack and add again at the stream's end, at once (``redis_give_back``)."""
-        for delivery, _ in given:
+        redis = self.client.redis
+        kept = await give_back_entries(redis, self.group, self.broker, given)
+        for delivery, _ in given:  # kept fresh until now: no sibling claims them
             self._in_use.discard(delivery.handle)
-        return await give_back_entries(
-            self.client.redis, self.group, self.broker, given
-        )
+        return kept
 
     def forget(self, deliveries: Sequence[Delivery]) -> None:
         """No longer in use: once idle long enough, a sweep claims them again."""

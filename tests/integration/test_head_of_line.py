@@ -85,7 +85,8 @@ async def test_a_plain_task_behind_a_backlog_runs_while_the_backlog_waits(
 
 async def _kick(producer: AsyncBroker, task_name: str, value: int) -> Any:
     """Send as a plain taskiq producer does (by name)."""
-    task: AsyncTaskiqTask[Any] = await AsyncKicker(task_name, producer, {}).kiq(value)
+    kicker: AsyncKicker[Any, Any] = AsyncKicker(task_name, producer, {})
+    task: AsyncTaskiqTask[Any] = await kicker.kiq(value)
     return task
 
 
