@@ -22,7 +22,12 @@ from taskiq.utils import maybe_awaitable
 from taskiq_batching.error_texts import describe
 from taskiq_batching.errors import SendManyError
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import BatchSource, Delivery, finished_read
+from taskiq_batching.transports.base import (
+    BatchSource,
+    Delivery,
+    Requeue,
+    finished_read,
+)
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -91,10 +96,19 @@ class GenericTransport:
         self.outstanding -= len(handles)
         await ack_each(handles)
 
-    async def requeue(
+    @property
+    def requeue(self) -> Requeue | None:
+        """``kick`` again, then ack (``Requeue``); None for a broker without acks.
+
+        A broker that delivers without acks may be a fan-out (taskiq-redis's
+        ``PubSubBroker``): a message kicked again would reach every worker.
+        """
+        return self._kick_again if self.acknowledges else None
+
+    async def _kick_again(
         self, given: Sequence[tuple[Delivery, BrokerMessage]]
     ) -> list[Delivery]:
-        """``kick`` each message again, then ack the ones sent (``Requeue``).
+        """``kick`` each message again, then ack the ones sent.
 
         Sent again as its sender sent it (task_id, labels); a broker that
         keeps no send time of its own starts its ``batch_timeout`` again.

@@ -37,7 +37,7 @@ from taskiq import BrokerMessage
 
 from taskiq_batching.core.buffer import Envelope
 from taskiq_batching.error_texts import describe
-from taskiq_batching.transports.base import Delivery, Transport, requeuer
+from taskiq_batching.transports.base import Delivery, Requeue, Transport, requeuer
 from taskiq_batching.worker.parking import Parking
 
 logger = logging.getLogger("taskiq_batching")
@@ -58,7 +58,7 @@ class GiveBacks:
     """
 
     def __init__(self, transport: Transport) -> None:
-        self.requeue = requeuer(transport)
+        self.transport = transport
         #: Given back since the last read's routing, to be sent.
         self.pending: list[Given] = []
         #: task_id of the first message given back since anything else was
@@ -68,6 +68,11 @@ class GiveBacks:
         self.passed = False
         self.tokens = GIVE_BACK_RATE
         self._stamp: float | None = None
+
+    @property
+    def requeue(self) -> Requeue | None:
+        """The transport's ``requeue`` now (a generic one learns it has acks)."""
+        return requeuer(self.transport)
 
     @property
     def enabled(self) -> bool:
@@ -107,11 +112,12 @@ class GiveBacks:
         :param parked: where they wait if they cannot be given back.
         """
         given, self.pending = self.pending, []
-        if not given or self.requeue is None:
+        requeue = self.requeue
+        if not given or requeue is None:
             return
         self.tokens -= len(given)
         try:
-            kept = list(await self.requeue(given))
+            kept = list(await requeue(given))
         except Exception as exc:
             kept = [delivery for delivery, _ in given]
             error = describe(exc)
