@@ -112,11 +112,13 @@ class GiveBacks:
         :param parked: where they wait if they cannot be given back.
         """
         given, self.pending = self.pending, []
-        requeue = self.requeue
-        if not given or requeue is None:
+        if not given:
             return
         self.tokens -= len(given)
         try:
+            requeue = self.requeue
+            if requeue is None:  # the transport can no longer: never dropped
+                raise RuntimeError("the transport cannot give messages back")
             kept = list(await requeue(given))
         except Exception as exc:
             kept = [delivery for delivery, _ in given]

@@ -13,6 +13,7 @@ from taskiq_batching.core.buffer import Envelope
 from taskiq_batching.transports.base import Delivery
 from taskiq_batching.worker import giving
 from taskiq_batching.worker.giving import GIVE_BACK_RATE, REST_SECONDS, GiveBacks
+from taskiq_batching.worker.parking import Parking
 from tests.helpers import QueueBroker, running_worker
 
 pytestmark = pytest.mark.timeout(30)
@@ -101,3 +102,24 @@ async def test_a_worker_rests_between_passes_over_a_backlog_it_cannot_take(
         # pass that found nothing else is followed by a rest.
         assert time.monotonic() - started >= 2 * 0.5
         gate.set()
+
+
+class Failing:
+    """A transport whose re-send fails."""
+
+    async def requeue(
+        self, given: list[tuple[Delivery, BrokerMessage]]
+    ) -> list[Delivery]:
+        raise ConnectionError("broker away")
+
+
+async def test_what_cannot_be_given_back_stays_parked(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    giving_back = GiveBacks(Failing())  # type: ignore[arg-type]
+    parked = Parking()
+    for task_id in ("a", "b"):
+        giving_back.give(Delivery(task_id.encode()), envelope(task_id))
+    await giving_back.send(parked)
+    assert [d.data for d in parked.clear()] == [b"a", b"b"]  # not lost
+    assert "cannot give 2 message(s) back" in caplog.text
