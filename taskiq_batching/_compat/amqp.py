@@ -60,6 +60,16 @@ def amqp_delay_queue_name(broker: Any) -> str | None:
     return None if queue is None else str(queue.name)
 
 
+def amqp_priority_label(broker: Any) -> str:
+    """The label taskiq-aio-pika's ``kick`` reads a message's priority from.
+
+    :param broker: an ``AioPikaBroker``.
+    :return: its ``label_for_priority`` (kept private by the broker).
+    """
+    label = getattr(broker, "_label_for_priority", None)
+    return label if isinstance(label, str) else "priority"
+
+
 def amqp_take_deliveries(channel: Any, consumer_tag: str, callback: Any) -> bool:
     """Have aiormq hand a consumer's deliveries to ``callback`` directly.
 

@@ -51,6 +51,7 @@ from taskiq_batching._compat import (
 )
 from taskiq_batching.error_texts import describe
 from taskiq_batching.spec import BatchSpec
+from taskiq_batching.transports.amqp_give_back import give_back
 from taskiq_batching.transports.amqp_headers import properties_sent_at, sent_at_of
 from taskiq_batching.transports.amqp_inbox import Inbox
 from taskiq_batching.transports.base import BatchSource, Delivery, finished_read
@@ -229,6 +230,12 @@ class AmqpTransport:
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         """Give them back to the queue (``basic.nack`` with requeue)."""
         await self._channels.settle([d.handle for d in deliveries], nack=True)
+
+    async def requeue(
+        self, given: Sequence[tuple[Delivery, BrokerMessage]]
+    ) -> list[Delivery]:
+        """Publish again to their queue, then ack (``amqp_give_back``)."""
+        return await give_back(self.broker, self._consumers, self.lost, self.ack, given)
 
     async def _ack_one(self, handle: Handle) -> None:
         await self.ack([handle])

@@ -9,7 +9,7 @@ ones work for any taskiq broker and backend.
 """
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -139,6 +139,10 @@ class Transport(Protocol):
 
     ``read`` is only called while taskiq's Receiver waits for a delivery,
     so a transport never takes messages the Receiver could not take.
+
+    One member is optional: ``requeue`` (a ``Requeue``; absent means None,
+    see ``requeuer``), which gives read messages back to the tail of their
+    queue, so a worker reads on past a backlog it cannot take yet.
     """
 
     #: The transport's name in logs (``redis-stream``, ``generic`` ...).
@@ -236,6 +240,28 @@ class Transport(Protocol):
 
         :param messages: formatted messages, in order.
         """
+
+
+#: ``requeue(given)``: send each delivery's message again, to the tail of
+#: the queue it was read from, with its task_id, labels and send time, then
+#: ack it (atomically where the broker allows; else the re-send first: a
+#: failure in between sends it twice, never loses it). ``given`` pairs each
+#: delivery with its message as ``kick`` takes it. Returns the deliveries
+#: it could not give back (their re-send failed; they are not acked).
+Requeue = Callable[
+    [Sequence[tuple[Delivery, BrokerMessage]]], Awaitable[Sequence[Delivery]]
+]
+
+
+def requeuer(transport: object) -> Requeue | None:
+    """A transport's ``requeue``, its optional member (None when it has none).
+
+    :param transport: any transport.
+    :return: its ``requeue``, or None (then what a worker cannot take waits
+        in the worker, parked, and past parking's bounds in the broker).
+    """
+    requeue: Requeue | None = getattr(transport, "requeue", None)
+    return requeue
 
 
 class ResultWriter(Protocol):

@@ -7,7 +7,7 @@ Errors of the broker's listener propagate, as under taskiq's Receiver.
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any
 
 from taskiq import (
@@ -22,7 +22,12 @@ from taskiq.utils import maybe_awaitable
 from taskiq_batching.error_texts import describe
 from taskiq_batching.errors import SendManyError
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import BatchSource, Delivery, finished_read
+from taskiq_batching.transports.base import (
+    BatchSource,
+    Delivery,
+    Requeue,
+    finished_read,
+)
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -100,6 +105,40 @@ class GenericTransport:
         """Call each delivery's own ack, concurrently."""
         self.outstanding -= len(handles)
         await ack_each(handles)
+
+    @property
+    def requeue(self) -> Requeue | None:
+        """``kick`` again, then ack (``Requeue``); None for a broker without acks.
+
+        A broker that delivers without acks may be a fan-out (taskiq-redis's
+        ``PubSubBroker``): a message kicked again would reach every worker.
+        """
+        return self._kick_again if self.acknowledges else None
+
+    async def _kick_again(
+        self, given: Sequence[tuple[Delivery, BrokerMessage]]
+    ) -> list[Delivery]:
+        """``kick`` each message again, then ack the ones sent.
+
+        Sent again as its sender sent it (task_id, labels); a broker that
+        keeps no send time of its own starts its ``batch_timeout`` again.
+        """
+        outcomes = await asyncio.gather(
+            *(self.broker.kick(message) for _, message in given),
+            return_exceptions=True,
+        )
+        sent = [
+            d
+            for (d, _), o in zip(given, outcomes, strict=True)
+            if not isinstance(o, BaseException)
+        ]
+        acks = [delivery.handle for delivery in sent if delivery.handle is not None]
+        await acked_after_resend(self.ack, acks)
+        return [
+            d
+            for (d, _), o in zip(given, outcomes, strict=True)
+            if isinstance(o, BaseException)
+        ]
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         """Leave them unacked: the broker delivers them again by itself."""
@@ -180,6 +219,31 @@ async def ack_each(handles: Sequence[Any]) -> None:
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
             raise outcome
+
+
+async def acked_after_resend(
+    ack: Callable[[Sequence[Any]], Awaitable[None]], handles: Sequence[Any]
+) -> None:
+    """Ack deliveries whose messages were just sent again; a failure is logged.
+
+    The copies are in the queue: keeping the originals too would run them
+    twice for sure. Unacked, the broker delivers them again (at least once).
+
+    :param ack: the transport's ``ack``.
+    :param handles: the deliveries' handles.
+    """
+    if not handles:
+        return
+    try:
+        await ack(handles)
+    except Exception as exc:
+        logger.error(
+            "taskiq_batching: %d message(s) given back to the tail of the queue "
+            "could not be acked (%s): the broker delivers them again, so they "
+            "may run twice",
+            len(handles),
+            describe(exc),
+        )
 
 
 class GenericResults:

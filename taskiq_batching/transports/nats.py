@@ -50,6 +50,7 @@ from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import BatchSource, Delivery, finished_read
 from taskiq_batching.transports.generic import SEND_CONCURRENCY, kick_each
 from taskiq_batching.transports.nats_forward import Leases
+from taskiq_batching.transports.nats_give_back import give_back
 from taskiq_batching.transports.nats_pull import Pull, Unsettled
 from taskiq_batching.transports.nats_send import NatsBatchSender
 from taskiq_batching.transports.nats_settle import (
@@ -233,6 +234,12 @@ class NatsTransport:
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         """Nak them: the server delivers them again at once, to any worker."""
         await self._settle([delivery.handle for delivery in deliveries], NAK)
+
+    async def requeue(
+        self, given: Sequence[tuple[Delivery, BrokerMessage]]
+    ) -> list[Delivery]:
+        """Publish again at the stream's end, then ack (``nats_give_back``)."""
+        return await give_back(self.broker, self.ack, given)
 
     async def _settle(self, handles: Sequence[Unsettled], verdict: bytes) -> None:
         pull = self._pull

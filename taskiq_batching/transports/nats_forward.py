@@ -20,8 +20,8 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from taskiq_batching.error_texts import describe
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import Delivery
-from taskiq_batching.transports.nats_lease import SENT_AT, LeaseReader, task_token
-from taskiq_batching.transports.nats_pull import Unsettled
+from taskiq_batching.transports.nats_lease import LeaseReader, task_token
+from taskiq_batching.transports.nats_pull import SENT_AT, Unsettled
 from taskiq_batching.transports.nats_send import batch_subject, ensure_batch_stream
 
 logger = logging.getLogger("taskiq_batching")

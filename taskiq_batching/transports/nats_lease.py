@@ -34,8 +34,8 @@ from taskiq_batching.error_texts import describe
 from taskiq_batching.transports.base import Delivery
 from taskiq_batching.transports.nats_pull import (
     Unsettled,
+    message_sent_at,
     stream_sequence,
-    stream_timestamp,
 )
 
 logger = logging.getLogger("taskiq_batching")
@@ -46,8 +46,6 @@ IDLE_EXPIRES = 2.0
 SLACK = 0.005
 #: Extra seconds to wait for a request's end before giving up on it.
 MARGIN = 1.0
-#: Header carrying the original send time of a forwarded message.
-SENT_AT = "Tb-Sent-At"
 
 
 def task_token(task_name: str) -> str:
@@ -229,6 +227,4 @@ class LeaseReader:
 
 def _sent_at(message: Any, headers: Any) -> float | None:
     """A message's send time: the moved one's ``Tb-Sent-At``, else its stream's."""
-    with contextlib.suppress(TypeError, ValueError):
-        return float(headers.get(SENT_AT))
-    return stream_timestamp(message.reply)
+    return message_sent_at(message.reply, headers)

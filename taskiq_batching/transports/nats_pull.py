@@ -62,6 +62,24 @@ def stream_sequence(reply: str) -> tuple[int, int]:
     return int(tokens[at]), int(tokens[at - 1])
 
 
+#: Header carrying the original send time of a message published again
+#: (moved to its task's subject, or given back to the tail of the stream).
+SENT_AT = "Tb-Sent-At"
+
+
+def message_sent_at(reply: str, headers: Any) -> float | None:
+    """A message's send time: its ``Tb-Sent-At`` header, else its stream's.
+
+    :param reply: its reply subject.
+    :param headers: its headers (None when it has none).
+    :return: seconds since the epoch, or None when unknown.
+    """
+    if headers:
+        with contextlib.suppress(TypeError, ValueError):
+            return float(headers.get(SENT_AT))
+    return stream_timestamp(reply)
+
+
 def stream_timestamp(reply: str) -> float | None:
     """When the stream stored a JetStream message: its send time, server clock.
 
@@ -158,7 +176,7 @@ class Pull:
             )
             return
         held = self.held[sequence] = Unsettled(message.reply, sequence)
-        sent_at = stream_timestamp(message.reply)
+        sent_at = message_sent_at(message.reply, headers)
         self.unread.append(Delivery(message.data, held, sent_at=sent_at))
         self.arrived.set()
 

@@ -28,6 +28,7 @@ from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import BatchSender, BatchSource, Delivery
 from taskiq_batching.transports.generic import kick_each
 from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient
+from taskiq_batching.transports.redis_give_back import give_back_popped
 from taskiq_batching.transports.redis_list_batches import ListBatches, ListEntry
 from taskiq_batching.transports.redis_send import LIST_ONCE, chunks, send_once
 
@@ -145,6 +146,12 @@ class ListTransport:
             await self.client.redis.rpush(
                 self.queue, *[d.data for d in reversed(deliveries)]
             )
+
+    async def requeue(
+        self, given: Sequence[tuple[Delivery, BrokerMessage]]
+    ) -> list[Delivery]:
+        """Push them back where ``kick`` pushes (``redis_give_back``)."""
+        return await give_back_popped(self.client.redis, self.queue, given)
 
     def forget(self, deliveries: Sequence[Delivery]) -> None:
         """Nothing tracked: the broker redelivers by itself."""

@@ -45,6 +45,7 @@ from taskiq_batching.transports.base import (
 from taskiq_batching.transports.generic import kick_each
 from taskiq_batching.transports.redis_batches import StreamBatches, TaskEntry
 from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient, cancel
+from taskiq_batching.transports.redis_give_back import give_back_entries
 from taskiq_batching.transports.redis_groups import (
     Seen,
     create_groups,
@@ -266,6 +267,16 @@ class StreamTransport:
             await self.stream_batches.give_back(taken)
             deliveries = [d for d in deliveries if not isinstance(d.handle, TaskEntry)]
         await self.pending.release([d.handle for d in deliveries])
+
+    async def requeue(
+        self, given: Sequence[tuple[Delivery, BrokerMessage]]
+    ) -> list[Delivery]:
+        """Ack and add again at the stream's end, at once (``redis_give_back``)."""
+        redis = self.client.redis
+        kept = await give_back_entries(redis, self.group, self.broker, given)
+        for delivery, _ in given:  # kept fresh until now: no sibling claims them
+            self._in_use.discard(delivery.handle)
+        return kept
 
     def forget(self, deliveries: Sequence[Delivery]) -> None:
         """No longer in use: once idle long enough, a sweep claims them again."""

@@ -16,7 +16,8 @@ Receiver is pulling, so it never takes a message the Receiver could not
   pump reads on: a busy task never blocks the messages behind it. Parked
   messages go to their buffers as their task gets room, before anything
   new is read. Parking is bounded in messages and bytes (``parking.py``);
-  beyond, the pump waits for room before it reads more.
+  beyond, the task's messages go back to the tail of the queue, paced
+  (``giving.py``), or, on a transport that cannot, the pump waits.
 
 Batched tasks whose messages wait in the broker (``wait_in_broker``) are
 taken whole by the taker (``taking.py``), beside the reads; what the pump
@@ -75,7 +76,7 @@ class Pump:
         self.lifecycle = lifecycle
         self.transport = transport
         self.options = options
-        self.router = Router(broker, batcher, transport.acknowledges)
+        self.router = Router(broker, batcher, transport)
         self.handoff = self.router.handoff
         self.parked = self.router.parked
         self.taker = Taker(broker, batcher, lifecycle, transport, self.router, options)
@@ -118,6 +119,9 @@ class Pump:
         if self.taker.spent:
             return False
         if self._reading is None:
+            now = asyncio.get_running_loop().time()
+            if await self.router.giving.rest(now, self.batcher.changed):
+                return True
             limit = self.router.limit(self.options.max_tasks)
             if limit == 0:
                 return False
@@ -161,7 +165,8 @@ class Pump:
     async def _route(self, chunk: list[Delivery]) -> None:
         """Route a chunk read; a stop meanwhile waits until it is routed."""
         taken, extra = self.router.sort(chunk)
-        if not (extra or self.router.forwarding) and not (
+        giving = self.router.giving.pending
+        if not (extra or giving or self.router.forwarding) and not (
             taken and self.lifecycle.waits(taken)
         ):
             # Accepting runs straight through: no stop can cut it short.
@@ -196,6 +201,7 @@ class Pump:
 
     async def _settle_chunk(self, taken: list[Parked], extra: list[Delivery]) -> None:
         await self._release(extra, "read ahead of the Receiver")
+        await self.router.giving.send(self.parked)
         await self.taker.forward()
         if taken:
             await self.lifecycle.accept(taken)
@@ -210,8 +216,8 @@ class Pump:
         if ready:
             await self.lifecycle.accept(ready)
             return True
-        if not self.parked.full:
-            return False
+        if not self.parked.full or self.router.giving.enabled:
+            return False  # read on (past its bounds, giving back)
         self._relieve()
         await self.batcher.changed()
         return True
@@ -234,7 +240,7 @@ class Pump:
         budget = self.options.wait_tasks_timeout
         deadline = None if budget is None else loop.time() + budget
         await self.taker.stop(deadline)
-        unread = list(self.handoff)
+        unread = list(self.handoff) + self.router.giving.take_pending()
         self.handoff.clear()
         if self._reading is not None:  # a listener error, with a read pending
             reading, self._reading = self._reading, None

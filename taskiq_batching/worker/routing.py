@@ -7,6 +7,8 @@ of these places, in the order read:
   buffer;
 * parked: a batched message over its task's bounds, or behind its task's
   parked ones (``parking.py``);
+* given back: such a message once parking is full, to the tail of the
+  queue, where the transport can (``giving.py``);
 * forwarded: a batched message of a task whose batches wait in the broker
   (``taking.py``), for the transport's forwarder, unless its arguments do
   not fit its batch function (``fits``: it is taken, and fails at once);
@@ -26,8 +28,9 @@ from taskiq_batching.core.broker_keys import NO_KEY, broker_key, deadline_ms
 from taskiq_batching.core.buffer import Envelope
 from taskiq_batching.core.keys import batch_key
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.base import Delivery, Transport
 from taskiq_batching.worker.decode import decode
+from taskiq_batching.worker.giving import GiveBacks
 from taskiq_batching.worker.parking import Admission, Parking
 
 #: Most deliveries taken per read of a transport whose unread deliveries
@@ -43,15 +46,16 @@ class Router:
 
     :param broker: the broker (decodes messages).
     :param batcher: its batcher (which tasks are batched, their bounds).
-    :param acknowledges: the broker keeps a delivery until it is acked.
+    :param transport: the broker's transport.
     """
 
     def __init__(
-        self, broker: AsyncBroker, batcher: Batcher, acknowledges: bool
+        self, broker: AsyncBroker, batcher: Batcher, transport: Transport
     ) -> None:
         self.broker = broker
         self.batcher = batcher
-        self.acknowledges = acknowledges
+        self.transport = transport
+        self.acknowledges = acknowledges = transport.acknowledges
         #: Deliveries for the Receiver, in order.
         self.handoff: deque[Delivery] = deque()
         self.parked = Parking(acknowledges)
@@ -66,6 +70,8 @@ class Router:
         self.forwarding: dict[str, list[tuple[Delivery, str]]] = {}
         #: Their keys' earliest ``batch_deadline`` (UNIX ms), by task.
         self.marks: dict[str, dict[str, int]] = {}
+        #: Messages given back to the tail of the queue past parking's bounds.
+        self.giving = GiveBacks(transport)
 
     def limit(self, max_tasks: int | None) -> int:
         """How many deliveries the next read may take.
@@ -88,11 +94,13 @@ class Router:
         taken: list[Parked] = []
         handed_before = len(self.handoff)
         admission = Admission(self.batcher.bounds)
-        forwarded = 0
+        giving = self.giving
+        forwarded = given = 0
         for delivery in chunk:
             envelope = decode(self.broker, delivery.data)
             if envelope is None or envelope.task_name not in self.batcher.specs:
                 self.handoff.append(delivery)
+                giving.other()
                 continue
             name = envelope.task_name
             if name in self.forwarded and fits(self.batcher.specs[name], envelope):
@@ -103,18 +111,37 @@ class Router:
                 if ms is not None and ms < marks.get(key, ms + 1):
                     marks[key] = ms
                 forwarded += 1
+                giving.other()
                 continue
             envelope.size = len(delivery.data)
             # Behind its task's parked messages, if any: in order.
             if name not in self.parked and admission.take(name, envelope.size):
                 taken.append((envelope, delivery))
+            elif giving.enabled and self.parking_full():
+                giving.give(delivery, envelope)
+                given += 1
+                continue
             else:
                 self.parked.park(name, delivery, envelope)
-        self.taken += len(chunk) - forwarded  # forwarded: taken when their batch is
+            giving.other()
+        # Forwarded: taken when their batch is; given back: not taken.
+        self.taken += len(chunk) - forwarded - given
         extra: list[Delivery] = []
         if not self.acknowledges:
             extra = self._keep_one_handed(handed_before, len(chunk))
         return taken, extra
+
+    def parking_full(self) -> bool:
+        """Whether parking is at its bounds (its own, or half the broker's prefetch).
+
+        Parked messages count against a broker's prefetch: past half of it,
+        the broker would soon send nothing more, and the messages behind
+        the backlog could not be read.
+        """
+        if self.parked.full:
+            return True
+        prefetch = self.transport.prefetch
+        return prefetch is not None and len(self.parked) >= max(prefetch // 2, 1)
 
     def _keep_one_handed(self, handed_before: int, read: int) -> list[Delivery]:
         """On a broker without acks, what to give back: the Receiver cannot take it.

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from taskiq_batching.transports.base import Delivery
-from taskiq_batching.transports.nats_lease import IDLE_EXPIRES, SENT_AT, LeaseReader
+from taskiq_batching.transports.nats_lease import IDLE_EXPIRES, LeaseReader
+from taskiq_batching.transports.nats_pull import SENT_AT
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -17,7 +17,8 @@ from taskiq_redis import ListQueueBroker
 
 from taskiq_batching import BatchInfo, BatchingMiddleware, BatchItemError, batch_task
 from taskiq_batching.transports import generic
-from taskiq_batching.worker import parking
+from taskiq_batching.transports.generic import GenericTransport
+from taskiq_batching.worker import giving, parking
 from tests.helpers import (
     ObservedSemaphore,
     PrefetchQueueBroker,
@@ -279,6 +280,8 @@ async def test_a_long_backlog_of_a_slow_task_never_holds_up_the_others() -> None
 async def test_parking_stops_reading_at_its_byte_bound(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # A transport that cannot give messages back (no ``requeue``).
+    monkeypatch.delattr(GenericTransport, "requeue")
     monkeypatch.setattr(parking, "PARK_BYTES", 10_000)
     broker = queue_broker()
     release = asyncio.Event()
@@ -308,6 +311,50 @@ async def test_parking_stops_reading_at_its_byte_bound(
         await broker.wait_acked(50)
     for task in sent:
         assert not (await task.wait_result(timeout=10)).is_err
+
+
+async def test_past_parkings_byte_bound_the_rest_is_given_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(parking, "PARK_BYTES", 10_000)
+    monkeypatch.setattr(giving, "REST_SECONDS", 30.0)  # rests after one pass
+    broker = queue_broker()
+    release = asyncio.Event()
+
+    @batch_task(broker, batch_size=1, task_name="slow")
+    async def slow(items: list[str]) -> None:
+        await release.wait()
+
+    sent = [await slow.kiq("x" * 1_000) for _ in range(50)]
+    first = await broker.queue.get()
+    size = len(first.message)
+    await broker.queue.put(first)
+    batcher = BatchingMiddleware.of(broker).batcher
+    assert batcher is not None
+    # Held: the running batch and the next one; parked until their bytes
+    # reach the bound; the rest given back to the queue, where it waits.
+    kept = 2 + -(-10_000 // size)
+
+    rested = asyncio.Event()
+    pause = giving.GiveBacks.pause
+
+    def watched(self: giving.GiveBacks, now: float) -> float:
+        if self.passed:  # a whole pass over the queue: the worker rests
+            rested.set()
+        return pause(self, now)
+
+    monkeypatch.setattr(giving.GiveBacks, "pause", watched)
+
+    async with running_worker(broker):
+        try:
+            await asyncio.wait_for(rested.wait(), 10)
+            assert broker.queue.qsize() == 50 - kept
+            assert broker.taken > 50  # what was given back was read again
+        finally:
+            release.set()
+        # Given back, then read again once the task has room: each runs.
+        for task in sent:
+            assert not (await task.wait_result(timeout=20)).is_err
 
 
 async def test_batch_calls_at_once_never_exceed_the_bounds() -> None:
