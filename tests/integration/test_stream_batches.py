@@ -127,7 +127,9 @@ async def test_forwarding_keeps_the_send_time_and_acks_the_original_in_one_multi
     plain = make_broker(redis_url, queue, wait=False)
     task = declare(plain, 100, 0.3)
     try:
-        await src.transport.read(10)  # makes the main stream's group
+        # The main stream's group, as a worker's startup makes it (a first
+        # read would make it too, after blocking on the empty stream).
+        await redis.xgroup_create(queue, src.transport.group, "0", mkstream=True)
         sent = await task.kiq(1)  # a plain message, on the main stream
         (delivery,) = await src.transport.read(10)
         original_ms = entry_ms(delivery.handle[1])
