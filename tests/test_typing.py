@@ -34,10 +34,14 @@ MISUSE = """
 
 
 def run_mypy(*targets: str) -> tuple[str, int]:
+    # Incremental, in the tree's cache: ``./dev test`` runs mypy just before,
+    # so only the two files are checked (~0.5 s, not ~8 s). Errors of a
+    # module read from the cache are reported all the same.
     stdout, stderr, status = api.run(
         [
             "--strict",
-            "--no-incremental",
+            "--cache-dir",
+            str(ROOT / ".mypy_cache"),
             "--config-file",
             str(ROOT / "pyproject.toml"),
             *targets,
@@ -48,7 +52,7 @@ def run_mypy(*targets: str) -> tuple[str, int]:
 
 @pytest.fixture(scope="module")
 def checked(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
-    """mypy's errors per file, of one run over both files (a run takes ~10 s)."""
+    """mypy's errors per file, of one run over both files."""
     misuse = tmp_path_factory.mktemp("typing") / "misuse.py"
     misuse.write_text(textwrap.dedent(MISUSE).lstrip())
     usage = ROOT / "tests" / "typing" / "api_usage.py"
