@@ -249,6 +249,9 @@ async def open_path(
     # waits for the pop in progress (what it popped exists nowhere else):
     # 0.1 s takes the same path, without a second's wait per test.
     monkeypatch.setattr("taskiq_batching.transports.redis_list.BLOCK_SECONDS", 0.1)
+    # Likewise a stop lets the NATS pull request in progress end: it lingers
+    # 1 s on an idle consumer, 0.1 s here.
+    monkeypatch.setattr("taskiq_batching.transports.nats_pull.FETCH_TIMEOUT", 0.1)
     monkeypatch.setattr(
         "taskiq_batching.worker.hook.transport_for",
         lambda b, listen=None, **choice: RecordingTransport(

@@ -1,3 +1,4 @@
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -6,6 +7,25 @@ import pytest
 from redis.asyncio import Redis
 
 from tests.integration.workers import Worker
+from tests.upstream.run_taskiq_redis_tests import Servers, start_servers
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Private servers of every Redis variant: standalone, a one-node cluster,
+    a master with a sentinel (taskiq-redis's test variables to reach them).
+
+    Started once a session for every module that uses them (each test has
+    queues of its own), and stopped at its end.
+    """
+    executable = shutil.which("redis-server")
+    if executable is None:
+        pytest.skip("redis-server is not installed")
+    started = Servers(Path(tmp_path_factory.mktemp("redis-variants")), executable)
+    try:
+        yield start_servers(started)
+    finally:
+        started.stop_all()
 
 
 @pytest.fixture

@@ -158,3 +158,21 @@ async def clean(redis: Redis, names: TaskStreams, queue: str) -> None:
 
 def all_ids(sources: "Sequence[Source[Any, Any]]") -> list[str]:
     return [i for s in sources for _, batch in s.taken for i in task_ids(batch)]
+
+
+async def run_sources(
+    sources: "Sequence[Source[Any, Any]]", until: int, timeout: float = 30
+) -> None:
+    """Run a taker loop per source until ``until`` messages were taken in all."""
+    done = asyncio.Event()
+
+    def taken() -> None:
+        if len(all_ids(sources)) >= until:
+            done.set()
+
+    takers = [asyncio.ensure_future(take_until(s, done, taken)) for s in sources]
+    try:
+        await asyncio.wait_for(done.wait(), timeout)
+    finally:
+        done.set()
+        await asyncio.gather(*takers)

@@ -14,14 +14,12 @@ The queue is then read with a separate (synchronous) client.
 
 import asyncio
 import json
-import shutil
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,23 +40,10 @@ from taskiq_redis import (
 
 from taskiq_batching import BatchingMiddleware, batch_task
 from taskiq_batching.errors import SendManyError
-from tests.upstream.run_taskiq_redis_tests import Servers, start_servers
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 SENT = 250
-
-
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    executable = shutil.which("redis-server")
-    if executable is None:
-        pytest.skip("redis-server is not installed")
-    started = Servers(Path(tmp_path_factory.mktemp("kiq-many-faults")), executable)
-    try:
-        yield start_servers(started)
-    finally:
-        started.stop_all()
 
 
 def _sync_client(env: dict[str, str], variant: str) -> Any:

@@ -7,11 +7,9 @@ reading (its pump has stopped). Every one of them must be acked (nothing
 pending in the group) and nothing logged as a traceback.
 """
 
-import shutil
 import signal
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,23 +19,10 @@ from taskiq.kicker import AsyncKicker
 
 from tests.integration.acks_app import stream_broker
 from tests.integration.workers import Worker, eventually
-from tests.upstream.run_taskiq_redis_tests import Servers, start_servers
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 TASKS = 8
-
-
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    executable = shutil.which("redis-server")
-    if executable is None:
-        pytest.skip("redis-server is not installed")
-    started = Servers(Path(tmp_path_factory.mktemp("plain-acks")), executable)
-    try:
-        yield start_servers(started)
-    finally:
-        started.stop_all()
 
 
 def _env(servers: dict[str, str], variant: str, queue: str) -> dict[str, str]:

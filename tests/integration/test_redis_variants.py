@@ -1,13 +1,11 @@
 """taskiq-redis's sentinel and cluster brokers through the Redis transports.
 
-The test starts its own servers (a master with a sentinel, a one-node
-cluster) on free loopback ports, and stops them.
+The tests use private servers (a master with a sentinel, a one-node
+cluster) on free loopback ports, started once a session (``servers``).
 """
 
-import shutil
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -26,21 +24,8 @@ from taskiq_batching.transports import transport_for
 from taskiq_batching.transports.redis_list import ListTransport
 from taskiq_batching.transports.redis_stream import StreamTransport
 from tests.helpers import Recorder, running_worker
-from tests.upstream.run_taskiq_redis_tests import Servers, start_servers
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
-
-
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    executable = shutil.which("redis-server")
-    if executable is None:
-        pytest.skip("redis-server is not installed")
-    started = Servers(Path(tmp_path_factory.mktemp("redis-variants")), executable)
-    try:
-        yield start_servers(started)
-    finally:
-        started.stop_all()
 
 
 def _sentinel(env: dict[str, str], kind: str, queue: str) -> AsyncBroker:

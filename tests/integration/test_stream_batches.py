@@ -1,7 +1,8 @@
 """Batched messages wait in Redis and are taken whole (``redis_batches``).
 
-Several sources on one stream stand for a fleet of workers: each takes
-batches with the take script, as a worker's taker loop would.
+What only streams do: what they do as lists do is tested on both in
+``test_redis_batches_kinds``. A source takes batches with the take
+script, as a worker's taker loop would.
 """
 
 import asyncio
@@ -12,21 +13,19 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
-from taskiq import BrokerMessage, TaskiqMessage, TaskiqMiddleware
+from taskiq import TaskiqMessage, TaskiqMiddleware
 
 from taskiq_batching.core.broker_keys import broker_key
 from taskiq_batching.errors import SendManyError
 from taskiq_batching.transports.redis_batches import entry_ms
-from taskiq_batching.transports.redis_batches_lua import TAKE
 from tests.integration.stream_batches import (
     StreamSource,
-    all_ids,
     clean,
     declare,
     make_broker,
+    run_sources,
     source,
     spec_of,
-    take_until,
     task_ids,
 )
 
@@ -60,72 +59,7 @@ async def _sources(
     return found
 
 
-async def _run(sources: list[StreamSource], until: int, timeout: float = 30) -> None:
-    done = asyncio.Event()
-
-    def taken() -> None:
-        if len(all_ids(sources)) >= until:
-            done.set()
-
-    takers = [asyncio.ensure_future(take_until(s, done, taken)) for s in sources]
-    try:
-        await asyncio.wait_for(done.wait(), timeout)
-    finally:
-        done.set()
-        await asyncio.gather(*takers)
-
-
 on_both_protocols = pytest.mark.parametrize("protocol", [2, 3], ids=["resp2", "resp3"])
-
-
-@on_both_protocols
-async def test_three_sources_take_whole_batches_and_nothing_twice(
-    redis_url: str, queue: str, redis: Redis, protocol: int
-) -> None:
-    sources = await _sources(redis_url, queue, 3, 50, 0.5, protocol)
-    producer = make_broker(redis_url, queue)
-    task = declare(producer, 50, 0.5)
-    try:
-        runner = asyncio.ensure_future(_run(sources, 260))
-        sent: list[str] = []
-        for start in range(0, 260, 20):
-            tasks = await task.kiq_many(range(start, start + 20))
-            sent += [t.task_id for t in tasks]
-        await runner
-        taken = all_ids(sources)
-        assert sorted(taken) == sorted(sent)  # all, none twice
-        sizes = sorted(len(b.deliveries) for s in sources for _, b in s.taken)
-        assert sizes == [10, 50, 50, 50, 50, 50]
-        for s in sources:
-            for _, batch in s.taken:
-                if len(batch.deliveries) == 50:
-                    assert batch.reason == "size"
-        assert await redis.xlen(queue) == 0  # nothing went to the main stream
-    finally:
-        await clean(redis, sources[0].names, queue)
-
-
-async def test_a_batch_is_taken_at_its_first_message_send_plus_the_timeout(
-    redis_url: str, queue: str, redis: Redis
-) -> None:
-    (src,) = await _sources(redis_url, queue, 1, 100, 0.3)
-    producer = make_broker(redis_url, queue)
-    task = declare(producer, 100, 0.3)
-    try:
-        await task.kiq_many(range(10))
-        # The worker comes 0.2 s after the send: a deadline counted from
-        # its first read would fall at 0.5 s, past the bound below.
-        await asyncio.sleep(0.2)
-        await _run([src], 10)
-        ((started, batch),) = src.taken
-        first_ms = min(entry_ms(d.handle[1]) for d in batch.deliveries)
-        waited = started - first_ms / 1000
-        slack = src.batches.poll_seconds
-        assert 0.3 - slack - 0.005 <= waited <= 0.3 + 0.15, waited
-        assert batch.reason == "timeout"
-        assert len(batch.deliveries) == 10
-    finally:
-        await clean(redis, src.names, queue)
 
 
 async def test_full_batches_when_redis_does_not_know_the_lag(
@@ -193,7 +127,9 @@ async def test_forwarding_keeps_the_send_time_and_acks_the_original_in_one_multi
     plain = make_broker(redis_url, queue, wait=False)
     task = declare(plain, 100, 0.3)
     try:
-        await src.transport.read(10)  # makes the main stream's group
+        # The main stream's group, as a worker's startup makes it (a first
+        # read would make it too, after blocking on the empty stream).
+        await redis.xgroup_create(queue, src.transport.group, "0", mkstream=True)
         sent = await task.kiq(1)  # a plain message, on the main stream
         (delivery,) = await src.transport.read(10)
         original_ms = entry_ms(delivery.handle[1])
@@ -225,7 +161,7 @@ async def test_forwarding_keeps_the_send_time_and_acks_the_original_in_one_multi
         found: Any = await redis.xrange(src.names.stream("-"))
         ((_, fields),) = found
         assert fields[b"t"] == str(original_ms).encode()
-        await _run([src], 1)
+        await run_sources([src], 1)
         ((started, batch),) = src.taken
         assert task_ids(batch) == [sent.task_id]
         waited = started - original_ms / 1000
@@ -285,58 +221,6 @@ async def test_a_dead_workers_running_batch_is_taken_over_after_idle_timeout(
         await clean(redis, alive.names, queue)
 
 
-async def test_kiq_and_kiq_many_send_to_the_tasks_streams_by_key(
-    redis_url: str, queue: str, redis: Redis
-) -> None:
-    producer = make_broker(redis_url, queue)
-    task = declare(producer, 10, 1)
-    src = source(producer, spec_of(task))
-    try:
-        await task.kiq(1)
-        await task.kiq_many(range(5))
-        await task.kiq_many(range(3), tenant="a")
-        await task.task.kicker().with_labels(queue_name=f"{queue}-other").kiq(2)
-        names = src.names
-        members: Any = await redis.zrange(names.keys, 0, -1)
-        keys = [k.decode() for k in members]
-        assert len(keys) == 2
-        assert "-" in keys
-        tenant = next(k for k in keys if k != "-")
-        assert await redis.xlen(names.stream("-")) == 6
-        assert await redis.xlen(names.stream(tenant)) == 3
-        assert await redis.xlen(names.wake) == 1
-        assert await redis.xlen(queue) == 0
-        assert await redis.xlen(f"{queue}-other") == 1  # another queue: plain
-        plain = make_broker(redis_url, queue, wait=False)
-        await declare(plain, 10, 1).kiq(7)
-        assert await redis.xlen(queue) == 1  # the switch off: the main stream
-    finally:
-        await clean(redis, src.names, queue)
-
-
-async def test_a_chunk_sent_again_adds_nothing(
-    redis_url: str, queue: str, redis: Redis, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    producer = make_broker(redis_url, queue)
-    task = declare(producer, 10, 1)
-    src = source(producer, spec_of(task))
-    messages = [
-        BrokerMessage(
-            task_id=str(i), task_name="collect", message=b"m%d" % i, labels={}
-        )
-        for i in range(3)
-    ]
-    try:
-        # The same marks twice: a retry of the same send.
-        monkeypatch.setattr(uuid, "uuid4", lambda: uuid.UUID(int=1))
-        for _ in range(2):
-            await src.batches.send(src.spec, messages, ["-"] * 3, once=True)
-        monkeypatch.undo()
-        assert await redis.xlen(src.names.stream("-")) == 3
-    finally:
-        await clean(redis, src.names, queue)
-
-
 async def test_a_live_holder_keeps_its_taken_entries_fresh(
     redis_url: str, queue: str, redis: Redis
 ) -> None:
@@ -361,62 +245,6 @@ async def test_a_live_holder_keeps_its_taken_entries_fresh(
             assert entry["time_since_delivered"] <= since_take_ms - 250
     finally:
         await src.transport.holding.stop()
-        await clean(redis, src.names, queue)
-
-
-async def test_one_take_gives_at_most_room_batches_each_of_another_key(
-    redis_url: str, queue: str, redis: Redis
-) -> None:
-    broker = make_broker(redis_url, queue)
-    task = declare(broker, 2, 30)
-    src = source(broker, spec_of(task))
-    try:
-        for tenant in ("a", "b", "c"):
-            await task.kiq_many(range(4), tenant=tenant)  # two batches each
-        got = await src.batches.take(src.spec, 2)
-        assert len(got.batches) == 2
-        assert len({b.key for b in got.batches}) == 2
-        assert got.wait_seconds == 0  # more are due now
-        rest = await src.batches.take(src.spec, 10)
-        assert len(rest.batches) == 3  # one per key: one each of a, b and c
-        assert len({b.key for b in rest.batches}) == 3
-        last = await src.batches.take(src.spec, 10)
-        assert len(last.batches) == 1
-        assert all(len(b.deliveries) == 2 for b in [*got.batches, *rest.batches])
-    finally:
-        await clean(redis, src.names, queue)
-
-
-async def test_a_cancelled_take_gives_back_what_it_took(
-    redis_url: str, queue: str, redis: Redis
-) -> None:
-    broker = make_broker(redis_url, queue)
-    task = declare(broker, 3, 30)
-    src = source(broker, spec_of(task))
-    try:
-        sent = [t.task_id for t in await task.kiq_many(range(3))]
-        src.batches._take = src.batches.redis.register_script(TAKE)
-        real = src.batches._take
-        ran, gate = asyncio.Event(), asyncio.Event()
-
-        async def slow_reply(**options: Any) -> Any:
-            reply = await real(**options)  # the server ran it...
-            ran.set()
-            await gate.wait()  # ...and its reply is on its way
-            return reply
-
-        src.batches._take = slow_reply
-        taking = asyncio.ensure_future(src.batches.take(src.spec, 1))
-        await ran.wait()
-        taking.cancel()
-        gate.set()
-        with pytest.raises(asyncio.CancelledError):
-            await taking
-        src.batches._take = real
-        assert not src.transport._in_use
-        got = await src.batches.take(src.spec, 1)
-        assert task_ids(got.batches[0]) == sent
-    finally:
         await clean(redis, src.names, queue)
 
 

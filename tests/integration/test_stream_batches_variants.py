@@ -1,14 +1,12 @@
 """Batched messages waiting in Redis, on sentinel and cluster stream and list brokers.
 
-The test starts its own servers (a master with a sentinel, a one-node
-cluster) on free loopback ports, and stops them.
+The tests use private servers (a master with a sentinel, a one-node
+cluster) on free loopback ports, started once a session (``servers``).
 """
 
 import asyncio
-import shutil
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 from taskiq_redis import (
@@ -27,7 +25,6 @@ from tests.integration.stream_batches import (
     spec_of,
     task_ids,
 )
-from tests.upstream.run_taskiq_redis_tests import Servers, start_servers
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -37,18 +34,6 @@ Broker = (
     | ListQueueSentinelBroker
     | ListQueueClusterBroker
 )
-
-
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    executable = shutil.which("redis-server")
-    if executable is None:
-        pytest.skip("redis-server is not installed")
-    started = Servers(Path(tmp_path_factory.mktemp("batches-variants")), executable)
-    try:
-        yield start_servers(started)
-    finally:
-        started.stop_all()
 
 
 def _sentinel(env: dict[str, str], queue: str) -> Broker:
@@ -117,7 +102,6 @@ async def test_sends_takes_forwards_and_wakes(
         await asyncio.wait_for(waiting, 5)  # a wake was there already
         assert (await src.batches.take(src.spec, 1)).batches == []  # 4 of 5
         assert isinstance(src.transport, StreamTransport)
-        await src.transport.read(10)  # the main stream's group
         forwarded = await plain_task.kiq(4)  # plain: on the main stream
         (delivery,) = await src.transport.read(10)
         await src.batches.forward([(delivery, src.spec, "-")])

@@ -43,13 +43,31 @@ async def preload(broker: QueueBroker, source: FakeSource, task_name: str) -> No
         source.put(task_name, message.message)
 
 
+def worker_world(
+    monkeypatch: pytest.MonkeyPatch,
+    source: FakeSource | None = None,
+    forward: bool = False,
+    forward_error: Exception | None = None,
+) -> tuple[FakeSource, QueueBroker, Recorder]:
+    """A worker's world: ``source`` (a new one if None) as its transport,
+    an in-process queue broker, and a recorder for its batch functions.
+
+    :param forward: batched messages sent to the queue are moved into the
+        source, as a plain producer's are forwarded on Redis.
+    :param forward_error: what the forwarder raises (``forward`` implied).
+    """
+    source = FakeSource() if source is None else source
+    forwarder = None
+    if forward or forward_error is not None:
+        forwarder = FakeForwarder(source, forward_error)
+    use_source(monkeypatch, source, forwarder)
+    return source, queue_broker(), Recorder()
+
+
 async def test_a_taken_batch_runs_once_with_each_message_s_own_result_and_ack(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    source = FakeSource()
-    use_source(monkeypatch, source, FakeForwarder(source))
-    broker = queue_broker()
-    seen = Recorder()
+    source, broker, seen = worker_world(monkeypatch, forward=True)
 
     @batch_task(broker, batch_size=3, batch_timeout=3600)
     async def double(
@@ -73,10 +91,7 @@ async def test_a_taken_batch_runs_once_with_each_message_s_own_result_and_ack(
 async def test_a_batch_due_by_its_timeout_is_recorded_so(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    source = FakeSource()
-    use_source(monkeypatch, source, FakeForwarder(source))
-    broker = queue_broker()
-    seen = Recorder()
+    _source, broker, seen = worker_world(monkeypatch, forward=True)
 
     @batch_task(broker, batch_size=100, batch_timeout=0.05)
     async def batched(items: list[int], info: BatchInfo = TaskiqDepends()) -> None:
@@ -92,10 +107,7 @@ async def test_a_batch_due_by_its_timeout_is_recorded_so(
 
 
 async def test_an_invalid_message_fails_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    source = FakeSource()
-    use_source(monkeypatch, source, FakeForwarder(source))
-    broker = queue_broker()
-    seen = Recorder()
+    source, broker, seen = worker_world(monkeypatch, forward=True)
 
     @batch_task(broker, batch_size=3, batch_timeout=3600)
     async def batched(items: list[int]) -> None:
@@ -148,9 +160,7 @@ async def test_a_message_read_that_would_fail_is_not_forwarded(
 async def test_batch_max_keys_bounds_the_keys_running_at_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    source = FakeSource(key_of=tenant_key)
-    use_source(monkeypatch, source)
-    broker = queue_broker()
+    source, broker, _ = worker_world(monkeypatch, FakeSource(key_of=tenant_key))
     running: set[int] = set()
     peak = 0
     done: list[int] = []
@@ -188,9 +198,7 @@ async def test_batch_max_keys_bounds_the_keys_running_at_once(
 async def test_batch_concurrency_bounds_the_batches_taken(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    source = FakeSource()
-    use_source(monkeypatch, source)
-    broker = queue_broker()
+    source, broker, _ = worker_world(monkeypatch)
     gate = asyncio.Event()
     entered = asyncio.Queue[int]()
 
@@ -218,10 +226,7 @@ async def test_batch_concurrency_bounds_the_batches_taken(
 async def test_a_stop_ends_taking_and_the_take_in_flight_still_runs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    source = FakeSource()
-    use_source(monkeypatch, source)
-    broker = queue_broker()
-    seen = Recorder()
+    source, broker, seen = worker_world(monkeypatch)
 
     @batch_task(broker, batch_size=2, batch_timeout=3600)
     async def batched(items: list[int]) -> None:
@@ -260,9 +265,11 @@ async def test_broker_errors_are_retried_after_growing_pauses(
 ) -> None:
     monkeypatch.setattr(taking, "BACKOFF_FIRST_SECONDS", 0.01)
     monkeypatch.setattr(taking, "BACKOFF_MAX_SECONDS", 0.04)
-    source = FakeSource(error=ConnectionError("connection refused"))
-    use_source(monkeypatch, source, FakeForwarder(source))
-    broker = queue_broker()
+    source, broker, _ = worker_world(
+        monkeypatch,
+        FakeSource(error=ConnectionError("connection refused")),
+        forward=True,
+    )
 
     @batch_task(broker, batch_size=2, batch_timeout=3600)
     async def batched(items: list[int]) -> None: ...
@@ -289,10 +296,7 @@ async def test_broker_errors_are_retried_after_growing_pauses(
 async def test_plain_messages_reach_the_receiver_while_batches_wait(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    source = FakeSource()
-    use_source(monkeypatch, source, FakeForwarder(source))
-    broker = queue_broker()
-    seen = Recorder()
+    source, broker, seen = worker_world(monkeypatch, forward=True)
 
     @batch_task(broker, batch_size=100, batch_timeout=3600)
     async def batched(items: list[int]) -> None:
@@ -317,9 +321,7 @@ async def test_an_idle_worker_blocks_in_idle_instead_of_polling(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(taking, "IDLE_SECONDS", 0.02)
-    source = FakeSource()
-    use_source(monkeypatch, source)
-    broker = queue_broker()
+    source, broker, _ = worker_world(monkeypatch)
 
     @batch_task(broker, batch_size=2, batch_timeout=3600)
     async def one(items: list[int]) -> None: ...
@@ -338,10 +340,7 @@ async def test_an_idle_worker_blocks_in_idle_instead_of_polling(
 async def test_max_tasks_per_child_counts_taken_messages(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    source = FakeSource()
-    use_source(monkeypatch, source)
-    broker = queue_broker()
-    seen = Recorder()
+    source, broker, seen = worker_world(monkeypatch)
 
     @batch_task(broker, batch_size=2, batch_timeout=3600)
     async def batched(items: list[int]) -> None:
@@ -360,10 +359,9 @@ async def test_max_tasks_per_child_counts_taken_messages(
 async def test_a_failed_forward_leaves_the_messages_to_this_worker(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    source = FakeSource()
-    use_source(monkeypatch, source, FakeForwarder(source, ConnectionError("down")))
-    broker = queue_broker()
-    seen = Recorder()
+    _source, broker, seen = worker_world(
+        monkeypatch, forward_error=ConnectionError("down")
+    )
 
     @batch_task(broker, batch_size=3, batch_timeout=3600)
     async def batched(items: list[int]) -> None:
