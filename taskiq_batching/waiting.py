@@ -99,7 +99,10 @@ def waiting_sender(broker: AsyncBroker, spec: BatchSpec | None) -> Any:
     """
     if spec is None or not opted_in(broker):
         return None
-    source = sender(broker).batches
+    transport = sender(broker)
+    # A transport whose batches wait where no ``BatchSource`` takes them
+    # (AMQP's queue per task) names its sender apart.
+    source = getattr(transport, "batch_sender", None) or transport.batches
     if source is None or not callable(getattr(source, "send", None)):
         return None
     return source if source.serves(spec) else None

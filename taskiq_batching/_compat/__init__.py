@@ -24,6 +24,7 @@ from taskiq_batching._compat.amqp import (
     amqp_declare_queues,
     amqp_delay_queue_name,
     amqp_prefetch,
+    amqp_queue_settings,
     amqp_take_deliveries,
     amqp_tap_frames,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "amqp_declare_queues",
     "amqp_delay_queue_name",
     "amqp_prefetch",
+    "amqp_queue_settings",
     "amqp_take_deliveries",
     "amqp_tap_frames",
     "broker_message",

@@ -243,7 +243,13 @@ class Forwarder(Protocol):
     message to the main queue; a worker whose transport has a
     ``BatchSource`` serving the task hands what it reads there to the
     transport's ``forwarder`` attribute (``None``: it buffers them itself).
+    A forwarder whose tasks' messages the worker reads too (AMQP: a queue
+    per task) has ``waited(delivery)``, True for those: they are not
+    forwarded again.
     """
+
+    def serves(self, spec: BatchSpec) -> bool:
+        """Whether this task's messages read on the main queue are forwarded."""
 
     async def forward(
         self, deliveries: Sequence[tuple[Delivery, BatchSpec, str]]

@@ -7,7 +7,7 @@ Errors of the broker's listener propagate, as under taskiq's Receiver.
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any
 
 from taskiq import (
@@ -124,7 +124,11 @@ class GenericTransport:
         await kick_each(self.broker, messages)
 
 
-async def kick_each(broker: AsyncBroker, messages: Sequence[BrokerMessage]) -> None:
+async def kick_each(
+    broker: AsyncBroker,
+    messages: Sequence[BrokerMessage],
+    kick: Callable[[BrokerMessage], Awaitable[None]] | None = None,
+) -> None:
     """Send messages with the broker's own ``kick``, some at once, none twice.
 
     A kick that fails is not tried again (it may have reached the broker),
@@ -133,12 +137,14 @@ async def kick_each(broker: AsyncBroker, messages: Sequence[BrokerMessage]) -> N
 
     :param broker: the broker.
     :param messages: formatted messages.
+    :param kick: what sends one (the broker's ``kick`` by default).
     :raises SendManyError: a kick failed.
     """
+    kick = kick or broker.kick
     for start in range(0, len(messages), SEND_CONCURRENCY):
         chunk = messages[start : start + SEND_CONCURRENCY]
         outcomes = await asyncio.gather(
-            *(broker.kick(message) for message in chunk), return_exceptions=True
+            *(kick(message) for message in chunk), return_exceptions=True
         )
         failed = [
             (start + index, outcome)

@@ -17,6 +17,7 @@ sizes the next read by what this one held (``MAX_UNACKED_CHUNK``).
 """
 
 from collections import deque
+from collections.abc import Callable
 
 from taskiq import AsyncBroker
 
@@ -60,6 +61,8 @@ class Router:
         #: Batched tasks whose messages wait in the broker: what is read of
         #: them is forwarded there (``taking.Taker.forward``), not taken.
         self.forwarded: set[str] = set()
+        #: Whether a delivery was read where its batch waits (not forwarded).
+        self.waited: Callable[[Delivery], bool] | None = None
         #: Deliveries of those tasks read and not forwarded yet, by task.
         self.forwarding: dict[str, list[tuple[Delivery, str]]] = {}
 
@@ -91,7 +94,7 @@ class Router:
                 self.handoff.append(delivery)
                 continue
             name = envelope.task_name
-            if name in self.forwarded:
+            if name in self.forwarded and not (self.waited and self.waited(delivery)):
                 key = forward_key(self.batcher.specs[name], envelope)
                 self.forwarding.setdefault(name, []).append((delivery, key))
                 forwarded += 1

@@ -103,8 +103,16 @@ class Taker:
             if source is not None and source.serves(spec)
         ]
         self.forwarder: Forwarder | None = getattr(transport, "forwarder", None)
-        if self.forwarder is not None and self.specs:
-            router.forwarded = {spec.task_name for spec in self.specs}
+        forwarder = self.forwarder
+        if forwarder is not None:
+            # Its batches may wait without a source (AMQP: a queue per task,
+            # whose deliveries the pump reads and must not forward again).
+            router.forwarded = {
+                spec.task_name
+                for spec in batcher.specs.values()
+                if forwarder.serves(spec)
+            }
+            router.waited = getattr(forwarder, "waited", None)
         self._task: asyncio.Task[None] | None = None
         self._stop: asyncio.Event | None = None
         #: The ``idle`` call in flight, and the tasks it watches.
