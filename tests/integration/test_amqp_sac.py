@@ -1,4 +1,4 @@
-"""RabbitMQ with ``wait_in_broker=True``: a single-active-consumer queue per batched task.
+"""RabbitMQ, ``wait_in_broker=True``: a single-active-consumer queue per batched task.
 
 Workers are real ``taskiq worker`` processes running
 tests/integration/amqp_sac_app.py on the real RabbitMQ (``RABBITMQ_URL``);
@@ -130,7 +130,7 @@ async def paced(kick: Callable[[int], Any], count: int, rate: float) -> None:
 async def test_the_producer_sends_to_the_tasks_queue(
     producer: Any, channel: AbstractChannel, queue: str
 ) -> None:
-    """``kiq`` and ``kiq_many`` of a batched task land in its queue, not the main one."""
+    """``kiq`` and ``kiq_many`` of a batched task land in its queue, not the main."""
     task = producer
     for item in range(3):
         await task.kiq(item)
