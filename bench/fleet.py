@@ -46,7 +46,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from bench.brokers import AmqpQueue, NatsConsumer, unreachable
-from bench.fleet_app import BROKERS, FleetSettings, build
+from bench.fleet_app import BROKERS, TASK_NAME, FleetSettings, build
 from bench.fleet_report import markdown, row_line
 from bench.measure import count_existing, delete_prefix, percentile
 from bench.procs import ROOT, started, taskiq_worker_argv
@@ -192,7 +192,9 @@ async def cleanup(redis: Redis, s: FleetSettings) -> None:
     """Delete the run's Redis keys, RabbitMQ queue or NATS stream."""
     await delete_prefix(redis, s.queue)
     if s.broker == "amqp":
-        queue = AmqpQueue(s.queue)
+        from taskiq_batching.transports.amqp_batches import batch_queue_name
+
+        queue = AmqpQueue(s.queue, [batch_queue_name(s.queue, TASK_NAME)])
         await queue.open()
         await queue.close()
     elif s.broker == "nats":
