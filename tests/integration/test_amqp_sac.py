@@ -140,10 +140,10 @@ async def test_the_producer_sends_to_the_tasks_queue(
 
 
 async def wait_for_consumers(channel: AbstractChannel, name: str, count: int) -> None:
-    """Wait until ``count`` consumers, active or waiting, are on the queue.
+    """Wait until ``count`` consumers are on the queue (the workers read).
 
-    (A passive declare counts only the active one of a single-active-consumer
-    queue: ``rabbitmqctl`` lists them all.)
+    (Not a passive declare: it counts only the active consumer of a
+    single-active-consumer queue; ``rabbitmqctl`` lists them all.)
     """
 
     async def consumed() -> bool:
@@ -179,7 +179,6 @@ async def test_plain_kicks_are_forwarded_and_fill_like_one_worker(
     await plain.startup()
     try:
         await wait_for_consumers(channel, queue, 2)
-        await wait_for_consumers(channel, batch_queue_name(queue, "collect"), 2)
         kicker: AsyncKicker[Any, Any] = AsyncKicker("collect", plain, {})
         await paced(kicker.kiq, 40, rate=20)
 
@@ -208,7 +207,7 @@ async def test_two_processes_fill_batches_like_one(
     consumer, which sees the whole rate.
     """
     worker = start_worker(("--workers", "2"), batch_size=60, batch_timeout=1)
-    await wait_for_consumers(channel, batch_queue_name(queue, "collect"), 2)
+    await wait_for_consumers(channel, queue, 2)
     task = producer
     count = 300
     await paced(task.kiq, count, rate=60)
@@ -244,9 +243,9 @@ async def test_kill_9_of_the_active_consumer_loses_nothing(
     item's batch ends.
     """
     workers = [start_worker(batch_size=10, batch_timeout=0.3, batch_delay=1.0)]
-    await wait_for_consumers(channel, batch_queue_name(queue, "collect"), 1)
+    await wait_for_consumers(channel, queue, 1)
     workers.append(start_worker(batch_size=10, batch_timeout=0.3, batch_delay=1.0))
-    await wait_for_consumers(channel, batch_queue_name(queue, "collect"), 2)
+    await wait_for_consumers(channel, queue, 2)
     task = producer
     count = 100
     await task.kiq_many(range(count))
