@@ -105,12 +105,12 @@ class Taker:
         self.forwarder: Forwarder | None = getattr(transport, "forwarder", None)
         forwarder = self.forwarder
         if forwarder is not None:
-            # Its batches may wait without a source (AMQP: a queue per task,
-            # whose deliveries the pump reads and must not forward again).
+            # A forwarder's tasks may wait without a source (AMQP: a queue
+            # per task, whose deliveries the pump reads: ``waited``).
+            serves = getattr(forwarder, "serves", None)
+            forwarded = self.specs if serves is None else batcher.specs.values()
             router.forwarded = {
-                spec.task_name
-                for spec in batcher.specs.values()
-                if forwarder.serves(spec)
+                spec.task_name for spec in forwarded if serves is None or serves(spec)
             }
             router.waited = getattr(forwarder, "waited", None)
         self._task: asyncio.Task[None] | None = None
