@@ -33,6 +33,7 @@ and the workers' logs under ``<out>/<run id>/``.
 import argparse
 import asyncio
 import json
+import math
 import os
 import signal
 import subprocess
@@ -71,6 +72,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--slack-ms", type=float, default=50.0)
     parser.add_argument(
         "--paths", default="today,wait", help="today (per-worker buffers), wait"
+    )
+    parser.add_argument(
+        "--drain",
+        type=int,
+        default=0,
+        help="pre-load this many messages before the fleet starts (no --rates "
+        "sending); the rate shown is then the drain's: messages / (last - first "
+        "batch start)",
     )
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     return parser.parse_args(argv)
@@ -172,19 +181,29 @@ async def measure(
     """One fleet: start it, send, wait for every result, summarize."""
     app = build(s)
     argv = taskiq_worker_argv("bench.fleet_app:broker", workers)
-    with started(argv, s.to_env(), log, f"{s.broker}-{workers}") as proc:
-        await wait_ready(redis, s, workers, proc)
-        await app.broker.startup()
-        try:
-            ids, sent_rate = await send(app.task, rate, args.duration)
+    await app.broker.startup()
+    try:
+        ids = []
+        if args.drain:  # where the path's producer puts them, before any worker
+            ids = [
+                t.task_id for t in await app.task.kiq_many([time.time()] * args.drain)
+            ]
+        with started(argv, s.to_env(), log, f"{s.broker}-{workers}") as proc:
+            await wait_ready(redis, s, workers, proc)
+            if not args.drain:
+                ids, sent_rate = await send(app.task, rate, args.duration)
             keys = [f"{s.queue}:{task_id}" for task_id in ids]
             timeout = 60 + 10 * s.batch_timeout
             await wait_results(redis, keys, timeout, proc.alive)
             records, errors = await fetch(app.broker.result_backend, ids)
-        finally:
-            await app.broker.shutdown()
+    finally:
+        await app.broker.shutdown()
+    if args.drain:
+        starts = [start for _, _, start, _ in records]
+        rate = sent_rate = len(records) / max(max(starts) - min(starts), 1e-9)
+    ideal_rate = math.inf if args.drain else sent_rate
     slack = args.slack_ms / 1000
-    figures = summarize(records, s.batch_size, s.batch_timeout, sent_rate, slack)
+    figures = summarize(records, s.batch_size, s.batch_timeout, ideal_rate, slack)
     return {**figures, "rate": rate, "sent_rate": sent_rate, "errors": errors}
 
 
