@@ -1,29 +1,23 @@
 """taskiq-aio-pika's broker, consumed in chunks and acked many at a time.
 
 For an ``AioPikaBroker`` whose ``listen()`` is the stock one, the worker
-consumes the same queues itself: the same ``qos`` on the broker's
-``read_channel``, the same declarations and consumer arguments, every
-queue but the delay queue. aio-pika's ``queue.consume(callback)`` is
-used, so that a robust queue consumes again after a reconnection. The
-deliveries themselves are taken off the channel's frames as aiormq's
-connection reader hands them over (``amqp_acks.DeliveryTap``): no
-``IncomingMessage``, ``DeliveredMessage`` or task per message. The
-consumer is named and tapped before it starts; after a reconnection, a
-new channel's first delivery comes through aio-pika's callback, which
-taps it. Each delivery is kept in ``amqp_inbox.Inbox`` (a late one in tag order)
-and one event set; ``read`` takes up to its limit at once. A consumer
-with ``no_ack`` (the queue's ``consumer_arguments``) gives deliveries
-without acks: they are lost if the worker dies, as with the broker's own
-listener.
-
-Acks and nacks go through one tracker per channel
-(``amqp_acks.ChannelAcks``), for the Receiver's deliveries too.
+consumes the same queues itself (the same ``qos``, declarations and
+consumer arguments; every queue but the delay queue) with aio-pika's
+``queue.consume(callback)``, so that a robust queue consumes again after
+a reconnection. Deliveries are taken off the channel's frames as
+aiormq's reader hands them over (``amqp_acks.DeliveryTap``: no object or
+task per message); a consumer is named and tapped before it starts, and
+a new channel's first delivery after a reconnection comes through
+aio-pika's callback, which taps it. They wait in ``amqp_inbox.Inbox``
+(a late one in tag order); ``read`` takes up to its limit at once. A
+``no_ack`` consumer's deliveries are lost if the worker dies, as with
+the broker's own listener. Acks and nacks go through one tracker per
+channel (``amqp_acks.ChannelAcks``), for the Receiver's deliveries too.
 
 ``qos`` is a prefetch count with ``global=False``: RabbitMQ applies it to
-each consumer of the channel separately, so each queue may have ``qos``
-deliveries unacked. ``outstanding`` is that of the fullest consumer. With
-``wait_in_broker=True`` each batched task's own queue is consumed too,
-with its own prefetch (``amqp_batches.py``).
+each consumer separately. ``outstanding`` is that of the fullest
+consumer. With ``wait_in_broker=True`` each batched task's own queue is
+consumed too, with its own prefetch (``amqp_batches.py``).
 
 Stopping never cancels a task inside an RPC (a cancelled ``basic.cancel``
 closes the channel and requeues everything): a read waits on an event
