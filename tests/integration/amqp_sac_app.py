@@ -6,7 +6,8 @@ the exchange, the queue and the Redis keys. ``TB_WAIT_IN_BROKER`` set:
 ``BatchingMiddleware(wait_in_broker=True)`` (a single-active-consumer
 queue per batched task). The batched task ``collect`` takes
 ``TB_BATCH_SIZE`` and ``TB_BATCH_TIMEOUT``; each batch pushes
-``{"items": [...], "pid": ...}`` to ``{queue}:started`` when it starts,
+``{"items": [...], "pid": ..., "at": <start, epoch s>}`` to
+``{queue}:started`` when it starts,
 runs ``TB_BATCH_DELAY`` seconds, then pushes the same record to
 ``{queue}:batches``.
 """
@@ -14,6 +15,7 @@ runs ``TB_BATCH_DELAY`` seconds, then pushes the same record to
 import asyncio
 import json
 import os
+import time
 
 from redis.asyncio import Redis
 
@@ -33,7 +35,7 @@ _log = Redis.from_url(REDIS_URL)
 )
 async def collect(items: list[int]) -> list[int]:
     """Record the batch's start, run ``TB_BATCH_DELAY`` s, record its end."""
-    record = json.dumps({"items": items, "pid": os.getpid()})
+    record = json.dumps({"items": items, "pid": os.getpid(), "at": time.time()})
     await _log.rpush(f"{QUEUE}:started", record)
     await asyncio.sleep(DELAY)
     await _log.rpush(f"{QUEUE}:batches", record)
