@@ -20,7 +20,9 @@ from which, once every result is in:
 and buffers, ``BatchingMiddleware(wait_in_broker=False)``) and ``wait``
 (batches wait in the broker where its transport can, ``wait_in_broker=True``);
 the report then puts fill and p50/p99 send → batch start of both side by
-side per broker, rate and N.
+side per broker, rate and N. ``--plain-producer`` sends with taskiq's own
+kicker (a producer without the plugin); ``--drain M`` pre-loads M messages
+before the fleet starts and reports the drain's rate instead.
 
 Every run has queue names of its own (``tbbench-fleet-<run>-...``), deleted
 after it; the worker's process group is killed after each run, on error
@@ -45,9 +47,11 @@ from types import FrameType
 from typing import Any
 
 from redis.asyncio import Redis
+from taskiq.kicker import AsyncKicker
 
 from bench.brokers import AmqpQueue, NatsConsumer, unreachable
-from bench.fleet_app import BROKERS, TASK_NAME, FleetSettings, build
+from bench.fleet_app import TASK_NAME, FleetSettings, build
+from bench.fleet_args import parse
 from bench.fleet_report import markdown, row_line
 from bench.measure import count_existing, delete_prefix, percentile
 from bench.procs import ROOT, started, taskiq_worker_argv
@@ -59,30 +63,6 @@ TICK = 0.01
 POLL = 0.1
 #: The paths ``--paths`` chooses from: ``wait_in_broker`` of each.
 PATHS = {"today": False, "wait": True}
-
-
-def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.fleet", description=__doc__)
-    parser.add_argument("--brokers", default=",".join(BROKERS))
-    parser.add_argument("--workers-list", default="1,2,4,8", help="e.g. 1,4")
-    parser.add_argument("--rates", default="300", help="msg/s, e.g. 300,2000")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds")
-    parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--batch-timeout", type=float, default=0.5)
-    parser.add_argument("--slack-ms", type=float, default=50.0)
-    parser.add_argument(
-        "--paths", default="today,wait", help="today (per-worker buffers), wait"
-    )
-    parser.add_argument(
-        "--drain",
-        type=int,
-        default=0,
-        help="pre-load this many messages before the fleet starts (no --rates "
-        "sending); the rate shown is then the drain's: messages / (last - first "
-        "batch start)",
-    )
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    return parser.parse_args(argv)
 
 
 def summarize(
@@ -191,7 +171,10 @@ async def measure(
         with started(argv, s.to_env(), log, f"{s.broker}-{workers}") as proc:
             await wait_ready(redis, s, workers, proc)
             if not args.drain:
-                ids, sent_rate = await send(app.task, rate, args.duration)
+                sender = app.task
+                if args.plain_producer:  # taskiq's own kicker: the main queue
+                    sender = AsyncKicker(TASK_NAME, app.broker, {})
+                ids, sent_rate = await send(sender, rate, args.duration)
             keys = [f"{s.queue}:{task_id}" for task_id in ids]
             timeout = 60 + 10 * s.batch_timeout
             await wait_results(redis, keys, timeout, proc.alive)
@@ -304,7 +287,7 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 
 def main() -> int:
-    args = parse(sys.argv[1:])
+    args = parse(sys.argv[1:], __doc__)
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         raw = asyncio.run(run(args))
