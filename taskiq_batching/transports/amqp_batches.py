@@ -22,9 +22,11 @@ worker). Its ``batch_timeout`` counts from each message's send time (the
 * **Consuming** (``start``, called by the worker's transport): a channel
   per batched task on the broker's read connection, its prefetch the
   task's ``max_held`` ((``batch_concurrency`` + 1) * ``batch_size``, or
-  one filling buffer per key allowed with ``batch_max_keys``): room for
-  its running batches and a filling one, and no more than the worker
-  would hold of it anyway. Deliveries join the transport's inbox like the
+  one filling buffer per key allowed with ``batch_max_keys``) plus one
+  ``batch_size``: its running batches, a filling buffer, and the next
+  batch in flight (when the worker is behind, a buffer is due as soon as
+  it opens: without the next batch already delivered it ran with what
+  one read brought). Deliveries join the transport's inbox like the
   main queue's; ``waited`` tells the worker which ones came from here (not
   to be forwarded again).
 * **Forwarding** (``forward``, the worker's ``Forwarder``): a batched
@@ -139,8 +141,8 @@ class AmqpBatches:
         """
         for spec in self.specs:
             channel = await connection.channel()
-            limit = spec.settings.max_held
-            # Per consumer (global=False): the task's own prefetch.
+            # Per consumer (global=False): the task's own (module docstring).
+            limit = spec.settings.max_held + spec.settings.batch_size
             await channel.set_qos(prefetch_count=limit)
             queue = await self._declare(channel, self.queue_of(spec.task_name))
             tag = f"tb.batch.{uuid.uuid4().hex}"
