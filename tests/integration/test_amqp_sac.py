@@ -276,3 +276,43 @@ async def test_kill_9_of_the_active_consumer_loses_nothing(
     survivor.stop(timeout=20)
     assert set(await runs(redis, queue)) == set(range(count))
     assert await ready(channel, batch_queue_name(queue, "collect")) == 0
+
+
+async def test_sigterm_of_the_active_consumer_hands_over_running_each_item_once(
+    producer: Any,
+    redis: Redis,
+    queue: str,
+    channel: AbstractChannel,
+    start_worker: StartWorker,
+) -> None:
+    """SIGTERM of the active consumer mid-load: the other goes on, nothing twice.
+
+    The stopping process finishes what it holds and gives back what it
+    received but did not take; the next consumer becomes active.
+    """
+    workers = [start_worker(batch_size=10, batch_timeout=0.3, batch_delay=0.5)]
+    await wait_for_consumers(channel, queue, 1)
+    workers.append(start_worker(batch_size=10, batch_timeout=0.3, batch_delay=0.5))
+    await wait_for_consumers(channel, queue, 2)
+    count = 100
+    await producer.kiq_many(range(count))
+
+    async def two_started() -> bool:
+        return len(await records(redis, queue, "started")) >= 2
+
+    await eventually(two_started, 20, "batches started")
+    started = await records(redis, queue, "started")
+    assert len({one["pid"] for one in started}) == 1, started  # one active
+    active = owner(workers, started[0]["pid"])
+    active.stop(timeout=30)
+    assert active.process.returncode == 0, active.output()
+    survivor = next(w for w in workers if w is not active)
+
+    async def all_ran() -> bool:
+        return set(await runs(redis, queue)) >= set(range(count))
+
+    await eventually(all_ran, 60, "every item ran after the stop")
+    survivor.stop(timeout=20)
+    assert await runs(redis, queue) == Counter(range(count))
+    pids = {one["pid"] for one in await records(redis, queue)}
+    assert len(pids) == 2  # both ran batches: one before, one after
