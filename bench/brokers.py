@@ -172,10 +172,14 @@ async def amqp_preload(broker: Any, messages: Sequence[BrokerMessage]) -> None:
 
 
 class AmqpQueue:
-    """A connection that watches (and finally deletes) a workload's queue."""
+    """A connection that watches (and finally deletes) a workload's queue.
 
-    def __init__(self, queue: str) -> None:
+    ``extra``: more queues to delete with it (a batched task's own queue).
+    """
+
+    def __init__(self, queue: str, extra: Sequence[str] = ()) -> None:
         self.queue = queue
+        self.extra = list(extra)
         self.connection: Any = None
         self.channel: Any = None
 
@@ -210,6 +214,8 @@ class AmqpQueue:
             channel = await self.connection.channel()
             await channel.queue_delete(self.queue)
             await channel.queue_delete(f"{self.queue}.dead_letter")
+            for name in self.extra:
+                await channel.queue_delete(name)
             await channel.exchange_delete(self.queue)
         finally:
             await self.connection.close()

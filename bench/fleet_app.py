@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from taskiq import AsyncBroker, TaskiqEvents, TaskiqState
 from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend, RedisStreamBroker
 
-from taskiq_batching import BatchingMiddleware, PerItem, per_item
+from taskiq_batching import BatchingMiddleware, PerItem, batch_task, per_item
 
 TASK_NAME = "fleet"
 #: Brokers measured, by the name the command line uses.
@@ -110,9 +110,9 @@ def build(s: FleetSettings) -> FleetApp:
         size, pid = float(len(items)), float(os.getpid())
         return per_item([sent, size, start, pid] for sent in items)
 
-    task = broker.task(
+    task = batch_task(
+        broker,
         task_name=TASK_NAME,
-        batch=True,
         batch_size=s.batch_size,
         batch_timeout=s.batch_timeout,
     )(fleet)

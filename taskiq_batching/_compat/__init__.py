@@ -25,6 +25,7 @@ from taskiq_batching._compat.amqp import (
     amqp_delay_queue_name,
     amqp_prefetch,
     amqp_priority_label,
+    amqp_queue_settings,
     amqp_take_deliveries,
     amqp_tap_frames,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "amqp_delay_queue_name",
     "amqp_prefetch",
     "amqp_priority_label",
+    "amqp_queue_settings",
     "amqp_take_deliveries",
     "amqp_tap_frames",
     "broker_message",

@@ -119,3 +119,42 @@ def amqp_tap_frames(channel: Any, take: Callable[[Any], bool]) -> bool:
 
     frames.put = put  # type: ignore[method-assign]
     return True
+
+
+def amqp_queue_settings(broker: Any) -> dict[str, Any]:
+    """How a taskiq-aio-pika broker declares its first task queue.
+
+    A batched task's own queue (``transports/amqp_batches.py``) is declared
+    like it: as durable, of the same type, with the same dead-lettering and
+    priorities.
+
+    Relies on: ``AioPikaBroker`` keeping its task queues (taskiq-aio-pika
+    ``Queue``s; none: one ``Queue()`` is added at startup) as
+    ``self._task_queues``, its dead-letter queue as
+    ``self._dead_letter_queue``, and its priority label's name as
+    ``self._label_for_priority``.
+
+    :param broker: an ``AioPikaBroker``.
+    :return: ``name``, ``durable``, ``arguments`` (the declaration's
+        table) and ``priority_label``.
+    """
+    from taskiq_aio_pika import Queue
+
+    queues = getattr(broker, "_task_queues", None) or [Queue()]
+    queue = queues[0]
+    dead = getattr(broker, "_dead_letter_queue", None) or Queue(
+        name="taskiq.dead_letter"
+    )
+    arguments: dict[str, Any] = {
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": dead.routing_key or dead.name,
+        "x-queue-type": queue.type.value,
+    }
+    if queue.max_priority is not None:
+        arguments["x-max-priority"] = queue.max_priority
+    return {
+        "name": str(queue.name),
+        "durable": bool(queue.durable),
+        "arguments": arguments,
+        "priority_label": str(getattr(broker, "_label_for_priority", "priority")),
+    }

@@ -1,30 +1,23 @@
 """taskiq-aio-pika's broker, consumed in chunks and acked many at a time.
 
 For an ``AioPikaBroker`` whose ``listen()`` is the stock one, the worker
-consumes the same queues itself: the same ``qos`` on the broker's
-``read_channel``, the same declarations and consumer arguments, every
-queue but the delay queue. aio-pika's ``queue.consume(callback)`` is
-used, so that a robust queue consumes again after a reconnection. The
-deliveries themselves are taken off the channel's frames as aiormq's
-connection reader hands them over (``amqp_acks.DeliveryTap``): no
-``IncomingMessage``, ``DeliveredMessage`` or task per message. The
-consumer is named and tapped before it starts; after a reconnection, a
-new channel's first delivery comes through aio-pika's callback, which
-taps it. Each delivery is kept in ``amqp_inbox.Inbox`` (a late one in tag order)
-and one event set; ``read`` takes up to its limit at once. A consumer
-with ``no_ack`` (the queue's ``consumer_arguments``) gives deliveries
-without acks: they are lost if the worker dies, as with the broker's own
-listener.
-
-Acks and nacks go through one tracker per channel
-(``amqp_acks.ChannelAcks``): the longest settled run at the head of the
-channel's unsettled tags is settled with one ``multiple=True`` frame,
-the others one frame each. Deliveries handed to taskiq's Receiver get an
-ack through the tracker too, never aio-pika's own.
+consumes the same queues itself (the same ``qos``, declarations and
+consumer arguments; every queue but the delay queue) with aio-pika's
+``queue.consume(callback)``, so that a robust queue consumes again after
+a reconnection. Deliveries are taken off the channel's frames as
+aiormq's reader hands them over (``amqp_acks.DeliveryTap``: no object or
+task per message); a consumer is named and tapped before it starts, and
+a new channel's first delivery after a reconnection comes through
+aio-pika's callback, which taps it. They wait in ``amqp_inbox.Inbox``
+(a late one in tag order); ``read`` takes up to its limit at once. A
+``no_ack`` consumer's deliveries are lost if the worker dies, as with
+the broker's own listener. Acks and nacks go through one tracker per
+channel (``amqp_acks.ChannelAcks``), for the Receiver's deliveries too.
 
 ``qos`` is a prefetch count with ``global=False``: RabbitMQ applies it to
-each consumer of the channel separately, so each queue may have ``qos``
-deliveries unacked. ``outstanding`` is that of the fullest consumer.
+each consumer separately. ``outstanding`` is that of the fullest
+consumer. With ``wait_in_broker=True`` each batched task's own queue is
+consumed too, with its own prefetch (``amqp_batches.py``).
 
 Stopping never cancels a task inside an RPC (a cancelled ``basic.cancel``
 closes the channel and requeues everything): a read waits on an event
@@ -51,6 +44,7 @@ from taskiq_batching._compat import (
 )
 from taskiq_batching.error_texts import describe
 from taskiq_batching.spec import BatchSpec
+from taskiq_batching.transports.amqp_batches import AmqpBatches
 from taskiq_batching.transports.amqp_give_back import give_back
 from taskiq_batching.transports.amqp_headers import properties_sent_at, sent_at_of
 from taskiq_batching.transports.amqp_inbox import Inbox
@@ -81,7 +75,8 @@ def transport_for(
 
     :param broker: any broker.
     :param listen: its own ``listen``.
-    :param wait_in_broker: unused: batched messages are read and buffered.
+    :param wait_in_broker: True: each batched task's messages wait in a
+        single-active-consumer queue of their own (``amqp_batches.py``).
     :return: the transport; the broker's own listener (with the channel's
         prefetch known) when its class overrides ``listen``; None for
         other brokers.
@@ -89,7 +84,7 @@ def transport_for(
     if not isinstance(broker, AioPikaBroker):
         return None
     if type(broker).listen is AioPikaBroker.listen:
-        return AmqpTransport(broker)
+        return AmqpTransport(broker, wait_in_broker is True)
     return GenericTransport(broker, listen, prefetch=amqp_prefetch(broker))
 
 
@@ -97,6 +92,8 @@ class AmqpTransport:
     """Consumes, acks, gives back and sends for a taskiq-aio-pika broker.
 
     :param broker: an ``AioPikaBroker`` with the stock ``listen``.
+    :param wait_in_broker: batched tasks wait in queues of their own
+        (``amqp_batches.py``): ``batch_sender`` and ``forwarder`` are set.
     """
 
     name = "amqp"
@@ -104,9 +101,11 @@ class AmqpTransport:
     acknowledges = True
     reclaim_interval: float | None = None
 
-    def __init__(self, broker: AioPikaBroker) -> None:
+    def __init__(self, broker: AioPikaBroker, wait_in_broker: bool = False) -> None:
         self.broker = broker
         self.prefetch = amqp_prefetch(broker)
+        waiting = AmqpBatches(broker, self.ack) if wait_in_broker else None
+        self._waiting = self.batch_sender = self.forwarder = waiting
         self._inbox = Inbox()
         self._channels = self._inbox.channels
         self._note = self._inbox.note
@@ -118,10 +117,14 @@ class AmqpTransport:
     @property
     def outstanding(self) -> int:
         """Deliveries read and unsettled, of the consumer that has the most."""
+        if self._waiting is not None:
+            return self._waiting.outstanding(self._channels.held, self.prefetch)
         return max(self._channels.held.values(), default=0)
 
     def check(self, specs: Sequence[BatchSpec]) -> None:
-        """Nothing beyond the prefetch warning the worker gives itself."""
+        """Note the batched tasks (their queues are consumed with the main one)."""
+        if self._waiting is not None:
+            self._waiting.configure(specs)
 
     # --- consuming -----------------------------------------------------------
 
@@ -137,16 +140,23 @@ class AmqpTransport:
             if delay is not None and queue.name == delay:
                 continue
             options = dict(arguments or {})
-            # Named first and tapped before it starts: every delivery is tapped.
             tag = str(options.pop("consumer_tag", None) or f"tb.{uuid.uuid4().hex}")
             if options.get("no_ack"):
                 # The server forgets these once delivered: nothing to ack.
                 self._inbox.no_ack.add(tag)
                 self.acknowledges = False
-            self._tap(await channel.get_underlay_channel(), tag)
-            await queue.consume(self._on_message, consumer_tag=tag, **options)
-            self._consumers.append((queue, tag))
+            await self._consume(channel, queue, tag, **options)
+        if self._waiting is not None:
+            await self._waiting.start(self.broker.read_conn, self._consume)
         self._started = True
+
+    async def _consume(
+        self, channel: Any, queue: Any, tag: str, **options: Any
+    ) -> None:
+        # Named first and tapped before it starts: every delivery is tapped.
+        self._tap(await channel.get_underlay_channel(), tag)
+        await queue.consume(self._on_message, consumer_tag=tag, **options)
+        self._consumers.append((queue, tag))
 
     async def _on_message(self, message: Any) -> None:
         """aio-pika's consumer callback: a delivery on a channel not tapped yet.

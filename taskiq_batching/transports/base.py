@@ -327,6 +327,11 @@ class Forwarder(Protocol):
     message to the main queue; a worker whose transport has a
     ``BatchSource`` serving the task hands what it reads there to the
     transport's ``forwarder`` attribute (``None``: it buffers them itself).
+    A forwarder whose tasks wait where no ``BatchSource`` takes them (AMQP:
+    a queue per task, read by the worker like the main one) also has
+    ``serves(spec)`` (the tasks it forwards; else the source's) and
+    ``waited(delivery)``, True for a delivery read where its batch waits
+    (not forwarded again).
     """
 
     async def forward(

@@ -173,7 +173,11 @@ class GenericTransport:
         await kick_each(self.broker, messages)
 
 
-async def kick_each(broker: AsyncBroker, messages: Sequence[BrokerMessage]) -> None:
+async def kick_each(
+    broker: AsyncBroker,
+    messages: Sequence[BrokerMessage],
+    kick: Callable[[BrokerMessage], Awaitable[None]] | None = None,
+) -> None:
     """Send messages with the broker's own ``kick``, some at once, none twice.
 
     A kick that fails is not tried again (it may have reached the broker),
@@ -182,12 +186,14 @@ async def kick_each(broker: AsyncBroker, messages: Sequence[BrokerMessage]) -> N
 
     :param broker: the broker.
     :param messages: formatted messages.
+    :param kick: what sends one (the broker's ``kick`` by default).
     :raises SendManyError: a kick failed.
     """
+    kick = kick or broker.kick
     for start in range(0, len(messages), SEND_CONCURRENCY):
         chunk = messages[start : start + SEND_CONCURRENCY]
         outcomes = await asyncio.gather(
-            *(broker.kick(message) for message in chunk), return_exceptions=True
+            *(kick(message) for message in chunk), return_exceptions=True
         )
         failed = [
             (start + index, outcome)

@@ -20,6 +20,7 @@ sizes the next read by what this one held (``MAX_UNACKED_CHUNK``).
 """
 
 from collections import deque
+from collections.abc import Callable
 
 from taskiq import AsyncBroker
 
@@ -66,6 +67,8 @@ class Router:
         #: Batched tasks whose messages wait in the broker: what is read of
         #: them is forwarded there (``taking.Taker.forward``), not taken.
         self.forwarded: set[str] = set()
+        #: Whether a delivery was read where its batch waits (not forwarded).
+        self.waited: Callable[[Delivery], bool] | None = None
         #: Deliveries of those tasks read and not forwarded yet, by task.
         self.forwarding: dict[str, list[tuple[Delivery, str]]] = {}
         #: Their keys' earliest ``batch_deadline`` (UNIX ms), by task.
@@ -103,7 +106,7 @@ class Router:
                 giving.other()
                 continue
             name = envelope.task_name
-            if name in self.forwarded and fits(self.batcher.specs[name], envelope):
+            if name in self.forwarded and self._forwards(delivery, envelope):
                 key = forward_key(self.batcher.specs[name], envelope)
                 self.forwarding.setdefault(name, []).append((delivery, key))
                 ms = deadline_ms(envelope.labels)
@@ -130,6 +133,16 @@ class Router:
         if not self.acknowledges:
             extra = self._keep_one_handed(handed_before, len(chunk))
         return taken, extra
+
+    def _forwards(self, delivery: Delivery, envelope: Envelope) -> bool:
+        """Whether a message of a task whose batches wait in the broker moves there.
+
+        Not one read where its batch waits (AMQP's queue per task), nor
+        one its batch function refuses (it is taken and fails at once).
+        """
+        if self.waited is not None and self.waited(delivery):
+            return False
+        return fits(self.batcher.specs[envelope.task_name], envelope)
 
     def parking_full(self) -> bool:
         """Whether parking is at its bounds (its own, or half the broker's prefetch).

@@ -101,8 +101,16 @@ class Taker:
             log_per_worker(batcher.specs.values(), self.specs)
         self.intake = Intake(broker, batcher, lifecycle, router)
         self.forwarder: Forwarder | None = getattr(transport, "forwarder", None)
-        if self.forwarder is not None and self.specs:
-            router.forwarded = {spec.task_name for spec in self.specs}
+        forwarder = self.forwarder
+        if forwarder is not None:
+            # A forwarder's tasks may wait without a source (AMQP: a queue
+            # per task, whose deliveries the pump reads: ``waited``).
+            serves = getattr(forwarder, "serves", None)
+            forwarded = self.specs if serves is None else batcher.specs.values()
+            router.forwarded = {
+                spec.task_name for spec in forwarded if serves is None or serves(spec)
+            }
+            router.waited = getattr(forwarder, "waited", None)
         self._task: asyncio.Task[None] | None = None
         self._stop: asyncio.Event | None = None
         #: The ``idle`` call in flight, and the tasks it watches.

@@ -195,6 +195,32 @@ def test_amqp_queue_internals_are_the_brokers() -> None:
     assert "self.consumers" in inspect.getsource(aiormq.Channel.__init__)
 
 
+def test_amqp_queue_settings_are_the_first_task_queues() -> None:
+    from taskiq_aio_pika import AioPikaBroker, Queue, QueueType
+
+    broker = AioPikaBroker(
+        "amqp://nowhere/",
+        task_queues=[Queue(name="jobs", type=QueueType.CLASSIC, max_priority=5)],
+        dead_letter_queue=Queue(name="dead"),
+        label_for_priority="urgency",
+    )
+    assert _compat.amqp_queue_settings(broker) == {
+        "name": "jobs",
+        "durable": True,
+        "arguments": {
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": "dead",
+            "x-queue-type": "classic",
+            "x-max-priority": 5,
+        },
+        "priority_label": "urgency",
+    }
+    # No task queue given: taskiq-aio-pika adds ``Queue()`` at startup.
+    assert _compat.amqp_queue_settings(AioPikaBroker("amqp://nowhere/"))["name"] == (
+        Queue().name
+    )
+
+
 def test_amqp_take_deliveries_replaces_a_known_consumer_only() -> None:
     class Channel:
         def __init__(self) -> None:

@@ -159,6 +159,20 @@ def test_an_amqp_broker_gets_the_amqp_transport_with_its_prefetch() -> None:
     assert transport.prefetch == 7
 
 
+def test_an_amqp_broker_waits_in_task_queues_only_when_told() -> None:
+    broker = AioPikaBroker("amqp://guest:guest@localhost/", qos=7)
+    for choice in (None, False):
+        plain = transport_for(broker, wait_in_broker=choice)
+        assert type(plain) is AmqpTransport
+        assert plain.forwarder is None
+        assert plain.batch_sender is None
+    waiting = transport_for(broker, wait_in_broker=True)
+    assert type(waiting) is AmqpTransport
+    assert waiting.forwarder is not None
+    assert waiting.batch_sender is waiting.forwarder
+    assert waiting.batches is None  # deliveries are read, not taken whole
+
+
 class OwnListenAmqpBroker(AioPikaBroker):
     """Overrides ``listen``: its own listener is kept."""
 

@@ -1,0 +1,250 @@
+"""RabbitMQ: each batched task waits in a queue of its own, one consumer at a time.
+
+With ``BatchingMiddleware(wait_in_broker=True)`` on a taskiq-aio-pika
+broker, each batched task gets a queue, ``<queue>.batch.<task name>``
+(``<queue>`` is the broker's first task queue; a name over AMQP's 255
+bytes ends in 16 hex digits of the task name's SHA-1 instead), declared
+like that queue (durable, type, dead-lettering, priorities) plus
+``x-single-active-consumer``: however many worker processes consume it,
+RabbitMQ delivers to one, the active consumer, which therefore sees the
+task's whole rate and buffers it as one worker would (fill as with one
+worker). Its ``batch_timeout`` counts from each message's send time (the
+``batch_sent_at`` header), so waiting in the queue counts too.
+
+* **Sending** (``send``, the producer's ``kiq`` and ``kiq_many`` through
+  ``waiting.py``): each message is published to the task's queue through
+  the default exchange on the broker's ``write_channel`` (publisher
+  confirms, as the broker's ``kick``), with the headers and persistence
+  ``kick`` gives it; a message with a ``delay`` label goes through
+  ``kick`` (the delay queue dead-letters it to the main queue, where a
+  worker forwards it). The queue is declared before the first send of
+  each task on a channel.
+* **Consuming** (``start``, called by the worker's transport): a channel
+  per batched task on the broker's read connection, its prefetch the
+  task's ``max_held`` ((``batch_concurrency`` + 1) * ``batch_size``, or
+  one filling buffer per key allowed with ``batch_max_keys``) plus one
+  ``batch_size``: its running batches, a filling buffer, and the next
+  batch in flight (when the worker is behind, a buffer is due as soon as
+  it opens: without the next batch already delivered it ran with what
+  one read brought). Deliveries join the transport's inbox like the
+  main queue's; ``waited`` tells the worker which ones came from here (not
+  to be forwarded again).
+* **Forwarding** (``forward``, the worker's ``Forwarder``): a batched
+  message a plain kicker put on the main queue is published to its
+  task's queue (confirmed; its ``batch_sent_at`` its send time if it had
+  one, else now), then the original is acked: at-least-once (a worker
+  killed between the two forwards it twice).
+* **Failover**: when the active consumer's connection closes (its process
+  died), RabbitMQ requeues its unacked messages and activates another
+  consumer, which gets them at once.
+
+The limit: one process at a time assembles and runs a task's batches;
+``batch_concurrency`` scales within it (docs/fleet.md).
+"""
+
+import asyncio
+import hashlib
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from aio_pika import DeliveryMode, Message
+from taskiq import AsyncBroker, BrokerMessage
+
+from taskiq_batching._compat import amqp_queue_settings
+from taskiq_batching.spec import BatchSpec
+from taskiq_batching.transports.base import SENT_AT_LABEL, Delivery
+from taskiq_batching.transports.generic import kick_each
+
+#: The queue argument that makes RabbitMQ deliver to one consumer at a time.
+SINGLE_ACTIVE_CONSUMER = "x-single-active-consumer"
+#: AMQP's longest queue name, in bytes.
+MAX_NAME_BYTES = 255
+
+#: Consumes a queue on a channel under a consumer tag (the transport's).
+Consume = Callable[[Any, Any, str], Awaitable[None]]
+#: Acks deliveries by their handles (the transport's ``ack``).
+Ack = Callable[[Sequence[Any]], Awaitable[None]]
+
+
+def batch_queue_name(queue: str, task_name: str) -> str:
+    """The queue a batched task's messages wait in.
+
+    :param queue: the broker's (first) task queue.
+    :param task_name: the task.
+    :return: ``<queue>.batch.<task_name>``, or with a digest of the task's
+        name when that is too long for AMQP.
+    """
+    name = f"{queue}.batch.{task_name}"
+    if len(name.encode()) <= MAX_NAME_BYTES:
+        return name
+    token = hashlib.sha1(task_name.encode(), usedforsecurity=False).hexdigest()[:16]
+    return f"{queue}.batch.{token}"
+
+
+class AmqpBatches:
+    """A broker's batched tasks' queues: sends, consumes and forwards.
+
+    :param broker: an ``AioPikaBroker``.
+    :param ack: the transport's ``ack`` (forwarded originals).
+    """
+
+    def __init__(self, broker: AsyncBroker, ack: Ack) -> None:
+        self.broker = broker
+        self._ack = ack
+        self._settings = amqp_queue_settings(broker)
+        #: The worker's batched tasks (``configure``).
+        self.specs: list[BatchSpec] = []
+        #: Prefetch of each consumer of a batched task's queue, by tag.
+        self.limits: dict[str, int] = {}
+        #: Each queue's name -> the channel it was last declared on.
+        self._declared: dict[str, Any] = {}
+
+    def serves(self, spec: BatchSpec) -> bool:
+        """Every batched task waits in a queue of its own."""
+        return True
+
+    def queue_of(self, task_name: str) -> str:
+        """The name of a task's queue (``batch_queue_name``)."""
+        return batch_queue_name(self._settings["name"], task_name)
+
+    def configure(self, specs: Sequence[BatchSpec]) -> None:
+        """The batched tasks this worker runs (known at its start)."""
+        self.specs = list(specs)
+
+    async def _declare(self, channel: Any, name: str) -> Any:
+        arguments = {**self._settings["arguments"], SINGLE_ACTIVE_CONSUMER: True}
+        queue = await channel.declare_queue(
+            name, durable=self._settings["durable"], arguments=arguments
+        )
+        self._declared[name] = channel
+        return queue
+
+    async def _channel(self, name: str) -> Any:
+        """The write channel, with this queue declared on it."""
+        channel = getattr(self.broker, "write_channel", None)
+        if channel is None:
+            raise RuntimeError("Please run startup before kicking.")
+        if self._declared.get(name) is not channel:
+            await self._declare(channel, name)
+        return channel
+
+    # --- the worker's consumers --------------------------------------------------
+
+    async def start(self, connection: Any, consume: Consume) -> None:
+        """Consume every batched task's queue, each on a channel of its own.
+
+        :param connection: the broker's read connection.
+        :param consume: the transport's, for (channel, queue, consumer tag).
+        """
+        for spec in self.specs:
+            channel = await connection.channel()
+            # Per consumer (global=False): the task's own (module docstring).
+            limit = spec.settings.max_held + spec.settings.batch_size
+            await channel.set_qos(prefetch_count=limit)
+            queue = await self._declare(channel, self.queue_of(spec.task_name))
+            tag = f"tb.batch.{uuid.uuid4().hex}"
+            self.limits[tag] = limit
+            await consume(channel, queue, tag)
+
+    def waited(self, delivery: Delivery) -> bool:
+        """Whether a delivery came from a task's queue (not to be forwarded)."""
+        handle = delivery.handle
+        return handle is not None and handle[2] in self.limits
+
+    def outstanding(self, held: Counter[str], prefetch: int | None) -> int:
+        """The transport's ``outstanding``, counting the tasks' consumers apart.
+
+        A task's consumer may hold its own prefetch, more than the main
+        queue's; only when it is full (nothing more comes until acks) does
+        it count as the transport's prefetch, so that buffers flush.
+
+        :param held: deliveries read and unsettled, by consumer tag.
+        :param prefetch: the main queue's prefetch.
+        :return: the most a main consumer holds, or ``prefetch``.
+        """
+        main = max((n for tag, n in held.items() if tag not in self.limits), default=0)
+        full = any(held[tag] >= limit for tag, limit in self.limits.items())
+        if full and prefetch is not None:
+            return max(main, prefetch)
+        return main
+
+    # --- sending ----------------------------------------------------------------
+
+    async def send(
+        self,
+        spec: BatchSpec,
+        messages: Sequence[BrokerMessage],
+        keys: Sequence[str],
+        once: bool,
+    ) -> None:
+        """Publish one task's messages to its queue (``waiting.WaitingSender``).
+
+        :param spec: the task.
+        :param messages: its messages, in order.
+        :param keys: unused: one queue serves every key (the worker keys).
+        :param once: a publish is never tried again, so always at most once.
+        :raises SendManyError: a publish failed (which ones are unknown).
+        """
+        name = self.queue_of(spec.task_name)
+        channel = await self._channel(name)
+
+        async def publish(message: BrokerMessage) -> None:
+            if message.labels.get("delay") is not None:
+                await self.broker.kick(message)
+                return
+            await channel.default_exchange.publish(
+                self._message(message), routing_key=name
+            )
+
+        await kick_each(self.broker, messages, publish)
+
+    def _message(self, message: BrokerMessage) -> Message:
+        """The AMQP message ``AioPikaBroker.kick`` builds."""
+        priority = message.labels.get(self._settings["priority_label"])
+        try:
+            level = None if priority is None else int(priority)
+        except (TypeError, ValueError):
+            level = None
+        return Message(
+            body=message.message,
+            headers={
+                "task_id": message.task_id,
+                "task_name": message.task_name,
+                **message.labels,
+            },
+            delivery_mode=DeliveryMode.PERSISTENT,
+            priority=level,
+        )
+
+    # --- forwarding --------------------------------------------------------------
+
+    async def forward(
+        self, deliveries: Sequence[tuple[Delivery, BatchSpec, str]]
+    ) -> None:
+        """Publish main-queue messages to their task's queue, then ack them.
+
+        :param deliveries: ``(delivery, task, key)`` read on the main queue.
+        :raises Exception: a publish or the ack failed (none is acked by this
+            call then; the published ones may run twice).
+        """
+        now = time.time()
+        channels = {}
+        for _, spec, _ in deliveries:
+            name = self.queue_of(spec.task_name)
+            if name not in channels:
+                channels[name] = await self._channel(name)
+        publishes = []
+        for delivery, spec, _ in deliveries:
+            name = self.queue_of(spec.task_name)
+            sent_at = delivery.sent_at if delivery.sent_at is not None else now
+            message = Message(
+                body=delivery.data,
+                headers={"task_name": spec.task_name, SENT_AT_LABEL: repr(sent_at)},
+                delivery_mode=DeliveryMode.PERSISTENT,
+            )
+            publishes.append(channels[name].default_exchange.publish(message, name))
+        await asyncio.gather(*publishes)
+        await self._ack([delivery.handle for delivery, _, _ in deliveries])
