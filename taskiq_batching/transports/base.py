@@ -140,6 +140,9 @@ class Transport(Protocol):
     ``read`` is only called while taskiq's Receiver waits for a delivery,
     so a transport never takes messages the Receiver could not take.
 
+    Every transport of this package subclasses ``consumer.Consumer``,
+    which defaults the members most brokers need no code for.
+
     One member is optional: ``requeue`` (a ``Requeue``; absent means None,
     see ``requeuer``), which gives read messages back to the tail of their
     queue, so a worker reads on past a backlog it cannot take yet.

@@ -21,13 +21,8 @@ from taskiq.utils import maybe_awaitable
 
 from taskiq_batching.error_texts import describe
 from taskiq_batching.errors import SendManyError
-from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import (
-    BatchSource,
-    Delivery,
-    Requeue,
-    finished_read,
-)
+from taskiq_batching.transports.base import Delivery, Requeue, finished_read
+from taskiq_batching.transports.consumer import Consumer
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -43,7 +38,7 @@ CANCEL_RETRY_SECONDS = 0.5
 Listen = Callable[[], AsyncGenerator[bytes | AckableMessage, None]]
 
 
-class GenericTransport:
+class GenericTransport(Consumer[Any]):
     """A broker through ``listen()``, its acks and ``kick``.
 
     :param broker: the broker.
@@ -52,8 +47,6 @@ class GenericTransport:
     """
 
     name = "generic"
-    batches: "BatchSource | None" = None
-    reclaim_interval: float | None = None
 
     def __init__(
         self,
@@ -68,9 +61,6 @@ class GenericTransport:
         #: Until a delivery without an ack shows otherwise.
         self.acknowledges = True
         self.outstanding = 0
-
-    def check(self, specs: Sequence[BatchSpec]) -> None:
-        """Nothing to check for an unknown broker."""
 
     async def read(self, limit: int) -> list[Delivery]:
         """One delivery of the broker's listener (see ``Transport.read``)."""
@@ -96,10 +86,6 @@ class GenericTransport:
             reading.cancel()
             await asyncio.wait({reading}, timeout=CANCEL_RETRY_SECONDS)
         return finished_read(reading)
-
-    async def reclaim(self) -> list[Delivery]:
-        """Nothing to reclaim: the broker redelivers by itself."""
-        return []
 
     async def ack(self, handles: Sequence[Any]) -> None:
         """Call each delivery's own ack, concurrently."""
@@ -142,9 +128,6 @@ class GenericTransport:
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         """Leave them unacked: the broker delivers them again by itself."""
-
-    def forget(self, deliveries: Sequence[Delivery]) -> None:
-        """Nothing tracked: the broker redelivers by itself."""
 
     async def close(self) -> None:
         """Close the broker's listener; its errors propagate."""

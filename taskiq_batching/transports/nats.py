@@ -47,7 +47,8 @@ from taskiq_nats.broker import BaseJetStreamBroker
 
 from taskiq_batching.error_texts import describe
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import BatchSource, Delivery, finished_read
+from taskiq_batching.transports.base import Delivery, finished_read
+from taskiq_batching.transports.consumer import Consumer
 from taskiq_batching.transports.generic import SEND_CONCURRENCY, kick_each
 from taskiq_batching.transports.nats_forward import Leases
 from taskiq_batching.transports.nats_give_back import give_back
@@ -87,7 +88,7 @@ def transport_for(
     return None
 
 
-class NatsTransport:
+class NatsTransport(Consumer[Unsettled]):
     """Reads, acks, naks and sends for taskiq-nats's ``PullBasedJetStreamBroker``.
 
     :param broker: the broker.
@@ -97,9 +98,6 @@ class NatsTransport:
     """
 
     name = "nats-jetstream"
-    batches: "BatchSource | None" = None
-    acknowledges = True
-    reclaim_interval: float | None = None  # the server redelivers by itself
 
     def __init__(
         self, broker: PullBasedJetStreamBroker, wait_in_broker: bool = False
@@ -220,10 +218,6 @@ class NatsTransport:
             pull.arrived.set()
         await asyncio.wait({reading})
         return finished_read(reading)
-
-    async def reclaim(self) -> list[Delivery]:
-        """Nothing to reclaim: the server redelivers after ``ack_wait``."""
-        return []
 
     # --- acks --------------------------------------------------------------
 

@@ -24,8 +24,8 @@ from taskiq_redis import (
     ListQueueSentinelBroker,
 )
 
-from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import BatchSender, BatchSource, Delivery
+from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.consumer import Consumer
 from taskiq_batching.transports.generic import kick_each
 from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient
 from taskiq_batching.transports.redis_give_back import give_back_popped
@@ -68,7 +68,7 @@ def transport_for(
     return None
 
 
-class ListTransport:
+class ListTransport(Consumer[ListEntry | None]):
     """Pops, pushes back and sends for a taskiq-redis list broker.
 
     :param broker: the list broker (standalone, sentinel or cluster).
@@ -78,8 +78,6 @@ class ListTransport:
 
     name = "redis-list"
     acknowledges = False
-    prefetch: int | None = None
-    reclaim_interval: float | None = None
     outstanding = 0
 
     def __init__(self, broker: Any, wait_in_broker: bool = True) -> None:
@@ -90,14 +88,10 @@ class ListTransport:
         self.list_batches: ListBatches | None = None
         if wait_in_broker:
             self.list_batches = ListBatches(self.client, self.queue)
-        self.batches: BatchSource | None = self.list_batches
-        self.batch_sender: BatchSender | None = self.list_batches
+        self.batches = self.batch_sender = self.list_batches
         #: Moves a plain producer's batched messages to their key lists (the
         #: worker's ``Forwarder``): stamped with the forward's time.
-        self.forwarder: ListBatches | None = self.list_batches
-
-    def check(self, specs: Sequence[BatchSpec]) -> None:
-        """Nothing to check: a list has no redelivery to defeat."""
+        self.forwarder = self.list_batches
 
     async def read(self, limit: int) -> list[Delivery]:
         """Pop up to ``limit`` messages, oldest first; wait a little when empty."""
@@ -124,10 +118,6 @@ class ListTransport:
             return []
         return list(reading.result())
 
-    async def reclaim(self) -> list[Delivery]:
-        """Nothing to reclaim: a list has no pending messages."""
-        return []
-
     async def ack(self, handles: Sequence[Any]) -> None:
         """Nothing to ack."""
 
@@ -153,9 +143,6 @@ class ListTransport:
         """Push them back where ``kick`` pushes (``redis_give_back``)."""
         return await give_back_popped(self.client.redis, self.queue, given)
 
-    def forget(self, deliveries: Sequence[Delivery]) -> None:
-        """Nothing tracked: the broker redelivers by itself."""
-
     async def close(self) -> None:
         """Close the client if it is this transport's own."""
         await self.client.close()
@@ -163,10 +150,6 @@ class ListTransport:
     async def shutdown(self) -> None:
         """Close the client if it is this transport's own (the broker shuts down)."""
         await self.client.shutdown()
-
-    def for_receiver(self, delivery: Delivery) -> bytes:
-        """As taskiq-redis's listener yields it: the bytes."""
-        return delivery.data
 
     async def send(self, messages: Sequence[BrokerMessage]) -> None:
         """LPUSH every message, as ``kick`` would, each once (``redis_send``)."""

@@ -24,11 +24,10 @@ the task's key stream; an acked one is deleted there too.
 
 import logging
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
 from redis.exceptions import ResponseError
-from taskiq import AckableMessage, AsyncBroker, BrokerMessage
+from taskiq import AsyncBroker, BrokerMessage
 from taskiq_redis import (
     RedisStreamBroker,
     RedisStreamClusterBroker,
@@ -36,12 +35,8 @@ from taskiq_redis import (
 )
 
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import (
-    BatchSender,
-    BatchSource,
-    Delivery,
-    Forwarder,
-)
+from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.consumer import Consumer
 from taskiq_batching.transports.generic import kick_each
 from taskiq_batching.transports.redis_batches import StreamBatches, TaskEntry
 from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient, cancel
@@ -99,7 +94,7 @@ def transport_for(
     return None
 
 
-class StreamTransport:
+class StreamTransport(Consumer[Any]):
     """Reads, acks, reclaims and sends for a taskiq-redis stream broker.
 
     :param broker: the stream broker (standalone, sentinel or cluster).
@@ -108,8 +103,6 @@ class StreamTransport:
     """
 
     name = "redis-stream"
-    acknowledges = True
-    prefetch: int | None = None
 
     def __init__(self, broker: Any, wait_in_broker: bool = True) -> None:
         self.broker = broker
@@ -157,10 +150,9 @@ class StreamTransport:
                 getattr(broker, "maxlen", None),
                 start=lambda: self.holding.start(),
             )
-        self.batches: BatchSource | None = self.stream_batches
-        self.batch_sender: BatchSender | None = self.stream_batches
+        self.batches = self.batch_sender = self.stream_batches
         #: Moves a plain producer's batched messages to their key streams.
-        self.forwarder: Forwarder | None = self.stream_batches
+        self.forwarder = self.stream_batches
         #: Per stream, the last entry read: its id and its data.
         self._last_seen: dict[str, tuple[bytes, bytes]] = {}
         self.holding = Holding(
@@ -291,12 +283,6 @@ class StreamTransport:
     async def shutdown(self) -> None:
         """Close the client if it is this transport's own (the broker shuts down)."""
         await self.client.shutdown()
-
-    def for_receiver(self, delivery: Delivery) -> AckableMessage:
-        """As taskiq-redis's listener yields it: data and an XACK."""
-        return AckableMessage(
-            data=delivery.data, ack=partial(self.ack, [delivery.handle])
-        )
 
     # --- sending -------------------------------------------------------------
 
