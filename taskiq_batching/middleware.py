@@ -187,11 +187,14 @@ class BatchingMiddleware(TaskiqMiddleware):
         if self.batcher is None:
             return
         await self.batcher.drain(deadline=None)
-        opened = [*self._opened, drop_sender(self.broker)]
+        opened = list(self._opened)
         self._opened.clear()
         for transport in opened:
             if isinstance(transport, Owning):
                 await transport.shutdown()
+        sender = drop_sender(self.broker)
+        if sender is not None:
+            await sender.shutdown()
 
     def flush(self) -> int:
         """Flush every non-empty buffer now (for tests and manual control).

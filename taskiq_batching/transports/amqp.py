@@ -49,7 +49,8 @@ from taskiq_batching.transports.amqp_headers import properties_sent_at, sent_at_
 from taskiq_batching.transports.amqp_inbox import Inbox
 from taskiq_batching.transports.base import Delivery, finished_read
 from taskiq_batching.transports.consumer import Consumer
-from taskiq_batching.transports.generic import GenericTransport, kick_each
+from taskiq_batching.transports.generic import GenericTransport
+from taskiq_batching.transports.sender import Sender
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -88,7 +89,7 @@ def transport_for(
     return GenericTransport(broker, listen, prefetch=amqp_prefetch(broker))
 
 
-class AmqpTransport(Consumer[Handle]):
+class AmqpTransport(Consumer[Handle], Sender):
     """Consumes, acks, gives back and sends for a taskiq-aio-pika broker.
 
     :param broker: an ``AioPikaBroker`` with the stock ``listen``.
@@ -102,7 +103,7 @@ class AmqpTransport(Consumer[Handle]):
     forwarder: AmqpBatches | None
 
     def __init__(self, broker: AioPikaBroker, wait_in_broker: bool = False) -> None:
-        self.broker = broker
+        self.broker: AioPikaBroker = broker
         self.prefetch = amqp_prefetch(broker)
         waiting = AmqpBatches(broker, self.ack) if wait_in_broker else None
         self._waiting = self.batch_sender = self.forwarder = waiting
@@ -292,9 +293,3 @@ class AmqpTransport(Consumer[Handle]):
                 describe(exc),
             )
         await self._channels.written()
-
-    # --- sending -----------------------------------------------------------------
-
-    async def send(self, messages: Sequence[BrokerMessage]) -> None:
-        """``kick`` each message, some at once."""
-        await kick_each(self.broker, messages)

@@ -135,7 +135,10 @@ class BatchSource(Protocol):
 
 
 class Transport(Protocol):
-    """A broker's I/O for a batching worker (and ``kiq_many``).
+    """A broker's reading side, as a batching worker uses it.
+
+    Sending is apart: ``sender.Sender`` (the producer's ``kiq_many``),
+    which every transport of this package also is.
 
     ``read`` is only called while taskiq's Receiver waits for a delivery,
     so a transport never takes messages the Receiver could not take.
@@ -239,7 +242,10 @@ class Transport(Protocol):
         """
 
     async def send(self, messages: Sequence[BrokerMessage]) -> None:
-        """Send messages as ``broker.kick`` would, in few round trips.
+        """Send messages as ``broker.kick`` would (``sender.Sender.send``).
+
+        Every transport is a ``Sender`` too; the worker itself never sends
+        through this member (its give back is ``requeue``).
 
         :param messages: formatted messages, in order.
         """

@@ -26,11 +26,11 @@ from taskiq_redis import (
 
 from taskiq_batching.transports.base import Delivery
 from taskiq_batching.transports.consumer import Consumer
-from taskiq_batching.transports.generic import kick_each
 from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient
 from taskiq_batching.transports.redis_give_back import give_back_popped
 from taskiq_batching.transports.redis_list_batches import ListBatches, ListEntry
 from taskiq_batching.transports.redis_send import LIST_ONCE, chunks, send_once
+from taskiq_batching.transports.sender import Sender
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -68,7 +68,7 @@ def transport_for(
     return None
 
 
-class ListTransport(Consumer[ListEntry | None]):
+class ListTransport(Consumer[ListEntry | None], Sender):
     """Pops, pushes back and sends for a taskiq-redis list broker.
 
     :param broker: the list broker (standalone, sentinel or cluster).
@@ -77,11 +77,12 @@ class ListTransport(Consumer[ListEntry | None]):
     """
 
     name = "redis-list"
+    shipped_kicks = _KICKS
     acknowledges = False
     outstanding = 0
 
     def __init__(self, broker: Any, wait_in_broker: bool = True) -> None:
-        self.broker = broker
+        self.broker: Any = broker
         self.client = RedisClient(broker)
         self.queue: str = broker.queue_name
         #: Where batched tasks' messages wait (None: read and buffered).
@@ -151,11 +152,8 @@ class ListTransport(Consumer[ListEntry | None]):
         """Close the client if it is this transport's own (the broker shuts down)."""
         await self.client.shutdown()
 
-    async def send(self, messages: Sequence[BrokerMessage]) -> None:
+    async def send_direct(self, messages: Sequence[BrokerMessage]) -> None:
         """LPUSH every message, as ``kick`` would, each once (``redis_send``)."""
-        if type(self.broker).kick not in _KICKS:  # a subclass sends its own way
-            await kick_each(self.broker, messages)
-            return
         # One LPUSH of many values per chunk pushes them in order.
         parts = chunks(messages, self.queue)
         await send_once(self.client, messages, parts, LIST_ONCE, ["list"])

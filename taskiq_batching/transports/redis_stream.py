@@ -37,7 +37,6 @@ from taskiq_redis import (
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import Delivery
 from taskiq_batching.transports.consumer import Consumer
-from taskiq_batching.transports.generic import kick_each
 from taskiq_batching.transports.redis_batches import StreamBatches, TaskEntry
 from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient, cancel
 from taskiq_batching.transports.redis_give_back import give_back_entries
@@ -51,6 +50,7 @@ from taskiq_batching.transports.redis_holding import Holding
 from taskiq_batching.transports.redis_pending import Pending, warn_short_idle
 from taskiq_batching.transports.redis_replies import StreamReads, entries, lost_group
 from taskiq_batching.transports.redis_send import STREAM_ONCE, chunks, send_once
+from taskiq_batching.transports.sender import Sender
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -94,7 +94,7 @@ def transport_for(
     return None
 
 
-class StreamTransport(Consumer[Any]):
+class StreamTransport(Consumer[Any], Sender):
     """Reads, acks, reclaims and sends for a taskiq-redis stream broker.
 
     :param broker: the stream broker (standalone, sentinel or cluster).
@@ -103,9 +103,10 @@ class StreamTransport(Consumer[Any]):
     """
 
     name = "redis-stream"
+    shipped_kicks = _KICKS
 
     def __init__(self, broker: Any, wait_in_broker: bool = True) -> None:
-        self.broker = broker
+        self.broker: Any = broker
         self.client = RedisClient(broker)
         self.group: str = broker.consumer_group_name
         self.consumer: str = broker.consumer_name
@@ -286,12 +287,9 @@ class StreamTransport(Consumer[Any]):
 
     # --- sending -------------------------------------------------------------
 
-    async def send(self, messages: Sequence[BrokerMessage]) -> None:
+    async def send_direct(self, messages: Sequence[BrokerMessage]) -> None:
         """XADD every message, as ``kick`` would, each once (``redis_send``)."""
         broker = self.broker
-        if type(broker).kick not in _KICKS:  # a subclass sends its own way
-            await kick_each(broker, messages)
-            return
         trim = "" if broker.maxlen is None else str(broker.maxlen)
         options = ["stream", "~" if broker.approximate else "=", trim]
         parts = chunks(messages, broker.queue_name)
