@@ -44,6 +44,23 @@ async def cancel(task: "asyncio.Future[Any]") -> None:
         await asyncio.wait({task}, timeout=CANCEL_RETRY_INTERVAL)
 
 
+def reached_through(obj: Any, pool: str) -> str:
+    """How a taskiq-redis broker or result backend reaches Redis.
+
+    taskiq-redis's classes share no base that says it: a standalone one
+    keeps a connection pool, a sentinel one its ``sentinel``, a cluster
+    one its ``redis`` client (and no pool).
+
+    :param obj: a broker or a result backend.
+    :param pool: the name of its pool attribute (a broker's
+        ``connection_pool``, a backend's ``redis_pool``).
+    :return: ``"cluster"``, ``"sentinel"`` or ``"pool"``.
+    """
+    if hasattr(obj, "redis") and not hasattr(obj, pool):
+        return "cluster"
+    return "sentinel" if hasattr(obj, "sentinel") else "pool"
+
+
 class RedisClient:
     """The client a transport sends its commands with.
 
@@ -51,14 +68,13 @@ class RedisClient:
     """
 
     def __init__(self, broker: Any) -> None:
-        self.cluster = hasattr(broker, "redis") and not hasattr(
-            broker, "connection_pool"
-        )
+        kind = reached_through(broker, "connection_pool")
+        self.cluster = kind == "cluster"
         #: The client this package opened, closed by ``shutdown`` (sentinel only).
         self._owned: Any = None
         if self.cluster:
             self.redis: Any = broker.redis
-        elif hasattr(broker, "sentinel"):
+        elif kind == "sentinel":
             self.redis = self._owned = broker.sentinel.master_for(broker.master_name)
         else:
             self.redis = Redis(connection_pool=broker.connection_pool)
