@@ -32,7 +32,6 @@ from taskiq import AckableMessage, AsyncBroker, AsyncResultBackend
 from taskiq_batching.errors import MissingDependencyError
 from taskiq_batching.transports.base import (
     SENT_AT_LABEL,
-    BatchSender,
     BatchSource,
     Delivery,
     Forwarder,
@@ -42,7 +41,7 @@ from taskiq_batching.transports.base import (
     Transport,
 )
 from taskiq_batching.transports.generic import GenericResults, GenericTransport
-from taskiq_batching.transports.sender import Sender
+from taskiq_batching.transports.sender import BatchSender, Sender
 
 __all__ = [
     "BatchSender",

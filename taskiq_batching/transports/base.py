@@ -11,7 +11,7 @@ ones work for any taskiq broker and backend.
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 from taskiq import AckableMessage, BrokerMessage, TaskiqResult
 
@@ -284,48 +284,6 @@ class ResultWriter(Protocol):
         :param results: ``(task_id, result)`` pairs; equal result objects
             may be passed for many task_ids (then written once, if possible).
         :return: ``(index, error)`` of each result that could not be stored.
-        """
-
-
-@runtime_checkable
-class Owning(Protocol):
-    """A transport holding a client it opened itself (a Redis sentinel's master).
-
-    ``BatchingMiddleware.shutdown`` closes it: not ``close()``, which the
-    pump calls before taskiq's Receiver has finished the plain tasks that
-    still ack through that client.
-    """
-
-    async def shutdown(self) -> None:
-        """Close what this transport opened (the broker shuts down)."""
-
-
-class BatchSender(Protocol):
-    """Sends a producer's messages of batched tasks to where their batches wait.
-
-    A transport that can exposes one as its ``batch_sender`` attribute
-    (``None`` or absent: ``kiq`` and ``kiq_many`` send the plain way); with
-    ``BatchingMiddleware(wait_in_broker=True)`` the producer routes a
-    batched task's messages through it (``waiting.py``).
-    """
-
-    def serves(self, spec: BatchSpec) -> bool:
-        """Whether this task's messages wait in the broker (else: sent plainly)."""
-
-    async def send(
-        self,
-        spec: BatchSpec,
-        messages: Sequence[BrokerMessage],
-        keys: Sequence[str],
-        once: bool,
-    ) -> None:
-        """Send one task's messages, each to where its key's batches wait.
-
-        :param spec: the batched task.
-        :param messages: its messages, in order.
-        :param keys: each message's ``broker_key``.
-        :param once: each at most once, whatever retries the send
-            (``kiq_many``: a failure raises ``SendManyError``).
         """
 
 

@@ -20,7 +20,6 @@ from taskiq import AckableMessage
 
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import (
-    BatchSender,
     BatchSource,
     Delivery,
     Forwarder,
@@ -33,10 +32,10 @@ Handle = TypeVar("Handle")
 class Consumer(ABC, Generic[Handle]):
     """A broker's reading side for a batching worker (see ``base.Transport``).
 
-    A subclass also has ``outstanding`` (a counter or a property) and
-    ``send``; optionally ``requeue`` (``base.requeuer``), ``lost`` (AMQP:
-    whether the broker took a delivery back) and ``shutdown`` (closes a
-    client it opened, ``base.Owning``).
+    A subclass also has ``outstanding`` (a counter or a property: the
+    deliveries it holds against ``prefetch``); optionally ``requeue``
+    (``base.requeuer``) and ``lost`` (AMQP: whether the broker took a
+    delivery back). Its sending side is ``sender.Sender``.
     """
 
     #: The transport's name in logs (``redis-stream``, ``generic`` ...).
@@ -51,8 +50,6 @@ class Consumer(ABC, Generic[Handle]):
     batches: BatchSource | None = None
     #: Moves batched messages read on the main queue to where they wait.
     forwarder: Forwarder | None = None
-    #: What a producer sends batched tasks' messages with, to where they wait.
-    batch_sender: BatchSender | None = None
 
     @abstractmethod
     async def read(self, limit: int) -> list[Delivery]:

@@ -8,12 +8,54 @@ what it gives back, and a worker's process may be a producer too.
 """
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from taskiq import AsyncBroker, BrokerMessage
 
-from taskiq_batching.transports.base import BatchSender
+from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.shared import kick_each
+
+
+@runtime_checkable
+class Owning(Protocol):
+    """A transport holding a client it opened itself (a Redis sentinel's master).
+
+    ``BatchingMiddleware.shutdown`` closes it: not ``close()``, which the
+    pump calls before taskiq's Receiver has finished the plain tasks that
+    still ack through that client.
+    """
+
+    async def shutdown(self) -> None:
+        """Close what this transport opened (the broker shuts down)."""
+
+
+class BatchSender(Protocol):
+    """Sends a producer's messages of batched tasks to where their batches wait.
+
+    A ``Sender`` that can exposes one as its ``batch_sender`` attribute
+    (``None``: ``kiq`` and ``kiq_many`` send the plain way); with
+    ``BatchingMiddleware(wait_in_broker=True)`` the producer routes a
+    batched task's messages through it (``waiting.py``).
+    """
+
+    def serves(self, spec: BatchSpec) -> bool:
+        """Whether this task's messages wait in the broker (else: sent plainly)."""
+
+    async def send(
+        self,
+        spec: BatchSpec,
+        messages: Sequence[BrokerMessage],
+        keys: Sequence[str],
+        once: bool,
+    ) -> None:
+        """Send one task's messages, each to where its key's batches wait.
+
+        :param spec: the batched task.
+        :param messages: its messages, in order.
+        :param keys: each message's ``broker_key``.
+        :param once: each at most once, whatever retries the send
+            (``kiq_many``: a failure raises ``SendManyError``).
+        """
 
 
 class Sender:
