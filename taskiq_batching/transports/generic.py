@@ -23,7 +23,7 @@ from taskiq_batching.transports.consumer import Consumer
 from taskiq_batching.transports.sender import Sender
 from taskiq_batching.transports.shared import SEND_CONCURRENCY as SEND_CONCURRENCY
 from taskiq_batching.transports.shared import ack_each as ack_each
-from taskiq_batching.transports.shared import acked_after_resend
+from taskiq_batching.transports.shared import acked_after_resend, cancel_until_done
 from taskiq_batching.transports.shared import kick_each as kick_each
 
 #: Seconds between repeated cancellations of a read when the worker stops.
@@ -80,9 +80,7 @@ class GenericTransport(Consumer[Any], Sender):
 
         Cancelled again while it runs: a cancellation may be lost.
         """
-        while not reading.done():
-            reading.cancel()
-            await asyncio.wait({reading}, timeout=CANCEL_RETRY_SECONDS)
+        await cancel_until_done(reading, CANCEL_RETRY_SECONDS)
         return finished_read(reading)
 
     async def ack(self, handles: Sequence[Any]) -> None:

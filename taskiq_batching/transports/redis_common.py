@@ -16,6 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskiq_batching.error_texts import describe
+from taskiq_batching.transports.shared import cancel_until_done
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -31,17 +32,13 @@ CANCEL_RETRY_INTERVAL = 0.05
 async def cancel(task: "asyncio.Future[Any]") -> None:
     """Cancel a task running redis-py commands, and wait for it to end.
 
-    The cancellation is repeated until it takes: Python 3.11's
-    ``asyncio.wait_for``, around which redis-py sends each command, drops
-    a cancellation that arrives as the send completes, and the command
-    (a blocking read) then runs to its end. Cancelling a redis-py command
-    only closes its connection, so repeating is harmless.
+    The cancellation is repeated until it takes (``cancel_until_done``).
+    Cancelling a redis-py command only closes its connection, so
+    repeating is harmless.
 
     :param task: the task.
     """
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=CANCEL_RETRY_INTERVAL)
+    await cancel_until_done(task, CANCEL_RETRY_INTERVAL)
 
 
 def reached_through(obj: Any, pool: str) -> str:

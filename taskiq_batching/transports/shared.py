@@ -1,8 +1,9 @@
 """Helpers every transport's reading or sending side may use, written once.
 
 Sending with the broker's own ``kick`` (``kick_each``), calling the acks
-a broker hands out (``ack_each``), and acking what was just sent again
-(``acked_after_resend``, for a transport's ``requeue``).
+a broker hands out (``ack_each``), acking what was just sent again
+(``acked_after_resend``, for a transport's ``requeue``), and cancelling a
+read until the cancellation takes (``cancel_until_done``).
 """
 
 import asyncio
@@ -101,3 +102,18 @@ async def acked_after_resend(
             len(handles),
             describe(exc),
         )
+
+
+async def cancel_until_done(task: "asyncio.Future[Any]", retry_seconds: float) -> None:
+    """Cancel a task, again every ``retry_seconds`` while it runs, until it ends.
+
+    A cancellation may be lost: Python 3.11's ``asyncio.wait_for``, around
+    which redis-py sends each command, drops one that arrives as the send
+    completes, and the command (a blocking read) then runs to its end.
+
+    :param task: the task (a read in progress).
+    :param retry_seconds: how long one cancellation is given to take.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=retry_seconds)
