@@ -144,6 +144,10 @@ class ListTransport(Consumer[ListEntry | None], Sender):
         """Push them back where ``kick`` pushes (``redis_give_back``)."""
         return await give_back_popped(self.client.redis, self.queue, given)
 
+    def for_receiver(self, delivery: Delivery) -> bytes:
+        """As taskiq-redis's listener yields it: the bytes (a list has no acks)."""
+        return delivery.data
+
     async def close(self) -> None:
         """Close the client if it is this transport's own."""
         await self.client.close()
