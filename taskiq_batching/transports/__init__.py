@@ -6,7 +6,8 @@ for taskiq-redis, ``amqp`` for taskiq-aio-pika, ``nats`` for taskiq-nats)
 and is imported only for a broker of that library, so a RabbitMQ user
 never imports redis. A new broker is supported by adding a module with
 ``transport_for(broker, listen, wait_in_broker)`` (and
-``results_for(backend)`` for a result backend) and naming it here.
+``results_for(backend)`` for a result backend) and naming it here
+(docs/design.md, "Adding a broker").
 Anything else uses the generic transport, as do taskiq-redis's stream
 brokers and result backends when hiredis (redis-py's C reply parser, in
 the ``[redis]`` extra) is not installed: their transports read and write

@@ -3,8 +3,9 @@
 The registry makes one per broker for the producer (``sender_for``,
 cached in ``waiting.py``); ``BatchingMiddleware.shutdown`` calls its
 ``shutdown``, which closes what it opened (a Redis sentinel's master
-client). Every transport of this package is also a ``Sender``: it sends
-what it gives back, and a worker's process may be a producer too.
+client). Every transport of this package is a ``consumer.Consumer`` and
+a ``Sender``; the producer's is the broker's transport seen through this
+side only (made without I/O, its reading side never started).
 """
 
 from collections.abc import Callable, Sequence
