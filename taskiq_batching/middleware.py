@@ -16,7 +16,8 @@ from taskiq_batching.errors import BatchConfigError, MiddlewareMissingError
 from taskiq_batching.labels import BATCH_LABEL, wants_batching
 from taskiq_batching.settings import FlushReason
 from taskiq_batching.tasks import adopt, batching_class
-from taskiq_batching.transports.base import Owning, Transport
+from taskiq_batching.transports.base import Transport
+from taskiq_batching.transports.sender import Owning
 from taskiq_batching.waiting import drop_sender
 from taskiq_batching.worker import hook, signals
 
@@ -187,11 +188,14 @@ class BatchingMiddleware(TaskiqMiddleware):
         if self.batcher is None:
             return
         await self.batcher.drain(deadline=None)
-        opened = [*self._opened, drop_sender(self.broker)]
+        opened = list(self._opened)
         self._opened.clear()
         for transport in opened:
             if isinstance(transport, Owning):
                 await transport.shutdown()
+        sender = drop_sender(self.broker)
+        if sender is not None:
+            await sender.shutdown()
 
     def flush(self) -> int:
         """Flush every non-empty buffer now (for tests and manual control).

@@ -2,7 +2,7 @@
 
 Each item is still its own ordinary taskiq message (own task_id, labels,
 ``pre_send``/``post_send`` middlewares), exactly as ``kiq`` builds it;
-only the sending is pipelined (the broker's transport's ``send``).
+only the sending is pipelined (the broker's ``Sender.send``).
 
 When no middleware implements ``pre_send`` or ``post_send`` and the broker
 uses taskiq's default formatter, the messages are encoded without a
@@ -41,7 +41,7 @@ from taskiq_batching._compat import (
 from taskiq_batching.errors import BatchConfigError, SendManyError
 from taskiq_batching.labels import wire_labels
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports import SENT_AT_LABEL, Transport, stamps_sent_at
+from taskiq_batching.transports import SENT_AT_LABEL, Sender, stamps_sent_at
 from taskiq_batching.waiting import key_of, routed, sender, waiting_sender
 
 #: Turns prepared arguments into what ``TaskiqMessage.model_dump(mode="json")``
@@ -53,7 +53,7 @@ def _implementing(broker: AsyncBroker, hook: str) -> list[TaskiqMiddleware]:
     return [m for m in broker.middlewares if overrides(m, hook)]
 
 
-def _sender(broker: AsyncBroker) -> Transport:
+def _sender(broker: AsyncBroker) -> Sender:
     return sender(broker)
 
 

@@ -1,7 +1,7 @@
 """Sending a batched task's messages to where they wait in the broker.
 
 With ``BatchingMiddleware(wait_in_broker=True)`` on a broker whose
-transport has a ``batch_sender`` (taskiq-redis's stream and list brokers,
+sender has a ``batch_sender`` (taskiq-redis's stream and list brokers,
 ``transports/redis_batches.py`` and ``transports/redis_list_batches.py``;
 taskiq-nats's pull broker, ``transports/nats_send.py``), ``kiq`` and
 ``kiq_many`` of a batched task put its messages in the task's own queue
@@ -25,16 +25,15 @@ from taskiq_batching._compat import overrides, prepare_message
 from taskiq_batching.core.broker_keys import broker_key
 from taskiq_batching.errors import SendManyError
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports import BatchSender, Transport, transport_for
+from taskiq_batching.transports import BatchSender, Sender, sender_for
 
 #: The JSON form of a message's arguments, as taskiq's formatter writes it.
 _JSON_ARGS = TypeAdapter(list[Any], config=TaskiqMessage.model_config)
 _JSON_KWARGS = TypeAdapter(dict[str, Any], config=TaskiqMessage.model_config)
 
-#: The transport each broker sends with (made once per broker).
-_senders: "weakref.WeakKeyDictionary[AsyncBroker, Transport]" = (
-    weakref.WeakKeyDictionary()
-)
+#: The sender each broker's producer sends with (made once per broker,
+#: shut down with the broker: ``BatchingMiddleware.shutdown``).
+_senders: "weakref.WeakKeyDictionary[AsyncBroker, Sender]" = weakref.WeakKeyDictionary()
 
 
 def opted_in(broker: AsyncBroker) -> bool:
@@ -49,20 +48,20 @@ def opted_in(broker: AsyncBroker) -> bool:
     )
 
 
-def sender(broker: AsyncBroker) -> Transport:
-    """The transport a producer sends with.
+def sender(broker: AsyncBroker) -> Sender:
+    """The sender a producer sends with (``transports.sender_for``).
 
     :param broker: the broker.
-    :return: its transport (made once, with its middleware's choice).
+    :return: its sender (made once, with its middleware's choice).
     """
     found = _senders.get(broker)
     if found is None:
         choice = True if opted_in(broker) else None
-        found = _senders[broker] = transport_for(broker, wait_in_broker=choice)
+        found = _senders[broker] = sender_for(broker, wait_in_broker=choice)
     return found
 
 
-def drop_sender(broker: AsyncBroker) -> Transport | None:
+def drop_sender(broker: AsyncBroker) -> Sender | None:
     """Forget the broker's sender (it shuts down); the next send makes another.
 
     :param broker: the broker.
@@ -76,11 +75,11 @@ def waiting_sender(broker: AsyncBroker, spec: BatchSpec | None) -> BatchSender |
 
     :param broker: the broker.
     :param spec: the task's spec (None: not a batched task).
-    :return: the transport's ``batch_sender``, or None (send the plain way).
+    :return: the sender's ``batch_sender``, or None (send the plain way).
     """
     if spec is None or not opted_in(broker):
         return None
-    found: BatchSender | None = getattr(sender(broker), "batch_sender", None)
+    found = sender(broker).batch_sender
     return found if found is not None and found.serves(spec) else None
 
 

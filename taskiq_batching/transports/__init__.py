@@ -6,7 +6,8 @@ for taskiq-redis, ``amqp`` for taskiq-aio-pika, ``nats`` for taskiq-nats)
 and is imported only for a broker of that library, so a RabbitMQ user
 never imports redis. A new broker is supported by adding a module with
 ``transport_for(broker, listen, wait_in_broker)`` (and
-``results_for(backend)`` for a result backend) and naming it here.
+``results_for(backend)`` for a result backend) and naming it here
+(docs/design.md, "Adding a broker").
 Anything else uses the generic transport, as do taskiq-redis's stream
 brokers and result backends when hiredis (redis-py's C reply parser, in
 the ``[redis]`` extra) is not installed: their transports read and write
@@ -32,7 +33,6 @@ from taskiq import AckableMessage, AsyncBroker, AsyncResultBackend
 from taskiq_batching.errors import MissingDependencyError
 from taskiq_batching.transports.base import (
     SENT_AT_LABEL,
-    BatchSender,
     BatchSource,
     Delivery,
     Forwarder,
@@ -42,6 +42,7 @@ from taskiq_batching.transports.base import (
     Transport,
 )
 from taskiq_batching.transports.generic import GenericResults, GenericTransport
+from taskiq_batching.transports.sender import BatchSender, Sender
 
 __all__ = [
     "BatchSender",
@@ -49,10 +50,12 @@ __all__ = [
     "Delivery",
     "Forwarder",
     "ResultWriter",
+    "Sender",
     "Taken",
     "TakenBatch",
     "Transport",
     "results_for",
+    "sender_for",
     "SENT_AT_LABEL",
     "stamps_sent_at",
     "transport_for",
@@ -96,8 +99,35 @@ def transport_for(
         path is a preview: docs/fleet.md).
     :return: its library's transport, or the generic one.
     """
+    transport: Transport = _pick(broker, listen, wait_in_broker)
+    return transport
+
+
+def sender_for(broker: AsyncBroker, wait_in_broker: bool | None = None) -> Sender:
+    """The sender a producer sends with (``kiq_many``; ``kiq`` where batches wait).
+
+    Every transport is a ``Consumer`` and a ``Sender``: the broker's
+    transport is the sender, seen through its sending side only (made
+    without I/O; its reading side is never started). Cached per broker
+    and shut down with it by ``waiting.py`` and the middleware.
+
+    :param broker: any taskiq broker.
+    :param wait_in_broker: as for ``transport_for``.
+    :return: its library's sender, or the generic one (``kick`` each).
+    """
+    sender: Sender = _pick(broker, None, wait_in_broker)
+    return sender
+
+
+def _pick(
+    broker: AsyncBroker, listen: Listen | None, wait_in_broker: bool | None
+) -> Any:
+    """The transport of the broker's library, or the generic one.
+
+    :return: a ``Consumer`` and a ``Sender`` (no type says both at once).
+    """
     for module, needs_hiredis in _modules(_TRANSPORTS, broker):
-        transport: Transport | None = module.transport_for(
+        transport: Any = module.transport_for(
             broker, listen, wait_in_broker=wait_in_broker
         )
         if transport is None:

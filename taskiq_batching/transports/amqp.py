@@ -30,10 +30,9 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
-from taskiq import AckableMessage, AsyncBroker, BrokerMessage
+from taskiq import AsyncBroker, BrokerMessage
 from taskiq_aio_pika import AioPikaBroker
 
 from taskiq_batching._compat import (
@@ -48,8 +47,10 @@ from taskiq_batching.transports.amqp_batches import AmqpBatches
 from taskiq_batching.transports.amqp_give_back import give_back
 from taskiq_batching.transports.amqp_headers import properties_sent_at, sent_at_of
 from taskiq_batching.transports.amqp_inbox import Inbox
-from taskiq_batching.transports.base import BatchSource, Delivery, finished_read
-from taskiq_batching.transports.generic import GenericTransport, kick_each
+from taskiq_batching.transports.base import Delivery, finished_read
+from taskiq_batching.transports.consumer import Consumer
+from taskiq_batching.transports.generic import GenericTransport
+from taskiq_batching.transports.sender import Sender
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -88,7 +89,7 @@ def transport_for(
     return GenericTransport(broker, listen, prefetch=amqp_prefetch(broker))
 
 
-class AmqpTransport:
+class AmqpTransport(Consumer[Handle], Sender):
     """Consumes, acks, gives back and sends for a taskiq-aio-pika broker.
 
     :param broker: an ``AioPikaBroker`` with the stock ``listen``.
@@ -97,12 +98,12 @@ class AmqpTransport:
     """
 
     name = "amqp"
-    batches: "BatchSource | None" = None
-    acknowledges = True
-    reclaim_interval: float | None = None
+    #: Both the task queues (``amqp_batches.py``) with ``wait_in_broker``.
+    batch_sender: AmqpBatches | None
+    forwarder: AmqpBatches | None
 
     def __init__(self, broker: AioPikaBroker, wait_in_broker: bool = False) -> None:
-        self.broker = broker
+        self.broker: AioPikaBroker = broker
         self.prefetch = amqp_prefetch(broker)
         waiting = AmqpBatches(broker, self.ack) if wait_in_broker else None
         self._waiting = self.batch_sender = self.forwarder = waiting
@@ -227,10 +228,6 @@ class AmqpTransport:
                 continue
         return finished_read(reading)
 
-    async def reclaim(self) -> list[Delivery]:
-        """Nothing to reclaim: the server redelivers a lost channel's deliveries."""
-        return []
-
     # --- acks ------------------------------------------------------------------
 
     async def ack(self, handles: Sequence[Any]) -> None:
@@ -247,9 +244,6 @@ class AmqpTransport:
         """Publish again to their queue, then ack (``amqp_give_back``)."""
         return await give_back(self.broker, self._consumers, self.lost, self.ack, given)
 
-    async def _ack_one(self, handle: Handle) -> None:
-        await self.ack([handle])
-
     # --- stopping ----------------------------------------------------------------
 
     def lost(self, delivery: Delivery) -> bool:
@@ -264,9 +258,6 @@ class AmqpTransport:
         """
         handle = delivery.handle
         return handle is not None and bool(handle[0].is_closed)
-
-    def forget(self, deliveries: Sequence[Delivery]) -> None:
-        """Nothing to do: unacked, they return to the queue with the channel."""
 
     async def close(self) -> None:
         """Cancel the consumers once, give back what was not read, flush acks."""
@@ -302,17 +293,3 @@ class AmqpTransport:
                 describe(exc),
             )
         await self._channels.written()
-
-    def for_receiver(self, delivery: Delivery) -> bytes | AckableMessage:
-        """The delivery, with an ack through its channel's tracker."""
-        if delivery.handle is None:
-            return delivery.data  # from a no_ack consumer
-        return AckableMessage(
-            data=delivery.data, ack=partial(self._ack_one, delivery.handle)
-        )
-
-    # --- sending -----------------------------------------------------------------
-
-    async def send(self, messages: Sequence[BrokerMessage]) -> None:
-        """``kick`` each message, some at once."""
-        await kick_each(self.broker, messages)

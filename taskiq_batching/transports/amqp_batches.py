@@ -56,7 +56,7 @@ from taskiq import AsyncBroker, BrokerMessage
 from taskiq_batching._compat import amqp_queue_settings
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import SENT_AT_LABEL, Delivery
-from taskiq_batching.transports.generic import kick_each
+from taskiq_batching.transports.shared import kick_each
 
 #: The queue argument that makes RabbitMQ deliver to one consumer at a time.
 SINGLE_ACTIVE_CONSUMER = "x-single-active-consumer"

@@ -20,7 +20,7 @@ from taskiq import BrokerMessage
 
 from taskiq_batching._compat import amqp_priority_label
 from taskiq_batching.transports.base import SENT_AT_LABEL, Delivery
-from taskiq_batching.transports.generic import acked_after_resend
+from taskiq_batching.transports.shared import acked_after_resend
 
 
 async def republish(

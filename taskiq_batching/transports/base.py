@@ -11,7 +11,7 @@ ones work for any taskiq broker and backend.
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 from taskiq import AckableMessage, BrokerMessage, TaskiqResult
 
@@ -135,10 +135,16 @@ class BatchSource(Protocol):
 
 
 class Transport(Protocol):
-    """A broker's I/O for a batching worker (and ``kiq_many``).
+    """A broker's reading side, as a batching worker uses it.
+
+    Sending is apart: ``sender.Sender`` (the producer's ``kiq_many``),
+    which every transport of this package also is.
 
     ``read`` is only called while taskiq's Receiver waits for a delivery,
     so a transport never takes messages the Receiver could not take.
+
+    Every transport of this package subclasses ``consumer.Consumer``,
+    which defaults the members most brokers need no code for.
 
     One member is optional: ``requeue`` (a ``Requeue``; absent means None,
     see ``requeuer``), which gives read messages back to the tail of their
@@ -236,7 +242,10 @@ class Transport(Protocol):
         """
 
     async def send(self, messages: Sequence[BrokerMessage]) -> None:
-        """Send messages as ``broker.kick`` would, in few round trips.
+        """Send messages as ``broker.kick`` would (``sender.Sender.send``).
+
+        Every transport is a ``Sender`` too; the worker itself never sends
+        through this member (its give back is ``requeue``).
 
         :param messages: formatted messages, in order.
         """
@@ -275,48 +284,6 @@ class ResultWriter(Protocol):
         :param results: ``(task_id, result)`` pairs; equal result objects
             may be passed for many task_ids (then written once, if possible).
         :return: ``(index, error)`` of each result that could not be stored.
-        """
-
-
-@runtime_checkable
-class Owning(Protocol):
-    """A transport holding a client it opened itself (a Redis sentinel's master).
-
-    ``BatchingMiddleware.shutdown`` closes it: not ``close()``, which the
-    pump calls before taskiq's Receiver has finished the plain tasks that
-    still ack through that client.
-    """
-
-    async def shutdown(self) -> None:
-        """Close what this transport opened (the broker shuts down)."""
-
-
-class BatchSender(Protocol):
-    """Sends a producer's messages of batched tasks to where their batches wait.
-
-    A transport that can exposes one as its ``batch_sender`` attribute
-    (``None`` or absent: ``kiq`` and ``kiq_many`` send the plain way); with
-    ``BatchingMiddleware(wait_in_broker=True)`` the producer routes a
-    batched task's messages through it (``waiting.py``).
-    """
-
-    def serves(self, spec: BatchSpec) -> bool:
-        """Whether this task's messages wait in the broker (else: sent plainly)."""
-
-    async def send(
-        self,
-        spec: BatchSpec,
-        messages: Sequence[BrokerMessage],
-        keys: Sequence[str],
-        once: bool,
-    ) -> None:
-        """Send one task's messages, each to where its key's batches wait.
-
-        :param spec: the batched task.
-        :param messages: its messages, in order.
-        :param keys: each message's ``broker_key``.
-        :param once: each at most once, whatever retries the send
-            (``kiq_many``: a failure raises ``SendManyError``).
         """
 
 

@@ -6,8 +6,7 @@ Errors of the broker's listener propagate, as under taskiq's Receiver.
 """
 
 import asyncio
-import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 
 from taskiq import (
@@ -19,20 +18,14 @@ from taskiq import (
 )
 from taskiq.utils import maybe_awaitable
 
-from taskiq_batching.error_texts import describe
-from taskiq_batching.errors import SendManyError
-from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import (
-    BatchSource,
-    Delivery,
-    Requeue,
-    finished_read,
-)
+from taskiq_batching.transports.base import Delivery, Requeue, finished_read
+from taskiq_batching.transports.consumer import Consumer
+from taskiq_batching.transports.sender import Sender
+from taskiq_batching.transports.shared import SEND_CONCURRENCY as SEND_CONCURRENCY
+from taskiq_batching.transports.shared import ack_each as ack_each
+from taskiq_batching.transports.shared import acked_after_resend, cancel_until_done
+from taskiq_batching.transports.shared import kick_each as kick_each
 
-logger = logging.getLogger("taskiq_batching")
-
-#: Messages ``send`` hands to ``kick`` at once.
-SEND_CONCURRENCY = 100
 #: Seconds between repeated cancellations of a read when the worker stops.
 #: A listener sending through redis-py (taskiq-redis's, which the Redis
 #: brokers use without hiredis) can lose one on Python 3.11
@@ -43,7 +36,7 @@ CANCEL_RETRY_SECONDS = 0.5
 Listen = Callable[[], AsyncGenerator[bytes | AckableMessage, None]]
 
 
-class GenericTransport:
+class GenericTransport(Consumer[Any], Sender):
     """A broker through ``listen()``, its acks and ``kick``.
 
     :param broker: the broker.
@@ -52,8 +45,6 @@ class GenericTransport:
     """
 
     name = "generic"
-    batches: "BatchSource | None" = None
-    reclaim_interval: float | None = None
 
     def __init__(
         self,
@@ -68,9 +59,6 @@ class GenericTransport:
         #: Until a delivery without an ack shows otherwise.
         self.acknowledges = True
         self.outstanding = 0
-
-    def check(self, specs: Sequence[BatchSpec]) -> None:
-        """Nothing to check for an unknown broker."""
 
     async def read(self, limit: int) -> list[Delivery]:
         """One delivery of the broker's listener (see ``Transport.read``)."""
@@ -92,14 +80,8 @@ class GenericTransport:
 
         Cancelled again while it runs: a cancellation may be lost.
         """
-        while not reading.done():
-            reading.cancel()
-            await asyncio.wait({reading}, timeout=CANCEL_RETRY_SECONDS)
+        await cancel_until_done(reading, CANCEL_RETRY_SECONDS)
         return finished_read(reading)
-
-    async def reclaim(self) -> list[Delivery]:
-        """Nothing to reclaim: the broker redelivers by itself."""
-        return []
 
     async def ack(self, handles: Sequence[Any]) -> None:
         """Call each delivery's own ack, concurrently."""
@@ -143,9 +125,6 @@ class GenericTransport:
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         """Leave them unacked: the broker delivers them again by itself."""
 
-    def forget(self, deliveries: Sequence[Delivery]) -> None:
-        """Nothing tracked: the broker redelivers by itself."""
-
     async def close(self) -> None:
         """Close the broker's listener; its errors propagate."""
         listener, self._listener = self._listener, None
@@ -170,86 +149,7 @@ class GenericTransport:
 
     async def send(self, messages: Sequence[BrokerMessage]) -> None:
         """``kick`` each message, up to ``SEND_CONCURRENCY`` at once."""
-        await kick_each(self.broker, messages)
-
-
-async def kick_each(
-    broker: AsyncBroker,
-    messages: Sequence[BrokerMessage],
-    kick: Callable[[BrokerMessage], Awaitable[None]] | None = None,
-) -> None:
-    """Send messages with the broker's own ``kick``, some at once, none twice.
-
-    A kick that fails is not tried again (it may have reached the broker),
-    and no later chunk is sent; the caller is told which messages are not
-    sent, and which may or may not be.
-
-    :param broker: the broker.
-    :param messages: formatted messages.
-    :param kick: what sends one (the broker's ``kick`` by default).
-    :raises SendManyError: a kick failed.
-    """
-    kick = kick or broker.kick
-    for start in range(0, len(messages), SEND_CONCURRENCY):
-        chunk = messages[start : start + SEND_CONCURRENCY]
-        outcomes = await asyncio.gather(
-            *(kick(message) for message in chunk), return_exceptions=True
-        )
-        failed = [
-            (start + index, outcome)
-            for index, outcome in enumerate(outcomes)
-            if isinstance(outcome, BaseException)
-        ]
-        if failed:
-            raise SendManyError(
-                describe(failed[0][1]),
-                [message.task_id for message in messages],
-                list(range(start + len(chunk), len(messages))),
-                [position for position, _ in failed],
-            ) from failed[0][1]
-
-
-async def ack_each(handles: Sequence[Any]) -> None:
-    """Call ack callables concurrently; raise the first failure after all ran.
-
-    :param handles: ack callables (sync or async).
-    :raises Exception: the first ack that failed.
-    """
-
-    async def one(ack: Any) -> None:
-        await maybe_awaitable(ack())
-
-    outcomes = await asyncio.gather(
-        *(one(ack) for ack in handles), return_exceptions=True
-    )
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException):
-            raise outcome
-
-
-async def acked_after_resend(
-    ack: Callable[[Sequence[Any]], Awaitable[None]], handles: Sequence[Any]
-) -> None:
-    """Ack deliveries whose messages were just sent again; a failure is logged.
-
-    The copies are in the queue: keeping the originals too would run them
-    twice for sure. Unacked, the broker delivers them again (at least once).
-
-    :param ack: the transport's ``ack``.
-    :param handles: the deliveries' handles.
-    """
-    if not handles:
-        return
-    try:
-        await ack(handles)
-    except Exception as exc:
-        logger.error(
-            "taskiq_batching: %d message(s) given back to the tail of the queue "
-            "could not be acked (%s): the broker delivers them again, so they "
-            "may run twice",
-            len(handles),
-            describe(exc),
-        )
+        await kick_each(self.broker, messages, concurrency=SEND_CONCURRENCY)
 
 
 class GenericResults:

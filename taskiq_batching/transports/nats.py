@@ -47,8 +47,8 @@ from taskiq_nats.broker import BaseJetStreamBroker
 
 from taskiq_batching.error_texts import describe
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import BatchSource, Delivery, finished_read
-from taskiq_batching.transports.generic import SEND_CONCURRENCY, kick_each
+from taskiq_batching.transports.base import Delivery, finished_read
+from taskiq_batching.transports.consumer import Consumer
 from taskiq_batching.transports.nats_forward import Leases
 from taskiq_batching.transports.nats_give_back import give_back
 from taskiq_batching.transports.nats_pull import Pull, Unsettled
@@ -60,6 +60,8 @@ from taskiq_batching.transports.nats_settle import (
     publish_verdicts,
     warn_ack_wait,
 )
+from taskiq_batching.transports.sender import Sender
+from taskiq_batching.transports.shared import SEND_CONCURRENCY
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -87,7 +89,7 @@ def transport_for(
     return None
 
 
-class NatsTransport:
+class NatsTransport(Consumer[Unsettled], Sender):
     """Reads, acks, naks and sends for taskiq-nats's ``PullBasedJetStreamBroker``.
 
     :param broker: the broker.
@@ -97,14 +99,12 @@ class NatsTransport:
     """
 
     name = "nats-jetstream"
-    batches: "BatchSource | None" = None
-    acknowledges = True
-    reclaim_interval: float | None = None  # the server redelivers by itself
+    shipped_kicks = (BaseJetStreamBroker.kick,)
 
     def __init__(
         self, broker: PullBasedJetStreamBroker, wait_in_broker: bool = False
     ) -> None:
-        self.broker = broker
+        self.broker: PullBasedJetStreamBroker = broker
         self._leases = Leases(broker) if wait_in_broker else None
         #: Where a producer's ``kiq``/``kiq_many`` of a batched task publish.
         self.batch_sender = NatsBatchSender(broker) if wait_in_broker else None
@@ -221,10 +221,6 @@ class NatsTransport:
         await asyncio.wait({reading})
         return finished_read(reading)
 
-    async def reclaim(self) -> list[Delivery]:
-        """Nothing to reclaim: the server redelivers after ``ack_wait``."""
-        return []
-
     # --- acks --------------------------------------------------------------
 
     async def ack(self, handles: Sequence[Any]) -> None:
@@ -292,12 +288,9 @@ class NatsTransport:
 
     # --- sending -------------------------------------------------------------
 
-    async def send(self, messages: Sequence[BrokerMessage]) -> None:
+    async def send_direct(self, messages: Sequence[BrokerMessage]) -> None:
         """Publish every message as ``kick`` would, many at once."""
         broker = self.broker
-        if type(broker).kick is not BaseJetStreamBroker.kick:
-            await kick_each(broker, messages)
-            return
         for start in range(0, len(messages), SEND_CONCURRENCY):
             chunk = messages[start : start + SEND_CONCURRENCY]
             await asyncio.gather(

@@ -23,8 +23,8 @@ from typing import Any
 from taskiq import BrokerMessage
 
 from taskiq_batching.transports.base import Delivery
-from taskiq_batching.transports.generic import acked_after_resend
 from taskiq_batching.transports.nats_pull import SENT_AT
+from taskiq_batching.transports.shared import acked_after_resend
 
 
 async def give_back(

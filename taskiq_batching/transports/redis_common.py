@@ -16,6 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskiq_batching.error_texts import describe
+from taskiq_batching.transports.shared import cancel_until_done
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -31,17 +32,30 @@ CANCEL_RETRY_INTERVAL = 0.05
 async def cancel(task: "asyncio.Future[Any]") -> None:
     """Cancel a task running redis-py commands, and wait for it to end.
 
-    The cancellation is repeated until it takes: Python 3.11's
-    ``asyncio.wait_for``, around which redis-py sends each command, drops
-    a cancellation that arrives as the send completes, and the command
-    (a blocking read) then runs to its end. Cancelling a redis-py command
-    only closes its connection, so repeating is harmless.
+    The cancellation is repeated until it takes (``cancel_until_done``).
+    Cancelling a redis-py command only closes its connection, so
+    repeating is harmless.
 
     :param task: the task.
     """
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=CANCEL_RETRY_INTERVAL)
+    await cancel_until_done(task, CANCEL_RETRY_INTERVAL)
+
+
+def reached_through(obj: Any, pool: str) -> str:
+    """How a taskiq-redis broker or result backend reaches Redis.
+
+    taskiq-redis's classes share no base that says it: a standalone one
+    keeps a connection pool, a sentinel one its ``sentinel``, a cluster
+    one its ``redis`` client (and no pool).
+
+    :param obj: a broker or a result backend.
+    :param pool: the name of its pool attribute (a broker's
+        ``connection_pool``, a backend's ``redis_pool``).
+    :return: ``"cluster"``, ``"sentinel"`` or ``"pool"``.
+    """
+    if hasattr(obj, "redis") and not hasattr(obj, pool):
+        return "cluster"
+    return "sentinel" if hasattr(obj, "sentinel") else "pool"
 
 
 class RedisClient:
@@ -51,14 +65,13 @@ class RedisClient:
     """
 
     def __init__(self, broker: Any) -> None:
-        self.cluster = hasattr(broker, "redis") and not hasattr(
-            broker, "connection_pool"
-        )
+        kind = reached_through(broker, "connection_pool")
+        self.cluster = kind == "cluster"
         #: The client this package opened, closed by ``shutdown`` (sentinel only).
         self._owned: Any = None
         if self.cluster:
             self.redis: Any = broker.redis
-        elif hasattr(broker, "sentinel"):
+        elif kind == "sentinel":
             self.redis = self._owned = broker.sentinel.master_for(broker.master_name)
         else:
             self.redis = Redis(connection_pool=broker.connection_pool)

@@ -24,13 +24,13 @@ from taskiq_redis import (
     ListQueueSentinelBroker,
 )
 
-from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import BatchSender, BatchSource, Delivery
-from taskiq_batching.transports.generic import kick_each
+from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.consumer import Consumer
 from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient
 from taskiq_batching.transports.redis_give_back import give_back_popped
 from taskiq_batching.transports.redis_list_batches import ListBatches, ListEntry
 from taskiq_batching.transports.redis_send import LIST_ONCE, chunks, send_once
+from taskiq_batching.transports.sender import Sender
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -68,7 +68,7 @@ def transport_for(
     return None
 
 
-class ListTransport:
+class ListTransport(Consumer[ListEntry | None], Sender):
     """Pops, pushes back and sends for a taskiq-redis list broker.
 
     :param broker: the list broker (standalone, sentinel or cluster).
@@ -77,27 +77,22 @@ class ListTransport:
     """
 
     name = "redis-list"
+    shipped_kicks = _KICKS
     acknowledges = False
-    prefetch: int | None = None
-    reclaim_interval: float | None = None
     outstanding = 0
 
     def __init__(self, broker: Any, wait_in_broker: bool = True) -> None:
-        self.broker = broker
+        self.broker: Any = broker
         self.client = RedisClient(broker)
         self.queue: str = broker.queue_name
         #: Where batched tasks' messages wait (None: read and buffered).
         self.list_batches: ListBatches | None = None
         if wait_in_broker:
             self.list_batches = ListBatches(self.client, self.queue)
-        self.batches: BatchSource | None = self.list_batches
-        self.batch_sender: BatchSender | None = self.list_batches
+        self.batches = self.batch_sender = self.list_batches
         #: Moves a plain producer's batched messages to their key lists (the
         #: worker's ``Forwarder``): stamped with the forward's time.
-        self.forwarder: ListBatches | None = self.list_batches
-
-    def check(self, specs: Sequence[BatchSpec]) -> None:
-        """Nothing to check: a list has no redelivery to defeat."""
+        self.forwarder = self.list_batches
 
     async def read(self, limit: int) -> list[Delivery]:
         """Pop up to ``limit`` messages, oldest first; wait a little when empty."""
@@ -124,10 +119,6 @@ class ListTransport:
             return []
         return list(reading.result())
 
-    async def reclaim(self) -> list[Delivery]:
-        """Nothing to reclaim: a list has no pending messages."""
-        return []
-
     async def ack(self, handles: Sequence[Any]) -> None:
         """Nothing to ack."""
 
@@ -153,8 +144,9 @@ class ListTransport:
         """Push them back where ``kick`` pushes (``redis_give_back``)."""
         return await give_back_popped(self.client.redis, self.queue, given)
 
-    def forget(self, deliveries: Sequence[Delivery]) -> None:
-        """Nothing tracked: the broker redelivers by itself."""
+    def for_receiver(self, delivery: Delivery) -> bytes:
+        """As taskiq-redis's listener yields it: the bytes (a list has no acks)."""
+        return delivery.data
 
     async def close(self) -> None:
         """Close the client if it is this transport's own."""
@@ -164,15 +156,8 @@ class ListTransport:
         """Close the client if it is this transport's own (the broker shuts down)."""
         await self.client.shutdown()
 
-    def for_receiver(self, delivery: Delivery) -> bytes:
-        """As taskiq-redis's listener yields it: the bytes."""
-        return delivery.data
-
-    async def send(self, messages: Sequence[BrokerMessage]) -> None:
+    async def send_direct(self, messages: Sequence[BrokerMessage]) -> None:
         """LPUSH every message, as ``kick`` would, each once (``redis_send``)."""
-        if type(self.broker).kick not in _KICKS:  # a subclass sends its own way
-            await kick_each(self.broker, messages)
-            return
         # One LPUSH of many values per chunk pushes them in order.
         parts = chunks(messages, self.queue)
         await send_once(self.client, messages, parts, LIST_ONCE, ["list"])

@@ -30,6 +30,7 @@ from taskiq_redis import (
 
 from taskiq_batching._compat import redis_result_key
 from taskiq_batching._compat.redis_py import string_encoding
+from taskiq_batching.transports.redis_common import reached_through
 from taskiq_batching.transports.redis_wire import bulk, round_trip
 
 _WRITERS = (
@@ -62,17 +63,17 @@ class RedisResults:
     def __init__(self, backend: Any) -> None:
         self.backend = backend
         self._redis: Any = None
-        cluster = hasattr(backend, "redis") and not hasattr(backend, "redis_pool")
+        self._kind = reached_through(backend, "redis_pool")
         #: Whether they are packed by hand into one round trip (not on a
         #: cluster, whose keys span slots: a pipeline there).
-        self.wired = not cluster
+        self.wired = self._kind != "cluster"
 
     def _client(self) -> Any:
         if self._redis is None:
             backend = self.backend
-            if hasattr(backend, "redis_pool"):
+            if self._kind == "pool":
                 self._redis = Redis(connection_pool=backend.redis_pool)
-            elif hasattr(backend, "sentinel"):
+            elif self._kind == "sentinel":
                 self._redis = backend.sentinel.master_for(backend.master_name)
             else:
                 self._redis = backend.redis

@@ -24,11 +24,10 @@ the task's key stream; an acked one is deleted there too.
 
 import logging
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
 from redis.exceptions import ResponseError
-from taskiq import AckableMessage, AsyncBroker, BrokerMessage
+from taskiq import AsyncBroker, BrokerMessage
 from taskiq_redis import (
     RedisStreamBroker,
     RedisStreamClusterBroker,
@@ -36,13 +35,8 @@ from taskiq_redis import (
 )
 
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import (
-    BatchSender,
-    BatchSource,
-    Delivery,
-    Forwarder,
-)
-from taskiq_batching.transports.generic import kick_each
+from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.consumer import Consumer
 from taskiq_batching.transports.redis_batches import StreamBatches, TaskEntry
 from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient, cancel
 from taskiq_batching.transports.redis_give_back import give_back_entries
@@ -56,6 +50,7 @@ from taskiq_batching.transports.redis_holding import Holding
 from taskiq_batching.transports.redis_pending import Pending, warn_short_idle
 from taskiq_batching.transports.redis_replies import StreamReads, entries, lost_group
 from taskiq_batching.transports.redis_send import STREAM_ONCE, chunks, send_once
+from taskiq_batching.transports.sender import Sender
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -99,7 +94,7 @@ def transport_for(
     return None
 
 
-class StreamTransport:
+class StreamTransport(Consumer[Any], Sender):
     """Reads, acks, reclaims and sends for a taskiq-redis stream broker.
 
     :param broker: the stream broker (standalone, sentinel or cluster).
@@ -108,11 +103,10 @@ class StreamTransport:
     """
 
     name = "redis-stream"
-    acknowledges = True
-    prefetch: int | None = None
+    shipped_kicks = _KICKS
 
     def __init__(self, broker: Any, wait_in_broker: bool = True) -> None:
-        self.broker = broker
+        self.broker: Any = broker
         self.client = RedisClient(broker)
         self.group: str = broker.consumer_group_name
         self.consumer: str = broker.consumer_name
@@ -157,10 +151,9 @@ class StreamTransport:
                 getattr(broker, "maxlen", None),
                 start=lambda: self.holding.start(),
             )
-        self.batches: BatchSource | None = self.stream_batches
-        self.batch_sender: BatchSender | None = self.stream_batches
+        self.batches = self.batch_sender = self.stream_batches
         #: Moves a plain producer's batched messages to their key streams.
-        self.forwarder: Forwarder | None = self.stream_batches
+        self.forwarder = self.stream_batches
         #: Per stream, the last entry read: its id and its data.
         self._last_seen: dict[str, tuple[bytes, bytes]] = {}
         self.holding = Holding(
@@ -292,20 +285,11 @@ class StreamTransport:
         """Close the client if it is this transport's own (the broker shuts down)."""
         await self.client.shutdown()
 
-    def for_receiver(self, delivery: Delivery) -> AckableMessage:
-        """As taskiq-redis's listener yields it: data and an XACK."""
-        return AckableMessage(
-            data=delivery.data, ack=partial(self.ack, [delivery.handle])
-        )
-
     # --- sending -------------------------------------------------------------
 
-    async def send(self, messages: Sequence[BrokerMessage]) -> None:
+    async def send_direct(self, messages: Sequence[BrokerMessage]) -> None:
         """XADD every message, as ``kick`` would, each once (``redis_send``)."""
         broker = self.broker
-        if type(broker).kick not in _KICKS:  # a subclass sends its own way
-            await kick_each(broker, messages)
-            return
         trim = "" if broker.maxlen is None else str(broker.maxlen)
         options = ["stream", "~" if broker.approximate else "=", trim]
         parts = chunks(messages, broker.queue_name)
