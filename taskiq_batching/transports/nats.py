@@ -17,16 +17,17 @@ worker's next look at ``prefetch`` finds this process full, and its
 buffers flush by pressure (size-only batches would otherwise wait for
 messages that never come, in every process at once).
 
-Acks are buffered publishes (``+ACK`` to each message's reply subject),
-then one ``flush`` (a round trip) for the lot (``nats_settle.py``). Acks sent while the
-connection is lost (nats-py's flush then returns at once, with no round
-trip) may never reach the server, and a server killed may lose the last
-acks it had: those messages are delivered again. The first is logged;
-either way, a message this worker acked (among the last ``ACKED_MEMORY``)
-that comes again is acked again instead of run twice, and counted in a
-log line. A stopping worker lets the
-request in progress end (within ``FETCH_TIMEOUT``) and naks what it
-received but never used (redelivered at once, to any worker).
+Acks are buffered publishes, then one ``flush`` for the lot
+(``nats_settle.py``). Acks sent while the connection is lost may never
+reach the server, and a server killed may lose the last acks it had:
+those messages come again. The first is logged; either way, a message
+this worker acked (among the last ``ACKED_MEMORY``) that comes again is
+acked again, not run twice (a log line counts them). A stopping worker
+lets the request in progress end (within ``FETCH_TIMEOUT``) and naks what
+it received but never used (redelivered at once, to any worker).
+
+With ``wait_in_broker``, batched tasks wait on subjects of their own,
+taken under a lease per task (``nats_forward.Leases``: ``batches``).
 
 A consumer redelivers a message unacked for ``ack_wait``. A batch may
 hold messages longer, so every ``ack_wait / 3`` the worker sends
@@ -47,7 +48,12 @@ from taskiq_nats.broker import BaseJetStreamBroker
 
 from taskiq_batching.error_texts import describe
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import Delivery, finished_read
+from taskiq_batching.transports.base import (
+    BatchSource,
+    Delivery,
+    Forwarder,
+    finished_read,
+)
 from taskiq_batching.transports.consumer import Consumer
 from taskiq_batching.transports.nats_forward import Leases
 from taskiq_batching.transports.nats_give_back import give_back
@@ -105,7 +111,11 @@ class NatsTransport(Consumer[Unsettled], Sender):
         self, broker: PullBasedJetStreamBroker, wait_in_broker: bool = False
     ) -> None:
         self.broker: PullBasedJetStreamBroker = broker
-        self._leases = Leases(broker) if wait_in_broker else None
+        leases = Leases(broker, self._ready, self.ack) if wait_in_broker else None
+        self._leases = leases
+        #: Batches taken under each task's lease; it moves a plain producer's.
+        self.batches: BatchSource | None = leases
+        self.forwarder: Forwarder | None = leases
         #: Where a producer's ``kiq``/``kiq_many`` of a batched task publish.
         self.batch_sender = NatsBatchSender(broker) if wait_in_broker else None
         #: ``max_ack_pending`` of the consumer, known after the first read.
@@ -116,21 +126,15 @@ class NatsTransport(Consumer[Unsettled], Sender):
         self.prefetch: int | None = None
         self.ack_wait: float | None = None
         self._pull: Pull | None = None
+        self._starting = asyncio.Lock()
         self._keepalive: asyncio.Task[None] | None = None
         self._closed = False
 
     @property
     def outstanding(self) -> int:
         """Messages read and not yet acked or nak'ed."""
-        pull = self._pull
-        if pull is None:
-            return 0
-        # A lease's messages are not the main consumer's: its max_ack_pending
-        # (``prefetch``) does not bound them (a round is at most a batch).
-        unread = len(pull.unread)
-        if self._leases is not None:
-            unread -= sum(self._leases.from_reader(d.handle) for d in pull.unread)
-        return len(pull.held) - unread
+        pull = self._pull  # a lease's messages are not the main consumer's
+        return 0 if pull is None else len(pull.held) - len(pull.unread)
 
     def check(self, specs: Sequence[BatchSpec]) -> None:
         """Warn when a batch may hold a message longer than ``ack_wait``."""
@@ -140,6 +144,11 @@ class NatsTransport(Consumer[Unsettled], Sender):
         warn_ack_wait(specs, (config.ack_wait if config else None) or DEFAULT_ACK_WAIT)
 
     # --- reading ---------------------------------------------------------
+
+    async def _ready(self) -> Pull:
+        """The started reading (the first read or take starts it, once)."""
+        async with self._starting:
+            return self._pull or await self._start()
 
     async def _start(self) -> Pull:
         """Read the consumer's limits; subscribe; start keeping messages alive."""
@@ -151,15 +160,15 @@ class NatsTransport(Consumer[Unsettled], Sender):
         self.ack_wait = info.config.ack_wait or DEFAULT_ACK_WAIT
         pull = Pull(self.broker.client, consumer, self.max_ack_pending)
         await pull.start()
-        self._pull = pull
         if self._leases is not None:
-            await self._leases.start(self.ack_wait, pull.subject, pull.deliver)
+            await self._leases.start(self.ack_wait, pull.subject)
+        self._pull = pull
         self._keepalive = asyncio.ensure_future(self._keep_alive(self.ack_wait / 3))
         return pull
 
     async def read(self, limit: int) -> list[Delivery]:
         """The next messages of the consumer (see ``Transport.read``)."""
-        pull = self._pull or await self._start()
+        pull = await self._ready()
         self.prefetch = self.max_ack_pending  # the worker looked before this read
         while not pull.stopping:
             if pull.reacked:
@@ -167,8 +176,6 @@ class NatsTransport(Consumer[Unsettled], Sender):
             if pull.unread:
                 chunk = pull.take(limit)
                 await pull.request(limit)  # the next chunk, while this one runs
-                if self._leases is not None:
-                    chunk = await self._leases.forward(chunk, self.ack)
                 return chunk
             pull.arrived.clear()
             await pull.request(limit)
@@ -269,12 +276,11 @@ class NatsTransport(Consumer[Unsettled], Sender):
             keepalive.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keepalive
-        if self._leases is not None:
-            await self._leases.stop()
+        left = [] if self._leases is None else await self._leases.stop()
         if self._pull is not None:
-            unread = await self._pull.stop()
-            if unread:
-                await self._settle([d.handle for d in unread], NAK)
+            left += await self._pull.stop()
+            if left:
+                await self._settle([d.handle for d in left], NAK)
 
     def for_receiver(self, delivery: Delivery) -> AckableMessage:
         """As taskiq-nats's listener yields it: data and an ack (through here)."""

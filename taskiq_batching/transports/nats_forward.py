@@ -1,26 +1,39 @@
-"""A worker's leases of its batched tasks, and the forwarding that feeds them.
+"""A worker's leases of its batched tasks: the NATS ``BatchSource`` and ``Forwarder``.
 
 ``Leases`` creates the batch stream (``<stream>-batch``, subjects
 ``<subject>.batch.>``, work-queue retention) and one durable per batched task
-(``<durable>-b-<token>``, ``max_waiting=1``, ``max_ack_pending`` unbounded:
-each process holds at most one round), starts a ``LeaseReader`` per task,
-and moves batched messages read on the main consumer to their task's
-subject (see ``nats_lease.py``): those a plain taskiq kicker sent there
-(a producer with the plugin publishes to the task's subject itself,
-``nats_send.py``).
+it serves (``<durable>-b-<token>``, ``max_waiting=1``, ``max_ack_pending``
+unbounded: a process holds what its room lets it take), starts a
+``LeaseReader`` per task, and is the transport's ``batches``: the worker's
+taker (``worker/taking.py``) takes each reader's rounds as whole batches,
+which go through the one lifecycle into the worker's buffers
+(``worker/taken.py``), as the Redis sources' do. A task with
+``per_worker_reason`` (``batch_min_size``, ``batch_max_keys``) is not
+served: its messages stay on the main subject, buffered by each worker.
+
+It is the transport's ``forwarder`` too: it moves batched messages a plain
+taskiq kicker put on the main subject to their task's subject (a producer
+with the plugin publishes there itself, ``nats_send.py``), with
+``Nats-Msg-Id`` = the original's stream sequence (a second move after a
+crash is dropped by the server's duplicate window), its send time in
+``Tb-Sent-At`` and its ``batch_deadline`` as a header (the lease reads
+it), then acks the original.
 """
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from nats.js.api import AckPolicy, ConsumerConfig
 
+from taskiq_batching.core.broker_keys import deadline_ms
 from taskiq_batching.error_texts import describe
+from taskiq_batching.labels import BATCH_DEADLINE_LABEL
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import Delivery
-from taskiq_batching.transports.nats_lease import LeaseReader, task_token
+from taskiq_batching.transports.base import Delivery, Taken, per_worker_reason
+from taskiq_batching.transports.nats_lease import SLACK, LeaseReader, task_token
 from taskiq_batching.transports.nats_pull import SENT_AT, Unsettled
 from taskiq_batching.transports.nats_send import batch_subject, ensure_batch_stream
 
@@ -30,34 +43,53 @@ Settle = Callable[[Sequence[Unsettled]], Awaitable[None]]
 
 
 class Leases:
-    """The lease readers of one worker's batched tasks.
+    """The lease readers of one worker's batched tasks (``BatchSource``, ``Forwarder``).
 
     :param broker: taskiq-nats's ``PullBasedJetStreamBroker``.
+    :param start: starts the transport (its reading, then ``start`` here),
+        once; a take may come before the first read.
+    :param ack: acks the originals of forwarded messages.
     """
 
-    def __init__(self, broker: Any) -> None:
+    #: A reader wakes the taker itself: this only bounds a take's pause.
+    poll_seconds = SLACK
+
+    def __init__(
+        self, broker: Any, start: Callable[[], Awaitable[Any]], ack: Settle
+    ) -> None:
         self.broker = broker
+        self._start_transport = start
+        self._ack = ack
         self.specs: dict[str, BatchSpec] = {}
         self.readers: dict[str, LeaseReader] = {}
+        #: Set when a reader has a round ready (``idle`` waits on it).
+        self.arrived = asyncio.Event()
+
+    def serves(self, spec: BatchSpec) -> bool:
+        """Whether a batched task waits in the broker (not when ``per_worker_reason``).
+
+        :param spec: the task.
+        :return: whether its messages wait on its own subject.
+        """
+        return per_worker_reason(spec) is None
 
     def configure(self, specs: Sequence[BatchSpec]) -> None:
         """The batched tasks this worker runs (known at its start)."""
-        self.specs = {spec.task_name: spec for spec in specs}
+        self.specs = {spec.task_name: spec for spec in specs if self.serves(spec)}
 
     def subject_of(self, task_name: str) -> str:
         """Where a batched task's messages wait."""
         return batch_subject(self.broker, task_name)
 
-    async def start(
-        self, ack_wait: float, pull_subject: str, sink: Callable[[Delivery], None]
-    ) -> None:
-        """Create the stream and durables; start a reader per task.
+    async def start(self, ack_wait: float, pull_subject: str) -> None:
+        """Create the stream and durables; start a reader per task served.
 
         :param ack_wait: the main consumer's ``ack_wait`` (seconds).
         :param pull_subject: the main consumer's ``MSG.NEXT`` subject (its
             API prefix is reused).
-        :param sink: called with each delivery a reader receives.
         """
+        if not self.specs:
+            return
         js = self.broker.js
         stream = await ensure_batch_stream(self.broker)
         prefix = pull_subject.split(".CONSUMER.MSG.NEXT.")[0]
@@ -78,10 +110,52 @@ class Leases:
                 durable,
                 spec.settings.batch_size,
                 spec.settings.batch_timeout,
-                sink,
+                self.arrived.set,
             )
             await reader.start()
             self.readers[name] = reader
+
+    # --- BatchSource -----------------------------------------------------------
+
+    async def take(
+        self, spec: BatchSpec, room: int, needs: Mapping[str, int] | None = None
+    ) -> Taken:
+        """The task's rounds ready, up to ``room`` (``BatchSource.take``).
+
+        With none ready, the task's reader asks the server for the next
+        round (under the lease), full at ``batch_size`` or, when this
+        worker holds a short remainder, at what it lacks (``needs``: one
+        subject holds every key, so the most any key lacks).
+
+        :param spec: the batched task.
+        :param room: batches this worker may start now (>= 1).
+        :param needs: keys whose short remainder this worker holds, and
+            what each lacks.
+        :return: the rounds; no wait (the reader wakes ``idle``).
+        """
+        await self._start_transport()
+        reader = self.readers.get(spec.task_name)
+        if reader is None:
+            return Taken([], None)
+        need = max(needs.values()) if needs else None
+        return Taken(reader.take(room, need), None)
+
+    async def idle(self, specs: Sequence[BatchSpec], timeout_seconds: float) -> None:
+        """Wait until one of these tasks has a round ready, or the timeout.
+
+        Costs the server nothing: the readers' requests are the cost.
+
+        :param specs: the batched tasks.
+        :param timeout_seconds: the longest wait.
+        """
+        readers = [self.readers.get(spec.task_name) for spec in specs]
+        if any(reader is not None and reader.ready for reader in readers):
+            return
+        self.arrived.clear()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.arrived.wait(), timeout_seconds)
+
+    # --- the transport's side ----------------------------------------------------
 
     def held(self) -> list[Unsettled]:
         """Every message the readers received and nobody settled."""
@@ -97,61 +171,64 @@ class Leases:
                 return True
         return False
 
-    async def forward(self, deliveries: list[Delivery], ack: Settle) -> list[Delivery]:
+    async def stop(self) -> list[Delivery]:
+        """Stop every reader (each lets its slot go).
+
+        :return: what they received and the worker never took (to nak).
+        """
+        left: list[Delivery] = []
+        for reader in self.readers.values():
+            left += await reader.stop()
+        return left
+
+    # --- Forwarder -------------------------------------------------------------
+
+    async def forward(
+        self, deliveries: Sequence[tuple[Delivery, BatchSpec, str]]
+    ) -> None:
         """Move batched messages of the main consumer to their task's subject.
 
-        :param deliveries: what the main consumer (and the readers) gave.
-        :param ack: acks originals once forwarded.
-        :return: the deliveries to hand on (plain tasks, the readers' own).
+        Every one is published (and stored) before the originals are acked;
+        a failed publish raises and nothing is acked (the worker batches
+        them itself; one published twice is stored once).
+
+        :param deliveries: ``(delivery, its task, its key)`` as read.
         """
-        keep: list[Delivery] = []
-        moved: list[tuple[str, Delivery]] = []
-        for delivery in deliveries:
-            name = self._task_of(delivery)
-            if name is None:
-                keep.append(delivery)
-            else:
-                moved.append((name, delivery))
-        if not moved:
-            return keep
+        if not deliveries:
+            return
+        await asyncio.gather(
+            *(self._publish(spec.task_name, d) for d, spec, _ in deliveries)
+        )
         try:
-            await asyncio.gather(*(self._publish(name, d) for name, d in moved))
+            await self._ack([delivery.handle for delivery, _, _ in deliveries])
         except Exception as exc:
-            # Not acked: kept as read (the worker batches them here, as today).
+            # Moved: the originals come back after ack_wait, and their second
+            # move is dropped by the duplicate window (2 min by default).
             logger.warning(
-                "taskiq_batching: cannot move %d NATS message(s) to their "
-                "batched task's subject: %s; batched in this worker",
-                len(moved),
+                "taskiq_batching: cannot ack %d NATS message(s) moved to their "
+                "batched task's subject: %s",
+                len(deliveries),
                 describe(exc),
             )
-            return keep + [delivery for _, delivery in moved]
-        await ack([delivery.handle for _, delivery in moved])
-        return keep
-
-    def _task_of(self, delivery: Delivery) -> str | None:
-        """The batched task a main-consumer delivery is for, if any."""
-        if not self.readers or self.from_reader(delivery.handle):
-            return None
-        try:
-            name = self.broker.formatter.loads(delivery.data).task_name
-        except Exception:
-            return None  # not a taskiq message: the worker says so, as today
-        return name if name in self.readers else None
-
-    def from_reader(self, held: Any) -> bool:
-        """Whether ``held`` came from a reader (not from the main consumer)."""
-        return any(reader.owns(held) for reader in self.readers.values())
 
     async def _publish(self, name: str, delivery: Delivery) -> None:
         handle: Unsettled = delivery.handle
         headers = {"Nats-Msg-Id": f"{self.broker.stream_name}-{handle.sequence}"}
         if delivery.sent_at is not None:
             headers[SENT_AT] = repr(delivery.sent_at)
+        deadline = self._deadline(delivery.data)
+        if deadline is not None:
+            headers[BATCH_DEADLINE_LABEL] = repr(deadline / 1000)
         await self.broker.js.publish(
             self.subject_of(name), delivery.data, headers=headers
         )
 
-    async def stop(self) -> None:
-        """Stop every reader (each lets its slot go)."""
-        for reader in self.readers.values():
-            await reader.stop()
+    def _deadline(self, data: bytes) -> int | None:
+        """A message's ``batch_deadline`` (UNIX ms), read only when it may have one."""
+        if BATCH_DEADLINE_LABEL.encode() not in data:
+            return None
+        try:
+            labels = self.broker.formatter.loads(data).labels
+        except Exception:  # the worker that takes it says why
+            return None
+        return deadline_ms(labels)

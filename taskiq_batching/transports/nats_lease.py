@@ -4,21 +4,17 @@ With ``NatsTransport(wait_in_broker=True)`` a batched task's messages wait
 on a subject of their own (``<subject>.batch.<token>``, stream
 ``<stream>-batch``), read by a durable of their own whose
 ``max_waiting=1`` makes the server keep ONE pull request waiting: the
-process whose request waits assembles the task's next batch, and every
-other request gets 409. The holder asks for what completes its round
-(``batch_size`` minus what it took since it won the slot), expiring at the
-round's deadline: its first message's send time + ``batch_timeout`` -
-``SLACK``. A request therefore ends when the batch is full or due; then the
-holder lets the slot go, says so on a core subject (``_tb.free.<durable>``)
-so the others ask at once, and asks again only once its round is settled
-(its batch ran). A holder that died never says so: the others ask again
-after ``IDLE_EXPIRES``. The worker sees ordinary deliveries and buffers
-them as today. Measured in docs/fleet.md ("NATS JetStream").
-
-Messages reach the task's subject through the worker: a batched message
-read on the main consumer is published there with ``Nats-Msg-Id`` = its
-stream sequence (a second forward after a crash is dropped by the
-server's duplicate window) and its send time in ``Tb-Sent-At``, then acked.
+process whose request waits assembles the task's next batch (a *round*),
+every other request gets 409. The holder asks only while its worker wants
+a batch (its ``take`` found none ready), for what completes the round
+(``batch_size``, or what the worker's short remainder lacks), expiring at
+the round's deadline: its first send + ``batch_timeout`` - ``SLACK``, or
+an earlier ``batch_deadline`` (a header). A round full or due is handed
+to the worker's next take as a ``TakenBatch``, whose messages go through
+the one lifecycle, as the Redis sources' do. When a request ends and the
+holder does not ask again at once, it says the slot is free on a core
+subject (``_tb.free.<durable>``); a dead holder never says so: the others
+ask again after ``IDLE_EXPIRES``. Measured in docs/fleet.md.
 """
 
 import asyncio
@@ -27,11 +23,14 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from taskiq_batching.core.broker_keys import NO_KEY, deadline_ms
 from taskiq_batching.error_texts import describe
-from taskiq_batching.transports.base import Delivery
+from taskiq_batching.labels import BATCH_DEADLINE_LABEL
+from taskiq_batching.transports.base import Delivery, TakenBatch
 from taskiq_batching.transports.nats_pull import (
     Unsettled,
     message_sent_at,
@@ -61,7 +60,7 @@ class LeaseReader:
     :param durable: the durable's name.
     :param batch_size: the task's batch size.
     :param batch_timeout: the task's timeout (None: size only).
-    :param sink: called with each delivery received.
+    :param wake: called when a round is ready to be taken.
     """
 
     def __init__(
@@ -71,38 +70,66 @@ class LeaseReader:
         durable: str,
         batch_size: int,
         batch_timeout: float | None,
-        sink: Callable[[Delivery], None],
+        wake: Callable[[], None],
     ) -> None:
         self.client = client
         self.api = api
         self.batch_size = batch_size
         self.batch_timeout = batch_timeout
-        self.sink = sink
+        self.wake = wake
         self.free_subject = f"_tb.free.{durable}"
         #: Received and not settled, by stream sequence.
         self.held: dict[int, Unsettled] = {}
-        #: Messages taken since this process won the slot.
-        self.round: list[Unsettled] = []
+        #: The round forming: messages received, not handed to the worker.
+        self.round: list[Delivery] = []
+        #: Messages that make the round full.
+        self.target = batch_size
         self.due: float | None = None
+        self.due_reason = "timeout"
+        #: Rounds full or due, for the worker's next ``take``.
+        self.ready: deque[TakenBatch] = deque()
+        #: The worker asked for a round (it has room): requests may go.
+        self.wanted = False
+        #: Messages the request in flight may still bring (0: none in flight).
         self.owed = 0
+        self.ends_at = 0.0
         self.serial = 0
         #: The status that ended the last request (``409``: refused).
         self.status: str | None = None
-        self.ended = asyncio.Event()
+        #: A request of ours ended: the slot is let go unless we ask again.
+        self.ended = False
+        self.poke = asyncio.Event()
         self.free = asyncio.Event()
-        self.settled = asyncio.Event()
         self._inbox = ""
         self._subs: list[Any] = []
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Subscribe; start taking the slot."""
+        """Subscribe; serve the worker's takes."""
         self._inbox = self.client.new_inbox()
         self._subs = [
             await self.client.subscribe(f"{self._inbox}.*", cb=self._on_message),
             await self.client.subscribe(self.free_subject, cb=self._on_free),
         ]
         self._task = asyncio.ensure_future(self._loop())
+
+    def take(self, room: int, need: int | None = None) -> list[TakenBatch]:
+        """Up to ``room`` rounds ready; with none, ask the server for one.
+
+        :param room: batches the worker may start now (>= 1).
+        :param need: what the worker's short remainder lacks: the next
+            round is full at that many (None: ``batch_size``).
+        :return: the rounds, oldest first.
+        """
+        taken = [self.ready.popleft() for _ in range(min(room, len(self.ready)))]
+        if not taken:
+            if not self.round:
+                self.target = need or self.batch_size
+            elif need:
+                self.target = min(self.target, need)
+            self.wanted = True
+            self.poke.set()
+        return taken
 
     async def _on_free(self, message: Any) -> None:
         self.free.set()
@@ -114,8 +141,7 @@ class LeaseReader:
                 f".{self.serial}"
             ):
                 self.status = str(headers["Status"])
-                self.owed = 0
-                self.ended.set()
+                self._request_ended()
             return
         sequence, _ = stream_sequence(message.reply)
         held = self.held.get(sequence)
@@ -126,93 +152,128 @@ class LeaseReader:
             return
         held = self.held[sequence] = Unsettled(message.reply, sequence)
         delivery = Delivery(message.data, held, sent_at=_sent_at(message, headers))
-        if not self.round and self.batch_timeout is not None and delivery.sent_at:
-            self.due = delivery.sent_at + self.batch_timeout - SLACK
-        self.round.append(held)
-        self.owed = max(0, self.owed - 1)
-        if not self.owed:
-            self.ended.set()
-        self.sink(delivery)
+        self._add(delivery, headers)
+        if self.owed:
+            self.owed -= 1
+            if not self.owed:
+                self._request_ended()
+        self.poke.set()
+
+    def _add(self, delivery: Delivery, headers: Mapping[str, Any]) -> None:
+        """Add a message to the round; its send or deadline may make it due."""
+        if not self.round:
+            self.due = None
+            if self.batch_timeout is not None:
+                sent_at = delivery.sent_at or time.time()
+                self.due = sent_at + self.batch_timeout - SLACK
+                self.due_reason = "timeout"
+        self.round.append(delivery)
+        value = headers.get(BATCH_DEADLINE_LABEL)
+        ms = None if value is None else deadline_ms({BATCH_DEADLINE_LABEL: value})
+        if ms is not None and (self.due is None or ms / 1000 - SLACK < self.due):
+            self.due = ms / 1000 - SLACK
+            self.due_reason = "deadline"
+
+    def _request_ended(self) -> None:
+        self.owed = 0
+        self.ended = self.status != "409"  # a refused one never held the slot
+        self.poke.set()
 
     def owns(self, held: Any) -> bool:
         """Whether ``held`` is one of this reader's messages."""
         return isinstance(held, Unsettled) and self.held.get(held.sequence) is held
 
     def unhold(self, held: Unsettled) -> None:
-        """Settled: once the whole round is, the next request may go."""
+        """Settled (acked, nak'ed or forgotten by the worker)."""
         if self.held.get(held.sequence) is held:
             del self.held[held.sequence]
-            if not any(one.sequence in self.held for one in self.round):
-                self.settled.set()
-
-    async def _ask(self) -> float:
-        """Send the round's next request; its expiry in seconds (0: none sent)."""
-        expires = IDLE_EXPIRES
-        if self.round and self.due is not None:
-            expires = self.due - time.time()
-        if expires <= 0.001:
-            return 0.0
-        self.serial += 1
-        self.owed = self.batch_size - len(self.round)
-        self.status = None
-        self.ended.clear()
-        self.free.clear()
-        body = {"batch": self.owed, "expires": int(expires * 1e9)}
-        await self.client.publish(
-            self.api, json.dumps(body).encode(), reply=f"{self._inbox}.{self.serial}"
-        )
-        return expires
-
-    def _complete(self) -> bool:
-        """Whether the round is a batch: full, or its deadline passed."""
-        if len(self.round) >= self.batch_size:
-            return True
-        return bool(self.round) and self.due is not None and self.due <= time.time()
 
     async def _loop(self) -> None:
-        while True:
+        # Until stopped: Python 3.11's wait_for may swallow the cancellation.
+        while self._task is not None:
             try:
                 await self._step()
             except Exception as exc:  # a lost connection: ask again later
                 logger.warning(
                     "taskiq_batching: NATS lease request failed: %s", describe(exc)
                 )
+                self.owed = 0
                 await asyncio.sleep(MARGIN)
 
     async def _step(self) -> None:
-        """One request of the round, or the hand-off of a finished round."""
-        if self._complete():
-            await self._hand_off()
-            return
-        expires = await self._ask()
-        if not expires:
-            return
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.ended.wait(), expires + MARGIN)
-        if not self.ended.is_set():
-            self.owed = 0  # no end came (a reconnection): ask again
-        if self.status == "409":
-            await self._wait_free()
+        """Hand over a round due; let the slot go; wait, or ask."""
+        self.poke.clear()
+        now = time.time()
+        if self.round and (
+            len(self.round) >= self.target or (self.due is not None and self.due <= now)
+        ):
+            self._hand_over()
+        if self.owed and now >= self.ends_at:
+            self._request_ended()  # no end came (a reconnection): ask again
+        if self.ended and not self.owed and not self.wanted:
+            self.ended = False
+            await self.client.publish(self.free_subject, b"")
+        if self.owed:
+            await self._sleep(_sooner(self._until_due(now), self.ends_at - now))
+        elif self.status == "409":
+            self.status = None
+            await self._wait_free(now)
+        elif self.wanted:
+            await self._ask(now)
+        else:
+            await self._sleep(self._until_due(now))
 
-    async def _hand_off(self) -> None:
-        """Let the slot go, say so, wait until the round is settled."""
-        self.settled.clear()
-        await self.client.publish(self.free_subject, b"")
-        if any(one.sequence in self.held for one in self.round):
-            await self.settled.wait()
+    def _hand_over(self) -> None:
+        """The round is a batch: ready for the worker's next take."""
+        full = len(self.round) >= self.target
+        reason = "size" if full else self.due_reason
+        self.ready.append(TakenBatch(NO_KEY, self.round, reason))
         self.round = []
         self.due = None
+        self.target = self.batch_size
+        self.wanted = False
+        self.wake()
 
-    async def _wait_free(self) -> None:
-        """Refused: wait for the holder's word, the idle wait, or our due."""
-        wait = IDLE_EXPIRES
+    def _until_due(self, now: float) -> float | None:
+        if not self.round or self.due is None:
+            return None
+        return max(self.due - now, 0.0)
+
+    async def _sleep(self, seconds: float | None) -> None:
+        """Until poked (a message, a request's end, a take) or ``seconds``."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.poke.wait(), seconds)
+
+    async def _ask(self, now: float) -> None:
+        """Send the round's next request, expiring at the round's deadline."""
+        expires = IDLE_EXPIRES
         if self.round and self.due is not None:
-            wait = min(wait, max(0.0, self.due - time.time()))
+            expires = self.due - now
+            if expires <= 0.001:
+                await self._sleep(max(expires, 0.0))  # due: handed over next
+                return
+        self.serial += 1
+        self.owed = self.target - len(self.round)
+        self.ends_at = now + expires + MARGIN
+        self.status = None
+        self.ended = False
+        self.free.clear()
+        body = {"batch": self.owed, "expires": int(expires * 1e9)}
+        await self.client.publish(
+            self.api, json.dumps(body).encode(), reply=f"{self._inbox}.{self.serial}"
+        )
+
+    async def _wait_free(self, now: float) -> None:
+        """Refused: wait for the holder's word, the idle wait, or our due."""
+        wait = _sooner(IDLE_EXPIRES, self._until_due(now))
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.free.wait(), wait)
 
-    async def stop(self) -> None:
-        """Stop asking; let the slot go; unsubscribe."""
+    async def stop(self) -> list[Delivery]:
+        """Stop asking; let the slot go; unsubscribe.
+
+        :return: what was received and never handed to the worker (to nak).
+        """
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -223,6 +284,17 @@ class LeaseReader:
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+        left = [d for batch in self.ready for d in batch.deliveries] + self.round
+        self.ready.clear()
+        self.round = []
+        return left
+
+
+def _sooner(first: float | None, second: float | None) -> float | None:
+    """The shorter of two waits (None: no bound)."""
+    if first is None:
+        return second
+    return first if second is None else min(first, second)
 
 
 def _sent_at(message: Any, headers: Any) -> float | None:

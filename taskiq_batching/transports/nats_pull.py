@@ -180,11 +180,6 @@ class Pull:
         self.unread.append(Delivery(message.data, held, sent_at=sent_at))
         self.arrived.set()
 
-    def deliver(self, delivery: Delivery) -> None:
-        """Add a delivery another reader received (a lease's), to be read here."""
-        self.unread.append(delivery)
-        self.arrived.set()
-
     def take(self, limit: int) -> list[Delivery]:
         """Up to ``limit`` messages received and not read yet."""
         unread = self.unread

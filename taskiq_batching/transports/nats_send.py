@@ -28,6 +28,7 @@ from taskiq import BrokerMessage
 from taskiq_batching.error_texts import describe
 from taskiq_batching.errors import SendManyError
 from taskiq_batching.spec import BatchSpec
+from taskiq_batching.transports.base import per_worker_reason
 from taskiq_batching.transports.nats_lease import task_token
 
 #: Messages published at once by ``kiq_many`` (each waits for its ack).
@@ -83,8 +84,12 @@ class NatsBatchSender:
         self._lock = asyncio.Lock()  # concurrent first sends make it once
 
     def serves(self, spec: BatchSpec) -> bool:
-        """Every batched task: a worker that waits in the broker reads them all."""
-        return True
+        """Whether a batched task waits in the broker (not when ``per_worker_reason``).
+
+        :param spec: the task.
+        :return: False for a task each worker buffers (sent the plain way).
+        """
+        return per_worker_reason(spec) is None
 
     async def send(
         self,

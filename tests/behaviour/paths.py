@@ -25,9 +25,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import nats
 import pytest
-from nats.js.errors import NotFoundError
 from redis.asyncio import Redis
 from taskiq import (
     AckableMessage,
@@ -47,6 +45,7 @@ from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend, RedisStreamBr
 from taskiq_batching import BatchingMiddleware
 from taskiq_batching.transports import Delivery, Transport, transport_for
 from taskiq_batching.worker.decode import decode
+from tests.behaviour.nats_streams import delete_streams, sweep_stale
 from tests.helpers import QueueBroker, running_worker
 
 PATHS = ["inmemory", "generic", "redis-stream", "redis-list", "nats"]
@@ -192,8 +191,8 @@ class Path:
     broker: AsyncBroker
     journal: Journal
     acks: bool
-    #: Batched messages wait in the broker (``wait_in_broker``, a Redis
-    #: path): nothing forms in the worker's buffers (docs/fleet.md).
+    #: Batched messages wait in the broker (``wait_in_broker``, a Redis or
+    #: NATS path): nothing forms in the worker's buffers (docs/fleet.md).
     waits_in_broker: bool = False
 
     @property
@@ -223,6 +222,7 @@ async def open_path(
         broker.with_result_backend(InmemoryResultBackend(max_stored_results=-1))
     elif name == "nats":
         assert nats_url is not None
+        await sweep_stale(nats_url)
         broker = PullBasedJetStreamBroker(
             nats_url, subject=f"{queue}.tasks", stream_name=queue, durable=queue
         )
@@ -263,7 +263,7 @@ async def open_path(
         broker,
         journal,
         acks=name in ("generic", "redis-stream", "nats"),
-        waits_in_broker=bool(wait) and name.startswith("redis"),
+        waits_in_broker=bool(wait) and (name.startswith("redis") or name == "nats"),
     )
     try:
         yield path
@@ -276,15 +276,9 @@ async def open_path(
                 if keys:
                     await redis.delete(*keys)
         if nats_url is not None and name == "nats":
-            client = await nats.connect(nats_url)
-            try:
-                # The batch stream too (``wait_in_broker``: made by the
-                # worker or the producer).
-                for stream in (queue, f"{queue}-batch"):
-                    with contextlib.suppress(NotFoundError):  # never made
-                        await client.jetstream().delete_stream(stream)
-            finally:
-                await client.close()
+            # The batch stream too (``wait_in_broker``: made by the worker
+            # or the producer).
+            await delete_streams(nats_url, queue)
 
 
 @contextlib.asynccontextmanager

@@ -125,3 +125,24 @@ async def test_messages_the_stream_refuses_are_reported_not_sent(
         await collect.kiq_many(range(5))
     error = raised.value
     assert (error.sent, error.not_sent, error.unknown) == ([0, 1, 2], [3, 4], [])
+
+
+async def test_a_task_each_worker_buffers_is_sent_the_plain_way(
+    producer: PullBasedJetStreamBroker,
+) -> None:
+    """``batch_min_size`` is about one worker's buffer: not waiting in the broker."""
+
+    @batch_task(
+        producer,
+        task_name="patient",
+        batch_size=10,
+        batch_timeout=1,
+        batch_min_size=5,
+        batch_max_wait=2,
+    )
+    async def patient(items: list[int]) -> list[int]:
+        return items
+
+    await patient.kiq(1)
+    on_main = await stored(producer, producer.stream_name)
+    assert [producer.formatter.loads(m.data).task_name for m in on_main] == ["patient"]

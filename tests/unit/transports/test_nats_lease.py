@@ -1,8 +1,8 @@
-"""The NATS lease reader (``wait_in_broker``) on a fake client: its requests.
+"""The NATS lease reader (``wait_in_broker``) on a fake client: requests, rounds.
 
 The fake records every publish; messages, statuses and the ``free`` word
 are handed to the subscriptions' callbacks by the test, and each step
-waits for the reader's next publish (no server, no sleeps).
+waits for the reader's next publish or its wake (no server, no sleeps).
 """
 
 import asyncio
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.base import TakenBatch
 from taskiq_batching.transports.nats_lease import IDLE_EXPIRES, LeaseReader
 from taskiq_batching.transports.nats_pull import SENT_AT
 
@@ -60,13 +60,19 @@ class Client:
         self.changed.clear()
         await asyncio.wait_for(self.changed.wait(), 5)
 
-    async def message(self, sequence: int, sent_at: float, delivered: int = 1) -> None:
+    async def message(
+        self,
+        sequence: int,
+        sent_at: float,
+        delivered: int = 1,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         reply = f"$JS.ACK.s-batch.d-b-x.{delivered}.{sequence}.{sequence}.1.0"
         msg = SimpleNamespace(
             subject="t.batch.x",
             reply=reply,
             data=b"m",
-            headers={SENT_AT: repr(sent_at)},
+            headers={SENT_AT: repr(sent_at), **(headers or {})},
         )
         await self.callbacks["_INBOX.t.*"](msg)
 
@@ -77,14 +83,27 @@ class Client:
         await self.callbacks["_INBOX.t.*"](msg)
 
 
+class Setup:
+    """A reader of a task with ``batch_size=3, batch_timeout=0.5`` on the fake."""
+
+    def __init__(self) -> None:
+        self.client = Client()
+        self.woken = asyncio.Event()
+        self.reader = LeaseReader(self.client, API, "d-b-x", 3, 0.5, self.woken.set)
+
+    async def ready(self) -> list[TakenBatch]:
+        """Wait for a round to be handed over; take it (the worker's take)."""
+        await asyncio.wait_for(self.woken.wait(), 5)
+        self.woken.clear()
+        return self.reader.take(1)
+
+
 @pytest.fixture
-async def setup() -> AsyncIterator[tuple[Client, LeaseReader, list[Delivery]]]:
-    client = Client()
-    got: list[Delivery] = []
-    reader = LeaseReader(client, API, "d-b-x", 3, 0.5, got.append)
-    await reader.start()
-    yield client, reader, got
-    await reader.stop()
+async def setup() -> AsyncIterator[Setup]:
+    made = Setup()
+    await made.reader.start()
+    yield made
+    await made.reader.stop()
 
 
 async def first_request(client: Client) -> None:
@@ -92,57 +111,112 @@ async def first_request(client: Client) -> None:
         await client.next_publish()
 
 
+async def test_nothing_is_asked_until_the_worker_takes(setup: Setup) -> None:
+    await asyncio.sleep(0)
+    assert setup.client.requests() == []  # no room said: no lease taken
+    assert setup.reader.take(1) == []
+    await first_request(setup.client)
+    assert setup.client.requests() == [{"batch": 3, "expires": int(IDLE_EXPIRES * 1e9)}]
+
+
 async def test_a_round_asks_for_what_completes_it_until_its_deadline(
-    setup: tuple[Client, LeaseReader, list[Delivery]],
+    setup: Setup,
 ) -> None:
-    client, _, got = setup
+    client, reader = setup.client, setup.reader
+    reader.take(1)
     await first_request(client)
-    assert client.requests() == [{"batch": 3, "expires": int(IDLE_EXPIRES * 1e9)}]
     sent = time.time()
     await client.message(1, sent)
-    assert [d.sent_at for d in got] == [sent]  # the original send, moved along
+    assert [d.sent_at for d in reader.round] == [sent]  # the original send
     await client.status("408", 1)  # the idle request ended
     await client.next_publish()
     second = client.requests()[-1]
     assert second["batch"] == 2
     assert 0 < second["expires"] <= 0.5e9  # the first message's deadline
+    await client.status("408", 2)
+    [due] = await setup.ready()  # handed over at its deadline, from the send
+    assert (due.reason, len(due.deliveries)) == ("timeout", 1)
+    assert time.time() >= sent + 0.5 - 0.01
 
 
-async def test_a_full_round_lets_the_slot_go_and_asks_again_once_settled(
-    setup: tuple[Client, LeaseReader, list[Delivery]],
+async def test_a_full_round_is_taken_whole_and_lets_the_slot_go(
+    setup: Setup,
 ) -> None:
-    client, reader, got = setup
+    client, reader = setup.client, setup.reader
+    reader.take(1)
     await first_request(client)
     for sequence in (1, 2, 3):
         await client.message(sequence, time.time())
-    await client.next_publish()
-    assert (client.frees(), len(client.requests())) == (1, 1)
-    reader.unhold(got[0].handle)
-    reader.unhold(got[1].handle)
-    reader.unhold(got[2].handle)  # its batch ran: the next round may start
+    [full] = await setup.ready()
+    assert (full.reason, [d.handle.sequence for d in full.deliveries]) == (
+        "size",
+        [1, 2, 3],
+    )
+    while not client.frees():
+        await client.next_publish()
+    # No more rounds until the worker has room again (it takes again).
+    assert len(client.requests()) == 1
+    assert reader.take(1) == []
     await client.next_publish()
     assert client.requests()[-1] == {"batch": 3, "expires": int(IDLE_EXPIRES * 1e9)}
 
 
-async def test_a_refused_request_waits_for_the_free_word(
-    setup: tuple[Client, LeaseReader, list[Delivery]],
-) -> None:
-    client, _, _ = setup
+async def test_a_short_remainder_asks_for_what_it_lacks(setup: Setup) -> None:
+    client, reader = setup.client, setup.reader
+    reader.take(1, need=1)
+    await first_request(client)
+    assert client.requests()[-1]["batch"] == 1
+    await client.message(1, time.time())
+    [round_] = await setup.ready()
+    assert (round_.reason, len(round_.deliveries)) == ("size", 1)
+
+
+async def test_a_batch_deadline_makes_the_round_due_by_it(setup: Setup) -> None:
+    client, reader = setup.client, setup.reader
+    reader.take(1)
+    await first_request(client)
+    await client.message(1, time.time())
+    await client.message(2, time.time(), headers={"batch_deadline": "0"})
+    # Due at once, while its request still waits: handed over.
+    [due] = await setup.ready()
+    assert (due.reason, len(due.deliveries)) == ("deadline", 2)
+    # The request goes on: what it brings opens the next round.
+    await client.message(3, time.time())
+    assert [d.handle.sequence for d in reader.round] == [3]
+
+
+async def test_a_refused_request_waits_for_the_free_word(setup: Setup) -> None:
+    client, reader = setup.client, setup.reader
+    reader.take(1)
     await first_request(client)
     await client.status("409", 1)
     await asyncio.sleep(0)  # the reader takes the refusal (it asks nothing)
     assert len(client.requests()) == 1
+    assert client.frees() == 0  # it never held the slot
     await client.callbacks[FREE](SimpleNamespace(data=b""))
     await client.next_publish()
     assert len(client.requests()) == 2
 
 
-async def test_a_message_delivered_again_while_held_is_not_delivered_twice(
-    setup: tuple[Client, LeaseReader, list[Delivery]],
+async def test_a_message_delivered_again_while_held_is_not_taken_twice(
+    setup: Setup,
 ) -> None:
-    client, _, got = setup
+    client, reader = setup.client, setup.reader
+    reader.take(1)
     await first_request(client)
     await client.message(1, time.time())
     await client.message(1, time.time(), delivered=2)
-    assert len(got) == 1
-    assert got[0].handle.reply.startswith("$JS.ACK.s-batch.d-b-x.2.")
+    assert len(reader.round) == 1
+    assert reader.round[0].handle.reply.startswith("$JS.ACK.s-batch.d-b-x.2.")
+
+
+async def test_a_stop_gives_what_the_worker_never_took(setup: Setup) -> None:
+    client, reader = setup.client, setup.reader
+    reader.take(1)
+    await first_request(client)
+    for sequence in (1, 2, 3, 4):
+        await client.message(sequence, time.time())
+    await asyncio.wait_for(setup.woken.wait(), 5)
+    left = await reader.stop()
+    assert sorted(d.handle.sequence for d in left) == [1, 2, 3, 4]
+    assert reader.take(1) == []
