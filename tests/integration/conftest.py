@@ -3,7 +3,9 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import aio_pika
 import pytest
+from aio_pika.abc import AbstractChannel
 from redis.asyncio import Redis
 
 from tests.integration.workers import Worker
@@ -37,6 +39,29 @@ def queue_prefix() -> str:
 @pytest.fixture
 def queue(queue_prefix: str) -> str:
     return f"{queue_prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def extra_queues(queue: str) -> list[str]:
+    """More RabbitMQ queues a module's tests make, deleted with the test's."""
+    return []
+
+
+@pytest.fixture
+async def channel(
+    rabbitmq_url: str, queue: str, extra_queues: list[str]
+) -> AsyncIterator[AbstractChannel]:
+    """A channel to observe the test's RabbitMQ queues; deletes them afterwards."""
+    connection = await aio_pika.connect(rabbitmq_url)
+    try:
+        yield await connection.channel()
+        # A passive declare of a missing queue closes the channel: a fresh one.
+        cleanup = await connection.channel()
+        for name in (queue, f"{queue}.dead_letter", *extra_queues):
+            await cleanup.queue_delete(name)
+        await cleanup.exchange_delete(queue)
+    finally:
+        await connection.close()
 
 
 @pytest.fixture

@@ -9,11 +9,10 @@ import asyncio
 import json
 import subprocess
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel
 from redis.asyncio import Redis
@@ -28,19 +27,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 @pytest.fixture
 def queue_prefix() -> str:
     return "tb-amqp-lost"
-
-
-@pytest.fixture
-async def channel(rabbitmq_url: str, queue: str) -> AsyncIterator[AbstractChannel]:
-    """A channel to observe the test's queue; deletes its names afterwards."""
-    connection = await aio_pika.connect(rabbitmq_url)
-    observer = await connection.channel()
-    yield observer
-    cleanup = await connection.channel()
-    await cleanup.queue_delete(queue)
-    await cleanup.queue_delete(f"{queue}.dead_letter")
-    await cleanup.exchange_delete(queue)
-    await connection.close()
 
 
 @pytest.fixture

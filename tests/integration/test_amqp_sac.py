@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel
 from redis.asyncio import Redis
@@ -40,16 +39,8 @@ def queue_prefix() -> str:
 
 
 @pytest.fixture
-async def channel(rabbitmq_url: str, queue: str) -> AsyncIterator[AbstractChannel]:
-    """A channel to observe the test's queues; deletes them afterwards."""
-    connection = await aio_pika.connect(rabbitmq_url)
-    observer = await connection.channel()
-    yield observer
-    cleanup = await connection.channel()
-    for name in (queue, f"{queue}.dead_letter", batch_queue_name(queue, "collect")):
-        await cleanup.queue_delete(name)
-    await cleanup.exchange_delete(queue)
-    await connection.close()
+def extra_queues(queue: str) -> list[str]:
+    return [batch_queue_name(queue, "collect")]
 
 
 async def ready(channel: AbstractChannel, name: str) -> int:
