@@ -17,6 +17,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.timeout(6
 #: Most seconds from ``kiq`` to the stored result of a plain task (and of a
 #: batched task, on top of its batch_timeout) while another task is stuck.
 LATENCY_BUDGET = 1.0
+#: Values of the extra argument in the bounds test: one buffer per value and
+#: task, far more than any bound (it was 100: as telling, for more time).
+KEYS = 40
 
 
 async def test_a_slow_batched_task_delays_neither_plain_tasks_nor_other_batches(
@@ -83,8 +86,9 @@ async def test_batch_calls_running_at_once_stay_within_their_bounds(
     producer: Producer,
     start_worker: StartWorker,
 ) -> None:
-    """Finding 9: 3,000 messages of two batched tasks over 100 values of an
-    extra argument (200 buffers), all queued before the worker starts. The
+    """Finding 9: 1,200 messages of two batched tasks over ``KEYS`` (40)
+    values of an extra argument (80 buffers, five times the process's
+    default bound), all queued before the worker starts. The
     batch calls running at once, counted inside the functions, never exceed
     the task's ``batch_concurrency`` (default 1) nor the process's
     ``BatchingMiddleware(max_concurrent_batches=...)`` (default 16); every
@@ -101,7 +105,7 @@ async def test_batch_calls_running_at_once_stay_within_their_bounds(
     # Items n * 1000 + key, 15 per key and task, in runs of 5 per key: most
     # buffers are partial when the worker's bound makes them flush at once.
     for run in range(3):
-        for key in range(100):
+        for key in range(KEYS):
             items = [n * 1000 + key for n in range(5 * run, 5 * run + 5)]
             sent += await send(broker, "bounded_a", items, key=key)
             sent += await send(broker, "bounded_b", items, key=key)
@@ -120,7 +124,7 @@ async def test_batch_calls_running_at_once_stay_within_their_bounds(
     got = await results(sent, 20, "every result")
     errors = [value.error for value in got if value.is_err]
     print(
-        f"\n{len(sent)} messages, 200 buffers, bounds (process {bound_all}, "
+        f"\n{len(sent)} messages, {2 * KEYS} buffers, bounds (process {bound_all}, "
         f"task {bound_task}): most batch calls at once {seen}; all processed in "
         f"{took:.1f} s; {len(errors)} error(s)"
     )

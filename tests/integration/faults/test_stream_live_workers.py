@@ -104,13 +104,13 @@ async def test_a_live_workers_held_entries_are_not_run_by_its_sibling(
     producer: Producer,
     start_worker: StartWorker,
 ) -> None:
-    """``taskiq worker --workers 2 --max-async-tasks 1``: a plain task of 10 s
+    """``taskiq worker --workers 2 --max-async-tasks 1``: a plain task of 5 s
     and 16 items, read at once by one process. Its Receiver runs the plain
-    task (its only slot busy, so it pulls nothing for 10 s) while it batches
-    the items, holding the last ones for 7 s; its sibling sweeps for entries
-    idle over 2 s all along. Every item runs exactly once, and the plain
-    task once."""
-    config = stream_config(redis_url, TB_PLAIN_DELAY="10")
+    task (its only slot busy, so it pulls nothing for 5 s) while it batches
+    the items in batches of 0.5 s, holding the last ones for 3.5 s; its
+    sibling sweeps for entries idle over 2 s all along. Every item runs
+    exactly once, and the plain task once."""
+    config = stream_config(redis_url, TB_PLAIN_DELAY="5", TB_BATCH_DELAY="0.5")
     broker = await producer(config)
     await send(broker, "slow_plain", [0])
     await send(broker, "collect", list(range(16)))  # all there for one read
@@ -125,8 +125,8 @@ async def test_a_live_workers_held_entries_are_not_run_by_its_sibling(
     counted = await runs(redis, queue)
     plain = int(await redis.get(f"{queue}:plain_runs") or 0)
     print(
-        f"\n--workers 2, idle_timeout {IDLE_MS} ms, 16 items held up to ~7 s and "
-        f"a plain task of 10 s: {len(counted)}/16 ran, {twice(counted)} more "
+        f"\n--workers 2, idle_timeout {IDLE_MS} ms, 16 items held up to ~3.5 s "
+        f"and a plain task of 5 s: {len(counted)}/16 ran, {twice(counted)} more "
         f"than once ({sum(counted.values())} runs); the plain task ran {plain} "
         f"time(s); all done {took:.1f} s after it started"
     )
