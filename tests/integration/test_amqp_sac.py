@@ -237,9 +237,9 @@ async def test_kill_9_of_the_active_consumer_loses_nothing(
     consumer); after it, the other one runs what was unacked, and every
     item's batch ends.
     """
-    workers = [start_worker(batch_size=10, batch_timeout=0.3, batch_delay=1.0)]
+    workers = [start_worker(batch_size=10, batch_timeout=0.3, batch_delay=0.3)]
     await wait_for_consumers(channel, queue, 1)
-    workers.append(start_worker(batch_size=10, batch_timeout=0.3, batch_delay=1.0))
+    workers.append(start_worker(batch_size=10, batch_timeout=0.3, batch_delay=0.3))
     await wait_for_consumers(channel, queue, 2)
     task = producer
     count = 100
