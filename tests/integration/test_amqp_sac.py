@@ -26,7 +26,7 @@ from taskiq.kicker import AsyncKicker
 from taskiq_batching.transports.amqp_batches import batch_queue_name
 from tests.integration.app_brokers import amqp_broker
 from tests.integration.stream_batches import declare
-from tests.integration.workers import Worker, eventually
+from tests.integration.workers import Fleet, Worker, eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -61,28 +61,18 @@ def start_worker(
     channel: AbstractChannel,  # set up first, so torn down after the workers
     tmp_path: Path,
 ) -> Iterator[StartWorker]:
-    workers: list[Worker] = []
-
-    def start(args: Sequence[str] = (), **settings: object) -> Worker:
-        env = {
+    fleet = Fleet(
+        APP,
+        {
             "RABBITMQ_URL": rabbitmq_url,
             "REDIS_URL": redis_url,
             "TB_QUEUE": queue,
             "TB_WAIT_IN_BROKER": "1",
-            **{f"TB_{name.upper()}": str(value) for name, value in settings.items()},
-        }
-        worker = Worker(
-            env,
-            tmp_path / f"worker-{len(workers)}.log",
-            app=APP,
-            args=("--ack-type", "when_saved", *args),
-        )
-        workers.append(worker)
-        return worker
-
-    yield start
-    for worker in workers:
-        worker.kill9()
+        },
+        tmp_path,
+    )
+    yield fleet.start
+    fleet.kill_all()
 
 
 @pytest.fixture

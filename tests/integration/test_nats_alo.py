@@ -28,7 +28,7 @@ from taskiq.kicker import AsyncKicker
 
 from taskiq_batching import batch_task
 from tests.integration.nats_alo_app import make_broker
-from tests.integration.workers import Worker, eventually
+from tests.integration.workers import Fleet, Worker, eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -61,29 +61,19 @@ StartWorker = Callable[..., Worker]
 def start_worker(
     nats_url: str, redis_url: str, stream: str, tmp_path: Path
 ) -> Iterator[StartWorker]:
-    workers: list[Worker] = []
+    fleet = Fleet(
+        APP,
+        {"NATS_URL": nats_url, "REDIS_URL": redis_url, "TB_QUEUE": stream},
+        tmp_path,
+    )
 
     def start(
         args: Sequence[str] = (), url: str = nats_url, **settings: object
     ) -> Worker:
-        env = {
-            "NATS_URL": url,
-            "REDIS_URL": redis_url,
-            "TB_QUEUE": stream,
-            **{f"TB_{name.upper()}": str(value) for name, value in settings.items()},
-        }
-        worker = Worker(
-            env,
-            tmp_path / f"worker-{len(workers)}.log",
-            app=APP,
-            args=("--ack-type", "when_saved", *args),
-        )
-        workers.append(worker)
-        return worker
+        return fleet.start(args, {"NATS_URL": url}, **settings)
 
     yield start
-    for worker in workers:
-        worker.kill9()
+    fleet.kill_all()
 
 
 async def consumer(nats_url: str, stream: str) -> ConsumerInfo:

@@ -103,3 +103,50 @@ class Worker:
     def crashes(self) -> int:
         """How many times its worker child process died and was restarted."""
         return self.log.read_text(errors="replace").count("Process worker-0:")
+
+
+class Fleet:
+    """The worker processes of one test: one app, each with its own log.
+
+    :param app: the ``module:broker`` every worker runs.
+    :param env: the variables every worker gets (services, queue).
+    :param logs: where each worker's log goes (``worker-<n>.log``).
+    """
+
+    def __init__(self, app: str, env: dict[str, str], logs: Path) -> None:
+        self.app = app
+        self.env = env
+        self.logs = logs
+        self.workers: list[Worker] = []
+
+    def start(
+        self,
+        args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        **settings: object,
+    ) -> Worker:
+        """Start one more worker, acking when saved.
+
+        :param args: more ``taskiq worker`` options.
+        :param env: variables of this worker only (another server's URL).
+        :param settings: ``TB_<NAME>`` variables of the app (batch_size=10 ...).
+        :return: the worker.
+        """
+        env = {
+            **self.env,
+            **(env or {}),
+            **{f"TB_{name.upper()}": str(value) for name, value in settings.items()},
+        }
+        worker = Worker(
+            env,
+            self.logs / f"worker-{len(self.workers)}.log",
+            app=self.app,
+            args=("--ack-type", "when_saved", *args),
+        )
+        self.workers.append(worker)
+        return worker
+
+    def kill_all(self) -> None:
+        """kill -9 of every worker still running (a test's teardown)."""
+        for worker in self.workers:
+            worker.kill9()
