@@ -94,12 +94,21 @@ class Pending:
 
         :param handles: the entries, ``(stream, id)`` each.
         """
+        try:
+            await self._ack(handles)
+        finally:
+            # Only now: until Redis has the XACK, the entries are still
+            # pending, and a read of this consumer's pending entries
+            # (``interrupt``) or a sweep must not take them for unseen ones.
+            for handle in handles:
+                self.in_use.discard(handle)
+
+    async def _ack(self, handles: Sequence[Any]) -> None:
         by_stream: defaultdict[str, list[bytes]] = defaultdict(list)
         deleted: set[str] = set()
         for handle in handles:
             stream, entry_id = handle
             by_stream[stream].append(entry_id)
-            self.in_use.discard(handle)
             if isinstance(handle, TaskEntry):
                 deleted.add(stream)
         if len(by_stream) == 1 and not deleted:
@@ -140,6 +149,10 @@ class Pending:
         return claimed
 
     async def _page(self, stream: str, cursor: Any) -> tuple[Any, list[Delivery]]:
+        # Taken before the claim: an entry this worker acks meanwhile stays
+        # in ``in_use`` until Redis has the XACK, so one missing here was
+        # not this worker's to run.
+        held = set(self.in_use)
         reply = await self.redis.xautoclaim(
             stream,
             self.group,
@@ -151,7 +164,7 @@ class Pending:
         page: list[Delivery] = []
         for entry_id, fields in reply[1]:
             entry = (stream, entry_id)
-            if entry in self.in_use:
+            if entry in held:
                 continue  # still ours, held in a batch or by the Receiver
             data = fields.get(b"data") if fields else None
             if data is None:  # deleted from the stream meanwhile

@@ -230,8 +230,11 @@ class StreamTransport(Consumer[Any], Sender):
         if not self.holding.leased:
             # Nothing was read yet; and the name may be another process's.
             return []
-        reply = await self.reads.read_pending(len(self._in_use) + self.count)
+        # Taken before the read: an entry acked meanwhile leaves ``_in_use``
+        # only once Redis has its XACK (``Pending.ack``), so whatever this
+        # read returns that is not known here was never seen.
         known = set(self._in_use)
+        reply = await self.reads.read_pending(len(known) + self.count)
         return [
             delivery
             for delivery in self._deliveries(reply)

@@ -385,6 +385,45 @@ async def test_interrupting_recovers_entries_a_cancelled_read_took(
     await broker.shutdown()
 
 
+class GatedXack:
+    """Holds every XACK of a client until ``gate`` opens: an ack in flight."""
+
+    def __init__(self, redis: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.real = redis.xack
+        self.sending = asyncio.Event()
+        self.gate = asyncio.Event()
+        monkeypatch.setattr(redis, "xack", self.xack)
+
+    async def xack(self, *args: Any) -> Any:
+        self.sending.set()
+        await self.gate.wait()
+        return await self.real(*args)
+
+
+async def test_an_entry_whose_ack_is_in_flight_is_not_recovered_at_a_stop(
+    fake: dict[str, Any], redis: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A plain task finishes (its ack sent, not yet done by Redis) just as
+    # the worker stops: the stop's read of this consumer's pending entries
+    # still finds its entry, which must not come back as never seen (it
+    # would run a second time as the Receiver's late delivery).
+    broker = stream_broker(fake, xread_block=2000)
+    transport = await started(broker)
+    await kick(broker, [b"running"])
+    (running,) = await transport.read(10)
+    gated = GatedXack(transport.client.redis, monkeypatch)
+    acking = asyncio.ensure_future(transport.ack([running.handle]))
+    await asyncio.wait_for(gated.sending.wait(), 5)
+    reading = asyncio.ensure_future(transport.read(10))
+    recovered = await asyncio.wait_for(transport.interrupt(reading), 5)
+    assert recovered == []
+    gated.gate.set()
+    await asyncio.wait_for(acking, 5)
+    assert await pending(redis) == 0
+    assert transport.outstanding == 0
+    await broker.shutdown()
+
+
 # --- acks -------------------------------------------------------------------------
 
 
@@ -536,6 +575,33 @@ async def test_reclaiming_never_returns_this_transports_own_entries(
     assert [d.data for d in claimed] == payloads(3, "dead")
     assert transport.outstanding == 7
     await transport.ack([d.handle for d in own + claimed])
+    assert await pending(redis) == 0
+    await broker.shutdown()
+
+
+async def test_an_idle_entry_whose_ack_is_in_flight_is_not_claimed(
+    fake: dict[str, Any], redis: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker = stream_broker(fake, idle_timeout=60_000)
+    transport = await started(broker)
+    await kick(broker, [b"held"])
+    (held,) = await transport.read(10)
+    # Held so long that it looks dead, and acked as the sweep runs.
+    await redis.xclaim(
+        "s",
+        GROUP,
+        transport.consumer,
+        min_idle_time=0,
+        message_ids=[held.handle[1]],
+        idle=600_000,
+        justid=True,
+    )
+    gated = GatedXack(transport.client.redis, monkeypatch)
+    acking = asyncio.ensure_future(transport.ack([held.handle]))
+    await asyncio.wait_for(gated.sending.wait(), 5)
+    assert await transport.reclaim() == []
+    gated.gate.set()
+    await asyncio.wait_for(acking, 5)
     assert await pending(redis) == 0
     await broker.shutdown()
 
