@@ -106,6 +106,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--keys", type=int, default=0, help="batch_key over K keys")
     parser.add_argument("--max-keys", type=int, default=0, help="batch_max_keys")
+    parser.add_argument(
+        "--batch-concurrency", type=int, default=0, help="batch_concurrency"
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     return parser.parse_args(argv)
 
@@ -171,6 +174,7 @@ async def _line(
         PATHS[path],
         args.keys,
         args.max_keys,
+        args.batch_concurrency,
     )
     _log(f"{name} ...")
     try:
@@ -178,9 +182,11 @@ async def _line(
         plain = path == "wait-plain"
         row = await measure(redis, s, workers, rate, args, log, plain)
     except Exception as exc:  # reported, the others go on
-        errors.append(f"{name}: {exc!r}")
+        # A wrapped error (SendTaskError) says little without its cause.
+        cause = f" from {exc.__cause__!r}" if exc.__cause__ else ""
+        errors.append(f"{name}: {exc!r}{cause}")
         where = traceback.extract_tb(exc.__traceback__)[-1]
-        _log(f"  FAILED: {exc!r} at {where.filename}:{where.lineno}")
+        _log(f"  FAILED: {exc!r}{cause} at {where.filename}:{where.lineno}")
         return None
     finally:
         await cleanup(redis, s)

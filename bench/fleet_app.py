@@ -57,6 +57,8 @@ class FleetSettings:
     keys: int = 0
     #: ``batch_max_keys`` (0: not set).
     max_keys: int = 0
+    #: ``batch_concurrency`` (0: not set, the default 1).
+    concurrency: int = 0
 
     def to_env(self) -> dict[str, str]:
         """The environment variables that describe these settings."""
@@ -129,6 +131,8 @@ def build(s: FleetSettings) -> FleetApp:
         keyed["batch_key"] = _key
     if s.max_keys:
         keyed["batch_max_keys"] = s.max_keys
+    if s.concurrency:
+        keyed["batch_concurrency"] = s.concurrency
     task = batch_task(
         broker,
         task_name=TASK_NAME,
