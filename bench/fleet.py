@@ -18,6 +18,17 @@ from which, once every result is in:
 * worker cpu s = CPU seconds of the fleet's processes from the first send
   to the last result (``/proc``).
 
+Issue 18 items 3 and 4 (``bench/fleet_run.py``, ``bench/fleet_rest.py``):
+``--drain M`` pre-loads M messages before the fleet starts (the rate shown
+is then the drain's, and the report puts both paths' drain rates and their
+ratio side by side); ``--idle S`` then lets the fleet rest S seconds,
+counting its broker commands per second per worker on the server
+(``bench/fleet_counts.py``), and sends plain tasks while batches wait
+(their send -> start); ``--keys K`` spreads the items over K keys
+(``batch_key``) and reports each key's fill against its own ideal, the
+worst and the mean (``bench/fleet_keys.py``); ``--max-keys`` sets
+``batch_max_keys``.
+
 ``--paths`` runs each line once per path in one run: ``today`` (each worker
 reads and buffers, ``BatchingMiddleware(wait_in_broker=False)``), ``wait``
 (batches wait in the broker where its transport can, ``wait_in_broker=True``)
@@ -42,25 +53,22 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 import uuid
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from redis.asyncio import Redis
-from taskiq.kicker import AsyncKicker
 
 from bench.brokers import AmqpQueue, NatsConsumer, unreachable
-from bench.fleet_app import BROKERS, TASK_NAME, FleetSettings, build
-from bench.fleet_report import markdown, row_line, summarize
-from bench.measure import count_existing, delete_prefix
-from bench.procs import ROOT, started, taskiq_worker_argv
+from bench.fleet_app import BROKERS, TASK_NAME, FleetSettings
+from bench.fleet_report import markdown, row_line
+from bench.fleet_run import measure
+from bench.measure import delete_prefix
+from bench.procs import ROOT
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
-#: Seconds between two sends of the producer (each sends what is due).
-TICK = 0.01
-#: Seconds between two polls for results.
-POLL = 0.1
 #: The paths ``--paths`` chooses from: ``wait_in_broker`` of each.
 #: ``wait-plain``: the workers wait in the broker, the producer is a plain
 #: taskiq kicker (no plugin), so the workers forward every message.
@@ -82,101 +90,27 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="today (per-worker buffers), wait, wait-plain (wait, sent by a "
         "plain taskiq kicker: the workers forward)",
     )
+    parser.add_argument(
+        "--drain",
+        type=int,
+        default=0,
+        help="pre-load M messages before the fleet starts (--rates unused); "
+        "the rate shown is the drain's: messages / (last - first batch start)",
+    )
+    parser.add_argument(
+        "--idle",
+        type=float,
+        default=0.0,
+        help="then rest S seconds (broker commands counted by the server), "
+        "then send plain tasks while batches wait",
+    )
+    parser.add_argument("--keys", type=int, default=0, help="batch_key over K keys")
+    parser.add_argument("--max-keys", type=int, default=0, help="batch_max_keys")
+    parser.add_argument(
+        "--batch-concurrency", type=int, default=0, help="batch_concurrency"
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     return parser.parse_args(argv)
-
-
-async def send(kiq: Any, rate: float, duration: float) -> tuple[list[str], float]:
-    """Send ``rate`` msg/s for ``duration`` s; the task_ids and the rate sent.
-
-    Every ``TICK`` the messages due by then go out concurrently, so a slow
-    broker makes the producer lag (the rate returned is the one achieved).
-    """
-    ids: list[str] = []
-    began = time.monotonic()
-    total = int(rate * duration)
-    while len(ids) < total:
-        due = min(total, int((time.monotonic() - began) * rate) + 1) - len(ids)
-        sent = await asyncio.gather(*(kiq(time.time()) for _ in range(due)))
-        ids.extend(one.task_id for one in sent)
-        await asyncio.sleep(TICK)
-    elapsed = time.monotonic() - began
-    return ids, len(ids) / max(elapsed, 1e-9)
-
-
-async def wait_results(
-    redis: Redis, keys: list[str], timeout: float, alive: Any
-) -> None:
-    """Wait until every result key exists; raise on timeout or a dead worker."""
-    deadline = time.monotonic() + timeout
-    while (found := await count_existing(redis, keys)) < len(keys):
-        if not alive():
-            raise RuntimeError(f"worker exited; {found} of {len(keys)} results")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{found} of {len(keys)} results in {timeout:.0f} s")
-        await asyncio.sleep(POLL)
-
-
-async def fetch(backend: Any, ids: list[str]) -> tuple[list[list[float]], int]:
-    """Every message's record, and how many results were errors."""
-    records: list[list[float]] = []
-    errors = 0
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        results = await asyncio.gather(*(backend.get_result(i) for i in chunk))
-        for result in results:
-            if result.is_err:
-                errors += 1
-            else:
-                records.append([float(value) for value in result.return_value])
-    return records, errors
-
-
-async def wait_ready(redis: Redis, s: FleetSettings, workers: int, proc: Any) -> None:
-    """Wait until every worker process ran its startup (bounded)."""
-    deadline = time.monotonic() + 120
-    while int(await redis.get(s.ready_key()) or 0) < workers:
-        if not proc.alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"fleet did not start:\n{proc.output()}")
-        await asyncio.sleep(POLL)
-    await asyncio.sleep(1.0)  # startup ends just before each process reads
-
-
-async def measure(
-    redis: Redis,
-    s: FleetSettings,
-    workers: int,
-    rate: float,
-    args: Any,
-    log: Path,
-    plain: bool = False,
-) -> dict[str, Any]:
-    """One fleet: start it, send (``plain``: with taskiq's own kicker), summarize."""
-    app = build(s)
-    kiq = AsyncKicker(TASK_NAME, app.broker, {}).kiq if plain else app.task.kiq
-    argv = taskiq_worker_argv("bench.fleet_app:broker", workers)
-    with started(argv, s.to_env(), log, f"{s.broker}-{workers}") as proc:
-        await wait_ready(redis, s, workers, proc)
-        await app.broker.startup()
-        try:
-            cpu_before = proc.cpu_seconds()
-            ids, sent_rate = await send(kiq, rate, args.duration)
-            keys = [f"{s.queue}:{task_id}" for task_id in ids]
-            timeout = 60 + 10 * s.batch_timeout
-            await wait_results(redis, keys, timeout, proc.alive)
-            cpu_seconds = proc.cpu_seconds() - cpu_before
-            records, errors = await fetch(app.broker.result_backend, ids)
-        finally:
-            await app.broker.shutdown()
-    slack = args.slack_ms / 1000
-    figures = summarize(records, s.batch_size, s.batch_timeout, sent_rate, slack)
-    return {
-        **figures,
-        "rate": rate,
-        "sent_rate": sent_rate,
-        "errors": errors,
-        "cpu_s": cpu_seconds,
-    }
 
 
 async def cleanup(redis: Redis, s: FleetSettings) -> None:
@@ -208,7 +142,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             if why:
                 errors.append(f"{broker} skipped: {why}")
                 continue
-            for rate in [float(r) for r in args.rates.split(",")]:
+            rates = [0.0] if args.drain else [float(r) for r in args.rates.split(",")]
+            for rate in rates:
                 for workers in [int(n) for n in args.workers_list.split(",")]:
                     for path in args.paths.split(","):
                         line = (broker, rate, workers, path)
@@ -231,7 +166,15 @@ async def _line(
     name = f"{broker}-n{workers}-r{rate:.0f}-{path}"
     queue = f"tbbench-fleet-{run_id}-{name}"
     s = FleetSettings(
-        url, queue, broker, args.batch_size, args.batch_timeout, PATHS[path]
+        url,
+        queue,
+        broker,
+        args.batch_size,
+        args.batch_timeout,
+        PATHS[path],
+        args.keys,
+        args.max_keys,
+        args.batch_concurrency,
     )
     _log(f"{name} ...")
     try:
@@ -239,8 +182,11 @@ async def _line(
         plain = path == "wait-plain"
         row = await measure(redis, s, workers, rate, args, log, plain)
     except Exception as exc:  # reported, the others go on
-        errors.append(f"{name}: {exc!r}")
-        _log(f"  FAILED: {exc!r}")
+        # A wrapped error (SendTaskError) says little without its cause.
+        cause = f" from {exc.__cause__!r}" if exc.__cause__ else ""
+        errors.append(f"{name}: {exc!r}{cause}")
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        _log(f"  FAILED: {exc!r}{cause} at {where.filename}:{where.lineno}")
         return None
     finally:
         await cleanup(redis, s)

@@ -6,11 +6,17 @@ process calls ``build`` with the same settings to send. The broker is built
 on first access of ``broker`` (a module ``__getattr__``), so importing this
 module to send builds nothing from the environment.
 
-Each message's item is its send time (``time.time()`` on the producer).
-The batch function returns, per item, ``[send time, batch size, batch
-start, pid]``: the batch start is ``time.time()`` when the function is
+Each message's item is its send time (``time.time()`` on the producer),
+or with ``keys`` > 0 ``[send time, key]`` (the task's ``batch_key`` is the
+key, ``batch_max_keys`` is ``max_keys`` when set). The batch function
+returns, per item, ``[send time, batch size, batch start, pid, key]`` (key
+-1 without keys): the batch start is ``time.time()`` when the function is
 called, so the benchmark gets every message's batch size and its wait
 from the send without asking the worker anything.
+
+A plain task, ``fleet_plain`` (``PLAIN_NAME``), returns ``[send time,
+start]``: the latency of plain tasks sharing the broker with waiting
+batches (``bench/fleet_rest.py``).
 
 At ``WORKER_STARTUP`` each process increments ``<queue>:ready`` so that
 the benchmark starts sending only when the whole fleet is up.
@@ -29,6 +35,8 @@ from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend, RedisStreamBr
 from taskiq_batching import BatchingMiddleware, PerItem, batch_task, per_item
 
 TASK_NAME = "fleet"
+#: The plain (unbatched) task sharing the broker with the batched one.
+PLAIN_NAME = "fleet_plain"
 #: Brokers measured, by the name the command line uses.
 BROKERS = ("stream", "list", "amqp", "nats")
 
@@ -45,6 +53,12 @@ class FleetSettings:
     #: ``BatchingMiddleware(wait_in_broker=...)``: False is today's
     #: per-worker buffering, True lets batches wait in the broker.
     wait_in_broker: bool = False
+    #: Keys the items spread over (``batch_key``); 0: no ``batch_key``.
+    keys: int = 0
+    #: ``batch_max_keys`` (0: not set).
+    max_keys: int = 0
+    #: ``batch_concurrency`` (0: not set, the default 1).
+    concurrency: int = 0
 
     def to_env(self) -> dict[str, str]:
         """The environment variables that describe these settings."""
@@ -105,17 +119,31 @@ def build(s: FleetSettings) -> FleetApp:
         .with_middlewares(BatchingMiddleware(wait_in_broker=s.wait_in_broker))
     )
 
-    async def fleet(items: list[float]) -> PerItem[list[float]]:
+    async def fleet(items: list[Any]) -> PerItem[list[float]]:
         start = time.time()
         size, pid = float(len(items)), float(os.getpid())
-        return per_item([sent, size, start, pid] for sent in items)
+        return per_item(
+            [sent, size, start, pid, key] for sent, key in map(_sent_key, items)
+        )
 
+    keyed: dict[str, Any] = {}
+    if s.keys:
+        keyed["batch_key"] = _key
+    if s.max_keys:
+        keyed["batch_max_keys"] = s.max_keys
+    if s.concurrency:
+        keyed["batch_concurrency"] = s.concurrency
     task = batch_task(
         broker,
         task_name=TASK_NAME,
         batch_size=s.batch_size,
         batch_timeout=s.batch_timeout,
+        **keyed,
     )(fleet)
+
+    @broker.task(task_name=PLAIN_NAME)
+    async def fleet_plain(sent: float) -> list[float]:
+        return [sent, time.time()]
 
     async def ready(_: TaskiqState) -> None:
         async with Redis.from_url(s.redis_url) as redis:
@@ -123,6 +151,26 @@ def build(s: FleetSettings) -> FleetApp:
 
     broker.add_event_handler(TaskiqEvents.WORKER_STARTUP, ready)
     return FleetApp(s, broker, task)
+
+
+def item(sent: float, index: int, keys: int) -> Any:
+    """The ``index``-th message's item: its send time, and its key (round robin).
+
+    :param keys: the keys of the run (0: no key, the item is the send time).
+    """
+    return [sent, float(index % keys)] if keys else sent
+
+
+def _sent_key(item: Any) -> tuple[float, float]:
+    """An item's send time and key (-1 without keys)."""
+    if isinstance(item, list):
+        return float(item[0]), float(item[1])
+    return float(item), -1.0
+
+
+def _key(item: Any) -> float:
+    """The ``batch_key`` of a keyed item."""
+    return _sent_key(item)[1]
 
 
 @functools.cache

@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from bench.fleet_report_items import by_line, idle_notes, keys_table, rest_table
 from bench.measure import percentile
 
 COLUMNS = (
@@ -25,18 +26,19 @@ def summarize(
     rate: float,
     slack: float,
 ) -> dict[str, float]:
-    """Fill and wait figures from per-message ``[sent, size, start, pid]``.
+    """Fill and wait figures from per-message ``[sent, size, start, pid, ...]``.
 
-    :param records: one per message, as the batch function returned it.
+    :param records: one per message, as the batch function returned it
+        (a fifth field, the key, is not read here: ``bench/fleet_keys.py``).
     :param rate: messages per second actually sent.
     :param slack: seconds a wait may exceed ``batch_timeout`` unreported.
     """
     if not records:
         return {"messages": 0}
-    batches = sum(1 / size for _, size, _, _ in records)
+    batches = sum(1 / record[1] for record in records)
     mean = len(records) / batches
     ideal = min(float(batch_size), rate * batch_timeout)
-    waits = [(start - sent) * 1000 for sent, _, start, _ in records]
+    waits = [(record[2] - record[0]) * 1000 for record in records]
     bound = (batch_timeout + slack) * 1000
     return {
         "messages": len(records),
@@ -48,7 +50,7 @@ def summarize(
         "p99_ms": percentile(waits, 0.99),
         "max_ms": max(waits),
         "late": sum(wait > bound for wait in waits),
-        "procs": len({pid for *_, pid in records}),
+        "procs": len({record[3] for record in records}),
     }
 
 
@@ -71,10 +73,7 @@ def side_by_side(rows: list[dict[str, Any]]) -> list[str]:
     :param rows: the run's rows.
     :return: the table's lines.
     """
-    lines: dict[tuple[str, float, int], dict[str, dict[str, Any]]] = {}
-    for row in rows:
-        line = (row["broker"], row.get("rate", 0.0), row["workers"])
-        lines.setdefault(line, {})[row.get("path", "today")] = row
+    lines = by_line([row for row in rows if not row.get("drain")])
     if not any(len(paths) > 1 for paths in lines.values()):
         return []
     plain = any("wait-plain" in paths for paths in lines.values())
@@ -111,6 +110,8 @@ def _cpu(row: dict[str, Any]) -> str:
 def _rate(row: dict[str, Any]) -> str:
     """The rate sent, after the one asked for when the producer lagged."""
     target, sent = row["rate"], row["sent_rate"]
+    if row.get("drain"):
+        return f"drain {sent:,.0f}"
     if sent < 0.95 * target:
         return f"{target:,.0f} (sent {sent:,.0f})"
     return f"{sent:,.0f}"
@@ -132,9 +133,22 @@ def markdown(raw: dict[str, Any]) -> str:
         "wait-plain = the same sent by a plain taskiq kicker (forwarded).",
         "",
     ]
-    table = side_by_side(raw["rows"])
-    if table:
-        out += [*table, ""]
+    for table in (side_by_side(raw["rows"]), rest_table(raw["rows"])):
+        if table:
+            out += [*table, ""]
+    notes = idle_notes(raw["rows"], opts.get("idle", "?"))
+    if notes:
+        out += [*notes, ""]
+    keyed = keys_table(raw["rows"])
+    if keyed:
+        out += [
+            "Keys: fill against the whole rate's ideal; worst / mean key: each "
+            "key's mean batch against its own ideal, min(batch_size, key rate "
+            "* batch_timeout).",
+            "",
+            *keyed,
+            "",
+        ]
     out += [
         COLUMNS,
         "|" + "---|" * (COLUMNS.count("|") - 1),
