@@ -112,11 +112,11 @@ class Batcher:
         :raises ItemFiltered: when ``batch_where`` is false for its item.
         """
         spec = self.specs[task_name]
-        loop = self.bind_loop()
+        # One reading of the clock for the whole addition (admission, the
+        # buffer's opening, its timer): nothing in between awaits.
+        now = self.bind_loop().time()
         # Everything computed from the message, guarded as one: only it fails.
-        admission = admit(
-            spec, message, loop.time(), self.validate, values=self.error_values
-        )
+        admission = admit(spec, message, now, self.validate, values=self.error_values)
         args, kwargs, placement = admission.args, admission.kwargs, admission.placement
         key: Key = (task_name, admission.key)
         buffer = self.buffers.get(key)
@@ -137,7 +137,7 @@ class Batcher:
                 cost = 0.0 if placement is None else placement.cost
                 self.runner.join(waiting, message, size, cost)
                 return
-            buffer = Buffer(task_name, key[1], args, kwargs, loop.time())
+            buffer = Buffer(task_name, key[1], args, kwargs, now)
             self.buffers[key] = buffer
             self.open_keys[task_name] += 1
             self.rules.opened(spec, buffer)
@@ -145,7 +145,7 @@ class Batcher:
         buffer.size += size
         self.held_bytes[task_name] += size
         self.waiting[task_name] += 1
-        self.rules.added(spec, buffer, placement)
+        self.rules.added(spec, buffer, placement, now)
         if self.changes:
             self.changes.notify()
 

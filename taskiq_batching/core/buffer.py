@@ -123,12 +123,15 @@ class Held:
         :return: event-loop time its batch timer counts from.
         """
         given = getattr(self.delivery, "sent_at", None)
-        if isinstance(given, bool) or not isinstance(given, (int, float)):
+        if type(given) is float:  # what transports give: no conversion
+            sent_at = given
+        elif isinstance(given, bool) or not isinstance(given, (int, float)):
             return self.arrived
-        try:
-            sent_at = float(given)
-        except OverflowError:  # an int no float holds
-            return self.arrived
+        else:
+            try:
+                sent_at = float(given)
+            except OverflowError:  # an int no float holds
+                return self.arrived
         if not math.isfinite(sent_at):
             return self.arrived
         sent = now - (time.time() - sent_at)

@@ -86,14 +86,13 @@ class FlushRules:
             )
             self.batcher.flush(oldest, FlushReason.KEYS)
 
-    def _clock(self, spec: BatchSpec, buffer: Buffer) -> None:
+    def _clock(self, spec: BatchSpec, buffer: Buffer, now: float) -> None:
         """Start or advance a buffer's timer from its newest message's send time.
 
         A message sent before the buffer's others (a redelivery, a slower
         sender) moves the timer earlier; never later.
         """
-        loop = self.batcher.bind_loop()
-        sent = buffer.items[-1].sent_at(loop.time())
+        sent = buffer.items[-1].sent_at(now)
         started = buffer.timer is not None
         if started and sent >= buffer.opened_at:
             return
@@ -104,6 +103,7 @@ class FlushRules:
             return
         if buffer.timer is not None:
             buffer.timer.cancel()
+        loop = self.batcher.bind_loop()
         key = (buffer.task_name, buffer.key)
         if buffer.overdue and settings.max_wait is not None:
             buffer.timer = loop.call_at(
@@ -167,15 +167,20 @@ class FlushRules:
         return None
 
     def added(
-        self, spec: BatchSpec, buffer: Buffer, placement: Placement | None = None
+        self,
+        spec: BatchSpec,
+        buffer: Buffer,
+        placement: Placement | None,
+        now: float,
     ) -> None:
         """A message was added to a buffer: flush it if it is due.
 
         :param spec: its task's spec.
         :param buffer: the buffer.
         :param placement: the message's placement, when policies apply.
+        :param now: the event loop's time when it was added.
         """
-        self._clock(spec, buffer)
+        self._clock(spec, buffer, now)
         key = (buffer.task_name, buffer.key)
         if len(buffer.items) >= spec.settings.batch_size:
             self.batcher.flush(key, FlushReason.SIZE)
@@ -280,9 +285,11 @@ class FlushRules:
         """
         batcher = self.batcher
         held = batcher.held[task_name]
-        if (
+        # The counts first: while batches run, fewer are buffered than held,
+        # and the task's bound (a computed setting) is not needed.
+        if batcher.buffered(task_name) >= held > 0 and (
             full or held >= batcher.specs[task_name].settings.max_held
-        ) and batcher.buffered(task_name) >= held > 0:
+        ):
             batcher.flush_all(FlushReason.PRESSURE, task_name)
 
     def relieve_all(self) -> None:

@@ -98,6 +98,8 @@ class Router:
         handed_before = len(self.handoff)
         admission = Admission(self.batcher.bounds)
         giving = self.giving
+        # Whether the transport can give back: looked up once per read.
+        can_give = giving.enabled
         forwarded = given = 0
         for delivery in chunk:
             envelope = decode(self.broker, delivery.data)
@@ -120,7 +122,7 @@ class Router:
             # Behind its task's parked messages, if any: in order.
             if name not in self.parked and admission.take(name, envelope.size):
                 taken.append((envelope, delivery))
-            elif giving.enabled and self.parking_full():
+            elif can_give and self.parking_full():
                 giving.give(delivery, envelope)
                 given += 1
                 continue
