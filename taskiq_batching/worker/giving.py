@@ -21,11 +21,16 @@ speed, so giving back is paced:
   worker rests ``REST_SECONDS`` before it reads again, or less if its
   batched tasks get room meanwhile.
 
+* a worker reads past a full parking only once its task has had no room
+  for ``GIVE_BACK_GRACE`` seconds: a backlog whose batches end sooner (a
+  queue being drained) is never cycled through the broker, which would
+  cost a re-send and a second read per message given back.
+
 A backlog of ``B`` messages that no worker can take costs the broker, per
 worker, at most ``min(B / REST_SECONDS, GIVE_BACK_RATE)`` messages read and
-re-sent a second; a message queued behind it waits for at most one rest
-and one pass (``B / GIVE_BACK_RATE`` seconds) on top of the worker's
-ordinary latency.
+re-sent a second; a message queued behind it waits for at most the grace,
+one rest and one pass (``B / GIVE_BACK_RATE`` seconds) on top of the
+worker's ordinary latency.
 """
 
 import asyncio
@@ -47,6 +52,9 @@ GIVE_BACK_RATE = 1000.0
 #: Seconds a worker rests after a whole pass over the queue found only
 #: messages it gave back (less if its batched tasks get room).
 REST_SECONDS = 1.0
+#: Seconds a full parking waits for its task's room before the worker
+#: reads past it, giving messages back.
+GIVE_BACK_GRACE = 0.25
 
 Given = tuple[Delivery, BrokerMessage]
 
@@ -68,6 +76,8 @@ class GiveBacks:
         self.passed = False
         self.tokens = GIVE_BACK_RATE
         self._stamp: float | None = None
+        #: When parking was last found full with no room since (loop time).
+        self._full_since: float | None = None
 
     @property
     def requeue(self) -> Requeue | None:
@@ -135,6 +145,30 @@ class GiveBacks:
             names = {id(delivery): message.task_name for delivery, message in given}
             for delivery in kept:
                 parked.park(names[id(delivery)], delivery)
+
+    def room_came(self) -> None:
+        """Parking's task got room, or parking is not full: the grace starts over."""
+        self._full_since = None
+
+    async def hold_off(self, now: float, room: Callable[[], Awaitable[Any]]) -> bool:
+        """Wait for room, within the grace, before reading past a full parking.
+
+        :param now: the event loop's time.
+        :param room: waits until batched tasks may have room.
+        :return: True when it waited (look at parked messages again);
+            False when the grace is over (read on, giving back).
+        """
+        if self._full_since is None:
+            self._full_since = now
+        left = self._full_since + GIVE_BACK_GRACE - now
+        if left <= 0:
+            return False
+        changed = asyncio.ensure_future(room())
+        try:
+            await asyncio.wait({changed}, timeout=left)
+        finally:
+            changed.cancel()
+        return True
 
     def take_pending(self) -> list[Delivery]:
         """What was given back and not sent (the worker stops).

@@ -210,15 +210,22 @@ class Pump:
         """Buffer the parked messages that fit now.
 
         :return: whether to look again before reading (some were taken,
-            or parking is full and room came).
+            or parking is full and room came, or may come within the
+            grace before giving back).
         """
         ready = self.router.unpark()
+        giving = self.router.giving
+        if ready or not self.parked.full:
+            giving.room_came()
         if ready:
             await self.lifecycle.accept(ready)
             return True
-        if not self.parked.full or self.router.giving.enabled:
-            return False  # read on (past its bounds, giving back)
+        if not self.parked.full:
+            return False
         self._relieve()
+        if giving.enabled:  # past its bounds: read on, giving back, after a grace
+            now = asyncio.get_running_loop().time()
+            return await giving.hold_off(now, self.batcher.changed)
         await self.batcher.changed()
         return True
 

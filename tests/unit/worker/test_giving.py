@@ -123,3 +123,28 @@ async def test_what_cannot_be_given_back_stays_parked(
     await giving_back.send(parked)
     assert [d.data for d in parked.clear()] == [b"a", b"b"]  # not lost
     assert "cannot give 2 message(s) back" in caplog.text
+
+
+async def test_a_backlog_whose_batches_end_soon_is_not_given_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A queue being drained: parking fills at once, but the task gets room
+    # within the grace each time, so nothing is re-sent (each give-back
+    # would cost the broker a second send and the worker a second read).
+    monkeypatch.setattr("taskiq_batching.worker.parking.PARK_LIMIT", 2)
+    counting = CountingBroker().with_middlewares(BatchingMiddleware())
+    counting.with_result_backend(InmemoryResultBackend(max_stored_results=-1))
+    ran: list[int] = []
+
+    @batch_task(counting, task_name="slow", batch_size=2, batch_concurrency=1)
+    async def slow(items: list[int]) -> None:
+        await asyncio.sleep(0.005)  # the batch's work, far under the grace
+        ran.extend(items)
+
+    backlog = 40
+    async with running_worker(counting):
+        tasks = [await slow.kiq(n) for n in range(backlog)]
+        for task in tasks:
+            await task.wait_result(timeout=20)
+    assert sorted(ran) == list(range(backlog))
+    assert counting.kicks == backlog, "messages were given back"
