@@ -28,7 +28,8 @@ Settings (environment variables):
 * ``TB_FAIL_ONCE``: a middleware fails ``post_execute`` once per message of
   ``collect``;
 * ``TB_WAIT_IN_BROKER``: not empty: batched tasks wait in the broker
-  (``BatchingMiddleware(wait_in_broker=True)``, docs/fleet.md).
+  (``BatchingMiddleware(wait_in_broker=True)``, docs/fleet.md); a test's
+  setting (``start_worker`` does not pass on the pytest process's).
 
 Redis keys written:
 

@@ -55,7 +55,10 @@ def start_worker(tmp_path: Path, queue: str) -> Iterator[StartWorker]:
         settings: dict[str, str], args: Sequence[str] = (), app: str = APP
     ) -> Worker:
         path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-        env = {"TB_QUEUE": queue, "PYTHONPATH": path, **settings}
+        # The path is the test's (a ``TB_WAIT_IN_BROKER`` setting), not the
+        # pytest process's: the fault tests' set-ups assume their path.
+        env = {"TB_QUEUE": queue, "PYTHONPATH": path, "TB_WAIT_IN_BROKER": ""}
+        env.update(settings)
         worker = Worker(
             env, tmp_path / f"worker-{len(workers)}.log", app=app, args=args
         )

@@ -8,8 +8,10 @@ a RabbitMQ queue per task (``<queue>.batch.<task>``); a NATS stream
 The fault tests count what is left there, and delete it afterwards.
 """
 
+import asyncio
 import contextlib
 import importlib
+import subprocess
 from typing import Any
 
 from redis.asyncio import Redis
@@ -77,6 +79,23 @@ async def left_in_rabbit(rabbit: Rabbit, queue: str, task: str) -> int:
 
     await eventually(no_consumer, 10, "the workers' consumers left the task queue")
     return (await rabbit.state(name))[0]
+
+
+async def task_queues(queue: str) -> list[str]:
+    """The RabbitMQ queues batched tasks of ``queue`` wait in (``rabbitmqctl``).
+
+    The app's every batched task gets one on the wait path, not only the
+    task a test sends to.
+    """
+    listed = await asyncio.to_thread(
+        subprocess.run,
+        ["rabbitmqctl", "-q", "list_queues", "name", "--no-table-headers"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    prefix = amqp_queue(queue, "")
+    return [name for name in listed.stdout.split() if name.startswith(prefix)]
 
 
 async def left_in_nats(nats_url: str, queue: str) -> int:
