@@ -26,7 +26,6 @@ either. Prints what it measured (``-s``).
 
 import asyncio
 import contextlib
-import itertools
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -41,14 +40,23 @@ from tests.integration.faults.conftest import (
     Settings,
     StartWorker,
 )
-from tests.integration.faults.observe import batches, counts, pending, send, wait
+from tests.integration.faults.observe import (
+    batches,
+    began,
+    counts,
+    handover,
+    latest,
+    longest_gap,
+    pending,
+    pgids,
+    send,
+    wait,
+)
 from tests.integration.faults.waiting import (
     PATHS,
+    Where,
     amqp_queue,
     delete_nats_streams,
-    left_in_nats,
-    left_in_rabbit,
-    left_in_redis,
     task_queues,
 )
 from tests.integration.workers import Worker
@@ -161,39 +169,6 @@ async def steady(producer: Producer) -> AsyncIterator[Any]:
             await sender.stop()
 
 
-class Where:
-    """Where ``collect``'s batches wait, on the test's broker (wait path).
-
-    :param kind: the broker.
-    :param redis: a client of the workers' Redis.
-    :param queue: the test's queue.
-    :param rabbit: the RabbitMQ observer (amqp).
-    :param nats_url: the NATS server (nats).
-    """
-
-    def __init__(
-        self, kind: str, redis: Redis, queue: str, rabbit: Rabbit | None, nats_url: str
-    ) -> None:
-        self.kind = kind
-        self.redis = redis
-        self.queue = queue
-        self.rabbit = rabbit
-        self.nats_url = nats_url
-
-    async def left(self) -> int:
-        """Messages not done there (RabbitMQ: once no worker consumes)."""
-        if self.kind in ("stream", "list"):
-            return await left_in_redis(self.kind, self.redis, self.queue, "collect")
-        if self.rabbit is not None:
-            return await left_in_rabbit(self.rabbit, self.queue, "collect")
-        return await left_in_nats(self.nats_url, self.queue)
-
-    async def consumers(self) -> int:
-        """RabbitMQ: the main queue's consumers (one per worker)."""
-        assert self.rabbit is not None
-        return (await self.rabbit.state(self.queue))[1]
-
-
 @pytest.fixture
 async def where(
     request: pytest.FixtureRequest, kind: str, redis: Redis, queue: str
@@ -214,40 +189,6 @@ async def where(
         if rabbit is not None:  # deleted by its fixture, after this one
             for name in set(await task_queues(queue)) - set(rabbit.queues):
                 rabbit.use(name)
-
-
-async def pgids(redis: Redis, queue: str) -> set[int]:
-    """The worker process groups (``Worker.process.pid``) that ran batches."""
-    return {record["pgid"] for record in await batches(redis, queue, "collect")}
-
-
-def began(record: dict[str, Any]) -> float:
-    """When a batch's call began."""
-    return float(record["began"])
-
-
-def longest_gap(records: list[dict[str, Any]], since: float, until: float) -> float:
-    """The longest time between two batch starts (or the window's ends)."""
-    times = sorted(began(r) for r in records if since <= began(r) <= until)
-    edges = [since, *times, until]
-    return float(max(later - earlier for earlier, later in itertools.pairwise(edges)))
-
-
-def handover(records: list[dict[str, Any]], leaver: Worker, at: float) -> float:
-    """Seconds from ``at`` to the next batch started by another worker."""
-    later = [
-        began(r) for r in records if r["pgid"] != leaver.process.pid and began(r) >= at
-    ]
-    return min(later) - at if later else float("inf")
-
-
-async def latest(redis: Redis, queue: str, workers: list[Worker]) -> Worker:
-    """Of ``workers``, the one that started the latest batch."""
-    by_pgid = {worker.process.pid: worker for worker in workers}
-    records = [
-        r for r in await batches(redis, queue, "collect") if r["pgid"] in by_pgid
-    ]
-    return by_pgid[max(records, key=began)["pgid"]]
 
 
 async def in_fleet(where: Where, workers: list[Worker]) -> bool:

@@ -119,3 +119,36 @@ async def delete_nats_streams(nats_url: str, queue: str) -> None:
                 await client.jetstream().delete_stream(name)
     finally:
         await client.close()
+
+
+class Where:
+    """Where ``collect``'s batches wait, on the test's broker (wait path).
+
+    :param kind: the broker.
+    :param redis: a client of the workers' Redis.
+    :param queue: the test's queue.
+    :param rabbit: the RabbitMQ observer (amqp).
+    :param nats_url: the NATS server (nats).
+    """
+
+    def __init__(
+        self, kind: str, redis: Redis, queue: str, rabbit: Rabbit | None, nats_url: str
+    ) -> None:
+        self.kind = kind
+        self.redis = redis
+        self.queue = queue
+        self.rabbit = rabbit
+        self.nats_url = nats_url
+
+    async def left(self) -> int:
+        """Messages not done there (RabbitMQ: once no worker consumes)."""
+        if self.kind in ("stream", "list"):
+            return await left_in_redis(self.kind, self.redis, self.queue, "collect")
+        if self.rabbit is not None:
+            return await left_in_rabbit(self.rabbit, self.queue, "collect")
+        return await left_in_nats(self.nats_url, self.queue)
+
+    async def consumers(self) -> int:
+        """RabbitMQ: the main queue's consumers (one per worker)."""
+        assert self.rabbit is not None
+        return (await self.rabbit.state(self.queue))[1]
