@@ -116,6 +116,7 @@ class AmqpTransport(Consumer[Handle], Sender):
         self._started = False
         self._stopping = False
         self._cancelling: asyncio.Future[None] | None = None
+        self._closing: asyncio.Future[None] | None = None
 
     @property
     def outstanding(self) -> int:
@@ -276,6 +277,11 @@ class AmqpTransport(Consumer[Handle], Sender):
 
     async def close(self) -> None:
         """Cancel the consumers (once), give back what was not read, flush acks."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         await self.stop_consuming()
         await self._channels.written()
 
