@@ -21,9 +21,11 @@ consumed too, with its own prefetch (``amqp_batches.py``).
 
 Stopping never cancels a task inside an RPC (a cancelled ``basic.cancel``
 closes the channel and requeues everything): a read waits on an event
-only, and the consumers are cancelled once, shielded. Deliveries received
-but never read are given back (``basic.nack`` with ``requeue``), and the
-last ack frame is waited for before ``close`` returns.
+only, and the consumers are cancelled once, shielded, as soon as the
+worker starts to stop (``stop_consuming``: the next messages go to other
+workers while this one finishes what it holds). Deliveries received but
+never read are given back (``basic.nack`` with ``requeue``), and the last
+ack frame is waited for before ``close`` returns.
 """
 
 import asyncio
@@ -113,6 +115,7 @@ class AmqpTransport(Consumer[Handle], Sender):
         self._consumers: list[tuple[Any, str]] = []
         self._started = False
         self._stopping = False
+        self._cancelling: asyncio.Future[None] | None = None
         self._closing: asyncio.Future[None] | None = None
 
     @property
@@ -259,13 +262,30 @@ class AmqpTransport(Consumer[Handle], Sender):
         handle = delivery.handle
         return handle is not None and bool(handle[0].is_closed)
 
+    async def stop_consuming(self) -> None:
+        """Cancel the consumers once and give back what was not read.
+
+        Called as the worker starts to stop, before it finishes what it
+        holds: RabbitMQ then delivers what comes next to the other workers
+        at once (a task queue's next single active consumer), not to this
+        one until it has drained. Acks of what it holds still go through
+        their channels.
+        """
+        if self._cancelling is None:
+            self._cancelling = asyncio.ensure_future(self._cancel())
+        await asyncio.shield(self._cancelling)
+
     async def close(self) -> None:
-        """Cancel the consumers once, give back what was not read, flush acks."""
+        """Cancel the consumers (once), give back what was not read, flush acks."""
         if self._closing is None:
             self._closing = asyncio.ensure_future(self._close())
         await asyncio.shield(self._closing)
 
     async def _close(self) -> None:
+        await self.stop_consuming()
+        await self._channels.written()
+
+    async def _cancel(self) -> None:
         self._stopping = True
         self._inbox.arrived.set()
         for queue, tag in self._consumers:
@@ -292,4 +312,3 @@ class AmqpTransport(Consumer[Handle], Sender):
                 len(unread),
                 describe(exc),
             )
-        await self._channels.written()

@@ -228,6 +228,13 @@ class Transport(Protocol):
         :param deliveries: they stay unacked.
         """
 
+    async def stop_consuming(self) -> None:
+        """Stop the broker delivering to this worker: it starts to stop.
+
+        Called before the worker finishes what it holds, so that what comes
+        next goes to other workers at once (a no-op where the worker pulls).
+        """
+
     async def close(self) -> None:
         """Stop reading for good.
 

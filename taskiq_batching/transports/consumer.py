@@ -5,7 +5,8 @@ one of its deliveries takes (a stream entry, an AMQP delivery tag...). It
 implements the members every broker needs (``read``, ``interrupt``,
 ``ack``, ``release``, ``close``); the optional ones are defaulted here,
 once, to what a broker that redelivers by itself wants (nothing to
-reclaim, check or forget; no batches waiting in the broker). The table in
+reclaim, check or forget; no batches waiting in the broker; nothing to
+cancel before a stop). The table in
 docs/design.md ("The consumer's members") says which transport overrides
 which.
 """
@@ -72,6 +73,13 @@ class Consumer(ABC, Generic[Handle]):
     @abstractmethod
     async def close(self) -> None:
         """Stop reading for good."""
+
+    async def stop_consuming(self) -> None:
+        """Let the broker deliver to other workers; by default nothing to do.
+
+        A broker that pushes deliveries (AMQP) stops pushing them here as
+        the worker starts to stop, before it finishes what it holds.
+        """
 
     def check(self, specs: Sequence[BatchSpec]) -> None:
         """Warn about broker settings these tasks defeat; by default nothing to check.

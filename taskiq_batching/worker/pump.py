@@ -247,6 +247,8 @@ class Pump:
         budget = self.options.wait_tasks_timeout
         deadline = None if budget is None else loop.time() + budget
         await self.taker.stop(deadline)
+        # Before finishing what it holds: what comes next goes to others.
+        await self.transport.stop_consuming()
         unread = list(self.handoff) + self.router.giving.take_pending()
         self.handoff.clear()
         if self._reading is not None:  # a listener error, with a read pending

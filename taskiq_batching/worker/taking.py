@@ -187,6 +187,9 @@ class Taker:
         """Take what is due for every task with room, then wait as what is left says."""
         source = self.source
         assert source is not None
+        # Asked before any room is looked at: a batch that ends while this
+        # round awaits its takes frees room that the wait below must see.
+        change = self.batcher.changed()
         waits: list[float] = []
         quiet: list[BatchSpec] = []
         blocked = took = False
@@ -209,20 +212,30 @@ class Taker:
             return  # more may be due: take again at once
         if waits:
             shortest = min(min(waits), source.poll_seconds)
-            await self._pause(max(shortest, MIN_PAUSE_SECONDS))
+            await self._pause(
+                max(shortest, MIN_PAUSE_SECONDS), change if blocked else None
+            )
         elif quiet:
-            await self._idle_until_woken(source, quiet, blocked)
+            await self._idle_until_woken(source, quiet, change if blocked else None)
         else:
-            await self._pause(None, self.batcher.changed())
+            await self._pause(None, change)
 
     async def _idle_until_woken(
-        self, source: BatchSource, quiet: list[BatchSpec], blocked: bool
+        self,
+        source: BatchSource,
+        quiet: list[BatchSpec],
+        change: "asyncio.Future[None] | None",
     ) -> None:
         """Block until a send (``idle``), a stop, or room for a blocked task.
 
         An ``idle`` left by room coming back is not cancelled: the next
         round waits on it again, unless it watches fewer tasks than are
         quiet now (a second one then watches them all).
+
+        :param source: the batch source.
+        :param quiet: the tasks with nothing waiting.
+        :param change: resolved when room may have come for a blocked task
+            (since the round began), or None when none is blocked.
         """
         names = frozenset(spec.task_name for spec in quiet)
         if self._idle is None or not names <= self._idle[0]:
@@ -230,7 +243,6 @@ class Taker:
             future.add_done_callback(_retrieve)
             self._idle = (names, future)
         idle = self._idle[1]
-        change = self.batcher.changed() if blocked else None
         await self._pause(None, idle, change)
         if idle.done():
             self._idle = None

@@ -272,13 +272,19 @@ async def test_sigterm_of_the_active_consumer_hands_over_running_each_item_once(
     """SIGTERM of the active consumer mid-load: the other goes on, nothing twice.
 
     The stopping process finishes what it holds and gives back what it
-    received but did not take; the next consumer becomes active.
+    received but did not take; the next consumer becomes active at once:
+    it starts a batch while the stopping one still runs its last (issue
+    18 item 7: a worker that leaves does not stall the others). Before its
+    consumer was cancelled as the stop began, the stopping process kept
+    receiving until it had drained, and the other started only after it.
     """
-    workers = [start_worker(batch_size=10, batch_timeout=0.3, batch_delay=0.5)]
+    delay = 1.0  # each batch: the stopping one's last runs this long
+    settings = {"batch_size": 10, "batch_timeout": 0.3, "batch_delay": delay}
+    workers = [start_worker(**settings)]
     await wait_for_consumers(channel, queue, 1)
-    workers.append(start_worker(batch_size=10, batch_timeout=0.3, batch_delay=0.5))
+    workers.append(start_worker(**settings))
     await wait_for_consumers(channel, queue, 2)
-    count = 100
+    count = 60
     await producer.kiq_many(range(count))
 
     async def two_started() -> bool:
@@ -288,7 +294,8 @@ async def test_sigterm_of_the_active_consumer_hands_over_running_each_item_once(
     started = await records(redis, queue, "started")
     assert len({one["pid"] for one in started}) == 1, started  # one active
     active = owner(workers, started[0]["pid"])
-    active.stop(timeout=30)
+    signalled_at = time.time()
+    took = await asyncio.to_thread(active.stop, 30)  # the other one goes on
     assert active.process.returncode == 0, active.output()
     survivor = next(w for w in workers if w is not active)
 
@@ -298,5 +305,17 @@ async def test_sigterm_of_the_active_consumer_hands_over_running_each_item_once(
     await eventually(all_ran, 60, "every item ran after the stop")
     survivor.stop(timeout=20)
     assert await runs(redis, queue) == Counter(range(count))
-    pids = {one["pid"] for one in await records(redis, queue)}
-    assert len(pids) == 2  # both ran batches: one before, one after
+    by_pid: dict[int, list[float]] = {}
+    for one in await records(redis, queue, "started"):
+        by_pid.setdefault(one["pid"], []).append(one["at"])
+    assert len(by_pid) == 2  # both ran batches: one before, one after
+    stopping_last_end = max(by_pid[started[0]["pid"]]) + delay
+    (other,) = set(by_pid) - {started[0]["pid"]}
+    taken_over = min(by_pid[other])
+    print(
+        f"SIGTERM of the active consumer: the other's first batch "
+        f"{taken_over - signalled_at:.2f} s after, the stopping one's last "
+        f"ended {stopping_last_end - signalled_at:.2f} s after, it exited in "
+        f"{took:.2f} s"
+    )
+    assert taken_over < stopping_last_end

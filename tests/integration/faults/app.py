@@ -26,12 +26,16 @@ Settings (environment variables):
   and ``TB_TASK_CONCURRENCY``: ``batch_concurrency`` of ``bounded_*``, both
   passed only when the installed package knows them;
 * ``TB_FAIL_ONCE``: a middleware fails ``post_execute`` once per message of
-  ``collect``.
+  ``collect``;
+* ``TB_WAIT_IN_BROKER``: not empty: batched tasks wait in the broker
+  (``BatchingMiddleware(wait_in_broker=True)``, docs/fleet.md); a test's
+  setting (``start_worker`` does not pass on the pytest process's).
 
 Redis keys written:
 
 * ``{queue}:batches``: one JSON record per batch call (``task``, ``size``,
-  ``reason``, ``pid``, ``items``);
+  ``reason``, ``pid``, ``pgid``: the ``taskiq worker`` process group, ``items``,
+  ``at``: when it was recorded, ``began``: when ``collect``'s call began);
 * ``{queue}:items`` (a set) and ``{queue}:processed`` (a counter): items
   ``collect`` processed, to tell "processed once" from "processed twice";
 * ``{queue}:started``: hash, task name -> items whose batch started;
@@ -98,15 +102,19 @@ SLOW_DELAY = float(SETTINGS.get("TB_SLOW_DELAY", "5"))
 PLAIN_DELAY = float(SETTINGS.get("TB_PLAIN_DELAY", "3"))
 
 
-async def record(task: str, info: BatchInfo, items: list[Any]) -> None:
-    """One JSON record of a batch call."""
+async def record(
+    task: str, info: BatchInfo, items: list[Any], began: float | None = None
+) -> None:
+    """One JSON record of a batch call (``began``: when the call began)."""
     entry = {
         "task": task,
         "size": info.size,
         "reason": info.flush_reason.value,
         "pid": os.getpid(),
+        "pgid": os.getpgid(0),
         "items": items,
         "at": time.time(),
+        "began": began,
     }
     await _log.rpush(f"{QUEUE}:batches", json.dumps(entry))
 
@@ -119,6 +127,7 @@ async def record(task: str, info: BatchInfo, items: list[Any]) -> None:
 )
 async def collect(items: list[int], info: BatchInfo = TaskiqDepends()) -> list[int]:
     """Take ``TB_BATCH_DELAY`` seconds, record the batch, return its items."""
+    began = time.time()
     await _log.hincrby(f"{QUEUE}:started", "collect", len(items))
     if BATCH_DELAY:
         await asyncio.sleep(BATCH_DELAY)
@@ -126,7 +135,7 @@ async def collect(items: list[int], info: BatchInfo = TaskiqDepends()) -> list[i
         pipe.sadd(f"{QUEUE}:items", *items)
         pipe.incrby(f"{QUEUE}:processed", len(items))
         await pipe.execute()
-    await record("collect", info, items)
+    await record("collect", info, items, began)
     return items
 
 

@@ -15,13 +15,20 @@ from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend, RedisStreamBr
 from taskiq_batching import BatchingMiddleware
 
 
-def middleware(max_concurrent: str = "") -> BatchingMiddleware:
-    """``BatchingMiddleware``, with ``max_concurrent_batches`` if given and known."""
-    if max_concurrent and "max_concurrent_batches" in _parameters(BatchingMiddleware):
-        return BatchingMiddleware(  # type: ignore[call-arg,unused-ignore]
-            max_concurrent_batches=int(max_concurrent)
-        )
-    return BatchingMiddleware()
+def middleware(max_concurrent: str = "", wait: str = "") -> BatchingMiddleware:
+    """``BatchingMiddleware``, with ``max_concurrent_batches`` if given and known.
+
+    :param max_concurrent: ``max_concurrent_batches`` (empty: the default).
+    :param wait: not empty: ``wait_in_broker=True`` (issue 18's preview:
+        batched tasks wait in the broker), when the package knows it.
+    """
+    known = _parameters(BatchingMiddleware)
+    options: dict[str, Any] = {}
+    if max_concurrent and "max_concurrent_batches" in known:
+        options["max_concurrent_batches"] = int(max_concurrent)
+    if wait and "wait_in_broker" in known:
+        options["wait_in_broker"] = True
+    return BatchingMiddleware(**options)
 
 
 def _parameters(obj: Any) -> Any:
@@ -88,5 +95,10 @@ def make_broker(settings: dict[str, str]) -> AsyncBroker:
     return (
         broker.with_serializer(serializer)
         .with_result_backend(backend)
-        .with_middlewares(middleware(settings.get("TB_MAX_CONCURRENT", "")))
+        .with_middlewares(
+            middleware(
+                settings.get("TB_MAX_CONCURRENT", ""),
+                settings.get("TB_WAIT_IN_BROKER", ""),
+            )
+        )
     )

@@ -55,7 +55,10 @@ def start_worker(tmp_path: Path, queue: str) -> Iterator[StartWorker]:
         settings: dict[str, str], args: Sequence[str] = (), app: str = APP
     ) -> Worker:
         path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-        env = {"TB_QUEUE": queue, "PYTHONPATH": path, **settings}
+        # The path is the test's (a ``TB_WAIT_IN_BROKER`` setting), not the
+        # pytest process's: the fault tests' set-ups assume their path.
+        env = {"TB_QUEUE": queue, "PYTHONPATH": path, "TB_WAIT_IN_BROKER": ""}
+        env.update(settings)
         worker = Worker(
             env, tmp_path / f"worker-{len(workers)}.log", app=app, args=args
         )
@@ -70,6 +73,7 @@ def start_worker(tmp_path: Path, queue: str) -> Iterator[StartWorker]:
             worker.kill()
         for url in redis_urls:  # what the workers wrote, once they are gone
             _delete_keys(url, f"{queue}*")
+            _delete_keys(url, "{" + f"{queue}:*")  # where batches wait (wait path)
     for worker in workers:
         package = worker.package()
         assert package is None or package.startswith(str(ROOT)), (
@@ -82,7 +86,7 @@ def _delete_keys(url: str, pattern: str) -> None:
     with contextlib.suppress(RedisError, OSError):
         client = SyncRedis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
         try:
-            keys = list(client.scan_iter(pattern))
+            keys = list(client.scan_iter(pattern, count=10_000))
             if keys:
                 client.delete(*keys)
         finally:
@@ -203,17 +207,20 @@ def settings(request: pytest.FixtureRequest, redis_url: str, queue: str) -> Sett
 
     ``settings(name=queue, **more)``: on queue ``name``, with ``more``
     settings. A test using it is parametrized by ``kind`` (stream, list,
-    amqp); RabbitMQ is asked for only when the kind is amqp.
+    amqp, nats); RabbitMQ is asked for only when the kind is amqp.
     """
     kind = request.getfixturevalue("kind")
     rabbit: Rabbit | None = None
     if kind == "amqp":
         rabbit = request.getfixturevalue("rabbit")
+    nats_url = request.getfixturevalue("nats_url") if kind == "nats" else None
 
     def make(name: str = queue, **more: Any) -> dict[str, str]:
         base = {"TB_BROKER": kind, "REDIS_URL": redis_url, "TB_QUEUE": name}
         if rabbit is not None:
             base.update(RABBITMQ_URL=rabbit.url, TB_QUEUE=rabbit.use(name))
+        if nats_url is not None:
+            base.update(NATS_URL=nats_url)
         return {**base, **{key: str(value) for key, value in more.items()}}
 
     return make

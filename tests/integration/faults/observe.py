@@ -1,6 +1,7 @@
 """What the fault tests observe: records in Redis, results, broker state, logs."""
 
 import asyncio
+import itertools
 import json
 import re
 import time
@@ -148,3 +149,37 @@ def log_lines(
     if current is not None:
         found.append("\n".join(current))
     return found
+
+
+async def pgids(redis: Redis, queue: str) -> set[int]:
+    """The worker process groups (``Worker.process.pid``) that ran batches."""
+    return {record["pgid"] for record in await batches(redis, queue, "collect")}
+
+
+def began(record: dict[str, Any]) -> float:
+    """When a batch's call began."""
+    return float(record["began"])
+
+
+def longest_gap(records: list[dict[str, Any]], since: float, until: float) -> float:
+    """The longest time between two batch starts (or the window's ends)."""
+    times = sorted(began(r) for r in records if since <= began(r) <= until)
+    edges = [since, *times, until]
+    return float(max(later - earlier for earlier, later in itertools.pairwise(edges)))
+
+
+def handover(records: list[dict[str, Any]], leaver: Worker, at: float) -> float:
+    """Seconds from ``at`` to the next batch started by another worker."""
+    later = [
+        began(r) for r in records if r["pgid"] != leaver.process.pid and began(r) >= at
+    ]
+    return min(later) - at if later else float("inf")
+
+
+async def latest(redis: Redis, queue: str, workers: list[Worker]) -> Worker:
+    """Of ``workers``, the one that started the latest batch."""
+    by_pgid = {worker.process.pid: worker for worker in workers}
+    records = [
+        r for r in await batches(redis, queue, "collect") if r["pgid"] in by_pgid
+    ]
+    return by_pgid[max(records, key=began)["pgid"]]

@@ -9,6 +9,7 @@ producer's messages are forwarded on Redis.
 import asyncio
 import itertools
 import logging
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import pytest
@@ -24,6 +25,8 @@ from taskiq_batching import (
     batch_task,
     per_item,
 )
+from taskiq_batching.spec import BatchSpec
+from taskiq_batching.transports.base import Taken
 from taskiq_batching.worker import taking
 from tests.helpers import QueueBroker, Recorder, queue_broker, running_worker
 from tests.unit.worker.fake_source import (
@@ -221,6 +224,63 @@ async def test_batch_concurrency_bounds_the_batches_taken(
         await sent[-1].wait_result(timeout=5)
     assert all(room <= 2 for _, room in source.takes)
     assert len(source.acked) == 10
+
+
+class EndsABatchMidTake(FakeSource):
+    """Runs ``during`` inside the ``nth`` take of ``task_name`` (once)."""
+
+    task_name = ""
+    nth = 0
+    during: Callable[[], Awaitable[None]] | None = None
+
+    async def take(
+        self, spec: BatchSpec, room: int, needs: Mapping[str, int] | None = None
+    ) -> Taken:
+        taken = await super().take(spec, room, needs)
+        counted = sum(1 for name, _ in self.takes if name == self.task_name)
+        if spec.task_name == self.task_name and counted == self.nth and self.during:
+            await self.during()
+        return taken
+
+
+async def test_room_freed_while_a_round_takes_wakes_the_taker_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch that ends while the taker's round awaits another task's take
+    frees room the round must not miss: the next batch is taken at once.
+    (The round asked for the next change only after its takes: the batch's
+    end was missed, and the taker waited for a send, up to ``IDLE_SECONDS``
+    per batch: a worker running one task's batches back to back paused
+    2 s each time, seen in test_stream_fleet_churn.)"""
+    monkeypatch.setattr(taking, "IDLE_SECONDS", 10.0)
+    source, broker, _ = worker_world(monkeypatch, EndsABatchMidTake())
+    assert isinstance(source, EndsABatchMidTake)
+    gate = asyncio.Event()
+    entered = asyncio.Queue[int]()
+
+    @batch_task(broker, batch_size=1, batch_timeout=3600)
+    async def busy(items: list[int]) -> None:
+        entered.put_nowait(items[0])
+        await gate.wait()
+
+    @batch_task(broker, batch_size=1, batch_timeout=3600)
+    async def quiet(items: list[int]) -> None: ...
+
+    async def end_busy_batch() -> None:
+        gate.set()
+        batcher = BatchingMiddleware.of(broker).batcher
+        assert batcher is not None
+        while batcher.room(busy.task_name) == 0:  # until its end
+            await batcher.changed()
+
+    # The second round: busy's first batch runs (no room), quiet is taken.
+    source.task_name, source.nth, source.during = quiet.task_name, 2, end_busy_batch
+    sent = [await busy.kiq(i) for i in range(2)]
+    await preload(broker, source, busy.task_name)
+    async with running_worker(broker):
+        assert await asyncio.wait_for(entered.get(), 5) == 0
+        assert await asyncio.wait_for(entered.get(), taking.IDLE_SECONDS / 4) == 1
+        await sent[-1].wait_result(timeout=5)
 
 
 async def test_a_stop_ends_taking_and_the_take_in_flight_still_runs(
