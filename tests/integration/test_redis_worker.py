@@ -1,9 +1,10 @@
 """A real ``taskiq worker`` process against the real Redis."""
 
+import asyncio
 import json
 import signal
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import pytest
 from redis.asyncio import Redis
@@ -15,6 +16,8 @@ from tests.integration.workers import Worker, eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
+T = TypeVar("T")
+
 
 async def batches(redis: Redis, queue: str) -> list[dict[str, Any]]:
     return [json.loads(raw) for raw in await redis.lrange(f"{queue}:batches", 0, -1)]
@@ -23,6 +26,18 @@ async def batches(redis: Redis, queue: str) -> list[dict[str, Any]]:
 async def pending(redis: Redis, queue: str) -> int:
     info = await redis.xpending(queue, "taskiq")
     return int(info["pending"])
+
+
+#: Calls run at once by ``gather_chunks``.
+CHUNK = 200
+
+
+async def gather_chunks(calls: Sequence[Awaitable[T]]) -> list[T]:
+    """Await ``calls`` ``CHUNK`` at a time; their results in their order."""
+    done: list[T] = []
+    for start in range(0, len(calls), CHUNK):
+        done.extend(await asyncio.gather(*calls[start : start + CHUNK]))
+    return done
 
 
 @pytest.mark.parametrize("serializer", ["json", "msgpack"])
@@ -39,9 +54,13 @@ async def test_2000_messages_full_batches_every_result(
     await producer.startup()  # creates the stream's consumer group first
     worker = start_worker(kind, serializer, batch_size=100, batch_timeout=30)
     collect: AsyncKicker[Any, Any] = AsyncKicker("collect", producer, {})
-    sent = [await collect.kiq(i) for i in range(2000)]
-    for item, task in enumerate(sent):
-        result = await task.wait_result(timeout=60, check_interval=0.05)
+    # Sent and awaited CHUNK at a time: one round trip's wait for many
+    # (in which order they land does not matter: every batch fills).
+    sent = await gather_chunks([collect.kiq(i) for i in range(2000)])
+    results = await gather_chunks(
+        [task.wait_result(timeout=60, check_interval=0.05) for task in sent]
+    )
+    for item, result in enumerate(results):
         assert not result.is_err, result.error
         assert item in result.return_value
         assert len(result.return_value) == 100
