@@ -1,10 +1,9 @@
 """A real ``taskiq worker`` process against the real Redis."""
 
-import asyncio
 import json
 import signal
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -12,11 +11,9 @@ from taskiq.kicker import AsyncKicker
 
 from taskiq_batching import deadline
 from tests.integration.worker_app import make_broker
-from tests.integration.workers import Worker, eventually
+from tests.integration.workers import Worker, eventually, gather_chunks
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
-
-T = TypeVar("T")
 
 
 async def batches(redis: Redis, queue: str) -> list[dict[str, Any]]:
@@ -26,18 +23,6 @@ async def batches(redis: Redis, queue: str) -> list[dict[str, Any]]:
 async def pending(redis: Redis, queue: str) -> int:
     info = await redis.xpending(queue, "taskiq")
     return int(info["pending"])
-
-
-#: Calls run at once by ``gather_chunks``.
-CHUNK = 200
-
-
-async def gather_chunks(calls: Sequence[Awaitable[T]]) -> list[T]:
-    """Await ``calls`` ``CHUNK`` at a time; their results in their order."""
-    done: list[T] = []
-    for start in range(0, len(calls), CHUNK):
-        done.extend(await asyncio.gather(*calls[start : start + CHUNK]))
-    return done
 
 
 @pytest.mark.parametrize("serializer", ["json", "msgpack"])
