@@ -120,6 +120,37 @@ def list_source(broker: Any, spec: BatchSpec) -> ListSource:
     return Source(broker, transport, transport.list_batches, spec)
 
 
+def stream_sources(
+    url: str,
+    queue: str,
+    count: int,
+    size: int,
+    timeout: float | None,
+    protocol: int = 2,
+) -> list[StreamSource]:
+    """``count`` workers' sources on a stream queue, each with its own broker.
+
+    :param size: the task's ``batch_size``; ``timeout`` its ``batch_timeout``.
+    :param protocol: the RESP version of each broker's client.
+    """
+    found = []
+    for _ in range(count):
+        broker = make_broker(url, queue, protocol=protocol)
+        found.append(source(broker, spec_of(declare(broker, size, timeout))))
+    return found
+
+
+def list_sources(
+    url: str, queue: str, count: int, size: int, timeout: float | None
+) -> list[ListSource]:
+    """``count`` workers' sources on a list queue, each with its own broker."""
+    found = []
+    for _ in range(count):
+        broker = make_list_broker(url, queue)
+        found.append(list_source(broker, spec_of(declare(broker, size, timeout))))
+    return found
+
+
 def task_ids(batch: TakenBatch) -> list[str]:
     return [json.loads(d.data)["task_id"] for d in batch.deliveries]
 

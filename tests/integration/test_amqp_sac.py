@@ -11,7 +11,6 @@ and a worker forwards them).
 import asyncio
 import json
 import os
-import subprocess
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -122,21 +121,16 @@ async def test_the_producer_sends_to_the_tasks_queue(
 
 
 async def wait_for_consumers(channel: AbstractChannel, name: str, count: int) -> None:
-    """Wait until ``count`` consumers are on the queue (the workers read).
+    """Wait until ``count`` consumers are on the main queue ``name`` (the workers
+    read); each worker process consumes it before its task's queue.
 
-    (Not a passive declare: it counts only the active consumer of a
-    single-active-consumer queue; ``rabbitmqctl`` lists them all.)
+    A passive declare counts them all on this plain queue (on a
+    single-active-consumer queue it would count only the active one).
     """
 
     async def consumed() -> bool:
-        listed = await asyncio.to_thread(
-            subprocess.run,
-            ["rabbitmqctl", "-q", "list_consumers", "queue_name", "--no-table-headers"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        return listed.stdout.split().count(name) >= count
+        declared = await channel.declare_queue(name, passive=True)
+        return (declared.declaration_result.consumer_count or 0) >= count
 
     await eventually(consumed, 30, f"{count} consumer(s) on {name}")
 
@@ -227,9 +221,12 @@ async def test_kill_9_of_the_active_consumer_loses_nothing(
     consumer); after it, the other one runs what was unacked, and every
     item's batch ends.
     """
-    workers = [start_worker(batch_size=10, batch_timeout=0.3, batch_delay=0.3)]
-    await wait_for_consumers(channel, queue, 1)
-    workers.append(start_worker(batch_size=10, batch_timeout=0.3, batch_delay=0.3))
+    # Both start at once: whichever consumes the task's queue first is its
+    # active consumer, found below from the batches' pids.
+    workers = [
+        start_worker(batch_size=10, batch_timeout=0.3, batch_delay=0.3)
+        for _ in range(2)
+    ]
     await wait_for_consumers(channel, queue, 2)
     task = producer
     count = 100

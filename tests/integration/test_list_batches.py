@@ -5,8 +5,6 @@ What only lists do: what they do as streams do is tested on both in
 """
 
 import time
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -14,13 +12,11 @@ from redis.asyncio import Redis
 
 from taskiq_batching.transports.redis_list_batches import ListEntry, element_of
 from tests.integration.stream_batches import (
-    ListSource,
     clean,
     declare,
-    list_source,
+    list_sources,
     make_list_broker,
     run_sources,
-    spec_of,
     task_ids,
 )
 
@@ -28,25 +24,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 
 @pytest.fixture
-def queue() -> str:
-    return f"tb-lb-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
-def _sources(
-    redis_url: str, queue: str, count: int, size: int, timeout: float | None
-) -> list[ListSource]:
-    found = []
-    for _ in range(count):
-        broker = make_list_broker(redis_url, queue)
-        found.append(list_source(broker, spec_of(declare(broker, size, timeout))))
-    return found
+def queue_prefix() -> str:
+    return "tb-lb"
 
 
 def _sent_ms(batch: Any) -> list[int]:
@@ -56,7 +35,7 @@ def _sent_ms(batch: Any) -> list[int]:
 async def test_forwarding_stamps_the_forward_time(
     redis_url: str, queue: str, redis: Redis
 ) -> None:
-    (src,) = _sources(redis_url, queue, 1, 100, 0.3)
+    (src,) = list_sources(redis_url, queue, 1, 100, 0.3)
     plain = declare(make_list_broker(redis_url, queue, wait=False), 100, 0.3)
     try:
         sent = await plain.kiq(1)  # a plain message, on the main list
@@ -81,7 +60,7 @@ async def test_forwarding_stamps_the_forward_time(
 async def test_given_back_messages_wait_again_at_the_head_with_their_time(
     redis_url: str, queue: str, redis: Redis
 ) -> None:
-    (src,) = _sources(redis_url, queue, 1, 3, 30)
+    (src,) = list_sources(redis_url, queue, 1, 3, 30)
     task = declare(make_list_broker(redis_url, queue), 3, 30)
     try:
         sent = [t.task_id for t in await task.kiq_many(range(5))]
@@ -105,7 +84,7 @@ async def test_given_back_messages_wait_again_at_the_head_with_their_time(
 async def test_a_message_without_a_stamp_is_due_at_once(
     redis_url: str, queue: str, redis: Redis
 ) -> None:
-    (src,) = _sources(redis_url, queue, 1, 10, 30)
+    (src,) = list_sources(redis_url, queue, 1, 10, 30)
     try:
         names = src.names
         await redis.lpush(names.stream("-"), b'{"not": "stamped"}')

@@ -11,7 +11,7 @@ from taskiq.kicker import AsyncKicker
 
 from taskiq_batching import deadline
 from tests.integration.worker_app import make_broker
-from tests.integration.workers import Worker, eventually
+from tests.integration.workers import Worker, eventually, gather_chunks
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -39,9 +39,13 @@ async def test_2000_messages_full_batches_every_result(
     await producer.startup()  # creates the stream's consumer group first
     worker = start_worker(kind, serializer, batch_size=100, batch_timeout=30)
     collect: AsyncKicker[Any, Any] = AsyncKicker("collect", producer, {})
-    sent = [await collect.kiq(i) for i in range(2000)]
-    for item, task in enumerate(sent):
-        result = await task.wait_result(timeout=60, check_interval=0.05)
+    # Sent and awaited CHUNK at a time: one round trip's wait for many
+    # (in which order they land does not matter: every batch fills).
+    sent = await gather_chunks([collect.kiq(i) for i in range(2000)])
+    results = await gather_chunks(
+        [task.wait_result(timeout=60, check_interval=0.05) for task in sent]
+    )
+    for item, result in enumerate(results):
         assert not result.is_err, result.error
         assert item in result.return_value
         assert len(result.return_value) == 100

@@ -7,8 +7,6 @@ script, as a worker's taker loop would.
 
 import asyncio
 import time
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,13 +17,13 @@ from taskiq_batching.core.broker_keys import broker_key
 from taskiq_batching.errors import SendManyError
 from taskiq_batching.transports.redis_batches import entry_ms
 from tests.integration.stream_batches import (
-    StreamSource,
     clean,
     declare,
     make_broker,
     run_sources,
     source,
     spec_of,
+    stream_sources,
     task_ids,
 )
 
@@ -33,30 +31,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 
 @pytest.fixture
-def queue() -> str:
-    return f"tb-sb-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
-async def _sources(
-    redis_url: str,
-    queue: str,
-    count: int,
-    size: int,
-    timeout: float | None,
-    protocol: int = 2,
-) -> list[StreamSource]:
-    found = []
-    for _ in range(count):
-        broker = make_broker(redis_url, queue, protocol=protocol)
-        found.append(source(broker, spec_of(declare(broker, size, timeout))))
-    return found
+def queue_prefix() -> str:
+    return "tb-sb"
 
 
 on_both_protocols = pytest.mark.parametrize("protocol", [2, 3], ids=["resp2", "resp3"])
@@ -65,7 +41,7 @@ on_both_protocols = pytest.mark.parametrize("protocol", [2, 3], ids=["resp2", "r
 async def test_full_batches_when_redis_does_not_know_the_lag(
     redis_url: str, queue: str, redis: Redis
 ) -> None:
-    (src,) = await _sources(redis_url, queue, 1, 50, 30)
+    (src,) = stream_sources(redis_url, queue, 1, 50, 30)
     producer = make_broker(redis_url, queue)
     task = declare(producer, 50, 30)
     try:
@@ -91,7 +67,7 @@ async def test_full_batches_when_redis_does_not_know_the_lag(
 async def test_a_lost_group_is_made_again_where_nothing_sent_since_is_skipped(
     redis_url: str, queue: str, redis: Redis
 ) -> None:
-    (src,) = await _sources(redis_url, queue, 1, 5, 30)
+    (src,) = stream_sources(redis_url, queue, 1, 5, 30)
     producer = make_broker(redis_url, queue)
     task = declare(producer, 5, 30)
     try:
@@ -123,7 +99,7 @@ async def test_forwarding_keeps_the_send_time_and_acks_the_original_in_one_multi
     monkeypatch: pytest.MonkeyPatch,
     protocol: int,
 ) -> None:
-    (src,) = await _sources(redis_url, queue, 1, 100, 0.3, protocol)
+    (src,) = stream_sources(redis_url, queue, 1, 100, 0.3, protocol)
     plain = make_broker(redis_url, queue, wait=False)
     task = declare(plain, 100, 0.3)
     try:
@@ -173,7 +149,7 @@ async def test_forwarding_keeps_the_send_time_and_acks_the_original_in_one_multi
 async def test_given_back_entries_wait_again_with_their_send_time(
     redis_url: str, queue: str, redis: Redis
 ) -> None:
-    (src,) = await _sources(redis_url, queue, 1, 3, 30)
+    (src,) = stream_sources(redis_url, queue, 1, 3, 30)
     producer = make_broker(redis_url, queue)
     task = declare(producer, 3, 30)
     try:

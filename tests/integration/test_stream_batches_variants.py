@@ -7,6 +7,7 @@ cluster) on free loopback ports, started once a session (``servers``).
 import asyncio
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from taskiq_redis import (
@@ -17,6 +18,7 @@ from taskiq_redis import (
 )
 
 from taskiq_batching import BatchingMiddleware
+from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.redis_stream import StreamTransport
 from tests.integration.stream_batches import (
     declare,
@@ -55,12 +57,6 @@ def _cluster(env: dict[str, str], queue: str) -> Broker:
     )
 
 
-VARIANTS: dict[str, Callable[[dict[str, str], str], Broker]] = {
-    "sentinel": _sentinel,
-    "cluster": _cluster,
-}
-
-
 def _list_sentinel(env: dict[str, str], queue: str) -> Broker:
     host, port = env["TEST_REDIS_SENTINELS"].split(":")
     master = env["TEST_REDIS_SENTINEL_MASTER_NAME"]
@@ -71,9 +67,16 @@ def _list_cluster(env: dict[str, str], queue: str) -> Broker:
     return ListQueueClusterBroker(env["TEST_REDIS_CLUSTER_URL"], queue_name=queue)
 
 
-LIST_VARIANTS: dict[str, Callable[[dict[str, str], str], Broker]] = {
-    "sentinel": _list_sentinel,
-    "cluster": _list_cluster,
+#: (kind, variant): the broker on the session's servers, for a queue.
+BROKERS: dict[tuple[str, str], Callable[[dict[str, str], str], Broker]] = {
+    ("stream", "sentinel"): _sentinel,
+    ("stream", "cluster"): _cluster,
+    ("list", "sentinel"): _list_sentinel,
+    ("list", "cluster"): _list_cluster,
+}
+SOURCES: dict[str, Callable[[Any, BatchSpec], Any]] = {
+    "stream": source,
+    "list": list_source,
 }
 
 
@@ -83,15 +86,20 @@ def _with_plugin(broker: Broker, wait: bool) -> Broker:
     return broker
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize(
+    ("kind", "variant"), sorted(BROKERS), ids=["-".join(k) for k in sorted(BROKERS)]
+)
 async def test_sends_takes_forwards_and_wakes(
-    servers: dict[str, str], variant: str
+    servers: dict[str, str], kind: str, variant: str
 ) -> None:
-    queue = f"tb-bv-{variant}-{uuid.uuid4().hex[:8]}"
-    worker = _with_plugin(VARIANTS[variant](servers, queue), wait=True)
+    """Sent with ``kiq_many`` and ``kiq``, woken, taken whole with a plain
+    producer's message forwarded; then acked (stream: nothing left) or
+    given back and taken again (list)."""
+    queue = f"tb-{kind[0]}v-{variant}-{uuid.uuid4().hex[:8]}"
+    worker = _with_plugin(BROKERS[kind, variant](servers, queue), wait=True)
     task = declare(worker, 5, 30)
-    src = source(worker, spec_of(task))
-    plain = _with_plugin(VARIANTS[variant](servers, queue), wait=False)
+    src = SOURCES[kind](worker, spec_of(task))
+    plain = _with_plugin(BROKERS[kind, variant](servers, queue), wait=False)
     plain_task = declare(plain, 5, 30)
     await worker.startup()
     await plain.startup()
@@ -101,54 +109,25 @@ async def test_sends_takes_forwards_and_wakes(
         waiting = asyncio.ensure_future(src.batches.idle([src.spec], 2.0))
         await asyncio.wait_for(waiting, 5)  # a wake was there already
         assert (await src.batches.take(src.spec, 1)).batches == []  # 4 of 5
-        assert isinstance(src.transport, StreamTransport)
-        forwarded = await plain_task.kiq(4)  # plain: on the main stream
-        (delivery,) = await src.transport.read(10)
-        await src.batches.forward([(delivery, src.spec, "-")])
-        got = await src.batches.take(src.spec, 1)
-        (batch,) = got.batches
-        assert task_ids(batch) == [*sent, forwarded.task_id]
-        assert batch.reason == "size"
-        await src.transport.ack([d.handle for d in batch.deliveries])
-        redis = src.transport.client.redis
-        assert await redis.xlen(src.names.stream("-")) == 0
-        pending = await redis.xpending(queue, src.transport.group)
-        assert pending["pending"] == 0
-    finally:
-        await worker.shutdown()
-        await plain.shutdown()
-
-
-@pytest.mark.parametrize("variant", sorted(LIST_VARIANTS))
-async def test_list_sends_takes_forwards_gives_back_and_wakes(
-    servers: dict[str, str], variant: str
-) -> None:
-    queue = f"tb-lv-{variant}-{uuid.uuid4().hex[:8]}"
-    worker = _with_plugin(LIST_VARIANTS[variant](servers, queue), wait=True)
-    task = declare(worker, 5, 30)
-    src = list_source(worker, spec_of(task))
-    plain = _with_plugin(LIST_VARIANTS[variant](servers, queue), wait=False)
-    plain_task = declare(plain, 5, 30)
-    await worker.startup()
-    await plain.startup()
-    try:
-        sent = [t.task_id for t in await task.kiq_many(range(3))]
-        sent.append((await task.kiq(3)).task_id)
-        waiting = asyncio.ensure_future(src.batches.idle([src.spec], 2.0))
-        await asyncio.wait_for(waiting, 5)  # a wake was there already
-        assert (await src.batches.take(src.spec, 1)).batches == []  # 4 of 5
-        forwarded = await plain_task.kiq(4)  # plain: on the main list
+        forwarded = await plain_task.kiq(4)  # plain: on the main stream or list
         (delivery,) = await src.transport.read(10)
         await src.batches.forward([(delivery, src.spec, "-")])
         (batch,) = (await src.batches.take(src.spec, 1)).batches
         assert task_ids(batch) == [*sent, forwarded.task_id]
         assert batch.reason == "size"
-        await src.transport.release(batch.deliveries)
-        (again,) = (await src.batches.take(src.spec, 1)).batches
-        assert task_ids(again) == task_ids(batch)
         redis = src.transport.client.redis
-        assert await redis.llen(src.names.stream("-")) == 0
-        assert await redis.llen(queue) == 0
+        if kind == "stream":
+            assert isinstance(src.transport, StreamTransport)
+            await src.transport.ack([d.handle for d in batch.deliveries])
+            assert await redis.xlen(src.names.stream("-")) == 0
+            pending = await redis.xpending(queue, src.transport.group)
+            assert pending["pending"] == 0
+        else:
+            await src.transport.release(batch.deliveries)
+            (again,) = (await src.batches.take(src.spec, 1)).batches
+            assert task_ids(again) == task_ids(batch)
+            assert await redis.llen(src.names.stream("-")) == 0
+            assert await redis.llen(queue) == 0
     finally:
         await worker.shutdown()
         await plain.shutdown()

@@ -9,10 +9,26 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+#: Calls run at once by ``gather_chunks``.
+CHUNK = 200
+
+T = TypeVar("T")
+
+
+async def gather_chunks(calls: Sequence[Awaitable[T]]) -> list[T]:
+    """Await ``calls`` ``CHUNK`` at a time (one round trip's wait for many).
+
+    :return: their results, in their order.
+    """
+    done: list[T] = []
+    for start in range(0, len(calls), CHUNK):
+        done.extend(await asyncio.gather(*calls[start : start + CHUNK]))
+    return done
 
 
 async def eventually(

@@ -34,21 +34,22 @@ async def test_kill_9_of_a_worker_holding_messages_loses_nothing(
         "TB_IDLE_MS": "2000",
     }
     broker = await producer(config)
-    survivor = start_worker(config)
+    # Both start at once, each under a name of its own (to tell them apart
+    # in the group's consumers, which Redis names in bytes).
+    names = {role: f"{queue}-{role}" for role in ("survivor", "victim")}
+    survivor, victim = (
+        start_worker({**config, "TB_CONSUMER_NAME": names[role]})
+        for role in ("survivor", "victim")
+    )
+    victim_name = names["victim"].encode()
     sent = await send(broker, "collect", list(range(200)))
-
-    async def listed() -> bool:  # a consumer is listed once it was served
-        return len(await redis.xinfo_consumers(queue, "taskiq")) == 1
-
-    await wait("the survivor reading", listed, 20, survivor)
-    (first,) = await redis.xinfo_consumers(queue, "taskiq")
-    victim = start_worker(config)
-    # The survivor alone drains 1,800 items in seconds, and a worker can take
-    # longer than that to start on a loaded machine: items go one at a time
-    # until the victim was served, then the rest at once.
+    # One alone drains 1,800 items in seconds, and a worker can take longer
+    # than that to start on a loaded machine: items go one at a time until
+    # both were served (a consumer is listed once it was), then the rest at
+    # once.
     trickled = 200
 
-    async def victim_listed() -> bool:
+    async def both_listed() -> bool:
         nonlocal trickled, sent
         if len(await redis.xinfo_consumers(queue, "taskiq")) == 2:
             return True
@@ -57,18 +58,18 @@ async def test_kill_9_of_a_worker_holding_messages_loses_nothing(
             trickled += 1
         return False
 
-    await wait("the victim reading", victim_listed, 30, victim)
+    await wait("both workers reading", both_listed, 30, victim)
     sent += await send(broker, "collect", list(range(trickled, 2000)))
 
     async def victim_holds() -> bool:
         held = await redis.xinfo_consumers(queue, "taskiq")
-        return any(c["name"] != first["name"] and c["pending"] > 0 for c in held)
+        return any(c["name"] == victim_name and c["pending"] > 0 for c in held)
 
     await wait("the victim holding messages", victim_holds, 20, victim)
     held = sum(
         c["pending"]
         for c in await redis.xinfo_consumers(queue, "taskiq")
-        if c["name"] != first["name"]
+        if c["name"] == victim_name
     )
     victim.kill9()
     killed_at = time.monotonic()

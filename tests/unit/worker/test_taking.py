@@ -9,7 +9,7 @@ producer's messages are forwarded on Redis.
 import asyncio
 import itertools
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 import pytest
@@ -18,6 +18,7 @@ from taskiq.receiver import Receiver
 
 from taskiq_batching import (
     BatchArgumentError,
+    BatchedTask,
     BatchInfo,
     BatchingMiddleware,
     BatchItemError,
@@ -67,6 +68,27 @@ def worker_world(
     return source, queue_broker(), Recorder()
 
 
+Recorded = BatchedTask[int, [], Coroutine[Any, Any, None]]
+
+
+def recorded(broker: QueueBroker, seen: Recorder, batch_size: int) -> Recorded:
+    """The batched task ``batched`` (timeout an hour): its batches go to ``seen``."""
+
+    async def batched(items: list[int]) -> None:
+        seen.record(items)
+
+    return batch_task(broker, batch_size=batch_size, batch_timeout=3600)(batched)
+
+
+async def preloaded(
+    broker: QueueBroker, source: FakeSource, task: Recorded, count: int
+) -> None:
+    """``count`` items sent as a plugin producer sends them: waiting in ``source``."""
+    for item in range(count):
+        await task.kiq(item)
+    await preload(broker, source, task.task_name)
+
+
 async def test_a_taken_batch_runs_once_with_each_message_s_own_result_and_ack(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -112,9 +134,7 @@ async def test_a_batch_due_by_its_timeout_is_recorded_so(
 async def test_an_invalid_message_fails_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     source, broker, seen = worker_world(monkeypatch, forward=True)
 
-    @batch_task(broker, batch_size=3, batch_timeout=3600)
-    async def batched(items: list[int]) -> None:
-        seen.record(items)
+    batched = recorded(broker, seen, 3)
 
     # As a plugin producer sends them: the bad one waits with the good ones.
     good = [await batched.kiq(1), await batched.kiq(3)]
@@ -288,9 +308,7 @@ async def test_a_stop_ends_taking_and_the_take_in_flight_still_runs(
 ) -> None:
     source, broker, seen = worker_world(monkeypatch)
 
-    @batch_task(broker, batch_size=2, batch_timeout=3600)
-    async def batched(items: list[int]) -> None:
-        seen.record(items)
+    batched = recorded(broker, seen, 2)
 
     stopping = asyncio.Event()
 
@@ -300,9 +318,7 @@ async def test_a_stop_ends_taking_and_the_take_in_flight_still_runs(
             await super().stop(deadline)
 
     monkeypatch.setattr("taskiq_batching.worker.pump.Taker", Watched)
-    for i in range(6):
-        await batched.kiq(i)
-    await preload(broker, source, batched.task_name)
+    await preloaded(broker, source, batched, 6)
     source.hold_takes = asyncio.Event()
     source.reply_seconds = 0.05  # the reply is on its way when the stop comes
     receiver = Receiver(broker)
@@ -358,9 +374,7 @@ async def test_plain_messages_reach_the_receiver_while_batches_wait(
 ) -> None:
     source, broker, seen = worker_world(monkeypatch, forward=True)
 
-    @batch_task(broker, batch_size=100, batch_timeout=3600)
-    async def batched(items: list[int]) -> None:
-        seen.record(items)
+    batched = recorded(broker, seen, 100)
 
     @broker.task
     async def plain(x: int) -> int:
@@ -402,13 +416,9 @@ async def test_max_tasks_per_child_counts_taken_messages(
 ) -> None:
     source, broker, seen = worker_world(monkeypatch)
 
-    @batch_task(broker, batch_size=2, batch_timeout=3600)
-    async def batched(items: list[int]) -> None:
-        seen.record(items)
+    batched = recorded(broker, seen, 2)
 
-    for i in range(10):
-        await batched.kiq(i)
-    await preload(broker, source, batched.task_name)
+    await preloaded(broker, source, batched, 10)
     receiver = Receiver(broker, max_tasks_to_execute=4)
     await asyncio.wait_for(receiver.listen(asyncio.Event()), 10)
     await broker.shutdown()
@@ -423,9 +433,7 @@ async def test_a_failed_forward_leaves_the_messages_to_this_worker(
         monkeypatch, forward_error=ConnectionError("down")
     )
 
-    @batch_task(broker, batch_size=3, batch_timeout=3600)
-    async def batched(items: list[int]) -> None:
-        seen.record(items)
+    batched = recorded(broker, seen, 3)
 
     async with running_worker(broker):
         sent = [await batched.kiq(i) for i in range(3)]
@@ -444,9 +452,7 @@ async def test_wait_in_broker_false_asks_the_registry_for_today_s_transport(
     broker.with_result_backend(queue_broker().result_backend)
     seen = Recorder()
 
-    @batch_task(broker, batch_size=3, batch_timeout=3600)
-    async def batched(items: list[int]) -> None:
-        seen.record(items)
+    batched = recorded(broker, seen, 3)
 
     async with running_worker(broker):
         sent = [await batched.kiq(i) for i in range(3)]
