@@ -35,7 +35,7 @@ from taskiq_batching.labels import BATCH_DEADLINE_LABEL
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import Delivery, Taken, per_worker_reason
 from taskiq_batching.transports.nats_lease import SLACK, LeaseReader, task_token
-from taskiq_batching.transports.nats_move import Move, Moved, Mover
+from taskiq_batching.transports.nats_move import MOVE_TIMEOUT, Move, Moved, Mover
 from taskiq_batching.transports.nats_pull import SENT_AT, Unsettled
 from taskiq_batching.transports.nats_send import batch_subject, ensure_batch_stream
 
@@ -210,6 +210,8 @@ class Moves:
         self._back = back
         #: Publishes the moves (made at the first: the client connects later).
         self.mover: Mover | None = None
+        #: Seconds a chunk of moves waits for the stream's answers.
+        self.timeout_seconds = MOVE_TIMEOUT
         #: Originals whose move the stream refused, back among the reads.
         self.refused: set[Unsettled] = set()
 
@@ -223,7 +225,7 @@ class Moves:
         if not deliveries:
             return
         if self.mover is None:
-            self.mover = Mover(self.broker.client, self._moved)
+            self.mover = Mover(self.broker.client, self._moved, self.timeout_seconds)
         await self.mover.publish(
             [self._move(spec.task_name, delivery) for delivery, spec, _ in deliveries]
         )
