@@ -316,6 +316,10 @@ class Forwarder(Protocol):
         On return each message waits with its task's batches (counted from
         its original send) and is done with on the main queue (acked there);
         on error none of them is (the worker then batches them itself).
+        NATS's (``nats_forward.Moves``) returns before the broker confirmed
+        the moves, so that the worker reads on: it acks each original once
+        its move is stored, and hands a refused one back to the worker's
+        reads with ``waited`` True (the worker batches it).
 
         :param deliveries: ``(delivery, its task, its broker key)`` as read
             on the main queue, in order (``core/broker_keys.py``: the key

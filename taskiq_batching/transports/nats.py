@@ -55,7 +55,7 @@ from taskiq_batching.transports.base import (
     finished_read,
 )
 from taskiq_batching.transports.consumer import Consumer
-from taskiq_batching.transports.nats_forward import Leases
+from taskiq_batching.transports.nats_forward import Leases, Moves
 from taskiq_batching.transports.nats_give_back import give_back
 from taskiq_batching.transports.nats_pull import Pull, Unsettled
 from taskiq_batching.transports.nats_send import NatsBatchSender
@@ -111,11 +111,14 @@ class NatsTransport(Consumer[Unsettled], Sender):
         self, broker: PullBasedJetStreamBroker, wait_in_broker: bool = False
     ) -> None:
         self.broker: PullBasedJetStreamBroker = broker
-        leases = Leases(broker, self._ready, self.ack) if wait_in_broker else None
+        leases = Leases(broker, self._ready) if wait_in_broker else None
         self._leases = leases
-        #: Batches taken under each task's lease; it moves a plain producer's.
+        #: Batches taken under each task's lease.
         self.batches: BatchSource | None = leases
-        self.forwarder: Forwarder | None = leases
+        moves = Moves(broker, self.ack, self.release, self._back) if leases else None
+        self._moves = moves
+        #: Moves a plain producer's batched messages to their task's subject.
+        self.forwarder: Forwarder | None = moves
         #: Where a producer's ``kiq``/``kiq_many`` of a batched task publish.
         self.batch_sender = NatsBatchSender(broker) if wait_in_broker else None
         #: ``max_ack_pending`` of the consumer, known after the first read.
@@ -186,6 +189,10 @@ class NatsTransport(Consumer[Unsettled], Sender):
                     self.prefetch = self.outstanding
                 return []
         return []
+
+    def _back(self, deliveries: Sequence[Delivery]) -> None:
+        if self._pull is not None:  # moves the stream refused: batched here
+            self._pull.back(deliveries)
 
     def _reacked(self, pull: Pull) -> None:
         logger.warning(
@@ -277,6 +284,8 @@ class NatsTransport(Consumer[Unsettled], Sender):
             with contextlib.suppress(asyncio.CancelledError):
                 await keepalive
         left = [] if self._leases is None else await self._leases.stop()
+        if self._moves is not None:
+            await self._moves.stop()  # what the stream refused is read again
         if self._pull is not None:
             left += await self._pull.stop()
             if left:

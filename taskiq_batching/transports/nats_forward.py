@@ -1,4 +1,4 @@
-"""A worker's leases of its batched tasks: the NATS ``BatchSource`` and ``Forwarder``.
+"""A worker's leases and moves: the NATS ``BatchSource`` and ``Forwarder``.
 
 ``Leases`` creates the batch stream (``<stream>-batch``, subjects
 ``<subject>.batch.>``, work-queue retention) and one durable per batched task
@@ -11,13 +11,14 @@ which go through the one lifecycle into the worker's buffers
 ``per_worker_reason`` (``batch_min_size``, ``batch_max_keys``) is not
 served: its messages stay on the main subject, buffered by each worker.
 
-It is the transport's ``forwarder`` too: it moves batched messages a plain
-taskiq kicker put on the main subject to their task's subject (a producer
-with the plugin publishes there itself, ``nats_send.py``), with
+``Moves`` is the transport's ``forwarder``: it moves batched messages a
+plain taskiq kicker put on the main subject to their task's subject (a
+producer with the plugin publishes there itself, ``nats_send.py``), with
 ``Nats-Msg-Id`` = the original's stream sequence (a second move after a
 crash is dropped by the server's duplicate window), its send time in
 ``Tb-Sent-At`` and its ``batch_deadline`` as a header (the lease reads
-it), then acks the original.
+it), and acks the original once the stream stored the move, without
+holding up the worker's reads (``nats_move.py``).
 """
 
 import asyncio
@@ -34,6 +35,7 @@ from taskiq_batching.labels import BATCH_DEADLINE_LABEL
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import Delivery, Taken, per_worker_reason
 from taskiq_batching.transports.nats_lease import SLACK, LeaseReader, task_token
+from taskiq_batching.transports.nats_move import MOVE_TIMEOUT, Move, Moved, Mover
 from taskiq_batching.transports.nats_pull import SENT_AT, Unsettled
 from taskiq_batching.transports.nats_send import batch_subject, ensure_batch_stream
 
@@ -48,18 +50,14 @@ class Leases:
     :param broker: taskiq-nats's ``PullBasedJetStreamBroker``.
     :param start: starts the transport (its reading, then ``start`` here),
         once; a take may come before the first read.
-    :param ack: acks the originals of forwarded messages.
     """
 
     #: A reader wakes the taker itself: this only bounds a take's pause.
     poll_seconds = SLACK
 
-    def __init__(
-        self, broker: Any, start: Callable[[], Awaitable[Any]], ack: Settle
-    ) -> None:
+    def __init__(self, broker: Any, start: Callable[[], Awaitable[Any]]) -> None:
         self.broker = broker
         self._start_transport = start
-        self._ack = ack
         self.specs: dict[str, BatchSpec] = {}
         self.readers: dict[str, LeaseReader] = {}
         #: Set when a reader has a round ready (``idle`` waits on it).
@@ -181,37 +179,103 @@ class Leases:
             left += await reader.stop()
         return left
 
-    # --- Forwarder -------------------------------------------------------------
+
+class Moves:
+    """Moves the main consumer's batched messages to their task's subject.
+
+    ``forward`` publishes and returns (``nats_move.Mover``): the pump reads
+    on while the stream stores them. Once a chunk is answered, the
+    originals of the stored messages are acked; a message the stream
+    refused comes back to this worker as read again, and ``waited`` tells
+    the worker to batch it itself (as when it cannot forward); one not
+    answered in time is nak'ed: moved again by whoever reads it, the
+    duplicate window dropping a second copy.
+
+    :param broker: taskiq-nats's ``PullBasedJetStreamBroker``.
+    :param ack: acks originals.
+    :param nak: naks originals (delivered again at once).
+    :param back: puts deliveries back among what this worker reads next.
+    """
+
+    def __init__(
+        self,
+        broker: Any,
+        ack: Settle,
+        nak: Callable[[Sequence[Delivery]], Awaitable[None]],
+        back: Callable[[Sequence[Delivery]], None],
+    ) -> None:
+        self.broker = broker
+        self._ack = ack
+        self._nak = nak
+        self._back = back
+        #: Publishes the moves (made at the first: the client connects later).
+        self.mover: Mover | None = None
+        #: Seconds a chunk of moves waits for the stream's answers.
+        self.timeout_seconds = MOVE_TIMEOUT
+        #: Originals whose move the stream refused, back among the reads.
+        self.refused: set[Unsettled] = set()
 
     async def forward(
         self, deliveries: Sequence[tuple[Delivery, BatchSpec, str]]
     ) -> None:
-        """Move batched messages of the main consumer to their task's subject.
-
-        Every one is published (and stored) before the originals are acked;
-        a failed publish raises and nothing is acked (the worker batches
-        them itself; one published twice is stored once).
+        """Publish each message to its task's subject; return before it is stored.
 
         :param deliveries: ``(delivery, its task, its key)`` as read.
         """
         if not deliveries:
             return
-        await asyncio.gather(
-            *(self._publish(spec.task_name, d) for d, spec, _ in deliveries)
+        if self.mover is None:
+            self.mover = Mover(self.broker.client, self._moved, self.timeout_seconds)
+        await self.mover.publish(
+            [self._move(spec.task_name, delivery) for delivery, spec, _ in deliveries]
         )
-        try:
-            await self._ack([delivery.handle for delivery, _, _ in deliveries])
-        except Exception as exc:
-            # Moved: the originals come back after ack_wait, and their second
-            # move is dropped by the duplicate window (2 min by default).
+
+    def waited(self, delivery: Delivery) -> bool:
+        """Whether a delivery is one whose move was refused: the worker batches it.
+
+        :param delivery: a delivery read on the main subject.
+        :return: True once for each such delivery.
+        """
+        if delivery.handle in self.refused:
+            self.refused.discard(delivery.handle)
+            return True
+        return False
+
+    async def _moved(self, chunk: Moved) -> None:
+        """Settle the originals of an answered chunk (never raises)."""
+        if chunk.refused or chunk.unknown:
             logger.warning(
-                "taskiq_batching: cannot ack %d NATS message(s) moved to their "
-                "batched task's subject: %s",
-                len(deliveries),
+                "taskiq_batching: cannot move %d NATS message(s) to their batched "
+                "task's subject (%s); %d refused: this worker batches them; %d "
+                "unanswered: handed back (nak), moved again by the next reader",
+                len(chunk.refused) + len(chunk.unknown),
+                chunk.why,
+                len(chunk.refused),
+                len(chunk.unknown),
+            )
+            self.refused.update(delivery.handle for delivery in chunk.refused)
+            self._back(chunk.refused)
+        await self._settle(chunk.unknown, self._nak, "nak")
+        handles = [delivery.handle for delivery in chunk.stored]
+        await self._settle(handles, self._ack, "ack")
+
+    async def _settle(self, items: Sequence[Any], settle: Any, verdict: str) -> None:
+        if not items:
+            return
+        try:
+            await settle(items)
+        except Exception as exc:
+            # The originals come back after ack_wait; a second move of a
+            # stored one is dropped by the duplicate window (2 min by default).
+            logger.warning(
+                "taskiq_batching: cannot %s %d NATS message(s) after moving them "
+                "to their batched task's subject: %s",
+                verdict,
+                len(items),
                 describe(exc),
             )
 
-    async def _publish(self, name: str, delivery: Delivery) -> None:
+    def _move(self, name: str, delivery: Delivery) -> Move:
         handle: Unsettled = delivery.handle
         headers = {"Nats-Msg-Id": f"{self.broker.stream_name}-{handle.sequence}"}
         if delivery.sent_at is not None:
@@ -219,9 +283,7 @@ class Leases:
         deadline = self._deadline(delivery.data)
         if deadline is not None:
             headers[BATCH_DEADLINE_LABEL] = repr(deadline / 1000)
-        await self.broker.js.publish(
-            self.subject_of(name), delivery.data, headers=headers
-        )
+        return delivery, batch_subject(self.broker, name), delivery.data, headers
 
     def _deadline(self, data: bytes) -> int | None:
         """A message's ``batch_deadline`` (UNIX ms), read only when it may have one."""
@@ -232,3 +294,8 @@ class Leases:
         except Exception:  # the worker that takes it says why
             return None
         return deadline_ms(labels)
+
+    async def stop(self) -> None:
+        """Wait for the moves in flight to be answered and settled."""
+        if self.mover is not None:
+            await self.mover.stop()

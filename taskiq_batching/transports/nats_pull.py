@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 from taskiq_batching._compat import nats_pull_subject
@@ -184,6 +185,12 @@ class Pull:
         """Up to ``limit`` messages received and not read yet."""
         unread = self.unread
         return [unread.popleft() for _ in range(min(limit, len(unread)))]
+
+    def back(self, deliveries: Sequence[Delivery]) -> None:
+        """Read these again, first (still held)."""
+        if deliveries:
+            self.unread.extendleft(reversed(deliveries))
+            self.arrived.set()
 
     async def request(self, limit: int) -> None:
         """Ask for up to ``limit`` messages, unless a request is in progress."""

@@ -20,7 +20,7 @@ from typing import Any
 
 import nats
 import pytest
-from nats.js.api import ConsumerInfo
+from nats.js.api import ConsumerInfo, DiscardPolicy, RetentionPolicy
 from nats.js.errors import NotFoundError
 from redis.asyncio import Redis
 from taskiq import AsyncBroker
@@ -440,6 +440,54 @@ async def test_the_plugins_messages_are_not_moved_and_a_plain_kickers_are(
         _, batch_ever = await stream_messages(nats_url, batch_stream)
         assert (main_stored, batch_ever) == (50, 250)
     finally:
+        await producer.shutdown()
+
+
+async def test_moves_the_batch_stream_refuses_are_batched_by_the_reader_once(
+    nats_url: str,
+    redis_url: str,
+    redis: Redis,
+    stream: str,
+    batch_stream: str,
+    start_worker: StartWorker,
+) -> None:
+    """The batch stream takes 5 messages (``discard new``); 40 plain items wait.
+
+    The worker moves what it reads: the stream stores the first moves (a
+    lease runs them) and refuses the rest, which the worker that read them
+    batches itself. Each item runs once. Before, a chunk with one refused
+    move was batched whole by the worker while its stored moves also ran
+    from the batch stream: those ran twice.
+    """
+    producer = make_broker(nats_url, redis_url, stream, 30)
+    await producer.startup()
+    client = await nats.connect(nats_url)
+    try:
+        await client.jetstream().add_stream(
+            name=batch_stream,
+            subjects=[f"{stream}.tasks.batch.>"],
+            retention=RetentionPolicy.WORK_QUEUE,
+            max_msgs=5,
+            discard=DiscardPolicy.NEW,
+        )
+        collect: AsyncKicker[Any, Any] = AsyncKicker("collect", producer, {})
+        count = 40
+        await asyncio.gather(*(collect.kiq(item) for item in range(count)))
+        worker = start_worker(batch_size=10, batch_timeout=0.3, wait_in_broker=1)
+
+        async def all_settled() -> bool:
+            main = await consumer(nats_url, stream)
+            waiting, _ = await stream_messages(nats_url, batch_stream)
+            ran = await runs(redis, stream)
+            settled = (main.num_pending, main.num_ack_pending, waiting) == (0, 0, 0)
+            return settled and set(ran) == set(range(count))
+
+        # Nothing is left to run anywhere: what ran twice has run by now.
+        await eventually(all_settled, 30, "every item ran, nothing left to run")
+        assert await runs(redis, stream) == Counter(range(count))
+        assert "refused: this worker batches them" in worker.output()
+    finally:
+        await client.close()
         await producer.shutdown()
 
 

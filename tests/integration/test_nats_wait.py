@@ -3,15 +3,20 @@
 A lease's round is a taken batch like a Redis source's
 (``worker/taken.py``): each message is accepted alone, a bad one fails
 alone, and what a round taken full loses stays open while the next round
-asks for what it lacks; a ``batch_deadline`` ends a round early. Against
+asks for what it lacks; a ``batch_deadline`` ends a round early. A plain
+producer's message is moved to its task's subject without holding up the
+worker's reads, and acked once stored (or handed back when the stream
+does not answer). Against
 the real NATS server (``NATS_URL``), one worker (taskiq's Receiver) in
 this process; each test has streams of its own, deleted afterwards.
 """
 
+import asyncio
 import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import nats
@@ -19,6 +24,7 @@ import pytest
 from nats.js.errors import NotFoundError
 from taskiq import TaskiqDepends, TaskiqResult
 from taskiq.brokers.inmemory_broker import InmemoryResultBackend
+from taskiq.kicker import AsyncKicker
 from taskiq_nats import PullBasedJetStreamBroker
 
 from taskiq_batching import (
@@ -29,8 +35,11 @@ from taskiq_batching import (
     batch_task,
     per_item,
 )
+from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.nats import NatsTransport
 from taskiq_batching.transports.nats_send import batch_stream
 from tests.helpers import running_worker
+from tests.integration.workers import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
@@ -106,3 +115,97 @@ async def test_a_batch_deadline_ends_the_round_by_it(
         waited = time.time() - sent
     assert outcomes == [["deadline", [1, 2]]] * 2
     assert waited < 10  # by its deadline, not by batch_timeout
+
+
+class Stream:
+    """Stands in for the batch stream: answers moves only when told (core NATS).
+
+    Without the batch stream (no batched task is configured, so the
+    transport never creates it), a move's publish reaches only this
+    subscriber, which keeps each request until ``answer``.
+    """
+
+    def __init__(self, client: Any, subject: str) -> None:
+        self.client = client
+        self.subject = subject
+        self.requests: list[Any] = []
+        self.arrived = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.client.subscribe(f"{self.subject}.batch.>", cb=self._on_request)
+        await self.client.flush()
+
+    async def _on_request(self, message: Any) -> None:
+        self.requests.append(message)
+        self.arrived.set()
+
+    async def answer(self) -> None:
+        for seq, request in enumerate(self.requests, 1):
+            await self.client.publish(request.reply, b'{"stream":"x","seq":%d}' % seq)
+        await self.client.flush()
+
+
+@contextlib.asynccontextmanager
+async def moving(
+    broker: PullBasedJetStreamBroker, nats_url: str
+) -> AsyncIterator[tuple[NatsTransport, Stream, Delivery]]:
+    """A waiting transport that read one plain message, and the stand-in stream."""
+    await broker.startup()
+    transport = NatsTransport(broker, wait_in_broker=True)
+    client = await nats.connect(nats_url)
+    try:
+        stream = Stream(client, broker.subject)
+        await stream.start()
+        kicker: AsyncKicker[Any, Any] = AsyncKicker("plain", broker, {})
+        await kicker.kiq(1)
+        (delivery,) = await transport.read(10)
+        yield transport, stream, delivery
+    finally:
+        await transport.close()
+        await client.close()
+        await broker.shutdown()
+
+
+async def ack_pending(broker: PullBasedJetStreamBroker) -> int:
+    return (await broker.consumer.consumer_info()).num_ack_pending or 0
+
+
+async def test_a_move_returns_before_the_stream_answers_and_acks_after_it(
+    broker: PullBasedJetStreamBroker, nats_url: str
+) -> None:
+    """The worker reads on while a move is stored; its original is acked after.
+
+    Before, each read awaited every move's answer (then the acks' flush):
+    here that would be the 5 s timeout.
+    """
+    async with moving(broker, nats_url) as (transport, stream, delivery):
+        assert transport.forwarder is not None
+        task: Any = SimpleNamespace(task_name="plain")
+        await asyncio.wait_for(transport.forwarder.forward([(delivery, task, "-")]), 1)
+        await asyncio.wait_for(stream.arrived.wait(), 5)
+        assert await ack_pending(broker) == 1  # not stored yet: not acked
+        await stream.answer()
+
+        async def acked() -> bool:
+            return await ack_pending(broker) == 0
+
+        await eventually(acked, 5, "the original acked once its move is stored")
+
+
+async def test_an_unanswered_move_is_handed_back_and_moved_again(
+    broker: PullBasedJetStreamBroker, nats_url: str
+) -> None:
+    """No answer in time: stored or not, nobody knows; nak'ed, read again at once.
+
+    It is moved again by whoever reads it (a copy stored before is dropped
+    by the duplicate window); it is not batched by this worker (``waited``).
+    """
+    async with moving(broker, nats_url) as (transport, _, delivery):
+        forwarder: Any = transport.forwarder
+        forwarder.timeout_seconds = 0.2
+        task: Any = SimpleNamespace(task_name="plain")
+        await asyncio.wait_for(forwarder.forward([(delivery, task, "-")]), 1)
+        (again,) = await asyncio.wait_for(transport.read(10), 5)
+        assert again.handle.sequence == delivery.handle.sequence
+        assert again.data == delivery.data
+        assert not forwarder.waited(again)
