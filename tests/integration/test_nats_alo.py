@@ -109,7 +109,13 @@ async def test_size_only_batching_with_two_processes_does_not_wedge(
     await producer.startup()
     try:
         collect: AsyncKicker[Any, Any] = AsyncKicker("collect", producer, {})
-        worker = start_worker(("--workers", "2"), batch_size=150, max_ack_pending=200)
+        # Per-worker buffering's problem, so its path whatever the suite's
+        # environment says: on the wait path a stop hands back what waits in
+        # the broker instead of flushing it (its counterpart there:
+        # test_size_only_batches_stay_whole_across_processes_waiting_in_the_broker).
+        worker = start_worker(
+            ("--workers", "2"), batch_size=150, max_ack_pending=200, wait_in_broker=""
+        )
 
         async def both_wait() -> bool:
             return (await consumer(nats_url, stream)).num_waiting == 2
