@@ -147,10 +147,11 @@ class LeaseReader:
             if not self.owed:
                 self._request_ended()
         self.poke.set()
-        sequence, delivered = stream_sequence(message.reply)
-        if delivered > 1 and sequence in self.acked:
+        sequence, _ = stream_sequence(message.reply)
+        if sequence in self.acked:
             # Acked, yet delivered again: the ack was lost (a server
-            # restart). It ran: acked again, not run twice.
+            # restart, whose consumer state may also have lost the
+            # delivery count). It ran: acked again, not run twice.
             self.reacked += 1
             await self.client.publish(message.reply, b"+ACK")
             return
