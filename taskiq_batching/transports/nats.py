@@ -57,7 +57,7 @@ from taskiq_batching.transports.base import (
 from taskiq_batching.transports.consumer import Consumer
 from taskiq_batching.transports.nats_forward import Leases, Moves
 from taskiq_batching.transports.nats_give_back import give_back
-from taskiq_batching.transports.nats_pull import Pull, Unsettled
+from taskiq_batching.transports.nats_pull import Pull, Unsettled, log_reacked
 from taskiq_batching.transports.nats_send import NatsBatchSender
 from taskiq_batching.transports.nats_settle import (
     ACK,
@@ -195,12 +195,7 @@ class NatsTransport(Consumer[Unsettled], Sender):
             self._pull.back(deliveries)
 
     def _reacked(self, pull: Pull) -> None:
-        logger.warning(
-            "taskiq_batching: NATS delivered again %d message(s) this worker "
-            "had acked (their acks were lost: a server restart?); acked "
-            "again, not run twice",
-            pull.reacked,
-        )
+        log_reacked(pull.reacked)
         pull.reacked = 0
 
     async def _keep_alive(self, interval: float) -> None:
@@ -255,8 +250,9 @@ class NatsTransport(Consumer[Unsettled], Sender):
         pull = self._pull
         if pull is not None:
             for held in handles:
-                if self._leases is not None and self._leases.unhold(held):
-                    continue  # another stream's sequence: not in ``acked``
+                leases = self._leases
+                if leases is not None and leases.unhold(held, verdict is ACK):
+                    continue  # another stream's sequence: its reader remembers
                 pull.unhold(held)
                 if verdict is ACK:
                     pull.acking(held)

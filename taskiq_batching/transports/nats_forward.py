@@ -34,10 +34,14 @@ from taskiq_batching.error_texts import describe
 from taskiq_batching.labels import BATCH_DEADLINE_LABEL
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import Delivery, Taken, per_worker_reason
-from taskiq_batching.transports.nats_lease import SLACK, LeaseReader, task_token
+from taskiq_batching.transports.nats_lease import SLACK, LeaseReader
 from taskiq_batching.transports.nats_move import MOVE_TIMEOUT, Move, Moved, Mover
 from taskiq_batching.transports.nats_pull import SENT_AT, Unsettled
-from taskiq_batching.transports.nats_send import batch_subject, ensure_batch_stream
+from taskiq_batching.transports.nats_send import (
+    batch_subject,
+    ensure_batch_stream,
+    task_token,
+)
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -161,11 +165,16 @@ class Leases:
             held for reader in self.readers.values() for held in reader.held.values()
         ]
 
-    def unhold(self, held: Any) -> bool:
-        """Settled; True if it was a reader's message."""
+    def unhold(self, held: Any, acked: bool = False) -> bool:
+        """Settled; True if it was a reader's message.
+
+        :param held: the message's handle.
+        :param acked: it is acked (its reader remembers it).
+        :return: whether a reader held it.
+        """
         for reader in self.readers.values():
             if reader.owns(held):
-                reader.unhold(held)
+                reader.unhold(held, acked)
                 return True
         return False
 

@@ -19,7 +19,6 @@ ask again after ``IDLE_EXPIRES``. Measured in docs/fleet.md.
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import time
@@ -31,8 +30,10 @@ from taskiq_batching.core.broker_keys import NO_KEY, deadline_ms
 from taskiq_batching.error_texts import describe
 from taskiq_batching.labels import BATCH_DEADLINE_LABEL
 from taskiq_batching.transports.base import Delivery, TakenBatch
+from taskiq_batching.transports.nats_lease_end import AckedMemory, drain, end_request
 from taskiq_batching.transports.nats_pull import (
     Unsettled,
+    log_reacked,
     message_sent_at,
     stream_sequence,
 )
@@ -45,11 +46,6 @@ IDLE_EXPIRES = 2.0
 SLACK = 0.005
 #: Extra seconds to wait for a request's end before giving up on it.
 MARGIN = 1.0
-
-
-def task_token(task_name: str) -> str:
-    """A subject token and durable suffix for a task name (any characters)."""
-    return hashlib.sha1(task_name.encode()).hexdigest()[:16]
 
 
 class LeaseReader:
@@ -80,6 +76,9 @@ class LeaseReader:
         self.free_subject = f"_tb.free.{durable}"
         #: Received and not settled, by stream sequence.
         self.held: dict[int, Unsettled] = {}
+        #: Acked last: delivered again (an ack lost), acked again, not run.
+        self.acked = AckedMemory()
+        self.reacked = 0
         #: The round forming: messages received, not handed to the worker.
         self.round: list[Delivery] = []
         #: Messages that make the round full.
@@ -143,7 +142,19 @@ class LeaseReader:
                 self.status = str(headers["Status"])
                 self._request_ended()
             return
+        if self.owed:  # the request counts every delivery
+            self.owed -= 1
+            if not self.owed:
+                self._request_ended()
+        self.poke.set()
         sequence, _ = stream_sequence(message.reply)
+        if sequence in self.acked:
+            # Acked, yet delivered again: the ack was lost (a server
+            # restart, whose consumer state may also have lost the
+            # delivery count). It ran: acked again, not run twice.
+            self.reacked += 1
+            await self.client.publish(message.reply, b"+ACK")
+            return
         held = self.held.get(sequence)
         if held is not None:
             # Delivered again while held (ack_wait passed): acked through
@@ -151,13 +162,10 @@ class LeaseReader:
             held.reply = message.reply
             return
         held = self.held[sequence] = Unsettled(message.reply, sequence)
-        delivery = Delivery(message.data, held, sent_at=_sent_at(message, headers))
+        delivery = Delivery(
+            message.data, held, sent_at=message_sent_at(message.reply, headers)
+        )
         self._add(delivery, headers)
-        if self.owed:
-            self.owed -= 1
-            if not self.owed:
-                self._request_ended()
-        self.poke.set()
 
     def _add(self, delivery: Delivery, headers: Mapping[str, Any]) -> None:
         """Add a message to the round; its send or deadline may make it due."""
@@ -183,10 +191,16 @@ class LeaseReader:
         """Whether ``held`` is one of this reader's messages."""
         return isinstance(held, Unsettled) and self.held.get(held.sequence) is held
 
-    def unhold(self, held: Unsettled) -> None:
-        """Settled (acked, nak'ed or forgotten by the worker)."""
+    def unhold(self, held: Unsettled, acked: bool = False) -> None:
+        """Settled (acked, nak'ed or forgotten by the worker).
+
+        :param held: the message.
+        :param acked: it is acked (remembered: see ``_on_message``).
+        """
         if self.held.get(held.sequence) is held:
             del self.held[held.sequence]
+        if acked:
+            self.acked.add(held.sequence)
 
     async def _loop(self) -> None:
         # Until stopped: Python 3.11's wait_for may swallow the cancellation.
@@ -203,6 +217,9 @@ class LeaseReader:
     async def _step(self) -> None:
         """Hand over a round due; let the slot go; wait, or ask."""
         self.poke.clear()
+        if self.reacked:
+            log_reacked(self.reacked)
+            self.reacked = 0
         now = time.time()
         if self.round and (
             len(self.round) >= self.target or (self.due is not None and self.due <= now)
@@ -282,8 +299,9 @@ class LeaseReader:
         with contextlib.suppress(Exception):
             await self.client.publish(self.free_subject, b"")
         for sub in self._subs:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            await drain(sub)  # what is on its way is received, handed back
+        if self.owed:
+            await end_request(self.client, self.api, MARGIN)
         left = [d for batch in self.ready for d in batch.deliveries] + self.round
         self.ready.clear()
         self.round = []
@@ -295,8 +313,3 @@ def _sooner(first: float | None, second: float | None) -> float | None:
     if first is None:
         return second
     return first if second is None else min(first, second)
-
-
-def _sent_at(message: Any, headers: Any) -> float | None:
-    """A message's send time: the moved one's ``Tb-Sent-At``, else its stream's."""
-    return message_sent_at(message.reply, headers)

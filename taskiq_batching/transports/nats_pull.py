@@ -98,6 +98,19 @@ def stream_timestamp(reply: str) -> float | None:
         return None
 
 
+def log_reacked(count: int) -> None:
+    """Say that messages this worker had acked came again and were acked again.
+
+    :param count: how many.
+    """
+    logger.warning(
+        "taskiq_batching: NATS delivered again %d message(s) this worker "
+        "had acked (their acks were lost: a server restart?); acked "
+        "again, not run twice",
+        count,
+    )
+
+
 class Unsettled:
     """A message this worker received and has not acked or nak'ed yet.
 

@@ -18,6 +18,7 @@ sent (``SendManyError``).
 """
 
 import asyncio
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,7 +30,6 @@ from taskiq_batching.error_texts import describe
 from taskiq_batching.errors import SendManyError
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import per_worker_reason
-from taskiq_batching.transports.nats_lease import task_token
 
 #: Messages published at once by ``kiq_many`` (each waits for its ack).
 SEND_CONCURRENCY = 500
@@ -37,6 +37,11 @@ SEND_CONCURRENCY = 500
 STREAM_EXISTS = 10058
 #: ``Nats-Msg-Id`` prefix of a producer's messages (task ids are unique).
 MSG_ID_PREFIX = "tb-"
+
+
+def task_token(task_name: str) -> str:
+    """A subject token and durable suffix for a task name (any characters)."""
+    return hashlib.sha1(task_name.encode()).hexdigest()[:16]
 
 
 def batch_stream(broker: Any) -> str:

@@ -30,9 +30,11 @@ from taskiq_aio_pika import AioPikaBroker, Exchange, Queue
 from taskiq_batching import BatchingMiddleware, batch_task
 from taskiq_batching.transports import amqp, transport_for
 from taskiq_batching.transports.amqp import AmqpTransport
+from taskiq_batching.transports.amqp_batches import batch_queue_name
 from taskiq_batching.transports.base import Delivery
 from tests.helpers import running_worker
 from tests.integration.amqp_app import make_broker as make_app_broker
+from tests.integration.stream_batches import declare
 from tests.integration.workers import Worker, eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -53,6 +55,7 @@ async def observer(rabbitmq_url: str, queue: str) -> AsyncIterator[AbstractChann
     yield channel
     cleanup = await connection.channel()
     await cleanup.queue_delete(queue)
+    await cleanup.queue_delete(batch_queue_name(queue, "collect"))  # wait path
     await cleanup.queue_delete(f"{queue}.dead_letter")
     await cleanup.exchange_delete(queue)
     await connection.close()
@@ -559,7 +562,7 @@ def start_worker(
 ) -> Iterator[Callable[..., Worker]]:
     workers: list[Worker] = []
 
-    def start(batch_size: int, batch_timeout: float) -> Worker:
+    def start(batch_size: int, batch_timeout: float, wait: bool = False) -> Worker:
         env = {
             "RABBITMQ_URL": rabbitmq_url,
             "REDIS_URL": redis_url,
@@ -567,6 +570,8 @@ def start_worker(
             "TB_QOS": "200",
             "TB_BATCH_SIZE": str(batch_size),
             "TB_BATCH_TIMEOUT": str(batch_timeout),
+            # The path under test, whatever the suite's environment says.
+            "TB_WAIT_IN_BROKER": "1" if wait else "",
         }
         worker = Worker(
             env,
@@ -594,6 +599,7 @@ async def recorded(redis: Redis, queue: str) -> Counter[int]:
     return Counter(item for batch in raw for item in json.loads(batch)["items"])
 
 
+@pytest.mark.parametrize("wait", [False, True], ids=["today", "wait"])
 async def test_sigkill_with_a_half_full_buffer_loses_nothing(
     rabbitmq_url: str,
     redis_url: str,
@@ -601,37 +607,50 @@ async def test_sigkill_with_a_half_full_buffer_loses_nothing(
     queue: str,
     observer: AbstractChannel,
     start_worker: Callable[..., Worker],
+    monkeypatch: pytest.MonkeyPatch,
+    wait: bool,
 ) -> None:
-    producer = make_app_broker(rabbitmq_url, redis_url, queue, qos=10)
+    """kill -9 of the worker holding 50 messages: all run once elsewhere.
+
+    ``today``: they wait in the main queue's consumer, the worker's buffer.
+    ``wait``: the plugin's producer sends them to the task's own queue
+    (single active consumer, docs/fleet.md), whose consumer holds them.
+    """
+    with monkeypatch.context() as env:
+        env.setenv("TB_WAIT_IN_BROKER", "1" if wait else "")
+        producer = make_app_broker(rabbitmq_url, redis_url, queue, qos=10)
+    collect = declare(producer, 1000, 3600)
+    # Where the messages wait, for the observer.
+    held_in = batch_queue_name(queue, "collect") if wait else queue
     await producer.startup()
     try:
-        collect: AsyncKicker[Any, Any] = AsyncKicker("collect", producer, {})
-        first = start_worker(batch_size=1000, batch_timeout=3600)
+        first = start_worker(batch_size=1000, batch_timeout=3600, wait=wait)
         sent = [await collect.kiq(item) for item in range(50)]
 
         async def all_held() -> bool:
-            return await consumers_and_ready(observer, queue) == (1, 0)
+            return await consumers_and_ready(observer, held_in) == (1, 0)
 
         await eventually(all_held, 20, "the worker holds the 50 messages")
         assert await recorded(redis, queue) == Counter()
         first.kill9()  # a crash with 50 messages in its buffer
 
         async def requeued() -> bool:
-            return await consumers_and_ready(observer, queue) == (0, 50)
+            return await consumers_and_ready(observer, held_in) == (0, 50)
 
         await eventually(requeued, 10, "the 50 unacked messages back in the queue")
-        replacement = start_worker(batch_size=10, batch_timeout=0.2)
+        replacement = start_worker(batch_size=10, batch_timeout=0.2, wait=wait)
         for task in sent:
             result = await task.wait_result(timeout=20, check_interval=0.05)
             assert not result.is_err, result.error
         assert await recorded(redis, queue) == Counter(range(50))
         replacement.stop(timeout=15)
         assert replacement.process.returncode == 0, replacement.output()
-        assert await consumers_and_ready(observer, queue) == (0, 0)  # all acked
+        assert await consumers_and_ready(observer, held_in) == (0, 0)  # all acked
     finally:
         await producer.shutdown()
 
 
+@pytest.mark.parametrize("wait", [False, True], ids=["today", "wait"])
 async def test_sigterm_flushes_the_buffer_and_exits(
     rabbitmq_url: str,
     redis_url: str,
@@ -639,16 +658,26 @@ async def test_sigterm_flushes_the_buffer_and_exits(
     queue: str,
     observer: AbstractChannel,
     start_worker: Callable[..., Worker],
+    monkeypatch: pytest.MonkeyPatch,
+    wait: bool,
 ) -> None:
-    producer = make_app_broker(rabbitmq_url, redis_url, queue, qos=10)
+    """SIGTERM with 30 messages buffered: they run, all acked, exit 0.
+
+    ``wait``: the task's own queue's single active consumer buffers them as
+    one worker does (docs/fleet.md), so its stop flushes them too.
+    """
+    with monkeypatch.context() as env:
+        env.setenv("TB_WAIT_IN_BROKER", "1" if wait else "")
+        producer = make_app_broker(rabbitmq_url, redis_url, queue, qos=10)
+    collect = declare(producer, 1000, 3600)
+    held_in = batch_queue_name(queue, "collect") if wait else queue
     await producer.startup()
     try:
-        collect: AsyncKicker[Any, Any] = AsyncKicker("collect", producer, {})
-        worker = start_worker(batch_size=1000, batch_timeout=3600)
+        worker = start_worker(batch_size=1000, batch_timeout=3600, wait=wait)
         sent = [await collect.kiq(item) for item in range(30)]
 
         async def all_held() -> bool:
-            return await consumers_and_ready(observer, queue) == (1, 0)
+            return await consumers_and_ready(observer, held_in) == (1, 0)
 
         await eventually(all_held, 20, "the worker holds the 30 messages")
         worker.stop(timeout=15)
@@ -657,6 +686,6 @@ async def test_sigterm_flushes_the_buffer_and_exits(
         for task in sent:
             result = await task.wait_result(timeout=5, check_interval=0.05)
             assert not result.is_err, result.error
-        assert await consumers_and_ready(observer, queue) == (0, 0)  # all acked
+        assert await consumers_and_ready(observer, held_in) == (0, 0)  # all acked
     finally:
         await producer.shutdown()

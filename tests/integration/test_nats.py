@@ -364,14 +364,20 @@ async def test_one_chunk_is_read_ahead_and_a_close_naks_it(
 
 @pytest.fixture
 async def stream(nats_url: str, queue: str) -> AsyncIterator[str]:
-    """The test's stream (named as its queue), deleted afterwards."""
+    """The test's stream (named as its queue) and its batch stream, deleted after."""
     yield queue
     client = await nats.connect(nats_url)
     try:
-        with contextlib.suppress(NotFoundError):
-            await client.jetstream().delete_stream(queue)
+        for name in (queue, f"{queue}-batch"):
+            with contextlib.suppress(NotFoundError):
+                await client.jetstream().delete_stream(name)
     finally:
         await client.close()
+
+
+#: Both paths: each worker buffers its reads (``today``), or batched
+#: messages wait in the broker under a lease (``wait``, docs/fleet.md).
+PATHS = pytest.mark.parametrize("wait", [False, True], ids=["today", "wait"])
 
 
 @pytest.fixture
@@ -380,7 +386,9 @@ def start_worker(
 ) -> Iterator[Callable[..., Worker]]:
     workers: list[Worker] = []
 
-    def start(batch_size: int, batch_timeout: float, ack_wait: float) -> Worker:
+    def start(
+        batch_size: int, batch_timeout: float, ack_wait: float, wait: bool
+    ) -> Worker:
         env = {
             "NATS_URL": nats_url,
             "REDIS_URL": redis_url,
@@ -388,6 +396,7 @@ def start_worker(
             "TB_ACK_WAIT": str(ack_wait),
             "TB_BATCH_SIZE": str(batch_size),
             "TB_BATCH_TIMEOUT": str(batch_timeout),
+            "TB_WAIT_IN_BROKER": "1" if wait else "",
         }
         worker = Worker(
             env,
@@ -403,6 +412,15 @@ def start_worker(
         worker.kill9()
 
 
+def app_producer(
+    monkeypatch: pytest.MonkeyPatch, wait: bool, *args: Any, **kwargs: Any
+) -> Any:
+    """The app's broker in the test, on the worker's path."""
+    with monkeypatch.context() as env:
+        env.setenv("TB_WAIT_IN_BROKER", "1" if wait else "")
+        return make_app_broker(*args, **kwargs)
+
+
 async def app_consumer(nats_url: str, stream: str) -> ConsumerInfo:
     client = await nats.connect(nats_url)
     try:
@@ -412,41 +430,68 @@ async def app_consumer(nats_url: str, stream: str) -> ConsumerInfo:
         await client.close()
 
 
+async def states(nats_url: str, stream: str) -> list[tuple[int, int]]:
+    """(ack-pending, pending) of the main durable, then of ``collect``'s lease
+    durable on the batch stream (``wait`` path; absent on ``today``'s)."""
+    client = await nats.connect(nats_url)
+    try:
+        js = client.jetstream()
+        infos = [await js.consumer_info(stream, stream)]
+        with contextlib.suppress(NotFoundError):
+            infos += await js.consumers_info(f"{stream}-batch")
+        return [(info.num_ack_pending or 0, info.num_pending or 0) for info in infos]
+    finally:
+        await client.close()
+
+
+def held_by_a_worker(wait: bool, count: int) -> list[tuple[int, int]]:
+    """The states when one worker holds ``count`` messages, unacked.
+
+    ``today``: read from the main durable into its buffer. ``wait``: moved
+    to the batch stream (the main durable's originals acked) and held in
+    the round its lease request is filling.
+    """
+    return [(0, 0), (count, 0)] if wait else [(count, 0)]
+
+
 async def recorded(redis: Redis, stream: str) -> Counter[int]:
     """How many times each item ran in a batch."""
     raw = await redis.lrange(f"{stream}:batches", 0, -1)
     return Counter(item for batch in raw for item in json.loads(batch)["items"])
 
 
+@PATHS
 async def test_sigkill_with_a_half_full_buffer_loses_nothing(
     nats_url: str,
     redis_url: str,
     redis: Redis,
     stream: str,
     start_worker: Callable[..., Worker],
+    monkeypatch: pytest.MonkeyPatch,
+    wait: bool,
 ) -> None:
-    producer = make_app_broker(nats_url, redis_url, stream, ack_wait=2)
+    producer = app_producer(monkeypatch, wait, nats_url, redis_url, stream, ack_wait=2)
     await producer.startup()
     try:
         collect: AsyncKicker[Any, Any] = AsyncKicker("collect", producer, {})
-        first = start_worker(batch_size=1000, batch_timeout=3600, ack_wait=2)
+        first = start_worker(batch_size=1000, batch_timeout=3600, ack_wait=2, wait=wait)
         sent = [await collect.kiq(item) for item in range(50)]
 
         async def all_held() -> bool:
-            info = await app_consumer(nats_url, stream)
-            return (info.num_ack_pending, info.num_pending) == (50, 0)
+            return await states(nats_url, stream) == held_by_a_worker(wait, 50)
 
         await eventually(all_held, 20, "the worker holds the 50 messages")
-        first.kill9()  # a crash with 50 messages in its buffer
-        replacement = start_worker(batch_size=10, batch_timeout=0.2, ack_wait=2)
+        first.kill9()  # a crash with 50 messages in its buffer (or round)
+        replacement = start_worker(
+            batch_size=10, batch_timeout=0.2, ack_wait=2, wait=wait
+        )
         for task in sent:  # redelivered once ack_wait (2 s) has passed
             result = await task.wait_result(timeout=30, check_interval=0.05)
             assert not result.is_err, result.error
         assert await recorded(redis, stream) == Counter(range(50))
 
         async def all_acked() -> bool:
-            info = await app_consumer(nats_url, stream)
-            return (info.num_ack_pending, info.num_pending) == (0, 0)
+            return await states(nats_url, stream) == held_by_a_worker(wait, 0)
 
         await eventually(all_acked, 10, "every message acked")
         replacement.stop(timeout=15)
@@ -455,33 +500,54 @@ async def test_sigkill_with_a_half_full_buffer_loses_nothing(
         await producer.shutdown()
 
 
-async def test_sigterm_flushes_the_buffer_and_exits(
+@PATHS
+async def test_sigterm_runs_or_hands_back_what_it_holds_and_exits(
     nats_url: str,
     redis_url: str,
     redis: Redis,
     stream: str,
     start_worker: Callable[..., Worker],
+    monkeypatch: pytest.MonkeyPatch,
+    wait: bool,
 ) -> None:
-    producer = make_app_broker(nats_url, redis_url, stream, ack_wait=30)
+    """A stop leaves nothing unacked to wait for ``ack_wait`` (30 s).
+
+    ``today``: the 30 items wait in the worker's buffer, which the stop
+    flushes: they run. ``wait``: they wait in the broker (the round the
+    lease request fills is not a batch until full or due): the stop hands
+    them back at once (nak), and the next worker runs them, each once.
+    """
+    producer = app_producer(monkeypatch, wait, nats_url, redis_url, stream, 30)
     await producer.startup()
     try:
         collect: AsyncKicker[Any, Any] = AsyncKicker("collect", producer, {})
-        worker = start_worker(batch_size=1000, batch_timeout=3600, ack_wait=30)
+        worker = start_worker(
+            batch_size=1000, batch_timeout=3600, ack_wait=30, wait=wait
+        )
         sent = [await collect.kiq(item) for item in range(30)]
 
         async def all_held() -> bool:
-            return (await app_consumer(nats_url, stream)).num_ack_pending == 30
+            return await states(nats_url, stream) == held_by_a_worker(wait, 30)
 
         await eventually(all_held, 20, "the worker holds the 30 messages")
         assert await recorded(redis, stream) == Counter()
         worker.stop(timeout=15)
         assert worker.process.returncode == 0, worker.output()
-        assert await recorded(redis, stream) == Counter(range(30))
+        if wait:
+            assert await recorded(redis, stream) == Counter()  # none was due
+            worker = start_worker(
+                batch_size=10, batch_timeout=0.2, ack_wait=30, wait=wait
+            )
+        # Within 10 s: handed back (nak), not left to ack_wait (30 s).
         for task in sent:
-            result = await task.wait_result(timeout=5, check_interval=0.05)
+            result = await task.wait_result(timeout=10, check_interval=0.05)
             assert not result.is_err, result.error
-        info = await app_consumer(nats_url, stream)
-        assert (info.num_ack_pending, info.num_pending) == (0, 0)
+        assert await recorded(redis, stream) == Counter(range(30))
+
+        async def all_acked() -> bool:
+            return await states(nats_url, stream) == held_by_a_worker(wait, 0)
+
+        await eventually(all_acked, 10, "every message acked")
     finally:
         await producer.shutdown()
 

@@ -27,6 +27,7 @@ from taskiq import AsyncBroker
 from taskiq.kicker import AsyncKicker
 
 from taskiq_batching import batch_task
+from taskiq_batching.transports.nats_send import task_token
 from tests.integration.nats_alo_app import make_broker
 from tests.integration.workers import Fleet, Worker, eventually
 
@@ -108,7 +109,13 @@ async def test_size_only_batching_with_two_processes_does_not_wedge(
     await producer.startup()
     try:
         collect: AsyncKicker[Any, Any] = AsyncKicker("collect", producer, {})
-        worker = start_worker(("--workers", "2"), batch_size=150, max_ack_pending=200)
+        # Per-worker buffering's problem, so its path whatever the suite's
+        # environment says: on the wait path a stop hands back what waits in
+        # the broker instead of flushing it (its counterpart there:
+        # test_size_only_batches_stay_whole_across_processes_waiting_in_the_broker).
+        worker = start_worker(
+            ("--workers", "2"), batch_size=150, max_ack_pending=200, wait_in_broker=""
+        )
 
         async def both_wait() -> bool:
             return (await consumer(nats_url, stream)).num_waiting == 2
@@ -133,46 +140,63 @@ async def test_size_only_batching_with_two_processes_does_not_wedge(
         await producer.shutdown()
 
 
-async def redelivered(nats_url: str, stream: str, count: int, within: float) -> int:
-    """How many of ``count`` messages a pull of this test gets within ``within`` s.
+async def pulled_again(
+    nats_url: str, stream: str, count: int, within: float, wait: bool = False
+) -> Counter[int]:
+    """``count`` messages a pull of this test gets within ``within`` s.
 
+    From the main durable, or (``wait``) ``collect``'s on the batch stream.
     Each fetch returns as its messages arrive; they are acked.
+
+    :return: how many came for each delivery count (2: delivered again).
     """
+    subject, durable, name = f"{stream}.tasks", stream, stream
+    if wait:
+        token = task_token("collect")
+        subject, durable = f"{subject}.batch.{token}", f"{stream}-b-{token}"
+        name = f"{stream}-batch"
     client = await nats.connect(nats_url)
     try:
         pulled = await client.jetstream().pull_subscribe(
-            f"{stream}.tasks", durable=stream
+            subject, durable=durable, stream=name
         )
-        got = 0
+        got: Counter[int] = Counter()
         deadline = asyncio.get_running_loop().time() + within
-        while got < count:
+        while got.total() < count:
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 break
             with contextlib.suppress(nats.errors.TimeoutError):
-                for message in await pulled.fetch(count - got, timeout=left):
-                    assert message.metadata.num_delivered == 2
+                fetched = await pulled.fetch(count - got.total(), timeout=left)
+                for message in fetched:
+                    got[message.metadata.num_delivered] += 1
                     await message.ack()
-                    got += 1
         return got
     finally:
         await client.close()
 
 
+@pytest.mark.parametrize("wait", [False, True], ids=["today", "wait"])
 async def test_messages_cut_off_at_the_stop_deadline_are_handed_back_at_once(
     nats_url: str,
     redis_url: str,
     redis: Redis,
     stream: str,
+    batch_stream: str,
     start_worker: StartWorker,
+    monkeypatch: pytest.MonkeyPatch,
+    wait: bool,
 ) -> None:
     """A batch that outlives ``--wait-tasks-timeout``: its messages are nak'ed.
 
     ``ack_wait`` is 300 s: a message left ack-pending comes back after
     300 s; a nak'ed one at once. As soon as the worker has exited, a pull of
-    the test's own gets all 20 (delivered a second time) within 10 s.
+    the test's own gets all 20 within 10 s: from the main durable, each
+    delivered a second time (``today``: the worker held them all), or from
+    the batch durable they were moved to (``wait``: the running batch's 10
+    delivered a second time, the other 10 a first).
     """
-    producer = make_broker(nats_url, redis_url, stream, 300)
+    producer = make_producer(monkeypatch, "plain", nats_url, redis_url, stream, 300)
     await producer.startup()
     try:
         collect: AsyncKicker[Any, Any] = AsyncKicker("collect", producer, {})
@@ -182,22 +206,41 @@ async def test_messages_cut_off_at_the_stop_deadline_are_handed_back_at_once(
             batch_timeout=0.1,
             batch_delay=3600,
             ack_wait=300,
+            wait_in_broker="1" if wait else "",
         )
         for item in range(20):
             await collect.kiq(item)
+        # today: 20 read from the main durable. wait: moved (the main
+        # durable holds none); the batch durable delivered the running
+        # batch's 10, the other 10 wait there (a busy worker does not ask).
+        held = [(0, 0), (10, 10)] if wait else [(20, 0)]
+        handed_back = 10 if wait else 20
 
         async def one_runs_and_all_held() -> bool:
-            info = await consumer(nats_url, stream)
             started = await redis.llen(f"{stream}:started")
-            return started == 1 and (info.num_ack_pending, info.num_pending) == (20, 0)
+            return started == 1 and await states(nats_url, stream) == held
 
         await eventually(one_runs_and_all_held, 20, "a batch runs, 10 more wait")
         stuck.stop(timeout=15)
         assert "cut off" in stuck.output()
-        assert await redelivered(nats_url, stream, 20, within=10) == 20
+        got = await pulled_again(nats_url, stream, 20, within=10, wait=wait)
+        assert got == Counter({2: handed_back, 1: 20 - handed_back}), got
         assert await runs(redis, stream) == Counter()  # none finished
     finally:
         await producer.shutdown()
+
+
+async def states(nats_url: str, stream: str) -> list[tuple[int, int]]:
+    """(ack-pending, pending) of the main durable, then of the batch stream's."""
+    client = await nats.connect(nats_url)
+    try:
+        js = client.jetstream()
+        infos = [await js.consumer_info(stream, stream)]
+        with contextlib.suppress(NotFoundError):
+            infos += await js.consumers_info(f"{stream}-batch")
+        return [(i.num_ack_pending or 0, i.num_pending or 0) for i in infos]
+    finally:
+        await client.close()
 
 
 @pytest.fixture
@@ -589,26 +632,33 @@ def private_nats(tmp_path: Path) -> Iterator[NatsServer]:
     server.kill9()
 
 
+@pytest.mark.parametrize("wait", [False, True], ids=["today", "wait"])
 async def test_acks_lost_in_a_server_restart_are_logged_and_nothing_runs_twice(
     redis_url: str,
     redis: Redis,
     stream: str,
     private_nats: NatsServer,
     start_worker: StartWorker,
+    monkeypatch: pytest.MonkeyPatch,
+    wait: bool,
 ) -> None:
-    """The server is killed while batches run, and started again.
+    """The server is killed while a batch runs, and started again.
 
     Acks sent meanwhile may be lost (so may the last acks it had, not yet
     stored): the server delivers those messages again. The worker says so,
-    and acks them again instead of running them twice.
+    and acks them again instead of running them twice. ``today``: the
+    worker reads ahead into its buffers; ``wait``: it takes a round at a
+    time from the batch durable, so the kill waits for a batch running (its
+    acks are the ones sent while the server is gone).
     """
     await private_nats.start()
-    producer = make_broker(private_nats.url, redis_url, stream, 5)
+    kind = "plugin" if wait else "plain"  # the plugin's: to the task's subject
+    producer = make_producer(monkeypatch, kind, private_nats.url, redis_url, stream, 5)
     await producer.startup()
-    collect: AsyncKicker[Any, Any] = AsyncKicker("collect", producer, {})
+    collect = kiq_of(producer, kind)
     count = 250
     for item in range(count):
-        await collect.kiq(item)
+        await collect(item)
     await producer.shutdown()
     worker = start_worker(
         url=private_nats.url,
@@ -616,12 +666,14 @@ async def test_acks_lost_in_a_server_restart_are_logged_and_nothing_runs_twice(
         batch_timeout=0.1,
         batch_delay=0.2,
         ack_wait=5,
+        wait_in_broker="1" if wait else "",
     )
 
-    async def batches_run() -> bool:
-        return await redis.llen(f"{stream}:batches") >= 3
+    async def batches_run_and_one_runs() -> bool:
+        started = await redis.llen(f"{stream}:started")
+        return started >= 4 and started > await redis.llen(f"{stream}:batches")
 
-    await eventually(batches_run, 20, "batches run")
+    await eventually(batches_run_and_one_runs, 20, "batches run, one running")
     private_nats.kill9()
 
     async def an_ack_is_unconfirmed() -> bool:
@@ -633,8 +685,7 @@ async def test_acks_lost_in_a_server_restart_are_logged_and_nothing_runs_twice(
     async def all_acked() -> bool:
         if set(await runs(redis, stream)) != set(range(count)):
             return False
-        info = await consumer(private_nats.url, stream)
-        return (info.num_ack_pending, info.num_pending) == (0, 0)
+        return all(state == (0, 0) for state in await states(private_nats.url, stream))
 
     await eventually(all_acked, 40, "every message ran and was acked")
     worker.stop(timeout=15)
