@@ -150,6 +150,19 @@ class GiveBacks:
         """Parking's task got room, or parking is not full: the grace starts over."""
         self._full_since = None
 
+    def saturated(self, now: float) -> bool:
+        """Parking is full now: whether it has been for the whole grace.
+
+        Until then, what a read brought past parking's bounds is parked
+        (at most one read's worth more), not given back.
+
+        :param now: the event loop's time.
+        :return: True when messages past the bounds are to be given back.
+        """
+        if self._full_since is None:
+            self._full_since = now
+        return now - self._full_since >= GIVE_BACK_GRACE
+
     async def hold_off(self, now: float, room: Callable[[], Awaitable[Any]]) -> bool:
         """Wait for room, within the grace, before reading past a full parking.
 

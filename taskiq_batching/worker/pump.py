@@ -215,12 +215,14 @@ class Pump:
         """
         ready = self.router.unpark()
         giving = self.router.giving
-        if ready or not self.parked.full:
+        # Giving back, parking also counts full at half the broker's prefetch.
+        full = self.router.parking_full() if giving.enabled else self.parked.full
+        if ready or not full:
             giving.room_came()
         if ready:
             await self.lifecycle.accept(ready)
             return True
-        if not self.parked.full:
+        if not full:
             return False
         self._relieve()
         if giving.enabled:  # past its bounds: read on, giving back, after a grace

@@ -19,6 +19,7 @@ broker: the router keeps at most the one the Receiver's pull takes and
 sizes the next read by what this one held (``MAX_UNACKED_CHUNK``).
 """
 
+import asyncio
 from collections import deque
 from collections.abc import Callable
 
@@ -100,6 +101,7 @@ class Router:
         giving = self.giving
         # Whether the transport can give back: looked up once per read.
         can_give = giving.enabled
+        now = asyncio.get_running_loop().time()
         forwarded = given = 0
         for delivery in chunk:
             envelope = decode(self.broker, delivery.data)
@@ -122,7 +124,7 @@ class Router:
             # Behind its task's parked messages, if any: in order.
             if name not in self.parked and admission.take(name, envelope.size):
                 taken.append((envelope, delivery))
-            elif can_give and self.parking_full():
+            elif can_give and self.parking_full() and giving.saturated(now):
                 giving.give(delivery, envelope)
                 given += 1
                 continue

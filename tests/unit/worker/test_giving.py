@@ -148,3 +148,13 @@ async def test_a_backlog_whose_batches_end_soon_is_not_given_back(
             await task.wait_result(timeout=20)
     assert sorted(ran) == list(range(backlog))
     assert counting.kicks == backlog, "messages were given back"
+
+
+def test_what_a_read_brings_past_a_full_parking_is_parked_during_the_grace() -> None:
+    giving_back = GiveBacks(Requeuing())  # type: ignore[arg-type]
+    grace = giving.GIVE_BACK_GRACE
+    assert not giving_back.saturated(10.0)  # parking just found full
+    assert not giving_back.saturated(10.0 + grace / 2)
+    assert giving_back.saturated(10.0 + grace)  # no room for the whole grace
+    giving_back.room_came()
+    assert not giving_back.saturated(20.0)  # the grace starts over
