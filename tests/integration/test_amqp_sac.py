@@ -176,20 +176,24 @@ async def test_two_processes_fill_batches_like_one(
     channel: AbstractChannel,
     start_worker: StartWorker,
 ) -> None:
-    """``--workers 2`` at 60 items/s, ``batch_size`` 60, ``batch_timeout`` 1 s.
+    """``--workers 2`` at 60 items/s, ``batch_size`` 30, ``batch_timeout`` 0.5 s.
 
-    Ideal batch: min(60, rate sent * 1 s), 60 when the producer keeps up.
+    Ideal batch: min(30, rate sent * 0.5 s), 30 when the producer keeps up.
     Each process buffering half the rate flushes half of it at its timeout
     (fill 0.5); the task's queue has one active consumer, which sees the
-    whole rate.
+    whole rate. 150 items: five ideal batches, sent in 2.5 s.
     """
-    worker = start_worker(("--workers", "2"), batch_size=60, batch_timeout=1)
+    batch_size, batch_timeout_seconds = 30, 0.5
+    worker = start_worker(
+        ("--workers", "2"), batch_size=batch_size, batch_timeout=batch_timeout_seconds
+    )
     await wait_for_consumers(channel, queue, 2)
     task = producer
-    count = 300
+    count = 5 * batch_size
     began = time.monotonic()
     await paced(task.kiq, count, rate=60)
-    ideal = min(60.0, count / (time.monotonic() - began) * 1.0)
+    rate_sent = count / (time.monotonic() - began)
+    ideal = min(float(batch_size), rate_sent * batch_timeout_seconds)
 
     async def all_ran() -> bool:
         return sum((await runs(redis, queue)).values()) >= count

@@ -128,6 +128,15 @@ async def settled(observer: AbstractChannel, queue: str, count: int) -> None:
     assert await ready(observer, queue) == count
 
 
+async def received(transport: AmqpTransport, count: int) -> None:
+    """Wait until ``count`` deliveries came and wait unread in the transport."""
+
+    async def came() -> bool:
+        return len(transport._inbox.unread) >= count
+
+    await eventually(came, 10, f"{count} deliveries received, not read")
+
+
 async def receiver_ack(transport: AmqpTransport, delivery: Delivery) -> None:
     """Ack as taskiq's Receiver does, with what ``for_receiver`` gives."""
     message = transport.for_receiver(delivery)
@@ -172,7 +181,7 @@ async def test_reads_come_in_chunks_up_to_the_prefetch(
     transport = AmqpTransport(broker)
     first = await read_at_least(transport, 4, limit=4)
     assert len(first) == 4  # never more than asked
-    await asyncio.sleep(0.3)  # the prefetch's 10 arrive
+    await received(transport, 10 - 4)  # the prefetch's 10 arrived
     rest = await transport.read(100)
     assert len(rest) == 6  # one read: all the server would deliver
     assert transport.outstanding == 10
@@ -248,7 +257,7 @@ async def test_release_gives_messages_back_and_close_returns_unread_ones(
     first = await read_at_least(transport, 5, limit=5)
     await transport.release(first[:3])
     await transport.ack([d.handle for d in first[3:]])
-    await asyncio.sleep(0.3)
+    await received(transport, 20)  # the prefetch's 20 came again (none read)
     # 2 acked; the 28 others (3 released, up to 20 delivered but unread)
     # are ready once the transport closed, the connection still open.
     await transport.close()

@@ -203,24 +203,36 @@ async def test_a_held_message_redelivered_is_not_taken_twice(
     keepalive = transport._keepalive
     assert keepalive is not None
     keepalive.cancel()  # as if the worker stalled past ack_wait
-    await asyncio.sleep(1.5)
-    assert await transport.read(10) == []  # the redelivery is dropped
+    first_reply = held.handle.reply
+
+    async def redelivery_received() -> bool:
+        # A read's pull request brings the redelivery after ack_wait; it
+        # is noted on the held one (its new reply), never read again.
+        assert await transport.read(10) == []  # the redelivery is dropped
+        return bool(held.handle.reply != first_reply)
+
+    await eventually(redelivery_received, 10, "the redelivery after ack_wait")
     assert transport.outstanding == 1
     await transport.ack([held.handle])
-    await asyncio.sleep(1.5)
+
+    async def acked() -> bool:
+        # Unacked, it would stay pending (and come back every ack_wait).
+        return (await consumer_info(broker)).num_ack_pending == 0
+
+    await eventually(acked, 10, "the ack through the redelivery")
     assert await transport.read(10) == []  # and the ack took
-    assert (await consumer_info(broker)).num_ack_pending == 0
     await transport.close()
 
 
 async def test_held_messages_are_kept_alive_past_ack_wait(
     make_broker: MakeBroker,
 ) -> None:
-    broker = make_broker(ack_wait=3)  # in progress sent every second
+    ack_wait_seconds = 1.0  # in progress sent every ack_wait / 3
+    broker = make_broker(ack_wait=ack_wait_seconds)
     transport = await started(broker)
     await publish(broker, 3)
     held = await read_all(transport, 10, 3)
-    await asyncio.sleep(5)
+    await asyncio.sleep(2.5 * ack_wait_seconds)  # the hold under test, not a barrier
     assert (await consumer_info(broker)).num_redelivered == 0
     await transport.ack([d.handle for d in held])
     await transport.close()
@@ -279,10 +291,10 @@ async def test_size_only_batches_over_max_ack_pending_do_not_wedge(
 async def test_a_hold_over_ack_wait_warns_and_runs_each_item_once(
     make_broker: MakeBroker, caplog: pytest.LogCaptureFixture
 ) -> None:
-    broker = make_broker(ack_wait=2)
+    broker = make_broker(ack_wait=1)
     seen: list[int] = []
 
-    @batch_task(broker, batch_size=1000, batch_timeout=5)
+    @batch_task(broker, batch_size=1000, batch_timeout=2.5)
     async def collect(items: list[int]) -> None:
         seen.extend(items)
 
@@ -292,7 +304,7 @@ async def test_a_hold_over_ack_wait_warns_and_runs_each_item_once(
             tasks = [await collect.kiq(i) for i in range(50)]
             for task in tasks:
                 assert not (await task.wait_result(timeout=15)).is_err
-    assert "ack_wait=2 s" in caplog.text
+    assert "ack_wait=1 s" in caplog.text
     assert Counter(seen) == Counter(range(50))
     info = await consumer_info(broker)
     assert (info.num_ack_pending, info.num_pending) == (0, 0)

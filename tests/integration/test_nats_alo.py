@@ -122,7 +122,7 @@ async def test_size_only_batching_with_two_processes_does_not_wedge(
 
         # Both processes ask at once: the server shares out what comes.
         await eventually(both_wait, 20, "both processes send pull requests")
-        count = 1500
+        count = 600  # four buffers of 150; the consumer's 200 fill at once
         await asyncio.gather(*(collect.kiq(item) for item in range(count)))
 
         async def all_delivered() -> bool:
@@ -340,7 +340,8 @@ async def test_processes_fill_batches_as_one(
 ) -> None:
     """``wait_in_broker``: 4 (2) processes fill batches of 50 at ~100 items/s.
 
-    400 items, batch_timeout 1 s: one worker would batch 50 at a time.
+    250 items (five batches), batch_timeout 1 s: one worker would batch 50
+    at a time.
     From a plain kicker (moved by the workers), or from the plugin's
     (published to the task's subject).
 
@@ -362,10 +363,11 @@ async def test_processes_fill_batches_as_one(
             return await batch_waiting(nats_url, batch_stream) == 1
 
         await eventually(one_holds_the_slot, 30, "a process waits for a batch")
-        await send_steadily(collect, 400, 100)
+        count = 250
+        await send_steadily(collect, count, 100)
 
         async def all_ran() -> bool:
-            return await runs(redis, stream) == Counter(range(400))
+            return await runs(redis, stream) == Counter(range(count))
 
         await eventually(all_ran, 30, "every item ran once")
         sizes = await batch_sizes(redis, stream)
@@ -544,7 +546,7 @@ async def test_size_only_batches_stay_whole_across_processes_waiting_in_the_brok
 ) -> None:
     """``wait_in_broker``: max_ack_pending 100 on the main consumer, batches of 150.
 
-    Two processes, 1500 items: the main consumer's messages are moved at
+    Two processes, 600 items: the main consumer's messages are moved at
     once (never at its limit) and one process at a time takes a batch, so
     every batch is whole (today's path flushes short ones by pressure).
     """
@@ -563,14 +565,14 @@ async def test_size_only_batches_stay_whole_across_processes_waiting_in_the_brok
             return await batch_waiting(nats_url, batch_stream) == 1
 
         await eventually(one_holds_the_slot, 30, "a process waits for a batch")
-        count = 1500
+        count = 600
         await asyncio.gather(*(collect.kiq(item) for item in range(count)))
 
         async def all_ran() -> bool:
             return await runs(redis, stream) == Counter(range(count))
 
         await eventually(all_ran, 45, "every item ran once")
-        assert await batch_sizes(redis, stream) == [150] * 10
+        assert await batch_sizes(redis, stream) == [150] * (count // 150)
     finally:
         await producer.shutdown()
 
@@ -656,7 +658,7 @@ async def test_acks_lost_in_a_server_restart_are_logged_and_nothing_runs_twice(
     producer = make_producer(monkeypatch, kind, private_nats.url, redis_url, stream, 5)
     await producer.startup()
     collect = kiq_of(producer, kind)
-    count = 250
+    count = 150  # 15 batches: four run before the kill, the rest after
     for item in range(count):
         await collect(item)
     await producer.shutdown()
