@@ -19,8 +19,7 @@ speed, so giving back is paced:
 * once a whole pass over the queue found nothing else (the pass's first
   message given back is read again, nothing else read in between), the
   worker rests ``REST_SECONDS`` before it reads again, or less if its
-  batched tasks get room meanwhile.
-
+  batched tasks get room meanwhile;
 * a worker reads past a full parking only once its task has had no room
   for ``GIVE_BACK_GRACE`` seconds: a backlog whose batches end sooner (a
   queue being drained) is never cycled through the broker, which would
@@ -176,11 +175,7 @@ class GiveBacks:
         left = self._full_since + GIVE_BACK_GRACE - now
         if left <= 0:
             return False
-        changed = asyncio.ensure_future(room())
-        try:
-            await asyncio.wait({changed}, timeout=left)
-        finally:
-            changed.cancel()
+        await _room_or_timeout(room, left)
         return True
 
     def take_pending(self) -> list[Delivery]:
@@ -203,11 +198,7 @@ class GiveBacks:
         seconds = self.pause(now)
         if seconds <= 0:
             return False
-        changed = asyncio.ensure_future(room())
-        try:
-            await asyncio.wait({changed}, timeout=seconds)
-        finally:
-            changed.cancel()
+        await _room_or_timeout(room, seconds)
         if self.passed:
             self.other()  # the next give-back starts a new pass
         return True
@@ -228,3 +219,16 @@ class GiveBacks:
         if self.tokens < 1:
             return (1 - self.tokens) / GIVE_BACK_RATE
         return 0.0
+
+
+async def _room_or_timeout(room: Callable[[], Awaitable[Any]], seconds: float) -> None:
+    """Wait until batched tasks may have room, or ``seconds`` at most.
+
+    :param room: waits until batched tasks may have room.
+    :param seconds: the longest wait.
+    """
+    changed = asyncio.ensure_future(room())
+    try:
+        await asyncio.wait({changed}, timeout=seconds)
+    finally:
+        changed.cancel()
