@@ -47,7 +47,10 @@ class _RedisBase:
         await self.redis.aclose()
 
     async def teardown(self) -> None:
-        names = [name async for name in self.redis.scan_iter(f"{self.base}*")]
+        names = [
+            name
+            async for name in self.redis.scan_iter(match=f"{self.base}*", count=1000)
+        ]
         if names:
             await self.redis.delete(*names)
 

@@ -119,7 +119,7 @@ async def _clean(queue: str) -> None:
     from redis.asyncio import Redis
 
     async with Redis.from_url(REDIS_URL) as redis:
-        keys = [key async for key in redis.scan_iter(f"{queue}*")]
+        keys = [key async for key in redis.scan_iter(match=f"{queue}*", count=1000)]
         if keys:
             await redis.delete(*keys)
 

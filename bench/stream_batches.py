@@ -109,8 +109,8 @@ async def _round(url: str, count: int, size: int, kind: str) -> tuple[float, flo
             await transport.holding.stop()
         names = batches.names(spec.task_name)
         tag = names.keys[: names.keys.index("}") + 1].replace("{", "[{]")
-        found = [k async for k in redis.scan_iter(match=f"{tag}*")]
-        found += [k async for k in redis.scan_iter(match=f"{queue}*")]
+        found = [k async for k in redis.scan_iter(match=f"{tag}*", count=1000)]
+        found += [k async for k in redis.scan_iter(match=f"{queue}*", count=1000)]
         if found:
             await redis.delete(*found)
         await broker.shutdown()

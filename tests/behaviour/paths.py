@@ -271,8 +271,13 @@ async def open_path(
         if redis_url is not None and name.startswith("redis"):
             async with Redis.from_url(redis_url) as redis:
                 # The main queue's keys, and batched tasks' ({<queue>:<task>}...).
-                keys = [key async for key in redis.scan_iter(f"{queue}*")]
-                keys += [key async for key in redis.scan_iter(f"{{{queue}:*")]
+                keys = [
+                    key async for key in redis.scan_iter(match=f"{queue}*", count=1000)
+                ]
+                keys += [
+                    key
+                    async for key in redis.scan_iter(match=f"{{{queue}:*", count=1000)
+                ]
                 if keys:
                     await redis.delete(*keys)
         if nats_url is not None and name == "nats":

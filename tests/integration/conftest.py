@@ -68,7 +68,7 @@ async def channel(
 async def redis(redis_url: str, queue: str) -> AsyncIterator[Redis]:
     client = Redis.from_url(redis_url)
     yield client
-    keys = [key async for key in client.scan_iter(f"{queue}*")]
+    keys = [key async for key in client.scan_iter(match=f"{queue}*", count=1000)]
     if keys:
         await client.delete(*keys)
     await client.aclose()

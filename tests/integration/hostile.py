@@ -118,7 +118,7 @@ async def hostile_worker(
     finally:
         worker.kill9()
         await producer.shutdown()
-        keys = [key async for key in redis.scan_iter(f"{queue}*")]
+        keys = [key async for key in redis.scan_iter(match=f"{queue}*", count=1000)]
         if keys:
             await redis.delete(*keys)
         await redis.aclose()

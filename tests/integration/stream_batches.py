@@ -181,8 +181,11 @@ async def take_until(
 
 async def clean(redis: Redis, names: TaskStreams, queue: str) -> None:
     tag = names.keys[: names.keys.index("}") + 1]
-    found = [k async for k in redis.scan_iter(match=f"{tag.replace('{', '[{]')}*")]
-    found += [k async for k in redis.scan_iter(match=f"{queue}*")]
+    found = [
+        k
+        async for k in redis.scan_iter(match=f"{tag.replace('{', '[{]')}*", count=1000)
+    ]
+    found += [k async for k in redis.scan_iter(match=f"{queue}*", count=1000)]
     if found:
         await redis.delete(*found)
 

@@ -105,7 +105,7 @@ async def _cleaned(
     try:
         yield redis
     finally:
-        keys = [key async for key in redis.scan_iter(f"{queue}*")]
+        keys = [key async for key in redis.scan_iter(match=f"{queue}*", count=1000)]
         if keys:
             await redis.delete(*keys)
         await redis.aclose()

@@ -41,7 +41,7 @@ async def prefix(redis_url: str) -> AsyncIterator[str]:
     name = f"tb-proto-{uuid.uuid4().hex[:10]}"
     yield name
     async with Redis.from_url(redis_url) as redis:
-        keys = [key async for key in redis.scan_iter(f"{name}*")]
+        keys = [key async for key in redis.scan_iter(match=f"{name}*", count=1000)]
         if keys:
             await redis.delete(*keys)
 

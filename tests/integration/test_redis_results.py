@@ -31,7 +31,7 @@ async def stream_queue(redis_url: str) -> AsyncIterator[str]:
     queue = f"tb-results-{uuid.uuid4().hex[:10]}"
     yield queue
     async with Redis.from_url(redis_url) as redis:
-        keys = [key async for key in redis.scan_iter(f"{queue}*")]
+        keys = [key async for key in redis.scan_iter(match=f"{queue}*", count=1000)]
         if keys:
             await redis.delete(*keys)
 
