@@ -27,6 +27,7 @@ from taskiq_redis import ListQueueBroker, RedisStreamBroker
 from taskiq_batching import BatchingMiddleware, batch_task
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.redis_list import ListTransport
+from taskiq_batching.transports.redis_sender import ListSender, StreamSender
 from taskiq_batching.transports.redis_stream import StreamTransport
 
 
@@ -90,17 +91,20 @@ async def _round(url: str, count: int, size: int, kind: str) -> tuple[float, flo
     broker = _broker(url, queue, kind)
     spec = _spec(broker, size)
     transport: Any
+    sender: Any
     if kind == "list":
         transport = ListTransport(broker, wait_in_broker=True)
+        sender = ListSender(broker)
     else:
         transport = StreamTransport(broker, wait_in_broker=True)
+        sender = StreamSender(broker)
         await transport.read(1)  # the main stream's group, before sending
     batches = transport.batches
     assert batches is not None
     redis: Any = transport.client.redis
     try:
         messages = _messages(count)
-        await transport.send(messages)
+        await sender.send(messages)
         await batches.send(spec, messages, ["-"] * count, once=True)
         read_rate = await _drain_read(transport, count, size)
         take_rate = await _drain_take(transport, spec, count)

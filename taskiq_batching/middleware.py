@@ -17,7 +17,7 @@ from taskiq_batching.labels import BATCH_LABEL, wants_batching
 from taskiq_batching.settings import FlushReason
 from taskiq_batching.tasks import adopt, batching_class
 from taskiq_batching.transports.base import Transport
-from taskiq_batching.transports.sender import Owning
+from taskiq_batching.transports.consumer import Owning
 from taskiq_batching.waiting import drop_sender
 from taskiq_batching.worker import hook, signals
 

@@ -5,8 +5,10 @@ serves the brokers of one library (``redis_stream`` and ``redis_list``
 for taskiq-redis, ``amqp`` for taskiq-aio-pika, ``nats`` for taskiq-nats)
 and is imported only for a broker of that library, so a RabbitMQ user
 never imports redis. A new broker is supported by adding a module with
-``transport_for(broker, listen, wait_in_broker)`` (and
-``results_for(backend)`` for a result backend) and naming it here
+``transport_for(broker, listen, wait_in_broker)`` (the worker's
+``Consumer``), ``sender_for(broker, wait_in_broker)`` (the producer's
+``Sender``; defined there or imported from its sending module) and
+``results_for(backend)`` for a result backend, and naming it here
 (docs/design.md, "Adding a broker").
 Anything else uses the generic transport, as do taskiq-redis's stream
 brokers and result backends when hiredis (redis-py's C reply parser, in
@@ -26,7 +28,8 @@ read and buffered by each worker (None, the default, and False).
 import importlib
 import logging
 from collections.abc import AsyncGenerator, Callable
-from typing import Any
+from types import ModuleType
+from typing import Any, TypeVar
 
 from taskiq import AckableMessage, AsyncBroker, AsyncResultBackend
 
@@ -41,6 +44,7 @@ from taskiq_batching.transports.base import (
     TakenBatch,
     Transport,
 )
+from taskiq_batching.transports.consumer import Consumer
 from taskiq_batching.transports.generic import GenericResults, GenericTransport
 from taskiq_batching.transports.sender import BatchSender, Sender
 
@@ -79,6 +83,9 @@ _stamping: dict[type, bool] = {}
 
 Listen = Callable[[], AsyncGenerator[bytes | AckableMessage, None]]
 
+#: A consumer or a sender, as ``_pick`` makes it.
+Side = TypeVar("Side", Consumer[Any], Sender)
+
 logger = logging.getLogger("taskiq_batching")
 #: Whether the Redis brokers' fallback to the generic transport was logged.
 _warned: set[str] = set()
@@ -88,8 +95,8 @@ def transport_for(
     broker: AsyncBroker,
     listen: Listen | None = None,
     wait_in_broker: bool | None = None,
-) -> Transport:
-    """The transport for a broker.
+) -> Consumer[Any]:
+    """The worker's transport for a broker: its reading side.
 
     :param broker: any taskiq broker.
     :param listen: its own ``listen`` (before the worker hook wrapped it).
@@ -99,41 +106,57 @@ def transport_for(
         path is a preview: docs/fleet.md).
     :return: its library's transport, or the generic one.
     """
-    transport: Transport = _pick(broker, listen, wait_in_broker)
-    return transport
+
+    def make(module: ModuleType) -> Consumer[Any] | None:
+        made: Consumer[Any] | None = module.transport_for(
+            broker, listen, wait_in_broker=wait_in_broker
+        )
+        return made
+
+    return _pick(broker, wait_in_broker, make, lambda: GenericTransport(broker, listen))
 
 
 def sender_for(broker: AsyncBroker, wait_in_broker: bool | None = None) -> Sender:
     """The sender a producer sends with (``kiq_many``; ``kiq`` where batches wait).
 
-    Every transport is a ``Consumer`` and a ``Sender``: the broker's
-    transport is the sender, seen through its sending side only (made
-    without I/O; its reading side is never started). Cached per broker
-    and shut down with it by ``waiting.py`` and the middleware.
+    Made without I/O and without a consumer; cached per broker and shut
+    down with it by ``waiting.py`` and the middleware.
 
     :param broker: any taskiq broker.
     :param wait_in_broker: as for ``transport_for``.
     :return: its library's sender, or the generic one (``kick`` each).
     """
-    sender: Sender = _pick(broker, None, wait_in_broker)
-    return sender
+
+    def make(module: ModuleType) -> Sender | None:
+        made: Sender | None = module.sender_for(broker, wait_in_broker=wait_in_broker)
+        return made
+
+    return _pick(broker, wait_in_broker, make, lambda: Sender(broker))
 
 
 def _pick(
-    broker: AsyncBroker, listen: Listen | None, wait_in_broker: bool | None
-) -> Any:
-    """The transport of the broker's library, or the generic one.
+    broker: AsyncBroker,
+    wait_in_broker: bool | None,
+    make: Callable[[ModuleType], Side | None],
+    generic: Callable[[], Side],
+) -> Side:
+    """What the broker's library module makes (``make``), or the generic one.
 
-    :return: a ``Consumer`` and a ``Sender`` (no type says both at once).
+    :param broker: any taskiq broker.
+    :param wait_in_broker: as for ``transport_for``.
+    :param make: a module's ``transport_for`` or ``sender_for`` (None:
+        not this module's broker).
+    :param generic: the generic consumer or sender.
+    :raises MissingDependencyError: a Redis stream broker without hiredis,
+        its batched tasks' messages asked to wait in Redis.
+    :return: the consumer or sender.
     """
     for module, needs_hiredis in _modules(_TRANSPORTS, broker):
-        transport: Any = module.transport_for(
-            broker, listen, wait_in_broker=wait_in_broker
-        )
-        if transport is None:
+        made = make(module)
+        if made is None:
             continue
         if not needs_hiredis or _hiredis():
-            return transport
+            return made
         if wait_in_broker:
             raise MissingDependencyError(
                 "BatchingMiddleware(wait_in_broker=True) on a Redis stream broker",
@@ -141,7 +164,7 @@ def _pick(
                 "redis",
             )
         break
-    return GenericTransport(broker, listen)
+    return generic()
 
 
 def stamps_sent_at(broker: AsyncBroker) -> bool:

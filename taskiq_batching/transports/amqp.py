@@ -49,10 +49,10 @@ from taskiq_batching.transports.amqp_batches import AmqpBatches
 from taskiq_batching.transports.amqp_give_back import give_back
 from taskiq_batching.transports.amqp_headers import properties_sent_at, sent_at_of
 from taskiq_batching.transports.amqp_inbox import Inbox
+from taskiq_batching.transports.amqp_sender import sender_for as sender_for
 from taskiq_batching.transports.base import Delivery, finished_read
 from taskiq_batching.transports.consumer import Consumer
 from taskiq_batching.transports.generic import GenericTransport
-from taskiq_batching.transports.sender import Sender
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -91,24 +91,24 @@ def transport_for(
     return GenericTransport(broker, listen, prefetch=amqp_prefetch(broker))
 
 
-class AmqpTransport(Consumer[Handle], Sender):
-    """Consumes, acks, gives back and sends for a taskiq-aio-pika broker.
+class AmqpTransport(Consumer[Handle]):
+    """Consumes, acks and gives back for a taskiq-aio-pika broker.
 
     :param broker: an ``AioPikaBroker`` with the stock ``listen``.
     :param wait_in_broker: batched tasks wait in queues of their own
-        (``amqp_batches.py``): ``batch_sender`` and ``forwarder`` are set.
+        (``amqp_batches.py``): ``forwarder`` is set. The producer's side
+        is ``amqp_sender.AmqpSender`` (``sender_for``).
     """
 
     name = "amqp"
-    #: Both the task queues (``amqp_batches.py``) with ``wait_in_broker``.
-    batch_sender: AmqpBatches | None
+    #: The task queues (``amqp_batches.py``) with ``wait_in_broker``.
     forwarder: AmqpBatches | None
 
     def __init__(self, broker: AioPikaBroker, wait_in_broker: bool = False) -> None:
         self.broker: AioPikaBroker = broker
         self.prefetch = amqp_prefetch(broker)
         waiting = AmqpBatches(broker, self.ack) if wait_in_broker else None
-        self._waiting = self.batch_sender = self.forwarder = waiting
+        self._waiting = self.forwarder = waiting
         self._inbox = Inbox()
         self._channels = self._inbox.channels
         self._note = self._inbox.note

@@ -2,7 +2,8 @@
 
 A ``Transport`` is a broker's I/O as a batching worker uses it: reading
 deliveries in chunks (each with the handle its ack needs), acking many,
-giving unprocessed ones back, claiming a dead consumer's, sending many.
+giving unprocessed ones back, claiming a dead consumer's. Sending is the
+producer's side, apart (``sender.Sender``).
 A ``ResultWriter`` stores many results. ``transports/__init__.py`` picks
 the implementation for a broker or a backend, in one place; the generic
 ones work for any taskiq broker and backend.
@@ -137,8 +138,9 @@ class BatchSource(Protocol):
 class Transport(Protocol):
     """A broker's reading side, as a batching worker uses it.
 
-    Sending is apart: ``sender.Sender`` (the producer's ``kiq_many``),
-    which every transport of this package also is.
+    Sending is apart: ``sender.Sender`` (the producer's ``kiq_many``);
+    the worker gives back through ``requeue`` and forwards through the
+    ``forwarder``, never through a ``Sender``.
 
     ``read`` is only called while taskiq's Receiver waits for a delivery,
     so a transport never takes messages the Receiver could not take.
@@ -246,15 +248,6 @@ class Transport(Protocol):
 
         :param delivery: a delivery of a task the worker does not batch.
         :return: what the broker's own listener would have yielded.
-        """
-
-    async def send(self, messages: Sequence[BrokerMessage]) -> None:
-        """Send messages as ``broker.kick`` would (``sender.Sender.send``).
-
-        Every transport is a ``Sender`` too; the worker itself never sends
-        through this member (its give back is ``requeue``).
-
-        :param messages: formatted messages, in order.
         """
 
 

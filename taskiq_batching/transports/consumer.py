@@ -15,7 +15,7 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from functools import partial
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, runtime_checkable
 
 from taskiq import AckableMessage
 
@@ -30,13 +30,28 @@ from taskiq_batching.transports.base import (
 Handle = TypeVar("Handle")
 
 
+@runtime_checkable
+class Owning(Protocol):
+    """A consumer holding a client it opened itself (a Redis sentinel's master).
+
+    ``BatchingMiddleware.shutdown`` closes it: not ``close()``, which the
+    pump calls before taskiq's Receiver has finished the plain tasks that
+    still ack through that client.
+    """
+
+    async def shutdown(self) -> None:
+        """Close what this consumer opened (the broker shuts down)."""
+
+
 class Consumer(ABC, Generic[Handle]):
     """A broker's reading side for a batching worker (see ``base.Transport``).
 
     A subclass also has ``outstanding`` (a counter or a property: the
     deliveries it holds against ``prefetch``); optionally ``requeue``
     (``base.requeuer``) and ``lost`` (AMQP: whether the broker took a
-    delivery back). Its sending side is ``sender.Sender``.
+    delivery back). It sends nothing through a ``sender.Sender`` (the
+    producer's side, apart): it forwards with its ``forwarder`` and gives
+    back with ``requeue``.
     """
 
     #: The transport's name in logs (``redis-stream``, ``generic`` ...).
@@ -51,6 +66,12 @@ class Consumer(ABC, Generic[Handle]):
     batches: BatchSource | None = None
     #: Moves batched messages read on the main queue to where they wait.
     forwarder: Forwarder | None = None
+
+    if TYPE_CHECKING:  # a counter or a property of each subclass
+
+        @property
+        def outstanding(self) -> int:
+            """Deliveries held against ``prefetch`` (``base.Transport``)."""
 
     @abstractmethod
     async def read(self, limit: int) -> list[Delivery]:

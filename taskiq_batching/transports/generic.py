@@ -1,7 +1,8 @@
 """Any taskiq broker and result backend, through their own public methods.
 
 Reads with the broker's own ``listen()``, one delivery per read; acks with
-the acks it hands out; sends with ``kick``; stores with ``set_result``.
+the acks it hands out; stores with ``set_result``. Its sender is
+``sender.Sender`` itself, which ``kick``s each message.
 Errors of the broker's listener propagate, as under taskiq's Receiver.
 """
 
@@ -20,7 +21,6 @@ from taskiq.utils import maybe_awaitable
 
 from taskiq_batching.transports.base import Delivery, Requeue, finished_read
 from taskiq_batching.transports.consumer import Consumer
-from taskiq_batching.transports.sender import Sender
 from taskiq_batching.transports.shared import SEND_CONCURRENCY as SEND_CONCURRENCY
 from taskiq_batching.transports.shared import ack_each as ack_each
 from taskiq_batching.transports.shared import acked_after_resend, cancel_until_done
@@ -36,8 +36,8 @@ CANCEL_RETRY_SECONDS = 0.5
 Listen = Callable[[], AsyncGenerator[bytes | AckableMessage, None]]
 
 
-class GenericTransport(Consumer[Any], Sender):
-    """A broker through ``listen()``, its acks and ``kick``.
+class GenericTransport(Consumer[Any]):
+    """A broker through ``listen()`` and its acks (``kick`` to give back).
 
     :param broker: the broker.
     :param listen: its own ``listen`` (before the worker hook wraps it).
@@ -45,6 +45,8 @@ class GenericTransport(Consumer[Any], Sender):
     """
 
     name = "generic"
+    #: Deliveries read and not yet acked (set per instance).
+    outstanding: int = 0
 
     def __init__(
         self,
@@ -146,10 +148,6 @@ class GenericTransport(Consumer[Any], Sender):
             await maybe_awaitable(ack())
 
         return AckableMessage(data=original.data, ack=counted_ack)
-
-    async def send(self, messages: Sequence[BrokerMessage]) -> None:
-        """``kick`` each message, up to ``SEND_CONCURRENCY`` at once."""
-        await kick_each(self.broker, messages, concurrency=SEND_CONCURRENCY)
 
 
 class GenericResults:

@@ -28,6 +28,7 @@ it received but never used (redelivered at once, to any worker).
 
 With ``wait_in_broker``, batched tasks wait on subjects of their own,
 taken under a lease per task (``nats_forward.Leases``: ``batches``).
+The producer's side is ``nats_sender.NatsSender`` (``sender_for``).
 
 A consumer redelivers a message unacked for ``ack_wait``. A batch may
 hold messages longer, so every ``ack_wait / 3`` the worker sends
@@ -44,7 +45,6 @@ from typing import Any
 
 from taskiq import AckableMessage, AsyncBroker, BrokerMessage
 from taskiq_nats import PullBasedJetStreamBroker
-from taskiq_nats.broker import BaseJetStreamBroker
 
 from taskiq_batching.error_texts import describe
 from taskiq_batching.spec import BatchSpec
@@ -58,7 +58,8 @@ from taskiq_batching.transports.consumer import Consumer
 from taskiq_batching.transports.nats_forward import Leases, Moves
 from taskiq_batching.transports.nats_give_back import give_back
 from taskiq_batching.transports.nats_pull import Pull, Unsettled, log_reacked
-from taskiq_batching.transports.nats_send import NatsBatchSender
+from taskiq_batching.transports.nats_sender import sender_for as sender_for
+from taskiq_batching.transports.nats_sender import served
 from taskiq_batching.transports.nats_settle import (
     ACK,
     IN_PROGRESS,
@@ -66,8 +67,6 @@ from taskiq_batching.transports.nats_settle import (
     publish_verdicts,
     warn_ack_wait,
 )
-from taskiq_batching.transports.sender import Sender
-from taskiq_batching.transports.shared import SEND_CONCURRENCY
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -87,25 +86,21 @@ def transport_for(
         at 2,000 msg/s: docs/fleet.md).
     :return: the transport, or None for other brokers.
     """
-    if (
-        isinstance(broker, PullBasedJetStreamBroker)
-        and type(broker).listen is PullBasedJetStreamBroker.listen
-    ):
+    if served(broker):
         return NatsTransport(broker, wait_in_broker is True)
     return None
 
 
-class NatsTransport(Consumer[Unsettled], Sender):
-    """Reads, acks, naks and sends for taskiq-nats's ``PullBasedJetStreamBroker``.
+class NatsTransport(Consumer[Unsettled]):
+    """Reads, acks and naks for taskiq-nats's ``PullBasedJetStreamBroker``.
 
     :param broker: the broker.
     :param wait_in_broker: batched tasks wait in the broker, read under a
         lease per task (``nats_lease.py``): a fleet batches as one; a
-        producer with the plugin publishes them there (``batch_sender``).
+        producer with the plugin publishes them there (``NatsSender``).
     """
 
     name = "nats-jetstream"
-    shipped_kicks = (BaseJetStreamBroker.kick,)
 
     def __init__(
         self, broker: PullBasedJetStreamBroker, wait_in_broker: bool = False
@@ -119,8 +114,6 @@ class NatsTransport(Consumer[Unsettled], Sender):
         self._moves = moves
         #: Moves a plain producer's batched messages to their task's subject.
         self.forwarder: Forwarder | None = moves
-        #: Where a producer's ``kiq``/``kiq_many`` of a batched task publish.
-        self.batch_sender = NatsBatchSender(broker) if wait_in_broker else None
         #: ``max_ack_pending`` of the consumer, known after the first read.
         self.max_ack_pending: int | None = None
         #: Unacked messages this process may hold now: ``max_ack_pending``,
@@ -296,19 +289,3 @@ class NatsTransport(Consumer[Unsettled], Sender):
             await self._settle([held], ACK)
 
         return AckableMessage(data=delivery.data, ack=ack)
-
-    # --- sending -------------------------------------------------------------
-
-    async def send_direct(self, messages: Sequence[BrokerMessage]) -> None:
-        """Publish every message as ``kick`` would, many at once."""
-        broker = self.broker
-        for start in range(0, len(messages), SEND_CONCURRENCY):
-            chunk = messages[start : start + SEND_CONCURRENCY]
-            await asyncio.gather(
-                *(
-                    broker.js.publish(
-                        broker.subject, payload=message.message, headers=message.labels
-                    )
-                    for message in chunk
-                )
-            )

@@ -10,6 +10,8 @@ pushed back where they were (``release``). There are no acks.
 Batched tasks' messages may wait in Redis instead (``batches``, a
 ``redis_list_batches.ListBatches``): taken as whole batches from their
 task's key lists; ``release`` pushes those back to their key's list.
+
+The producer's side is ``redis_sender.ListSender`` (``sender_for``).
 """
 
 import asyncio
@@ -29,8 +31,7 @@ from taskiq_batching.transports.consumer import Consumer
 from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient
 from taskiq_batching.transports.redis_give_back import give_back_popped
 from taskiq_batching.transports.redis_list_batches import ListBatches, ListEntry
-from taskiq_batching.transports.redis_send import LIST_ONCE, chunks, send_once
-from taskiq_batching.transports.sender import Sender
+from taskiq_batching.transports.redis_sender import ListSender
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -43,11 +44,6 @@ _LISTENERS = (
     ListQueueBroker.listen,
     ListQueueSentinelBroker.listen,
     ListQueueClusterBroker.listen,
-)
-_KICKS = (
-    ListQueueBroker.kick,
-    ListQueueSentinelBroker.kick,
-    ListQueueClusterBroker.kick,
 )
 
 
@@ -68,8 +64,17 @@ def transport_for(
     return None
 
 
-class ListTransport(Consumer[ListEntry | None], Sender):
-    """Pops, pushes back and sends for a taskiq-redis list broker.
+def sender_for(
+    broker: AsyncBroker, wait_in_broker: bool | None = None
+) -> ListSender | None:
+    """The list sender, for the brokers ``transport_for`` serves (else None)."""
+    if type(broker).listen in _LISTENERS:
+        return ListSender(broker, wait_in_broker is True)
+    return None
+
+
+class ListTransport(Consumer[ListEntry | None]):
+    """Pops and pushes back for a taskiq-redis list broker.
 
     :param broker: the list broker (standalone, sentinel or cluster).
     :param wait_in_broker: batched tasks' messages wait in Redis, taken as
@@ -77,7 +82,6 @@ class ListTransport(Consumer[ListEntry | None], Sender):
     """
 
     name = "redis-list"
-    shipped_kicks = _KICKS
     acknowledges = False
     outstanding = 0
 
@@ -89,7 +93,7 @@ class ListTransport(Consumer[ListEntry | None], Sender):
         self.list_batches: ListBatches | None = None
         if wait_in_broker:
             self.list_batches = ListBatches(self.client, self.queue)
-        self.batches = self.batch_sender = self.list_batches
+        self.batches = self.list_batches
         #: Moves a plain producer's batched messages to their key lists (the
         #: worker's ``Forwarder``): stamped with the forward's time.
         self.forwarder = self.list_batches
@@ -155,9 +159,3 @@ class ListTransport(Consumer[ListEntry | None], Sender):
     async def shutdown(self) -> None:
         """Close the client if it is this transport's own (the broker shuts down)."""
         await self.client.shutdown()
-
-    async def send_direct(self, messages: Sequence[BrokerMessage]) -> None:
-        """LPUSH every message, as ``kick`` would, each once (``redis_send``)."""
-        # One LPUSH of many values per chunk pushes them in order.
-        parts = chunks(messages, self.queue)
-        await send_once(self.client, messages, parts, LIST_ONCE, ["list"])

@@ -20,6 +20,8 @@ Batched tasks' messages may wait in Redis instead (``batches``, a
 ``redis_batches.StreamBatches``): their entries are acked, released and
 kept fresh through this transport like any other, their handles naming
 the task's key stream; an acked one is deleted there too.
+
+The producer's side is ``redis_sender.StreamSender`` (``sender_for``).
 """
 
 import logging
@@ -49,8 +51,7 @@ from taskiq_batching.transports.redis_groups import (
 from taskiq_batching.transports.redis_holding import Holding
 from taskiq_batching.transports.redis_pending import Pending, warn_short_idle
 from taskiq_batching.transports.redis_replies import StreamReads, entries, lost_group
-from taskiq_batching.transports.redis_send import STREAM_ONCE, chunks, send_once
-from taskiq_batching.transports.sender import Sender
+from taskiq_batching.transports.redis_sender import StreamSender
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -67,11 +68,6 @@ _LISTENERS = (
     RedisStreamBroker.listen,
     RedisStreamSentinelBroker.listen,
     RedisStreamClusterBroker.listen,
-)
-_KICKS = (
-    RedisStreamBroker.kick,
-    RedisStreamSentinelBroker.kick,
-    RedisStreamClusterBroker.kick,
 )
 
 Entry = tuple[str, bytes]
@@ -94,8 +90,17 @@ def transport_for(
     return None
 
 
-class StreamTransport(Consumer[Any], Sender):
-    """Reads, acks, reclaims and sends for a taskiq-redis stream broker.
+def sender_for(
+    broker: AsyncBroker, wait_in_broker: bool | None = None
+) -> StreamSender | None:
+    """The stream sender, for the brokers ``transport_for`` serves (else None)."""
+    if type(broker).listen in _LISTENERS:
+        return StreamSender(broker, wait_in_broker is True)
+    return None
+
+
+class StreamTransport(Consumer[Any]):
+    """Reads, acks and reclaims for a taskiq-redis stream broker.
 
     :param broker: the stream broker (standalone, sentinel or cluster).
     :param wait_in_broker: batched tasks' messages wait in Redis, taken as
@@ -103,7 +108,6 @@ class StreamTransport(Consumer[Any], Sender):
     """
 
     name = "redis-stream"
-    shipped_kicks = _KICKS
 
     def __init__(self, broker: Any, wait_in_broker: bool = True) -> None:
         self.broker: Any = broker
@@ -151,7 +155,7 @@ class StreamTransport(Consumer[Any], Sender):
                 getattr(broker, "maxlen", None),
                 start=lambda: self.holding.start(),
             )
-        self.batches = self.batch_sender = self.stream_batches
+        self.batches = self.stream_batches
         #: Moves a plain producer's batched messages to their key streams.
         self.forwarder = self.stream_batches
         #: Per stream, the last entry read: its id and its data.
@@ -287,13 +291,3 @@ class StreamTransport(Consumer[Any], Sender):
     async def shutdown(self) -> None:
         """Close the client if it is this transport's own (the broker shuts down)."""
         await self.client.shutdown()
-
-    # --- sending -------------------------------------------------------------
-
-    async def send_direct(self, messages: Sequence[BrokerMessage]) -> None:
-        """XADD every message, as ``kick`` would, each once (``redis_send``)."""
-        broker = self.broker
-        trim = "" if broker.maxlen is None else str(broker.maxlen)
-        options = ["stream", "~" if broker.approximate else "=", trim]
-        parts = chunks(messages, broker.queue_name)
-        await send_once(self.client, messages, parts, STREAM_ONCE, options)

@@ -3,31 +3,20 @@
 The registry makes one per broker for the producer (``sender_for``,
 cached in ``waiting.py``); ``BatchingMiddleware.shutdown`` calls its
 ``shutdown``, which closes what it opened (a Redis sentinel's master
-client). Every transport of this package is a ``consumer.Consumer`` and
-a ``Sender``; the producer's is the broker's transport seen through this
-side only (made without I/O, its reading side never started).
+client). Each broker module's sender subclasses ``Sender`` (made without
+I/O); the worker's reading side is apart (``consumer.Consumer``) and
+never sends through a ``Sender``: it forwards and gives back with its
+own ``forwarder`` and ``requeue``. ``Sender(broker)`` itself is the
+generic sender: it ``kick``s each message.
 """
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 from taskiq import AsyncBroker, BrokerMessage
 
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.shared import kick_each
-
-
-@runtime_checkable
-class Owning(Protocol):
-    """A transport holding a client it opened itself (a Redis sentinel's master).
-
-    ``BatchingMiddleware.shutdown`` closes it: not ``close()``, which the
-    pump calls before taskiq's Receiver has finished the plain tasks that
-    still ack through that client.
-    """
-
-    async def shutdown(self) -> None:
-        """Close what this transport opened (the broker shuts down)."""
 
 
 class BatchSender(Protocol):
@@ -66,6 +55,8 @@ class Sender:
     names the shipped ``kick`` functions it stands in for
     (``shipped_kicks``): a broker class that overrides ``kick`` sends
     its own way, one ``kick`` per message (``kick_each``).
+
+    :param broker: the broker the messages go to.
     """
 
     #: The broker the messages go to.
@@ -75,6 +66,9 @@ class Sender:
     #: Where batched tasks' messages wait in the broker, if they may
     #: (``BatchingMiddleware(wait_in_broker=True)``); None: sent plainly.
     batch_sender: BatchSender | None = None
+
+    def __init__(self, broker: AsyncBroker) -> None:
+        self.broker = broker
 
     async def send(self, messages: Sequence[BrokerMessage]) -> None:
         """Send messages as ``kick`` would, in order, each once.

@@ -31,6 +31,7 @@ from taskiq_batching import BatchingMiddleware, _compat, batch_task
 from taskiq_batching.transports import transport_for
 from taskiq_batching.transports.generic import GenericTransport
 from taskiq_batching.transports.nats import NatsTransport
+from taskiq_batching.transports.nats_sender import NatsSender
 from tests.helpers import running_worker
 from tests.integration.nats_app import make_broker as make_app_broker
 from tests.integration.workers import Worker, eventually
@@ -241,7 +242,7 @@ async def test_held_messages_are_kept_alive_past_ack_wait(
 async def test_send_publishes_as_kick(make_broker: MakeBroker) -> None:
     broker = make_broker()
     transport = await started(broker)
-    await transport.send(
+    await NatsSender(broker).send(
         [
             BrokerMessage(
                 task_id=str(i), task_name="t", message=str(i).encode(), labels={}

@@ -26,6 +26,7 @@ from taskiq_batching._compat.redis_py import hiredis_available
 from taskiq_batching.transports import redis_list
 from taskiq_batching.transports.redis_list import ListTransport
 from taskiq_batching.transports.redis_results import RedisResults
+from taskiq_batching.transports.redis_sender import ListSender
 from tests.helpers import running_worker
 from tests.integration.workers import eventually
 
@@ -61,7 +62,7 @@ async def test_a_list_is_popped_in_order_pushed_back_and_waited_on(
         redis_url, queue_name=prefix, protocol=protocol, client_name=prefix
     )
     transport = ListTransport(broker)
-    await transport.send(messages(prefix, 10))
+    await ListSender(broker).send(messages(prefix, 10))
     first = await transport.read(4)  # RPOP with a count: a list, or a null
     assert [d.data for d in first] == [b"m0", b"m1", b"m2", b"m3"]
     await transport.release(first[2:])

@@ -18,10 +18,8 @@ from taskiq.serializers import JSONSerializer, MSGPackSerializer
 from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend, RedisStreamBroker
 
 from taskiq_batching import BatchingMiddleware, batch_task, producer
-from taskiq_batching.transports import redis_list
-from taskiq_batching.transports.generic import GenericTransport
-from taskiq_batching.transports.redis_list import ListTransport
-from taskiq_batching.transports.redis_stream import StreamTransport
+from taskiq_batching.transports import Sender, redis_list
+from taskiq_batching.transports.redis_sender import ListSender, StreamSender
 from tests.helpers import Recorder, memory_broker, running_worker
 
 pytestmark = pytest.mark.timeout(60)
@@ -275,18 +273,18 @@ async def test_kiq_many_of_nothing_sends_nothing(
 
 
 @pytest.mark.parametrize(
-    ("make", "transport"),
+    ("make", "kind"),
     [
-        (lambda: InMemoryBroker(), GenericTransport),
-        (lambda: RedisStreamBroker(URL), StreamTransport),
-        (lambda: ListQueueBroker(URL), ListTransport),
+        (lambda: InMemoryBroker(), Sender),
+        (lambda: RedisStreamBroker(URL), StreamSender),
+        (lambda: ListQueueBroker(URL), ListSender),
     ],
 )
-def test_each_broker_sends_with_its_own_transport_made_once(
-    make: Any, transport: type[Any]
+def test_each_broker_sends_with_its_own_sender_made_once(
+    make: Any, kind: type[Any]
 ) -> None:
     broker = make()
     sender = producer._sender(broker)
-    assert type(sender) is transport
+    assert type(sender) is kind
     assert producer._sender(broker) is sender
     assert producer._sender(make()) is not sender

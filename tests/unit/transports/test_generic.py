@@ -9,8 +9,9 @@ import pytest
 from taskiq import AckableMessage, BrokerMessage, TaskiqResult
 from taskiq.brokers.inmemory_broker import InmemoryResultBackend
 
-from taskiq_batching.transports import ResultWriter, Transport, generic
+from taskiq_batching.transports import ResultWriter, Transport, generic, sender_for
 from taskiq_batching.transports.generic import (
+    SEND_CONCURRENCY,
     GenericResults,
     GenericTransport,
     ack_each,
@@ -304,10 +305,7 @@ async def test_reclaim_release_and_check_do_nothing() -> None:
     assert broker.acked == []  # left unacked: the broker redelivers it
 
 
-async def test_send_kicks_each_message_in_order_a_bounded_number_at_once(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(generic, "SEND_CONCURRENCY", 3)
+async def test_the_generic_sender_kicks_in_order_a_bounded_number_at_once() -> None:
     running = 0
     most = 0
 
@@ -321,11 +319,12 @@ async def test_send_kicks_each_message_in_order_a_bounded_number_at_once(
             await super().kick(message)
 
     broker = Counting()
-    await GenericTransport(broker).send([message(str(i)) for i in range(8)])
-    assert [broker.queue.get_nowait().task_id for _ in range(8)] == [
-        str(i) for i in range(8)
+    total = SEND_CONCURRENCY + 5
+    await sender_for(broker).send([message(str(i)) for i in range(total)])
+    assert [broker.queue.get_nowait().task_id for _ in range(total)] == [
+        str(i) for i in range(total)
     ]
-    assert most == 3
+    assert most == SEND_CONCURRENCY
 
 
 async def test_generic_results_store_each_and_report_failures() -> None:

@@ -19,6 +19,7 @@ from taskiq_batching import BatchInfo, BatchingMiddleware, batch_task
 from taskiq_batching.transports import Transport, redis_common, redis_list
 from taskiq_batching.transports.base import Delivery
 from taskiq_batching.transports.redis_list import ListTransport
+from taskiq_batching.transports.redis_sender import ListSender
 from tests.helpers import Recorder, running_worker
 from tests.unit.transports.conftest import CommandLog
 
@@ -173,7 +174,7 @@ async def test_send_pushes_what_kick_pushes_one_command_per_queue(
     fake: dict[str, Any], redis: Any, commands: CommandLog
 ) -> None:
     broker = list_broker(fake)
-    transport = ListTransport(broker)
+    sender = ListSender(broker)
     messages = [
         BrokerMessage(
             task_id=str(i), task_name="t", message=f"m{i}".encode(), labels={}
@@ -184,7 +185,7 @@ async def test_send_pushes_what_kick_pushes_one_command_per_queue(
         task_id="r", task_name="t", message=b"r", labels={"queue_name": "elsewhere"}
     )
     commands.clear()
-    await transport.send([*messages[:2], routed, *messages[2:]])
+    await sender.send([*messages[:2], routed, *messages[2:]])
     # One script per queue (LIST_ONCE): script, 2, queue, mark, ttl, "list", values.
     pushes = commands.named("EVAL")
     assert sorted((args[2], len(args) - 6) for args in pushes) == [

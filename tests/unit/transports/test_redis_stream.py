@@ -31,6 +31,7 @@ from taskiq_batching.settings import BatchSettings
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports import Transport, redis_common
 from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.redis_sender import StreamSender
 from taskiq_batching.transports.redis_stream import StreamTransport
 from tests.helpers import Recorder, running_worker
 from tests.unit.transports.conftest import CommandLog
@@ -647,7 +648,7 @@ async def test_reclaim_logs_what_it_claimed(
 
 async def test_send_writes_what_kick_writes(fake: dict[str, Any], redis: Any) -> None:
     broker = stream_broker(fake, maxlen=3, approximate=False)
-    transport = StreamTransport(broker)
+    sender = StreamSender(broker)
     messages = [
         BrokerMessage(
             task_id=str(i), task_name="t", message=f"m{i}".encode(), labels={}
@@ -657,7 +658,7 @@ async def test_send_writes_what_kick_writes(fake: dict[str, Any], redis: Any) ->
     routed = BrokerMessage(
         task_id="r", task_name="t", message=b"r", labels={"queue_name": "elsewhere"}
     )
-    await transport.send([*messages, routed])
+    await sender.send([*messages, routed])
     by_send = await redis.xrange("s")
     elsewhere = await redis.xrange("elsewhere")
     await redis.delete("s", "elsewhere")

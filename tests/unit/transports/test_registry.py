@@ -32,7 +32,7 @@ from taskiq_redis import (
 from taskiq_batching import transports
 from taskiq_batching._compat import redis_py
 from taskiq_batching.errors import MissingDependencyError
-from taskiq_batching.transports import results_for, transport_for
+from taskiq_batching.transports import results_for, sender_for, transport_for
 from taskiq_batching.transports.amqp import AmqpTransport
 from taskiq_batching.transports.generic import GenericResults, GenericTransport
 from taskiq_batching.transports.redis_list import ListTransport
@@ -141,7 +141,7 @@ async def test_a_subclass_with_its_own_kick_sends_with_it(name: str) -> None:
         BrokerMessage(task_id=f"t{i}", task_name="n", message=b"m", labels={})
         for i in range(3)
     ]
-    await transport_for(broker).send(messages)
+    await sender_for(broker).send(messages)
     assert broker.kicked == ["t0", "t1", "t2"]
 
 
@@ -165,11 +165,11 @@ def test_an_amqp_broker_waits_in_task_queues_only_when_told() -> None:
         plain = transport_for(broker, wait_in_broker=choice)
         assert type(plain) is AmqpTransport
         assert plain.forwarder is None
-        assert plain.batch_sender is None
+        assert sender_for(broker, wait_in_broker=choice).batch_sender is None
     waiting = transport_for(broker, wait_in_broker=True)
     assert type(waiting) is AmqpTransport
     assert waiting.forwarder is not None
-    assert waiting.batch_sender is waiting.forwarder
+    assert sender_for(broker, wait_in_broker=True).batch_sender is not None
     assert waiting.batches is None  # deliveries are read, not taken whole
 
 
