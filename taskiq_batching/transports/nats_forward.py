@@ -34,7 +34,8 @@ from taskiq_batching.error_texts import describe
 from taskiq_batching.labels import BATCH_DEADLINE_LABEL
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import Delivery, Taken, per_worker_reason
-from taskiq_batching.transports.nats_lease import SLACK, LeaseReader
+from taskiq_batching.transports.nats_lease import LeaseReader
+from taskiq_batching.transports.nats_lease_keys import KEY_HEADER, SLACK
 from taskiq_batching.transports.nats_move import MOVE_TIMEOUT, Move, Moved, Mover
 from taskiq_batching.transports.nats_pull import SENT_AT, Unsettled
 from taskiq_batching.transports.nats_send import (
@@ -125,9 +126,8 @@ class Leases:
         """The task's rounds ready, up to ``room`` (``BatchSource.take``).
 
         With none ready, the task's reader asks the server for the next
-        round (under the lease), full at ``batch_size`` or, when this
-        worker holds a short remainder, at what it lacks (``needs``: one
-        subject holds every key, so the most any key lacks).
+        round (under the lease): each key is full at ``batch_size`` or,
+        when this worker holds a short remainder of it, at what it lacks.
 
         :param spec: the batched task.
         :param room: batches this worker may start now (>= 1).
@@ -139,8 +139,7 @@ class Leases:
         reader = self.readers.get(spec.task_name)
         if reader is None:
             return Taken([], None)
-        need = max(needs.values()) if needs else None
-        return Taken(reader.take(room, need), None)
+        return Taken(reader.take(room, needs), None)
 
     async def idle(self, specs: Sequence[BatchSpec], timeout_seconds: float) -> None:
         """Wait until one of these tasks has a round ready, or the timeout.
@@ -236,7 +235,7 @@ class Moves:
         if self.mover is None:
             self.mover = Mover(self.broker.client, self._moved, self.timeout_seconds)
         await self.mover.publish(
-            [self._move(spec.task_name, delivery) for delivery, spec, _ in deliveries]
+            [self._move(spec.task_name, d, key) for d, spec, key in deliveries]
         )
 
     def waited(self, delivery: Delivery) -> bool:
@@ -284,9 +283,12 @@ class Moves:
                 describe(exc),
             )
 
-    def _move(self, name: str, delivery: Delivery) -> Move:
+    def _move(self, name: str, delivery: Delivery, key: str) -> Move:
         handle: Unsettled = delivery.handle
-        headers = {"Nats-Msg-Id": f"{self.broker.stream_name}-{handle.sequence}"}
+        headers = {
+            "Nats-Msg-Id": f"{self.broker.stream_name}-{handle.sequence}",
+            KEY_HEADER: key,  # the lease keeps each key's messages apart
+        }
         if delivery.sent_at is not None:
             headers[SENT_AT] = repr(delivery.sent_at)
         deadline = self._deadline(delivery.data)
