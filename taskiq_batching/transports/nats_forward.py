@@ -1,24 +1,21 @@
 """A worker's leases and moves: the NATS ``BatchSource`` and ``Forwarder``.
 
 ``Leases`` creates the batch stream (``<stream>-batch``, subjects
-``<subject>.batch.>``, work-queue retention) and one durable per batched task
-it serves (``<durable>-b-<token>``, ``max_waiting=1``, ``max_ack_pending``
-unbounded: a process holds what its room lets it take), starts a
-``LeaseReader`` per task, and is the transport's ``batches``: the worker's
-taker (``worker/taking.py``) takes each reader's rounds as whole batches,
-which go through the one lifecycle into the worker's buffers
-(``worker/taken.py``), as the Redis sources' do. A task with
-``per_worker_reason`` (``batch_min_size``, ``batch_max_keys``) is not
-served: its messages stay on the main subject, buffered by each worker.
+``<subject>.batch.>``, work-queue retention) and one durable per batched
+task it serves (``<durable>-b-<token>``, ``max_waiting=1``,
+``max_ack_pending`` unbounded), starts a ``LeaseReader`` per task, and is
+the transport's ``batches``: the taker (``worker/taking.py``) takes each
+reader's batches whole, into the one lifecycle (``worker/taken.py``). A
+task with ``per_worker_reason`` (``batch_min_size``, ``batch_max_keys``)
+is not served: each worker buffers it from the main subject.
 
 ``Moves`` is the transport's ``forwarder``: it moves batched messages a
 plain taskiq kicker put on the main subject to their task's subject (a
 producer with the plugin publishes there itself, ``nats_send.py``), with
-``Nats-Msg-Id`` = the original's stream sequence (a second move after a
-crash is dropped by the server's duplicate window), its send time in
-``Tb-Sent-At`` and its ``batch_deadline`` as a header (the lease reads
-it), and acks the original once the stream stored the move, without
-holding up the worker's reads (``nats_move.py``).
+``Nats-Msg-Id`` = the original's stream sequence (the duplicate window
+drops a second move), its send time (``Tb-Sent-At``), key (``Tb-Key``)
+and ``batch_deadline`` as headers, and acks the original once the stream
+stored the move, without holding up the reads (``nats_move.py``).
 """
 
 import asyncio

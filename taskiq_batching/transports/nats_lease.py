@@ -2,19 +2,19 @@
 
 With ``NatsTransport(wait_in_broker=True)`` a batched task's messages wait
 on a subject of their own (``<subject>.batch.<token>``, stream
-``<stream>-batch``), read by a durable of their own whose
-``max_waiting=1`` makes the server keep ONE pull request waiting: the
-process whose request waits assembles the task's next batch (a *round*),
-every other request gets 409. The holder asks only while its worker wants
-a batch (its ``take`` found none ready), for what completes the round
-(``batch_size``, or what the worker's short remainder lacks), expiring at
-the round's deadline: its first send + ``batch_timeout`` - ``SLACK``, or
-an earlier ``batch_deadline`` (a header). A round full or due is handed
-to the worker's next take as a ``TakenBatch``, whose messages go through
-the one lifecycle, as the Redis sources' do. When a request ends and the
-holder does not ask again at once, it says the slot is free on a core
-subject (``_tb.free.<durable>``); a dead holder never says so: the others
-ask again after ``IDLE_EXPIRES``. Measured in docs/fleet.md.
+``<stream>-batch``), read by a durable whose ``max_waiting=1`` makes the
+server keep ONE pull request waiting: the process whose request waits
+assembles the task's next *round*, every other request gets 409. The
+holder asks while its worker wants a batch (its ``take`` found none
+ready) or its round has keys open, for what completes the round
+(``nats_lease_keys``: each key full at ``batch_size`` or what the worker's
+short remainder of it lacks), expiring at the round's deadline: its first
+send + ``batch_timeout`` - ``SLACK``, or an earlier ``batch_deadline``. A
+key full, or every key open at the deadline, is handed to the worker's
+next take as a ``TakenBatch``, whose messages go through the one
+lifecycle. When a request ends and the holder does not ask again at once,
+it says the slot is free on a core subject (``_tb.free.<durable>``); a
+dead holder never says so: the others ask again after ``IDLE_EXPIRES``.
 """
 
 import asyncio
@@ -242,17 +242,10 @@ class LeaseReader:
 
     async def _ask(self, now: float) -> None:
         """Send the round's next request, expiring at the round's deadline."""
-        expires = IDLE_EXPIRES
-        timeout = self.round.batch_timeout
-        if self.round and self.round.due is not None:
-            expires = self.round.due - now
-            if expires <= 0.001:
-                await self._sleep(max(expires, 0.0))  # due: handed over next
-                return
-        elif not self.round and self.round.seen > 1 and timeout is not None:
-            # Keyed, it asks for several keys' worth: not for longer than
-            # a round lasts (its first message's deadline is as far).
-            expires = timeout
+        expires = self.round.expires(now, IDLE_EXPIRES)
+        if expires <= 0.001:
+            await self._sleep(max(expires, 0.0))  # due: handed over next
+            return
         owed = self.round.owed(sum(len(b.deliveries) for b in self.ready))
         if owed <= 0:  # it holds all it may: the round ends early
             self._hand_over(self.round.end())

@@ -149,6 +149,21 @@ class KeyedRound:
             return min(wanted, room)
         return min(self.batch_size, room, *lacks, *self.needs.values())
 
+    def expires(self, now: float, idle_seconds: float) -> float:
+        """Seconds the next request may wait: until the round's deadline.
+
+        :param now: the time.
+        :param idle_seconds: with nothing open, the idle request's wait.
+        :return: seconds (0 or less: due).
+        """
+        if self.keys and self.due is not None:
+            return self.due - now
+        if not self.keys and self.seen > 1 and self.batch_timeout is not None:
+            # Keyed, it asks for several keys' worth: not for longer than a
+            # round lasts (its first message's deadline is as far).
+            return self.batch_timeout
+        return idle_seconds
+
     def is_due(self, now: float) -> bool:
         """Whether the round's deadline has come."""
         return bool(self.keys) and self.due is not None and self.due <= now

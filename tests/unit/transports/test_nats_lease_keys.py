@@ -73,14 +73,17 @@ def test_without_keys_a_round_is_one_batch_full_at_batch_size() -> None:
 
 def test_with_several_keys_a_request_asks_for_what_fills_them_all() -> None:
     round_ = KeyedRound(10, 0.5)
+    assert round_.expires(time.time(), 2.0) == 2.0  # the idle request
     round_.add(message(1), keyed("a"))
     round_.add(message(2), keyed("b"))
     # Not 9 (a request ending mid-round lets another process split the keys).
     assert round_.owed(0) == 18
     assert round_.owed(MAX_KEYS * 10 - 5) == 3  # bounded by what it may hold
     round_.end()
-    # The next round's first request asks for as many keys as this one held.
+    # The next round's first request asks for as many keys as this one
+    # held, for no longer than a round lasts.
     assert round_.owed(0) == 20
+    assert round_.expires(time.time(), 2.0) == 0.5
 
 
 def test_a_key_is_full_at_what_the_workers_short_remainder_lacks() -> None:
