@@ -1,24 +1,21 @@
 """A worker's leases and moves: the NATS ``BatchSource`` and ``Forwarder``.
 
 ``Leases`` creates the batch stream (``<stream>-batch``, subjects
-``<subject>.batch.>``, work-queue retention) and one durable per batched task
-it serves (``<durable>-b-<token>``, ``max_waiting=1``, ``max_ack_pending``
-unbounded: a process holds what its room lets it take), starts a
-``LeaseReader`` per task, and is the transport's ``batches``: the worker's
-taker (``worker/taking.py``) takes each reader's rounds as whole batches,
-which go through the one lifecycle into the worker's buffers
-(``worker/taken.py``), as the Redis sources' do. A task with
-``per_worker_reason`` (``batch_min_size``, ``batch_max_keys``) is not
-served: its messages stay on the main subject, buffered by each worker.
+``<subject>.batch.>``, work-queue retention) and one durable per batched
+task it serves (``<durable>-b-<token>``, ``max_waiting=1``,
+``max_ack_pending`` unbounded), starts a ``LeaseReader`` per task, and is
+the transport's ``batches``: the taker (``worker/taking.py``) takes each
+reader's batches whole, into the one lifecycle (``worker/taken.py``). A
+task with ``per_worker_reason`` (``batch_min_size``, ``batch_max_keys``)
+is not served: each worker buffers it from the main subject.
 
 ``Moves`` is the transport's ``forwarder``: it moves batched messages a
 plain taskiq kicker put on the main subject to their task's subject (a
 producer with the plugin publishes there itself, ``nats_send.py``), with
-``Nats-Msg-Id`` = the original's stream sequence (a second move after a
-crash is dropped by the server's duplicate window), its send time in
-``Tb-Sent-At`` and its ``batch_deadline`` as a header (the lease reads
-it), and acks the original once the stream stored the move, without
-holding up the worker's reads (``nats_move.py``).
+``Nats-Msg-Id`` = the original's stream sequence (the duplicate window
+drops a second move), its send time (``Tb-Sent-At``), key (``Tb-Key``)
+and ``batch_deadline`` as headers, and acks the original once the stream
+stored the move, without holding up the reads (``nats_move.py``).
 """
 
 import asyncio
@@ -34,7 +31,8 @@ from taskiq_batching.error_texts import describe
 from taskiq_batching.labels import BATCH_DEADLINE_LABEL
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import Delivery, Taken, per_worker_reason
-from taskiq_batching.transports.nats_lease import SLACK, LeaseReader
+from taskiq_batching.transports.nats_lease import LeaseReader
+from taskiq_batching.transports.nats_lease_keys import KEY_HEADER, SLACK
 from taskiq_batching.transports.nats_move import MOVE_TIMEOUT, Move, Moved, Mover
 from taskiq_batching.transports.nats_pull import SENT_AT, Unsettled
 from taskiq_batching.transports.nats_send import (
@@ -125,9 +123,8 @@ class Leases:
         """The task's rounds ready, up to ``room`` (``BatchSource.take``).
 
         With none ready, the task's reader asks the server for the next
-        round (under the lease), full at ``batch_size`` or, when this
-        worker holds a short remainder, at what it lacks (``needs``: one
-        subject holds every key, so the most any key lacks).
+        round (under the lease): each key is full at ``batch_size`` or,
+        when this worker holds a short remainder of it, at what it lacks.
 
         :param spec: the batched task.
         :param room: batches this worker may start now (>= 1).
@@ -139,8 +136,7 @@ class Leases:
         reader = self.readers.get(spec.task_name)
         if reader is None:
             return Taken([], None)
-        need = max(needs.values()) if needs else None
-        return Taken(reader.take(room, need), None)
+        return Taken(reader.take(room, needs), None)
 
     async def idle(self, specs: Sequence[BatchSpec], timeout_seconds: float) -> None:
         """Wait until one of these tasks has a round ready, or the timeout.
@@ -236,7 +232,7 @@ class Moves:
         if self.mover is None:
             self.mover = Mover(self.broker.client, self._moved, self.timeout_seconds)
         await self.mover.publish(
-            [self._move(spec.task_name, delivery) for delivery, spec, _ in deliveries]
+            [self._move(spec.task_name, d, key) for d, spec, key in deliveries]
         )
 
     def waited(self, delivery: Delivery) -> bool:
@@ -284,9 +280,12 @@ class Moves:
                 describe(exc),
             )
 
-    def _move(self, name: str, delivery: Delivery) -> Move:
+    def _move(self, name: str, delivery: Delivery, key: str) -> Move:
         handle: Unsettled = delivery.handle
-        headers = {"Nats-Msg-Id": f"{self.broker.stream_name}-{handle.sequence}"}
+        headers = {
+            "Nats-Msg-Id": f"{self.broker.stream_name}-{handle.sequence}",
+            KEY_HEADER: key,  # the lease keeps each key's messages apart
+        }
         if delivery.sent_at is not None:
             headers[SENT_AT] = repr(delivery.sent_at)
         deadline = self._deadline(delivery.data)

@@ -2,19 +2,19 @@
 
 With ``NatsTransport(wait_in_broker=True)`` a batched task's messages wait
 on a subject of their own (``<subject>.batch.<token>``, stream
-``<stream>-batch``), read by a durable of their own whose
-``max_waiting=1`` makes the server keep ONE pull request waiting: the
-process whose request waits assembles the task's next batch (a *round*),
-every other request gets 409. The holder asks only while its worker wants
-a batch (its ``take`` found none ready), for what completes the round
-(``batch_size``, or what the worker's short remainder lacks), expiring at
-the round's deadline: its first send + ``batch_timeout`` - ``SLACK``, or
-an earlier ``batch_deadline`` (a header). A round full or due is handed
-to the worker's next take as a ``TakenBatch``, whose messages go through
-the one lifecycle, as the Redis sources' do. When a request ends and the
-holder does not ask again at once, it says the slot is free on a core
-subject (``_tb.free.<durable>``); a dead holder never says so: the others
-ask again after ``IDLE_EXPIRES``. Measured in docs/fleet.md.
+``<stream>-batch``), read by a durable whose ``max_waiting=1`` makes the
+server keep ONE pull request waiting: the process whose request waits
+assembles the task's next *round*, every other request gets 409. The
+holder asks while its worker wants a batch (its ``take`` found none
+ready) or its round has keys open, for what completes the round
+(``nats_lease_keys``: each key full at ``batch_size`` or what the worker's
+short remainder of it lacks), expiring at the round's deadline: its first
+send + ``batch_timeout`` - ``SLACK``, or an earlier ``batch_deadline``. A
+key full, or every key open at the deadline, is handed to the worker's
+next take as a ``TakenBatch``, whose messages go through the one
+lifecycle. When a request ends and the holder does not ask again at once,
+it says the slot is free on a core subject (``_tb.free.<durable>``); a
+dead holder never says so: the others ask again after ``IDLE_EXPIRES``.
 """
 
 import asyncio
@@ -26,11 +26,10 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from taskiq_batching.core.broker_keys import NO_KEY, deadline_ms
 from taskiq_batching.error_texts import describe
-from taskiq_batching.labels import BATCH_DEADLINE_LABEL
 from taskiq_batching.transports.base import Delivery, TakenBatch
 from taskiq_batching.transports.nats_lease_end import AckedMemory, drain, end_request
+from taskiq_batching.transports.nats_lease_keys import KeyedRound
 from taskiq_batching.transports.nats_pull import (
     Unsettled,
     log_reacked,
@@ -42,8 +41,6 @@ logger = logging.getLogger("taskiq_batching")
 
 #: Seconds a request waits while its round holds nothing (the idle cost).
 IDLE_EXPIRES = 2.0
-#: Seconds before its deadline a round's request expires.
-SLACK = 0.005
 #: Extra seconds to wait for a request's end before giving up on it.
 MARGIN = 1.0
 
@@ -70,8 +67,6 @@ class LeaseReader:
     ) -> None:
         self.client = client
         self.api = api
-        self.batch_size = batch_size
-        self.batch_timeout = batch_timeout
         self.wake = wake
         self.free_subject = f"_tb.free.{durable}"
         #: Received and not settled, by stream sequence.
@@ -79,12 +74,8 @@ class LeaseReader:
         #: Acked last: delivered again (an ack lost), acked again, not run.
         self.acked = AckedMemory()
         self.reacked = 0
-        #: The round forming: messages received, not handed to the worker.
-        self.round: list[Delivery] = []
-        #: Messages that make the round full.
-        self.target = batch_size
-        self.due: float | None = None
-        self.due_reason = "timeout"
+        #: The round forming, per key: received, not handed to the worker.
+        self.round = KeyedRound(batch_size, batch_timeout)
         #: Rounds full or due, for the worker's next ``take``.
         self.ready: deque[TakenBatch] = deque()
         #: The worker asked for a round (it has room): requests may go.
@@ -92,6 +83,8 @@ class LeaseReader:
         #: Messages the request in flight may still bring (0: none in flight).
         self.owed = 0
         self.ends_at = 0.0
+        #: Messages the request in flight brought.
+        self.got = 0
         self.serial = 0
         #: The status that ended the last request (``409``: refused).
         self.status: str | None = None
@@ -112,20 +105,20 @@ class LeaseReader:
         ]
         self._task = asyncio.ensure_future(self._loop())
 
-    def take(self, room: int, need: int | None = None) -> list[TakenBatch]:
-        """Up to ``room`` rounds ready; with none, ask the server for one.
+    def take(
+        self, room: int, needs: Mapping[str, int] | None = None
+    ) -> list[TakenBatch]:
+        """Up to ``room`` batches ready; with none, ask the server for a round.
 
         :param room: batches the worker may start now (>= 1).
-        :param need: what the worker's short remainder lacks: the next
-            round is full at that many (None: ``batch_size``).
-        :return: the rounds, oldest first.
+        :param needs: what the worker's short remainders lack, by key: such
+            a key is full at that many (else at ``batch_size``).
+        :return: the batches, oldest first.
         """
+        if not self.ready:
+            self.ready.extend(self.round.want(needs or {}))
         taken = [self.ready.popleft() for _ in range(min(room, len(self.ready)))]
         if not taken:
-            if not self.round:
-                self.target = need or self.batch_size
-            elif need:
-                self.target = min(self.target, need)
             self.wanted = True
             self.poke.set()
         return taken
@@ -142,6 +135,7 @@ class LeaseReader:
                 self.status = str(headers["Status"])
                 self._request_ended()
             return
+        self.got += 1
         if self.owed:  # the request counts every delivery
             self.owed -= 1
             if not self.owed:
@@ -165,24 +159,11 @@ class LeaseReader:
         delivery = Delivery(
             message.data, held, sent_at=message_sent_at(message.reply, headers)
         )
-        self._add(delivery, headers)
-
-    def _add(self, delivery: Delivery, headers: Mapping[str, Any]) -> None:
-        """Add a message to the round; its send or deadline may make it due."""
-        if not self.round:
-            self.due = None
-            if self.batch_timeout is not None:
-                sent_at = delivery.sent_at or time.time()
-                self.due = sent_at + self.batch_timeout - SLACK
-                self.due_reason = "timeout"
-        self.round.append(delivery)
-        value = headers.get(BATCH_DEADLINE_LABEL)
-        ms = None if value is None else deadline_ms({BATCH_DEADLINE_LABEL: value})
-        if ms is not None and (self.due is None or ms / 1000 - SLACK < self.due):
-            self.due = ms / 1000 - SLACK
-            self.due_reason = "deadline"
+        self._hand_over(self.round.add(delivery, headers))
 
     def _request_ended(self) -> None:
+        if not self.got:  # nothing came: the next round asks as for one key
+            self.round.seen = 0
         self.owed = 0
         self.ended = self.status != "409"  # a refused one never held the slot
         self.poke.set()
@@ -221,13 +202,13 @@ class LeaseReader:
             log_reacked(self.reacked)
             self.reacked = 0
         now = time.time()
-        if self.round and (
-            len(self.round) >= self.target or (self.due is not None and self.due <= now)
-        ):
-            self._hand_over()
+        if self.round.is_due(now):
+            self._hand_over(self.round.end())
         if self.owed and now >= self.ends_at:
             self._request_ended()  # no end came (a reconnection): ask again
-        if self.ended and not self.owed and not self.wanted:
+        # A round with keys open keeps the slot until its deadline.
+        asking = self.wanted or bool(self.round)
+        if self.ended and not self.owed and not asking:
             self.ended = False
             await self.client.publish(self.free_subject, b"")
         if self.owed:
@@ -235,26 +216,24 @@ class LeaseReader:
         elif self.status == "409":
             self.status = None
             await self._wait_free(now)
-        elif self.wanted:
+        elif asking:
             await self._ask(now)
         else:
             await self._sleep(self._until_due(now))
 
-    def _hand_over(self) -> None:
-        """The round is a batch: ready for the worker's next take."""
-        full = len(self.round) >= self.target
-        reason = "size" if full else self.due_reason
-        self.ready.append(TakenBatch(NO_KEY, self.round, reason))
-        self.round = []
-        self.due = None
-        self.target = self.batch_size
-        self.wanted = False
+    def _hand_over(self, batches: list[TakenBatch]) -> None:
+        """Keys full or due: ready for the worker's next take."""
+        if not batches:
+            return
+        self.ready.extend(batches)
+        if not self.round:  # the round ended: ask again when the worker takes
+            self.wanted = False
         self.wake()
 
     def _until_due(self, now: float) -> float | None:
-        if not self.round or self.due is None:
+        if not self.round or self.round.due is None:
             return None
-        return max(self.due - now, 0.0)
+        return max(self.round.due - now, 0.0)
 
     async def _sleep(self, seconds: float | None) -> None:
         """Until poked (a message, a request's end, a take) or ``seconds``."""
@@ -263,14 +242,17 @@ class LeaseReader:
 
     async def _ask(self, now: float) -> None:
         """Send the round's next request, expiring at the round's deadline."""
-        expires = IDLE_EXPIRES
-        if self.round and self.due is not None:
-            expires = self.due - now
-            if expires <= 0.001:
-                await self._sleep(max(expires, 0.0))  # due: handed over next
-                return
+        expires = self.round.expires(now, IDLE_EXPIRES)
+        if expires <= 0.001:
+            await self._sleep(max(expires, 0.0))  # due: handed over next
+            return
+        owed = self.round.owed(sum(len(b.deliveries) for b in self.ready))
+        if owed <= 0:  # it holds all it may: the round ends early
+            self._hand_over(self.round.end())
+            return
         self.serial += 1
-        self.owed = self.target - len(self.round)
+        self.got = 0
+        self.owed = owed
         self.ends_at = now + expires + MARGIN
         self.status = None
         self.ended = False
@@ -302,9 +284,10 @@ class LeaseReader:
             await drain(sub)  # what is on its way is received, handed back
         if self.owed:
             await end_request(self.client, self.api, MARGIN)
-        left = [d for batch in self.ready for d in batch.deliveries] + self.round
+        left = [d for batch in self.ready for d in batch.deliveries]
+        left += self.round.held()
         self.ready.clear()
-        self.round = []
+        self.round.keys.clear()
         return left
 
 

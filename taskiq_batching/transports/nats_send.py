@@ -30,6 +30,7 @@ from taskiq_batching.error_texts import describe
 from taskiq_batching.errors import SendManyError
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import per_worker_reason
+from taskiq_batching.transports.nats_lease_keys import KEY_HEADER
 
 #: Messages published at once by ``kiq_many`` (each waits for its ack).
 SEND_CONCURRENCY = 500
@@ -107,7 +108,7 @@ class NatsBatchSender:
 
         :param spec: the batched task.
         :param messages: its messages, in order.
-        :param keys: each message's key (unused: the holder keys them itself).
+        :param keys: each message's key (a header: the lease keeps keys apart).
         :param once: ``kiq_many``: each with ``Nats-Msg-Id``, at most once.
         :raises SendManyError: (``once``) some messages were not sent.
         """
@@ -118,14 +119,18 @@ class NatsBatchSender:
                     self._stream_ready = True
         subject = batch_subject(self.broker, spec.task_name)
         if not once:
-            for message in messages:
-                await self._publish(subject, message, once)
+            for message, key in zip(messages, keys, strict=True):
+                await self._publish(subject, message, key, once)
             return
         failed: list[tuple[int, BaseException]] = []
         for start in range(0, len(messages), SEND_CONCURRENCY):
-            chunk = messages[start : start + SEND_CONCURRENCY]
+            chunk = zip(
+                messages[start : start + SEND_CONCURRENCY],
+                keys[start : start + SEND_CONCURRENCY],
+                strict=True,
+            )
             outcomes = await asyncio.gather(
-                *(self._publish(subject, message, once) for message in chunk),
+                *(self._publish(subject, message, key, once) for message, key in chunk),
                 return_exceptions=True,
             )
             failed += [
@@ -136,9 +141,11 @@ class NatsBatchSender:
         if failed:
             _report(messages, failed)
 
-    async def _publish(self, subject: str, message: BrokerMessage, once: bool) -> None:
+    async def _publish(
+        self, subject: str, message: BrokerMessage, key: str, once: bool
+    ) -> None:
         """One publish as ``kick`` makes it; a lost stream is made again once."""
-        headers = dict(message.labels)
+        headers = {**message.labels, KEY_HEADER: key}
         if once:
             headers["Nats-Msg-Id"] = MSG_ID_PREFIX + message.task_id
         try:

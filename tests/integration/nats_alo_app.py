@@ -6,7 +6,8 @@ its subject (``<queue>.tasks``), the durable consumer and the Redis keys.
 The consumer's ``ack_wait`` is ``TB_ACK_WAIT`` seconds and its
 ``max_ack_pending`` ``TB_MAX_ACK_PENDING`` (unset: the server's default).
 The batched task ``collect`` takes ``TB_BATCH_SIZE`` and
-``TB_BATCH_TIMEOUT`` (``none``: size-only); each batch pushes
+``TB_BATCH_TIMEOUT`` (``none``: size-only) and, with ``TB_KEYS`` = K,
+``batch_key`` = item % K; each batch pushes
 ``{"items": [...], "pid": ...}`` to ``{queue}:started`` when it starts,
 then runs ``TB_BATCH_DELAY`` seconds, then pushes the same record to
 ``{queue}:batches``. ``TB_WAIT_IN_BROKER`` set:
@@ -36,6 +37,15 @@ broker = make_broker(
     int(_pending) if _pending else None,
 )
 _log = Redis.from_url(REDIS_URL)
+KEYS = int(os.environ.get("TB_KEYS", "0"))
+
+
+def key_of(item: int) -> int:
+    """The ``batch_key`` with ``TB_KEYS`` set."""
+    return item % KEYS
+
+
+_keyed = {"batch_key": key_of} if KEYS else {}
 
 
 @broker.task(
@@ -43,6 +53,7 @@ _log = Redis.from_url(REDIS_URL)
     batch=True,
     batch_size=int(os.environ.get("TB_BATCH_SIZE", "100")),
     batch_timeout=None if _timeout == "none" else float(_timeout),
+    **_keyed,
 )
 async def collect(items: list[int]) -> list[int]:
     """Record the batch's start, run ``TB_BATCH_DELAY`` s, record its end."""

@@ -127,7 +127,7 @@ async def test_a_round_asks_for_what_completes_it_until_its_deadline(
     await first_request(client)
     sent = time.time()
     await client.message(1, sent)
-    assert [d.sent_at for d in reader.round] == [sent]  # the original send
+    assert [d.sent_at for d in reader.round.held()] == [sent]  # the original send
     await client.status("408", 1)  # the idle request ended
     await client.next_publish()
     second = client.requests()[-1]
@@ -163,7 +163,7 @@ async def test_a_full_round_is_taken_whole_and_lets_the_slot_go(
 
 async def test_a_short_remainder_asks_for_what_it_lacks(setup: Setup) -> None:
     client, reader = setup.client, setup.reader
-    reader.take(1, need=1)
+    reader.take(1, {"-": 1})
     await first_request(client)
     assert client.requests()[-1]["batch"] == 1
     await client.message(1, time.time())
@@ -182,7 +182,7 @@ async def test_a_batch_deadline_makes_the_round_due_by_it(setup: Setup) -> None:
     assert (due.reason, len(due.deliveries)) == ("deadline", 2)
     # The request goes on: what it brings opens the next round.
     await client.message(3, time.time())
-    assert [d.handle.sequence for d in reader.round] == [3]
+    assert [d.handle.sequence for d in reader.round.held()] == [3]
 
 
 async def test_a_refused_request_waits_for_the_free_word(setup: Setup) -> None:
@@ -206,8 +206,8 @@ async def test_a_message_delivered_again_while_held_is_not_taken_twice(
     await first_request(client)
     await client.message(1, time.time())
     await client.message(1, time.time(), delivered=2)
-    assert len(reader.round) == 1
-    assert reader.round[0].handle.reply.startswith("$JS.ACK.s-batch.d-b-x.2.")
+    assert len(reader.round.held()) == 1
+    assert reader.round.held()[0].handle.reply.startswith("$JS.ACK.s-batch.d-b-x.2.")
 
 
 async def test_a_stop_gives_what_the_worker_never_took(setup: Setup) -> None:
@@ -220,3 +220,42 @@ async def test_a_stop_gives_what_the_worker_never_took(setup: Setup) -> None:
     left = await reader.stop()
     assert sorted(d.handle.sequence for d in left) == [1, 2, 3, 4]
     assert reader.take(1) == []
+
+
+async def test_keys_are_handed_over_apart_and_the_round_keeps_the_slot(
+    setup: Setup,
+) -> None:
+    """``batch_key``: a key full goes alone; the others wait for the deadline.
+
+    A round counted as one would hand over (a, b, a) full at 3, each key
+    a third of what it could be, and let the slot go to another process.
+    """
+    client, reader = setup.client, setup.reader
+    reader.take(1)
+    await first_request(client)
+    sent = time.time()
+    for sequence, key in ((1, "a"), (2, "b"), (3, "a")):
+        await client.message(sequence, sent, headers={"Tb-Key": key})
+    # The request brought what it asked; no key is full: it asks again at
+    # once for what fills them all, until the round's deadline.
+    while len(client.requests()) < 2:
+        await client.next_publish()
+    second = client.requests()[-1]
+    assert second["batch"] == 3  # a lacks 1, b lacks 2
+    assert 0 < second["expires"] <= 0.5e9
+    assert client.frees() == 0
+    assert not reader.ready
+    await client.message(4, sent, headers={"Tb-Key": "a"})
+    [full] = await setup.ready()
+    assert (full.key, full.reason) == ("a", "size")
+    assert [d.handle.sequence for d in full.deliveries] == [1, 3, 4]
+    await client.status("408", 2)  # the round's deadline
+    [due] = await setup.ready()
+    assert (due.key, due.reason, [d.handle.sequence for d in due.deliveries]) == (
+        "b",
+        "timeout",
+        [2],
+    )
+    assert time.time() >= sent + 0.5 - 0.01
+    while not client.frees():  # the round ended: the slot passes on
+        await client.next_publish()

@@ -245,7 +245,7 @@ async def test_a_failed_ack_of_moved_originals_is_logged_not_raised(
     assert "cannot ack 1 NATS message(s) after moving them" in caplog.text
 
 
-def test_a_move_carries_the_originals_sequence_send_time_and_deadline() -> None:
+def test_a_move_carries_the_originals_sequence_send_time_deadline_and_key() -> None:
     forwarder = make_moves(Settle(), Settle(), [])
     forwarder.broker.formatter = SimpleNamespace(
         loads=lambda data: SimpleNamespace(labels={"batch_deadline": 1700000000.25})
@@ -253,9 +253,10 @@ def test_a_move_carries_the_originals_sequence_send_time_and_deadline() -> None:
     original = Delivery(
         b'{"labels":{"batch_deadline":1}}', Unsettled("r", 42), sent_at=1.5
     )
-    moved, subject, data, headers = forwarder._move("t", original)
+    moved, subject, data, headers = forwarder._move("t", original, "k1")
     assert (moved, data) == (original, original.data)
     assert subject.startswith("s.tasks.batch.")
     assert headers["Nats-Msg-Id"] == "s-42"
     assert float(headers[SENT_AT]) == 1.5
     assert float(headers["batch_deadline"]) == 1700000000.25
+    assert headers["Tb-Key"] == "k1"  # the lease keeps keys apart by it
