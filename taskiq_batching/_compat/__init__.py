@@ -21,6 +21,7 @@ bounds those versions. One module per library:
 """
 
 from taskiq_batching._compat.amqp import (
+    amqp_connect_like_reader,
     amqp_declare_queues,
     amqp_delay_queue_name,
     amqp_prefetch,
@@ -64,6 +65,7 @@ __all__ = [
     "OTEL_MIDDLEWARE_MODULE",
     "Listen",
     "ReceiverSettings",
+    "amqp_connect_like_reader",
     "amqp_declare_queues",
     "amqp_delay_queue_name",
     "amqp_prefetch",

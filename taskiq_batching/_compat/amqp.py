@@ -158,3 +158,22 @@ def amqp_queue_settings(broker: Any) -> dict[str, Any]:
         "arguments": arguments,
         "priority_label": str(getattr(broker, "_label_for_priority", "priority")),
     }
+
+
+async def amqp_connect_like_reader(broker: Any) -> Any:
+    """A robust connection made as a taskiq-aio-pika worker's read connection.
+
+    Relies on: ``AioPikaBroker.startup`` making its ``read_conn`` with
+    ``aio_pika.connect_robust(self.url, loop=self._loop,
+    **self._conn_kwargs)``.
+
+    :param broker: an ``AioPikaBroker``.
+    :return: an aio-pika ``RobustConnection`` (same URL, loop and keyword
+        arguments, so the same name and TLS settings).
+    """
+    from aio_pika import connect_robust
+
+    kwargs = getattr(broker, "_conn_kwargs", None) or {}
+    return await connect_robust(
+        broker.url, loop=getattr(broker, "_loop", None), **kwargs
+    )

@@ -151,7 +151,7 @@ class AmqpTransport(Consumer[Handle]):
                 self.acknowledges = False
             await self._consume(channel, queue, tag, **options)
         if self._waiting is not None:
-            await self._waiting.start(self.broker.read_conn, self._consume)
+            await self._waiting.start(self._consume, self._forget)
         self._started = True
 
     async def _consume(
@@ -161,6 +161,10 @@ class AmqpTransport(Consumer[Handle]):
         self._tap(await channel.get_underlay_channel(), tag)
         await queue.consume(self._on_message, consumer_tag=tag, **options)
         self._consumers.append((queue, tag))
+
+    def _forget(self, tags: Sequence[str]) -> None:
+        # Their connection closed (amqp_task_consumers.py): nothing to cancel.
+        self._consumers = [(q, tag) for q, tag in self._consumers if tag not in tags]
 
     async def _on_message(self, message: Any) -> None:
         """aio-pika's consumer callback: a delivery on a channel not tapped yet.
@@ -284,6 +288,8 @@ class AmqpTransport(Consumer[Handle]):
     async def _close(self) -> None:
         await self.stop_consuming()
         await self._channels.written()
+        if self._waiting is not None:
+            await self._waiting.close()
 
     async def _cancel(self) -> None:
         self._stopping = True

@@ -20,7 +20,10 @@ worker). Its ``batch_timeout`` counts from each message's send time (the
   worker forwards it). The queue is declared before the first send of
   each task on a channel.
 * **Consuming** (``start``, called by the worker's transport): a channel
-  per batched task on the broker's read connection, its prefetch the
+  per batched task on a connection of their own, made like the broker's
+  read connection (``amqp_task_consumers.py``: RabbitMQ closes the
+  connection of a consume that races the queue's creation by another
+  worker; it is consumed again on a new one), its prefetch the
   task's ``max_held`` ((``batch_concurrency`` + 1) * ``batch_size``, or
   one filling buffer per key allowed with ``batch_max_keys``) plus one
   ``batch_size``: its running batches, a filling buffer, and the next
@@ -53,8 +56,9 @@ from typing import Any
 from aio_pika import DeliveryMode, Message
 from taskiq import AsyncBroker, BrokerMessage
 
-from taskiq_batching._compat import amqp_queue_settings
+from taskiq_batching._compat import amqp_connect_like_reader, amqp_queue_settings
 from taskiq_batching.spec import BatchSpec
+from taskiq_batching.transports.amqp_task_consumers import Forget, TaskConsumers
 from taskiq_batching.transports.base import SENT_AT_LABEL, Delivery
 from taskiq_batching.transports.shared import kick_each
 
@@ -89,9 +93,16 @@ class AmqpBatches:
 
     :param broker: an ``AioPikaBroker``.
     :param ack: the transport's ``ack`` (forwarded originals).
+    :param connect: makes the connection the task queues are consumed on
+        (by default, one like the broker's read connection).
     """
 
-    def __init__(self, broker: AsyncBroker, ack: Ack) -> None:
+    def __init__(
+        self,
+        broker: AsyncBroker,
+        ack: Ack,
+        connect: Callable[[], Awaitable[Any]] | None = None,
+    ) -> None:
         self.broker = broker
         self._ack = ack
         self._settings = amqp_queue_settings(broker)
@@ -101,6 +112,10 @@ class AmqpBatches:
         self.limits: dict[str, int] = {}
         #: Each queue's name -> the channel it was last declared on.
         self._declared: dict[str, Any] = {}
+        #: The connection the task queues are consumed on.
+        self.consumers = TaskConsumers(
+            connect or (lambda: amqp_connect_like_reader(broker))
+        )
 
     def serves(self, spec: BatchSpec) -> bool:
         """Every batched task waits in a queue of its own."""
@@ -133,21 +148,36 @@ class AmqpBatches:
 
     # --- the worker's consumers --------------------------------------------------
 
-    async def start(self, connection: Any, consume: Consume) -> None:
+    async def start(self, consume: Consume, forget: Forget) -> None:
         """Consume every batched task's queue, each on a channel of its own.
 
-        :param connection: the broker's read connection.
+        The channels are on a connection of their own, consumed again on
+        a new one if RabbitMQ was still creating a queue
+        (``amqp_task_consumers.py``).
+
         :param consume: the transport's, for (channel, queue, consumer tag).
+        :param forget: the transport's, for consumers whose connection closed.
         """
-        for spec in self.specs:
-            channel = await connection.channel()
-            # Per consumer (global=False): the task's own (module docstring).
-            limit = spec.settings.max_held + spec.settings.batch_size
-            await channel.set_qos(prefetch_count=limit)
-            queue = await self._declare(channel, self.queue_of(spec.task_name))
-            tag = f"tb.batch.{uuid.uuid4().hex}"
-            self.limits[tag] = limit
-            await consume(channel, queue, tag)
+        if not self.specs:
+            return
+
+        async def setup(connection: Any, started: list[str]) -> None:
+            for spec in self.specs:
+                channel = await connection.channel()
+                # Per consumer (global=False): the task's own (module docstring).
+                limit = spec.settings.max_held + spec.settings.batch_size
+                await channel.set_qos(prefetch_count=limit)
+                queue = await self._declare(channel, self.queue_of(spec.task_name))
+                tag = f"tb.batch.{uuid.uuid4().hex}"
+                self.limits[tag] = limit
+                await consume(channel, queue, tag)
+                started.append(tag)
+
+        await self.consumers.start(setup, forget)
+
+    async def close(self) -> None:
+        """Close the task queues' connection (after the acks are written)."""
+        await self.consumers.close()
 
     def waited(self, delivery: Delivery) -> bool:
         """Whether a delivery came from a task's queue (not to be forwarded)."""

@@ -221,6 +221,37 @@ def test_amqp_queue_settings_are_the_first_task_queues() -> None:
     )
 
 
+async def test_amqp_connect_like_reader_uses_the_read_connections_arguments(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import inspect
+
+    import aio_pika
+    from taskiq_aio_pika import AioPikaBroker
+
+    broker = AioPikaBroker(
+        "amqp://somewhere/", client_properties={"connection_name": "pod-1"}
+    )
+    made: list[tuple[Any, ...]] = []
+
+    async def connect_robust(url: str, **kwargs: Any) -> str:
+        made.append((url, kwargs))
+        return "connection"
+
+    monkeypatch.setattr(aio_pika, "connect_robust", connect_robust)
+    assert await _compat.amqp_connect_like_reader(broker) == "connection"
+    assert made == [
+        (
+            "amqp://somewhere/",
+            {"loop": None, "client_properties": {"connection_name": "pod-1"}},
+        )
+    ]
+    # The broker makes its read connection so.
+    startup = inspect.getsource(AioPikaBroker.startup)
+    assert "self.read_conn = await connect_robust(" in startup
+    assert "**self._conn_kwargs" in startup
+
+
 def test_amqp_take_deliveries_replaces_a_known_consumer_only() -> None:
     class Channel:
         def __init__(self) -> None:

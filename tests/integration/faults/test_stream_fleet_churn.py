@@ -246,10 +246,6 @@ async def test_workers_join_and_leave_under_load_and_every_item_runs_once(
     first = start_worker(config)
     sender.start()
     began_at = time.time()
-    if kind == "amqp":
-        # A quorum queue consumed as it is made fails (RabbitMQ's
-        # INTERNAL_ERROR, the worker process restarts): not what is tested.
-        await wait("the task queue in use", lambda: in_fleet(where, [first]), 60)
     second = start_worker(config)
 
     async def pair() -> bool:

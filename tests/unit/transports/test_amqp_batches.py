@@ -75,7 +75,12 @@ class FakeConnection:
 
 async def test_a_task_queue_has_its_channel_and_room_for_one_batch_more() -> None:
     broker = AioPikaBroker("amqp://nowhere/", task_queues=[Queue(name="jobs")])
-    batches = AmqpBatches(broker, _ack)
+    connection = FakeConnection()
+
+    async def connect() -> FakeConnection:
+        return connection
+
+    batches = AmqpBatches(broker, _ack, connect)
     settings = BatchSettings(batch_size=50, batch_timeout=1.0, concurrency=2)
     batches.configure(
         [BatchSpec("collect", settings, analyse("collect", collect), None)]
@@ -85,8 +90,7 @@ async def test_a_task_queue_has_its_channel_and_room_for_one_batch_more() -> Non
     async def consume(channel: Any, queue: Any, tag: str) -> None:
         consumed.append((channel, queue, tag))
 
-    connection = FakeConnection()
-    await batches.start(connection, consume)
+    await batches.start(consume, lambda tags: None)
     [channel] = connection.channels
     # Two running batches, a filling buffer, the next batch in flight.
     assert channel.prefetch == (2 + 1) * 50 + 50
