@@ -7,17 +7,20 @@ aiormq's ``FrameReceiver`` returns for the same bytes.
 
 import asyncio
 import datetime
+import inspect
+from types import SimpleNamespace
 from typing import Any
 
 import pamqp.frame
 import pytest
-from aiormq.connection import FrameReceiver
+from aiormq.connection import Connection, FrameReceiver
 from aiormq.exceptions import AMQPConnectionError, InvalidFrameError
 from pamqp.body import ContentBody
 from pamqp.commands import Basic
 from pamqp.header import ContentHeader
 from pamqp.heartbeat import Heartbeat
 
+from taskiq_batching._compat import amqp_read_frames_with
 from taskiq_batching.transports.amqp_acks import DeliveryTap
 from taskiq_batching.transports.amqp_frames import Delivered, FrameReader, read_header
 from taskiq_batching.transports.base import SENT_AT_LABEL
@@ -173,3 +176,38 @@ async def test_a_frame_pamqp_cannot_read_fails_the_connection_as_with_aiormq() -
     reader.taps[1] = tap
     with pytest.raises(InvalidFrameError):
         await all_frames(reader.get_frame)
+
+
+async def test_compat_has_a_connections_frames_read_by_the_reader_once() -> None:
+    # The installed aiormq's reader task takes its receiver by this name.
+    reader_task = Connection._Connection__reader  # type: ignore[attr-defined]
+    assert "frame_receiver" in inspect.signature(reader_task).parameters
+    seen: list[Any] = []
+
+    async def read(frame_receiver: FrameReceiver) -> None:  # as aiormq's
+        async for _, _, frame in frame_receiver:
+            seen.append(frame)
+
+    stream = asyncio.StreamReader()
+    task = asyncio.create_task(read(FrameReceiver(stream)))
+    await asyncio.sleep(0)  # in aiormq's get_frame, waiting for a frame
+    tap = tapped()
+    connection = SimpleNamespace(_reader_task=task, channels={1: tap.channel})
+    channel = SimpleNamespace(connection=connection, number=1)
+    made: list[FrameReader] = []
+
+    def make(stream: asyncio.StreamReader, channels: Any) -> FrameReader:
+        made.append(FrameReader(stream, channels))
+        return made[-1]
+
+    reader = amqp_read_frames_with(channel, make)
+    assert reader is not None
+    assert amqp_read_frames_with(channel, make) is reader
+    assert made == [reader]
+    reader.taps[1] = tap
+    # aiormq's get_frame reads the frame it waits for; the next come whole.
+    stream.feed_data(pamqp.frame.marshal(Heartbeat(), 0) + delivery(1, b"x"))
+    stream.feed_eof()
+    await asyncio.wait_for(task, 5)
+    assert [type(frame) for frame in seen] == [Heartbeat, Delivered]
+    assert amqp_read_frames_with(SimpleNamespace(), make) is None
