@@ -7,6 +7,7 @@ aiormq 6.7.5 (``pyproject.toml`` bounds: ``taskiq-aio-pika>=0.6,<0.7``,
 """
 
 import asyncio
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -174,8 +175,11 @@ def amqp_read_frames_with(channel: Any, make: Callable[[Any, Any], Any]) -> Any:
     task (``_reader_task``, a ``TaskWrapper`` of the task running the
     coroutine ``__reader(frame_receiver)``), which iterates it, its
     ``__anext__`` calling ``self.get_frame()``, the only reader of the
-    stream once connected; ``Connection.channels`` a dict of the open
-    channels by number; an aiormq ``Channel`` knowing its ``connection``.
+    stream once connected; the receiver taking the stream only (aiormq 6's
+    also takes a timeout, its check of a stuck connection: it is kept
+    there; aiormq 7's connection checks the time of the last frame its
+    reader got); ``Connection.channels`` a dict of the open channels by
+    number; an aiormq ``Channel`` knowing its ``connection``.
 
     :param channel: an aiormq channel.
     :param make: builds the reader.
@@ -204,6 +208,8 @@ def amqp_read_frames_with(channel: Any, make: Callable[[Any, Any], Any]) -> Any:
         code, "co_names", ()
     ):
         return None
+    if list(inspect.signature(FrameReceiver).parameters) != ["reader"]:
+        return None  # aiormq 6's receiver times each read out: kept
     current = vars(receiver).get("get_frame")
     if current is not None:
         return getattr(current, "__self__", None)

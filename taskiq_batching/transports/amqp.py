@@ -6,8 +6,7 @@ consumer arguments; every queue but the delay queue) with aio-pika's
 ``queue.consume(callback)``, so that a robust queue consumes again after
 a reconnection. Deliveries are taken off the channel's frames as
 aiormq's reader hands them over (``amqp_acks.DeliveryTap``: no object or
-task per message), most of them whole, read by the connection's
-``amqp_frames.FrameReader`` without pamqp; a consumer is named and tapped before it starts, and
+task per message); a consumer is named and tapped before it starts, and
 a new channel's first delivery after a reconnection comes through
 aio-pika's callback, which taps it. They wait in ``amqp_inbox.Inbox``
 (a late one in tag order); ``read`` takes up to its limit at once. A
