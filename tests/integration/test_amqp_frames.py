@@ -9,8 +9,8 @@ import inspect
 from typing import Any
 
 import pytest
-from aiormq.connection import FrameReceiver
 from aio_pika.abc import AbstractChannel
+from aiormq.connection import FrameReceiver
 from taskiq import BrokerMessage
 from taskiq_aio_pika import AioPikaBroker, Exchange, Queue
 
