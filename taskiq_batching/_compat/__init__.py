@@ -27,6 +27,7 @@ from taskiq_batching._compat.amqp import (
     amqp_prefetch,
     amqp_priority_label,
     amqp_queue_settings,
+    amqp_read_frames_with,
     amqp_take_deliveries,
     amqp_tap_frames,
 )
@@ -71,6 +72,7 @@ __all__ = [
     "amqp_prefetch",
     "amqp_priority_label",
     "amqp_queue_settings",
+    "amqp_read_frames_with",
     "amqp_take_deliveries",
     "amqp_tap_frames",
     "broker_message",

@@ -7,6 +7,7 @@ aiormq 6.7.5 (``pyproject.toml`` bounds: ``taskiq-aio-pika>=0.6,<0.7``,
 """
 
 import asyncio
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -177,3 +178,63 @@ async def amqp_connect_like_reader(broker: Any) -> Any:
     return await connect_robust(
         broker.url, loop=getattr(broker, "_loop", None), **kwargs
     )
+
+
+def amqp_read_frames_with(channel: Any, make: Callable[[Any, Any], Any]) -> Any:
+    """Have a channel's connection read its frames with ``make``'s reader.
+
+    Once per connection: ``make(stream, channels)`` is called with the
+    connection's ``asyncio.StreamReader`` and its channels by number, and
+    the object it returns reads every frame from then on, with its
+    ``get_frame`` (aiormq's frame receiver's own finishes the frame it is
+    reading: the stream is then at a frame's start).
+
+    Relies on: aiormq's ``Connection.connect`` creating a ``FrameReceiver``
+    on the stream (``.reader``) and handing it to the connection's reader
+    task (``_reader_task``, a ``TaskWrapper`` of the task running the
+    coroutine ``__reader(frame_receiver)``), which iterates it, its
+    ``__anext__`` calling ``self.get_frame()``, the only reader of the
+    stream once connected; the receiver taking the stream only (aiormq 6's
+    also takes a timeout, its check of a stuck connection: it is kept
+    there; aiormq 7's connection checks the time of the last frame its
+    reader got); ``Connection.channels`` a dict of the open channels by
+    number; an aiormq ``Channel`` knowing its ``connection``.
+
+    :param channel: an aiormq channel.
+    :param make: builds the reader.
+    :return: the connection's reader (``make``'s, built once), or None
+        when aiormq's internals are not as described.
+    """
+    try:
+        from aiormq.connection import FrameReceiver
+    except ImportError:
+        return None
+    connection = getattr(channel, "connection", None)
+    wrapper = getattr(connection, "_reader_task", None)
+    task = getattr(wrapper, "task", wrapper)  # aiormq's TaskWrapper's task
+    channels = getattr(connection, "channels", None)
+    if (
+        not isinstance(task, asyncio.Task)
+        or task.done()
+        or not isinstance(channels, dict)
+    ):
+        return None
+    coroutine = task.get_coro()
+    frame = getattr(coroutine, "cr_frame", None)
+    receiver = None if frame is None else frame.f_locals.get("frame_receiver")
+    code = getattr(getattr(FrameReceiver, "__anext__", None), "__code__", None)
+    if type(receiver) is not FrameReceiver or "get_frame" not in getattr(
+        code, "co_names", ()
+    ):
+        return None
+    if list(inspect.signature(FrameReceiver).parameters) != ["reader"]:
+        return None  # aiormq 6's receiver times each read out: kept
+    current = vars(receiver).get("get_frame")
+    if current is not None:
+        return getattr(current, "__self__", None)
+    stream = getattr(receiver, "reader", None)
+    if not isinstance(stream, asyncio.StreamReader):
+        return None
+    reader = make(stream, channels)
+    receiver.get_frame = reader.get_frame  # type: ignore[method-assign]
+    return reader

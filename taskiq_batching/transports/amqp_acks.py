@@ -22,7 +22,8 @@ from pamqp.body import ContentBody
 from pamqp.commands import Basic
 from pamqp.header import ContentHeader
 
-from taskiq_batching._compat import amqp_tap_frames
+from taskiq_batching._compat import amqp_read_frames_with, amqp_tap_frames
+from taskiq_batching.transports.amqp_frames import Delivered, FrameReader
 from taskiq_batching.transports.amqp_headers import properties_sent_at
 
 logger = logging.getLogger("taskiq_batching")
@@ -43,7 +44,8 @@ class DeliveryTap:
     The tap sees each frame first (``_compat.amqp_tap_frames``): the frames
     of a delivery to one of its consumers are taken (a channel sends a
     delivery's frames one after the other) and the delivery noted at once;
-    any other frame is queued as before.
+    any other frame is queued as before. A delivery the connection's
+    ``amqp_frames.FrameReader`` read whole comes as one ``Delivered``.
 
     :param channel: the aiormq channel.
     :param note: called with each delivery taken.
@@ -54,6 +56,8 @@ class DeliveryTap:
         self.note = note
         #: Consumer tags whose deliveries are taken.
         self.consumers: set[str] = set()
+        #: The same, by their bytes on the wire (``FrameReader``).
+        self.by_tag: dict[bytes, str] = {}
         self._deliver: Any = None
         self._left = 0
         self._sent_at: float | None = None
@@ -63,6 +67,9 @@ class DeliveryTap:
         """Take a frame of a tapped delivery; False for any other frame."""
         deliver = self._deliver
         if deliver is None:
+            if type(frame) is Delivered:
+                self._noted(frame.tag, frame.consumer, frame.body, frame.sent_at)
+                return True
             if type(frame) is Basic.Deliver and frame.consumer_tag in self.consumers:
                 self._deliver = frame
                 self._left = -1  # its content header comes next
@@ -84,14 +91,23 @@ class DeliveryTap:
             parts, self._parts = self._parts, []
             self._deliver = None
             body = parts[0] if len(parts) == 1 else b"".join(parts)
-            tag, consumer = deliver.delivery_tag, deliver.consumer_tag
-            try:
-                self.note(self.channel, tag, consumer, body, self._sent_at)
-            except Exception:
-                # Not aiormq's reader's to fail: the delivery stays unacked
-                # and comes again when the channel closes.
-                logger.exception("taskiq_batching: cannot note an AMQP delivery")
+            self._noted(deliver.delivery_tag, deliver.consumer_tag, body, self._sent_at)
         return True
+
+    def add(self, consumer: str) -> None:
+        """Take this consumer's deliveries too."""
+        self.consumers.add(consumer)
+        self.by_tag[consumer.encode()] = consumer
+
+    def _noted(
+        self, tag: int, consumer: str, body: bytes, sent_at: float | None
+    ) -> None:
+        try:
+            self.note(self.channel, tag, consumer, body, sent_at)
+        except Exception:
+            # Not aiormq's reader's to fail: the delivery stays unacked
+            # and comes again when the channel closes.
+            logger.exception("taskiq_batching: cannot note an AMQP delivery")
 
 
 class ChannelAcks:
@@ -206,7 +222,10 @@ class Channels:
             if not amqp_tap_frames(channel, tap.take):
                 return False
             self._taps[id(channel)] = tap
-        tap.consumers.add(consumer)
+            reader = amqp_read_frames_with(channel, FrameReader)
+            if isinstance(reader, FrameReader):
+                reader.taps[channel.number] = tap
+        tap.add(consumer)
         return True
 
     def tracker(self, channel: Any) -> ChannelAcks:

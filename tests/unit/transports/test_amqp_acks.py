@@ -16,6 +16,7 @@ from pamqp.header import ContentHeader
 
 from taskiq_batching import _compat
 from taskiq_batching.transports.amqp_acks import ChannelAcks, Channels, DeliveryTap
+from taskiq_batching.transports.amqp_frames import Delivered
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -79,6 +80,16 @@ def test_the_tap_takes_its_consumers_deliveries_whole() -> None:
     taken = [tap.take(frame) for frame in stream]
     assert taken == [True] * 10 + [False] * 4
     assert noted.deliveries == [(1, "c", b"one"), (2, "c", b"x" * 10), (3, "c", b"")]
+
+
+def test_a_delivery_read_whole_is_noted_at_once() -> None:
+    noted = Noted()
+    tap = DeliveryTap(object(), noted)
+    tap.add("c")
+    assert tap.take(Delivered(5, "c", b"body", 12.5))
+    assert tap.take(frames(6, b"x")[0])  # the next one, frame by frame
+    assert noted.deliveries == [(5, "c", b"body")]
+    assert noted.sent_at == [12.5]
 
 
 def test_an_unexpected_frame_in_a_delivery_is_let_through(
