@@ -2,9 +2,10 @@
 
 ``Pull`` subscribes to an inbox of its own and publishes pull requests
 (``{"batch": n, "expires": ...}``) to the consumer's ``MSG.NEXT`` subject
-with that inbox as reply. The subscription's callback appends each
-message to a list and sets one event: no timeout, future or task per
-message (as ``PullSubscription.fetch`` has). A request ends with its last
+with that inbox as reply. Each message is handed over as the client
+parses it (``_compat.nats_subscribe_direct``), appended to a list, and
+one event set: no queue, timeout, future or task per message (as
+``PullSubscription.fetch`` has). A request ends with its last
 message, or with a status message (``408`` when it expired, ``409``...),
 or is given up ``FETCH_TIMEOUT + GRACE`` seconds after it was sent (a lost
 connection). Only one is in progress at a time, so its messages and its
