@@ -31,7 +31,11 @@ from taskiq_batching._compat.amqp import (
     amqp_take_deliveries,
     amqp_tap_frames,
 )
-from taskiq_batching._compat.nats import nats_publish_each, nats_pull_subject
+from taskiq_batching._compat.nats import (
+    nats_publish_each,
+    nats_pull_subject,
+    nats_subscribe_direct,
+)
 from taskiq_batching._compat.opentelemetry import (
     OTEL_MIDDLEWARE_MODULE,
     otel_message_span,
@@ -81,6 +85,7 @@ __all__ = [
     "in_memory_receiver",
     "nats_publish_each",
     "nats_pull_subject",
+    "nats_subscribe_direct",
     "otel_message_span",
     "otel_tracer",
     "overrides",

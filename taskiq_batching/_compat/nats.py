@@ -4,8 +4,12 @@ Tested with nats-py 2.16 here; ``.ci/matrix``'s lowest rows run the same
 tests on nats-py 2.3 (``pyproject.toml`` bounds: ``nats-py>=2.3,<3``).
 """
 
-from collections.abc import Sequence
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
 from typing import Any
+
+logger = logging.getLogger("taskiq_batching")
 
 
 def nats_pull_subject(subscription: Any) -> str:
@@ -53,3 +57,65 @@ async def nats_publish_each(
     client.stats["out_msgs"] += len(subjects)
     client.stats["out_bytes"] += size * len(subjects)
     return True
+
+
+class _HandOver(asyncio.Queue[Any]):
+    """A subscription's pending queue that hands each message over as it comes.
+
+    :param handle: called with each message, in the client's reading task.
+    :param subscription: the subscription it replaces the queue of.
+    """
+
+    def __init__(self, handle: Callable[[Any], None], subscription: Any) -> None:
+        super().__init__()
+        self._handle = handle
+        self._subscription = subscription
+
+    def put_nowait(self, item: Any) -> None:
+        """Hand the message over now (nothing stays pending in between)."""
+        self._subscription._pending_size = 0
+        try:
+            self._handle(item)
+        except Exception:
+            # Raised into the client's reading task, it would end it.
+            logger.exception("taskiq_batching: a NATS message could not be taken")
+
+
+async def nats_subscribe_direct(
+    client: Any, subject: str, handle: Callable[[Any], None]
+) -> Any:
+    """Subscribe; each message is handed to ``handle`` as the client parses it.
+
+    A callback subscription puts each message on an ``asyncio.Queue`` that
+    a task of its own reads, then awaits the callback: a queue round and a
+    coroutine per message. Here ``handle`` (synchronous, must not block)
+    is called where the message is put instead.
+
+    Relies on: ``Client.subscribe`` with a callback starting
+    ``Subscription._wait_for_msgs_task``, which reads
+    ``Subscription._pending_queue``, filled by ``Client._process_msg`` with
+    ``put_nowait`` (after adding the message's size to ``_pending_size``,
+    which the task subtracts). Anything else (another client, a message
+    already queued): the callback subscription as it is, calling ``handle``.
+
+    :param client: a connected ``nats.aio.client.Client``.
+    :param subject: what to subscribe to.
+    :param handle: called with each ``Msg``.
+    :return: the subscription (``unsubscribe`` as usual).
+    """
+
+    async def callback(message: Any) -> None:
+        handle(message)
+
+    subscription = await client.subscribe(subject, cb=callback)
+    queue = getattr(subscription, "_pending_queue", None)
+    task = getattr(subscription, "_wait_for_msgs_task", None)
+    if (
+        type(queue) is asyncio.Queue
+        and queue.empty()
+        and isinstance(task, asyncio.Task)
+        and hasattr(subscription, "_pending_size")
+    ):
+        subscription._pending_queue = _HandOver(handle, subscription)
+        task.cancel()
+    return subscription

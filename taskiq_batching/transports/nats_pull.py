@@ -2,9 +2,10 @@
 
 ``Pull`` subscribes to an inbox of its own and publishes pull requests
 (``{"batch": n, "expires": ...}``) to the consumer's ``MSG.NEXT`` subject
-with that inbox as reply. The subscription's callback appends each
-message to a list and sets one event: no timeout, future or task per
-message (as ``PullSubscription.fetch`` has). A request ends with its last
+with that inbox as reply. Each message is handed over as the client
+parses it (``_compat.nats_subscribe_direct``), appended to a list, and
+one event set: no queue, timeout, future or task per message (as
+``PullSubscription.fetch`` has). A request ends with its last
 message, or with a status message (``408`` when it expired, ``409``...),
 or is given up ``FETCH_TIMEOUT + GRACE`` seconds after it was sent (a lost
 connection). Only one is in progress at a time, so its messages and its
@@ -29,8 +30,14 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-from taskiq_batching._compat import nats_pull_subject
+from taskiq_batching._compat import nats_pull_subject, nats_subscribe_direct
 from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.nats_reply import SENT_AT as SENT_AT
+from taskiq_batching.transports.nats_reply import delivery_facts
+from taskiq_batching.transports.nats_reply import message_sent_at as message_sent_at
+from taskiq_batching.transports.nats_reply import stream_sequence as stream_sequence
+from taskiq_batching.transports.nats_reply import stream_timestamp as stream_timestamp
+from taskiq_batching.transports.nats_settle import ACK
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -46,56 +53,6 @@ HEARTBEAT = "100"
 ACKED_MEMORY = 65536
 #: Seconds between two looks at the consumer's state after empty reads.
 CONSUMER_CHECK_INTERVAL = 1.0
-
-
-def stream_sequence(reply: str) -> tuple[int, int]:
-    """The stream sequence and delivery count of a JetStream message.
-
-    From its ack subject: ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream
-    seq>...`` (9 tokens), or with a domain and an account hash after
-    ``ACK`` (11 or 12 tokens).
-
-    :param reply: the message's reply subject.
-    :return: its sequence in the stream, and how many times it was delivered.
-    """
-    tokens = reply.split(".")
-    at = 5 if len(tokens) == 9 else 7
-    return int(tokens[at]), int(tokens[at - 1])
-
-
-#: Header carrying the original send time of a message published again
-#: (moved to its task's subject, or given back to the tail of the stream).
-SENT_AT = "Tb-Sent-At"
-
-
-def message_sent_at(reply: str, headers: Any) -> float | None:
-    """A message's send time: its ``Tb-Sent-At`` header, else its stream's.
-
-    :param reply: its reply subject.
-    :param headers: its headers (None when it has none).
-    :return: seconds since the epoch, or None when unknown.
-    """
-    if headers:
-        with contextlib.suppress(TypeError, ValueError):
-            return float(headers.get(SENT_AT))
-    return stream_timestamp(reply)
-
-
-def stream_timestamp(reply: str) -> float | None:
-    """When the stream stored a JetStream message: its send time, server clock.
-
-    From its ack subject, two tokens after the stream sequence (see
-    ``stream_sequence``), in nanoseconds since the epoch.
-
-    :param reply: the message's reply subject.
-    :return: seconds since the epoch, or None when the subject has none.
-    """
-    tokens = reply.split(".")
-    at = 7 if len(tokens) == 9 else 9
-    try:
-        return int(tokens[at]) / 1e9
-    except (IndexError, ValueError):
-        return None
 
 
 def log_reacked(count: int) -> None:
@@ -147,6 +104,7 @@ class Pull:
         self.acked: dict[int, None] = {}
         #: Redeliveries of messages in ``acked`` acked again (not run).
         self.reacked = 0
+        self._reacks: list[str] = []  # their reply subjects, to ack again
         #: Set when a message arrives, a request ends, or room frees up.
         self.arrived = asyncio.Event()
         #: Messages the request in progress may still bring (0: none is).
@@ -160,10 +118,12 @@ class Pull:
     async def start(self) -> None:
         """Subscribe to an inbox of its own."""
         self._inbox = self.client.new_inbox()
-        self._sub = await self.client.subscribe(self._inbox, cb=self._on_message)
+        self._sub = await nats_subscribe_direct(
+            self.client, self._inbox, self._on_message
+        )
 
-    async def _on_message(self, message: Any) -> None:
-        """The subscription's callback: note a message, or a request's end."""
+    def _on_message(self, message: Any) -> None:
+        """Note a message, or a request's end (called as the client parses it)."""
         headers = message.headers
         if headers and "Status" in headers:
             if headers["Status"] != HEARTBEAT:
@@ -172,25 +132,28 @@ class Pull:
             return
         if self.requested > 0:
             self.requested -= 1
-        sequence, delivered = stream_sequence(message.reply)
+        reply = message.reply
+        sequence, delivered, sent_at = delivery_facts(reply)
         if delivered > 1 and sequence in self.acked:
             # Acked by this worker, yet delivered again: the ack was lost (a
-            # server restart). It ran: acked again, not run twice.
+            # server restart). It ran: acked again (by the reader), not run twice.
             self.reacked += 1
-            await self.client.publish(message.reply, b"+ACK")
+            self._reacks.append(reply)
+            self.arrived.set()
             return
         held = self.held.get(sequence)
         if held is not None:
             # Redelivered while still held: acked through this delivery.
-            held.reply = message.reply
+            held.reply = reply
             logger.warning(
                 "taskiq_batching: NATS redelivered message %d while this "
                 "worker held it (ack_wait passed); kept the held one",
                 sequence,
             )
             return
-        held = self.held[sequence] = Unsettled(message.reply, sequence)
-        sent_at = message_sent_at(message.reply, headers)
+        held = self.held[sequence] = Unsettled(reply, sequence)
+        if headers:
+            sent_at = message_sent_at(reply, headers)
         self.unread.append(Delivery(message.data, held, sent_at=sent_at))
         self.arrived.set()
 
@@ -207,6 +170,8 @@ class Pull:
 
     async def request(self, limit: int) -> None:
         """Ask for up to ``limit`` messages, unless a request is in progress."""
+        if self._reacks:
+            await self._ack_reacks()
         loop = asyncio.get_running_loop()
         if self.requested and loop.time() >= self.given_up_at:
             self.requested = 0  # no end came (a reconnection): ask again
@@ -223,6 +188,11 @@ class Pull:
         await self.client.publish(
             self.subject, json.dumps(request).encode(), reply=self._inbox
         )
+
+    async def _ack_reacks(self) -> None:
+        replies, self._reacks = self._reacks, []
+        for reply in replies:
+            await self.client.publish(reply, ACK)
 
     async def wait(self) -> None:
         """Wait for a message, a request's end or room; at most until given up."""
@@ -290,5 +260,6 @@ class Pull:
             await self.wait()
         unread = list(self.unread)
         self.unread.clear()
+        await self._ack_reacks()
         await self._sub.unsubscribe()
         return unread

@@ -9,6 +9,7 @@ is here too.
 
 import logging
 from collections.abc import Sequence
+from functools import partial
 
 from taskiq.acks import AckController, AcknowledgeType
 
@@ -31,11 +32,14 @@ class MessageAck(AckController):
         self.delivery = delivery
         # taskiq's own constructor runs too: what a newer taskiq sets up there
         # (its PR #640 adds ``_ack_progress``) exists on batched messages, and
-        # its ``ack`` (at most once) calls this message's own ack.
-        super().__init__(self._ack_delivery)
+        # its ``ack`` (at most once) calls this message's own ack. Not a
+        # bound method of this controller: that would be a reference cycle,
+        # left to the garbage collector for every message.
+        super().__init__(partial(_ack_delivery, transport, delivery))
 
-    async def _ack_delivery(self) -> None:
-        await self.transport.ack([self.delivery.handle])
+
+async def _ack_delivery(transport: Transport, delivery: Delivery) -> None:
+    await transport.ack([delivery.handle])
 
 
 async def ack_due(

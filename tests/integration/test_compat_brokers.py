@@ -72,3 +72,63 @@ async def test_nats_pull_subject_and_publish_each(nats_url: str) -> None:
     finally:
         await client.jetstream().delete_stream(stream)
         await client.close()
+
+
+async def test_nats_subscribe_direct_hands_each_message_over_as_it_is_parsed(
+    nats_url: str,
+) -> None:
+    client = await nats.connect(nats_url)
+    try:
+        subject = f"tbcompat-direct-{uuid.uuid4().hex[:8]}"
+        received: list[bytes] = []
+        done = asyncio.Event()
+
+        def handle(message: Msg) -> None:
+            received.append(message.data)
+            if len(received) == 3:
+                done.set()
+
+        sub = await _compat.nats_subscribe_direct(client, subject, handle)
+        # No queue, no task of the subscription's own: the client's reader
+        # calls ``handle`` (a callback subscription would have both).
+        task = sub._wait_for_msgs_task
+        assert task is not None
+        await asyncio.wait({task}, timeout=10)  # cancelled: it ends
+        assert task.cancelled()
+        for n in range(3):
+            await client.publish(subject, b"%d" % n)
+        await client.flush()
+        await asyncio.wait_for(done.wait(), 10)
+        assert received == [b"0", b"1", b"2"]
+        assert sub.pending_msgs == 0
+        assert sub._pending_size == 0
+        await sub.unsubscribe()
+        await client.publish(subject, b"late")
+        await client.flush()
+        assert received == [b"0", b"1", b"2"]
+    finally:
+        await client.close()
+
+
+async def test_nats_subscribe_direct_survives_a_failing_handle(nats_url: str) -> None:
+    client = await nats.connect(nats_url)
+    try:
+        subject = f"tbcompat-direct-{uuid.uuid4().hex[:8]}"
+        received: list[bytes] = []
+        done = asyncio.Event()
+
+        def handle(message: Msg) -> None:
+            if message.data == b"bad":
+                raise ValueError("bad")
+            received.append(message.data)
+            done.set()
+
+        await _compat.nats_subscribe_direct(client, subject, handle)
+        await client.publish(subject, b"bad")
+        await client.publish(subject, b"good")
+        await client.flush()
+        await asyncio.wait_for(done.wait(), 10)
+        assert received == [b"good"]
+        assert client.is_connected
+    finally:
+        await client.close()
