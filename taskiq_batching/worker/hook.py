@@ -16,7 +16,6 @@ message to be finished, as taskiq's callback makes it wait.
 """
 
 import contextlib
-import gc
 import logging
 from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator
 from contextvars import ContextVar
@@ -125,34 +124,11 @@ def attach(
         pump = Pump(broker, batcher, lifecycle, transport, options)
         _warn_at_start(broker, batcher, transport)
         batcher.reopen()
-        _freeze_heap()
         return pump.deliveries()
 
     original = shadow_listen(broker, listen)
     if isinstance(broker, InMemoryBroker):
         _attach_in_memory(broker, batcher)
-
-
-#: Whether this process froze its heap (``_freeze_heap``): once per process.
-_heap_frozen = False
-
-
-def _freeze_heap() -> None:
-    """Leave what exists at the worker's start out of the cyclic collector's scans.
-
-    A drain allocates and frees objects for every message; the collections
-    that flow triggers include full ones, each scanning the whole heap
-    (modules, the app, pydantic's schemas: ~40 ms, a tenth of a batched
-    drain's CPU). ``gc.freeze()``, as CPython advises before forking
-    workers, moves what exists now to a permanent generation: freed as
-    before when no longer referenced, only never scanned for cycles. The
-    garbage of the start is collected first, so that none is kept.
-    """
-    global _heap_frozen
-    if not _heap_frozen:
-        _heap_frozen = True
-        gc.collect()
-        gc.freeze()
 
 
 def _adopt_registered(broker: AsyncBroker) -> None:

@@ -1,7 +1,6 @@
 """Where the plugin meets taskiq: InMemoryBroker's callback, the worker's listen()."""
 
 import asyncio
-import gc
 import logging
 import time
 from typing import Any
@@ -10,8 +9,7 @@ import pytest
 from taskiq import InMemoryBroker
 
 from taskiq_batching import BatchingError, BatchingMiddleware, batch_task
-from taskiq_batching.worker import hook
-from tests.helpers import memory_broker, queue_broker, running_worker
+from tests.helpers import memory_broker, queue_broker
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -138,24 +136,3 @@ async def test_in_memory_shutdown_right_after_kiq_runs_every_batched_message() -
         await late.kiq(n)  # each message's task has not started yet
     await broker.shutdown()
     assert sorted(ran) == list(range(25))
-
-
-async def test_a_worker_freezes_the_heap_of_its_start_once(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # Full collections then scan only what the drain allocated since.
-    monkeypatch.setattr(hook, "_heap_frozen", False)
-    froze: list[int] = []
-    monkeypatch.setattr(gc, "freeze", lambda: froze.append(1))
-    broker = queue_broker()
-
-    @batch_task(broker, batch_size=1, batch_timeout=5)
-    async def batched(items: list[int]) -> int:
-        return sum(items)
-
-    await broker.startup()
-    for _ in range(2):  # a second worker start in the process: no second freeze
-        async with running_worker(broker):
-            task = await batched.kiq(1)
-            assert (await task.wait_result(timeout=5)).return_value == 1
-    assert froze == [1]
