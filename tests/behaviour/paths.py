@@ -47,6 +47,7 @@ from taskiq_batching.transports import Delivery, Transport, transport_for
 from taskiq_batching.worker.decode import decode
 from tests.behaviour.nats_streams import delete_streams, sweep_stale
 from tests.helpers import QueueBroker, running_worker
+from tests.redis_keys import delete_matching
 
 PATHS = ["inmemory", "generic", "redis-stream", "redis-list", "nats"]
 
@@ -271,15 +272,7 @@ async def open_path(
         if redis_url is not None and name.startswith("redis"):
             async with Redis.from_url(redis_url) as redis:
                 # The main queue's keys, and batched tasks' ({<queue>:<task>}...).
-                keys = [
-                    key async for key in redis.scan_iter(match=f"{queue}*", count=1000)
-                ]
-                keys += [
-                    key
-                    async for key in redis.scan_iter(match=f"{{{queue}:*", count=1000)
-                ]
-                if keys:
-                    await redis.delete(*keys)
+                await delete_matching(redis, f"{queue}*", f"{{{queue}:*")
         if nats_url is not None and name == "nats":
             # The batch stream too (``wait_in_broker``: made by the worker
             # or the producer).

@@ -9,6 +9,7 @@ from aio_pika.abc import AbstractChannel
 from redis.asyncio import Redis
 
 from tests.integration.workers import Worker
+from tests.redis_keys import delete_matching
 from tests.upstream.run_taskiq_redis_tests import Servers, start_servers
 
 
@@ -68,9 +69,7 @@ async def channel(
 async def redis(redis_url: str, queue: str) -> AsyncIterator[Redis]:
     client = Redis.from_url(redis_url)
     yield client
-    keys = [key async for key in client.scan_iter(match=f"{queue}*", count=1000)]
-    if keys:
-        await client.delete(*keys)
+    await delete_matching(client, f"{queue}*")
     await client.aclose()
 
 

@@ -19,6 +19,7 @@ from taskiq.labels import prepare_label
 
 from tests.integration.hostile_app import make_broker
 from tests.integration.workers import Worker, eventually
+from tests.redis_keys import delete_matching
 
 KINDS = ["stream", "rabbit"]
 
@@ -118,9 +119,7 @@ async def hostile_worker(
     finally:
         worker.kill9()
         await producer.shutdown()
-        keys = [key async for key in redis.scan_iter(match=f"{queue}*", count=1000)]
-        if keys:
-            await redis.delete(*keys)
+        await delete_matching(redis, f"{queue}*")
         await redis.aclose()
         if kind == "rabbit":
             await _delete_rabbit(rabbitmq_url, queue)

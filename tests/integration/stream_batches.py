@@ -25,6 +25,7 @@ from taskiq_batching.transports.redis_batches_base import RedisBatches
 from taskiq_batching.transports.redis_list import ListTransport
 from taskiq_batching.transports.redis_list_batches import ListBatches
 from taskiq_batching.transports.redis_stream import StreamTransport
+from tests.redis_keys import delete_matching
 
 TransportT = TypeVar("TransportT")
 BatchesT = TypeVar("BatchesT", bound=RedisBatches)
@@ -181,13 +182,7 @@ async def take_until(
 
 async def clean(redis: Redis, names: TaskStreams, queue: str) -> None:
     tag = names.keys[: names.keys.index("}") + 1]
-    found = [
-        k
-        async for k in redis.scan_iter(match=f"{tag.replace('{', '[{]')}*", count=1000)
-    ]
-    found += [k async for k in redis.scan_iter(match=f"{queue}*", count=1000)]
-    if found:
-        await redis.delete(*found)
+    await delete_matching(redis, f"{tag.replace('{', '[{]')}*", f"{queue}*")
 
 
 def all_ids(sources: "Sequence[Source[Any, Any]]") -> list[str]:

@@ -27,6 +27,7 @@ from taskiq.kicker import AsyncKicker
 
 from tests.integration.hol import KINDS, make_broker
 from tests.integration.workers import Worker, eventually
+from tests.redis_keys import delete_matching
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -105,9 +106,7 @@ async def _cleaned(
     try:
         yield redis
     finally:
-        keys = [key async for key in redis.scan_iter(match=f"{queue}*", count=1000)]
-        if keys:
-            await redis.delete(*keys)
+        await delete_matching(redis, f"{queue}*")
         await redis.aclose()
         if kind == "rabbit":
             connection = await aio_pika.connect(rabbitmq_url)

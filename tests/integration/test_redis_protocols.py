@@ -29,6 +29,7 @@ from taskiq_batching.transports.redis_results import RedisResults
 from taskiq_batching.transports.redis_sender import ListSender
 from tests.helpers import running_worker
 from tests.integration.workers import eventually
+from tests.redis_keys import delete_matching
 
 pytestmark = [
     pytest.mark.integration,
@@ -42,9 +43,7 @@ async def prefix(redis_url: str) -> AsyncIterator[str]:
     name = f"tb-proto-{uuid.uuid4().hex[:10]}"
     yield name
     async with Redis.from_url(redis_url) as redis:
-        keys = [key async for key in redis.scan_iter(match=f"{name}*", count=1000)]
-        if keys:
-            await redis.delete(*keys)
+        await delete_matching(redis, f"{name}*")
 
 
 def messages(queue: str, count: int) -> list[BrokerMessage]:

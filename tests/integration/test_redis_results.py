@@ -20,6 +20,7 @@ from taskiq_batching import (
     per_item,
 )
 from tests.helpers import running_worker
+from tests.redis_keys import delete_matching
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -31,9 +32,7 @@ async def stream_queue(redis_url: str) -> AsyncIterator[str]:
     queue = f"tb-results-{uuid.uuid4().hex[:10]}"
     yield queue
     async with Redis.from_url(redis_url) as redis:
-        keys = [key async for key in redis.scan_iter(match=f"{queue}*", count=1000)]
-        if keys:
-            await redis.delete(*keys)
+        await delete_matching(redis, f"{queue}*")
 
 
 def make_broker(url: str, queue: str, serializer: str) -> AsyncBroker:
