@@ -14,7 +14,7 @@ when ``idle_timeout`` leaves it too little time to.
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, MutableSet, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from taskiq_batching.transports.base import Delivery
@@ -76,7 +76,7 @@ class Pending:
         streams: Iterable[str],
         idle_ms: int | None,
         count: int,
-        in_use: MutableSet[Entry],
+        in_use: set[Entry],
     ) -> None:
         self.redis = redis
         self.group = group
@@ -100,8 +100,7 @@ class Pending:
             # Only now: until Redis has the XACK, the entries are still
             # pending, and a read of this consumer's pending entries
             # (``interrupt``) or a sweep must not take them for unseen ones.
-            for handle in handles:
-                self.in_use.discard(handle)
+            self.in_use.difference_update(handles)
 
     async def _ack(self, handles: Sequence[Any]) -> None:
         by_stream: defaultdict[str, list[bytes]] = defaultdict(list)

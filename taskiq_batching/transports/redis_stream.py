@@ -41,14 +41,18 @@ from taskiq_batching.transports.redis_batches import StreamBatches, TaskEntry
 from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient, cancel
 from taskiq_batching.transports.redis_give_back import give_back_entries
 from taskiq_batching.transports.redis_groups import (
-    Seen,
     create_groups,
     furthest,
     mark_of,
 )
 from taskiq_batching.transports.redis_holding import Holding
 from taskiq_batching.transports.redis_pending import Pending, warn_short_idle
-from taskiq_batching.transports.redis_replies import StreamReads, entries, lost_group
+from taskiq_batching.transports.redis_replies import (
+    StreamReads,
+    data_of,
+    lost_group,
+    streams,
+)
 from taskiq_batching.transports.redis_send import STREAM_ONCE, chunks, send_once
 from taskiq_batching.transports.sender import Sender
 
@@ -206,15 +210,22 @@ class StreamTransport(Consumer[Any], Sender):
     def _deliveries(self, reply: Any) -> list[Delivery]:
         """An XREADGROUP reply, as hiredis or redis-py gave it, as deliveries."""
         chunk: list[Delivery] = []
-        # A stream's entries come in id order: its last one is its furthest.
-        last: dict[str, Seen] = {}
-        for stream, entry_id, data in entries(reply):
-            entry = (stream, entry_id)
-            self._in_use.add(entry)
-            last[stream] = (entry_id, data)
-            chunk.append(Delivery(data, entry))
-        for stream, read in last.items():
-            self._last_seen[stream] = furthest(self._last_seen.get(stream), read)
+        for stream, found in streams(reply):
+            # One pass per stream, no call per entry but ``data_of``: it
+            # runs for every message read.
+            read = [
+                Delivery(data_of(fields), (stream, entry_id))
+                for entry_id, fields in found
+                if entry_id is not None
+            ]
+            if not read:
+                continue
+            self._in_use.update([delivery.handle for delivery in read])
+            # A stream's entries come in id order: its last one is its furthest.
+            last = read[-1]
+            seen = self._last_seen.get(stream)
+            self._last_seen[stream] = furthest(seen, (last.handle[1], last.data))
+            chunk += read
         return chunk
 
     async def interrupt(self, reading: Any) -> list[Delivery]:
