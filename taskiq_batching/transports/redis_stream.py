@@ -47,12 +47,7 @@ from taskiq_batching.transports.redis_groups import (
 )
 from taskiq_batching.transports.redis_holding import Holding
 from taskiq_batching.transports.redis_pending import Pending, warn_short_idle
-from taskiq_batching.transports.redis_replies import (
-    StreamReads,
-    data_of,
-    lost_group,
-    streams,
-)
+from taskiq_batching.transports.redis_replies import StreamReads, by_stream, lost_group
 from taskiq_batching.transports.redis_send import STREAM_ONCE, chunks, send_once
 from taskiq_batching.transports.sender import Sender
 
@@ -141,6 +136,7 @@ class StreamTransport(Consumer[Any], Sender):
             self.idle_ms,
             self.count,
             self._in_use,
+            cluster=self.client.cluster,
         )
         #: Where batched tasks' messages wait (None: read and buffered).
         self.stream_batches: StreamBatches | None = None
@@ -210,16 +206,7 @@ class StreamTransport(Consumer[Any], Sender):
     def _deliveries(self, reply: Any) -> list[Delivery]:
         """An XREADGROUP reply, as hiredis or redis-py gave it, as deliveries."""
         chunk: list[Delivery] = []
-        for stream, found in streams(reply):
-            # One pass per stream, no call per entry but ``data_of``: it
-            # runs for every message read.
-            read = [
-                Delivery(data_of(fields), (stream, entry_id))
-                for entry_id, fields in found
-                if entry_id is not None
-            ]
-            if not read:
-                continue
+        for stream, read in by_stream(reply):
             self._in_use.update([delivery.handle for delivery in read])
             # A stream's entries come in id order: its last one is its furthest.
             last = read[-1]
