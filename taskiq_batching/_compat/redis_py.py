@@ -1,7 +1,8 @@
 """Every place the Redis transports rely on redis-py below its command API.
 
 The transports send most commands through redis-py's documented client
-methods. A batch of results is the exception (``redis_wire``): its
+methods. A batch of results and a stream's XACK are the exceptions
+(``redis_wire``): their
 commands are packed by hand, written on a connection taken from the
 client's pool, and their replies read one by one. That takes redis-py's
 connection-level API, which it does not document as stable; it lives
