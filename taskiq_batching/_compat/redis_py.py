@@ -1,14 +1,15 @@
 """Every place the Redis transports rely on redis-py below its command API.
 
 The transports send most commands through redis-py's documented client
-methods. A batch of results is the exception (``redis_wire``): its
-commands are packed by hand, written on a connection taken from the
-client's pool, and their replies read one by one. That takes redis-py's
-connection-level API, which it does not document as stable; it lives
-here (ruff's ``SLF`` rule is off in ``_compat/`` only), each function
-saying what it relies on. ``tests/unit/test_compat_redis.py`` checks each
-against the installed redis-py, on RESP2 and RESP3 connections, and
-``pyproject.toml`` bounds the versions.
+methods. A batch of results and a stream's XACK are the exceptions
+(``redis_wire``): their commands are packed by hand, written on a
+connection taken from the client's pool, and their replies read one by
+one. That takes redis-py's connection-level API, which it does not
+document as stable; it lives here (ruff's ``SLF`` rule is off in
+``_compat/`` only), each function saying what it relies on.
+``tests/unit/test_compat_redis.py`` checks each against the installed
+redis-py, on RESP2 and RESP3 connections, and ``pyproject.toml`` bounds
+the versions.
 
 Tested with redis-py 8.1.0 (RESP2 unless told ``protocol=3``) and 8.2.0
 (RESP3 by default, ``HELLO 3``).

@@ -14,12 +14,16 @@ when ``idle_timeout`` leaves it too little time to.
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, MutableSet, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+from redis.exceptions import ResponseError
+
+from taskiq_batching._compat.redis_py import string_encoding
 from taskiq_batching.transports.base import Delivery
 from taskiq_batching.transports.redis_batches import TaskEntry
 from taskiq_batching.transports.redis_batches_lua import ACK_DELETE
+from taskiq_batching.transports.redis_wire import bulk, round_trip
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -66,6 +70,7 @@ class Pending:
     :param count: entries claimed per page.
     :param in_use: the entries this consumer holds: claimed ones are added,
         acked and released ones removed.
+    :param cluster: whether ``redis`` is a cluster client (no hand-packed XACK).
     """
 
     def __init__(
@@ -76,9 +81,11 @@ class Pending:
         streams: Iterable[str],
         idle_ms: int | None,
         count: int,
-        in_use: MutableSet[Entry],
+        in_use: set[Entry],
+        cluster: bool = False,
     ) -> None:
         self.redis = redis
+        self.cluster = cluster
         self.group = group
         self.consumer = consumer
         self.streams = list(streams)
@@ -100,10 +107,18 @@ class Pending:
             # Only now: until Redis has the XACK, the entries are still
             # pending, and a read of this consumer's pending entries
             # (``interrupt``) or a sweep must not take them for unseen ones.
-            for handle in handles:
-                self.in_use.discard(handle)
+            self.in_use.difference_update(handles)
 
     async def _ack(self, handles: Sequence[Any]) -> None:
+        if not handles:
+            return
+        # The usual ack, a batch of one stream's plain entries, without a
+        # step per entry in Python: ids by one comprehension, kinds by ``map``.
+        stream = handles[0][0]
+        ids = [entry_id for name, entry_id in handles if name == stream]
+        if len(ids) == len(handles) and TaskEntry not in set(map(type, handles)):
+            await self.xack(stream, ids)
+            return
         by_stream: defaultdict[str, list[bytes]] = defaultdict(list)
         deleted: set[str] = set()
         for handle in handles:
@@ -111,10 +126,6 @@ class Pending:
             by_stream[stream].append(entry_id)
             if isinstance(handle, TaskEntry):
                 deleted.add(stream)
-        if len(by_stream) == 1 and not deleted:
-            ((stream, ids),) = by_stream.items()
-            await self.redis.xack(stream, self.group, *ids)
-            return
         async with self.redis.pipeline(transaction=False) as pipe:
             for stream, ids in by_stream.items():
                 if stream in deleted:
@@ -122,6 +133,29 @@ class Pending:
                 else:
                     pipe.xack(stream, self.group, *ids)
             await pipe.execute()
+
+    async def xack(self, stream: str, ids: list[bytes]) -> None:
+        """One XACK; packed by hand (``redis_wire``) off a cluster.
+
+        It is sent once per batch with an id per message: redis-py would
+        encode each id on its own. XACK is idempotent: a round trip
+        retried after a lost connection acks the same entries again.
+
+        :param stream: the stream.
+        :param ids: its entries' ids (bytes, as read).
+        :raises redis.exceptions.ResponseError: what the server answered.
+        """
+        packed = None
+        if not self.cluster:
+            charset, errors = string_encoding(self.redis)  # as redis-py's
+            names = (stream.encode(charset, errors), self.group.encode(charset, errors))
+            packed = xack_command(*names, ids)
+        if packed is None:
+            await self.redis.xack(stream, self.group, *ids)
+            return
+        (reply,) = await round_trip(self.redis, [packed], 1)
+        if isinstance(reply, ResponseError):
+            raise reply
 
     async def sweep(self) -> list[Delivery]:
         """Dead consumers' entries idle over ``idle_timeout``: every page of them.
@@ -195,3 +229,21 @@ class Pending:
                 idle=self.idle_ms,
                 justid=True,
             )
+
+
+def xack_command(stream: bytes, group: bytes, ids: Sequence[bytes]) -> bytes | None:
+    """An XACK in RESP (``redis_wire``), or None if an id is not bytes.
+
+    :param stream: the stream's name, encoded.
+    :param group: the consumer group's, encoded.
+    :param ids: the entries' ids, as read (bytes; str from a client that
+        decodes replies, which redis-py's own XACK then encodes).
+    :return: the packed command.
+    """
+    try:
+        # One pass, no call per id: an ack has one per message of a batch.
+        packed = [b"$%d\r\n%s\r\n" % (len(entry_id), entry_id) for entry_id in ids]
+    except TypeError:  # a str id: %s takes bytes only
+        return None
+    head = b"*%d\r\n$4\r\nXACK\r\n" % (3 + len(ids))
+    return head + bulk(stream) + bulk(group) + b"".join(packed)

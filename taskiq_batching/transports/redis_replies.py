@@ -11,13 +11,15 @@ redis-py (a cluster client, which is the broker's and not this reader's
 to change), whose shape depends on its protocol and version: a list of
 ``[stream, entries]`` or a dict of ``stream: entries``, the entries
 possibly wrapped in one more list, each ``(id, {field: value})``.
-``entries`` reads them all.
+``by_stream`` reads them all.
 """
 
 from collections.abc import Iterator
 from typing import Any
 
 from redis.exceptions import ResponseError
+
+from taskiq_batching.transports.base import Delivery
 
 
 def _as_parsed(response: Any, **options: Any) -> Any:
@@ -61,7 +63,7 @@ class StreamReads:
 
         :param count: ``COUNT`` of the read.
         :raises ResponseError: what the server answered (``NOGROUP`` ...).
-        :return: the reply (``entries`` reads it).
+        :return: the reply (``by_stream`` reads it).
         """
         return await self.redis.xreadgroup(
             self.group, self.consumer, self.ids, count=count, block=self.block
@@ -71,7 +73,7 @@ class StreamReads:
         """The consumer's pending entries, from each stream's start.
 
         :param count: ``COUNT`` of the read.
-        :return: the reply (``entries`` reads it).
+        :return: the reply (``by_stream`` reads it).
         """
         pending = dict.fromkeys(self.ids, "0")
         return await self.redis.xreadgroup(
@@ -93,23 +95,41 @@ def lost_group(error: ResponseError) -> bool:
     return "NOGROUP" in text or ("UNBLOCKED" in text and "no longer exists" in text)
 
 
-def entries(reply: Any) -> Iterator[tuple[str, bytes, bytes]]:
-    """The ``(stream, entry id, data)`` of each entry of a reply, in order.
+def by_stream(reply: Any) -> Iterator[tuple[str, list[Delivery]]]:
+    """Each stream of a reply with its entries as deliveries, in order.
 
     :param reply: an XREADGROUP reply.
-    :yield: each entry (deleted entries, whose id comes alone, are skipped).
+    :yield: each stream with entries: its name, and a delivery per entry,
+        its handle ``(stream, id)`` (deleted entries, whose id comes alone,
+        are skipped).
+    """
+    for stream, found in streams(reply):
+        # One pass per stream, no call per entry but ``data_of``: it runs
+        # for every message read.
+        read = [
+            Delivery(data_of(fields), (stream, entry_id))
+            for entry_id, fields in found
+            if entry_id is not None
+        ]
+        if read:
+            yield stream, read
+
+
+def streams(reply: Any) -> Iterator[tuple[str, Any]]:
+    """Each stream of a reply with its entries, in order.
+
+    :param reply: an XREADGROUP reply.
+    :yield: each stream's name and its entries, ``(id, fields)`` each.
     """
     if not reply:
         return
-    streams = reply.items() if isinstance(reply, dict) else reply
-    for raw_stream, raw_entries in streams:
+    pairs = reply.items() if isinstance(reply, dict) else reply
+    for raw_stream, raw_entries in pairs:
         stream = raw_stream.decode() if isinstance(raw_stream, bytes) else raw_stream
         found = raw_entries
         if len(found) == 1 and _is_entries(found[0]):
             found = found[0]
-        for entry_id, fields in found:
-            if entry_id is not None:
-                yield stream, entry_id, _field(fields, b"data")
+        yield stream, found
 
 
 def _is_entries(value: Any) -> bool:
@@ -119,18 +139,26 @@ def _is_entries(value: Any) -> bool:
     )
 
 
-def _field(fields: Any, name: bytes) -> bytes:
-    """A field's value: fields as a dict (redis-py) or a flat list (as parsed).
+def data_of(fields: Any) -> bytes:
+    """An entry's ``data`` field: fields as a flat list (as parsed) or a dict.
 
     An entry without it (written by someone else) gets empty data, which
     the worker hands to taskiq, which reports and acks it as undecodable.
     """
+    # What taskiq-redis writes, as hiredis parses it: checked first, by
+    # type, as it runs once per message read.
+    if type(fields) is list and len(fields) == 2 and fields[0] == b"data":
+        value = fields[1]
+        if type(value) is bytes:
+            return value
+    return _field(fields, b"data")
+
+
+def _field(fields: Any, name: bytes) -> bytes:
+    """A field's value: fields as a dict (redis-py) or a flat list (as parsed)."""
     value = None
     if isinstance(fields, dict):
         value = fields.get(name)
     elif isinstance(fields, list):
-        if len(fields) == 2 and fields[0] == name:  # what taskiq-redis writes
-            value = fields[1]
-        else:
-            value = dict(zip(fields[::2], fields[1::2], strict=False)).get(name)
+        value = dict(zip(fields[::2], fields[1::2], strict=False)).get(name)
     return value if isinstance(value, bytes) else b""

@@ -43,14 +43,13 @@ from taskiq_batching.transports.redis_batches import StreamBatches, TaskEntry
 from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient, cancel
 from taskiq_batching.transports.redis_give_back import give_back_entries
 from taskiq_batching.transports.redis_groups import (
-    Seen,
     create_groups,
     furthest,
     mark_of,
 )
 from taskiq_batching.transports.redis_holding import Holding
 from taskiq_batching.transports.redis_pending import Pending, warn_short_idle
-from taskiq_batching.transports.redis_replies import StreamReads, entries, lost_group
+from taskiq_batching.transports.redis_replies import StreamReads, by_stream, lost_group
 from taskiq_batching.transports.redis_sender import StreamSender
 
 logger = logging.getLogger("taskiq_batching")
@@ -141,6 +140,7 @@ class StreamTransport(Consumer[Any]):
             self.idle_ms,
             self.count,
             self._in_use,
+            cluster=self.client.cluster,
         )
         #: Where batched tasks' messages wait (None: read and buffered).
         self.stream_batches: StreamBatches | None = None
@@ -210,15 +210,13 @@ class StreamTransport(Consumer[Any]):
     def _deliveries(self, reply: Any) -> list[Delivery]:
         """An XREADGROUP reply, as hiredis or redis-py gave it, as deliveries."""
         chunk: list[Delivery] = []
-        # A stream's entries come in id order: its last one is its furthest.
-        last: dict[str, Seen] = {}
-        for stream, entry_id, data in entries(reply):
-            entry = (stream, entry_id)
-            self._in_use.add(entry)
-            last[stream] = (entry_id, data)
-            chunk.append(Delivery(data, entry))
-        for stream, read in last.items():
-            self._last_seen[stream] = furthest(self._last_seen.get(stream), read)
+        for stream, read in by_stream(reply):
+            self._in_use.update([delivery.handle for delivery in read])
+            # A stream's entries come in id order: its last one is its furthest.
+            last = read[-1]
+            seen = self._last_seen.get(stream)
+            self._last_seen[stream] = furthest(seen, (last.handle[1], last.data))
+            chunk += read
         return chunk
 
     async def interrupt(self, reading: Any) -> list[Delivery]:

@@ -14,8 +14,8 @@ connection is handled as redis-py handles it: taken from and given back
 to the client's pool, closed when a reply cannot be read (the replies
 left unread would otherwise be read by its next user), and the round
 trip retried by the connection's retry policy. Only idempotent commands
-(``SET``, ``MSET``) are sent this way: retrying them after a lost
-connection writes the same values again.
+(``SET``, ``MSET``, a stream's ``XACK``) are sent this way: retrying them
+after a lost connection writes the same values (acks the same entries) again.
 """
 
 import asyncio

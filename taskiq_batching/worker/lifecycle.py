@@ -193,7 +193,10 @@ class Lifecycle:
         transport = self.transport
         if delivery is None or delivery.handle is None or transport is None:
             return None
-        if getattr(delivery.handle, "needs_ack", True) is False:
+        handle = delivery.handle
+        # A plain tuple (a stream entry) is acked; looking ``needs_ack`` up
+        # on it would fail, at a cost, for every message read.
+        if type(handle) is not tuple and getattr(handle, "needs_ack", True) is False:
             return None  # a message taken from a list: read, it has no ack either
         return MessageAck(transport, delivery)
 

@@ -1,0 +1,70 @@
+"""A stream's XACK, packed by hand off a cluster: the same command redis-py sends."""
+
+from typing import Any
+
+import hiredis
+import pytest
+from redis.exceptions import ResponseError
+
+from taskiq_batching.transports.redis_pending import Pending, xack_command
+from tests.unit.transports.conftest import CommandLog
+
+pytestmark = pytest.mark.timeout(30)
+
+GROUP = "g"
+
+
+def test_an_xack_is_packed_as_redis_reads_it() -> None:
+    packed = xack_command(b"s", b"g", [b"1-0", b"12-3"])
+    assert packed is not None
+    reader = hiredis.Reader()
+    reader.feed(packed)
+    assert reader.gets() == [b"XACK", b"s", b"g", b"1-0", b"12-3"]
+    assert reader.gets() is False  # nothing more
+
+
+def test_ids_read_as_str_are_left_to_redis_py() -> None:
+    assert xack_command(b"s", b"g", [b"1-0", "2-0"]) is None  # type: ignore[list-item]
+
+
+async def added(redis: Any, count: int) -> list[bytes]:
+    """``count`` entries of stream ``s``, read (pending) by consumer ``c``."""
+    await redis.xgroup_create("s", GROUP, id="0", mkstream=True)
+    for i in range(count):
+        await redis.xadd("s", {"data": b"%d" % i})
+    reply = await redis.xreadgroup(GROUP, "c", {"s": ">"}, count=count)
+    return [entry_id for entry_id, _ in reply[0][1]]
+
+
+def pending_for(redis: Any, in_use: set[Any], cluster: bool = False) -> Pending:
+    return Pending(redis, GROUP, "c", ["s"], None, 10, in_use, cluster=cluster)
+
+
+async def test_a_packed_xack_acks_and_frees_the_entries(
+    redis: Any, commands: CommandLog
+) -> None:
+    ids = await added(redis, 3)
+    in_use = {("s", entry_id) for entry_id in ids}
+    await pending_for(redis, in_use).ack([("s", entry_id) for entry_id in ids[:2]])
+    assert commands.named("XACK") == []  # not through redis-py
+    assert (await redis.xpending("s", GROUP))["pending"] == 1
+    assert in_use == {("s", ids[2])}
+
+
+@pytest.mark.parametrize("cluster", [False, True], ids=["str-ids", "cluster"])
+async def test_otherwise_redis_py_sends_it(
+    redis: Any, commands: CommandLog, cluster: bool
+) -> None:
+    ids = await added(redis, 2)
+    sent = ids if cluster else [entry_id.decode() for entry_id in ids]
+    await pending_for(redis, set(), cluster).ack([("s", one) for one in sent])
+    assert len(commands.named("XACK")) == 1
+    assert (await redis.xpending("s", GROUP))["pending"] == 0
+
+
+async def test_an_error_reply_raises_and_the_entries_are_freed(redis: Any) -> None:
+    await redis.set("s", "not a stream")
+    in_use = {("s", b"1-0")}
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await pending_for(redis, in_use).ack([("s", b"1-0")])
+    assert in_use == set()
