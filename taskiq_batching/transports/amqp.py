@@ -41,13 +41,11 @@ from taskiq_batching._compat import (
     amqp_declare_queues,
     amqp_delay_queue_name,
     amqp_prefetch,
-    amqp_take_deliveries,
 )
 from taskiq_batching.error_texts import describe
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.amqp_batches import AmqpBatches
 from taskiq_batching.transports.amqp_give_back import give_back
-from taskiq_batching.transports.amqp_headers import properties_sent_at, sent_at_of
 from taskiq_batching.transports.amqp_inbox import Inbox
 from taskiq_batching.transports.amqp_sender import sender_for as sender_for
 from taskiq_batching.transports.base import Delivery, finished_read
@@ -111,7 +109,6 @@ class AmqpTransport(Consumer[Handle]):
         self._waiting = self.forwarder = waiting
         self._inbox = Inbox()
         self._channels = self._inbox.channels
-        self._note = self._inbox.note
         self._consumers: list[tuple[Any, str]] = []
         self._started = False
         self._stopping = False
@@ -158,41 +155,13 @@ class AmqpTransport(Consumer[Handle]):
         self, channel: Any, queue: Any, tag: str, **options: Any
     ) -> None:
         # Named first and tapped before it starts: every delivery is tapped.
-        self._tap(await channel.get_underlay_channel(), tag)
-        await queue.consume(self._on_message, consumer_tag=tag, **options)
+        self._inbox.tap(await channel.get_underlay_channel(), tag)
+        await queue.consume(self._inbox.on_message, consumer_tag=tag, **options)
         self._consumers.append((queue, tag))
 
     def _forget(self, tags: Sequence[str]) -> None:
         # Their connection closed (amqp_task_consumers.py): nothing to cancel.
         self._consumers = [(q, tag) for q, tag in self._consumers if tag not in tags]
-
-    async def _on_message(self, message: Any) -> None:
-        """aio-pika's consumer callback: a delivery on a channel not tapped yet.
-
-        The channel's next deliveries are tapped; a robust queue brings
-        this callback back after a reconnection (a new channel).
-        """
-        channel = message.channel
-        consumer = str(message.consumer_tag)
-        sent_at = sent_at_of(message.headers, message.timestamp)
-        self._note(channel, int(message.delivery_tag), consumer, message.body, sent_at)
-        self._tap(channel, consumer)
-
-    def _tap(self, channel: Any, consumer: str) -> None:
-        if not self._channels.tap(channel, consumer):
-            # Not aiormq 7's frame queue: its per-delivery callback then.
-            amqp_take_deliveries(channel, consumer, self._on_delivered)
-
-    async def _on_delivered(self, message: Any) -> None:
-        """The callback aiormq calls when frames cannot be tapped."""
-        delivery = message.delivery
-        self._note(
-            message.channel,
-            delivery.delivery_tag,
-            delivery.consumer_tag,
-            message.body,
-            properties_sent_at(getattr(message.header, "properties", None)),
-        )
 
     async def read(self, limit: int) -> list[Delivery]:
         """Up to ``limit`` deliveries received (see ``Transport.read``)."""

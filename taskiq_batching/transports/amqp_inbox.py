@@ -5,14 +5,18 @@ or, for a channel not tapped yet, through aio-pika's callback, which may
 come later than deliveries tapped after it: such a late one takes its
 place in tag order. Each delivery is noted once per channel (its
 channel's tracker, ``amqp_acks.Channels``); a read takes a chunk at once,
-skipping deliveries of a channel that closed meanwhile.
+skipping deliveries of a channel that closed meanwhile. The inbox taps a
+consumer's channel (``tap``) and is aio-pika's consumer callback
+(``on_message``) for what comes before the tap.
 """
 
 import asyncio
 from collections import deque
 from typing import Any
 
+from taskiq_batching._compat import amqp_take_deliveries
 from taskiq_batching.transports.amqp_acks import Channels
+from taskiq_batching.transports.amqp_headers import properties_sent_at, sent_at_of
 from taskiq_batching.transports.base import Delivery
 
 
@@ -83,3 +87,38 @@ class Inbox:
         unread = list(self.unread)
         self.unread.clear()
         return unread
+
+    def tap(self, channel: Any, consumer: str) -> None:
+        """Note a consumer's deliveries as aiormq's reader hands them over.
+
+        :param channel: its aiormq channel.
+        :param consumer: its consumer tag.
+        """
+        if not self.channels.tap(channel, consumer):
+            # Not aiormq 7's frame queue: its per-delivery callback then.
+            amqp_take_deliveries(channel, consumer, self._on_delivered)
+
+    async def on_message(self, message: Any) -> None:
+        """aio-pika's consumer callback: a delivery on a channel not tapped yet.
+
+        The channel's next deliveries are tapped; a robust queue brings
+        this callback back after a reconnection (a new channel).
+
+        :param message: aio-pika's incoming message.
+        """
+        channel = message.channel
+        consumer = str(message.consumer_tag)
+        sent_at = sent_at_of(message.headers, message.timestamp)
+        self.note(channel, int(message.delivery_tag), consumer, message.body, sent_at)
+        self.tap(channel, consumer)
+
+    async def _on_delivered(self, message: Any) -> None:
+        """The callback aiormq calls when frames cannot be tapped."""
+        delivery = message.delivery
+        self.note(
+            message.channel,
+            delivery.delivery_tag,
+            delivery.consumer_tag,
+            message.body,
+            properties_sent_at(getattr(message.header, "properties", None)),
+        )

@@ -544,7 +544,7 @@ async def test_deliveries_are_tapped_whole_even_over_many_frames(
     async def on_message(message: Any) -> None:  # pragma: no cover - must not run
         through_aio_pika.append(message)
 
-    transport._on_message = on_message  # type: ignore[method-assign]
+    transport._inbox.on_message = on_message  # type: ignore[method-assign]
     # RabbitMQ's frame_max is 128 KiB: this body comes in three body frames.
     big = bytes(range(256)) * 1200
     await broker.kick(BrokerMessage(task_id="b", task_name="t", message=big, labels={}))

@@ -18,7 +18,7 @@ async def test_a_delivery_that_came_the_long_way_takes_its_place_in_tag_order() 
     transport = AmqpTransport(AioPikaBroker("amqp://nowhere/", qos=10))
     transport._started = True  # as if consuming (no server here)
     channel, other = FakeChannel(), FakeChannel()
-    note: Any = transport._note
+    note: Any = transport._inbox.note
     # A channel's first deliveries came through aio-pika's callback (tasks):
     # they are noted after later ones that were tapped.
     for tag in (3, 4):
