@@ -149,10 +149,12 @@ class Pump:
         # Parked messages must not wait for the next read: room for them
         # ends the wait too (the read goes on meanwhile).
         room: asyncio.Future[Any] = asyncio.ensure_future(self.batcher.changed())
+        waits = {reading, room}
         if not self.parked and not (self.taker.active and self.options.max_tasks):
             room.cancel()
+            waits = {reading}
         try:
-            await asyncio.wait({reading, room}, return_when=FIRST_COMPLETED)
+            await asyncio.wait(waits, return_when=FIRST_COMPLETED)
         except asyncio.CancelledError:
             self._reading = None
             chunk = await self.transport.interrupt(reading)
