@@ -147,19 +147,25 @@ class Pump:
         :return: whether the read is done.
         """
         # Parked messages must not wait for the next read: room for them
-        # ends the wait too (the read goes on meanwhile).
-        room: asyncio.Future[Any] = asyncio.ensure_future(self.batcher.changed())
-        if not self.parked and not (self.taker.active and self.options.max_tasks):
-            room.cancel()
+        # ends the wait too (the read goes on), as does a change when taken
+        # batches count towards --max-tasks-per-child. Else the read alone:
+        # a done (cancelled) future beside it made the pump spin when idle.
+        room: asyncio.Future[None] | None = None
+        if self.parked or (self.taker.active and self.options.max_tasks):
+            room = self.batcher.changed()
+        waits: set[asyncio.Future[Any]] = {reading}
+        if room is not None:
+            waits.add(room)
         try:
-            await asyncio.wait({reading, room}, return_when=FIRST_COMPLETED)
+            await asyncio.wait(waits, return_when=FIRST_COMPLETED)
         except asyncio.CancelledError:
             self._reading = None
             chunk = await self.transport.interrupt(reading)
             await self._settle_chunk(*self.router.sort(chunk))
             raise
         finally:
-            room.cancel()
+            if room is not None:
+                room.cancel()
         return reading.done()
 
     async def _route(self, chunk: list[Delivery]) -> None:
