@@ -10,6 +10,10 @@ on a future of the current loop, resolved by the next ``notify``.
 import asyncio
 from collections.abc import Callable
 
+#: Waiters kept before the cancelled ones are dropped (then twice the
+#: waiting ones, so that dropping stays linear in the calls).
+PRUNE_AT = 64
+
 
 class Changes:
     """Binds to the running event loop and wakes whoever waits for a change.
@@ -22,6 +26,7 @@ class Changes:
         self.on_new_loop = on_new_loop
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: list[asyncio.Future[None]] = []
+        self._prune_at = PRUNE_AT
 
     def __bool__(self) -> bool:
         """Whether anyone waits for the next change."""
@@ -47,6 +52,11 @@ class Changes:
         :return: the future.
         """
         future = self.bind_loop().create_future()
+        if len(self._waiters) >= self._prune_at:
+            # Waiters that gave up (cancelled) are dropped here, not only at
+            # the next change: a worker with nothing to do may ask many times.
+            self._waiters = [one for one in self._waiters if not one.done()]
+            self._prune_at = max(PRUNE_AT, 2 * len(self._waiters))
         self._waiters.append(future)
         return future
 
