@@ -2,8 +2,8 @@
 
 * ``rest_table``: with ``--drain`` and/or ``--idle``, per broker and N: the
   drain's msg/s per path and wait / today; the idle fleet's broker
-  commands per second per worker; plain tasks' p50/p99 send -> start while
-  batches wait.
+  commands per second per worker and its CPU (% of a core per worker);
+  plain tasks' p50/p99 send -> start while batches wait.
 * ``keys_table``: with ``--keys``, per broker, rate and N: the whole fill,
   the worst key's and the keys' mean (each against its own ideal).
 """
@@ -15,6 +15,7 @@ Line = tuple[str, float, int]
 REST = (
     "| broker | N | drain msg/s today | drain msg/s wait | wait / today "
     "| idle cmd/s/worker today | idle cmd/s/worker wait "
+    "| idle CPU %/worker today | idle CPU %/worker wait "
     "| plain p50/p99 ms today | plain p50/p99 ms wait |"
 )
 KEYS = (
@@ -52,7 +53,8 @@ def rest_table(rows: list[dict[str, Any]]) -> list[str]:
         out.append(
             f"| {broker} | {workers} | {_drain(today)} | {_drain(wait)} "
             f"| {'—' if ratio is None else f'{ratio:.2f}x'} "
-            f"| {_idle(today)} | {_idle(wait)} | {_plain(today)} | {_plain(wait)} |"
+            f"| {_idle(today)} | {_idle(wait)} | {_cpu(today)} | {_cpu(wait)} "
+            f"| {_plain(today)} | {_plain(wait)} |"
         )
     return out
 
@@ -96,6 +98,11 @@ def _idle(row: dict[str, Any]) -> str:
         if value is None and "idle_cmds" in row
         else ("—" if value is None else f"{value:.2f}")
     )
+
+
+def _cpu(row: dict[str, Any]) -> str:
+    value = row.get("idle_cpu")
+    return "—" if value is None else f"{100 * value:.1f}"
 
 
 def _plain(row: dict[str, Any]) -> str:

@@ -6,7 +6,9 @@ item 3, "no cost at rest"):
 1. **Idle**: nothing is sent for S seconds; the broker commands of the
    fleet's connections are counted by the server (``bench/fleet_counts.py``)
    and divided by the workers: ``idle_cmds`` per second per worker
-   (``idle_names``: on Redis, how many of each command in the window).
+   (``idle_names``: on Redis, how many of each command in the window),
+   and the CPU the workers used meanwhile: ``idle_cpu``, the share of a
+   core per worker (a busy loop shows here, not in the commands).
 2. **Plain tasks while batches wait**: for ``PLAIN_SECONDS`` the batched
    task gets ``WAITING_RATE`` msg/s, too few to fill a batch before
    ``batch_timeout`` (so batches always wait, in the broker or in the
@@ -44,13 +46,16 @@ async def rest(
     :param proc: the fleet's process group (``bench.procs.Proc``).
     :param args: the command line (``idle``: seconds of rest).
     :param kiq: how the line sends the batched task.
-    :return: ``idle_cmds`` (None if not measurable) and the plain figures.
+    :return: ``idle_cmds`` (None if not measurable), ``idle_cpu`` and the
+        plain figures.
     """
     s = app.settings
     await asyncio.sleep(SETTLE)
     workers = proc.workers()
     pids = [proc.pid, *workers]
+    cpu_before, began = proc.cpu_seconds(), time.monotonic()
     total, names = await idle_commands(s.broker, pids, args.idle, s.redis_url)
+    cpu = (proc.cpu_seconds() - cpu_before) / (time.monotonic() - began)
     idle = None if total is None else total / max(1, len(workers))
     plain: Any = AsyncKicker(PLAIN_NAME, app.broker, {}).kiq
     plain_ids, batched_ids = await _plain_while_waiting(plain, kiq, s.keys)
@@ -67,7 +72,12 @@ async def rest(
         for result in results
         if not result.is_err
     ]
-    return {"idle_cmds": idle, "idle_names": names, **plain_figures(waits)}
+    return {
+        "idle_cmds": idle,
+        "idle_cpu": cpu / max(1, len(workers)),
+        "idle_names": names,
+        **plain_figures(waits),
+    }
 
 
 def plain_figures(waits_ms: list[float]) -> dict[str, float]:

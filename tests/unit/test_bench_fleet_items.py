@@ -80,12 +80,13 @@ def test_the_drain_ratio_is_wait_over_today_in_the_same_run() -> None:
     assert drain_ratio(today, row("wait", 2, drain=20000, messages=0)) is None
     lines = rest_table(
         [
-            {**today, "idle_cmds": 0.5, **plain_figures([4.0, 6.0])},
+            {**today, "idle_cmds": 0.5, "idle_cpu": 0.004, **plain_figures([4.0, 6.0])},
             {**wait, "idle_cmds": None},
         ]
     )
     assert lines[2] == (
-        "| stream | 2 | 8,000 | 7,600 | 0.95x | 0.50 | not measured | 4 / 6 | — |"
+        "| stream | 2 | 8,000 | 7,600 | 0.95x | 0.50 | not measured | 0.4 | — "
+        "| 4 / 6 | — |"
     )
 
 
