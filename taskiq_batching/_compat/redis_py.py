@@ -164,7 +164,7 @@ async def read_buffered(connection: Any, replies: int, found: list[Any]) -> None
     :raises redis.exceptions.ConnectionError: a reply was one (the
         connection is closed, as ``read_reply`` closes it).
     """
-    parser = getattr(connection, "_parser", None)
+    parser: Any = getattr(connection, "_parser", None)
     reader = getattr(parser, "_reader", None)
     if reader is None or _NOT_ENOUGH_DATA is None:
         return

@@ -123,7 +123,8 @@ class Lifecycle:
         try:
             message, scope = await self._pre_execute(envelope)
         except Exception as exc:
-            return self._refuse(envelope, delivery, sender_waits, exc)
+            self._refuse(envelope, delivery, sender_waits, exc)
+            return None
         return self._hold(message, scope, envelope, delivery, sender_waits)
 
     def _hold(
@@ -142,7 +143,8 @@ class Lifecycle:
                 one.ack_type = self._ack_type(one)
             one.delivery = delivery
         except Exception as exc:
-            return self._refuse(envelope, delivery, sender_waits, exc)
+            self._refuse(envelope, delivery, sender_waits, exc)
+            return None
         return one
 
     def _refuse(
