@@ -26,7 +26,23 @@ _parsed_labels: dict[tuple[str, int], Any] = {}
 _PARSED_LABELS_MAX = 4096
 _MISSING: Any = object()
 #: What ``json.loads`` decodes a ``str`` with (no hooks): the same decoder.
-_json_decode = json.JSONDecoder().decode
+_json_decoder = json.JSONDecoder()
+
+
+def _json_loads(text: str) -> Any:
+    """``json.loads(text)``: the same value, or the same kind of error.
+
+    A message is one JSON value, without whitespace around it: its scan
+    alone decodes it. Anything else (whitespace, extra data, an error)
+    goes through ``json.loads``'s own steps.
+    """
+    try:
+        raw, end = _json_decoder.scan_once(text, 0)  # type: ignore[attr-defined]
+    except StopIteration:
+        end = -1
+    if end != len(text):
+        return _json_decoder.decode(text)
+    return raw
 
 
 def decode(broker: AsyncBroker, data: bytes) -> Envelope | None:
@@ -43,7 +59,7 @@ def decode(broker: AsyncBroker, data: bytes) -> Envelope | None:
         try:
             # taskiq's JSONSerializer.loadb is ``json.loads(data.decode())``:
             # the same decoder, called directly (it runs for every message).
-            raw = _json_decode(data.decode()) if is_json else serializer.loadb(data)
+            raw = _json_loads(data.decode()) if is_json else serializer.loadb(data)
         except Exception:
             return None
         # JSON objects only have string keys: no need to check them.
