@@ -19,10 +19,16 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from redis.exceptions import ConnectionError
 from redis.utils import HIREDIS_AVAILABLE
 
 T = TypeVar("T")
 
+
+try:  # what the hiredis parser's reader gives when no whole reply is buffered
+    from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
+except ImportError:  # pragma: no cover - another redis-py: replies read one by one
+    _NOT_ENOUGH_DATA = None
 
 #: Whether redis-py found hiredis (>= 3.2), its C reply parser. Without
 #: it the Redis brokers use the generic transport (``transports``).
@@ -129,6 +135,54 @@ async def read_reply(connection: Any) -> Any:
     :return: the reply as the connection's parser gives it.
     """
     return await connection.read_response(timeout=math.inf)
+
+
+async def read_buffered(connection: Any, replies: int, found: list[Any]) -> None:
+    """Take replies already received, without a coroutine per reply.
+
+    After a reply read with ``read_reply``, the replies of a batch that
+    came in the same socket reads wait parsed-to-be in the parser's
+    buffer: each is taken straight from it, as the parser would return it
+    (an error reply as its ``ResponseError``, appended, not raised), until
+    the buffer holds no whole reply or ``replies`` are in ``found``.
+
+    Relies on: the hiredis parser's ``_reader`` (a ``hiredis.Reader``,
+    None once disconnected) and ``_connected``; ``Reader.gets()`` giving
+    ``redis._parsers.hiredis.NOT_ENOUGH_DATA`` (its ``notEnoughData``)
+    when no whole reply is buffered, an error reply as the
+    exception made by the parser's ``replyError`` (``ResponseError``, or a
+    ``ConnectionError`` subclass such as ``BusyLoadingError``, which
+    ``read_response`` raises, closing the connection); on RESP3, a push
+    message as an instance of the parser's
+    ``_hiredis_PushNotificationType``, handed to its
+    ``handle_push_response`` as ``read_response`` does, never returned
+    (redis-py 8.1, 8.2). Another parser (pure Python) takes nothing here.
+
+    :param connection: the connection.
+    :param replies: how many replies the caller reads in all.
+    :param found: the replies read so far; taken ones are appended.
+    :raises redis.exceptions.ConnectionError: a reply was one (the
+        connection is closed, as ``read_reply`` closes it).
+    """
+    parser: Any = getattr(connection, "_parser", None)
+    reader = getattr(parser, "_reader", None)
+    if reader is None or _NOT_ENOUGH_DATA is None:
+        return
+    if not getattr(parser, "_connected", False):
+        return
+    push = getattr(parser, "_hiredis_PushNotificationType", None)
+    while len(found) < replies:
+        reply = reader.gets()
+        if reply is _NOT_ENOUGH_DATA:
+            return
+        if push is not None and isinstance(reply, push):
+            await parser.handle_push_response(reply)
+            continue
+        failed = reply[0] if type(reply) is list and reply else reply
+        if isinstance(failed, ConnectionError):  # what read_response raises
+            await connection.disconnect(nowait=True)
+            raise failed
+        found.append(reply)
 
 
 def reply_timeout(connection: Any) -> float | None:

@@ -125,11 +125,17 @@ class RedisResults:
         charset, errors = string_encoding(redis)
         values: dict[int, bytes] = {}  # each distinct value as RESP, once
         pairs: list[bytes] = []  # each key and its value, as RESP
+        last: bytes | None = None  # a batch's results mostly share one value
+        packed = b""
         for _, key, value in rows:
-            packed = values.get(id(value))
-            if packed is None:
-                packed = values[id(value)] = bulk(value)
-            pairs.append(bulk(key.encode(charset, errors)) + packed)
+            if value is not last:
+                packed = values.get(id(value)) or values.setdefault(
+                    id(value), bulk(value)
+                )
+                last = value
+            name = key.encode(charset, errors)
+            # ``bulk(name) + packed``, in one step: it runs for every result.
+            pairs.append(b"$%d\r\n%s\r\n%s" % (len(name), name, packed))
         if not ex and not px:
             head = b"*%d\r\n$4\r\nMSET\r\n" % (1 + 2 * len(rows))
             (reply,) = await round_trip(redis, [head, *pairs], 1)

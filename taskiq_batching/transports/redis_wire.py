@@ -29,6 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from taskiq_batching._compat.redis_py import (
     disconnect,
     give_back,
+    read_buffered,
     read_reply,
     reply_timeout,
     send_packed,
@@ -103,8 +104,10 @@ async def _exchange(connection: Any, data: bytes, replies: int) -> list[Any]:
 
 
 async def _read(connection: Any, replies: int, found: list[Any]) -> None:
-    for _ in range(replies):
+    while len(found) < replies:
         try:
             found.append(await read_reply(connection))
         except ResponseError as error:
             found.append(error)
+        # The replies that came with it, without a coroutine each.
+        await read_buffered(connection, replies, found)

@@ -10,6 +10,7 @@ convert) goes through taskiq's own ``formatter.loads``, so the outcome is
 always what taskiq's Receiver would have decoded.
 """
 
+import json
 from typing import Any
 
 from taskiq import AsyncBroker
@@ -24,6 +25,24 @@ _parsed_labels: dict[tuple[str, int], Any] = {}
 #: The cache is emptied when it grows past this many values.
 _PARSED_LABELS_MAX = 4096
 _MISSING: Any = object()
+#: What ``json.loads`` decodes a ``str`` with (no hooks): the same decoder.
+_json_decoder = json.JSONDecoder()
+
+
+def _json_loads(text: str) -> Any:
+    """``json.loads(text)``: the same value, or the same kind of error.
+
+    A message is one JSON value, without whitespace around it: its scan
+    alone decodes it. Anything else (whitespace, extra data, an error)
+    goes through ``json.loads``'s own steps.
+    """
+    try:
+        raw, end = _json_decoder.scan_once(text, 0)  # type: ignore[attr-defined]
+    except StopIteration:
+        end = -1
+    if end != len(text):
+        return _json_decoder.decode(text)
+    return raw
 
 
 def decode(broker: AsyncBroker, data: bytes) -> Envelope | None:
@@ -36,12 +55,15 @@ def decode(broker: AsyncBroker, data: bytes) -> Envelope | None:
     formatter = broker.formatter
     if type(formatter) is ProxyFormatter:
         serializer = formatter.broker.serializer
+        is_json = type(serializer) is JSONSerializer
         try:
-            raw = serializer.loadb(data)
+            # taskiq's JSONSerializer.loadb is ``json.loads(data.decode())``:
+            # the same decoder, called directly (it runs for every message).
+            raw = _json_loads(data.decode()) if is_json else serializer.loadb(data)
         except Exception:
             return None
         # JSON objects only have string keys: no need to check them.
-        envelope = _envelope(raw, check_keys=type(serializer) is not JSONSerializer)
+        envelope = _envelope(raw, check_keys=not is_json)
         if envelope is not None:
             return envelope
     try:

@@ -99,10 +99,16 @@ class Lifecycle:
         """
         held: list[Held] = []
         received = False  # whether any is acked when received
+        plain = not self.needs_message
         for envelope, delivery in taken:
-            one = await self._receive(envelope, delivery, sender_waits)
+            if plain:  # no middleware hook: nothing to await, no coroutine
+                one = self._hold(envelope, None, envelope, delivery, sender_waits)
+            else:
+                one = await self._receive(envelope, delivery, sender_waits)
             if one is not None:
                 received |= one.ack_type is AcknowledgeType.WHEN_RECEIVED
+                if sender_waits:
+                    one.waiter = asyncio.get_running_loop().create_future()
                 held.append(one)
         if received:
             await ack_due(self.transport, held, AcknowledgeType.WHEN_RECEIVED)
@@ -114,34 +120,49 @@ class Lifecycle:
         self, envelope: Envelope, delivery: Delivery | None, sender_waits: bool
     ) -> Held | None:
         """The steps of taskiq's callback before the ack: None if one failed."""
-        loop = asyncio.get_running_loop()
         try:
-            ack = self._ack_for(delivery)
-            if self.needs_message:
-                message, scope = await self._pre_execute(envelope)
-                one = Held(message, ack, loop.time(), scope, ack_type=self.ack_type)
-            else:
-                one = Held(envelope, ack, loop.time(), ack_type=self.ack_type)
-            if "ack_type" in one.message.labels:
+            message, scope = await self._pre_execute(envelope)
+        except Exception as exc:
+            self._refuse(envelope, delivery, sender_waits, exc)
+            return None
+        return self._hold(message, scope, envelope, delivery, sender_waits)
+
+    def _hold(
+        self,
+        message: TaskiqMessage | Envelope,
+        scope: contextvars.Context | None,
+        envelope: Envelope,
+        delivery: Delivery | None,
+        sender_waits: bool,
+    ) -> Held | None:
+        """A message taken, with its ack controller and ack type: None if one failed."""
+        try:
+            ack, now = self._ack_for(delivery), asyncio.get_running_loop().time()
+            one = Held(message, ack, now, scope, ack_type=self.ack_type)
+            if "ack_type" in message.labels:
                 one.ack_type = self._ack_type(one)
             one.delivery = delivery
         except Exception as exc:
-            self.batcher.bounds.release(envelope.task_name)
-            self._forget([delivery])
-            if sender_waits:
-                raise
-            # taskiq's callback fails before running the task: unacked.
-            logger.error(
-                "taskiq_batching: message %s of %s is left unacked: %s",
-                envelope.task_id,
-                envelope.task_name,
-                describe(exc),
-                exc_info=exc,
-            )
+            self._refuse(envelope, delivery, sender_waits, exc)
             return None
-        if sender_waits:
-            one.waiter = loop.create_future()
         return one
+
+    def _refuse(
+        self, envelope: Envelope, delivery: Delivery | None, wait: bool, exc: Exception
+    ) -> None:
+        """A step before the ack failed: the message is dropped from the worker."""
+        self.batcher.bounds.release(envelope.task_name)
+        self._forget([delivery])
+        if wait:
+            raise exc
+        # taskiq's callback fails before running the task: unacked.
+        logger.error(
+            "taskiq_batching: message %s of %s is left unacked: %s",
+            envelope.task_id,
+            envelope.task_name,
+            describe(exc),
+            exc_info=exc,
+        )
 
     def _add(self, one: Held) -> None:
         """Buffer one message; if it cannot be, finish it alone, in the background.

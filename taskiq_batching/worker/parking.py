@@ -16,7 +16,6 @@ a stop, what is still parked goes back to the broker.
 """
 
 from collections import defaultdict, deque
-from collections.abc import Iterator
 
 from taskiq_batching.core.bounds import Bounds
 from taskiq_batching.core.buffer import Envelope
@@ -159,24 +158,34 @@ class Parking:
         self.count += 1
         self.size += size
 
-    def unpark(self, admission: Admission) -> Iterator[Waiting]:
+    def unpark(self, admission: Admission) -> list[Waiting]:
         """Parked messages their task takes now, in order within each task.
 
         :param admission: takes them (stops at a task's first refusal).
-        :yield: each message taken, and its decoded copy if it was kept.
+        :return: each message taken, and its decoded copy if it was kept
+            (its ``size`` set).
         """
+        ready: list[Waiting] = []
         for task_name in list(self.waiting):
             waiting = self.waiting[task_name]
-            while waiting and admission.take(task_name, len(waiting[0][0].data)):
-                delivery, envelope = waiting.popleft()
+            taken = 0
+            for delivery, envelope in waiting:
                 size = len(delivery.data)
-                self.count -= 1
+                if not admission.take(task_name, size):
+                    break
+                taken += 1
                 self.size -= size
                 if envelope is not None:
                     self.decoded_size -= size
-                yield delivery, envelope
-            if not waiting:
+                    envelope.size = size
+                ready.append((delivery, envelope))
+            self.count -= taken
+            if taken == len(waiting):
                 del self.waiting[task_name]
+            else:
+                for _ in range(taken):
+                    waiting.popleft()
+        return ready
 
     def clear(self) -> list[Delivery]:
         """Take every parked message out (a stop gives them back).

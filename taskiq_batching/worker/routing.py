@@ -20,6 +20,7 @@ sizes the next read by what this one held (``MAX_UNACKED_CHUNK``).
 """
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Callable
 
@@ -98,38 +99,47 @@ class Router:
         taken: list[Parked] = []
         handed_before = len(self.handoff)
         admission = Admission(self.batcher.bounds)
+        # Looked up once per read, not per message: nothing the loop runs
+        # changes which tasks are batched or forwarded.
+        broker, specs, handoff = self.broker, self.batcher.specs, self.handoff
+        parked, forwarding = self.parked, self.forwarded
         giving = self.giving
-        # Whether the transport can give back: looked up once per read.
-        can_give = giving.enabled
+        # Parking's bounds past which messages are given back (none when
+        # the transport cannot give back): ``parking_full``, read once.
+        full_count, full_bytes = self._give_back_bounds(giving.enabled)
         now = asyncio.get_running_loop().time()
         forwarded = given = 0
+        # Something not given back was read since the last give-back: the
+        # pass over the queue goes on (``GiveBacks.other``, told once).
+        other = False
         for delivery in chunk:
-            envelope = decode(self.broker, delivery.data)
-            if envelope is None or envelope.task_name not in self.batcher.specs:
-                self.handoff.append(delivery)
-                giving.other()
+            envelope = decode(broker, delivery.data)
+            if envelope is None or envelope.task_name not in specs:
+                handoff.append(delivery)
+                other = True
                 continue
             name = envelope.task_name
-            if name in self.forwarded and self._forwards(delivery, envelope):
-                key = forward_key(self.batcher.specs[name], envelope)
-                self.forwarding.setdefault(name, []).append((delivery, key))
-                ms = deadline_ms(envelope.labels)
-                marks = self.marks.setdefault(name, {})
-                if ms is not None and ms < marks.get(key, ms + 1):
-                    marks[key] = ms
+            if forwarding and name in forwarding and self._forward(delivery, envelope):
                 forwarded += 1
-                giving.other()
+                other = True
                 continue
-            envelope.size = len(delivery.data)
+            size = envelope.size = len(delivery.data)
             # Behind its task's parked messages, if any: in order.
-            if name not in self.parked and admission.take(name, envelope.size):
+            if name not in parked.waiting and admission.take(name, size):
                 taken.append((envelope, delivery))
-            elif can_give and self.parking_full() and giving.saturated(now):
+            elif (
+                parked.count >= full_count or parked.size >= full_bytes
+            ) and giving.saturated(now):
+                if other:
+                    giving.other()
+                    other = False
                 giving.give(delivery, envelope)
                 given += 1
                 continue
             else:
-                self.parked.park(name, delivery, envelope)
+                parked.park(name, delivery, envelope)
+            other = True
+        if other:
             giving.other()
         # Forwarded: taken when their batch is; given back: not taken.
         self.taken += len(chunk) - forwarded - given
@@ -137,6 +147,22 @@ class Router:
         if not self.acknowledges:
             extra = self._keep_one_handed(handed_before, len(chunk))
         return taken, extra
+
+    def _forward(self, delivery: Delivery, envelope: Envelope) -> bool:
+        """Keep a message for the forwarder if it moves to where its batch waits.
+
+        :return: whether it was kept (else it is taken or parked as read).
+        """
+        if not self._forwards(delivery, envelope):
+            return False
+        name = envelope.task_name
+        key = forward_key(self.batcher.specs[name], envelope)
+        self.forwarding.setdefault(name, []).append((delivery, key))
+        ms = deadline_ms(envelope.labels)
+        marks = self.marks.setdefault(name, {})
+        if ms is not None and ms < marks.get(key, ms + 1):
+            marks[key] = ms
+        return True
 
     def _forwards(self, delivery: Delivery, envelope: Envelope) -> bool:
         """Whether a message of a task whose batches wait in the broker moves there.
@@ -155,10 +181,24 @@ class Router:
         the broker would soon send nothing more, and the messages behind
         the backlog could not be read.
         """
-        if self.parked.full:
-            return True
+        count, size = self._give_back_bounds(True)
+        return self.parked.count >= count or self.parked.size >= size
+
+    def _give_back_bounds(self, can_give: bool) -> tuple[float, float]:
+        """Parked messages and bytes at which parking counts full (``parking_full``).
+
+        :param can_give: whether the transport can give messages back;
+            if not, bounds never reached.
+        :return: the message count and the wire bytes.
+        """
+        if not can_give:
+            return math.inf, math.inf
+        parked = self.parked
+        count: float = parked.limit
         prefetch = self.transport.prefetch
-        return prefetch is not None and len(self.parked) >= max(prefetch // 2, 1)
+        if prefetch is not None:
+            count = min(count, max(prefetch // 2, 1))
+        return count, parked.max_bytes
 
     def _keep_one_handed(self, handed_before: int, read: int) -> list[Delivery]:
         """On a broker without acks, what to give back: the Receiver cannot take it.
@@ -182,8 +222,12 @@ class Router:
         :return: them, decoded and admitted.
         """
         ready: list[Parked] = []
-        for delivery, kept in list(self.parked.unpark(Admission(self.batcher.bounds))):
-            envelope = kept or decode(self.broker, delivery.data)
+        broker = self.broker
+        for delivery, kept in self.parked.unpark(Admission(self.batcher.bounds)):
+            if kept is not None:  # its size set when unparked
+                ready.append((kept, delivery))
+                continue
+            envelope = decode(broker, delivery.data)
             if envelope is None:  # decoded when read: it cannot fail now
                 self.handoff.append(delivery)
                 continue

@@ -181,3 +181,52 @@ def test_string_encoding_is_the_clients() -> None:
 def test_reply_timeout_is_the_clients_socket_timeout() -> None:
     pool: Any = Redis(socket_timeout=0.7).connection_pool
     assert _compat_redis.reply_timeout(pool.make_connection()) == 0.7
+
+
+@pytest.mark.parametrize("protocol", [2, 3], ids=["resp2", "resp3"])
+async def test_buffered_replies_are_taken_as_read_response_gives_them(
+    protocol: int,
+) -> None:
+    if not _compat_redis.hiredis_available():
+        pytest.skip("replies are taken from hiredis's buffer only")
+    async with fake_redis() as (_, port):
+        redis = Redis(host="127.0.0.1", port=port, protocol=protocol)
+        connection = await _compat_redis.take_connection(redis)
+        try:
+            # What the server sent, as if in one socket read: three whole
+            # replies, then part of a fourth (left for ``read_reply``).
+            connection._parser._reader.feed(b"+OK\r\n-ERR no\r\n:2\r\n$3\r\nab")
+            found: list[Any] = [b"first"]
+            await _compat_redis.read_buffered(connection, 10, found)
+            assert found[:2] == [b"first", b"OK"]
+            assert isinstance(found[2], ResponseError)
+            assert found[3:] == [2]
+            # No more than the caller reads.
+            connection._parser._reader.feed(b"c\r\n:3\r\n")
+            await _compat_redis.read_buffered(connection, 5, found)
+            assert found[4:] == [b"abc"]
+            assert connection.is_connected
+        finally:
+            await _compat_redis.disconnect(connection)
+            await _compat_redis.give_back(redis, connection)
+            await redis.aclose()
+
+
+async def test_a_buffered_connection_error_is_raised_and_closes_the_connection() -> (
+    None
+):
+    if not _compat_redis.hiredis_available():
+        pytest.skip("replies are taken from hiredis's buffer only")
+    async with fake_redis() as (_, port):
+        redis = Redis(host="127.0.0.1", port=port, protocol=2)
+        connection = await _compat_redis.take_connection(redis)
+        try:
+            connection._parser._reader.feed(b"+OK\r\n-LOADING not yet\r\n")
+            found: list[Any] = []
+            with pytest.raises(RedisConnectionError):
+                await _compat_redis.read_buffered(connection, 3, found)
+            assert found == [b"OK"]
+            assert not connection.is_connected
+        finally:
+            await _compat_redis.give_back(redis, connection)
+            await redis.aclose()

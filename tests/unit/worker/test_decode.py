@@ -114,6 +114,23 @@ def test_same_outcome_as_taskiq_for_odd_messages(raw: Any) -> None:
     assert decode(broker, data) == taskiq_decode(broker, data)
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'\xef\xbb\xbf{"task_id": "a"}',  # a UTF-8 BOM: json.loads refuses it
+        b' {"task_id": "a", "task_name": "t", "labels": {}, "args": [NaN],'
+        b' "kwargs": {}} \n',
+        b'{"task_id": "a", "task_name": "t", "labels": {}, "args": [],'
+        b' "kwargs": {}} {}',  # extra data
+        b'{"task_id": "a", "task_name": "t", "labels": {}, "labels": {"x": 1},'
+        b' "args": [], "kwargs": {}}',  # a key twice: the last one wins
+    ],
+)
+def test_same_outcome_as_taskiq_for_odd_json(data: bytes) -> None:
+    broker = InMemoryBroker()
+    assert decode(broker, data) == taskiq_decode(broker, data)
+
+
 def test_undecodable_bytes_give_none() -> None:
     broker = InMemoryBroker()
     assert decode(broker, b"\xff not json") is None
