@@ -89,8 +89,9 @@ def entry_ms(entry_id: Any) -> int:
     :param entry_id: ``<ms>-<seq>``, bytes or str.
     :return: the ms.
     """
-    text = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-    return int(text.partition("-")[0])
+    if isinstance(entry_id, bytes):  # as read: int() takes the digits as bytes
+        return int(entry_id.partition(b"-")[0])
+    return int(str(entry_id).partition("-")[0])
 
 
 def slot_of(name: str) -> int:

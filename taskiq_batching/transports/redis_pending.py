@@ -116,8 +116,14 @@ class Pending:
         # step per entry in Python: ids by one comprehension, kinds by ``map``.
         stream = handles[0][0]
         ids = [entry_id for name, entry_id in handles if name == stream]
-        if len(ids) == len(handles) and TaskEntry not in set(map(type, handles)):
-            await self.xack(stream, ids)
+        kinds = set(map(type, handles))
+        if len(ids) == len(handles) and len(kinds) == 1:
+            # One stream's entries: a batch read (XACK) or taken (its key
+            # stream's entries acked and deleted), in one packed command.
+            if TaskEntry in kinds:
+                await self.ack_delete(stream, ids)
+            else:
+                await self.xack(stream, ids)
             return
         by_stream: defaultdict[str, list[bytes]] = defaultdict(list)
         deleted: set[str] = set()
@@ -145,17 +151,35 @@ class Pending:
         :param ids: its entries' ids (bytes, as read).
         :raises redis.exceptions.ResponseError: what the server answered.
         """
-        packed = None
-        if not self.cluster:
-            charset, errors = string_encoding(self.redis)  # as redis-py's
-            names = (stream.encode(charset, errors), self.group.encode(charset, errors))
-            packed = xack_command(*names, ids)
-        if packed is None:
+        if not await self._packed(stream, ids, delete=False):
             await self.redis.xack(stream, self.group, *ids)
-            return
+
+    async def ack_delete(self, stream: str, ids: list[bytes]) -> None:
+        """``ACK_DELETE`` of a task's key stream's entries, packed as ``xack``.
+
+        A taken batch's ack: as idempotent as XACK (acking and deleting
+        the same entries again changes nothing).
+
+        :param stream: the key stream.
+        :param ids: its entries' ids (bytes, as read).
+        :raises redis.exceptions.ResponseError: what the server answered.
+        """
+        if not await self._packed(stream, ids, delete=True):
+            await self.redis.eval(ACK_DELETE, 1, stream, self.group, *ids)
+
+    async def _packed(self, stream: str, ids: list[bytes], delete: bool) -> bool:
+        """Send the ack packed by hand; False if it cannot be (cluster, str ids)."""
+        if self.cluster:
+            return False
+        charset, errors = string_encoding(self.redis)  # as redis-py's
+        names = (stream.encode(charset, errors), self.group.encode(charset, errors))
+        packed = xack_command(*names, ids, delete=delete)
+        if packed is None:
+            return False
         (reply,) = await round_trip(self.redis, [packed], 1)
         if isinstance(reply, ResponseError):
             raise reply
+        return True
 
     async def sweep(self) -> list[Delivery]:
         """Dead consumers' entries idle over ``idle_timeout``: every page of them.
@@ -231,13 +255,16 @@ class Pending:
             )
 
 
-def xack_command(stream: bytes, group: bytes, ids: Sequence[bytes]) -> bytes | None:
+def xack_command(
+    stream: bytes, group: bytes, ids: Sequence[bytes], delete: bool = False
+) -> bytes | None:
     """An XACK in RESP (``redis_wire``), or None if an id is not bytes.
 
     :param stream: the stream's name, encoded.
     :param group: the consumer group's, encoded.
     :param ids: the entries' ids, as read (bytes; str from a client that
         decodes replies, which redis-py's own XACK then encodes).
+    :param delete: an ``EVAL`` of ``ACK_DELETE`` instead (ack and delete).
     :return: the packed command.
     """
     try:
@@ -245,5 +272,12 @@ def xack_command(stream: bytes, group: bytes, ids: Sequence[bytes]) -> bytes | N
         packed = [b"$%d\r\n%s\r\n" % (len(entry_id), entry_id) for entry_id in ids]
     except TypeError:  # a str id: %s takes bytes only
         return None
-    head = b"*%d\r\n$4\r\nXACK\r\n" % (3 + len(ids))
+    if delete:
+        head = b"*%d\r\n$4\r\nEVAL\r\n%s$1\r\n1\r\n" % (5 + len(ids), _ACK_DELETE)
+    else:
+        head = b"*%d\r\n$4\r\nXACK\r\n" % (3 + len(ids))
     return head + bulk(stream) + bulk(group) + b"".join(packed)
+
+
+#: ``ACK_DELETE`` as a bulk string, packed once.
+_ACK_DELETE = bulk(ACK_DELETE.encode())

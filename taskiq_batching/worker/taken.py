@@ -23,6 +23,7 @@ wait in the broker; each worker buffers them, and says so at start.
 
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Hashable, Iterable, Sequence
 
 from taskiq import AsyncBroker
@@ -69,26 +70,29 @@ class Intake:
         :param batches: what one take returned.
         """
         taken: list[tuple[Envelope, Delivery]] = []
-        reasons: dict[int, FlushReason] = {}
-        keys: dict[int, str] = {}
+        # Each delivery's batch (its flush reason and key), by identity.
+        where: dict[int, tuple[FlushReason, str]] = {}
+        counts: Counter[str] = Counter()
+        specs = self.batcher.specs
         for batch in batches:
-            reason = _reason(batch.reason)
+            place = (_reason(batch.reason), batch.key)
             for delivery in batch.deliveries:
                 envelope = decode(self.broker, delivery.data)
-                if envelope is None or envelope.task_name not in self.batcher.specs:
+                if envelope is None or envelope.task_name not in specs:
                     # Not a message of a batched task: taskiq's, as when read.
                     self.router.handoff.append(delivery)
                     continue
                 envelope.size = len(delivery.data)
-                self.batcher.bounds.take(envelope.task_name, 1)
+                counts[envelope.task_name] += 1
                 taken.append((envelope, delivery))
-                reasons[id(delivery)] = reason
-                keys[id(delivery)] = batch.key
+                where[id(delivery)] = place
             self.router.taken += len(batch.deliveries)
+        for task_name, count in counts.items():  # counted before any await
+            self.batcher.bounds.take(task_name, count)
         held = await self.lifecycle.accept(taken)
-        left = self.batcher.flush_taken(
-            [(one, reasons[id(one.delivery)]) for one in held]
-        )
+        places = [(one, where[id(one.delivery)]) for one in held]
+        left = self.batcher.flush_taken([(one, place[0]) for one, place in places])
+        keys = {id(one.delivery): place[1] for one, place in places}
         for buffer_key, one in left:
             self.short[buffer_key] = keys[id(one.delivery)]
 

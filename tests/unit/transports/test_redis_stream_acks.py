@@ -6,6 +6,8 @@ import hiredis
 import pytest
 from redis.exceptions import ResponseError
 
+from taskiq_batching.transports.redis_batches_lua import ACK_DELETE
+from taskiq_batching.transports.redis_batches_names import TaskEntry, TaskStreams
 from taskiq_batching.transports.redis_pending import Pending, xack_command
 from tests.unit.transports.conftest import CommandLog
 
@@ -68,3 +70,41 @@ async def test_an_error_reply_raises_and_the_entries_are_freed(redis: Any) -> No
     with pytest.raises(ResponseError, match="WRONGTYPE"):
         await pending_for(redis, in_use).ack([("s", b"1-0")])
     assert in_use == set()
+
+
+def test_an_ack_delete_is_packed_as_redis_reads_it() -> None:
+    packed = xack_command(b"s", b"g", [b"1-0", b"12-3"], delete=True)
+    assert packed is not None
+    reader = hiredis.Reader()
+    reader.feed(packed)
+    script = ACK_DELETE.encode()
+    assert reader.gets() == [b"EVAL", script, b"1", b"s", b"g", b"1-0", b"12-3"]
+    assert reader.gets() is False
+
+
+def taken(entry_ids: list[bytes]) -> list[TaskEntry]:
+    """Handles of entries taken from stream ``s`` (a task's key stream)."""
+    names = TaskStreams("q", "t")
+    return [TaskEntry("s", entry_id, (names, "-")) for entry_id in entry_ids]
+
+
+async def test_taken_entries_are_acked_and_deleted_in_one_packed_eval(
+    redis: Any, commands: CommandLog
+) -> None:
+    ids = await added(redis, 3)
+    handles = taken(ids)
+    in_use: set[Any] = set(handles)
+    await pending_for(redis, in_use).ack(handles[:2])
+    assert commands.named("EVAL") == []  # not through redis-py's pipeline
+    assert (await redis.xpending("s", GROUP))["pending"] == 1
+    assert [entry_id for entry_id, _ in await redis.xrange("s")] == [ids[2]]
+    assert in_use == {handles[2]}
+
+
+async def test_on_a_cluster_redis_py_sends_the_ack_delete(
+    redis: Any, commands: CommandLog
+) -> None:
+    ids = await added(redis, 2)
+    await pending_for(redis, set(), cluster=True).ack(taken(ids))
+    assert len(commands.named("EVAL")) == 1
+    assert await redis.xlen("s") == 0
