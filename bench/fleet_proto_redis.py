@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 
 from bench.fleet_proto_common import Config, LocalBuffers, Report, run_batch
 from bench.fleet_proto_lua import LIST_TAKE, STREAM_TAKE
+from bench.measure import delete_prefix
 
 GROUP = "g"
 #: Keys one take call looks at (oldest first).
@@ -47,12 +48,7 @@ class _RedisBase:
         await self.redis.aclose()
 
     async def teardown(self) -> None:
-        names = [
-            name
-            async for name in self.redis.scan_iter(match=f"{self.base}*", count=1000)
-        ]
-        if names:
-            await self.redis.delete(*names)
+        await delete_prefix(self.redis, self.base)
 
 
 class StreamToday(_RedisBase):

@@ -26,6 +26,7 @@ from taskiq import AsyncBroker
 from taskiq.kicker import AsyncKicker
 from taskiq_redis import RedisAsyncResultBackend, RedisStreamBroker
 
+from bench.measure import delete_prefix
 from bench.procs import ROOT, started, taskiq_worker_argv
 from taskiq_batching import BatchingMiddleware, batch_task
 
@@ -119,9 +120,7 @@ async def _clean(queue: str) -> None:
     from redis.asyncio import Redis
 
     async with Redis.from_url(REDIS_URL) as redis:
-        keys = [key async for key in redis.scan_iter(match=f"{queue}*", count=1000)]
-        if keys:
-            await redis.delete(*keys)
+        await delete_prefix(redis, queue)
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from typing import Any
 from taskiq import BrokerMessage
 from taskiq_redis import ListQueueBroker, RedisStreamBroker
 
+from bench.measure import delete_prefix
 from taskiq_batching import BatchingMiddleware, batch_task
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.redis_list import ListTransport
@@ -112,11 +113,8 @@ async def _round(url: str, count: int, size: int, kind: str) -> tuple[float, flo
         if kind != "list":
             await transport.holding.stop()
         names = batches.names(spec.task_name)
-        tag = names.keys[: names.keys.index("}") + 1].replace("{", "[{]")
-        found = [k async for k in redis.scan_iter(match=f"{tag}*", count=1000)]
-        found += [k async for k in redis.scan_iter(match=f"{queue}*", count=1000)]
-        if found:
-            await redis.delete(*found)
+        await delete_prefix(redis, names.keys[: names.keys.index("}") + 1])
+        await delete_prefix(redis, queue)
         await broker.shutdown()
     return read_rate, take_rate
 

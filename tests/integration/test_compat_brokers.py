@@ -103,8 +103,11 @@ async def test_nats_subscribe_direct_hands_each_message_over_as_it_is_parsed(
         assert sub.pending_msgs == 0
         assert sub._pending_size == 0
         await sub.unsubscribe()
+        # A second subscription on the same connection is the barrier: the
+        # server delivers to it in order, after what it would send ``sub``.
+        barrier = await client.subscribe(subject)
         await client.publish(subject, b"late")
-        await client.flush()
+        assert (await barrier.next_msg(timeout=10)).data == b"late"
         assert received == [b"0", b"1", b"2"]
     finally:
         await client.close()

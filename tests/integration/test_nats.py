@@ -34,6 +34,7 @@ from taskiq_batching.transports.nats import NatsTransport
 from taskiq_batching.transports.nats_sender import NatsSender
 from tests.helpers import running_worker
 from tests.integration.nats_app import make_broker as make_app_broker
+from tests.integration.nats_durables import states
 from tests.integration.workers import Worker, eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
@@ -439,20 +440,6 @@ async def app_consumer(nats_url: str, stream: str) -> ConsumerInfo:
     try:
         info: ConsumerInfo = await client.jetstream().consumer_info(stream, stream)
         return info
-    finally:
-        await client.close()
-
-
-async def states(nats_url: str, stream: str) -> list[tuple[int, int]]:
-    """(ack-pending, pending) of the main durable, then of ``collect``'s lease
-    durable on the batch stream (``wait`` path; absent on ``today``'s)."""
-    client = await nats.connect(nats_url)
-    try:
-        js = client.jetstream()
-        infos = [await js.consumer_info(stream, stream)]
-        with contextlib.suppress(NotFoundError):
-            infos += await js.consumers_info(f"{stream}-batch")
-        return [(info.num_ack_pending or 0, info.num_pending or 0) for info in infos]
     finally:
         await client.close()
 

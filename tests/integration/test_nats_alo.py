@@ -29,6 +29,7 @@ from taskiq.kicker import AsyncKicker
 from taskiq_batching import batch_task
 from taskiq_batching.transports.nats_send import task_token
 from tests.integration.nats_alo_app import make_broker
+from tests.integration.nats_durables import states
 from tests.integration.workers import Fleet, Worker, eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -228,19 +229,6 @@ async def test_messages_cut_off_at_the_stop_deadline_are_handed_back_at_once(
         assert await runs(redis, stream) == Counter()  # none finished
     finally:
         await producer.shutdown()
-
-
-async def states(nats_url: str, stream: str) -> list[tuple[int, int]]:
-    """(ack-pending, pending) of the main durable, then of the batch stream's."""
-    client = await nats.connect(nats_url)
-    try:
-        js = client.jetstream()
-        infos = [await js.consumer_info(stream, stream)]
-        with contextlib.suppress(NotFoundError):
-            infos += await js.consumers_info(f"{stream}-batch")
-        return [(i.num_ack_pending or 0, i.num_pending or 0) for i in infos]
-    finally:
-        await client.close()
 
 
 @pytest.fixture

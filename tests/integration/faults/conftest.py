@@ -226,6 +226,10 @@ def settings(request: pytest.FixtureRequest, redis_url: str, queue: str) -> Sett
     return make
 
 
+#: The brokers a ``Backlog`` observes (the ``kind`` a test is parametrized by).
+KINDS = ("stream", "list", "amqp")
+
+
 class Backlog:
     """What a broker of the test's ``kind`` still holds of a queue.
 

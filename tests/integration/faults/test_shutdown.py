@@ -12,7 +12,13 @@ buffer's flush: ``test_shutdown_buffer.py``; a batch that never returns:
 import pytest
 from redis.asyncio import Redis
 
-from tests.integration.faults.conftest import Backlog, Producer, Settings, StartWorker
+from tests.integration.faults.conftest import (
+    KINDS,
+    Backlog,
+    Producer,
+    Settings,
+    StartWorker,
+)
 from tests.integration.faults.observe import counts, pending, ready, results, send, wait
 
 pytestmark = [
@@ -20,8 +26,6 @@ pytestmark = [
     pytest.mark.faults,
     pytest.mark.timeout(60),
 ]
-
-KINDS = ["stream", "list", "amqp"]
 
 
 @pytest.mark.parametrize("kind", KINDS)

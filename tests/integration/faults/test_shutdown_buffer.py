@@ -11,7 +11,13 @@ from collections import Counter
 import pytest
 from redis.asyncio import Redis
 
-from tests.integration.faults.conftest import Backlog, Producer, Settings, StartWorker
+from tests.integration.faults.conftest import (
+    KINDS,
+    Backlog,
+    Producer,
+    Settings,
+    StartWorker,
+)
 from tests.integration.faults.observe import (
     batches,
     pending,
@@ -37,8 +43,6 @@ pytestmark = [
     pytest.mark.faults,
     pytest.mark.timeout(max(60, 6 * AMQP_ROUNDS)),
 ]
-
-KINDS = ["stream", "list", "amqp"]
 
 
 @pytest.mark.parametrize("kind", KINDS)

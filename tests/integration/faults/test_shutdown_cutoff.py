@@ -9,7 +9,13 @@ import re
 import pytest
 from redis.asyncio import Redis
 
-from tests.integration.faults.conftest import Backlog, Producer, Settings, StartWorker
+from tests.integration.faults.conftest import (
+    KINDS,
+    Backlog,
+    Producer,
+    Settings,
+    StartWorker,
+)
 from tests.integration.faults.observe import send, started, wait
 
 pytestmark = [
@@ -18,7 +24,6 @@ pytestmark = [
     pytest.mark.timeout(60),
 ]
 
-KINDS = ["stream", "list", "amqp"]
 #: ``--wait-tasks-timeout`` and ``--shutdown-timeout`` of the cut-off tests
 #: (2 s, not 3 s as before: the bound is the same sum, 2 s less to wait).
 WAIT_TASKS = 2.0
