@@ -207,6 +207,10 @@ class Batcher:
         """Whole batches of a task that may start now (``Runner.room``)."""
         return self.runner.room(task_name, self.waiting[task_name])
 
+    def ahead(self, task_name: str) -> bool:
+        """Whether a full batch may be taken to wait for a slot (``Runner.ahead``)."""
+        return self.runner.ahead(task_name, self.waiting[task_name])
+
     def flush_taken(
         self, taken: Sequence[tuple[Held, FlushReason]]
     ) -> list[tuple[Key, Held]]:

@@ -10,7 +10,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from taskiq_batching.core.buffer import Buffer
 from taskiq_batching.settings import FlushReason
+from taskiq_batching.spec import BatchSpec
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -87,6 +89,37 @@ class Observers:
     def finished(self, report: BatchReport) -> None:
         """Tell every observer of a finished batch."""
         self._each("finished", report)
+
+    def ran(
+        self,
+        buffer: Buffer,
+        spec: BatchSpec,
+        reason: FlushReason,
+        waited: float,
+        seconds: float,
+        failed: int | None = None,
+    ) -> None:
+        """Tell every observer a batch ran (``failed`` None: it was cut off).
+
+        :param buffer: the batch (its messages and calls).
+        :param spec: its task.
+        :param reason: why it was flushed.
+        :param waited: seconds from its first message to its start.
+        :param seconds: seconds it ran.
+        :param failed: its messages whose outcome is an error.
+        """
+        report = BatchReport(
+            task_name=spec.task_name,
+            size=len(buffer.items),
+            batch_size=spec.settings.batch_size,
+            reason=reason,
+            waited=waited,
+            seconds=seconds,
+            failed=0 if failed is None else failed,
+            calls=buffer.calls,
+            cut=failed is None,
+        )
+        self.finished(report)
 
     def reclaimed(self, count: int) -> None:
         """Tell every observer of reclaimed deliveries."""

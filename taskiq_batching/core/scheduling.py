@@ -21,7 +21,7 @@ from taskiq_batching.core.bounds import Bounds
 from taskiq_batching.core.buffer import Buffer, Held
 from taskiq_batching.core.call import run_batch
 from taskiq_batching.core.changes import Changes
-from taskiq_batching.core.events import BatchReport, Observers
+from taskiq_batching.core.events import Observers
 from taskiq_batching.core.ports import Key, Serving
 from taskiq_batching.settings import FlushReason
 from taskiq_batching.spec import BatchSpec
@@ -110,6 +110,26 @@ class Runner:
         # not held against the room: the take that tops them up flushes them.
         held = settings.max_held - self.bounds.held[task_name] + buffered
         return max(min(room, held // settings.batch_size), 0)
+
+    def ahead(self, task_name: str, buffered: int = 0) -> bool:
+        """Whether one full batch of a task may be taken to wait for a slot.
+
+        When every slot of the task runs and none waits, the next full
+        batch may wait in the ready queue, as today's worker fills one
+        buffer while its batches run (``max_held`` counts it): the take
+        then overlaps the running batch instead of following it.
+
+        :param task_name: a batched task whose ``room`` is 0.
+        :param buffered: its messages in open buffers.
+        :return: whether a full batch may be taken ahead.
+        """
+        settings = self.specs[task_name].settings
+        if self.backlog[task_name] or not self.running[task_name]:
+            return False
+        if settings.key is not None and settings.max_keys is not None:
+            return False
+        held = settings.max_held - self.bounds.held[task_name] + buffered
+        return held >= settings.batch_size
 
     def queue(self, buffer: Buffer, reason: FlushReason) -> None:
         """Queue a flushed buffer to run, and start what may start.
@@ -206,12 +226,12 @@ class Runner:
                     span.outcomes(outcomes)
         except asyncio.CancelledError:
             if self.observers:
-                self._report(spec, buffer, reason, waited, loop.time() - started)
+                self.observers.ran(buffer, spec, reason, waited, loop.time() - started)
             raise
         ran = loop.time() - started
         if self.observers:
             failed = sum(1 for outcome in outcomes if outcome.error is not None)
-            self._report(spec, buffer, reason, waited, ran, failed)
+            self.observers.ran(buffer, spec, reason, waited, ran, failed)
         if serving.finisher is not None:
             batch = list(zip(buffer.items, outcomes, strict=True))
             await serving.finisher.finish(spec, batch, ran)
@@ -241,30 +261,6 @@ class Runner:
             buffer.items[:] = kept
             self.bounds.release(buffer.task_name, dropped)
         return dropped
-
-    def _report(
-        self,
-        spec: BatchSpec,
-        buffer: Buffer,
-        reason: FlushReason,
-        waited: float,
-        ran: float,
-        failed: int | None = None,
-    ) -> None:
-        """Tell observers a batch ran (``failed`` None: it was cut off)."""
-        self.observers.finished(
-            BatchReport(
-                task_name=spec.task_name,
-                size=len(buffer.items),
-                batch_size=spec.settings.batch_size,
-                reason=reason,
-                waited=waited,
-                seconds=ran,
-                failed=0 if failed is None else failed,
-                calls=buffer.calls,
-                cut=failed is None,
-            ),
-        )
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run work in the background; a stop (``drain``) waits for it.

@@ -112,7 +112,12 @@ class BatchSource(Protocol):
         """Whether this task's messages wait in the broker (else: read and buffered)."""
 
     async def take(
-        self, spec: BatchSpec, room: int, needs: Mapping[str, int] | None = None
+        self,
+        spec: BatchSpec,
+        room: int,
+        needs: Mapping[str, int] | None = None,
+        *,
+        full_only: bool = False,
     ) -> Taken:
         """Take up to ``room`` whole batches of one task that are due.
 
@@ -125,6 +130,9 @@ class BatchSource(Protocol):
         :param needs: keys (``broker_key``) whose short remainder this
             worker holds, and how many messages each lacks: such a key's
             batch is full, and taken, at that many.
+        :param full_only: take only full batches (the worker's read-ahead
+            while its slots run: ``Taker``); the reply's wait is then
+            meaningless.
         """
 
     async def idle(self, specs: Sequence[BatchSpec], timeout_seconds: float) -> None:

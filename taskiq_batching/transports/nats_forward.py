@@ -118,7 +118,12 @@ class Leases:
     # --- BatchSource -----------------------------------------------------------
 
     async def take(
-        self, spec: BatchSpec, room: int, needs: Mapping[str, int] | None = None
+        self,
+        spec: BatchSpec,
+        room: int,
+        needs: Mapping[str, int] | None = None,
+        *,
+        full_only: bool = False,
     ) -> Taken:
         """The task's rounds ready, up to ``room`` (``BatchSource.take``).
 
@@ -130,13 +135,14 @@ class Leases:
         :param room: batches this worker may start now (>= 1).
         :param needs: keys whose short remainder this worker holds, and
             what each lacks.
+        :param full_only: only rounds that filled (``size``).
         :return: the rounds; no wait (the reader wakes ``idle``).
         """
         await self._start_transport()
         reader = self.readers.get(spec.task_name)
         if reader is None:
             return Taken([], None)
-        return Taken(reader.take(room, needs), None)
+        return Taken(reader.take(room, needs, full_only=full_only), None)
 
     async def idle(self, specs: Sequence[BatchSpec], timeout_seconds: float) -> None:
         """Wait until one of these tasks has a round ready, or the timeout.

@@ -106,15 +106,27 @@ class LeaseReader:
         self._task = asyncio.ensure_future(self._loop())
 
     def take(
-        self, room: int, needs: Mapping[str, int] | None = None
+        self,
+        room: int,
+        needs: Mapping[str, int] | None = None,
+        *,
+        full_only: bool = False,
     ) -> list[TakenBatch]:
         """Up to ``room`` batches ready; with none, ask the server for a round.
 
         :param room: batches the worker may start now (>= 1).
         :param needs: what the worker's short remainders lack, by key: such
             a key is full at that many (else at ``batch_size``).
+        :param full_only: only ready batches that filled (``size``), oldest
+            first; no round is asked for (the slot stays free for a worker
+            with room).
         :return: the batches, oldest first.
         """
+        if full_only:
+            taken: list[TakenBatch] = []
+            while self.ready and len(taken) < room and self.ready[0].reason == "size":
+                taken.append(self.ready.popleft())
+            return taken
         if not self.ready:
             self.ready.extend(self.round.want(needs or {}))
         taken = [self.ready.popleft() for _ in range(min(room, len(self.ready)))]

@@ -132,7 +132,12 @@ class RedisBatches:
             )
 
     async def take(
-        self, spec: BatchSpec, room: int, needs: Mapping[str, int] | None = None
+        self,
+        spec: BatchSpec,
+        room: int,
+        needs: Mapping[str, int] | None = None,
+        *,
+        full_only: bool = False,
     ) -> Taken:
         """Take up to ``room`` whole batches of one task (``BatchSource.take``).
 
@@ -140,10 +145,13 @@ class RedisBatches:
         :param room: batches this worker may start now (>= 1).
         :param needs: keys whose short remainder this worker holds, and
             what each lacks (full, and taken, at that many).
+        :param full_only: take full batches only (the script is told of no
+            ``batch_timeout``; a sender's ``batch_deadline`` mark and a dead
+            worker's entries, due anyway, are still taken).
         :return: the batches, and the seconds to the nearest deadline.
         """
         names = self.names(spec.task_name)
-        timeout = spec.settings.batch_timeout
+        timeout = None if full_only else spec.settings.batch_timeout
         args = [
             self.group,
             self.consumer,

@@ -45,6 +45,7 @@ from taskiq_batching.transports.base import (
     Forwarder,
     Transport,
 )
+from taskiq_batching.worker.forwarding import forward_read
 from taskiq_batching.worker.lifecycle import Lifecycle
 from taskiq_batching.worker.options import WorkerOptions
 from taskiq_batching.worker.routing import Router
@@ -197,6 +198,7 @@ class Taker:
             room = self.batcher.room(spec.task_name)
             if room == 0:
                 blocked = True
+                took = await self._take_ahead(source, spec) or took
                 continue
             taken = await source.take(spec, room, self.intake.needs(spec) or None)
             if taken.batches:
@@ -219,6 +221,24 @@ class Taker:
             await self._idle_until_woken(source, quiet, change if blocked else None)
         else:
             await self._pause(None, change)
+
+    async def _take_ahead(self, source: BatchSource, spec: BatchSpec) -> bool:
+        """Take one full batch to wait for a slot of a task whose slots all run.
+
+        Only a full one (``full_only``): a batch due by its timeout is left
+        to a worker with a free slot, so that it starts without waiting for
+        this worker's batch to end (the latency bound across the fleet).
+
+        :param source: the batch source.
+        :param spec: a task with no room.
+        :return: whether a batch was taken.
+        """
+        if not self.batcher.ahead(spec.task_name):
+            return False
+        taken = await source.take(spec, 1, None, full_only=True)
+        if taken.batches:
+            await self.intake.accept(taken.batches)
+        return bool(taken.batches)
 
     async def _idle_until_woken(
         self,
@@ -263,38 +283,9 @@ class Taker:
         finally:
             stopping.cancel()
 
-    # --- forwarding ------------------------------------------------------------
-
     async def forward(self) -> None:
-        """Hand messages of served tasks read on the main queue to the forwarder.
-
-        If forwarding fails, they are parked: this process batches them,
-        as without the broker's help (nothing is lost or delayed).
-        """
-        forwarding, self.router.forwarding = self.router.forwarding, {}
-        marks, self.router.marks = self.router.marks, {}
-        forwarder = self.forwarder
-        assert forwarder is not None or not forwarding
-        mark = getattr(self.source, "mark", None)
-        for task_name, keyed in forwarding.items():
-            spec = self.batcher.specs[task_name]
-            deliveries = [delivery for delivery, _ in keyed]
-            try:
-                assert forwarder is not None
-                await forwarder.forward([(d, spec, key) for d, key in keyed])
-            except Exception as exc:
-                logger.error(
-                    "taskiq_batching: cannot forward %d message(s) of %s to where "
-                    "its batches wait; this worker batches them: %s",
-                    len(deliveries),
-                    task_name,
-                    describe(exc),
-                )
-                for delivery in deliveries:
-                    self.router.parked.park(task_name, delivery)
-                continue
-            if mark is not None and marks.get(task_name):
-                await mark(spec, marks[task_name])
+        """Hand what the pump read of served tasks to the forwarder (``forwarding``)."""
+        await forward_read(self.router, self.batcher, self.forwarder, self.source)
 
 
 def _retrieve(future: "asyncio.Future[None]") -> None:

@@ -173,8 +173,10 @@ class _LearningSource:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    async def take(self, spec: Any, room: int, needs: Any = None) -> Any:
-        taken = await self._inner.take(spec, room, needs)
+    async def take(
+        self, spec: Any, room: int, needs: Any = None, *, full_only: bool = False
+    ) -> Any:
+        taken = await self._inner.take(spec, room, needs, full_only=full_only)
         for batch in taken.batches:
             self._learn(batch.deliveries)
         return taken

@@ -293,3 +293,23 @@ async def test_a_cancelled_take_gives_back_what_it_took(
         assert task_ids(got.batches[0]) == sent
     finally:
         await clean(redis, src.names, queue)
+
+
+@on_both_kinds
+async def test_a_full_only_take_leaves_a_due_batch_for_a_worker_with_room(
+    redis_url: str, queue: str, redis: Redis, kind: Kind
+) -> None:
+    """The taker's read-ahead (``full_only``) takes full batches only: one
+    due by its timeout is left for a worker with a free slot."""
+    task, src = _one(kind, redis_url, queue, 10, 0.001)  # due once sent
+    try:
+        sent = [t.task_id for t in await task.kiq_many(range(15))]
+        ahead = await src.batches.take(src.spec, 2, full_only=True)
+        assert [b.reason for b in ahead.batches] == ["size"]
+        assert task_ids(ahead.batches[0]) == sent[:10]
+        assert not (await src.batches.take(src.spec, 1, full_only=True)).batches
+        due = await src.batches.take(src.spec, 1)
+        assert [b.reason for b in due.batches] == ["timeout"]
+        assert task_ids(due.batches[0]) == sent[10:]
+    finally:
+        await clean(redis, src.names, queue)

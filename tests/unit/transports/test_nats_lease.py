@@ -259,3 +259,19 @@ async def test_keys_are_handed_over_apart_and_the_round_keeps_the_slot(
     assert time.time() >= sent + 0.5 - 0.01
     while not client.frees():  # the round ended: the slot passes on
         await client.next_publish()
+
+
+async def test_a_full_only_take_asks_for_nothing_and_takes_only_full_rounds(
+    setup: Setup,
+) -> None:
+    """The taker's read-ahead: no lease is taken for it (the slot stays
+    free for a worker with room), and a round due by its timeout stays."""
+    client, reader = setup.client, setup.reader
+    assert reader.take(1, full_only=True) == []
+    await asyncio.sleep(0)
+    assert client.requests() == []
+    reader.ready.append(TakenBatch("-", [], "timeout"))
+    assert reader.take(1, full_only=True) == []
+    reader.ready.appendleft(TakenBatch("-", [], "size"))
+    assert [b.reason for b in reader.take(2, full_only=True)] == ["size"]
+    assert [b.reason for b in reader.take(1)] == ["timeout"]

@@ -52,6 +52,8 @@ class FakeSource:
     #: (task, what a short remainder lacked) per key of each take's needs.
     needs: list[tuple[str, int]] = field(default_factory=list)
     idles: int = 0
+    #: Takes of full batches only (the taker's read-ahead).
+    ahead_takes: int = 0
     #: Acked task ids, in order.
     acked: list[str] = field(default_factory=list)
     #: Raised by every take and idle while set.
@@ -77,10 +79,17 @@ class FakeSource:
         return sum(len(messages) for messages in self.waiting.values())
 
     async def take(
-        self, spec: BatchSpec, room: int, needs: Mapping[str, int] | None = None
+        self,
+        spec: BatchSpec,
+        room: int,
+        needs: Mapping[str, int] | None = None,
+        *,
+        full_only: bool = False,
     ) -> Taken:
         loop = asyncio.get_running_loop()
         self.takes.append((spec.task_name, room))
+        if full_only:
+            self.ahead_takes += 1
         self.take_times.append(loop.time())
         self.called.set()
         self.take_started.set()
@@ -92,10 +101,15 @@ class FakeSource:
             raise self.error
         for need in (needs or {}).values():
             self.needs.append((spec.task_name, need))
-        return self._due(spec, room, loop.time(), needs or {})
+        return self._due(spec, room, loop.time(), needs or {}, full_only)
 
     def _due(
-        self, spec: BatchSpec, room: int, now: float, needs: Mapping[str, int]
+        self,
+        spec: BatchSpec,
+        room: int,
+        now: float,
+        needs: Mapping[str, int],
+        full_only: bool = False,
     ) -> Taken:
         settings = spec.settings
         timeout = settings.batch_timeout or 3600.0
@@ -107,7 +121,7 @@ class FakeSource:
             want = needs.get(key, settings.batch_size)
             full = len(messages) >= want
             due = messages[0].arrived + timeout - now
-            if len(batches) < room and (full or due <= 0):
+            if len(batches) < room and (full or (due <= 0 and not full_only)):
                 taken = messages[:want]
                 del messages[:want]
                 deliveries = [self._delivery(one.data) for one in taken]

@@ -75,11 +75,17 @@ async def test_batch_concurrency_bounds_the_batches_taken(
     async with running_worker(broker):
         await entered.get()
         await entered.get()
-        # Both slots are busy: the taker waits for a change, asking nothing.
+        # Both slots are busy: one full batch is taken ahead to wait for a
+        # slot (the read-ahead), then the taker waits for a change, asking
+        # nothing.
+        while source.left() > 4:
+            source.called.clear()
+            await source.called.wait()
         takes = len(source.takes)
         await asyncio.sleep(0.05)
         assert len(source.takes) == takes
-        assert source.left() == 6
+        assert source.left() == 4
+        assert source.ahead_takes == 1
         gate.set()
         await sent[-1].wait_result(timeout=5)
     assert all(room <= 2 for _, room in source.takes)
@@ -94,9 +100,14 @@ class EndsABatchMidTake(FakeSource):
     during: Callable[[], Awaitable[None]] | None = None
 
     async def take(
-        self, spec: BatchSpec, room: int, needs: Mapping[str, int] | None = None
+        self,
+        spec: BatchSpec,
+        room: int,
+        needs: Mapping[str, int] | None = None,
+        *,
+        full_only: bool = False,
     ) -> Taken:
-        taken = await super().take(spec, room, needs)
+        taken = await super().take(spec, room, needs, full_only=full_only)
         counted = sum(1 for name, _ in self.takes if name == self.task_name)
         if spec.task_name == self.task_name and counted == self.nth and self.during:
             await self.during()

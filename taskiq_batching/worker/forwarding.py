@@ -1,0 +1,58 @@
+"""Forwarding: batched messages read on the main queue, moved to where batches wait.
+
+A plain taskiq producer (without the plugin) puts a served task's
+messages on the broker's main queue. The pump reads them and the router
+sets them aside (``Router.forwarding``); after each read, the taker hands
+them to the transport's ``Forwarder``, which moves them to where the
+task's batches wait in the broker, keeping their send time. If moving
+fails, this process batches them itself (``Router.parked``), as without
+the broker's help: nothing is lost or delayed.
+"""
+
+import logging
+
+from taskiq_batching.core.batcher import Batcher
+from taskiq_batching.error_texts import describe
+from taskiq_batching.transports.base import BatchSource, Forwarder
+from taskiq_batching.worker.routing import Router
+
+logger = logging.getLogger("taskiq_batching")
+
+
+async def forward_read(
+    router: Router,
+    batcher: Batcher,
+    forwarder: Forwarder | None,
+    source: BatchSource | None,
+) -> None:
+    """Hand what the pump set aside to the forwarder; park what it cannot move.
+
+    :param router: the pump's router (what was set aside, and parking).
+    :param batcher: the batcher (its tasks).
+    :param forwarder: the transport's forwarder.
+    :param source: the transport's batch source (its ``mark`` of
+        ``batch_deadline``, when it has one).
+    """
+    forwarding, router.forwarding = router.forwarding, {}
+    marks, router.marks = router.marks, {}
+    assert forwarder is not None or not forwarding
+    mark = getattr(source, "mark", None)
+    for task_name, keyed in forwarding.items():
+        spec = batcher.specs[task_name]
+        deliveries = [delivery for delivery, _ in keyed]
+        try:
+            assert forwarder is not None
+            await forwarder.forward([(d, spec, key) for d, key in keyed])
+        except Exception as exc:
+            logger.error(
+                "taskiq_batching: cannot forward %d message(s) of %s to where "
+                "its batches wait; this worker batches them: %s",
+                len(deliveries),
+                task_name,
+                describe(exc),
+            )
+            for delivery in deliveries:
+                router.parked.park(task_name, delivery)
+            continue
+        if mark is not None and marks.get(task_name):
+            await mark(spec, marks[task_name])
