@@ -128,7 +128,7 @@ def markdown(raw: dict[str, Any]) -> str:
         f"late = waits above batch_timeout + {opts['slack_ms']} ms; "
         "ideal from the rate sent; procs = worker processes that ran batches; "
         "worker cpu s = the fleet's CPU seconds from the first send to the "
-        "last result; "
+        "last result (a drain's: from the workers' start, startup included); "
         "path today = per-worker buffers, wait = batches wait in the broker, "
         "wait-plain = the same sent by a plain taskiq kicker (forwarded).",
         "",

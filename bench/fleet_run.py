@@ -126,7 +126,9 @@ async def measure(
         ids = await preload(kiq, drain, s.keys) if drain else []
         with started(argv, s.to_env(), log, f"{s.broker}-{workers}") as proc:
             await wait_ready(redis, s, workers, proc)
-            cpu_before = proc.cpu_seconds()
+            # A drain starts with the workers, before they all said ready:
+            # its CPU counts from their start (imports and startup included).
+            cpu_before = 0.0 if drain else proc.cpu_seconds()
             if not drain:
                 ids, sent_rate = await send(kiq, rate, args.duration, s.keys)
             keys = [f"{s.queue}:{task_id}" for task_id in ids]

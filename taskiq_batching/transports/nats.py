@@ -27,7 +27,7 @@ lets the request in progress end (within ``FETCH_TIMEOUT``) and naks what
 it received but never used (redelivered at once, to any worker).
 
 With ``wait_in_broker``, batched tasks wait on subjects of their own,
-taken under a lease per task (``nats_forward.Leases``: ``batches``).
+taken under a lease per task (``nats_leases.Leases``: ``batches``).
 The producer's side is ``nats_sender.NatsSender`` (``sender_for``).
 
 A consumer redelivers a message unacked for ``ack_wait``. A batch may
@@ -55,8 +55,9 @@ from taskiq_batching.transports.base import (
     finished_read,
 )
 from taskiq_batching.transports.consumer import Consumer
-from taskiq_batching.transports.nats_forward import Leases, Moves
+from taskiq_batching.transports.nats_forward import Moves
 from taskiq_batching.transports.nats_give_back import give_back
+from taskiq_batching.transports.nats_leases import Leases
 from taskiq_batching.transports.nats_pull import Pull, Unsettled, log_reacked
 from taskiq_batching.transports.nats_sender import sender_for as sender_for
 from taskiq_batching.transports.nats_sender import served

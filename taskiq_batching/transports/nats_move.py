@@ -1,7 +1,7 @@
 """Moving a plain producer's batched messages on NATS, without waiting for them.
 
 A worker moves what a plain taskiq kicker put on the main subject to the
-batched task's own subject (``nats_forward.Leases.forward``): one
+batched task's own subject (``nats_forward.Moves.forward``): one
 JetStream publish per message, each stored before its original is acked.
 Measured (docs/fleet.md, "A plain producer's messages, moved"): awaiting
 nats-py's ``JetStreamContext.publish`` per message and then the acks'
