@@ -7,6 +7,8 @@ in the broker for a worker with a free slot (the latency bound).
 """
 
 import asyncio
+from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -24,32 +26,50 @@ async def _until(source: FakeSource) -> None:
     await source.called.wait()
 
 
+@dataclass
+class Gated:
+    """A batched task whose calls wait for ``gate``; ``batches`` records them."""
+
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    batches: list[list[int]] = field(default_factory=list)
+
+    async def run(self, items: list[int]) -> None:
+        self.batches.append(items)
+        self.started.set()
+        await self.gate.wait()
+
+
+async def _sent_and_running(
+    monkeypatch: pytest.MonkeyPatch, count: int, size: int, timeout: float
+) -> tuple[FakeSource, Any, Gated, list[Any]]:
+    """``count`` items waiting in a fake source for a gated task."""
+    source, broker, _ = worker_world(monkeypatch)
+    gated = Gated()
+
+    @batch_task(broker, batch_size=size, batch_timeout=timeout)
+    async def slow(items: list[int]) -> None:
+        await gated.run(items)
+
+    sent = [await slow.kiq(i) for i in range(count)]
+    await preload(broker, source, slow.task_name)
+    return source, broker, gated, sent
+
+
 async def test_one_full_batch_is_taken_ahead_while_the_slot_runs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    source, broker, _ = worker_world(monkeypatch)
-    gate = asyncio.Event()
-    started = asyncio.Event()
-    batches: list[list[int]] = []
-
-    @batch_task(broker, batch_size=2, batch_timeout=3600)
-    async def slow(items: list[int]) -> None:
-        batches.append(items)
-        started.set()
-        await gate.wait()
-
-    sent = [await slow.kiq(i) for i in range(8)]
-    await preload(broker, source, slow.task_name)
+    source, broker, gated, sent = await _sent_and_running(monkeypatch, 8, 2, 3600)
     async with running_worker(broker):
-        await started.wait()
+        await gated.started.wait()
         while source.left() > 4:
             await _until(source)
         # One batch runs, one waits for its slot: no third one is taken.
         assert source.ahead_takes == 1
         assert source.left() == 4
-        gate.set()
+        gated.gate.set()
         await sent[-1].wait_result(timeout=5)
-    assert batches == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert gated.batches == [[0, 1], [2, 3], [4, 5], [6, 7]]
     assert all(room == 1 for _, room in source.takes)
     assert sorted(source.acked) == sorted(s.task_id for s in sent)
 
@@ -57,25 +77,13 @@ async def test_one_full_batch_is_taken_ahead_while_the_slot_runs(
 async def test_a_batch_due_by_its_timeout_is_not_taken_ahead(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    source, broker, _ = worker_world(monkeypatch)
-    gate = asyncio.Event()
-    started = asyncio.Event()
-    batches: list[list[int]] = []
-
-    @batch_task(broker, batch_size=10, batch_timeout=0.001)
-    async def slow(items: list[int]) -> None:
-        batches.append(items)
-        started.set()
-        await gate.wait()
-
-    sent = [await slow.kiq(i) for i in range(13)]
-    await preload(broker, source, slow.task_name)
+    source, broker, gated, sent = await _sent_and_running(monkeypatch, 13, 10, 0.001)
     async with running_worker(broker):
-        await started.wait()
+        await gated.started.wait()
         while source.ahead_takes < 1:
             await _until(source)
         # The three left are due, not full: a worker with a free slot takes them.
         assert source.left() == 3
-        gate.set()
+        gated.gate.set()
         await sent[-1].wait_result(timeout=5)
-    assert batches == [list(range(10)), [10, 11, 12]]
+    assert gated.batches == [list(range(10)), [10, 11, 12]]
