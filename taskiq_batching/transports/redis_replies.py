@@ -104,10 +104,20 @@ def by_stream(reply: Any) -> Iterator[tuple[str, list[Delivery]]]:
         are skipped).
     """
     for stream, found in streams(reply):
-        # One pass per stream, no call per entry but ``data_of``: it runs
-        # for every message read.
+        # One pass per stream and no call per entry: it runs for every
+        # message read. What taskiq-redis writes, as hiredis parses it
+        # (``[b"data", payload]``), is taken in place; anything else (a
+        # dict from redis-py, other fields) through ``data_of``.
         read = [
-            Delivery(data_of(fields), (stream, entry_id))
+            Delivery(
+                fields[1]
+                if type(fields) is list
+                and len(fields) == 2
+                and fields[0] == b"data"
+                and type(fields[1]) is bytes
+                else data_of(fields),
+                (stream, entry_id),
+            )
             for entry_id, fields in found
             if entry_id is not None
         ]

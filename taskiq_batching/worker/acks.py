@@ -10,6 +10,7 @@ is here too.
 import logging
 from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 from taskiq.acks import AckController, AcknowledgeType
 
@@ -53,19 +54,22 @@ async def ack_due(
     :param held: messages at one step of their lifecycle.
     :param when: the step: messages of this ack type are due.
     """
-    due: list[MessageAck] = []
+    # One pass: the handles are gathered as the controllers are marked.
+    handles: list[Any] = []
     for one in held:
         ack = one.ack
         if one.ack_type is when and isinstance(ack, MessageAck) and not ack.is_acked:
             ack.is_acked = True  # before the await: never acked twice
-            due.append(ack)
-    if not due or transport is None:
+            handles.append(ack.delivery.handle)
+    if not handles or transport is None:
         return
     try:
-        await transport.ack([ack.delivery.handle for ack in due])
+        await transport.ack(handles)
     except Exception as exc:
         # Unacked, they will be delivered again: at least once.
-        logger.error("taskiq_batching: %d ack(s) failed: %s", len(due), describe(exc))
+        logger.error(
+            "taskiq_batching: %d ack(s) failed: %s", len(handles), describe(exc)
+        )
 
 
 async def give_back(

@@ -38,8 +38,10 @@ PARK_BYTES = 64 * 1024 * 1024
 #: (``[[],[],...]``): at most ~8 MiB more than the parked bytes.
 PARK_DECODED_BYTES = 256 * 1024
 
-#: A parked message: as read, and decoded when its copy was kept.
-Waiting = tuple[Delivery, Envelope | None]
+#: A parked message: decoded when its copy was kept, and as read. In the
+#: order ``Lifecycle.accept`` takes: a kept one is handed on as parked,
+#: without a new tuple per message.
+Waiting = tuple[Envelope | None, Delivery]
 
 
 class Admission:
@@ -147,14 +149,14 @@ class Parking:
         :param task_name: its batched task.
         :param delivery: the message as read.
         :param envelope: its decoded copy, kept if ``PARK_DECODED_BYTES``
-            allows (its ``size`` set).
+            allows (its ``size`` set by the caller).
         """
         size = len(delivery.data)
         if envelope is not None and self.decoded_size + size <= PARK_DECODED_BYTES:
             self.decoded_size += size
         else:
             envelope = None
-        self.waiting.setdefault(task_name, deque()).append((delivery, envelope))
+        self.waiting.setdefault(task_name, deque()).append((envelope, delivery))
         self.count += 1
         self.size += size
 
@@ -162,24 +164,24 @@ class Parking:
         """Parked messages their task takes now, in order within each task.
 
         :param admission: takes them (stops at a task's first refusal).
-        :return: each message taken, and its decoded copy if it was kept
-            (its ``size`` set).
+        :return: each message taken as it was parked: its decoded copy if it
+            was kept (its ``size`` set when parked), and the message.
         """
         ready: list[Waiting] = []
         for task_name in list(self.waiting):
             waiting = self.waiting[task_name]
-            taken = 0
-            for delivery, envelope in waiting:
-                size = len(delivery.data)
+            taken = kept_size = 0
+            for one in waiting:
+                size = len(one[1].data)
                 if not admission.take(task_name, size):
                     break
                 taken += 1
                 self.size -= size
-                if envelope is not None:
-                    self.decoded_size -= size
-                    envelope.size = size
-                ready.append((delivery, envelope))
+                if one[0] is not None:
+                    kept_size += size
+                ready.append(one)
             self.count -= taken
+            self.decoded_size -= kept_size
             if taken == len(waiting):
                 del self.waiting[task_name]
             else:
@@ -192,7 +194,7 @@ class Parking:
 
         :return: them, task by task, in order within each task.
         """
-        left = [one[0] for waiting in self.waiting.values() for one in waiting]
+        left = [one[1] for waiting in self.waiting.values() for one in waiting]
         self.waiting.clear()
         self.count = self.size = self.decoded_size = 0
         return left

@@ -23,6 +23,7 @@ import asyncio
 import math
 from collections import deque
 from collections.abc import Callable
+from typing import cast
 
 from taskiq import AsyncBroker
 
@@ -223,9 +224,10 @@ class Router:
         """
         ready: list[Parked] = []
         broker = self.broker
-        for delivery, kept in self.parked.unpark(Admission(self.batcher.bounds)):
-            if kept is not None:  # its size set when unparked
-                ready.append((kept, delivery))
+        for one in self.parked.unpark(Admission(self.batcher.bounds)):
+            kept, delivery = one
+            if kept is not None:  # decoded, its size set: handed on as parked
+                ready.append(cast(Parked, one))
                 continue
             envelope = decode(broker, delivery.data)
             if envelope is None:  # decoded when read: it cannot fail now

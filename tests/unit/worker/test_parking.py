@@ -85,10 +85,10 @@ def test_decoded_copies_are_counted_in_wire_bytes(
     for _ in range(3):
         parked.park("task", Delivery(b"x" * 10, None), envelope)
     assert (parked.count, parked.size, parked.decoded_size) == (3, 30, 20)
-    kept = [one[1] is not None for one in parked.waiting["task"]]
+    kept = [one[0] is not None for one in parked.waiting["task"]]
     assert kept == [True, True, False]
     taken = list(parked.unpark(_TakesOne()))  # type: ignore[arg-type]
-    assert [one[1] is envelope for one in taken] == [True]
+    assert [one[0] is envelope for one in taken] == [True]
     assert (parked.count, parked.size, parked.decoded_size) == (2, 20, 10)
     assert len(parked.clear()) == 2
     assert (parked.count, parked.size, parked.decoded_size) == (0, 0, 0)
