@@ -102,11 +102,14 @@ class Batcher:
 
     # --- buffers -----------------------------------------------------------
 
-    def add(self, task_name: str, message: Held) -> None:
+    def add(self, task_name: str, message: Held, now: float | None = None) -> None:
         """Put an admitted message in its buffer; flush what the rules say.
 
         :param task_name: the batched task.
         :param message: the message, its ``item`` not yet set.
+        :param now: the running loop's time now, read by a caller that
+            called ``bind_loop`` with no await since (once for a chunk of
+            messages); None: bound and read here.
         :raises BatchItemError: when anything computed from the message
             fails (``policies.admit``): its arguments, key, policies, deadline.
         :raises ItemFiltered: when ``batch_where`` is false for its item.
@@ -114,7 +117,8 @@ class Batcher:
         spec = self.specs[task_name]
         # One reading of the clock for the whole addition (admission, the
         # buffer's opening, its timer): nothing in between awaits.
-        now = self.bind_loop().time()
+        if now is None:
+            now = self.bind_loop().time()
         # Everything computed from the message, guarded as one: only it fails.
         admission = admit(spec, message, now, self.validate, values=self.error_values)
         args, kwargs, placement = admission.args, admission.kwargs, admission.placement

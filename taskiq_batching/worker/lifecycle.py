@@ -100,20 +100,27 @@ class Lifecycle:
         held: list[Held] = []
         received = False  # whether any is acked when received
         plain = not self.needs_message
+        # The loop looked up once for the chunk, not per message (Python
+        # 3.11's get_running_loop makes a getpid system call); its clock is
+        # read per message: a send time converts from the wall clock with it.
+        loop = self.batcher.bind_loop()
         for envelope, delivery in taken:
             if plain:  # no middleware hook: nothing to await, no coroutine
-                one = self._hold(envelope, None, envelope, delivery, sender_waits)
+                now = loop.time()
+                one = self._hold(envelope, None, envelope, delivery, sender_waits, now)
             else:
                 one = await self._receive(envelope, delivery, sender_waits)
             if one is not None:
                 received |= one.ack_type is AcknowledgeType.WHEN_RECEIVED
                 if sender_waits:
-                    one.waiter = asyncio.get_running_loop().create_future()
+                    one.waiter = loop.create_future()
                 held.append(one)
         if received:
             await ack_due(self.transport, held, AcknowledgeType.WHEN_RECEIVED)
+        if received or not plain:  # it awaited: bound again
+            loop = self.batcher.bind_loop()
         for one in held:
-            self._add(one)
+            self._add(one, loop.time())
         return held
 
     async def _receive(
@@ -125,7 +132,8 @@ class Lifecycle:
         except Exception as exc:
             self._refuse(envelope, delivery, sender_waits, exc)
             return None
-        return self._hold(message, scope, envelope, delivery, sender_waits)
+        now = asyncio.get_running_loop().time()
+        return self._hold(message, scope, envelope, delivery, sender_waits, now)
 
     def _hold(
         self,
@@ -134,10 +142,14 @@ class Lifecycle:
         envelope: Envelope,
         delivery: Delivery | None,
         sender_waits: bool,
+        now: float,
     ) -> Held | None:
-        """A message taken, with its ack controller and ack type: None if one failed."""
+        """A message taken, with its ack controller and ack type: None if one failed.
+
+        :param now: the running loop's time (when it was taken).
+        """
         try:
-            ack, now = self._ack_for(delivery), asyncio.get_running_loop().time()
+            ack = self._ack_for(delivery)
             one = Held(message, ack, now, scope, ack_type=self.ack_type)
             if "ack_type" in message.labels:
                 one.ack_type = self._ack_type(one)
@@ -164,8 +176,11 @@ class Lifecycle:
             exc_info=exc,
         )
 
-    def _add(self, one: Held) -> None:
+    def _add(self, one: Held, now: float) -> None:
         """Buffer one message; if it cannot be, finish it alone, in the background.
+
+        ``now`` is the running loop's time now, its loop bound
+        (``Batcher.bind_loop``) with no await since.
 
         ``Batcher.add`` raises only ``BatchItemError`` and ``ItemFiltered``
         for what a message carries; anything else is a fault of the
@@ -174,7 +189,7 @@ class Lifecycle:
         """
         spec = self.batcher.specs[one.message.task_name]
         try:
-            self.batcher.add(spec.task_name, one)
+            self.batcher.add(spec.task_name, one, now)
         except BatchItemError as exc:
             logger.warning("taskiq_batching: %s", exc)
             self.batcher.spawn(self.finish(spec, [(one, Outcome(error=exc))], 0.0))
