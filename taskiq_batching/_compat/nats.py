@@ -5,6 +5,7 @@ tests on nats-py 2.3 (``pyproject.toml`` bounds: ``nats-py>=2.3,<3``).
 """
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -52,8 +53,13 @@ async def nats_publish_each(
     if send is None or not client.is_connected or not subjects:
         return False
     size = len(payload)
-    head = b" %d\r\n%s\r\n" % (size, payload)
-    await send(b"".join(b"PUB " + subject.encode() + head for subject in subjects))
+    if payload.isascii():  # a verdict: one join, encoded once
+        tail = f" {size}\r\n{payload.decode('ascii')}\r\n"
+        commands = ("PUB " + (tail + "PUB ").join(subjects) + tail).encode()
+    else:
+        head = b" %d\r\n%s\r\n" % (size, payload)
+        commands = b"".join(b"PUB " + subject.encode() + head for subject in subjects)
+    await send(commands)
     client.stats["out_msgs"] += len(subjects)
     client.stats["out_bytes"] += size * len(subjects)
     return True
@@ -81,8 +87,74 @@ class _HandOver(asyncio.Queue[Any]):
             logger.exception("taskiq_batching: a NATS message could not be taken")
 
 
+#: The parameters of ``Client._process_msg`` that ``_Bare`` stands in for.
+_PROCESS_MSG = ["sid", "subject", "reply", "data", "headers"]
+
+
+class _Bare:
+    """A client's ``_process_msg`` that hands some messages over raw.
+
+    A message without headers of a subscription in ``handles`` goes to its
+    handle as parsed: no ``Msg`` built, no subject decoded.
+
+    :param client: the client whose parser calls it.
+    :param process: the client's own ``_process_msg`` (everything else).
+    """
+
+    def __init__(self, client: Any, process: Callable[..., Any]) -> None:
+        self.client = client
+        self.process = process
+        #: Subscription id -> (its subscription, its handle).
+        self.handles: dict[int, tuple[Any, Callable[[bytes, bytes], None]]] = {}
+
+    async def __call__(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: Any
+    ) -> None:
+        """A message parsed: to its raw handle, or as the client handles it."""
+        entry = self.handles.get(sid)
+        if entry is not None and not headers:
+            client = self.client
+            subscription, handle = entry
+            if client._subs.get(sid) is subscription and not subscription._max_msgs:
+                stats = client.stats
+                stats["in_msgs"] += 1
+                stats["in_bytes"] += len(data)
+                subscription._received += 1
+                try:
+                    handle(reply, data)
+                except Exception:
+                    # Raised into the client's reading task, it would end it.
+                    logger.exception(
+                        "taskiq_batching: a NATS message could not be taken"
+                    )
+                return
+            # Unsubscribed, or to end after some messages: as the client does.
+            del self.handles[sid]
+        await self.process(sid, subject, reply, data, headers)
+
+
+def _bare_of(client: Any) -> _Bare | None:
+    """The client's ``_Bare`` (put in place at the first call), or None."""
+    current = getattr(client, "_process_msg", None)
+    if isinstance(current, _Bare):
+        return current
+    if not (
+        inspect.iscoroutinefunction(current)
+        and list(inspect.signature(current).parameters) == _PROCESS_MSG
+        and isinstance(getattr(client, "_subs", None), dict)
+        and isinstance(getattr(client, "stats", None), dict)
+    ):
+        return None
+    bare = _Bare(client, current)
+    client._process_msg = bare
+    return bare
+
+
 async def nats_subscribe_direct(
-    client: Any, subject: str, handle: Callable[[Any], None]
+    client: Any,
+    subject: str,
+    handle: Callable[[Any], None],
+    handle_bare: Callable[[bytes, bytes], None] | None = None,
 ) -> Any:
     """Subscribe; each message is handed to ``handle`` as the client parses it.
 
@@ -90,6 +162,17 @@ async def nats_subscribe_direct(
     a task of its own reads, then awaits the callback: a queue round and a
     coroutine per message. Here ``handle`` (synchronous, must not block)
     is called where the message is put instead.
+
+    With ``handle_bare``, a message without headers goes to it as the raw
+    reply subject and payload, before the client builds its ``Msg`` (a
+    JetStream pull's messages: the status ones have headers). Relies on:
+    the client's parser calling ``Client._process_msg(sid, subject,
+    reply, data, headers)`` on the instance (replaced by a ``_Bare`` that
+    calls the original for everything else), ``Client._subs`` (sid to
+    subscription; a subscription gone from it is not served raw) and the
+    ``in_msgs``/``in_bytes`` counters of ``Client.stats`` and
+    ``Subscription._received``, kept as ``_process_msg`` keeps them (with
+    ``Subscription._max_msgs``, an ``unsubscribe(limit)``: not raw).
 
     Relies on: ``Client.subscribe`` with a callback starting
     ``Subscription._wait_for_msgs_task``, which reads
@@ -118,4 +201,19 @@ async def nats_subscribe_direct(
     ):
         subscription._pending_queue = _HandOver(handle, subscription)
         task.cancel()
+        if handle_bare is not None:
+            _serve_bare(client, subscription, handle_bare)
     return subscription
+
+
+def _serve_bare(
+    client: Any, subscription: Any, handle: Callable[[bytes, bytes], None]
+) -> None:
+    """Hand the subscription's messages without headers to ``handle``, if it can."""
+    if all(
+        isinstance(getattr(subscription, name, None), int)
+        for name in ("_id", "_received", "_max_msgs")
+    ):
+        bare = _bare_of(client)
+        if bare is not None:
+            bare.handles[subscription._id] = (subscription, handle)

@@ -243,13 +243,13 @@ class NatsTransport(Consumer[Unsettled]):
     async def _settle(self, handles: Sequence[Unsettled], verdict: bytes) -> None:
         pull = self._pull
         if pull is not None:
-            for held in handles:
-                leases = self._leases
-                if leases is not None and leases.unhold(held, verdict is ACK):
-                    continue  # another stream's sequence: its reader remembers
-                pull.unhold(held)
-                if verdict is ACK:
-                    pull.acking(held)
+            leases = self._leases
+            acked = verdict is ACK
+            mine = handles
+            if leases is not None:
+                # Another stream's sequence: its reader remembers it.
+                mine = [held for held in handles if not leases.unhold(held, acked)]
+            pull.settled(mine, acked)
         await self._publish(handles, verdict)
 
     async def _publish(self, handles: Sequence[Unsettled], verdict: bytes) -> None:

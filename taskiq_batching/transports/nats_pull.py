@@ -119,7 +119,7 @@ class Pull:
         """Subscribe to an inbox of its own."""
         self._inbox = self.client.new_inbox()
         self._sub = await nats_subscribe_direct(
-            self.client, self._inbox, self._on_message
+            self.client, self._inbox, self._on_message, self._on_bare
         )
 
     def _on_message(self, message: Any) -> None:
@@ -130,9 +130,16 @@ class Pull:
                 self.requested = 0  # expired, or refused: the request ended
                 self.arrived.set()
             return
+        self._take(message.reply, message.data, headers)
+
+    def _on_bare(self, reply: bytes, data: bytes) -> None:
+        """Note a message without headers, as parsed (no ``Msg`` built)."""
+        self._take(reply.decode(), data, None)
+
+    def _take(self, reply: str, data: bytes, headers: Any) -> None:
+        """Note a message delivered: held, to read (unless taken already)."""
         if self.requested > 0:
             self.requested -= 1
-        reply = message.reply
         sequence, delivered, sent_at = delivery_facts(reply)
         if delivered > 1 and sequence in self.acked:
             # Acked by this worker, yet delivered again: the ack was lost (a
@@ -154,13 +161,17 @@ class Pull:
         held = self.held[sequence] = Unsettled(reply, sequence)
         if headers:
             sent_at = message_sent_at(reply, headers)
-        self.unread.append(Delivery(message.data, held, sent_at=sent_at))
+        self.unread.append(Delivery(data, held, sent_at=sent_at))
         self.arrived.set()
 
     def take(self, limit: int) -> list[Delivery]:
         """Up to ``limit`` messages received and not read yet."""
         unread = self.unread
-        return [unread.popleft() for _ in range(min(limit, len(unread)))]
+        if limit >= len(unread):  # the usual case: all of it, at once
+            chunk = list(unread)
+            unread.clear()
+            return chunk
+        return [unread.popleft() for _ in range(limit)]
 
     def back(self, deliveries: Sequence[Delivery]) -> None:
         """Read these again, first (still held)."""
@@ -231,12 +242,26 @@ class Pull:
         limit = info.config.max_ack_pending or self.prefetch
         return (info.num_ack_pending or 0) >= limit
 
-    def acking(self, held: Unsettled) -> None:
-        """Remember that this worker acks it (see ``_on_message``)."""
-        acked = self.acked
-        acked[held.sequence] = None
-        if len(acked) > ACKED_MEMORY:
-            del acked[next(iter(acked))]
+    def settled(self, handles: Sequence[Unsettled], acked: bool) -> None:
+        """No longer held (``unhold``); if acked, remembered (see ``_take``).
+
+        :param handles: messages acked or nak'ed.
+        :param acked: whether they were acked.
+        """
+        held = self.held
+        remembered = self.acked
+        freed = False
+        for one in handles:
+            sequence = one.sequence
+            if held.get(sequence) is one:
+                del held[sequence]
+                freed = True
+            if acked:
+                remembered[sequence] = None
+        while len(remembered) > ACKED_MEMORY:
+            del remembered[next(iter(remembered))]
+        if freed and not self.requested:
+            self.arrived.set()
 
     def unhold(self, held: Unsettled) -> None:
         """No longer held (settled or forgotten); wakes a reader short of room."""

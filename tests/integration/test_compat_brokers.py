@@ -7,6 +7,7 @@ fails this test, not a worker in production.
 
 import asyncio
 import uuid
+from typing import Any
 
 import aiormq
 import nats
@@ -133,5 +134,53 @@ async def test_nats_subscribe_direct_survives_a_failing_handle(nats_url: str) ->
         await asyncio.wait_for(done.wait(), 10)
         assert received == [b"good"]
         assert client.is_connected
+    finally:
+        await client.close()
+
+
+async def test_nats_subscribe_direct_hands_messages_without_headers_over_raw(
+    nats_url: str,
+) -> None:
+    client = await nats.connect(nats_url)
+    built: list[Msg] = []
+
+    class Counted(Msg):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    client.msg_class = Counted
+    try:
+        subject = f"tbcompat-bare-{uuid.uuid4().hex[:8]}"
+        bare: list[tuple[bytes, bytes]] = []
+        parsed: list[Msg] = []
+        done = asyncio.Event()
+
+        def handle(message: Msg) -> None:
+            parsed.append(message)
+            done.set()
+
+        def handle_bare(reply: bytes, data: bytes) -> None:
+            bare.append((reply, data))
+
+        sub = await _compat.nats_subscribe_direct(client, subject, handle, handle_bare)
+        other = await client.subscribe(subject)  # the same client, served as ever
+        await client.publish(subject, b"raw", reply="the.reply")
+        await client.publish(subject, b"with", headers={"Tb": "1"})
+        await client.flush()
+        await asyncio.wait_for(done.wait(), 10)
+        # No Msg built for the raw one: only for the other subscription's
+        # two messages and the one with headers.
+        assert bare == [(b"the.reply", b"raw")]
+        assert [(m.data, m.headers) for m in parsed] == [(b"with", {"Tb": "1"})]
+        assert (await other.next_msg(timeout=10)).data == b"raw"
+        assert (await other.next_msg(timeout=10)).data == b"with"
+        assert len(built) == 3
+        assert sub._received == 2
+        assert client.stats["in_msgs"] == 4
+        await sub.unsubscribe()
+        await client.publish(subject, b"late")
+        assert (await other.next_msg(timeout=10)).data == b"late"
+        assert bare == [(b"the.reply", b"raw")]
     finally:
         await client.close()

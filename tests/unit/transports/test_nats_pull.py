@@ -338,6 +338,35 @@ async def test_acks_in_a_reconnection_are_logged_and_a_redelivery_acked_again(
     assert "delivered again 2 message(s) this worker had acked" in caplog.text
 
 
+async def test_a_settle_frees_room_and_only_acks_are_remembered() -> None:
+    client = Client()
+    nats = transport(client, max_ack_pending=3)
+    reading = asyncio.ensure_future(nats.read(3))
+    await client.asked.wait()
+    for sequence in (1, 2, 3):
+        await client.deliver(sequence)
+    chunk = await reading
+    assert nats.outstanding == 3
+    pull = nats._pull
+    assert pull is not None
+    pull.arrived.clear()
+    await nats.ack([d.handle for d in chunk[:2]])
+    await nats.release(chunk[2:])
+    assert nats.outstanding == 0
+    assert pull.held == {}
+    assert pull.arrived.is_set()  # room: the reader asks again
+    # Delivered again: the acked ones are acked again, the nak'ed one is read.
+    for sequence in (1, 2, 3):
+        await client.deliver(sequence, delivered=2)
+    await client.status("408")
+    again = await nats.read(3)
+    assert [d.handle.sequence for d in again] == [3]
+    assert client.verdicts()[-2:] == [
+        (ack_subject(1, delivered=2), b"+ACK"),
+        (ack_subject(2, delivered=2), b"+ACK"),
+    ]
+
+
 async def test_close_naks_what_was_received_but_never_read() -> None:
     client = Client()
     nats = transport(client)
@@ -370,6 +399,11 @@ async def test_compat_hands_many_publishes_to_the_client_at_once() -> None:
     assert await _compat.nats_publish_each(client, ["a.1", "a.2"], b"+ACK")
     assert sent == [b"PUB a.1 4\r\n+ACK\r\nPUB a.2 4\r\n+ACK\r\n"]
     assert client.stats == {"out_msgs": 2, "out_bytes": 8}
+    payload = "é".encode()  # not ASCII: each command built as bytes
+    assert await _compat.nats_publish_each(client, ["a.é"], payload)
+    assert sent[-1] == "PUB a.é 2\r\né\r\n".encode()
+    del sent[-1]
+    client.stats = {"out_msgs": 0, "out_bytes": 0}
     assert not await _compat.nats_publish_each(client, [], b"+ACK")
     client.is_connected = False  # publish buffers or refuses: its own rules
     assert not await _compat.nats_publish_each(client, ["a.3"], b"+ACK")
