@@ -216,4 +216,15 @@ def _serve_bare(
     ):
         bare = _bare_of(client)
         if bare is not None:
-            bare.handles[subscription._id] = (subscription, handle)
+            # Entries of subscriptions gone since go (each holds its reader).
+            handles = bare.handles
+            for sid in [
+                sid for sid, entry in handles.items() if not _live(client, sid, entry)
+            ]:
+                del handles[sid]
+            handles[subscription._id] = (subscription, handle)
+
+
+def _live(client: Any, sid: int, entry: tuple[Any, Any]) -> bool:
+    """Whether a raw handle's subscription is still the client's."""
+    return client._subs.get(sid) is entry[0]

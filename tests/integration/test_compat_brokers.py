@@ -182,5 +182,11 @@ async def test_nats_subscribe_direct_hands_messages_without_headers_over_raw(
         await client.publish(subject, b"late")
         assert (await other.next_msg(timeout=10)).data == b"late"
         assert bare == [(b"the.reply", b"raw")]
+        # A later direct subscription drops what the gone one left behind.
+        again = await _compat.nats_subscribe_direct(
+            client, subject, handle, handle_bare
+        )
+        bare_of: Any = client._process_msg
+        assert list(bare_of.handles) == [again._id]
     finally:
         await client.close()
