@@ -34,17 +34,15 @@ from typing import Any, TypeVar
 from taskiq import AckableMessage, AsyncBroker, AsyncResultBackend
 
 from taskiq_batching.errors import MissingDependencyError
-from taskiq_batching.transports.base import (
-    SENT_AT_LABEL,
+from taskiq_batching.transports.base import ResultWriter, Transport
+from taskiq_batching.transports.batch_source import (
     BatchSource,
-    Delivery,
     Forwarder,
-    ResultWriter,
     Taken,
     TakenBatch,
-    Transport,
 )
 from taskiq_batching.transports.consumer import Consumer
+from taskiq_batching.transports.delivery import SENT_AT_LABEL, Delivery
 from taskiq_batching.transports.generic import GenericResults, GenericTransport
 from taskiq_batching.transports.sender import BatchSender, Sender
 

@@ -48,8 +48,9 @@ from taskiq_batching.transports.amqp_batches import AmqpBatches
 from taskiq_batching.transports.amqp_give_back import give_back
 from taskiq_batching.transports.amqp_inbox import Inbox
 from taskiq_batching.transports.amqp_sender import sender_for as sender_for
-from taskiq_batching.transports.base import Delivery, finished_read
+from taskiq_batching.transports.base import finished_read
 from taskiq_batching.transports.consumer import Consumer
+from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.transports.generic import GenericTransport
 
 logger = logging.getLogger("taskiq_batching")

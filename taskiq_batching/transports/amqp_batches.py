@@ -59,7 +59,7 @@ from taskiq import AsyncBroker, BrokerMessage
 from taskiq_batching._compat import amqp_connect_like_reader, amqp_queue_settings
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.amqp_task_consumers import Forget, TaskConsumers
-from taskiq_batching.transports.base import SENT_AT_LABEL, Delivery
+from taskiq_batching.transports.delivery import SENT_AT_LABEL, Delivery
 from taskiq_batching.transports.shared import kick_each
 
 #: The queue argument that makes RabbitMQ deliver to one consumer at a time.

@@ -27,7 +27,7 @@ from aiormq.exceptions import AMQPConnectionError, InvalidFrameError
 from pamqp.exceptions import PAMQPException
 
 from taskiq_batching.transports.amqp_headers import properties_sent_at
-from taskiq_batching.transports.base import SENT_AT_LABEL
+from taskiq_batching.transports.delivery import SENT_AT_LABEL
 
 #: Most bytes taken from the socket's buffer at once.
 READ_BYTES = 65536

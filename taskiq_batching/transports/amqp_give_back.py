@@ -19,7 +19,7 @@ from aio_pika import DeliveryMode, Message
 from taskiq import BrokerMessage
 
 from taskiq_batching._compat import amqp_priority_label
-from taskiq_batching.transports.base import SENT_AT_LABEL, Delivery
+from taskiq_batching.transports.delivery import SENT_AT_LABEL, Delivery
 from taskiq_batching.transports.shared import acked_after_resend
 
 

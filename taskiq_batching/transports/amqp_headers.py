@@ -14,7 +14,7 @@ import math
 from decimal import Decimal
 from typing import Any
 
-from taskiq_batching.transports.base import SENT_AT_LABEL
+from taskiq_batching.transports.delivery import SENT_AT_LABEL
 
 
 def sent_at_of(headers: Any, timestamp: Any) -> float | None:

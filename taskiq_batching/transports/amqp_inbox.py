@@ -17,7 +17,7 @@ from typing import Any
 from taskiq_batching._compat import amqp_take_deliveries
 from taskiq_batching.transports.amqp_acks import Channels
 from taskiq_batching.transports.amqp_headers import properties_sent_at, sent_at_of
-from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.delivery import Delivery
 
 
 class Inbox:

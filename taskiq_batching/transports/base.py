@@ -10,137 +10,14 @@ ones work for any taskiq broker and backend.
 """
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from taskiq import AckableMessage, BrokerMessage, TaskiqResult
 
 from taskiq_batching.spec import BatchSpec
-
-#: The label (an AMQP header on the wire) in which the plugin's producer
-#: puts a batched message's send time, epoch seconds, for a transport whose
-#: broker keeps no send time of its own (``stamps_sent_at``).
-SENT_AT_LABEL = "batch_sent_at"
-
-
-@dataclass(slots=True)
-class Delivery:
-    """One message as a transport read it.
-
-    :param data: the message's bytes.
-    :param handle: what acking or releasing it takes (a stream entry, an
-        AMQP delivery tag, an ack callable...); None when it has no ack. A
-        handle whose ``needs_ack`` is False is released, never acked (a
-        message taken from a Redis list has no ack, as one read).
-    :param original: what the broker's own listener yielded, handed to
-        taskiq's Receiver as it is (generic transport only).
-    :param sent_at: when the message was sent (epoch seconds, the broker's or
-        producer's clock), if known: a buffer's batch_timeout counts from its
-        first message's sent_at (else from when it was read).
-    """
-
-    data: bytes
-    handle: Any = None
-    original: bytes | AckableMessage | None = None
-    sent_at: float | None = None
-
-
-@dataclass(slots=True)
-class TakenBatch:
-    """A whole batch of one batched task, taken from where it waited in the broker.
-
-    :param key: the batch key as the broker knows it ("-" without ``batch_key``).
-    :param deliveries: its messages in send order; each handle is acked with
-        the transport's ``ack`` like any other delivery.
-    :param reason: why it was taken now: ``"size"`` (a full batch waited) or
-        ``"timeout"`` (its oldest message reached ``batch_timeout`` since its send).
-    """
-
-    key: str
-    deliveries: list[Delivery]
-    reason: str
-
-
-@dataclass(slots=True)
-class Taken:
-    """What one ``take`` got.
-
-    :param batches: whole batches, at most ``room``, each of another key.
-    :param wait_seconds: seconds until the nearest deadline of what still
-        waits, or None when nothing waits (then call ``idle``).
-    """
-
-    batches: list[TakenBatch]
-    wait_seconds: float | None
-
-
-def per_worker_reason(spec: BatchSpec) -> str | None:
-    """Why a batched task cannot wait in the broker, if it cannot.
-
-    ``batch_min_size`` (a timer that holds back a short buffer) and
-    ``batch_max_keys`` (a bound on the keys one process holds open, whose
-    oldest flushes) are about what one worker buffers; in the broker
-    nothing forms in a worker, so a fleet cannot honour them as one. Such
-    a task is buffered by each worker, as without ``wait_in_broker``
-    (docs/fleet.md, "What the preview honours").
-
-    :param spec: a batched task.
-    :return: the settings that keep it in the worker, or None.
-    """
-    settings = spec.settings
-    found = []
-    if settings.min_size is not None:
-        found.append("batch_min_size")
-    if settings.key is not None and settings.max_keys is not None:
-        found.append("batch_max_keys")
-    return ", ".join(found) or None
-
-
-class BatchSource(Protocol):
-    """Takes whole batches of batched tasks from where they wait in the broker.
-
-    A transport that supports waiting in the broker exposes one as its
-    ``batches`` attribute (``None`` otherwise: the worker buffers what it reads).
-    """
-
-    #: The longest a worker sleeps between two ``take`` calls while messages
-    #: wait but none is due (seconds); the take's slack before a deadline.
-    poll_seconds: float
-
-    def serves(self, spec: BatchSpec) -> bool:
-        """Whether this task's messages wait in the broker (else: read and buffered)."""
-
-    async def take(
-        self,
-        spec: BatchSpec,
-        room: int,
-        needs: Mapping[str, int] | None = None,
-        *,
-        full_only: bool = False,
-    ) -> Taken:
-        """Take up to ``room`` whole batches of one task that are due.
-
-        Due: by size, or by deadline.
-
-        :param spec: the batched task.
-        :param room: batches this worker may start now for it (>= 1): what
-            ``batch_concurrency``, ``max_concurrent_batches`` and
-            ``batch_max_keys`` leave.
-        :param needs: keys (``broker_key``) whose short remainder this
-            worker holds, and how many messages each lacks: such a key's
-            batch is full, and taken, at that many.
-        :param full_only: take only full batches (the worker's read-ahead
-            while its slots run: ``Taker``); the reply's wait is then
-            meaningless.
-        """
-
-    async def idle(self, specs: Sequence[BatchSpec], timeout_seconds: float) -> None:
-        """Wait until a message of one of these tasks may have arrived, or the timeout.
-
-        One blocking command per call (an idle worker costs the broker ~1 command
-        per ``timeout_seconds``); returns early when woken by a send.
-        """
+from taskiq_batching.transports.batch_source import BatchSource
+from taskiq_batching.transports.delivery import Delivery
 
 
 class Transport(Protocol):
@@ -292,39 +169,6 @@ class ResultWriter(Protocol):
         :param results: ``(task_id, result)`` pairs; equal result objects
             may be passed for many task_ids (then written once, if possible).
         :return: ``(index, error)`` of each result that could not be stored.
-        """
-
-
-class Forwarder(Protocol):
-    """Moves batched messages read on the main queue to where their task's batches wait.
-
-    A plain taskiq producer (without the plugin) sends a batched task's
-    message to the main queue; a worker whose transport has a
-    ``BatchSource`` serving the task hands what it reads there to the
-    transport's ``forwarder`` attribute (``None``: it buffers them itself).
-    A forwarder whose tasks wait where no ``BatchSource`` takes them (AMQP:
-    a queue per task, read by the worker like the main one) also has
-    ``serves(spec)`` (the tasks it forwards; else the source's) and
-    ``waited(delivery)``, True for a delivery read where its batch waits
-    (not forwarded again).
-    """
-
-    async def forward(
-        self, deliveries: Sequence[tuple[Delivery, BatchSpec, str]]
-    ) -> None:
-        """Move batched messages, read on the main queue, to where their batches wait.
-
-        On return each message waits with its task's batches (counted from
-        its original send) and is done with on the main queue (acked there);
-        on error none of them is (the worker then batches them itself).
-        NATS's (``nats_forward.Moves``) returns before the broker confirmed
-        the moves, so that the worker reads on: it acks each original once
-        its move is stored, and hands a refused one back to the worker's
-        reads with ``waited`` True (the worker batches it).
-
-        :param deliveries: ``(delivery, its task, its broker key)`` as read
-            on the main queue, in order (``core/broker_keys.py``: the key
-            groups only; the worker still keys each message itself).
         """
 
 

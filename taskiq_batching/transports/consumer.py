@@ -20,11 +20,8 @@ from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, runtime_checkable
 from taskiq import AckableMessage
 
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import (
-    BatchSource,
-    Delivery,
-    Forwarder,
-)
+from taskiq_batching.transports.batch_source import BatchSource, Forwarder
+from taskiq_batching.transports.delivery import Delivery
 
 #: What acking one delivery takes.
 Handle = TypeVar("Handle")

@@ -19,8 +19,9 @@ from taskiq import (
 )
 from taskiq.utils import maybe_awaitable
 
-from taskiq_batching.transports.base import Delivery, Requeue, finished_read
+from taskiq_batching.transports.base import Requeue, finished_read
 from taskiq_batching.transports.consumer import Consumer
+from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.transports.shared import SEND_CONCURRENCY as SEND_CONCURRENCY
 from taskiq_batching.transports.shared import ack_each as ack_each
 from taskiq_batching.transports.shared import acked_after_resend, cancel_until_done

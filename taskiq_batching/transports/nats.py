@@ -48,13 +48,10 @@ from taskiq_nats import PullBasedJetStreamBroker
 
 from taskiq_batching.error_texts import describe
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import (
-    BatchSource,
-    Delivery,
-    Forwarder,
-    finished_read,
-)
+from taskiq_batching.transports.base import finished_read
+from taskiq_batching.transports.batch_source import BatchSource, Forwarder
 from taskiq_batching.transports.consumer import Consumer
+from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.transports.nats_forward import Moves
 from taskiq_batching.transports.nats_give_back import give_back
 from taskiq_batching.transports.nats_leases import Leases

@@ -18,7 +18,7 @@ from taskiq_batching.core.broker_keys import deadline_ms
 from taskiq_batching.error_texts import describe
 from taskiq_batching.labels import BATCH_DEADLINE_LABEL
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.transports.nats_lease_keys import KEY_HEADER
 from taskiq_batching.transports.nats_move import MOVE_TIMEOUT, Move, Moved, Mover
 from taskiq_batching.transports.nats_pull import SENT_AT, Unsettled

@@ -22,7 +22,7 @@ from typing import Any
 
 from taskiq import BrokerMessage
 
-from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.transports.nats_pull import SENT_AT
 from taskiq_batching.transports.shared import acked_after_resend
 

@@ -27,7 +27,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from taskiq_batching.error_texts import describe
-from taskiq_batching.transports.base import Delivery, TakenBatch
+from taskiq_batching.transports.batch_source import TakenBatch
+from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.transports.nats_lease_end import AckedMemory, drain, end_request
 from taskiq_batching.transports.nats_lease_keys import KeyedRound
 from taskiq_batching.transports.nats_pull import (

@@ -27,7 +27,8 @@ from typing import Any
 
 from taskiq_batching.core.broker_keys import NO_KEY, deadline_ms
 from taskiq_batching.labels import BATCH_DEADLINE_LABEL
-from taskiq_batching.transports.base import Delivery, TakenBatch
+from taskiq_batching.transports.batch_source import TakenBatch
+from taskiq_batching.transports.delivery import Delivery
 
 #: The header that carries a message's ``broker_key`` (producer, mover).
 KEY_HEADER = "Tb-Key"

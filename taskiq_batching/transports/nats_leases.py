@@ -19,7 +19,8 @@ from typing import Any
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import Delivery, Taken, per_worker_reason
+from taskiq_batching.transports.batch_source import Taken, per_worker_reason
+from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.transports.nats_lease import LeaseReader
 from taskiq_batching.transports.nats_lease_keys import SLACK
 from taskiq_batching.transports.nats_pull import Unsettled

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from taskiq_batching.error_texts import describe
-from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.delivery import Delivery
 
 #: Seconds a chunk waits for the stream's answers (nats-py's JetStream default).
 MOVE_TIMEOUT = 5.0

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from taskiq_batching._compat import nats_pull_subject, nats_subscribe_direct
-from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.transports.nats_reply import SENT_AT as SENT_AT
 from taskiq_batching.transports.nats_reply import delivery_facts
 from taskiq_batching.transports.nats_reply import message_sent_at as message_sent_at

@@ -29,7 +29,7 @@ from taskiq import BrokerMessage
 from taskiq_batching.error_texts import describe
 from taskiq_batching.errors import SendManyError
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import per_worker_reason
+from taskiq_batching.transports.batch_source import per_worker_reason
 from taskiq_batching.transports.nats_lease_keys import KEY_HEADER
 
 #: Messages published at once by ``kiq_many`` (each waits for its ack).

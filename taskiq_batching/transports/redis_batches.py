@@ -27,7 +27,7 @@ from taskiq import BrokerMessage
 
 from taskiq_batching.core.broker_keys import NO_KEY
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.transports.redis_batches_base import RedisBatches, marks
 from taskiq_batching.transports.redis_batches_lua import TAKE
 from taskiq_batching.transports.redis_batches_names import (

@@ -19,12 +19,8 @@ from taskiq import BrokerMessage
 from taskiq_batching.core.broker_keys import deadline_ms
 from taskiq_batching.error_texts import describe
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import (
-    Delivery,
-    Taken,
-    TakenBatch,
-    per_worker_reason,
-)
+from taskiq_batching.transports.batch_source import Taken, TakenBatch, per_worker_reason
+from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.transports.redis_batches_names import TaskStreams, text_of
 from taskiq_batching.transports.redis_batches_wake import Wakes
 from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient

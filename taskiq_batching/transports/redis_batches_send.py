@@ -17,7 +17,7 @@ from typing import Any
 
 from taskiq import BrokerMessage
 
-from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.transports.redis_batches_lua import SEND_ONCE
 from taskiq_batching.transports.redis_batches_names import (
     TaskEntry,

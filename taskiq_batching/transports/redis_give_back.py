@@ -20,7 +20,7 @@ from typing import Any
 
 from taskiq import BrokerMessage
 
-from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.delivery import Delivery
 
 #: KEYS[1]: the stream; ARGV[1]: the group; ARGV[2]: MAXLEN ('' for none);
 #: ARGV[3]: '~' or '='; then (entry id, data) pairs. Returns the number of

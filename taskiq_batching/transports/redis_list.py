@@ -26,8 +26,8 @@ from taskiq_redis import (
     ListQueueSentinelBroker,
 )
 
-from taskiq_batching.transports.base import Delivery
 from taskiq_batching.transports.consumer import Consumer
+from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient
 from taskiq_batching.transports.redis_give_back import give_back_popped
 from taskiq_batching.transports.redis_list_batches import ListBatches, ListEntry

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 from taskiq import BrokerMessage
 
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.transports.redis_batches_base import RedisBatches, marks
 from taskiq_batching.transports.redis_batches_names import TaskStreams
 from taskiq_batching.transports.redis_batches_send import (

@@ -20,7 +20,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from taskiq_batching._compat.redis_py import string_encoding
-from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.transports.redis_batches import TaskEntry
 from taskiq_batching.transports.redis_batches_lua import ACK_DELETE
 from taskiq_batching.transports.redis_wire import bulk, round_trip

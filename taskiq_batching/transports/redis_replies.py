@@ -19,7 +19,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.delivery import Delivery
 
 
 def _as_parsed(response: Any, **options: Any) -> Any:

@@ -37,8 +37,8 @@ from taskiq_redis import (
 )
 
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import Delivery
 from taskiq_batching.transports.consumer import Consumer
+from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.transports.redis_batches import StreamBatches, TaskEntry
 from taskiq_batching.transports.redis_common import TRANSIENT, RedisClient, cancel
 from taskiq_batching.transports.redis_give_back import give_back_entries

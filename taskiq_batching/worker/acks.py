@@ -16,7 +16,8 @@ from taskiq.acks import AckController, AcknowledgeType
 
 from taskiq_batching.core.buffer import Held
 from taskiq_batching.error_texts import describe
-from taskiq_batching.transports.base import Delivery, Transport
+from taskiq_batching.transports.base import Transport
+from taskiq_batching.transports.delivery import Delivery
 
 logger = logging.getLogger("taskiq_batching")
 

@@ -13,7 +13,7 @@ import logging
 
 from taskiq_batching.core.batcher import Batcher
 from taskiq_batching.error_texts import describe
-from taskiq_batching.transports.base import BatchSource, Forwarder
+from taskiq_batching.transports.batch_source import BatchSource, Forwarder
 from taskiq_batching.worker.routing import Router
 
 logger = logging.getLogger("taskiq_batching")

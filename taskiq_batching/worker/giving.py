@@ -41,7 +41,8 @@ from taskiq import BrokerMessage
 
 from taskiq_batching.core.buffer import Envelope
 from taskiq_batching.error_texts import describe
-from taskiq_batching.transports.base import Delivery, Requeue, Transport, requeuer
+from taskiq_batching.transports.base import Requeue, Transport, requeuer
+from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.worker.parking import Parking
 
 logger = logging.getLogger("taskiq_batching")

@@ -38,7 +38,8 @@ from taskiq_batching.labels import BATCH_LABEL
 from taskiq_batching.tasks import adopt
 from taskiq_batching.tracing import tracer_for
 from taskiq_batching.transports import results_for, transport_for
-from taskiq_batching.transports.base import Delivery, Transport
+from taskiq_batching.transports.base import Transport
+from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.worker.decode import decode
 from taskiq_batching.worker.lifecycle import Lifecycle
 from taskiq_batching.worker.options import WorkerOptions

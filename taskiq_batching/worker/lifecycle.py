@@ -32,7 +32,8 @@ from taskiq_batching.core.policies import ItemFiltered
 from taskiq_batching.error_texts import describe
 from taskiq_batching.errors import BatchItemError
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import Delivery, ResultWriter, Transport
+from taskiq_batching.transports.base import ResultWriter, Transport
+from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.worker.acks import MessageAck, ack_due
 from taskiq_batching.worker.outcomes import Finishing, call_hook, finishing, store
 

@@ -19,7 +19,7 @@ from collections import defaultdict, deque
 
 from taskiq_batching.core.bounds import Bounds
 from taskiq_batching.core.buffer import Envelope
-from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.delivery import Delivery
 
 #: Messages parked at most on a broker with acks (a parked message stays
 #: pending in the broker: a crash loses none of them). Enough to read past

@@ -42,7 +42,8 @@ from taskiq import AckableMessage, AsyncBroker
 
 from taskiq_batching._compat import share_stop_budget
 from taskiq_batching.core.batcher import Batcher
-from taskiq_batching.transports.base import Delivery, Transport
+from taskiq_batching.transports.base import Transport
+from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.worker.acks import give_back, unacked
 from taskiq_batching.worker.lifecycle import Lifecycle
 from taskiq_batching.worker.options import WorkerOptions

@@ -32,7 +32,8 @@ from taskiq_batching.core.broker_keys import NO_KEY, broker_key, deadline_ms
 from taskiq_batching.core.buffer import Envelope
 from taskiq_batching.core.keys import batch_key
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import Delivery, Transport
+from taskiq_batching.transports.base import Transport
+from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.worker.decode import decode
 from taskiq_batching.worker.giving import GiveBacks
 from taskiq_batching.worker.parking import Admission, Parking

@@ -32,7 +32,8 @@ from taskiq_batching.core.batcher import Batcher
 from taskiq_batching.core.buffer import Envelope
 from taskiq_batching.settings import FlushReason
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import Delivery, TakenBatch, per_worker_reason
+from taskiq_batching.transports.batch_source import TakenBatch, per_worker_reason
+from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.worker.decode import decode
 from taskiq_batching.worker.lifecycle import Lifecycle
 from taskiq_batching.worker.routing import Router

@@ -40,11 +40,8 @@ from taskiq import AsyncBroker
 from taskiq_batching.core.batcher import Batcher
 from taskiq_batching.error_texts import describe
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import (
-    BatchSource,
-    Forwarder,
-    Transport,
-)
+from taskiq_batching.transports.base import Transport
+from taskiq_batching.transports.batch_source import BatchSource, Forwarder
 from taskiq_batching.worker.forwarding import forward_read
 from taskiq_batching.worker.lifecycle import Lifecycle
 from taskiq_batching.worker.options import WorkerOptions

@@ -19,7 +19,7 @@ from taskiq_redis import ListQueueBroker, RedisStreamBroker
 
 from taskiq_batching import BatchedTask, BatchingMiddleware, batch_task
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import TakenBatch
+from taskiq_batching.transports.batch_source import TakenBatch
 from taskiq_batching.transports.redis_batches import StreamBatches, TaskStreams
 from taskiq_batching.transports.redis_batches_base import RedisBatches
 from taskiq_batching.transports.redis_list import ListTransport

@@ -17,7 +17,7 @@ from taskiq_aio_pika import AioPikaBroker, Exchange, Queue
 from taskiq_batching._compat import amqp_read_frames_with
 from taskiq_batching.transports.amqp import AmqpTransport
 from taskiq_batching.transports.amqp_frames import FrameReader
-from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.delivery import Delivery
 
 #: aiormq 6's receiver (which takes a timeout too) is left in place.
 AIORMQ_7 = list(inspect.signature(FrameReceiver).parameters) == ["reader"]

@@ -18,7 +18,7 @@ from taskiq_aio_pika import AioPikaBroker, Exchange, Queue
 
 from taskiq_batching import BatchInfo, BatchingMiddleware, batch_task
 from taskiq_batching.transports.amqp import AmqpTransport
-from taskiq_batching.transports.base import SENT_AT_LABEL, Delivery
+from taskiq_batching.transports.delivery import SENT_AT_LABEL, Delivery
 from tests.helpers import running_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]

@@ -31,7 +31,7 @@ from taskiq_batching import BatchingMiddleware, batch_task
 from taskiq_batching.transports import amqp, transport_for
 from taskiq_batching.transports.amqp import AmqpTransport
 from taskiq_batching.transports.amqp_batches import batch_queue_name
-from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.delivery import Delivery
 from tests.helpers import running_worker
 from tests.integration.amqp_app import make_broker as make_app_broker
 from tests.integration.stream_batches import declare

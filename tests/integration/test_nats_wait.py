@@ -35,7 +35,7 @@ from taskiq_batching import (
     batch_task,
     per_item,
 )
-from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.transports.nats import NatsTransport
 from taskiq_batching.transports.nats_send import batch_stream
 from tests.helpers import running_worker

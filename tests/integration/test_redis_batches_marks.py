@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from taskiq_batching import deadline
 from taskiq_batching.core.broker_keys import NO_KEY
-from taskiq_batching.transports.base import Taken
+from taskiq_batching.transports.batch_source import Taken
 from tests.integration.stream_batches import (
     clean,
     declare,

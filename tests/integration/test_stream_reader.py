@@ -18,7 +18,7 @@ from taskiq import BrokerMessage
 from taskiq_redis import RedisStreamBroker
 
 from taskiq_batching._compat.redis_py import hiredis_available
-from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.transports.redis_stream import StreamTransport
 from tests.integration.workers import eventually
 

@@ -6,7 +6,7 @@ from taskiq.acks import AckController
 from taskiq_batching.core.batcher import Batcher
 from taskiq_batching.core.buffer import Buffer, Envelope, Held
 from taskiq_batching.core.ports import Serving
-from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.delivery import Delivery
 
 
 def held(number: int, delivery: Delivery | None, acked: bool = False) -> Held:

@@ -14,7 +14,7 @@ from taskiq_batching.core.batcher import Batcher
 from taskiq_batching.core.buffer import MAX_AGE_SECONDS, Buffer, Envelope, Held
 from taskiq_batching.settings import BatchSettings, FlushReason
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.delivery import Delivery
 
 pytestmark = pytest.mark.timeout(10)
 

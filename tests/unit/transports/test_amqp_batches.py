@@ -13,7 +13,7 @@ from taskiq_batching.transports.amqp_batches import (
     AmqpBatches,
     batch_queue_name,
 )
-from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.delivery import Delivery
 
 
 async def _ack(handles: Any) -> None:

@@ -8,7 +8,7 @@ import pytest
 from pamqp.commands import Basic
 
 from taskiq_batching.transports.amqp_headers import properties_sent_at, sent_at_of
-from taskiq_batching.transports.base import SENT_AT_LABEL
+from taskiq_batching.transports.delivery import SENT_AT_LABEL
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -26,8 +26,8 @@ from taskiq_batching import BatchingMiddleware
 from taskiq_batching.transports import Sender, Transport, sender_for
 from taskiq_batching.transports.amqp import AmqpTransport
 from taskiq_batching.transports.amqp_sender import AmqpSender
-from taskiq_batching.transports.base import Delivery
 from taskiq_batching.transports.consumer import Consumer
+from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.transports.generic import GenericTransport
 from taskiq_batching.transports.nats import NatsTransport
 from taskiq_batching.transports.nats_sender import NatsSender

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from taskiq_batching.transports.base import TakenBatch
+from taskiq_batching.transports.batch_source import TakenBatch
 from taskiq_batching.transports.nats_lease import IDLE_EXPIRES, LeaseReader
 from taskiq_batching.transports.nats_pull import SENT_AT
 

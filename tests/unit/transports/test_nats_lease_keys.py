@@ -10,7 +10,7 @@ import time
 import pytest
 
 from taskiq_batching.core.broker_keys import NO_KEY
-from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.transports.nats_lease_keys import (
     KEY_CHARS,
     KEY_HEADER,

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.transports.nats_forward import Moves
 from taskiq_batching.transports.nats_move import Move, Moved, Mover, refusal
 from taskiq_batching.transports.nats_pull import SENT_AT, Unsettled

@@ -7,7 +7,7 @@ from taskiq import InMemoryBroker
 
 from taskiq_batching import BatchingMiddleware, batch_task
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import per_worker_reason
+from taskiq_batching.transports.batch_source import per_worker_reason
 
 
 def spec_with(**settings: Any) -> BatchSpec:

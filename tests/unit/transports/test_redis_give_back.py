@@ -6,7 +6,7 @@ import pytest
 from taskiq import BrokerMessage
 from taskiq_redis import ListQueueBroker, RedisStreamBroker
 
-from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.transports.redis_list import ListTransport
 from taskiq_batching.transports.redis_stream import StreamTransport
 

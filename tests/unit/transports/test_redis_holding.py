@@ -14,7 +14,7 @@ from taskiq_redis import RedisStreamBroker
 
 from taskiq_batching.errors import ConsumerNameInUseError
 from taskiq_batching.transports import redis_common, redis_holding
-from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.transports.redis_holding import lease_key
 from taskiq_batching.transports.redis_stream import StreamTransport
 from tests.unit.transports.conftest import CommandLog

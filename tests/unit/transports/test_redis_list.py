@@ -17,7 +17,7 @@ from taskiq_redis import (
 
 from taskiq_batching import BatchInfo, BatchingMiddleware, batch_task
 from taskiq_batching.transports import Transport, redis_common, redis_list
-from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.transports.redis_list import ListTransport
 from taskiq_batching.transports.redis_sender import ListSender
 from tests.helpers import Recorder, running_worker

@@ -30,7 +30,7 @@ from taskiq_batching.core.analysis import analyse
 from taskiq_batching.settings import BatchSettings
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports import Transport, redis_common
-from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.transports.redis_pending import Pending
 from taskiq_batching.transports.redis_sender import StreamSender
 from taskiq_batching.transports.redis_stream import StreamTransport

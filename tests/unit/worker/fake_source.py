@@ -18,7 +18,8 @@ from typing import Any
 from taskiq import AsyncBroker
 
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import Delivery, Taken, TakenBatch
+from taskiq_batching.transports.batch_source import Taken, TakenBatch
+from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.transports.generic import GenericTransport, Listen
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.worker.acks import MessageAck
 
 pytestmark = pytest.mark.timeout(10)

@@ -10,7 +10,7 @@ from taskiq.brokers.inmemory_broker import InmemoryResultBackend
 
 from taskiq_batching import BatchingMiddleware, batch_task
 from taskiq_batching.core.buffer import Envelope
-from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.worker import giving
 from taskiq_batching.worker.giving import GIVE_BACK_RATE, REST_SECONDS, GiveBacks
 from taskiq_batching.worker.parking import Parking

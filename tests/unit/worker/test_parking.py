@@ -9,7 +9,7 @@ from taskiq import AsyncBroker
 
 from taskiq_batching import BatchingMiddleware, batch_task
 from taskiq_batching.core.buffer import Envelope
-from taskiq_batching.transports.base import Delivery
+from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.worker import parking, routing
 from taskiq_batching.worker.decode import decode
 from tests.helpers import QueueBroker, queue_broker, running_worker

@@ -11,7 +11,7 @@ from taskiq.receiver import Receiver
 
 from taskiq_batching import BatchingMiddleware, batch_task
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.base import Taken
+from taskiq_batching.transports.batch_source import Taken
 from taskiq_batching.worker import taking
 from tests.helpers import running_worker
 from tests.unit.worker.fake_source import FakeSource, tenant_key
