@@ -57,7 +57,11 @@ from typing import Any
 from aio_pika import DeliveryMode, Message
 from taskiq import AsyncBroker, BrokerMessage
 
-from taskiq_batching._compat import amqp_connect_like_reader, amqp_queue_settings
+from taskiq_batching._compat import (
+    amqp_connect_like_reader,
+    amqp_prefetch,
+    amqp_queue_settings,
+)
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.amqp_forward import Forwards, Settle
 from taskiq_batching.transports.amqp_task_consumers import Forget, TaskConsumers
@@ -122,7 +126,12 @@ class AmqpBatches:
             connect or (lambda: amqp_connect_like_reader(broker))
         )
         #: The forwards waiting for RabbitMQ's confirms.
-        self.forwards = Forwards(self._channel, self._ack_originals, release or _keep)
+        self.forwards = Forwards(
+            self._channel,
+            self._ack_originals,
+            release or _keep,
+            amqp_prefetch(broker),
+        )
 
     def serves(self, spec: BatchSpec) -> bool:
         """Every batched task waits in a queue of its own."""
@@ -206,7 +215,12 @@ class AmqpBatches:
         :param prefetch: the main queue's prefetch.
         :return: the most a main consumer holds, or ``prefetch``.
         """
-        main = max((n for tag, n in held.items() if tag not in self.limits), default=0)
+        # Forwarded originals waiting for their copy's confirm hold no batch.
+        flying = self.forwards.by_consumer
+        main = max(
+            (n - flying[tag] for tag, n in held.items() if tag not in self.limits),
+            default=0,
+        )
         full = any(held[tag] >= limit for tag, limit in self.limits.items())
         if full and prefetch is not None:
             return max(main, prefetch)

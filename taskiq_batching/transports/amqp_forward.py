@@ -16,8 +16,10 @@ back to the main queue (``basic.nack`` with requeue: a worker reads and
 forwards them again; nothing is lost). After such a failure the next
 forwards raise for ``PAUSE_SECONDS``: the worker then batches what it
 reads itself (``worker/taking.py``'s fallback) instead of moving the same
-messages round in a loop. At most ``MAX_UNCONFIRMED`` messages wait for
-their confirm at once (a forward past it waits for the oldest chunk);
+messages round in a loop. At most ``MAX_UNCONFIRMED`` messages (and half
+the main queue's prefetch) wait for their confirm at once (a forward past
+it waits for the oldest chunk), and ``by_consumer`` counts them per main
+consumer: they hold its prefetch, not a batch (``AmqpBatches.outstanding``);
 ``settled`` waits for every chunk (the transport's ``close``, before the
 acks are flushed).
 
@@ -29,7 +31,7 @@ loop that batches.
 
 import asyncio
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -64,6 +66,7 @@ class Forwards:
         declared on it (``AmqpBatches._channel``).
     :param ack: acks originals whose copy is confirmed.
     :param release: gives the others back to the main queue.
+    :param prefetch: the main queue's prefetch (None: none).
     """
 
     def __init__(
@@ -71,14 +74,18 @@ class Forwards:
         channel: Callable[[str], Awaitable[Any]],
         ack: Settle,
         release: Settle,
+        prefetch: int | None = None,
     ) -> None:
         self._channel = channel
         self._ack = ack
         self._release = release
+        self._prefetch = prefetch
         #: Chunks waiting for their confirms, oldest first, with their size.
         self.flying: deque[tuple[asyncio.Future[None], int]] = deque()
         #: Messages in those chunks.
         self.unconfirmed = 0
+        #: The same, by the consumer tag of their original.
+        self.by_consumer: Counter[str] = Counter()
         #: Loop time until which forwards raise ``ForwardingPaused``.
         self.paused_until = 0.0
 
@@ -115,7 +122,11 @@ class Forwards:
         chunk = asyncio.ensure_future(self._settle(deliveries, publishes))
         self.flying.append((chunk, len(moves)))
         self.unconfirmed += len(moves)
-        while self.unconfirmed > MAX_UNCONFIRMED and self.flying:
+        self.by_consumer.update(_consumers(deliveries))
+        bound = MAX_UNCONFIRMED
+        if self._prefetch is not None:
+            bound = min(bound, max(self._prefetch // 2, 1))
+        while self.unconfirmed > bound and self.flying:
             # Not cancelled with this forward: its originals still get settled.
             await asyncio.wait({self.flying[0][0]})
             self._drop_done()
@@ -145,6 +156,8 @@ class Forwards:
             await self._settled(failed, self._release, "give back")
         finally:
             self.unconfirmed -= len(deliveries)
+            self.by_consumer.subtract(_consumers(deliveries))
+            self.by_consumer += Counter()  # drops the zeros
 
     async def _settled(
         self, deliveries: list[Delivery], settle: Settle, verdict: str
@@ -173,3 +186,8 @@ class Forwards:
         if chunks:
             await asyncio.wait(chunks)
         self._drop_done()
+
+
+def _consumers(deliveries: Sequence[Delivery]) -> list[str]:
+    """The consumer tag of each delivery (its handle's third item)."""
+    return [d.handle[2] for d in deliveries if isinstance(d.handle, tuple)]

@@ -177,3 +177,56 @@ async def test_the_task_queues_forward_returns_before_rabbitmq_confirms() -> Non
     underlay.confirms[0].set_result(Basic.Ack())
     await batches.settled()
     assert acked == ["handle"]
+
+
+async def test_originals_waiting_for_confirms_hold_no_batch() -> None:
+    from collections import Counter
+
+    from taskiq_aio_pika import AioPikaBroker
+
+    from taskiq_batching.transports.amqp_batches import AmqpBatches
+
+    batches = AmqpBatches(AioPikaBroker("amqp://nowhere/", qos=10), _no_ack)
+    batches.limits["task"] = 200
+    underlay, main = Underlay(), Main()
+    channel = Channel(underlay)
+
+    async def channel_of(queue: str) -> Channel:
+        return channel
+
+    batches.forwards = Forwards(channel_of, main.ack, main.release, 10)
+    moves = [(Delivery(b"m", (None, i, "main"), None), "t", "q") for i in range(4)]
+    await batches.forwards.forward(moves, 1.0)
+    # The main consumer's 10 read: 4 wait for their copy's confirm. Not
+    # full, so the buffers are not flushed for it.
+    assert batches.outstanding(Counter({"main": 10, "task": 3}), 10) == 6
+    await _published(underlay, 4)
+    for confirm in underlay.confirms:
+        confirm.set_result(Basic.Ack())
+    await batches.forwards.settled()
+    assert batches.outstanding(Counter({"main": 10, "task": 3}), 10) == 10
+    assert not batches.forwards.by_consumer
+
+
+async def _no_ack(handles: Sequence[Any]) -> None:
+    raise AssertionError("not acked here")
+
+
+async def test_unconfirmed_forwards_stay_under_half_the_prefetch() -> None:
+    underlay, main = Underlay(), Main()
+    channel = Channel(underlay)
+
+    async def channel_of(queue: str) -> Channel:
+        return channel
+
+    forwards = Forwards(channel_of, main.ack, main.release, prefetch=4)
+    await forwards.forward(_moves(b"a", b"b"), 1.0)
+    third = asyncio.ensure_future(forwards.forward(_moves(b"c"), 1.0))
+    await _published(underlay, 3)
+    assert not third.done()  # 3 > 4 // 2
+    for confirm in underlay.confirms[:2]:
+        confirm.set_result(Basic.Ack())
+    await asyncio.wait_for(third, 5)
+    underlay.confirms[2].set_result(Basic.Ack())
+    await forwards.settled()
+    assert main.acked == [b"a", b"b", b"c"]
