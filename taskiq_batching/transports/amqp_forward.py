@@ -37,7 +37,9 @@ from typing import Any
 
 from pamqp.commands import Basic
 
+from taskiq_batching._compat import amqp_publish_frames
 from taskiq_batching.error_texts import describe
+from taskiq_batching.transports.amqp_wire import publish_frames
 from taskiq_batching.transports.base import SENT_AT_LABEL, Delivery
 
 logger = logging.getLogger("taskiq_batching")
@@ -106,18 +108,7 @@ class Forwards:
             if queue not in underlays:
                 channel = await self._channel(queue)
                 underlays[queue] = await channel.get_underlay_channel()
-        publishes = []
-        for delivery, task_name, queue in moves:
-            sent_at = delivery.sent_at if delivery.sent_at is not None else now
-            properties = Basic.Properties(
-                headers={"task_name": task_name, SENT_AT_LABEL: repr(sent_at)},
-                delivery_mode=PERSISTENT,
-            )
-            publishes.append(
-                underlays[queue].basic_publish(
-                    delivery.data, routing_key=queue, properties=properties, wait=False
-                )
-            )
+        publishes = await _publish(moves, underlays, now)
         deliveries = [delivery for delivery, _, _ in moves]
         chunk = asyncio.ensure_future(self._settle(deliveries, publishes))
         self.flying.append((chunk, len(moves)))
@@ -191,3 +182,42 @@ class Forwards:
 def _consumers(deliveries: Sequence[Delivery]) -> list[str]:
     """The consumer tag of each delivery (its handle's third item)."""
     return [d.handle[2] for d in deliveries if isinstance(d.handle, tuple)]
+
+
+def _headers(delivery: Delivery, task_name: str, now: float) -> dict[str, str]:
+    sent_at = delivery.sent_at if delivery.sent_at is not None else now
+    return {"task_name": task_name, SENT_AT_LABEL: repr(sent_at)}
+
+
+async def _publish(
+    moves: Sequence[Move], underlays: dict[str, Any], now: float
+) -> list[Any]:
+    """Publish the moves; an awaitable confirmation for each, in order.
+
+    Encoded by hand and written in one piece when the channels are all one
+    (``_compat.amqp_publish_frames``), else one ``basic_publish`` each.
+    """
+    channels = {id(underlay) for underlay in underlays.values()}
+    if len(channels) == 1:
+        [channel] = set(underlays.values())
+        size = getattr(channel, "max_content_size", None)
+        number = getattr(channel, "number", None)
+        if isinstance(size, int) and isinstance(number, int) and size > 0:
+            frames = [
+                publish_frames(number, queue, _headers(d, name, now), d.data, size)
+                for d, name, queue in moves
+            ]
+            futures = await amqp_publish_frames(channel, frames)
+            if futures is not None:
+                return futures
+    return [
+        underlays[queue].basic_publish(
+            d.data,
+            routing_key=queue,
+            properties=Basic.Properties(
+                headers=dict(_headers(d, name, now)), delivery_mode=PERSISTENT
+            ),
+            wait=False,
+        )
+        for d, name, queue in moves
+    ]
