@@ -24,9 +24,11 @@ consumer: they hold its prefetch, not a batch (``AmqpBatches.outstanding``);
 acks are flushed).
 
 Publishes go straight to aiormq's channel (the one under the broker's
-``write_channel``, publisher confirms on): aio-pika's
-``Exchange.publish`` cost ~85 µs of CPU per message here, in the same
-loop that batches.
+``write_channel``, publisher confirms on), a chunk encoded by hand
+(``amqp_wire.py``) and written in one piece
+(``_compat.amqp_publish_frames``), else one ``basic_publish`` each:
+aio-pika's ``Exchange.publish`` cost ~85 µs of CPU per message here, in
+the same loop that batches.
 """
 
 import asyncio
