@@ -8,7 +8,7 @@ aiormq 6.7.5 (``pyproject.toml`` bounds: ``taskiq-aio-pika>=0.6,<0.7``,
 
 import asyncio
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 
@@ -238,3 +238,53 @@ def amqp_read_frames_with(channel: Any, make: Callable[[Any, Any], Any]) -> Any:
     reader = make(stream, channels)
     receiver.get_frame = reader.get_frame  # type: ignore[method-assign]
     return reader
+
+
+async def amqp_publish_frames(
+    channel: Any, frames: Sequence[bytes]
+) -> "list[asyncio.Future[Any]] | None":
+    """Write publishes encoded by hand in one piece; their confirmations.
+
+    Does what aiormq's ``basic_publish`` does for each (a delivery tag, a
+    confirmation future in ``confirmations``, the frames on the
+    connection's write queue), once for the whole chunk, under the
+    channel's lock: the publishes take consecutive tags and go out in one
+    write.
+
+    Relies on: aiormq's ``Channel`` with ``publisher_confirms``, its
+    ``lock`` (an async context manager that raises if the channel is
+    closed), ``delivery_tag`` (the last tag used), ``confirmations`` (tag
+    -> future, resolved with ``Basic.Ack`` or failed by the channel's
+    confirm and close handling), ``create_future()`` (failed when the
+    channel closes) and ``write_queue`` (the connection's queue of aiormq
+    ``ChannelFrame``); ``ChannelFrame(payload, should_close)``.
+
+    :param channel: an aiormq channel.
+    :param frames: each message's frames (``amqp_wire.publish_frames``).
+    :return: a confirmation future per message, in order; None when the
+        channel is not as described (publish with ``basic_publish``).
+    """
+    try:
+        from aiormq.abc import ChannelFrame
+    except ImportError:
+        return None
+    confirmations = getattr(channel, "confirmations", None)
+    if (
+        getattr(channel, "publisher_confirms", False) is not True
+        or not isinstance(confirmations, dict)
+        or not isinstance(getattr(channel, "delivery_tag", None), int)
+        or not isinstance(getattr(channel, "write_queue", None), asyncio.Queue)
+        or not hasattr(channel, "create_future")
+        or "should_close" not in getattr(ChannelFrame, "__dataclass_fields__", {})
+    ):
+        return None
+    async with channel.lock:
+        futures = []
+        for _ in frames:
+            channel.delivery_tag += 1
+            future = channel.create_future()
+            confirmations[channel.delivery_tag] = future
+            futures.append(future)
+        payload = b"".join(frames)
+        await channel.write_queue.put(ChannelFrame(payload=payload, should_close=False))
+    return futures

@@ -106,7 +106,11 @@ class AmqpTransport(Consumer[Handle]):
     def __init__(self, broker: AioPikaBroker, wait_in_broker: bool = False) -> None:
         self.broker: AioPikaBroker = broker
         self.prefetch = amqp_prefetch(broker)
-        waiting = AmqpBatches(broker, self.ack) if wait_in_broker else None
+        waiting = (
+            AmqpBatches(broker, self.ack, release=self.release)
+            if wait_in_broker
+            else None
+        )
         self._waiting = self.forwarder = waiting
         self._inbox = Inbox()
         self._channels = self._inbox.channels
@@ -257,6 +261,9 @@ class AmqpTransport(Consumer[Handle]):
 
     async def _close(self) -> None:
         await self.stop_consuming()
+        if self._waiting is not None:
+            # Forwarded originals are acked once their copies are confirmed.
+            await self._waiting.settled()
         await self._channels.written()
         if self._waiting is not None:
             await self._waiting.close()

@@ -34,9 +34,11 @@ worker). Its ``batch_timeout`` counts from each message's send time (the
   to be forwarded again).
 * **Forwarding** (``forward``, the worker's ``Forwarder``): a batched
   message a plain kicker put on the main queue is published to its
-  task's queue (confirmed; its ``batch_sent_at`` its send time if it had
-  one, else now), then the original is acked: at-least-once (a worker
-  killed between the two forwards it twice).
+  task's queue (its ``batch_sent_at`` its send time if it had one, else
+  now); the original is acked once RabbitMQ confirmed the copy, without
+  holding up the worker's reads (``amqp_forward.py``; one it did not
+  confirm goes back to the main queue): at-least-once (a worker killed
+  between the two forwards it twice).
 * **Failover**: when the active consumer's connection closes (its process
   died), RabbitMQ requeues its unacked messages and activates another
   consumer, which gets them at once.
@@ -45,7 +47,6 @@ The limit: one process at a time assembles and runs a task's batches;
 ``batch_concurrency`` scales within it (docs/fleet.md).
 """
 
-import asyncio
 import hashlib
 import time
 import uuid
@@ -56,10 +57,15 @@ from typing import Any
 from aio_pika import DeliveryMode, Message
 from taskiq import AsyncBroker, BrokerMessage
 
-from taskiq_batching._compat import amqp_connect_like_reader, amqp_queue_settings
+from taskiq_batching._compat import (
+    amqp_connect_like_reader,
+    amqp_prefetch,
+    amqp_queue_settings,
+)
 from taskiq_batching.spec import BatchSpec
+from taskiq_batching.transports.amqp_forward import Forwards, Settle
 from taskiq_batching.transports.amqp_task_consumers import Forget, TaskConsumers
-from taskiq_batching.transports.delivery import SENT_AT_LABEL, Delivery
+from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.transports.shared import kick_each
 
 #: The queue argument that makes RabbitMQ deliver to one consumer at a time.
@@ -95,6 +101,8 @@ class AmqpBatches:
     :param ack: the transport's ``ack`` (forwarded originals).
     :param connect: makes the connection the task queues are consumed on
         (by default, one like the broker's read connection).
+    :param release: the transport's ``release`` (originals whose copy
+        RabbitMQ did not confirm go back to the main queue).
     """
 
     def __init__(
@@ -102,6 +110,7 @@ class AmqpBatches:
         broker: AsyncBroker,
         ack: Ack,
         connect: Callable[[], Awaitable[Any]] | None = None,
+        release: Settle | None = None,
     ) -> None:
         self.broker = broker
         self._ack = ack
@@ -115,6 +124,13 @@ class AmqpBatches:
         #: The connection the task queues are consumed on.
         self.consumers = TaskConsumers(
             connect or (lambda: amqp_connect_like_reader(broker))
+        )
+        #: The forwards waiting for RabbitMQ's confirms.
+        self.forwards = Forwards(
+            self._channel,
+            self._ack_originals,
+            release or _keep,
+            amqp_prefetch(broker),
         )
 
     def serves(self, spec: BatchSpec) -> bool:
@@ -175,6 +191,10 @@ class AmqpBatches:
 
         await self.consumers.start(setup, forget)
 
+    async def settled(self) -> None:
+        """Wait until every forward so far is confirmed and its originals settled."""
+        await self.forwards.settled()
+
     async def close(self) -> None:
         """Close the task queues' connection (after the acks are written)."""
         await self.consumers.close()
@@ -195,7 +215,12 @@ class AmqpBatches:
         :param prefetch: the main queue's prefetch.
         :return: the most a main consumer holds, or ``prefetch``.
         """
-        main = max((n for tag, n in held.items() if tag not in self.limits), default=0)
+        # Forwarded originals waiting for their copy's confirm hold no batch.
+        flying = self.forwards.by_consumer
+        main = max(
+            (n - flying[tag] for tag, n in held.items() if tag not in self.limits),
+            default=0,
+        )
         full = any(held[tag] >= limit for tag, limit in self.limits.items())
         if full and prefetch is not None:
             return max(main, prefetch)
@@ -254,27 +279,23 @@ class AmqpBatches:
     async def forward(
         self, deliveries: Sequence[tuple[Delivery, BatchSpec, str]]
     ) -> None:
-        """Publish main-queue messages to their task's queue, then ack them.
+        """Publish main-queue messages to their task's queue; ack them once stored.
+
+        Returns before RabbitMQ confirms the copies (``amqp_forward.py``).
 
         :param deliveries: ``(delivery, task, key)`` read on the main queue.
-        :raises Exception: a publish or the ack failed (none is acked by this
-            call then; the published ones may run twice).
+        :raises Exception: nothing was published (the worker batches them):
+            the channel could not be had, or a forward failed a moment ago.
         """
-        now = time.time()
-        channels = {}
-        for _, spec, _ in deliveries:
-            name = self.queue_of(spec.task_name)
-            if name not in channels:
-                channels[name] = await self._channel(name)
-        publishes = []
-        for delivery, spec, _ in deliveries:
-            name = self.queue_of(spec.task_name)
-            sent_at = delivery.sent_at if delivery.sent_at is not None else now
-            message = Message(
-                body=delivery.data,
-                headers={"task_name": spec.task_name, SENT_AT_LABEL: repr(sent_at)},
-                delivery_mode=DeliveryMode.PERSISTENT,
-            )
-            publishes.append(channels[name].default_exchange.publish(message, name))
-        await asyncio.gather(*publishes)
-        await self._ack([delivery.handle for delivery, _, _ in deliveries])
+        moves = [
+            (delivery, spec.task_name, self.queue_of(spec.task_name))
+            for delivery, spec, _ in deliveries
+        ]
+        await self.forwards.forward(moves, time.time())
+
+    async def _ack_originals(self, deliveries: Sequence[Delivery]) -> None:
+        await self._ack([delivery.handle for delivery in deliveries])
+
+
+async def _keep(deliveries: Sequence[Delivery]) -> None:
+    """Without a ``release``, originals stay unacked (a closed channel's come back)."""

@@ -139,7 +139,10 @@ class Forwarder(Protocol):
         NATS's (``nats_forward.Moves``) returns before the broker confirmed
         the moves, so that the worker reads on: it acks each original once
         its move is stored, and hands a refused one back to the worker's
-        reads with ``waited`` True (the worker batches it).
+        reads with ``waited`` True (the worker batches it). RabbitMQ's
+        (``amqp_forward.Forwards``) returns before the publisher confirms
+        too: it acks each original once its copy is confirmed, gives back
+        to the main queue one that is not, and then raises for a while.
 
         :param deliveries: ``(delivery, its task, its broker key)`` as read
             on the main queue, in order (``core/broker_keys.py``: the key
