@@ -42,6 +42,7 @@ from pamqp.commands import Basic
 from taskiq_batching._compat import amqp_publish_frames
 from taskiq_batching.error_texts import describe
 from taskiq_batching.transports.amqp_wire import publish_frames
+from taskiq_batching.transports.batch_source import ForwardingPaused
 from taskiq_batching.transports.delivery import SENT_AT_LABEL, Delivery
 
 logger = logging.getLogger("taskiq_batching")
@@ -57,10 +58,6 @@ PERSISTENT = 2
 Move = tuple[Delivery, str, str]
 #: Settles deliveries of the main queue (the transport's ack or release).
 Settle = Callable[[Sequence[Delivery]], Awaitable[None]]
-
-
-class ForwardingPaused(RuntimeError):
-    """A forward failed a moment ago: this worker batches what it reads itself."""
 
 
 class Forwards:

@@ -114,6 +114,15 @@ class BatchSource(Protocol):
         """
 
 
+class ForwardingPaused(RuntimeError):
+    """A forwarder holds off after a failure: the worker batches what it read.
+
+    Raised by ``Forwarder.forward`` while it pauses (RabbitMQ's, after a
+    copy was not confirmed); the failure itself was logged once, so the
+    worker parks the messages without logging each forward refused.
+    """
+
+
 class Forwarder(Protocol):
     """Moves batched messages read on the main queue to where their task's batches wait.
 

@@ -13,7 +13,11 @@ import logging
 
 from taskiq_batching.core.batcher import Batcher
 from taskiq_batching.error_texts import describe
-from taskiq_batching.transports.batch_source import BatchSource, Forwarder
+from taskiq_batching.transports.batch_source import (
+    BatchSource,
+    Forwarder,
+    ForwardingPaused,
+)
 from taskiq_batching.worker.routing import Router
 
 logger = logging.getLogger("taskiq_batching")
@@ -43,6 +47,10 @@ async def forward_read(
         try:
             assert forwarder is not None
             await forwarder.forward([(d, spec, key) for d, key in keyed])
+        except ForwardingPaused:
+            for delivery in deliveries:
+                router.parked.park(task_name, delivery)
+            continue
         except Exception as exc:
             logger.error(
                 "taskiq_batching: cannot forward %d message(s) of %s to where "

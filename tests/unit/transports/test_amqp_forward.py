@@ -8,7 +8,8 @@ import pytest
 from pamqp.commands import Basic
 
 from taskiq_batching.transports import amqp_forward
-from taskiq_batching.transports.amqp_forward import ForwardingPaused, Forwards
+from taskiq_batching.transports.amqp_forward import Forwards
+from taskiq_batching.transports.batch_source import ForwardingPaused
 from taskiq_batching.transports.delivery import SENT_AT_LABEL, Delivery
 
 pytestmark = pytest.mark.timeout(10)

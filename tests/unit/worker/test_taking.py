@@ -19,6 +19,7 @@ from taskiq_batching import (
     batch_task,
     per_item,
 )
+from taskiq_batching.transports.batch_source import ForwardingPaused
 from tests.helpers import QueueBroker, Recorder, queue_broker, running_worker
 from tests.unit.worker.fake_source import FakeForwarder, FakeSource, use_source
 from tests.unit.worker.taking_world import preload, recorded, worker_world
@@ -154,6 +155,25 @@ async def test_a_failed_forward_leaves_the_messages_to_this_worker(
     assert seen.batches == [[0, 1, 2]]
     assert sorted(broker.acked) == sorted(task.task_id for task in sent)
     assert "cannot forward 1 message(s)" in caplog.text  # one per read here
+
+
+async def test_a_paused_forwarder_leaves_the_messages_to_this_worker_quietly(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While a forwarder holds off after a failure it logged once, each
+    forward it refuses is parked without an error of its own."""
+    _source, broker, seen = worker_world(
+        monkeypatch, forward_error=ForwardingPaused("a moment ago")
+    )
+
+    batched = recorded(broker, seen, 3)
+
+    async with running_worker(broker):
+        sent = [await batched.kiq(i) for i in range(3)]
+        await sent[-1].wait_result(timeout=5)
+    assert seen.batches == [[0, 1, 2]]
+    assert sorted(broker.acked) == sorted(task.task_id for task in sent)
+    assert "cannot forward" not in caplog.text
 
 
 async def test_wait_in_broker_false_asks_the_registry_for_today_s_transport(
