@@ -44,6 +44,10 @@ logger = logging.getLogger("taskiq_batching")
 IDLE_EXPIRES = 2.0
 #: Extra seconds to wait for a request's end before giving up on it.
 MARGIN = 1.0
+#: A round past its deadline still takes what its request brings while
+#: messages come closer together than this (seconds): a backlog's burst
+#: fills it, instead of each of its messages, due on arrival, ending one.
+BURST_SECONDS = 0.002
 
 
 class LeaseReader:
@@ -84,8 +88,9 @@ class LeaseReader:
         #: Messages the request in flight may still bring (0: none in flight).
         self.owed = 0
         self.ends_at = 0.0
-        #: Messages the request in flight brought.
+        #: Messages the request in flight brought, the last at ``last_at``.
         self.got = 0
+        self.last_at = 0.0
         self.serial = 0
         #: The status that ended the last request (``409``: refused).
         self.status: str | None = None
@@ -149,6 +154,7 @@ class LeaseReader:
                 self._request_ended()
             return
         self.got += 1
+        self.last_at = time.time()
         if self.owed:  # the request counts every delivery
             self.owed -= 1
             if not self.owed:
@@ -215,7 +221,7 @@ class LeaseReader:
             log_reacked(self.reacked)
             self.reacked = 0
         now = time.time()
-        if self.round.is_due(now):
+        if self.round.is_due(now) and not self._arriving(now):
             self._hand_over(self.round.end())
         if self.owed and now >= self.ends_at:
             self._request_ended()  # no end came (a reconnection): ask again
@@ -243,10 +249,17 @@ class LeaseReader:
             self.wanted = False
         self.wake()
 
+    def _arriving(self, now: float) -> bool:
+        """Whether the request in flight is bringing messages in a burst."""
+        return bool(self.owed) and now - self.last_at < BURST_SECONDS
+
     def _until_due(self, now: float) -> float | None:
         if not self.round or self.round.due is None:
             return None
-        return max(self.round.due - now, 0.0)
+        left = self.round.due - now
+        if left <= 0 and self._arriving(now):
+            return BURST_SECONDS - (now - self.last_at)
+        return max(left, 0.0)
 
     async def _sleep(self, seconds: float | None) -> None:
         """Until poked (a message, a request's end, a take) or ``seconds``."""

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from taskiq_batching.transports import nats_lease
 from taskiq_batching.transports.batch_source import TakenBatch
 from taskiq_batching.transports.nats_lease import IDLE_EXPIRES, LeaseReader
 from taskiq_batching.transports.nats_pull import SENT_AT
@@ -275,3 +276,24 @@ async def test_a_full_only_take_asks_for_nothing_and_takes_only_full_rounds(
     reader.ready.appendleft(TakenBatch("-", [], "size"))
     assert [b.reason for b in reader.take(2, full_only=True)] == ["size"]
     assert [b.reason for b in reader.take(1)] == ["timeout"]
+
+
+async def test_a_backlogs_burst_fills_a_round_already_past_its_deadline(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Messages sent long ago are due on arrival: while the request brings
+    them in a burst, the round takes them all, not one each."""
+    monkeypatch.setattr(nats_lease, "BURST_SECONDS", 60.0)  # a slow box's gaps
+    client, reader = setup.client, setup.reader
+    reader.take(1)
+    await first_request(client)
+    long_ago = time.time() - 60
+    for sequence in (1, 2, 3):
+        await client.message(sequence, long_ago)
+        for _ in range(5):  # the reader's loop runs between two messages
+            await asyncio.sleep(0)
+    [full] = await setup.ready()
+    assert (full.reason, [d.handle.sequence for d in full.deliveries]) == (
+        "size",
+        [1, 2, 3],
+    )
