@@ -11,6 +11,7 @@ list), so in the script's ``visit`` and in the handles of what they take.
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -32,6 +33,8 @@ logger = logging.getLogger("taskiq_batching")
 POLL_SECONDS = 0.02
 #: Keys one take looks at (oldest first; a key taken goes to the back).
 SCAN_KEYS = 64
+#: Seconds between a process's looks for a task's dead worker's entries.
+CLAIM_EVERY_SECONDS = 1.0
 
 
 def marks(messages: Sequence[BrokerMessage], keys: Sequence[str]) -> dict[str, int]:
@@ -81,6 +84,8 @@ class RedisBatches:
         self._start = start
         self._take: Any = None
         self._names: dict[str, TaskStreams] = {}
+        #: When each task's next take looks for a dead worker's entries.
+        self._claim_at: dict[str, float] = {}
         self.wakes = Wakes(client)
 
     def names(self, task_name: str) -> TaskStreams:
@@ -157,7 +162,7 @@ class RedisBatches:
             names.prefix,
             SCAN_KEYS,
             max(room, 1),
-            self.idle_ms or 0,
+            self._claim_ms(spec.task_name),
         ]
         for key, need in (needs or {}).items():
             args += [key, max(int(need), 1)]
@@ -176,6 +181,25 @@ class RedisBatches:
                 continue
             self.client.recovered()
             return self._taken(names, reply)
+
+    def _claim_ms(self, task_name: str) -> int:
+        """The take's claim idle ms: ``idle_ms`` now and then, else 0 (none).
+
+        Looking for a dead worker's entries (``XAUTOCLAIM``) scans the
+        entries pending for the group: ~230 µs of the server's time per
+        take with two batches pending, a quarter of a take. So a process
+        looks at most every ``CLAIM_EVERY_SECONDS`` (or a quarter of
+        ``idle_timeout``, if shorter) per task: a dead worker's batch is
+        taken over that much later at most.
+        """
+        if not self.idle_ms:
+            return 0
+        now = time.monotonic()
+        if now < self._claim_at.get(task_name, 0.0):
+            return 0
+        every = min(CLAIM_EVERY_SECONDS, self.idle_ms / 4000)
+        self._claim_at[task_name] = now + every
+        return self.idle_ms
 
     async def _call(self, names: TaskStreams, args: list[Any]) -> Any:
         """The take script's reply; a take cancelled meanwhile loses nothing.

@@ -1,6 +1,7 @@
 """Batched messages waiting in Redis: names, keys and the registry's switch."""
 
 import binascii
+import time
 
 import pytest
 from taskiq import InMemoryBroker
@@ -22,6 +23,7 @@ from taskiq_batching.transports.redis_batches import (
     TaskStreams,
     entry_ms,
 )
+from taskiq_batching.transports.redis_batches_base import CLAIM_EVERY_SECONDS
 from taskiq_batching.transports.redis_batches_names import slot_of
 from taskiq_batching.transports.redis_batches_wake import Wakes
 from taskiq_batching.transports.redis_common import RedisClient
@@ -169,3 +171,24 @@ def test_a_wait_remembers_the_wake_id_read_whatever_the_protocol(reply: object) 
     wakes = Wakes(RedisClient(RedisStreamBroker("redis://localhost:6379/0")))
     wakes._read(reply)
     assert wakes.seen == {"w": b"7-1"}
+
+
+def test_a_take_looks_for_a_dead_workers_entries_now_and_then(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``XAUTOCLAIM`` scans what is pending (a quarter of a take's server
+    time): a process asks for it at most every ``CLAIM_EVERY_SECONDS`` per
+    task, or a quarter of ``idle_timeout`` if shorter."""
+    now = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    for idle_ms, every in ((600_000, CLAIM_EVERY_SECONDS), (400, 0.1)):
+        broker = RedisStreamBroker("redis://localhost:6379/0", idle_timeout=idle_ms)
+        batches = transport_for(broker, wait_in_broker=True).batches
+        assert isinstance(batches, StreamBatches)
+        assert batches._claim_ms("a") == idle_ms
+        assert batches._claim_ms("a") == 0
+        assert batches._claim_ms("b") == idle_ms  # each task its own
+        now[0] += every * 0.9
+        assert batches._claim_ms("a") == 0
+        now[0] += every * 0.2
+        assert batches._claim_ms("a") == idle_ms
