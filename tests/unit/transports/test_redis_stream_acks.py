@@ -108,3 +108,24 @@ async def test_on_a_cluster_redis_py_sends_the_ack_delete(
     await pending_for(redis, set(), cluster=True).ack(taken(ids))
     assert len(commands.named("EVAL")) == 1
     assert await redis.xlen("s") == 0
+
+
+async def test_entries_acked_out_of_order_are_removed_and_pending_ones_kept(
+    redis: Any,
+) -> None:
+    """Acked entries go (a group made again at 0 runs none twice), pending
+    ones stay, whatever the order of the acks."""
+    ids = await added(redis, 5)
+    handles = taken(ids)
+    pending = pending_for(redis, set(handles))
+    await pending.ack([handles[1], handles[3]])  # 0, 2 and 4 still run
+    assert [entry_id for entry_id, _ in await redis.xrange("s")] == [
+        ids[0],
+        ids[2],
+        ids[4],
+    ]
+    await pending.ack([handles[0]])  # the oldest pending is now 2
+    assert [entry_id for entry_id, _ in await redis.xrange("s")] == [ids[2], ids[4]]
+    await pending.ack([handles[2], handles[4]])  # none pending: all delivered done
+    assert await redis.xlen("s") == 0
+    assert (await redis.xpending("s", GROUP))["pending"] == 0
