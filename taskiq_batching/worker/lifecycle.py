@@ -35,7 +35,13 @@ from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import ResultWriter, Transport
 from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.worker.acks import MessageAck, ack_due
-from taskiq_batching.worker.outcomes import Finishing, call_hook, finishing, store
+from taskiq_batching.worker.outcomes import (
+    Finishing,
+    call_hook,
+    finishing,
+    run_hook,
+    store,
+)
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -298,31 +304,8 @@ class Lifecycle:
         self._forget([one.held.delivery for one in alive if not one.ok])
 
     async def _each(self, alive: list[Finishing], hook: str) -> None:
-        """Run a hook of every middleware (last added first) for each message.
-
-        A message whose middleware raises stops there, as its taskiq
-        callback would: no later hook, result or ack (its batch-mates go on).
-        """
-        middlewares = self.hooks[hook]
-        if not middlewares:
-            return
-        for one in alive:
-            error = one.outcome.error
-            if not one.ok or (hook == "on_error" and error is None):
-                continue
-            message = one.held.taskiq_message()
-            extra = (error,) if hook == "on_error" else ()
-            try:
-                for middleware in reversed(middlewares):
-                    method = getattr(middleware, hook)
-                    await call_hook(one.held.scope, method, message, one.result, *extra)
-            except Exception:
-                one.ok = False
-                logger.exception(
-                    "taskiq_batching: %s failed for message %s; it is left unfinished",
-                    hook,
-                    one.held.task_id,
-                )
+        """Run a hook of every middleware for each message (``run_hook``)."""
+        await run_hook(self.hooks[hook], alive, hook)
 
     async def _ack_done(self, alive: list[Finishing], when: AcknowledgeType) -> None:
         await ack_due(self.transport, [one.held for one in alive if one.ok], when)

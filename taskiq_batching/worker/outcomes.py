@@ -10,10 +10,11 @@ import contextvars
 import inspect
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from taskiq import TaskiqResult
+from taskiq.abc.middleware import TaskiqMiddleware
 
 from taskiq_batching.core.buffer import Held
 from taskiq_batching.core.call import FILTERED_LABEL, Outcome
@@ -153,3 +154,36 @@ async def call_hook(
     if inspect.isawaitable(value):
         return await _in_scope(scope, value)
     return value
+
+
+async def run_hook(
+    middlewares: Sequence[TaskiqMiddleware], alive: list[Finishing], hook: str
+) -> None:
+    """Run a hook of every middleware (last added first) for each message.
+
+    A message whose middleware raises stops there, as its taskiq callback
+    would: no later hook, result or ack (its batch-mates go on).
+
+    :param middlewares: the middlewares that override ``hook``.
+    :param alive: the batch's messages being finished.
+    :param hook: ``on_error``, ``post_execute`` or ``post_save``.
+    """
+    if not middlewares:
+        return
+    for one in alive:
+        error = one.outcome.error
+        if not one.ok or (hook == "on_error" and error is None):
+            continue
+        message = one.held.taskiq_message()
+        extra = (error,) if hook == "on_error" else ()
+        try:
+            for middleware in reversed(middlewares):
+                method = getattr(middleware, hook)
+                await call_hook(one.held.scope, method, message, one.result, *extra)
+        except Exception:
+            one.ok = False
+            logger.exception(
+                "taskiq_batching: %s failed for message %s; it is left unfinished",
+                hook,
+                one.held.task_id,
+            )
