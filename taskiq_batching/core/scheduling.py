@@ -126,6 +126,10 @@ class Runner:
         settings = self.specs[task_name].settings
         if self.backlog[task_name] or not self.running[task_name]:
             return False
+        # A batch waiting counts against every task's process-wide room:
+        # one taken ahead must leave a slot for the others.
+        if self.max_concurrent_batches - len(self.tasks) - len(self.ready) < 2:
+            return False
         if settings.key is not None and settings.max_keys is not None:
             return False
         held = settings.max_held - self.bounds.held[task_name] + buffered

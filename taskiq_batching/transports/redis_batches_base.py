@@ -162,7 +162,7 @@ class RedisBatches:
             names.prefix,
             SCAN_KEYS,
             max(room, 1),
-            self._claim_ms(spec.task_name),
+            0 if full_only else self._claim_ms(spec),
         ]
         for key, need in (needs or {}).items():
             args += [key, max(int(need), 1)]
@@ -182,7 +182,7 @@ class RedisBatches:
             self.client.recovered()
             return self._taken(names, reply)
 
-    def _claim_ms(self, task_name: str) -> int:
+    def _claim_ms(self, spec: BatchSpec) -> int:
         """The take's claim idle ms: ``idle_ms`` now and then, else 0 (none).
 
         Looking for a dead worker's entries (``XAUTOCLAIM``) scans the
@@ -190,10 +190,15 @@ class RedisBatches:
         take with two batches pending, a quarter of a take. So a process
         looks at most every ``CLAIM_EVERY_SECONDS`` (or a quarter of
         ``idle_timeout``, if shorter) per task: a dead worker's batch is
-        taken over that much later at most.
+        taken over that much later at most. A keyed task looks on every
+        take (a take visits its oldest keys only, so a look now and then
+        could miss a dead worker's key for as many rounds as it has keys).
         """
         if not self.idle_ms:
             return 0
+        if spec.settings.key is not None:
+            return self.idle_ms
+        task_name = spec.task_name
         now = time.monotonic()
         if now < self._claim_at.get(task_name, 0.0):
             return 0

@@ -33,6 +33,7 @@ logged and retried after a growing pause: they never stop the worker.
 
 import asyncio
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 from taskiq import AsyncBroker
@@ -114,6 +115,8 @@ class Taker:
         #: The ``idle`` call in flight, and the tasks it watches.
         self._idle: tuple[frozenset[str], asyncio.Future[None]] | None = None
         self._failures = 0
+        #: Per task, the change a read-ahead that found nothing waits for.
+        self._ahead_spent: dict[str, asyncio.Future[None]] = {}
 
     @property
     def active(self) -> bool:
@@ -188,54 +191,72 @@ class Taker:
         # Asked before any room is looked at: a batch that ends while this
         # round awaits its takes frees room that the wait below must see.
         change = self.batcher.changed()
-        waits: list[float] = []
-        quiet: list[BatchSpec] = []
-        blocked = took = False
-        for spec in self.specs:
-            room = self.batcher.room(spec.task_name)
-            if room == 0:
-                blocked = True
-                took = await self._take_ahead(source, spec) or took
-                continue
-            taken = await source.take(spec, room, self.intake.needs(spec) or None)
-            if taken.batches:
-                took = True
-                await self.intake.accept(taken.batches)
-            if taken.wait_seconds is not None:
-                waits.append(taken.wait_seconds)
-            elif not taken.batches:
-                quiet.append(spec)
-            if self.spent:
-                return
-        if took:
-            return  # more may be due: take again at once
-        if waits:
-            shortest = min(min(waits), source.poll_seconds)
-            await self._pause(
-                max(shortest, MIN_PAUSE_SECONDS), change if blocked else None
-            )
-        elif quiet:
-            await self._idle_until_woken(source, quiet, change if blocked else None)
+        looked = await self._take_each(source, change)
+        if looked is None or looked.took:
+            return  # spent, or more may be due: take again at once
+        wake = change if looked.blocked else None
+        if looked.waits:
+            shortest = min(min(looked.waits), source.poll_seconds)
+            await self._pause(max(shortest, MIN_PAUSE_SECONDS), wake)
+        elif looked.quiet:
+            await self._idle_until_woken(source, looked.quiet, wake)
         else:
             await self._pause(None, change)
 
-    async def _take_ahead(self, source: BatchSource, spec: BatchSpec) -> bool:
+    async def _take_each(
+        self, source: BatchSource, change: "asyncio.Future[None]"
+    ) -> "_Looked | None":
+        """One take per task (ahead, for a task without room).
+
+        :return: what the takes said, or None once the process is spent.
+        """
+        looked = _Looked()
+        for spec in self.specs:
+            room = self.batcher.room(spec.task_name)
+            if room == 0:
+                looked.blocked = True
+                looked.took = (
+                    await self._take_ahead(source, spec, change) or looked.took
+                )
+            else:
+                taken = await source.take(spec, room, self.intake.needs(spec) or None)
+                if taken.batches:
+                    looked.took = True
+                    await self.intake.accept(taken.batches)
+                if taken.wait_seconds is not None:
+                    looked.waits.append(taken.wait_seconds)
+                elif not taken.batches:
+                    looked.quiet.append(spec)
+            if self.spent:
+                return None
+        return looked
+
+    async def _take_ahead(
+        self, source: BatchSource, spec: BatchSpec, change: "asyncio.Future[None]"
+    ) -> bool:
         """Take one full batch to wait for a slot of a task whose slots all run.
 
         Only a full one (``full_only``): a batch due by its timeout is left
         to a worker with a free slot, so that it starts without waiting for
         this worker's batch to end (the latency bound across the fleet).
+        A take that found none is not made again before a change (a batch
+        ended): one per batch at most, not one per round.
 
         :param source: the batch source.
         :param spec: a task with no room.
+        :param change: resolved at the batcher's next change.
         :return: whether a batch was taken.
         """
-        if not self.batcher.ahead(spec.task_name):
+        name = spec.task_name
+        spent = self._ahead_spent.get(name)
+        if (spent is not None and not spent.done()) or not self.batcher.ahead(name):
             return False
         taken = await source.take(spec, 1, None, full_only=True)
-        if taken.batches:
-            await self.intake.accept(taken.batches)
-        return bool(taken.batches)
+        if not taken.batches:
+            self._ahead_spent[name] = change
+            return False
+        await self.intake.accept(taken.batches)
+        return True
 
     async def _idle_until_woken(
         self,
@@ -289,3 +310,17 @@ def _retrieve(future: "asyncio.Future[None]") -> None:
     """An ``idle`` no round waits on any more: its error is not news."""
     if not future.cancelled():
         future.exception()
+
+
+@dataclass
+class _Looked:
+    """What one round's takes said."""
+
+    #: Seconds to the nearest deadline, per task with messages waiting.
+    waits: list[float] = field(default_factory=list)
+    #: Tasks with nothing waiting.
+    quiet: list[BatchSpec] = field(default_factory=list)
+    #: A task had no room (a batch ending may give it some).
+    blocked: bool = False
+    #: Something was taken.
+    took: bool = False

@@ -2,6 +2,8 @@
 
 import binascii
 import time
+from collections.abc import Callable
+from typing import Any, cast
 
 import pytest
 from taskiq import InMemoryBroker
@@ -16,6 +18,8 @@ from taskiq_redis import (
 )
 
 from taskiq_batching.core.broker_keys import NO_KEY, broker_key
+from taskiq_batching.settings import BatchSettings
+from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports import redis_list, transport_for
 from taskiq_batching.transports.redis_batches import (
     StreamBatches,
@@ -173,6 +177,12 @@ def test_a_wait_remembers_the_wake_id_read_whatever_the_protocol(reply: object) 
     assert wakes.seen == {"w": b"7-1"}
 
 
+def _spec(task_name: str, key: Callable[[Any], Any] | None = None) -> BatchSpec:
+    """A task's spec as the take reads it (its name and settings only)."""
+    settings = BatchSettings(batch_size=10, batch_timeout=1.0, key=key)
+    return BatchSpec(task_name, settings, cast(Any, None), None)
+
+
 def test_a_take_looks_for_a_dead_workers_entries_now_and_then(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -185,10 +195,12 @@ def test_a_take_looks_for_a_dead_workers_entries_now_and_then(
         broker = RedisStreamBroker("redis://localhost:6379/0", idle_timeout=idle_ms)
         batches = transport_for(broker, wait_in_broker=True).batches
         assert isinstance(batches, StreamBatches)
-        assert batches._claim_ms("a") == idle_ms
-        assert batches._claim_ms("a") == 0
-        assert batches._claim_ms("b") == idle_ms  # each task its own
+        assert batches._claim_ms(_spec("a")) == idle_ms
+        assert batches._claim_ms(_spec("a")) == 0
+        assert batches._claim_ms(_spec("b")) == idle_ms  # each task its own
         now[0] += every * 0.9
-        assert batches._claim_ms("a") == 0
+        assert batches._claim_ms(_spec("a")) == 0
         now[0] += every * 0.2
-        assert batches._claim_ms("a") == idle_ms
+        assert batches._claim_ms(_spec("a")) == idle_ms
+        assert batches._claim_ms(_spec("k", key=len)) == idle_ms
+        assert batches._claim_ms(_spec("k", key=len)) == idle_ms  # keyed: always
