@@ -10,25 +10,22 @@ at rest sends the broker one blocking command per ``IDLE_SECONDS`` for
 all of them:
 
 * for each task with room (``Runner.room``: ``batch_concurrency``,
-  ``max_concurrent_batches``, ``batch_max_keys`` and the task's held
-  bound), ``take`` up to that many batches; a task without room waits
-  for a change (a batch finished), which costs the broker nothing;
-* each batch taken goes through the one lifecycle of a batched message
-  and the flush rules (``taken.Intake``): what is left of a batch taken
-  by its deadline flushes at once; a batch taken full that lost messages
-  (rejected, filtered) stays open, and the next take of its key takes
-  what it lacks;
+  ``max_concurrent_batches``, ``batch_max_keys``, the held bound),
+  ``take`` up to that many batches; a task whose slots all run takes one
+  *full* batch ahead to wait for a slot (``Runner.ahead``: the take
+  overlaps the running batch), else it waits for a batch to end;
+* each batch taken goes through the one lifecycle and the flush rules
+  (``taken.Intake``): what is left of a batch taken by its deadline
+  flushes at once; one taken full that lost messages stays open, and the
+  next take of its key takes what it lacks;
 * then, while messages wait but none is due, it sleeps until the nearest
-  deadline or ``poll_seconds``, whichever is sooner; when nothing waits,
-  it blocks in ``idle`` until a send wakes it.
+  deadline or ``poll_seconds``; when nothing waits, it blocks in
+  ``idle`` until a send wakes it.
 
-Messages of a served task that a plain producer put on the main queue
-are read by the pump and handed to the transport's ``forwarder``
-(``forward``); if it fails, or there is none, they are batched here as
-without the broker's help. A stop ends the loop (a ``take`` in flight
-finishes and its batches run); nothing forms in the process, so nothing
-is given back. Errors of the broker (``take``, ``idle``, ``forward``) are
-logged and retried after a growing pause: they never stop the worker.
+A plain producer's messages of a served task are forwarded
+(``worker/forwarding.py``). A stop ends the loop (a ``take`` in flight
+finishes and its batches run). Errors of the broker are logged and
+retried after a growing pause: they never stop the worker.
 """
 
 import asyncio
