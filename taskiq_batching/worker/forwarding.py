@@ -10,9 +10,11 @@ the broker's help: nothing is lost or delayed.
 """
 
 import logging
+from collections.abc import Iterable
 
 from taskiq_batching.core.batcher import Batcher
 from taskiq_batching.error_texts import describe
+from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.batch_source import (
     BatchSource,
     Forwarder,
@@ -21,6 +23,29 @@ from taskiq_batching.transports.batch_source import (
 from taskiq_batching.worker.routing import Router
 
 logger = logging.getLogger("taskiq_batching")
+
+
+def route_forwards(
+    router: Router,
+    forwarder: Forwarder,
+    served: Iterable[BatchSpec],
+    every: Iterable[BatchSpec],
+) -> None:
+    """Tell the router which tasks' messages read on the main queue to set aside.
+
+    :param router: the pump's router.
+    :param forwarder: the transport's forwarder.
+    :param served: the tasks the batch source serves.
+    :param every: every batched task: a forwarder with ``serves`` picks
+        its own among them (AMQP: a queue per task, whose deliveries the
+        pump reads, told apart by ``waited``).
+    """
+    serves = getattr(forwarder, "serves", None)
+    if serves is None:
+        router.forwarded = {spec.task_name for spec in served}
+    else:
+        router.forwarded = {spec.task_name for spec in every if serves(spec)}
+    router.waited = getattr(forwarder, "waited", None)
 
 
 async def forward_read(

@@ -40,7 +40,7 @@ from taskiq_batching.error_texts import describe
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import Transport
 from taskiq_batching.transports.batch_source import BatchSource, Forwarder
-from taskiq_batching.worker.forwarding import forward_read
+from taskiq_batching.worker.forwarding import forward_read, route_forwards
 from taskiq_batching.worker.lifecycle import Lifecycle
 from taskiq_batching.worker.options import WorkerOptions
 from taskiq_batching.worker.routing import Router
@@ -97,16 +97,8 @@ class Taker:
             log_per_worker(batcher.specs.values(), self.specs)
         self.intake = Intake(broker, batcher, lifecycle, router)
         self.forwarder: Forwarder | None = getattr(transport, "forwarder", None)
-        forwarder = self.forwarder
-        if forwarder is not None:
-            # A forwarder's tasks may wait without a source (AMQP: a queue
-            # per task, whose deliveries the pump reads: ``waited``).
-            serves = getattr(forwarder, "serves", None)
-            forwarded = self.specs if serves is None else batcher.specs.values()
-            router.forwarded = {
-                spec.task_name for spec in forwarded if serves is None or serves(spec)
-            }
-            router.waited = getattr(forwarder, "waited", None)
+        if self.forwarder is not None:
+            route_forwards(router, self.forwarder, self.specs, batcher.specs.values())
         self._task: asyncio.Task[None] | None = None
         self._stop: asyncio.Event | None = None
         #: The ``idle`` call in flight, and the tasks it watches.
