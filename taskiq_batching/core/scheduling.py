@@ -106,10 +106,17 @@ class Runner:
             busy = {b.key for b in self.tasks.values() if b.task_name == task_name}
             busy.update(b.key for b, _ in self.ready if b.task_name == task_name)
             room = min(room, settings.max_keys - len(busy))
-        # Messages in open buffers (a taken batch's short remainder) are
-        # not held against the room: the take that tops them up flushes them.
+        return max(min(room, self._held_room(task_name, buffered)), 0)
+
+    def _held_room(self, task_name: str, buffered: int) -> int:
+        """Full batches the task's held bound (``max_held``) has room for.
+
+        Messages in open buffers (a taken batch's short remainder) are not
+        held against it: the take that tops them up flushes them.
+        """
+        settings = self.specs[task_name].settings
         held = settings.max_held - self.bounds.held[task_name] + buffered
-        return max(min(room, held // settings.batch_size), 0)
+        return held // settings.batch_size
 
     def ahead(self, task_name: str, buffered: int = 0) -> bool:
         """Whether one full batch of a task may be taken to wait for a slot.
@@ -123,17 +130,16 @@ class Runner:
         :param buffered: its messages in open buffers.
         :return: whether a full batch may be taken ahead.
         """
-        settings = self.specs[task_name].settings
         if self.backlog[task_name] or not self.running[task_name]:
             return False
         # A batch waiting counts against every task's process-wide room:
         # one taken ahead must leave a slot for the others.
         if self.max_concurrent_batches - len(self.tasks) - len(self.ready) < 2:
             return False
+        settings = self.specs[task_name].settings
         if settings.key is not None and settings.max_keys is not None:
-            return False
-        held = settings.max_held - self.bounds.held[task_name] + buffered
-        return held >= settings.batch_size
+            return False  # the keys running or waiting are bounded
+        return self._held_room(task_name, buffered) >= 1
 
     def queue(self, buffer: Buffer, reason: FlushReason) -> None:
         """Queue a flushed buffer to run, and start what may start.

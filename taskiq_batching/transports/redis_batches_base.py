@@ -147,8 +147,8 @@ class RedisBatches:
         :param needs: keys whose short remainder this worker holds, and
             what each lacks (full, and taken, at that many).
         :param full_only: take full batches only (the script is told of no
-            ``batch_timeout``; a sender's ``batch_deadline`` mark and a dead
-            worker's entries, due anyway, are still taken).
+            ``batch_timeout`` and claims nothing; a key a sender marked
+            with a ``batch_deadline`` that came is still taken).
         :return: the batches, and the seconds to the nearest deadline.
         """
         names = self.names(spec.task_name)

@@ -72,18 +72,15 @@ async def forward_read(
         try:
             assert forwarder is not None
             await forwarder.forward([(d, spec, key) for d, key in keyed])
-        except ForwardingPaused:
-            for delivery in deliveries:
-                router.parked.park(task_name, delivery)
-            continue
         except Exception as exc:
-            logger.error(
-                "taskiq_batching: cannot forward %d message(s) of %s to where "
-                "its batches wait; this worker batches them: %s",
-                len(deliveries),
-                task_name,
-                describe(exc),
-            )
+            if not isinstance(exc, ForwardingPaused):  # a pause's cause was logged
+                logger.error(
+                    "taskiq_batching: cannot forward %d message(s) of %s to where "
+                    "its batches wait; this worker batches them: %s",
+                    len(deliveries),
+                    task_name,
+                    describe(exc),
+                )
             for delivery in deliveries:
                 router.parked.park(task_name, delivery)
             continue
