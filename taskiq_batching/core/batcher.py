@@ -209,11 +209,18 @@ class Batcher:
 
     def room(self, task_name: str) -> int:
         """Whole batches of a task that may start now (``Runner.room``)."""
-        return self.runner.room(task_name, self.waiting[task_name])
+        return self.runner.room(task_name, self._largest_open(task_name))
 
     def ahead(self, task_name: str) -> bool:
         """Whether a full batch may be taken to wait for a slot (``Runner.ahead``)."""
-        return self.runner.ahead(task_name, self.waiting[task_name])
+        return self.runner.ahead(task_name, self._largest_open(task_name))
+
+    def _largest_open(self, task_name: str) -> int:
+        """Messages in the task's fullest open buffer (0: none open)."""
+        if not self.waiting[task_name]:
+            return 0
+        open_ = self.buffers.items()
+        return max((len(b.items) for (t, _), b in open_ if t == task_name), default=0)
 
     def flush_taken(
         self, taken: Sequence[tuple[Held, FlushReason]]

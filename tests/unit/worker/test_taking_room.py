@@ -13,7 +13,7 @@ from taskiq_batching import BatchingMiddleware, batch_task
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.batch_source import Taken
 from taskiq_batching.worker import taking
-from tests.helpers import running_worker
+from tests.helpers import memory_broker, running_worker
 from tests.unit.worker.fake_source import FakeSource, tenant_key
 from tests.unit.worker.taking_world import preload, preloaded, recorded, worker_world
 
@@ -187,3 +187,35 @@ async def test_max_tasks_per_child_counts_taken_messages(
     await broker.shutdown()
     assert sum(seen.sizes) == 4
     assert source.left() == 6
+
+
+async def test_open_remainders_of_many_keys_do_not_widen_the_held_bound() -> None:
+    """Only the fullest open buffer is left out of ``max_held`` (a take may
+    top it up): counting every key's remainder as free let a keyed task
+    take a fresh batch per remainder on top of the bound."""
+    broker = memory_broker()
+
+    @batch_task(
+        broker,
+        batch_size=10,
+        batch_timeout=3600,
+        batch_key=lambda item: item // 100,
+        batch_concurrency=4,
+    )
+    async def per_key(items: list[int]) -> None: ...
+
+    await broker.startup()
+    try:
+        # Six keys with 8 messages each: 48 held of max_held 50.
+        for item in [key * 100 + i for key in range(6) for i in range(8)]:
+            await per_key.kiq(item)
+        batcher = BatchingMiddleware.of(broker).batcher
+        assert batcher is not None
+        await batcher.wait_buffered(48)
+        settings = batcher.specs[per_key.task_name].settings
+        assert settings.max_held == 50
+        # Room for one batch: (50 - 48 + 8) // 10. Every remainder counted
+        # as free gave 4, the batch_concurrency, 88 held after the take.
+        assert batcher.room(per_key.task_name) == 1
+    finally:
+        await broker.shutdown()
