@@ -21,7 +21,10 @@ the main queue's prefetch) wait for their confirm at once (a forward past
 it waits for the oldest chunk), and ``by_consumer`` counts them per main
 consumer: they hold its prefetch, not a batch (``AmqpBatches.outstanding``);
 ``settled`` waits for every chunk (the transport's ``close``, before the
-acks are flushed).
+acks are flushed), at most ``SETTLE_GRACE`` seconds: a server that stops
+confirming (a memory or disk alarm blocks publishers) must not hang the
+worker's stop. The originals still unacked then go back to the main queue
+when the channel closes, and their copies may run too (at-least-once).
 
 Publishes go straight to aiormq's channel (the one under the broker's
 ``write_channel``, publisher confirms on), a chunk encoded by hand
@@ -51,6 +54,8 @@ logger = logging.getLogger("taskiq_batching")
 MAX_UNCONFIRMED = 1000
 #: Seconds the worker batches what it reads itself after a failed forward.
 PAUSE_SECONDS = 5.0
+#: Seconds a stopping worker waits for its forwards' confirms (``settled``).
+SETTLE_GRACE = 10.0
 #: AMQP's delivery mode of a persistent message.
 PERSISTENT = 2
 
@@ -170,11 +175,22 @@ class Forwards:
         while self.flying and self.flying[0][0].done():
             self.flying.popleft()
 
-    async def settled(self) -> None:
-        """Wait until every chunk so far is confirmed and its originals settled."""
+    async def settled(self, timeout: float = SETTLE_GRACE) -> None:
+        """Wait until every chunk so far is confirmed and its originals settled.
+
+        :param timeout: seconds at most; what is left unconfirmed is logged.
+        """
         chunks = [chunk for chunk, _ in self.flying]
         if chunks:
-            await asyncio.wait(chunks)
+            _, late = await asyncio.wait(chunks, timeout=timeout)
+            if late:
+                logger.warning(
+                    "taskiq_batching: RabbitMQ confirmed no copy of %d forwarded "
+                    "message(s) within %.0f s: their originals go back to the "
+                    "main queue when the channel closes, and may run twice",
+                    sum(n for chunk, n in self.flying if chunk in late),
+                    timeout,
+                )
         self._drop_done()
 
 

@@ -231,3 +231,16 @@ async def test_unconfirmed_forwards_stay_under_half_the_prefetch() -> None:
     underlay.confirms[2].set_result(Basic.Ack())
     await forwards.settled()
     assert main.acked == [b"a", b"b", b"c"]
+
+
+async def test_settled_gives_up_on_confirms_that_never_come(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A server that stops confirming (a blocked publisher) must not hang a
+    worker's stop: ``settled`` returns after its grace, saying what is left."""
+    forwards, underlay, main = _setup()
+    await forwards.forward(_moves(b"a", b"b"), 1.0)
+    await _published(underlay, 2)
+    await asyncio.wait_for(forwards.settled(timeout=0.01), 5)
+    assert main.acked == []  # never acked without a confirm
+    assert "confirmed no copy of 2 forwarded message(s)" in caplog.text
