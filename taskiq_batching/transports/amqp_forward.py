@@ -128,6 +128,7 @@ class Forwards:
 
     async def _settle(self, deliveries: list[Delivery], publishes: list[Any]) -> None:
         """Ack the confirmed moves' originals, give the others back (never raises)."""
+        left = deliveries  # still counted in by_consumer
         try:
             answers = await asyncio.gather(*publishes, return_exceptions=True)
             stored: list[Delivery] = []
@@ -147,10 +148,22 @@ class Forwards:
                     describe(why) if isinstance(why, BaseException) else why,
                     PAUSE_SECONDS,
                 )
+            # Each group leaves by_consumer as its settle leaves the
+            # transport's held count (one loop step): outstanding, their
+            # difference, neither dips nor jumps in between.
+            self._landed(stored)
+            left = failed
             await self._settled(stored, self._ack, "ack")
+            self._landed(failed)
+            left = []
             await self._settled(failed, self._release, "give back")
         finally:
             self.unconfirmed -= len(deliveries)
+            self._landed(left)
+
+    def _landed(self, deliveries: list[Delivery]) -> None:
+        """No longer count these as waiting for their copy's confirm."""
+        if deliveries:
             self.by_consumer.subtract(_consumers(deliveries))
             self.by_consumer += Counter()  # drops the zeros
 

@@ -244,3 +244,32 @@ async def test_settled_gives_up_on_confirms_that_never_come(
     await asyncio.wait_for(forwards.settled(timeout=0.01), 5)
     assert main.acked == []  # never acked without a confirm
     assert "confirmed no copy of 2 forwarded message(s)" in caplog.text
+
+
+async def test_an_original_leaves_the_forwarded_count_as_its_ack_is_sent() -> None:
+    """``outstanding`` is the held count less the forwarded one: the ack
+    lowers the first at once, so the second must be lowered already, or the
+    worker sees its prefetch emptier than it is for a moment."""
+    underlay, main = Underlay(), Main()
+    seen_at_ack: list[dict[str, int]] = []
+
+    async def channel_of(queue: str) -> Channel:
+        return Channel(underlay)
+
+    async def ack(deliveries: Sequence[Delivery]) -> None:
+        seen_at_ack.append(dict(forwards.by_consumer))
+        await main.ack(deliveries)
+
+    forwards = Forwards(channel_of, ack, main.release)
+    moves = [
+        (Delivery(body, (None, tag, "ctag"), sent_at=None), "t", "q.batch.t")
+        for tag, body in enumerate((b"a", b"b"), start=1)
+    ]
+    await forwards.forward(moves, 1.0)
+    await _published(underlay, 2)
+    assert forwards.by_consumer == {"ctag": 2}
+    for confirm in underlay.confirms:
+        confirm.set_result(Basic.Ack())
+    await forwards.settled()
+    assert seen_at_ack == [{}]
+    assert main.acked == [b"a", b"b"]
