@@ -29,7 +29,10 @@ counting its broker commands per second per worker on the server
 worst and the mean (``bench/fleet_keys.py``); ``--max-keys`` sets
 ``batch_max_keys``.
 
-``--paths`` runs each line once per path in one run: ``today`` (each worker
+``--repeat K`` runs every line's paths K times, in alternating order, and
+the report gives each drain's median wait / today over the K pairs (the
+machines are noisy: one pair is not a measurement). ``--paths`` runs each
+line once per path in one run: ``today`` (each worker
 reads and buffers, ``BatchingMiddleware(wait_in_broker=False)``), ``wait``
 (batches wait in the broker where its transport can, ``wait_in_broker=True``)
 and ``wait-plain`` (the same workers, but a plain taskiq kicker sends: the
@@ -91,6 +94,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "plain taskiq kicker: the workers forward)",
     )
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run every line's paths K times, in alternating order; the "
+        "report gives each drain's median wait / today over the pairs",
+    )
+    parser.add_argument(
         "--drain",
         type=int,
         default=0,
@@ -145,25 +155,39 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             rates = [0.0] if args.drain else [float(r) for r in args.rates.split(",")]
             for rate in rates:
                 for workers in [int(n) for n in args.workers_list.split(",")]:
-                    for path in args.paths.split(","):
-                        line = (broker, rate, workers, path)
+                    for round_, path in _rounds(args):
+                        line = (broker, rate, workers, path, round_)
                         row = await _line(redis, url, run_id, line, args, errors)
                         if row is not None:
-                            rows.append(row)
+                            rows.append({**row, "round": round_})
     return {"run_id": run_id, "meta": _meta(args), "rows": rows, "errors": errors}
+
+
+def _rounds(args: argparse.Namespace) -> list[tuple[int, str]]:
+    """Each round of ``--repeat`` runs every path, in alternating order:
+    what drifts during a run (another process, the server's memory) then
+    weighs on both paths alike."""
+    paths = args.paths.split(",")
+    return [
+        (round_, path)
+        for round_ in range(args.repeat)
+        for path in (paths if round_ % 2 == 0 else paths[::-1])
+    ]
 
 
 async def _line(
     redis: Redis,
     url: str,
     run_id: str,
-    line: tuple[str, float, int, str],
+    line: tuple[str, float, int, str, int],
     args: argparse.Namespace,
     errors: list[str],
 ) -> dict[str, Any] | None:
     """One broker, rate, N and path; None (and an error noted) if it failed."""
-    broker, rate, workers, path = line
+    broker, rate, workers, path, round_ = line
     name = f"{broker}-n{workers}-r{rate:.0f}-{path}"
+    if args.repeat > 1:
+        name += f"-{round_}"
     queue = f"tbbench-fleet-{run_id}-{name}"
     s = FleetSettings(
         url,

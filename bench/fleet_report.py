@@ -2,7 +2,13 @@
 
 from typing import Any
 
-from bench.fleet_report_items import by_line, idle_notes, keys_table, rest_table
+from bench.fleet_report_items import (
+    by_line,
+    drain_pairs,
+    idle_notes,
+    keys_table,
+    rest_table,
+)
 from bench.measure import percentile
 
 COLUMNS = (
@@ -79,7 +85,7 @@ def side_by_side(rows: list[dict[str, Any]]) -> list[str]:
     plain = any("wait-plain" in paths for paths in lines.values())
     head = SIDE_BY_SIDE + (PLAIN_COLUMNS if plain else "")
     out = [head, "|" + "---|" * (head.count("|") - 1)]
-    for (broker, rate, workers), paths in lines.items():
+    for (broker, rate, workers, _), paths in lines.items():
         today, wait = paths.get("today", {}), paths.get("wait", {})
         text = (
             f"| {broker} | {rate:,.0f} | {workers} | {_fill(today)} "
@@ -136,7 +142,7 @@ def markdown(raw: dict[str, Any]) -> str:
     for table in (side_by_side(raw["rows"]), rest_table(raw["rows"])):
         if table:
             out += [*table, ""]
-    notes = idle_notes(raw["rows"], opts.get("idle", "?"))
+    notes = drain_pairs(raw["rows"]) + idle_notes(raw["rows"], opts.get("idle", "?"))
     if notes:
         out += [*notes, ""]
     keyed = keys_table(raw["rows"])

@@ -8,9 +8,11 @@
   the worst key's and the keys' mean (each against its own ideal).
 """
 
+import statistics
 from typing import Any
 
-Line = tuple[str, float, int]
+#: (broker, rate asked, N, round of ``--repeat``).
+Line = tuple[str, float, int, int]
 
 REST = (
     "| broker | N | drain msg/s today | drain msg/s wait | wait / today "
@@ -25,10 +27,11 @@ KEYS = (
 
 
 def by_line(rows: list[dict[str, Any]]) -> dict[Line, dict[str, dict[str, Any]]]:
-    """Rows by (broker, rate asked, N), then by path."""
+    """Rows by (broker, rate asked, N, round), then by path."""
     lines: dict[Line, dict[str, dict[str, Any]]] = {}
     for row in rows:
-        line = (row["broker"], row.get("rate", 0.0), row["workers"])
+        rate, round_ = row.get("rate", 0.0), row.get("round", 0)
+        line = (row["broker"], rate, row["workers"], round_)
         lines.setdefault(line, {})[row.get("path", "today")] = row
     return lines
 
@@ -47,7 +50,7 @@ def rest_table(rows: list[dict[str, Any]]) -> list[str]:
     if not any(row.get("drain") or "idle_cmds" in row for row in rows):
         return []
     out = [REST, "|" + "---|" * (REST.count("|") - 1)]
-    for (broker, _, workers), paths in by_line(rows).items():
+    for (broker, _, workers, _), paths in by_line(rows).items():
         today, wait = paths.get("today", {}), paths.get("wait", {})
         ratio = drain_ratio(today, wait)
         out.append(
@@ -59,12 +62,33 @@ def rest_table(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def drain_pairs(rows: list[dict[str, Any]]) -> list[str]:
+    """The drain's wait / today per broker and N over ``--repeat``'s pairs.
+
+    One pair says little on a noisy machine (the same code gave 0.5-1.4x):
+    each round runs both paths back to back, in alternating order, and the
+    median of the rounds' ratios is the figure to read.
+    """
+    ratios: dict[tuple[str, int], list[float]] = {}
+    for (broker, _, workers, _), paths in by_line(rows).items():
+        ratio = drain_ratio(paths.get("today", {}), paths.get("wait", {}))
+        if ratio is not None:
+            ratios.setdefault((broker, workers), []).append(ratio)
+    return [
+        f"- drain wait / today, {broker} N = {workers}: median "
+        f"{statistics.median(found):.2f}x over {len(found)} pair(s) "
+        f"({min(found):.2f}-{max(found):.2f})"
+        for (broker, workers), found in ratios.items()
+        if len(found) > 1
+    ]
+
+
 def keys_table(rows: list[dict[str, Any]]) -> list[str]:
     """Whole, worst-key and mean-key fill per broker, rate and N (none if no keys)."""
     if not any("key_fill_worst" in row for row in rows):
         return []
     out = [KEYS, "|" + "---|" * (KEYS.count("|") - 1)]
-    for (broker, rate, workers), paths in by_line(rows).items():
+    for (broker, rate, workers, _), paths in by_line(rows).items():
         today, wait = paths.get("today", {}), paths.get("wait", {})
         seen = int(max(today.get("keys_seen", 0), wait.get("keys_seen", 0)))
         rate_text = f"{rate:,.0f}" if rate else "drain"

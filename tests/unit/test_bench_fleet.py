@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from bench.fleet import PATHS
+from bench.fleet import PATHS, _rounds, parse
 from bench.fleet_app import FleetSettings
 from bench.fleet_report import markdown, side_by_side, summarize
 
@@ -160,3 +160,15 @@ def test_both_paths_are_reported_side_by_side_per_broker_rate_and_n() -> None:
     assert table[2] == (
         "| stream | 300 | 4 | 0.25 | 1.00 | 500 / 500 | 300 / 300 | 0.50 | 400 / 400 |"
     )
+
+
+def test_repeated_rounds_alternate_the_paths_order() -> None:
+    args = parse(["--paths", "today,wait", "--repeat", "3"])
+    assert _rounds(args) == [
+        (0, "today"),
+        (0, "wait"),
+        (1, "wait"),
+        (1, "today"),
+        (2, "today"),
+        (2, "wait"),
+    ]

@@ -7,7 +7,13 @@ import pytest
 from bench.fleet_app import item
 from bench.fleet_counts import parse_tcp
 from bench.fleet_keys import key_figures, key_fills
-from bench.fleet_report_items import drain_ratio, idle_notes, keys_table, rest_table
+from bench.fleet_report_items import (
+    drain_pairs,
+    drain_ratio,
+    idle_notes,
+    keys_table,
+    rest_table,
+)
 from bench.fleet_rest import plain_figures
 
 
@@ -88,6 +94,23 @@ def test_the_drain_ratio_is_wait_over_today_in_the_same_run() -> None:
         "| stream | 2 | 8,000 | 7,600 | 0.95x | 0.50 | not measured | 0.4 | — "
         "| 4 / 6 | — |"
     )
+
+
+def test_repeated_drains_give_the_median_of_their_pairs_ratios() -> None:
+    rows = []
+    for round_, (today, wait) in enumerate(
+        [(100.0, 90.0), (100.0, 50.0), (80.0, 96.0)]
+    ):
+        for path, rate in (("today", today), ("wait", wait)):
+            rows.append(
+                {**row(path, 2, drain=9, messages=9, sent_rate=rate), "round": round_}
+            )
+    # Pairs 0.90, 0.50 and 1.20: the median, then the range.
+    assert drain_pairs(rows) == [
+        "- drain wait / today, stream N = 2: median 0.90x over 3 pair(s) (0.50-1.20)"
+    ]
+    assert len(rest_table(rows)) == 2 + 3  # one line per round
+    assert drain_pairs(rows[:2]) == []  # one pair: its ratio is in the table
 
 
 def test_plain_figures_are_nearest_rank_percentiles_of_the_waits() -> None:
