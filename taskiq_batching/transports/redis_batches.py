@@ -11,7 +11,9 @@ Producers with the plugin send there (``redis_batches_send``); a worker
 forwards what a plain producer put on the main stream (``forward``,
 keeping the original send time). A worker takes a whole batch only when
 the broker holds one, or its oldest message is due (``TAKE``, atomic:
-two workers never split a batch). Taken entries are pending for the
+two workers never split a batch); the script reserves the key and this
+worker reads the batch with a plain ``XREADGROUP`` (``_exchange``: the
+entries are never converted into Lua and back). Taken entries are pending for the
 worker under the broker's consumer group and consumer name, and are kept
 fresh like the main stream's (``redis_holding``); a dead worker's are
 taken over by the next take after ``idle_timeout``. An entry acked is
@@ -19,6 +21,8 @@ deleted from its key's stream, so that a group created again at ``0``
 (a lost group) runs nothing twice that had finished.
 """
 
+import logging
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -29,14 +33,18 @@ from taskiq_batching.core.broker_keys import NO_KEY
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.transports.redis_batches_base import RedisBatches, marks
-from taskiq_batching.transports.redis_batches_lua import TAKE
+from taskiq_batching.transports.redis_batches_lua import HOLD_MS, RELEASE, TAKE
 from taskiq_batching.transports.redis_batches_names import (
     TaskEntry,
     TaskStreams,
     entry_ms,
+    text_of,
 )
 from taskiq_batching.transports.redis_batches_send import Move, move, send
 from taskiq_batching.transports.redis_common import RedisClient
+from taskiq_batching.transports.redis_replies import streams
+
+logger = logging.getLogger("taskiq_batching")
 
 __all__ = [
     "NO_KEY",
@@ -45,6 +53,15 @@ __all__ = [
     "TaskStreams",
     "entry_ms",
 ]
+
+
+def _entries_of(read: Any) -> Any:
+    """The entries of one stream's ``XREADGROUP`` reply (none: an error)."""
+    if isinstance(read, Exception):
+        return []
+    for _, found in streams(read):
+        return found
+    return []
 
 
 def _fields(flat: Any) -> dict[bytes, bytes]:
@@ -99,7 +116,7 @@ class StreamBatches(RedisBatches):
         in_use = self.in_use
         found: list[Delivery] = []
         for entry_id, flat in entries:
-            if len(flat) == 2:  # what a producer writes: data alone
+            if type(flat) is list and len(flat) == 2:  # a producer's: data alone
                 handle = TaskEntry(stream, entry_id, place)
                 data = flat[1]
                 sent_ms = entry_ms(entry_id)  # ``handle.sent_ms``, one call less
@@ -117,6 +134,42 @@ class StreamBatches(RedisBatches):
             # A remainder left open here times out from the send (flush.py).
             found.append(Delivery(data, handle, sent_at=sent_ms / 1000))
         return found
+
+    async def _exchange(self, names: TaskStreams, args: list[Any]) -> Any:
+        """The take script's reply, each key it reserved read and released.
+
+        One round trip after the script: an ``XREADGROUP COUNT <n>`` per
+        key reserved, then ``RELEASE``. A reply that came later than half
+        the reservation's ``HOLD_MS`` (a stalled event loop) is not acted
+        on: the reservation may have run out and the key be another
+        worker's, so only ours are released, and the take is made again.
+
+        :param names: the task's names.
+        :param args: the script's arguments.
+        :return: the reply, the entries read in place of each count.
+        """
+        began = time.monotonic()
+        keys = [names.keys, names.wake, names.due, names.taking]
+        reply = list(await self._take(keys=keys, args=args))
+        places = [at for at in range(4, len(reply), 3) if isinstance(reply[at], int)]
+        if not places:
+            return reply
+        fresh = time.monotonic() - began < HOLD_MS / 2000
+        reserved = [text_of(reply[at - 2]) for at in places]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if fresh:
+                for at, key in zip(places, reserved, strict=True):
+                    streams_ = {names.stream(key): ">"}
+                    pipe.xreadgroup(self.group, self.consumer, streams_, reply[at])
+            pipe.eval(RELEASE, 1, names.taking, self.consumer, *reserved)
+            reads = await pipe.execute(raise_on_error=False)
+        if not fresh:
+            logger.debug("taskiq_batching: a take came back late; taken again")
+        for index, at in enumerate(places):
+            reply[at] = _entries_of(reads[index]) if fresh else []
+            if not reply[at]:
+                reply[0] = 0  # nothing read: look again at once
+        return reply
 
     # --- moving messages in: sending, forwarding, giving back -----------
 

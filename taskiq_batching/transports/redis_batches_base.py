@@ -213,14 +213,21 @@ class RedisBatches:
         the server already): it is waited for, and whatever it took is
         given back before the cancellation goes on.
         """
-        call = asyncio.ensure_future(
-            self._take(keys=[names.keys, names.wake, names.due], args=args)
-        )
+        call = asyncio.ensure_future(self._exchange(names, args))
         try:
             return await asyncio.shield(call)
         except asyncio.CancelledError:
             await self._give_back_reply(names, call)
             raise
+
+    async def _exchange(self, names: TaskStreams, args: list[Any]) -> Any:
+        """The take script's reply, with the entries of each batch it took.
+
+        :param names: the task's names.
+        :param args: the script's arguments.
+        :return: the reply (``TAKE_TAIL``'s layout).
+        """
+        return await self._take(keys=[names.keys, names.wake, names.due], args=args)
 
     async def _give_back_reply(self, names: TaskStreams, call: Any) -> None:
         try:

@@ -1,8 +1,8 @@
 """The names of a batched task's keys in Redis, and the handles of their entries.
 
 See ``redis_batches``: per task, a stream per key, a sorted set of keys,
-a sorted set of the keys' earliest deadlines and a wake stream, all
-under the hash tag ``{<queue>:<task>}`` (one cluster slot per task).
+a sorted set of the keys' earliest deadlines, a wake stream and a hash of
+the keys being read (``redis_batches_lua``), all under the hash tag ``{<queue>:<task>}`` (one cluster slot per task).
 """
 
 import binascii
@@ -16,7 +16,7 @@ class TaskStreams:
     :param task_name: the task.
     """
 
-    __slots__ = ("due", "keys", "prefix", "wake")
+    __slots__ = ("due", "keys", "prefix", "taking", "wake")
 
     def __init__(self, queue: str, task_name: str) -> None:
         tag = "{" + f"{queue}:{task_name}".replace("{", "(").replace("}", ")") + "}"
@@ -25,6 +25,8 @@ class TaskStreams:
         self.wake = f"{tag}:wake"
         #: A sorted set: a key's earliest ``batch_deadline`` (ms), if any.
         self.due = f"{tag}:due"
+        #: A hash: the keys a stream take reserved, for whom, until when.
+        self.taking = f"{tag}:taking"
 
     def stream(self, key: str) -> str:
         """The stream of one key.
