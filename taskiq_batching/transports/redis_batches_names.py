@@ -2,7 +2,8 @@
 
 See ``redis_batches``: per task, a stream per key, a sorted set of keys,
 a sorted set of the keys' earliest deadlines, a wake stream and a hash of
-the keys being read (``redis_batches_lua``), all under the hash tag ``{<queue>:<task>}`` (one cluster slot per task).
+the keys being read (``redis_batches_lua``), all under the hash tag
+``{<queue>:<task>}`` (one cluster slot per task).
 """
 
 import binascii
