@@ -155,10 +155,14 @@ class Pending:
             await self.redis.xack(stream, self.group, *ids)
 
     async def ack_delete(self, stream: str, ids: list[bytes]) -> None:
-        """``ACK_DELETE`` of a task's key stream's entries, packed as ``xack``.
+        """``MULTI``, ``XACK``, ``XDEL``, ``EXEC`` of a task's key stream's entries.
 
-        A taken batch's ack: as idempotent as XACK (acking and deleting
-        the same entries again changes nothing).
+        A taken batch's ack, packed as ``xack``: as idempotent as XACK
+        (acking and deleting the same entries again changes nothing).
+        Where it cannot be packed (a cluster, str ids), the ``ACK_DELETE``
+        script; packed, a transaction, as the script costs the server
+        ~60 µs more per 100 ids (converting them into Lua), a fifth of
+        the ack.
 
         :param stream: the key stream.
         :param ids: its entries' ids (bytes, as read).
@@ -176,9 +180,13 @@ class Pending:
         packed = xack_command(*names, ids, delete=delete)
         if packed is None:
             return False
-        (reply,) = await round_trip(self.redis, [packed], 1)
-        if isinstance(reply, ResponseError):
-            raise reply
+        replies = await round_trip(self.redis, [packed], 4 if delete else 1)
+        for reply in replies[-1] if delete and isinstance(replies[-1], list) else []:
+            if isinstance(reply, ResponseError):  # XACK or XDEL failed in EXEC
+                raise reply
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
         return True
 
     async def sweep(self) -> list[Delivery]:
@@ -264,20 +272,23 @@ def xack_command(
     :param group: the consumer group's, encoded.
     :param ids: the entries' ids, as read (bytes; str from a client that
         decodes replies, which redis-py's own XACK then encodes).
-    :param delete: an ``EVAL`` of ``ACK_DELETE`` instead (ack and delete).
-    :return: the packed command.
+    :param delete: ``MULTI``, the XACK, an ``XDEL`` of the same ids,
+        ``EXEC`` instead (ack and delete: four replies).
+    :return: the packed command(s).
     """
     try:
         # One pass, no call per id: an ack has one per message of a batch.
-        packed = [b"$%d\r\n%s\r\n" % (len(entry_id), entry_id) for entry_id in ids]
+        packed = b"".join(
+            [b"$%d\r\n%s\r\n" % (len(entry_id), entry_id) for entry_id in ids]
+        )
     except TypeError:  # a str id: %s takes bytes only
         return None
-    if delete:
-        head = b"*%d\r\n$4\r\nEVAL\r\n%s$1\r\n1\r\n" % (5 + len(ids), _ACK_DELETE)
-    else:
-        head = b"*%d\r\n$4\r\nXACK\r\n" % (3 + len(ids))
-    return head + bulk(stream) + bulk(group) + b"".join(packed)
+    xack = b"*%d\r\n$4\r\nXACK\r\n" % (3 + len(ids)) + bulk(stream) + bulk(group)
+    if not delete:
+        return xack + packed
+    xdel = b"*%d\r\n$4\r\nXDEL\r\n" % (2 + len(ids)) + bulk(stream)
+    return _MULTI + xack + packed + xdel + packed + _EXEC
 
 
-#: ``ACK_DELETE`` as a bulk string, packed once.
-_ACK_DELETE = bulk(ACK_DELETE.encode())
+_MULTI = b"*1\r\n$5\r\nMULTI\r\n"
+_EXEC = b"*1\r\n$4\r\nEXEC\r\n"

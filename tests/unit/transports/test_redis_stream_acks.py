@@ -6,7 +6,6 @@ import hiredis
 import pytest
 from redis.exceptions import ResponseError
 
-from taskiq_batching.transports.redis_batches_lua import ACK_DELETE
 from taskiq_batching.transports.redis_batches_names import TaskEntry, TaskStreams
 from taskiq_batching.transports.redis_pending import Pending, xack_command
 from tests.unit.transports.conftest import CommandLog
@@ -77,8 +76,10 @@ def test_an_ack_delete_is_packed_as_redis_reads_it() -> None:
     assert packed is not None
     reader = hiredis.Reader()
     reader.feed(packed)
-    script = ACK_DELETE.encode()
-    assert reader.gets() == [b"EVAL", script, b"1", b"s", b"g", b"1-0", b"12-3"]
+    assert reader.gets() == [b"MULTI"]
+    assert reader.gets() == [b"XACK", b"s", b"g", b"1-0", b"12-3"]
+    assert reader.gets() == [b"XDEL", b"s", b"1-0", b"12-3"]
+    assert reader.gets() == [b"EXEC"]
     assert reader.gets() is False
 
 
@@ -88,17 +89,26 @@ def taken(entry_ids: list[bytes]) -> list[TaskEntry]:
     return [TaskEntry("s", entry_id, (names, "-")) for entry_id in entry_ids]
 
 
-async def test_taken_entries_are_acked_and_deleted_in_one_packed_eval(
+async def test_taken_entries_are_acked_and_deleted_in_one_packed_transaction(
     redis: Any, commands: CommandLog
 ) -> None:
     ids = await added(redis, 3)
     handles = taken(ids)
     in_use: set[Any] = set(handles)
     await pending_for(redis, in_use).ack(handles[:2])
-    assert commands.named("EVAL") == []  # not through redis-py's pipeline
+    assert commands.named("EVAL") == []  # not the script: no ids through Lua
     assert (await redis.xpending("s", GROUP))["pending"] == 1
     assert [entry_id for entry_id, _ in await redis.xrange("s")] == [ids[2]]
     assert in_use == {handles[2]}
+
+
+async def test_a_failed_ack_delete_in_its_transaction_raises(redis: Any) -> None:
+    await redis.set("s", "not a stream")
+    handles = taken([b"1-0"])
+    in_use: set[Any] = set(handles)
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await pending_for(redis, in_use).ack(handles)
+    assert in_use == set()
 
 
 async def test_on_a_cluster_redis_py_sends_the_ack_delete(
