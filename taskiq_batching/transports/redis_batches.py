@@ -33,7 +33,7 @@ from taskiq_batching.core.broker_keys import NO_KEY
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.transports.redis_batches_base import RedisBatches, marks
-from taskiq_batching.transports.redis_batches_lua import HOLD_MS, RELEASE, TAKE
+from taskiq_batching.transports.redis_batches_lua import HOLD_MS, TAKE
 from taskiq_batching.transports.redis_batches_names import (
     TaskEntry,
     TaskStreams,
@@ -102,6 +102,9 @@ class StreamBatches(RedisBatches):
         self.in_use = in_use
         self.idle_ms = idle_ms
         self.maxlen = maxlen
+        #: The start of this consumer's fields in a task's reservations
+        #: (``redis_batches_lua``: its length in bytes, ``:``, the name).
+        self._held = f"{len(consumer.encode())}:{consumer}"
 
     def deliveries(self, names: TaskStreams, key: str, entries: Any) -> list[Delivery]:
         """A taken batch's entries as deliveries; each joins the entries in use.
@@ -136,13 +139,14 @@ class StreamBatches(RedisBatches):
         return found
 
     async def _exchange(self, names: TaskStreams, args: list[Any]) -> Any:
-        """The take script's reply, each key it reserved read and released.
+        """The take script's reply, each batch it reserved read, then released.
 
         One round trip after the script: an ``XREADGROUP COUNT <n>`` per
-        key reserved, then ``RELEASE``. A reply that came later than half
-        the reservation's ``HOLD_MS`` (a stalled event loop) is not acted
-        on: the reservation may have run out and the key be another
-        worker's, so only ours are released, and the take is made again.
+        batch reserved, then an ``HDEL`` of this consumer's reservations.
+        A reply that came later than half the reservation's ``HOLD_MS``
+        (a stalled event loop) is not acted on: the reservation may have
+        run out and the entries be another worker's by then, so they are
+        only released, and the take is made again.
 
         :param names: the task's names.
         :param args: the script's arguments.
@@ -161,7 +165,7 @@ class StreamBatches(RedisBatches):
                 for at, key in zip(places, reserved, strict=True):
                     streams_ = {names.stream(key): ">"}
                     pipe.xreadgroup(self.group, self.consumer, streams_, reply[at])
-            pipe.eval(RELEASE, 1, names.taking, self.consumer, *reserved)
+            pipe.hdel(names.taking, *[self._held + key for key in reserved])
             reads = await pipe.execute(raise_on_error=False)
         if not fresh:
             logger.debug("taskiq_batching: a take came back late; taken again")

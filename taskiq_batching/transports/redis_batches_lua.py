@@ -1,4 +1,4 @@
-"""The Lua of ``redis_batches``: choose whole batches atomically, and send once.
+"""The Lua of ``redis_batches``: choose whole batches atomically, ack and delete.
 
 ``TAKE`` decides and reserves in one atomic step, so that two workers
 never split a batch between them and nobody holds a forming batch. For
@@ -188,28 +188,42 @@ local function full(stream, g, want)
     'COUNT', want) >= want
 end
 
--- a key being read: another worker reserved it (its reservation has not
--- run out, ``hold_ms`` after it was made); ours, or run out, is not
-local function reserved(key)
-  local held = redis.call('HGET', taking, key)
-  if not held then return false end
-  local gap = string.find(held, ' ', 1, true)
-  if tonumber(string.sub(held, 1, gap - 1)) > now
-    and string.sub(held, gap + 1) ~= consumer then
-    return true
+-- what other workers reserved and have not read yet, per key: the entries
+-- (``n``), and whether one of them reads what is there, not a full batch
+-- (``whole``); a field is ``<bytes of the consumer>:<consumer><key>``, its
+-- value ``<until ms> <entries> <f: full, t: not>``; one run out is dropped
+local holds = nil
+local function holds_of(key)
+  if not holds then
+    holds = {}
+    local flat = redis.call('HGETALL', taking)
+    for i = 1, #flat, 2 do
+      local size_, rest = string.match(flat[i], '^(%d+):(.*)$')
+      local until_ms, n, kind = string.match(flat[i + 1], '^(%d+) (%d+) (%a)$')
+      if tonumber(until_ms) <= now then
+        redis.call('HDEL', taking, flat[i])
+      elseif string.sub(rest, 1, tonumber(size_)) ~= consumer then
+        local k = string.sub(rest, tonumber(size_) + 1)
+        local h = holds[k] or {n = 0, whole = false}
+        h.n = h.n + tonumber(n)
+        h.whole = h.whole or kind == 't'
+        holds[k] = h
+      end
+    end
   end
-  redis.call('HDEL', taking, key)
-  return false
+  return holds[key]
 end
 
--- the caller reads up to ``want`` entries itself (XREADGROUP): the key is
--- reserved for it meanwhile, so that no one else reads from it
-local function reserve(key, reason, want, g)
-  redis.call('HSET', taking, key, (now + HOLD_MS) .. ' ' .. consumer)
+-- the caller reads ``want`` entries itself (XREADGROUP): they are reserved
+-- for it meanwhile, so that no one else counts them
+local function reserve(key, reason, want, is_full)
+  local field = #consumer .. ':' .. consumer .. key
+  local kind = is_full and 'f' or 't'
+  redis.call('HSET', taking, field, (now + HOLD_MS) .. ' ' .. want .. ' ' .. kind)
   add(key, reason, want)
   -- the caller takes again at once after a batch: whatever is left then
   -- gets its own deadline
-  if not g['lag'] or tonumber(g['lag']) > want then consider(now) end
+  consider(now)
 end
 
 local function visit(key)
@@ -224,10 +238,6 @@ local function visit(key)
     add(key, 'timeout', claimed)
     return
   end
-  if reserved(key) then
-    consider(now)  -- read now: what is left may be due right after
-    return
-  end
   local first = redis.call('XRANGE', stream, '(' .. g['last-delivered-id'], '+',
     'COUNT', 1)
   if #first == 0 then
@@ -239,10 +249,15 @@ local function visit(key)
   end
   local due, marked = due_of(first[1]), marked_of(key)
   local want = size_of(key)
-  local is_full = full(stream, g, want)
+  -- another worker reads this key now: a full batch past what it reserved
+  -- is taken; anything else waits for its read (what is left is then due)
+  local held = holds_of(key)
+  if held and (held.whole or not g['lag']) then return consider(now) end
+  local is_full = full(stream, g, want + (held and held.n or 0))
+  if held and not is_full then return consider(now) end
   local is_marked = marked and marked <= now
   if is_full or is_marked or (due and due <= now) then
-    reserve(key, reason_of(key, is_full, is_marked), want, g)
+    reserve(key, reason_of(key, is_full, is_marked), want, is_full)
   elseif due or marked then
     consider(earliest(due, marked))
   end
@@ -251,56 +266,6 @@ end
 """
     + TAKE_TAIL
 ).replace("HOLD_MS", str(HOLD_MS))
-
-#: The end of a read of reserved keys: each reservation still this
-#: consumer's is dropped (one that ran out may be another's by now).
-#: KEYS: the reservations' hash; ARGV: the consumer, then the keys.
-RELEASE = """
-local released = 0
-for i = 2, #ARGV do
-  local held = redis.call('HGET', KEYS[1], ARGV[i])
-  if held and string.sub(held, string.find(held, ' ', 1, true) + 1) == ARGV[1] then
-    released = released + redis.call('HDEL', KEYS[1], ARGV[i])
-  end
-end
-return released
-"""
-
-
-#: A producer's chunk, added once per mark. KEYS: the mark, the keys'
-#: sorted set, the wake stream, then one stream per key. ARGV: the mark's
-#: ttl, the number of keys n, the n keys (key i's stream is KEYS[3 + i]),
-#: the stream's MAXLEN (empty: none), then pairs (key index, message).
-SEND_ONCE = """
-local mark = redis.call('GET', KEYS[1])
-if mark == 'void' then return redis.error_reply('VOIDED this chunk was given up') end
-if mark then return 0 end
--- nothing is written before every key is known to take its writes
-for i = 2, #KEYS do
-  local kind = redis.call('TYPE', KEYS[i])['ok']
-  local want = 'stream'
-  if i == 2 then want = 'zset' end
-  if kind ~= 'none' and kind ~= want then
-    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' is a ' .. kind)
-  end
-end
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-redis.call('SET', KEYS[1], 'sent', 'EX', ARGV[1])
-local n = tonumber(ARGV[2])
-local maxlen = ARGV[3 + n]
-for j = 4 + n, #ARGV, 2 do
-  local stream = KEYS[3 + tonumber(ARGV[j])]
-  if maxlen ~= '' then
-    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'data', ARGV[j + 1])
-  else
-    redis.call('XADD', stream, '*', 'data', ARGV[j + 1])
-  end
-end
-for i = 1, n do redis.call('ZADD', KEYS[2], 'NX', now, ARGV[2 + i]) end
-redis.call('XADD', KEYS[3], 'MAXLEN', '1', '*', 'w', '1')
-return (#ARGV - 3 - n) / 2
-"""
 
 #: Ack entries of a key stream and delete them, the ids sent once. KEYS:
 #: the stream; ARGV: the group, then the ids.

@@ -18,7 +18,6 @@ from typing import Any
 from taskiq import BrokerMessage
 
 from taskiq_batching.transports.delivery import Delivery
-from taskiq_batching.transports.redis_batches_lua import SEND_ONCE
 from taskiq_batching.transports.redis_batches_names import (
     TaskEntry,
     TaskStreams,
@@ -30,6 +29,41 @@ from taskiq_batching.transports.redis_send import (
     Chunk,
     report_failed,
 )
+
+#: A producer's chunk, added once per mark. KEYS: the mark, the keys'
+#: sorted set, the wake stream, then one stream per key. ARGV: the mark's
+#: ttl, the number of keys n, the n keys (key i's stream is KEYS[3 + i]),
+#: the stream's MAXLEN (empty: none), then pairs (key index, message).
+SEND_ONCE = """
+local mark = redis.call('GET', KEYS[1])
+if mark == 'void' then return redis.error_reply('VOIDED this chunk was given up') end
+if mark then return 0 end
+-- nothing is written before every key is known to take its writes
+for i = 2, #KEYS do
+  local kind = redis.call('TYPE', KEYS[i])['ok']
+  local want = 'stream'
+  if i == 2 then want = 'zset' end
+  if kind ~= 'none' and kind ~= want then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' is a ' .. kind)
+  end
+end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+redis.call('SET', KEYS[1], 'sent', 'EX', ARGV[1])
+local n = tonumber(ARGV[2])
+local maxlen = ARGV[3 + n]
+for j = 4 + n, #ARGV, 2 do
+  local stream = KEYS[3 + tonumber(ARGV[j])]
+  if maxlen ~= '' then
+    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'data', ARGV[j + 1])
+  else
+    redis.call('XADD', stream, '*', 'data', ARGV[j + 1])
+  end
+end
+for i = 1, n do redis.call('ZADD', KEYS[2], 'NX', now, ARGV[2 + i]) end
+redis.call('XADD', KEYS[3], 'MAXLEN', '1', '*', 'w', '1')
+return (#ARGV - 3 - n) / 2
+"""
 
 #: A delivery to move, its task's names and its key.
 Move = tuple[Delivery, TaskStreams, str]

@@ -51,17 +51,47 @@ async def test_a_key_another_worker_reserved_is_passed_over_until_it_runs_out(
     try:
         sent = [t.task_id for t in await task.kiq_many(range(5))]
         now = await _server_ms(redis)
-        await redis.hset(src.names.taking, KEY, f"{now + 60_000} another")
+        field = f"7:another{KEY}"  # the consumer's length, its name, the key
+        await redis.hset(src.names.taking, field, f"{now + 60_000} 5 f")
         held = await src.batches.take(src.spec, 1)
         assert held.batches == []
         assert held.wait_seconds == 0  # it is being read: look again soon
-        await redis.hset(src.names.taking, KEY, f"{now - 1} another")  # ran out
+        await redis.hset(src.names.taking, field, f"{now - 1} 5 f")  # ran out
         got = await src.batches.take(src.spec, 1)
         assert task_ids(got.batches[0]) == sent
         assert got.batches[0].reason == "size"
         assert await redis.hlen(src.names.taking) == 0  # released after the read
     finally:
         await clean(redis, src.names, queue)
+
+
+def _killed(src: StreamSource) -> None:
+    """The source's worker dies between its take script and its read."""
+
+    def killed(**_: Any) -> Any:
+        raise RuntimeError("killed between its take and its read")
+
+    src.batches.redis.pipeline = killed
+
+
+async def test_a_full_batch_past_what_another_worker_reserved_is_taken_at_once(
+    redis_url: str, queue: str, redis: Redis
+) -> None:
+    reading, other = stream_sources(redis_url, queue, 2, 5, 30)
+    task = declare(make_broker(redis_url, queue), 5, 30)
+    try:
+        sent = [t.task_id for t in await task.kiq_many(range(12))]
+        _killed(reading)  # it stays between its take and its read
+        with pytest.raises(RuntimeError, match="killed"):
+            await reading.batches.take(reading.spec, 1)
+        got = await other.batches.take(other.spec, 1)
+        assert task_ids(got.batches[0]) == sent[:5]  # 5 of the 12 are reserved
+        assert got.batches[0].reason == "size"
+        rest = await other.batches.take(other.spec, 1)
+        assert rest.batches == []  # 2 past the 5 reserved: wait for the read
+        assert rest.wait_seconds == 0
+    finally:
+        await clean(redis, other.names, queue)
 
 
 async def test_a_worker_dead_between_its_take_and_its_read_delays_the_key_by_hold_ms(
@@ -71,11 +101,7 @@ async def test_a_worker_dead_between_its_take_and_its_read_delays_the_key_by_hol
     task = declare(make_broker(redis_url, queue), 5, 30)
     try:
         sent = [t.task_id for t in await task.kiq_many(range(5))]
-
-        def killed(**_: Any) -> Any:
-            raise RuntimeError("killed between its take and its read")
-
-        dead.batches.redis.pipeline = killed
+        _killed(dead)
         began = time.monotonic()
         with pytest.raises(RuntimeError, match="killed"):
             await dead.batches.take(dead.spec, 1)
