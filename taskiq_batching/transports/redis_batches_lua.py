@@ -13,18 +13,23 @@ most ``scan`` of them), on the key's stream:
   time is its id's time, or its field ``t`` (a forwarded entry carries
   the time of the entry it copies); when ``batch_size`` entries wait, or
   that time + ``batch_timeout`` - ``slack`` has come by Redis's own clock
-  (``TIME``), the key is reserved for this consumer and the script
+  (``TIME``), the batch is reserved for this consumer and the script
   replies how many entries to read;
+* while other workers have batches of the key reserved and not read,
+  only a full batch past theirs is reserved (their entries are not
+  counted); anything else waits for their reads;
 * else the key's deadline counts towards the nearest one.
 
 The script does not read the batch: entries read inside Lua are
 converted into Lua tables and back into the reply, which cost the server
 ~400 µs per 100 entries, three times the read itself. The caller reads
-them with a plain ``XREADGROUP COUNT <n>`` and drops the reservation
-(``RELEASE``) in the same round trip. The reservation (the hash
-``KEYS[4]``: key -> ``<until ms> <consumer>``) keeps every other take
-off the key meanwhile; it runs out after ``HOLD_MS``, the longest a
-worker that died between its take and its read delays the key.
+them with a plain ``XREADGROUP COUNT <n>`` (each reader of a key gets
+the first ``n`` undelivered entries: whole batches, whoever reads first)
+and drops its reservation (``HDEL``) in the same round trip. A
+reservation is a field of the hash ``KEYS[4]``: ``<bytes of the
+consumer>:<consumer><key>`` -> ``<until ms> <entries> <f: a full batch,
+t: not>``. It runs out after ``HOLD_MS``, the longest a worker that died
+between its take and its read delays the key.
 
 A key whose stream holds nothing undelivered and nothing pending leaves
 the set (and its empty stream is deleted). A stream without the group
