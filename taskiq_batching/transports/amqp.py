@@ -107,11 +107,13 @@ class AmqpTransport(Consumer[Handle]):
         self.broker: AioPikaBroker = broker
         self.prefetch = amqp_prefetch(broker)
         waiting = (
-            AmqpBatches(broker, self.ack, release=self.release)
+            AmqpBatches(broker, self.ack, release=self.release, pending=self._pending)
             if wait_in_broker
             else None
         )
         self._waiting = self.forwarder = waiting
+        if waiting is not None:
+            waiting.handovers.stopping = lambda: self._stopping
         self._inbox = Inbox()
         self._channels = self._inbox.channels
         self._consumers: list[tuple[Any, str]] = []
@@ -164,6 +166,12 @@ class AmqpTransport(Consumer[Handle]):
         await queue.consume(self._inbox.on_message, consumer_tag=tag, **options)
         self._consumers.append((queue, tag))
 
+    def _pending(self, channel: Any) -> dict[int, str]:
+        return self._channels.pending(channel)
+
+    def _untap(self, channel: Any, tags: list[str]) -> None:
+        self._channels.untap(channel, tags)
+
     def _forget(self, tags: Sequence[str]) -> None:
         # Their connection closed (amqp_task_consumers.py): nothing to cancel.
         self._consumers = [(q, tag) for q, tag in self._consumers if tag not in tags]
@@ -174,8 +182,11 @@ class AmqpTransport(Consumer[Handle]):
             await self._start()
         while not self._stopping:
             if self._inbox.unread:
+                if self._waiting is not None:  # a task's backlog arriving
+                    await self._waiting.handovers.burst(self._inbox, limit)
                 chunk = self._inbox.take(limit)
                 if chunk:
+                    self._check()
                     return chunk
                 continue
             self._inbox.arrived.clear()
@@ -214,6 +225,12 @@ class AmqpTransport(Consumer[Handle]):
     async def ack(self, handles: Sequence[Any]) -> None:
         """Ack through each channel's tracker (see the module's docstring)."""
         await self._channels.settle(handles, nack=False)
+        self._check()
+
+    def _check(self) -> None:
+        # A task's consumer holding its whole prefetch passes its role on.
+        if self._waiting is not None:
+            self._waiting.check()
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         """Give them back to the queue (``basic.nack`` with requeue)."""
@@ -271,6 +288,9 @@ class AmqpTransport(Consumer[Handle]):
     async def _cancel(self) -> None:
         self._stopping = True
         self._inbox.arrived.set()
+        if self._waiting is not None:
+            # Then the listed consumers are the last word (amqp_handover.py).
+            await self._waiting.handovers.settled()
         for queue, tag in self._consumers:
             try:
                 # Once, shielded by close(); bounded for a dead connection.

@@ -240,6 +240,21 @@ class Channels:
                     self._unhold(old.forget(list(old.read)))
         return tracker
 
+    def pending(self, channel: Any) -> dict[int, str]:
+        """A channel's unsettled deliveries (read or not): tag -> consumer tag."""
+        tracker = self._trackers.get(id(channel))
+        if tracker is None or tracker.channel is not channel:
+            return {}
+        return tracker.pending
+
+    def untap(self, channel: Any, consumers: Sequence[str]) -> None:
+        """Stop taking these (cancelled, settled) consumers' deliveries."""
+        tap = self._taps.get(id(channel))
+        if tap is not None and tap.channel is channel:
+            for consumer in consumers:
+                tap.consumers.discard(consumer)
+                tap.by_tag.pop(consumer.encode(), None)
+
     def read(self, channel: Any, tag: int, consumer: str) -> bool:
         """Count a delivery as read; False if its channel is gone."""
         if channel.is_closed:

@@ -49,7 +49,6 @@ The limit: one process at a time assembles and runs a task's batches;
 
 import hashlib
 import time
-import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -64,6 +63,7 @@ from taskiq_batching._compat import (
 )
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.amqp_forward import Forwards, Settle
+from taskiq_batching.transports.amqp_handover import Handover, Handovers, new_tag
 from taskiq_batching.transports.amqp_task_consumers import Forget, TaskConsumers
 from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.transports.shared import kick_each
@@ -103,6 +103,10 @@ class AmqpBatches:
         (by default, one like the broker's read connection).
     :param release: the transport's ``release`` (originals whose copy
         RabbitMQ did not confirm go back to the main queue).
+    :param pending: a channel's unsettled deliveries (the transport's
+        ``Channels.pending``): a worker behind on a task passes its
+        queue's active role on (``amqp_handover.py``).
+    :param untap: the transport's ``Channels.untap`` (retired consumers).
     """
 
     def __init__(
@@ -111,6 +115,8 @@ class AmqpBatches:
         ack: Ack,
         connect: Callable[[], Awaitable[Any]] | None = None,
         release: Settle | None = None,
+        pending: Callable[[Any], dict[int, str]] | None = None,
+        untap: Callable[[Any, list[str]], None] | None = None,
     ) -> None:
         self.broker = broker
         self._ack = ack
@@ -119,6 +125,8 @@ class AmqpBatches:
         self.specs: list[BatchSpec] = []
         #: Prefetch of each consumer of a batched task's queue, by tag.
         self.limits: dict[str, int] = {}
+        #: The tasks' consumers, passing their role on when behind.
+        self.handovers = Handovers(self.limits, pending or (lambda channel: {}), untap)
         #: Each queue's name -> the channel it was last declared on.
         self._declared: dict[str, Any] = {}
         #: The connection the task queues are consumed on.
@@ -178,16 +186,21 @@ class AmqpBatches:
             return
 
         async def setup(connection: Any, started: list[str]) -> None:
+            self.handovers.each = []  # a connection closed by the race: anew
             for spec in self.specs:
                 channel = await connection.channel()
                 # Per consumer (global=False): the task's own (module docstring).
-                limit = spec.settings.max_held + spec.settings.batch_size
+                batch_size = spec.settings.batch_size
+                limit = spec.settings.max_held + batch_size
                 await channel.set_qos(prefetch_count=limit)
                 queue = await self._declare(channel, self.queue_of(spec.task_name))
-                tag = f"tb.batch.{uuid.uuid4().hex}"
+                tag = new_tag()
                 self.limits[tag] = limit
                 await consume(channel, queue, tag)
                 started.append(tag)
+                timeout = spec.settings.batch_timeout
+                handover = Handover(channel, queue, tag, limit, batch_size, timeout)
+                await self.handovers.add(handover, consume, forget)
 
         await self.consumers.start(setup, forget)
 
@@ -195,8 +208,13 @@ class AmqpBatches:
         """Wait until every forward so far is confirmed and its originals settled."""
         await self.forwards.settled()
 
+    def check(self) -> None:
+        """After a read or an ack: pass a task's role on, or take it again."""
+        self.handovers.check()
+
     async def close(self) -> None:
         """Close the task queues' connection (after the acks are written)."""
+        await self.handovers.settled()
         await self.consumers.close()
 
     def waited(self, delivery: Delivery) -> bool:

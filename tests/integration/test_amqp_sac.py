@@ -219,11 +219,11 @@ async def test_kill_9_of_the_active_consumer_loses_nothing(
     channel: AbstractChannel,
     start_worker: StartWorker,
 ) -> None:
-    """The active consumer's process is killed mid-batch; the other takes over.
+    """The process that started the first batch is killed mid-batch.
 
-    Before the kill one process ran every batch (the single active
-    consumer); after it, the other one runs what was unacked, and every
-    item's batch ends.
+    Before the kill it ran batches (the single active consumer, or the
+    one that passed the role on: amqp_handover.py); after it, the other
+    one runs what was unacked, and every item's batch ends.
     """
     # Both start at once: whichever consumes the task's queue first is its
     # active consumer, found below from the batches' pids.
@@ -241,7 +241,6 @@ async def test_kill_9_of_the_active_consumer_loses_nothing(
 
     await eventually(two_started, 20, "batches started")
     started = await records(redis, queue, "started")
-    assert len({one["pid"] for one in started}) == 1, started
     active = owner(workers, started[0]["pid"])
     killed_at = time.time()
     active.kill9()
@@ -293,7 +292,8 @@ async def test_sigterm_of_the_active_consumer_hands_over_running_each_item_once(
 
     await eventually(two_started, 20, "batches started")
     started = await records(redis, queue, "started")
-    assert len({one["pid"] for one in started}) == 1, started  # one active
+    # The first batch's process; with this backlog the other may run some
+    # already (the role passed on: amqp_handover.py).
     active = owner(workers, started[0]["pid"])
     signalled_at = time.time()
     took = await asyncio.to_thread(active.stop, 30)  # the other one goes on

@@ -57,6 +57,9 @@ class FakeChannel:
     async def set_qos(self, prefetch_count: int) -> None:
         self.prefetch = prefetch_count
 
+    async def get_underlay_channel(self) -> "FakeChannel":
+        return self
+
     async def declare_queue(
         self, name: str, durable: bool, arguments: dict[str, Any]
     ) -> str:
