@@ -21,7 +21,9 @@ from which, once every result is in:
 Issue 18 items 3 and 4 (``bench/fleet_run.py``, ``bench/fleet_rest.py``):
 ``--drain M`` pre-loads M messages before the fleet starts (the rate shown
 is then the drain's, and the report puts both paths' drain rates and their
-ratio side by side); ``--idle S`` then lets the fleet rest S seconds,
+ratio side by side); ``--batch-delay D`` makes each batch await D
+seconds (an I/O-bound task, a bulk insert's round trip); ``--idle S``
+then lets the fleet rest S seconds,
 counting its broker commands per second per worker on the server
 (``bench/fleet_counts.py``), and sends plain tasks while batches wait
 (their send -> start); ``--keys K`` spreads the items over K keys
@@ -119,6 +121,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--batch-concurrency", type=int, default=0, help="batch_concurrency"
     )
+    parser.add_argument(
+        "--batch-delay",
+        type=float,
+        default=0.0,
+        help="seconds each batch awaits (I/O-bound tasks)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     return parser.parse_args(argv)
 
@@ -199,6 +207,7 @@ async def _line(
         args.keys,
         args.max_keys,
         args.batch_concurrency,
+        args.batch_delay,
     )
     _log(f"{name} ...")
     try:

@@ -22,6 +22,7 @@ At ``WORKER_STARTUP`` each process increments ``<queue>:ready`` so that
 the benchmark starts sending only when the whole fleet is up.
 """
 
+import asyncio
 import functools
 import os
 import time
@@ -59,6 +60,8 @@ class FleetSettings:
     max_keys: int = 0
     #: ``batch_concurrency`` (0: not set, the default 1).
     concurrency: int = 0
+    #: Seconds each batch awaits (its I/O, a bulk insert's round trip).
+    batch_delay: float = 0.0
 
     def to_env(self) -> dict[str, str]:
         """The environment variables that describe these settings."""
@@ -122,6 +125,8 @@ def build(s: FleetSettings) -> FleetApp:
     async def fleet(items: list[Any]) -> PerItem[list[float]]:
         start = time.time()
         size, pid = float(len(items)), float(os.getpid())
+        if s.batch_delay:
+            await asyncio.sleep(s.batch_delay)
         return per_item(
             [sent, size, start, pid, key] for sent, key in map(_sent_key, items)
         )
