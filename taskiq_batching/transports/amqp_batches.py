@@ -43,8 +43,11 @@ worker). Its ``batch_timeout`` counts from each message's send time (the
   died), RabbitMQ requeues its unacked messages and activates another
   consumer, which gets them at once.
 
-The limit: one process at a time assembles and runs a task's batches;
-``batch_concurrency`` scales within it (docs/fleet.md).
+* **A backlog shared** (``amqp_handover.py``): a worker whose consumer
+  holds its whole prefetch (it is behind) cancels it, so that RabbitMQ
+  makes the next worker's consumer active, and consumes again once it
+  has room for a batch. At low rates the role never moves: one process
+  assembles every batch.
 """
 
 import hashlib

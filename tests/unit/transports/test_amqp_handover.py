@@ -5,7 +5,11 @@ import time
 from collections import deque
 from typing import Any
 
+import pytest
+
+from taskiq_batching.transports import amqp_handover
 from taskiq_batching.transports.amqp_handover import Handover, Handovers
+from taskiq_batching.transports.amqp_inbox import Inbox
 from taskiq_batching.transports.delivery import Delivery
 
 
@@ -141,3 +145,33 @@ async def test_a_read_waits_for_an_overdue_backlog_only() -> None:
     assert not short(deque([Delivery(b"", None, sent_at=now - 2.0)]), 100, now)
     fleet.handover.tag = None  # passed on: nothing more comes until acks
     assert not short(unread(3, now - 2.0), 100, now)
+
+
+async def test_a_read_of_an_overdue_backlog_waits_until_a_batch_came(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three overdue deliveries of a new active consumer: seven more are coming."""
+    # Bounds far beyond the test's few steps: a loaded box ends no wait early.
+    monkeypatch.setattr(amqp_handover, "BURST_GAP", 30.0)
+    monkeypatch.setattr(amqp_handover, "BURST_MAX", 60.0)
+    fleet = Fleet()
+    await fleet.start()
+    inbox = Inbox()
+    sent_at = time.time() - 2.0
+
+    def arrive(count: int) -> None:
+        for _ in range(count):
+            handle = (fleet.channel, len(inbox.unread) + 1, "t0")
+            inbox.unread.append(Delivery(b"", handle, sent_at=sent_at))
+        inbox.arrived.set()
+
+    arrive(3)
+    reading = asyncio.ensure_future(fleet.handovers.burst(inbox, 100))
+    await asyncio.sleep(0)  # one step: it runs up to its wait
+    assert not reading.done()  # a read would have taken 3
+    arrive(6)
+    await asyncio.sleep(0)
+    assert not reading.done()
+    arrive(1)
+    await reading
+    assert len(inbox.unread) == 10
