@@ -107,7 +107,13 @@ class AmqpTransport(Consumer[Handle]):
         self.broker: AioPikaBroker = broker
         self.prefetch = amqp_prefetch(broker)
         waiting = (
-            AmqpBatches(broker, self.ack, release=self.release, pending=self._pending)
+            AmqpBatches(
+                broker,
+                self.ack,
+                release=self.release,
+                pending=self._pending,
+                untap=self._untap,
+            )
             if wait_in_broker
             else None
         )

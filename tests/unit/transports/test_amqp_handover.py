@@ -47,7 +47,12 @@ class Fleet:
         self.consumed: list[str] = []
         self.forgotten: list[str] = []
         self.stopping = False
-        self.handovers = Handovers(self.limits, lambda channel: self.pending)
+        self.untapped: list[str] = []
+        self.handovers = Handovers(
+            self.limits,
+            lambda channel: self.pending,
+            lambda channel, tags: self.untapped.extend(tags),
+        )
         self.handovers.stopping = lambda: self.stopping
         self.handover = Handover(self.channel, self.queue, "t0", limit, batch_size, 1.0)
         self.next_tag = 1
@@ -91,6 +96,7 @@ async def test_a_full_consumer_passes_its_role_and_takes_it_again_with_room() ->
     assert fleet.handover.tag == again != "t0"
     assert fleet.channel.prefetch == [10]  # never more than 30 unsettled
     assert fleet.limits == {"t0": 30, again: 30}  # t0's 20 are still held
+    assert fleet.untapped == []
     fleet.deliver(10)  # its window is full: the role goes on again
     fleet.handovers.check()
     await fleet.handovers.settled()
@@ -100,6 +106,7 @@ async def test_a_full_consumer_passes_its_role_and_takes_it_again_with_room() ->
     await fleet.handovers.settled()
     [_, third] = fleet.consumed
     assert fleet.limits == {third: 30}  # the retired tags hold nothing now
+    assert fleet.untapped == ["t0", again]  # their deliveries all came
     assert fleet.channel.prefetch == [10, 30]
 
 
