@@ -106,13 +106,15 @@ class AmqpTransport(Consumer[Handle]):
     def __init__(self, broker: AioPikaBroker, wait_in_broker: bool = False) -> None:
         self.broker: AioPikaBroker = broker
         self.prefetch = amqp_prefetch(broker)
+        self._inbox = Inbox()
+        self._channels = channels = self._inbox.channels
         waiting = (
             AmqpBatches(
                 broker,
                 self.ack,
                 release=self.release,
-                pending=self._pending,
-                untap=self._untap,
+                pending=channels.pending,
+                untap=channels.untap,
             )
             if wait_in_broker
             else None
@@ -120,8 +122,6 @@ class AmqpTransport(Consumer[Handle]):
         self._waiting = self.forwarder = waiting
         if waiting is not None:
             waiting.handovers.stopping = lambda: self._stopping
-        self._inbox = Inbox()
-        self._channels = self._inbox.channels
         self._consumers: list[tuple[Any, str]] = []
         self._started = False
         self._stopping = False
@@ -171,12 +171,6 @@ class AmqpTransport(Consumer[Handle]):
         self._inbox.tap(await channel.get_underlay_channel(), tag)
         await queue.consume(self._inbox.on_message, consumer_tag=tag, **options)
         self._consumers.append((queue, tag))
-
-    def _pending(self, channel: Any) -> dict[int, str]:
-        return self._channels.pending(channel)
-
-    def _untap(self, channel: Any, tags: list[str]) -> None:
-        self._channels.untap(channel, tags)
 
     def _forget(self, tags: Sequence[str]) -> None:
         # Their connection closed (amqp_task_consumers.py): nothing to cancel.
