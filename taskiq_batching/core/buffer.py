@@ -4,7 +4,7 @@ import asyncio
 import contextvars
 import math
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +59,42 @@ class Envelope:
         )
 
 
+class DeferredAck:
+    """A message's ack controller, not made until something asks for it.
+
+    Most messages are acked in bulk (``worker.acks.ack_due``) and their
+    controller is never seen: making one per message (with taskiq's
+    callable in it) would cost objects the garbage collector counts, for
+    nothing. Two of these are shared by every message of a worker: one
+    for messages not acked yet, one (``done``) for those acked. A task
+    that asks for its message's controller (its ``Context``, through
+    ``Held.context_for``) gets it made then, in the same state.
+
+    :param make: makes a message's own controller (not acked yet).
+    :param is_acked: the state this one stands for.
+    """
+
+    __slots__ = ("done", "is_acked", "make")
+
+    def __init__(
+        self, make: "Callable[[Held], AckController]", is_acked: bool = False
+    ) -> None:
+        self.make = make
+        self.is_acked = is_acked
+        #: The state after the ack: itself for the acked one.
+        self.done: DeferredAck = self if is_acked else DeferredAck(make, is_acked=True)
+
+    def controller(self, held: "Held") -> AckController:
+        """The message's own controller, made now, in this state.
+
+        :param held: the message.
+        :return: its controller.
+        """
+        made = self.make(held)
+        made.is_acked = self.is_acked
+        return made
+
+
 #: A message sent longer ago than this counts as sent this long ago: it is
 #: overdue either way, and the times derived from it stay ordinary numbers.
 MAX_AGE_SECONDS = 86400.0
@@ -71,8 +107,9 @@ class Held:
     :param message: the message, as the ``pre_execute`` middlewares left it
         (the same object is passed to every later hook), or its envelope
         when no middleware needs the object.
-    :param ack: its one ack controller (None when the broker has no acks):
-        a message is acked at most once, alone or with its batch.
+    :param ack: its one ack controller (None when the broker has no acks),
+        or a shared ``DeferredAck`` until one is asked for: a message is
+        acked at most once, alone or with its batch.
     :param arrived: event-loop time when the worker took it, in seconds.
         Its ``batch_timeout`` counts from ``sent_at`` instead, when its
         delivery knows when it was sent.
@@ -87,7 +124,7 @@ class Held:
     """
 
     message: TaskiqMessage | Envelope
-    ack: AckController | None
+    ack: AckController | DeferredAck | None
     arrived: float
     scope: contextvars.Context | None = None
     item: Any = None
@@ -153,8 +190,18 @@ class Held:
         :return: the context, made once.
         """
         if self.context is None:
-            self.context = Context(self.taskiq_message(), broker, self.ack)
+            self.context = Context(self.taskiq_message(), broker, self.controller())
         return self.context
+
+    def controller(self) -> AckController | None:
+        """Its one ack controller, made now if it was deferred (``DeferredAck``).
+
+        :return: the controller (None when the broker has no acks).
+        """
+        ack = self.ack
+        if isinstance(ack, DeferredAck):
+            ack = self.ack = ack.controller(self)
+        return ack
 
 
 @dataclass(slots=True, eq=False)

@@ -1,10 +1,10 @@
 """Acks of batched messages: one controller per message, sent many at a time.
 
 Each message has its own ``AckController`` (acked at most once, by
-taskiq's ``ack`` or by the lifecycle at its ack type's step); the
-lifecycle acks the messages due at one step together, in one round trip
-of the transport. What a stopping worker gives back instead (``give_back``)
-is here too.
+taskiq's ``ack`` or by the lifecycle at its ack type's step), made when
+something asks for it (``core.buffer.DeferredAck``); the lifecycle acks
+the messages due at one step together, in one round trip of the transport.
+What a stopping worker gives back instead (``give_back``) is here too.
 """
 
 import logging
@@ -14,7 +14,7 @@ from typing import Any
 
 from taskiq.acks import AckController, AcknowledgeType
 
-from taskiq_batching.core.buffer import Held
+from taskiq_batching.core.buffer import DeferredAck, Held
 from taskiq_batching.error_texts import describe
 from taskiq_batching.transports.base import Transport
 from taskiq_batching.transports.delivery import Delivery
@@ -44,6 +44,19 @@ async def _ack_delivery(transport: Transport, delivery: Delivery) -> None:
     await transport.ack([delivery.handle])
 
 
+def deferred_acks(transport: Transport) -> DeferredAck:
+    """What messages acked through ``transport`` hold until a controller is asked for.
+
+    :param transport: acks the messages.
+    :return: the shared state of messages not acked yet.
+    """
+    return DeferredAck(partial(_message_ack, transport))
+
+
+def _message_ack(transport: Transport, held: Held) -> MessageAck:
+    return MessageAck(transport, held.delivery)
+
+
 async def ack_due(
     transport: Transport | None, held: Sequence[Held], when: AcknowledgeType
 ) -> None:
@@ -59,8 +72,14 @@ async def ack_due(
     handles: list[Any] = []
     for one in held:
         ack = one.ack
-        if one.ack_type is when and isinstance(ack, MessageAck) and not ack.is_acked:
-            ack.is_acked = True  # before the await: never acked twice
+        if one.ack_type is not when or ack is None or ack.is_acked:
+            continue
+        # Marked before the await: never acked twice.
+        if type(ack) is DeferredAck:  # no controller made: the shared "acked"
+            one.ack = ack.done
+            handles.append(one.delivery.handle)
+        elif isinstance(ack, MessageAck):
+            ack.is_acked = True
             handles.append(ack.delivery.handle)
     if not handles or transport is None:
         return

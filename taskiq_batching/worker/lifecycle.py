@@ -26,7 +26,7 @@ from taskiq.exceptions import NoResultError
 
 from taskiq_batching._compat import overrides
 from taskiq_batching.core.batcher import Batcher
-from taskiq_batching.core.buffer import Envelope, Held
+from taskiq_batching.core.buffer import DeferredAck, Envelope, Held
 from taskiq_batching.core.call import Outcome
 from taskiq_batching.core.policies import ItemFiltered
 from taskiq_batching.error_texts import describe
@@ -34,7 +34,7 @@ from taskiq_batching.errors import BatchItemError
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import ResultWriter, Transport
 from taskiq_batching.transports.delivery import Delivery
-from taskiq_batching.worker.acks import MessageAck, ack_due
+from taskiq_batching.worker.acks import ack_due, deferred_acks
 from taskiq_batching.worker.outcomes import (
     Finishing,
     call_hook,
@@ -78,6 +78,8 @@ class Lifecycle:
             for hook in _HOOKS
         }
         self.needs_message = any(self.hooks.values())
+        #: Every acked message's controller until one is asked for.
+        self._deferred = None if transport is None else deferred_acks(transport)
 
     # --- before the batch ---------------------------------------------------
 
@@ -232,16 +234,15 @@ class Lifecycle:
             return True
         return any("ack_type" in envelope.labels for envelope, _ in taken)
 
-    def _ack_for(self, delivery: Delivery | None) -> MessageAck | None:
-        transport = self.transport
-        if delivery is None or delivery.handle is None or transport is None:
+    def _ack_for(self, delivery: Delivery | None) -> DeferredAck | None:
+        if delivery is None or delivery.handle is None:
             return None
         handle = delivery.handle
         # A plain tuple (a stream entry) is acked; looking ``needs_ack`` up
         # on it would fail, at a cost, for every message read.
         if type(handle) is not tuple and getattr(handle, "needs_ack", True) is False:
             return None  # a message taken from a list: read, it has no ack either
-        return MessageAck(transport, delivery)
+        return self._deferred  # None without a transport
 
     async def _pre_execute(
         self, envelope: Envelope
