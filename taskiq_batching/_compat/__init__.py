@@ -56,7 +56,7 @@ from taskiq_batching._compat.receiver import (
     shadow_listen,
     share_stop_budget,
 )
-from taskiq_batching._compat.redis import redis_result_key
+from taskiq_batching._compat.redis import redis_result_key, redis_result_keys
 from taskiq_batching._compat.taskiq import (
     broker_message,
     guard_declarations,
@@ -97,6 +97,7 @@ __all__ = [
     "prometheus_values_in_memory",
     "receiver_settings",
     "redis_result_key",
+    "redis_result_keys",
     "retype_task",
     "route_callback",
     "shadow_listen",

@@ -175,6 +175,9 @@ async def read_buffered(connection: Any, replies: int, found: list[Any]) -> None
         reply = reader.gets()
         if reply is _NOT_ENOUGH_DATA:
             return
+        if type(reply) is bytes:  # a SET's OK, a batch's usual reply: no checks
+            found.append(reply)
+            continue
         if push is not None and isinstance(reply, push):
             await parser.handle_push_response(reply)
             continue

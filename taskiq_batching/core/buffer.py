@@ -160,6 +160,8 @@ class Held:
         :return: event-loop time its batch timer counts from.
         """
         given = getattr(self.delivery, "sent_at", None)
+        if given is None:  # unknown (a Redis stream's entries)
+            return self.arrived
         if type(given) is float:  # what transports give: no conversion
             sent_at = given
         elif isinstance(given, bool) or not isinstance(given, (int, float)):

@@ -180,17 +180,26 @@ class FlushRules:
         :param placement: the message's placement, when policies apply.
         :param now: the event loop's time when it was added.
         """
-        self._clock(spec, buffer, now)
-        key = (buffer.task_name, buffer.key)
-        if len(buffer.items) >= spec.settings.batch_size:
-            self.batcher.flush(key, FlushReason.SIZE)
+        newest = buffer.items[-1]
+        # What ``_clock`` would find, without its calls (it runs per message):
+        # a running timer, and a message with no send time, taken after the
+        # buffer opened, leave the timer as it is.
+        if (
+            buffer.timer is None
+            or getattr(newest.delivery, "sent_at", None) is not None
+            or newest.arrived < buffer.opened_at
+        ):
+            self._clock(spec, buffer, now)
+        settings = spec.settings
+        if len(buffer.items) >= settings.batch_size:
+            self.batcher.flush((buffer.task_name, buffer.key), FlushReason.SIZE)
             return
         if placement is not None and self._placed(spec, buffer, placement):
             return
-        if self._sized(spec, buffer):
+        if settings.max_bytes is not None and self._sized(spec, buffer):
             return
-        if buffer.overdue and len(buffer.items) >= (spec.settings.min_size or 0):
-            self.batcher.flush(key, FlushReason.TIMEOUT)
+        if buffer.overdue and len(buffer.items) >= (settings.min_size or 0):
+            self.batcher.flush((buffer.task_name, buffer.key), FlushReason.TIMEOUT)
             return
         if self.closing or self.eager:
             self._linger()
@@ -287,7 +296,7 @@ class FlushRules:
         held = batcher.held[task_name]
         # The counts first: while batches run, fewer are buffered than held,
         # and the task's bound (a computed setting) is not needed.
-        if batcher.buffered(task_name) >= held > 0 and (
+        if batcher.waiting[task_name] >= held > 0 and (
             full or held >= batcher.specs[task_name].settings.max_held
         ):
             batcher.flush_all(FlushReason.PRESSURE, task_name)

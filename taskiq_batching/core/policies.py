@@ -81,7 +81,26 @@ def admit(
     :return: its admission.
     """
     try:
-        return _admit(spec, held, now, validate, values)
+        # Inline, not a call of its own: it runs for every message.
+        message = held.message
+        item, args, kwargs = spec.signature.prepare(
+            spec.task_name,
+            message.task_id,
+            message.args,
+            message.kwargs,
+            validate=validate,
+            values=values,
+        )
+        held.item = item
+        key = batch_key(args, kwargs) if args or kwargs else ()
+        placement = None
+        if spec.has_policies or BATCH_DEADLINE_LABEL in message.labels:
+            placement = place(spec, held, now, values)
+            if placement.key != ():
+                key = (key, placement.key)
+        # Made as a tuple is: a named tuple's own constructor is a Python
+        # function, called here for every message.
+        return tuple.__new__(Admission, (args, kwargs, key, placement))
     except (BatchItemError, ItemFiltered):
         raise
     except Unkeyable as exc:
@@ -92,28 +111,6 @@ def admit(
             held.task_id,
             f"admitting it raised {error_text(exc, values)}",
         ) from None
-
-
-def _admit(
-    spec: BatchSpec, held: Held, now: float, validate: bool, values: bool
-) -> Admission:
-    message = held.message
-    item, args, kwargs = spec.signature.prepare(
-        spec.task_name,
-        held.task_id,
-        message.args,
-        message.kwargs,
-        validate=validate,
-        values=values,
-    )
-    held.item = item
-    key = batch_key(args, kwargs)
-    placement = None
-    if spec.has_policies or BATCH_DEADLINE_LABEL in message.labels:
-        placement = place(spec, held, now, values)
-        if placement.key != ():
-            key = (key, placement.key)
-    return Admission(args, kwargs, key, placement)
 
 
 def place(spec: BatchSpec, held: Held, now: float, values: bool = False) -> Placement:

@@ -38,6 +38,10 @@ class Buffers(Protocol):
     def held(self) -> Mapping[str, int]:
         """Messages held, by task (``Bounds.held``)."""
 
+    @property
+    def waiting(self) -> Mapping[str, int]:
+        """Messages in open buffers, by task (what ``buffered`` counts)."""
+
     def buffered(self, task_name: str | None = None) -> int:
         """Messages waiting in open buffers (of one task, or of all)."""
 

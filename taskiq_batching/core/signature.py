@@ -158,7 +158,9 @@ class BatchSignature:
         if self.item_adapter is None:
             return item
         try:
-            return self.item_adapter.validate_python(item)
+            # ``TypeAdapter.validate_python(item)``, without its Python frame
+            # (it passes its defaults on to the same validator).
+            return self.item_adapter.validator.validate_python(item)
         except Exception as exc:
             what = f"item {shown(item)}" if values else "item"
             errors = validation_text(exc, values)

@@ -28,7 +28,7 @@ from taskiq_redis import (
     RedisAsyncSentinelResultBackend,
 )
 
-from taskiq_batching._compat import redis_result_key
+from taskiq_batching._compat import redis_result_keys
 from taskiq_batching._compat.redis_py import string_encoding
 from taskiq_batching.transports.redis_common import reached_through
 from taskiq_batching.transports.redis_wire import bulk, round_trip
@@ -87,7 +87,8 @@ class RedisResults:
         failures: list[tuple[int, BaseException]] = []
         encoded: dict[int, bytes] = {}
         rows: list[Row] = []
-        for index, (task_id, result) in enumerate(results):
+        keys = redis_result_keys(backend, [task_id for task_id, _ in results])
+        for index, (_, result) in enumerate(results):
             value = encoded.get(id(result))
             if value is None:
                 try:
@@ -96,7 +97,7 @@ class RedisResults:
                     failures.append((index, exc))
                     continue
                 encoded[id(result)] = value
-            rows.append((index, redis_result_key(backend, task_id), value))
+            rows.append((index, keys[index], value))
         if rows:
             try:
                 failures.extend(await self._set_all(rows))
@@ -124,32 +125,34 @@ class RedisResults:
         # Keys are str: encoded as redis-py would encode them.
         charset, errors = string_encoding(redis)
         values: dict[int, bytes] = {}  # each distinct value as RESP, once
-        pairs: list[bytes] = []  # each key and its value, as RESP
+        pairs: list[bytes] = []  # each command (or key and value), as RESP
         last: bytes | None = None  # a batch's results mostly share one value
         packed = b""
+        expires = bool(ex or px)
+        expiry = b""  # SET key value EX|PX amount: after each value
+        if expires:
+            option, amount = (b"EX", ex) if ex else (b"PX", px)
+            expiry = bulk(option) + bulk(str(amount).encode())
         for _, key, value in rows:
             if value is not last:
                 packed = values.get(id(value)) or values.setdefault(
-                    id(value), bulk(value)
+                    id(value), bulk(value) + expiry
                 )
                 last = value
             name = key.encode(charset, errors)
-            # ``bulk(name) + packed``, in one step: it runs for every result.
+            # The command (or pair) in one step: it runs for every result.
             pairs.append(b"$%d\r\n%s\r\n%s" % (len(name), name, packed))
-        if not ex and not px:
+        if not expires:
             head = b"*%d\r\n$4\r\nMSET\r\n" % (1 + 2 * len(rows))
             (reply,) = await round_trip(redis, [head, *pairs], 1)
             if isinstance(reply, ResponseError):
                 raise reply
             return []
-        option, amount = (b"EX", ex) if ex else (b"PX", px)
-        expiry = bulk(option) + bulk(str(amount).encode())
+        # Each SET's head is the same: joined in, not added to each command.
         head = b"*5\r\n$3\r\nSET\r\n"
-        replies = await round_trip(
-            redis, [head + pair + expiry for pair in pairs], len(pairs)
-        )
+        replies = await round_trip(redis, [head, head.join(pairs)], len(pairs))
         return [
-            (index, reply)
-            for (index, _, _), reply in zip(rows, replies, strict=True)
-            if isinstance(reply, ResponseError)
+            (rows[index][0], reply)
+            for index, reply in enumerate(replies)
+            if type(reply) is not bytes and isinstance(reply, ResponseError)
         ]

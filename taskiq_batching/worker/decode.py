@@ -27,22 +27,8 @@ _PARSED_LABELS_MAX = 4096
 _MISSING: Any = object()
 #: What ``json.loads`` decodes a ``str`` with (no hooks): the same decoder.
 _json_decoder = json.JSONDecoder()
-
-
-def _json_loads(text: str) -> Any:
-    """``json.loads(text)``: the same value, or the same kind of error.
-
-    A message is one JSON value, without whitespace around it: its scan
-    alone decodes it. Anything else (whitespace, extra data, an error)
-    goes through ``json.loads``'s own steps.
-    """
-    try:
-        raw, end = _json_decoder.scan_once(text, 0)  # type: ignore[attr-defined]
-    except StopIteration:
-        end = -1
-    if end != len(text):
-        return _json_decoder.decode(text)
-    return raw
+#: Its scan: one JSON value from a position (``(value, end)``).
+_scan_once: Any = _json_decoder.scan_once  # type: ignore[attr-defined]
 
 
 def decode(broker: AsyncBroker, data: bytes) -> Envelope | None:
@@ -59,7 +45,19 @@ def decode(broker: AsyncBroker, data: bytes) -> Envelope | None:
         try:
             # taskiq's JSONSerializer.loadb is ``json.loads(data.decode())``:
             # the same decoder, called directly (it runs for every message).
-            raw = _json_loads(data.decode()) if is_json else serializer.loadb(data)
+            # A message is one JSON value without whitespace around it: its
+            # scan alone decodes it. Anything else (whitespace, extra data,
+            # an error) goes through ``json.loads``'s own steps.
+            if is_json:
+                text = data.decode()
+                try:
+                    raw, end = _scan_once(text, 0)
+                except StopIteration:
+                    end = -1
+                if end != len(text):
+                    raw = _json_decoder.decode(text)
+            else:
+                raw = serializer.loadb(data)
         except Exception:
             return None
         # JSON objects only have string keys: no need to check them.
@@ -100,7 +98,8 @@ def _envelope(raw: Any, check_keys: bool = True) -> Envelope | None:
         if type(types) is not dict or (check_keys and not _str_keys(types)):
             return None
         try:
-            _parse_labels(labels, types)
+            if types:  # taskiq's kicker sends ``{}`` for a task without labels
+                _parse_labels(labels, types)
         except Exception:
             return None
     return Envelope(task_id, task_name, labels, args, kwargs)

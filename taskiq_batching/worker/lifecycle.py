@@ -158,7 +158,9 @@ class Lifecycle:
         :param now: the running loop's time (when it was taken).
         """
         try:
-            ack = self._ack_for(delivery)
+            handle = None if delivery is None else delivery.handle
+            # A stream entry (a plain tuple) is acked: no call per entry read.
+            ack = self._deferred if type(handle) is tuple else self._ack_for(delivery)
             one = Held(message, ack, now, scope, ack_type=self.ack_type)
             if "ack_type" in message.labels:
                 one.ack_type = self._ack_type(one)

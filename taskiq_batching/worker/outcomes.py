@@ -131,7 +131,7 @@ async def _write(writer: ResultWriter, entries: list[Finishing]) -> list[Finishi
     if not entries:
         return []
     errors = await writer.write(
-        [(one.held.task_id, one.result) for one in entries],
+        [(one.held.message.task_id, one.result) for one in entries],
     )
     for index, error in errors:
         entries[index].error = error

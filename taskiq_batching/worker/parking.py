@@ -156,7 +156,10 @@ class Parking:
             self.decoded_size += size
         else:
             envelope = None
-        self.waiting.setdefault(task_name, deque()).append((envelope, delivery))
+        waiting = self.waiting.get(task_name)
+        if waiting is None:  # not ``setdefault``: no deque made per message
+            waiting = self.waiting[task_name] = deque()
+        waiting.append((envelope, delivery))
         self.count += 1
         self.size += size
 

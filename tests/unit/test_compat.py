@@ -145,6 +145,7 @@ async def test_redis_result_key_is_where_the_backend_stores() -> None:
     key = _compat.redis_result_key(backend, "abc")
     client = fakeredis.FakeAsyncRedis(server=server)
     assert key == "pre:abc"
+    assert _compat.redis_result_keys(backend, ["abc", "d"]) == [key, "pre:d"]
     assert await client.exists(key) == 1
     await client.aclose()
 
