@@ -150,7 +150,7 @@ class Batcher:
         self.held_bytes[task_name] += size
         self.waiting[task_name] += 1
         self.rules.added(spec, buffer, placement, now)
-        if self.changes:
+        if self.changes.waiters:  # not ``bool(changes)``: a call per message
             self.changes.notify()
 
     def flush(self, key: Key, reason: FlushReason) -> None:

@@ -25,12 +25,13 @@ class Changes:
     def __init__(self, on_new_loop: Callable[[], None]) -> None:
         self.on_new_loop = on_new_loop
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._waiters: list[asyncio.Future[None]] = []
+        #: Futures of whoever waits for the next change.
+        self.waiters: list[asyncio.Future[None]] = []
         self._prune_at = PRUNE_AT
 
     def __bool__(self) -> bool:
         """Whether anyone waits for the next change."""
-        return bool(self._waiters)
+        return bool(self.waiters)
 
     def bind_loop(self) -> asyncio.AbstractEventLoop:
         """The running loop; state left from a closed earlier loop is dropped.
@@ -42,7 +43,7 @@ class Changes:
             return loop
         first, self._loop = self._loop is None, loop
         if not first:
-            self._waiters.clear()
+            self.waiters.clear()
             self.on_new_loop()
         return loop
 
@@ -52,17 +53,17 @@ class Changes:
         :return: the future.
         """
         future = self.bind_loop().create_future()
-        if len(self._waiters) >= self._prune_at:
+        if len(self.waiters) >= self._prune_at:
             # Waiters that gave up (cancelled) are dropped here, not only at
             # the next change: a worker with nothing to do may ask many times.
-            self._waiters = [one for one in self._waiters if not one.done()]
-            self._prune_at = max(PRUNE_AT, 2 * len(self._waiters))
-        self._waiters.append(future)
+            self.waiters = [one for one in self.waiters if not one.done()]
+            self._prune_at = max(PRUNE_AT, 2 * len(self.waiters))
+        self.waiters.append(future)
         return future
 
     def notify(self) -> None:
         """Wake whoever waits for a change."""
-        waiters, self._waiters = self._waiters, []
+        waiters, self.waiters = self.waiters, []
         for future in waiters:
             if not future.done():
                 future.set_result(None)

@@ -128,8 +128,12 @@ class Lifecycle:
             await ack_due(self.transport, held, AcknowledgeType.WHEN_RECEIVED)
         if received or not plain:  # it awaited: bound again
             loop = self.batcher.bind_loop()
+        add = self.batcher.add
         for one in held:
-            self._add(one, loop.time())
+            try:  # ``Batcher.add``, without a call of ours per message
+                add(one.message.task_name, one, loop.time())
+            except Exception as exc:
+                self._not_added(one, exc)
         return held
 
     async def _receive(
@@ -187,11 +191,8 @@ class Lifecycle:
             exc_info=exc,
         )
 
-    def _add(self, one: Held, now: float) -> None:
-        """Buffer one message; if it cannot be, finish it alone, in the background.
-
-        ``now`` is the running loop's time now, its loop bound
-        (``Batcher.bind_loop``) with no await since.
+    def _not_added(self, one: Held, exc: Exception) -> None:
+        """A message ``Batcher.add`` refused: it is finished alone, in the background.
 
         ``Batcher.add`` raises only ``BatchItemError`` and ``ItemFiltered``
         for what a message carries; anything else is a fault of the
@@ -199,19 +200,18 @@ class Lifecycle:
         traceback.
         """
         spec = self.batcher.specs[one.message.task_name]
-        try:
-            self.batcher.add(spec.task_name, one, now)
-        except BatchItemError as exc:
+        if isinstance(exc, BatchItemError):
             logger.warning("taskiq_batching: %s", exc)
             self.batcher.spawn(self.finish(spec, [(one, Outcome(error=exc))], 0.0))
-        except ItemFiltered:
+        elif isinstance(exc, ItemFiltered):
             outcome = Outcome(filtered=True)
             self.batcher.spawn(self.finish(spec, [(one, outcome)], 0.0))
-        except Exception as exc:
-            logger.exception(
+        else:
+            logger.error(
                 "taskiq_batching: buffering message %s of %s failed",
                 one.task_id,
                 spec.task_name,
+                exc_info=exc,
             )
             error = BatchItemError(
                 spec.task_name,
