@@ -125,7 +125,10 @@ class Batcher:
         key: Key = (task_name, admission.key)
         buffer = self.buffers.get(key)
         size = message.size
-        if buffer is not None:
+        # Only a cost or byte bound fills a buffer before its size: no call else.
+        if buffer is not None and (
+            placement is not None or spec.settings.max_bytes is not None
+        ):
             full = self.rules.full(spec, buffer, placement, size)
             if full is not None:
                 self.flush(key, full)

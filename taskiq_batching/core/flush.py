@@ -204,7 +204,10 @@ class FlushRules:
         if self.closing or self.eager:
             self._linger()
         else:
-            self.relieve(spec.task_name)
+            name = spec.task_name
+            # ``relieve``'s first test, before its call: it runs per message.
+            if self.batcher.waiting[name] >= self.batcher.held[name]:
+                self.relieve(name)
 
     def _placed(self, spec: BatchSpec, buffer: Buffer, placement: Placement) -> bool:
         """Apply the message's cost and deadline; whether its buffer flushed."""
