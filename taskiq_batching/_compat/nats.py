@@ -7,7 +7,7 @@ tests on nats-py 2.3 (``pyproject.toml`` bounds: ``nats-py>=2.3,<3``).
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import Any
 
 logger = logging.getLogger("taskiq_batching")
@@ -107,10 +107,14 @@ class _Bare:
         #: Subscription id -> (its subscription, its handle).
         self.handles: dict[int, tuple[Any, Callable[[bytes, bytes], None]]] = {}
 
-    async def __call__(
+    def __call__(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: Any
-    ) -> None:
-        """A message parsed: to its raw handle, or as the client handles it."""
+    ) -> Awaitable[None]:
+        """A message parsed: to its raw handle, or as the client handles it.
+
+        Not a coroutine function: the parser awaits what it returns, and a
+        raw message gets ``_DONE``, no coroutine made for it (one per message).
+        """
         entry = self.handles.get(sid)
         if entry is not None and not headers:
             client = self.client
@@ -127,10 +131,29 @@ class _Bare:
                     logger.exception(
                         "taskiq_batching: a NATS message could not be taken"
                     )
-                return
+                return _DONE
             # Unsubscribed, or to end after some messages: as the client does.
             del self.handles[sid]
-        await self.process(sid, subject, reply, data, headers)
+        return self.process(sid, subject, reply, data, headers)  # type: ignore[no-any-return]
+
+
+class _Done:
+    """Awaited, it is done at once (``None``): no coroutine, nothing made.
+
+    Its ``__await__`` gives the same exhausted iterator each time: it
+    stops at once (``StopIteration``, value None), however often it is
+    iterated.
+    """
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return _EXHAUSTED  # type: ignore[return-value]
+
+
+#: An iterator with nothing in it: every ``next`` stops.
+_EXHAUSTED = iter(())
+_DONE = _Done()
 
 
 def _bare_of(client: Any) -> _Bare | None:

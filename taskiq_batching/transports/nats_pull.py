@@ -119,7 +119,7 @@ class Pull:
         """Subscribe to an inbox of its own."""
         self._inbox = self.client.new_inbox()
         self._sub = await nats_subscribe_direct(
-            self.client, self._inbox, self._on_message, self._on_bare
+            self.client, self._inbox, self._on_message, self._take
         )
 
     def _on_message(self, message: Any) -> None:
@@ -132,12 +132,14 @@ class Pull:
             return
         self._take(message.reply, message.data, headers)
 
-    def _on_bare(self, reply: bytes, data: bytes) -> None:
-        """Note a message without headers, as parsed (no ``Msg`` built)."""
-        self._take(reply.decode(), data, None)
+    def _take(self, reply: str | bytes, data: bytes, headers: Any = None) -> None:
+        """Note a message delivered: held, to read (unless taken already).
 
-    def _take(self, reply: str, data: bytes, headers: Any) -> None:
-        """Note a message delivered: held, to read (unless taken already)."""
+        Also the raw handle of a message without headers, as parsed: its
+        reply subject as bytes, no ``Msg`` built.
+        """
+        if isinstance(reply, bytes):
+            reply = reply.decode()
         if self.requested > 0:
             self.requested -= 1
         sequence, delivered, sent_at = delivery_facts(reply)
@@ -161,8 +163,13 @@ class Pull:
         held = self.held[sequence] = Unsettled(reply, sequence)
         if headers:
             sent_at = message_sent_at(reply, headers)
-        self.unread.append(Delivery(data, held, sent_at=sent_at))
-        self.arrived.set()
+        unread = self.unread
+        # Set once per run of arrivals: while ``unread`` is not empty the
+        # event is set already (it is cleared only with ``unread`` empty),
+        # except while ``stop`` waits for the request's end.
+        if not unread or not self.requested:
+            self.arrived.set()
+        unread.append(Delivery(data, held, sent_at=sent_at))
 
     def take(self, limit: int) -> list[Delivery]:
         """Up to ``limit`` messages received and not read yet."""

@@ -620,3 +620,43 @@ def test_prometheus_value_class_and_live_gauge_files(
     if multiprocess:
         mark_process_dead(int(pid), str(tmp_path))  # type: ignore[no-untyped-call]
         assert _compat.prometheus_live_gauge_pids(str(tmp_path)) == set()
+
+
+class _NatsClient:
+    """What ``nats_subscribe_direct``'s raw path uses of a nats-py client."""
+
+    def __init__(self) -> None:
+        self._subs: dict[int, Any] = {}
+        self.stats = {"in_msgs": 0, "in_bytes": 0}
+        self.processed: list[bytes] = []
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: Any
+    ) -> None:
+        self.processed.append(data)
+
+
+async def test_a_raw_nats_message_is_handled_without_a_coroutine() -> None:
+    import inspect
+    from types import SimpleNamespace
+
+    from taskiq_batching._compat import nats as nats_compat
+
+    client = _NatsClient()
+    subscription = SimpleNamespace(_id=1, _received=0, _max_msgs=0)
+    client._subs[1] = subscription
+    raw: list[tuple[bytes, bytes]] = []
+    nats_compat._serve_bare(client, subscription, lambda r, d: raw.append((r, d)))
+    process: Any = client._process_msg  # the parser calls it, then awaits
+    done = process(1, b"s", b"reply", b"data", None)
+    assert not inspect.iscoroutine(done)  # none made per raw message
+    assert raw == [(b"reply", b"data")]
+    for _ in range(2):  # the same done awaitable, every time
+        assert await done is None
+    assert process(1, b"s", b"r", b"d", None) is done
+    assert client.stats == {"in_msgs": 2, "in_bytes": 5}
+    assert subscription._received == 2
+    # With headers: as the client handles it (its coroutine, awaited).
+    await process(1, b"s", b"r", b"with", b"NATS/1.0\r\n\r\n")
+    assert client.processed == [b"with"]
+    assert len(raw) == 2

@@ -409,3 +409,33 @@ async def test_compat_hands_many_publishes_to_the_client_at_once() -> None:
     assert not await _compat.nats_publish_each(client, ["a.3"], b"+ACK")
     assert not await _compat.nats_publish_each(Client(), ["a.3"], b"+ACK")
     assert len(sent) == 1
+
+
+async def test_a_raw_message_is_taken_with_its_reply_subject_as_bytes() -> None:
+    # The raw handle (no ``Msg`` built) gives the reply subject as parsed.
+    client = Client()
+    reader = await pull(client)
+    await reader.request(10)
+    reader._take(ack_subject(7).encode(), b"raw")
+    (delivery,) = reader.take(10)
+    assert delivery.data == b"raw"
+    assert delivery.handle.reply == ack_subject(7)
+    assert delivery.handle.sequence == 7
+    assert reader.arrived.is_set()
+
+
+async def test_a_stop_returns_at_the_last_message_of_the_request_with_some_unread() -> (
+    None
+):
+    # Arrivals behind unread ones leave the event as it is, but the one that
+    # ends the request wakes a stop waiting for it (no status comes then).
+    client = Client()
+    reader = await pull(client)
+    await reader.request(2)
+    await client.deliver(1)
+    stopping = asyncio.ensure_future(reader.stop())
+    await asyncio.sleep(0)
+    assert not stopping.done()
+    await client.deliver(2)
+    unread = await asyncio.wait_for(stopping, 1)
+    assert [d.handle.sequence for d in unread] == [1, 2]
