@@ -20,6 +20,9 @@ from taskiq_batching.core.signature import BatchSignature
 from taskiq_batching.errors import BatchConfigError
 
 _LIST_ORIGINS = (list, collections.abc.Sequence, collections.abc.MutableSequence)
+#: Item types whose values of exactly that type pydantic validates as they
+#: are (the same value back): such an item needs no validation call.
+_PLAIN_ITEMS = (int, str, float, bool)
 _POSITIONAL = (
     inspect.Parameter.POSITIONAL_ONLY,
     inspect.Parameter.POSITIONAL_OR_KEYWORD,
@@ -48,7 +51,8 @@ def analyse(task_name: str, func: Callable[..., Any]) -> BatchSignature:
             "`async def f(items: list[int]) -> ...`.",
         )
     first = params[0]
-    item_adapter = _item_adapter(where, first.name, hints.get(first.name))
+    element = _item_type(where, first.name, hints.get(first.name))
+    item_adapter = None if element is None else TypeAdapter(element)
     dependency_names = {p.name for p in params if _is_dependency(p)}
     extras = [
         param
@@ -67,6 +71,7 @@ def analyse(task_name: str, func: Callable[..., Any]) -> BatchSignature:
         func=func,
         items_name=first.name,
         item_adapter=item_adapter,
+        plain_item=element if element in _PLAIN_ITEMS else None,
         positional=[p for p in extras if p.kind in _POSITIONAL],
         keywords=keywords,
         adapters=adapters,
@@ -78,7 +83,8 @@ def analyse(task_name: str, func: Callable[..., Any]) -> BatchSignature:
     )
 
 
-def _item_adapter(where: str, name: str, hint: Any) -> TypeAdapter[Any] | None:
+def _item_type(where: str, name: str, hint: Any) -> Any:
+    """The type of one item (``T`` of ``list[T]``), or None for untyped items."""
     if hint is None or hint is Any:
         return None
     bare = (
@@ -96,7 +102,7 @@ def _item_adapter(where: str, name: str, hint: Any) -> TypeAdapter[Any] | None:
     element = typing.get_args(bare)
     if not element or element[0] is Any:
         return None
-    return TypeAdapter(element[0])
+    return element[0]
 
 
 def _is_dependency(param: inspect.Parameter) -> bool:

@@ -42,6 +42,9 @@ class BatchSignature:
     :param func: the user's batch function.
     :param items_name: name of its first (list) parameter.
     :param item_adapter: validates one item, or None for untyped items.
+    :param plain_item: the item type when it is ``int``, ``str``, ``float``
+        or ``bool`` (``list[int]``...): an item of exactly that type is
+        taken as it is, as pydantic would give it back; else None.
     :param positional: the parameters after the list that take positions.
     :param keywords: the parameters after the list that take names.
     :param adapters: validators of the typed extra parameters, by name.
@@ -58,6 +61,7 @@ class BatchSignature:
     func: Callable[..., Any]
     items_name: str
     item_adapter: TypeAdapter[Any] | None
+    plain_item: type | None = None
     positional: list[inspect.Parameter] = field(default_factory=list)
     keywords: list[inspect.Parameter] = field(default_factory=list)
     adapters: dict[str, TypeAdapter[Any]] = field(default_factory=dict)
@@ -100,7 +104,9 @@ class BatchSignature:
                 self.check_call(len(args) - 1, kwargs)
             if not validate:
                 return args[0], list(args[1:]), dict(kwargs)
-            item = self.coerce_item(args[0], values)
+            item = args[0]
+            if type(item) is not self.plain_item:  # else: as pydantic gives it
+                item = self.coerce_item(item, values)
             if len(args) == 1 and not kwargs and not self.keywords:
                 return item, [], {}  # nothing to move, convert or default
             extra_args, extra_kwargs = self.coerce_extras(args[1:], kwargs, values)

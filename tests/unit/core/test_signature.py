@@ -5,7 +5,7 @@ from collections.abc import MutableSequence, Sequence
 from typing import Annotated, Any
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 from taskiq import Context, TaskiqDepends
 from taskiq.kicker import AsyncKicker
 
@@ -335,3 +335,60 @@ def test_calling_the_task_directly_calls_the_batch_function() -> None:
     assert handler([1, 2, 3]) == 6
     assert handler([1], offset=10) == 11
     assert handler.task([4, 5]) == 9
+
+
+@pytest.mark.parametrize(
+    ("kind", "values"),
+    [
+        (int, [0, -7, 2**70]),
+        (str, ["", "é", "12", "\ud800"]),
+        (float, [0.5, float("inf"), -0.0]),
+        (bool, [True, False]),
+    ],
+)
+def test_a_plain_item_of_exactly_its_type_is_taken_as_pydantic_gives_it(
+    kind: type, values: list[Any]
+) -> None:
+    async def batch(items: list[kind]) -> None: ...  # type: ignore[valid-type]
+
+    signature = analyse("t", batch)
+    assert signature.plain_item is kind
+    adapter = signature.item_adapter
+    assert adapter is not None
+    for value in values:
+        # What it skips is what pydantic would give back: the same value.
+        given = adapter.validate_python(value)
+        assert type(given) is kind
+        assert given == value
+        item, _, _ = signature.prepare("t", "id", [value], {})
+        assert item is value
+
+
+def test_a_plain_item_skips_validation_and_anything_else_is_validated() -> None:
+    async def ints(items: list[int]) -> None: ...
+
+    signature = analyse("t", ints)
+    calls: list[Any] = []
+    assert signature.item_adapter is not None
+    adapter: TypeAdapter[Any] = signature.item_adapter
+
+    class Spy:
+        def validate_python(self, value: Any) -> Any:
+            calls.append(value)
+            return adapter.validate_python(value)
+
+    signature.item_adapter = Spy()  # type: ignore[assignment]
+    assert signature.prepare("t", "id", [5], {})[0] == 5
+    assert calls == []  # an int item of a list[int] function: no call
+    assert signature.prepare("t", "id", ["6"], {})[0] == 6  # converted
+    assert signature.prepare("t", "id", [True], {})[0] == 1  # a bool is no int here
+    assert calls == ["6", True]
+    with pytest.raises(BatchItemError):
+        signature.prepare("t", "id", ["seven"], {})
+
+
+@pytest.mark.parametrize("hint", [list[Annotated[int, "meta"]], list[Row], list[Any]])
+def test_other_item_types_have_no_plain_type(hint: Any) -> None:
+    async def batch(items: hint) -> None: ...
+
+    assert analyse("t", batch).plain_item is None
