@@ -372,10 +372,13 @@ def test_a_plain_item_skips_validation_and_anything_else_is_validated() -> None:
     assert signature.item_adapter is not None
     adapter: TypeAdapter[Any] = signature.item_adapter
 
-    class Spy:
+    class Validator:
         def validate_python(self, value: Any) -> Any:
             calls.append(value)
             return adapter.validate_python(value)
+
+    class Spy:
+        validator = Validator()
 
     signature.item_adapter = Spy()  # type: ignore[assignment]
     assert signature.prepare("t", "id", [5], {})[0] == 5
