@@ -22,6 +22,7 @@ from typing import Any
 
 from taskiq import AsyncBroker
 
+from taskiq_batching.core import room as task_room
 from taskiq_batching.core.bounds import Bounds
 from taskiq_batching.core.buffer import Buffer, Held
 from taskiq_batching.core.changes import Changes
@@ -211,12 +212,12 @@ class Batcher:
         return self.runner.running
 
     def room(self, task_name: str) -> int:
-        """Whole batches of a task that may start now (``Runner.room``)."""
-        return self.runner.room(task_name, self._largest_open(task_name))
+        """Whole batches of a task that may start now (``core/room.py``)."""
+        return task_room.room(self.runner, task_name, self._largest_open(task_name))
 
     def ahead(self, task_name: str) -> bool:
-        """Whether a full batch may be taken to wait for a slot (``Runner.ahead``)."""
-        return self.runner.ahead(task_name, self._largest_open(task_name))
+        """Whether a full batch may be taken to wait for a slot (``core/room.py``)."""
+        return task_room.ahead(self.runner, task_name, self._largest_open(task_name))
 
     def _largest_open(self, task_name: str) -> int:
         """Messages in the task's fullest open buffer (0: none open)."""

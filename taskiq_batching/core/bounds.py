@@ -103,7 +103,7 @@ class Bounds:
         """Count messages taken whole from the broker (a batch that waited there).
 
         They are not refused: the worker asked for them only while its
-        limits left room for their batch (``Runner.room``).
+        limits left room for their batch (``core/room.py``).
 
         :param task_name: a batched task.
         :param count: how many (``release`` them when finished).

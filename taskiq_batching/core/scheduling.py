@@ -84,68 +84,6 @@ class Runner:
         """Whether a batch waits, runs, or other work of a stop is not done."""
         return bool(self.ready or self.tasks or self.side)
 
-    def room(self, task_name: str, topping: int = 0) -> int:
-        """Whole batches of a task that may start now (taken from the broker).
-
-        What ``batch_concurrency``, ``max_concurrent_batches`` and, for a
-        keyed task, ``batch_max_keys`` (distinct keys running or waiting
-        to run) leave, counting the batches already queued, and no more
-        full batches than the task's held bound (``max_held``) has room for
-        (``_held_room``).
-
-        :param task_name: a batched task.
-        :param topping: messages in its fullest open buffer.
-        :return: how many (0: wait for a change).
-        """
-        settings = self.specs[task_name].settings
-        room = min(
-            settings.concurrency - self.running[task_name] - self.backlog[task_name],
-            self.max_concurrent_batches - len(self.tasks) - len(self.ready),
-        )
-        if settings.key is not None and settings.max_keys is not None:
-            busy = {b.key for b in self.tasks.values() if b.task_name == task_name}
-            busy.update(b.key for b, _ in self.ready if b.task_name == task_name)
-            room = min(room, settings.max_keys - len(busy))
-        return max(min(room, self._held_room(task_name, topping)), 0)
-
-    def _held_room(self, task_name: str, topping: int) -> int:
-        """Full batches the task's held bound (``max_held``) has room for.
-
-        A taken batch's short remainder waiting in an open buffer is topped
-        up by a take of what it lacks, so the fullest one is not held
-        against the bound: one take may then pass ``max_held`` by less than
-        a batch (a fresh batch where a top-up was allowed for), and the
-        next finds no room. Counting every open remainder instead let a
-        keyed task hold a remainder per key beyond the bound, and take
-        that many fresh batches on top.
-        """
-        settings = self.specs[task_name].settings
-        held = settings.max_held - self.bounds.held[task_name] + topping
-        return held // settings.batch_size
-
-    def ahead(self, task_name: str, topping: int = 0) -> bool:
-        """Whether one full batch of a task may be taken to wait for a slot.
-
-        When every slot of the task runs and none waits, the next full
-        batch may wait in the ready queue, as today's worker fills one
-        buffer while its batches run (``max_held`` counts it): the take
-        then overlaps the running batch instead of following it.
-
-        :param task_name: a batched task whose ``room`` is 0.
-        :param topping: messages in its fullest open buffer.
-        :return: whether a full batch may be taken ahead.
-        """
-        if self.backlog[task_name] or not self.running[task_name]:
-            return False
-        # A batch waiting counts against every task's process-wide room:
-        # one taken ahead must leave a slot for the others.
-        if self.max_concurrent_batches - len(self.tasks) - len(self.ready) < 2:
-            return False
-        settings = self.specs[task_name].settings
-        if settings.key is not None and settings.max_keys is not None:
-            return False  # the keys running or waiting are bounded
-        return self._held_room(task_name, topping) >= 1
-
     def queue(self, buffer: Buffer, reason: FlushReason) -> None:
         """Queue a flushed buffer to run, and start what may start.
 

@@ -9,10 +9,10 @@ it whole. One loop per process serves every such task, so that a worker
 at rest sends the broker one blocking command per ``IDLE_SECONDS`` for
 all of them:
 
-* for each task with room (``Runner.room``: ``batch_concurrency``,
+* for each task with room (``core/room.py``'s ``room``: ``batch_concurrency``,
   ``max_concurrent_batches``, ``batch_max_keys``, the held bound),
   ``take`` up to that many batches; a task whose slots all run takes one
-  *full* batch ahead to wait for a slot (``Runner.ahead``: the take
+  *full* batch ahead to wait for a slot (``core/room.py``'s ``ahead``: the take
   overlaps the running batch), else it waits for a batch to end;
 * each batch taken goes through the one lifecycle and the flush rules
   (``taken.Intake``): what is left of a batch taken by its deadline

@@ -1,4 +1,4 @@
-"""The taker's read-ahead (``worker/taking.py``, ``Runner.ahead``).
+"""The taker's read-ahead (``worker/taking.py``, ``core/room.py``'s ``ahead``).
 
 While every slot of a task runs, the taker takes one more *full* batch to
 wait for a slot, so that the next take overlaps the running batch instead
