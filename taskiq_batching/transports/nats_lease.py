@@ -24,22 +24,23 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
+from taskiq_batching._compat import nats_subscribe_direct
 from taskiq_batching.error_texts import describe
 from taskiq_batching.transports.batch_source import TakenBatch
 from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.transports.nats_lease_end import AckedMemory, drain, end_request
 from taskiq_batching.transports.nats_lease_keys import KeyedRound
-from taskiq_batching.transports.nats_pull import (
-    Unsettled,
-    log_reacked,
-    message_sent_at,
-    stream_sequence,
-)
+from taskiq_batching.transports.nats_pull import Unsettled, log_reacked
+from taskiq_batching.transports.nats_reply import delivery_facts, message_sent_at
+from taskiq_batching.transports.nats_settle import ACK
 
 logger = logging.getLogger("taskiq_batching")
 
+#: The headers of a message that has none.
+NONE: Mapping[str, Any] = MappingProxyType({})
 #: Seconds a request waits while its round holds nothing (the idle cost).
 IDLE_EXPIRES = 2.0
 #: Extra seconds to wait for a request's end before giving up on it.
@@ -79,6 +80,8 @@ class LeaseReader:
         #: Acked last: delivered again (an ack lost), acked again, not run.
         self.acked = AckedMemory()
         self.reacked = 0
+        #: Their reply subjects, acked again by the loop.
+        self.reacks: list[str] = []
         #: The round forming, per key: received, not handed to the worker.
         self.round = KeyedRound(batch_size, batch_timeout)
         #: Rounds full or due, for the worker's next ``take``.
@@ -106,7 +109,9 @@ class LeaseReader:
         """Subscribe; serve the worker's takes."""
         self._inbox = self.client.new_inbox()
         self._subs = [
-            await self.client.subscribe(f"{self._inbox}.*", cb=self._on_message),
+            await nats_subscribe_direct(
+                self.client, f"{self._inbox}.*", self._on_message, self._take
+            ),
             await self.client.subscribe(self.free_subject, cb=self._on_free),
         ]
         self._task = asyncio.ensure_future(self._loop())
@@ -144,7 +149,8 @@ class LeaseReader:
     async def _on_free(self, message: Any) -> None:
         self.free.set()
 
-    async def _on_message(self, message: Any) -> None:
+    def _on_message(self, message: Any) -> None:
+        """A message with headers, or a request's end (as the client parses it)."""
         headers = message.headers or {}
         if "Status" in headers:
             if headers["Status"] != "100" and message.subject.endswith(
@@ -153,6 +159,18 @@ class LeaseReader:
                 self.status = str(headers["Status"])
                 self._request_ended()
             return
+        self._take(message.reply, message.data, headers)
+
+    def _take(
+        self, reply: str | bytes, data: bytes, headers: Mapping[str, Any] = NONE
+    ) -> None:
+        """Add a message delivered to the round (unless held or acked already).
+
+        Also the raw handle of a message without headers, as parsed: its
+        reply subject as bytes, no ``Msg`` built (``nats_subscribe_direct``).
+        """
+        if isinstance(reply, bytes):
+            reply = reply.decode()
         self.got += 1
         self.last_at = time.time()
         if self.owed:  # the request counts every delivery
@@ -160,25 +178,24 @@ class LeaseReader:
             if not self.owed:
                 self._request_ended()
         self.poke.set()
-        sequence, _ = stream_sequence(message.reply)
+        sequence, _, sent_at = delivery_facts(reply)
         if sequence in self.acked:
             # Acked, yet delivered again: the ack was lost (a server
             # restart, whose consumer state may also have lost the
-            # delivery count). It ran: acked again, not run twice.
+            # delivery count). It ran: acked again (by the loop), not run twice.
             self.reacked += 1
-            await self.client.publish(message.reply, b"+ACK")
+            self.reacks.append(reply)
             return
         held = self.held.get(sequence)
         if held is not None:
             # Delivered again while held (ack_wait passed): acked through
             # this delivery, not run twice.
-            held.reply = message.reply
+            held.reply = reply
             return
-        held = self.held[sequence] = Unsettled(message.reply, sequence)
-        delivery = Delivery(
-            message.data, held, sent_at=message_sent_at(message.reply, headers)
-        )
-        self._hand_over(self.round.add(delivery, headers))
+        held = self.held[sequence] = Unsettled(reply, sequence)
+        if headers:
+            sent_at = message_sent_at(reply, headers)
+        self._hand_over(self.round.add(Delivery(data, held, sent_at=sent_at), headers))
 
     def _request_ended(self) -> None:
         if not self.got:  # nothing came: the next round asks as for one key
@@ -220,6 +237,10 @@ class LeaseReader:
         if self.reacked:
             log_reacked(self.reacked)
             self.reacked = 0
+        if self.reacks:
+            replies, self.reacks = self.reacks, []
+            for reply in replies:
+                await self.client.publish(reply, ACK)
         now = time.time()
         if self.round.is_due(now) and not self._arriving(now):
             self._hand_over(self.round.end())

@@ -6,9 +6,10 @@ messages to the task's own subject (``<subject>.batch.<token>``, stream
 ``<stream>-batch``), where a worker's lease reads them (``nats_lease.py``).
 Only what a plain taskiq kicker put on the main subject is moved there by
 a worker (``nats_forward.py``), at the cost of one more publish and
-delivery per message. The message bytes and headers are what
-taskiq-nats's ``kick`` would publish; every publish waits for the
-stream's acknowledgement (a message acked is stored: at-least-once), and
+delivery per message. The message bytes are what taskiq-nats's ``kick``
+would publish, its headers only what the lease reads (``lease_headers``:
+most messages have none, and reach the lease raw); every publish waits
+for the stream's acknowledgement (a message acked is stored: at-least-once), and
 its send time is the stream's timestamp, which the lease reads.
 
 ``kiq_many`` publishes each message with ``Nats-Msg-Id`` = its task_id:
@@ -26,8 +27,10 @@ from nats.js.api import RetentionPolicy
 from nats.js.errors import APIError, BadRequestError, NoStreamResponseError
 from taskiq import BrokerMessage
 
+from taskiq_batching.core.broker_keys import NO_KEY
 from taskiq_batching.error_texts import describe
 from taskiq_batching.errors import SendManyError
+from taskiq_batching.labels import BATCH_DEADLINE_LABEL
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.batch_source import per_worker_reason
 from taskiq_batching.transports.nats_lease_keys import KEY_HEADER
@@ -145,15 +148,37 @@ class NatsBatchSender:
         self, subject: str, message: BrokerMessage, key: str, once: bool
     ) -> None:
         """One publish as ``kick`` makes it; a lost stream is made again once."""
-        headers = {**message.labels, KEY_HEADER: key}
+        headers = lease_headers(message, key)
         if once:
             headers["Nats-Msg-Id"] = MSG_ID_PREFIX + message.task_id
+        # None, not {}: an empty dict still sends a header block (HPUB).
+        sent = headers or None
         try:
-            await self.broker.js.publish(subject, message.message, headers=headers)
+            await self.broker.js.publish(subject, message.message, headers=sent)
         except NoStreamResponseError:
             # Nothing stored (no stream listens): deleted since; safe to retry.
             await ensure_batch_stream(self.broker)
-            await self.broker.js.publish(subject, message.message, headers=headers)
+            await self.broker.js.publish(subject, message.message, headers=sent)
+
+
+def lease_headers(message: BrokerMessage, key: str) -> dict[str, str]:
+    """The headers a lease reads of a message: none for most.
+
+    Its key (``Tb-Key``, unless ``NO_KEY``) and ``batch_deadline``; its
+    labels stay in its bytes, where the worker reads them. A message with
+    no header reaches the lease raw, no ``Msg`` built (``nats_lease.py``).
+
+    :param message: the message.
+    :param key: its key in the broker.
+    :return: the headers (empty: the message is published without).
+    """
+    headers: dict[str, str] = {}
+    if key != NO_KEY:
+        headers[KEY_HEADER] = key
+    deadline = message.labels.get(BATCH_DEADLINE_LABEL)
+    if deadline is not None:
+        headers[BATCH_DEADLINE_LABEL] = str(deadline)
+    return headers
 
 
 def _report(

@@ -22,6 +22,8 @@ from taskiq.brokers.inmemory_broker import InmemoryResultBackend
 from taskiq_nats import PullBasedJetStreamBroker
 
 from taskiq_batching import BatchingMiddleware, SendManyError, batch_task
+from taskiq_batching.labels import BATCH_DEADLINE_LABEL
+from taskiq_batching.transports.nats_lease_keys import KEY_HEADER
 from taskiq_batching.transports.nats_send import batch_stream, batch_subject
 from taskiq_batching.waiting import waiting_sender
 
@@ -88,9 +90,36 @@ async def test_kiq_and_kiq_many_publish_to_the_tasks_subject(
     assert [m.task_id for m in messages] == [one.task_id] + [t.task_id for t in many]
     assert [m.args[0] for m in messages] == list(range(6))
     # kiq_many's are sent at most once (the server's duplicate window).
-    assert [(m.headers or {}).get("Nats-Msg-Id") for m in waiting[1:]] == [
-        f"tb-{t.task_id}" for t in many
+    # Only what the lease reads travels as a header: kiq's message has none
+    # (it reaches the lease raw); kiq_many's only their Nats-Msg-Id.
+    assert waiting[0].headers is None
+    assert [m.headers for m in waiting[1:]] == [
+        {"Nats-Msg-Id": f"tb-{t.task_id}"} for t in many
     ]
+
+
+async def test_a_key_and_a_batch_deadline_are_the_only_headers_sent(
+    producer: PullBasedJetStreamBroker,
+) -> None:
+    """A lease reads a key (``Tb-Key``) and ``batch_deadline``; no labels."""
+
+    @batch_task(
+        producer,
+        task_name="keyed",
+        batch_size=10,
+        batch_timeout=1.0,
+        batch_key=lambda item: item % 2,
+    )
+    async def keyed(items: list[int]) -> list[int]:
+        return items
+
+    collect, _ = declare(producer)
+    await keyed.kicker().with_labels(colour="blue").kiq(1)
+    await collect.kicker().with_labels(colour="blue", batch_deadline=12.5).kiq(2)
+    first, second = await stored(producer, batch_stream(producer))
+    assert set(first.headers) == {KEY_HEADER}
+    assert second.headers == {BATCH_DEADLINE_LABEL: "12.5"}
+    assert producer.formatter.loads(second.data).labels["colour"] == "blue"
 
 
 async def test_a_chunk_sent_again_is_stored_once(

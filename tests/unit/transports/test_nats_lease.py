@@ -211,6 +211,31 @@ async def test_a_message_delivered_again_while_held_is_not_taken_twice(
     assert reader.round.held()[0].handle.reply.startswith("$JS.ACK.s-batch.d-b-x.2.")
 
 
+async def test_raw_messages_fill_a_round_and_one_acked_is_acked_again(
+    setup: Setup,
+) -> None:
+    """A message without headers comes raw (reply bytes, data): into the
+    round, sent at the stream's time; one acked already (its ack lost) is
+    acked again by the reader's loop, not taken."""
+    client, reader = setup.client, setup.reader
+    reader.take(1)
+    await first_request(client)
+    reader.acked.add(9)
+    again = "$JS.ACK.s-batch.d-b-x.1.9.9.1700000000000000000.0"
+    reader._take(again.encode(), b"old")
+    while (again, b"+ACK", "") not in client.published:
+        await client.next_publish()
+    assert reader.round.held() == []
+    now = time.time()
+    for sequence in (1, 2, 3):
+        reply = f"$JS.ACK.s-batch.d-b-x.1.{sequence}.{sequence}.{int(now * 1e9)}.0"
+        reader._take(reply.encode(), b"m%d" % sequence)
+    [full] = await setup.ready()
+    assert [d.data for d in full.deliveries] == [b"m1", b"m2", b"m3"]
+    assert [d.handle.reply.split(".")[5] for d in full.deliveries] == ["1", "2", "3"]
+    assert full.deliveries[0].sent_at == pytest.approx(now)
+
+
 async def test_a_stop_gives_what_the_worker_never_took(setup: Setup) -> None:
     client, reader = setup.client, setup.reader
     reader.take(1)
