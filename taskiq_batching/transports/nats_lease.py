@@ -15,6 +15,9 @@ next take as a ``TakenBatch``, whose messages go through the one
 lifecycle. When a request ends and the holder does not ask again at once,
 it says the slot is free on a core subject (``_tb.free.<durable>``); a
 dead holder never says so: the others ask again after ``IDLE_EXPIRES``.
+While the worker's slots all run, it asks for nothing, but for a
+backlog's next full round, taking only what is there (``_read_ahead``).
+What the requests bring is received by ``nats_lease_intake.LeaseIntake``.
 """
 
 import asyncio
@@ -22,25 +25,21 @@ import contextlib
 import json
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
-from types import MappingProxyType
 from typing import Any
 
 from taskiq_batching._compat import nats_subscribe_direct
 from taskiq_batching.error_texts import describe
 from taskiq_batching.transports.batch_source import TakenBatch
 from taskiq_batching.transports.delivery import Delivery
-from taskiq_batching.transports.nats_lease_end import AckedMemory, drain, end_request
-from taskiq_batching.transports.nats_lease_keys import KeyedRound
-from taskiq_batching.transports.nats_pull import Unsettled, log_reacked
-from taskiq_batching.transports.nats_reply import delivery_facts, message_sent_at
+from taskiq_batching.transports.nats_lease_end import drain, end_request
+from taskiq_batching.transports.nats_lease_intake import LeaseIntake
+from taskiq_batching.transports.nats_pull import log_reacked
+from taskiq_batching.transports.nats_reply import stream_pending
 from taskiq_batching.transports.nats_settle import ACK
 
 logger = logging.getLogger("taskiq_batching")
 
-#: The headers of a message that has none.
-NONE: Mapping[str, Any] = MappingProxyType({})
 #: Seconds a request waits while its round holds nothing (the idle cost).
 IDLE_EXPIRES = 2.0
 #: Extra seconds to wait for a request's end before giving up on it.
@@ -51,7 +50,7 @@ MARGIN = 1.0
 BURST_SECONDS = 0.002
 
 
-class LeaseReader:
+class LeaseReader(LeaseIntake):
     """One batched task's durable with ``max_waiting=1``, read under its lease.
 
     :param client: the broker's NATS client.
@@ -71,35 +70,14 @@ class LeaseReader:
         batch_timeout: float | None,
         wake: Callable[[], None],
     ) -> None:
-        self.client = client
+        super().__init__(client, batch_size, batch_timeout, wake)
         self.api = api
-        self.wake = wake
         self.free_subject = f"_tb.free.{durable}"
-        #: Received and not settled, by stream sequence.
-        self.held: dict[int, Unsettled] = {}
-        #: Acked last: delivered again (an ack lost), acked again, not run.
-        self.acked = AckedMemory()
-        self.reacked = 0
-        #: Their reply subjects, acked again by the loop.
-        self.reacks: list[str] = []
-        #: The round forming, per key: received, not handed to the worker.
-        self.round = KeyedRound(batch_size, batch_timeout)
-        #: Rounds full or due, for the worker's next ``take``.
-        self.ready: deque[TakenBatch] = deque()
-        #: The worker asked for a round (it has room): requests may go.
-        self.wanted = False
-        #: Messages the request in flight may still bring (0: none in flight).
-        self.owed = 0
+        #: A backlog's next round is asked for ahead (``_read_ahead``), and
+        #: the request in flight is such (``no_wait``).
+        self.ahead = False
+        self.asked_ahead = False
         self.ends_at = 0.0
-        #: Messages the request in flight brought, the last at ``last_at``.
-        self.got = 0
-        self.last_at = 0.0
-        self.serial = 0
-        #: The status that ended the last request (``409``: refused).
-        self.status: str | None = None
-        #: A request of ours ended: the slot is let go unless we ask again.
-        self.ended = False
-        self.poke = asyncio.Event()
         self.free = asyncio.Event()
         self._inbox = ""
         self._subs: list[Any] = []
@@ -130,13 +108,15 @@ class LeaseReader:
             a key is full at that many (else at ``batch_size``).
         :param full_only: only ready batches that filled (``size``), oldest
             first; no round is asked for (the slot stays free for a worker
-            with room).
+            with room), but a backlog's next full one (``_read_ahead``).
         :return: the batches, oldest first.
         """
         if full_only:
             taken: list[TakenBatch] = []
             while self.ready and len(taken) < room and self.ready[0].reason == "size":
                 taken.append(self.ready.popleft())
+            if not taken:
+                self._read_ahead()
             return taken
         if not self.ready:
             self.ready.extend(self.round.want(needs or {}))
@@ -146,78 +126,26 @@ class LeaseReader:
             self.poke.set()
         return taken
 
+    def _read_ahead(self) -> None:
+        """A backlog: ask for its next full round while the worker's slots run.
+
+        Only when the last message said the consumer had a full round more
+        to deliver (its ack subject's pending count), for one key, and with
+        nothing held, ready or asked. The request takes only what is there
+        (``no_wait``): it never holds the slot waiting for messages, and
+        another process's request waiting there refuses it (409). Without
+        it, a worker draining a backlog alone asks for its next round only
+        once its batch ended: a round trip per batch, idle.
+        """
+        round_ = self.round
+        if self.ready or round_ or self.owed or round_.seen > 1:
+            return
+        if stream_pending(self.last_reply) >= round_.batch_size:
+            self.ahead = True
+            self.poke.set()
+
     async def _on_free(self, message: Any) -> None:
         self.free.set()
-
-    def _on_message(self, message: Any) -> None:
-        """A message with headers, or a request's end (as the client parses it)."""
-        headers = message.headers or {}
-        if "Status" in headers:
-            if headers["Status"] != "100" and message.subject.endswith(
-                f".{self.serial}"
-            ):
-                self.status = str(headers["Status"])
-                self._request_ended()
-            return
-        self._take(message.reply, message.data, headers)
-
-    def _take(
-        self, reply: str | bytes, data: bytes, headers: Mapping[str, Any] = NONE
-    ) -> None:
-        """Add a message delivered to the round (unless held or acked already).
-
-        Also the raw handle of a message without headers, as parsed: its
-        reply subject as bytes, no ``Msg`` built (``nats_subscribe_direct``).
-        """
-        if isinstance(reply, bytes):
-            reply = reply.decode()
-        self.got += 1
-        self.last_at = time.time()
-        if self.owed:  # the request counts every delivery
-            self.owed -= 1
-            if not self.owed:
-                self._request_ended()
-        self.poke.set()
-        sequence, _, sent_at = delivery_facts(reply)
-        if sequence in self.acked:
-            # Acked, yet delivered again: the ack was lost (a server
-            # restart, whose consumer state may also have lost the
-            # delivery count). It ran: acked again (by the loop), not run twice.
-            self.reacked += 1
-            self.reacks.append(reply)
-            return
-        held = self.held.get(sequence)
-        if held is not None:
-            # Delivered again while held (ack_wait passed): acked through
-            # this delivery, not run twice.
-            held.reply = reply
-            return
-        held = self.held[sequence] = Unsettled(reply, sequence)
-        if headers:
-            sent_at = message_sent_at(reply, headers)
-        self._hand_over(self.round.add(Delivery(data, held, sent_at=sent_at), headers))
-
-    def _request_ended(self) -> None:
-        if not self.got:  # nothing came: the next round asks as for one key
-            self.round.seen = 0
-        self.owed = 0
-        self.ended = self.status != "409"  # a refused one never held the slot
-        self.poke.set()
-
-    def owns(self, held: Any) -> bool:
-        """Whether ``held`` is one of this reader's messages."""
-        return isinstance(held, Unsettled) and self.held.get(held.sequence) is held
-
-    def unhold(self, held: Unsettled, acked: bool = False) -> None:
-        """Settled (acked, nak'ed or forgotten by the worker).
-
-        :param held: the message.
-        :param acked: it is acked (remembered: see ``_on_message``).
-        """
-        if self.held.get(held.sequence) is held:
-            del self.held[held.sequence]
-        if acked:
-            self.acked.add(held.sequence)
 
     async def _loop(self) -> None:
         # Until stopped: Python 3.11's wait_for may swallow the cancellation.
@@ -234,41 +162,42 @@ class LeaseReader:
     async def _step(self) -> None:
         """Hand over a round due; let the slot go; wait, or ask."""
         self.poke.clear()
-        if self.reacked:
-            log_reacked(self.reacked)
-            self.reacked = 0
         if self.reacks:
-            replies, self.reacks = self.reacks, []
-            for reply in replies:
-                await self.client.publish(reply, ACK)
+            await self._ack_again()
         now = time.time()
         if self.round.is_due(now) and not self._arriving(now):
             self._hand_over(self.round.end())
         if self.owed and now >= self.ends_at:
             self._request_ended()  # no end came (a reconnection): ask again
         # A round with keys open keeps the slot until its deadline.
-        asking = self.wanted or bool(self.round)
+        asking = self.wanted or self.ahead or bool(self.round)
         if self.ended and not self.owed and not asking:
             self.ended = False
             await self.client.publish(self.free_subject, b"")
         if self.owed:
             await self._sleep(_sooner(self._until_due(now), self.ends_at - now))
         elif self.status == "409":
-            self.status = None
-            await self._wait_free(now)
+            await self._refused(now)
         elif asking:
             await self._ask(now)
         else:
             await self._sleep(self._until_due(now))
 
-    def _hand_over(self, batches: list[TakenBatch]) -> None:
-        """Keys full or due: ready for the worker's next take."""
-        if not batches:
+    async def _ack_again(self) -> None:
+        """Ack again what was acked and delivered again (``_take``)."""
+        log_reacked(self.reacked)
+        self.reacked = 0
+        replies, self.reacks = self.reacks, []
+        for reply in replies:
+            await self.client.publish(reply, ACK)
+
+    async def _refused(self, now: float) -> None:
+        """A request refused: another process's waits (it holds the slot)."""
+        self.status = None
+        if self.asked_ahead:  # the worker wants nothing yet: no wait for a word
+            self.asked_ahead = False
             return
-        self.ready.extend(batches)
-        if not self.round:  # the round ended: ask again when the worker takes
-            self.wanted = False
-        self.wake()
+        await self._wait_free(now)
 
     def _arriving(self, now: float) -> bool:
         """Whether the request in flight is bringing messages in a burst."""
@@ -304,7 +233,11 @@ class LeaseReader:
         self.status = None
         self.ended = False
         self.free.clear()
-        body = {"batch": self.owed, "expires": int(expires * 1e9)}
+        body: dict[str, Any] = {"batch": self.owed, "expires": int(expires * 1e9)}
+        self.asked_ahead = self.ahead and not self.wanted
+        self.ahead = False
+        if self.asked_ahead:  # only what is there: it ends at once
+            body = {"batch": self.owed, "no_wait": True}
         await self.client.publish(
             self.api, json.dumps(body).encode(), reply=f"{self._inbox}.{self.serial}"
         )

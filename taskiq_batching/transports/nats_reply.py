@@ -31,6 +31,19 @@ def delivery_facts(reply: str) -> tuple[int, int, float | None]:
     return int(tokens[at]), int(tokens[at - 1]), stored_at
 
 
+def stream_pending(reply: str) -> int:
+    """Messages the consumer had left to deliver after this one (its ack subject).
+
+    :param reply: a JetStream message's reply subject (see ``delivery_facts``).
+    :return: that count (0 when the subject has none).
+    """
+    tokens = reply.split(".")
+    try:
+        return int(tokens[8 if len(tokens) == 9 else 10])
+    except (IndexError, ValueError):
+        return 0
+
+
 def stream_sequence(reply: str) -> tuple[int, int]:
     """The stream sequence and delivery count of a JetStream message.
 

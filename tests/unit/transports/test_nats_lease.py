@@ -236,6 +236,47 @@ async def test_raw_messages_fill_a_round_and_one_acked_is_acked_again(
     assert full.deliveries[0].sent_at == pytest.approx(now)
 
 
+def raw(reader: LeaseReader, sequence: int, pending: int) -> None:
+    """A message without headers, as parsed; ``pending`` left after it."""
+    stored = int(time.time() * 1e9)
+    reply = f"$JS.ACK.s-batch.d-b-x.1.{sequence}.{sequence}.{stored}.{pending}"
+    reader._take(reply.encode(), b"m")
+
+
+async def test_a_backlogs_next_full_round_is_asked_for_ahead(setup: Setup) -> None:
+    """While the worker's slots run (``full_only``), a backlog's next round
+    is asked for at once, taking only what is there (``no_wait``); without
+    a backlog, or refused (another process waits), nothing more."""
+    client, reader = setup.client, setup.reader
+    reader.take(1)
+    await first_request(client)
+    for sequence in (1, 2, 3):
+        raw(reader, sequence, pending=2)
+    [first] = await setup.ready()
+    assert (first.reason, len(first.deliveries)) == ("size", 3)
+    assert reader.take(1, full_only=True) == []  # 2 left: no full round
+    reader.last_reply = reader.last_reply.rsplit(".", 1)[0] + ".3"
+    assert reader.take(1, full_only=True) == []
+    while len(client.requests()) < 2:
+        await client.next_publish()
+    assert client.requests()[-1] == {"batch": 3, "no_wait": True}
+    for sequence in (4, 5, 6):
+        raw(reader, sequence, pending=5)
+    await asyncio.wait_for(setup.woken.wait(), 5)
+    [ahead] = reader.take(1, full_only=True)
+    assert (ahead.reason, len(ahead.deliveries)) == ("size", 3)
+    assert reader.take(1, full_only=True) == []
+    while len(client.requests()) < 3:
+        await client.next_publish()
+    await client.status("409", 3)  # refused: no wait for the free word
+    refused = time.monotonic()
+    assert reader.take(1) == []
+    while len(client.requests()) < 4:
+        await client.next_publish()
+    assert time.monotonic() - refused < IDLE_EXPIRES / 2
+    assert client.requests()[-1] == {"batch": 3, "expires": int(IDLE_EXPIRES * 1e9)}
+
+
 async def test_a_stop_gives_what_the_worker_never_took(setup: Setup) -> None:
     client, reader = setup.client, setup.reader
     reader.take(1)
