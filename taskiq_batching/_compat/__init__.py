@@ -56,7 +56,11 @@ from taskiq_batching._compat.receiver import (
     shadow_listen,
     share_stop_budget,
 )
-from taskiq_batching._compat.redis import redis_result_key, redis_result_keys
+from taskiq_batching._compat.redis import (
+    redis_result_key,
+    redis_result_keys,
+    redis_result_prefix,
+)
 from taskiq_batching._compat.taskiq import (
     broker_message,
     guard_declarations,
@@ -98,6 +102,7 @@ __all__ = [
     "receiver_settings",
     "redis_result_key",
     "redis_result_keys",
+    "redis_result_prefix",
     "retype_task",
     "route_callback",
     "shadow_listen",

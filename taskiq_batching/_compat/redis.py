@@ -4,6 +4,7 @@ Tested with taskiq-redis 1.2.4, the lowest and newest release
 ``pyproject.toml`` allows (``>=1.2.4,<1.3``).
 """
 
+import functools
 from collections.abc import Iterable
 from typing import Any
 
@@ -32,3 +33,40 @@ def redis_result_keys(backend: Any, task_ids: Iterable[str]) -> list[str]:
     """
     name = backend._task_name
     return [str(name(task_id)) for task_id in task_ids]
+
+
+def redis_result_prefix(backend: Any) -> str | None:
+    """What every result key starts with, when a key is that and the task_id.
+
+    Relies on: taskiq-redis's own ``_task_name`` (of each of its three
+    result backends) naming a key ``f"{prefix_str}:{task_id}"``, or the
+    task_id alone without ``prefix_str``; a backend whose ``_task_name``
+    is another (a subclass's) gets None, its keys named by
+    ``redis_result_keys``.
+
+    :param backend: a taskiq-redis result backend.
+    :return: the prefix (``""`` without ``prefix_str``), or None.
+    """
+    namer = getattr(getattr(backend, "_task_name", None), "__func__", None)
+    if namer is None or namer not in _stock_namers():
+        return None
+    return str(backend._task_name(""))
+
+
+@functools.cache
+def _stock_namers() -> tuple[Any, ...]:
+    # Imported when first used: taskiq-redis is an extra (``[redis]``).
+    from taskiq_redis import (
+        RedisAsyncClusterResultBackend,
+        RedisAsyncResultBackend,
+        RedisAsyncSentinelResultBackend,
+    )
+
+    return tuple(
+        getattr(backend, "_task_name", None)
+        for backend in (
+            RedisAsyncResultBackend,
+            RedisAsyncClusterResultBackend,
+            RedisAsyncSentinelResultBackend,
+        )
+    )

@@ -17,6 +17,7 @@ Tested with redis-py 8.1.0 (RESP2 unless told ``protocol=3``) and 8.2.0
 
 import math
 from collections.abc import Awaitable, Callable
+from itertools import islice
 from typing import Any, TypeVar
 
 from redis.exceptions import ConnectionError
@@ -170,14 +171,32 @@ async def read_buffered(connection: Any, replies: int, found: list[Any]) -> None
         return
     if not getattr(parser, "_connected", False):
         return
-    push = getattr(parser, "_hiredis_PushNotificationType", None)
-    while len(found) < replies:
-        reply = reader.gets()
-        if reply is _NOT_ENOUGH_DATA:
+    # Every whole reply buffered, up to the count, taken by ``gets`` in one
+    # C loop (``iter`` stops at NOT_ENOUGH_DATA): a batch has a reply per
+    # message. Only replies of other types than plain values are looked at.
+    gets = iter(reader.gets, _NOT_ENOUGH_DATA)
+    taken = list(islice(gets, max(replies - len(found), 0)))
+    while taken:
+        if _PLAIN.issuperset(map(type, taken)):
+            found += taken
+        else:
+            await _sort_replies(connection, parser, taken, found)
+        if len(found) >= replies:
             return
-        if type(reply) is bytes:  # a SET's OK, a batch's usual reply: no checks
-            found.append(reply)
-            continue
+        # Push messages are not replies: the batch may have more to take.
+        taken = list(islice(gets, replies - len(found)))
+
+
+#: Types of replies taken as they are (no error, push message or list).
+_PLAIN = frozenset((bytes, int, str, float, type(None)))
+
+
+async def _sort_replies(
+    connection: Any, parser: Any, taken: list[Any], found: list[Any]
+) -> None:
+    """Hand push messages on, raise a connection error, keep the replies."""
+    push = getattr(parser, "_hiredis_PushNotificationType", None)
+    for reply in taken:
         if push is not None and isinstance(reply, push):
             await parser.handle_push_response(reply)
             continue

@@ -11,12 +11,17 @@ The commands are packed by hand and sent in one round trip
 (``redis_wire``), their replies read by redis-py's C parser (hiredis, in
 the ``[redis]`` extra; without it the registry picks the generic writer):
 cheap for the worker, and the cheapest for the server, which runs no
-script. A cluster gets a redis-py pipeline (its keys span slots). A
-result that cannot be encoded is reported alone; a write that fails
-reports each of its results.
+script. As it runs for every message, nothing is done per result in
+Python: keys are encoded and the commands joined by C loops (``map``,
+``bytes.join``), keys named as taskiq-redis names them (its prefix and
+the task_id) without a call per key. A cluster gets a redis-py pipeline
+(its keys span slots). A result that cannot be encoded is reported
+alone; a write that fails reports each of its results.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from itertools import chain, repeat
+from operator import itemgetter, methodcaller
 from typing import Any
 
 from redis.asyncio import Redis
@@ -28,7 +33,7 @@ from taskiq_redis import (
     RedisAsyncSentinelResultBackend,
 )
 
-from taskiq_batching._compat import redis_result_keys
+from taskiq_batching._compat import redis_result_keys, redis_result_prefix
 from taskiq_batching._compat.redis_py import string_encoding
 from taskiq_batching.transports.redis_common import reached_through
 from taskiq_batching.transports.redis_wire import bulk, round_trip
@@ -39,8 +44,10 @@ _WRITERS = (
     RedisAsyncClusterResultBackend.set_result,
 )
 
-#: (index of the result, key, encoded value)
-Row = tuple[int, str, bytes]
+#: What ``str.encode()`` does without arguments (UTF-8, strict).
+_PLAIN_UTF8 = {("utf-8", "strict"), ("utf8", "strict")}
+_first = itemgetter(0)
+_second = itemgetter(1)
 
 
 def results_for(backend: AsyncResultBackend[Any]) -> "RedisResults | None":
@@ -83,76 +90,118 @@ class RedisResults:
         self, results: Sequence[tuple[str, TaskiqResult[Any]]]
     ) -> list[tuple[int, BaseException]]:
         """Store each result (see ``ResultWriter.write``)."""
-        backend = self.backend
-        failures: list[tuple[int, BaseException]] = []
-        encoded: dict[int, bytes] = {}
-        rows: list[Row] = []
-        keys = redis_result_keys(backend, [task_id for task_id, _ in results])
-        for index, (_, result) in enumerate(results):
-            value = encoded.get(id(result))
-            if value is None:
-                try:
-                    value = backend.serializer.dumpb(result.model_dump(mode="json"))
-                except Exception as exc:
-                    failures.append((index, exc))
-                    continue
-                encoded[id(result)] = value
-            rows.append((index, keys[index], value))
-        if rows:
+        # Rows as columns, taken apart by ``map`` (no step per row in
+        # Python): this runs for every message of a batch.
+        task_ids = list(map(_first, results))
+        owners = list(map(id, map(_second, results)))  # each row's result, by id
+        values: dict[int, bytes] = {}
+        refused: dict[int, BaseException] = {}
+        # Each distinct result object encoded once, in the order they come.
+        for owner, result in dict(
+            zip(owners, map(_second, results), strict=True)
+        ).items():
             try:
-                failures.extend(await self._set_all(rows))
+                values[owner] = self.backend.serializer.dumpb(
+                    result.model_dump(mode="json")
+                )
             except Exception as exc:
-                failures.extend((index, exc) for index, _, _ in rows)
-        return sorted(failures, key=lambda failure: failure[0])
+                refused[owner] = exc
+        failures: list[tuple[int, BaseException]] = []
+        kept: list[int] | None = None  # the rows written (None: all of them)
+        if refused:
+            failures = [(i, refused[o]) for i, o in enumerate(owners) if o in refused]
+            kept = [i for i, owner in enumerate(owners) if owner not in refused]
+            task_ids = [task_ids[i] for i in kept]
+            owners = [owners[i] for i in kept]
+        if task_ids:
+            try:
+                failed = await self._set_all(task_ids, owners, values)
+            except Exception as exc:
+                failed = [(i, exc) for i in range(len(task_ids))]
+            failures += [(i if kept is None else kept[i], e) for i, e in failed]
+        return sorted(failures, key=_first)
 
-    async def _set_all(self, rows: list[Row]) -> list[tuple[int, BaseException]]:
-        """Write the rows; the failures of single keys (others raise)."""
+    async def _set_all(
+        self, task_ids: list[str], owners: list[int], values: dict[int, bytes]
+    ) -> list[tuple[int, BaseException]]:
+        """Write each task_id's value; the failures of single keys (others raise)."""
         ex = self.backend.result_ex_time
         px = None if ex else self.backend.result_px_time
         if self.wired:
-            return await self._set_by_wire(rows, ex, px)
+            return await self._set_by_wire(task_ids, owners, values, ex, px)
+        keys = redis_result_keys(self.backend, task_ids)
         async with self._client().pipeline(transaction=False) as pipe:
-            for _, key, value in rows:
-                pipe.set(key, value, ex=ex or None, px=px or None)
+            for key, owner in zip(keys, owners, strict=True):
+                pipe.set(key, values[owner], ex=ex or None, px=px or None)
             await pipe.execute()
         return []
 
     async def _set_by_wire(
-        self, rows: list[Row], ex: int | None, px: int | None
+        self,
+        task_ids: list[str],
+        owners: list[int],
+        values: dict[int, bytes],
+        ex: int | None,
+        px: int | None,
     ) -> list[tuple[int, BaseException]]:
         """One round trip: an MSET, or a SET with the expiry per key."""
         redis = self._client()
-        # Keys are str: encoded as redis-py would encode them.
-        charset, errors = string_encoding(redis)
-        values: dict[int, bytes] = {}  # each distinct value as RESP, once
-        pairs: list[bytes] = []  # each command (or key and value), as RESP
-        last: bytes | None = None  # a batch's results mostly share one value
-        packed = b""
         expires = bool(ex or px)
         expiry = b""  # SET key value EX|PX amount: after each value
         if expires:
             option, amount = (b"EX", ex) if ex else (b"PX", px)
             expiry = bulk(option) + bulk(str(amount).encode())
-        for _, key, value in rows:
-            if value is not last:
-                packed = values.get(id(value)) or values.setdefault(
-                    id(value), bulk(value) + expiry
-                )
-                last = value
-            name = key.encode(charset, errors)
-            # The command (or pair) in one step: it runs for every result.
-            pairs.append(b"$%d\r\n%s\r\n%s" % (len(name), name, packed))
+        # What follows each key: its value (each distinct one packed once).
+        tails = {
+            owner: b"\r\n" + bulk(value) + expiry for owner, value in values.items()
+        }
+        head = b"*5\r\n$3\r\nSET\r\n" if expires else b""
+        lead, names = self._names(redis, task_ids)
+        # Each command (or MSET's pair): what comes before the key, the key,
+        # the rest, joined at once; keys of one length (task_ids of taskiq's
+        # kicker: uuid4 hex) share what comes before them.
+        lengths = set(map(len, names))
+        heads: Iterable[bytes]
+        if len(lengths) == 1:
+            heads = repeat(head + b"$%d\r\n" % (len(lead) + lengths.pop()) + lead)
+        else:
+            heads = [
+                head + b"$%d\r\n" % (len(lead) + len(name)) + lead for name in names
+            ]
+        data = b"".join(
+            chain.from_iterable(
+                zip(heads, names, map(tails.__getitem__, owners), strict=False)
+            )
+        )
         if not expires:
-            head = b"*%d\r\n$4\r\nMSET\r\n" % (1 + 2 * len(rows))
-            (reply,) = await round_trip(redis, [head, *pairs], 1)
+            head = b"*%d\r\n$4\r\nMSET\r\n" % (1 + 2 * len(names))
+            (reply,) = await round_trip(redis, [head, data], 1)
             if isinstance(reply, ResponseError):
                 raise reply
             return []
-        # Each SET's head is the same: joined in, not added to each command.
-        head = b"*5\r\n$3\r\nSET\r\n"
-        replies = await round_trip(redis, [head, head.join(pairs)], len(pairs))
+        replies = await round_trip(redis, [data], len(names))
+        if replies.count(b"OK") == len(replies):  # every SET's reply, usually
+            return []
         return [
-            (rows[index][0], reply)
+            (index, reply)
             for index, reply in enumerate(replies)
-            if type(reply) is not bytes and isinstance(reply, ResponseError)
+            if isinstance(reply, ResponseError)
         ]
+
+    def _names(self, redis: Any, task_ids: list[str]) -> tuple[bytes, list[bytes]]:
+        """The keys, encoded as redis-py encodes them: a prefix shared, and the rest.
+
+        :return: the prefix all keys share (the backend's ``prefix_str:``,
+            when it names keys as taskiq-redis does), and each key's rest.
+        """
+        charset, errors = string_encoding(redis)
+        encode: Any = methodcaller("encode", charset, errors)
+        if (charset.lower(), errors) in _PLAIN_UTF8:
+            encode = str.encode  # the same bytes, without naming the codec each time
+        prefix = redis_result_prefix(self.backend)
+        if prefix is not None:
+            try:
+                return encode(prefix), list(map(encode, task_ids))
+            except TypeError:  # a task_id that is not a str: named as the backend would
+                pass
+        return b"", list(map(encode, redis_result_keys(self.backend, task_ids)))

@@ -150,6 +150,32 @@ async def test_redis_result_key_is_where_the_backend_stores() -> None:
     await client.aclose()
 
 
+def test_redis_result_prefix_is_what_stock_keys_start_with() -> None:
+    from taskiq_redis import (
+        RedisAsyncClusterResultBackend,
+        RedisAsyncSentinelResultBackend,
+    )
+
+    class Own(RedisAsyncResultBackend[Any]):
+        def _task_name(self, task_id: str) -> str:
+            return task_id + ":mine"
+
+    url = "redis://nowhere:6379/0"
+    for prefix in ("pre", None):
+        backends: list[Any] = [
+            RedisAsyncResultBackend(url, prefix_str=prefix),
+            RedisAsyncSentinelResultBackend(
+                [("nowhere", 26379)], "m", prefix_str=prefix
+            ),
+            RedisAsyncClusterResultBackend(url, prefix_str=prefix),
+        ]
+        for backend in backends:
+            found = _compat.redis_result_prefix(backend)
+            assert found == ("pre:" if prefix else "")
+            assert _compat.redis_result_key(backend, "abc") == f"{found}abc"
+    assert _compat.redis_result_prefix(Own(url, prefix_str="pre")) is None
+
+
 def test_amqp_prefetch_is_the_brokers_qos() -> None:
     from taskiq_aio_pika import AioPikaBroker
 

@@ -230,3 +230,35 @@ async def test_a_buffered_connection_error_is_raised_and_closes_the_connection()
         finally:
             await _compat_redis.give_back(redis, connection)
             await redis.aclose()
+
+
+async def test_a_buffered_push_message_is_handed_on_and_not_counted() -> None:
+    if not _compat_redis.hiredis_available():
+        pytest.skip("replies are taken from hiredis's buffer only")
+    async with fake_redis() as (_, port):
+        redis = Redis(host="127.0.0.1", port=port, protocol=3)
+        connection = await _compat_redis.take_connection(redis)
+        parser: Any = connection._parser
+        pushed: list[Any] = []
+
+        async def handle_push_response(response: Any, **kwargs: Any) -> None:
+            pushed.append(response)
+
+        parser.handle_push_response = handle_push_response
+        try:
+            # A reply, a push message (RESP3), then two more replies.
+            parser._reader.feed(
+                b"+OK\r\n>2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n:2\r\n:3\r\n"
+            )
+            found: list[Any] = []
+            await _compat_redis.read_buffered(connection, 2, found)
+            assert found == [b"OK", 2]
+            assert [list(push) for push in pushed] == [[b"invalidate", [b"k"]]]
+            # The reply past the count is left for the next read.
+            await _compat_redis.read_buffered(connection, 3, found)
+            assert found == [b"OK", 2, 3]
+            assert connection.is_connected
+        finally:
+            await _compat_redis.disconnect(connection)
+            await _compat_redis.give_back(redis, connection)
+            await redis.aclose()

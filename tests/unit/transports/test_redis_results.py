@@ -289,3 +289,50 @@ async def test_nothing_to_write_sends_nothing(
     assert await writer.write([("bad", unserializable())]) != []
     assert commands.commands == []
     assert wire.trips == []
+
+
+class OwnNames(RedisAsyncResultBackend[Any]):
+    """A backend that names its keys its own way."""
+
+    def _task_name(self, task_id: str) -> str:
+        return f"own/{task_id}/result"
+
+
+@pytest.mark.parametrize("options", [{}, {"result_ex_time": 60}], ids=["mset", "set"])
+async def test_a_backend_naming_keys_its_own_way_gets_its_keys(
+    fake: dict[str, Any], redis: Any, options: dict[str, Any]
+) -> None:
+    backend = OwnNames(URL, serializer=JSONSerializer(), **options, **fake)
+    writer = RedisResults(backend)
+    shared = ok()
+    task_ids = ["a", "bb", "c" * 32, "é"]
+    assert await writer.write([(task_id, shared) for task_id in task_ids]) == []
+    for task_id in task_ids:
+        assert await redis.get(f"own/{task_id}/result") is not None
+        assert (await backend.get_result(task_id)).return_value == [1, 2]
+    await backend.shutdown()
+
+
+async def test_keys_are_named_once_per_write_not_once_per_result(
+    fake: dict[str, Any], redis: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = backend_of(fake, prefix_str="p", result_ex_time=60)
+    writer = RedisResults(backend)
+    names: list[str] = []
+    name = RedisAsyncResultBackend._task_name
+
+    def counting(self: Any, task_id: str) -> str:
+        names.append(task_id)
+        return name(self, task_id)
+
+    # The stock namer, counted: keys are its prefix and each task_id.
+    monkeypatch.setattr(RedisAsyncResultBackend, "_task_name", counting)
+    monkeypatch.setattr(
+        "taskiq_batching._compat.redis._stock_namers", lambda: (counting,)
+    )
+    task_ids = [f"{i:032x}" for i in range(50)] + ["short", "é"]
+    assert await writer.write([(task_id, ok()) for task_id in task_ids]) == []
+    assert len(names) == 1
+    for task_id in task_ids:
+        assert (await backend.get_result(task_id)).return_value == [1, 2]
+    await backend.shutdown()
