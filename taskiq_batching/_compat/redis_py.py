@@ -108,14 +108,41 @@ async def disconnect(connection: Any) -> None:
 async def send_packed(connection: Any, data: bytes) -> None:
     """Write bytes already in RESP, as they are, in one write.
 
-    Relies on: ``Connection.send_packed_command(bytes)``, which connects
-    the connection if it is not, and closes it on a failed write, redis-py
-    8.1, 8.2.
+    The caller bounds the write and the reading of its replies with one
+    timeout (``redis_wire``): redis-py's ``send_packed_command`` bounds
+    the write with ``asyncio.wait_for``, a task of its own per write on
+    Python 3.11.
+
+    Relies on: ``Connection.is_connected``, ``connect()`` (as the pool's
+    ``ensure_connection`` calls it) and ``check_health()``, as
+    ``send_packed_command`` calls them; ``Connection._writer``, the
+    ``asyncio.StreamWriter`` it writes with; a failed or cancelled write
+    closing the connection (``disconnect(nowait=True)``) and an ``OSError``
+    raised as ``ConnectionError``, as ``send_packed_command`` does,
+    redis-py 8.1, 8.2.
 
     :param connection: the connection.
     :param data: one or more commands, packed.
+    :raises redis.exceptions.ConnectionError: the write failed (the
+        connection is closed).
     """
-    await connection.send_packed_command(data)
+    if not connection.is_connected:
+        await connection.connect()
+    await connection.check_health()
+    writer = connection._writer
+    if writer is None or writer.transport.is_closing():
+        await connection.disconnect(nowait=True)
+        raise ConnectionError("Connection closed by the server before write")
+    try:
+        writer.writelines((data,))  # as redis-py writes (fakeredis has no write)
+        await writer.drain()
+    except OSError as exc:
+        await connection.disconnect(nowait=True)
+        raise ConnectionError(f"Error while writing to socket: {exc}") from exc
+    except BaseException:
+        # Part of the data may have been written: the connection is unusable.
+        await connection.disconnect(nowait=True)
+        raise
 
 
 async def read_reply(connection: Any) -> Any:

@@ -15,6 +15,8 @@ when ``idle_timeout`` leaves it too little time to.
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
 from redis.exceptions import ResponseError
@@ -32,6 +34,9 @@ logger = logging.getLogger("taskiq_batching")
 MIN_IDLE_MS = 5000
 
 Entry = tuple[str, bytes]
+
+_first = itemgetter(0)
+_second = itemgetter(1)
 
 
 def warn_short_idle(idle_ms: int | None, interval: float) -> None:
@@ -113,13 +118,14 @@ class Pending:
         if not handles:
             return
         # The usual ack, a batch of one stream's plain entries, without a
-        # step per entry in Python: ids by one comprehension, kinds by ``map``.
-        stream = handles[0][0]
-        ids = [entry_id for name, entry_id in handles if name == stream]
+        # step per entry in Python: ids, streams and kinds by ``map``.
+        ids = list(map(_second, handles))
+        streams = set(map(_first, handles))
         kinds = set(map(type, handles))
-        if len(ids) == len(handles) and len(kinds) == 1:
+        if len(streams) == 1 and len(kinds) == 1:
             # One stream's entries: a batch read (XACK) or taken (its key
             # stream's entries acked and deleted), in one packed command.
+            (stream,) = streams
             if TaskEntry in kinds:
                 await self.ack_delete(stream, ids)
             else:
@@ -276,13 +282,16 @@ def xack_command(
         ``EXEC`` instead (ack and delete: four replies).
     :return: the packed command(s).
     """
-    try:
-        # One pass, no call per id: an ack has one per message of a batch.
-        packed = b"".join(
-            [b"$%d\r\n%s\r\n" % (len(entry_id), entry_id) for entry_id in ids]
-        )
-    except TypeError:  # a str id: %s takes bytes only
+    if not _BYTES.issuperset(map(type, ids)):  # a str id: redis-py's XACK then
         return None
+    # No step per id in Python (an ack has one per message of a batch): each
+    # run of ids of one length (usually all of them) joined at once.
+    packed = b"".join(
+        [
+            b"$%d\r\n" % length + (b"\r\n$%d\r\n" % length).join(run) + b"\r\n"
+            for length, run in groupby(ids, len)
+        ]
+    )
     xack = b"*%d\r\n$4\r\nXACK\r\n" % (3 + len(ids)) + bulk(stream) + bulk(group)
     if not delete:
         return xack + packed
@@ -290,5 +299,6 @@ def xack_command(
     return _MULTI + xack + packed + xdel + packed + _EXEC
 
 
+_BYTES = frozenset((bytes,))
 _MULTI = b"*1\r\n$5\r\nMULTI\r\n"
 _EXEC = b"*1\r\n$4\r\nEXEC\r\n"

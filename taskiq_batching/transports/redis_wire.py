@@ -85,22 +85,32 @@ async def round_trip(redis: Any, packed: Iterable[bytes], replies: int) -> list[
 
 
 async def _exchange(connection: Any, data: bytes, replies: int) -> list[Any]:
-    await send_packed(connection, data)
     found: list[Any] = []
     timeout = reply_timeout(connection)
     try:
-        # A read cut by this timeout closes the connection (read_reply
-        # does on any error), so no unread reply is left for its next user.
+        # A write or read cut by this timeout closes the connection
+        # (send_packed and read_reply do on any error), so no unread reply
+        # is left for its next user.
         if sys.version_info >= (3, 11):  # a timer, not a task per round trip
             async with asyncio.timeout(timeout):
+                await send_packed(connection, data)
                 await _read(connection, replies, found)
         else:
-            await asyncio.wait_for(_read(connection, replies, found), timeout)
+            await asyncio.wait_for(
+                _send_read(connection, data, replies, found), timeout
+            )
     except asyncio.TimeoutError:
         raise RedisTimeoutError(
             f"{replies - len(found)} of {replies} replies not read within {timeout} s"
         ) from None
     return found
+
+
+async def _send_read(
+    connection: Any, data: bytes, replies: int, found: list[Any]
+) -> None:
+    await send_packed(connection, data)
+    await _read(connection, replies, found)
 
 
 async def _read(connection: Any, replies: int, found: list[Any]) -> None:

@@ -24,6 +24,22 @@ def test_an_xack_is_packed_as_redis_reads_it() -> None:
     assert reader.gets() is False  # nothing more
 
 
+def test_ids_of_several_lengths_are_packed_in_their_order() -> None:
+    ids = [b"9-9", b"9-10", b"9-11", b"10-0", b"10-1", b"1-0", b"123456-7"]
+    for delete in (False, True):
+        packed = xack_command(b"s", b"g", ids, delete=delete)
+        assert packed is not None
+        reader = hiredis.Reader()
+        reader.feed(packed)
+        replies = []
+        while (reply := reader.gets()) is not False:
+            replies.append(reply)
+        xack = [b"XACK", b"s", b"g", *ids]
+        assert replies == (
+            [[b"MULTI"], xack, [b"XDEL", b"s", *ids], [b"EXEC"]] if delete else [xack]
+        )
+
+
 def test_ids_read_as_str_are_left_to_redis_py() -> None:
     assert xack_command(b"s", b"g", [b"1-0", "2-0"]) is None  # type: ignore[list-item]
 

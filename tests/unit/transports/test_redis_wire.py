@@ -1,14 +1,23 @@
 """Commands packed by hand, sent in one round trip, their replies read in order."""
 
+import asyncio
+import sys
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from taskiq_batching._compat.redis_py import (
+    give_back,
+    read_reply,
+    send_packed,
+    take_connection,
+)
 from taskiq_batching.transports.redis_wire import bulk, command, round_trip
 from tests.unit.transports.fake_redis import fake_redis
 
@@ -67,3 +76,40 @@ async def test_replies_that_do_not_come_in_time_close_the_connection(
         replies = await round_trip(client, [command([b"SET", b"k", b"v"])] * 3, 3)
         assert replies == [b"OK"] * 3
         await client.aclose()
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout from 3.11")
+async def test_a_round_trip_runs_under_one_timer_and_no_task_of_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with fake_redis() as (server, port):
+        client = Redis(host="127.0.0.1", port=port, socket_timeout=5)
+        assert await round_trip(client, [command([b"SET", b"k", b"v"])], 1) == [b"OK"]
+
+        def no_wait_for(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("a write bounded by a task of its own")
+
+        # redis-py's send_packed_command bounds its write with wait_for.
+        monkeypatch.setattr(asyncio, "wait_for", no_wait_for)
+        replies = await round_trip(client, [command([b"SET", b"k", b"w"])], 1)
+        monkeypatch.undo()
+        assert replies == [b"OK"]
+        assert server.heard(b"SET")[-1] == [b"SET", b"k", b"w"]
+        await client.aclose()
+
+
+async def test_a_write_on_a_closed_connection_fails_and_closes_it() -> None:
+    async with fake_redis() as (_, port):
+        client = Redis(host="127.0.0.1", port=port, retry=Retry(NoBackoff(), 0))
+        connection = await take_connection(client)
+        try:
+            connection._writer.transport.close()
+            with pytest.raises(RedisConnectionError):
+                await send_packed(connection, command([b"PING"]))
+            assert not connection.is_connected
+            # Its next use connects again.
+            await send_packed(connection, command([b"PING"]))
+            assert await read_reply(connection) is not None
+        finally:
+            await give_back(client, connection)
+            await client.aclose()
