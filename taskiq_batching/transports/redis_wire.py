@@ -13,9 +13,12 @@ Everything goes through redis-py's connection API (reached through
 connection is handled as redis-py handles it: taken from and given back
 to the client's pool, closed when a reply cannot be read (the replies
 left unread would otherwise be read by its next user), and the round
-trip retried by the connection's retry policy. Only idempotent commands
-(``SET``, ``MSET``, a stream's ``XACK``) are sent this way: retrying them
-after a lost connection writes the same values (acks the same entries) again.
+trip retried by the connection's retry policy. Only commands redis-py
+retries the same way are sent like this: idempotent ones (``SET``,
+``MSET``, a stream's ``XACK``), whose retry after a lost connection
+writes the same values (acks the same entries) again, and a stream's
+``XREADGROUP`` (``redis_replies``), which redis-py's own command API
+retries under the same policy.
 """
 
 import asyncio

@@ -29,13 +29,19 @@ from taskiq_batching import BatchInfo, BatchingMiddleware, batch_task
 from taskiq_batching.core.analysis import analyse
 from taskiq_batching.settings import BatchSettings
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports import Transport, redis_common
+from taskiq_batching.transports import (
+    Transport,
+    redis_common,
+    redis_replies,
+    redis_wire,
+)
 from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.transports.redis_pending import Pending
 from taskiq_batching.transports.redis_sender import StreamSender
 from taskiq_batching.transports.redis_stream import StreamTransport
 from tests.helpers import Recorder, running_worker
 from tests.unit.transports.conftest import CommandLog
+from tests.unit.transports.fake_redis import split_commands
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -158,25 +164,38 @@ async def test_reads_never_take_more_than_the_brokers_count(
     await broker.shutdown()
 
 
-async def test_a_read_is_one_plain_xreadgroup(
-    fake: dict[str, Any], redis: Any, commands: CommandLog
+async def test_a_read_is_one_plain_xreadgroup_packed_by_hand(
+    fake: dict[str, Any],
+    redis: Any,
+    commands: CommandLog,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     broker = stream_broker(fake, xread_block=1500)
     transport = await started(broker)
     sent = payloads(150)
     await kick(broker, sent)
+    trips: list[bytes] = []
+    real = redis_wire.round_trip
+
+    async def round_trip(client: Any, packed: Any, replies: int) -> list[Any]:
+        packed = list(packed)
+        trips.extend(packed)
+        return await real(client, packed, replies)
+
+    monkeypatch.setattr(redis_replies, "round_trip", round_trip)
     commands.clear()
     chunks = await read_all(transport, 150)
     assert [len(chunk) for chunk in chunks] == [100, 50]
     assert [d.data for d in flat(chunks)] == sent
-    assert not commands.named("EVALSHA")
-    assert not commands.named("EVAL")
-    assert not commands.named("SCRIPT")
-    reads = commands.named("XREADGROUP")
+    # No script, and no XREADGROUP through redis-py's command API.
+    for name in ("XREADGROUP", "EVALSHA", "EVAL", "SCRIPT"):
+        assert not commands.named(name)
+    reads, rest = split_commands(b"".join(trips))
+    assert not rest
     assert len(reads) == 2
     for args in reads:  # waits when nothing does, answers at once otherwise
-        words = [a.decode() if isinstance(a, bytes) else str(a) for a in args]
-        assert words == [
+        assert [arg.decode() for arg in args] == [
+            "XREADGROUP",
             "GROUP",
             GROUP,
             transport.consumer,
@@ -287,7 +306,7 @@ async def test_a_lost_read_is_retried_after_a_pause(
     broker = stream_broker(fake)
     transport = await started(broker)
     await kick(broker, [b"m"])
-    real = transport.client.redis.xreadgroup
+    real = transport.reads.read
     failures = [RedisConnectionError("gone"), TimeoutError("slow")]
 
     async def flaky(*args: Any, **kwargs: Any) -> Any:
@@ -295,7 +314,7 @@ async def test_a_lost_read_is_retried_after_a_pause(
             raise failures.pop(0)
         return await real(*args, **kwargs)
 
-    monkeypatch.setattr(transport.client.redis, "xreadgroup", flaky)
+    monkeypatch.setattr(transport.reads, "read", flaky)
     with caplog.at_level(logging.WARNING, "taskiq_batching"):
         assert [d.data for d in await transport.read(10)] == [b"m"]
     messages = [r.getMessage() for r in caplog.records]
