@@ -83,16 +83,30 @@ def admit(
     try:
         # Inline, not a call of its own: it runs for every message.
         message = held.message
-        item, args, kwargs = spec.signature.prepare(
-            spec.task_name,
-            message.task_id,
-            message.args,
-            message.kwargs,
-            validate=validate,
-            values=values,
-        )
-        held.item = item
-        key = batch_key(args, kwargs) if args or kwargs else ()
+        signature, given = spec.signature, message.args
+        if (
+            validate
+            and len(given) == 1
+            and not message.kwargs
+            and type(given[0]) is signature.plain_item
+            and not signature.keywords
+        ):
+            # What ``prepare`` gives the usual message (one item of the
+            # parameter's own plain type), without its call per message.
+            held.item = given[0]
+            args: list[Any] = []
+            kwargs: dict[str, Any] = {}
+            key: Hashable = ()
+        else:
+            held.item, args, kwargs = signature.prepare(
+                spec.task_name,
+                message.task_id,
+                given,
+                message.kwargs,
+                validate=validate,
+                values=values,
+            )
+            key = batch_key(args, kwargs) if args or kwargs else ()
         placement = None
         if spec.has_policies or BATCH_DEADLINE_LABEL in message.labels:
             placement = place(spec, held, now, values)

@@ -28,9 +28,7 @@ from taskiq_batching._compat import overrides
 from taskiq_batching.core.batcher import Batcher
 from taskiq_batching.core.buffer import DeferredAck, Envelope, Held
 from taskiq_batching.core.call import Outcome
-from taskiq_batching.core.policies import ItemFiltered
 from taskiq_batching.error_texts import describe
-from taskiq_batching.errors import BatchItemError
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import ResultWriter, Transport
 from taskiq_batching.transports.delivery import Delivery
@@ -39,6 +37,7 @@ from taskiq_batching.worker.outcomes import (
     Finishing,
     call_hook,
     finishing,
+    refused,
     run_hook,
     store,
 )
@@ -78,6 +77,9 @@ class Lifecycle:
             for hook in _HOOKS
         }
         self.needs_message = any(self.hooks.values())
+        #: Whether a message's label chose its ack type: else every message
+        #: is acked at the worker's step, and the other steps ack none.
+        self.labelled = False
         #: Every acked message's controller until one is asked for.
         self._deferred = None if transport is None else deferred_acks(transport)
 
@@ -113,12 +115,20 @@ class Lifecycle:
         # 3.11's get_running_loop makes a getpid system call); its clock is
         # read per message: a send time converts from the wall clock with it.
         loop = self.batcher.bind_loop()
+        deferred, ack_type = self._deferred, self.ack_type
         for envelope, delivery in taken:
-            if plain:  # no middleware hook: nothing to await, no coroutine
+            if not plain:
+                one = await self._receive(envelope, delivery, sender_waits)
+            elif (
+                type(getattr(delivery, "handle", None)) is tuple
+                and "ack_type" not in envelope.labels
+            ):  # a stream entry, acked at the worker's step: ``_hold`` inline
+                now = loop.time()
+                one = Held(envelope, deferred, now, None, None, None, None, ack_type)
+                one.delivery = delivery
+            else:  # no middleware hook: nothing to await, no coroutine
                 now = loop.time()
                 one = self._hold(envelope, None, envelope, delivery, sender_waits, now)
-            else:
-                one = await self._receive(envelope, delivery, sender_waits)
             if one is not None:
                 received |= one.ack_type is AcknowledgeType.WHEN_RECEIVED
                 if sender_waits:
@@ -126,12 +136,14 @@ class Lifecycle:
                 held.append(one)
         if received:
             await ack_due(self.transport, held, AcknowledgeType.WHEN_RECEIVED)
-        if received or not plain:  # it awaited: bound again
+        # Nothing awaited since each was taken: its clock reading holds.
+        fresh = plain and not received
+        if not fresh:  # it awaited: bound again, the clock read anew
             loop = self.batcher.bind_loop()
         add = self.batcher.add
         for one in held:
             try:  # ``Batcher.add``, without a call of ours per message
-                add(one.message.task_name, one, loop.time())
+                add(one.message.task_name, one, one.arrived if fresh else loop.time())
             except Exception as exc:
                 self._not_added(one, exc)
         return held
@@ -168,6 +180,7 @@ class Lifecycle:
             one = Held(message, ack, now, scope, ack_type=self.ack_type)
             if "ack_type" in message.labels:
                 one.ack_type = self._ack_type(one)
+                self.labelled = True
             one.delivery = delivery
         except Exception as exc:
             self._refuse(envelope, delivery, sender_waits, exc)
@@ -192,33 +205,10 @@ class Lifecycle:
         )
 
     def _not_added(self, one: Held, exc: Exception) -> None:
-        """A message ``Batcher.add`` refused: it is finished alone, in the background.
-
-        ``Batcher.add`` raises only ``BatchItemError`` and ``ItemFiltered``
-        for what a message carries; anything else is a fault of the
-        worker's own: still, only this message fails, and the log has the
-        traceback.
-        """
+        """A message ``Batcher.add`` refused: finished alone (``outcomes.refused``)."""
         spec = self.batcher.specs[one.message.task_name]
-        if isinstance(exc, BatchItemError):
-            logger.warning("taskiq_batching: %s", exc)
-            self.batcher.spawn(self.finish(spec, [(one, Outcome(error=exc))], 0.0))
-        elif isinstance(exc, ItemFiltered):
-            outcome = Outcome(filtered=True)
-            self.batcher.spawn(self.finish(spec, [(one, outcome)], 0.0))
-        else:
-            logger.error(
-                "taskiq_batching: buffering message %s of %s failed",
-                one.task_id,
-                spec.task_name,
-                exc_info=exc,
-            )
-            error = BatchItemError(
-                spec.task_name,
-                one.task_id,
-                f"the worker could not buffer it: {type(exc).__name__}",
-            )
-            self.batcher.spawn(self.finish(spec, [(one, Outcome(error=error))], 0.0))
+        outcome = refused(spec.task_name, one, exc)
+        self.batcher.spawn(self.finish(spec, [(one, outcome)], 0.0))
 
     def _forget(self, deliveries: Sequence[Delivery | None]) -> None:
         if self.transport is not None:
@@ -303,12 +293,15 @@ class Lifecycle:
         ]
         await self._each(await store(self.results, stored), "post_save")
         await self._ack_done(alive, AcknowledgeType.WHEN_SAVED)
-        # Left unfinished by a failing middleware: unacked, as in taskiq.
-        self._forget([one.held.delivery for one in alive if not one.ok])
+        if self.needs_message:  # else no hook ran: none is left unfinished
+            # Left unfinished by a failing middleware: unacked, as in taskiq.
+            self._forget([one.held.delivery for one in alive if not one.ok])
 
     async def _each(self, alive: list[Finishing], hook: str) -> None:
         """Run a hook of every middleware for each message (``run_hook``)."""
         await run_hook(self.hooks[hook], alive, hook)
 
     async def _ack_done(self, alive: list[Finishing], when: AcknowledgeType) -> None:
+        if when is not self.ack_type and not self.labelled:
+            return  # no message is due at this step: no pass over them
         await ack_due(self.transport, [one.held for one in alive if one.ok], when)

@@ -18,8 +18,9 @@ from taskiq.abc.middleware import TaskiqMiddleware
 
 from taskiq_batching.core.buffer import Held
 from taskiq_batching.core.call import FILTERED_LABEL, Outcome
+from taskiq_batching.core.policies import ItemFiltered
 from taskiq_batching.error_texts import describe
-from taskiq_batching.errors import BatchResultError
+from taskiq_batching.errors import BatchItemError, BatchResultError
 from taskiq_batching.labels import TASK_LABELS, wire_labels
 from taskiq_batching.transports.base import ResultWriter
 
@@ -37,6 +38,35 @@ class Finishing:
         self.result = result
         self.ok = True
         self.error: BaseException | None = None
+
+
+def refused(task_name: str, one: Held, exc: Exception) -> Outcome:
+    """The outcome of a message ``Batcher.add`` refused; logged here.
+
+    ``Batcher.add`` raises only ``BatchItemError`` and ``ItemFiltered``
+    for what a message carries; anything else is a fault of the worker's
+    own: still, only this message fails, and the log has the traceback.
+
+    :param task_name: its batched task.
+    :param one: the message.
+    :param exc: what ``Batcher.add`` raised.
+    :return: its outcome (it is finished alone).
+    """
+    if isinstance(exc, BatchItemError):
+        logger.warning("taskiq_batching: %s", exc)
+        return Outcome(error=exc)
+    if isinstance(exc, ItemFiltered):
+        return Outcome(filtered=True)
+    logger.error(
+        "taskiq_batching: buffering message %s of %s failed",
+        one.task_id,
+        task_name,
+        exc_info=exc,
+    )
+    error = BatchItemError(
+        task_name, one.task_id, f"the worker could not buffer it: {type(exc).__name__}"
+    )
+    return Outcome(error=error)
 
 
 def _describe(error: BaseException | None) -> str:

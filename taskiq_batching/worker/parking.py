@@ -95,6 +95,35 @@ class Admission:
         limits = self.limits[task_name] = (settings.max_held, settings.max_held_bytes)
         return limits
 
+    def allowance(self, task_name: str) -> tuple[int, int]:
+        """Messages and bytes of a task ``take`` would take on its usual path.
+
+        Taking them needs no check per message: a run of parked messages
+        within both is taken at once (``took``), the rest through ``take``.
+
+        :param task_name: a batched task.
+        :return: how many messages, how many wire bytes (0, 0 for a keyed task).
+        """
+        limits = self.limits.get(task_name)
+        if limits is None:
+            limits = self._start(task_name)
+        if self.quota[task_name] is not None:
+            return 0, 0
+        bounds = self.bounds
+        count = limits[0] - bounds.held[task_name]
+        room = limits[1] - bounds.held_bytes[task_name] - self.size[task_name]
+        return count, room
+
+    def took(self, task_name: str, count: int, size: int) -> None:
+        """Count a run taken within ``allowance`` as held.
+
+        :param task_name: a batched task.
+        :param count: messages taken.
+        :param size: their wire bytes.
+        """
+        self.bounds.held[task_name] += count
+        self.size[task_name] += size
+
     def _take(self, task_name: str, size: int) -> bool:
         """``take`` at a bound, or for a keyed task: every check, in order."""
         quota = self.quota[task_name]
@@ -173,24 +202,39 @@ class Parking:
         ready: list[Waiting] = []
         for task_name in list(self.waiting):
             waiting = self.waiting[task_name]
-            taken = kept_size = 0
+            # The run ``take`` would take on its usual path, without its call
+            # per message; from the first message past it, each is asked.
+            count, room = admission.allowance(task_name)
+            taken = size_taken = kept_size = 0
+            run = True
             for one in waiting:
                 size = len(one[1].data)
-                if not admission.take(task_name, size):
+                if run and (taken >= count or size_taken + size > room):
+                    admission.took(task_name, taken, size_taken)
+                    run = False  # the run counted: the rest one at a time
+                if not run and not admission.take(task_name, size):
                     break
                 taken += 1
-                self.size -= size
+                size_taken += size
                 if one[0] is not None:
                     kept_size += size
                 ready.append(one)
-            self.count -= taken
-            self.decoded_size -= kept_size
-            if taken == len(waiting):
-                del self.waiting[task_name]
-            else:
-                for _ in range(taken):
-                    waiting.popleft()
+            if run:  # every parked message within the allowance
+                admission.took(task_name, taken, size_taken)
+            self._taken(task_name, taken, size_taken, kept_size)
         return ready
+
+    def _taken(self, task_name: str, taken: int, size: int, kept_size: int) -> None:
+        """Drop the first ``taken`` parked messages of a task, of those sizes."""
+        waiting = self.waiting[task_name]
+        self.count -= taken
+        self.size -= size
+        self.decoded_size -= kept_size
+        if taken == len(waiting):
+            del self.waiting[task_name]
+        else:
+            for _ in range(taken):
+                waiting.popleft()
 
     def clear(self) -> list[Delivery]:
         """Take every parked message out (a stop gives them back).

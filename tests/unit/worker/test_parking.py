@@ -100,6 +100,12 @@ class _TakesOne:
     def __init__(self) -> None:
         self.left = 1
 
+    def allowance(self, task_name: str) -> tuple[int, int]:
+        return 0, 0  # nothing taken without ``take``
+
+    def took(self, task_name: str, count: int, size: int) -> None:
+        assert count == 0
+
     def take(self, task_name: str, size: Any) -> bool:
         self.left -= 1
         return self.left >= 0
@@ -130,3 +136,74 @@ async def test_a_pass_takes_up_to_each_bound_then_refuses() -> None:
     # A message over the bound alone is still taken when nothing is held.
     bounds.held["bounded"], bounds.held_bytes["bounded"] = 0, 0
     assert parking.Admission(batcher.bounds).take("bounded", 1_000)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "held", "held_bytes", "expected"),
+    [
+        ([60, 60, 60, 60, 20], 0, 0, 3),  # the bytes bound (200) first
+        ([1] * 6, 0, 0, 4),  # the messages bound (4)
+        ([30, 30], 1, 150, 1),  # counts held already
+        ([1_000, 1], 0, 0, 1),  # over the bound alone: taken, nothing after
+        ([60, 60, 60, 20], 0, 0, 4),  # what still fits after the run
+    ],
+)
+async def test_unparking_takes_what_take_would_one_at_a_time(
+    sizes: list[int], held: int, held_bytes: int, expected: int
+) -> None:
+    broker = queue_broker()
+
+    @batch_task(broker, batch_size=2, batch_max_bytes=100, task_name="bounded")
+    async def bounded(items: list[int]) -> None: ...
+
+    batcher = BatchingMiddleware.of(broker).batcher
+    assert batcher is not None
+    bounds = batcher.bounds
+
+    def run() -> int:
+        bounds.held["bounded"], bounds.held_bytes["bounded"] = held, held_bytes
+        parked = parking.Parking()
+        for size in sizes:
+            parked.park("bounded", Delivery(b"x" * size, None))
+        taken = parked.unpark(parking.Admission(bounds))
+        assert parked.count == len(sizes) - len(taken)
+        assert parked.size == sum(sizes) - sum(len(one[1].data) for one in taken)
+        return len(taken)
+
+    one_at_a_time = parking.Admission(bounds)
+    bounds.held["bounded"], bounds.held_bytes["bounded"] = held, held_bytes
+    taken = 0
+    for size in sizes:
+        if not one_at_a_time.take("bounded", size):
+            break
+        taken += 1
+    assert taken == expected
+    held_then = bounds.held["bounded"]
+    assert run() == expected
+    assert bounds.held["bounded"] == held_then  # counted once each
+
+
+async def test_a_parked_run_within_the_bounds_is_taken_without_a_call_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    broker = queue_broker()
+
+    @batch_task(broker, batch_size=2, task_name="roomy")
+    async def roomy(items: list[int]) -> None: ...
+
+    batcher = BatchingMiddleware.of(broker).batcher
+    assert batcher is not None
+    calls: list[int] = []
+    take = parking.Admission.take
+
+    def counted(self: parking.Admission, task_name: str, size: int) -> bool:
+        calls.append(size)
+        return take(self, task_name, size)
+
+    monkeypatch.setattr(parking.Admission, "take", counted)
+    parked = parking.Parking()
+    for _ in range(3):
+        parked.park("roomy", Delivery(b"x" * 10, None))
+    assert len(parked.unpark(parking.Admission(batcher.bounds))) == 3
+    assert calls == []
+    assert batcher.bounds.held["roomy"] == 3
