@@ -80,6 +80,8 @@ class Lifecycle:
         #: Whether a message's label chose its ack type: else every message
         #: is acked at the worker's step, and the other steps ack none.
         self.labelled = False
+        #: Whether a sender ever waited for its messages (``InMemoryBroker``).
+        self.senders_wait = False
         #: Every acked message's controller until one is asked for.
         self._deferred = None if transport is None else deferred_acks(transport)
 
@@ -111,9 +113,8 @@ class Lifecycle:
         held: list[Held] = []
         received = False  # whether any is acked when received
         plain = not self.needs_message
-        # The loop looked up once for the chunk, not per message (Python
-        # 3.11's get_running_loop makes a getpid system call); its clock is
-        # read per message: a send time converts from the wall clock with it.
+        # The loop looked up once for the chunk (Python 3.11's get_running_loop
+        # makes a getpid system call); its clock read per message taken.
         loop = self.batcher.bind_loop()
         deferred, ack_type = self._deferred, self.ack_type
         for envelope, delivery in taken:
@@ -132,11 +133,13 @@ class Lifecycle:
             if one is not None:
                 received |= one.ack_type is AcknowledgeType.WHEN_RECEIVED
                 if sender_waits:
+                    self.senders_wait = True
                     one.waiter = loop.create_future()
                 held.append(one)
         if received:
             await ack_due(self.transport, held, AcknowledgeType.WHEN_RECEIVED)
-        # Nothing awaited since each was taken: its clock reading holds.
+        # Nothing awaited since each was taken: its clock reading holds (a
+        # send time then converts less than one chunk's holding late).
         fresh = plain and not received
         if not fresh:  # it awaited: bound again, the clock read anew
             loop = self.batcher.bind_loop()
@@ -178,8 +181,9 @@ class Lifecycle:
             # A stream entry (a plain tuple) is acked: no call per entry read.
             ack = self._deferred if type(handle) is tuple else self._ack_for(delivery)
             one = Held(message, ack, now, scope, ack_type=self.ack_type)
-            if "ack_type" in message.labels:
-                one.ack_type = self._ack_type(one)
+            label = message.labels.get("ack_type")
+            if label is not None:  # its own ack type, as taskiq's Receiver reads it
+                one.ack_type = parse_acknowledge_type(label)
                 self.labelled = True
             one.delivery = delivery
         except Exception as exc:
@@ -245,12 +249,6 @@ class Lifecycle:
             message = await call_hook(scope, middleware.pre_execute, message)
         return message, scope
 
-    def _ack_type(self, held: Held) -> AcknowledgeType:
-        label = held.message.labels.get("ack_type")
-        if label is None:
-            return self.ack_type
-        return parse_acknowledge_type(label)
-
     # --- after the batch ----------------------------------------------------
 
     async def finish(
@@ -276,7 +274,7 @@ class Lifecycle:
                 "taskiq_batching: finishing a batch of %s failed", spec.task_name
             )
         finally:
-            for held, _ in batch:
+            for held, _ in batch if self.senders_wait else ():
                 if held.waiter is not None and not held.waiter.done():
                     held.waiter.set_result(None)
             self.batcher.bounds.release(spec.task_name, len(batch))

@@ -134,8 +134,9 @@ async def store(writer: ResultWriter, stored: list[Finishing]) -> list[Finishing
     :return: those whose result was stored (``post_save`` is theirs).
     """
     failed = await _write(writer, stored)
-    if failed:
-        failed = await _write(writer, failed)
+    if not failed:  # the usual batch: no pass over it again
+        return stored
+    failed = await _write(writer, failed)
     for one in failed:
         one.result = result_of(
             Outcome(
