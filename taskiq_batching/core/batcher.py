@@ -147,7 +147,8 @@ class Batcher:
                 cost = 0.0 if placement is None else placement.cost
                 self.runner.join(waiting, message, size, cost)
                 return
-            buffer = Buffer(task_name, key[1], args, kwargs, now)
+            # Copies: an admission's may be shared (``policies._NO_ARGS``).
+            buffer = Buffer(task_name, key[1], list(args), dict(kwargs), now)
             self.buffers[key] = buffer
             self.open_keys[task_name] += 1
             self.rules.opened(spec, buffer)

@@ -57,6 +57,12 @@ class Admission(NamedTuple):
     placement: Placement | None
 
 
+#: The extra arguments of a message with none, shared: read only (a buffer
+#: keeps copies of its first message's), not two objects more per message.
+_NO_ARGS: list[Any] = []
+_NO_KWARGS: dict[str, Any] = {}
+
+
 def admit(
     spec: BatchSpec,
     held: Held,
@@ -94,8 +100,7 @@ def admit(
             # What ``prepare`` gives the usual message (one item of the
             # parameter's own plain type), without its call per message.
             held.item = given[0]
-            args: list[Any] = []
-            kwargs: dict[str, Any] = {}
+            args, kwargs = _NO_ARGS, _NO_KWARGS
             key: Hashable = ()
         else:
             held.item, args, kwargs = signature.prepare(

@@ -26,7 +26,7 @@ from taskiq.exceptions import NoResultError
 
 from taskiq_batching._compat import overrides
 from taskiq_batching.core.batcher import Batcher
-from taskiq_batching.core.buffer import DeferredAck, Envelope, Held
+from taskiq_batching.core.buffer import DeferredAck, Envelope, Held, held_as_read
 from taskiq_batching.core.call import Outcome
 from taskiq_batching.error_texts import describe
 from taskiq_batching.spec import BatchSpec
@@ -34,7 +34,6 @@ from taskiq_batching.transports.base import ResultWriter, Transport
 from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.worker.acks import ack_due, deferred_acks
 from taskiq_batching.worker.outcomes import (
-    Finishing,
     call_hook,
     finishing,
     refused,
@@ -123,10 +122,8 @@ class Lifecycle:
             elif (
                 type(getattr(delivery, "handle", None)) is tuple
                 and "ack_type" not in envelope.labels
-            ):  # a stream entry, acked at the worker's step: ``_hold`` inline
-                now = loop.time()
-                one = Held(envelope, deferred, now, None, None, None, None, ack_type)
-                one.delivery = delivery
+            ):  # a stream entry, acked at the worker's step: held without ``_hold``
+                one = held_as_read(envelope, deferred, loop.time(), ack_type, delivery)
             else:  # no middleware hook: nothing to await, no coroutine
                 now = loop.time()
                 one = self._hold(envelope, None, envelope, delivery, sender_waits, now)
@@ -293,13 +290,13 @@ class Lifecycle:
         await self._ack_done(alive, AcknowledgeType.WHEN_SAVED)
         if self.needs_message:  # else no hook ran: none is left unfinished
             # Left unfinished by a failing middleware: unacked, as in taskiq.
-            self._forget([one.held.delivery for one in alive if not one.ok])
+            self._forget([one.delivery for one in alive if not one.ok])
 
-    async def _each(self, alive: list[Finishing], hook: str) -> None:
+    async def _each(self, alive: list[Held], hook: str) -> None:
         """Run a hook of every middleware for each message (``run_hook``)."""
         await run_hook(self.hooks[hook], alive, hook)
 
-    async def _ack_done(self, alive: list[Finishing], when: AcknowledgeType) -> None:
+    async def _ack_done(self, alive: list[Held], when: AcknowledgeType) -> None:
         if when is not self.ack_type and not self.labelled:
             return  # no message is due at this step: no pass over them
-        await ack_due(self.transport, [one.held for one in alive if one.ok], when)
+        await ack_due(self.transport, [one for one in alive if one.ok], when)

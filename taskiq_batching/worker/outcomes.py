@@ -27,19 +27,6 @@ from taskiq_batching.transports.base import ResultWriter
 logger = logging.getLogger("taskiq_batching")
 
 
-class Finishing:
-    """One message being finished: its result, and whether it is still going."""
-
-    __slots__ = ("error", "held", "ok", "outcome", "result")
-
-    def __init__(self, held: Held, outcome: Outcome, result: TaskiqResult[Any]) -> None:
-        self.held = held
-        self.outcome = outcome
-        self.result = result
-        self.ok = True
-        self.error: BaseException | None = None
-
-
 def refused(task_name: str, one: Held, exc: Exception) -> Outcome:
     """The outcome of a message ``Batcher.add`` refused; logged here.
 
@@ -97,7 +84,7 @@ def result_of(
 
 def finishing(
     batch: list[tuple[Held, Outcome]], share: float, per_message: bool
-) -> list[Finishing]:
+) -> list[Held]:
     """Each message of a finished batch with the result taskiq would store.
 
     :param batch: each message with its outcome.
@@ -105,9 +92,9 @@ def finishing(
     :param per_message: give each message a result object of its own
         (middlewares see them); else equal outcomes and labels share one,
         which a result writer then encodes once.
-    :return: the messages being finished.
+    :return: the messages being finished (``Held.outcome``, ``result`` set).
     """
-    done: list[Finishing] = []
+    done: list[Held] = []
     shared: tuple[Outcome, dict[str, Any], TaskiqResult[Any]] | None = None
     for held, outcome in batch:
         labels = held.message.labels
@@ -118,11 +105,12 @@ def finishing(
             if shared is None or shared[0] is not outcome or shared[1] != labels:
                 shared = (outcome, labels, result_of(outcome, labels, share))
             result = shared[2]
-        done.append(Finishing(held, outcome, result))
+        held.outcome, held.result, held.ok, held.error = outcome, result, True, None
+        done.append(held)
     return done
 
 
-async def store(writer: ResultWriter, stored: list[Finishing]) -> list[Finishing]:
+async def store(writer: ResultWriter, stored: list[Held]) -> list[Held]:
     """Write results; retry failures once; store an error for what still fails.
 
     As in taskiq, a message whose result cannot be stored is still acked
@@ -141,28 +129,28 @@ async def store(writer: ResultWriter, stored: list[Finishing]) -> list[Finishing
         one.result = result_of(
             Outcome(
                 error=BatchResultError(
-                    one.held.message.task_name,
+                    one.message.task_name,
                     f"the result backend could not store the result of "
-                    f"{one.held.task_id}: {_describe(one.error)}",
+                    f"{one.task_id}: {_describe(one.error)}",
                 ),
             ),
-            one.held.message.labels,
+            one.message.labels,
             one.result.execution_time,
         )
     for one in await _write(writer, failed):
         logger.error(
             "taskiq_batching: cannot store the result of %s: %s",
-            one.held.task_id,
+            one.task_id,
             _describe(one.error),
         )
     return [one for one in stored if one not in failed]
 
 
-async def _write(writer: ResultWriter, entries: list[Finishing]) -> list[Finishing]:
+async def _write(writer: ResultWriter, entries: list[Held]) -> list[Held]:
     if not entries:
         return []
     errors = await writer.write(
-        [(one.held.message.task_id, one.result) for one in entries],
+        [(one.message.task_id, one.result) for one in entries],
     )
     for index, error in errors:
         entries[index].error = error
@@ -188,7 +176,7 @@ async def call_hook(
 
 
 async def run_hook(
-    middlewares: Sequence[TaskiqMiddleware], alive: list[Finishing], hook: str
+    middlewares: Sequence[TaskiqMiddleware], alive: list[Held], hook: str
 ) -> None:
     """Run a hook of every middleware (last added first) for each message.
 
@@ -205,16 +193,16 @@ async def run_hook(
         error = one.outcome.error
         if not one.ok or (hook == "on_error" and error is None):
             continue
-        message = one.held.taskiq_message()
+        message = one.taskiq_message()
         extra = (error,) if hook == "on_error" else ()
         try:
             for middleware in reversed(middlewares):
                 method = getattr(middleware, hook)
-                await call_hook(one.held.scope, method, message, one.result, *extra)
+                await call_hook(one.scope, method, message, one.result, *extra)
         except Exception:
             one.ok = False
             logger.exception(
                 "taskiq_batching: %s failed for message %s; it is left unfinished",
                 hook,
-                one.held.task_id,
+                one.task_id,
             )

@@ -1,12 +1,14 @@
 """Held messages and buffers: envelopes, contexts, timers."""
 
 import asyncio
+import dataclasses
 
 import pytest
 from taskiq import InMemoryBroker, TaskiqMessage
-from taskiq.acks import AckController
+from taskiq.acks import AckController, AcknowledgeType
 
-from taskiq_batching.core.buffer import Buffer, Envelope, Held
+from taskiq_batching.core.buffer import Buffer, Envelope, Held, held_as_read
+from taskiq_batching.transports.delivery import Delivery
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -73,3 +75,14 @@ async def test_closing_a_buffer_stops_its_timer() -> None:
     assert timer.cancelled()
     assert buffer.timer is None
     buffer.close()  # twice is harmless
+
+
+def test_a_message_read_is_held_as_the_constructor_would_hold_it() -> None:
+    envelope = Envelope.of(message())
+    delivery = Delivery(b"m", ("stream", b"1-0"))
+    kind = AcknowledgeType.WHEN_EXECUTED
+    made = Held(envelope, None, 1.5, ack_type=kind, delivery=delivery)
+    read = held_as_read(envelope, None, 1.5, kind, delivery)
+    # Every field set (a field added to Held and not here would be unset).
+    for field in dataclasses.fields(Held):
+        assert getattr(read, field.name) == getattr(made, field.name), field.name

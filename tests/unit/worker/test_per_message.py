@@ -21,7 +21,7 @@ from taskiq_batching.core.batcher import Batcher
 from taskiq_batching.core.buffer import Envelope, Held
 from taskiq_batching.core.call import Outcome
 from taskiq_batching.core.signature import BatchSignature
-from taskiq_batching.settings import BatchSettings
+from taskiq_batching.settings import BatchSettings, FlushReason
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.worker import acks
@@ -160,3 +160,17 @@ async def test_no_pass_over_a_batch_at_a_step_that_acks_none(
     await finish(await life.accept([labelled, entry(4, 8)]))
     assert steps == [AcknowledgeType.WHEN_EXECUTED, AcknowledgeType.WHEN_SAVED]
     assert transport.acked[2:] == [("stream", b"3-0"), ("stream", b"4-0")]
+
+
+async def test_a_buffer_has_extra_arguments_of_its_own() -> None:
+    # The usual message's admission shares one empty list and dict: its
+    # buffer keeps copies, so nothing done to one buffer's reaches another.
+    life, _ = lifecycle_for()
+    await life.accept([entry(1, 5)])
+    (buffer,) = life.batcher.buffers.values()
+    buffer.args.append("changed")
+    buffer.kwargs["changed"] = True
+    life.batcher.flush_all(FlushReason.SIZE)
+    await life.accept([entry(2, 6)])
+    (again,) = life.batcher.buffers.values()
+    assert (again.args, again.kwargs) == ([], {})
