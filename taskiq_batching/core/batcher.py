@@ -121,9 +121,10 @@ class Batcher:
         if now is None:
             now = self.bind_loop().time()
         # Everything computed from the message, guarded as one: only it fails.
-        admission = admit(spec, message, now, self.validate, values=self.error_values)
-        args, kwargs, placement = admission.args, admission.kwargs, admission.placement
-        key: Key = (task_name, admission.key)
+        args, kwargs, within, placement = admit(
+            spec, message, now, self.validate, values=self.error_values
+        )
+        key: Key = (task_name, within)
         buffer = self.buffers.get(key)
         # ``Held.size`` without its call per message: the bytes as read.
         data = getattr(message.delivery, "data", None)

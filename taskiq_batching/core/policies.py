@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from taskiq_batching.core.buffer import Held
 from taskiq_batching.core.keys import Unkeyable, batch_key, item_key
@@ -42,19 +42,12 @@ class Placement:
     deadline: float | None
 
 
-class Admission(NamedTuple):
-    """An admitted message's validated arguments and its place.
-
-    :param args: its extra positional arguments, validated.
-    :param kwargs: its keyword arguments, validated, defaults filled.
-    :param key: its buffer's key within its task (arguments and ``batch_key``).
-    :param placement: its policies' verdict, None when it has none.
-    """
-
-    args: list[Any]
-    kwargs: dict[str, Any]
-    key: Hashable
-    placement: Placement | None
+#: An admitted message's validated arguments and its place: its extra
+#: positional arguments, its keyword arguments (defaults filled), its
+#: buffer's key within its task (arguments and ``batch_key``), its
+#: policies' verdict (None when it has none). A plain tuple: made once per
+#: message, a named tuple's would be a copy of it.
+Admission = tuple[list[Any], dict[str, Any], Hashable, Placement | None]
 
 
 #: The extra arguments of a message with none, shared: read only (a buffer
@@ -117,9 +110,7 @@ def admit(
             placement = place(spec, held, now, values)
             if placement.key != ():
                 key = (key, placement.key)
-        # Made as a tuple is: a named tuple's own constructor is a Python
-        # function, called here for every message.
-        return tuple.__new__(Admission, (args, kwargs, key, placement))
+        return args, kwargs, key, placement
     except (BatchItemError, ItemFiltered):
         raise
     except Unkeyable as exc:

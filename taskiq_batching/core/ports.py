@@ -6,7 +6,7 @@ it). ``Serving`` is what a worker hands the batcher when it starts.
 """
 
 import asyncio
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -59,9 +59,13 @@ class Finisher(Protocol):
     """Finishes the messages of a batch that ran (the worker's lifecycle)."""
 
     async def finish(
-        self, spec: BatchSpec, batch: list[tuple[Held, Outcome]], seconds: float
+        self,
+        spec: BatchSpec,
+        batch: list[Held],
+        outcomes: Sequence[Outcome],
+        seconds: float,
     ) -> None:
-        """Store, run middlewares and ack each ``(message, outcome)``."""
+        """Store, run middlewares and ack each message, given its outcome."""
 
 
 @dataclass(frozen=True)

@@ -186,8 +186,8 @@ class Runner:
             failed = sum(1 for outcome in outcomes if outcome.error is not None)
             self.observers.ran(buffer, spec, reason, waited, ran, failed)
         if serving.finisher is not None:
-            batch = list(zip(buffer.items, outcomes, strict=True))
-            await serving.finisher.finish(spec, batch, ran)
+            # The messages and their outcomes side by side: no pair per message.
+            await serving.finisher.finish(spec, buffer.items, outcomes, ran)
 
     def drop_lost(self, buffer: Buffer) -> int:
         """Take out of a batch about to start the messages the broker took back.

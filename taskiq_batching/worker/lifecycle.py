@@ -209,7 +209,7 @@ class Lifecycle:
         """A message ``Batcher.add`` refused: finished alone (``outcomes.refused``)."""
         spec = self.batcher.specs[one.message.task_name]
         outcome = refused(spec.task_name, one, exc)
-        self.batcher.spawn(self.finish(spec, [(one, outcome)], 0.0))
+        self.batcher.spawn(self.finish(spec, [one], [outcome], 0.0))
 
     def _forget(self, deliveries: Sequence[Delivery | None]) -> None:
         if self.transport is not None:
@@ -221,9 +221,7 @@ class Lifecycle:
         :param taken: messages about to be accepted.
         :return: False when ``accept`` runs straight through.
         """
-        if self.needs_message:
-            return True
-        if self.ack_type is AcknowledgeType.WHEN_RECEIVED:
+        if self.needs_message or self.ack_type is AcknowledgeType.WHEN_RECEIVED:
             return True
         return any("ack_type" in envelope.labels for envelope, _ in taken)
 
@@ -251,7 +249,8 @@ class Lifecycle:
     async def finish(
         self,
         spec: BatchSpec,
-        batch: list[tuple[Held, Outcome]],
+        batch: list[Held],
+        outcomes: Sequence[Outcome],
         seconds: float,
     ) -> None:
         """Finish the messages of one batch in taskiq's order.
@@ -261,23 +260,26 @@ class Lifecycle:
         messages add up to the batch's.
 
         :param spec: the batched task.
-        :param batch: each message with its outcome.
+        :param batch: its messages.
+        :param outcomes: each one's outcome, in the same order.
         :param seconds: how long the batch ran.
         """
         try:
-            await self._finish(batch, seconds / max(len(batch), 1))
+            await self._finish(batch, outcomes, seconds / max(len(batch), 1))
         except Exception:
             logger.exception(
                 "taskiq_batching: finishing a batch of %s failed", spec.task_name
             )
         finally:
-            for held, _ in batch if self.senders_wait else ():
+            for held in batch if self.senders_wait else ():
                 if held.waiter is not None and not held.waiter.done():
                     held.waiter.set_result(None)
             self.batcher.bounds.release(spec.task_name, len(batch))
 
-    async def _finish(self, batch: list[tuple[Held, Outcome]], share: float) -> None:
-        alive = finishing(batch, share, per_message=self.needs_message)
+    async def _finish(
+        self, batch: list[Held], outcomes: Sequence[Outcome], share: float
+    ) -> None:
+        alive = finishing(batch, outcomes, share, per_message=self.needs_message)
         await self._each(alive, "on_error")
         await self._ack_done(alive, AcknowledgeType.WHEN_EXECUTED)
         await self._each(alive, "post_execute")

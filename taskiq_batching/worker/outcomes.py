@@ -83,11 +83,12 @@ def result_of(
 
 
 def finishing(
-    batch: list[tuple[Held, Outcome]], share: float, per_message: bool
+    batch: list[Held], outcomes: Sequence[Outcome], share: float, per_message: bool
 ) -> list[Held]:
     """Each message of a finished batch with the result taskiq would store.
 
-    :param batch: each message with its outcome.
+    :param batch: the messages.
+    :param outcomes: each one's outcome, in the same order.
     :param share: each message's ``execution_time``, in seconds.
     :param per_message: give each message a result object of its own
         (middlewares see them); else equal outcomes and labels share one,
@@ -96,7 +97,7 @@ def finishing(
     """
     done: list[Held] = []
     shared: tuple[Outcome, dict[str, Any], TaskiqResult[Any]] | None = None
-    for held, outcome in batch:
+    for held, outcome in zip(batch, outcomes, strict=True):
         labels = held.message.labels
         if per_message:
             held.taskiq_message()
