@@ -112,10 +112,10 @@ class Lifecycle:
         held: list[Held] = []
         received = False  # whether any is acked when received
         plain = not self.needs_message
-        # The loop looked up once for the chunk (Python 3.11's get_running_loop
-        # makes a getpid system call); its clock read per message taken.
+        # The loop looked up once (3.11's get_running_loop calls getpid); its clock
+        # read per message, once for stream entries (no send time to convert).
         loop = self.batcher.bind_loop()
-        deferred, ack_type = self._deferred, self.ack_type
+        deferred, ack_type, read_at = self._deferred, self.ack_type, loop.time()
         for envelope, delivery in taken:
             if not plain:
                 one = await self._receive(envelope, delivery, sender_waits)
@@ -123,7 +123,7 @@ class Lifecycle:
                 type(getattr(delivery, "handle", None)) is tuple
                 and "ack_type" not in envelope.labels
             ):  # a stream entry, acked at the worker's step: held without ``_hold``
-                one = held_as_read(envelope, deferred, loop.time(), ack_type, delivery)
+                one = held_as_read(envelope, deferred, read_at, ack_type, delivery)
             else:  # no middleware hook: nothing to await, no coroutine
                 now = loop.time()
                 one = self._hold(envelope, None, envelope, delivery, sender_waits, now)
@@ -290,8 +290,7 @@ class Lifecycle:
         ]
         await self._each(await store(self.results, stored), "post_save")
         await self._ack_done(alive, AcknowledgeType.WHEN_SAVED)
-        if self.needs_message:  # else no hook ran: none is left unfinished
-            # Left unfinished by a failing middleware: unacked, as in taskiq.
+        if self.needs_message:  # one a hook failed on is unacked, as in taskiq
             self._forget([one.delivery for one in alive if not one.ok])
 
     async def _each(self, alive: list[Held], hook: str) -> None:
@@ -301,4 +300,6 @@ class Lifecycle:
     async def _ack_done(self, alive: list[Held], when: AcknowledgeType) -> None:
         if when is not self.ack_type and not self.labelled:
             return  # no message is due at this step: no pass over them
-        await ack_due(self.transport, [one for one in alive if one.ok], when)
+        if self.needs_message:  # a hook that failed leaves its message unacked
+            alive = [one for one in alive if one.ok]
+        await ack_due(self.transport, alive, when)

@@ -115,6 +115,8 @@ async def test_a_plain_stream_entry_is_held_and_admitted_without_calls(
         assert one.delivery is not None
         assert one.delivery.data == b"msg"
         assert before <= one.arrived <= asyncio.get_running_loop().time()
+    # The clock read once for the chunk's stream entries (no send time).
+    assert held[0].arrived == held[1].arrived
     assert life.batcher.buffered("collect") == 2
 
 
