@@ -217,18 +217,13 @@ class Batcher:
 
     def room(self, task_name: str) -> int:
         """Whole batches of a task that may start now (``core/room.py``)."""
-        return task_room.room(self.runner, task_name, self._largest_open(task_name))
+        topping = task_room.topping(self.buffers, self.waiting, task_name)
+        return task_room.room(self.runner, task_name, topping)
 
     def ahead(self, task_name: str) -> bool:
         """Whether a full batch may be taken to wait for a slot (``core/room.py``)."""
-        return task_room.ahead(self.runner, task_name, self._largest_open(task_name))
-
-    def _largest_open(self, task_name: str) -> int:
-        """Messages in the task's fullest open buffer (0: none open)."""
-        if not self.waiting[task_name]:
-            return 0
-        open_ = self.buffers.items()
-        return max((len(b.items) for (t, _), b in open_ if t == task_name), default=0)
+        topping = task_room.topping(self.buffers, self.waiting, task_name)
+        return task_room.ahead(self.runner, task_name, topping)
 
     def flush_taken(
         self, taken: Sequence[tuple[Held, FlushReason]]

@@ -7,7 +7,26 @@ busy) and the held bounds (``max_held``); the batcher gives the messages
 of the task's fullest open buffer (``topping``), which a take may top up.
 """
 
+from collections.abc import Mapping
+
+from taskiq_batching.core.buffer import Buffer
+from taskiq_batching.core.ports import Key
 from taskiq_batching.core.scheduling import Runner
+
+
+def topping(
+    buffers: Mapping[Key, Buffer], waiting: Mapping[str, int], task: str
+) -> int:
+    """Messages in a task's fullest open buffer (0: none open).
+
+    :param buffers: the open buffers, by key.
+    :param waiting: messages in open buffers, by task.
+    :param task: a batched task.
+    :return: how many.
+    """
+    if not waiting[task]:
+        return 0
+    return max((len(b.items) for (t, _), b in buffers.items() if t == task), default=0)
 
 
 def room(runner: Runner, task_name: str, topping: int = 0) -> int:
