@@ -48,6 +48,13 @@ logger = logging.getLogger("taskiq_batching")
 #: A deadline's batch is flushed this many seconds early, so that it starts
 #: (on the next event-loop turns) before the deadline.
 DEADLINE_LEAD = 0.005
+#: A send time earlier than the buffer's start by less than this many
+#: seconds leaves its timer as it is. Send times are converted to the
+#: event loop's clock against a wall clock that moves while a chunk is
+#: added, so messages sent in the same millisecond (a stream entry id's
+#: resolution) would otherwise each move the timer a few microseconds
+#: earlier: a cancelled timer and a new one per message.
+CLOCK_SLACK = 0.001
 
 
 class FlushRules:
@@ -90,11 +97,12 @@ class FlushRules:
         """Start or advance a buffer's timer from its newest message's send time.
 
         A message sent before the buffer's others (a redelivery, a slower
-        sender) moves the timer earlier; never later.
+        sender) by more than ``CLOCK_SLACK`` moves the timer earlier;
+        never later.
         """
         sent = buffer.items[-1].sent_at(now)
         started = buffer.timer is not None
-        if started and sent >= buffer.opened_at:
+        if started and sent > buffer.opened_at - CLOCK_SLACK:
             return
         buffer.opened_at = min(buffer.opened_at, sent)
         settings = spec.settings

@@ -133,6 +133,31 @@ async def test_an_earlier_send_moves_the_timer_earlier_never_later() -> None:
     assert len(buffer.items) == 3
 
 
+async def test_sends_in_the_same_millisecond_keep_the_timer_armed_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A chunk of stream entries shares one millisecond's send time and one
+    # loop reading, while the wall clock moves on between them: each would
+    # convert a few microseconds earlier than the last.
+    batcher, _ = batcher_for(batch_timeout=TIMEOUT_SECONDS)
+    wall = [time.time()]
+
+    def ticking() -> float:
+        wall[0] += 0.00001
+        return wall[0]
+
+    monkeypatch.setattr(time, "time", ticking)
+    sent_at, now = wall[0] - 0.2, asyncio.get_running_loop().time()
+    timers = []
+    for number in range(50):
+        delivery = Delivery(b"x", number, sent_at=sent_at)
+        envelope = Envelope(str(number), "collect", {}, [number], {})
+        batcher.add("collect", Held(envelope, None, now, delivery=delivery), now)
+        timers.append(the_buffer(batcher).timer)
+    assert all(timer is timers[0] for timer in timers)  # armed once
+    assert not any(timer.cancelled() for timer in timers)  # type: ignore[union-attr]
+
+
 async def test_max_wait_counts_from_the_send_too() -> None:
     batcher, flushes = batcher_for(
         batch_timeout=0.01, min_size=5, max_wait=TIMEOUT_SECONDS
