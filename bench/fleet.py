@@ -135,7 +135,7 @@ async def cleanup(redis: Redis, s: FleetSettings) -> None:
     """Delete the run's Redis keys, RabbitMQ queue or NATS stream."""
     await delete_prefix(redis, s.queue)
     if s.broker == "amqp":
-        from taskiq_batching.transports.amqp_batches import batch_queue_name
+        from taskiq_batching.transports.amqp_queues import batch_queue_name
 
         # Where batches waited (wait_in_broker): the task's own queue.
         queue = AmqpQueue(s.queue, [batch_queue_name(s.queue, TASK_NAME)])

@@ -50,7 +50,6 @@ worker). Its ``batch_timeout`` counts from each message's send time (the
   assembles every batch.
 """
 
-import hashlib
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -67,34 +66,18 @@ from taskiq_batching._compat import (
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.amqp_forward import Forwards, Settle
 from taskiq_batching.transports.amqp_handover import Handover, Handovers, new_tag
+from taskiq_batching.transports.amqp_queues import (
+    SINGLE_ACTIVE_CONSUMER,
+    batch_queue_name,
+)
 from taskiq_batching.transports.amqp_task_consumers import Forget, TaskConsumers
 from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.transports.shared import kick_each
-
-#: The queue argument that makes RabbitMQ deliver to one consumer at a time.
-SINGLE_ACTIVE_CONSUMER = "x-single-active-consumer"
-#: AMQP's longest queue name, in bytes.
-MAX_NAME_BYTES = 255
 
 #: Consumes a queue on a channel under a consumer tag (the transport's).
 Consume = Callable[[Any, Any, str], Awaitable[None]]
 #: Acks deliveries by their handles (the transport's ``ack``).
 Ack = Callable[[Sequence[Any]], Awaitable[None]]
-
-
-def batch_queue_name(queue: str, task_name: str) -> str:
-    """The queue a batched task's messages wait in.
-
-    :param queue: the broker's (first) task queue.
-    :param task_name: the task.
-    :return: ``<queue>.batch.<task_name>``, or with a digest of the task's
-        name when that is too long for AMQP.
-    """
-    name = f"{queue}.batch.{task_name}"
-    if len(name.encode()) <= MAX_NAME_BYTES:
-        return name
-    token = hashlib.sha1(task_name.encode(), usedforsecurity=False).hexdigest()[:16]
-    return f"{queue}.batch.{token}"
 
 
 class AmqpBatches:

@@ -20,7 +20,7 @@ from taskiq_batching.settings import BatchSettings
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports import amqp_forward
 from taskiq_batching.transports.amqp import AmqpTransport
-from taskiq_batching.transports.amqp_batches import batch_queue_name
+from taskiq_batching.transports.amqp_queues import batch_queue_name
 from taskiq_batching.transports.delivery import SENT_AT_LABEL, Delivery
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]

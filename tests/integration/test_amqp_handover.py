@@ -11,7 +11,7 @@ import pytest
 from aio_pika.abc import AbstractChannel
 from redis.asyncio import Redis
 
-from taskiq_batching.transports.amqp_batches import batch_queue_name
+from taskiq_batching.transports.amqp_queues import batch_queue_name
 from tests.integration.test_amqp_sac import (
     StartWorker,
     extra_queues,

@@ -22,7 +22,7 @@ from aio_pika.abc import AbstractChannel
 from redis.asyncio import Redis
 from taskiq.kicker import AsyncKicker
 
-from taskiq_batching.transports.amqp_batches import batch_queue_name
+from taskiq_batching.transports.amqp_queues import batch_queue_name
 from tests.integration.app_brokers import amqp_broker
 from tests.integration.stream_batches import declare
 from tests.integration.workers import Fleet, Worker, eventually

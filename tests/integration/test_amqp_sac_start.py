@@ -26,7 +26,8 @@ from taskiq_aio_pika import AioPikaBroker, Queue
 from taskiq_batching.core.analysis import analyse
 from taskiq_batching.settings import BatchSettings
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.amqp_batches import AmqpBatches, batch_queue_name
+from taskiq_batching.transports.amqp_batches import AmqpBatches
+from taskiq_batching.transports.amqp_queues import batch_queue_name
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -30,7 +30,7 @@ from taskiq_aio_pika import AioPikaBroker, Exchange, Queue
 from taskiq_batching import BatchingMiddleware, batch_task
 from taskiq_batching.transports import amqp, transport_for
 from taskiq_batching.transports.amqp import AmqpTransport
-from taskiq_batching.transports.amqp_batches import batch_queue_name
+from taskiq_batching.transports.amqp_queues import batch_queue_name
 from taskiq_batching.transports.delivery import Delivery
 from tests.helpers import running_worker
 from tests.integration.amqp_app import make_broker as make_app_broker

@@ -8,9 +8,9 @@ from taskiq_aio_pika import AioPikaBroker, Queue
 from taskiq_batching.core.analysis import analyse
 from taskiq_batching.settings import BatchSettings
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.amqp_batches import (
+from taskiq_batching.transports.amqp_batches import AmqpBatches
+from taskiq_batching.transports.amqp_queues import (
     MAX_NAME_BYTES,
-    AmqpBatches,
     batch_queue_name,
 )
 from taskiq_batching.transports.delivery import Delivery
