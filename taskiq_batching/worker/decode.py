@@ -38,49 +38,6 @@ def decode(broker: AsyncBroker, data: bytes) -> Envelope | None:
     :param data: the message's bytes.
     :return: its envelope, or None when taskiq could not decode it either.
     """
-    # taskiq's default formatter and serializer, and a message as its kicker
-    # writes it: decoded here, in this one call (it runs for every message).
-    # Anything else, a failure included, is decoded again by ``_decode``,
-    # whose outcome is always taskiq's.
-    formatter = broker.formatter
-    if (
-        type(formatter) is not ProxyFormatter
-        or type(formatter.broker.serializer) is not JSONSerializer
-    ):
-        return _decode(broker, data)
-    try:
-        # taskiq's JSONSerializer.loadb is ``json.loads(data.decode())``: a
-        # message is one JSON value without whitespace around it, which the
-        # same decoder's scan alone decodes.
-        text = data.decode()
-        raw, end = _scan_once(text, 0)
-    except Exception:  # (StopIteration: not JSON)
-        return _decode(broker, data)
-    if end != len(text) or type(raw) is not dict:
-        return _decode(broker, data)
-    get = raw.get
-    task_id, task_name, labels = get("task_id"), get("task_name"), get("labels")
-    args, kwargs, types = get("args"), get("kwargs"), get("labels_types")
-    # JSON objects only have string keys: no need to check them.
-    if (
-        type(task_id) is not str
-        or type(task_name) is not str
-        or type(labels) is not dict
-        or type(args) is not list
-        or type(kwargs) is not dict
-        or (types is not None and type(types) is not dict)
-    ):
-        return _decode(broker, data)
-    if types:  # taskiq's kicker sends ``{}`` for a task without labels
-        try:
-            _parse_labels(labels, types)
-        except Exception:
-            return _decode(broker, data)
-    return Envelope(task_id, task_name, labels, args, kwargs)
-
-
-def _decode(broker: AsyncBroker, data: bytes) -> Envelope | None:
-    """``decode``, for any formatter, serializer and message."""
     formatter = broker.formatter
     if type(formatter) is ProxyFormatter:
         serializer = formatter.broker.serializer
