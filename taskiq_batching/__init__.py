@@ -12,6 +12,7 @@ needs it, e.g. ``taskiq_batching.settings.parse_settings``).
 #: ``attr:``), so the distribution's metadata cannot disagree with it.
 __version__ = "0.1.0"
 
+from taskiq_batching.batched_task import BatchedTask
 from taskiq_batching.core.events import BatchObserver, BatchReport
 from taskiq_batching.core.statistics import TaskStatistics
 from taskiq_batching.errors import (
@@ -43,7 +44,7 @@ from taskiq_batching.producer import deadline
 from taskiq_batching.receiver import BatchingReceiver
 from taskiq_batching.results import PerItem, per_item
 from taskiq_batching.settings import FlushReason
-from taskiq_batching.typed import BatchedTask, batch_task
+from taskiq_batching.typed import batch_task
 
 __all__ = [
     "AnyFailed",
