@@ -15,7 +15,6 @@ when ``idle_timeout`` leaves it too little time to.
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from itertools import groupby
 from operator import itemgetter
 from typing import Any
 
@@ -25,7 +24,8 @@ from taskiq_batching._compat.redis_py import string_encoding
 from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.transports.redis_batches import TaskEntry
 from taskiq_batching.transports.redis_batches_lua import ACK_DELETE
-from taskiq_batching.transports.redis_wire import bulk, round_trip
+from taskiq_batching.transports.redis_wire import round_trip
+from taskiq_batching.transports.redis_xack import xack_command
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -267,38 +267,3 @@ class Pending:
                 idle=self.idle_ms,
                 justid=True,
             )
-
-
-def xack_command(
-    stream: bytes, group: bytes, ids: Sequence[bytes], delete: bool = False
-) -> bytes | None:
-    """An XACK in RESP (``redis_wire``), or None if an id is not bytes.
-
-    :param stream: the stream's name, encoded.
-    :param group: the consumer group's, encoded.
-    :param ids: the entries' ids, as read (bytes; str from a client that
-        decodes replies, which redis-py's own XACK then encodes).
-    :param delete: ``MULTI``, the XACK, an ``XDEL`` of the same ids,
-        ``EXEC`` instead (ack and delete: four replies).
-    :return: the packed command(s).
-    """
-    if not _BYTES.issuperset(map(type, ids)):  # a str id: redis-py's XACK then
-        return None
-    # No step per id in Python (an ack has one per message of a batch): each
-    # run of ids of one length (usually all of them) joined at once.
-    packed = b"".join(
-        [
-            b"$%d\r\n" % length + (b"\r\n$%d\r\n" % length).join(run) + b"\r\n"
-            for length, run in groupby(ids, len)
-        ]
-    )
-    xack = b"*%d\r\n$4\r\nXACK\r\n" % (3 + len(ids)) + bulk(stream) + bulk(group)
-    if not delete:
-        return xack + packed
-    xdel = b"*%d\r\n$4\r\nXDEL\r\n" % (2 + len(ids)) + bulk(stream)
-    return _MULTI + xack + packed + xdel + packed + _EXEC
-
-
-_BYTES = frozenset((bytes,))
-_MULTI = b"*1\r\n$5\r\nMULTI\r\n"
-_EXEC = b"*1\r\n$4\r\nEXEC\r\n"

@@ -7,7 +7,8 @@ import pytest
 from redis.exceptions import ResponseError
 
 from taskiq_batching.transports.redis_batches_names import TaskEntry, TaskStreams
-from taskiq_batching.transports.redis_pending import Pending, xack_command
+from taskiq_batching.transports.redis_pending import Pending
+from taskiq_batching.transports.redis_xack import xack_command
 from tests.unit.transports.conftest import CommandLog
 
 pytestmark = pytest.mark.timeout(30)
