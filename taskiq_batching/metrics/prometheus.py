@@ -12,121 +12,36 @@ import asyncio
 import contextlib
 import importlib.util
 import logging
-import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from taskiq_batching.core.events import BatchReport
 from taskiq_batching.errors import MissingDependencyError
 from taskiq_batching.metrics.base import (
     BATCH_SIZE,
-    BUFFERED,
-    FAILED,
     FILL_BUCKETS,
     FILL_RATIO,
-    FLUSHES,
-    IN_FLIGHT,
-    RECLAIMED,
-    RERUNS,
     RUN,
-    RUNNING,
     SECONDS_BUCKETS,
     SIZE_BUCKETS,
     WAIT,
     BatchMetricsMiddleware,
-    HeldCounts,
     fill,
     held_of,
     reruns,
 )
-from taskiq_batching.metrics.multiprocess import (
-    forget_dead_processes,
-    warn_if_in_memory,
+from taskiq_batching.metrics.multiprocess import forget_dead_processes
+from taskiq_batching.metrics.prometheus_objects import (
+    Metrics,
+    TaskMetrics,
+    create_metrics,
 )
 from taskiq_batching.settings import FlushReason
 
 if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+    from prometheus_client import CollectorRegistry
 
 logger = logging.getLogger("taskiq_batching")
-
-#: A gauge of a process counts while it lives; the endpoint sums them.
-_GAUGE_MODE: Literal["livesum"] = "livesum"
-
-
-@dataclass(frozen=True)
-class _Metrics:
-    flushes: "Counter"
-    size: "Histogram"
-    fill: "Histogram"
-    wait: "Histogram"
-    run: "Histogram"
-    failed: "Counter"
-    reruns: "Counter"
-    reclaimed: "Counter"
-    buffered: "Gauge"
-    in_flight: "Gauge"
-    running: "Gauge"
-
-
-class _Task:
-    """One task's labelled metrics, looked up once rather than per batch."""
-
-    def __init__(self, metrics: _Metrics, task_name: str) -> None:
-        self.metrics = metrics
-        self.task_name = task_name
-        self.size = metrics.size.labels(task_name)
-        self.fill = metrics.fill.labels(task_name)
-        self.wait = metrics.wait.labels(task_name)
-        self.failed = metrics.failed.labels(task_name)
-        self.reruns = metrics.reruns.labels(task_name)
-        self.buffered = metrics.buffered.labels(task_name)
-        self.in_flight = metrics.in_flight.labels(task_name)
-        self.running = metrics.running.labels(task_name)
-        self.flushes: dict[str, Counter] = {}
-        self.runs: dict[str, Histogram] = {}
-        #: What the gauges were last set to, by this process.
-        self.last: HeldCounts | None = None
-
-    def flush(self, reason: str) -> "Counter":
-        """The flush counter of one reason."""
-        found = self.flushes.get(reason)
-        if found is None:
-            found = self.flushes[reason] = self.metrics.flushes.labels(
-                self.task_name, reason
-            )
-        return found
-
-    def run(self, outcome: str) -> "Histogram":
-        """The run time histogram of one outcome."""
-        found = self.runs.get(outcome)
-        if found is None:
-            found = self.runs[outcome] = self.metrics.run.labels(
-                self.task_name, outcome
-            )
-        return found
-
-    def set(self, held: HeldCounts) -> None:
-        """Set the gauges that changed.
-
-        In multiprocess mode every write goes to a file (and asks the
-        kernel for the pid): the ones that would change nothing are skipped.
-        """
-        last, self.last = self.last, held
-        if last is None or held.buffered != last.buffered:
-            self.buffered.set(held.buffered)
-        if last is None or held.in_flight != last.in_flight:
-            self.in_flight.set(held.in_flight)
-        if last is None or held.running != last.running:
-            self.running.set(held.running)
-
-
-#: The metrics of each registry: a name registers once per registry, and
-#: several brokers (or exporters) of one process share them.
-_by_registry: "weakref.WeakKeyDictionary[CollectorRegistry, _Metrics]" = (
-    weakref.WeakKeyDictionary()
-)
 
 
 class PrometheusBatchMetrics(BatchMetricsMiddleware):
@@ -181,58 +96,20 @@ class PrometheusBatchMetrics(BatchMetricsMiddleware):
             WAIT.name: tuple(wait_buckets),
             RUN.name: tuple(run_buckets),
         }
-        self._metrics: _Metrics | None = None
-        self._tasks: dict[str, _Task] = {}
+        self._metrics: Metrics | None = None
+        self._tasks: dict[str, TaskMetrics] = {}
         self._refresher: asyncio.Task[None] | None = None
 
-    def metrics(self) -> _Metrics:
+    def metrics(self) -> Metrics:
         """The metric objects, created (and prometheus_client imported) on first use."""
         if self._metrics is None:
-            self._metrics = self._create()
+            self._metrics = create_metrics(self.registry, self.buckets)
         return self._metrics
 
-    def _create(self) -> _Metrics:
-        # Imported here: see the module's docstring.
-        from prometheus_client import REGISTRY, Counter, Gauge, Histogram
-
-        registry = REGISTRY if self.registry is None else self.registry
-        existing = _by_registry.get(registry)
-        if existing is not None:
-            return existing
-        warn_if_in_memory()
-
-        def counter(name: str, doc: str, labels: Sequence[str]) -> Counter:
-            return Counter(name, doc, labels, registry=registry)
-
-        def histogram(name: str, doc: str, labels: Sequence[str]) -> Histogram:
-            buckets = self.buckets[name]
-            return Histogram(name, doc, labels, registry=registry, buckets=buckets)
-
-        def gauge(name: str, doc: str, labels: Sequence[str]) -> Gauge:
-            return Gauge(
-                name, doc, labels, registry=registry, multiprocess_mode=_GAUGE_MODE
-            )
-
-        created = _Metrics(
-            flushes=counter(FLUSHES.name, FLUSHES.description, FLUSHES.labels),
-            size=histogram(BATCH_SIZE.name, BATCH_SIZE.description, BATCH_SIZE.labels),
-            fill=histogram(FILL_RATIO.name, FILL_RATIO.description, FILL_RATIO.labels),
-            wait=histogram(WAIT.name, WAIT.description, WAIT.labels),
-            run=histogram(RUN.name, RUN.description, RUN.labels),
-            failed=counter(FAILED.name, FAILED.description, FAILED.labels),
-            reruns=counter(RERUNS.name, RERUNS.description, RERUNS.labels),
-            reclaimed=counter(RECLAIMED.name, RECLAIMED.description, ()),
-            buffered=gauge(BUFFERED.name, BUFFERED.description, BUFFERED.labels),
-            in_flight=gauge(IN_FLIGHT.name, IN_FLIGHT.description, IN_FLIGHT.labels),
-            running=gauge(RUNNING.name, RUNNING.description, RUNNING.labels),
-        )
-        _by_registry[registry] = created
-        return created
-
-    def _task(self, task_name: str) -> _Task:
+    def _task(self, task_name: str) -> TaskMetrics:
         found = self._tasks.get(task_name)
         if found is None:
-            found = self._tasks[task_name] = _Task(self.metrics(), task_name)
+            found = self._tasks[task_name] = TaskMetrics(self.metrics(), task_name)
         return found
 
     # --- the observer's events (per batch) -----------------------------------
