@@ -8,10 +8,10 @@ store the result (unless ``NoResultError``) and ``post_save``, ack if
 message goes through exactly that here, whether the worker's pump took it
 (any broker), taskiq's Receiver handed it over, or ``InMemoryBroker``
 sent it: ``accept`` does the steps before the batch runs, ``finish`` the
-steps after. Steps are per message (one ack controller each, the same
-message object in every hook, hooks run in the message's own context
-variables as in its own taskiq task); only the round trips are shared: a
-batch's acks and results are written together.
+steps after (``finishing.py``). Steps are per message (one ack controller
+each, the same message object in every hook, hooks run in the message's
+own context variables as in its own taskiq task); only the round trips
+are shared: a batch's acks and results are written together.
 """
 
 import asyncio
@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from taskiq import AsyncBroker, TaskiqMessage
 from taskiq.abc.middleware import TaskiqMiddleware
 from taskiq.acks import AcknowledgeType, parse_acknowledge_type
-from taskiq.exceptions import NoResultError
 
 from taskiq_batching._compat import overrides
 from taskiq_batching.core.batcher import Batcher
@@ -33,13 +32,8 @@ from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import ResultWriter, Transport
 from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.worker.acks import ack_due, deferred_acks
-from taskiq_batching.worker.outcomes import (
-    call_hook,
-    finishing,
-    refused,
-    run_hook,
-    store,
-)
+from taskiq_batching.worker.finishing import Finishing
+from taskiq_batching.worker.outcomes import call_hook, refused
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -76,11 +70,10 @@ class Lifecycle:
             for hook in _HOOKS
         }
         self.needs_message = any(self.hooks.values())
-        #: Whether a message's label chose its ack type: else every message
-        #: is acked at the worker's step, and the other steps ack none.
-        self.labelled = False
-        #: Whether a sender ever waited for its messages (``InMemoryBroker``).
-        self.senders_wait = False
+        #: The steps after the batch (``finish``).
+        self.finishing = Finishing(
+            batcher.bounds, results, ack_type, transport, self.hooks
+        )
         #: Every acked message's controller until one is asked for.
         self._deferred = None if transport is None else deferred_acks(transport)
 
@@ -130,7 +123,7 @@ class Lifecycle:
             if one is not None:
                 received |= one.ack_type is AcknowledgeType.WHEN_RECEIVED
                 if sender_waits:
-                    self.senders_wait = True
+                    self.finishing.senders_wait = True
                     one.waiter = loop.create_future()
                 held.append(one)
         if received:
@@ -181,7 +174,7 @@ class Lifecycle:
             label = message.labels.get("ack_type")
             if label is not None:  # its own ack type, as taskiq's Receiver reads it
                 one.ack_type = parse_acknowledge_type(label)
-                self.labelled = True
+                self.finishing.labelled = True
             one.delivery = delivery
         except Exception as exc:
             self._refuse(envelope, delivery, sender_waits, exc)
@@ -193,7 +186,7 @@ class Lifecycle:
     ) -> None:
         """A step before the ack failed: the message is dropped from the worker."""
         self.batcher.bounds.release(envelope.task_name)
-        self._forget([delivery])
+        self.finishing.forget([delivery])
         if wait:
             raise exc
         # taskiq's callback fails before running the task: unacked.
@@ -210,10 +203,6 @@ class Lifecycle:
         spec = self.batcher.specs[one.message.task_name]
         outcome = refused(spec.task_name, one, exc)
         self.batcher.spawn(self.finish(spec, [one], [outcome], 0.0))
-
-    def _forget(self, deliveries: Sequence[Delivery | None]) -> None:
-        if self.transport is not None:
-            self.transport.forget([d for d in deliveries if d is not None])
 
     def waits(self, taken: Sequence[tuple[Envelope, Delivery | None]]) -> bool:
         """Whether accepting these messages may wait (middlewares, acks to send).
@@ -253,53 +242,11 @@ class Lifecycle:
         outcomes: Sequence[Outcome],
         seconds: float,
     ) -> None:
-        """Finish the messages of one batch in taskiq's order.
-
-        Each message's ``execution_time`` is its share of the batch's run
-        time (``seconds / len(batch)``), so that the times of a batch's
-        messages add up to the batch's.
+        """Finish the messages of one batch in taskiq's order (``Finishing``).
 
         :param spec: the batched task.
         :param batch: its messages.
         :param outcomes: each one's outcome, in the same order.
         :param seconds: how long the batch ran.
         """
-        try:
-            await self._finish(batch, outcomes, seconds / max(len(batch), 1))
-        except Exception:
-            logger.exception(
-                "taskiq_batching: finishing a batch of %s failed", spec.task_name
-            )
-        finally:
-            for held in batch if self.senders_wait else ():
-                if held.waiter is not None and not held.waiter.done():
-                    held.waiter.set_result(None)
-            self.batcher.bounds.release(spec.task_name, len(batch))
-
-    async def _finish(
-        self, batch: list[Held], outcomes: Sequence[Outcome], share: float
-    ) -> None:
-        alive = finishing(batch, outcomes, share, per_message=self.needs_message)
-        await self._each(alive, "on_error")
-        await self._ack_done(alive, AcknowledgeType.WHEN_EXECUTED)
-        await self._each(alive, "post_execute")
-        stored = [
-            one
-            for one in alive
-            if one.ok and not isinstance(one.result.error, NoResultError)
-        ]
-        await self._each(await store(self.results, stored), "post_save")
-        await self._ack_done(alive, AcknowledgeType.WHEN_SAVED)
-        if self.needs_message:  # one a hook failed on is unacked, as in taskiq
-            self._forget([one.delivery for one in alive if not one.ok])
-
-    async def _each(self, alive: list[Held], hook: str) -> None:
-        """Run a hook of every middleware for each message (``run_hook``)."""
-        await run_hook(self.hooks[hook], alive, hook)
-
-    async def _ack_done(self, alive: list[Held], when: AcknowledgeType) -> None:
-        if when is not self.ack_type and not self.labelled:
-            return  # no message is due at this step: no pass over them
-        if self.needs_message:  # a hook that failed leaves its message unacked
-            alive = [one for one in alive if one.ok]
-        await ack_due(self.transport, alive, when)
+        await self.finishing.finish(spec, batch, outcomes, seconds)

@@ -1,6 +1,6 @@
 """The results of a finished batch's messages: built, stored, and the hooks' calls.
 
-Used by ``lifecycle.py`` when it finishes a batch: each message gets the
+Used by ``finishing.py`` when it finishes a batch: each message gets the
 ``TaskiqResult`` taskiq would store for it; results are written together;
 middleware hooks run in each message's own context variables.
 """

@@ -25,7 +25,7 @@ from taskiq_batching.settings import BatchSettings, FlushReason
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.worker import acks
-from taskiq_batching.worker import lifecycle as lifecycle_module
+from taskiq_batching.worker import finishing as finishing_module
 from taskiq_batching.worker.lifecycle import Lifecycle
 
 pytestmark = pytest.mark.timeout(10)
@@ -145,7 +145,7 @@ async def test_no_pass_over_a_batch_at_a_step_that_acks_none(
         steps.append(when)
         await ack_due(transport, held, when)
 
-    monkeypatch.setattr(lifecycle_module, "ack_due", recorded)
+    monkeypatch.setattr(finishing_module, "ack_due", recorded)
     life, transport = lifecycle_for()
     spec = life.batcher.specs["collect"]
 
