@@ -10,8 +10,10 @@ goes to the ``Finisher`` (the lifecycle), which stores results, runs
 middlewares and acks, then releases its messages. What a process may hold
 of a task is counted in ``bounds.py``; ``admit`` waits for room there.
 
-It owns its parts, their one link (the rules see it as ``ports.Buffers``);
-the worker calls its methods (``serve``, ``begin_shutdown``...).
+It is the open buffers (``open_buffers.py``: ``add``, ``flush``...) with
+the parts it owns, and their one link (the rules see it as
+``ports.Buffers``); the worker calls its methods (``serve``,
+``begin_shutdown``...).
 """
 
 import asyncio
@@ -24,11 +26,11 @@ from taskiq import AsyncBroker
 
 from taskiq_batching.core import room as task_room
 from taskiq_batching.core.bounds import Bounds
-from taskiq_batching.core.buffer import Buffer, Held
+from taskiq_batching.core.buffer import Held
 from taskiq_batching.core.changes import Changes
 from taskiq_batching.core.events import Observers
 from taskiq_batching.core.flush import FlushRules
-from taskiq_batching.core.policies import admit
+from taskiq_batching.core.open_buffers import OpenBuffers
 from taskiq_batching.core.ports import Key, Serving
 from taskiq_batching.core.scheduling import Runner
 from taskiq_batching.settings import FlushReason
@@ -40,7 +42,7 @@ logger = logging.getLogger("taskiq_batching")
 DEFAULT_MAX_CONCURRENT_BATCHES = 16
 
 
-class Batcher:
+class Batcher(OpenBuffers):
     """Holds the buffers and batches of every batched task of one broker.
 
     :param broker: the broker whose batched tasks this serves.
@@ -60,29 +62,17 @@ class Batcher:
         serving: Serving | None = None,
         error_values: bool = False,
     ) -> None:
-        self.specs: dict[str, BatchSpec] = {}
-        self.error_values = error_values
-        self.observers = Observers() if observers is None else observers
-        self.changes = Changes(self._drop_earlier_loop)
-        self.rules = FlushRules(self)
-        self.buffers: dict[Key, Buffer] = {}
-        #: Messages in open buffers, by task (kept, not counted: read per add).
-        self.waiting: defaultdict[str, int] = defaultdict(int)
-        #: Open buffers, by task.
-        self.open_keys: defaultdict[str, int] = defaultdict(int)
-        self.bounds = Bounds(self.specs, self.rules.relieve, self.changes)
-        #: Messages held, by task (``Bounds.held``).
-        self.held = self.bounds.held
-        #: Wire bytes held, by task (``Bounds.held_bytes``).
-        self.held_bytes = self.bounds.held_bytes
-        #: Starts flushed batches as the concurrency limits allow.
-        self.runner = Runner(
-            broker,
-            self.specs,
-            max_concurrent_batches,
-            self.bounds,
-            self.changes,
-            self.observers,
+        specs: dict[str, BatchSpec] = {}
+        observers = Observers() if observers is None else observers
+        changes = Changes(self._drop_earlier_loop)
+        # The rules see these buffers (``ports.Buffers``), set up just below.
+        rules = FlushRules(self)
+        self.bounds = Bounds(specs, rules.relieve, changes)
+        runner = Runner(
+            broker, specs, max_concurrent_batches, self.bounds, changes, observers
+        )
+        super().__init__(
+            specs, changes, rules, self.bounds, runner, observers, error_values
         )
         self.serve(Serving() if serving is None else serving)
 
@@ -100,113 +90,6 @@ class Batcher:
         :param spec: the task's batch spec.
         """
         self.specs[spec.task_name] = spec
-
-    # --- buffers -----------------------------------------------------------
-
-    def add(self, task_name: str, message: Held, now: float | None = None) -> None:
-        """Put an admitted message in its buffer; flush what the rules say.
-
-        :param task_name: the batched task.
-        :param message: the message, its ``item`` not yet set.
-        :param now: the running loop's time now, read by a caller that
-            called ``bind_loop`` with no await since (once for a chunk of
-            messages); None: bound and read here.
-        :raises BatchItemError: when anything computed from the message
-            fails (``policies.admit``): its arguments, key, policies, deadline.
-        :raises ItemFiltered: when ``batch_where`` is false for its item.
-        """
-        spec = self.specs[task_name]
-        # One reading of the clock for the whole addition (admission, the
-        # buffer's opening, its timer): nothing in between awaits.
-        if now is None:
-            now = self.bind_loop().time()
-        # Everything computed from the message, guarded as one: only it fails.
-        args, kwargs, within, placement = admit(
-            spec, message, now, self.validate, values=self.error_values
-        )
-        key: Key = (task_name, within)
-        buffer = self.buffers.get(key)
-        # ``Held.size`` without its call per message: the bytes as read.
-        data = getattr(message.delivery, "data", None)
-        size = len(data) if type(data) is bytes else message.size
-        # Only a cost or byte bound fills a buffer before its size: no call else.
-        if buffer is not None and (
-            placement is not None or spec.settings.max_bytes is not None
-        ):
-            full = self.rules.full(spec, buffer, placement, size)
-            if full is not None:
-                self.flush(key, full)
-                buffer = None
-        if buffer is None:
-            # A batch of its key waiting to start takes it, if in its bounds.
-            waiting = self.runner.filling.get(key)
-            if (
-                waiting is not None
-                and len(waiting.items) < spec.settings.batch_size
-                and self.rules.full(spec, waiting, placement, size) is None
-            ):
-                cost = 0.0 if placement is None else placement.cost
-                self.runner.join(waiting, message, size, cost)
-                return
-            # Copies: an admission's may be shared (``policies._NO_ARGS``).
-            buffer = Buffer(task_name, key[1], list(args), dict(kwargs), now)
-            self.buffers[key] = buffer
-            self.open_keys[task_name] += 1
-            self.rules.opened(spec, buffer)
-        buffer.items.append(message)
-        buffer.size += size
-        self.held_bytes[task_name] += size
-        self.waiting[task_name] += 1
-        self.rules.added(spec, buffer, placement, now)
-        if self.changes.waiters:  # not ``bool(changes)``: a call per message
-            self.changes.notify()
-
-    def flush(self, key: Key, reason: FlushReason) -> None:
-        """Close one buffer and queue it to run.
-
-        :param key: the buffer's key.
-        :param reason: recorded as the batch's flush reason.
-        """
-        buffer = self.buffers.pop(key, None)
-        if buffer is None:
-            return
-        buffer.close()
-        self.waiting[key[0]] -= len(buffer.items)
-        self.open_keys[key[0]] -= 1
-        if self.observers:
-            self.observers.flushed(key[0], reason, len(buffer.items))
-        self.runner.queue(buffer, reason)
-
-    def flush_all(self, reason: FlushReason, task_name: str | None = None) -> int:
-        """Flush every buffer (of one task, or of all).
-
-        :param reason: recorded as the batches' flush reason.
-        :param task_name: only this task's buffers, when given.
-        :return: the number of batches flushed.
-        """
-        keys = [key for key in self.buffers if task_name in (None, key[0])]
-        for key in keys:
-            self.flush(key, reason)
-        return len(keys)
-
-    def buffered(self, task_name: str | None = None) -> int:
-        """Messages waiting in open buffers (of one task, or of all).
-
-        :param task_name: count only this task's messages, when given.
-        :return: the number of buffered messages.
-        """
-        if task_name is None:
-            return sum(self.waiting.values())
-        return self.waiting[task_name]
-
-    async def wait_buffered(self, count: int, task_name: str | None = None) -> None:
-        """Wait until at least ``count`` messages wait in buffers.
-
-        :param count: the number of messages.
-        :param task_name: count only this task's messages, when given.
-        """
-        while self.buffered(task_name) < count:
-            await self.changes.next()
 
     # --- running -------------------------------------------------------------
 
@@ -265,19 +148,9 @@ class Batcher:
             self.flush_all(FlushReason.SHUTDOWN)
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
-                return self._cut()
+                return self.cut_buffers() + self.runner.cut()
             await asyncio.wait({self.changes.next()}, timeout=remaining)
         return []
-
-    def _cut(self) -> list[Held]:
-        cut = [held for buffer in self.buffers.values() for held in buffer.items]
-        for buffer in self.buffers.values():
-            buffer.close()
-            self.held_bytes[buffer.task_name] -= buffer.size
-        self.buffers.clear()
-        self.waiting.clear()
-        self.open_keys.clear()
-        return cut + self.runner.cut()
 
     def begin_shutdown(self) -> None:
         """From now on, buffers flush as soon as a message arrives (a stop)."""
@@ -294,11 +167,7 @@ class Batcher:
         """Leave shutdown mode: a broker started again batches as before."""
         self.rules.closing = False
 
-    # --- loop binding and change notification ------------------------------
-
-    def bind_loop(self) -> asyncio.AbstractEventLoop:
-        """The running loop; an earlier loop's state is dropped (``Changes``)."""
-        return self.changes.bind_loop()
+    # --- the event loop and change notification -----------------------------
 
     def _drop_earlier_loop(self) -> None:
         if self.buffers or self.runner.tasks:
@@ -307,9 +176,7 @@ class Batcher:
                 "loop were dropped",
                 self.buffered(),
             )
-        self.buffers.clear()
-        self.waiting.clear()
-        self.open_keys.clear()
+        self.clear_buffers()
         self.runner.reset()
         self.rules.reset()
         self.bounds.clear()
