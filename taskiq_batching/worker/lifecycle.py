@@ -26,9 +26,7 @@ from taskiq.acks import AcknowledgeType, parse_acknowledge_type
 from taskiq_batching._compat import overrides
 from taskiq_batching.core.batcher import Batcher
 from taskiq_batching.core.buffer import DeferredAck, Envelope, Held, held_as_read
-from taskiq_batching.core.call import Outcome
 from taskiq_batching.error_texts import describe
-from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.base import ResultWriter, Transport
 from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.worker.acks import ack_due, deferred_acks
@@ -70,10 +68,13 @@ class Lifecycle:
             for hook in _HOOKS
         }
         self.needs_message = any(self.hooks.values())
-        #: The steps after the batch (``finish``).
+        #: The steps after the batch.
         self.finishing = Finishing(
             batcher.bounds, results, ack_type, transport, self.hooks
         )
+        #: Finish the messages of one batch in taskiq's order: the batcher's
+        #: ``Finisher`` (``Finishing.finish``, bound once).
+        self.finish = self.finishing.finish
         #: Every acked message's controller until one is asked for.
         self._deferred = None if transport is None else deferred_acks(transport)
 
@@ -232,21 +233,3 @@ class Lifecycle:
         for middleware in self.hooks["pre_execute"]:
             message = await call_hook(scope, middleware.pre_execute, message)
         return message, scope
-
-    # --- after the batch ----------------------------------------------------
-
-    async def finish(
-        self,
-        spec: BatchSpec,
-        batch: list[Held],
-        outcomes: Sequence[Outcome],
-        seconds: float,
-    ) -> None:
-        """Finish the messages of one batch in taskiq's order (``Finishing``).
-
-        :param spec: the batched task.
-        :param batch: its messages.
-        :param outcomes: each one's outcome, in the same order.
-        :param seconds: how long the batch ran.
-        """
-        await self.finishing.finish(spec, batch, outcomes, seconds)
