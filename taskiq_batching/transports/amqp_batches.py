@@ -2,9 +2,8 @@
 
 With ``BatchingMiddleware(wait_in_broker=True)`` on a taskiq-aio-pika
 broker, each batched task gets a queue, ``<queue>.batch.<task name>``
-(``<queue>`` is the broker's first task queue; a name over AMQP's 255
-bytes ends in 16 hex digits of the task name's SHA-1 instead), declared
-like that queue (durable, type, dead-lettering, priorities) plus
+(``amqp_queues.py``), declared like the broker's first task queue
+(durable, type, dead-lettering, priorities) plus
 ``x-single-active-consumer``: however many worker processes consume it,
 RabbitMQ delivers to one, the active consumer, which therefore sees the
 task's whole rate and buffers it as one worker would (fill as with one
@@ -23,15 +22,12 @@ worker). Its ``batch_timeout`` counts from each message's send time (the
   per batched task on a connection of their own, made like the broker's
   read connection (``amqp_task_consumers.py``: RabbitMQ closes the
   connection of a consume that races the queue's creation by another
-  worker; it is consumed again on a new one), its prefetch the
-  task's ``max_held`` ((``batch_concurrency`` + 1) * ``batch_size``, or
-  one filling buffer per key allowed with ``batch_max_keys``) plus one
-  ``batch_size``: its running batches, a filling buffer, and the next
-  batch in flight (when the worker is behind, a buffer is due as soon as
-  it opens: without the next batch already delivered it ran with what
-  one read brought). Deliveries join the transport's inbox like the
-  main queue's; ``waited`` tells the worker which ones came from here (not
-  to be forwarded again).
+  worker; it is consumed again on a new one), its prefetch the task's
+  ``max_held`` plus one ``batch_size``: its running batches, a filling
+  buffer, and the next batch in flight (a buffer due as soon as it opens
+  does not run with what one read brought). Deliveries join the
+  transport's inbox like the main queue's; ``waited`` tells the worker
+  which ones came from here (not to be forwarded again).
 * **Forwarding** (``forward``, the worker's ``Forwarder``): a batched
   message a plain kicker put on the main queue is published to its
   task's queue (its ``batch_sent_at`` its send time if it had one, else
@@ -43,11 +39,9 @@ worker). Its ``batch_timeout`` counts from each message's send time (the
   died), RabbitMQ requeues its unacked messages and activates another
   consumer, which gets them at once.
 
-* **A backlog shared** (``amqp_handover.py``): a worker whose consumer
-  holds its whole prefetch (it is behind) cancels it, so that RabbitMQ
-  makes the next worker's consumer active, and consumes again once it
-  has room for a batch. At low rates the role never moves: one process
-  assembles every batch.
+* **A backlog shared** (``amqp_handover.py``): a worker behind on a task
+  passes the active role on, and consumes again once it has room for a
+  batch, with a larger window if it works quickly (``amqp_window.py``).
 """
 
 import time
@@ -65,12 +59,14 @@ from taskiq_batching._compat import (
 )
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.amqp_forward import Forwards, Settle
-from taskiq_batching.transports.amqp_handover import Handover, Handovers, new_tag
+from taskiq_batching.transports.amqp_handover import Handover, new_tag
+from taskiq_batching.transports.amqp_handovers import Handovers
 from taskiq_batching.transports.amqp_queues import (
     SINGLE_ACTIVE_CONSUMER,
     batch_queue_name,
 )
 from taskiq_batching.transports.amqp_task_consumers import Forget, TaskConsumers
+from taskiq_batching.transports.amqp_window import grown_cap
 from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.transports.shared import kick_each
 
@@ -89,9 +85,8 @@ class AmqpBatches:
         (by default, one like the broker's read connection).
     :param release: the transport's ``release`` (originals whose copy
         RabbitMQ did not confirm go back to the main queue).
-    :param pending: a channel's unsettled deliveries (the transport's
-        ``Channels.pending``): a worker behind on a task passes its
-        queue's active role on (``amqp_handover.py``).
+    :param pending: a channel's unsettled deliveries (``Channels.pending``:
+        a worker behind on a task passes its role on, ``amqp_handover.py``).
     :param untap: the transport's ``Channels.untap`` (retired consumers).
     """
 
@@ -176,16 +171,16 @@ class AmqpBatches:
             for spec in self.specs:
                 channel = await connection.channel()
                 # Per consumer (global=False): the task's own (module docstring).
-                batch_size = spec.settings.batch_size
-                limit = spec.settings.max_held + batch_size
+                size, wait = spec.settings.batch_size, spec.settings.batch_timeout
+                limit = spec.settings.max_held + size
                 await channel.set_qos(prefetch_count=limit)
                 queue = await self._declare(channel, self.queue_of(spec.task_name))
                 tag = new_tag()
                 self.limits[tag] = limit
                 await consume(channel, queue, tag)
                 started.append(tag)
-                timeout = spec.settings.batch_timeout
-                handover = Handover(channel, queue, tag, limit, batch_size, timeout)
+                cap = grown_cap(limit, size, amqp_prefetch(self.broker))
+                handover = Handover(channel, queue, tag, limit, size, wait, cap)
                 await self.handovers.add(handover, consume, forget)
 
         await self.consumers.start(setup, forget)

@@ -34,23 +34,14 @@ active consumer's (saturation only).
 
 import asyncio
 import logging
-import time
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from taskiq_batching.error_texts import describe
-from taskiq_batching.transports.amqp_inbox import Inbox
-from taskiq_batching.transports.delivery import Delivery
+from taskiq_batching.transports.amqp_window import Pace
 
 logger = logging.getLogger("taskiq_batching")
-
-#: Longest a read waits for a task's next overdue delivery (``burst``), in
-#: seconds: RabbitMQ sends a new active consumer's backlog in one go.
-BURST_GAP = 0.01
-#: Longest a read waits in all for a batch's worth of them, in seconds.
-BURST_MAX = 0.05
 
 #: Longest a cancel waits for RabbitMQ's answer, in seconds.
 CANCEL_TIMEOUT = 10.0
@@ -75,6 +66,8 @@ class Handover:
     :param limit: its prefetch (``max_held + batch_size``).
     :param batch_size: the task's.
     :param batch_timeout: the task's, in seconds (None: none).
+    :param cap: the most unsettled when it works quickly (``amqp_window.py``;
+        None: ``limit`` always).
     """
 
     def __init__(
@@ -85,6 +78,7 @@ class Handover:
         limit: int,
         batch_size: int,
         batch_timeout: float | None,
+        cap: int | None = None,
     ) -> None:
         self.channel = channel
         self.queue = queue
@@ -95,6 +89,11 @@ class Handover:
         self.batch_timeout = batch_timeout
         #: The consumer's prefetch (``limit``, then its room when it resumed).
         self.window = limit
+        #: The most unsettled with this consumer (``limit``, or ``cap``: quick).
+        self.bound = limit
+        #: Whether this consumer has had deliveries (it was active).
+        self.served = False
+        self.pace = Pace(limit, limit if cap is None else max(cap, limit))
         #: The aiormq channel under ``channel`` (its deliveries' handles).
         self.underlay: Any = None
         #: Cancelled tags whose deliveries may still be unsettled.
@@ -117,30 +116,50 @@ class Handover:
         if stopping or (self.moving is not None and not self.moving.done()):
             return  # a stop cancels the listed consumer itself
         unsettled = len(pending)
-        if self.tag is not None and self._full(pending):
+        if self.tag is not None and (self._full(pending) or self._idle(pending)):
             tag, self.tag = self.tag, None
             forget([tag])
             self.retired.append(tag)
-            self.moving = asyncio.ensure_future(self._cancel(tag))
+            self.moving = asyncio.ensure_future(self._cancel(tag, unsettled))
             self.moving.add_done_callback(lambda _: self.after())
         elif self.tag is None and unsettled <= self.limit - self.batch_size:
             tag = self.tag = new_tag()
-            self.window = self.limit - unsettled
+            self.bound = self.pace.bound(unsettled, self.pace.clock())
+            self.window, self.served = self.bound - unsettled, False
             self.moving = asyncio.ensure_future(
                 self._consume(consume, tag, self.window)
             )
             self.moving.add_done_callback(lambda _: self.after())
 
     def _full(self, pending: dict[int, str]) -> bool:
-        """Whether the consumer holds its whole prefetch (nothing more comes)."""
-        if len(pending) < self.window:
+        """Whether the consumer holds its whole prefetch (nothing more comes).
+
+        A grown one (``amqp_window.py``) passes the role on once it holds
+        ``limit``: the rest of its window keeps coming while the cancel
+        goes through, so the queue does not wait for it.
+        """
+        full = min(self.window, self.limit)
+        if len(pending) < full:
             return False
         tag = self.tag
-        return sum(1 for consumer in pending.values() if consumer == tag) >= self.window
+        return sum(1 for consumer in pending.values() if consumer == tag) >= full
 
-    async def _cancel(self, tag: str) -> None:
+    def _idle(self, pending: dict[int, str]) -> bool:
+        """Whether a grown window served and holds nothing (``amqp_window.py``)."""
+        if self.bound <= self.limit:
+            return False
+        if not self.served:
+            self.served = self.tag in pending.values()
+            return False
+        self.pace.shrink = not pending
+        return self.pace.shrink
+
+    async def _cancel(self, tag: str, held: int) -> None:
+        clock = self.pace.clock
+        start = clock()
         try:
             await self.queue.cancel(tag, timeout=CANCEL_TIMEOUT)
+            self.pace.passed(held, start, clock() - start)
         except Exception as exc:  # its channel closed: nothing is consumed
             logger.warning(
                 "taskiq_batching: cannot pass on the consumer of %s: %s",
@@ -154,7 +173,9 @@ class Handover:
             await self.channel.set_qos(prefetch_count=room)
             # A robust channel reopened since holds a new one.
             self.underlay = await self.channel.get_underlay_channel()
+            start = self.pace.clock()
             await consume(self.channel, self.queue, tag)
+            self.pace.consume_s = self.pace.clock() - start
         except Exception as exc:  # its channel closed: the worker goes on
             self.tag = None  # tried again at the next check
             logger.warning(
@@ -167,128 +188,3 @@ class Handover:
         """Wait for the cancel or consume under way (never cancelled inside)."""
         if self.moving is not None:
             await asyncio.shield(self.moving)
-
-
-class Handovers:
-    """Every batched task's ``Handover`` in this worker.
-
-    :param limits: the task queues' live consumer tags -> prefetch
-        (``AmqpBatches.limits``): a new tag is added, a retired one
-        dropped once none of its deliveries is unsettled.
-    :param pending: a channel's unsettled deliveries, tag -> consumer tag.
-    :param untap: stops taking a channel's deliveries to these consumers
-        (the transport's ``Channels.untap``: retired ones, once settled).
-    """
-
-    def __init__(
-        self,
-        limits: dict[str, int],
-        pending: Callable[[Any], dict[int, str]],
-        untap: Callable[[Any, list[str]], None] | None = None,
-    ) -> None:
-        self.limits = limits
-        self._pending = pending
-        self._untap = untap or (lambda channel, tags: None)
-        #: Whether the worker stops (the transport's; it never consumes again).
-        self.stopping: Callable[[], bool] = lambda: False
-        self.each: list[Handover] = []
-        self._consume: Consume | None = None
-        self._forget: Forget | None = None
-
-    async def add(self, handover: Handover, consume: Consume, forget: Forget) -> None:
-        """Follow a task's consumer (started already).
-
-        :param handover: it.
-        :param consume: the transport's.
-        :param forget: the transport's.
-        """
-        handover.underlay = await handover.channel.get_underlay_channel()
-        self._consume, self._forget = consume, forget
-        handover.after = self.check
-        self.each.append(handover)
-
-    def short(self, unread: "deque[Delivery]", limit: int, now: float) -> bool:
-        """Whether the next read would start a batch short while more arrive.
-
-        A consumer that has just become active (another worker passed the
-        role on) receives its backlog over some milliseconds; its first
-        deliveries are overdue (their ``batch_timeout`` counts from their
-        send time), so a buffer holding them is due at once and would run
-        with what one read brought. The transport waits a moment for a
-        batch's worth (``burst``) when the oldest unread is
-        such an overdue delivery of a task queue and fewer than a batch
-        (or the read's ``limit``) are unread. Fresh deliveries (low rates)
-        never wait: their buffer waits its timeout anyway.
-
-        :param unread: the inbox's unread deliveries, oldest first.
-        :param limit: the read's.
-        :param now: the time (epoch seconds).
-        :return: True to wait for more.
-        """
-        handle = unread[0].handle
-        if handle is None:
-            return False
-        handover = self._by_channel(handle[0])
-        if handover is None or handover.tag is None or handover.batch_timeout is None:
-            return False  # a passed role brings nothing more until acks
-        if len(unread) >= min(limit, handover.batch_size):
-            return False
-        sent_at = unread[0].sent_at
-        return sent_at is not None and sent_at + handover.batch_timeout <= now
-
-    async def burst(self, inbox: Inbox, limit: int) -> None:
-        """Wait a moment while a task's overdue backlog is still arriving.
-
-        ``short`` says when; each wait ends at the next delivery or after
-        ``BURST_GAP`` seconds without one, all of them within ``BURST_MAX``
-        seconds (the transport's ``read`` then takes what came).
-
-        :param inbox: the transport's.
-        :param limit: the read's.
-        """
-        loop = asyncio.get_running_loop()
-        end = loop.time() + BURST_MAX
-        while not self.stopping() and self.short(inbox.unread, limit, time.time()):
-            left = end - loop.time()
-            if left <= 0:
-                return
-            inbox.arrived.clear()
-            try:
-                await asyncio.wait_for(inbox.arrived.wait(), min(BURST_GAP, left))
-            except asyncio.TimeoutError:  # not the builtin before Python 3.11
-                return  # the burst ended short of a batch
-
-    def _by_channel(self, channel: Any) -> Handover | None:
-        for handover in self.each:
-            if handover.underlay is channel:
-                return handover
-        return None
-
-    def check(self) -> None:
-        """Pass on or take again each task's role (``Handover.check``)."""
-        consume, forget = self._consume, self._forget
-        if consume is None or forget is None:
-            return
-        stopping = self.stopping()
-        for handover in self.each:
-            pending = self._pending(handover.underlay)
-            before = handover.tag
-            handover.check(pending, stopping, consume, forget)
-            if handover.tag is not None and handover.tag != before:
-                self._retire(handover, pending)
-
-    def _retire(self, handover: Handover, pending: dict[int, str]) -> None:
-        """A consumer again: forget the retired tags that hold nothing now."""
-        live = set(pending.values())
-        done = [tag for tag in handover.retired if tag not in live]
-        for tag in done:
-            self.limits.pop(tag, None)
-        self._untap(handover.underlay, done)
-        handover.retired = [tag for tag in handover.retired if tag in live]
-        if handover.tag is not None:
-            self.limits[handover.tag] = handover.limit
-
-    async def settled(self) -> None:
-        """Wait for every cancel or consume under way."""
-        for handover in self.each:
-            await handover.settled()

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from taskiq_batching.transports import amqp_handover
-from taskiq_batching.transports.amqp_handover import Handover, Handovers
+from taskiq_batching.transports import amqp_handovers
+from taskiq_batching.transports.amqp_handover import Handover
+from taskiq_batching.transports.amqp_handovers import Handovers
 from taskiq_batching.transports.amqp_inbox import Inbox
 from taskiq_batching.transports.delivery import Delivery
 
@@ -159,8 +160,8 @@ async def test_a_read_of_an_overdue_backlog_waits_until_a_batch_came(
 ) -> None:
     """Three overdue deliveries of a new active consumer: seven more are coming."""
     # Bounds far beyond the test's few steps: a loaded box ends no wait early.
-    monkeypatch.setattr(amqp_handover, "BURST_GAP", 30.0)
-    monkeypatch.setattr(amqp_handover, "BURST_MAX", 60.0)
+    monkeypatch.setattr(amqp_handovers, "BURST_GAP", 30.0)
+    monkeypatch.setattr(amqp_handovers, "BURST_MAX", 60.0)
     fleet = Fleet()
     await fleet.start()
     inbox = Inbox()
