@@ -268,6 +268,9 @@ class Buffer:
         item's ``batch_deadline``), or None.
     :param overdue: its ``batch_timeout`` passed while it held fewer than
         ``batch_min_size`` messages.
+    :param sent_floor: the send time (epoch seconds, as its delivery gave
+        it) of the message its start came from (``core/timers.py``), or
+        infinity: a later message sent no earlier leaves its timer alone.
     """
 
     task_name: str
@@ -283,6 +286,7 @@ class Buffer:
     deadline: float | None = None
     deadline_timer: asyncio.TimerHandle | None = None
     overdue: bool = False
+    sent_floor: float = math.inf
 
     def close(self) -> None:
         """Stop its timers: it is being flushed."""

@@ -36,6 +36,7 @@ the batcher they need.
 import logging
 from collections.abc import Sequence
 
+from taskiq_batching.core import timers
 from taskiq_batching.core.buffer import Buffer, Held
 from taskiq_batching.core.policies import Placement
 from taskiq_batching.core.ports import Buffers, Key
@@ -48,13 +49,6 @@ logger = logging.getLogger("taskiq_batching")
 #: A deadline's batch is flushed this many seconds early, so that it starts
 #: (on the next event-loop turns) before the deadline.
 DEADLINE_LEAD = 0.005
-#: A send time earlier than the buffer's start by less than this many
-#: seconds leaves its timer as it is. Send times are converted to the
-#: event loop's clock against a wall clock that moves while a chunk is
-#: added, so messages sent in the same millisecond (a stream entry id's
-#: resolution) would otherwise each move the timer a few microseconds
-#: earlier: a cancelled timer and a new one per message.
-CLOCK_SLACK = 0.001
 
 
 class FlushRules:
@@ -93,57 +87,9 @@ class FlushRules:
             )
             self.batcher.flush(oldest, FlushReason.KEYS)
 
-    def _clock(self, spec: BatchSpec, buffer: Buffer, now: float) -> None:
-        """Start or advance a buffer's timer from its newest message's send time.
-
-        A message sent before the buffer's others (a redelivery, a slower
-        sender) by more than ``CLOCK_SLACK`` moves the timer earlier;
-        never later.
-        """
-        sent = buffer.items[-1].sent_at(now)
-        started = buffer.timer is not None
-        if started and sent > buffer.opened_at - CLOCK_SLACK:
-            return
-        buffer.opened_at = min(buffer.opened_at, sent)
-        settings = spec.settings
-        timeout = settings.batch_timeout
-        if timeout is None or self.closing:
-            return
-        if buffer.timer is not None:
-            buffer.timer.cancel()
-        loop = self.batcher.bind_loop()
-        key = (buffer.task_name, buffer.key)
-        if buffer.overdue and settings.max_wait is not None:
-            buffer.timer = loop.call_at(
-                buffer.opened_at + settings.max_wait,
-                self.batcher.flush,
-                key,
-                FlushReason.TIMEOUT,
-            )
-        else:
-            buffer.timer = loop.call_at(buffer.opened_at + timeout, self._timer, key)
-
     def _timer(self, key: Key) -> None:
         """``batch_timeout`` passed: flush, unless ``batch_min_size`` holds it."""
-        buffer = self.batcher.buffers.get(key)
-        if buffer is None:
-            return
-        settings = self.batcher.specs[key[0]].settings
-        if (
-            settings.min_size is not None
-            and settings.max_wait is not None
-            and len(buffer.items) < settings.min_size
-            and not self.closing
-        ):
-            loop = self.batcher.bind_loop()
-            until = buffer.opened_at + settings.max_wait - loop.time()
-            if until > 0:
-                buffer.overdue = True  # flushed as soon as it reaches min_size
-                buffer.timer = loop.call_later(
-                    until, self.batcher.flush, key, FlushReason.TIMEOUT
-                )
-                return
-        self.batcher.flush(key, FlushReason.TIMEOUT)
+        timers.expire(self.batcher, key, self.closing)
 
     def full(
         self,
@@ -189,15 +135,20 @@ class FlushRules:
         :param now: the event loop's time when it was added.
         """
         newest = buffer.items[-1]
-        # What ``_clock`` would find, without its calls (it runs per message):
-        # a running timer, and a message with no send time, taken after the
-        # buffer opened, leave the timer as it is.
+        sent = getattr(newest.delivery, "sent_at", None)
+        # What ``timers.start`` would find, without its calls (it runs per
+        # message): a running timer, and a message taken after the buffer
+        # opened, with no send time or one no earlier than the send time
+        # the buffer's start came from, leave the timer as it is.
         if (
             buffer.timer is None
-            or getattr(newest.delivery, "sent_at", None) is not None
+            or (
+                sent is not None
+                and not (type(sent) is float and sent >= buffer.sent_floor)
+            )
             or newest.arrived < buffer.opened_at
         ):
-            self._clock(spec, buffer, now)
+            timers.start(self.batcher, spec, buffer, now, self.closing, self._timer)
         settings = spec.settings
         if len(buffer.items) >= settings.batch_size:
             self.batcher.flush((buffer.task_name, buffer.key), FlushReason.SIZE)

@@ -114,9 +114,10 @@ class Lifecycle:
             if not plain:
                 one = await self._receive(envelope, delivery, sender_waits)
             elif (
-                type(getattr(delivery, "handle", None)) is tuple
+                isinstance(getattr(delivery, "handle", None), tuple)
                 and "ack_type" not in envelope.labels
-            ):  # a stream entry, acked at the worker's step: held without ``_hold``
+            ):  # a stream entry (a task stream's too: ``TaskEntry``), acked at
+                # the worker's step: held without ``_hold``
                 one = held_as_read(envelope, deferred, read_at, ack_type, delivery)
             else:  # no middleware hook: nothing to await, no coroutine
                 now = loop.time()
@@ -169,8 +170,10 @@ class Lifecycle:
         """
         try:
             handle = None if delivery is None else delivery.handle
-            # A stream entry (a plain tuple) is acked: no call per entry read.
-            ack = self._deferred if type(handle) is tuple else self._ack_for(delivery)
+            # A stream entry (a tuple) is acked: no call per entry read.
+            ack = (
+                self._deferred if isinstance(handle, tuple) else self._ack_for(delivery)
+            )
             one = Held(message, ack, now, scope, ack_type=self.ack_type)
             label = message.labels.get("ack_type")
             if label is not None:  # its own ack type, as taskiq's Receiver reads it
@@ -219,9 +222,12 @@ class Lifecycle:
         if delivery is None or delivery.handle is None:
             return None
         handle = delivery.handle
-        # A plain tuple (a stream entry) is acked; looking ``needs_ack`` up
-        # on it would fail, at a cost, for every message read.
-        if type(handle) is not tuple and getattr(handle, "needs_ack", True) is False:
+        # A tuple (a stream entry) is acked; looking ``needs_ack`` up on it
+        # would fail, at a cost, for every message read.
+        if (
+            not isinstance(handle, tuple)
+            and getattr(handle, "needs_ack", True) is False
+        ):
             return None  # a message taken from a list: read, it has no ack either
         return self._deferred  # None without a transport
 

@@ -29,7 +29,7 @@ from collections.abc import Hashable, Iterable, Sequence
 from taskiq import AsyncBroker
 
 from taskiq_batching.core.batcher import Batcher
-from taskiq_batching.core.buffer import Envelope
+from taskiq_batching.core.buffer import Envelope, Held
 from taskiq_batching.settings import FlushReason
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.batch_source import TakenBatch, per_worker_reason
@@ -71,8 +71,8 @@ class Intake:
         :param batches: what one take returned.
         """
         taken: list[tuple[Envelope, Delivery]] = []
-        # Each delivery's batch (its flush reason and key), by identity.
-        where: dict[int, tuple[FlushReason, str]] = {}
+        # Each message's batch (its flush reason and key), in ``taken``'s order.
+        places: list[tuple[FlushReason, str]] = []
         counts: Counter[str] = Counter()
         specs = self.batcher.specs
         for batch in batches:
@@ -86,16 +86,18 @@ class Intake:
                 envelope.size = len(delivery.data)
                 counts[envelope.task_name] += 1
                 taken.append((envelope, delivery))
-                where[id(delivery)] = place
+                places.append(place)
             self.router.taken += len(batch.deliveries)
         for task_name, count in counts.items():  # counted before any await
             self.batcher.bounds.take(task_name, count)
         held = await self.lifecycle.accept(taken)
-        places = [(one, where[id(one.delivery)]) for one in held]
-        left = self.batcher.flush_taken([(one, place[0]) for one, place in places])
-        keys = {id(one.delivery): place[1] for one, place in places}
+        if not self.batcher.buffers:
+            return  # every batch taken flushed whole: no remainder
+        placed = list(zip(held, _places_of(held, taken, places), strict=True))
+        left = self.batcher.flush_taken([(one, place[0]) for one, place in placed])
+        keys = {id(one): place[1] for one, place in placed}
         for buffer_key, one in left:
-            self.short[buffer_key] = keys[id(one.delivery)]
+            self.short[buffer_key] = keys[id(one)]
 
     def needs(self, spec: BatchSpec) -> dict[str, int]:
         """What this worker's short remainders of a task lack, by broker key.
@@ -133,6 +135,30 @@ def log_per_worker(specs: Iterable[BatchSpec], served: list[BatchSpec]) -> None:
                 spec.task_name,
                 reason,
             )
+
+
+def _places_of(
+    held: Sequence[Held],
+    taken: Sequence[tuple[Envelope, Delivery]],
+    places: Sequence[tuple[FlushReason, str]],
+) -> Sequence[tuple[FlushReason, str]]:
+    """The batch of each message held: ``held`` is ``taken`` in order, less some.
+
+    :param held: the messages held.
+    :param taken: every message accepted.
+    :param places: each taken one's batch.
+    :return: each held one's batch.
+    """
+    if len(held) == len(taken):
+        return places
+    found: list[tuple[FlushReason, str]] = []
+    at = 0
+    for one in held:
+        while taken[at][1] is not one.delivery:
+            at += 1
+        found.append(places[at])
+        at += 1
+    return found
 
 
 def _reason(value: str) -> FlushReason:
