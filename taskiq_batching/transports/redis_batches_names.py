@@ -48,7 +48,8 @@ class TaskEntry(tuple[str, bytes]):
     """
 
     place: "tuple[TaskStreams, str]"
-    t_ms: int | None
+    #: None unless forwarded: a producer's entry sets no attribute for it.
+    t_ms: int | None = None
 
     def __new__(
         cls,
@@ -67,7 +68,8 @@ class TaskEntry(tuple[str, bytes]):
         """
         entry = super().__new__(cls, (stream, entry_id))
         entry.place = place
-        entry.t_ms = t_ms
+        if t_ms is not None:
+            entry.t_ms = t_ms
         return entry
 
     @property
