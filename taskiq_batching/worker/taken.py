@@ -93,7 +93,7 @@ class Intake:
         held = await self.lifecycle.accept(taken)
         if not self.batcher.buffers:
             return  # every batch taken flushed whole: no remainder
-        placed = list(zip(held, _places_of(held, taken, places), strict=True))
+        placed = list(zip(held, places_of(held, taken, places), strict=True))
         left = self.batcher.flush_taken([(one, place[0]) for one, place in placed])
         keys = {id(one): place[1] for one, place in placed}
         for buffer_key, one in left:
@@ -137,7 +137,7 @@ def log_per_worker(specs: Iterable[BatchSpec], served: list[BatchSpec]) -> None:
             )
 
 
-def _places_of(
+def places_of(
     held: Sequence[Held],
     taken: Sequence[tuple[Envelope, Delivery]],
     places: Sequence[tuple[FlushReason, str]],
