@@ -38,7 +38,8 @@ def start(
     sender) by more than ``CLOCK_SLACK`` moves the timer earlier; never
     later. The send time (as its delivery gives it) that set the buffer's
     start is kept (``Buffer.sent_floor``): a later one is no earlier, and
-    ``FlushRules.added`` does not call this for it.
+    ``FlushRules.added`` does not call this for it (a step of the wall
+    clock while a buffer is open is then not seen: it was converted once).
 
     :param batcher: the buffers.
     :param spec: its task's spec.
@@ -55,7 +56,12 @@ def start(
     if sent <= buffer.opened_at:
         buffer.opened_at = sent
         given = getattr(newest.delivery, "sent_at", None)
-        buffer.sent_floor = given if type(given) is float else math.inf
+        # Only a send time that was used (``sent_at`` ignores one that is
+        # not a finite float): a later one no earlier converts no earlier.
+        if type(given) is float and math.isfinite(given):
+            buffer.sent_floor = given
+        else:
+            buffer.sent_floor = math.inf
     settings = spec.settings
     timeout = settings.batch_timeout
     if timeout is None or closing:

@@ -133,6 +133,19 @@ async def test_an_earlier_send_moves_the_timer_earlier_never_later() -> None:
     assert len(buffer.items) == 3
 
 
+@pytest.mark.parametrize("first", [-math.inf, math.inf, math.nan], ids=str)
+async def test_a_send_time_ignored_first_lets_a_later_real_one_move_the_timer(
+    first: float,
+) -> None:
+    batcher, _ = batcher_for(batch_timeout=TIMEOUT_SECONDS)
+    arrived = add(batcher, 1, first)  # ignored: the timer counts from the read
+    buffer = the_buffer(batcher)
+    add(batcher, 2, time.time() - 3.0)  # sent before the first was read
+    assert buffer.timer.when() == pytest.approx(  # type: ignore[union-attr]
+        arrived - 3.0 + TIMEOUT_SECONDS, abs=SLACK_SECONDS
+    )
+
+
 async def test_sends_in_the_same_millisecond_keep_the_timer_armed_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
