@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from taskiq_batching.error_texts import describe
-from taskiq_batching.transports.amqp_window import Pace
+from taskiq_batching.transports.amqp_window import Pace, Solo
 
 logger = logging.getLogger("taskiq_batching")
 
@@ -94,6 +94,7 @@ class Handover:
         #: Whether this consumer has had deliveries (it was active).
         self.served = False
         self.pace = Pace(limit, limit if cap is None else max(cap, limit))
+        self.solo = Solo()
         #: The aiormq channel under ``channel`` (its deliveries' handles).
         self.underlay: Any = None
         #: Cancelled tags whose deliveries may still be unsettled.
@@ -116,7 +117,7 @@ class Handover:
         if stopping or (self.moving is not None and not self.moving.done()):
             return  # a stop cancels the listed consumer itself
         unsettled = len(pending)
-        if self.tag is not None and (self._full(pending) or self._idle(pending)):
+        if self.tag is not None and self._passes(pending):
             tag, self.tag = self.tag, None
             forget([tag])
             self.retired.append(tag)
@@ -130,6 +131,15 @@ class Handover:
                 self._consume(consume, tag, self.window)
             )
             self.moving.add_done_callback(lambda _: self.after())
+
+    def _passes(self, pending: dict[int, str]) -> bool:
+        """Whether to pass the role on now (full and not kept, or idle)."""
+        now = self.pace.clock()
+        if self.solo.consumed_at is not None:
+            self.solo.saw(self.tag in pending.values(), now)
+        # Only a quick (grown) consumer keeps it: slow batches are shared.
+        kept = self.bound > self.limit and self.solo.holds(now)
+        return (self._full(pending) and not kept) or self._idle(pending)
 
     def _full(self, pending: dict[int, str]) -> bool:
         """Whether the consumer holds its whole prefetch (nothing more comes).
@@ -175,7 +185,9 @@ class Handover:
             self.underlay = await self.channel.get_underlay_channel()
             start = self.pace.clock()
             await consume(self.channel, self.queue, tag)
-            self.pace.consume_s = self.pace.clock() - start
+            end = self.pace.clock()
+            self.pace.consume_s = end - start
+            self.solo.consumed(end, (self.pace.cancel_s or 0.0) + end - start)
         except Exception as exc:  # its channel closed: the worker goes on
             self.tag = None  # tried again at the next check
             logger.warning(

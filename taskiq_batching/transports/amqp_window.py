@@ -31,6 +31,23 @@ then passed measured one process's rate: the queue idle for each cancel).
 A grown window the worker no longer fills (nothing unsettled: the drain
 ended) is passed on and consumed again at ``limit``: a slow backlog that
 comes later is not prefetched whole by one process.
+
+A quick consumer alone on its queue (``Solo``) keeps the role for a
+while: under single active consumer a waiting sibling becomes active at
+a cancel, and the consumer that consumes again is one in line, with no
+deliveries until the role comes back. Deliveries to the new consumer
+within ``ALONE_SHARE`` of a pass's round trip after its ``basic.consume``
+answered say that nobody took the role (one worker: each pass only left
+the queue without a consumer, ~18 ms, 58-60 times in a drain of 30,000;
+a sibling that passes the role back takes a cancel, ~half a round trip).
+It then
+passes once it has held the role ``hold_s``: ``HOLD_TRIPS`` round trips,
+doubled at each pass found alone in turn, at most ``MAX_HOLD_S``, so a
+sibling that joins later waits that long at most. A pass that found the
+role taken (no delivery that soon) passes at every full
+window again. Slow batches always pass (both siblings may have left the
+queue without a consumer: the one consuming again gets its deliveries at
+once, alone or not).
 """
 
 import time
@@ -44,6 +61,14 @@ from collections.abc import Callable
 QUICK_RATIO = 4.0
 #: The most parked messages a grown window may bring (``worker/parking.py``).
 PARK_SHARE = 1_000
+#: A quick consumer found alone first keeps the role this many round trips.
+HOLD_TRIPS = 4.0
+#: Deliveries within this share of a pass's round trip after the consume
+#: answered: alone (a waiting sibling takes the role with a cancel, ~half
+#: a round trip; at two workers a whole round trip judged alone wrongly).
+ALONE_SHARE = 0.125
+#: The longest it keeps it (a sibling that joins waits that long), seconds.
+MAX_HOLD_S = 0.5
 
 
 def grown_cap(limit: int, batch_size: int, prefetch: int | None) -> int:
@@ -105,3 +130,44 @@ class Pace:
         consume_s = self.cancel_s if self.consume_s is None else self.consume_s
         round_trip = self.cancel_s + consume_s
         return self.limit * elapsed / worked < QUICK_RATIO * round_trip
+
+
+class Solo:
+    """Whether a quick consumer is alone on its queue, and how long it keeps it."""
+
+    def __init__(self) -> None:
+        #: When its ``basic.consume`` answered (monotonic seconds); None: judged.
+        self.consumed_at: float | None = None
+        self.since = 0.0
+        #: A pass's round trip (its cancel and consume), seconds.
+        self.round_trip = 0.0
+        #: How long it keeps the role once consumed (0: it passes when full).
+        self.hold_s = 0.0
+
+    def consumed(self, at: float, round_trip: float) -> None:
+        """It consumes again at ``at``; a pass takes ``round_trip`` seconds."""
+        self.consumed_at, self.since, self.round_trip = at, at, round_trip
+
+    def saw(self, delivered: bool, now: float) -> None:
+        """Judge once: deliveries soon after the consume, or none for longer.
+
+        :param delivered: the new consumer has had deliveries.
+        :param now: monotonic seconds.
+        """
+        if self.consumed_at is None:
+            return
+        soon = now - self.consumed_at <= ALONE_SHARE * self.round_trip
+        if delivered and soon:  # nobody took the role: hold it longer
+            first = HOLD_TRIPS * self.round_trip
+            self.hold_s = min(MAX_HOLD_S, max(first, 2 * self.hold_s))
+        elif not soon:  # a sibling is active (or nothing is left)
+            self.hold_s = 0.0
+        else:
+            return
+        self.consumed_at = None
+
+    def holds(self, now: float) -> bool:
+        """Whether it keeps the role although full (alone, not for long yet)."""
+        if self.consumed_at is not None or self.hold_s <= 0:
+            return False
+        return now - self.since < self.hold_s

@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 
 from taskiq_batching.transports.amqp_handover import Handover
-from taskiq_batching.transports.amqp_window import Pace, grown_cap
+from taskiq_batching.transports.amqp_window import MAX_HOLD_S, Pace, Solo, grown_cap
 from tests.unit.transports.test_amqp_handover import FakeQueue, Fleet
 
 #: One ``basic.cancel`` of the fakes, in (fake) seconds.
@@ -139,6 +139,7 @@ async def test_a_grown_consumer_passes_the_role_once_it_holds_limit() -> None:
     await fleet.start()
     await pass_and_work_off(fleet, clock, seconds=0.001)
     assert fleet.handover.window == 60
+    clock.now += 2 * CANCEL_S  # nothing came for a round trip: a sibling took it
     fleet.deliver(29)
     fleet.handovers.check()
     assert fleet.handover.tag is not None
@@ -147,3 +148,54 @@ async def test_a_grown_consumer_passes_the_role_once_it_holds_limit() -> None:
     await fleet.handovers.settled()
     assert fleet.handover.tag is None
     assert len(fleet.queue.cancelled) == 2
+
+
+async def test_a_quick_consumer_alone_keeps_the_role_for_a_while() -> None:
+    """Deliveries at once after its consume: nobody took the role.
+
+    Before, it passed the role on at every ``limit`` held, to itself, and
+    the queue had no consumer for each cancel and consume.
+    """
+    fleet, clock = paced_fleet(cap=80)
+    await fleet.start()
+    await pass_and_work_off(fleet, clock, seconds=0.001)
+    fleet.deliver(30)  # at once: alone
+    fleet.handovers.check()
+    await fleet.handovers.settled()
+    assert fleet.handover.tag is not None
+    assert len(fleet.queue.cancelled) == 1
+    clock.now += 4.5 * CANCEL_S  # past its hold: four round trips of a pass
+    fleet.handovers.check()
+    await fleet.handovers.settled()
+    assert fleet.handover.tag is None
+    assert len(fleet.queue.cancelled) == 2
+
+
+async def test_a_slow_consumer_passes_the_role_even_if_alone() -> None:
+    """Slow batches are shared: both siblings may leave the queue unconsumed."""
+    fleet, clock = paced_fleet(cap=80)
+    await fleet.start()
+    await pass_and_work_off(fleet, clock, seconds=0.2)
+    fleet.deliver(10)  # at once
+    fleet.handovers.check()
+    await fleet.handovers.settled()
+    assert fleet.handover.tag is None
+    assert len(fleet.queue.cancelled) == 2
+
+
+def test_the_hold_doubles_while_alone_up_to_its_cap_and_resets_when_taken() -> None:
+    solo, holds = Solo(), []
+    for at in (10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0):
+        solo.consumed(at, 0.02)
+        solo.saw(True, at + 0.001)
+        holds.append(solo.hold_s)
+    assert holds == pytest.approx([0.08, 0.16, 0.32, MAX_HOLD_S, *[MAX_HOLD_S] * 4])
+    assert solo.holds(80.0 + MAX_HOLD_S - 0.01)
+    assert not solo.holds(80.0 + MAX_HOLD_S)
+    solo.consumed(90.0, 0.02)
+    solo.saw(False, 90.001)  # nothing yet, but soon: not judged
+    assert solo.hold_s == MAX_HOLD_S
+    assert not solo.holds(90.001)  # nor kept before it is
+    solo.saw(True, 90.01)  # half a round trip: a sibling passed it back
+    assert solo.hold_s == 0.0
+    assert not solo.holds(90.04)
