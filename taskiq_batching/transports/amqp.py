@@ -5,14 +5,15 @@ consumes the same queues itself (the same ``qos``, declarations and
 consumer arguments; every queue but the delay queue) with aio-pika's
 ``queue.consume(callback)``, so that a robust queue consumes again after
 a reconnection. Deliveries are taken off the channel's frames as
-aiormq's reader hands them over (``amqp_acks.DeliveryTap``: no object or
-task per message); a consumer is named and tapped before it starts, and
-a new channel's first delivery after a reconnection comes through
-aio-pika's callback, which taps it. They wait in ``amqp_inbox.Inbox``
-(a late one in tag order); ``read`` takes up to its limit at once. A
-``no_ack`` consumer's deliveries are lost if the worker dies, as with
-the broker's own listener. Acks and nacks go through one tracker per
-channel (``amqp_acks.ChannelAcks``), for the Receiver's deliveries too.
+aiormq's reader hands them over (``amqp_tap.DeliveryTap``: no object or
+task per message); a consumer is named and tapped before it starts
+(``amqp_consumers.py``), and a new channel's first delivery after a
+reconnection comes through aio-pika's callback, which taps it. They wait
+in ``amqp_inbox.Inbox`` (a late one in tag order); ``read`` takes up to
+its limit at once. A ``no_ack`` consumer's deliveries are lost if the
+worker dies, as with the broker's own listener. Acks and nacks go
+through one tracker per channel (``amqp_acks.ChannelAcks``), for the
+Receiver's deliveries too.
 
 ``qos`` is a prefetch count with ``global=False``: RabbitMQ applies it to
 each consumer separately. ``outstanding`` is that of the fullest
@@ -30,21 +31,17 @@ ack frame is waited for before ``close`` returns.
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from taskiq import AsyncBroker, BrokerMessage
 from taskiq_aio_pika import AioPikaBroker
 
-from taskiq_batching._compat import (
-    amqp_declare_queues,
-    amqp_delay_queue_name,
-    amqp_prefetch,
-)
+from taskiq_batching._compat import amqp_prefetch
 from taskiq_batching.error_texts import describe
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.amqp_batches import AmqpBatches
+from taskiq_batching.transports.amqp_consumers import Consumers
 from taskiq_batching.transports.amqp_give_back import give_back
 from taskiq_batching.transports.amqp_inbox import Inbox
 from taskiq_batching.transports.amqp_sender import sender_for as sender_for
@@ -122,7 +119,7 @@ class AmqpTransport(Consumer[Handle]):
         self._waiting = self.forwarder = waiting
         if waiting is not None:
             waiting.handovers.stopping = lambda: self._stopping
-        self._consumers: list[tuple[Any, str]] = []
+        self._consumers = Consumers(self._inbox)
         self._started = False
         self._stopping = False
         self._cancelling: asyncio.Future[None] | None = None
@@ -148,33 +145,11 @@ class AmqpTransport(Consumer[Handle]):
             raise RuntimeError("Call startup before starting listening.")
         if self.prefetch is not None:
             await channel.set_qos(prefetch_count=self.prefetch)
-        declared = await amqp_declare_queues(self.broker, channel)
-        delay = amqp_delay_queue_name(self.broker)
-        for queue, arguments in declared:
-            if delay is not None and queue.name == delay:
-                continue
-            options = dict(arguments or {})
-            tag = str(options.pop("consumer_tag", None) or f"tb.{uuid.uuid4().hex}")
-            if options.get("no_ack"):
-                # The server forgets these once delivered: nothing to ack.
-                self._inbox.no_ack.add(tag)
-                self.acknowledges = False
-            await self._consume(channel, queue, tag, **options)
+        if not await self._consumers.start(self.broker, channel):
+            self.acknowledges = False  # a no_ack consumer's are not acked
         if self._waiting is not None:
-            await self._waiting.start(self._consume, self._forget)
+            await self._waiting.start(self._consumers.consume, self._consumers.forget)
         self._started = True
-
-    async def _consume(
-        self, channel: Any, queue: Any, tag: str, **options: Any
-    ) -> None:
-        # Named first and tapped before it starts: every delivery is tapped.
-        self._inbox.tap(await channel.get_underlay_channel(), tag)
-        await queue.consume(self._inbox.on_message, consumer_tag=tag, **options)
-        self._consumers.append((queue, tag))
-
-    def _forget(self, tags: Sequence[str]) -> None:
-        # Their connection closed (amqp_task_consumers.py): nothing to cancel.
-        self._consumers = [(q, tag) for q, tag in self._consumers if tag not in tags]
 
     async def read(self, limit: int) -> list[Delivery]:
         """Up to ``limit`` deliveries received (see ``Transport.read``)."""
@@ -240,7 +215,8 @@ class AmqpTransport(Consumer[Handle]):
         self, given: Sequence[tuple[Delivery, BrokerMessage]]
     ) -> list[Delivery]:
         """Publish again to their queue, then ack (``amqp_give_back``)."""
-        return await give_back(self.broker, self._consumers, self.lost, self.ack, given)
+        consumers = self._consumers.listed
+        return await give_back(self.broker, consumers, self.lost, self.ack, given)
 
     # --- stopping ----------------------------------------------------------------
 
@@ -291,16 +267,8 @@ class AmqpTransport(Consumer[Handle]):
         if self._waiting is not None:
             # Then the listed consumers are the last word (amqp_handover.py).
             await self._waiting.handovers.settled()
-        for queue, tag in self._consumers:
-            try:
-                # Once, shielded by close(); bounded for a dead connection.
-                await queue.cancel(tag, timeout=START_GRACE)
-            except Exception as exc:
-                logger.warning(
-                    "taskiq_batching: cannot cancel the consumer of %s: %s",
-                    queue.name,
-                    describe(exc),
-                )
+        # Once, shielded by close(); bounded for a dead connection.
+        await self._consumers.cancel(START_GRACE)
         # Deliveries that came through aio-pika before CancelOk (a channel
         # not tapped yet) reach the callback through two tasks each.
         for _ in range(3):

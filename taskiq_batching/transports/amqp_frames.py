@@ -7,7 +7,7 @@ decodings and three hand-overs per delivery, most of the AMQP worker's
 CPU. ``FrameReader`` takes over the connection's frame receiver
 (``_compat.amqp_read_frames_with``): it reads what the socket has, cuts
 the frames out of it, and returns a delivery to a tapped consumer
-(``amqp_acks.DeliveryTap``) as one ``Delivered`` frame when its frames
+(``amqp_tap.DeliveryTap``) as one ``Delivered`` frame when its frames
 are all there, one after the other (the common case: RabbitMQ writes a
 delivery's frames together). Its tap takes it off the channel's queue
 like the frames it stands for. Every other frame, a delivery cut by the

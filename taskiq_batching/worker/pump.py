@@ -28,29 +28,25 @@ stops, a read in progress is finished or interrupted by the transport's
 rules (nothing taken is dropped); deliveries read but not handed over go
 back to the broker; buffers flush; batches get ``--wait-tasks-timeout``
 to finish, after which they are cut off and their messages left to the
-broker (a log line gives their count).
+broker (a log line gives their count): ``stopping.py``.
 """
 
 import asyncio
-import contextlib
-import logging
 from asyncio import FIRST_COMPLETED
 from collections.abc import AsyncGenerator
 from typing import Any
 
 from taskiq import AckableMessage, AsyncBroker
 
-from taskiq_batching._compat import share_stop_budget
 from taskiq_batching.core.batcher import Batcher
 from taskiq_batching.transports.base import Transport
 from taskiq_batching.transports.delivery import Delivery
-from taskiq_batching.worker.acks import give_back, unacked
+from taskiq_batching.worker.acks import give_back
 from taskiq_batching.worker.lifecycle import Lifecycle
 from taskiq_batching.worker.options import WorkerOptions
 from taskiq_batching.worker.routing import Parked, Router
+from taskiq_batching.worker.stopping import stop_pump
 from taskiq_batching.worker.taking import Taker
-
-logger = logging.getLogger("taskiq_batching")
 
 Handed = bytes | AckableMessage
 
@@ -252,55 +248,16 @@ class Pump:
         if self._stopped:
             return
         self._stopped = True
-        loop = asyncio.get_running_loop()
-        budget = self.options.wait_tasks_timeout
-        deadline = None if budget is None else loop.time() + budget
-        await self.taker.stop(deadline)
-        # Before finishing what it holds: what comes next goes to others.
-        await self.transport.stop_consuming()
-        unread = list(self.handoff) + self.router.giving.take_pending()
-        self.handoff.clear()
-        if self._reading is not None:  # a listener error, with a read pending
-            reading, self._reading = self._reading, None
-            with contextlib.suppress(Exception):
-                unread += await self.transport.interrupt(reading)
-        await self._release(unread, "read but not started")
-        await self._finish_parked(deadline)
-        if self.batcher.buffered():
-            logger.info(
-                "taskiq_batching: flushing %d buffered message(s)",
-                self.batcher.buffered(),
-            )
-        cut = await self.batcher.drain(deadline)
-        if cut:
-            logger.warning(
-                "taskiq_batching: %d message(s) of batches still running after "
-                "--wait-tasks-timeout=%s s were cut off and left to the broker",
-                len(cut),
-                budget,
-            )
-            await self._release(unacked(cut), "cut off")
-        if deadline is not None and self.options.receiver is not None:
-            share_stop_budget(self.options.receiver, max(deadline - loop.time(), 0.0))
-        await self.transport.close()
-
-    async def _finish_parked(self, deadline: float | None) -> None:
-        """Batch the parked messages as room frees (buffers now flush at once).
-
-        They were taken from the broker: finished like the buffered ones,
-        within the same deadline; what is still parked then goes back.
-        """
-        loop = asyncio.get_running_loop()
-        self.batcher.begin_shutdown()
-        while self.parked:
-            await self.lifecycle.accept(self.router.unpark())
-            remaining = None if deadline is None else deadline - loop.time()
-            if not self.parked or (remaining is not None and remaining <= 0):
-                break
-            await asyncio.wait(
-                {asyncio.ensure_future(self.batcher.changed())}, timeout=remaining
-            )
-        await self._release(self.parked.clear(), "parked past the deadline")
+        reading, self._reading = self._reading, None  # pending: a listener error
+        await stop_pump(
+            self.taker,
+            self.router,
+            self.batcher,
+            self.lifecycle,
+            self.transport,
+            self.options,
+            reading,
+        )
 
     async def _release(self, deliveries: list[Delivery], what: str) -> None:
         await give_back(self.transport, deliveries, what)

@@ -6,8 +6,8 @@ messages do not wait in this process: they wait in the broker until a
 batch is worth taking (it is full, or its oldest message reached
 ``batch_timeout`` since it was sent), and whichever worker has room takes
 it whole. One loop per process serves every such task, so that a worker
-at rest sends the broker one blocking command per ``IDLE_SECONDS`` for
-all of them:
+at rest sends the broker one blocking command per ``IDLE_SECONDS``
+(``taking_waits.py``) for all of them:
 
 * for each task with room (``core/room.py``'s ``room``: ``batch_concurrency``,
   ``max_concurrent_batches``, ``batch_max_keys``, the held bound),
@@ -20,7 +20,7 @@ all of them:
   next take of its key takes what it lacks;
 * then, while messages wait but none is due, it sleeps until the nearest
   deadline or ``poll_seconds``; when nothing waits, it blocks in
-  ``idle`` until a send wakes it.
+  ``idle`` until a send wakes it (``taking_waits.py``).
 
 A plain producer's messages of a served task are forwarded
 (``worker/forwarding.py``). A stop ends the loop (a ``take`` in flight
@@ -31,7 +31,6 @@ retried after a growing pause: they never stop the worker.
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
 from taskiq import AsyncBroker
 
@@ -45,11 +44,10 @@ from taskiq_batching.worker.lifecycle import Lifecycle
 from taskiq_batching.worker.options import WorkerOptions
 from taskiq_batching.worker.routing import Router
 from taskiq_batching.worker.taken import Intake, log_per_worker
+from taskiq_batching.worker.taking_waits import Waits
 
 logger = logging.getLogger("taskiq_batching")
 
-#: Seconds one ``idle`` call blocks at most when nothing waits.
-IDLE_SECONDS = 2.0
 #: The shortest pause between two takes while messages wait (seconds): a
 #: source that says "due now" without giving a batch does not make a busy loop.
 MIN_PAUSE_SECONDS = 0.005
@@ -100,9 +98,7 @@ class Taker:
         if self.forwarder is not None:
             route_forwards(router, self.forwarder, self.specs, batcher.specs.values())
         self._task: asyncio.Task[None] | None = None
-        self._stop: asyncio.Event | None = None
-        #: The ``idle`` call in flight, and the tasks it watches.
-        self._idle: tuple[frozenset[str], asyncio.Future[None]] | None = None
+        self._waits: Waits | None = None
         self._failures = 0
         #: Per task, the change a read-ahead that found nothing waits for.
         self._ahead_spent: dict[str, asyncio.Future[None]] = {}
@@ -121,8 +117,8 @@ class Taker:
     def start(self) -> None:
         """Start the loop (once, in the running event loop)."""
         if self.active and self._task is None:
-            self._stop = asyncio.Event()
-            self._task = asyncio.ensure_future(self._run())
+            self._waits = waits = Waits()
+            self._task = asyncio.ensure_future(self._run(waits))
 
     async def stop(self, deadline: float | None) -> None:
         """Stop taking; a take in flight finishes (its batches then run).
@@ -131,11 +127,9 @@ class Taker:
             cancelled (its entries stay pending in the broker for a claim).
         """
         task, self._task = self._task, None
-        if task is None or self._stop is None:
+        if task is None or self._waits is None:
             return
-        self._stop.set()
-        if self._idle is not None:
-            self._idle[1].cancel()  # a blocking wait for a send: nothing to lose
+        self._waits.stop()
         loop = asyncio.get_running_loop()
         timeout = None if deadline is None else max(deadline - loop.time(), 0.0)
         await asyncio.wait({task}, timeout=timeout)
@@ -150,12 +144,10 @@ class Taker:
 
     # --- the loop ------------------------------------------------------------
 
-    async def _run(self) -> None:
-        stop = self._stop
-        assert stop is not None
-        while not stop.is_set() and not self.spent:
+    async def _run(self, waits: Waits) -> None:
+        while not waits.stopped and not self.spent:
             try:
-                await self._round()
+                await self._round(waits)
                 self._failures = 0
             except Exception as exc:
                 self._failures += 1
@@ -170,10 +162,10 @@ class Taker:
                     pause,
                     describe(exc),
                 )
-                await self._pause(pause)
+                await waits.pause(pause)
         self.batcher.notify()  # the pump notices ``spent``
 
-    async def _round(self) -> None:
+    async def _round(self, waits: Waits) -> None:
         """Take what is due for every task with room, then wait as what is left says."""
         source = self.source
         assert source is not None
@@ -186,11 +178,11 @@ class Taker:
         wake = change if looked.blocked else None
         if looked.waits:
             shortest = min(min(looked.waits), source.poll_seconds)
-            await self._pause(max(shortest, MIN_PAUSE_SECONDS), wake)
+            await waits.pause(max(shortest, MIN_PAUSE_SECONDS), wake)
         elif looked.quiet:
-            await self._idle_until_woken(source, looked.quiet, wake)
+            await waits.until_woken(source, looked.quiet, wake)
         else:
-            await self._pause(None, change)
+            await waits.pause(None, change)
 
     async def _take_each(
         self, source: BatchSource, change: "asyncio.Future[None]"
@@ -247,58 +239,9 @@ class Taker:
         await self.intake.accept(taken.batches)
         return True
 
-    async def _idle_until_woken(
-        self,
-        source: BatchSource,
-        quiet: list[BatchSpec],
-        change: "asyncio.Future[None] | None",
-    ) -> None:
-        """Block until a send (``idle``), a stop, or room for a blocked task.
-
-        An ``idle`` left by room coming back is not cancelled: the next
-        round waits on it again, unless it watches fewer tasks than are
-        quiet now (a second one then watches them all).
-
-        :param source: the batch source.
-        :param quiet: the tasks with nothing waiting.
-        :param change: resolved when room may have come for a blocked task
-            (since the round began), or None when none is blocked.
-        """
-        names = frozenset(spec.task_name for spec in quiet)
-        if self._idle is None or not names <= self._idle[0]:
-            future = asyncio.ensure_future(source.idle(quiet, IDLE_SECONDS))
-            future.add_done_callback(_retrieve)
-            self._idle = (names, future)
-        idle = self._idle[1]
-        await self._pause(None, idle, change)
-        if idle.done():
-            self._idle = None
-            if not idle.cancelled():  # cancelled: the worker stops
-                idle.result()  # its error is this round's
-
-    async def _pause(
-        self, seconds: float | None, *wake: "asyncio.Future[Any] | None"
-    ) -> None:
-        """Wait ``seconds`` (None: no limit), or until a stop or one of ``wake``."""
-        assert self._stop is not None
-        stopping = asyncio.ensure_future(self._stop.wait())
-        futures = {stopping, *(future for future in wake if future is not None)}
-        try:
-            await asyncio.wait(
-                futures, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            stopping.cancel()
-
     async def forward(self) -> None:
         """Hand what the pump read of served tasks to the forwarder (``forwarding``)."""
         await forward_read(self.router, self.batcher, self.forwarder, self.source)
-
-
-def _retrieve(future: "asyncio.Future[None]") -> None:
-    """An ``idle`` no round waits on any more: its error is not news."""
-    if not future.cancelled():
-        future.exception()
 
 
 @dataclass

@@ -15,8 +15,9 @@ from pamqp.commands import Basic, Channel
 from pamqp.header import ContentHeader
 
 from taskiq_batching import _compat
-from taskiq_batching.transports.amqp_acks import ChannelAcks, Channels, DeliveryTap
+from taskiq_batching.transports.amqp_acks import ChannelAcks, Channels
 from taskiq_batching.transports.amqp_frames import Delivered
+from taskiq_batching.transports.amqp_tap import DeliveryTap
 
 pytestmark = pytest.mark.timeout(10)
 

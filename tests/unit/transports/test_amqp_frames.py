@@ -21,8 +21,8 @@ from pamqp.header import ContentHeader
 from pamqp.heartbeat import Heartbeat
 
 from taskiq_batching._compat import amqp_read_frames_with
-from taskiq_batching.transports.amqp_acks import DeliveryTap
 from taskiq_batching.transports.amqp_frames import Delivered, FrameReader, read_header
+from taskiq_batching.transports.amqp_tap import DeliveryTap
 from taskiq_batching.transports.delivery import SENT_AT_LABEL
 
 pytestmark = pytest.mark.timeout(10)

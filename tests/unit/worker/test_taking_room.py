@@ -12,7 +12,7 @@ from taskiq.receiver import Receiver
 from taskiq_batching import BatchingMiddleware, batch_task
 from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.batch_source import Taken
-from taskiq_batching.worker import taking
+from taskiq_batching.worker import taking_waits
 from tests.helpers import memory_broker, running_worker
 from tests.unit.worker.fake_source import FakeSource, tenant_key
 from tests.unit.worker.taking_world import preload, preloaded, recorded, worker_world
@@ -123,7 +123,7 @@ async def test_room_freed_while_a_round_takes_wakes_the_taker_at_once(
     end was missed, and the taker waited for a send, up to ``IDLE_SECONDS``
     per batch: a worker running one task's batches back to back paused
     2 s each time, seen in test_stream_fleet_churn.)"""
-    monkeypatch.setattr(taking, "IDLE_SECONDS", 10.0)
+    monkeypatch.setattr(taking_waits, "IDLE_SECONDS", 10.0)
     source, broker, _ = worker_world(monkeypatch, EndsABatchMidTake())
     assert isinstance(source, EndsABatchMidTake)
     gate = asyncio.Event()
@@ -150,14 +150,14 @@ async def test_room_freed_while_a_round_takes_wakes_the_taker_at_once(
     await preload(broker, source, busy.task_name)
     async with running_worker(broker):
         assert await asyncio.wait_for(entered.get(), 5) == 0
-        assert await asyncio.wait_for(entered.get(), taking.IDLE_SECONDS / 4) == 1
+        assert await asyncio.wait_for(entered.get(), taking_waits.IDLE_SECONDS / 4) == 1
         await sent[-1].wait_result(timeout=5)
 
 
 async def test_an_idle_worker_blocks_in_idle_instead_of_polling(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(taking, "IDLE_SECONDS", 0.02)
+    monkeypatch.setattr(taking_waits, "IDLE_SECONDS", 0.02)
     source, broker, _ = worker_world(monkeypatch)
 
     @batch_task(broker, batch_size=2, batch_timeout=3600)
