@@ -17,7 +17,7 @@ worker). Its ``batch_timeout`` counts from each message's send time (the
   ``kick`` gives it; a message with a ``delay`` label goes through
   ``kick`` (the delay queue dead-letters it to the main queue, where a
   worker forwards it). The queue is declared before the first send of
-  each task on a channel.
+  each task (on a channel of its own: ``amqp_overflow.py``).
 * **Consuming** (``start``, called by the worker's transport): a channel
   per batched task on a connection of their own, made like the broker's
   read connection (``amqp_task_consumers.py``: RabbitMQ closes the
@@ -41,7 +41,9 @@ worker). Its ``batch_timeout`` counts from each message's send time (the
 
 * **A backlog shared** (``amqp_handover.py``): a worker behind on a task
   passes the active role on, and consumes again once it has room for a
-  batch, with a larger window if it works quickly (``amqp_window.py``).
+  batch, with a larger window if it works quickly (``amqp_window.py``);
+  past a few batches the queue refuses messages, which wait on the main
+  queue, read by every worker (``amqp_overflow.py``).
 """
 
 import time
@@ -49,7 +51,6 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from aio_pika import DeliveryMode, Message
 from taskiq import AsyncBroker, BrokerMessage
 
 from taskiq_batching._compat import (
@@ -61,10 +62,8 @@ from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.amqp_forward import Forwards, Settle
 from taskiq_batching.transports.amqp_handover import Handover, new_tag
 from taskiq_batching.transports.amqp_handovers import Handovers
-from taskiq_batching.transports.amqp_queues import (
-    SINGLE_ACTIVE_CONSUMER,
-    batch_queue_name,
-)
+from taskiq_batching.transports.amqp_overflow import TaskQueues, as_kicked
+from taskiq_batching.transports.amqp_queues import batch_queue_name
 from taskiq_batching.transports.amqp_task_consumers import Forget, TaskConsumers
 from taskiq_batching.transports.amqp_window import grown_cap
 from taskiq_batching.transports.delivery import Delivery
@@ -108,8 +107,11 @@ class AmqpBatches:
         self.limits: dict[str, int] = {}
         #: The tasks' consumers, passing their role on when behind.
         self.handovers = Handovers(self.limits, pending or (lambda channel: {}), untap)
-        #: Each queue's name -> the channel it was last declared on.
+        #: Each queue's name -> the write channel it was last declared for.
         self._declared: dict[str, Any] = {}
+        #: Each queue's name -> its task's batch_size (its bound).
+        self._sizes: dict[str, int] = {}
+        self.queues = TaskQueues(self._settings["durable"], self._settings["arguments"])
         #: The connection the task queues are consumed on.
         self.consumers = TaskConsumers(
             connect or (lambda: amqp_connect_like_reader(broker))
@@ -133,22 +135,24 @@ class AmqpBatches:
     def configure(self, specs: Sequence[BatchSpec]) -> None:
         """The batched tasks this worker runs (known at its start)."""
         self.specs = list(specs)
+        for spec in specs:
+            self._size_of(spec)
 
-    async def _declare(self, channel: Any, name: str) -> Any:
-        arguments = {**self._settings["arguments"], SINGLE_ACTIVE_CONSUMER: True}
-        queue = await channel.declare_queue(
-            name, durable=self._settings["durable"], arguments=arguments
-        )
-        self._declared[name] = channel
-        return queue
+    def _size_of(self, spec: BatchSpec) -> str:
+        """Note a task's batch_size by its queue's name; that name."""
+        name = self.queue_of(spec.task_name)
+        self._sizes[name] = spec.settings.batch_size
+        return name
 
     async def _channel(self, name: str) -> Any:
-        """The write channel, with this queue declared on it."""
+        """The write channel, this queue declared (aside: ``amqp_overflow.py``)."""
         channel = getattr(self.broker, "write_channel", None)
         if channel is None:
             raise RuntimeError("Please run startup before kicking.")
         if self._declared.get(name) is not channel:
-            await self._declare(channel, name)
+            connection = getattr(self.broker, "write_conn", None)
+            await self.queues.declare_aside(connection, name, self._sizes[name])
+            self._declared[name] = channel
         return channel
 
     # --- the worker's consumers --------------------------------------------------
@@ -169,12 +173,14 @@ class AmqpBatches:
         async def setup(connection: Any, started: list[str]) -> None:
             self.handovers.each = []  # a connection closed by the race: anew
             for spec in self.specs:
-                channel = await connection.channel()
-                # Per consumer (global=False): the task's own (module docstring).
                 size, wait = spec.settings.batch_size, spec.settings.batch_timeout
+                name = self.queue_of(spec.task_name)
+                channel, queue = await self.queues.declare(
+                    connection.channel, name, size
+                )
+                # Per consumer (global=False): the task's own (module docstring).
                 limit = spec.settings.max_held + size
                 await channel.set_qos(prefetch_count=limit)
-                queue = await self._declare(channel, self.queue_of(spec.task_name))
                 tag = new_tag()
                 self.limits[tag] = limit
                 await consume(channel, queue, tag)
@@ -242,36 +248,21 @@ class AmqpBatches:
         :param once: a publish is never tried again, so always at most once.
         :raises SendManyError: a publish failed (which ones are unknown).
         """
-        name = self.queue_of(spec.task_name)
+        name = self._size_of(spec)
         channel = await self._channel(name)
 
         async def publish(message: BrokerMessage) -> None:
             if message.labels.get("delay") is not None:
                 await self.broker.kick(message)
                 return
-            await channel.default_exchange.publish(
-                self._message(message), routing_key=name
+            await self.queues.publish_or_kick(
+                channel,
+                name,
+                as_kicked(message, self._settings["priority_label"]),
+                lambda: self.broker.kick(message),
             )
 
         await kick_each(self.broker, messages, publish)
-
-    def _message(self, message: BrokerMessage) -> Message:
-        """The AMQP message ``AioPikaBroker.kick`` builds."""
-        priority = message.labels.get(self._settings["priority_label"])
-        try:
-            level = None if priority is None else int(priority)
-        except (TypeError, ValueError):
-            level = None
-        return Message(
-            body=message.message,
-            headers={
-                "task_id": message.task_id,
-                "task_name": message.task_name,
-                **message.labels,
-            },
-            delivery_mode=DeliveryMode.PERSISTENT,
-            priority=level,
-        )
 
     # --- forwarding --------------------------------------------------------------
 
@@ -287,7 +278,7 @@ class AmqpBatches:
             the channel could not be had, or a forward failed a moment ago.
         """
         moves = [
-            (delivery, spec.task_name, self.queue_of(spec.task_name))
+            (delivery, spec.task_name, self._size_of(spec))
             for delivery, spec, _ in deliveries
         ]
         await self.forwards.forward(moves, time.time())

@@ -13,7 +13,9 @@ queued for writing; a task of its own awaits the confirms, then acks the
 originals whose copy RabbitMQ confirmed (at-least-once, as before: an
 original is acked only after its copy is stored) and gives the others
 back to the main queue (``basic.nack`` with requeue: a worker reads and
-forwards them again; nothing is lost). After such a failure the next
+forwards them again; nothing is lost). A task's queue refuses a copy
+when it is full (``amqp_overflow.py``): expected at saturation, logged at
+INFO; other failures at WARNING. After such a failure the next
 forwards raise for ``PAUSE_SECONDS``: the worker then batches what it
 reads itself (``worker/taking.py``'s fallback) instead of moving the same
 messages round in a loop. At most ``MAX_UNCONFIRMED`` messages (and half
@@ -44,6 +46,7 @@ from pamqp.commands import Basic
 
 from taskiq_batching._compat import amqp_publish_frames
 from taskiq_batching.error_texts import describe
+from taskiq_batching.transports.amqp_overflow import refused
 from taskiq_batching.transports.amqp_wire import publish_frames
 from taskiq_batching.transports.batch_source import ForwardingPaused
 from taskiq_batching.transports.delivery import SENT_AT_LABEL, Delivery
@@ -137,17 +140,7 @@ class Forwards:
                 (stored if type(answer) is Basic.Ack else failed).append(delivery)
             if failed:
                 self.paused_until = asyncio.get_running_loop().time() + PAUSE_SECONDS
-                why = next(a for a in answers if type(a) is not Basic.Ack)
-                logger.warning(
-                    "taskiq_batching: RabbitMQ did not store %d of %d forwarded "
-                    "message(s) in their batched task's queue (%s): their "
-                    "originals go back to the main queue, and this worker "
-                    "batches what it reads itself for %.0f s",
-                    len(failed),
-                    len(deliveries),
-                    describe(why) if isinstance(why, BaseException) else why,
-                    PAUSE_SECONDS,
-                )
+                _log_failed(answers, len(failed), len(deliveries))
             # Each group leaves by_consumer as its settle leaves the
             # transport's held count (one loop step): outstanding, their
             # difference, neither dips nor jumps in between.
@@ -205,6 +198,33 @@ class Forwards:
                     timeout,
                 )
         self._drop_done()
+
+
+def _log_failed(answers: Sequence[Any], failed: int, total: int) -> None:
+    """Say why forwards failed: a full task's queue is expected at saturation."""
+    wrong = [answer for answer in answers if type(answer) is not Basic.Ack]
+    if all(refused(answer) for answer in wrong):
+        # Its bound (amqp_overflow.py): the backlog is shared this way.
+        logger.info(
+            "taskiq_batching: a batched task's queue is full (RabbitMQ refused "
+            "%d of %d forwarded message(s)): their originals go back to the "
+            "main queue, and this worker batches what it reads itself for %.0f s",
+            failed,
+            total,
+            PAUSE_SECONDS,
+        )
+        return
+    why = wrong[0]
+    logger.warning(
+        "taskiq_batching: RabbitMQ did not store %d of %d forwarded "
+        "message(s) in their batched task's queue (%s): their "
+        "originals go back to the main queue, and this worker "
+        "batches what it reads itself for %.0f s",
+        failed,
+        total,
+        describe(why) if isinstance(why, BaseException) else why,
+        PAUSE_SECONDS,
+    )
 
 
 def _consumers(deliveries: Sequence[Delivery]) -> list[str]:

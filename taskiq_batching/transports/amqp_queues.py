@@ -1,15 +1,43 @@
-"""RabbitMQ: a batched task's queue and its name.
+"""RabbitMQ: a batched task's queue, its name and its bounded backlog.
 
 With ``wait_in_broker=True`` each batched task waits in a queue of its
 own (``amqp_batches.py``), consumed by one worker at a time.
 """
 
 import hashlib
+from typing import Any
 
 #: The queue argument that makes RabbitMQ deliver to one consumer at a time.
 SINGLE_ACTIVE_CONSUMER = "x-single-active-consumer"
 #: AMQP's longest queue name, in bytes.
 MAX_NAME_BYTES = 255
+#: Batches a task's queue holds ready at most (its ``x-max-length`` is this
+#: times the task's ``batch_size``). Its one active consumer assembles
+#: every batch, so a saturated drain through it is capped at what one
+#: worker (and a second one taking the role in turn) can do; past this
+#: backlog RabbitMQ refuses the publish (``x-overflow: reject-publish``,
+#: a ``basic.nack``) and the message goes to the main queue instead,
+#: where every worker reads and batches it itself (``amqp_overflow.py``).
+#: A few batches keep the active consumer's window full (fill as one
+#: worker) while the rest is shared. Derived from ``batch_size`` alone so
+#: every worker and producer declares the queue alike (RabbitMQ refuses a
+#: declaration whose arguments differ).
+BACKLOG_BATCHES = 4
+#: RabbitMQ's queue arguments bounding the ready messages.
+MAX_LENGTH = "x-max-length"
+OVERFLOW = "x-overflow"
+#: Past ``x-max-length``, refuse new publishes (keep the queue's head).
+REJECT_PUBLISH = "reject-publish"
+
+
+def backlog_arguments(batch_size: int) -> dict[str, Any]:
+    """The arguments that bound a task's queue to ``BACKLOG_BATCHES`` batches.
+
+    :param batch_size: the task's ``batch_size``.
+    :return: ``x-max-length`` and ``x-overflow`` (RabbitMQ nacks a publish
+        once that many messages are ready; unacked ones do not count).
+    """
+    return {MAX_LENGTH: BACKLOG_BATCHES * batch_size, OVERFLOW: REJECT_PUBLISH}
 
 
 def batch_queue_name(queue: str, task_name: str) -> str:

@@ -160,8 +160,15 @@ async def test_the_task_queues_forward_returns_before_rabbitmq_confirms() -> Non
         async def declare_queue(self, name: str, **kwargs: Any) -> str:
             return name
 
+        async def close(self) -> None: ...
+
+    class WriteConnection:
+        async def channel(self) -> WriteChannel:
+            return WriteChannel(underlay)
+
     broker = AioPikaBroker("amqp://nowhere/", task_queues=[Queue(name="jobs")])
     broker.write_channel = WriteChannel(underlay)  # type: ignore[assignment]
+    broker.write_conn = WriteConnection()  # type: ignore[assignment]
     acked: list[Any] = []
 
     async def ack(handles: Sequence[Any]) -> None:
