@@ -82,8 +82,10 @@ class TaskQueues:
         self._arguments = arguments
         #: Queues declared otherwise already, warned about once.
         self.warned: set[str] = set()
-        #: Each queue's name -> monotonic time until which it counts as full.
+        #: Each queue's name -> ``clock`` time until which it counts as full.
         self._full_until: dict[str, float] = {}
+        #: Seconds, for ``FULL_SECONDS``.
+        self.clock: Callable[[], float] = time.monotonic
 
     def arguments(self, batch_size: int) -> dict[str, Any]:
         """A task's queue's arguments: the broker's, single active, bounded.
@@ -164,7 +166,7 @@ class TaskQueues:
         :param kick: sends it through the broker's ``kick`` instead.
         :raises Exception: the publish failed otherwise, or the kick failed.
         """
-        if time.monotonic() < self._full_until.get(name, 0.0):
+        if self.clock() < self._full_until.get(name, 0.0):
             await kick()
             return
         try:
@@ -172,7 +174,7 @@ class TaskQueues:
         except DeliveryError as exc:
             if not refused(exc):
                 raise
-            self._full_until[name] = time.monotonic() + FULL_SECONDS
+            self._full_until[name] = self.clock() + FULL_SECONDS
             await kick()  # the refused publish was not stored: sent once
 
 

@@ -146,9 +146,7 @@ async def test_a_task_queue_is_declared_bounded_to_a_few_batches() -> None:
     assert arguments["x-single-active-consumer"] is True
 
 
-async def test_a_message_the_full_queue_refused_goes_through_kick(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_a_message_the_full_queue_refused_goes_through_kick() -> None:
     """Refused: kicked once (it was not stored); accepted: not kicked. While
     the queue counts as full, the next go straight to ``kick``."""
     exchange = Exchange([None, _nack()])
@@ -156,7 +154,7 @@ async def test_a_message_the_full_queue_refused_goes_through_kick(
     broker, kicked = _broker(connection, exchange)
     batches = AmqpBatches(broker, _ack)
     now = [100.0]
-    monkeypatch.setattr(amqp_overflow.time, "monotonic", lambda: now[0])
+    batches.queues.clock = lambda: now[0]
     await batches.send(_spec(), _messages(b"a"), [""], once=False)
     await batches.send(_spec(), _messages(b"b"), [""], once=False)
     await batches.send(_spec(), _messages(b"c"), [""], once=False)
