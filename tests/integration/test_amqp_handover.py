@@ -12,6 +12,7 @@ from aio_pika.abc import AbstractChannel
 from redis.asyncio import Redis
 
 from taskiq_batching.transports.amqp_queues import batch_queue_name
+from tests.integration.test_amqp_overflow import declare_unbounded
 from tests.integration.test_amqp_sac import (
     StartWorker,
     extra_queues,
@@ -31,6 +32,8 @@ __all__ = ["extra_queues", "producer", "queue_prefix", "start_worker"]
 
 
 async def test_two_processes_share_a_backlog_in_full_batches(
+    rabbitmq_url: str,
+    redis_url: str,
     producer: Any,
     redis: Redis,
     queue: str,
@@ -45,6 +48,10 @@ async def test_two_processes_share_a_backlog_in_full_batches(
     consumer ran every batch while the other idled. Every batch is full
     (a sibling never starts on a partial one), every item runs once.
     """
+    # Unbounded: the whole backlog waits in it. Bounded (4 batches), the rest
+    # would wait on the main queue, where each worker batches what it reads
+    # itself, partly (amqp_overflow.py).
+    await declare_unbounded(channel, rabbitmq_url, redis_url, queue)
     settings = {"batch_size": 10, "batch_timeout": 0.3, "batch_delay": 0.2}
     workers = [start_worker(**settings) for _ in range(2)]
     await wait_for_consumers(channel, queue, 2)

@@ -78,6 +78,20 @@ async def broker(
     await made.shutdown()
 
 
+async def declare_unbounded(
+    channel: AbstractChannel, rabbitmq_url: str, redis_url: str, queue: str
+) -> str:
+    """Declare ``collect``'s queue as an earlier version did: unbounded.
+
+    :return: its name.
+    """
+    name = batch_queue_name(queue, "collect")
+    settings = amqp_queue_settings(amqp_broker(rabbitmq_url, redis_url, queue, 100))
+    arguments = {**settings["arguments"], SINGLE_ACTIVE_CONSUMER: True}
+    await channel.declare_queue(name, durable=True, arguments=arguments)
+    return name
+
+
 async def all_ran(redis: Redis, queue: str, count: int) -> None:
     async def done() -> bool:
         return sum((await runs(redis, queue)).values()) >= count
@@ -112,6 +126,8 @@ async def test_past_its_bound_the_backlog_waits_on_the_main_queue(
 
 
 async def test_a_queue_an_earlier_version_declared_is_used_as_it_is(
+    rabbitmq_url: str,
+    redis_url: str,
     broker: Any,
     redis: Redis,
     queue: str,
@@ -122,10 +138,7 @@ async def test_a_queue_an_earlier_version_declared_is_used_as_it_is(
     """Declared unbounded (as before this change): the producer and the
     worker each warn once, the producer's write channel goes on, and it
     all waits in that queue as it is."""
-    name = batch_queue_name(queue, "collect")
-    settings = amqp_queue_settings(broker)
-    arguments = {**settings["arguments"], SINGLE_ACTIVE_CONSUMER: True}
-    await channel.declare_queue(name, durable=True, arguments=arguments)
+    name = await declare_unbounded(channel, rabbitmq_url, redis_url, queue)
     collect = declare(broker, BATCH_SIZE, 1.0)
     await broker.startup()
     count = BACKLOG_BATCHES * BATCH_SIZE + 50
