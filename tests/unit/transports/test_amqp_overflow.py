@@ -42,9 +42,16 @@ class Exchange:
     def __init__(self, answers: list[BaseException | None]) -> None:
         self.answers = answers
         self.published: list[tuple[bytes, str]] = []
+        #: Set: publishes are answered at once; cleared: they wait for it.
+        self.gate = asyncio.Event()
+        self.gate.set()
+        #: Set at each publish.
+        self.more = asyncio.Event()
 
     async def publish(self, message: Any, routing_key: str) -> None:
         self.published.append((message.body, routing_key))
+        self.more.set()
+        await self.gate.wait()
         answer = self.answers.pop(0) if self.answers else None
         if answer is not None:
             raise answer
@@ -160,10 +167,22 @@ async def test_a_message_the_full_queue_refused_goes_through_kick() -> None:
     await batches.send(_spec(), _messages(b"c"), [""], once=False)
     assert [body for body, _ in exchange.published] == [b"a", b"b"]
     assert kicked == [b"b", b"c"]
+    # Then one tries the queue again; the others still kick meanwhile.
     now[0] += amqp_overflow.FULL_SECONDS
-    await batches.send(_spec(), _messages(b"d"), [""], once=False)
-    assert [body for body, _ in exchange.published] == [b"a", b"b", b"d"]
-    assert kicked == [b"b", b"c"]
+    exchange.gate.clear()
+    exchange.more.clear()
+    sending = asyncio.ensure_future(
+        batches.send(_spec(), _messages(b"d", b"e"), ["", ""], once=False)
+    )
+    await exchange.more.wait()
+    await asyncio.sleep(0)  # e's turn
+    assert kicked == [b"b", b"c", b"e"]
+    exchange.gate.set()
+    await sending
+    # d was stored: no longer full.
+    await batches.send(_spec(), _messages(b"f"), [""], once=False)
+    assert [body for body, _ in exchange.published] == [b"a", b"b", b"d", b"f"]
+    assert kicked == [b"b", b"c", b"e"]
     # Declared once, on a channel of the write connection closed after:
     # never on the write channel the messages are published on.
     [aside] = connection.channels
@@ -171,10 +190,9 @@ async def test_a_message_the_full_queue_refused_goes_through_kick() -> None:
     assert broker.write_channel.declared == []  # type: ignore[union-attr]
     # A publish failing otherwise may have been stored: not kicked.
     exchange.answers = [DeliveryError(None, Basic.Return(reply_code=312))]
-    now[0] += amqp_overflow.FULL_SECONDS
     with pytest.raises(SendManyError):
-        await batches.send(_spec(), _messages(b"e"), [""], once=False)
-    assert kicked == [b"b", b"c"]
+        await batches.send(_spec(), _messages(b"g"), [""], once=False)
+    assert kicked == [b"b", b"c", b"e"]
 
 
 async def test_a_queue_declared_otherwise_is_used_as_it_is_with_one_warning(
