@@ -62,7 +62,12 @@ from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports.amqp_forward import Forwards, Settle
 from taskiq_batching.transports.amqp_handover import Handover, new_tag
 from taskiq_batching.transports.amqp_handovers import Handovers
-from taskiq_batching.transports.amqp_overflow import TaskQueues, as_kicked
+from taskiq_batching.transports.amqp_headers import Overflowed
+from taskiq_batching.transports.amqp_overflow import (
+    TaskQueues,
+    as_kicked,
+    overflowed,
+)
 from taskiq_batching.transports.amqp_queues import batch_queue_name
 from taskiq_batching.transports.amqp_task_consumers import Forget, TaskConsumers
 from taskiq_batching.transports.amqp_window import grown_cap
@@ -205,7 +210,13 @@ class AmqpBatches:
         await self.consumers.close()
 
     def waited(self, delivery: Delivery) -> bool:
-        """Whether a delivery came from a task's queue (not to be forwarded)."""
+        """Whether a delivery is batched where it was read, not forwarded.
+
+        It came from a task's queue, or that queue was full when the
+        producer sent it (``amqp_overflow.overflowed``).
+        """
+        if type(delivery.sent_at) is Overflowed:
+            return True
         handle = delivery.handle
         return handle is not None and handle[2] in self.limits
 
@@ -259,7 +270,7 @@ class AmqpBatches:
                 channel,
                 name,
                 as_kicked(message, self._settings["priority_label"]),
-                lambda: self.broker.kick(message),
+                lambda: self.broker.kick(overflowed(message)),
             )
 
         await kick_each(self.broker, messages, publish)

@@ -7,6 +7,12 @@ producer may set the AMQP ``timestamp`` property instead (whole
 seconds). Headers are the sender's: a value of another type, not finite,
 or anything that fails to convert is ignored (the message's timer then
 counts from its read, as without a send time); core bounds the rest.
+
+A message the plugin's producer sent to the main queue because its
+task's queue was full (``amqp_overflow.py``) also carries the
+``OVERFLOW_LABEL`` header: its send time is read as ``Overflowed``, which
+tells the worker to batch it where it read it (``AmqpBatches.waited``)
+instead of forwarding it back to the full queue.
 """
 
 import datetime
@@ -16,18 +22,36 @@ from typing import Any
 
 from taskiq_batching.transports.delivery import SENT_AT_LABEL
 
+#: The header (a label of the kicked message) that marks a message its
+#: task's full queue refused (``amqp_overflow.py``).
+OVERFLOW_LABEL = "batch_overflow"
+
+
+class Overflowed(float):
+    """A send time (epoch seconds) of a message its task's full queue refused.
+
+    It is a send time like any other for the buffers; its type tells the
+    worker not to forward the message (``AmqpBatches.waited``). The send
+    time carries the mark so that it travels every path a delivery's
+    properties are read on (the frame reader, the tap, aio-pika's callback)
+    without a field of its own.
+    """
+
+    __slots__ = ()
+
 
 def sent_at_of(headers: Any, timestamp: Any) -> float | None:
     """The send time a delivery's properties carry.
 
     :param headers: its ``headers`` table (a dict, or None).
     :param timestamp: its ``timestamp`` property (a datetime, or None).
-    :return: epoch seconds, or None when neither holds a usable one.
+    :return: epoch seconds (``Overflowed`` with the ``OVERFLOW_LABEL``
+        header), or None when neither holds a usable one.
     """
     if isinstance(headers, dict):
         sent_at = _seconds(headers.get(SENT_AT_LABEL))
         if sent_at is not None:
-            return sent_at
+            return Overflowed(sent_at) if OVERFLOW_LABEL in headers else sent_at
     if isinstance(timestamp, datetime.datetime):
         try:
             if timestamp.tzinfo is None:  # AMQP timestamps are UTC

@@ -22,6 +22,7 @@ from pamqp.heartbeat import Heartbeat
 
 from taskiq_batching._compat import amqp_read_frames_with
 from taskiq_batching.transports.amqp_frames import Delivered, FrameReader, read_header
+from taskiq_batching.transports.amqp_headers import OVERFLOW_LABEL, Overflowed
 from taskiq_batching.transports.amqp_tap import DeliveryTap
 from taskiq_batching.transports.delivery import SENT_AT_LABEL
 
@@ -168,6 +169,11 @@ def test_the_send_time_is_read_from_the_headers_or_the_timestamp() -> None:
     # The key's bytes in a value: pamqp decodes the table, none found.
     assert read_header(header(headers={"k": SENT_AT_LABEL})) == (5, None)
     assert read_header(header(headers={"a": "b"})[:20]) is None
+    # A message its full queue refused: its send time says so.
+    refused = read_header(header(headers={SENT_AT_LABEL: "12.5", OVERFLOW_LABEL: 1}))
+    assert refused == (5, 12.5)
+    assert refused is not None
+    assert type(refused[1]) is Overflowed
 
 
 async def test_the_end_of_the_stream_between_frames_or_within_one() -> None:

@@ -7,7 +7,12 @@ from typing import Any
 import pytest
 from pamqp.commands import Basic
 
-from taskiq_batching.transports.amqp_headers import properties_sent_at, sent_at_of
+from taskiq_batching.transports.amqp_headers import (
+    OVERFLOW_LABEL,
+    Overflowed,
+    properties_sent_at,
+    sent_at_of,
+)
 from taskiq_batching.transports.delivery import SENT_AT_LABEL
 
 pytestmark = pytest.mark.timeout(10)
@@ -21,6 +26,17 @@ def test_the_producers_header_is_read() -> None:
     assert sent_at_of({SENT_AT_LABEL: Decimal("1700000000.5")}, None) == STAMP
     # taskiq sends label values as text.
     assert sent_at_of({SENT_AT_LABEL: "1700000000.5"}, None) == STAMP
+
+
+def test_a_message_its_full_queue_refused_is_marked_by_its_send_time() -> None:
+    """The ``batch_overflow`` header makes the send time an ``Overflowed``:
+    the same seconds, its type telling the worker not to forward it."""
+    marked = sent_at_of({SENT_AT_LABEL: "1700000000.5", OVERFLOW_LABEL: "1"}, None)
+    assert type(marked) is Overflowed
+    assert marked == STAMP
+    assert type(sent_at_of({SENT_AT_LABEL: STAMP}, None)) is float
+    # Without a send time of the producer's, nothing to mark.
+    assert sent_at_of({OVERFLOW_LABEL: "1"}, None) is None
 
 
 def test_the_header_wins_over_the_whole_second_timestamp() -> None:

@@ -18,6 +18,7 @@ from taskiq_batching.spec import BatchSpec
 from taskiq_batching.transports import amqp_overflow
 from taskiq_batching.transports.amqp_batches import AmqpBatches
 from taskiq_batching.transports.amqp_forward import PAUSE_SECONDS, Forwards
+from taskiq_batching.transports.amqp_headers import OVERFLOW_LABEL, Overflowed
 from taskiq_batching.transports.amqp_queues import BACKLOG_BATCHES
 from taskiq_batching.transports.delivery import Delivery
 
@@ -117,6 +118,8 @@ def _broker(
     kicked: list[bytes] = []
 
     async def kick(message: BrokerMessage) -> None:
+        # Marked for the worker, in the headers only (labels; body as sent).
+        assert message.labels[OVERFLOW_LABEL] == "1"
         kicked.append(message.message)
 
     broker.kick = kick  # type: ignore[method-assign]
@@ -193,6 +196,15 @@ async def test_a_message_the_full_queue_refused_goes_through_kick() -> None:
     with pytest.raises(SendManyError):
         await batches.send(_spec(), _messages(b"g"), [""], once=False)
     assert kicked == [b"b", b"c", b"e"]
+
+
+def test_a_marked_message_is_batched_where_it_was_read() -> None:
+    """One its full queue refused is not forwarded back; others are."""
+    batches = AmqpBatches(AioPikaBroker("amqp://nowhere/"), _ack)
+    main = ("channel", 1, "main-consumer")
+    assert batches.waited(Delivery(b"x", main, sent_at=Overflowed(5.0)))
+    assert not batches.waited(Delivery(b"x", main, sent_at=5.0))
+    assert not batches.waited(Delivery(b"x", main))
 
 
 async def test_a_queue_declared_otherwise_is_used_as_it_is_with_one_warning(
