@@ -40,6 +40,7 @@ waits on the main queue, where every worker batches what it reads
   closes the channel they publish on.
 """
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -95,6 +96,8 @@ class TaskQueues:
         self._full_until: dict[str, float] = {}
         #: Queues a publish is trying again (the others go to ``kick``).
         self._probing: set[str] = set()
+        #: Declarations on a channel of their own under way, by queue.
+        self._aside: dict[str, asyncio.Future[None]] = {}
         #: Seconds, for ``FULL_SECONDS``.
         self.clock: Callable[[], float] = time.monotonic
 
@@ -145,6 +148,19 @@ class TaskQueues:
         """
         if connection is None:
             raise RuntimeError("Please run startup before kicking.")
+        # One declaration for the sends that need it at once (a thousand
+        # concurrent kiqs: each a channel and a quorum queue's declare cut
+        # a preload's rate in half).
+        declaring = self._aside.get(name)
+        if declaring is None:
+            declaring = asyncio.ensure_future(
+                self._declare_aside(connection, name, batch_size)
+            )
+            self._aside[name] = declaring
+            declaring.add_done_callback(lambda _: self._aside.pop(name, None))
+        await asyncio.shield(declaring)
+
+    async def _declare_aside(self, connection: Any, name: str, batch_size: int) -> None:
         channel, _ = await self.declare(connection.channel, name, batch_size)
         await _close(channel)
 

@@ -18,11 +18,14 @@ MAX_NAME_BYTES = 255
 #: backlog RabbitMQ refuses the publish (``x-overflow: reject-publish``,
 #: a ``basic.nack``) and the message goes to the main queue instead,
 #: where every worker reads and batches it itself (``amqp_overflow.py``).
-#: A few batches keep the active consumer's window full (fill as one
-#: worker) while the rest is shared. Derived from ``batch_size`` alone so
+#: Sixteen batches keep the active consumer's window full (fill as one
+#: worker) while the rest of a saturated backlog is shared; with four, a
+#: 2-core box at 2,000 msg/s and four workers overflowed while merely
+#: behind, and its batches filled 0.56 (docs/fleet.md, sixth session).
+#: Derived from ``batch_size`` alone so
 #: every worker and producer declares the queue alike (RabbitMQ refuses a
 #: declaration whose arguments differ).
-BACKLOG_BATCHES = 4
+BACKLOG_BATCHES = 16
 #: RabbitMQ's queue arguments bounding the ready messages.
 MAX_LENGTH = "x-max-length"
 OVERFLOW = "x-overflow"

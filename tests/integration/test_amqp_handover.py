@@ -48,7 +48,7 @@ async def test_two_processes_share_a_backlog_in_full_batches(
     consumer ran every batch while the other idled. Every batch is full
     (a sibling never starts on a partial one), every item runs once.
     """
-    # Unbounded: the whole backlog waits in it. Bounded (4 batches), the rest
+    # Unbounded: the whole backlog waits in it. Bounded (BACKLOG_BATCHES), the rest
     # would wait on the main queue, where each worker batches what it reads
     # itself, partly (amqp_overflow.py).
     await declare_unbounded(channel, rabbitmq_url, redis_url, queue)

@@ -198,6 +198,20 @@ async def test_a_message_the_full_queue_refused_goes_through_kick() -> None:
     assert kicked == [b"b", b"c", b"e"]
 
 
+async def test_sends_at_once_declare_the_queue_once() -> None:
+    """A thousand kiqs at once: one channel opened, one declaration."""
+    exchange = Exchange([])
+    connection = FakeConnection()
+    broker, _ = _broker(connection, exchange)
+    batches = AmqpBatches(broker, _ack)
+    await asyncio.gather(
+        *(batches.send(_spec(), _messages(b"x"), [""], once=False) for _ in range(5))
+    )
+    [aside] = connection.channels
+    assert len(aside.declared) == 1
+    assert len(exchange.published) == 5
+
+
 def test_a_marked_message_is_batched_where_it_was_read() -> None:
     """One its full queue refused is not forwarded back; others are."""
     batches = AmqpBatches(AioPikaBroker("amqp://nowhere/"), _ack)
