@@ -123,7 +123,13 @@ async def measure(
     drain = getattr(args, "drain", 0)
     await app.broker.startup()
     try:
+        began = time.monotonic()
         ids = await preload(kiq, drain, s.keys) if drain else []
+        if drain:
+            # The producer's side (RabbitMQ: into a full task queue, a kick
+            # after a refused publish now and then; docs/fleet.md).
+            sent = drain / max(time.monotonic() - began, 1e-9)
+            print(f"  preload: {sent:,.0f} msg/s sent", flush=True)
         with started(argv, s.to_env(), log, f"{s.broker}-{workers}") as proc:
             await wait_ready(redis, s, workers, proc)
             # A drain starts with the workers, before they all said ready:
