@@ -193,6 +193,10 @@ class TaskQueues:
         :param kick: sends it through the broker's ``kick`` instead.
         :raises Exception: the publish failed otherwise, or the kick failed.
         """
+        if not getattr(channel, "publisher_confirms", True):
+            # RabbitMQ would drop a refused publish unseen: the plain way.
+            await kick()
+            return
         until = self._full_until.get(name)
         if until is not None and (self.clock() < until or name in self._probing):
             await kick()

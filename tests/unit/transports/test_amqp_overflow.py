@@ -67,6 +67,7 @@ class FakeChannel:
         self.declared: list[tuple[str, dict[str, Any] | None, bool]] = []
         self.prefetch: int | None = None
         self.closed = False
+        self.publisher_confirms = True
 
     async def declare_queue(
         self,
@@ -210,6 +211,19 @@ async def test_sends_at_once_declare_the_queue_once() -> None:
     [aside] = connection.channels
     assert len(aside.declared) == 1
     assert len(exchange.published) == 5
+
+
+async def test_without_publisher_confirms_every_message_is_kicked() -> None:
+    """A refused publish would be dropped unseen: none is tried."""
+    exchange = Exchange([])
+    broker, kicked = _broker(FakeConnection(), exchange)
+    channel = broker.write_channel
+    assert isinstance(channel, FakeChannel)
+    channel.publisher_confirms = False
+    batches = AmqpBatches(broker, _ack)
+    await batches.send(_spec(), _messages(b"a", b"b"), ["", ""], once=False)
+    assert exchange.published == []
+    assert sorted(kicked) == [b"a", b"b"]
 
 
 def test_a_marked_message_is_batched_where_it_was_read() -> None:
