@@ -8,8 +8,7 @@ the plugin's, built here.
 
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -24,12 +23,19 @@ from taskiq_batching.transports.amqp_queues import (
 )
 from tests.integration.app_brokers import amqp_broker
 from tests.integration.stream_batches import declare
-from tests.integration.test_amqp_sac import ready, runs, wait_for_consumers
-from tests.integration.workers import Fleet, Worker, eventually
+from tests.integration.test_amqp_sac import (
+    extra_queues,
+    ready,
+    runs,
+    start_worker,
+    wait_for_consumers,
+)
+from tests.integration.workers import Worker, eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
-APP = "tests.integration.amqp_sac_app:broker"
+#: test_amqp_sac's fixtures: its queue to delete, its workers.
+__all__ = ["extra_queues", "start_worker"]
 #: The producer's and the workers' batch_size.
 BATCH_SIZE = 100
 #: The text of the warning about a queue declared otherwise.
@@ -39,32 +45,6 @@ DECLARED_OTHERWISE = "exists with other arguments"
 @pytest.fixture
 def queue_prefix() -> str:
     return "tb-amqp-ovf"
-
-
-@pytest.fixture
-def extra_queues(queue: str) -> list[str]:
-    return [batch_queue_name(queue, "collect")]
-
-
-@pytest.fixture
-def start_worker(
-    rabbitmq_url: str,
-    redis_url: str,
-    queue: str,
-    channel: AbstractChannel,  # set up first, so torn down after the workers
-    tmp_path: Path,
-) -> Iterator[Callable[..., Worker]]:
-    env = {
-        "RABBITMQ_URL": rabbitmq_url,
-        "REDIS_URL": redis_url,
-        "TB_QUEUE": queue,
-        "TB_WAIT_IN_BROKER": "1",
-        "TB_BATCH_SIZE": str(BATCH_SIZE),
-        "TB_BATCH_TIMEOUT": "0.3",
-    }
-    fleet = Fleet(APP, env, tmp_path)
-    yield fleet.start
-    fleet.kill_all()
 
 
 @pytest.fixture
@@ -118,7 +98,7 @@ async def test_past_its_bound_the_backlog_waits_on_the_main_queue(
     assert in_task_queue + on_main_queue == count
     # RabbitMQ counts the bound roughly (a quorum queue's ready messages).
     assert bound - BATCH_SIZE <= in_task_queue <= bound + BATCH_SIZE
-    worker = start_worker()
+    worker = start_worker(batch_size=BATCH_SIZE, batch_timeout=0.3)
     await all_ran(redis, queue, count)
     worker.stop(timeout=20)
     assert await runs(redis, queue) == Counter(range(count))
@@ -151,7 +131,7 @@ async def test_a_queue_an_earlier_version_declared_is_used_as_it_is(
     assert DECLARED_OTHERWISE in warned[0]
     assert await ready(channel, name) == count  # unbounded: nothing overflowed
     assert await ready(channel, queue) == 0
-    worker = start_worker()
+    worker = start_worker(batch_size=BATCH_SIZE, batch_timeout=0.3)
     await wait_for_consumers(channel, queue, 1)
     await all_ran(redis, queue, count)
     worker.stop(timeout=20)
