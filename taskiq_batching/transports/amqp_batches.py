@@ -63,11 +63,7 @@ from taskiq_batching.transports.amqp_forward import Forwards, Settle
 from taskiq_batching.transports.amqp_handover import Handover, new_tag
 from taskiq_batching.transports.amqp_handovers import Handovers
 from taskiq_batching.transports.amqp_headers import Overflowed
-from taskiq_batching.transports.amqp_overflow import (
-    TaskQueues,
-    as_kicked,
-    overflowed,
-)
+from taskiq_batching.transports.amqp_overflow import TaskQueues
 from taskiq_batching.transports.amqp_queues import batch_queue_name
 from taskiq_batching.transports.amqp_task_consumers import Forget, TaskConsumers
 from taskiq_batching.transports.amqp_window import grown_cap
@@ -266,11 +262,9 @@ class AmqpBatches:
             if message.labels.get("delay") is not None:
                 await self.broker.kick(message)
                 return
+            label = self._settings["priority_label"]
             await self.queues.publish_or_kick(
-                channel,
-                name,
-                as_kicked(message, self._settings["priority_label"]),
-                lambda: self.broker.kick(overflowed(message)),
+                channel, name, message, label, self.broker.kick
             )
 
         await kick_each(self.broker, messages, publish)

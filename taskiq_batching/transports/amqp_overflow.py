@@ -182,35 +182,42 @@ class TaskQueues:
         self,
         channel: Any,
         name: str,
-        message: Message,
-        kick: Callable[[], Awaitable[None]],
+        message: BrokerMessage,
+        priority_label: str,
+        kick: Callable[[BrokerMessage], Awaitable[None]],
     ) -> None:
         """Publish to a task's queue; if it is full, send the plain way.
 
         :param channel: the broker's write channel (publisher confirms).
         :param name: the task's queue.
-        :param message: the message (``as_kicked``).
-        :param kick: sends it through the broker's ``kick`` instead.
+        :param message: the taskiq message.
+        :param priority_label: the broker's priority label's name.
+        :param kick: the broker's ``kick``: a refused message goes through
+            it marked (``overflowed``), the worker batches it where it
+            reads it.
         :raises Exception: the publish failed otherwise, or the kick failed.
         """
         if not getattr(channel, "publisher_confirms", True):
-            # RabbitMQ would drop a refused publish unseen: the plain way.
-            await kick()
+            # RabbitMQ would drop a refused publish unseen: as a plain
+            # producer's (a worker forwards it).
+            await kick(message)
             return
         until = self._full_until.get(name)
         if until is not None and (self.clock() < until or name in self._probing):
-            await kick()
+            await kick(overflowed(message))
             return
         probe = until is not None  # one tries the queue again, the rest kick
         if probe:
             self._probing.add(name)
         try:
-            await channel.default_exchange.publish(message, routing_key=name)
+            # Built only to publish: a kick builds its own.
+            built = as_kicked(message, priority_label)
+            await channel.default_exchange.publish(built, routing_key=name)
         except DeliveryError as exc:
             if not refused(exc):
                 raise
             self._full_until[name] = self.clock() + FULL_SECONDS
-            await kick()  # the refused publish was not stored: sent once
+            await kick(overflowed(message))  # not stored: sent once
             return
         finally:
             if probe:
