@@ -13,7 +13,8 @@ from bench.measure import percentile
 
 COLUMNS = (
     "| broker | N | rate | mean batch | ideal | fill | p50 ms | p99 ms "
-    "| max ms | late | procs | worker cpu s | messages | path |"
+    "| max ms | late | procs | worker cpu s | producer cpu s | busy | messages "
+    "| path |"
 )
 SIDE_BY_SIDE = (
     "| broker | rate | N | fill today | fill wait | p50/p99 ms today "
@@ -68,7 +69,8 @@ def row_line(row: dict[str, Any]) -> str:
         f"| {row['broker']} | {row['workers']} | {_rate(row)} "
         f"| {row['mean_batch']:.1f} | {row['ideal']:.0f} | {row['fill']:.2f} "
         f"| {row['p50_ms']:.0f} | {row['p99_ms']:.0f} | {row['max_ms']:.0f} "
-        f"| {row['late']} | {row['procs']} | {_cpu(row)} | {row['messages']:,} "
+        f"| {row['late']} | {row['procs']} | {_cpu(row)} | {_producer(row)} "
+        f"| {_busy(row)} | {row['messages']:,} "
         f"| {row.get('path', 'today')} |"
     )
 
@@ -113,6 +115,16 @@ def _cpu(row: dict[str, Any]) -> str:
     return f"{row['cpu_s']:.1f}" if "cpu_s" in row else "—"
 
 
+def _producer(row: dict[str, Any]) -> str:
+    """CPU seconds this producer used over the same window as the fleet's."""
+    return f"{row['producer_cpu_s']:.1f}" if "producer_cpu_s" in row else "—"
+
+
+def _busy(row: dict[str, Any]) -> str:
+    """The machine's share busy (all cores) over that window, in percent."""
+    return f"{100 * row['busy']:.0f}%" if "busy" in row else "—"
+
+
 def _rate(row: dict[str, Any]) -> str:
     """The rate sent, after the one asked for when the producer lagged."""
     target, sent = row["rate"], row["sent_rate"]
@@ -134,7 +146,10 @@ def markdown(raw: dict[str, Any]) -> str:
         f"late = waits above batch_timeout + {opts['slack_ms']} ms; "
         "ideal from the rate sent; procs = worker processes that ran batches; "
         "worker cpu s = the fleet's CPU seconds from the first send to the "
-        "last result (a drain's: from the workers' start, startup included); "
+        "last result (a drain's: from the workers' start, startup included), "
+        "producer cpu s = this process's over the same window, busy = the "
+        "machine's share of all its cores busy then (100%: saturated, every "
+        "path waits for a core); "
         "path today = per-worker buffers, wait = batches wait in the broker, "
         "wait-plain = the same sent by a plain taskiq kicker (forwarded).",
         "",

@@ -23,7 +23,7 @@ from bench.fleet_keys import key_figures
 from bench.fleet_report import summarize
 from bench.fleet_rest import rest
 from bench.measure import count_existing
-from bench.procs import started, taskiq_worker_argv
+from bench.procs import machine_busy, machine_ticks, started, taskiq_worker_argv
 
 #: Seconds between two sends of the producer (each sends what is due).
 TICK = 0.01
@@ -135,12 +135,17 @@ async def measure(
             # A drain starts with the workers, before they all said ready:
             # its CPU counts from their start (imports and startup included).
             cpu_before = 0.0 if drain else proc.cpu_seconds()
+            # The whole machine's share busy and this producer's CPU over the
+            # same window: a saturated machine delays every path alike.
+            ticks, producer_before = machine_ticks(), time.process_time()
             if not drain:
                 ids, sent_rate = await send(kiq, rate, args.duration, s.keys)
             keys = [f"{s.queue}:{task_id}" for task_id in ids]
             timeout = 60 + 10 * s.batch_timeout + drain / 500
             await wait_results(redis, keys, timeout, proc.alive)
             cpu_seconds = proc.cpu_seconds() - cpu_before
+            busy = machine_busy(ticks, machine_ticks())
+            producer_cpu = time.process_time() - producer_before
             records, errors = await fetch(app.broker.result_backend, ids)
             rested = await rest(redis, app, proc, args, kiq) if args.idle else {}
     finally:
@@ -162,5 +167,7 @@ async def measure(
         "sent_rate": sent_rate,
         "errors": errors,
         "cpu_s": cpu_seconds,
+        "busy": busy,
+        "producer_cpu_s": producer_cpu,
         "drain": drain,
     }

@@ -36,6 +36,24 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_ticks() -> tuple[int, int]:
+    """The machine's busy and total CPU ticks so far, all cores (/proc/stat).
+
+    Busy is every tick but idle and iowait; two readings give the share of
+    the machine that was busy between them (``machine_busy``).
+    """
+    with open("/proc/stat", encoding="ascii") as stat:
+        ticks = [int(value) for value in stat.readline().split()[1:]]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+    return sum(ticks) - idle, sum(ticks)
+
+
+def machine_busy(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The share (0-1) of all cores busy between two ``machine_ticks``."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else 0.0
+
+
 def _children(pid: int) -> list[int]:
     """Every descendant of a process (from /proc/<pid>/task/*/children)."""
     found: list[int] = []

@@ -6,7 +6,8 @@ import pytest
 
 from bench.fleet import PATHS, _rounds, parse
 from bench.fleet_app import FleetSettings
-from bench.fleet_report import markdown, side_by_side, summarize
+from bench.fleet_report import markdown, row_line, side_by_side, summarize
+from bench.procs import machine_busy, machine_ticks
 
 
 def batch(size: int, sent: float, start: float, pid: int) -> list[list[float]]:
@@ -99,6 +100,23 @@ def test_a_lagging_producer_shows_the_rate_asked_and_the_rate_sent() -> None:
     lines = markdown(raw).splitlines()
     assert lines[-2].startswith("| stream | 1 | 2,000 (sent 1,500) | 100.0 |")
     assert lines[-1].startswith("| stream | 1 | 1,990 | 100.0 |")
+
+
+def test_the_machine_share_busy_is_busy_ticks_over_all_ticks_between_readings() -> None:
+    assert machine_busy((100, 400), (250, 600)) == 0.75
+    assert machine_busy((5, 9), (5, 9)) == 0.0
+    busy, total = machine_ticks()
+    assert 0 <= busy <= total
+
+
+def test_a_row_shows_the_producer_cpu_and_the_machine_busy_share() -> None:
+    figures = summarize(batch(100, 0.0, 0.1, 1), 100, 0.5, 200, 0.05)
+    row = {"broker": "amqp", "workers": 4, "rate": 200.0, "sent_rate": 200.0}
+    line = row_line(
+        {**row, **figures, "cpu_s": 3.0, "producer_cpu_s": 1.25, "busy": 0.987}
+    )
+    assert "| 3.0 | 1.2 | 99% | 100 |" in line
+    assert "| — | — | 100 |" in row_line({**row, **figures, "cpu_s": 3.0})
 
 
 def test_the_path_travels_to_the_workers_and_defaults_to_today(
