@@ -90,6 +90,10 @@ class AmqpBatches:
     :param untap: the transport's ``Channels.untap`` (retired consumers).
     """
 
+    #: A forward is a second durable, confirmed publish: only to fill
+    #: batches (``worker/own_share.py``).
+    forward_only_to_fill = True
+
     def __init__(
         self,
         broker: AsyncBroker,

@@ -134,7 +134,10 @@ class Forwarder(Protocol):
     a queue per task, read by the worker like the main one) also has
     ``serves(spec)`` (the tasks it forwards; else the source's) and
     ``waited(delivery)``, True for a delivery read where its batch waits
-    (not forwarded again).
+    (not forwarded again). A forwarder whose ``forward_only_to_fill`` is
+    True (AMQP's) is handed a task's messages only while this worker
+    reads fewer than a batch of them within ``batch_timeout``
+    (``worker/own_share.py``): past that, its own batches fill.
     """
 
     async def forward(

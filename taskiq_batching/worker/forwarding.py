@@ -20,6 +20,7 @@ from taskiq_batching.transports.batch_source import (
     Forwarder,
     ForwardingPaused,
 )
+from taskiq_batching.worker.own_share import OwnShare
 from taskiq_batching.worker.routing import Router
 
 logger = logging.getLogger("taskiq_batching")
@@ -40,12 +41,21 @@ def route_forwards(
         its own among them (AMQP: a queue per task, whose deliveries the
         pump reads, told apart by ``waited``).
     """
+    every = list(every)
     serves = getattr(forwarder, "serves", None)
     if serves is None:
         router.forwarded = {spec.task_name for spec in served}
     else:
         router.forwarded = {spec.task_name for spec in every if serves(spec)}
     router.waited = getattr(forwarder, "waited", None)
+    if getattr(forwarder, "forward_only_to_fill", False):
+        # A keyed task is always forwarded: its keys split each worker's
+        # share, and gathering them across the fleet is what fills them.
+        router.shares = {
+            spec.task_name: OwnShare(spec)
+            for spec in every
+            if spec.task_name in router.forwarded and spec.settings.key is None
+        }
 
 
 async def forward_read(

@@ -35,6 +35,7 @@ from taskiq_batching.transports.base import Transport
 from taskiq_batching.transports.delivery import Delivery
 from taskiq_batching.worker.decode import decode
 from taskiq_batching.worker.giving import GiveBacks
+from taskiq_batching.worker.own_share import OwnShare
 from taskiq_batching.worker.parking import Admission, Parking
 
 #: Most deliveries taken per read of a transport whose unread deliveries
@@ -72,6 +73,10 @@ class Router:
         self.forwarded: set[str] = set()
         #: Whether a delivery was read where its batch waits (not forwarded).
         self.waited: Callable[[Delivery], bool] | None = None
+        #: Those tasks' reads, when a task's messages are forwarded only
+        #: while this worker's share would not fill its batches (a task
+        #: not in it: always; ``own_share.py``).
+        self.shares: dict[str, OwnShare] | None = None
         #: Deliveries of those tasks read and not forwarded yet, by task.
         self.forwarding: dict[str, list[tuple[Delivery, str]]] = {}
         #: Their keys' earliest ``batch_deadline`` (UNIX ms), by task.
@@ -120,7 +125,11 @@ class Router:
                 other = True
                 continue
             name = envelope.task_name
-            if forwarding and name in forwarding and self._forward(delivery, envelope):
+            if (
+                forwarding
+                and name in forwarding
+                and self._forward(delivery, envelope, now)
+            ):
                 forwarded += 1
                 other = True
                 continue
@@ -149,12 +158,13 @@ class Router:
             extra = self._keep_one_handed(handed_before, len(chunk))
         return taken, extra
 
-    def _forward(self, delivery: Delivery, envelope: Envelope) -> bool:
+    def _forward(self, delivery: Delivery, envelope: Envelope, now: float) -> bool:
         """Keep a message for the forwarder if it moves to where its batch waits.
 
+        :param now: the read's loop time.
         :return: whether it was kept (else it is taken or parked as read).
         """
-        if not self._forwards(delivery, envelope):
+        if not self._forwards(delivery, envelope, now):
             return False
         name = envelope.task_name
         key = forward_key(self.batcher.specs[name], envelope)
@@ -165,13 +175,18 @@ class Router:
             marks[key] = ms
         return True
 
-    def _forwards(self, delivery: Delivery, envelope: Envelope) -> bool:
+    def _forwards(self, delivery: Delivery, envelope: Envelope, now: float) -> bool:
         """Whether a message of a task whose batches wait in the broker moves there.
 
         Not one read where its batch waits (AMQP's queue per task), nor
-        one its batch function refuses (it is taken and fails at once).
+        one its batch function refuses (it is taken and fails at once),
+        nor, where the forwarder says so, one of a task whose reads here
+        fill this worker's batches (``own_share.py``).
         """
         if self.waited is not None and self.waited(delivery):
+            return False
+        share = self.shares.get(envelope.task_name) if self.shares else None
+        if share is not None and share.read(now):
             return False
         return fits(self.batcher.specs[envelope.task_name], envelope)
 

@@ -118,6 +118,61 @@ async def test_a_message_read_that_would_fail_is_not_forwarded(
     assert seen.batches == [[2, 3]]
 
 
+class FillingForwarder(FakeForwarder):
+    """A forwarder that forwards only to fill batches (as RabbitMQ's)."""
+
+    forward_only_to_fill = True
+
+
+@pytest.mark.parametrize("to_fill", [True, False], ids=["to-fill", "always"])
+async def test_a_worker_whose_reads_fill_a_batch_batches_them_where_read(
+    monkeypatch: pytest.MonkeyPatch, to_fill: bool
+) -> None:
+    source = FakeSource()
+    forwarder = (FillingForwarder if to_fill else FakeForwarder)(source)
+    use_source(monkeypatch, source, forwarder)
+    broker = queue_broker()
+    seen = Recorder()
+    batched = recorded(broker, seen, 3)
+
+    async with running_worker(broker):
+        sent = [await batched.kiq(i) for i in range(5)]
+        if to_fill:
+            # The third read within the hour fills a batch here: it and
+            # the next two run where read; the first two were forwarded.
+            for task in sent[2:]:
+                assert not (await task.wait_result(timeout=5)).is_err
+        else:
+            await sent[2].wait_result(timeout=5)
+    if to_fill:
+        assert forwarder.forwarded == 2
+        assert seen.batches == [[2, 3, 4]]
+        assert source.left() == 2  # not due: they stay in the broker
+    else:
+        assert forwarder.forwarded == 5
+        assert seen.batches == [[0, 1, 2]]
+
+
+async def test_a_keyed_task_is_forwarded_however_many_are_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    source = FakeSource()
+    forwarder = FillingForwarder(source)
+    use_source(monkeypatch, source, forwarder)
+    broker = queue_broker()
+    seen = Recorder()
+
+    # Its keys split this worker's share: gathering them fills batches.
+    @batch_task(broker, batch_size=3, batch_timeout=3600, batch_key=lambda i: i % 2)
+    async def keyed(items: list[int]) -> None:
+        seen.record(items)
+
+    async with running_worker(broker):
+        sent = [await keyed.kiq(i) for i in range(6)]
+        await sent[-1].wait_result(timeout=5)
+    assert forwarder.forwarded == 6
+
+
 async def test_plain_messages_reach_the_receiver_while_batches_wait(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
