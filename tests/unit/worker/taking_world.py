@@ -44,6 +44,16 @@ def worker_world(
     return source, queue_broker(), Recorder()
 
 
+def forwarding_world(
+    monkeypatch: pytest.MonkeyPatch, make: type[FakeForwarder] = FakeForwarder
+) -> tuple[FakeSource, FakeForwarder, QueueBroker, Recorder]:
+    """``worker_world`` with a forwarder of type ``make``, returned (its moves)."""
+    source = FakeSource()
+    forwarder = make(source)
+    use_source(monkeypatch, source, forwarder)
+    return source, forwarder, queue_broker(), Recorder()
+
+
 Recorded = BatchedTask[int, [], Coroutine[Any, Any, None]]
 
 

@@ -22,7 +22,12 @@ from taskiq_batching import (
 from taskiq_batching.transports.batch_source import ForwardingPaused
 from tests.helpers import QueueBroker, Recorder, queue_broker, running_worker
 from tests.unit.worker.fake_source import FakeForwarder, FakeSource, use_source
-from tests.unit.worker.taking_world import preload, recorded, worker_world
+from tests.unit.worker.taking_world import (
+    forwarding_world,
+    preload,
+    recorded,
+    worker_world,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -95,11 +100,7 @@ async def test_an_invalid_message_fails_alone(monkeypatch: pytest.MonkeyPatch) -
 async def test_a_message_read_that_would_fail_is_not_forwarded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    source = FakeSource()
-    forwarder = FakeForwarder(source)
-    use_source(monkeypatch, source, forwarder)
-    broker = queue_broker()
-    seen = Recorder()
+    _source, forwarder, broker, seen = forwarding_world(monkeypatch)
 
     @batch_task(broker, batch_size=2, batch_timeout=3600)
     async def batched(items: list[int], tenant: str = "a") -> None:
@@ -128,11 +129,8 @@ class FillingForwarder(FakeForwarder):
 async def test_a_worker_whose_reads_fill_a_batch_batches_them_where_read(
     monkeypatch: pytest.MonkeyPatch, to_fill: bool
 ) -> None:
-    source = FakeSource()
-    forwarder = (FillingForwarder if to_fill else FakeForwarder)(source)
-    use_source(monkeypatch, source, forwarder)
-    broker = queue_broker()
-    seen = Recorder()
+    make = FillingForwarder if to_fill else FakeForwarder
+    source, forwarder, broker, seen = forwarding_world(monkeypatch, make)
     batched = recorded(broker, seen, 3)
 
     async with running_worker(broker):
@@ -156,11 +154,7 @@ async def test_a_worker_whose_reads_fill_a_batch_batches_them_where_read(
 async def test_a_keyed_task_is_forwarded_however_many_are_read(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    source = FakeSource()
-    forwarder = FillingForwarder(source)
-    use_source(monkeypatch, source, forwarder)
-    broker = queue_broker()
-    seen = Recorder()
+    _source, forwarder, broker, seen = forwarding_world(monkeypatch, FillingForwarder)
 
     # Its keys split this worker's share: gathering them fills batches.
     @batch_task(broker, batch_size=3, batch_timeout=3600, batch_key=lambda i: i % 2)
