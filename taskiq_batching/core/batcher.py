@@ -118,6 +118,14 @@ class Batcher(OpenBuffers):
         """
         return self.rules.flush_taken(taken)
 
+    def relieve(self, task_name: str, full: bool = False) -> None:
+        """Flush a task's buffers if they hold all of it held (``FlushRules``).
+
+        :param task_name: a batched task.
+        :param full: nothing more of it comes (its message bound is not needed).
+        """
+        self.rules.relieve(task_name, full)
+
     def relieve_all(self) -> None:
         """The broker delivers nothing more until something is acked: flush all."""
         self.rules.relieve_all()

@@ -132,6 +132,12 @@ class AmqpTransport(Consumer[Handle]):
             return self._waiting.outstanding(self._channels.held, self.prefetch)
         return max(self._channels.held.values(), default=0)
 
+    def passed_on(self) -> list[str]:
+        """Batched tasks whose queue's role this worker passed on (``base``)."""
+        if self._waiting is None:
+            return []
+        return self._waiting.handovers.passed_on()
+
     def check(self, specs: Sequence[BatchSpec]) -> None:
         """Note the batched tasks (their queues are consumed with the main one)."""
         if self._waiting is not None:

@@ -36,14 +36,12 @@ worker). Its ``batch_timeout`` counts from each message's send time (the
   confirm goes back to the main queue): at-least-once (a worker killed
   between the two forwards it twice).
 * **Failover**: when the active consumer's connection closes (its process
-  died), RabbitMQ requeues its unacked messages and activates another
-  consumer, which gets them at once.
+  died), RabbitMQ requeues its unacked messages to the next consumer.
 
 * **A backlog shared** (``amqp_handover.py``): a worker behind on a task
-  passes the active role on, and consumes again once it has room for a
-  batch, with a larger window if it works quickly (``amqp_window.py``);
-  past a few batches the queue refuses messages, which wait on the main
-  queue, read by every worker (``amqp_overflow.py``).
+  passes the active role on and consumes again once it has room (a
+  larger window if quick: ``amqp_window.py``); past 16 batches the queue
+  refuses messages, which wait on the main queue (``amqp_overflow.py``).
 """
 
 import time
@@ -191,7 +189,9 @@ class AmqpBatches:
                 await consume(channel, queue, tag)
                 started.append(tag)
                 cap = grown_cap(limit, size, amqp_prefetch(self.broker))
-                handover = Handover(channel, queue, tag, limit, size, wait, cap)
+                handover = Handover(
+                    channel, queue, tag, limit, size, wait, cap, spec.task_name
+                )
                 await self.handovers.add(handover, consume, forget)
 
         await self.consumers.start(setup, forget)

@@ -68,6 +68,7 @@ class Handover:
     :param batch_timeout: the task's, in seconds (None: none).
     :param cap: the most unsettled when it works quickly (``amqp_window.py``;
         None: ``limit`` always).
+    :param task_name: the batched task whose queue it consumes.
     """
 
     def __init__(
@@ -79,7 +80,9 @@ class Handover:
         batch_size: int,
         batch_timeout: float | None,
         cap: int | None = None,
+        task_name: str = "",
     ) -> None:
+        self.task_name = task_name
         self.channel = channel
         self.queue = queue
         #: The consuming tag; None while the role is passed on.
@@ -93,6 +96,8 @@ class Handover:
         self.bound = limit
         #: Whether this consumer has had deliveries (it was active).
         self.served = False
+        #: The role was passed on and no delivery came since (``passed``).
+        self.behind = False
         self.pace = Pace(limit, limit if cap is None else max(cap, limit))
         self.solo = Solo()
         #: The aiormq channel under ``channel`` (its deliveries' handles).
@@ -119,6 +124,7 @@ class Handover:
         unsettled = len(pending)
         if self.tag is not None and self._passes(pending):
             tag, self.tag = self.tag, None
+            self.behind = True
             forget([tag])
             self.retired.append(tag)
             self.moving = asyncio.ensure_future(self._cancel(tag, unsettled))
@@ -131,6 +137,21 @@ class Handover:
                 self._consume(consume, tag, self.window)
             )
             self.moving.add_done_callback(lambda _: self.after())
+
+    def passed(self, pending: dict[int, str]) -> bool:
+        """Whether nothing more of the task comes here: its role is elsewhere.
+
+        From the pass until a delivery to the consumer that took the role
+        again: consuming again puts it behind the others in RabbitMQ's line
+        (its first ack can consume again already), so only a delivery says
+        it is active. Meanwhile a partial buffer of the task cannot grow.
+
+        :param pending: the channel's deliveries not settled yet, by tag.
+        :return: True while the role is elsewhere.
+        """
+        if self.behind and self.tag is not None and self.tag in pending.values():
+            self.behind = False
+        return self.behind
 
     def _passes(self, pending: dict[int, str]) -> bool:
         """Whether to pass the role on now (full and not kept, or idle)."""

@@ -132,6 +132,20 @@ class Handovers:
             if handover.tag is not None and handover.tag != before:
                 self._retire(handover, pending)
 
+    def passed_on(self) -> list[str]:
+        """The tasks whose role this worker passed on (``Handover.passed``).
+
+        Nothing more of them comes here, so a partial buffer of one runs
+        once it holds all the worker has of the task (``worker/pump.py``).
+
+        :return: their names.
+        """
+        return [
+            handover.task_name
+            for handover in self.each
+            if handover.behind and handover.passed(self._pending(handover.underlay))
+        ]
+
     def _retire(self, handover: Handover, pending: dict[int, str]) -> None:
         """A consumer again: forget the retired tags that hold nothing now."""
         live = set(pending.values())

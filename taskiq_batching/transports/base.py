@@ -57,6 +57,17 @@ class Transport(Protocol):
     def outstanding(self) -> int:
         """Deliveries read and neither acked nor released (held against prefetch)."""
 
+    def passed_on(self) -> Sequence[str]:
+        """Batched tasks of which nothing more comes to this worker for now.
+
+        RabbitMQ with ``wait_in_broker``: the worker passed the task's
+        queue's active role on (``amqp_handover.py``). A partial buffer of
+        such a task cannot grow: it runs once the worker holds nothing else
+        of the task (``FlushRules.relieve``). None on other brokers.
+
+        :return: their names.
+        """
+
     def check(self, specs: Sequence[BatchSpec]) -> None:
         """Warn, at worker start, about settings of the broker these tasks defeat.
 

@@ -99,6 +99,13 @@ class Consumer(ABC, Generic[Handle]):
         the worker starts to stop, before it finishes what it holds.
         """
 
+    def passed_on(self) -> Sequence[str]:
+        """Batched tasks nothing more of comes to this worker; none by default.
+
+        :return: their names (``base.Transport.passed_on``).
+        """
+        return ()
+
     def check(self, specs: Sequence[BatchSpec]) -> None:
         """Warn about broker settings these tasks defeat; by default nothing to check.
 

@@ -80,6 +80,8 @@ class Pump:
         self._reading: asyncio.Future[list[Delivery]] | None = None
         self._next_reclaim = 0.0
         self._stopped = False
+        #: Some task's role is passed on (``_relieve``): a batch's end wakes.
+        self._passed = False
 
     async def deliveries(self) -> AsyncGenerator[Handed, None]:
         """The listener handed to taskiq's Receiver (see the module's docstring).
@@ -122,8 +124,10 @@ class Pump:
             limit = self.router.limit(self.options.max_tasks)
             if limit == 0:
                 return False
-            self._relieve()
+            self._passed = self._relieve()
             self._reading = asyncio.ensure_future(self._read(limit))
+        elif self._passed:  # woken by a change: a batch of such a task ended
+            self._passed = self._relieve()
         reading = self._reading
         if not await self._wait_read(reading):
             return True
@@ -148,7 +152,13 @@ class Pump:
         # batches count towards --max-tasks-per-child. Else the read alone:
         # a done (cancelled) future beside it made the pump spin when idle.
         room: asyncio.Future[None] | None = None
-        if self.parked or (self.taker.active and self.options.max_tasks):
+        # A partial buffer of a task passed on flushes as its last batch
+        # ends (``_relieve``), not at its timeout because no read came.
+        if (
+            self.parked
+            or self._passed
+            or (self.taker.active and self.options.max_tasks)
+        ):
             room = self.batcher.changed()
         waits: set[asyncio.Future[Any]] = {reading}
         if room is not None:
@@ -184,11 +194,24 @@ class Pump:
             raise
         routing.result()
 
-    def _relieve(self) -> None:
-        """Flush everything when the broker sends nothing more until acks come."""
+    def _relieve(self) -> bool:
+        """Flush what can no longer grow: nothing more comes until acks come.
+
+        Everything when the broker sends nothing more (its prefetch is
+        held); else the buffers of each task the transport says nothing
+        more of comes (``Transport.passed_on``) once they hold all the
+        worker has of it (no batch of it running: ``Batcher.relieve``).
+
+        :return: whether the transport named such a task.
+        """
+        passed = self.transport.passed_on()
         prefetch = self.transport.prefetch
         if prefetch is not None and self.transport.outstanding >= prefetch:
             self.batcher.relieve_all()
+        else:
+            for task_name in passed:
+                self.batcher.relieve(task_name, full=True)
+        return bool(passed)
 
     async def _read(self, limit: int) -> list[Delivery]:
         interval = self.transport.reclaim_interval

@@ -105,3 +105,5 @@ async def test_a_task_queue_has_its_channel_and_room_for_one_batch_more() -> Non
     [(on, queue, tag)] = consumed
     assert (on, queue) == (channel, "jobs.batch.collect")
     assert batches.limits == {tag: 200}
+    [handover] = batches.handovers.each
+    assert handover.task_name == "collect"  # its task (``passed_on``)

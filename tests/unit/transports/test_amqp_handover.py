@@ -6,8 +6,10 @@ from collections import deque
 from typing import Any
 
 import pytest
+from taskiq_aio_pika import AioPikaBroker
 
 from taskiq_batching.transports import amqp_handovers
+from taskiq_batching.transports.amqp import AmqpTransport
 from taskiq_batching.transports.amqp_handover import Handover
 from taskiq_batching.transports.amqp_handovers import Handovers
 from taskiq_batching.transports.amqp_inbox import Inbox
@@ -183,3 +185,40 @@ async def test_a_read_of_an_overdue_backlog_waits_until_a_batch_came(
     arrive(1)
     await reading
     assert len(inbox.unread) == 10
+
+
+async def test_a_task_is_passed_on_until_its_consumer_is_active_again() -> None:
+    """Its partial buffer cannot grow meanwhile (``worker/pump.py`` flushes it)."""
+    fleet = Fleet()
+    fleet.handover.task_name = "collect"
+    await fleet.start()
+    fleet.deliver(29)
+    fleet.handovers.check()
+    assert fleet.handovers.passed_on() == []  # active, with room
+    fleet.deliver(1)
+    fleet.handovers.check()
+    await fleet.handovers.settled()
+    assert fleet.handover.tag is None
+    assert fleet.handovers.passed_on() == ["collect"]
+    fleet.settle(10)  # a batch acked: it consumes again, behind the others
+    fleet.handovers.check()
+    await fleet.handovers.settled()
+    assert fleet.handover.tag is not None
+    assert fleet.handovers.passed_on() == ["collect"]  # nothing came yet
+    fleet.deliver(1)  # RabbitMQ made it active: more may come
+    assert fleet.handovers.passed_on() == []
+    fleet.settle(21)
+    assert fleet.handovers.passed_on() == []  # until it passes the role again
+
+
+async def test_the_transport_lists_the_tasks_passed_on() -> None:
+    plain = AmqpTransport(AioPikaBroker("amqp://nowhere/", qos=10))
+    assert plain.passed_on() == []
+    transport = AmqpTransport(AioPikaBroker("amqp://nowhere/"), wait_in_broker=True)
+    assert transport.forwarder is not None
+    handovers = transport.forwarder.handovers
+    handover = Handover(FakeChannel(), FakeQueue(), "t0", 30, 10, 1.0, None, "collect")
+    handovers.each.append(handover)
+    assert transport.passed_on() == []
+    handover.tag, handover.behind = None, True  # as after a pass (above)
+    assert transport.passed_on() == ["collect"]
