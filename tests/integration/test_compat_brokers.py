@@ -42,6 +42,8 @@ async def test_amqp_tap_frames_sees_each_frame_of_a_channel_once(
         assert got.body == b"x"
         await asyncio.wait_for(arrived.wait(), 10)
         assert seen
+        # auto_delete removes a queue only after a consumer left it.
+        await channel.queue_delete(queue)
     finally:
         await connection.close()
 
