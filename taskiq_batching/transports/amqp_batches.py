@@ -190,7 +190,7 @@ class AmqpBatches:
                 started.append(tag)
                 cap = grown_cap(limit, size, amqp_prefetch(self.broker))
                 handover = Handover(
-                    channel, queue, tag, limit, size, wait, cap, spec.task_name
+                    spec.task_name, channel, queue, tag, limit, size, wait, cap
                 )
                 await self.handovers.add(handover, consume, forget)
 

@@ -60,6 +60,7 @@ def new_tag() -> str:
 class Handover:
     """One batched task's consumer in this worker: active, or passed on.
 
+    :param task_name: the batched task whose queue it consumes.
     :param channel: the aio-pika channel the task's queue is consumed on.
     :param queue: the task's aio-pika queue.
     :param tag: the consumer's tag (consuming already).
@@ -68,11 +69,11 @@ class Handover:
     :param batch_timeout: the task's, in seconds (None: none).
     :param cap: the most unsettled when it works quickly (``amqp_window.py``;
         None: ``limit`` always).
-    :param task_name: the batched task whose queue it consumes.
     """
 
     def __init__(
         self,
+        task_name: str,
         channel: Any,
         queue: Any,
         tag: str,
@@ -80,7 +81,6 @@ class Handover:
         batch_size: int,
         batch_timeout: float | None,
         cap: int | None = None,
-        task_name: str = "",
     ) -> None:
         self.task_name = task_name
         self.channel = channel

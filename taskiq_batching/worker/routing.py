@@ -76,7 +76,7 @@ class Router:
         #: Those tasks' reads, when a task's messages are forwarded only
         #: while this worker's share would not fill its batches (a task
         #: not in it: always; ``own_share.py``).
-        self.shares: dict[str, OwnShare] | None = None
+        self.shares: dict[str, OwnShare] = {}
         #: Deliveries of those tasks read and not forwarded yet, by task.
         self.forwarding: dict[str, list[tuple[Delivery, str]]] = {}
         #: Their keys' earliest ``batch_deadline`` (UNIX ms), by task.
@@ -185,7 +185,7 @@ class Router:
         """
         if self.waited is not None and self.waited(delivery):
             return False
-        share = self.shares.get(envelope.task_name) if self.shares else None
+        share = self.shares.get(envelope.task_name)
         if share is not None and share.read(now):
             return False
         return fits(self.batcher.specs[envelope.task_name], envelope)

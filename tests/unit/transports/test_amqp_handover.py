@@ -57,7 +57,9 @@ class Fleet:
             lambda channel, tags: self.untapped.extend(tags),
         )
         self.handovers.stopping = lambda: self.stopping
-        self.handover = Handover(self.channel, self.queue, "t0", limit, batch_size, 1.0)
+        self.handover = Handover(
+            "collect", self.channel, self.queue, "t0", limit, batch_size, 1.0
+        )
         self.next_tag = 1
 
     async def start(self) -> None:
@@ -217,7 +219,7 @@ async def test_the_transport_lists_the_tasks_passed_on() -> None:
     transport = AmqpTransport(AioPikaBroker("amqp://nowhere/"), wait_in_broker=True)
     assert transport.forwarder is not None
     handovers = transport.forwarder.handovers
-    handover = Handover(FakeChannel(), FakeQueue(), "t0", 30, 10, 1.0, None, "collect")
+    handover = Handover("collect", FakeChannel(), FakeQueue(), "t0", 30, 10, 1.0)
     handovers.each.append(handover)
     assert transport.passed_on() == []
     handover.tag, handover.behind = None, True  # as after a pass (above)

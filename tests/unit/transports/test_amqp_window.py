@@ -36,7 +36,9 @@ def paced_fleet(cap: int) -> tuple[Fleet, Clock]:
     """A handover of limit 30 (batches of 10) that may grow to ``cap``."""
     fleet, clock = Fleet(), Clock()
     fleet.queue = TimedQueue(clock)
-    fleet.handover = Handover(fleet.channel, fleet.queue, "t0", 30, 10, 1.0, cap)
+    fleet.handover = Handover(
+        "collect", fleet.channel, fleet.queue, "t0", 30, 10, 1.0, cap
+    )
     fleet.handover.pace.clock = clock
     return fleet, clock
 

@@ -1,12 +1,12 @@
 """A worker's own share of a task's rate (``worker/own_share.py``): forwarded
 only while this worker's reads would not fill its batches; unit rules here,
-the worker's use of them in ``test_taking.py``.
+the worker's use of them in ``test_taking.py``, RabbitMQ's (whose forwarder
+asks for them) in ``tests/integration/test_amqp_own_share.py``.
 """
 
 from taskiq_batching.core.analysis import analyse
 from taskiq_batching.settings import BatchSettings
 from taskiq_batching.spec import BatchSpec
-from taskiq_batching.transports.amqp_batches import AmqpBatches
 from taskiq_batching.worker.own_share import OwnShare
 
 
@@ -47,8 +47,3 @@ def test_it_stays_in_place_down_to_half_a_batch_then_forwards_again() -> None:
 def test_a_task_without_a_timeout_is_always_forwarded() -> None:
     own = share(2, None)
     assert not any(own.read(0.0) for _ in range(10))
-
-
-def test_rabbitmq_s_forwarder_forwards_only_to_fill() -> None:
-    # A forward there is a second durable, confirmed publish per message.
-    assert AmqpBatches.forward_only_to_fill is True
