@@ -2,8 +2,10 @@
 
 from typing import Any
 
+import fakeredis
 import pytest
 
+from bench import fleet_run
 from bench.fleet import PATHS, _rounds, parse
 from bench.fleet_app import FleetSettings
 from bench.fleet_report import markdown, row_line, side_by_side, summarize
@@ -190,3 +192,29 @@ def test_repeated_rounds_alternate_the_paths_order() -> None:
         (2, "today"),
         (2, "wait"),
     ]
+
+
+async def test_the_result_poller_stops_at_the_first_chunk_with_a_result_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client = fakeredis.FakeAsyncRedis()
+    monkeypatch.setattr(fleet_run, "RESULT_CHUNK", 3)
+    keys = [f"r{index}" for index in range(9)]
+    for key in ["r0", "r1", "r2", "r4", "r8"]:
+        await client.set(key, 1)
+    # The first chunk is complete and dropped; the second lacks r3 and r5:
+    # the poll stops there, so r8 of the third stays listed.
+    assert await fleet_run.still_missing(client, keys) == keys[3:]
+    for key in ["r3", "r5", "r6", "r7"]:
+        await client.set(key, 1)
+    assert await fleet_run.still_missing(client, keys[3:]) == []
+    await fleet_run.wait_results(client, keys, 1.0, lambda: True)
+    await client.aclose()
+
+
+async def test_the_result_poller_says_how_many_came_when_the_fleet_died() -> None:
+    client = fakeredis.FakeAsyncRedis()
+    await client.set("r0", 1)
+    with pytest.raises(RuntimeError, match="1 of 2 results"):
+        await fleet_run.wait_results(client, ["r0", "r1"], 5.0, lambda: False)
+    await client.aclose()
