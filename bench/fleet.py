@@ -127,6 +127,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
         default=0.0,
         help="seconds each batch awaits (I/O-bound tasks)",
     )
+    parser.add_argument(
+        "--cpu-cap",
+        action="store_true",
+        help="run the worker processes in a cgroup of 0.5 core each (root), "
+        "so that Redis and this process keep spare cores (bench/cgroups.py)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     return parser.parse_args(argv)
 

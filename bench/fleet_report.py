@@ -151,7 +151,12 @@ def markdown(raw: dict[str, Any]) -> str:
         "machine's share of all its cores busy then (100%: saturated, every "
         "path waits for a core); "
         "path today = per-worker buffers, wait = batches wait in the broker, "
-        "wait-plain = the same sent by a plain taskiq kicker (forwarded).",
+        "wait-plain = the same sent by a plain taskiq kicker (forwarded)."
+        + (
+            " CPU-capped: the worker processes share 0.5 core each (a cgroup)."
+            if opts.get("cpu_cap") == "True"
+            else ""
+        ),
         "",
     ]
     for table in (side_by_side(raw["rows"]), rest_table(raw["rows"])):

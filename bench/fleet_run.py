@@ -9,6 +9,7 @@ shares the broker with waiting batches (``bench/fleet_rest.py``).
 """
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -18,7 +19,8 @@ from typing import Any
 from redis.asyncio import Redis
 from taskiq.kicker import AsyncKicker
 
-from bench.fleet_app import TASK_NAME, FleetSettings, build, item
+from bench import cgroups
+from bench.fleet_app import TASK_NAME, FleetApp, FleetSettings, build, item
 from bench.fleet_keys import key_figures
 from bench.fleet_report import summarize
 from bench.fleet_rest import rest
@@ -143,9 +145,30 @@ async def measure(
 ) -> dict[str, Any]:
     """One fleet: start it, load it (``plain``: with taskiq's own kicker), summarize."""
     app = build(s)
-    kiq = AsyncKicker(TASK_NAME, app.broker, {}).kiq if plain else app.task.kiq
     argv = taskiq_worker_argv("bench.fleet_app:broker", workers)
     drain = getattr(args, "drain", 0)
+    await app.broker.startup()
+    with contextlib.ExitStack() as stack:
+        if getattr(args, "cpu_cap", False):
+            budget = cgroups.CPU_CAP_PER_WORKER * workers
+            argv = cgroups.inside(stack.enter_context(cgroups.cpu_budget(budget)), argv)
+        return await _measure(
+            redis, app, (workers, rate, drain), argv, args, log, plain
+        )
+
+
+async def _measure(
+    redis: Redis,
+    app: FleetApp,
+    line: tuple[int, float, int],
+    argv: list[str],
+    args: Any,
+    log: Path,
+    plain: bool,
+) -> dict[str, Any]:
+    s = app.settings
+    workers, rate, drain = line
+    kiq = AsyncKicker(TASK_NAME, app.broker, {}).kiq if plain else app.task.kiq
     await app.broker.startup()
     try:
         began = time.monotonic()

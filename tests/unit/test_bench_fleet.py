@@ -218,3 +218,13 @@ async def test_the_result_poller_says_how_many_came_when_the_fleet_died() -> Non
     with pytest.raises(RuntimeError, match="1 of 2 results"):
         await fleet_run.wait_results(client, ["r0", "r1"], 5.0, lambda: False)
     await client.aclose()
+
+
+def test_a_cpu_capped_run_says_so_in_its_report() -> None:
+    assert parse([]).cpu_cap is False
+    options = {key: str(value) for key, value in vars(parse(["--cpu-cap"])).items()}
+    meta = {"date": "d", "nproc": 2, "code": "c", "options": options}
+    raw = {"run_id": "r", "meta": meta, "rows": [], "errors": []}
+    assert "CPU-capped: the worker processes share 0.5 core each" in markdown(raw)
+    meta["options"] = {**options, "cpu_cap": "False"}
+    assert "CPU-capped" not in markdown(raw)
