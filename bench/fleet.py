@@ -33,7 +33,10 @@ worst and the mean (``bench/fleet_keys.py``); ``--max-keys`` sets
 
 ``--repeat K`` runs every line's paths K times, in alternating order, and
 the report gives each drain's median wait / today over the K pairs (the
-machines are noisy: one pair is not a measurement). ``--paths`` runs each
+machines are noisy: one pair is not a measurement). ``--cpu-cap`` runs
+the worker processes in a cgroup of 0.5 core each (root; ``bench/cgroups.py``),
+so that Redis and this process keep spare cores, as where Redis has a
+machine of its own. ``--paths`` runs each
 line once per path in one run: ``today`` (each worker
 reads and buffers, ``BatchingMiddleware(wait_in_broker=False)``), ``wait``
 (batches wait in the broker where its transport can, ``wait_in_broker=True``)
@@ -66,6 +69,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from bench import cgroups
 from bench.brokers import AmqpQueue, NatsConsumer, unreachable
 from bench.fleet_app import BROKERS, TASK_NAME, FleetSettings
 from bench.fleet_report import markdown, row_line
@@ -265,6 +269,9 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 def main() -> int:
     args = parse(sys.argv[1:])
+    if args.cpu_cap and (reason := cgroups.unavailable()):
+        print(f"--cpu-cap: {reason}", file=sys.stderr)
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         raw = asyncio.run(run(args))

@@ -1,11 +1,12 @@
 """The fleet benchmark's figures (bench/fleet.py) and its app's settings."""
 
+import sys
 from typing import Any
 
 import fakeredis
 import pytest
 
-from bench import fleet_run
+from bench import cgroups, fleet, fleet_run
 from bench.fleet import PATHS, _rounds, parse
 from bench.fleet_app import FleetSettings
 from bench.fleet_report import markdown, row_line, side_by_side, summarize
@@ -228,3 +229,12 @@ def test_a_cpu_capped_run_says_so_in_its_report() -> None:
     assert "CPU-capped: the worker processes share 0.5 core each" in markdown(raw)
     meta["options"] = {**options, "cpu_cap": "False"}
     assert "CPU-capped" not in markdown(raw)
+
+
+def test_a_cpu_cap_the_machine_cannot_give_stops_before_any_fleet(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cgroups, "unavailable", lambda: "capped drains need root")
+    monkeypatch.setattr(sys, "argv", ["bench.fleet", "--cpu-cap"])
+    assert fleet.main() == 2
+    assert "--cpu-cap: capped drains need root" in capsys.readouterr().err
