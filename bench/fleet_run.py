@@ -82,8 +82,9 @@ async def wait_results(
     stops at the first chunk with a result missing; the chunks before it
     are never checked again. The poller's work over a run is then about
     one key per message (and a chunk per poll), not one per message per
-    poll: checking every key each ``POLL`` took the producer a core's worth of CPU on a
-    150,000-message drain, which the workers' paths paid for at random.
+    poll: checking every key each ``POLL`` took the producer about a core
+    on a 150,000-message drain, which the workers' paths paid for at
+    random.
     """
     deadline = time.monotonic() + timeout
     waiting = list(keys)
@@ -146,15 +147,16 @@ async def measure(
     """One fleet: start it, load it (``plain``: with taskiq's own kicker), summarize."""
     app = build(s)
     argv = taskiq_worker_argv("bench.fleet_app:broker", workers)
-    drain = getattr(args, "drain", 0)
-    await app.broker.startup()
+    line = (workers, rate, getattr(args, "drain", 0))
     with contextlib.ExitStack() as stack:
         if getattr(args, "cpu_cap", False):
-            budget = cgroups.CPU_CAP_PER_WORKER * workers
-            argv = cgroups.inside(stack.enter_context(cgroups.cpu_budget(budget)), argv)
-        return await _measure(
-            redis, app, (workers, rate, drain), argv, args, log, plain
-        )
+            # The worker processes share 0.5 core each; Redis and this
+            # process keep the rest of the machine.
+            budget = stack.enter_context(
+                cgroups.cpu_budget(cgroups.CPU_CAP_PER_WORKER * workers)
+            )
+            argv = cgroups.inside(budget, argv)
+        return await _measure(redis, app, line, argv, args, log, plain)
 
 
 async def _measure(
