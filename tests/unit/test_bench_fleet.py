@@ -1,6 +1,10 @@
 """The fleet benchmark's figures (bench/fleet.py) and its app's settings."""
 
+import contextlib
 import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import fakeredis
@@ -8,9 +12,9 @@ import pytest
 
 from bench import cgroups, fleet, fleet_run
 from bench.fleet import PATHS, _rounds, parse
-from bench.fleet_app import FleetSettings
+from bench.fleet_app import FleetApp, FleetSettings
 from bench.fleet_report import markdown, row_line, side_by_side, summarize
-from bench.procs import machine_busy, machine_ticks
+from bench.procs import machine_busy, machine_ticks, taskiq_worker_argv
 
 
 def batch(size: int, sent: float, start: float, pid: int) -> list[list[float]]:
@@ -238,3 +242,50 @@ def test_a_cpu_cap_the_machine_cannot_give_stops_before_any_fleet(
     monkeypatch.setattr(sys, "argv", ["bench.fleet", "--cpu-cap"])
     assert fleet.main() == 2
     assert "--cpu-cap: capped drains need root" in capsys.readouterr().err
+
+
+class _Broker:
+    """A producer broker that counts its startups and shutdowns."""
+
+    def __init__(self) -> None:
+        self.startups = 0
+        self.shutdowns = 0
+
+    async def startup(self) -> None:
+        self.startups += 1
+
+    async def shutdown(self) -> None:
+        self.shutdowns += 1
+
+
+@pytest.mark.parametrize("cpu_cap", [False, True])
+async def test_a_line_starts_its_producer_once_and_caps_the_fleet_when_asked(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cpu_cap: bool
+) -> None:
+    broker = _Broker()
+    settings = FleetSettings("redis://h:1/2", "q")
+    app = FleetApp(settings, broker, SimpleNamespace(kiq=None))  # type: ignore[arg-type]
+    monkeypatch.setattr(fleet_run, "build", lambda s: app)
+    budget = tmp_path / "cgroup.procs"
+
+    @contextlib.contextmanager
+    def cpu_budget(cores: float) -> Iterator[Path]:
+        assert cores == 1.0  # 0.5 core per worker process, two of them
+        yield budget
+
+    monkeypatch.setattr(cgroups, "cpu_budget", cpu_budget)
+    commands: list[list[str]] = []
+
+    def started(argv: list[str], *_: Any) -> Any:
+        commands.append(argv)
+        raise RuntimeError("no fleet in a unit test")
+
+    monkeypatch.setattr(fleet_run, "started", started)
+    args = parse(["--cpu-cap"] if cpu_cap else [])
+    with pytest.raises(RuntimeError, match="no fleet"):
+        await fleet_run.measure(None, settings, 2, 0.0, args, tmp_path / "log")  # type: ignore[arg-type]
+    assert (broker.startups, broker.shutdowns) == (1, 1)
+    (argv,) = commands
+    assert (argv[:2] == ["sh", "-c"] and argv[3] == str(budget)) is cpu_cap
+    worker = taskiq_worker_argv("bench.fleet_app:broker", 2)
+    assert argv[-len(worker) :] == worker
