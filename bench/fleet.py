@@ -144,6 +144,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
 async def cleanup(redis: Redis, s: FleetSettings) -> None:
     """Delete the run's Redis keys, RabbitMQ queue or NATS stream."""
     await delete_prefix(redis, s.queue)
+    # Where a task's batches waited (wait_in_broker): its names carry the
+    # queue in a hash tag, ``{<queue>:<task>}:...``; the wake stream
+    # stays when the rest is gone.
+    await delete_prefix(redis, "{" + s.queue + ":")
     if s.broker == "amqp":
         from taskiq_batching.transports.amqp_queues import batch_queue_name
 

@@ -289,3 +289,15 @@ async def test_a_line_starts_its_producer_once_and_caps_the_fleet_when_asked(
     assert (argv[:2] == ["sh", "-c"] and argv[3] == str(budget)) is cpu_cap
     worker = taskiq_worker_argv("bench.fleet_app:broker", 2)
     assert argv[-len(worker) :] == worker
+
+
+async def test_a_line_leaves_none_of_its_redis_keys_behind() -> None:
+    client = fakeredis.FakeAsyncRedis()
+    mine = ["tbf-1", "tbf-1:ab12", "{tbf-1:fleet}:wake", "{tbf-1:fleet}:q:"]
+    # Another queue's task names, even one whose queue name extends this one.
+    others = ["{tbf-10:fleet}:wake", "{other:fleet}:wake", "other"]
+    for key in mine + others:
+        await client.set(key, 1)
+    await fleet.cleanup(client, FleetSettings("redis://h:1/2", "tbf-1"))
+    assert sorted(await client.keys()) == sorted(key.encode() for key in others)
+    await client.aclose()
