@@ -118,13 +118,15 @@ class Batcher(OpenBuffers):
         """
         return self.rules.flush_taken(taken)
 
-    def relieve(self, task_name: str, full: bool = False) -> None:
-        """Flush a task's buffers if they hold all of it held (``FlushRules``).
+    def relieve(self, task_name: str) -> None:
+        """Nothing more of a task comes: flush its buffers once they hold all of it.
+
+        ``FlushRules.relieve`` without its message bound (no batch of the
+        task running is enough).
 
         :param task_name: a batched task.
-        :param full: nothing more of it comes (its message bound is not needed).
         """
-        self.rules.relieve(task_name, full)
+        self.rules.relieve(task_name, full=True)
 
     def relieve_all(self) -> None:
         """The broker delivers nothing more until something is acked: flush all."""

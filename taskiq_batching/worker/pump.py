@@ -210,7 +210,7 @@ class Pump:
             self.batcher.relieve_all()
         else:
             for task_name in passed:
-                self.batcher.relieve(task_name, full=True)
+                self.batcher.relieve(task_name)
         return bool(passed)
 
     async def _read(self, limit: int) -> list[Delivery]:

@@ -192,7 +192,6 @@ async def test_a_read_of_an_overdue_backlog_waits_until_a_batch_came(
 async def test_a_task_is_passed_on_until_its_consumer_is_active_again() -> None:
     """Its partial buffer cannot grow meanwhile (``worker/pump.py`` flushes it)."""
     fleet = Fleet()
-    fleet.handover.task_name = "collect"
     await fleet.start()
     fleet.deliver(29)
     fleet.handovers.check()
