@@ -1,6 +1,8 @@
 """Deleting a test's keys from the shared Redis by pattern."""
 
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 #: Keys SCAN looks at per round trip. Redis's default (10) makes a scan of
 #: the shared Redis cost one round trip per 10 keys of the whole keyspace,
@@ -9,6 +11,8 @@ from redis.asyncio import Redis
 #: machine and ran one test past its 60 s timeout. 10,000 keys per round
 #: trip: a few round trips, each a few milliseconds of the server's time.
 SCAN_COUNT = 10_000
+#: The shared Redis of the tests when ``REDIS_URL`` is not set.
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 async def delete_matching(redis: Redis, *patterns: str) -> int:
@@ -24,3 +28,36 @@ async def delete_matching(redis: Redis, *patterns: str) -> int:
     if not found:
         return 0
     return int(await redis.delete(*found))
+
+
+def queue_patterns(queue: str) -> tuple[str, ...]:
+    """What a test queue's keys look like in Redis (SCAN's glob syntax).
+
+    The queue's own keys (the stream or list, results, the test's logs),
+    and those that carry it in a hash tag: a task's streams where batches
+    wait (``{<queue>:<task>}:...``) and the producer's marks
+    (``{<queue>}:...``).
+    """
+    escaped = "".join("\\" + c if c in "*?[]\\" else c for c in queue)
+    return (escaped, f"{escaped}:*", f"{{{escaped}}}*", f"{{{escaped}:*")
+
+
+def forget_queue(url: str, queue: str) -> int:
+    """Delete a test queue's keys (``queue_patterns``) from the Redis at ``url``.
+
+    Keys without a TTL would otherwise stay on the shared Redis after
+    every run. Unreachable Redis (a RabbitMQ or NATS test run locally
+    without it) has nothing to delete.
+
+    :return: how many keys were deleted.
+    """
+    try:
+        with SyncRedis.from_url(url, socket_timeout=10) as client:
+            found = [
+                key
+                for pattern in queue_patterns(queue)
+                for key in client.scan_iter(match=pattern, count=SCAN_COUNT)
+            ]
+            return int(client.delete(*found)) if found else 0
+    except RedisConnectionError:
+        return 0

@@ -15,33 +15,9 @@ import os
 
 import redis
 from redis.asyncio import Redis
-from taskiq import AsyncBroker
-from taskiq_redis import (
-    RedisStreamBroker,
-    RedisStreamClusterBroker,
-    RedisStreamSentinelBroker,
-)
 
 from taskiq_batching import BatchingMiddleware
-
-URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-QUEUE = os.environ.get("TB_QUEUE", "taskiq-batching-acks")
-
-
-def stream_broker(env: dict[str, str]) -> AsyncBroker:
-    """The broker these variables name (the test's producer uses it too)."""
-    variant = env.get("TB_VARIANT", "standalone")
-    url = env.get("REDIS_URL", URL)
-    queue = env.get("TB_QUEUE", QUEUE)
-    if variant == "sentinel":
-        host, port = env["TB_SENTINELS"].split(":")
-        return RedisStreamSentinelBroker(
-            [(host, int(port))], env["TB_MASTER"], queue_name=queue
-        )
-    if variant == "cluster":
-        return RedisStreamClusterBroker(url, queue_name=queue)
-    return RedisStreamBroker(url, queue_name=queue)
-
+from tests.integration.stream_variants import QUEUE, URL, stream_broker
 
 broker = stream_broker(dict(os.environ)).with_middlewares(BatchingMiddleware())
 _log = Redis.from_url(os.environ.get("TB_LOG_URL", URL))

@@ -1,3 +1,4 @@
+import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -9,7 +10,7 @@ from aio_pika.abc import AbstractChannel
 from redis.asyncio import Redis
 
 from tests.integration.workers import Worker
-from tests.redis_keys import delete_matching
+from tests.redis_keys import DEFAULT_REDIS_URL, forget_queue
 from tests.upstream.run_taskiq_redis_tests import Servers, start_servers
 
 
@@ -38,8 +39,11 @@ def queue_prefix() -> str:
 
 
 @pytest.fixture
-def queue(queue_prefix: str) -> str:
-    return f"{queue_prefix}-{uuid.uuid4().hex[:10]}"
+def queue(queue_prefix: str) -> Iterator[str]:
+    """A queue name of the test's own; its Redis keys are deleted after it."""
+    name = f"{queue_prefix}-{uuid.uuid4().hex[:10]}"
+    yield name
+    forget_queue(os.environ.get("REDIS_URL", DEFAULT_REDIS_URL), name)
 
 
 @pytest.fixture
@@ -67,9 +71,9 @@ async def channel(
 
 @pytest.fixture
 async def redis(redis_url: str, queue: str) -> AsyncIterator[Redis]:
+    """A client of the shared Redis (``queue`` deletes the test's keys)."""
     client = Redis.from_url(redis_url)
     yield client
-    await delete_matching(client, f"{queue}*")
     await client.aclose()
 
 

@@ -17,7 +17,7 @@ import pytest
 from redis.asyncio import Redis, RedisCluster
 from taskiq.kicker import AsyncKicker
 
-from tests.integration.acks_app import stream_broker
+from tests.integration.stream_variants import stream_broker
 from tests.integration.workers import Worker, eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]

@@ -109,8 +109,8 @@ on_both_kinds = pytest.mark.parametrize("kind", [STREAM, LIST], ids=["stream", "
 
 
 @pytest.fixture
-def queue() -> str:
-    return f"tb-bk-{uuid.uuid4().hex[:10]}"
+def queue_prefix() -> str:
+    return "tb-bk"
 
 
 def _sources(
