@@ -36,6 +36,11 @@ class OwnShare:
         self._window = float("inf") if timeout is None else -timeout
         self._filling = False
 
+    @property
+    def filling(self) -> bool:
+        """Whether this worker's last reads of the task filled its batches here."""
+        return self._filling
+
     def read(self, now: float) -> bool:
         """Count a read at loop time ``now``; whether to batch it where read.
 

@@ -200,7 +200,10 @@ class Pump:
         Everything when the broker sends nothing more (its prefetch is
         held); else the buffers of each task the transport says nothing
         more of comes (``Transport.passed_on``) once they hold all the
-        worker has of it (no batch of it running: ``Batcher.relieve``).
+        worker has of it (no batch of it running: ``Batcher.relieve``),
+        but for a task whose reads on the main queue this worker batches
+        where it reads them: those buffers still grow (run before each
+        read, they ran batches of a few messages).
 
         :return: whether the transport named such a task.
         """
@@ -210,7 +213,8 @@ class Pump:
             self.batcher.relieve_all()
         else:
             for task_name in passed:
-                self.batcher.relieve(task_name)
+                if not self.router.batched_where_read(task_name):
+                    self.batcher.relieve(task_name)
         return bool(passed)
 
     async def _read(self, limit: int) -> list[Delivery]:

@@ -175,6 +175,14 @@ class Router:
             marks[key] = ms
         return True
 
+    def batched_where_read(self, task_name: str) -> bool:
+        """Whether this worker's own reads of a task fill its batches here.
+
+        :param task_name: a batched task (``own_share.py``).
+        """
+        share = self.shares.get(task_name)
+        return share is not None and share.filling
+
     def _forwards(self, delivery: Delivery, envelope: Envelope, now: float) -> bool:
         """Whether a message of a task whose batches wait in the broker moves there.
 

@@ -165,6 +165,12 @@ class FakeForwarder:
         self.forwarded += len(deliveries)
 
 
+class FillingForwarder(FakeForwarder):
+    """A forwarder that forwards only to fill batches (as RabbitMQ's)."""
+
+    forward_only_to_fill = True
+
+
 class SourceTransport(GenericTransport):
     """The generic transport with a batch source (and a forwarder)."""
 

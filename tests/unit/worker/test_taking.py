@@ -21,7 +21,12 @@ from taskiq_batching import (
 )
 from taskiq_batching.transports.batch_source import ForwardingPaused
 from tests.helpers import QueueBroker, Recorder, queue_broker, running_worker
-from tests.unit.worker.fake_source import FakeForwarder, FakeSource, use_source
+from tests.unit.worker.fake_source import (
+    FakeForwarder,
+    FakeSource,
+    FillingForwarder,
+    use_source,
+)
 from tests.unit.worker.taking_world import (
     forwarding_world,
     preload,
@@ -117,12 +122,6 @@ async def test_a_message_read_that_would_fail_is_not_forwarded(
     assert isinstance(failed.error, BatchArgumentError)
     assert forwarder.forwarded == 2
     assert seen.batches == [[2, 3]]
-
-
-class FillingForwarder(FakeForwarder):
-    """A forwarder that forwards only to fill batches (as RabbitMQ's)."""
-
-    forward_only_to_fill = True
 
 
 @pytest.mark.parametrize("to_fill", [True, False], ids=["to-fill", "always"])
