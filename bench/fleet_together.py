@@ -63,7 +63,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--brokers", default="stream")
     parser.add_argument("--workers-list", default="1,2", help="e.g. 1,2")
-    parser.add_argument("--drain", type=int, default=30000, help="messages per path")
+    # 30,000 messages drain in about a second here: too short a window
+    # (rounds of one run spread 0.66-1.33x); 100,000 give about 3 s.
+    parser.add_argument("--drain", type=int, default=100_000, help="messages per path")
     parser.add_argument("--repeat", type=int, default=5, help="rounds per line")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--batch-timeout", type=float, default=0.5, help="seconds")

@@ -55,10 +55,11 @@ class BatchingMiddleware(TaskiqMiddleware):
         ``batches``), batched tasks' messages wait in the broker until a
         batch is worth taking (full, or ``batch_timeout`` after its oldest
         message was sent), and whichever worker has room takes it whole:
-        N workers fill batches as one (Redis streams; NATS). A preview in
-        this release, so opt in with True: None (the default) and False
-        keep each worker reading and buffering on its own, as on every
-        other broker (docs/fleet.md says what is built and measured).
+        N workers fill batches as one (Redis streams; NATS). Opt in with
+        True (workers first, then producers: docs/several-workers.md):
+        None (the default) and False keep each worker reading and
+        buffering on its own, as on every other broker (docs/fleet.md
+        says what is built and measured).
     :raises BatchConfigError: when ``max_concurrent_batches`` is not an int
         >= 1, or ``wait_in_broker`` not True, False or None.
     """

@@ -80,8 +80,8 @@ def transport_for(
     :param broker: any broker.
     :param listen: unused (the broker's own listener is replaced).
     :param wait_in_broker: True: batched tasks' messages wait in Redis
-        (``redis_batches``); None (the default, while this path is a
-        preview) or False: they are read and buffered.
+        (``redis_batches``); None (the default: the path is opt-in)
+        or False: they are read and buffered.
     :return: the transport, or None for other brokers.
     """
     if type(broker).listen in _LISTENERS:

@@ -241,7 +241,7 @@ async def open_path(
                 serializer=JSONSerializer(),
             ),
         )
-    # TB_WAIT_IN_BROKER=1: the fleet path's preview (docs/fleet.md), to see
+    # TB_WAIT_IN_BROKER=1: the fleet path (docs/fleet.md), to see
     # what of the suite it honours; not part of the suite's run.
     wait = True if os.environ.get("TB_WAIT_IN_BROKER") else None
     middleware = BatchingMiddleware(wait_in_broker=wait)

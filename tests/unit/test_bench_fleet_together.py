@@ -59,6 +59,6 @@ def test_the_report_gives_each_lines_median_and_every_round() -> None:
     )
 
 
-def test_the_defaults_are_item_3s_drain() -> None:
+def test_the_defaults_are_item_3s_workers_on_the_stream() -> None:
     args = parse([])
-    assert (args.brokers, args.workers_list, args.drain) == ("stream", "1,2", 30000)
+    assert (args.brokers, args.workers_list, args.drain) == ("stream", "1,2", 100_000)

@@ -19,7 +19,7 @@ def middleware(max_concurrent: str = "", wait: str = "") -> BatchingMiddleware:
     """``BatchingMiddleware``, with ``max_concurrent_batches`` if given and known.
 
     :param max_concurrent: ``max_concurrent_batches`` (empty: the default).
-    :param wait: not empty: ``wait_in_broker=True`` (issue 18's preview:
+    :param wait: not empty: ``wait_in_broker=True`` (issue 18's path:
         batched tasks wait in the broker), when the package knows it.
     """
     known = _parameters(BatchingMiddleware)

@@ -124,7 +124,7 @@ def test_stream_brokers_have_a_batch_source_when_switched_on(make: object) -> No
     broker = make()  # type: ignore[operator]
     assert isinstance(transport_for(broker, wait_in_broker=True).batches, StreamBatches)
     assert transport_for(broker, wait_in_broker=False).batches is None
-    # None, the middleware's default: a preview, opted into (docs/fleet.md).
+    # None, the middleware's default: the path is opt-in (docs/fleet.md).
     assert transport_for(broker).batches is None
 
 
