@@ -54,17 +54,14 @@ and the workers' logs under ``<out>/<run id>/``.
 """
 
 import argparse
-import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 import traceback
 import uuid
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from redis.asyncio import Redis
@@ -75,7 +72,7 @@ from bench.fleet_app import BROKERS, TASK_NAME, FleetSettings
 from bench.fleet_report import markdown, row_line
 from bench.fleet_run import measure
 from bench.measure import delete_prefix
-from bench.procs import ROOT
+from bench.procs import ROOT, interruptible
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 #: The paths ``--paths`` chooses from: ``wait_in_broker`` of each.
@@ -267,20 +264,14 @@ def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # unwinds every `finally`: the fleet is killed
-
-
 def main() -> int:
     args = parse(sys.argv[1:])
     if args.cpu_cap and (reason := cgroups.unavailable()):
         print(f"--cpu-cap: {reason}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    try:
-        raw = asyncio.run(run(args))
-    except KeyboardInterrupt:  # every fleet and queue is gone by now
-        print("interrupted", file=sys.stderr)
+    raw = interruptible(run(args))
+    if raw is None:
         return 130
     text = markdown(raw)
     base = args.out / f"fleet-{raw['run_id']}"
@@ -293,5 +284,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _terminate)
     sys.exit(main())

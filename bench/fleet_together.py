@@ -33,14 +33,12 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import statistics
 import sys
 import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from redis.asyncio import Redis
@@ -49,7 +47,7 @@ from bench.brokers import unreachable
 from bench.fleet import DEFAULT_REDIS, PATHS, cleanup
 from bench.fleet_app import FleetSettings, build
 from bench.fleet_run import fetch, preload, wait_results
-from bench.procs import started, taskiq_worker_argv
+from bench.procs import interruptible, started, taskiq_worker_argv
 
 #: The two paths of every round, today's first in even rounds.
 BOTH = ("today", "wait")
@@ -229,10 +227,8 @@ def markdown(raw: dict[str, Any]) -> str:
 def main() -> int:
     args = parse(sys.argv[1:])
     args.out.mkdir(parents=True, exist_ok=True)
-    try:
-        raw = asyncio.run(run(args))
-    except KeyboardInterrupt:  # every fleet and queue is gone by now
-        print("interrupted", file=sys.stderr)
+    raw = interruptible(run(args))
+    if raw is None:
         return 130
     raw["options"] = {key: str(value) for key, value in raw["options"].items()}
     path = args.out / f"together-{raw['run_id']}.json"
@@ -243,10 +239,5 @@ def main() -> int:
     return 1 if raw["errors"] else 0
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # unwinds every `finally`: the fleets are killed
-
-
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _terminate)
     sys.exit(main())

@@ -1,5 +1,6 @@
 """Worker processes: start in their own session, measure RSS, always kill."""
 
+import asyncio
 import atexit
 import contextlib
 import os
@@ -7,8 +8,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -196,3 +199,21 @@ def taskiq_worker_argv(module: str, workers: int = 1) -> list[str]:
         "--ack-type",
         "when_saved",
     ]
+
+
+def interruptible(work: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any] | None:
+    """Run a bench's run; None (said on stderr) when Ctrl-C or SIGTERM stopped it.
+
+    Every fleet and queue it started is gone by then: the interrupt
+    unwinds every ``finally``.
+    """
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return asyncio.run(work)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return None
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # unwinds every `finally`: the fleet is killed
