@@ -62,7 +62,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--brokers", default="stream")
     parser.add_argument("--workers-list", default="1,2", help="e.g. 1,2")
     # 30,000 messages drain in about a second here: too short a window
-    # (rounds of one run spread 0.66-1.33x); 100,000 give about 3 s.
+    # (rounds of one run spread 0.66-1.33x); 100,000 give 3-6 s.
     parser.add_argument("--drain", type=int, default=100_000, help="messages per path")
     parser.add_argument("--repeat", type=int, default=5, help="rounds per line")
     parser.add_argument("--batch-size", type=int, default=100)
@@ -95,7 +95,11 @@ def window_rates(starts: Mapping[str, Sequence[float]]) -> dict[str, Any]:
 
 
 def order(round_: int) -> tuple[str, ...]:
-    """The order the fleets start in: today's first in even rounds."""
+    """The order the fleets start in: today's first in even rounds.
+
+    :param round_: the round, from 0.
+    :return: the paths, the first to start first.
+    """
     return BOTH if round_ % 2 == 0 else BOTH[::-1]
 
 

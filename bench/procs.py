@@ -206,6 +206,9 @@ def interruptible(work: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any] |
 
     Every fleet and queue it started is gone by then: the interrupt
     unwinds every ``finally``.
+
+    :param work: the bench's ``run(...)``.
+    :return: its figures, or None when interrupted.
     """
     signal.signal(signal.SIGTERM, _terminate)
     try:

@@ -3,6 +3,7 @@
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 #: Keys SCAN looks at per round trip. Redis's default (10) makes a scan of
 #: the shared Redis cost one round trip per 10 keys of the whole keyspace,
@@ -49,6 +50,8 @@ def forget_queue(url: str, queue: str) -> int:
     every run. Unreachable Redis (a RabbitMQ or NATS test run locally
     without it) has nothing to delete.
 
+    :param url: the Redis.
+    :param queue: the test's queue name.
     :return: how many keys were deleted.
     """
     try:
@@ -59,5 +62,5 @@ def forget_queue(url: str, queue: str) -> int:
                 for key in client.scan_iter(match=pattern, count=SCAN_COUNT)
             ]
             return int(client.delete(*found)) if found else 0
-    except RedisConnectionError:
+    except (RedisConnectionError, RedisTimeoutError):
         return 0

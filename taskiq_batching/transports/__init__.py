@@ -100,8 +100,8 @@ def transport_for(
     :param listen: its own ``listen`` (before the worker hook wrapped it).
     :param wait_in_broker: True: batched tasks' messages wait in the broker
         wherever its transport can; False: nowhere (each worker buffers what
-        it reads); None: the default, which is False for now (the fleet
-        path is a preview: docs/fleet.md).
+        it reads); None: the default, which is False (the fleet path is
+        opt-in: docs/several-workers.md).
     :return: its library's transport, or the generic one.
     """
 

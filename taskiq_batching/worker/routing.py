@@ -3,8 +3,7 @@
 A read is a chunk of deliveries. Each one is decoded once and goes to one
 of these places, in the order read:
 
-* taken: a batched message whose task has room (``Admission``), for its
-  buffer;
+* taken: a batched message whose task has room (``Admission``);
 * parked: a batched message over its task's bounds, or behind its task's
   parked ones (``parking.py``);
 * given back: such a message once parking is full, to the tail of the
@@ -176,9 +175,10 @@ class Router:
         return True
 
     def batched_where_read(self, task_name: str) -> bool:
-        """Whether this worker's own reads of a task fill its batches here.
+        """Whether this worker's own reads of a task (``own_share.py``) fill batches.
 
-        :param task_name: a batched task (``own_share.py``).
+        :param task_name: a batched task.
+        :return: True while its share fills batches where it is read.
         """
         share = self.shares.get(task_name)
         return share is not None and share.filling

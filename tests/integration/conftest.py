@@ -51,7 +51,9 @@ async def tasks_ended() -> AsyncIterator[None]:
             return
         for task in left:
             task.cancel()
-        await asyncio.wait(left, timeout=5)
+        # Gathered, so that an error a task ends with is retrieved here.
+        ended = asyncio.gather(*left, return_exceptions=True)
+        await asyncio.wait({ended}, timeout=5)
 
 
 @pytest.fixture
