@@ -4,8 +4,6 @@ from urllib.parse import urlparse
 
 import pytest
 
-from tests.redis_keys import DEFAULT_REDIS_URL
-
 
 def _service_url(variable: str, default: str) -> str:
     url = os.environ.get(variable, default)
@@ -24,7 +22,7 @@ def _service_url(variable: str, default: str) -> str:
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     """The real Redis for integration tests (``REDIS_URL``)."""
-    return _service_url("REDIS_URL", DEFAULT_REDIS_URL)
+    return _service_url("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 @pytest.fixture(scope="session")

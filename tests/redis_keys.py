@@ -12,7 +12,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 #: machine and ran one test past its 60 s timeout. 10,000 keys per round
 #: trip: a few round trips, each a few milliseconds of the server's time.
 SCAN_COUNT = 10_000
-#: The shared Redis of the tests when ``REDIS_URL`` is not set.
+#: The shared Redis of the tests when ``REDIS_URL`` is not set (the
+#: ``redis_url`` fixture's default too; tests/conftest.py cannot import
+#: this module, which needs redis: ``.ci/without-redis``).
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
