@@ -54,7 +54,9 @@ async def run(redis_url: str | None) -> None:
         counts = await results(tail)
         await broker.shutdown()
         async with Redis.from_url(redis_url) as redis:
-            await redis.delete(queue)
+            # The demo's stream and what the plugin keeps beside it.
+            keys = [key async for key in redis.scan_iter(match=f"{queue}*")]
+            await redis.delete(*keys)
     else:
         await broker.shutdown()
         counts = await results(tail)

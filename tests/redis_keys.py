@@ -36,13 +36,15 @@ async def delete_matching(redis: Redis, *patterns: str) -> int:
 def queue_patterns(queue: str) -> tuple[str, ...]:
     """What a test queue's keys look like in Redis (SCAN's glob syntax).
 
-    The queue's own keys (the stream or list, results, the test's logs),
-    and those that carry it in a hash tag: a task's streams where batches
-    wait (``{<queue>:<task>}:...``) and the producer's marks
-    (``{<queue>}:...``).
+    Every key that starts with the queue's name (its stream or list,
+    results, the test's own records, a second queue named after it), with
+    or without a hash tag's ``{`` before it (a task's streams where
+    batches wait, ``{<queue>:<task>}:...``; the producer's marks,
+    ``{<queue>}:...``). A test's queue name ends in ten random hex
+    digits: no other test's starts with it.
     """
     escaped = "".join("\\" + c if c in "*?[]\\" else c for c in queue)
-    return (escaped, f"{escaped}:*", f"{{{escaped}}}*", f"{{{escaped}:*")
+    return (f"{escaped}*", f"{{{escaped}*")
 
 
 def forget_queue(url: str, queue: str) -> int:

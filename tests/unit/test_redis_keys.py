@@ -19,10 +19,11 @@ def test_a_queues_keys_go_and_other_queues_stay(
         "tb-it-1",  # the stream
         "tb-it-1:0f02",  # a result
         "tb-it-1:taskiq-batching-last:taskiq",
+        "tb-it-1-extra",  # a second queue named after it
         "{tb-it-1:batched}:wake",  # where a task's batches wait
         "{tb-it-1}:taskiq-batching:sent:ab:0",  # a producer's mark
     ]
-    others = ["tb-it-10", "tb-it-10:0f02", "{tb-it-10:batched}:wake", "tb-it-2"]
+    others = ["tb-it-2", "tb-it-2:0f02", "{tb-it-2:batched}:wake", "x-tb-it-1"]
     for key in mine + others:
         client.set(key, 1)
     assert forget_queue("redis://unused", "tb-it-1") == len(mine)
@@ -30,7 +31,7 @@ def test_a_queues_keys_go_and_other_queues_stay(
 
 
 def test_glob_characters_in_a_queue_name_match_only_themselves() -> None:
-    assert queue_patterns("q*[1]")[0] == "q\\*\\[1\\]"
+    assert queue_patterns("q*[1]")[0] == "q\\*\\[1\\]*"
 
 
 def test_an_unreachable_redis_has_nothing_to_delete() -> None:
