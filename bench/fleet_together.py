@@ -104,11 +104,14 @@ def order(round_: int) -> tuple[str, ...]:
 
 
 async def together(
-    redis: Redis, line: tuple[str, int, int], run_id: str, args: argparse.Namespace
+    redis: Redis,
+    url: str,
+    line: tuple[str, int, int],
+    run_id: str,
+    args: argparse.Namespace,
 ) -> dict[str, Any]:
     """One round: both paths' fleets drain their queues at once."""
     broker, workers, round_ = line
-    url = os.environ.get("REDIS_URL", DEFAULT_REDIS)
     name = f"{broker}-n{workers}-{round_}"
     settings = {
         path: FleetSettings(
@@ -173,7 +176,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     run_id = time.strftime("%m%d%H%M") + uuid.uuid4().hex[:4]
     rows: list[dict[str, Any]] = []
     errors: list[str] = []
-    async with Redis.from_url(os.environ.get("REDIS_URL", DEFAULT_REDIS)) as redis:
+    url = os.environ.get("REDIS_URL", DEFAULT_REDIS)
+    async with Redis.from_url(url) as redis:
         for broker in args.brokers.split(","):
             why = unreachable(broker) if broker in ("amqp", "nats") else None
             if why:
@@ -183,7 +187,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 for round_ in range(args.repeat):
                     line = (broker, workers, round_)
                     try:
-                        row = await together(redis, line, run_id, args)
+                        row = await together(redis, url, line, run_id, args)
                     except Exception as exc:  # reported, the others go on
                         errors.append(f"{line}: {exc!r}")
                         print(f"  {line} FAILED: {exc!r}", flush=True)

@@ -40,11 +40,10 @@ def queue_patterns(queue: str) -> tuple[str, ...]:
     results, the test's own records, a second queue named after it), with
     or without a hash tag's ``{`` before it (a task's streams where
     batches wait, ``{<queue>:<task>}:...``; the producer's marks,
-    ``{<queue>}:...``). A test's queue name ends in ten random hex
-    digits: no other test's starts with it.
+    ``{<queue>}:...``). A test's queue name is a prefix and ten random hex
+    digits: no other test's starts with it, and it holds no glob character.
     """
-    escaped = "".join("\\" + c if c in "*?[]\\" else c for c in queue)
-    return (f"{escaped}*", f"{{{escaped}*")
+    return (f"{queue}*", f"{{{queue}*")
 
 
 def forget_queue(url: str, queue: str) -> int:

@@ -47,7 +47,7 @@ from taskiq_batching.transports import Delivery, Transport, transport_for
 from taskiq_batching.worker.decode import decode
 from tests.behaviour.nats_streams import delete_streams, sweep_stale
 from tests.helpers import QueueBroker, running_worker
-from tests.redis_keys import delete_matching
+from tests.redis_keys import delete_matching, queue_patterns
 
 PATHS = ["inmemory", "generic", "redis-stream", "redis-list", "nats"]
 
@@ -274,7 +274,7 @@ async def open_path(
         if redis_url is not None and name.startswith("redis"):
             async with Redis.from_url(redis_url) as redis:
                 # The main queue's keys, and batched tasks' ({<queue>:<task>}...).
-                await delete_matching(redis, f"{queue}*", f"{{{queue}:*")
+                await delete_matching(redis, *queue_patterns(queue))
         if nats_url is not None and name == "nats":
             # The batch stream too (``wait_in_broker``: made by the worker
             # or the producer).

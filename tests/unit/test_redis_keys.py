@@ -3,7 +3,7 @@
 import fakeredis
 import pytest
 
-from tests.redis_keys import forget_queue, queue_patterns
+from tests.redis_keys import forget_queue
 
 
 def test_a_queues_keys_go_and_other_queues_stay(
@@ -28,10 +28,6 @@ def test_a_queues_keys_go_and_other_queues_stay(
         client.set(key, 1)
     assert forget_queue("redis://unused", "tb-it-1") == len(mine)
     assert sorted(client.keys()) == sorted(key.encode() for key in others)
-
-
-def test_glob_characters_in_a_queue_name_match_only_themselves() -> None:
-    assert queue_patterns("q*[1]")[0] == "q\\*\\[1\\]*"
 
 
 def test_an_unreachable_redis_has_nothing_to_delete() -> None:
